@@ -1,0 +1,50 @@
+"""LiteQ: a background-task queue on SQLite.
+
+    from liteq import task
+
+    @task(queue="emails", max_retries=5)
+    def send_email(to, subject): ...
+
+    task_id = send_email.delay("a@example.com", "Hi")
+
+Run the tasks with `liteqd --app tasks.py` (or `liteq worker --app tasks.py`).
+"""
+
+from .core import TASK_REGISTRY, Task, task
+from .errors import (ConfigError, DatabaseError, DatabaseLocked, LiteQError, TaskTimeout,
+                     WaitTimeout)
+from .status import get_task_status, wait_for_task
+
+__version__ = "0.2.0"
+
+
+def register_schedule(task, cron, *args, **kwargs):
+    """Run `task` on a cron schedule; see liteq.scheduler.register_schedule."""
+    # Imported here so that enqueue-only apps never load croniter.
+    from .scheduler import register_schedule as _register
+    return _register(task, cron, *args, **kwargs)
+
+
+def cancel_task(task_id: int) -> bool:
+    """Cancel a pending task; returns False when it is no longer pending."""
+    from .storage import get_store
+    return get_store().cancel(int(task_id))
+
+
+def retry_task(task_id: int) -> bool:
+    """Put a failed or cancelled task back to pending with its attempts reset."""
+    from .storage import get_store
+    return get_store().retry_failed(task_id=int(task_id)) == 1
+
+
+def purge_tasks(older_than: float) -> int:
+    """Delete done, failed and cancelled tasks that finished over `older_than` seconds ago."""
+    from .storage import get_store
+    return get_store().purge(older_than)
+
+
+__all__ = [
+    "task", "Task", "TASK_REGISTRY", "get_task_status", "wait_for_task", "register_schedule",
+    "cancel_task", "retry_task", "purge_tasks", "LiteQError", "DatabaseError",
+    "DatabaseLocked", "TaskTimeout", "WaitTimeout", "ConfigError",
+]

@@ -1,0 +1,35 @@
+"""Exceptions LiteQ raises to applications and operators."""
+
+import sqlite3
+
+
+class LiteQError(Exception):
+    """Base class of every error LiteQ raises on purpose."""
+
+
+class DatabaseError(LiteQError, sqlite3.DatabaseError):
+    """The queue database cannot be opened, read or written."""
+
+
+class DatabaseLocked(DatabaseError):
+    """Another process held the database's write lock past the busy timeout."""
+
+
+class TaskTimeout(LiteQError):
+    """Raised inside a task when its time limit expires.
+
+    A task may catch it to clean up; the daemon kills the child at the hard
+    limit (timeout plus a short grace) whatever the task does.
+    """
+
+
+class TaskNotFound(LiteQError, KeyError):
+    """No task with that id exists."""
+
+
+class WaitTimeout(LiteQError, TimeoutError):
+    """A task did not finish within the time `wait_for_task` was given."""
+
+
+class ConfigError(LiteQError, ValueError):
+    """A setting (flag or LITEQ_* variable) has a value that cannot be used."""

@@ -1,0 +1,39 @@
+"""Library settings read from LITEQ_* environment variables at call time."""
+
+import os
+
+from .errors import ConfigError
+
+SYNC_LEVELS = {"normal": "NORMAL", "full": "FULL", "off": "OFF", "extra": "EXTRA"}
+
+
+def db_path() -> str:
+    """The queue database path: LITEQ_DB, else liteq.db in the working directory."""
+    return os.environ.get("LITEQ_DB") or "liteq.db"
+
+
+def sync_pragma() -> str:
+    """The PRAGMA synchronous level chosen by LITEQ_SYNC (normal or full)."""
+    raw = os.environ.get("LITEQ_SYNC", "normal").strip().lower()
+    if raw not in SYNC_LEVELS:
+        raise ConfigError(f"LITEQ_SYNC must be one of normal, full; got {raw!r}")
+    return SYNC_LEVELS[raw]
+
+
+def env_float(name: str, default: float, minimum: float = 0.0) -> float:
+    """Read a number from the environment, with a clear error when it is malformed."""
+    raw = os.environ.get(name)
+    if raw is None or raw.strip() == "":
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        raise ConfigError(f"{name} must be a number; got {raw!r}") from None
+    if value < minimum:
+        raise ConfigError(f"{name} must be at least {minimum}; got {raw!r}")
+    return value
+
+
+def busy_timeout() -> float:
+    """Seconds a writer waits for the database lock (LITEQ_BUSY_TIMEOUT, default 10)."""
+    return env_float("LITEQ_BUSY_TIMEOUT", 10.0)

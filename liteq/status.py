@@ -1,0 +1,58 @@
+"""Reading a task's state: get_task_status() and wait_for_task()."""
+
+import time
+
+from . import storage
+from .errors import WaitTimeout
+from .serialization import decode_payload, decode_result
+from .timeutil import to_iso
+
+FINISHED = frozenset({"done", "failed", "cancelled"})
+_TIME_KEYS = ("run_at", "created_at", "started_at", "finished_at")
+
+
+def task_row_to_dict(row: dict) -> dict:
+    """The public view of a task row: decoded result, args and kwargs, ISO times."""
+    out = {k: row[k] for k in ("id", "name", "queue", "status", "priority", "attempts",
+                               "max_retries", "worker_id", "error", "timeout")}
+    for key in _TIME_KEYS:
+        out[key] = to_iso(row[key])
+    out["result"] = decode_result(row["result"])
+    try:
+        out["args"], out["kwargs"] = decode_payload(row["payload"])
+    except ValueError:
+        out["args"], out["kwargs"] = None, None
+    return out
+
+
+def get_task_status(task_id: int):
+    """The task's state as a dict, or None when no task has that id.
+
+    Keys: id, name, queue, status, priority, attempts, max_retries, worker_id,
+    run_at, created_at, started_at, finished_at, result, error, args, kwargs
+    (and timeout). Times are ISO-8601 strings; result is the decoded value.
+    """
+    row = storage.get_store().get_task(int(task_id))
+    return task_row_to_dict(row) if row is not None else None
+
+
+def wait_for_task(task_id: int, timeout: float = 30.0, poll: float = 0.02) -> dict:
+    """Block until the task is done, failed or cancelled; return its status dict.
+
+    Raises WaitTimeout after `timeout` seconds, and KeyError for an unknown id.
+    """
+    deadline = time.monotonic() + timeout
+    delay = min(poll, 0.005)
+    while True:
+        status = get_task_status(task_id)
+        if status is None:
+            raise KeyError(f"no task with id {task_id}")
+        if status["status"] in FINISHED:
+            return status
+        left = deadline - time.monotonic()
+        if left <= 0:
+            raise WaitTimeout(
+                f"task {task_id} ({status['name']}) is still {status['status']} "
+                f"after {timeout:g} s")
+        time.sleep(min(delay, left))
+        delay = min(delay * 2, poll)

@@ -1,0 +1,37 @@
+"""Time in one form: seconds since the Unix epoch (UTC) as a float.
+
+Every time the database stores is such a number, so SQL compares numbers and
+never text in two formats (the bug that kept delayed tasks from coming due in
+the project LiteQ grew from).
+"""
+
+import time
+from datetime import datetime, timedelta, timezone
+
+now = time.time
+
+
+def to_epoch(when) -> float:
+    """Turn a datetime, timedelta or number of seconds from now into epoch seconds.
+
+    A naive datetime means local time, as `datetime.now()` gives it.
+    """
+    if isinstance(when, datetime):
+        return when.timestamp()  # naive -> local time, aware -> its own zone
+    if isinstance(when, timedelta):
+        return now() + when.total_seconds()
+    if isinstance(when, (int, float)) and not isinstance(when, bool):
+        return now() + float(when)
+    raise TypeError(
+        f"when must be a datetime, a timedelta or a number of seconds, not {type(when).__name__}"
+    )
+
+
+def to_iso(ts):
+    """Render epoch seconds as an ISO-8601 string in local time with its offset, or None."""
+    if ts is None:
+        return None
+    try:
+        return datetime.fromtimestamp(float(ts), timezone.utc).astimezone().isoformat()
+    except (TypeError, ValueError, OverflowError):
+        return str(ts)
