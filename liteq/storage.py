@@ -14,6 +14,7 @@ import functools
 import os
 import sqlite3
 import threading
+import time
 
 from . import settings
 from .errors import DatabaseError, DatabaseLocked
@@ -99,8 +100,8 @@ _TASK_COLUMNS = ("id", "name", "queue", "status", "priority", "attempts", "max_r
                  "result", "error", "payload", "timeout")
 _TASK_SELECT = ", ".join(_TASK_COLUMNS)
 
-_CLAIM_RETURNING = ("id, name, payload, queue, priority, attempts, max_retries, timeout, "
-                    "retry_delay, retry_backoff, retry_max_delay")
+_CLAIM_RETURNING = ("id, name, payload, queue, priority, run_at, attempts, max_retries, "
+                    "timeout, retry_delay, retry_backoff, retry_max_delay")
 
 _INSERT_TASK = (
     "INSERT INTO tasks (name, payload, queue, priority, max_retries, run_at, created_at, "
@@ -148,9 +149,35 @@ def _guarded(method):
     return wrapper
 
 
-def open_connection(path: str, *, isolation_level=None) -> sqlite3.Connection:
-    """Open a connection with LiteQ's pragmas (WAL, busy timeout, durability)."""
-    busy = settings.busy_timeout()
+def _switch_to_wal(conn, busy):
+    """PRAGMA journal_mode = WAL, retried until the busy timeout.
+
+    The switch needs an exclusive lock, and SQLite returns SQLITE_BUSY at once
+    (without calling the busy handler) when other connections are opening the
+    same fresh file, so processes that start together would fail with "database
+    is locked" instead of waiting. Usually another one has switched it meanwhile.
+    """
+    deadline = time.monotonic() + busy
+    pause = 0.001
+    while True:
+        try:
+            conn.execute("PRAGMA journal_mode = WAL")
+            return
+        except sqlite3.OperationalError as exc:
+            low = str(exc).lower()
+            if ("locked" not in low and "busy" not in low) or time.monotonic() >= deadline:
+                raise
+        time.sleep(pause)
+        pause = min(pause * 2, 0.05)
+
+
+def open_connection(path: str, *, isolation_level=None, busy_timeout=None) -> sqlite3.Connection:
+    """Open a connection with LiteQ's pragmas (WAL, busy timeout, durability).
+
+    busy_timeout defaults to LITEQ_BUSY_TIMEOUT; the daemon passes a short one so
+    that a held lock delays its writes without stalling its supervision loop.
+    """
+    busy = settings.busy_timeout() if busy_timeout is None else busy_timeout
     sync = settings.sync_pragma()
     try:
         if os.path.isdir(path):
@@ -161,7 +188,7 @@ def open_connection(path: str, *, isolation_level=None) -> sqlite3.Connection:
         conn.execute(f"PRAGMA busy_timeout = {int(busy * 1000)}")
         mode = conn.execute("PRAGMA journal_mode").fetchone()[0]
         if mode.lower() != "wal":
-            conn.execute("PRAGMA journal_mode = WAL")
+            _switch_to_wal(conn, busy)
         conn.execute(f"PRAGMA synchronous = {sync}")
         conn.execute("PRAGMA foreign_keys = ON")
         return conn
@@ -280,14 +307,15 @@ def _row_dict(row):
 class Store:
     """All queue operations on one SQLite database file."""
 
-    def __init__(self, path=None):
+    def __init__(self, path=None, busy_timeout=None):
         self.path = path or settings.db_path()
+        self.busy_timeout = busy_timeout
         self._conn = None
         self._conn = self._open()
 
     @_guarded
     def _open(self):
-        conn = open_connection(self.path)
+        conn = open_connection(self.path, busy_timeout=self.busy_timeout)
         ensure_schema(conn)
         return conn
 
@@ -299,6 +327,14 @@ class Store:
 
     def _write(self):
         return _Transaction(self._conn)
+
+    def batch(self):
+        """Run several operations in one transaction: `with store.batch(): ...`.
+
+        The daemon records a round of outcomes and claims the next tasks in one
+        commit. On an error everything in the batch is rolled back.
+        """
+        return _GuardedBatch(self)
 
     # ---- enqueue -------------------------------------------------------
 
@@ -359,7 +395,7 @@ class Store:
                 (worker_id, t, *queues, t, limit)).fetchall()
         # RETURNING gives no order guarantee; restore the claim order.
         rows = [dict(r) for r in rows]
-        rows.sort(key=lambda r: (-r["priority"], r["id"]))
+        rows.sort(key=lambda r: (-r["priority"], r["run_at"], r["id"]))
         return rows
 
     @_guarded
@@ -666,6 +702,18 @@ class Store:
             "SELECT MIN(next_run) FROM schedules WHERE enabled = 1").fetchone()[0]
 
     @_guarded
+    def park_schedule(self, schedule_id, expected_next_run) -> bool:
+        """Clear the next_run of a schedule whose next time cannot be computed (a bad
+        cron or zone in the row), so it stops coming due instead of being retried in
+        a loop. Registering or enabling it again sets a fresh next_run. Guarded like
+        fire_schedule: False when another scheduler changed the row first."""
+        with self._write() as conn:
+            cur = conn.execute(
+                "UPDATE schedules SET next_run = NULL, updated_at = ? "
+                "WHERE id = ? AND next_run = ?", (now(), schedule_id, expected_next_run))
+            return cur.rowcount == 1
+
+    @_guarded
     def fire_schedule(self, schedule_id, expected_next_run, new_next_run, task_rows):
         """Advance a schedule from expected_next_run to new_next_run and enqueue its tasks,
         atomically. The compare-and-set makes any number of schedulers fire each
@@ -690,24 +738,54 @@ class _Transaction:
     """BEGIN IMMEDIATE ... COMMIT, rolled back on any error.
 
     IMMEDIATE takes the write lock up front, so two writers never deadlock
-    upgrading a read lock; the busy timeout makes the second one wait.
+    upgrading a read lock; the busy timeout makes the second one wait. Inside
+    an open transaction (Store.batch()) it joins that one instead.
     """
 
-    __slots__ = ("conn",)
+    __slots__ = ("conn", "outer")
 
     def __init__(self, conn):
         self.conn = conn
+        self.outer = False
 
     def __enter__(self):
-        self.conn.execute("BEGIN IMMEDIATE")
+        self.outer = self.conn.in_transaction
+        if not self.outer:
+            self.conn.execute("BEGIN IMMEDIATE")
         return self.conn
 
     def __exit__(self, exc_type, exc, tb):
+        if self.outer:
+            return False
         if exc_type is None:
             self.conn.execute("COMMIT")
         elif self.conn.in_transaction:
             self.conn.rollback()
         return False
+
+
+class _GuardedBatch(_Transaction):
+    """A Store.batch() transaction whose sqlite3 errors become DatabaseErrors."""
+
+    __slots__ = ("store",)
+
+    def __init__(self, store):
+        super().__init__(store._conn)
+        self.store = store
+
+    def __enter__(self):
+        try:
+            return super().__enter__()
+        except sqlite3.Error as exc:
+            raise _explain(exc, self.store.path) from exc
+
+    def __exit__(self, exc_type, exc, tb):
+        try:
+            return super().__exit__(exc_type, exc, tb)
+        except sqlite3.Error as err:
+            if self.conn.in_transaction:
+                self.conn.rollback()
+            raise _explain(err, self.store.path) from err
 
 
 _local = threading.local()

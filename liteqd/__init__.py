@@ -1,0 +1,1 @@
+"""liteqd: the LiteQ supervisor daemon (forked worker pool, control socket, scheduler)."""

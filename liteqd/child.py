@@ -1,0 +1,218 @@
+"""The worker child: a pure executor forked from the supervisor.
+
+It never opens the database for the queue's bookkeeping. It reads task
+messages from its socket, runs each one (coroutines on an event loop it keeps),
+and writes back the outcome. Messages are newline-delimited JSON arrays:
+
+    supervisor -> child   ["t", id, name, payload_json, timeout_s | null]
+    child -> supervisor   ["ready", pid]
+                          ["r", id, ok, result_json | error_text, started, finished,
+                           rss_bytes, timed_out]
+                          ["s", id]            (skipped: a stop came before it started)
+"""
+
+import asyncio
+import json
+import os
+import signal
+import socket
+import time
+import traceback
+
+from setproctitle import setproctitle
+
+from liteq.core import TASK_REGISTRY
+from liteq.errors import TaskTimeout
+from liteq.serialization import decode_payload, encode_result
+
+from .proc import die_with_parent
+
+_dumps = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
+
+
+class _Stop:
+    requested = False
+
+
+def _on_stop(signum, frame):
+    # Only a flag: the current task finishes, queued ones are handed back.
+    _Stop.requested = True
+
+
+def _on_alarm(signum, frame):
+    raise TaskTimeout(f"timed out after {_on_alarm.limit:g} s")
+
+
+_on_alarm.limit = 0
+
+
+def _own_rss():
+    try:
+        with open("/proc/self/statm", "rb") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError, IndexError):
+        return 0
+
+
+def _format_error(exc):
+    tb = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+    return f"{type(exc).__name__}: {exc}\n\n{tb}"
+
+
+class Executor:
+    """Runs one task at a time, with a soft time limit and a persistent event loop."""
+
+    def __init__(self):
+        self.loop = None
+
+    def _run_async(self, fn, args, kwargs, timeout):
+        if self.loop is None:
+            self.loop = asyncio.new_event_loop()
+            asyncio.set_event_loop(self.loop)
+        task = self.loop.create_task(fn(*args, **kwargs))
+        timer = None
+        if timeout:
+            timer = self.loop.call_later(timeout, task.cancel)
+        try:
+            return self.loop.run_until_complete(task)
+        except asyncio.CancelledError:
+            # The only canceller is our own timer.
+            raise TaskTimeout(f"timed out after {timeout:g} s") from None
+        finally:
+            if timer is not None:
+                timer.cancel()
+
+    def _run_sync(self, fn, args, kwargs, timeout):
+        if not timeout:
+            return fn(*args, **kwargs)
+        _on_alarm.limit = timeout
+        signal.setitimer(signal.ITIMER_REAL, timeout)
+        try:
+            return fn(*args, **kwargs)
+        finally:
+            signal.setitimer(signal.ITIMER_REAL, 0)
+
+    def run(self, name, payload, timeout):
+        """Run one task; returns (ok, text, timed_out) where text is result JSON or error."""
+        task = TASK_REGISTRY.get(name)
+        if task is None:
+            known = ", ".join(sorted(TASK_REGISTRY)) or "none"
+            return False, (f"UnknownTask: no task named {name!r} is registered in this app "
+                           f"(registered: {known})"), False
+        try:
+            args, kwargs = decode_payload(payload)
+        except ValueError as exc:
+            return False, f"BadPayload: {exc}", False
+        try:
+            if task.is_async:
+                result = self._run_async(task.fn, args, kwargs, timeout)
+            else:
+                result = self._run_sync(task.fn, args, kwargs, timeout)
+        except TaskTimeout as exc:
+            return False, _format_error(exc), True
+        except TypeError as exc:
+            mismatch = _signature_mismatch(task.fn, args, kwargs)
+            if mismatch:
+                return False, mismatch, False
+            return False, _format_error(exc), False
+        except BaseException as exc:  # noqa: B902 - a task's SystemExit is its failure too
+            if isinstance(exc, KeyboardInterrupt):
+                raise
+            return False, _format_error(exc), False
+        try:
+            return True, encode_result(result), False
+        except TypeError as exc:
+            return False, f"BadResult: {exc}", False
+
+
+def _signature_mismatch(fn, args, kwargs):
+    # Only consulted after a TypeError, so the hot path pays nothing for it.
+    import inspect
+    try:
+        sig = inspect.signature(fn)
+    except (TypeError, ValueError):
+        return None
+    try:
+        sig.bind(*args, **kwargs)
+    except TypeError as exc:
+        return (f"ArgumentMismatch: the stored arguments no longer match "
+                f"{getattr(fn, '__name__', fn)}{sig}: {exc}")
+    return None
+
+
+def child_main(sock: socket.socket, index: int, parent_pid: int, close_fds=(),
+               report_rss=False):
+    """Entry point of a forked child; never returns (always os._exit)."""
+    code = 0
+    try:
+        os.setpgid(0, 0)
+    except OSError:
+        pass
+    try:
+        signal.set_wakeup_fd(-1)  # the supervisor's wake-up fd is not ours
+        for fd in close_fds:
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+        die_with_parent()
+        if os.getppid() != parent_pid:
+            os._exit(1)  # the supervisor died before the prctl took effect
+        signal.signal(signal.SIGINT, signal.SIG_IGN)   # Ctrl-C is the supervisor's to handle
+        signal.signal(signal.SIGHUP, signal.SIG_IGN)
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+        signal.signal(signal.SIGTTIN, signal.SIG_IGN)
+        signal.signal(signal.SIGTTOU, signal.SIG_IGN)
+        signal.signal(signal.SIGUSR1, _on_stop)
+        signal.signal(signal.SIGALRM, _on_alarm)
+        os.environ.pop("NOTIFY_SOCKET", None)
+        _serve(sock, index, report_rss)
+    except BaseException:  # noqa: B902 - never unwind into the supervisor's code
+        traceback.print_exc()
+        code = 70
+    finally:
+        os._exit(code)
+
+
+def _serve(sock, index, report_rss):
+    title_idle = f"liteqd: worker {index} idle"
+    setproctitle(title_idle)
+    executor = Executor()
+    sock.setblocking(True)
+    sock.sendall(_dumps(["ready", os.getpid()]).encode() + b"\n")
+    buf = b""
+    pending = []
+    while True:
+        if not pending:
+            if _Stop.requested:
+                return
+            try:
+                data = sock.recv(1 << 16)
+            except InterruptedError:
+                continue
+            if not data:
+                return  # the supervisor closed our socket: stop
+            buf += data
+            lines = buf.split(b"\n")
+            buf = lines.pop()
+            pending = [json.loads(line) for line in lines if line]
+            pending.reverse()
+            continue
+        msg = pending.pop()
+        if _Stop.requested:
+            sock.sendall(_dumps(["s", msg[1]]).encode() + b"\n")
+            continue
+        _, task_id, name, payload, timeout = msg
+        setproctitle(f"liteqd: worker {index} running {name}#{task_id}")
+        started = time.time()
+        ok, text, timed_out = executor.run(name, payload, timeout)
+        finished = time.time()
+        rss = _own_rss() if report_rss else 0
+        sock.sendall(_dumps(["r", task_id, ok, text, started, finished, rss, timed_out])
+                     .encode() + b"\n")
+        if timed_out:
+            # The task may have left subprocesses or threads running: hand back what is
+            # queued and exit, so the supervisor replaces this process and its group.
+            _Stop.requested = True
+        setproctitle(title_idle)

@@ -1,0 +1,72 @@
+"""`liteqd`: run the supervisor daemon in the foreground (systemd runs it so)."""
+
+import os
+import sys
+
+from liteq import storage
+from liteq.app_loader import load_app
+from liteq.core import TASK_REGISTRY
+from liteq.errors import ConfigError, DatabaseError
+from liteq.paths import socket_path
+
+from . import config as config_mod
+
+
+def _app_reloader(spec):
+    def reload_app():
+        saved = dict(TASK_REGISTRY)
+        TASK_REGISTRY.clear()
+        try:
+            load_app(spec, reload=True)
+        except BaseException:
+            TASK_REGISTRY.clear()
+            TASK_REGISTRY.update(saved)
+            raise
+    return reload_app
+
+
+def build_supervisor(cfg, *, load=True):
+    """Load the app (unless already loaded), check the database, and make the Supervisor."""
+    from .logs import configure
+    from .supervisor import Supervisor
+    from .wake_listener import WakeListener
+
+    os.environ["LITEQ_DB"] = cfg.db  # tasks that enqueue follow-ups use the same file
+    if cfg.socket:
+        os.environ["LITEQ_SOCKET"] = cfg.socket
+    configure(cfg.log_format, cfg.log_level)
+    if load:
+        load_app(cfg.app)
+    if not TASK_REGISTRY:
+        raise ConfigError(f"app {cfg.app!r} registers no tasks (decorate functions with @task)")
+    storage.Store(cfg.db).close()  # fail now, clearly, on a bad database
+    sock = cfg.socket or socket_path(cfg.db)
+    plugins = [WakeListener(sock)]
+    return Supervisor(cfg, reload_app=_app_reloader(cfg.app) if load else None,
+                      plugins=plugins)
+
+
+def run(cfg, *, load=True) -> int:
+    """Run the daemon with this configuration; returns the exit code."""
+    try:
+        sup = build_supervisor(cfg, load=load)
+    except (ConfigError, DatabaseError) as exc:
+        print(f"liteqd: error: {exc}", file=sys.stderr)
+        return 2 if isinstance(exc, ConfigError) else 1
+    return sup.run()
+
+
+def main(argv=None, prog="liteqd") -> int:
+    """Entry point of the `liteqd` command."""
+    parser = config_mod.build_parser(prog=prog)
+    args = parser.parse_args(argv)
+    try:
+        cfg = config_mod.resolve(args)
+    except ConfigError as exc:
+        print(f"{prog}: error: {exc}", file=sys.stderr)
+        return 2
+    return run(cfg)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,219 @@
+"""liteqd settings: command-line flags, each with a LITEQ_* environment variable.
+
+A flag wins over its variable, and the variable over the default, so a systemd
+EnvironmentFile can hold the whole configuration.
+"""
+
+import argparse
+import os
+from dataclasses import dataclass, field
+
+from liteq.errors import ConfigError
+
+
+@dataclass
+class PoolSpec:
+    """A group of children that serve the same queues."""
+    name: str
+    queues: list
+    size: int
+
+
+@dataclass
+class DaemonConfig:
+    """Everything the supervisor needs to run."""
+    app: str
+    db: str
+    pools: list
+    timeout: float = None          # default task time limit, seconds; None = no limit
+    kill_grace: float = 2.0        # seconds between the soft timeout and SIGKILL
+    graceful_timeout: float = 30.0
+    max_tasks_per_child: int = 0   # 0 = never recycle by count
+    max_memory_per_child: float = 0.0  # MB; 0 = never recycle by memory
+    prefetch: int = 2
+    heartbeat_interval: float = 5.0
+    stale_after: float = 30.0
+    poll_interval: float = 1.0
+    log_format: str = "auto"
+    log_level: str = "info"
+    socket: str = None
+    socket_group: str = None
+    scheduler: bool = True
+    extra: dict = field(default_factory=dict)
+
+    @property
+    def queues(self):
+        """Every queue any pool serves, in order."""
+        out = []
+        for p in self.pools:
+            out.extend(q for q in p.queues if q not in out)
+        return out
+
+
+# (flag, env var, type, default, help)
+OPTIONS = [
+    ("--app", "LITEQ_APP", str, None, "the tasks: a file (tasks.py) or a module (myapp.tasks)"),
+    ("--db", "LITEQ_DB", str, "liteq.db", "the SQLite database file"),
+    ("--queues", "LITEQ_QUEUES", str, "default", "comma-separated queues of the default pool"),
+    ("--concurrency", "LITEQ_CONCURRENCY", int, None,
+     "children of the default pool (default: number of CPUs)"),
+    ("--pool", "LITEQ_POOLS", str, None,
+     "a pool of its own: NAME:QUEUE[,QUEUE...]:SIZE; repeat the flag, or separate with ';' "
+     "in LITEQ_POOLS"),
+    ("--timeout", "LITEQ_TIMEOUT", float, None,
+     "time limit in seconds for tasks that set none (default: no limit)"),
+    ("--kill-grace", "LITEQ_KILL_GRACE", float, 2.0,
+     "seconds after the time limit before the child is SIGKILLed"),
+    ("--graceful-timeout", "LITEQ_GRACEFUL_TIMEOUT", float, 30.0,
+     "seconds running tasks get to finish on stop or reload"),
+    ("--max-tasks-per-child", "LITEQ_MAX_TASKS_PER_CHILD", int, 0,
+     "replace a child after this many tasks (0: never)"),
+    ("--max-memory-per-child", "LITEQ_MAX_MEMORY_PER_CHILD", float, 0.0,
+     "replace a child whose RSS exceeds this many MB after a task (0: never)"),
+    ("--prefetch", "LITEQ_PREFETCH", int, 2, "tasks queued per child ahead of time"),
+    ("--heartbeat-interval", "LITEQ_HEARTBEAT_INTERVAL", float, 5.0,
+     "seconds between heartbeats"),
+    ("--stale-after", "LITEQ_STALE_AFTER", float, 30.0,
+     "a worker whose heartbeat is older than this is dead and its tasks are reclaimed"),
+    ("--poll-interval", "LITEQ_POLL_INTERVAL", float, 1.0,
+     "longest sleep when idle (wake-ups and due times cut it short)"),
+    ("--log-format", "LITEQ_LOG_FORMAT", str, "auto", "json, console, or auto (json unless a tty)"),
+    ("--log-level", "LITEQ_LOG_LEVEL", str, "info", "debug, info, warning, error"),
+    ("--socket", "LITEQ_SOCKET", str, None,
+     "control socket path (default: derived from the database path)"),
+    ("--socket-group", "LITEQ_SOCKET_GROUP", str, None,
+     "group allowed to use the control socket (mode 0660)"),
+    ("--no-scheduler", "LITEQ_NO_SCHEDULER", bool, False, "do not fire cron schedules"),
+]
+
+LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
+
+
+def build_parser(prog="liteqd", description=None):
+    """The argument parser of liteqd (and `liteq worker`)."""
+    parser = argparse.ArgumentParser(
+        prog=prog, description=description or "LiteQ supervisor daemon: runs the tasks "
+        "of an app with a pool of forked worker processes.",
+        epilog="Every option can also be set by the LITEQ_* variable shown with it.")
+    for flag, env, typ, default, text in OPTIONS:
+        dest = flag[2:].replace("-", "_")
+        helptext = f"{text} [{env}]"
+        if typ is bool:
+            parser.add_argument(flag, dest=dest, action="store_true", default=None, help=helptext)
+        elif flag == "--pool":
+            parser.add_argument(flag, dest=dest, action="append", default=None, help=helptext)
+        else:
+            # Kept as text here; converted with the env value so both get one error style.
+            parser.add_argument(flag, dest=dest, default=None, help=helptext)
+    return parser
+
+
+def _convert(flag, env, typ, raw, source):
+    if typ is bool:
+        if isinstance(raw, bool):
+            return raw
+        low = str(raw).strip().lower()
+        if low in ("1", "true", "yes", "on"):
+            return True
+        if low in ("0", "false", "no", "off", ""):
+            return False
+        raise ConfigError(f"{source} must be true or false; got {raw!r}")
+    if typ in (int, float):
+        try:
+            return typ(raw)
+        except (TypeError, ValueError):
+            kind = "a whole number" if typ is int else "a number"
+            raise ConfigError(f"{source} must be {kind}; got {raw!r}") from None
+    return raw
+
+
+def _parse_pool(text, source):
+    parts = text.strip().split(":")
+    if len(parts) != 3 or not parts[0] or not parts[1]:
+        raise ConfigError(f"{source}: a pool is NAME:QUEUE[,QUEUE...]:SIZE, e.g. "
+                          f"emails:emails:2; got {text!r}")
+    name, queues, size = parts
+    try:
+        n = int(size)
+    except ValueError:
+        raise ConfigError(f"{source}: pool {name!r} size must be a whole number; "
+                          f"got {size!r}") from None
+    if n < 1:
+        raise ConfigError(f"{source}: pool {name!r} needs at least 1 child; got {n}")
+    qs = [q.strip() for q in queues.split(",") if q.strip()]
+    return PoolSpec(name, qs, n)
+
+
+def resolve(args: argparse.Namespace, environ=None) -> DaemonConfig:
+    """Merge parsed flags with LITEQ_* variables and validate everything."""
+    env = os.environ if environ is None else environ
+    values = {}
+    for flag, var, typ, default, _ in OPTIONS:
+        dest = flag[2:].replace("-", "_")
+        raw = getattr(args, dest, None)
+        source = flag
+        if raw is None and env.get(var) not in (None, ""):
+            raw, source = env[var], var
+        if raw is None:
+            values[dest] = default
+        elif dest == "pool":
+            items = raw if isinstance(raw, list) else str(raw).split(";")
+            values[dest] = [_parse_pool(i, source) for i in items if i.strip()]
+        else:
+            values[dest] = _convert(flag, var, typ, raw, source)
+        values[dest + "__source"] = source
+
+    if not values["app"]:
+        raise ConfigError("no app given: pass --app tasks.py (a file) or --app myapp.tasks "
+                          "(a module), or set LITEQ_APP")
+    for key, minimum, strict in (("timeout", 0, True), ("kill_grace", 0, False),
+                                 ("graceful_timeout", 0, False),
+                                 ("heartbeat_interval", 0, True), ("stale_after", 0, True),
+                                 ("poll_interval", 0, True), ("max_tasks_per_child", 0, False),
+                                 ("max_memory_per_child", 0, False)):
+        v = values[key]
+        if v is not None and (v < minimum or (strict and v <= minimum)):
+            op = ">" if strict else ">="
+            raise ConfigError(f"{values[key + '__source']} must be {op} {minimum}; got {v:g}")
+    if values["prefetch"] < 1:
+        raise ConfigError(f"{values['prefetch__source']} must be at least 1; "
+                          f"got {values['prefetch']}")
+    if values["stale_after"] <= values["heartbeat_interval"]:
+        raise ConfigError("--stale-after must be longer than --heartbeat-interval")
+    level = values["log_level"].lower()
+    if level not in LOG_LEVELS:
+        raise ConfigError(f"{values['log_level__source']} must be one of "
+                          f"{', '.join(LOG_LEVELS)}; got {values['log_level']!r}")
+    fmt = values["log_format"].lower()
+    if fmt not in ("auto", "json", "console"):
+        raise ConfigError(f"{values['log_format__source']} must be json, console or auto; "
+                          f"got {values['log_format']!r}")
+
+    pools = values["pool"] or []
+    # With --pool, the default pool exists only when --queues/--concurrency ask for it.
+    if not pools or getattr(args, "queues", None) is not None or \
+            getattr(args, "concurrency", None) is not None or \
+            env.get("LITEQ_QUEUES") or env.get("LITEQ_CONCURRENCY"):
+        concurrency = values["concurrency"]
+        if concurrency is None:
+            concurrency = os.cpu_count() or 1
+        if concurrency < 1:
+            raise ConfigError(f"{values['concurrency__source']} must be at least 1; "
+                              f"got {concurrency}")
+        queues = [q.strip() for q in values["queues"].split(",") if q.strip()]
+        if not queues:
+            raise ConfigError(f"{values['queues__source']} names no queue")
+        pools = [PoolSpec("default", queues, concurrency)] + pools
+    names = [p.name for p in pools]
+    if len(set(names)) != len(names):
+        raise ConfigError(f"pool names must be unique; got {', '.join(names)}")
+
+    return DaemonConfig(
+        app=values["app"], db=values["db"], pools=pools, timeout=values["timeout"],
+        kill_grace=values["kill_grace"], graceful_timeout=values["graceful_timeout"],
+        max_tasks_per_child=values["max_tasks_per_child"],
+        max_memory_per_child=values["max_memory_per_child"], prefetch=values["prefetch"],
+        heartbeat_interval=values["heartbeat_interval"], stale_after=values["stale_after"],
+        poll_interval=values["poll_interval"], log_format=fmt, log_level=level,
+        socket=values["socket"], socket_group=values["socket_group"],
+        scheduler=not values["no_scheduler"])

@@ -1,0 +1,98 @@
+"""Structured logging for the daemon: one JSON object per line, or console lines.
+
+Event names are a small vocabulary (task.started, task.succeeded, task.retrying,
+task.failed, task.timed_out, task.reclaimed, child.spawned, child.exited,
+pool.scaled, daemon.ready, daemon.stopping, ...); README lists them all.
+
+Lines are collected in memory and written once per turn of the supervisor's
+loop (flush()), so a busy daemon makes one write() per batch of tasks rather
+than one per event.
+"""
+
+import json
+import logging
+import sys
+import time
+
+import structlog
+
+_LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING,
+           "error": logging.ERROR, "critical": logging.CRITICAL}
+
+_encode = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, default=repr).encode
+
+
+class BufferedLineLogger:
+    """A structlog logger that queues rendered lines until flush()."""
+
+    def __init__(self, stream):
+        self.stream = stream
+        self.lines = []
+
+    def msg(self, message):
+        """Queue one rendered line."""
+        self.lines.append(message)
+
+    debug = info = warning = warn = error = critical = exception = fatal = log = msg
+
+    def flush(self):
+        """Write the queued lines in one go."""
+        if not self.lines:
+            return
+        text = "\n".join(self.lines) + "\n"
+        self.lines.clear()
+        try:
+            self.stream.write(text)
+            self.stream.flush()
+        except (OSError, ValueError):
+            pass  # a closed or broken stdout must not take the daemon down
+
+
+class _FastTimestamp:
+    """ISO-8601 UTC timestamps, formatting the date part once per second."""
+
+    def __init__(self):
+        self.second = None
+        self.prefix = ""
+
+    def __call__(self, logger, method_name, event_dict):
+        now = time.time()
+        sec = int(now)
+        if sec != self.second:
+            self.second = sec
+            self.prefix = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(sec))
+        event_dict["timestamp"] = f"{self.prefix}.{int((now - sec) * 1e6):06d}Z"
+        return event_dict
+
+
+_sink = BufferedLineLogger(sys.stdout)
+
+
+def configure(log_format="auto", level="info", stream=None):
+    """Set up structlog: JSON when not on a terminal (or when asked), console otherwise."""
+    stream = stream or sys.stdout
+    _sink.stream = stream
+    if log_format == "auto":
+        log_format = "console" if stream.isatty() else "json"
+    processors = [structlog.processors.add_log_level, _FastTimestamp()]
+    if log_format == "json":
+        processors += [structlog.processors.format_exc_info,
+                       structlog.processors.JSONRenderer(serializer=lambda o, **_: _encode(o))]
+    else:
+        processors += [structlog.dev.ConsoleRenderer(colors=stream.isatty())]
+    structlog.configure(
+        processors=processors,
+        wrapper_class=structlog.make_filtering_bound_logger(_LEVELS[level]),
+        logger_factory=lambda *args: _sink,
+        cache_logger_on_first_use=True,
+    )
+
+
+def flush():
+    """Write out the queued log lines (the supervisor calls this every loop turn)."""
+    _sink.flush()
+
+
+def get_logger(**context):
+    """A bound logger carrying `context` in every event."""
+    return structlog.get_logger().bind(**context) if context else structlog.get_logger()

@@ -1,0 +1,102 @@
+"""The supervisor's view of its children and pools (no I/O of its own)."""
+
+import collections
+import time
+from dataclasses import dataclass, field
+
+
+# Short tasks get a deeper queue per child, but never more than this much
+# estimated work waiting behind the running one, nor more than the ceiling.
+PREFETCH_BUDGET_S = 0.005
+PREFETCH_CEILING = 32
+
+
+@dataclass
+class TaskRun:
+    """A claimed task the supervisor handed to a child."""
+    id: int
+    name: str
+    queue: str
+    attempts: int
+    max_retries: int
+    limit: float            # time limit in seconds, or None
+    retry_delay: float
+    retry_backoff: float
+    retry_max_delay: float
+    started_mono: float = None   # set when the child really starts it
+    started_wall: float = None
+
+
+@dataclass
+class ChildHandle:
+    """One forked child: its socket, its queued tasks, and why it may be ending."""
+    pid: int
+    slot: int
+    pool: "Pool"
+    sock: object
+    spawned_mono: float = field(default_factory=time.monotonic)
+    ready: bool = False
+    rbuf: bytes = b""
+    inflight: collections.deque = field(default_factory=collections.deque)
+    tasks_done: int = 0
+    rss: int = 0
+    retiring: bool = False        # asked to finish its current task and exit
+    retire_deadline: float = None
+    kill_reason: str = None       # set when the supervisor killed it ("timeout", "stop", ...)
+    timed_out_task: TaskRun = None
+
+    @property
+    def running(self):
+        """The task the child is executing now, if any."""
+        return self.inflight[0] if self.inflight else None
+
+    @property
+    def state(self):
+        """'running', 'idle', 'starting' or 'stopping', for status and titles."""
+        if self.retiring or self.kill_reason:
+            return "stopping"
+        if not self.ready:
+            return "starting"
+        return "running" if self.inflight else "idle"
+
+
+@dataclass
+class Pool:
+    """Children that serve the same queues; `size` is the target number of children."""
+    name: str
+    queues: list
+    size: int
+    children: dict = field(default_factory=dict)   # pid -> ChildHandle
+    failures: int = 0          # consecutive abnormal child exits
+    next_spawn: float = 0.0    # monotonic time before which no child is spawned
+    maybe_work: bool = True    # a claim might find something
+    avg_duration: float = None # moving average of task run time, seconds
+
+    @property
+    def active(self):
+        """Children that count towards the size (not retiring or being killed)."""
+        return [c for c in self.children.values() if not c.retiring and not c.kill_reason]
+
+    @property
+    def failing(self):
+        """True while children keep dying abnormally (respawns are backing off)."""
+        return self.failures >= 3
+
+    def observe(self, seconds):
+        """Feed a finished task's run time into the moving average."""
+        if self.avg_duration is None:
+            self.avg_duration = seconds
+        else:
+            self.avg_duration += 0.1 * (seconds - self.avg_duration)
+
+    def depth(self, prefetch, budget=PREFETCH_BUDGET_S, ceiling=PREFETCH_CEILING):
+        """Tasks to keep queued per child: `prefetch`, or more while tasks are so short
+        that `budget` seconds of queued work hold more (hides the round trip)."""
+        if not self.avg_duration or self.avg_duration >= budget / prefetch:
+            return prefetch
+        return max(prefetch, min(ceiling, int(budget / max(self.avg_duration, 1e-6))))
+
+    def capacity(self, prefetch):
+        """How many more tasks the ready children can take now."""
+        depth = self.depth(prefetch)
+        return sum(max(depth - len(c.inflight), 0) for c in self.active if c.ready)

@@ -1,0 +1,92 @@
+"""Process plumbing: killing whole trees, liveness by pid and start time, Linux prctl."""
+
+import ctypes
+import os
+import signal
+
+import psutil
+
+_PR_SET_PDEATHSIG = 1
+_PR_SET_CHILD_SUBREAPER = 36
+
+
+def _prctl(option, arg):
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        return libc.prctl(option, ctypes.c_ulong(arg), 0, 0, 0) == 0
+    except (OSError, AttributeError):
+        return False
+
+
+def die_with_parent(sig=signal.SIGKILL) -> bool:
+    """Ask the kernel to send `sig` to this process when its parent dies (Linux)."""
+    return _prctl(_PR_SET_PDEATHSIG, int(sig))
+
+
+def become_subreaper() -> bool:
+    """Adopt orphaned descendants, so a task's grandchildren stay findable and killable."""
+    return _prctl(_PR_SET_CHILD_SUBREAPER, 1)
+
+
+def process_start_time(pid: int):
+    """The process's start time (epoch seconds, as psutil reports it), or None if gone."""
+    try:
+        return psutil.Process(pid).create_time()
+    except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
+        return None
+
+
+def is_same_process_alive(pid, started) -> bool:
+    """True when `pid` runs and started at `started`: a reused pid is not the same process."""
+    if not pid:
+        return False
+    actual = process_start_time(int(pid))
+    if actual is None or started is None:
+        return False
+    return abs(actual - float(started)) < 1.0
+
+
+def descendants(pid: int) -> list:
+    """Every live descendant of `pid` (children, grandchildren, ...)."""
+    try:
+        return psutil.Process(pid).children(recursive=True)
+    except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
+        return []
+
+
+def kill_tree(pid: int, sig=signal.SIGKILL) -> int:
+    """Signal a child, its process group and all its descendants; returns how many were hit.
+
+    Descendants are collected before the child dies, because once it is gone
+    they are reparented and no longer found under it.
+    """
+    procs = descendants(pid)
+    hit = 0
+    try:
+        os.killpg(pid, sig)  # children lead their own process group
+        hit += 1
+    except (ProcessLookupError, PermissionError):
+        pass
+    for p in procs:
+        try:
+            p.send_signal(sig)
+            hit += 1
+        except (psutil.NoSuchProcess, psutil.AccessDenied):
+            pass
+    try:
+        os.kill(pid, sig)
+    except ProcessLookupError:
+        pass
+    return hit
+
+
+def rss_bytes(pid: int) -> int:
+    """Resident memory of a process in bytes (0 when it is gone)."""
+    try:
+        with open(f"/proc/{pid}/statm", "rb") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError, IndexError):
+        try:
+            return psutil.Process(pid).memory_info().rss
+        except (psutil.NoSuchProcess, psutil.AccessDenied):
+            return 0
