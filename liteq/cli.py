@@ -1,0 +1,33 @@
+"""The `liteq` command: worker, scheduler and the other user-facing subcommands."""
+
+import sys
+
+USAGE = """usage: liteq COMMAND [OPTIONS]
+
+commands:
+  worker      run tasks in the foreground (the liteqd supervisor); see `liteq worker -h`
+  scheduler   fire cron schedules without a worker; see `liteq scheduler -h`
+
+The daemon for production is `liteqd`; talk to it with `liteqctl`.
+"""
+
+
+def main(argv=None) -> int:
+    """Entry point of the `liteq` command."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help", "help"):
+        print(USAGE)
+        return 0 if argv else 2
+    command, rest = argv[0], argv[1:]
+    if command == "worker":
+        from liteqd.cli import main as daemon_main
+        return daemon_main(rest, prog="liteq worker")
+    if command == "scheduler":
+        from .scheduler import main as scheduler_main
+        return scheduler_main(rest)
+    print(f"liteq: unknown command {command!r}\n\n{USAGE}", file=sys.stderr)
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
