@@ -98,6 +98,10 @@ class Task:
             raise TypeError(f"args must be a list or tuple, not {type(args).__name__}")
         if kwargs is not None and not isinstance(kwargs, dict):
             raise TypeError(f"kwargs must be a dict, not {type(kwargs).__name__}")
+        if kwargs and not all(isinstance(k, str) for k in kwargs):
+            # JSON would silently turn 1 into "1"; the call could never run.
+            bad = next(k for k in kwargs if not isinstance(k, str))
+            raise TypeError(f"keyword {bad!r} of task {self.name!r} is not a string")
         run_at = None
         if eta is not None:
             run_at = eta.timestamp() if hasattr(eta, "timestamp") else float(eta)
