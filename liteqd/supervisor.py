@@ -653,8 +653,34 @@ class Supervisor:
         now = time.monotonic()
         if now >= self.next_heartbeat:
             self._heartbeat()
-        if self.next_schedule is not None and now >= self.next_schedule:
-            self.next_schedule = None
+            # Schedules registered by other processes show up within a heartbeat.
+            if self.config.scheduler:
+                self.next_schedule = min(self.next_schedule or now, now)
+        if self.config.scheduler and (self.next_schedule is None or now >= self.next_schedule):
+            self._fire_schedules()
+
+    def _fire_schedules(self):
+        # croniter is the daemon's dependency, loaded only when the daemon runs.
+        from liteq import scheduler
+
+        now = time.monotonic()
+        try:
+            ids = scheduler.fire_due(self.store, log=self._schedule_event)
+            upcoming = scheduler.next_fire_time(self.store)
+        except DatabaseError as exc:
+            self._db_trouble("schedules", exc)
+            self.next_schedule = now + 1.0
+            return
+        if ids:
+            self._claim_soon()
+        # Wall clock for cron; the sleep itself is measured on the monotonic clock.
+        wait = self.config.heartbeat_interval if upcoming is None else \
+            min(max(upcoming - time.time(), 0.0), self.config.heartbeat_interval)
+        self.next_schedule = now + wait
+
+    def _schedule_event(self, event, **fields):
+        level = "warning" if event.endswith("error") else "info"
+        getattr(self.log, level)(event, **fields)
 
     def _heartbeat(self, startup=False):
         self.next_heartbeat = time.monotonic() + self.config.heartbeat_interval
