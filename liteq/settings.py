@@ -16,7 +16,7 @@ def sync_pragma() -> str:
     """The PRAGMA synchronous level chosen by LITEQ_SYNC (normal or full)."""
     raw = os.environ.get("LITEQ_SYNC", "normal").strip().lower()
     if raw not in SYNC_LEVELS:
-        raise ConfigError(f"LITEQ_SYNC must be one of normal, full; got {raw!r}")
+        raise ConfigError(f"LITEQ_SYNC must be one of {', '.join(SYNC_LEVELS)}; got {raw!r}")
     return SYNC_LEVELS[raw]
 
 

@@ -179,9 +179,10 @@ def open_connection(path: str, *, isolation_level=None, busy_timeout=None) -> sq
     """
     busy = settings.busy_timeout() if busy_timeout is None else busy_timeout
     sync = settings.sync_pragma()
+    if os.path.isdir(path):
+        raise DatabaseError(f"cannot open database {path}: it is a directory")
+    conn = None
     try:
-        if os.path.isdir(path):
-            raise DatabaseError(f"cannot open database {path}: it is a directory")
         conn = sqlite3.connect(path, timeout=busy, isolation_level=isolation_level,
                                check_same_thread=False)
         conn.row_factory = sqlite3.Row
@@ -192,10 +193,12 @@ def open_connection(path: str, *, isolation_level=None, busy_timeout=None) -> sq
         conn.execute(f"PRAGMA synchronous = {sync}")
         conn.execute("PRAGMA foreign_keys = ON")
         return conn
-    except DatabaseError:
+    except BaseException as exc:
+        if conn is not None:
+            conn.close()
+        if isinstance(exc, sqlite3.Error) and not isinstance(exc, DatabaseError):
+            raise _explain(exc, path) from exc
         raise
-    except sqlite3.Error as exc:
-        raise _explain(exc, path) from exc
 
 
 def _table_columns(conn, table):
@@ -491,7 +494,7 @@ class Store:
         A worker is dead when it is named in `dead_worker_ids`, its heartbeat is older
         than `stale_before`, or it has no row at all. Tasks with attempts left go back
         to pending; the rest fail with `reason`. Dead worker rows are deleted.
-        Returns [(task_id, new_status, worker_id)].
+        Returns [(task_id, new_status)].
         """
         t = now()
         dead = list(dead_worker_ids)

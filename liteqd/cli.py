@@ -27,7 +27,9 @@ def _app_reloader(spec):
 
 def build_supervisor(cfg, *, load=True):
     """Load the app (unless already loaded), check the database, and make the Supervisor."""
+    from .control_server import ControlServer
     from .logs import configure
+    from .notify import SystemdNotifier
     from .supervisor import Supervisor
     from .wake_listener import WakeListener
 
@@ -41,7 +43,9 @@ def build_supervisor(cfg, *, load=True):
         raise ConfigError(f"app {cfg.app!r} registers no tasks (decorate functions with @task)")
     storage.Store(cfg.db).close()  # fail now, clearly, on a bad database
     sock = cfg.socket or socket_path(cfg.db)
-    plugins = [WakeListener(sock)]
+    # The control socket is claimed first: it is the one that refuses a second daemon.
+    plugins = [ControlServer(sock, group=cfg.socket_group), WakeListener(sock),
+               SystemdNotifier()]
     return Supervisor(cfg, reload_app=_app_reloader(cfg.app) if load else None,
                       plugins=plugins)
 
@@ -50,10 +54,10 @@ def run(cfg, *, load=True) -> int:
     """Run the daemon with this configuration; returns the exit code."""
     try:
         sup = build_supervisor(cfg, load=load)
-    except (ConfigError, DatabaseError) as exc:
+        return sup.run()
+    except (ConfigError, DatabaseError, OSError) as exc:
         print(f"liteqd: error: {exc}", file=sys.stderr)
         return 2 if isinstance(exc, ConfigError) else 1
-    return sup.run()
 
 
 def main(argv=None, prog="liteqd") -> int:

@@ -92,9 +92,14 @@ class Supervisor:
     def _record_signal(self, signum, frame):
         self.signals.append(signum)
 
-    def register_fd(self, fileobj, handler):
-        """Let a plugin (control server, wake socket) be woken when fileobj is readable."""
-        self.selector.register(fileobj, selectors.EVENT_READ, ("plugin", handler))
+    def register_fd(self, fileobj, handler, events=selectors.EVENT_READ):
+        """Let a plugin (control server, wake socket) be called as handler(fileobj, mask)
+        when fileobj is ready."""
+        self.selector.register(fileobj, events, ("plugin", handler))
+
+    def modify_fd(self, fileobj, handler, events):
+        """Change what a plugin's file object is watched for."""
+        self.selector.modify(fileobj, events, ("plugin", handler))
 
     def unregister_fd(self, fileobj):
         """Stop watching a plugin's file object."""
@@ -125,8 +130,16 @@ class Supervisor:
         self._install_signals()
         proc.become_subreaper()
         self.store = Store(self.config.db, busy_timeout=0.25)
-        for plugin in self.plugins:
-            plugin.register(self)
+        registered = []
+        try:
+            for plugin in self.plugins:
+                plugin.register(self)
+                registered.append(plugin)
+        except BaseException:
+            for plugin in registered:
+                plugin.close()
+            self.store.close()
+            raise
         self._heartbeat(startup=True)
         self.log.info("daemon.starting", worker_id=self.worker_id, db=self.config.db,
                       app=self.config.app,
@@ -165,6 +178,10 @@ class Supervisor:
                 deadlines.append(self.next_schedule)
         else:
             deadlines.append(self.stop_deadline)
+        for plugin in self.plugins:
+            hook = getattr(plugin, "next_deadline", None)
+            if hook:
+                deadlines.append(hook())
         for pool in self.pools:
             if len(pool.active) < pool.size and not self.stopping:
                 deadlines.append(pool.next_spawn)
@@ -177,7 +194,7 @@ class Supervisor:
         return max(0.0, min(d for d in deadlines if d is not None) - now)
 
     def _wait(self, timeout):
-        for key, _ in self.selector.select(timeout):
+        for key, mask in self.selector.select(timeout):
             kind, obj = key.data
             if kind == "child":
                 self._read_child(obj)
@@ -188,7 +205,7 @@ class Supervisor:
                 except BlockingIOError:
                     pass
             else:
-                obj(key.fileobj)
+                obj(key.fileobj, mask)
 
     # ---- signals ---------------------------------------------------------------
 

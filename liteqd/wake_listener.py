@@ -49,7 +49,7 @@ class WakeListener:
         os.chmod(self.path, 0o666)
         sock.setblocking(False)
         self.sock = sock
-        sup.register_fd(sock, lambda _f: self._drain(sup))
+        sup.register_fd(sock, lambda _f, _mask: self._drain(sup))
 
     def _drain(self, sup):
         try:

@@ -1,0 +1,126 @@
+"""The client side of the daemon's control channel (used by liteqctl and the web panel).
+
+    from liteq import control
+    control.status()           # the daemon's pools, children and queue counts
+    control.scale(4)           # the first pool to 4 children
+    control.pause("emails")
+
+Each call opens the daemon's Unix socket (found from LITEQ_SOCKET, or derived
+from LITEQ_DB), sends one JSON line and reads one back. With no daemon
+listening it raises DaemonNotRunning; wake() instead does nothing.
+"""
+
+import json
+import os
+import socket
+
+from . import settings
+from .errors import LiteQError
+from .paths import socket_path
+from .wakeup import wake as _wake
+
+
+class DaemonNotRunning(LiteQError):
+    """No liteqd listens on the control socket."""
+
+
+class ControlError(LiteQError):
+    """The daemon answered with an error."""
+
+
+def request(op, *, path=None, db=None, timeout=5.0, **args) -> dict:
+    """Send one request and return the daemon's reply (a dict with "ok": True).
+
+    Raises DaemonNotRunning when nothing listens, ControlError on an error reply,
+    and TimeoutError when the daemon does not answer within `timeout` seconds.
+    """
+    path = path or socket_path(db)
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    sock.settimeout(timeout)
+    try:
+        try:
+            sock.connect(path)
+        except (FileNotFoundError, ConnectionRefusedError):
+            raise DaemonNotRunning(
+                f"no liteqd is running for database {os.path.abspath(db or settings.db_path())} "
+                f"(nothing listens on {path})") from None
+        sock.sendall(json.dumps({"op": op, **args}).encode() + b"\n")
+        buf = b""
+        while b"\n" not in buf:
+            try:
+                data = sock.recv(1 << 16)
+            except socket.timeout:
+                raise TimeoutError(f"liteqd did not answer {op!r} within {timeout:g} s") from None
+            if not data:
+                raise ControlError(f"liteqd closed the connection without answering {op!r}")
+            buf += data
+    finally:
+        sock.close()
+    reply = json.loads(buf.split(b"\n", 1)[0])
+    if not reply.get("ok"):
+        raise ControlError(reply.get("error") or f"liteqd refused {op!r}")
+    return reply
+
+
+def queue_counts(db=None) -> list:
+    """[{queue, pending, running, done, failed, cancelled}] read from the database."""
+    from .storage import get_store
+    counts = {}
+    for row in get_store(db).queue_stats():
+        q = counts.setdefault(row["queue"], {"queue": row["queue"], "pending": 0, "running": 0,
+                                             "done": 0, "failed": 0, "cancelled": 0})
+        q[row["status"]] = q.get(row["status"], 0) + row["count"]
+    return [counts[k] for k in sorted(counts)]
+
+
+def ping(**kw) -> dict:
+    """Check that the daemon answers; returns {"pong": True, "pid": ...}."""
+    return request("ping", **kw)
+
+
+def status(include_queues=True, **kw) -> dict:
+    """The daemon's state: pid, uptime_s, db, pools (with children) and, by default,
+    per-queue counts read from the database (so the daemon's loop never scans it)."""
+    reply = request("status", **kw)
+    reply.pop("ok", None)
+    if include_queues:
+        reply["queues"] = queue_counts(reply.get("db") or kw.get("db"))
+    return reply
+
+
+def scale(size, pool=None, **kw) -> dict:
+    """Set a pool's number of children (the first pool when pool is None)."""
+    args = {"size": size}
+    if pool is not None:
+        args["pool"] = pool
+    return request("scale", **args, **kw)
+
+
+def pause(queue, **kw) -> dict:
+    """Stop claiming tasks from `queue` (running ones finish)."""
+    return request("pause", queue=queue, **kw)
+
+
+def resume(queue, **kw) -> dict:
+    """Claim from `queue` again."""
+    return request("resume", queue=queue, **kw)
+
+
+def reload(**kw) -> dict:
+    """Re-import the app and replace every child, losing no task (like SIGHUP)."""
+    return request("reload", **kw)
+
+
+def shutdown(fast=False, **kw) -> dict:
+    """Stop the daemon: graceful by default, fast (kill and requeue) with fast=True."""
+    return request("shutdown", fast=fast, **kw)
+
+
+def schedules(**kw) -> list:
+    """The cron schedules, as the daemon sees them."""
+    return request("schedules", **kw)["schedules"]
+
+
+def wake(db=None) -> None:
+    """Nudge the daemon to look for due tasks now; silently does nothing without one."""
+    _wake(db)

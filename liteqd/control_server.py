@@ -1,0 +1,316 @@
+"""The control channel: a Unix stream socket speaking newline-delimited JSON.
+
+One request and one reply per line: {"op": "status"} -> {"ok": true, ...};
+anything unknown or malformed -> {"ok": false, "error": "..."}, and the daemon
+carries on. It runs inside the supervisor's loop, never blocking it: sockets
+are non-blocking, lines are capped, replies a client does not read are
+dropped with the client, and idle connections are closed.
+"""
+
+import grp
+import json
+import os
+import selectors
+import socket
+import struct
+import time
+
+from .wake_listener import claim_socket_path
+
+MAX_LINE = 64 * 1024            # bytes in one request line
+MAX_CONNECTIONS = 128
+MAX_PENDING_REPLY = 1 << 20     # a client that stops reading is cut off past this
+IDLE_TIMEOUT = 30.0             # seconds without a request before a connection is closed
+MAX_REQUESTS_PER_READ = 64      # keeps one flooding client from hogging a loop turn
+
+READ_ONLY_OPS = frozenset({"ping", "status", "schedules", "wake"})
+_UCRED = struct.Struct("3i")
+
+
+class ControlError(Exception):
+    """A request that cannot be served; its message is the reply's error."""
+
+
+class _Conn:
+    __slots__ = ("sock", "rbuf", "wbuf", "last", "uid", "gid", "pid", "closing")
+
+    def __init__(self, sock):
+        self.sock = sock
+        self.rbuf = b""
+        self.wbuf = b""
+        self.last = time.monotonic()
+        self.closing = False
+        try:
+            self.pid, self.uid, self.gid = _UCRED.unpack(
+                sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, _UCRED.size))
+        except OSError:
+            self.pid, self.uid, self.gid = 0, -1, -1
+
+
+def _peer_groups(pid):
+    """Supplementary group ids of a peer process, from /proc (empty when unreadable)."""
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            for line in f:
+                if line.startswith("Groups:"):
+                    return {int(g) for g in line.split()[1:]}
+    except (OSError, ValueError):
+        pass
+    return set()
+
+
+class ControlServer:
+    """Serves liteqctl, liteq.control and the web panel from inside the supervisor."""
+
+    def __init__(self, path, group=None):
+        self.path = path
+        self.group = group
+        self.gid = None
+        self.listener = None
+        self.conns = {}
+        self.sup = None
+        self.uid = os.getuid()
+
+    # ---- plugin interface ----------------------------------------------------
+
+    def register(self, sup):
+        """Bind the socket (0600, or 0660 with a group) and watch it from the loop."""
+        self.sup = sup
+        if len(self.path.encode()) > 107:
+            raise OSError(f"control socket path is too long for a Unix socket "
+                          f"({len(self.path.encode())} bytes, at most 107): {self.path}; "
+                          f"set a shorter --socket / LITEQ_SOCKET")
+        claim_socket_path(self.path, socket.SOCK_STREAM)
+        if self.group:
+            try:
+                self.gid = grp.getgrnam(self.group).gr_gid
+            except KeyError:
+                raise OSError(f"socket group {self.group!r} does not exist") from None
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        old = os.umask(0o177)  # the file is born 0600: no window where others can connect
+        try:
+            sock.bind(self.path)
+        finally:
+            os.umask(old)
+        if self.gid is not None:
+            os.chown(self.path, -1, self.gid)
+            os.chmod(self.path, 0o660)
+        sock.listen(64)
+        sock.setblocking(False)
+        self.listener = sock
+        sup.register_fd(sock, self._on_accept)
+
+    def on_tick(self, sup):
+        """Close connections that have been idle too long."""
+        now = time.monotonic()
+        for conn in list(self.conns.values()):
+            if now - conn.last > IDLE_TIMEOUT:
+                self._close(conn)
+
+    def next_deadline(self):
+        """When the oldest idle connection times out (keeps the loop's sleep bounded)."""
+        if not self.conns:
+            return None
+        return min(c.last for c in self.conns.values()) + IDLE_TIMEOUT
+
+    def close(self):
+        """Close every connection and remove the socket file."""
+        for conn in list(self.conns.values()):
+            self._close(conn)
+        if self.listener is not None:
+            self.sup.unregister_fd(self.listener)
+            self.listener.close()
+            self.listener = None
+            try:
+                os.unlink(self.path)
+            except FileNotFoundError:
+                pass
+
+    # ---- connections -----------------------------------------------------------
+
+    def _on_accept(self, _sock, _mask):
+        for _ in range(64):
+            try:
+                sock, _ = self.listener.accept()
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError:
+                return  # EMFILE and friends: try again next turn
+            sock.setblocking(False)
+            if len(self.conns) >= MAX_CONNECTIONS:
+                try:
+                    sock.send(b'{"ok":false,"error":"too many control connections"}\n')
+                except OSError:
+                    pass
+                sock.close()
+                continue
+            conn = _Conn(sock)
+            self.conns[sock.fileno()] = conn
+            self.sup.register_fd(sock, lambda s, mask, c=conn: self._on_ready(c, mask))
+
+    def _on_ready(self, conn, mask):
+        if mask & selectors.EVENT_WRITE:
+            self._flush(conn)
+        if mask & selectors.EVENT_READ and not conn.closing:
+            self._on_read(conn)
+
+    def _on_read(self, conn):
+        try:
+            data = conn.sock.recv(MAX_LINE)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError:
+            data = b""
+        if not data:
+            self._close(conn)
+            return
+        conn.last = time.monotonic()
+        conn.rbuf += data
+        served = 0
+        while b"\n" in conn.rbuf and served < MAX_REQUESTS_PER_READ and not conn.closing:
+            line, conn.rbuf = conn.rbuf.split(b"\n", 1)
+            served += 1
+            if line.strip():
+                self._reply(conn, self.handle_line(line, conn))
+        if len(conn.rbuf) > MAX_LINE:
+            self._reply(conn, {"ok": False, "error": f"request line longer than {MAX_LINE} "
+                                                     f"bytes; closing the connection"})
+            conn.closing = True
+            conn.rbuf = b""
+            self._flush(conn)
+
+    def _reply(self, conn, reply):
+        conn.wbuf += json.dumps(reply, separators=(",", ":"), default=str).encode() + b"\n"
+        if len(conn.wbuf) > MAX_PENDING_REPLY:
+            self._close(conn)  # it does not read its replies
+            return
+        self._flush(conn)
+
+    def _flush(self, conn):
+        try:
+            while conn.wbuf:
+                sent = conn.sock.send(conn.wbuf)
+                conn.wbuf = conn.wbuf[sent:]
+        except (BlockingIOError, InterruptedError):
+            pass
+        except OSError:
+            self._close(conn)
+            return
+        handler = (lambda s, mask, c=conn: self._on_ready(c, mask))
+        if conn.wbuf:
+            self.sup.modify_fd(conn.sock, handler,
+                               selectors.EVENT_READ | selectors.EVENT_WRITE)
+        elif conn.closing:
+            self._close(conn)
+        else:
+            try:
+                self.sup.modify_fd(conn.sock, handler, selectors.EVENT_READ)
+            except (KeyError, ValueError):
+                pass
+
+    def _close(self, conn):
+        self.conns.pop(conn.sock.fileno(), None)
+        self.sup.unregister_fd(conn.sock)
+        try:
+            conn.sock.close()
+        except OSError:
+            pass
+
+    # ---- requests --------------------------------------------------------------
+
+    def allowed(self, conn) -> bool:
+        """State-changing ops: our own uid, root, or a member of the configured group."""
+        if conn.uid in (self.uid, 0):
+            return True
+        if self.gid is not None and (conn.gid == self.gid or self.gid in _peer_groups(conn.pid)):
+            return True
+        return False
+
+    def handle_line(self, line: bytes, conn=None) -> dict:
+        """Parse one request line and serve it; never raises."""
+        try:
+            request = json.loads(line)
+        except (ValueError, UnicodeDecodeError) as exc:
+            return {"ok": False, "error": f"malformed JSON: {exc}"}
+        if not isinstance(request, dict):
+            return {"ok": False, "error": "a request must be a JSON object like {\"op\": \"ping\"}"}
+        op = request.get("op")
+        if not isinstance(op, str):
+            return {"ok": False, "error": "missing \"op\" (a string)"}
+        handler = getattr(self, "op_" + op, None)
+        if handler is None:
+            return {"ok": False, "error": f"unknown op {op!r}; known: "
+                                          f"{', '.join(sorted(self.ops()))}"}
+        if op not in READ_ONLY_OPS and conn is not None and not self.allowed(conn):
+            return {"ok": False, "error": f"permission denied: uid {conn.uid} may not {op}; "
+                                          f"only uid {self.uid}, root"
+                                          + (f" or group {self.group}" if self.group else "")}
+        try:
+            reply = handler(request) or {}
+        except ControlError as exc:
+            return {"ok": False, "error": str(exc)}
+        except Exception as exc:  # a bug in one op must not take the daemon down
+            self.sup.log.error("control.error", op=op, error=f"{type(exc).__name__}: {exc}")
+            return {"ok": False, "error": f"internal error: {type(exc).__name__}: {exc}"}
+        return {"ok": True, **reply}
+
+    @classmethod
+    def ops(cls):
+        """The names of the operations this server knows."""
+        return [name[3:] for name in dir(cls) if name.startswith("op_")]
+
+    # ---- operations ------------------------------------------------------------
+
+    def op_ping(self, request):
+        return {"pong": True, "pid": os.getpid()}
+
+    def op_status(self, request):
+        return self.sup.status()
+
+    def op_wake(self, request):
+        self.sup.wake()
+        return {}
+
+    def op_scale(self, request):
+        size = request.get("size")
+        if isinstance(size, bool) or not isinstance(size, int) or size < 0:
+            raise ControlError(f"scale needs \"size\", a whole number >= 0; got {size!r}")
+        name = request.get("pool", self.sup.pools[0].name)
+        if not isinstance(name, str):
+            raise ControlError(f"\"pool\" must be a string; got {name!r}")
+        try:
+            self.sup.scale(name, size)
+        except KeyError as exc:
+            raise ControlError(exc.args[0]) from None
+        return {"pool": name, "size": size}
+
+    def _queue_arg(self, request):
+        queue = request.get("queue")
+        if not isinstance(queue, str) or not queue:
+            raise ControlError(f"\"queue\" must be a non-empty string; got {queue!r}")
+        return queue
+
+    def op_pause(self, request):
+        queue = self._queue_arg(request)
+        self.sup.paused.add(queue)
+        self.sup.log.info("queue.paused", queue=queue)
+        return {"paused": sorted(self.sup.paused)}
+
+    def op_resume(self, request):
+        queue = self._queue_arg(request)
+        self.sup.paused.discard(queue)
+        self.sup.wake()
+        self.sup.log.info("queue.resumed", queue=queue)
+        return {"paused": sorted(self.sup.paused)}
+
+    def op_reload(self, request):
+        self.sup.reload()
+        return {}
+
+    def op_shutdown(self, request):
+        self.sup.request_stop(fast=bool(request.get("fast")), reason="control")
+        return {}
+
+    def op_schedules(self, request):
+        from liteq.scheduler import list_schedules
+        return {"schedules": list_schedules(self.sup.store)}

@@ -1,0 +1,193 @@
+"""`liteqctl`: talk to a running liteqd over its control socket.
+
+Exit codes: 0 success, 1 an error reply (or a bad request), 3 no daemon running.
+"""
+
+import argparse
+import json
+import os
+import sys
+import time
+
+from liteq import control
+from liteq.errors import LiteQError
+from liteq.timeutil import to_iso
+
+EXIT_OK, EXIT_ERROR, EXIT_NO_DAEMON = 0, 1, 3
+
+
+def _fmt_duration(seconds):
+    if seconds is None:
+        return "-"
+    seconds = float(seconds)
+    if seconds < 60:
+        return f"{seconds:.1f}s"
+    minutes, sec = divmod(int(seconds), 60)
+    if minutes < 60:
+        return f"{minutes}m{sec:02d}s"
+    hours, minutes = divmod(minutes, 60)
+    if hours < 24:
+        return f"{hours}h{minutes:02d}m"
+    days, hours = divmod(hours, 24)
+    return f"{days}d{hours:02d}h"
+
+
+def _fmt_bytes(n):
+    if not n:
+        return "-"
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if n < 1024 or unit == "GiB":
+            return f"{n:.0f}{unit}" if unit == "B" else f"{n:.1f}{unit}"
+        n /= 1024
+
+
+def table(headers, rows):
+    """Plain text, columns aligned; numbers right-aligned."""
+    cells = [[str(h) for h in headers]] + [["-" if v is None else str(v) for v in r]
+                                          for r in rows]
+    widths = [max(len(r[i]) for r in cells) for i in range(len(headers))]
+    numeric = [all(r[i].replace(".", "", 1).isdigit() or r[i] == "-" for r in cells[1:])
+               and cells[1:] for i in range(len(headers))]
+    lines = []
+    for r in cells:
+        lines.append("  ".join(c.rjust(w) if numeric[i] else c.ljust(w)
+                               for i, (c, w) in enumerate(zip(r, widths))).rstrip())
+    return "\n".join(lines)
+
+
+def render_status(st):
+    """The human-readable `liteqctl status`."""
+    out = [f"liteqd pid {st['pid']}  up {_fmt_duration(st['uptime_s'])}  state {st['state']}",
+           f"database  {st['db']}",
+           f"app       {st.get('app')}"]
+    if st.get("paused"):
+        out.append(f"paused    {', '.join(st['paused'])}")
+    for pool in st["pools"]:
+        flag = "  FAILING (children keep dying; respawns back off)" if pool.get("failing") else ""
+        out.append("")
+        out.append(f"pool {pool['name']}: {len(pool['children'])}/{pool['size']} children, "
+                   f"queues {', '.join(pool['queues'])}{flag}")
+        rows = [(c["pid"], c["slot"], c["state"], c["task_id"], c["task_name"],
+                 _fmt_duration(c["running_s"]) if c["running_s"] is not None else None,
+                 _fmt_bytes(c["rss_bytes"]), c["tasks_done"]) for c in pool["children"]]
+        if rows:
+            out.append(table(["PID", "SLOT", "STATE", "TASK", "NAME", "RUNNING", "RSS", "DONE"],
+                             rows))
+    queues = st.get("queues") or []
+    out.append("")
+    if queues:
+        out.append(table(["QUEUE", "PENDING", "RUNNING", "FAILED", "DONE"],
+                         [(q["queue"], q["pending"], q["running"], q["failed"], q["done"])
+                          for q in queues]))
+    else:
+        out.append("no tasks in the database yet")
+    return "\n".join(out)
+
+
+def render_schedules(rows):
+    """The human-readable `liteqctl schedules`."""
+    if not rows:
+        return "no schedules"
+    return table(["NAME", "CRON", "TASK", "NEXT RUN", "LAST RUN", "ENABLED"],
+                 [(r["name"], r["cron_expr"], r["task_name"], r.get("next_run") or "-",
+                   r.get("last_run") or "-", "yes" if r["enabled"] else "no") for r in rows])
+
+
+def _wait_scaled(pool_name, size, timeout, kw):
+    deadline = time.monotonic() + timeout
+    while True:
+        st = control.status(include_queues=False, **kw)
+        pool = next((p for p in st["pools"] if p["name"] == pool_name), None)
+        if pool is None:
+            raise control.ControlError(f"no pool named {pool_name!r}")
+        live = [c for c in pool["children"] if c["state"] in ("idle", "running")]
+        if len(live) == size and len(pool["children"]) == size:
+            return pool
+        if time.monotonic() >= deadline:
+            raise TimeoutError(f"pool {pool_name} has {len(live)} ready children of {size} "
+                               f"after {timeout:g} s ({len(pool['children'])} processes)")
+        time.sleep(0.05)
+
+
+def build_parser():
+    """liteqctl's argument parser."""
+    p = argparse.ArgumentParser(prog="liteqctl", description="Control a running liteqd.")
+    p.add_argument("--db", help="the database the daemon serves [LITEQ_DB]")
+    p.add_argument("--socket", help="the control socket (default: derived from the database) "
+                                    "[LITEQ_SOCKET]")
+    p.add_argument("--timeout", type=float, default=5.0, help="seconds to wait for an answer")
+    sub = p.add_subparsers(dest="command", required=True)
+    s = sub.add_parser("status", help="pools, children and queue counts")
+    s.add_argument("--json", action="store_true", help="print JSON")
+    s = sub.add_parser("scale", help="set a pool's number of children: scale [POOL] N")
+    s.add_argument("args", nargs="+", metavar="[POOL] N")
+    s.add_argument("--wait", type=float, default=60.0,
+                   help="seconds to wait for the pool to settle (default 60)")
+    s = sub.add_parser("pause", help="stop claiming from a queue")
+    s.add_argument("queue")
+    s = sub.add_parser("resume", help="claim from a paused queue again")
+    s.add_argument("queue")
+    sub.add_parser("reload", help="re-import the app and replace the children (like SIGHUP)")
+    s = sub.add_parser("shutdown", help="stop the daemon gracefully")
+    s.add_argument("--fast", action="store_true", help="kill children now, requeue their tasks")
+    sub.add_parser("ping", help="check that the daemon answers")
+    s = sub.add_parser("schedules", help="cron schedules: next run, last run, enabled")
+    s.add_argument("--json", action="store_true", help="print JSON")
+    return p
+
+
+def run(args) -> int:
+    """Carry out one liteqctl command; returns the exit code."""
+    kw = {"timeout": args.timeout}
+    if args.socket:
+        kw["path"] = args.socket
+    if args.db:
+        kw["db"] = args.db
+    cmd = args.command
+    if cmd == "status":
+        st = control.status(**kw)
+        print(json.dumps(st, indent=2) if args.json else render_status(st))
+    elif cmd == "scale":
+        if len(args.args) > 2:
+            raise ValueError("usage: liteqctl scale [POOL] N")
+        pool = args.args[0] if len(args.args) == 2 else None
+        try:
+            size = int(args.args[-1])
+        except ValueError:
+            raise ValueError(f"N must be a whole number; got {args.args[-1]!r}") from None
+        reply = control.scale(size, pool=pool, **kw)
+        settled = _wait_scaled(reply["pool"], size, args.wait, kw)
+        print(f"pool {reply['pool']} now has {len(settled['children'])} children")
+    elif cmd in ("pause", "resume"):
+        reply = getattr(control, cmd)(args.queue, **kw)
+        print(f"{cmd}d {args.queue}; paused queues: {', '.join(reply['paused']) or 'none'}")
+    elif cmd == "reload":
+        control.reload(**kw)
+        print("reloading: fresh children are starting")
+    elif cmd == "shutdown":
+        control.shutdown(fast=args.fast, **kw)
+        print("stopping" + (" (fast)" if args.fast else " (graceful)"))
+    elif cmd == "ping":
+        reply = control.ping(**kw)
+        print(f"pong from liteqd pid {reply['pid']}")
+    elif cmd == "schedules":
+        rows = control.schedules(**kw)
+        print(json.dumps(rows, indent=2) if args.json else render_schedules(rows))
+    return EXIT_OK
+
+
+def main(argv=None) -> int:
+    """Entry point of the `liteqctl` command."""
+    args = build_parser().parse_args(argv)
+    try:
+        return run(args)
+    except control.DaemonNotRunning as exc:
+        print(f"liteqctl: {exc}", file=sys.stderr)
+        return EXIT_NO_DAEMON
+    except (LiteQError, ValueError, TimeoutError, OSError) as exc:
+        print(f"liteqctl: error: {exc}", file=sys.stderr)
+        return EXIT_ERROR
+
+
+if __name__ == "__main__":
+    sys.exit(main())
