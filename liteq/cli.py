@@ -7,6 +7,7 @@ USAGE = """usage: liteq COMMAND [OPTIONS]
 commands:
   worker      run tasks in the foreground (the liteqd supervisor); see `liteq worker -h`
   scheduler   fire cron schedules without a worker; see `liteq scheduler -h`
+  bench       measure enqueue, drain and latency on this machine; see `liteq bench -h`
 
 The daemon for production is `liteqd`; talk to it with `liteqctl`.
 """
@@ -22,6 +23,9 @@ def main(argv=None) -> int:
     if command == "worker":
         from liteqd.cli import main as daemon_main
         return daemon_main(rest, prog="liteq worker")
+    if command == "bench":
+        from .bench import main as bench_main
+        return bench_main(rest)
     if command == "scheduler":
         from .scheduler import main as scheduler_main
         return scheduler_main(rest)

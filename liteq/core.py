@@ -66,21 +66,22 @@ class Task:
                 self.timeout if timeout is None else timeout,
                 self.retry_delay, self.retry_backoff, self.retry_max_delay)
 
+    @staticmethod
+    def _enqueue(row) -> int:
+        # Commit first, then nudge the daemon, telling it when the task is due.
+        store = storage.get_store()
+        task_id = store.enqueue(*row)
+        _wake(store.path, row[5])
+        return task_id
+
     def delay(self, *args, **kwargs) -> int:
         """Enqueue a call with these arguments; returns the task id."""
-        store = storage.get_store()
-        task_id = store.enqueue(*self._row(args, kwargs, None, None, None, None, None))
-        _wake(store.path)
-        return task_id
+        return self._enqueue(self._row(args, kwargs, None, None, None, None, None))
 
     def schedule(self, when, *args, **kwargs) -> int:
         """Enqueue a call to run at `when`: a datetime (naive = local time), a
         timedelta, or a number of seconds from now. Returns the task id."""
-        run_at = to_epoch(when)
-        store = storage.get_store()
-        task_id = store.enqueue(*self._row(args, kwargs, None, None, run_at, None, None))
-        _wake(store.path)
-        return task_id
+        return self._enqueue(self._row(args, kwargs, None, None, to_epoch(when), None, None))
 
     def apply_async(self, args=(), kwargs=None, *, queue=None, priority=None, eta=None,
                     countdown=None, timeout=None, max_retries=None) -> int:
@@ -107,11 +108,8 @@ class Task:
             run_at = eta.timestamp() if hasattr(eta, "timestamp") else float(eta)
         elif countdown is not None:
             run_at = now() + countdown
-        store = storage.get_store()
-        task_id = store.enqueue(*self._row(tuple(args), kwargs or {}, queue, priority,
-                                           run_at, timeout, max_retries))
-        _wake(store.path)
-        return task_id
+        return self._enqueue(self._row(tuple(args), kwargs or {}, queue, priority, run_at,
+                                       timeout, max_retries))
 
     def map(self, iterable, **options) -> list:
         """Enqueue one call per item (each item is the single argument), in one
@@ -126,18 +124,19 @@ class Task:
         _check_positive("countdown", countdown, allow_none=True)
         _check_positive("timeout", timeout, allow_none=True, allow_zero=False)
         payloads, count = encode_args_array(self.name, iterable)
+        run_at = None if countdown is None else now() + countdown
         store = storage.get_store()
         ids = store.enqueue_many(
             self.name, payloads, count,
             queue=self.queue if queue is None else queue,
             priority=self.priority if priority is None else int(priority),
             max_retries=self.max_retries,
-            run_at=None if countdown is None else now() + countdown,
+            run_at=run_at,
             timeout=self.timeout if timeout is None else timeout,
             retry_delay=self.retry_delay, retry_backoff=self.retry_backoff,
             retry_max_delay=self.retry_max_delay)
         if ids:
-            _wake(store.path)
+            _wake(store.path, run_at)
         return ids
 
 

@@ -379,15 +379,63 @@ class Store:
 
     # ---- claim and outcomes (daemon side) ------------------------------
 
+    def _priority_levels(self, conn, queue):
+        """Priority levels that have pending tasks in `queue`, highest first.
+
+        Each step is one index seek, so walking the levels costs O(levels * log n).
+        """
+        level = conn.execute("SELECT MAX(priority) FROM tasks WHERE status = 'pending' "
+                             "AND queue = ?", (queue,)).fetchone()[0]
+        while level is not None:
+            yield level
+            level = conn.execute("SELECT MAX(priority) FROM tasks WHERE status = 'pending' "
+                                 "AND queue = ? AND priority < ?", (queue, level)).fetchone()[0]
+
     @_guarded
-    def claim(self, worker_id, queues, limit, at=None) -> list:
+    def claim(self, worker_id, queues, limit, at=None, backlog=False) -> list:
         """Mark up to `limit` due pending tasks of `queues` as running for this worker.
 
-        One UPDATE ... RETURNING; rows come back ordered by priority desc, due time, id.
+        Tasks go by priority desc, then due time, then id, claimed by one
+        UPDATE ... RETURNING in one transaction. Candidates are found per queue and
+        priority level with index range scans on run_at, so tasks due later (however
+        many) are never scanned. With backlog=True (the caller's last claim came back
+        full) a single UPDATE ... LIMIT is used instead: with plenty due, it stops
+        after `limit` rows and saves the per-level lookups.
         """
         if limit <= 0 or not queues:
             return []
         t = now() if at is None else at
+        if backlog:
+            return self._claim_backlog(worker_id, queues, limit, t)
+        with self._write() as conn:
+            candidates = []
+            for queue in queues:
+                found = 0
+                for level in self._priority_levels(conn, queue):
+                    rows = conn.execute(
+                        "SELECT id, priority, run_at FROM tasks WHERE status = 'pending' "
+                        "AND queue = ? AND priority = ? AND run_at <= ? "
+                        "ORDER BY run_at, id LIMIT ?", (queue, level, t, limit - found)
+                    ).fetchall()
+                    candidates.extend(rows)
+                    found += len(rows)
+                    if found >= limit:
+                        break  # lower levels cannot beat what this queue already has
+            if not candidates:
+                return []
+            candidates.sort(key=lambda r: (-r[1], r[2], r[0]))
+            ids = [r[0] for r in candidates[:limit]]
+            marks = ",".join("?" * len(ids))
+            rows = conn.execute(
+                f"UPDATE tasks SET status = 'running', worker_id = ?, attempts = attempts + 1, "
+                f"started_at = ? WHERE id IN ({marks}) AND status = 'pending' "
+                f"RETURNING {_CLAIM_RETURNING}", (worker_id, t, *ids)).fetchall()
+        # RETURNING gives no order guarantee; restore the claim order.
+        rows = [dict(r) for r in rows]
+        rows.sort(key=lambda r: (-r["priority"], r["run_at"], r["id"]))
+        return rows
+
+    def _claim_backlog(self, worker_id, queues, limit, t):
         marks = ",".join("?" * len(queues))
         with self._write() as conn:
             rows = conn.execute(
@@ -396,7 +444,6 @@ class Store:
                 f"AND queue IN ({marks}) AND run_at <= ? "
                 f"ORDER BY priority DESC, run_at, id LIMIT ?) RETURNING {_CLAIM_RETURNING}",
                 (worker_id, t, *queues, t, limit)).fetchall()
-        # RETURNING gives no order guarantee; restore the claim order.
         rows = [dict(r) for r in rows]
         rows.sort(key=lambda r: (-r["priority"], r["run_at"], r["id"]))
         return rows
@@ -449,13 +496,16 @@ class Store:
     @_guarded
     def next_due(self, queues):
         """The earliest run_at among pending tasks of these queues, or None."""
-        if not queues:
-            return None
-        marks = ",".join("?" * len(queues))
-        row = self._conn.execute(
-            f"SELECT MIN(run_at) FROM tasks WHERE status = 'pending' AND queue IN ({marks})",
-            tuple(queues)).fetchone()
-        return row[0]
+        conn = self._conn
+        earliest = None
+        for queue in queues:
+            for level in self._priority_levels(conn, queue):
+                first = conn.execute(
+                    "SELECT MIN(run_at) FROM tasks WHERE status = 'pending' AND queue = ? "
+                    "AND priority = ?", (queue, level)).fetchone()[0]
+                if first is not None and (earliest is None or first < earliest):
+                    earliest = first
+        return earliest
 
     # ---- workers and reclaim -------------------------------------------
 
@@ -579,11 +629,30 @@ class Store:
             "WHERE queue IS NOT NULL ORDER BY 1")]
 
     @_guarded
+    def finish_window(self):
+        """(earliest started_at, latest finished_at) over done tasks: a drain's span."""
+        row = self._conn.execute("SELECT MIN(started_at), MAX(finished_at) FROM tasks "
+                                 "WHERE status = 'done'").fetchone()
+        return row[0], row[1]
+
+    @_guarded
     def oldest_pending(self) -> list:
         """[{queue, oldest_run_at}]: the earliest due time of pending tasks per queue."""
         return [dict(r) for r in self._conn.execute(
             "SELECT queue, MIN(run_at) AS oldest_run_at FROM tasks WHERE status = 'pending' "
             "GROUP BY queue ORDER BY queue")]
+
+    @_guarded
+    def finished_buckets(self, since, bucket) -> list:
+        """[{slot, status, count}]: tasks that finished since `since`, per `bucket` seconds.
+
+        slot n covers [since + n*bucket, since + (n+1)*bucket). Statuses are done,
+        failed and cancelled (the terms of idx_tasks_finished, so it is a range scan).
+        """
+        return [dict(r) for r in self._conn.execute(
+            "SELECT CAST((finished_at - ?) / ? AS INTEGER) AS slot, status, COUNT(*) AS count "
+            "FROM tasks WHERE status IN ('done', 'failed', 'cancelled') AND finished_at >= ? "
+            "GROUP BY slot, status ORDER BY slot", (since, float(bucket), since))]
 
     @_guarded
     def active_workers(self, since) -> list:

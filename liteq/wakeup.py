@@ -1,8 +1,10 @@
 """Fire-and-forget wake-ups from producers to the daemon.
 
-After an enqueue commits, the producer sends a one-byte datagram to the
-daemon's wake socket so a waiting task starts at once instead of at the next
-poll. It never blocks and never fails the enqueue.
+After an enqueue commits, the producer sends a small datagram to the daemon's
+wake socket so a waiting task starts at once instead of at the next poll:
+b"w" for a task due now, or b"d<epoch seconds>" for one due later, so the
+daemon can sleep until then without asking the database. It never blocks and
+never fails the enqueue.
 
 The socket is connected once and reused, so a send costs a few microseconds.
 When no daemon listens, connecting is retried at most every RETRY_S seconds,
@@ -27,7 +29,7 @@ class _Waker:
         self.next_try = 0.0
         self.target = target
 
-    def send(self):
+    def send(self, message):
         if self.sock is None:
             t = time.monotonic()
             if t < self.next_try:
@@ -42,7 +44,7 @@ class _Waker:
                 return
             self.sock = sock
         try:
-            self.sock.send(b"w")
+            self.sock.send(message)
         except BlockingIOError:
             pass  # its queue is full: wake-ups are pending already
         except OSError:
@@ -55,8 +57,9 @@ _pid = None
 _wakers = {}
 
 
-def wake(db_path=None) -> None:
-    """Nudge the daemon serving `db_path`; silently does nothing when none listens."""
+def wake(db_path=None, due=None) -> None:
+    """Nudge the daemon serving `db_path` about a task due at `due` (epoch seconds;
+    None = now). Silently does nothing when no daemon listens."""
     global _pid, _wakers
     pid = os.getpid()
     if pid != _pid:  # a forked child must not share its parent's sockets
@@ -65,4 +68,4 @@ def wake(db_path=None) -> None:
     waker = _wakers.get(key)
     if waker is None:
         waker = _wakers[key] = _Waker(wake_path(socket_path(db_path)))
-    waker.send()
+    waker.send(b"w" if due is None or due <= time.time() else b"d%.6f" % due)

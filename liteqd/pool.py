@@ -70,6 +70,7 @@ class Pool:
     failures: int = 0          # consecutive abnormal child exits
     next_spawn: float = 0.0    # monotonic time before which no child is spawned
     maybe_work: bool = True    # a claim might find something
+    backlog: bool = False      # the last claim came back full
     avg_duration: float = None # moving average of task run time, seconds
 
     @property

@@ -69,6 +69,7 @@ class Supervisor:
         self.outcomes = {"done": [], "failed": [], "retry": [], "release": []}
         self.next_heartbeat = 0.0
         self.next_poll = 0.0
+        self.due_hint = None            # epoch time of the next delayed task we know of
         self.next_schedule = None
         self.db_retry_at = 0.0
         self.tasks_done = 0
@@ -174,6 +175,8 @@ class Supervisor:
         deadlines = [self.next_heartbeat]
         if not self.stopping:
             deadlines.append(max(self.next_poll, self.db_retry_at))
+            if self.due_hint is not None:
+                deadlines.append(max(now + self.due_hint - time.time(), self.db_retry_at))
             if self.next_schedule is not None:
                 deadlines.append(self.next_schedule)
         else:
@@ -591,8 +594,10 @@ class Supervisor:
             # Keep the outcomes and try again shortly; supervision goes on meanwhile.
             self._db_trouble("sync", exc)
             return
-        if out["retry"] or out["release"]:
+        if out["release"]:
             self._claim_soon()
+        for _, _, _, run_at in out["retry"]:
+            self.wake(due=run_at)
         self.outcomes = {"done": [], "failed": [], "retry": [], "release": []}
         for pool, rows in claims:
             self._dispatch(pool, rows)
@@ -607,19 +612,26 @@ class Supervisor:
         for pool in self.pools:
             pool.maybe_work = True
 
-    def wake(self):
-        """A producer enqueued something: look for work now."""
-        self._claim_soon()
+    def wake(self, due=None):
+        """A producer enqueued something: look for work now, or at `due` (epoch s)."""
+        if due is None or due <= time.time():
+            self._claim_soon()
+        elif self.due_hint is None or due < self.due_hint:
+            self.due_hint = due
 
     def _claim(self):
         """Claim due tasks for the room each pool has; returns [(pool, rows)]."""
-        now = time.monotonic()
-        if now >= self.next_poll:
+        now, wall = time.monotonic(), time.time()
+        if self.due_hint is not None and wall >= self.due_hint:
+            self.due_hint = None
+            self._claim_soon()
+        polling = now >= self.next_poll
+        if polling:
             # The fallback poll: finds work whose wake-up was lost or never sent.
             self._claim_soon()
             self.next_poll = now + self.config.poll_interval
         prefetch = self.config.prefetch
-        claims = []
+        claims, idle_queues = [], []
         for pool in self.pools:
             if not pool.maybe_work:
                 continue
@@ -627,15 +639,19 @@ class Supervisor:
             queues = [q for q in pool.queues if q not in self.paused]
             if room <= 0 or not queues:
                 continue
-            rows = self.store.claim(self.worker_id, queues, room)
+            rows = self.store.claim(self.worker_id, queues, room, backlog=pool.backlog)
+            pool.backlog = len(rows) == room
             if len(rows) < room:
-                # Nothing more is due now: sleep until the next due task.
-                pool.maybe_work = False
-                due = self.store.next_due(queues)
-                if due is not None:
-                    self.next_poll = min(self.next_poll, now + max(due - time.time(), 0))
+                pool.maybe_work = False  # nothing more is due now
+                idle_queues.extend(queues)
             if rows:
                 claims.append((pool, rows))
+        if polling and idle_queues:
+            # Learn when the next delayed task is due, so we sleep until exactly
+            # then. Only here: with a backlog due now this scan is not needed.
+            due = self.store.next_due(idle_queues)
+            if due is not None and due > wall:
+                self.wake(due=due)
         return claims
 
     def _dispatch(self, pool, rows):

@@ -52,12 +52,25 @@ class WakeListener:
         sup.register_fd(sock, lambda _f, _mask: self._drain(sup))
 
     def _drain(self, sup):
+        now_due, later = False, None
         try:
-            while self.sock.recv(64):
-                pass
+            while True:
+                msg = self.sock.recv(64)
+                if msg.startswith(b"d"):
+                    try:
+                        due = float(msg[1:])
+                    except ValueError:
+                        now_due = True  # garbage: just look for work
+                        continue
+                    later = due if later is None else min(later, due)
+                else:
+                    now_due = True
         except (BlockingIOError, InterruptedError):
             pass
-        sup.wake()
+        if now_due:
+            sup.wake()
+        if later is not None:
+            sup.wake(due=later)
 
     def on_tick(self, sup):
         """Nothing to do per loop iteration."""
