@@ -1,0 +1,59 @@
+"""The daemon fires cron schedules from its own loop, each occurrence once."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+from liteq import storage
+
+APP = '''
+from liteq import task, register_schedule
+
+@task
+def tick():
+    return "tick"
+
+register_schedule(tick, "* * * * * */1", name="every-second")
+'''
+
+
+def test_daemon_fires_schedule_every_second(tmp_path, monkeypatch):
+    db = str(tmp_path / "cron.db")
+    sock = str(tmp_path / "s.sock")
+    app = tmp_path / "cron_app.py"
+    app.write_text(APP)
+    monkeypatch.setenv("LITEQ_DB", db)
+    monkeypatch.setenv("LITEQ_SOCKET", sock)
+    storage.forget_stores()
+    log = tmp_path / "daemon.log"
+    env = dict(os.environ, LITEQ_DB=db, LITEQ_SOCKET=sock)
+    with open(log, "w") as out:
+        proc = subprocess.Popen([sys.executable, "-m", "liteqd.cli", "--app", str(app),
+                                 "--concurrency", "1", "--log-format", "json"],
+                                stdout=out, stderr=subprocess.STDOUT, env=env,
+                                start_new_session=True)
+    try:
+        deadline = time.monotonic() + 20
+        store = storage.get_store()
+        while time.monotonic() < deadline and store.count_tasks(status="done") < 4:
+            time.sleep(0.1)
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(15) == 0
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(5)
+    rows = store.find_tasks(name="tick", limit=100)
+    assert len(rows) >= 4, open(log).read()
+    # Each occurrence is enqueued once: run_at (the occurrence) never repeats.
+    run_ats = [r["run_at"] for r in rows]
+    assert len(set(run_ats)) == len(run_ats)
+    # And they are one second apart.
+    gaps = sorted(b - a for a, b in zip(sorted(run_ats), sorted(run_ats)[1:]))
+    assert all(abs(g - 1.0) < 0.01 for g in gaps), gaps
+    events = [json.loads(line)["event"] for line in open(log)]
+    assert events.count("schedule.fired") >= 4
+    storage.forget_stores()
