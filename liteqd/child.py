@@ -30,6 +30,9 @@ from .proc import die_with_parent
 _dumps = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
 
 
+# Exit code of a child whose own set-up or loop raised; before "ready" it is a boot error.
+BOOT_ERROR_EXIT = 70
+
 class _Stop:
     requested = False
 
@@ -170,7 +173,7 @@ def child_main(sock: socket.socket, index: int, parent_pid: int, close_fds=(),
         _serve(sock, index, report_rss)
     except BaseException:  # noqa: B902 - never unwind into the supervisor's code
         traceback.print_exc()
-        code = 70
+        code = BOOT_ERROR_EXIT
     finally:
         os._exit(code)
 

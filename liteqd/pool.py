@@ -68,6 +68,7 @@ class Pool:
     size: int
     children: dict = field(default_factory=dict)   # pid -> ChildHandle
     failures: int = 0          # consecutive abnormal child exits
+    boot_errors: int = 0       # consecutive children that failed before becoming ready
     next_spawn: float = 0.0    # monotonic time before which no child is spawned
     maybe_work: bool = True    # a claim might find something
     backlog: bool = False      # the last claim came back full

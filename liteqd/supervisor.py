@@ -27,12 +27,13 @@ from liteq.errors import DatabaseError
 from liteq.storage import Store
 
 from . import proc
-from .child import child_main
+from .child import BOOT_ERROR_EXIT, child_main
 from . import logs
 from .logs import get_logger
 from .pool import ChildHandle, Pool, TaskRun
 
 MAX_RESPAWN_DELAY = 30.0
+MAX_BOOT_ERRORS = 5
 _SIGNAMES = {s.value: s.name for s in signal.Signals}
 _dumps = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
 
@@ -502,6 +503,7 @@ class Supervisor:
             child.pool.failures += 1
             child.pool.next_spawn = time.monotonic() + min(
                 0.1 * 2 ** child.pool.failures, MAX_RESPAWN_DELAY)
+        self._check_boot_error(child, status)
         self.log.log(30 if abnormal else 20, "child.exited", pid=child.pid,
                      pool=child.pool.name, how=how, reason=child.kill_reason or
                      ("retired" if child.retiring else "crashed" if abnormal else "exited"),
@@ -509,6 +511,24 @@ class Supervisor:
                      failing=child.pool.failing)
         self._claim_soon()
         setproctitle(self.title())
+
+    def _check_boot_error(self, child, status):
+        """Stop the daemon when children keep failing to even start (gunicorn's
+        WORKER_BOOT_ERROR): respawning them would only loop."""
+        pool = child.pool
+        if child.ready:
+            pool.boot_errors = 0
+            return
+        if not (os.WIFEXITED(status) and os.WEXITSTATUS(status) == BOOT_ERROR_EXIT):
+            return  # died some other way (signal, os._exit): back off and keep trying
+        pool.boot_errors += 1
+        if pool.boot_errors >= MAX_BOOT_ERRORS and not self.stopping:
+            message = (f"children of pool {pool.name} failed to start {pool.boot_errors} "
+                       f"times in a row (see the traceback above); stopping")
+            self.log.critical("daemon.fatal", pool=pool.name, reason=message)
+            print(f"liteqd: error: {message}", file=sys.stderr)
+            self.exit_code = 3
+            self.request_stop(fast=True, reason="children cannot start")
 
     # ---- time limits ---------------------------------------------------------
 
