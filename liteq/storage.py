@@ -426,9 +426,11 @@ class Store:
             candidates.sort(key=lambda r: (-r[1], r[2], r[0]))
             ids = [r[0] for r in candidates[:limit]]
             marks = ",".join("?" * len(ids))
+            # "+status" keeps the planner on the primary key: with a million pending
+            # rows the status index would be a full scan.
             rows = conn.execute(
                 f"UPDATE tasks SET status = 'running', worker_id = ?, attempts = attempts + 1, "
-                f"started_at = ? WHERE id IN ({marks}) AND status = 'pending' "
+                f"started_at = ? WHERE id IN ({marks}) AND +status = 'pending' "
                 f"RETURNING {_CLAIM_RETURNING}", (worker_id, t, *ids)).fetchall()
         # RETURNING gives no order guarantee; restore the claim order.
         rows = [dict(r) for r in rows]
