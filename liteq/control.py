@@ -13,6 +13,7 @@ listening it raises DaemonNotRunning; wake() instead does nothing.
 import json
 import os
 import socket
+import time
 
 from . import settings
 from .errors import LiteQError
@@ -35,15 +36,26 @@ def request(op, *, path=None, db=None, timeout=5.0, **args) -> dict:
     and TimeoutError when the daemon does not answer within `timeout` seconds.
     """
     path = path or socket_path(db)
+    deadline = time.monotonic() + timeout
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     sock.settimeout(timeout)
     try:
-        try:
-            sock.connect(path)
-        except (FileNotFoundError, ConnectionRefusedError):
-            raise DaemonNotRunning(
-                f"no liteqd is running for database {os.path.abspath(db or settings.db_path())} "
-                f"(nothing listens on {path})") from None
+        while True:
+            try:
+                sock.connect(path)
+                break
+            except (FileNotFoundError, ConnectionRefusedError):
+                raise DaemonNotRunning(
+                    f"no liteqd is running for database "
+                    f"{os.path.abspath(db or settings.db_path())} "
+                    f"(nothing listens on {path})") from None
+            except BlockingIOError:
+                # A Unix socket with a timeout fails with EAGAIN at once when the
+                # daemon's accept backlog is full (it is busy): wait for room instead.
+                if time.monotonic() >= deadline:
+                    raise TimeoutError(f"liteqd did not accept a connection within "
+                                       f"{timeout:g} s (its backlog is full)") from None
+                time.sleep(0.01)
         sock.sendall(json.dumps({"op": op, **args}).encode() + b"\n")
         buf = b""
         while b"\n" not in buf:

@@ -101,17 +101,29 @@ class ControlServer:
         sup.register_fd(sock, self._on_accept)
 
     def on_tick(self, sup):
-        """Close connections that have been idle too long."""
+        """Serve requests left over by the per-read cap; close idle connections."""
         now = time.monotonic()
         for conn in list(self.conns.values()):
-            if now - conn.last > IDLE_TIMEOUT:
+            if self._backlog(conn):
+                self._serve_lines(conn)
+            elif now - conn.last > IDLE_TIMEOUT:
                 self._close(conn)
 
     def next_deadline(self):
-        """When the oldest idle connection times out (keeps the loop's sleep bounded)."""
+        """When the oldest idle connection times out (keeps the loop's sleep bounded);
+        now, when a connection has requests left over by the per-read cap."""
         if not self.conns:
             return None
+        if any(self._backlog(c) for c in self.conns.values()):
+            return 0.0
         return min(c.last for c in self.conns.values()) + IDLE_TIMEOUT
+
+    @staticmethod
+    def _backlog(conn):
+        """Complete request lines not served yet (a client pipelined more than
+        MAX_REQUESTS_PER_READ), once the earlier replies are sent. Without this they
+        would wait for the client's next write, which never comes if it awaits them."""
+        return not conn.closing and not conn.wbuf and b"\n" in conn.rbuf
 
     def close(self):
         """Close every connection and remove the socket file."""
@@ -166,18 +178,21 @@ class ControlServer:
             return
         conn.last = time.monotonic()
         conn.rbuf += data
+        self._serve_lines(conn)
+        if len(conn.rbuf) > MAX_LINE and not conn.closing:
+            self._reply(conn, {"ok": False, "error": f"request line longer than {MAX_LINE} "
+                                                     f"bytes; closing the connection"})
+            conn.closing = True
+            conn.rbuf = b""
+            self._flush(conn)
+
+    def _serve_lines(self, conn):
         served = 0
         while b"\n" in conn.rbuf and served < MAX_REQUESTS_PER_READ and not conn.closing:
             line, conn.rbuf = conn.rbuf.split(b"\n", 1)
             served += 1
             if line.strip():
                 self._reply(conn, self.handle_line(line, conn))
-        if len(conn.rbuf) > MAX_LINE:
-            self._reply(conn, {"ok": False, "error": f"request line longer than {MAX_LINE} "
-                                                     f"bytes; closing the connection"})
-            conn.closing = True
-            conn.rbuf = b""
-            self._flush(conn)
 
     def _reply(self, conn, reply):
         conn.wbuf += json.dumps(reply, separators=(",", ":"), default=str).encode() + b"\n"
@@ -209,6 +224,7 @@ class ControlServer:
                 pass
 
     def _close(self, conn):
+        conn.closing = True  # nothing more is read from or served to it
         self.conns.pop(conn.sock.fileno(), None)
         self.sup.unregister_fd(conn.sock)
         try:
@@ -230,7 +246,8 @@ class ControlServer:
         """Parse one request line and serve it; never raises."""
         try:
             request = json.loads(line)
-        except (ValueError, UnicodeDecodeError) as exc:
+        except (ValueError, UnicodeDecodeError, RecursionError) as exc:
+            # RecursionError: a line of 60,000 "[" would otherwise crash the daemon.
             return {"ok": False, "error": f"malformed JSON: {exc}"}
         if not isinstance(request, dict):
             return {"ok": False, "error": "a request must be a JSON object like {\"op\": \"ping\"}"}
