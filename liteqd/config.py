@@ -70,7 +70,9 @@ OPTIONS = [
      "replace a child after this many tasks (0: never)"),
     ("--max-memory-per-child", "LITEQ_MAX_MEMORY_PER_CHILD", float, 0.0,
      "replace a child whose RSS exceeds this many MB after a task (0: never)"),
-    ("--prefetch", "LITEQ_PREFETCH", int, 2, "tasks queued per child ahead of time"),
+    ("--prefetch", "LITEQ_PREFETCH", int, 2,
+     "tasks queued per child ahead of time; sub-millisecond tasks get more, up to 32 "
+     "(about 5 ms of queued work)"),
     ("--heartbeat-interval", "LITEQ_HEARTBEAT_INTERVAL", float, 5.0,
      "seconds between heartbeats"),
     ("--stale-after", "LITEQ_STALE_AFTER", float, 30.0,
