@@ -7,6 +7,7 @@ USAGE = """usage: liteq COMMAND [OPTIONS]
 commands:
   worker      run tasks in the foreground (the liteqd supervisor); see `liteq worker -h`
   scheduler   fire cron schedules without a worker; see `liteq scheduler -h`
+  monitor     the web panel and /metrics (needs liteq[web]); see `liteq monitor -h`
   bench       measure enqueue, drain and latency on this machine; see `liteq bench -h`
 
 The daemon for production is `liteqd`; talk to it with `liteqctl`.
@@ -26,6 +27,9 @@ def main(argv=None) -> int:
     if command == "bench":
         from .bench import main as bench_main
         return bench_main(rest)
+    if command == "monitor":
+        from .web.cli import main as monitor_main
+        return monitor_main(rest)
     if command == "scheduler":
         from .scheduler import main as scheduler_main
         return scheduler_main(rest)

@@ -1,0 +1,383 @@
+"""The monitor panel: a Starlette app with server-side Jinja2 pages.
+
+    from liteq.web import create_app
+    app = create_app(db="liteq.db", token=None)     # serve with any ASGI server
+
+Pages: / (overview), /tasks, /tasks/{id}, /failed, /schedules, /pools, /login.
+Actions (POST, CSRF-protected): /tasks/{id}/retry, /tasks/{id}/cancel,
+/failed/retry (all matching a filter), /pools/scale, /logout.
+Machine-readable: /metrics (Prometheus), /api/overview, /api/tasks/{id}.
+Every asset is served from /static by the app itself.
+
+An action answers with a redirect back (and a one-time flash message) for a
+browser, or with JSON when the request sends `Accept: application/json`.
+"""
+
+import asyncio
+import contextlib
+import os
+from urllib.parse import quote, unquote
+
+from starlette.applications import Starlette
+from starlette.concurrency import run_in_threadpool
+from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
+from starlette.responses import JSONResponse, RedirectResponse, Response
+from starlette.routing import Mount, Route
+from starlette.staticfiles import StaticFiles
+from starlette.templating import Jinja2Templates
+
+from .. import control, settings
+from ..errors import DatabaseError
+from ..metrics import LiteQCollector, render as render_metrics
+from ..status import task_row_to_dict
+from ..timeutil import now
+from . import views
+from .formatting import FILTERS
+from .security import CSRF_FIELD, SESSION_COOKIE, SESSION_MAX_AGE, CSRFError, Security, \
+    SecurityMiddleware, wants_html
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+FLASH_COOKIE = "liteq_flash"
+CONTROL_TIMEOUT = 2.0
+MAX_POOL_SIZE = 512
+NAV = [("overview", "Overview", "/"), ("tasks", "Tasks", "/tasks"),
+       ("failed", "Failed", "/failed"), ("schedules", "Schedules", "/schedules"),
+       ("pools", "Pools", "/pools")]
+
+
+def daemon_status(db):
+    """(status dict, None) from the daemon, or (None, why it could not be read)."""
+    try:
+        return control.status(include_queues=False, db=db, timeout=CONTROL_TIMEOUT), None
+    except control.DaemonNotRunning:
+        return None, "not running"
+    except (control.ControlError, TimeoutError, OSError, ValueError) as exc:
+        return None, str(exc) or type(exc).__name__
+
+
+def safe_next(value, default="/") -> str:
+    """A local path to redirect to: refuse absolute and protocol-relative URLs."""
+    if not value or not value.startswith("/") or value.startswith("//") or "\\" in value:
+        return default
+    return value
+
+
+class Panel:
+    """The panel's state (database, policy, templates) and its request handlers."""
+
+    def __init__(self, db, security, refresh):
+        self.db = db
+        self.security = security
+        self.refresh_ms = int(refresh * 1000)
+        self.store = views.PanelStore(db)
+        self.templates = Jinja2Templates(directory=os.path.join(HERE, "templates"))
+        self.templates.env.filters.update(FILTERS)
+
+    # ---- helpers ---------------------------------------------------------------
+
+    async def data(self, fn, *args, **kwargs):
+        """Run fn(store, ...) in the thread pool, holding the panel's Store."""
+        return await run_in_threadpool(self.store.run, fn, *args, **kwargs)
+
+    async def daemon(self):
+        """The daemon's status, read in the thread pool (a socket round trip)."""
+        return await run_in_threadpool(daemon_status, self.db)
+
+    def render(self, request, name, context, status_code=200):
+        """Render a page with the shared context (nav, CSRF token, one-time flash)."""
+        flash = None
+        raw = request.cookies.get(FLASH_COOKIE)
+        if raw:
+            kind, _, text = unquote(raw).partition(":")
+            flash = {"kind": kind if kind in ("ok", "error") else "ok", "text": text}
+        ctx = {"nav_items": NAV, "nav": None, "csrf_field": CSRF_FIELD,
+               "csrf_token": request.state.csrf_token, "flash": flash,
+               "token_set": self.security.token is not None, "db": self.db,
+               "refresh_ms": self.refresh_ms, "failed_total": None, "now": now(),
+               "here": request.url.path + (f"?{request.url.query}" if request.url.query else "")}
+        ctx.update(context)
+        resp = self.templates.TemplateResponse(request, name, ctx, status_code=status_code)
+        if raw:
+            resp.delete_cookie(FLASH_COOKIE, path="/")
+        return resp
+
+    def error(self, request, status_code, message, title=None):
+        """An error as a page for browsers, as JSON for everything else."""
+        title = title or {400: "Bad request", 401: "Unauthorized", 403: "Forbidden",
+                          404: "Not found", 503: "Database unavailable"}.get(
+                              status_code, "Error")
+        if not wants_html(request):
+            return JSONResponse({"error": message}, status_code=status_code)
+        return self.render(request, "error.html", {"code": status_code, "title": title,
+                                                   "message": message}, status_code)
+
+    def done(self, request, form, ok, message, default="/"):
+        """Answer an action: JSON for API clients, else redirect back with a flash."""
+        if "application/json" in request.headers.get("accept", ""):
+            return JSONResponse({"ok": ok, "message": message}, status_code=200 if ok else 409)
+        resp = RedirectResponse(safe_next(form.get("next"), default), status_code=303)
+        resp.set_cookie(FLASH_COOKIE, quote(("ok:" if ok else "error:") + message),
+                        max_age=60, httponly=True, samesite="strict", path="/")
+        return resp
+
+    async def checked_form(self, request):
+        """The POSTed form, after the CSRF checks (CSRFError when they fail)."""
+        form = await request.form()
+        self.security.check_csrf(request, form)
+        return form
+
+    # ---- pages -------------------------------------------------------------------
+
+    async def overview_page(self, request):
+        """Counts by queue and status, the 30-minute chart, pools and workers."""
+        data = await self.data(lambda s: {**views.overview(s),
+                                          "failed_total": s.count_tasks(status="failed")})
+        daemon, daemon_error = await self.daemon()
+        return self.render(request, "overview.html", {
+            **data, "nav": "overview", "daemon": daemon, "daemon_error": daemon_error,
+            "pools": views.pool_summary(daemon)})
+
+    async def tasks_page(self, request):
+        """The task list with status/queue/name filters and paging."""
+        try:
+            filters = views.parse_filters(request.query_params)
+        except views.BadRequest as exc:
+            return self.error(request, 400, str(exc))
+        data = await self.data(lambda s: {**views.task_list(s, filters),
+                                          "failed_total": s.count_tasks(status="failed")})
+        return self.render(request, "tasks.html", {**data, "nav": "tasks", "f": filters,
+                                                   "statuses": views.TASK_STATUSES})
+
+    async def task_page(self, request):
+        """One task: arguments, result, error with traceback, attempts and timings."""
+        task_id = request.path_params["task_id"]
+        data = await self.data(lambda s: {"task": views.task_detail(s, task_id),
+                                          "failed_total": s.count_tasks(status="failed")})
+        if data["task"] is None:
+            return self.error(request, 404, f"There is no task #{task_id} in this database.",
+                              title="Task not found")
+        return self.render(request, "task.html", {**data, "nav": "tasks"})
+
+    async def failed_page(self, request):
+        """Failed tasks, newest failure first, with retry one / retry all matching."""
+        try:
+            filters = views.parse_filters(request.query_params, allow_status=False)
+        except views.BadRequest as exc:
+            return self.error(request, 400, str(exc))
+        filters["status"] = "failed"
+        data = await self.data(lambda s: {**views.task_list(s, filters, order="finished"),
+                                          "failed_total": s.count_tasks(status="failed")})
+        return self.render(request, "failed.html", {**data, "nav": "failed", "f": filters})
+
+    async def schedules_page(self, request):
+        """Cron schedules with their next and last runs."""
+        data = await self.data(lambda s: {"schedules": views.schedules(s),
+                                          "failed_total": s.count_tasks(status="failed")})
+        return self.render(request, "schedules.html", {**data, "nav": "schedules"})
+
+    async def pools_page(self, request):
+        """The daemon's pools and children, with a scale control per pool."""
+        data = await self.data(lambda s: {"workers": views.workers(s),
+                                          "failed_total": s.count_tasks(status="failed")})
+        daemon, daemon_error = await self.daemon()
+        return self.render(request, "pools.html", {**data, "nav": "pools", "daemon": daemon,
+                                                   "daemon_error": daemon_error})
+
+    # ---- actions -----------------------------------------------------------------
+
+    async def retry_task(self, request):
+        """POST: put one failed or cancelled task back to pending."""
+        form = await self.checked_form(request)
+        task_id = request.path_params["task_id"]
+        row, changed = await self.data(
+            lambda s: (s.get_task(task_id), s.retry_failed(task_id=task_id)))
+        if row is None:
+            return self.error(request, 404, f"There is no task #{task_id}.")
+        if not changed:
+            return self.done(request, form, False,
+                             f"Task #{task_id} is {row['status']}; only failed or cancelled "
+                             f"tasks can be retried.", f"/tasks/{task_id}")
+        return self.done(request, form, True, f"Task #{task_id} ({row['name']}) is pending "
+                                              f"again.", f"/tasks/{task_id}")
+
+    async def cancel_task(self, request):
+        """POST: cancel one pending task."""
+        form = await self.checked_form(request)
+        task_id = request.path_params["task_id"]
+        row, changed = await self.data(lambda s: (s.get_task(task_id), s.cancel(task_id)))
+        if row is None:
+            return self.error(request, 404, f"There is no task #{task_id}.")
+        if not changed:
+            return self.done(request, form, False, f"Task #{task_id} is {row['status']}; only "
+                                                   f"pending tasks can be cancelled.",
+                             f"/tasks/{task_id}")
+        return self.done(request, form, True, f"Task #{task_id} ({row['name']}) is cancelled.",
+                         f"/tasks/{task_id}")
+
+    async def retry_all(self, request):
+        """POST: retry every failed task matching the queue/name filter."""
+        form = await self.checked_form(request)
+        try:
+            filters = views.parse_filters(form, allow_status=False)
+        except views.BadRequest as exc:
+            return self.error(request, 400, str(exc))
+        n = await self.data(lambda s: s.retry_failed(queue=filters["queue"],
+                                                     name=filters["name"]))
+        what = " and ".join(f"{k} {filters[k]!r}" for k in ("queue", "name") if filters[k])
+        return self.done(request, form, True, f"{n} failed task{'s' if n != 1 else ''}"
+                                              f"{' with ' + what if what else ''} "
+                                              f"{'is' if n == 1 else 'are'} pending again.",
+                         "/failed")
+
+    async def scale_pool(self, request):
+        """POST: set a pool's number of children through the control channel."""
+        form = await self.checked_form(request)
+        pool = (form.get("pool") or "").strip() or None
+        raw = (form.get("size") or "").strip()
+        try:
+            size = int(raw)
+            if not 0 <= size <= MAX_POOL_SIZE:
+                raise ValueError
+        except ValueError:
+            return self.error(request, 400, f"size must be a whole number from 0 to "
+                                            f"{MAX_POOL_SIZE}, got {raw!r}")
+        try:
+            await run_in_threadpool(control.scale, size, pool=pool, db=self.db,
+                                    timeout=CONTROL_TIMEOUT)
+        except control.DaemonNotRunning:
+            return self.done(request, form, False, "The daemon is not running; nothing to "
+                                                   "scale.", "/pools")
+        except (control.ControlError, TimeoutError, OSError) as exc:
+            return self.done(request, form, False, f"The daemon refused: {exc}", "/pools")
+        return self.done(request, form, True, f"Pool {pool or '(first)'} is scaling to {size} "
+                                              f"children.", "/pools")
+
+    # ---- login -------------------------------------------------------------------
+
+    async def login(self, request):
+        """GET: the login form; POST: check the token and set the session cookie."""
+        nxt = safe_next(request.query_params.get("next"))
+        if self.security.token is None:
+            return RedirectResponse(nxt, status_code=303)
+        if request.method == "GET":
+            return self.render(request, "login.html", {"next": nxt, "login_error": None})
+        form = await self.checked_form(request)
+        nxt = safe_next(form.get("next"))
+        if not self.security.check_token(form.get("token")):
+            await asyncio.sleep(0.3)  # slows guessing down a little
+            return self.render(request, "login.html",
+                               {"next": nxt, "login_error": "That token is not right."}, 401)
+        resp = RedirectResponse(nxt, status_code=303)
+        resp.set_cookie(SESSION_COOKIE, self.security.session_value(), max_age=SESSION_MAX_AGE,
+                        httponly=True, samesite="strict", path="/",
+                        secure=request.url.scheme == "https")
+        return resp
+
+    async def logout(self, request):
+        """POST: forget the session cookie."""
+        await self.checked_form(request)
+        resp = RedirectResponse("/login", status_code=303)
+        resp.delete_cookie(SESSION_COOKIE, path="/")
+        return resp
+
+    # ---- machine-readable ----------------------------------------------------------
+
+    async def metrics(self, request):
+        """Prometheus text format; see liteq.metrics for the families."""
+        from prometheus_client import CONTENT_TYPE_LATEST
+        daemon, _ = await self.daemon()
+        body = await self.data(lambda s: render_metrics(LiteQCollector(
+            self.db, store_factory=lambda: s, status_fn=lambda: daemon)))
+        return Response(body, media_type=CONTENT_TYPE_LATEST)
+
+    async def api_overview(self, request):
+        """JSON: counts, the throughput series, pools and workers."""
+        data = await self.data(views.overview)
+        daemon, daemon_error = await self.daemon()
+        return JSONResponse({"counts": data["counts"], "series": data["series"],
+                             "workers": data["workers"], "daemon_up": daemon is not None,
+                             "daemon_error": daemon_error, "daemon": daemon})
+
+    async def api_task(self, request):
+        """JSON: get_task_status() of one task, 404 when missing."""
+        task_id = request.path_params["task_id"]
+        row = await self.data(lambda s: s.get_task(task_id))
+        if row is None:
+            return JSONResponse({"error": f"no task with id {task_id}"}, status_code=404)
+        return JSONResponse(task_row_to_dict(row))
+
+    # ---- errors --------------------------------------------------------------------
+
+    async def on_http_error(self, request, exc):
+        """404 and other HTTP errors as pages (or JSON)."""
+        message = {404: "There is nothing at this address.",
+                   405: "This address does not accept that method."}.get(exc.status_code,
+                                                                          str(exc.detail))
+        return self.error(request, exc.status_code, message)
+
+    async def on_csrf_error(self, request, exc):
+        """A POST that failed the CSRF checks: 403."""
+        return self.error(request, 403, str(exc))
+
+    async def on_db_error(self, request, exc):
+        """The database could not be read (locked for too long, unreadable): 503."""
+        return self.error(request, 503, str(exc))
+
+    def routes(self):
+        """The app's routes."""
+        return [
+            Route("/", self.overview_page),
+            Route("/tasks", self.tasks_page),
+            Route("/tasks/{task_id:int}", self.task_page),
+            Route("/tasks/{task_id:int}/retry", self.retry_task, methods=["POST"]),
+            Route("/tasks/{task_id:int}/cancel", self.cancel_task, methods=["POST"]),
+            Route("/failed", self.failed_page),
+            Route("/failed/retry", self.retry_all, methods=["POST"]),
+            Route("/schedules", self.schedules_page),
+            Route("/pools", self.pools_page),
+            Route("/pools/scale", self.scale_pool, methods=["POST"]),
+            Route("/login", self.login, methods=["GET", "POST"]),
+            Route("/logout", self.logout, methods=["POST"]),
+            Route("/metrics", self.metrics),
+            Route("/api/overview", self.api_overview),
+            Route("/api/tasks/{task_id:int}", self.api_task),
+            Route("/favicon.ico", lambda request: RedirectResponse("/static/favicon.svg", 301)),
+            Mount("/static", StaticFiles(directory=os.path.join(HERE, "static")),
+                  name="static"),
+        ]
+
+
+def create_app(db=None, *, token=None, allowed_hosts=None, public_metrics=False,
+               refresh=3.0) -> Starlette:
+    """Build the panel for the database `db` (default: LITEQ_DB).
+
+    token: when set, every page, action and /metrics needs it (see
+    liteq.web.security); public_metrics=True leaves /metrics open.
+    allowed_hosts: Host header names to answer to (None: any); `liteq monitor`
+    passes the loopback names when it listens on a loopback address.
+    refresh: seconds between the pages' background refreshes.
+    """
+    db = os.path.abspath(db or settings.db_path())
+    security = Security(token=token, allowed_hosts=allowed_hosts,
+                        public_metrics=public_metrics)
+    panel = Panel(db, security, refresh)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app):
+        try:
+            yield
+        finally:
+            panel.store.close()
+
+    app = Starlette(
+        routes=panel.routes(),
+        middleware=[Middleware(SecurityMiddleware, security=security)],
+        exception_handlers={HTTPException: panel.on_http_error, CSRFError: panel.on_csrf_error,
+                            DatabaseError: panel.on_db_error},
+        lifespan=lifespan)
+    app.state.panel = panel
+    return app
+
+
+__all__ = ["create_app", "Panel", "daemon_status"]

@@ -1,0 +1,217 @@
+"""Access control for the monitor panel: Host check, token login, CSRF, security headers.
+
+The rules, in the order a request meets them:
+
+1. Host. When the panel listens on a loopback address it answers only requests
+   whose Host header is a loopback name (localhost, 127.0.0.1, ::1, plus any
+   --allow-host), so a web page cannot reach it through DNS rebinding.
+2. Token (only when one is set). A request is authenticated by the header
+   `Authorization: Bearer TOKEN`, or by the session cookie that the login form
+   sets (an HMAC of the token, never the token itself; HttpOnly, SameSite=Strict).
+   Unauthenticated page views are sent to /login; anything else gets 401.
+   /static/ and /login are always open; /metrics is open only with --public-metrics.
+3. CSRF, on every POST (with or without a token): the form field `csrf_token`
+   must equal the `liteq_csrf` cookie (a random value set on the first visit,
+   HttpOnly, SameSite=Strict), and an Origin or Referer header, when sent, must
+   name this same host. A request that authenticates with the Bearer header
+   needs neither: browsers never attach that header to a cross-site request.
+4. Every response carries a strict Content-Security-Policy (scripts, styles and
+   images only from the panel itself, no framing) and no-store caching for pages.
+
+Behind a reverse proxy, pass the browser's Host through (nginx:
+`proxy_set_header Host $host;`) so the Origin check can compare them, and name
+that host with --allow-host when the panel itself listens on 127.0.0.1.
+"""
+
+import hashlib
+import hmac
+import ipaddress
+import secrets
+from urllib.parse import quote, urlsplit
+
+from starlette.requests import Request
+from starlette.responses import JSONResponse, PlainTextResponse, RedirectResponse, Response
+
+CSRF_COOKIE = "liteq_csrf"
+CSRF_FIELD = "csrf_token"
+SESSION_COOKIE = "liteq_session"
+SESSION_MAX_AGE = 7 * 24 * 3600
+LOOPBACK_NAMES = ("localhost", "127.0.0.1", "::1")
+OPEN_PREFIXES = ("/static/", "/login", "/favicon.ico")
+
+CSP = ("default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
+       "connect-src 'self'; frame-ancestors 'none'; form-action 'self'; base-uri 'none'; "
+       "object-src 'none'")
+SECURITY_HEADERS = [
+    (b"content-security-policy", CSP.encode()),
+    (b"x-frame-options", b"DENY"),
+    (b"x-content-type-options", b"nosniff"),
+    (b"referrer-policy", b"same-origin"),
+]
+
+
+class CSRFError(Exception):
+    """A POST that failed the CSRF checks; its message says which."""
+
+
+def is_loopback(host: str) -> bool:
+    """True for localhost and loopback IP addresses (127.0.0.0/8, ::1)."""
+    host = host.strip("[]")
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def host_name(host_header: str) -> str:
+    """The host part of a Host header value, lower-case, without port or brackets."""
+    host = host_header.strip().lower()
+    if host.startswith("["):
+        return host[1:host.find("]")] if "]" in host else host[1:]
+    return host.rsplit(":", 1)[0] if host.count(":") == 1 else host
+
+
+def set_cookie_header(key, value, **options) -> tuple:
+    """A raw (b"set-cookie", ...) header, formatted the way Starlette formats it."""
+    resp = Response()
+    resp.set_cookie(key, value, **options)
+    return next(h for h in resp.raw_headers if h[0] == b"set-cookie")
+
+
+class Security:
+    """The panel's access policy; see the module docstring."""
+
+    def __init__(self, token=None, allowed_hosts=None, public_metrics=False):
+        self.token = token or None
+        self.allowed_hosts = ({h.lower().strip("[]") for h in allowed_hosts}
+                              if allowed_hosts is not None else None)
+        self.public_metrics = public_metrics
+
+    # ---- authentication ------------------------------------------------------
+
+    def session_value(self) -> str:
+        """The session cookie value: HMAC-SHA256 of a fixed label keyed by the token."""
+        return hmac.new(self.token.encode(), b"liteq-monitor-session",
+                        hashlib.sha256).hexdigest()
+
+    def check_token(self, candidate) -> bool:
+        """True when `candidate` is the configured token (constant-time compare)."""
+        return bool(self.token and candidate) and hmac.compare_digest(
+            str(candidate).encode(), self.token.encode())
+
+    def bearer_ok(self, request) -> bool:
+        """True when the request carries `Authorization: Bearer <the token>`."""
+        scheme, _, value = request.headers.get("authorization", "").partition(" ")
+        return scheme.lower() == "bearer" and self.check_token(value.strip())
+
+    def authenticated(self, request) -> bool:
+        """True when no token is set, or the request proves it knows the token."""
+        if self.token is None:
+            return True
+        if self.bearer_ok(request):
+            return True
+        cookie = request.cookies.get(SESSION_COOKIE, "")
+        return bool(cookie) and hmac.compare_digest(cookie.encode(),
+                                                    self.session_value().encode())
+
+    def needs_auth(self, path) -> bool:
+        """Whether `path` is behind the token."""
+        if self.token is None or path.startswith(OPEN_PREFIXES):
+            return False
+        return not (path == "/metrics" and self.public_metrics)
+
+    # ---- CSRF ------------------------------------------------------------------
+
+    def check_csrf(self, request, form) -> None:
+        """Raise CSRFError unless this POST came from one of the panel's own forms."""
+        if self.token is not None and self.bearer_ok(request):
+            return
+        host = request.headers.get("host", "").lower()
+        origin = request.headers.get("origin")
+        if origin is not None:
+            if origin == "null" or urlsplit(origin).netloc.lower() != host:
+                raise CSRFError(f"cross-site request refused (Origin {origin})")
+        else:
+            referer = request.headers.get("referer")
+            if referer and urlsplit(referer).netloc.lower() != host:
+                raise CSRFError("cross-site request refused (Referer from another site)")
+        cookie = request.cookies.get(CSRF_COOKIE, "")
+        field = form.get(CSRF_FIELD) or request.headers.get("x-csrf-token") or ""
+        if not cookie or not field:
+            raise CSRFError("missing CSRF token: reload the page and try again")
+        if not hmac.compare_digest(str(field).encode(), cookie.encode()):
+            raise CSRFError("CSRF token mismatch: reload the page and try again")
+
+    def allowed_host(self, request) -> bool:
+        """The DNS-rebinding guard: is the Host header one this panel answers to?"""
+        if self.allowed_hosts is None:
+            return True
+        return host_name(request.headers.get("host", "")) in self.allowed_hosts
+
+
+def wants_html(request) -> bool:
+    """True for a browser page view (as opposed to an API, metrics or script call)."""
+    if request.url.path.startswith("/api/") or request.url.path == "/metrics":
+        return False
+    return "text/html" in request.headers.get("accept", "")
+
+
+class SecurityMiddleware:
+    """Pure ASGI middleware applying the Host, token and header rules.
+
+    It also makes sure every visitor has a CSRF cookie, and exposes its value to
+    the templates as request.state.csrf_token.
+    """
+
+    def __init__(self, app, security: Security):
+        self.app = app
+        self.security = security
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        request = Request(scope)
+        sec = self.security
+        path = scope["path"]
+        if not sec.allowed_host(request):
+            resp = PlainTextResponse("Host not allowed: this panel listens on a loopback "
+                                     "address; use http://127.0.0.1 or pass --allow-host",
+                                     status_code=400)
+            return await resp(scope, receive, self._decorate(send, None, path))
+        csrf = request.cookies.get(CSRF_COOKIE)
+        new_cookie = None
+        if not csrf or len(csrf) < 20:
+            csrf = secrets.token_urlsafe(32)
+            new_cookie = set_cookie_header(CSRF_COOKIE, csrf, httponly=True, samesite="strict",
+                                           secure=scope.get("scheme") == "https")
+        scope.setdefault("state", {})["csrf_token"] = csrf
+        if sec.needs_auth(path) and not sec.authenticated(request):
+            if request.method in ("GET", "HEAD") and wants_html(request):
+                target = path + (("?" + scope["query_string"].decode("latin-1"))
+                                 if scope.get("query_string") else "")
+                resp = RedirectResponse("/login?next=" + quote(target, safe=""), 303)
+            elif wants_html(request):
+                resp = PlainTextResponse("401 Unauthorized: log in first", status_code=401)
+            else:
+                resp = JSONResponse({"error": "unauthorized: send Authorization: Bearer TOKEN"},
+                                    status_code=401,
+                                    headers={"WWW-Authenticate": 'Bearer realm="liteq"'})
+            return await resp(scope, receive, self._decorate(send, new_cookie, path))
+        return await self.app(scope, receive, self._decorate(send, new_cookie, path))
+
+    @staticmethod
+    def _decorate(send, cookie, path):
+        async def wrapped(message):
+            if message["type"] == "http.response.start":
+                headers = list(message.get("headers", []))
+                names = {k.lower() for k, _ in headers}
+                headers += [h for h in SECURITY_HEADERS if h[0] not in names]
+                if not path.startswith("/static/") and b"cache-control" not in names:
+                    headers.append((b"cache-control", b"no-store"))
+                if cookie is not None:
+                    headers.append(cookie)
+                message = {**message, "headers": headers}
+            await send(message)
+        return wrapped

@@ -1,0 +1,230 @@
+"""What the panel's pages show, gathered from the database and the daemon.
+
+Plain functions of a Store (no HTTP here), so the pages, the JSON API and the
+tests read the same data. Filters from a query string are validated by
+parse_filters(), which raises BadRequest with a message for the user.
+"""
+
+import json
+import math
+import threading
+
+from .. import storage
+from ..scheduler import list_schedules
+from ..serialization import decode_payload, decode_result
+from ..storage import TASK_STATUSES
+from ..timeutil import now
+
+CHART_MINUTES = 30
+CHART_BUCKET = 60.0
+DEFAULT_LIMIT = 50
+MAX_LIMIT = 500
+MAX_TEXT = 200
+
+
+class BadRequest(ValueError):
+    """A query parameter the panel cannot use; the message says which and why."""
+
+
+class PanelStore:
+    """One Store for the whole panel, used by one thread at a time.
+
+    Request handlers run in a thread pool; a lock around a single connection is
+    simpler than a connection per pool thread, and each call is a few indexed
+    queries. The Store is opened on first use and closed with close().
+    """
+
+    def __init__(self, db):
+        self.db = db
+        self._store = None
+        self._lock = threading.Lock()
+
+    def run(self, fn, *args, **kwargs):
+        """Call fn(store, *args, **kwargs) while holding the lock."""
+        with self._lock:
+            if self._store is None:
+                self._store = storage.Store(self.db)
+            return fn(self._store, *args, **kwargs)
+
+    def close(self):
+        """Close the connection (the next run() opens a new one)."""
+        with self._lock:
+            if self._store is not None:
+                self._store.close()
+                self._store = None
+
+
+def _positive_int(params, key, default, maximum=None):
+    raw = params.get(key)
+    if raw is None or raw == "":
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise BadRequest(f"{key} must be a whole number, got {raw!r}") from None
+    if value < 1:
+        raise BadRequest(f"{key} must be at least 1, got {value}")
+    if maximum is not None and value > maximum:
+        raise BadRequest(f"{key} must be at most {maximum}, got {value}")
+    return value
+
+
+def _text(params, key):
+    raw = params.get(key)
+    if raw is None or raw.strip() == "":
+        return None
+    if len(raw) > MAX_TEXT:
+        raise BadRequest(f"{key} is too long (at most {MAX_TEXT} characters)")
+    return raw.strip()
+
+
+def parse_filters(params, allow_status=True) -> dict:
+    """Validate status, queue, name, page and limit from a query string."""
+    status = _text(params, "status") if allow_status else None
+    if status is not None and status not in TASK_STATUSES:
+        raise BadRequest(f"unknown status {status!r}; use one of {', '.join(TASK_STATUSES)}")
+    return {"status": status, "queue": _text(params, "queue"), "name": _text(params, "name"),
+            "page": _positive_int(params, "page", 1),
+            "limit": _positive_int(params, "limit", DEFAULT_LIMIT, MAX_LIMIT)}
+
+
+def _first_line(text, width=160):
+    if not text:
+        return ""
+    for line in str(text).splitlines():
+        if line.strip():
+            return line.strip()[:width]
+    return ""
+
+
+def _pretty(value) -> str:
+    return json.dumps(value, indent=2, ensure_ascii=False, sort_keys=False, default=str)
+
+
+# ---- overview ------------------------------------------------------------------
+
+def count_matrix(store) -> dict:
+    """Counts by queue and status: {"queues": [{queue, counts, total}], "totals": {...}}."""
+    by_queue = {}
+    for row in store.queue_stats():
+        by_queue.setdefault(row["queue"], {})[row["status"]] = row["count"]
+    for queue in store.list_queues():
+        by_queue.setdefault(queue, {})
+    totals = {s: 0 for s in TASK_STATUSES}
+    rows = []
+    for queue in sorted(by_queue):
+        counts = {s: by_queue[queue].get(s, 0) for s in TASK_STATUSES}
+        for s, n in counts.items():
+            totals[s] += n
+        rows.append({"queue": queue, "counts": counts, "total": sum(counts.values())})
+    return {"queues": rows, "totals": totals, "total": sum(totals.values())}
+
+
+def throughput(store, t=None, minutes=CHART_MINUTES, bucket=CHART_BUCKET) -> list:
+    """Finished tasks per minute over the last `minutes`: [{t, done, failed}], oldest first.
+
+    The last slot is the current, partial minute.
+    """
+    t = now() if t is None else t
+    since = math.floor(t / bucket) * bucket - (minutes - 1) * bucket
+    series = [{"t": since + i * bucket, "done": 0, "failed": 0} for i in range(minutes)]
+    for row in store.finished_buckets(since, bucket):
+        slot = int(row["slot"])
+        if 0 <= slot < minutes and row["status"] in ("done", "failed"):
+            series[slot][row["status"]] += row["count"]
+    return series
+
+
+def workers(store, t=None) -> list:
+    """Daemons with a row in `workers`, with the age of their last heartbeat."""
+    t = now() if t is None else t
+    out = []
+    for w in store.list_workers():
+        beat = w.get("last_heartbeat")
+        out.append({**w, "heartbeat_age": None if beat is None else max(0.0, t - beat)})
+    return out
+
+
+def overview(store) -> dict:
+    """Everything the overview page shows that comes from the database."""
+    t = now()
+    series = throughput(store, t)
+    return {"counts": count_matrix(store), "series": series,
+            "done_30m": sum(p["done"] for p in series),
+            "failed_30m": sum(p["failed"] for p in series),
+            "workers": workers(store, t), "now": t}
+
+
+def pool_summary(daemon) -> list:
+    """Per pool: name, queues, size, children, busy (running a task), failing."""
+    if not daemon:
+        return []
+    out = []
+    for pool in daemon.get("pools", []):
+        children = pool.get("children", [])
+        out.append({"name": pool["name"], "queues": pool.get("queues", []),
+                    "size": pool.get("size", 0), "children": len(children),
+                    "busy": sum(1 for c in children if c.get("task_id") is not None),
+                    "failing": bool(pool.get("failing"))})
+    return out
+
+
+# ---- tasks ---------------------------------------------------------------------
+
+def task_list(store, filters, order="id") -> dict:
+    """One page of tasks matching the filters, with paging numbers."""
+    total = store.count_tasks(status=filters["status"], queue=filters["queue"],
+                              name=filters["name"])
+    limit, page = filters["limit"], filters["page"]
+    pages = max(1, math.ceil(total / limit))
+    rows = store.find_tasks(status=filters["status"], queue=filters["queue"],
+                            name=filters["name"], limit=limit, offset=(page - 1) * limit,
+                            order=order)
+    for r in rows:
+        r["error_line"] = _first_line(r.get("error"))
+    return {"rows": rows, "total": total, "page": page, "pages": pages, "limit": limit,
+            "queues": store.list_queues()}
+
+
+def task_detail(store, task_id):
+    """One task with decoded args, kwargs and result (pretty JSON), or None."""
+    row = store.get_task(task_id)
+    if row is None:
+        return None
+    try:
+        args, kwargs = decode_payload(row["payload"])
+        args_text, kwargs_text = _pretty(args), _pretty(kwargs)
+    except ValueError:
+        args_text = kwargs_text = f"(unreadable payload) {row['payload']!r}"
+    result = decode_result(row["result"])
+    t = now()
+    waited = None
+    if row["started_at"] is not None:
+        waited = max(0.0, row["started_at"] - row["run_at"])
+    ran = None
+    if row["started_at"] is not None:
+        end = row["finished_at"] if row["finished_at"] is not None else (
+            t if row["status"] == "running" else None)
+        if end is not None:
+            ran = max(0.0, end - row["started_at"])
+    return {**row, "args_text": args_text, "kwargs_text": kwargs_text,
+            "result_text": None if row["result"] is None else _pretty(result),
+            "waited": waited, "ran": ran, "now": t}
+
+
+def failed_count(store, queue=None, name=None) -> int:
+    """How many failed tasks match the filter (what "retry all" would retry)."""
+    return store.count_tasks(status="failed", queue=queue, name=name)
+
+
+# ---- schedules -----------------------------------------------------------------
+
+def schedules(store) -> list:
+    """Every schedule (see liteq.scheduler.list_schedules) with its payload as text."""
+    out = []
+    for s in list_schedules(store):
+        call = ", ".join([json.dumps(a, ensure_ascii=False) for a in (s["args"] or [])] +
+                         [f"{k}={json.dumps(v, ensure_ascii=False)}"
+                          for k, v in (s["kwargs"] or {}).items()])
+        out.append({**s, "call": call})
+    return out
