@@ -1,0 +1,1257 @@
+"""The control channel against real daemons: the protocol on a raw Unix socket,
+liteq.control, the liteqctl command, bad input and floods, socket security and
+paths, scaling under load, and enqueue wake-ups.
+
+Every daemon is a real `python -m liteqd.cli` subprocess in its own session, on a
+real SQLite file in a short temp dir under /tmp (sun_path holds 107 bytes). Each
+test SIGKILLs every process it started (process group, then every descendant seen
+via psutil) in teardown, and every wait has a deadline. No test asserts speed; the
+few time bounds here tell "woken up" from "found by a 5 s poll" and are far from
+what a working daemon needs.
+"""
+
+import contextlib
+import importlib.util
+import json
+import os
+import select
+import shutil
+import signal
+import socket
+import stat
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import uuid
+
+import psutil
+import pytest
+
+from liteq import control, core, storage
+from liteq.paths import SUN_PATH_MAX, socket_path, wake_path
+
+PY = sys.executable
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+LITEQCTL = os.path.join(os.path.dirname(PY), "liteqctl")
+TAG_VAR = "LITEQ_CTL_TEST_TAG"
+
+APP_SOURCE = '''
+"""Tasks for tests/test_control.py (written to a temp dir by the test module)."""
+import os
+import time
+
+from liteq import task
+
+
+def _append(path, line):
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    try:
+        os.write(fd, (line + "\\n").encode())
+    finally:
+        os.close(fd)
+
+
+@task(max_retries=0)
+def stamp():
+    return time.time()   # the task's first line: when it really started
+
+
+@task(max_retries=0)
+def add(a, b):
+    return a + b
+
+
+@task(max_retries=0)
+def boom(message):
+    raise ValueError(message)
+
+
+@task(queue="reports", max_retries=0)
+def report(n):
+    return n
+
+
+@task(max_retries=0)
+def hold(path, seconds):
+    _append(path, str(os.getpid()))
+    time.sleep(seconds)
+    return seconds
+
+
+@task(max_retries=0)
+def work(path, n):
+    _append(path, "%d %d" % (n, os.getpid()))
+    time.sleep(0.005)
+    return n
+'''
+
+
+# ---- helpers ------------------------------------------------------------------------
+
+def wait_for(predicate, timeout, message, interval=0.02):
+    """Poll until predicate() is truthy (returns it); fail the test after `timeout` s."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() >= deadline:
+            pytest.fail(message() if callable(message) else message)
+        time.sleep(interval)
+
+
+def _gone(p):
+    try:
+        return not p.is_running() or p.status() == psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return True
+
+
+def wait_gone(procs, timeout=10.0):
+    """Wait until every psutil.Process is gone or a zombie (its parent reaps it)."""
+    deadline = time.monotonic() + timeout
+    procs = list(procs)
+    while procs and time.monotonic() < deadline:
+        procs = [p for p in procs if not _gone(p)]
+        if procs:
+            time.sleep(0.01)
+    return procs
+
+
+def fd_count(pid):
+    return len(os.listdir(f"/proc/{pid}/fd"))
+
+
+class Liteqd:
+    """One real liteqd subprocess; its JSON log and stderr go to files."""
+
+    def __init__(self, workdir, argv, env, label):
+        self.workdir = workdir
+        self.argv = argv
+        self.env = env
+        self.label = label
+        self.log_path = os.path.join(workdir, f"{label}.log")
+        self.err_path = os.path.join(workdir, f"{label}.err")
+        self.proc = None
+        self.ps = None
+        self.seen = {}
+
+    def start(self):
+        with open(self.log_path, "wb") as out, open(self.err_path, "wb") as err:
+            self.proc = subprocess.Popen(self.argv, stdout=out, stderr=err,
+                                         stdin=subprocess.DEVNULL, env=self.env,
+                                         cwd=self.workdir, start_new_session=True)
+        with contextlib.suppress(psutil.NoSuchProcess):
+            self.ps = psutil.Process(self.proc.pid)
+        return self
+
+    @property
+    def pid(self):
+        return self.proc.pid
+
+    def alive(self):
+        return self.proc.poll() is None
+
+    def events(self, name=None):
+        out = []
+        try:
+            with open(self.log_path, "rb") as f:
+                data = f.read().decode("utf-8", "replace")
+        except FileNotFoundError:
+            return out
+        for line in data.splitlines():
+            try:
+                ev = json.loads(line)
+            except ValueError:
+                continue
+            if isinstance(ev, dict) and (name is None or ev.get("event") == name):
+                out.append(ev)
+        return out
+
+    def stderr(self):
+        try:
+            with open(self.err_path, encoding="utf-8", errors="replace") as f:
+                return f.read()
+        except FileNotFoundError:
+            return ""
+
+    def dump(self):
+        try:
+            with open(self.log_path, encoding="utf-8", errors="replace") as f:
+                log = f.read()[-6000:]
+        except FileNotFoundError:
+            log = ""
+        return (f"--- {self.label} pid {self.pid} exit {self.proc.poll()} ---\n{log}\n"
+                f"--- stderr ---\n{self.stderr()[-3000:]}")
+
+    def wait_ready(self, timeout=20.0):
+        def ready():
+            if not self.alive():
+                pytest.fail(f"{self.label} exited with {self.proc.returncode} before "
+                            f"daemon.ready\n{self.dump()}")
+            return self.events("daemon.ready")
+        wait_for(ready, timeout, lambda: f"{self.label} not ready\n{self.dump()}")
+        self.children()
+        return self
+
+    def wait_exit(self, timeout=20.0):
+        try:
+            return self.proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            pytest.fail(f"{self.label} still running after {timeout} s\n{self.dump()}")
+
+    def children(self):
+        """The daemon's live direct children (its workers); remembers every descendant."""
+        if self.ps is None:
+            return []
+        try:
+            kids = self.ps.children(recursive=True)
+        except psutil.NoSuchProcess:
+            return []
+        out = []
+        for k in kids:
+            self.seen.setdefault(k.pid, k)
+            with contextlib.suppress(psutil.NoSuchProcess):
+                if k.ppid() == self.pid and k.status() != psutil.STATUS_ZOMBIE:
+                    out.append(k)
+        return out
+
+    def kill(self):
+        """SIGKILL the process group and every descendant seen; reap."""
+        if self.proc is None:
+            return
+        victims = list(self.seen.values())
+        if self.ps is not None:
+            with contextlib.suppress(psutil.NoSuchProcess):
+                victims += self.ps.children(recursive=True)
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        for p in victims:
+            with contextlib.suppress(psutil.NoSuchProcess, psutil.AccessDenied):
+                p.send_signal(signal.SIGKILL)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            self.proc.wait(timeout=10)
+        wait_gone(victims)
+
+
+class Env:
+    """What the `lq` fixture yields: a temp dir, a database, a socket, and daemons."""
+
+    def __init__(self, tmp, monkeypatch, app_path):
+        self.tmp = tmp
+        self.db = os.path.join(tmp, "q.db")
+        self.sock = os.path.join(tmp, "d.sock")
+        self.app_path = app_path
+        self.tag = uuid.uuid4().hex
+        self.daemons = []
+        self.popens = []
+        self.monkeypatch = monkeypatch
+
+    def env(self, socket_path_=True, extra=None):
+        env = {k: v for k, v in os.environ.items() if not k.startswith("LITEQ_")}
+        env["LITEQ_DB"] = self.db
+        if socket_path_:
+            env["LITEQ_SOCKET"] = self.sock
+        env["PYTHONPATH"] = REPO + os.pathsep + env.get("PYTHONPATH", "")
+        env[TAG_VAR] = self.tag
+        env.update(extra or {})
+        return env
+
+    def daemon(self, *args, db=None, sock="default", env_extra=None, ready=True):
+        """Start `liteqd --app APP --db DB --socket SOCK --log-format json ARGS`."""
+        db = db or self.db
+        sock = self.sock if sock == "default" else sock
+        argv = [PY, "-m", "liteqd.cli", "--app", self.app_path, "--db", db,
+                "--log-format", "json"]
+        if sock:
+            argv += ["--socket", sock]
+        argv += list(args)
+        env = self.env(socket_path_=bool(sock), extra=env_extra)
+        env["LITEQ_DB"] = db
+        d = Liteqd(self.tmp, argv, env, f"liteqd{len(self.daemons) + 1}")
+        self.daemons.append(d)
+        d.start()
+        if ready:
+            d.wait_ready()
+        return d
+
+    def popen(self, argv, **kw):
+        kw.setdefault("env", self.env())
+        kw.setdefault("start_new_session", True)
+        kw.setdefault("stdin", subprocess.DEVNULL)
+        p = subprocess.Popen(argv, **kw)
+        self.popens.append(p)
+        return p
+
+    def dump(self):
+        return "\n".join(d.dump() for d in self.daemons)
+
+    def cleanup(self):
+        for d in self.daemons:
+            try:
+                d.kill()
+            except Exception as exc:  # keep reaping the others
+                print(f"killing {d.label} failed: {exc!r}")
+        for p in self.popens:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(p.pid, signal.SIGKILL)
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                p.wait(timeout=10)
+        # Orphans that left the daemon's tree still carry the tag in their environment.
+        leftovers = []
+        for p in psutil.process_iter():
+            with contextlib.suppress(psutil.Error, OSError):
+                if p.pid != os.getpid() and p.environ().get(TAG_VAR) == self.tag:
+                    p.send_signal(signal.SIGKILL)
+                    leftovers.append(p)
+        wait_gone(leftovers)
+
+
+@pytest.fixture(scope="module")
+def app_path():
+    d = tempfile.mkdtemp(prefix="lqapp-", dir="/tmp")
+    path = os.path.join(d, "ctl_app.py")
+    with open(path, "w") as f:
+        f.write(APP_SOURCE)
+    try:
+        yield path
+    finally:
+        shutil.rmtree(d, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def app(app_path):
+    """The app module loaded in the test process (for .delay()); the registry is restored."""
+    saved = dict(core.TASK_REGISTRY)
+    try:
+        spec = importlib.util.spec_from_file_location(f"_ctl_app_{uuid.uuid4().hex}", app_path)
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+    finally:
+        core.TASK_REGISTRY.clear()
+        core.TASK_REGISTRY.update(saved)
+    return module
+
+
+@pytest.fixture
+def lq(monkeypatch, app_path):
+    tmp = tempfile.mkdtemp(prefix="lqc-", dir="/tmp")
+    env = Env(tmp, monkeypatch, app_path)
+    for name in [k for k in os.environ if k.startswith("LITEQ_")]:
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("LITEQ_DB", env.db)
+    monkeypatch.setenv("LITEQ_SOCKET", env.sock)
+    storage.forget_stores()
+    try:
+        yield env
+    finally:
+        try:
+            print(env.dump())
+        finally:
+            env.cleanup()
+            storage.forget_stores()
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _connect(path, timeout=10.0):
+    """Connect like a patient client: wait while the daemon's accept backlog is full
+    (a Unix socket that is not blocking fails with EAGAIN then). Non-blocking result."""
+    deadline = time.monotonic() + timeout
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    s.setblocking(False)
+    while True:
+        try:
+            s.connect(path)
+            return s
+        except BlockingIOError:
+            if time.monotonic() >= deadline:
+                s.close()
+                raise
+            time.sleep(0.002)
+        except OSError:
+            s.close()
+            raise
+
+
+class Client:
+    """A raw connection to the control socket: JSON lines out, JSON lines in."""
+
+    def __init__(self, path, timeout=5.0):
+        self.sock = _connect(path, timeout)
+        self.sock.settimeout(timeout)
+        self.buf = b""
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    def close(self):
+        self.sock.close()
+
+    def send_raw(self, data):
+        self.sock.sendall(data)
+
+    def send(self, obj):
+        self.sock.sendall(json.dumps(obj).encode() + b"\n")
+
+    def recv(self):
+        """The next reply line as a dict; ConnectionError on EOF before a full line."""
+        while b"\n" not in self.buf:
+            data = self.sock.recv(65536)
+            if not data:
+                raise ConnectionError(f"connection closed; unanswered bytes {self.buf[:200]!r}")
+            self.buf += data
+        line, self.buf = self.buf.split(b"\n", 1)
+        return json.loads(line)
+
+    def request(self, op, **args):
+        self.send({"op": op, **args})
+        return self.recv()
+
+    def at_eof(self):
+        """True when the server closed the connection (after any pending bytes)."""
+        while True:
+            try:
+                data = self.sock.recv(65536)
+            except (ConnectionResetError, BrokenPipeError):
+                return True
+            if not data:
+                return True
+            self.buf += data
+
+
+def request(path, op, **args):
+    with Client(path) as c:
+        return c.request(op, **args)
+
+
+def pool0(path):
+    st = request(path, "status")
+    assert st["ok"], st
+    return st["pools"][0]
+
+
+def wait_done(task_ids, timeout=20.0, lq_env=None, statuses=("done",)):
+    store = storage.get_store()
+    ids = list(task_ids)
+
+    def check():
+        rows = store.get_tasks(ids)
+        return rows if len(rows) == len(ids) and all(
+            r["status"] in ("done", "failed", "cancelled") for r in rows) else None
+    rows = wait_for(check, timeout, lambda: f"tasks {ids[:10]}... not finished: "
+                    f"{[(r['id'], r['status']) for r in store.get_tasks(ids)][:20]}\n"
+                    + (lq_env.dump() if lq_env else ""))
+    bad = [r for r in rows if r["status"] not in statuses]
+    assert not bad, [(r["id"], r["status"], r["error"]) for r in bad]
+    return {r["id"]: r for r in rows}
+
+
+def result_of(task_id):
+    from liteq import get_task_status
+    return get_task_status(task_id)["result"]
+
+
+def ctl(*args, timeout=60):
+    """Run the liteqctl console script; returns the CompletedProcess."""
+    return subprocess.run([LITEQCTL, *args], capture_output=True, text=True,
+                          timeout=timeout, stdin=subprocess.DEVNULL)
+
+
+def run_as(uid, gid, groups, fn, timeout=20.0):
+    """Fork, drop to uid/gid/groups, run fn() there, and return its JSON-able result."""
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: never return into pytest
+        code = 1
+        try:
+            os.close(r)
+            os.setgroups(groups)
+            os.setgid(gid)
+            os.setuid(uid)
+            out = {"uid": os.getuid(), "result": fn()}
+            code = 0
+        except BaseException as exc:  # noqa: B902 - report everything to the parent
+            out = {"exception": f"{type(exc).__name__}: {exc}"}
+        try:
+            os.write(w, json.dumps(out).encode())
+        finally:
+            os._exit(code)
+    os.close(w)
+    data = b""
+    deadline = time.monotonic() + timeout
+    try:
+        while True:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                pytest.fail(f"forked peer (uid {uid}) did not finish within {timeout} s")
+            ready, _, _ = select.select([r], [], [], left)
+            if ready:
+                chunk = os.read(r, 65536)
+                if not chunk:
+                    break
+                data += chunk
+    finally:
+        os.close(r)
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+        os.waitpid(pid, 0)
+    out = json.loads(data)
+    assert "exception" not in out, out
+    assert out["uid"] == uid
+    return out["result"]
+
+
+# ---- the protocol on a raw socket ---------------------------------------------------
+
+def test_ping_answers_with_daemon_pid(lq):
+    d = lq.daemon("--concurrency", "1")
+    reply = request(lq.sock, "ping")
+    assert reply == {"ok": True, "pong": True, "pid": d.pid}
+
+
+def test_status_reports_pid_uptime_db_pools_and_children(lq):
+    d = lq.daemon("--concurrency", "2")
+    st = request(lq.sock, "status")
+    assert st["ok"] is True
+    assert st["pid"] == d.pid
+    assert isinstance(st["uptime_s"], (int, float)) and st["uptime_s"] >= 0
+    assert st["db"] == os.path.abspath(lq.db)
+    assert len(st["pools"]) == 1
+    pool = st["pools"][0]
+    assert pool["name"] == "default" and pool["queues"] == ["default"] and pool["size"] == 2
+    assert len(pool["children"]) == 2
+    real = {c.pid for c in d.children()}
+    assert {c["pid"] for c in pool["children"]} == real
+    for c in pool["children"]:
+        assert set(c) >= {"pid", "state", "task_id", "task_name", "rss_bytes", "tasks_done"}
+        assert c["state"] == "idle" and c["task_id"] is None and c["task_name"] is None
+        assert isinstance(c["rss_bytes"], int) and c["rss_bytes"] > 0
+        assert c["tasks_done"] == 0
+    time.sleep(0.2)
+    assert request(lq.sock, "status")["uptime_s"] > st["uptime_s"]
+
+
+def test_pipelined_requests_get_replies_in_order(lq):
+    """Several requests sent in one write get one reply each, in order: more than the
+    server serves per read (64), so the ones left over must be served too."""
+    lq.daemon("--concurrency", "1")
+    n = 150
+    lines = []
+    for i in range(n):
+        if i % 3 == 0:
+            lines.append({"op": "ping"})
+        elif i % 3 == 1:
+            lines.append({"op": "status"})
+        else:
+            lines.append({"op": f"no_such_op_{i}"})
+    with Client(lq.sock, timeout=10) as c:
+        c.send_raw(b"".join(json.dumps(x).encode() + b"\n" for x in lines))
+        replies = [c.recv() for _ in range(n)]
+    for i, reply in enumerate(replies):
+        if i % 3 == 0:
+            assert reply.get("pong") is True, (i, reply)
+        elif i % 3 == 1:
+            assert reply["ok"] is True and "pools" in reply, (i, reply)
+        else:
+            assert reply["ok"] is False and f"no_such_op_{i}" in reply["error"], (i, reply)
+
+
+def test_pause_stops_claiming_and_resume_runs_it(lq, app):
+    lq.daemon("--concurrency", "1", "--poll-interval", "0.2")
+    reply = request(lq.sock, "pause", queue="default")
+    assert reply == {"ok": True, "paused": ["default"]}
+    assert request(lq.sock, "status")["paused"] == ["default"]
+    task_id = app.add.delay(2, 3)
+    time.sleep(1.0)  # a wake-up and several polls happen meanwhile
+    row = storage.get_store().get_task(task_id)
+    assert row["status"] == "pending" and row["attempts"] == 0, row
+    reply = request(lq.sock, "resume", queue="default")
+    assert reply == {"ok": True, "paused": []}
+    wait_done([task_id], lq_env=lq)
+    assert result_of(task_id) == 5
+
+
+def test_reload_replaces_every_child(lq, app):
+    d = lq.daemon("--concurrency", "2")
+    before = {c["pid"] for c in pool0(lq.sock)["children"]}
+    assert len(before) == 2
+    assert request(lq.sock, "reload") == {"ok": True}
+
+    def replaced():
+        children = pool0(lq.sock)["children"]
+        pids = {c["pid"] for c in children}
+        return len(children) == 2 and not pids & before and \
+            all(c["state"] == "idle" for c in children) and pids
+    after = wait_for(replaced, 15, lambda: f"children not replaced\n{d.dump()}")
+    assert {c.pid for c in d.children()} == after
+    task_id = app.add.delay(1, 1)
+    wait_done([task_id], lq_env=lq)
+
+
+def test_shutdown_lets_running_task_finish_and_exits_zero(lq, app):
+    d = lq.daemon("--concurrency", "1")
+    trace = os.path.join(lq.tmp, "hold.txt")
+    task_id = app.hold.delay(trace, 0.5)
+    wait_for(lambda: os.path.exists(trace), 10, "the task never started")
+    assert request(lq.sock, "shutdown") == {"ok": True}
+    assert d.wait_exit(20) == 0
+    assert storage.get_store().get_task(task_id)["status"] == "done"
+    assert not os.path.exists(lq.sock)
+
+
+def test_wake_op_claims_a_task_enqueued_without_wakeup(lq, app, monkeypatch):
+    """With a 30 s poll, a task enqueued while the wake-up goes elsewhere waits; the
+    `wake` op makes the daemon claim it."""
+    lq.daemon("--concurrency", "1", "--poll-interval", "30")
+    monkeypatch.setenv("LITEQ_SOCKET", os.path.join(lq.tmp, "elsewhere.sock"))
+    task_id = app.add.delay(20, 22)
+    monkeypatch.setenv("LITEQ_SOCKET", lq.sock)
+    time.sleep(1.0)
+    assert storage.get_store().get_task(task_id)["status"] == "pending"
+    assert request(lq.sock, "wake") == {"ok": True}
+    wait_done([task_id], timeout=10, lq_env=lq)
+    assert result_of(task_id) == 42
+
+
+def test_control_wake_wakes_an_idle_daemon(lq, app, monkeypatch):
+    """liteq.control.wake() (the datagram) does what the op does."""
+    lq.daemon("--concurrency", "1", "--poll-interval", "30")
+    monkeypatch.setenv("LITEQ_SOCKET", os.path.join(lq.tmp, "elsewhere.sock"))
+    task_id = app.add.delay(1, 2)
+    monkeypatch.setenv("LITEQ_SOCKET", lq.sock)
+    time.sleep(1.0)
+    assert storage.get_store().get_task(task_id)["status"] == "pending"
+    assert control.wake() is None
+    wait_done([task_id], timeout=10, lq_env=lq)
+
+
+# ---- liteq.control -------------------------------------------------------------------
+
+def test_control_status_includes_queue_counts(lq, app):
+    lq.daemon("--concurrency", "2")
+    done = [app.add.delay(i, i) for i in range(3)]
+    failed = app.boom.delay("on purpose")
+    wait_done(done, lq_env=lq)
+    wait_done([failed], statuses=("failed",), lq_env=lq)
+    pending = app.report.delay(7)          # "reports" is not served by this daemon
+    trace = os.path.join(lq.tmp, "hold.txt")
+    running = app.hold.delay(trace, 5.0)
+    wait_for(lambda: os.path.exists(trace), 10, "hold never started")
+
+    st = control.status()
+    assert set(st) >= {"pid", "uptime_s", "db", "pools", "queues"}
+    queues = {q["queue"]: q for q in st["queues"]}
+    assert queues["default"]["done"] == 3
+    assert queues["default"]["failed"] == 1
+    assert queues["default"]["running"] == 1
+    assert queues["default"]["pending"] == 0
+    assert queues["reports"]["pending"] == 1 and queues["reports"]["done"] == 0
+    busy = [c for c in st["pools"][0]["children"] if c["state"] == "running"]
+    assert [(c["task_id"], c["task_name"]) for c in busy] == [(running, "hold")]
+    assert storage.get_store().get_task(pending)["status"] == "pending"
+    assert "queues" not in control.status(include_queues=False)
+
+
+def test_control_client_operations(lq, app):
+    d = lq.daemon("--concurrency", "1")
+    assert control.ping()["pid"] == d.pid
+    assert control.scale(2)["size"] == 2
+    wait_for(lambda: len([c for c in pool0(lq.sock)["children"] if c["state"] == "idle"]) == 2,
+             15, "scale(2) did not reach 2 idle children")
+    assert control.pause("reports")["paused"] == ["reports"]
+    assert control.resume("reports")["paused"] == []
+    with pytest.raises(control.ControlError, match="no pool named 'nope'"):
+        control.scale(3, pool="nope")
+    with pytest.raises(control.ControlError, match="unknown op"):
+        control.request("frobnicate")
+    import liteq
+    liteq.register_schedule(app.add, "*/5 * * * *", 1, 2, name="ctl-test-schedule")
+    names = [s["name"] for s in control.schedules()]
+    assert names == ["ctl-test-schedule"]
+    assert control.reload()["ok"] is True
+    assert control.shutdown()["ok"] is True
+    assert d.wait_exit(20) == 0
+
+
+def test_control_raises_daemon_not_running_and_wake_is_silent(lq, app, monkeypatch):
+    # No daemon at all: the socket file does not exist.
+    for call in (control.ping, control.status, lambda: control.scale(2),
+                 lambda: control.pause("default"), lambda: control.resume("default"),
+                 control.reload, control.shutdown, control.schedules):
+        with pytest.raises(control.DaemonNotRunning, match="no liteqd is running"):
+            call()
+    assert control.wake() is None
+    assert isinstance(app.add.delay(1, 2), int)   # enqueue never needs the daemon
+    # A stale socket file (bound, nobody listening): still "not running".
+    dead = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    dead.bind(lq.sock)
+    dead.close()
+    with pytest.raises(control.DaemonNotRunning):
+        control.ping()
+    # A socket directory that does not exist.
+    monkeypatch.setenv("LITEQ_SOCKET", os.path.join(lq.tmp, "no-such-dir", "d.sock"))
+    with pytest.raises(control.DaemonNotRunning):
+        control.status()
+    assert control.wake() is None
+
+
+# ---- liteqctl --------------------------------------------------------------------------
+
+def test_liteqctl_status_prints_aligned_text(lq, app):
+    d = lq.daemon("--concurrency", "2")
+    wait_done([app.add.delay(i, 1) for i in range(4)], lq_env=lq)
+    wait_done([app.boom.delay("x")], statuses=("failed",), lq_env=lq)
+    children = sorted(c["pid"] for c in pool0(lq.sock)["children"])
+    res = ctl("status")
+    assert res.returncode == 0, res.stderr
+    out = res.stdout
+    lines = out.splitlines()
+    assert f"pid {d.pid}" in lines[0] and "up " in lines[0]
+    assert any(line.split() == ["database", os.path.abspath(lq.db)] for line in lines)
+    assert "pool default: 2/2 children, queues default" in out
+
+    def table_after(header_word):
+        i = next(n for n, line in enumerate(lines) if line.lstrip().startswith(header_word))
+        rows = []
+        for line in lines[i + 1:]:
+            if not line.strip():
+                break
+            rows.append(line)
+        return lines[i], rows
+
+    header, rows = table_after("PID")
+    assert header.split() == ["PID", "SLOT", "STATE", "TASK", "NAME", "RUNNING", "RSS", "DONE"]
+    assert sorted(int(r.split()[0]) for r in rows) == children
+    assert all(r.split()[2] == "idle" for r in rows)
+    # Aligned: the right-aligned last column ends where its header ends.
+    assert all(len(r) == len(header) for r in rows), (header, rows)
+
+    header, rows = table_after("QUEUE")
+    assert header.split() == ["QUEUE", "PENDING", "RUNNING", "FAILED", "DONE"]
+    assert [r.split() for r in rows] == [["default", "0", "0", "1", "4"]]
+    assert all(len(r) == len(header) for r in rows), (header, rows)
+    for word in ("PENDING", "RUNNING", "FAILED", "DONE"):   # numbers right-aligned
+        end = header.index(word) + len(word)
+        assert rows[0][end - 1].isdigit() and (end == len(rows[0]) or rows[0][end] == " ")
+
+
+def test_liteqctl_status_json_has_every_documented_key(lq, app):
+    d = lq.daemon("--concurrency", "2")
+    wait_done([app.add.delay(1, 1)], lq_env=lq)
+    res = ctl("status", "--json")
+    assert res.returncode == 0, res.stderr
+    st = json.loads(res.stdout)
+    assert set(st) >= {"pid", "uptime_s", "db", "pools", "queues"}
+    assert st["pid"] == d.pid and st["db"] == os.path.abspath(lq.db)
+    assert isinstance(st["uptime_s"], (int, float))
+    [pool] = st["pools"]
+    assert set(pool) >= {"name", "queues", "size", "children"}
+    assert (pool["name"], pool["queues"], pool["size"]) == ("default", ["default"], 2)
+    assert len(pool["children"]) == 2
+    for c in pool["children"]:
+        assert set(c) >= {"pid", "state", "task_id", "task_name", "rss_bytes", "tasks_done"}
+    assert sum(c["tasks_done"] for c in pool["children"]) == 1
+    [q] = st["queues"]
+    assert set(q) >= {"queue", "pending", "running", "done", "failed"}
+    assert (q["queue"], q["pending"], q["running"], q["done"], q["failed"]) == \
+        ("default", 0, 0, 1, 0)
+
+
+def test_liteqctl_scale_returns_once_the_children_exist(lq):
+    d = lq.daemon("--concurrency", "1")
+    res = ctl("scale", "3")
+    assert res.returncode == 0, res.stderr
+    assert "3 children" in res.stdout
+    pool = pool0(lq.sock)   # right after: no waiting here
+    assert pool["size"] == 3 and len(pool["children"]) == 3
+    assert all(c["state"] == "idle" for c in pool["children"])
+    assert len(d.children()) == 3
+    res = ctl("scale", "default", "1")
+    assert res.returncode == 0, res.stderr
+    pool = pool0(lq.sock)
+    assert pool["size"] == 1 and len(pool["children"]) == 1
+    wait_for(lambda: len(d.children()) == 1, 10, "retired children still running")
+
+
+def test_liteqctl_pause_resume_reload_ping_schedules_shutdown(lq, app):
+    d = lq.daemon("--concurrency", "1", "--poll-interval", "0.2")
+    res = ctl("ping")
+    assert res.returncode == 0 and res.stdout.strip() == f"pong from liteqd pid {d.pid}"
+
+    res = ctl("pause", "default")
+    assert res.returncode == 0 and "default" in res.stdout, res.stderr
+    task_id = app.add.delay(3, 4)
+    time.sleep(0.8)
+    assert storage.get_store().get_task(task_id)["status"] == "pending"
+    res = ctl("resume", "default")
+    assert res.returncode == 0 and "none" in res.stdout, res.stdout + res.stderr
+    wait_done([task_id], lq_env=lq)
+
+    res = ctl("schedules")
+    assert res.returncode == 0 and res.stdout.strip() == "no schedules"
+    import liteq
+    liteq.register_schedule(app.add, "0 3 * * *", 1, 2, name="nightly-add")
+    res = ctl("schedules")
+    assert res.returncode == 0
+    assert res.stdout.splitlines()[0].split()[:3] == ["NAME", "CRON", "TASK"]
+    assert "nightly-add" in res.stdout and "0 3 * * *" in res.stdout
+    res = ctl("schedules", "--json")
+    assert [s["name"] for s in json.loads(res.stdout)] == ["nightly-add"]
+
+    before = {c["pid"] for c in pool0(lq.sock)["children"]}
+    res = ctl("reload")
+    assert res.returncode == 0, res.stderr
+    wait_for(lambda: {c["pid"] for c in pool0(lq.sock)["children"]}.isdisjoint(before)
+             and len(pool0(lq.sock)["children"]) == 1, 15, "reload kept the old child")
+
+    res = ctl("shutdown")
+    assert res.returncode == 0 and "stopping" in res.stdout
+    assert d.wait_exit(20) == 0
+
+
+def test_liteqctl_exits_3_with_one_line_when_no_daemon(lq):
+    for args in (["status"], ["status", "--json"], ["ping"], ["scale", "2"],
+                 ["pause", "default"], ["reload"], ["shutdown"], ["schedules"]):
+        res = ctl(*args)
+        assert res.returncode == 3, (args, res.returncode, res.stdout, res.stderr)
+        assert res.stdout == ""
+        lines = res.stderr.strip().splitlines()
+        assert len(lines) == 1 and "no liteqd is running" in lines[0], (args, res.stderr)
+        assert lq.sock in lines[0]
+
+
+def test_liteqctl_exits_1_on_an_error_reply(lq):
+    lq.daemon("--concurrency", "1")
+    for args, needle in ((["scale", "nope", "3"], "no pool named 'nope'"),
+                         (["scale", "-1"], "whole number >= 0"),
+                         (["scale", "x"], "whole number"),
+                         (["pause", ""], "non-empty string")):
+        res = ctl(*args)
+        assert res.returncode == 1, (args, res.returncode, res.stdout, res.stderr)
+        lines = res.stderr.strip().splitlines()
+        assert len(lines) == 1 and needle in lines[0], (args, res.stderr)
+    pool = pool0(lq.sock)
+    assert pool["size"] == 1 and len(pool["children"]) == 1
+
+
+def test_liteqctl_finds_the_daemon_from_flags(lq, monkeypatch):
+    d = lq.daemon("--concurrency", "1")
+    monkeypatch.delenv("LITEQ_SOCKET")
+    monkeypatch.delenv("LITEQ_DB")
+    res = ctl("--socket", lq.sock, "ping")
+    assert res.returncode == 0 and str(d.pid) in res.stdout, res.stderr
+
+
+# ---- bad input -------------------------------------------------------------------------
+
+MALFORMED = [
+    (b"this is not json\n", "malformed JSON"),
+    (b"[1, 2, 3]\n", "JSON object"),
+    (b'"ping"\n', "JSON object"),
+    (b"null\n", "JSON object"),
+    (b'{"no_op": 1}\n', "missing \"op\""),
+    (b'{"op": 5}\n', "missing \"op\""),
+    (b'{"op": "explode"}\n', "unknown op 'explode'"),
+    (b'{"op": "scale", "size": "x"}\n', "whole number"),
+    (b'{"op": "scale", "size": true}\n', "whole number"),
+    (b'{"op": "scale", "size": 2.5}\n', "whole number"),
+    (b'{"op": "scale", "size": -3}\n', "whole number"),
+    (b'{"op": "scale"}\n', "whole number"),
+    (b'{"op": "scale", "size": 2, "pool": 5}\n', "\"pool\" must be a string"),
+    (b'{"op": "scale", "size": ' + b"9" * 5000 + b"}\n", "malformed JSON"),
+    (b'{"op": "pause", "queue": 5}\n', "\"queue\" must be a non-empty string"),
+    (b'{"op": "pause"}\n', "\"queue\" must be a non-empty string"),
+    (b'{"op": "resume", "queue": ["default"]}\n', "\"queue\" must be a non-empty string"),
+    (b"\xff\xfe\x00\x80garbage\n", "malformed JSON"),
+    (b"[" * 60000 + b"\n", "malformed JSON"),     # nesting deeper than the parser's stack
+]
+
+
+def test_malformed_requests_get_error_replies_and_the_daemon_carries_on(lq, app):
+    d = lq.daemon("--concurrency", "2")
+    with Client(lq.sock) as c:
+        for data, needle in MALFORMED:
+            c.send_raw(data)
+            reply = c.recv()
+            assert reply["ok"] is False and needle in reply["error"], (data[:60], reply)
+        assert c.request("ping")["pong"] is True   # the same connection still works
+    # Binary garbage with newlines: error replies, then the connection still serves.
+    with Client(lq.sock) as c:
+        garbage = os.urandom(4096).replace(b"{", b"(")  # no accidental JSON objects
+        c.send_raw(garbage + b"\n")
+        lines = [x for x in garbage.split(b"\n") if x.strip()]
+        for _ in range(len(lines)):
+            reply = c.recv()
+            assert reply["ok"] is False, reply
+        assert c.request("ping")["pong"] is True
+    # An oversize line (no newline, > 64 KiB): an error reply, then the server hangs up.
+    with Client(lq.sock) as c:
+        c.send_raw(b"a" * (70 * 1024))
+        reply = c.recv()
+        assert reply["ok"] is False and "longer than" in reply["error"]
+        assert c.at_eof()
+    assert d.alive()
+    pool = pool0(lq.sock)
+    assert pool["size"] == 2 and len(pool["children"]) == 2
+    assert request(lq.sock, "status")["paused"] == []
+    task_id = app.add.delay(5, 6)
+    wait_done([task_id], lq_env=lq)
+    assert result_of(task_id) == 11
+
+
+# ---- floods ----------------------------------------------------------------------------
+
+def test_silent_client_does_not_block_others(lq, app):
+    d = lq.daemon("--concurrency", "1")
+    silent = []
+    try:
+        for i in range(100):
+            c = Client(lq.sock)
+            if i % 2:
+                c.send_raw(b'{"op": "pi')   # half a request, never finished
+            silent.append(c)
+        reply = request(lq.sock, "ping")
+        assert reply["pong"] is True and reply["pid"] == d.pid
+        task_id = app.add.delay(1, 1)
+        wait_done([task_id], lq_env=lq)
+    finally:
+        for c in silent:
+            c.close()
+
+
+def _connect_many(path, n):
+    return [_connect(path) for _ in range(n)]
+
+
+def test_flood_of_silent_and_garbage_connections(lq, app):
+    d = lq.daemon("--concurrency", "2")
+    trace = os.path.join(lq.tmp, "work.txt")
+    first = [app.work.delay(trace, n) for n in range(100)]
+    wait_done(first[:1], lq_env=lq)
+    request(lq.sock, "ping")
+    baseline = fd_count(d.pid)
+
+    socks = []
+    try:
+        # 300 silent and 200 spewing connections, interleaved, all open at once.
+        for _ in range(100):
+            socks.append(("silent", _connect_many(lq.sock, 3)))
+            socks.append(("spew", _connect_many(lq.sock, 2)))
+        spewers = [s for kind, group in socks if kind == "spew" for s in group]
+        silent = [s for kind, group in socks if kind == "silent" for s in group]
+        assert len(silent) == 300 and len(spewers) == 200
+        more = []
+        for rnd in range(6):
+            for s in spewers:
+                junk = os.urandom(2048) + (b"\n" if rnd % 2 else b"")
+                with contextlib.suppress(OSError):
+                    s.send(junk)
+            more += [app.work.delay(trace, 100 + rnd * 20 + k) for k in range(20)]
+            # Drain what the daemon answered, so it is the garbage that is tested.
+            for s in spewers:
+                with contextlib.suppress(OSError):
+                    while s.recv(65536):
+                        pass
+        assert d.alive()
+    finally:
+        for _, group in socks:
+            for s in group:
+                s.close()
+    ids = first + more
+    wait_done(ids, timeout=30, lq_env=lq)
+    lines = open(trace).read().split()
+    assert sorted(int(x) for x in lines[::2]) == list(range(220))
+    reply = request(lq.sock, "ping")
+    assert reply["pong"] is True and reply["pid"] == d.pid
+    wait_for(lambda: fd_count(d.pid) <= baseline + 3, 15,
+             lambda: f"fds did not come back: {fd_count(d.pid)} now, {baseline} before")
+    assert len(pool0(lq.sock)["children"]) == 2
+
+
+def _fill_backlog(path):
+    """Connect (without being accepted) until the listen backlog is full."""
+    held = []
+    while True:
+        s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        s.setblocking(False)
+        try:
+            s.connect(path)
+        except BlockingIOError:
+            s.close()
+            return held
+        held.append(s)
+        assert len(held) < 5000, "the backlog never filled"
+
+
+@pytest.mark.parametrize("caller", ["liteqctl", "liteq.control"])
+def test_clients_wait_while_the_daemon_backlog_is_full(lq, caller):
+    """A daemon too busy to accept (SIGSTOPped here for 1 s) with its backlog full: the
+    client waits for room within its timeout instead of failing at once with EAGAIN."""
+    d = lq.daemon("--concurrency", "1")
+    held = []
+    resume = threading.Timer(1.0, os.kill, (d.pid, signal.SIGCONT))
+    os.kill(d.pid, signal.SIGSTOP)
+    try:
+        held = _fill_backlog(lq.sock)
+        resume.start()
+        if caller == "liteqctl":
+            res = ctl("--timeout", "10", "ping")
+            assert res.returncode == 0 and str(d.pid) in res.stdout, res.stderr
+        else:
+            assert control.ping(timeout=10)["pid"] == d.pid
+    finally:
+        resume.cancel()
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(d.pid, signal.SIGCONT)
+        for s in held:
+            s.close()
+    assert request(lq.sock, "ping")["pid"] == d.pid
+
+
+# ---- security -----------------------------------------------------------------------------
+
+def test_socket_file_is_owner_only(lq):
+    lq.daemon("--concurrency", "1")
+    st = os.stat(lq.sock)
+    assert stat.S_ISSOCK(st.st_mode)
+    assert stat.S_IMODE(st.st_mode) == 0o600
+    assert st.st_uid == os.getuid()
+
+
+def _peer_session(path):
+    """Run in a forked peer: one connection per op, replies as a dict."""
+    out = {}
+    for op, args in (("ping", {}), ("status", {}), ("scale", {"size": 4}),
+                     ("shutdown", {}), ("pause", {"queue": "default"}), ("reload", {})):
+        s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        s.settimeout(5)
+        s.connect(path)
+        s.sendall(json.dumps({"op": op, **args}).encode() + b"\n")
+        buf = b""
+        while b"\n" not in buf:
+            data = s.recv(65536)
+            if not data:
+                break
+            buf += data
+        s.close()
+        out[op] = json.loads(buf.split(b"\n")[0])
+    return out
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="switching to another uid needs root")
+def test_refused_peer_of_another_uid(lq):
+    d = lq.daemon("--concurrency", "1")
+    os.chmod(lq.tmp, 0o755)
+    os.chmod(lq.sock, 0o666)   # let uid 65534 reach the socket; the daemon still checks it
+    replies = run_as(65534, 65534, [], lambda: _peer_session(lq.sock))
+    assert replies["ping"]["ok"] is True and replies["ping"]["pid"] == d.pid
+    assert replies["status"]["ok"] is True and replies["status"]["pid"] == d.pid
+    for op in ("scale", "shutdown", "pause", "reload"):
+        assert replies[op]["ok"] is False, (op, replies[op])
+        assert "permission denied" in replies[op]["error"]
+        assert "uid 65534" in replies[op]["error"]
+    time.sleep(0.3)
+    assert d.alive()
+    st = request(lq.sock, "status")
+    assert st["pools"][0]["size"] == 1 and st["paused"] == [] and st["state"] == "running"
+    assert len(d.children()) == 1
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="switching to another uid needs root")
+def test_socket_group_gets_mode_0660_and_its_members_may_change_state(lq):
+    import grp
+    try:
+        group = grp.getgrgid(65534).gr_name
+    except KeyError:
+        pytest.skip("no group with gid 65534 here")
+    d = lq.daemon("--concurrency", "1", "--socket-group", group)
+    st = os.stat(lq.sock)
+    assert stat.S_IMODE(st.st_mode) == 0o660 and st.st_gid == 65534
+    os.chmod(lq.tmp, 0o755)
+
+    def scale(size):
+        s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        s.settimeout(5)
+        s.connect(lq.sock)
+        s.sendall(json.dumps({"op": "scale", "size": size}).encode() + b"\n")
+        reply = s.recv(65536)
+        s.close()
+        return json.loads(reply.split(b"\n")[0])
+
+    # A member through its primary group, then through a supplementary group.
+    assert run_as(65533, 65534, [], lambda: scale(2))["ok"] is True
+    assert run_as(65533, 65533, [65534], lambda: scale(3))["ok"] is True
+    wait_for(lambda: len(pool0(lq.sock)["children"]) == 3, 10, "scale by a group member")
+    # Not a member (the file is made reachable by hand): refused.
+    os.chmod(lq.sock, 0o666)
+    refused = run_as(65533, 65533, [], lambda: scale(1))
+    assert refused["ok"] is False and "permission denied" in refused["error"]
+    assert pool0(lq.sock)["size"] == 3 and d.alive()
+
+
+# ---- socket paths, stale and live sockets ----------------------------------------------
+
+def test_stale_socket_of_a_killed_daemon_is_replaced(lq, app):
+    first = lq.daemon("--concurrency", "1")
+    first.kill()   # SIGKILL: no clean-up, the socket file stays behind
+    assert os.path.exists(lq.sock)
+    with pytest.raises(control.DaemonNotRunning):
+        control.ping()
+    second = lq.daemon("--concurrency", "1")
+    assert request(lq.sock, "ping")["pid"] == second.pid
+    task_id = app.add.delay(2, 2)
+    wait_done([task_id], lq_env=lq)
+
+
+def test_second_daemon_refuses_a_live_socket(lq, app):
+    first = lq.daemon("--concurrency", "1")
+    second = lq.daemon("--concurrency", "1", ready=False)
+    rc = second.wait_exit(20)
+    assert rc != 0
+    err = second.stderr()
+    assert "another liteqd is already listening" in err and lq.sock in err, err
+    assert not second.events("daemon.ready")
+    assert first.alive()
+    assert request(lq.sock, "ping")["pid"] == first.pid
+    assert os.path.exists(wake_path(lq.sock))
+    task_id = app.add.delay(3, 3)
+    wait_done([task_id], lq_env=lq)
+
+
+def test_default_socket_path_is_derived_from_the_db(monkeypatch, tmp_path):
+    monkeypatch.delenv("LITEQ_SOCKET", raising=False)
+    short_dir = tempfile.mkdtemp(prefix="lqp-", dir="/tmp")
+    try:
+        db = os.path.join(short_dir, "app.db")
+        path = socket_path(db)
+        assert path == os.path.join(short_dir, ".app.db.liteqd.sock")
+        assert wake_path(path) == os.path.join(short_dir, ".app.db.liteqd.wake")
+        monkeypatch.setenv("LITEQ_DB", db)
+        assert socket_path() == path
+    finally:
+        shutil.rmtree(short_dir, ignore_errors=True)
+    long_dir = os.path.join(str(tmp_path), *["d" * 40] * 4)
+    db = os.path.join(long_dir, "queue.db")
+    assert len(os.path.join(long_dir, ".queue.db.liteqd.sock").encode()) > SUN_PATH_MAX
+    path = socket_path(db)
+    assert len(path.encode()) <= SUN_PATH_MAX
+    assert len(wake_path(path).encode()) <= SUN_PATH_MAX
+    assert not path.startswith(long_dir)
+    assert socket_path(db) == path                       # stable
+    assert socket_path(os.path.join(long_dir, "other.db")) != path
+    monkeypatch.setenv("LITEQ_SOCKET", "/tmp/explicit.sock")
+    assert socket_path(db) == "/tmp/explicit.sock"
+
+
+@pytest.mark.parametrize("where", ["next_to_db", "long_dir_fallback"])
+def test_daemon_and_clients_meet_with_only_the_db_path(lq, monkeypatch, where):
+    if where == "next_to_db":
+        db = os.path.join(lq.tmp, "found.db")
+    else:
+        deep = os.path.join(lq.tmp, *["x" * 30] * 4)
+        os.makedirs(deep)
+        db = os.path.join(deep, "found.db")
+    monkeypatch.delenv("LITEQ_SOCKET")
+    monkeypatch.setenv("LITEQ_DB", db)
+    storage.forget_stores()
+    expected = socket_path(db)
+    try:
+        d = lq.daemon("--concurrency", "1", db=db, sock=None)
+        assert os.path.exists(expected)
+        if where == "next_to_db":
+            assert os.path.dirname(expected) == lq.tmp
+        else:
+            assert not expected.startswith(lq.tmp) and len(expected.encode()) <= SUN_PATH_MAX
+        assert control.ping()["pid"] == d.pid
+        res = ctl("--db", db, "ping")
+        assert res.returncode == 0 and str(d.pid) in res.stdout, res.stderr
+    finally:
+        if where != "next_to_db":
+            for d in lq.daemons:
+                d.kill()
+            for p in (expected, wake_path(expected)):
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(p)
+
+
+# ---- scale under load -------------------------------------------------------------------
+
+PRODUCER = r'''
+import importlib.util, sys, time
+spec = importlib.util.spec_from_file_location("producer_app", sys.argv[1])
+app = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(app)
+trace, n = sys.argv[2], int(sys.argv[3])
+for i in range(n):
+    print(app.work.delay(trace, i), flush=True)
+    if i % 20 == 19:
+        time.sleep(0.05)
+'''
+
+
+def test_scale_1_to_6_to_1_under_load_loses_nothing(lq, app):
+    d = lq.daemon("--concurrency", "1", "--poll-interval", "0.5")
+    trace = os.path.join(lq.tmp, "work.txt")
+    n = 600
+    producer = lq.popen([PY, "-c", PRODUCER, lq.app_path, trace, str(n)],
+                        stdout=subprocess.PIPE, text=True)
+    try:
+        wait_for(lambda: os.path.exists(trace), 15, "no task ran")
+        res = ctl("scale", "6")
+        assert res.returncode == 0, res.stderr
+        assert len(pool0(lq.sock)["children"]) == 6
+        wait_for(lambda: sum(1 for c in pool0(lq.sock)["children"]
+                             if c["tasks_done"] > 0) >= 3, 15,
+                 "the new children never took work")
+        res = ctl("scale", "1")
+        assert res.returncode == 0, res.stderr
+        out, _ = producer.communicate(timeout=60)
+    finally:
+        if producer.poll() is None:
+            producer.kill()
+    assert producer.returncode == 0
+    ids = [int(x) for x in out.split()]
+    assert len(ids) == n
+    wait_done(ids, timeout=60, lq_env=lq)
+    runs = [line.split() for line in open(trace).read().splitlines()]
+    counts = {}
+    for num, _pid in runs:
+        counts[int(num)] = counts.get(int(num), 0) + 1
+    assert sorted(counts) == list(range(n)), "a task never ran"
+    assert [k for k, v in counts.items() if v > 1] == [], "a task ran twice"
+    assert len({pid for _, pid in runs}) >= 3          # the extra children did run tasks
+    pool = pool0(lq.sock)
+    assert pool["size"] == 1 and len(pool["children"]) == 1
+    wait_for(lambda: len(d.children()) == 1, 10, "more than one child process remains")
+    assert d.events("pool.scaled")
+
+
+# ---- wake-ups ---------------------------------------------------------------------------
+
+def test_delay_wakes_an_idle_daemon_at_once(lq, app):
+    """With a 5 s poll, only the wake-up can start a task within half a second."""
+    lq.daemon("--concurrency", "2", "--poll-interval", "5")
+    time.sleep(0.3)   # idle: the start-up claims are over
+    gaps = []
+    for _ in range(20):
+        task_id = app.stamp.delay()
+        t0 = time.time()
+        wait_done([task_id], timeout=10, lq_env=lq)
+        gaps.append(result_of(task_id) - t0)
+        time.sleep(0.05)
+    assert max(gaps) < 0.5, [round(g, 4) for g in gaps]
+
+
+def test_task_scheduled_ahead_starts_on_time_without_fast_polling(lq, app):
+    lq.daemon("--concurrency", "1", "--poll-interval", "5")
+    time.sleep(0.3)
+    t0 = time.time()
+    task_id = app.stamp.schedule(1.5)
+    wait_done([task_id], timeout=10, lq_env=lq)
+    started = result_of(task_id) - t0
+    assert 1.4 <= started < 3.0, started
