@@ -71,6 +71,7 @@ class Supervisor:
         self.next_heartbeat = 0.0
         self.next_poll = 0.0
         self.due_hint = None            # epoch time of the next delayed task we know of
+        self.polling = False            # this loop turn is a fallback poll
         self.next_schedule = None
         self.db_retry_at = 0.0
         self.tasks_done = 0
@@ -596,20 +597,27 @@ class Supervisor:
             self.log.error("task.failed", error=first_line, timed_out=timed_out, **common)
 
     def _sync_db(self):
-        """Record this round's outcomes and claim the next tasks, in one commit."""
+        """Record this round's outcomes and claim the next tasks, in one commit.
+
+        With nothing to record and nothing to claim it does not touch the
+        database: the write lock is the producers' too.
+        """
         if time.monotonic() < self.db_retry_at:
             return
         out = self.outcomes
         claims = []
         try:
             with self.store.batch():
+        wanted = [] if self.stopping else self._claims_wanted()
+        if not wanted and not any(out.values()):
+            return
                 if out["done"] or out["failed"] or out["retry"]:
                     self.store.record_outcomes(self.worker_id, done=out["done"],
                                                failed=out["failed"], retry=out["retry"])
                 if out["release"]:
                     self.store.release(self.worker_id, out["release"])
-                if not self.stopping:
-                    claims = self._claim()
+                if wanted:
+                    claims = self._claim(wanted)
         except DatabaseError as exc:
             # Keep the outcomes and try again shortly; supervision goes on meanwhile.
             self._db_trouble("sync", exc)
@@ -639,26 +647,35 @@ class Supervisor:
         elif self.due_hint is None or due < self.due_hint:
             self.due_hint = due
 
-    def _claim(self):
-        """Claim due tasks for the room each pool has; returns [(pool, rows)]."""
+    def _claims_wanted(self):
+        """The pools worth a claim now: [(pool, queues, room)].
+
+        A pool is worth one when something may be due (a wake-up, a known due
+        time that has come, or the fallback poll) and its children have room.
+        """
         now, wall = time.monotonic(), time.time()
         if self.due_hint is not None and wall >= self.due_hint:
             self.due_hint = None
             self._claim_soon()
-        polling = now >= self.next_poll
-        if polling:
+        self.polling = now >= self.next_poll
+        if self.polling:
             # The fallback poll: finds work whose wake-up was lost or never sent.
             self._claim_soon()
             self.next_poll = now + self.config.poll_interval
-        prefetch = self.config.prefetch
-        claims, idle_queues = [], []
+        wanted = []
         for pool in self.pools:
             if not pool.maybe_work:
                 continue
             room = pool.capacity(prefetch)
             queues = [q for q in pool.queues if q not in self.paused]
-            if room <= 0 or not queues:
-                continue
+            if room > 0 and queues:
+                wanted.append((pool, queues, room))
+        return wanted
+
+    def _claim(self, wanted):
+        """Claim due tasks for each wanted pool; returns [(pool, rows)]."""
+        claims, idle_queues = [], []
+        for pool, queues, room in wanted:
             rows = self.store.claim(self.worker_id, queues, room, backlog=pool.backlog)
             pool.backlog = len(rows) == room
             if len(rows) < room:
@@ -666,7 +683,7 @@ class Supervisor:
                 idle_queues.extend(queues)
             if rows:
                 claims.append((pool, rows))
-        if polling and idle_queues:
+        if self.polling and idle_queues:
             # Learn when the next delayed task is due, so we sleep until exactly
             # then. Only here: with a backlog due now this scan is not needed.
             due = self.store.next_due(idle_queues)
