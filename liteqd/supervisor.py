@@ -605,12 +605,12 @@ class Supervisor:
         if time.monotonic() < self.db_retry_at:
             return
         out = self.outcomes
-        claims = []
-        try:
-            with self.store.batch():
         wanted = [] if self.stopping else self._claims_wanted()
         if not wanted and not any(out.values()):
             return
+        claims = []
+        try:
+            with self.store.batch():
                 if out["done"] or out["failed"] or out["retry"]:
                     self.store.record_outcomes(self.worker_id, done=out["done"],
                                                failed=out["failed"], retry=out["retry"])
@@ -666,7 +666,7 @@ class Supervisor:
         for pool in self.pools:
             if not pool.maybe_work:
                 continue
-            room = pool.capacity(prefetch)
+            room = pool.capacity(self.config.prefetch)
             queues = [q for q in pool.queues if q not in self.paused]
             if room > 0 and queues:
                 wanted.append((pool, queues, room))
@@ -687,7 +687,7 @@ class Supervisor:
             # Learn when the next delayed task is due, so we sleep until exactly
             # then. Only here: with a backlog due now this scan is not needed.
             due = self.store.next_due(idle_queues)
-            if due is not None and due > wall:
+            if due is not None and due > time.time():
                 self.wake(due=due)
         return claims
 
