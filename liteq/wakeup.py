@@ -29,7 +29,7 @@ class _Waker:
         self.next_try = 0.0
         self.target = target
 
-    def send(self, message):
+    def send(self, message, again=True):
         if self.sock is None:
             t = time.monotonic()
             if t < self.next_try:
@@ -48,9 +48,12 @@ class _Waker:
         except BlockingIOError:
             pass  # its queue is full: wake-ups are pending already
         except OSError:
-            # The daemon went away or restarted (a new socket file): reconnect next time.
+            # The daemon went away or restarted (a new socket file): reconnect and send
+            # once more now, or a restarted daemon would miss this wake-up until its poll.
             self.sock.close()
             self.sock = None
+            if again:
+                self.send(message, again=False)
 
 
 _pid = None
