@@ -67,11 +67,23 @@ class DaemonHandle:
         return False
 
 
+def _stderr_text(log_path, start):
+    """The non-JSON lines (stderr) the daemon wrote to its log from offset `start`."""
+    try:
+        with open(log_path, "rb") as f:
+            f.seek(start)
+            lines = f.read().decode(errors="replace").splitlines()
+    except OSError:
+        return ""
+    return "\n".join(line for line in lines if not line.startswith("{")).strip()
+
+
 def start_daemon(app, db=None, *, ready_timeout=30.0, log_path=None, **options) -> DaemonHandle:
     """Start `liteqd --app APP` in the background and wait until it is ready.
 
     Keyword options become flags (concurrency=2 -> --concurrency 2; a list
-    repeats the flag). Logs (JSON) go to `log_path`, by default a temp file.
+    repeats the flag). Logs (JSON) go to `log_path`, by default a temp file,
+    and so does anything the daemon or its tasks write to stderr.
     """
     db = db or settings.db_path()
     if log_path is None:
@@ -85,14 +97,17 @@ def start_daemon(app, db=None, *, ready_timeout=30.0, log_path=None, **options) 
             argv += [flag] if item is True else [flag, str(item)]
     env = dict(os.environ, LITEQ_DB=db)
     with open(log_path, "ab") as log:
-        process = subprocess.Popen(argv, stdout=log, stderr=subprocess.PIPE, env=env,
+        start = log.tell()
+        # stderr goes to the log too: a pipe nobody reads would fill up and block the
+        # daemon, or a task, at its 64 KiB-th byte of stderr.
+        process = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, env=env,
                                    start_new_session=True)
     handle = DaemonHandle(process, log_path)
     deadline = time.monotonic() + ready_timeout
     while time.monotonic() < deadline:
         if process.poll() is not None:
-            err = process.stderr.read().decode(errors="replace").strip()
-            raise LiteQError(f"liteqd exited with code {process.returncode}: {err}")
+            raise LiteQError(f"liteqd exited with code {process.returncode}: "
+                             f"{_stderr_text(log_path, start)}")
         if any(e.get("event") == "daemon.ready" for e in handle.events()):
             return handle
         time.sleep(0.02)
