@@ -20,6 +20,7 @@ import time
 
 from . import settings
 from .errors import LiteQError
+from .paths import socket_path
 
 
 class DaemonHandle:
@@ -78,6 +79,22 @@ def _stderr_text(log_path, start):
     return "\n".join(line for line in lines if not line.startswith("{")).strip()
 
 
+def _children_ready(sock) -> bool:
+    """True once the daemon answers and every pool has a child ready (or size 0).
+
+    Asked over the control socket rather than read from the log, so any
+    --log-level works.
+    """
+    from . import control
+    try:
+        status = control.request("status", path=sock, timeout=1.0)
+    except (control.DaemonNotRunning, control.ControlError, TimeoutError, OSError):
+        return False
+    return all(pool["size"] == 0 or any(c["state"] in ("idle", "running")
+                                        for c in pool["children"])
+               for pool in status["pools"])
+
+
 def start_daemon(app, db=None, *, ready_timeout=30.0, log_path=None, **options) -> DaemonHandle:
     """Start `liteqd --app APP` in the background and wait until it is ready.
 
@@ -103,12 +120,13 @@ def start_daemon(app, db=None, *, ready_timeout=30.0, log_path=None, **options) 
         process = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, env=env,
                                    start_new_session=True)
     handle = DaemonHandle(process, log_path)
+    sock = options.get("socket") or env.get("LITEQ_SOCKET") or socket_path(db)
     deadline = time.monotonic() + ready_timeout
     while time.monotonic() < deadline:
         if process.poll() is not None:
             raise LiteQError(f"liteqd exited with code {process.returncode}: "
                              f"{_stderr_text(log_path, start)}")
-        if any(e.get("event") == "daemon.ready" for e in handle.events()):
+        if _children_ready(sock):
             return handle
         time.sleep(0.02)
     handle.stop(timeout=5)

@@ -72,6 +72,7 @@ class Supervisor:
         self.next_poll = 0.0
         self.due_hint = None            # epoch time of the next delayed task we know of
         self.polling = False            # this loop turn is a fallback poll
+        self.rescan_due = False         # the known due time passed: look up the next one
         self.next_schedule = None
         self.db_retry_at = 0.0
         self.tasks_done = 0
@@ -655,7 +656,10 @@ class Supervisor:
         """
         now, wall = time.monotonic(), time.time()
         if self.due_hint is not None and wall >= self.due_hint:
+            # Only the earliest due time is kept: once it passes, ask the database
+            # for the next one (below), or later tasks would wait for the poll.
             self.due_hint = None
+            self.rescan_due = True
             self._claim_soon()
         self.polling = now >= self.next_poll
         if self.polling:
@@ -683,7 +687,8 @@ class Supervisor:
                 idle_queues.extend(queues)
             if rows:
                 claims.append((pool, rows))
-        if self.polling and idle_queues:
+        if (self.polling or self.rescan_due) and idle_queues:
+            self.rescan_due = False
             # Learn when the next delayed task is due, so we sleep until exactly
             # then. Only here: with a backlog due now this scan is not needed.
             due = self.store.next_due(idle_queues)
