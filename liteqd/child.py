@@ -19,19 +19,20 @@ import socket
 import time
 import traceback
 
+import psutil
 from setproctitle import setproctitle
 
 from liteq.core import TASK_REGISTRY
 from liteq.errors import TaskTimeout
 from liteq.serialization import decode_payload, encode_result
 
-from .proc import die_with_parent
+from .proc import become_subreaper, descendants, die_with_parent
 
 _dumps = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
 
-
 # Exit code of a child whose own set-up or loop raised; before "ready" it is a boot error.
 BOOT_ERROR_EXIT = 70
+
 
 class _Stop:
     requested = False
@@ -55,6 +56,14 @@ def _own_rss():
             return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
     except (OSError, ValueError, IndexError):
         return 0
+
+
+def _kill_descendants():
+    for proc in descendants(os.getpid()):
+        try:
+            proc.kill()
+        except (psutil.NoSuchProcess, psutil.AccessDenied):
+            pass
 
 
 def _format_error(exc):
@@ -144,7 +153,7 @@ def _signature_mismatch(fn, args, kwargs):
 
 
 def child_main(sock: socket.socket, index: int, parent_pid: int, close_fds=(),
-               report_rss=False):
+               report_rss=False, max_tasks=0, max_rss=0):
     """Entry point of a forked child; never returns (always os._exit)."""
     code = 0
     try:
@@ -159,6 +168,9 @@ def child_main(sock: socket.socket, index: int, parent_pid: int, close_fds=(),
             except OSError:
                 pass
         die_with_parent()
+        # Orphans of the task (a double fork after setsid()) are adopted by this process
+        # instead of the supervisor, so they stay under it and die with it on a timeout.
+        become_subreaper()
         if os.getppid() != parent_pid:
             os._exit(1)  # the supervisor died before the prctl took effect
         signal.signal(signal.SIGINT, signal.SIG_IGN)   # Ctrl-C is the supervisor's to handle
@@ -170,7 +182,7 @@ def child_main(sock: socket.socket, index: int, parent_pid: int, close_fds=(),
         signal.signal(signal.SIGUSR1, _on_stop)
         signal.signal(signal.SIGALRM, _on_alarm)
         os.environ.pop("NOTIFY_SOCKET", None)
-        _serve(sock, index, report_rss)
+        _serve(sock, index, report_rss, max_tasks, max_rss)
     except BaseException:  # noqa: B902 - never unwind into the supervisor's code
         traceback.print_exc()
         code = BOOT_ERROR_EXIT
@@ -178,7 +190,7 @@ def child_main(sock: socket.socket, index: int, parent_pid: int, close_fds=(),
         os._exit(code)
 
 
-def _serve(sock, index, report_rss):
+def _serve(sock, index, report_rss, max_tasks=0, max_rss=0):
     title_idle = f"liteqd: worker {index} idle"
     setproctitle(title_idle)
     executor = Executor()
@@ -186,6 +198,7 @@ def _serve(sock, index, report_rss):
     sock.sendall(_dumps(["ready", os.getpid()]).encode() + b"\n")
     buf = b""
     pending = []
+    done = 0
     while True:
         if not pending:
             if _Stop.requested:
@@ -211,11 +224,22 @@ def _serve(sock, index, report_rss):
         started = time.time()
         ok, text, timed_out = executor.run(name, payload, timeout)
         finished = time.time()
+        if timed_out:
+            # Subprocesses the task started die with it, even those in a session of
+            # their own that killing our process group would miss: once we exit they
+            # are reparented and can no longer be found under us.
+            _kill_descendants()
         rss = _own_rss() if report_rss else 0
         sock.sendall(_dumps(["r", task_id, ok, text, started, finished, rss, timed_out])
                      .encode() + b"\n")
         if timed_out:
             # The task may have left subprocesses or threads running: hand back what is
             # queued and exit, so the supervisor replaces this process and its group.
+            _Stop.requested = True
+        done += 1
+        if (max_tasks and done >= max_tasks) or (max_rss and rss > max_rss):
+            # A recycling limit is reached: hand back the prefetched tasks instead of
+            # running them here (the supervisor's SIGUSR1 would come too late for short
+            # tasks); the supervisor replaces this child.
             _Stop.requested = True
         setproctitle(title_idle)

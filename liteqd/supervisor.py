@@ -339,7 +339,9 @@ class Supervisor:
         pid = os.fork()
         if pid == 0:
             child_main(child_sock, slot, self.pid, close_fds=close_fds,
-                       report_rss=bool(self.config.max_memory_per_child))
+                       report_rss=bool(self.config.max_memory_per_child),
+                       max_tasks=self.config.max_tasks_per_child,
+                       max_rss=int(self.config.max_memory_per_child * 1024 * 1024))
         child_sock.close()
         try:
             os.setpgid(pid, pid)  # also done in the child: whichever runs first wins
@@ -500,15 +502,16 @@ class Supervisor:
                          f"this task", head.started_wall, time.time(), False)
             runs = runs[1:]
         self.outcomes["release"].extend(r.id for r in runs)
-        abnormal = not clean and child.kill_reason is None and not child.retiring
+        # "crash": a send found the child already gone; it died on its own all the same.
+        abnormal = not clean and child.kill_reason in (None, "crash") and not child.retiring
         if abnormal:
             child.pool.failures += 1
             child.pool.next_spawn = time.monotonic() + min(
                 0.1 * 2 ** child.pool.failures, MAX_RESPAWN_DELAY)
         self._check_boot_error(child, status)
         self.log.log(30 if abnormal else 20, "child.exited", pid=child.pid,
-                     pool=child.pool.name, how=how, reason=child.kill_reason or
-                     ("retired" if child.retiring else "crashed" if abnormal else "exited"),
+                     pool=child.pool.name, how=how, reason="crashed" if abnormal else
+                     child.kill_reason or ("retired" if child.retiring else "exited"),
                      tasks_done=child.tasks_done, requeued=len(runs),
                      failing=child.pool.failing)
         self._claim_soon()
