@@ -38,9 +38,77 @@ class _Stop:
     requested = False
 
 
+class _Channel:
+    """The child's end of its socket: reading, parsing and sending in one place.
+
+    A stop (SIGUSR1) must hand queued tasks back at once, even while a task runs,
+    so the signal handler may call hand_back(). Python runs handlers between any
+    two bytecodes of the main code, so `busy` marks the stretches where the main
+    code is reading or sending; the handler then leaves the hand-back to the main
+    code, which does it as soon as it is done (a line is never interleaved).
+    """
+
+    def __init__(self, sock):
+        self.sock = sock
+        self.buf = b""
+        self.pending = []      # parsed task messages, next one last
+        self.busy = False
+
+    def send(self, msg):
+        """Send one message (a JSON line)."""
+        self.sock.sendall(_dumps(msg).encode() + b"\n")
+
+    def _parse(self, data):
+        self.buf += data
+        lines = self.buf.split(b"\n")
+        self.buf = lines.pop()
+        new = [json.loads(line) for line in lines if line]
+        new.reverse()
+        self.pending = new + self.pending
+
+    def receive(self) -> bool:
+        """Block until at least one more message is queued; False at end of stream."""
+        self.busy = True
+        try:
+            data = self.sock.recv(1 << 16)
+            if data:
+                self._parse(data)
+            return bool(data)
+        finally:
+            self.busy = False
+            if _Stop.requested:
+                self.hand_back()
+
+    def hand_back(self):
+        """Return every queued task to the supervisor, unstarted ("s" messages)."""
+        if self.busy:
+            return
+        self.busy = True
+        try:
+            try:
+                while True:
+                    data = self.sock.recv(1 << 16, socket.MSG_DONTWAIT)
+                    if not data:
+                        break
+                    self._parse(data)
+            except (BlockingIOError, InterruptedError):
+                pass
+            while self.pending:
+                self.send(["s", self.pending.pop()[1]])
+        except OSError:
+            pass  # the supervisor is gone; it requeues whatever we held
+        finally:
+            self.busy = False
+
+
+_channel = None
+
+
 def _on_stop(signum, frame):
-    # Only a flag: the current task finishes, queued ones are handed back.
+    # The current task finishes; the queued ones go back now.
     _Stop.requested = True
+    if _channel is not None:
+        _channel.hand_back()
 
 
 def _on_alarm(signum, frame):
@@ -191,35 +259,26 @@ def child_main(sock: socket.socket, index: int, parent_pid: int, close_fds=(),
 
 
 def _serve(sock, index, report_rss, max_tasks=0, max_rss=0):
+    global _channel
     title_idle = f"liteqd: worker {index} idle"
     setproctitle(title_idle)
     executor = Executor()
     sock.setblocking(True)
-    sock.sendall(_dumps(["ready", os.getpid()]).encode() + b"\n")
-    buf = b""
-    pending = []
+    channel = _channel = _Channel(sock)
+    channel.send(["ready", os.getpid()])
     done = 0
     while True:
-        if not pending:
-            if _Stop.requested:
-                return
-            try:
-                data = sock.recv(1 << 16)
-            except InterruptedError:
-                continue
-            if not data:
-                return  # the supervisor closed our socket: stop
-            buf += data
-            lines = buf.split(b"\n")
-            buf = lines.pop()
-            pending = [json.loads(line) for line in lines if line]
-            pending.reverse()
-            continue
-        msg = pending.pop()
         if _Stop.requested:
-            sock.sendall(_dumps(["s", msg[1]]).encode() + b"\n")
+            channel.hand_back()
+            return
+        if not channel.pending:
+            try:
+                if not channel.receive():
+                    return  # the supervisor closed our socket: stop
+            except InterruptedError:
+                pass
             continue
-        _, task_id, name, payload, timeout = msg
+        _, task_id, name, payload, timeout = channel.pending.pop()
         setproctitle(f"liteqd: worker {index} running {name}#{task_id}")
         started = time.time()
         ok, text, timed_out = executor.run(name, payload, timeout)
@@ -230,8 +289,11 @@ def _serve(sock, index, report_rss, max_tasks=0, max_rss=0):
             # are reparented and can no longer be found under us.
             _kill_descendants()
         rss = _own_rss() if report_rss else 0
-        sock.sendall(_dumps(["r", task_id, ok, text, started, finished, rss, timed_out])
-                     .encode() + b"\n")
+        channel.busy = True
+        try:
+            channel.send(["r", task_id, ok, text, started, finished, rss, timed_out])
+        finally:
+            channel.busy = False
         if timed_out:
             # The task may have left subprocesses or threads running: hand back what is
             # queued and exit, so the supervisor replaces this process and its group.

@@ -443,9 +443,12 @@ class Supervisor:
             else:
                 self._maybe_recycle(child)
         elif kind == "s":
-            run = child.inflight.popleft() if child.inflight else None
-            if run is not None:
-                self.outcomes["release"].append(run.id)
+            # Handed back unstarted; it may sit behind the task still running.
+            for run in child.inflight:
+                if run.id == msg[1]:
+                    child.inflight.remove(run)
+                    self.outcomes["release"].append(run.id)
+                    break
         elif kind == "ready":
             child.ready = True
             self._claim_soon()

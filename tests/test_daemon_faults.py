@@ -213,9 +213,6 @@ def test_graceful_timeout_expiry_kills_and_requeues_the_task(daemons, app):
     assert d.events("child.killed", pid=child_pid)
 
 
-@pytest.mark.xfail(strict=True, reason="DESIGN.md: 'a stop returns unstarted prefetched tasks "
-                   "to pending at once'; they stay running (held by the retiring child) "
-                   "until the task in front of them ends", raises=AssertionError)
 def test_graceful_stop_returns_prefetched_tasks_to_pending_at_once(daemons, app):
     # Preconditions fail with pytest.fail (not AssertionError), so they are not
     # mistaken for the known bug.
