@@ -6,6 +6,9 @@ import signal
 
 import psutil
 
+# Environment variable naming the daemon a process works for (see kill_tagged).
+WORKER_TAG = "LITEQ_WORKER_ID"
+
 _PR_SET_PDEATHSIG = 1
 _PR_SET_CHILD_SUBREAPER = 36
 
@@ -90,3 +93,25 @@ def rss_bytes(pid: int) -> int:
             return psutil.Process(pid).memory_info().rss
         except (psutil.NoSuchProcess, psutil.AccessDenied):
             return 0
+
+
+def kill_tagged(worker_ids) -> list:
+    """SIGKILL processes left behind by dead daemons of this host; returns their pids.
+
+    A daemon's children die with it (PR_SET_PDEATHSIG), but subprocesses its
+    tasks started are reparented and live on. They carry the daemon's worker id
+    in their environment (WORKER_TAG), which is how they are found here.
+    """
+    wanted = set(worker_ids)
+    me = os.getpid()
+    killed = []
+    for p in psutil.process_iter():
+        if p.pid == me:
+            continue
+        try:
+            if p.environ().get(WORKER_TAG) in wanted:
+                p.kill()
+                killed.append(p.pid)
+        except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess, OSError):
+            continue
+    return killed

@@ -133,6 +133,9 @@ class Supervisor:
         """Run until stopped; returns the process exit code."""
         self._install_signals()
         proc.become_subreaper()
+        # Inherited by every process our tasks start (through exec too), so that if
+        # this daemon is SIGKILLed, the next one can find and end what it left.
+        os.environ[proc.WORKER_TAG] = self.worker_id
         self.store = Store(self.config.db, busy_timeout=0.25)
         registered = []
         try:
@@ -785,6 +788,9 @@ class Supervisor:
         stale_before = time.time() - self.config.stale_after
         reclaimed = self.store.reclaim(dead, stale_before,
                                        reason="its worker died (no heartbeat)")
+        if dead:
+            for pid in proc.kill_tagged(dead):
+                self.log.warning("child.orphan_killed", pid=pid, reason="its daemon died")
         for task_id, status in reclaimed:
             self.log.warning("task.reclaimed", task_id=task_id, status=status)
         if reclaimed:

@@ -146,24 +146,23 @@ def test_sigkill_supervisor_children_exit_and_restart_reclaims_task(daemons, app
     assert st["worker_id"].split(":")[1] == str(d2.pid)
 
 
-@pytest.mark.xfail(strict=True, reason="a task's own subprocesses outlive a SIGKILLed "
-                   "supervisor: children die by PDEATHSIG=SIGKILL and cannot clean up, so "
-                   "their subprocesses are reparented to init and linger",
-                   raises=AssertionError)
-def test_sigkill_supervisor_leaves_no_orphaned_task_subprocess(daemons, app):
-    # Preconditions fail with pytest.fail (not AssertionError), so they are not
-    # mistaken for the known bug.
+def test_sigkill_supervisor_then_restart_ends_the_tasks_orphaned_subprocess(daemons, app):
+    # Without systemd's cgroup, a task's own subprocess outlives a SIGKILLed daemon
+    # (its child dies by PDEATHSIG; the subprocess is reparented). The next daemon on
+    # the database finds it by the worker id in its environment and ends it.
     d1 = daemons.start("--concurrency", "1")
     pidfile = daemons.path("sub.pid")
-    app.subprocess_then_sleep.delay(pidfile, 1.5)
+    app.subprocess_then_sleep.delay(pidfile, 30)
     sleep_pid, child_pid = _read_pidfile(pidfile)
     sleeper = psutil.Process(sleep_pid)
     d1.kill()
     if wait_gone([psutil.Process(child_pid)], timeout=5):
         pytest.fail("the child itself outlived its supervisor")
-    left = wait_gone([sleeper], timeout=5)
-    assert not left, f"the task's subprocess {sleep_pid} outlived its supervisor " \
-                     f"(parent now {sleeper.ppid() if sleeper.is_running() else '-'})"
+    assert sleeper.is_running()  # nothing has ended it yet
+    d2 = daemons.start("--concurrency", "1")
+    left = wait_gone([sleeper], timeout=10)
+    assert not left, f"the task's subprocess {sleep_pid} outlived the restart"
+    assert d2.events("child.orphan_killed", pid=sleep_pid)
 
 
 # ---- graceful and fast stop --------------------------------------------------------------
