@@ -19,15 +19,38 @@ import time
 from .paths import socket_path, wake_path
 
 RETRY_S = 0.5
+THROTTLE_S = 0.001
 
 
 class _Waker:
-    __slots__ = ("sock", "next_try", "target")
+    __slots__ = ("sock", "next_try", "target", "last_now", "announced")
 
     def __init__(self, target):
         self.sock = None
         self.next_try = 0.0
         self.target = target
+        self.last_now = -1.0     # monotonic time of the last "due now" wake-up sent
+        self.announced = 0.0     # the earliest future due time already sent
+
+    def nudge(self, due):
+        """Send what the daemon does not know yet; skip what it cannot miss.
+
+        A "due now" wake-up within THROTTLE_S of the previous one is skipped: the
+        daemon claims again THROTTLE_S * 2 after each wake-up it gets, which picks
+        up the skipped tasks. A later due time is sent only when it is earlier than
+        one already announced; the daemon looks up the next due time from the
+        database each time a known one passes.
+        """
+        wall = time.time()
+        if due is None or due <= wall:
+            t = time.monotonic()
+            if t - self.last_now < THROTTLE_S:
+                return
+            self.last_now = t
+            self.send(b"w")
+        elif self.announced <= wall or due < self.announced:
+            self.announced = due
+            self.send(b"d%.6f" % due)
 
     def send(self, message, again=True):
         if self.sock is None:
@@ -71,4 +94,4 @@ def wake(db_path=None, due=None) -> None:
     waker = _wakers.get(key)
     if waker is None:
         waker = _wakers[key] = _Waker(wake_path(socket_path(db_path)))
-    waker.send(b"w" if due is None or due <= time.time() else b"d%.6f" % due)
+    waker.nudge(due)

@@ -25,6 +25,7 @@ from setproctitle import setproctitle
 from liteq import retry as retry_policy
 from liteq.errors import DatabaseError
 from liteq.storage import Store
+from liteq.wakeup import THROTTLE_S
 
 from . import proc
 from .child import BOOT_ERROR_EXIT, child_main
@@ -72,6 +73,7 @@ class Supervisor:
         self.next_poll = 0.0
         self.due_hint = None            # epoch time of the next delayed task we know of
         self.polling = False            # this loop turn is a fallback poll
+        self.follow_up = None           # a claim owed shortly after a wake-up
         self.rescan_due = False         # the known due time passed: look up the next one
         self.next_schedule = None
         self.db_retry_at = 0.0
@@ -183,6 +185,8 @@ class Supervisor:
             deadlines.append(max(self.next_poll, self.db_retry_at))
             if self.due_hint is not None:
                 deadlines.append(max(now + self.due_hint - time.time(), self.db_retry_at))
+            if self.follow_up is not None:
+                deadlines.append(self.follow_up)
             if self.next_schedule is not None:
                 deadlines.append(self.next_schedule)
         else:
@@ -652,7 +656,13 @@ class Supervisor:
 
     def wake(self, due=None):
         """A producer enqueued something: look for work now, or at `due` (epoch s)."""
-        if due is None or due <= time.time():
+        if due is None:
+            self._claim_soon()
+            # Producers skip wake-ups that follow another within a millisecond
+            # (liteq.wakeup.THROTTLE_S); one more claim shortly after the latest
+            # wake-up picks up whatever they enqueued meanwhile.
+            self.follow_up = time.monotonic() + 2 * THROTTLE_S
+        elif due <= time.time():
             self._claim_soon()
         elif self.due_hint is None or due < self.due_hint:
             self.due_hint = due
@@ -669,6 +679,9 @@ class Supervisor:
             # for the next one (below), or later tasks would wait for the poll.
             self.due_hint = None
             self.rescan_due = True
+            self._claim_soon()
+        if self.follow_up is not None and now >= self.follow_up:
+            self.follow_up = None
             self._claim_soon()
         self.polling = now >= self.next_poll
         if self.polling:
