@@ -109,18 +109,30 @@ _INSERT_TASK = (
 )
 
 
-def _explain(exc: sqlite3.Error, path: str) -> DatabaseError:
-    """Turn a raw sqlite3 error into one that names the database and the problem."""
+def _explain(exc: sqlite3.Error, path: str, busy_timeout=None) -> DatabaseError:
+    """Turn a raw sqlite3 error into one that names the database and the problem.
+
+    busy_timeout is the one the connection really had (the daemon's is short);
+    None means it came from LITEQ_BUSY_TIMEOUT.
+    """
     msg = str(exc)
     low = msg.lower()
     if "locked" in low or "busy" in low:
+        busy = (f"{settings.busy_timeout():g} s (LITEQ_BUSY_TIMEOUT)" if busy_timeout is None
+                else f"{busy_timeout:g} s")
         return DatabaseLocked(
             f"database {path} is locked by another writer; gave up after the busy timeout "
-            f"of {settings.busy_timeout():g} s (LITEQ_BUSY_TIMEOUT)")
+            f"of {busy}")
     if "unable to open" in low:
         parent = os.path.dirname(os.path.abspath(path))
         if not os.path.isdir(parent):
             return DatabaseError(f"cannot open database {path}: directory {parent} does not exist")
+        if not os.access(parent, os.W_OK) or (os.path.exists(path)
+                                              and not os.access(path, os.W_OK)):
+            # A read-only file, directory or mount: WAL mode needs to write the file
+            # and to create its -wal and -shm files beside it.
+            return DatabaseError(f"database {path} is read-only; LiteQ needs to write to it "
+                                 f"and to create its -wal and -shm files in {parent} ({msg})")
         return DatabaseError(f"cannot open database {path}: permission denied or not a file ({msg})")
     if "not a database" in low or "malformed" in low:
         return DatabaseError(f"{path} is not a usable SQLite database ({msg})")
@@ -145,7 +157,7 @@ def _guarded(method):
                     self._conn.rollback()
                 except sqlite3.Error:
                     pass
-            raise _explain(exc, self.path) from exc
+            raise _explain(exc, self.path, self.busy_timeout) from exc
     return wrapper
 
 
@@ -197,7 +209,7 @@ def open_connection(path: str, *, isolation_level=None, busy_timeout=None) -> sq
         if conn is not None:
             conn.close()
         if isinstance(exc, sqlite3.Error) and not isinstance(exc, DatabaseError):
-            raise _explain(exc, path) from exc
+            raise _explain(exc, path, busy_timeout) from exc
         raise
 
 
@@ -851,7 +863,7 @@ class _GuardedBatch(_Transaction):
         try:
             return super().__enter__()
         except sqlite3.Error as exc:
-            raise _explain(exc, self.store.path) from exc
+            raise _explain(exc, self.store.path, self.store.busy_timeout) from exc
 
     def __exit__(self, exc_type, exc, tb):
         try:
@@ -859,7 +871,7 @@ class _GuardedBatch(_Transaction):
         except sqlite3.Error as err:
             if self.conn.in_transaction:
                 self.conn.rollback()
-            raise _explain(err, self.store.path) from err
+            raise _explain(err, self.store.path, self.store.busy_timeout) from err
 
 
 _local = threading.local()
