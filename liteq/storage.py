@@ -109,6 +109,23 @@ _INSERT_TASK = (
 )
 
 
+# Outcome updates apply only while the row is still running for this worker.
+_GUARD = "WHERE id = ? AND status = 'running' AND worker_id = ?"
+_RECORD_DONE = ("UPDATE tasks SET status = 'done', result = ?, error = NULL, started_at = ?, "
+                "finished_at = ? " + _GUARD)
+_RECORD_FAILED = ("UPDATE tasks SET status = 'failed', error = ?, started_at = ?, "
+                  "finished_at = ? " + _GUARD)
+_RECORD_RETRY = ("UPDATE tasks SET status = 'pending', error = ?, started_at = ?, "
+                 "worker_id = NULL, run_at = ? " + _GUARD)
+
+
+def _filters(**columns):
+    """A WHERE clause and its parameters for the columns given a value (None = any)."""
+    where = [f"{col} = ?" for col, val in columns.items() if val is not None]
+    params = [val for val in columns.values() if val is not None]
+    return ("WHERE " + " AND ".join(where)) if where else "", params
+
+
 def _explain(exc: sqlite3.Error, path: str, busy_timeout=None) -> DatabaseError:
     """Turn a raw sqlite3 error into one that names the database and the problem.
 
@@ -473,25 +490,13 @@ class Store:
         """
         changed = 0
         with self._write() as conn:
-            if done:
-                cur = conn.executemany(
-                    "UPDATE tasks SET status = 'done', result = ?, error = NULL, started_at = ?, "
-                    "finished_at = ? WHERE id = ? AND status = 'running' AND worker_id = ?",
-                    [(res, s, f, tid, worker_id) for tid, res, s, f in done])
-                changed += cur.rowcount
-            if failed:
-                cur = conn.executemany(
-                    "UPDATE tasks SET status = 'failed', error = ?, started_at = ?, "
-                    "finished_at = ? WHERE id = ? AND status = 'running' AND worker_id = ?",
-                    [(err, s, f, tid, worker_id) for tid, err, s, f in failed])
-                changed += cur.rowcount
-            if retry:
-                cur = conn.executemany(
-                    "UPDATE tasks SET status = 'pending', error = ?, started_at = ?, "
-                    "worker_id = NULL, run_at = ? "
-                    "WHERE id = ? AND status = 'running' AND worker_id = ?",
-                    [(err, s, run_at, tid, worker_id) for tid, err, s, run_at in retry])
-                changed += cur.rowcount
+            for sql, rows in ((_RECORD_DONE, done), (_RECORD_FAILED, failed),
+                              (_RECORD_RETRY, retry)):
+                if rows:
+                    # Every kind is (task_id, text, started_at, time): one shape.
+                    changed += conn.executemany(
+                        sql, [(text, s, t, tid, worker_id) for tid, text, s, t in rows]
+                    ).rowcount
         return changed
 
     @_guarded
@@ -606,12 +611,7 @@ class Store:
     def find_tasks(self, status=None, queue=None, name=None, limit=50, offset=0,
                    order="id") -> list:
         """Tasks matching optional filters, newest first (order 'id' or 'finished')."""
-        where, params = [], []
-        for col, val in (("status", status), ("queue", queue), ("name", name)):
-            if val is not None:
-                where.append(f"{col} = ?")
-                params.append(val)
-        clause = ("WHERE " + " AND ".join(where)) if where else ""
+        clause, params = _filters(status=status, queue=queue, name=name)
         sort = "finished_at DESC, id DESC" if order == "finished" else "id DESC"
         return [dict(r) for r in self._conn.execute(
             f"SELECT {_TASK_SELECT} FROM tasks {clause} ORDER BY {sort} LIMIT ? OFFSET ?",
@@ -620,12 +620,7 @@ class Store:
     @_guarded
     def count_tasks(self, status=None, queue=None, name=None) -> int:
         """How many tasks match the optional filters."""
-        where, params = [], []
-        for col, val in (("status", status), ("queue", queue), ("name", name)):
-            if val is not None:
-                where.append(f"{col} = ?")
-                params.append(val)
-        clause = ("WHERE " + " AND ".join(where)) if where else ""
+        clause, params = _filters(status=status, queue=queue, name=name)
         return self._conn.execute(f"SELECT COUNT(*) FROM tasks {clause}", params).fetchone()[0]
 
     @_guarded
@@ -702,15 +697,10 @@ class Store:
                     "worker_id = NULL, finished_at = NULL "
                     "WHERE id = ? AND status IN ('failed', 'cancelled')", (t, task_id))
                 return cur.rowcount
-            where, params = ["status = 'failed'"], []
-            for col, val in (("queue", queue), ("name", name)):
-                if val is not None:
-                    where.append(f"{col} = ?")
-                    params.append(val)
+            clause, params = _filters(status="failed", queue=queue, name=name)
             cur = conn.execute(
                 "UPDATE tasks SET status = 'pending', attempts = 0, run_at = ?, "
-                f"worker_id = NULL, finished_at = NULL WHERE {' AND '.join(where)}",
-                (t, *params))
+                f"worker_id = NULL, finished_at = NULL {clause}", (t, *params))
             return cur.rowcount
 
     @_guarded
