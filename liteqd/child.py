@@ -258,6 +258,18 @@ def child_main(sock: socket.socket, index: int, parent_pid: int, close_fds=(),
         os._exit(code)
 
 
+def _reap_adopted():
+    """Collect exited processes this child adopted as subreaper (a task's double-forked
+    orphans), so they do not stay zombies while the child lives on."""
+    while True:
+        try:
+            pid, _ = os.waitpid(-1, os.WNOHANG)
+        except ChildProcessError:
+            return
+        if pid == 0:
+            return
+
+
 def _serve(sock, index, report_rss, max_tasks=0, max_rss=0):
     global _channel
     title_idle = f"liteqd: worker {index} idle"
@@ -304,4 +316,5 @@ def _serve(sock, index, report_rss, max_tasks=0, max_rss=0):
             # running them here (the supervisor's SIGUSR1 would come too late for short
             # tasks); the supervisor replaces this child.
             _Stop.requested = True
+        _reap_adopted()
         setproctitle(title_idle)
