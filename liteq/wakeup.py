@@ -53,6 +53,7 @@ class _Waker:
             self.send(b"d%.6f" % due)
 
     def send(self, message, again=True):
+        """Send one datagram, connecting first if needed; never raises."""
         if self.sock is None:
             t = time.monotonic()
             if t < self.next_try:

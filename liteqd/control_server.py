@@ -279,16 +279,20 @@ class ControlServer:
     # ---- operations ------------------------------------------------------------
 
     def op_ping(self, request):
+        """Answer {"pong": true, "pid": ...}: the daemon is alive."""
         return {"pong": True, "pid": os.getpid()}
 
     def op_status(self, request):
+        """The supervisor's snapshot: pid, uptime, pools and children."""
         return self.sup.status()
 
     def op_wake(self, request):
+        """Look for due tasks now."""
         self.sup.wake()
         return {}
 
     def op_scale(self, request):
+        """Set a pool's number of children: {"pool": name, "size": N}."""
         size = request.get("size")
         if isinstance(size, bool) or not isinstance(size, int) or size < 0:
             raise ControlError(f"scale needs \"size\", a whole number >= 0; got {size!r}")
@@ -308,12 +312,14 @@ class ControlServer:
         return queue
 
     def op_pause(self, request):
+        """Stop claiming from {"queue": name}; running tasks finish."""
         queue = self._queue_arg(request)
         self.sup.paused.add(queue)
         self.sup.log.info("queue.paused", queue=queue)
         return {"paused": sorted(self.sup.paused)}
 
     def op_resume(self, request):
+        """Claim from {"queue": name} again."""
         queue = self._queue_arg(request)
         self.sup.paused.discard(queue)
         self.sup.wake()
@@ -321,13 +327,16 @@ class ControlServer:
         return {"paused": sorted(self.sup.paused)}
 
     def op_reload(self, request):
+        """Re-import the app and replace every child (like SIGHUP)."""
         self.sup.reload()
         return {}
 
     def op_shutdown(self, request):
+        """Stop gracefully, or fast with {"fast": true}."""
         self.sup.request_stop(fast=bool(request.get("fast")), reason="control")
         return {}
 
     def op_schedules(self, request):
+        """Every cron schedule with its next and last run."""
         from liteq.scheduler import list_schedules
         return {"schedules": list_schedules(self.sup.store)}
