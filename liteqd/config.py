@@ -11,6 +11,10 @@ from dataclasses import dataclass, field
 from liteq.errors import ConfigError
 
 
+# Children per pool, at most: a typo must not fork-bomb the machine.
+MAX_CHILDREN = 512
+
+
 @dataclass
 class PoolSpec:
     """A group of children that serve the same queues."""
@@ -140,8 +144,9 @@ def _parse_pool(text, source):
     except ValueError:
         raise ConfigError(f"{source}: pool {name!r} size must be a whole number; "
                           f"got {size!r}") from None
-    if n < 1:
-        raise ConfigError(f"{source}: pool {name!r} needs at least 1 child; got {n}")
+    if not 1 <= n <= MAX_CHILDREN:
+        raise ConfigError(f"{source}: pool {name!r} needs from 1 to {MAX_CHILDREN} children; "
+                          f"got {n}")
     qs = [q.strip() for q in queues.split(",") if q.strip()]
     return PoolSpec(name, qs, n)
 
@@ -199,9 +204,9 @@ def resolve(args: argparse.Namespace, environ=None) -> DaemonConfig:
         concurrency = values["concurrency"]
         if concurrency is None:
             concurrency = os.cpu_count() or 1
-        if concurrency < 1:
-            raise ConfigError(f"{values['concurrency__source']} must be at least 1; "
-                              f"got {concurrency}")
+        if not 1 <= concurrency <= MAX_CHILDREN:
+            raise ConfigError(f"{values['concurrency__source']} must be from 1 to "
+                              f"{MAX_CHILDREN}; got {concurrency}")
         queues = [q.strip() for q in values["queues"].split(",") if q.strip()]
         if not queues:
             raise ConfigError(f"{values['queues__source']} names no queue")

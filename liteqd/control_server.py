@@ -301,7 +301,7 @@ class ControlServer:
             raise ControlError(f"\"pool\" must be a string; got {name!r}")
         try:
             self.sup.scale(name, size)
-        except KeyError as exc:
+        except (KeyError, ValueError) as exc:
             raise ControlError(exc.args[0]) from None
         return {"pool": name, "size": size}
 

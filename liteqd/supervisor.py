@@ -29,6 +29,7 @@ from liteq.wakeup import THROTTLE_S
 
 from . import proc
 from .child import BOOT_ERROR_EXIT, child_main
+from .config import MAX_CHILDREN
 from . import logs
 from .logs import get_logger
 from .pool import ChildHandle, Pool, TaskRun
@@ -292,8 +293,8 @@ class Supervisor:
     def scale(self, pool_name, size):
         """Set a pool's target size; shrinking retires idle children first."""
         pool = self.pool(pool_name)
-        if size < 0:
-            raise ValueError("size must be >= 0")
+        if not 0 <= size <= MAX_CHILDREN:
+            raise ValueError(f"a pool's size must be from 0 to {MAX_CHILDREN}; got {size}")
         old = pool.size
         pool.size = size
         extra = len(pool.active) - size

@@ -442,8 +442,9 @@ def test_invalid_cron_expression_is_a_value_error_and_writes_nothing(lab, app, e
     (["--concurrency", "0"], None, "--concurrency"),
     (["--concurrency", "-2"], None, "--concurrency"),
     ([], {"LITEQ_CONCURRENCY": "0"}, "LITEQ_CONCURRENCY"),
-    (["--pool", "mail:emails:0"], None, "at least 1 child"),
-    (["--pool", "mail:emails:-1"], None, "at least 1 child"),
+    (["--pool", "mail:emails:0"], None, "needs from 1 to 512 children"),
+    (["--pool", "mail:emails:-1"], None, "needs from 1 to 512 children"),
+    (["--concurrency", "100000"], None, "--concurrency must be from 1 to 512"),
 ])
 def test_zero_or_negative_concurrency_is_refused(lab, app, args, env, needle):
     tid = _pending_row(app)
