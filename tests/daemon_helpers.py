@@ -1,10 +1,17 @@
-"""Helpers for the liteqd tests: start real daemons, read their JSON logs, reap everything.
+"""Helpers for the tests that run real daemons: start them, read their JSON logs, talk to
+their control socket, read the task table, and reap everything.
 
 A `Daemon` is a real `liteqd` (or `liteq worker`, or a Worker() script) started with
 subprocess.Popen in its own session. Its stdout (the JSON log) and stderr go to
 files in the test's temp dir. Every process a test starts carries a per-test tag
-in its environment, so the `daemons` fixture can find and SIGKILL all of them in
-teardown, even grandchildren that were reparented after their parent died.
+in its environment, so teardown can find and SIGKILL all of them, even
+grandchildren that were reparented after their parent died: the process group,
+every descendant ever seen (psutil, which checks start times, so a reused pid is
+never hit), then anything still carrying the tag.
+
+`Daemons` (the `daemons` fixture) starts the processes of one test; the fault suites
+(tests/fault_helpers.py), tests/test_control.py and tests/test_systemd.py build on
+it. `running()` is the set-up and teardown they share.
 
 Every wait here polls with a deadline; nothing sleeps unbounded.
 """
@@ -15,10 +22,13 @@ import json
 import os
 import resource
 import signal
+import socket
+import sqlite3
 import subprocess
 import sys
 import time
 import uuid
+from collections import Counter
 
 import psutil
 import pytest
@@ -30,23 +40,29 @@ REPO = os.path.dirname(TESTS)
 APPS = os.path.join(TESTS, "apps")
 APP = os.path.join(APPS, "daemon_app.py")
 PYTHON = sys.executable
+LITEQCTL = os.path.join(os.path.dirname(PYTHON), "liteqctl")
 TAG_VAR = "LITEQ_TEST_TAG"
+APP_MODULE_PREFIX = "_liteq_test_app_"
 
 # Fast settings: heartbeats every 0.5 s, a dead worker is stale after 2 s,
-# the hard kill comes 1 s after a time limit.
+# the hard kill comes 1 s after a time limit, and the fallback poll runs every 0.5 s.
 FAST_ARGS = ["--log-format", "json", "--heartbeat-interval", "0.5", "--stale-after", "2",
              "--kill-grace", "1", "--poll-interval", "0.5"]
 
 
-def wait_for(predicate, timeout, interval=0.02, message=None):
-    """Poll `predicate` until it returns something truthy; fail the test after `timeout`."""
+# ---- waiting --------------------------------------------------------------------------------
+
+def wait_for(predicate, timeout, message=None, interval=0.02):
+    """Poll `predicate` until it returns something truthy (returned); fail the test after
+    `timeout` s with `message` (a string, or a callable that makes one)."""
     deadline = time.monotonic() + timeout
     while True:
         value = predicate()
         if value:
             return value
         if time.monotonic() >= deadline:
-            pytest.fail(message or f"condition not met within {timeout} s: {predicate}")
+            text = message() if callable(message) else message
+            pytest.fail(text or f"condition not met within {timeout} s: {predicate}")
         time.sleep(interval)
 
 
@@ -63,13 +79,32 @@ def is_gone(p) -> bool:
         return True
 
 
+def wait_gone(procs, timeout=10.0):
+    """Wait until every psutil.Process in `procs` is gone (or a zombie); bounded.
+    Returns those still running."""
+    deadline = time.monotonic() + timeout
+    pending = list(procs)
+    while pending:
+        pending = [p for p in pending if not is_gone(p)]
+        if not pending or time.monotonic() >= deadline:
+            break
+        time.sleep(0.01)
+    return pending
+
+
+# ---- files and processes ----------------------------------------------------------------------
+
 def read_lines(path) -> list:
-    """The non-empty lines of a file, or [] when it does not exist yet."""
+    """The complete non-empty lines of a file ([] when it does not exist yet); a last line
+    without its newline is still being written and is left out."""
     try:
-        with open(path) as f:
-            return [line for line in f.read().splitlines() if line]
+        with open(path, "rb") as f:
+            data = f.read().decode("utf-8", "replace")
     except FileNotFoundError:
         return []
+    if not data.endswith("\n"):
+        data = data[: data.rfind("\n") + 1]
+    return [line for line in data.split("\n") if line.strip()]
 
 
 def cpu_seconds(p) -> float:
@@ -78,18 +113,58 @@ def cpu_seconds(p) -> float:
     return t.user + t.system
 
 
+def fd_count(pid) -> int:
+    """Open file descriptors of a process (entries of /proc/PID/fd)."""
+    return len(os.listdir(f"/proc/{pid}/fd"))
+
+
 def _no_core_dumps():
     # Segfault tests must not leave core files behind.
     resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
 
 
+def kill_tree(proc, ps=None, seen=()):
+    """SIGKILL a Popen that leads its own session: its process group, every psutil.Process
+    in `seen`, and the live descendants of `ps` (its psutil.Process); then wait, bounded,
+    for all of them. Returns those still running."""
+    victims = list(seen)
+    if ps is not None:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            victims += ps.children(recursive=True)
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(proc.pid, signal.SIGKILL)  # its own session and group
+    for p in victims:
+        with contextlib.suppress(psutil.NoSuchProcess, psutil.AccessDenied):
+            p.send_signal(signal.SIGKILL)    # checks the start time: no pid reuse
+    with contextlib.suppress(subprocess.TimeoutExpired):
+        proc.wait(timeout=10)
+    return wait_gone(victims, timeout=10)
+
+
+def tagged_processes(tag) -> list:
+    """Every live process (other than this one) whose environment carries `tag`."""
+    found = []
+    me = os.getpid()
+    for p in psutil.process_iter():
+        if p.pid == me:
+            continue
+        try:
+            if p.environ().get(TAG_VAR) == tag and p.status() != psutil.STATUS_ZOMBIE:
+                found.append(p)
+        except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess, OSError):
+            pass
+    return found
+
+
+# ---- loading an app in the test process ---------------------------------------------------
+
 def load_app_module(path=APP, name=None):
     """Import an app file in the test process (to call .delay()); returns the module.
 
-    It gets a fresh module name each time so tests never share module state; the
-    `daemons` fixture restores the task registry afterwards.
+    It gets a fresh module name each time so tests never share module state;
+    `running()` drops these modules and restores the task registry afterwards.
     """
-    name = name or f"_liteq_test_app_{uuid.uuid4().hex[:8]}"
+    name = name or f"{APP_MODULE_PREFIX}{uuid.uuid4().hex[:8]}"
     spec = importlib.util.spec_from_file_location(name, path)
     module = importlib.util.module_from_spec(spec)
     sys.modules[name] = module
@@ -101,14 +176,32 @@ def load_app_module(path=APP, name=None):
     return module
 
 
-class Daemon:
-    """One daemon process started by a test."""
+@contextlib.contextmanager
+def registry_restored():
+    """The task registry as it was before, whatever the block registered."""
+    saved = dict(core.TASK_REGISTRY)
+    try:
+        yield core.TASK_REGISTRY
+    finally:
+        core.TASK_REGISTRY.clear()
+        core.TASK_REGISTRY.update(saved)
 
-    def __init__(self, workdir, env, argv, label):
+
+# ---- daemons ---------------------------------------------------------------------------------
+
+class Daemon:
+    """One daemon process started by a test.
+
+    `timeouts` are the default bounds (seconds) of wait_ready() ("ready"),
+    wait_event() ("event"), and stop() and wait() ("stop").
+    """
+
+    def __init__(self, workdir, env, argv, label, timeouts):
         self.workdir = workdir
         self.env = env
         self.argv = argv
         self.label = label
+        self.timeouts = timeouts
         self.log_path = os.path.join(workdir, f"{label}.log")
         self.err_path = os.path.join(workdir, f"{label}.err")
         self.proc = None
@@ -136,8 +229,9 @@ class Daemon:
     def alive(self) -> bool:
         return self.proc.poll() is None
 
-    def wait_ready(self, timeout=15.0):
+    def wait_ready(self, timeout=None):
         """Wait for the daemon.ready log event; fail (showing the logs) if it exits first."""
+        timeout = self.timeouts["ready"] if timeout is None else timeout
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             ready = self.events("daemon.ready")
@@ -153,14 +247,15 @@ class Daemon:
     def send(self, sig):
         os.kill(self.proc.pid, sig)
 
-    def stop(self, sig=signal.SIGTERM, timeout=15.0) -> int:
+    def stop(self, sig=signal.SIGTERM, timeout=None) -> int:
         """Send `sig` and wait for the exit code."""
         if self.alive():
             self.send(sig)
         return self.wait(timeout)
 
-    def wait(self, timeout) -> int:
+    def wait(self, timeout=None) -> int:
         """Wait for the daemon to exit; fail the test if it does not within `timeout`."""
+        timeout = self.timeouts["stop"] if timeout is None else timeout
         try:
             return self.proc.wait(timeout=timeout)
         except subprocess.TimeoutExpired:
@@ -176,10 +271,16 @@ class Daemon:
         except subprocess.TimeoutExpired:
             pass
 
+    def kill_everything(self):
+        """SIGKILL the daemon's process group and every descendant; wait for them."""
+        if self.proc is None:
+            return
+        kill_tree(self.proc, self.ps, self.seen.values())
+
     # ---- processes ------------------------------------------------------------
 
-    def children(self) -> list:
-        """The daemon's live direct children (its worker processes), as psutil.Process."""
+    def descendants(self) -> list:
+        """Every live descendant (psutil.Process); each is remembered in `seen`."""
         if self.ps is None:
             return []
         try:
@@ -188,8 +289,13 @@ class Daemon:
             return []
         for k in kids:
             self.seen.setdefault(k.pid, k)
+        return kids
+
+    def children(self) -> list:
+        """The daemon's live, non-zombie direct children (its workers and anything it
+        adopted), as psutil.Process."""
         direct = []
-        for k in kids:
+        for k in self.descendants():
             try:
                 if k.ppid() == self.pid and k.status() != psutil.STATUS_ZOMBIE:
                     direct.append(k)
@@ -202,12 +308,24 @@ class Daemon:
 
     def workers(self) -> list:
         """Children whose title says they are liteqd workers."""
+        return [c for c in self.children() if self.title(c).startswith("liteqd: worker")]
+
+    def worker_pids(self) -> set:
+        return {w.pid for w in self.workers()}
+
+    def zombies(self) -> list:
+        """Descendants that are zombies (exited, not reaped yet)."""
         out = []
-        for c in self.children():
-            title = self.title(c)
-            if title.startswith("liteqd: worker"):
-                out.append(c)
+        for k in self.descendants():
+            try:
+                if k.status() == psutil.STATUS_ZOMBIE:
+                    out.append(k)
+            except psutil.NoSuchProcess:
+                pass
         return out
+
+    def fds(self) -> int:
+        return fd_count(self.pid)
 
     @staticmethod
     def title(p) -> str:
@@ -220,23 +338,16 @@ class Daemon:
     def wait_children(self, n, timeout=10.0):
         """Wait until exactly `n` idle-or-busy workers are up; returns their pids."""
         def check():
-            pids = {c.pid for c in self.workers()}
+            pids = self.worker_pids()
             return pids if len(pids) == n else None
-        return wait_for(check, timeout, message=f"{self.label}: never had exactly {n} "
+        return wait_for(check, timeout, lambda: f"{self.label}: never had exactly {n} "
                         f"children (now {self.child_pids()})\n{self.dump()}")
 
     # ---- logs ----------------------------------------------------------------------
 
     def log_lines(self) -> list:
         """Complete lines of the daemon's stdout so far."""
-        try:
-            with open(self.log_path, "rb") as f:
-                data = f.read().decode("utf-8", "replace")
-        except FileNotFoundError:
-            return []
-        if not data.endswith("\n"):
-            data = data[: data.rfind("\n") + 1]  # the last line is still being written
-        return [line for line in data.split("\n") if line.strip()]
+        return read_lines(self.log_path)
 
     def events(self, event=None, **match) -> list:
         """Parsed JSON log events, optionally only those called `event` with these fields."""
@@ -254,15 +365,12 @@ class Daemon:
                 out.append(ev)
         return out
 
-    def wait_event(self, event, timeout=10.0, **match):
+    def wait_event(self, event, timeout=None, **match):
         """Wait for the first event `event` with these fields; returns it."""
-        def check():
-            found = self.events(event, **match)
-            if found:
-                return found[0]
-            return None
-        return wait_for(check, timeout, message=f"{self.label}: no {event} {match} within "
-                        f"{timeout} s\n{self.dump()}")
+        timeout = self.timeouts["event"] if timeout is None else timeout
+        return wait_for(lambda: (self.events(event, **match) or [None])[0], timeout,
+                        lambda: f"{self.label}: no {event} {match} within {timeout} s\n"
+                                f"{self.dump()}")
 
     def stderr(self) -> str:
         try:
@@ -278,113 +386,91 @@ class Daemon:
                 f"{len(lines)} lines ---\n" + "\n".join(lines[-last:]) +
                 f"\n--- {self.label} stderr ---\n{self.stderr()[-5000:]}")
 
-    # ---- clean-up -----------------------------------------------------------------
-
-    def cleanup(self):
-        """SIGKILL the daemon's process group and every descendant; wait for them."""
-        if self.proc is None:
-            return
-        victims = list(self.seen.values())
-        if self.ps is not None:
-            try:
-                victims += self.ps.children(recursive=True)
-            except psutil.NoSuchProcess:
-                pass
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(self.proc.pid, signal.SIGKILL)  # its own session and group
-        for p in victims:
-            with contextlib.suppress(psutil.NoSuchProcess, psutil.AccessDenied):
-                p.send_signal(signal.SIGKILL)        # checks the start time: no pid reuse
-        try:
-            self.proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            pass
-        wait_gone(victims, timeout=10)
-
-
-def wait_gone(procs, timeout):
-    """Wait until every psutil.Process in `procs` is gone (or a zombie); bounded."""
-    deadline = time.monotonic() + timeout
-    pending = list(procs)
-    while pending and time.monotonic() < deadline:
-        pending = [p for p in pending if not is_gone(p)]
-        if pending:
-            time.sleep(0.02)
-    return pending
-
-
-def tagged_processes(tag) -> list:
-    """Every live process whose environment carries this test's tag."""
-    found = []
-    me = os.getpid()
-    for p in psutil.process_iter():
-        if p.pid == me:
-            continue
-        try:
-            if p.environ().get(TAG_VAR) == tag:
-                found.append(p)
-        except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess, OSError):
-            pass
-    return found
-
 
 class Daemons:
-    """What the `daemons` fixture yields: starts daemons and other processes for one test."""
+    """What the `daemons` fixture yields: starts daemons and other processes for one test.
 
-    def __init__(self, db_path):
-        self.db = db_path
-        self.workdir = os.path.dirname(db_path)
-        self.socket = os.environ["LITEQ_SOCKET"]
+    `db` is the database, `socket` the control socket (default: $LITEQ_SOCKET), and
+    `workdir` (default: the database's folder) holds the logs. Subclasses set another
+    default `app` or other default `timeouts` (see Daemon).
+    """
+
+    app = APP
+    timeouts = {"ready": 15.0, "event": 10.0, "stop": 15.0}
+
+    def __init__(self, db, socket=None, workdir=None):
+        self.db = db
+        self.workdir = workdir or os.path.dirname(db)
+        self.socket = socket or os.environ["LITEQ_SOCKET"]
         self.tag = uuid.uuid4().hex
-        self.started = []
+        self.daemons = []
         self.popens = []
 
     def env(self, extra=None) -> dict:
-        """The environment for a process of this test: LITEQ_DB/LITEQ_SOCKET and the tag."""
+        """The environment for a process of this test: no stray LITEQ_*, LITEQ_DB and
+        LITEQ_SOCKET, the tag, then `extra` (a None value removes that variable)."""
         env = {k: v for k, v in os.environ.items() if not k.startswith("LITEQ_")}
         env.update(LITEQ_DB=self.db, LITEQ_SOCKET=self.socket, PYTHONUNBUFFERED="1")
         env[TAG_VAR] = self.tag
         env["PYTHONPATH"] = REPO + os.pathsep + env.get("PYTHONPATH", "")
         env.update(extra or {})
-        return env
+        return {k: v for k, v in env.items() if v is not None}
 
     def path(self, name) -> str:
         """A file path in this test's temp dir."""
         return os.path.join(self.workdir, name)
 
-    def make(self, *args, app=APP, cmd=None, env=None, fast=True) -> Daemon:
-        """A Daemon (not started): `liteqd --app APP [fast flags] ARGS`, or `cmd` as given."""
+    def make(self, *args, app=None, cmd=None, env=None, fast=True) -> Daemon:
+        """A Daemon (not started): `liteqd --app APP [fast flags] ARGS` (APP: this set's
+        app unless given), or `cmd` as given; `env`: extra variables (see env())."""
         if cmd is None:
-            cmd = [PYTHON, "-m", "liteqd.cli"]
-            if app is not None:
-                cmd += ["--app", app]
+            cmd = [PYTHON, "-m", "liteqd.cli", "--app", app or self.app]
             if fast:
                 cmd += FAST_ARGS
-            cmd += list(args)
-        d = Daemon(self.workdir, self.env(env), cmd, f"daemon{len(self.started) + 1}")
-        self.started.append(d)
+            cmd += [str(a) for a in args]
+        d = Daemon(self.workdir, self.env(env), cmd, f"daemon{len(self.daemons) + 1}",
+                   self.timeouts)
+        self.daemons.append(d)
         return d
 
     def start(self, *args, ready=True, **kwargs) -> Daemon:
-        """Start a daemon and (by default) wait for daemon.ready."""
+        """Start a daemon (see make()) and, by default, wait for daemon.ready."""
         d = self.make(*args, **kwargs).start()
         if ready:
             d.wait_ready()
         return d
 
-    def popen(self, argv, **kwargs) -> subprocess.Popen:
-        """Start another process of this test (tagged, in its own session, reaped later)."""
-        kwargs.setdefault("env", self.env())
-        kwargs.setdefault("start_new_session", True)
+    def popen(self, argv, env=None, **kwargs) -> subprocess.Popen:
+        """Start another process of this test (tagged, in its own session, in the temp
+        dir, killed in teardown); `env`: extra variables (see env())."""
         kwargs.setdefault("stdin", subprocess.DEVNULL)
-        p = subprocess.Popen(argv, **kwargs)
+        kwargs.setdefault("cwd", self.workdir)
+        kwargs.setdefault("start_new_session", True)
+        kwargs.setdefault("preexec_fn", _no_core_dumps)
+        p = subprocess.Popen(argv, env=self.env(env), **kwargs)
         self.popens.append(p)
         return p
 
+    def run(self, argv, env=None, timeout=60, **kwargs) -> subprocess.CompletedProcess:
+        """Run a process to completion (text output captured); fail if it overruns
+        (teardown kills it)."""
+        kwargs.setdefault("stdout", subprocess.PIPE)
+        kwargs.setdefault("stderr", subprocess.PIPE)
+        p = self.popen(argv, env=env, text=True, **kwargs)
+        try:
+            out, err = p.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            pytest.fail(f"{argv} did not finish within {timeout} s")
+        return subprocess.CompletedProcess(argv, p.returncode, out, err)
+
+    def liteqctl(self, *args, timeout=60) -> subprocess.CompletedProcess:
+        """Run liteqctl ARGS in this test's environment (see run())."""
+        return self.run([LITEQCTL, *[str(a) for a in args]], timeout=timeout)
+
     def cleanup(self):
-        for d in self.started:
+        for d in self.daemons:
             try:
-                d.cleanup()
+                d.kill_everything()
             except Exception as exc:  # keep reaping the others
                 print(f"cleanup of {d.label} failed: {exc!r}")
         for p in self.popens:
@@ -404,7 +490,38 @@ class Daemons:
             print(f"processes still running after SIGKILL: {[p.pid for p in stuck]}")
 
     def dump(self) -> str:
-        return "\n".join(d.dump() for d in self.started if d.proc is not None)
+        return "\n".join(d.dump() for d in self.daemons if d.proc is not None)
+
+
+@contextlib.contextmanager
+def running(ds, monkeypatch):
+    """Set up and tear down one test's `ds` (a Daemons).
+
+    Exports only its LITEQ_DB and LITEQ_SOCKET of all LITEQ_* variables, with no
+    cached Store. Afterwards each daemon's log is printed (pytest shows it when a
+    test fails), every process is SIGKILLed and reaped, cached Stores are dropped,
+    and the task registry and the app modules loaded meanwhile are restored.
+    """
+    for name in [k for k in os.environ if k.startswith("LITEQ_")]:
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("LITEQ_DB", ds.db)
+    monkeypatch.setenv("LITEQ_SOCKET", ds.socket)
+    storage.forget_stores()
+    mods = set(sys.modules)
+    try:
+        with registry_restored():
+            try:
+                yield ds
+            finally:
+                try:
+                    print(ds.dump())
+                finally:
+                    ds.cleanup()
+                    storage.forget_stores()
+    finally:
+        for name in set(sys.modules) - mods:
+            if name.startswith(APP_MODULE_PREFIX):
+                sys.modules.pop(name, None)
 
 
 @pytest.fixture
@@ -412,28 +529,10 @@ def daemons(db_path, monkeypatch):
     """Start daemons for one test; all their processes are SIGKILLed and reaped afterwards.
 
     Builds on conftest's db_path (a fresh database in a short temp dir, with
-    LITEQ_DB and LITEQ_SOCKET exported). The task registry is restored afterwards,
-    and each daemon's log is printed in teardown (pytest shows it when a test fails).
+    LITEQ_DB and LITEQ_SOCKET exported); see running().
     """
-    for name in [k for k in os.environ if k.startswith("LITEQ_")
-                 and k not in ("LITEQ_DB", "LITEQ_SOCKET")]:
-        monkeypatch.delenv(name, raising=False)
-    saved = dict(core.TASK_REGISTRY)
-    mods = set(sys.modules)
-    ds = Daemons(db_path)
-    try:
+    with running(Daemons(db_path), monkeypatch) as ds:
         yield ds
-    finally:
-        try:
-            print(ds.dump())
-        finally:
-            ds.cleanup()
-            storage.forget_stores()
-            core.TASK_REGISTRY.clear()
-            core.TASK_REGISTRY.update(saved)
-            for name in set(sys.modules) - mods:
-                if name.startswith("_liteq_test_app_"):
-                    sys.modules.pop(name, None)
 
 
 @pytest.fixture
@@ -441,6 +540,85 @@ def app(daemons):
     """The test app (tests/apps/daemon_app.py) loaded in the test process."""
     return load_app_module(APP)
 
+
+# ---- the control socket, raw ------------------------------------------------------------------
+
+def connect(path, timeout=10.0):
+    """Connect like a patient client: wait while the daemon's accept backlog is full
+    (a Unix socket that is not blocking fails with EAGAIN then). Non-blocking result."""
+    deadline = time.monotonic() + timeout
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    s.setblocking(False)
+    while True:
+        try:
+            s.connect(path)
+            return s
+        except BlockingIOError:
+            if time.monotonic() >= deadline:
+                s.close()
+                raise
+            time.sleep(0.002)
+        except OSError:
+            s.close()
+            raise
+
+
+class Client:
+    """A raw connection to the control socket: JSON lines out, JSON lines in."""
+
+    def __init__(self, path, timeout=5.0):
+        self.sock = connect(path, timeout)
+        self.sock.settimeout(timeout)
+        self.buf = b""
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    def close(self):
+        self.sock.close()
+
+    def send_raw(self, data):
+        self.sock.sendall(data)
+
+    def send(self, obj):
+        self.sock.sendall(json.dumps(obj).encode() + b"\n")
+
+    def recv(self):
+        """The next reply line as a dict; ConnectionError on EOF before a full line."""
+        while b"\n" not in self.buf:
+            data = self.sock.recv(65536)
+            if not data:
+                raise ConnectionError(f"connection closed; unanswered bytes {self.buf[:200]!r}")
+            self.buf += data
+        line, self.buf = self.buf.split(b"\n", 1)
+        return json.loads(line)
+
+    def request(self, op, **args):
+        self.send({"op": op, **args})
+        return self.recv()
+
+    def at_eof(self):
+        """True when the server closed the connection (after any pending bytes)."""
+        while True:
+            try:
+                data = self.sock.recv(65536)
+            except (ConnectionResetError, BrokenPipeError):
+                return True
+            if not data:
+                return True
+            self.buf += data
+
+
+def request(path, op, **args):
+    """One request on a connection of its own; the reply as a dict."""
+    with Client(path) as c:
+        return c.request(op, **args)
+
+
+# ---- the task table, read from the test process --------------------------------------------
 
 def status(task_id):
     """get_task_status with a clear failure for an unknown id."""
@@ -459,33 +637,79 @@ def wait_status(task_id, statuses=("done", "failed", "cancelled"), timeout=15.0,
     def check():
         last["st"] = status(task_id)
         return last["st"] if last["st"]["status"] in statuses else None
-    deadline = time.monotonic() + timeout
-    while True:
-        found = check()
-        if found:
-            return found
-        if time.monotonic() >= deadline:
-            pytest.fail(f"task {task_id} not {statuses} within {timeout} s: {last.get('st')}\n"
-                        + (daemons.dump() if daemons else ""))
-        time.sleep(0.02)
+    return wait_for(check, timeout,
+                    lambda: f"task {task_id} not {statuses} within {timeout} s: "
+                            f"{last.get('st')}\n" + (daemons.dump() if daemons else ""))
+
+
+def _wait_rows(fetch, ids, statuses, timeout, dump):
+    """Wait until fetch() gives a row for each of `ids`, each with one of `statuses`."""
+    statuses = (statuses,) if isinstance(statuses, str) else tuple(statuses)
+    last = {}
+
+    def check():
+        rows = last["rows"] = fetch()
+        if len(rows) == len(ids) and all(r["status"] in statuses for r in rows.values()):
+            return rows
+        return None
+
+    def failure():
+        rows = last["rows"]
+        counts = Counter(r["status"] for r in rows.values())
+        return (f"{len(ids)} tasks not all {statuses} within {timeout} s: {dict(counts)}, "
+                f"{len(ids) - len(rows)} missing\n" + (dump() if dump else ""))
+    return wait_for(check, timeout, failure, interval=0.05)
 
 
 def wait_all(task_ids, statuses=("done", "failed", "cancelled"), timeout=30.0, daemons=None):
-    """Wait until every task has one of `statuses`; returns {id: status dict}."""
+    """Wait until every task has one of `statuses` (read with this process's Store);
+    returns {id: row}."""
     store = storage.get_store()
     ids = list(task_ids)
-    deadline = time.monotonic() + timeout
-    while True:
-        rows = {r["id"]: r for r in store.get_tasks(ids)}
-        if len(rows) == len(ids) and all(r["status"] in statuses for r in rows.values()):
-            return rows
-        if time.monotonic() >= deadline:
-            counts = {}
-            for r in rows.values():
-                counts[r["status"]] = counts.get(r["status"], 0) + 1
-            pytest.fail(f"{len(ids)} tasks not all {statuses} within {timeout} s: {counts}\n"
-                        + (daemons.dump() if daemons else ""))
-        time.sleep(0.05)
+    return _wait_rows(lambda: {r["id"]: r for r in store.get_tasks(ids)}, ids, statuses,
+                      timeout, daemons.dump if daemons else None)
+
+
+def db_rows(db, sql, params=()):
+    """Rows of a read on a fresh connection (never the test's cached Store)."""
+    conn = sqlite3.connect(db, timeout=30)
+    conn.row_factory = sqlite3.Row
+    try:
+        return [dict(r) for r in conn.execute(sql, params)]
+    finally:
+        conn.close()
+
+
+def _rows_of(db, ids, columns="*"):
+    """The rows of tasks `ids` on a fresh connection, {id: row} (500 ids a query)."""
+    rows = {}
+    for start in range(0, len(ids), 500):
+        chunk = ids[start:start + 500]
+        marks = ",".join("?" * len(chunk))
+        for r in db_rows(db, f"SELECT {columns} FROM tasks WHERE id IN ({marks})", chunk):
+            rows[r["id"]] = r
+    return rows
+
+
+def count_tasks(db) -> int:
+    """How many tasks the database holds (a fresh connection)."""
+    return db_rows(db, "SELECT COUNT(*) AS n FROM tasks")[0]["n"]
+
+
+def status_counts(db, ids=None) -> dict:
+    """{status: count} over all tasks, or over `ids` (a fresh connection)."""
+    if ids is None:
+        rows = db_rows(db, "SELECT status, COUNT(*) AS n FROM tasks GROUP BY status")
+        return {r["status"]: r["n"] for r in rows}
+    return dict(Counter(r["status"] for r in _rows_of(db, list(ids), "id, status").values()))
+
+
+def wait_statuses(db, ids, statuses=("done", "failed", "cancelled"), timeout=30.0, dump=None):
+    """Wait until every task in `ids` has one of `statuses`, read on fresh connections
+    (never the test's cached Store); returns {id: row}. `dump`: a callable whose text
+    is shown on failure."""
+    ids = list(ids)
+    return _wait_rows(lambda: _rows_of(db, ids), ids, statuses, timeout, dump)
 
 
 def iso_seconds(text) -> float:
