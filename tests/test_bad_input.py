@@ -6,7 +6,7 @@ test_task_api.py; here the row-level cases share one daemon run, and the start-u
 cases are short-lived `liteqd` processes that must refuse to start.
 
 Real SQLite files, real `liteqd` processes, a real read-only mount and a real full
-tmpfs where the machine allows (root); see tests/fault_helpers.py for the clean-up.
+tmpfs where the machine allows (root); see tests/daemon_helpers.py for the clean-up.
 """
 
 import contextlib
@@ -21,8 +21,8 @@ import liteq
 from liteq import control, storage
 from liteq.serialization import encode_payload
 
-from fault_helpers import (APPS, FAULT_APP, PY, app, db_rows, executions, lab,  # noqa: F401
-                           status_counts, wait_statuses)
+from daemon_helpers import APPS, PYTHON as PY, count_tasks, db_rows, status_counts, wait_statuses
+from fault_helpers import FAULT_APP, app, executions, lab  # noqa: F401
 
 LIVE_DAEMON_LIMIT = 20  # seconds a refused start may take before the test calls it hung
 
@@ -57,15 +57,11 @@ def _assert_untouched(lab, tid):
     assert row == {"status": "pending", "attempts": 0}, row
 
 
-def _count(db):
-    return db_rows(db, "SELECT COUNT(*) AS n FROM tasks")[0]["n"]
-
-
 # ---- non-JSON args ---------------------------------------------------------------------------
 
 def test_non_json_args_raise_type_error_naming_the_argument_and_write_nothing(lab, app):
     app.add.delay(1, 2)
-    before = _count(lab.db)
+    before = count_tasks(lab.db)
     cases = [
         (lambda: app.add.delay(1, object()), "positional argument 1"),
         (lambda: app.add.delay(a=1, b={1, 2}), "argument 'b'"),
@@ -82,7 +78,7 @@ def test_non_json_args_raise_type_error_naming_the_argument_and_write_nothing(la
         msg = str(info.value)
         assert needle in msg and "JSON" in msg or needle in msg and "not a string" in msg, msg
         assert "'add'" in msg or "'work'" in msg, msg  # names the task too
-    assert _count(lab.db) == before, "a call that raised wrote a row"
+    assert count_tasks(lab.db) == before, "a call that raised wrote a row"
 
 
 # ---- bad rows: one daemon run ------------------------------------------------------------------
@@ -417,13 +413,13 @@ def test_malformed_liteq_variable_stops_liteqd_naming_it(lab, app, var, value):
 @pytest.mark.parametrize("var, value", [("LITEQ_SYNC", "bogus"), ("LITEQ_BUSY_TIMEOUT", "x")])
 def test_malformed_liteq_variable_refuses_delay_naming_it(lab, app, monkeypatch, var, value):
     app.add.delay(1, 1)
-    before = _count(lab.db)
+    before = count_tasks(lab.db)
     monkeypatch.setenv(var, value)
     storage.forget_stores()
     with pytest.raises(liteq.ConfigError, match=var):
         app.add.delay(1, 2)
     monkeypatch.delenv(var)
-    assert _count(lab.db) == before
+    assert count_tasks(lab.db) == before
 
 
 # ---- an invalid cron expression -------------------------------------------------------------
@@ -467,7 +463,7 @@ def test_timeout_of_zero_is_refused_by_liteqd(lab, app, args, env, needle):
 
 def test_timeout_of_zero_is_refused_by_the_task_api(lab, app):
     app.add.delay(1, 1)
-    before = _count(lab.db)
+    before = count_tasks(lab.db)
     with pytest.raises(ValueError, match="timeout"):
         liteq.task(timeout=0)(lambda: None)
     with pytest.raises(ValueError, match="timeout"):
@@ -476,6 +472,6 @@ def test_timeout_of_zero_is_refused_by_the_task_api(lab, app):
         app.add.apply_async((1, 2), timeout=0)
     with pytest.raises(ValueError, match="timeout"):
         app.add.starmap([(1, 2)], timeout=0)
-    assert _count(lab.db) == before
+    assert count_tasks(lab.db) == before
     assert "negative_timeout" not in liteq.TASK_REGISTRY
     assert status_counts(lab.db) == {"pending": before}

@@ -23,9 +23,9 @@ import pytest
 
 from liteq import control, storage
 
-from fault_helpers import (APPS, CI_SLACK, KILL_GRACE, PY, app, cpu_seconds,  # noqa: F401
-                           db_rows, executions, is_gone, lab, read_lines, status_counts,
-                           wait_for, wait_gone, wait_statuses)
+from daemon_helpers import (APPS, PYTHON as PY, cpu_seconds, db_rows, is_gone, read_lines,
+                            status_counts, wait_for, wait_gone, wait_statuses)
+from fault_helpers import CI_SLACK, KILL_GRACE, app, executions, lab  # noqa: F401
 
 CRASH_APP = os.path.join(APPS, "fault_crash_app.py")
 
@@ -583,7 +583,7 @@ def test_14_thirty_sighup_reloads_leak_nothing_and_lose_nothing(lab, app):
     d.send(signal.SIGHUP)
     d.wait_event("daemon.reloaded")
     wait_statuses(lab.db, [app.work.delay(lab.path("warmup.txt"))], dump=d.dump)
-    wait_for(lambda: len(d.workers()) == 2 and len(d.direct_children()) == 2, 10,
+    wait_for(lambda: len(d.workers()) == 2 and len(d.children()) == 2, 10,
              "the warm-up reload did not settle")
     _ping(lab)
     baseline = d.fds()
@@ -598,8 +598,8 @@ def test_14_thirty_sighup_reloads_leak_nothing_and_lose_nothing(lab, app):
     _assert_exactly_once(log, ids)
     wait_for(lambda: len(d.events("daemon.reloaded")) == 31, 10,
              lambda: f"{len(d.events('daemon.reloaded'))} reloads logged, not 31")
-    wait_for(lambda: len(d.workers()) == 2 and len(d.direct_children()) == 2, 10,
-             lambda: f"children did not settle at 2: {d.direct_children()}")
+    wait_for(lambda: len(d.workers()) == 2 and len(d.children()) == 2, 10,
+             lambda: f"children did not settle at 2: {d.children()}")
     assert not d.zombies()
     assert not [p for p in first_workers if not is_gone(p)], "a replaced child lives on"
     wait_for(lambda: d.fds() <= baseline + 3, 15,

@@ -13,8 +13,8 @@ from collections import Counter
 
 import pytest
 
-from fault_helpers import (APPS, PY, executions, lab, read_lines,  # noqa: F401
-                           status_counts, wait_for)
+from daemon_helpers import APPS, PYTHON as PY, read_lines, status_counts, wait_for
+from fault_helpers import executions, lab  # noqa: F401
 
 PRODUCERS = 8
 PER_PRODUCER = 5000
