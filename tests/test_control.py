@@ -11,7 +11,6 @@ what a working daemon needs.
 """
 
 import contextlib
-import importlib.util
 import json
 import os
 import select
@@ -20,22 +19,19 @@ import signal
 import socket
 import stat
 import subprocess
-import sys
 import tempfile
 import threading
 import time
 import uuid
 
-import psutil
 import pytest
 
-from liteq import control, core, storage
+from liteq import control, storage
 from liteq.paths import SUN_PATH_MAX, socket_path, wake_path
 
-PY = sys.executable
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-LITEQCTL = os.path.join(os.path.dirname(PY), "liteqctl")
-TAG_VAR = "LITEQ_CTL_TEST_TAG"
+from daemon_helpers import (LITEQCTL, PYTHON as PY, Client, Daemons, connect, fd_count,
+                            load_app_module, registry_restored, request, running, status,
+                            wait_for)
 
 APP_SOURCE = '''
 """Tasks for tests/test_control.py (written to a temp dir by the test module)."""
@@ -90,223 +86,27 @@ def work(path, n):
 
 # ---- helpers ------------------------------------------------------------------------
 
-def wait_for(predicate, timeout, message, interval=0.02):
-    """Poll until predicate() is truthy (returns it); fail the test after `timeout` s."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() >= deadline:
-            pytest.fail(message() if callable(message) else message)
-        time.sleep(interval)
+class Env(Daemons):
+    """What the `lq` fixture yields: daemons of APP_SOURCE's app on q.db and d.sock in a
+    short temp dir (`tmp`), started with --db and --socket given."""
 
+    timeouts = dict(Daemons.timeouts, ready=20.0, stop=20.0)
 
-def _gone(p):
-    try:
-        return not p.is_running() or p.status() == psutil.STATUS_ZOMBIE
-    except psutil.NoSuchProcess:
-        return True
-
-
-def wait_gone(procs, timeout=10.0):
-    """Wait until every psutil.Process is gone or a zombie (its parent reaps it)."""
-    deadline = time.monotonic() + timeout
-    procs = list(procs)
-    while procs and time.monotonic() < deadline:
-        procs = [p for p in procs if not _gone(p)]
-        if procs:
-            time.sleep(0.01)
-    return procs
-
-
-def fd_count(pid):
-    return len(os.listdir(f"/proc/{pid}/fd"))
-
-
-class Liteqd:
-    """One real liteqd subprocess; its JSON log and stderr go to files."""
-
-    def __init__(self, workdir, argv, env, label):
-        self.workdir = workdir
-        self.argv = argv
-        self.env = env
-        self.label = label
-        self.log_path = os.path.join(workdir, f"{label}.log")
-        self.err_path = os.path.join(workdir, f"{label}.err")
-        self.proc = None
-        self.ps = None
-        self.seen = {}
-
-    def start(self):
-        with open(self.log_path, "wb") as out, open(self.err_path, "wb") as err:
-            self.proc = subprocess.Popen(self.argv, stdout=out, stderr=err,
-                                         stdin=subprocess.DEVNULL, env=self.env,
-                                         cwd=self.workdir, start_new_session=True)
-        with contextlib.suppress(psutil.NoSuchProcess):
-            self.ps = psutil.Process(self.proc.pid)
-        return self
-
-    @property
-    def pid(self):
-        return self.proc.pid
-
-    def alive(self):
-        return self.proc.poll() is None
-
-    def events(self, name=None):
-        out = []
-        try:
-            with open(self.log_path, "rb") as f:
-                data = f.read().decode("utf-8", "replace")
-        except FileNotFoundError:
-            return out
-        for line in data.splitlines():
-            try:
-                ev = json.loads(line)
-            except ValueError:
-                continue
-            if isinstance(ev, dict) and (name is None or ev.get("event") == name):
-                out.append(ev)
-        return out
-
-    def stderr(self):
-        try:
-            with open(self.err_path, encoding="utf-8", errors="replace") as f:
-                return f.read()
-        except FileNotFoundError:
-            return ""
-
-    def dump(self):
-        try:
-            with open(self.log_path, encoding="utf-8", errors="replace") as f:
-                log = f.read()[-6000:]
-        except FileNotFoundError:
-            log = ""
-        return (f"--- {self.label} pid {self.pid} exit {self.proc.poll()} ---\n{log}\n"
-                f"--- stderr ---\n{self.stderr()[-3000:]}")
-
-    def wait_ready(self, timeout=20.0):
-        def ready():
-            if not self.alive():
-                pytest.fail(f"{self.label} exited with {self.proc.returncode} before "
-                            f"daemon.ready\n{self.dump()}")
-            return self.events("daemon.ready")
-        wait_for(ready, timeout, lambda: f"{self.label} not ready\n{self.dump()}")
-        self.children()
-        return self
-
-    def wait_exit(self, timeout=20.0):
-        try:
-            return self.proc.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            pytest.fail(f"{self.label} still running after {timeout} s\n{self.dump()}")
-
-    def children(self):
-        """The daemon's live direct children (its workers); remembers every descendant."""
-        if self.ps is None:
-            return []
-        try:
-            kids = self.ps.children(recursive=True)
-        except psutil.NoSuchProcess:
-            return []
-        out = []
-        for k in kids:
-            self.seen.setdefault(k.pid, k)
-            with contextlib.suppress(psutil.NoSuchProcess):
-                if k.ppid() == self.pid and k.status() != psutil.STATUS_ZOMBIE:
-                    out.append(k)
-        return out
-
-    def kill(self):
-        """SIGKILL the process group and every descendant seen; reap."""
-        if self.proc is None:
-            return
-        victims = list(self.seen.values())
-        if self.ps is not None:
-            with contextlib.suppress(psutil.NoSuchProcess):
-                victims += self.ps.children(recursive=True)
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(self.proc.pid, signal.SIGKILL)
-        for p in victims:
-            with contextlib.suppress(psutil.NoSuchProcess, psutil.AccessDenied):
-                p.send_signal(signal.SIGKILL)
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            self.proc.wait(timeout=10)
-        wait_gone(victims)
-
-
-class Env:
-    """What the `lq` fixture yields: a temp dir, a database, a socket, and daemons."""
-
-    def __init__(self, tmp, monkeypatch, app_path):
+    def __init__(self, tmp, app_path):
+        super().__init__(os.path.join(tmp, "q.db"), socket=os.path.join(tmp, "d.sock"))
         self.tmp = tmp
-        self.db = os.path.join(tmp, "q.db")
-        self.sock = os.path.join(tmp, "d.sock")
-        self.app_path = app_path
-        self.tag = uuid.uuid4().hex
-        self.daemons = []
-        self.popens = []
-        self.monkeypatch = monkeypatch
-
-    def env(self, socket_path_=True, extra=None):
-        env = {k: v for k, v in os.environ.items() if not k.startswith("LITEQ_")}
-        env["LITEQ_DB"] = self.db
-        if socket_path_:
-            env["LITEQ_SOCKET"] = self.sock
-        env["PYTHONPATH"] = REPO + os.pathsep + env.get("PYTHONPATH", "")
-        env[TAG_VAR] = self.tag
-        env.update(extra or {})
-        return env
+        self.sock = self.socket
+        self.app_path = self.app = app_path
 
     def daemon(self, *args, db=None, sock="default", env_extra=None, ready=True):
-        """Start `liteqd --app APP --db DB --socket SOCK --log-format json ARGS`."""
+        """Start `liteqd --app APP --db DB --socket SOCK --log-format json ARGS`; with
+        sock=None, neither --socket nor LITEQ_SOCKET."""
         db = db or self.db
         sock = self.sock if sock == "default" else sock
-        argv = [PY, "-m", "liteqd.cli", "--app", self.app_path, "--db", db,
-                "--log-format", "json"]
-        if sock:
-            argv += ["--socket", sock]
-        argv += list(args)
-        env = self.env(socket_path_=bool(sock), extra=env_extra)
-        env["LITEQ_DB"] = db
-        d = Liteqd(self.tmp, argv, env, f"liteqd{len(self.daemons) + 1}")
-        self.daemons.append(d)
-        d.start()
-        if ready:
-            d.wait_ready()
-        return d
-
-    def popen(self, argv, **kw):
-        kw.setdefault("env", self.env())
-        kw.setdefault("start_new_session", True)
-        kw.setdefault("stdin", subprocess.DEVNULL)
-        p = subprocess.Popen(argv, **kw)
-        self.popens.append(p)
-        return p
-
-    def dump(self):
-        return "\n".join(d.dump() for d in self.daemons)
-
-    def cleanup(self):
-        for d in self.daemons:
-            try:
-                d.kill()
-            except Exception as exc:  # keep reaping the others
-                print(f"killing {d.label} failed: {exc!r}")
-        for p in self.popens:
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.killpg(p.pid, signal.SIGKILL)
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                p.wait(timeout=10)
-        # Orphans that left the daemon's tree still carry the tag in their environment.
-        leftovers = []
-        for p in psutil.process_iter():
-            with contextlib.suppress(psutil.Error, OSError):
-                if p.pid != os.getpid() and p.environ().get(TAG_VAR) == self.tag:
-                    p.send_signal(signal.SIGKILL)
-                    leftovers.append(p)
-        wait_gone(leftovers)
+        flags = ["--db", db] + (["--socket", sock] if sock else []) + ["--log-format", "json"]
+        env = {} if sock else {"LITEQ_SOCKET": None}
+        env.update(env_extra or {}, LITEQ_DB=db)
+        return self.start(*flags, *args, fast=False, env=env, ready=ready)
 
 
 @pytest.fixture(scope="module")
@@ -324,109 +124,18 @@ def app_path():
 @pytest.fixture(scope="module")
 def app(app_path):
     """The app module loaded in the test process (for .delay()); the registry is restored."""
-    saved = dict(core.TASK_REGISTRY)
-    try:
-        spec = importlib.util.spec_from_file_location(f"_ctl_app_{uuid.uuid4().hex}", app_path)
-        module = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(module)
-    finally:
-        core.TASK_REGISTRY.clear()
-        core.TASK_REGISTRY.update(saved)
-    return module
+    with registry_restored():
+        return load_app_module(app_path, name=f"_ctl_app_{uuid.uuid4().hex}")
 
 
 @pytest.fixture
 def lq(monkeypatch, app_path):
     tmp = tempfile.mkdtemp(prefix="lqc-", dir="/tmp")
-    env = Env(tmp, monkeypatch, app_path)
-    for name in [k for k in os.environ if k.startswith("LITEQ_")]:
-        monkeypatch.delenv(name, raising=False)
-    monkeypatch.setenv("LITEQ_DB", env.db)
-    monkeypatch.setenv("LITEQ_SOCKET", env.sock)
-    storage.forget_stores()
     try:
-        yield env
+        with running(Env(tmp, app_path), monkeypatch) as env:
+            yield env
     finally:
-        try:
-            print(env.dump())
-        finally:
-            env.cleanup()
-            storage.forget_stores()
-            shutil.rmtree(tmp, ignore_errors=True)
-
-
-def _connect(path, timeout=10.0):
-    """Connect like a patient client: wait while the daemon's accept backlog is full
-    (a Unix socket that is not blocking fails with EAGAIN then). Non-blocking result."""
-    deadline = time.monotonic() + timeout
-    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    s.setblocking(False)
-    while True:
-        try:
-            s.connect(path)
-            return s
-        except BlockingIOError:
-            if time.monotonic() >= deadline:
-                s.close()
-                raise
-            time.sleep(0.002)
-        except OSError:
-            s.close()
-            raise
-
-
-class Client:
-    """A raw connection to the control socket: JSON lines out, JSON lines in."""
-
-    def __init__(self, path, timeout=5.0):
-        self.sock = _connect(path, timeout)
-        self.sock.settimeout(timeout)
-        self.buf = b""
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        self.close()
-
-    def close(self):
-        self.sock.close()
-
-    def send_raw(self, data):
-        self.sock.sendall(data)
-
-    def send(self, obj):
-        self.sock.sendall(json.dumps(obj).encode() + b"\n")
-
-    def recv(self):
-        """The next reply line as a dict; ConnectionError on EOF before a full line."""
-        while b"\n" not in self.buf:
-            data = self.sock.recv(65536)
-            if not data:
-                raise ConnectionError(f"connection closed; unanswered bytes {self.buf[:200]!r}")
-            self.buf += data
-        line, self.buf = self.buf.split(b"\n", 1)
-        return json.loads(line)
-
-    def request(self, op, **args):
-        self.send({"op": op, **args})
-        return self.recv()
-
-    def at_eof(self):
-        """True when the server closed the connection (after any pending bytes)."""
-        while True:
-            try:
-                data = self.sock.recv(65536)
-            except (ConnectionResetError, BrokenPipeError):
-                return True
-            if not data:
-                return True
-            self.buf += data
-
-
-def request(path, op, **args):
-    with Client(path) as c:
-        return c.request(op, **args)
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def pool0(path):
@@ -452,8 +161,7 @@ def wait_done(task_ids, timeout=20.0, lq_env=None, statuses=("done",)):
 
 
 def result_of(task_id):
-    from liteq import get_task_status
-    return get_task_status(task_id)["result"]
+    return status(task_id)["result"]
 
 
 def ctl(*args, timeout=60):
@@ -599,7 +307,7 @@ def test_shutdown_lets_running_task_finish_and_exits_zero(lq, app):
     task_id = app.hold.delay(trace, 0.5)
     wait_for(lambda: os.path.exists(trace), 10, "the task never started")
     assert request(lq.sock, "shutdown") == {"ok": True}
-    assert d.wait_exit(20) == 0
+    assert d.wait(20) == 0
     assert storage.get_store().get_task(task_id)["status"] == "done"
     assert not os.path.exists(lq.sock)
 
@@ -675,7 +383,7 @@ def test_control_client_operations(lq, app):
     assert names == ["ctl-test-schedule"]
     assert control.reload()["ok"] is True
     assert control.shutdown()["ok"] is True
-    assert d.wait_exit(20) == 0
+    assert d.wait(20) == 0
 
 
 def test_control_raises_daemon_not_running_and_wake_is_silent(lq, app, monkeypatch):
@@ -811,7 +519,7 @@ def test_liteqctl_pause_resume_reload_ping_schedules_shutdown(lq, app):
 
     res = ctl("shutdown")
     assert res.returncode == 0 and "stopping" in res.stdout
-    assert d.wait_exit(20) == 0
+    assert d.wait(20) == 0
 
 
 def test_liteqctl_exits_3_with_one_line_when_no_daemon(lq):
@@ -925,7 +633,7 @@ def test_silent_client_does_not_block_others(lq, app):
 
 
 def _connect_many(path, n):
-    return [_connect(path) for _ in range(n)]
+    return [connect(path) for _ in range(n)]
 
 
 def test_flood_of_silent_and_garbage_connections(lq, app):
@@ -1025,22 +733,10 @@ def test_socket_file_is_owner_only(lq):
 
 def _peer_session(path):
     """Run in a forked peer: one connection per op, replies as a dict."""
-    out = {}
-    for op, args in (("ping", {}), ("status", {}), ("scale", {"size": 4}),
-                     ("shutdown", {}), ("pause", {"queue": "default"}), ("reload", {})):
-        s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        s.settimeout(5)
-        s.connect(path)
-        s.sendall(json.dumps({"op": op, **args}).encode() + b"\n")
-        buf = b""
-        while b"\n" not in buf:
-            data = s.recv(65536)
-            if not data:
-                break
-            buf += data
-        s.close()
-        out[op] = json.loads(buf.split(b"\n")[0])
-    return out
+    return {op: request(path, op, **args)
+            for op, args in (("ping", {}), ("status", {}), ("scale", {"size": 4}),
+                             ("shutdown", {}), ("pause", {"queue": "default"}),
+                             ("reload", {}))}
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="switching to another uid needs root")
@@ -1075,13 +771,7 @@ def test_socket_group_gets_mode_0660_and_its_members_may_change_state(lq):
     os.chmod(lq.tmp, 0o755)
 
     def scale(size):
-        s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        s.settimeout(5)
-        s.connect(lq.sock)
-        s.sendall(json.dumps({"op": "scale", "size": size}).encode() + b"\n")
-        reply = s.recv(65536)
-        s.close()
-        return json.loads(reply.split(b"\n")[0])
+        return request(lq.sock, "scale", size=size)
 
     # A member through its primary group, then through a supplementary group.
     assert run_as(65533, 65534, [], lambda: scale(2))["ok"] is True
@@ -1098,7 +788,7 @@ def test_socket_group_gets_mode_0660_and_its_members_may_change_state(lq):
 
 def test_stale_socket_of_a_killed_daemon_is_replaced(lq, app):
     first = lq.daemon("--concurrency", "1")
-    first.kill()   # SIGKILL: no clean-up, the socket file stays behind
+    first.kill_everything()   # SIGKILL: no clean-up, the socket file stays behind
     assert os.path.exists(lq.sock)
     with pytest.raises(control.DaemonNotRunning):
         control.ping()
@@ -1111,7 +801,7 @@ def test_stale_socket_of_a_killed_daemon_is_replaced(lq, app):
 def test_second_daemon_refuses_a_live_socket(lq, app):
     first = lq.daemon("--concurrency", "1")
     second = lq.daemon("--concurrency", "1", ready=False)
-    rc = second.wait_exit(20)
+    rc = second.wait(20)
     assert rc != 0
     err = second.stderr()
     assert "another liteqd is already listening" in err and lq.sock in err, err
@@ -1173,7 +863,7 @@ def test_daemon_and_clients_meet_with_only_the_db_path(lq, monkeypatch, where):
     finally:
         if where != "next_to_db":
             for d in lq.daemons:
-                d.kill()
+                d.kill_everything()
             for p in (expected, wake_path(expected)):
                 with contextlib.suppress(FileNotFoundError):
                     os.unlink(p)

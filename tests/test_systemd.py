@@ -1,31 +1,26 @@
 """systemd integration: the sd_notify protocol spoken by a real liteqd to the test's
 own datagram socket (NOTIFY_SOCKET), and the unit files in systemd/.
 
-The daemons are real subprocesses in their own sessions (helpers shared with
-tests/test_control.py); every one is SIGKILLed with its descendants in teardown.
+The daemons are real subprocesses in their own sessions (tests/daemon_helpers.py);
+every one is SIGKILLed with its descendants in teardown.
 """
 
-import contextlib
-import importlib.util
 import os
 import re
 import shutil
 import signal
 import socket
 import subprocess
-import sys
 import tempfile
 import time
-import uuid
 
 import pytest
 
-from liteq import core, storage
-from test_control import Liteqd, REPO, request, wait_for
+from daemon_helpers import (PYTHON, REPO, Daemons, load_app_module, registry_restored,
+                            request, running, wait_for)
 
-PY = sys.executable
 UNITS = os.path.join(REPO, "systemd")
-LITEQD_BIN = os.path.join(os.path.dirname(PY), "liteqd")
+LITEQD_BIN = os.path.join(os.path.dirname(PYTHON), "liteqd")
 NOTIFY_VARS = ("NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID")
 
 APP_SOURCE = '''
@@ -111,32 +106,28 @@ class NotifyListener:
             self._receive(left)
 
 
-class NotifyEnv:
+class NotifyEnv(Daemons):
+    """What the `notify` fixture yields: daemons of APP_SOURCE's app on q.db and d.sock
+    in a short temp dir, each told NOTIFY_SOCKET=`listener`."""
+
+    timeouts = dict(Daemons.timeouts, ready=20.0, stop=20.0)
+
     def __init__(self, tmp, app_path):
+        super().__init__(os.path.join(tmp, "q.db"), socket=os.path.join(tmp, "d.sock"))
         self.tmp = tmp
-        self.app_path = app_path
-        self.db = os.path.join(tmp, "q.db")
-        self.sock = os.path.join(tmp, "d.sock")
+        self.sock = self.socket
+        self.app_path = self.app = app_path
         self.listener = NotifyListener(os.path.join(tmp, "notify.sock"))
-        self.daemons = []
 
     def daemon(self, watchdog_usec="400000", watchdog_pid=None, ready=True):
-        env = {k: v for k, v in os.environ.items()
-               if not k.startswith("LITEQ_") and k not in NOTIFY_VARS}
-        env.update(LITEQ_DB=self.db, LITEQ_SOCKET=self.sock, NOTIFY_SOCKET=self.listener.path,
-                   PYTHONPATH=REPO + os.pathsep + env.get("PYTHONPATH", ""))
+        env = dict.fromkeys(NOTIFY_VARS)          # none of this process's own
+        env["NOTIFY_SOCKET"] = self.listener.path
         if watchdog_usec is not None:
             env["WATCHDOG_USEC"] = watchdog_usec
         if watchdog_pid is not None:
             env["WATCHDOG_PID"] = watchdog_pid
-        argv = [PY, "-m", "liteqd.cli", "--app", self.app_path, "--db", self.db,
-                "--socket", self.sock, "--log-format", "json", "--concurrency", "2"]
-        d = Liteqd(self.tmp, argv, env, f"liteqd{len(self.daemons) + 1}")
-        self.daemons.append(d)
-        d.start()
-        if ready:
-            d.wait_ready()
-        return d
+        return self.start("--db", self.db, "--socket", self.sock, "--log-format", "json",
+                          "--concurrency", "2", fast=False, env=env, ready=ready)
 
 
 @pytest.fixture
@@ -145,25 +136,13 @@ def notify(monkeypatch):
     app_path = os.path.join(tmp, "sd_app.py")
     with open(app_path, "w") as f:
         f.write(APP_SOURCE)
-    for name in [k for k in os.environ if k.startswith("LITEQ_")]:
-        monkeypatch.delenv(name, raising=False)
     env = NotifyEnv(tmp, app_path)
-    monkeypatch.setenv("LITEQ_DB", env.db)
-    monkeypatch.setenv("LITEQ_SOCKET", env.sock)
-    storage.forget_stores()
     try:
-        yield env
+        with running(env, monkeypatch):
+            yield env
     finally:
-        try:
-            for d in env.daemons:
-                print(d.dump())
-        finally:
-            for d in env.daemons:
-                with contextlib.suppress(Exception):
-                    d.kill()
-            env.listener.close()
-            storage.forget_stores()
-            shutil.rmtree(tmp, ignore_errors=True)
+        env.listener.close()
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def _monotonic_usec():
@@ -222,7 +201,7 @@ def test_sigterm_sends_stopping_and_exits_zero(notify):
     ready = notify.listener.wait("READY", "1", timeout=20)
     os.kill(d.pid, signal.SIGTERM)
     notify.listener.wait("STOPPING", "1", after=ready + 1)
-    assert d.wait_exit(20) == 0
+    assert d.wait(20) == 0
 
 
 def test_children_and_their_subprocesses_do_not_inherit_notify_socket(notify):
@@ -236,15 +215,8 @@ def test_children_and_their_subprocesses_do_not_inherit_notify_socket(notify):
     """
     d = notify.daemon()
     notify.listener.wait("READY", "1", timeout=20)
-    saved = dict(core.TASK_REGISTRY)
-    try:
-        spec = importlib.util.spec_from_file_location(f"_sd_app_{uuid.uuid4().hex}",
-                                                      notify.app_path)
-        app = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(app)
-    finally:
-        core.TASK_REGISTRY.clear()
-        core.TASK_REGISTRY.update(saved)
+    with registry_restored():
+        app = load_app_module(notify.app_path)
     task_id = app.env_probe.delay()
     from liteq import get_task_status
     st = wait_for(lambda: (get_task_status(task_id) or {}).get("status") in
