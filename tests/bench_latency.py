@@ -19,22 +19,25 @@
 """
 
 import argparse
+import contextlib
 import json
 import os
 import shutil
-import signal
-import socket
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
 
+import psutil
+
 HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(HERE)
 sys.path.insert(0, REPO)  # run from a checkout without installing
 
 from liteq import storage  # noqa: E402
+
+from daemon_helpers import Client, kill_tree  # noqa: E402  (tests/, this file's folder)
 
 APP = '''
 import time
@@ -86,44 +89,18 @@ class Daemon:
             time.sleep(0.02)
 
     def request(self, op, **args):
-        s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        s.settimeout(10)
-        try:
-            s.connect(self.sock)
-            s.sendall(json.dumps({"op": op, **args}).encode() + b"\n")
-            buf = b""
-            while b"\n" not in buf:
-                data = s.recv(65536)
-                if not data:
-                    break
-                buf += data
-        finally:
-            s.close()
-        reply = json.loads(buf.split(b"\n")[0])
+        with Client(self.sock, timeout=10) as c:
+            reply = c.request(op, **args)
         if not reply.get("ok"):
             raise RuntimeError(f"liteqd refused {op}: {reply}")
         return reply
 
     def kill(self):
+        ps = None
         if self.proc.poll() is None:
-            try:
-                import psutil
-                kids = psutil.Process(self.proc.pid).children(recursive=True)
-            except Exception:
-                kids = []
-            try:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-            for k in kids:
-                try:
-                    k.kill()
-                except Exception:
-                    pass
-        try:
-            self.proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            pass
+            with contextlib.suppress(psutil.NoSuchProcess):
+                ps = psutil.Process(self.proc.pid)
+        kill_tree(self.proc, ps)
 
 
 def use_db(path, sock):
