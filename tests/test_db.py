@@ -14,6 +14,8 @@ import liteq
 from liteq import storage
 from liteq.db import get_conn, init_db
 
+from daemon_helpers import count_tasks
+
 FORK = multiprocessing.get_context("fork")
 
 SEED_SCHEMA = """
@@ -36,14 +38,6 @@ def _raw(path):
     conn = sqlite3.connect(path)
     conn.row_factory = sqlite3.Row
     return conn
-
-
-def _count(path):
-    conn = sqlite3.connect(path)
-    try:
-        return conn.execute("SELECT COUNT(*) FROM tasks").fetchone()[0]
-    finally:
-        conn.close()
 
 
 def _file_of(conn):
@@ -73,7 +67,7 @@ def test_get_conn_reads_liteq_db_at_each_call(db_path, monkeypatch):
     finally:
         conn.close()
     assert os.path.exists(a) and os.path.exists(b)
-    assert _count(a) == 1
+    assert count_tasks(a) == 1
 
 
 def test_delay_follows_liteq_db_changes(db_path, monkeypatch, clean_registry):
@@ -85,8 +79,8 @@ def test_delay_follows_liteq_db_changes(db_path, monkeypatch, clean_registry):
     t.delay(2)
     monkeypatch.setenv("LITEQ_DB", b)
     t.delay(3)
-    assert _count(a) == 2
-    assert _count(b) == 1
+    assert count_tasks(a) == 2
+    assert count_tasks(b) == 1
 
 
 def test_default_database_is_liteq_db_in_cwd(db_path, monkeypatch):
@@ -113,7 +107,7 @@ def test_get_conn_works_as_context_manager_like_the_seed(db_path):
         assert len(rows) == 1 and rows[0]["name"] == "x"
     finally:
         conn.close()
-    assert _count(db_path) == 1  # committed, visible to another connection
+    assert count_tasks(db_path) == 1  # committed, visible to another connection
 
 
 def test_init_db_is_idempotent_and_keeps_data(db_path, clean_registry):
@@ -501,7 +495,7 @@ def test_locked_database_raises_database_locked(db_path, monkeypatch, clean_regi
     t.delay("before")
     storage.forget_stores()
     monkeypatch.setenv("LITEQ_BUSY_TIMEOUT", "0.5")
-    rows_before = _count(db_path)
+    rows_before = count_tasks(db_path)
     ready, release = FORK.Event(), FORK.Event()
     holder = FORK.Process(target=_hold_write_lock, args=(db_path, ready, release, 15))
     holder.start()
@@ -521,10 +515,10 @@ def test_locked_database_raises_database_locked(db_path, monkeypatch, clean_regi
         release.set()
         holder.join(10)
         assert holder.exitcode == 0
-        assert _count(db_path) == rows_before  # no partial row
+        assert count_tasks(db_path) == rows_before  # no partial row
         tid = t.delay("after")
         assert liteq.get_task_status(tid)["args"] == ["after"]
-        assert _count(db_path) == rows_before + 1
+        assert count_tasks(db_path) == rows_before + 1
     finally:
         release.set()
         holder.join(10)
@@ -590,7 +584,7 @@ def test_processes_creating_a_fresh_database_at_once(db_path):
         assert [kind for kind, _ in results] == ["ok"] * 6, (round_, results)
         ids = [i for _, got in results for i in got]
         assert len(set(ids)) == 6 * 20
-        assert _count(path) == 6 * 20
+        assert count_tasks(path) == 6 * 20
 
 
 def test_processes_opening_a_seed_database_at_once_migrate_it_once(db_path):
@@ -605,4 +599,4 @@ def test_processes_opening_a_seed_database_at_once_migrate_it_once(db_path):
     finally:
         conn.close()
     assert names == {7: "send_email", 42: "generate_report", 43: "flaky"}
-    assert _count(db_path) == 3 + 80
+    assert count_tasks(db_path) == 3 + 80

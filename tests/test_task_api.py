@@ -16,19 +16,13 @@ import liteq
 from liteq import storage
 from liteq.core import TASK_REGISTRY, Task, task
 
+from daemon_helpers import count_tasks
+
 FORK = multiprocessing.get_context("fork")
 
 STATUS_KEYS = {"id", "name", "queue", "status", "priority", "attempts", "max_retries",
                "worker_id", "run_at", "created_at", "started_at", "finished_at", "result",
                "error", "args", "kwargs"}
-
-
-def _count(path):
-    conn = sqlite3.connect(path)
-    try:
-        return conn.execute("SELECT COUNT(*) FROM tasks").fetchone()[0]
-    finally:
-        conn.close()
 
 
 def _row(path, task_id):
@@ -274,11 +268,11 @@ def test_schedule_with_timedelta_or_seconds(db_path, echo, when, offset):
 
 def test_schedule_with_bad_when_writes_nothing(db_path, echo):
     echo.delay(0)
-    n = _count(db_path)
+    n = count_tasks(db_path)
     for bad in ("tomorrow", None, True):
         with pytest.raises(TypeError):
             echo.schedule(bad, 1)
-    assert _count(db_path) == n
+    assert count_tasks(db_path) == n
 
 
 # ---- .apply_async ----------------------------------------------------------------
@@ -312,7 +306,7 @@ def test_apply_async_eta(db_path, echo, tokyo):
 
 def test_apply_async_refuses_bad_options_and_writes_nothing(db_path, echo):
     echo.delay(0)
-    n = _count(db_path)
+    n = count_tasks(db_path)
     with pytest.raises(ValueError, match="eta|countdown"):
         echo.apply_async(args=[1], eta=datetime.now(), countdown=5)
     with pytest.raises(ValueError):
@@ -325,7 +319,7 @@ def test_apply_async_refuses_bad_options_and_writes_nothing(db_path, echo):
         echo.apply_async(args="abc")
     with pytest.raises(TypeError):
         echo.apply_async(args=[1], kwargs=[("a", 1)])
-    assert _count(db_path) == n
+    assert count_tasks(db_path) == n
 
 
 # ---- arguments JSON cannot hold --------------------------------------------------
@@ -344,20 +338,20 @@ def test_apply_async_refuses_bad_options_and_writes_nothing(db_path, echo):
 ])
 def test_non_json_arguments_raise_type_error_and_write_nothing(db_path, echo, call, label):
     echo.delay("existing")
-    n = _count(db_path)
+    n = count_tasks(db_path)
     with pytest.raises(TypeError) as info:
         call(echo)
     assert label in str(info.value), str(info.value)
     assert "echo" in str(info.value)
-    assert _count(db_path) == n
+    assert count_tasks(db_path) == n
 
 
 def test_non_string_keyword_keys_are_refused(db_path, echo):
     echo.delay("existing")
-    n = _count(db_path)
+    n = count_tasks(db_path)
     with pytest.raises(TypeError, match="keyword 1"):
         echo.apply_async(args=[], kwargs={1: "a"})
-    assert _count(db_path) == n
+    assert count_tasks(db_path) == n
 
 
 # ---- .map / .starmap -------------------------------------------------------------
@@ -401,7 +395,7 @@ def test_starmap_options(db_path, echo):
 
 def test_bulk_with_a_bad_item_in_the_middle_writes_nothing(db_path, echo):
     echo.delay("existing")
-    n = _count(db_path)
+    n = count_tasks(db_path)
     with pytest.raises(TypeError) as info:
         echo.starmap([(1,), (2,), (3, object()), (4,)])
     assert "call 2" in str(info.value) and "positional argument 1" in str(info.value)
@@ -409,7 +403,7 @@ def test_bulk_with_a_bad_item_in_the_middle_writes_nothing(db_path, echo):
         echo.map([1, {2}, 3])
     with pytest.raises(TypeError):
         echo.map([1, float("nan")])
-    assert _count(db_path) == n
+    assert count_tasks(db_path) == n
 
 
 def _starmap_producer(worker, batches, size, out_path, start):
