@@ -6,7 +6,9 @@ import tempfile
 
 import pytest
 
-from liteq import core, storage
+from liteq import storage
+
+from daemon_helpers import registry_restored
 
 
 @pytest.fixture
@@ -35,9 +37,5 @@ def db_path(monkeypatch):
 @pytest.fixture
 def clean_registry():
     """Let a test register tasks freely; the task registry is restored afterwards."""
-    saved = dict(core.TASK_REGISTRY)
-    try:
-        yield core.TASK_REGISTRY
-    finally:
-        core.TASK_REGISTRY.clear()
-        core.TASK_REGISTRY.update(saved)
+    with registry_restored() as registry:
+        yield registry

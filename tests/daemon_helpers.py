@@ -10,8 +10,8 @@ every descendant ever seen (psutil, which checks start times, so a reused pid is
 never hit), then anything still carrying the tag.
 
 `Daemons` (the `daemons` fixture) starts the processes of one test; the fault suites
-(tests/fault_helpers.py), tests/test_control.py and tests/test_systemd.py build on
-it. `running()` is the set-up and teardown they share.
+(tests/fault_helpers.py) build on it, tests/test_control.py and tests/test_systemd.py
+on `TempDaemons`. `running()` is the set-up and teardown they all share.
 
 Every wait here polls with a deadline; nothing sleeps unbounded.
 """
@@ -491,6 +491,30 @@ class Daemons:
 
     def dump(self) -> str:
         return "\n".join(d.dump() for d in self.daemons if d.proc is not None)
+
+
+class TempDaemons(Daemons):
+    """Daemons of the app file `app_path` on q.db and d.sock in `tmp` (a short temp dir
+    the test made), started with --db and --socket given; daemon.ready and an exit are
+    waited for up to 20 s by default."""
+
+    timeouts = dict(Daemons.timeouts, ready=20.0, stop=20.0)
+
+    def __init__(self, tmp, app_path):
+        super().__init__(os.path.join(tmp, "q.db"), socket=os.path.join(tmp, "d.sock"))
+        self.tmp = tmp
+        self.sock = self.socket
+        self.app_path = self.app = app_path
+
+    def daemon(self, *args, db=None, sock="default", env_extra=None, ready=True):
+        """Start `liteqd --app APP --db DB --socket SOCK --log-format json ARGS`; with
+        sock=None, neither --socket nor LITEQ_SOCKET."""
+        db = db or self.db
+        sock = self.sock if sock == "default" else sock
+        flags = ["--db", db] + (["--socket", sock] if sock else []) + ["--log-format", "json"]
+        env = {} if sock else {"LITEQ_SOCKET": None}
+        env.update(env_extra or {}, LITEQ_DB=db)
+        return self.start(*flags, *args, fast=False, env=env, ready=ready)
 
 
 @contextlib.contextmanager

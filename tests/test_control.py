@@ -29,7 +29,7 @@ import pytest
 from liteq import control, storage
 from liteq.paths import SUN_PATH_MAX, socket_path, wake_path
 
-from daemon_helpers import (LITEQCTL, PYTHON as PY, Client, Daemons, connect, fd_count,
+from daemon_helpers import (LITEQCTL, PYTHON as PY, Client, TempDaemons, connect, fd_count,
                             load_app_module, registry_restored, request, running, status,
                             wait_for)
 
@@ -86,29 +86,6 @@ def work(path, n):
 
 # ---- helpers ------------------------------------------------------------------------
 
-class Env(Daemons):
-    """What the `lq` fixture yields: daemons of APP_SOURCE's app on q.db and d.sock in a
-    short temp dir (`tmp`), started with --db and --socket given."""
-
-    timeouts = dict(Daemons.timeouts, ready=20.0, stop=20.0)
-
-    def __init__(self, tmp, app_path):
-        super().__init__(os.path.join(tmp, "q.db"), socket=os.path.join(tmp, "d.sock"))
-        self.tmp = tmp
-        self.sock = self.socket
-        self.app_path = self.app = app_path
-
-    def daemon(self, *args, db=None, sock="default", env_extra=None, ready=True):
-        """Start `liteqd --app APP --db DB --socket SOCK --log-format json ARGS`; with
-        sock=None, neither --socket nor LITEQ_SOCKET."""
-        db = db or self.db
-        sock = self.sock if sock == "default" else sock
-        flags = ["--db", db] + (["--socket", sock] if sock else []) + ["--log-format", "json"]
-        env = {} if sock else {"LITEQ_SOCKET": None}
-        env.update(env_extra or {}, LITEQ_DB=db)
-        return self.start(*flags, *args, fast=False, env=env, ready=ready)
-
-
 @pytest.fixture(scope="module")
 def app_path():
     d = tempfile.mkdtemp(prefix="lqapp-", dir="/tmp")
@@ -132,7 +109,7 @@ def app(app_path):
 def lq(monkeypatch, app_path):
     tmp = tempfile.mkdtemp(prefix="lqc-", dir="/tmp")
     try:
-        with running(Env(tmp, app_path), monkeypatch) as env:
+        with running(TempDaemons(tmp, app_path), monkeypatch) as env:
             yield env
     finally:
         shutil.rmtree(tmp, ignore_errors=True)

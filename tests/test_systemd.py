@@ -16,7 +16,7 @@ import time
 
 import pytest
 
-from daemon_helpers import (PYTHON, REPO, Daemons, load_app_module, registry_restored,
+from daemon_helpers import (PYTHON, REPO, TempDaemons, load_app_module, registry_restored,
                             request, running, wait_for)
 
 UNITS = os.path.join(REPO, "systemd")
@@ -106,17 +106,12 @@ class NotifyListener:
             self._receive(left)
 
 
-class NotifyEnv(Daemons):
-    """What the `notify` fixture yields: daemons of APP_SOURCE's app on q.db and d.sock
-    in a short temp dir, each told NOTIFY_SOCKET=`listener`."""
-
-    timeouts = dict(Daemons.timeouts, ready=20.0, stop=20.0)
+class NotifyEnv(TempDaemons):
+    """What the `notify` fixture yields: TempDaemons whose daemons are told
+    NOTIFY_SOCKET=`listener`."""
 
     def __init__(self, tmp, app_path):
-        super().__init__(os.path.join(tmp, "q.db"), socket=os.path.join(tmp, "d.sock"))
-        self.tmp = tmp
-        self.sock = self.socket
-        self.app_path = self.app = app_path
+        super().__init__(tmp, app_path)
         self.listener = NotifyListener(os.path.join(tmp, "notify.sock"))
 
     def daemon(self, watchdog_usec="400000", watchdog_pid=None, ready=True):
@@ -126,8 +121,7 @@ class NotifyEnv(Daemons):
             env["WATCHDOG_USEC"] = watchdog_usec
         if watchdog_pid is not None:
             env["WATCHDOG_PID"] = watchdog_pid
-        return self.start("--db", self.db, "--socket", self.sock, "--log-format", "json",
-                          "--concurrency", "2", fast=False, env=env, ready=ready)
+        return super().daemon("--concurrency", "2", env_extra=env, ready=ready)
 
 
 @pytest.fixture
