@@ -307,7 +307,8 @@ def test_daemon_timeout_applies_to_tasks_without_their_own(daemons, app):
     st = wait_status(tid, timeout=10, daemons=daemons)
     assert st["status"] == "failed", st
     assert "timed out after 1 s" in st["error"]
-    assert d.events("task.failed", task_id=tid)[0]["timed_out"] is True
+    # The row is written before that loop turn's log lines: wait for the event.
+    assert d.wait_event("task.failed", task_id=tid)["timed_out"] is True
     assert wait_status(app.add.delay(1, 2), daemons=daemons)["result"] == 3
 
 
