@@ -271,7 +271,7 @@ def _check_int(label, value, minimum=None):
 
 
 def register_schedule(task, cron, *args, name=None, queue=None, priority=None,
-                      max_retries=None, tz=None, enabled=True, catchup="coalesce",
+                      max_retries=None, tz=None, enabled=None, catchup="coalesce",
                       **kwargs) -> int:
     """Run `task(*args, **kwargs)` on the cron schedule `cron`; returns the schedule id.
 
@@ -289,7 +289,10 @@ def register_schedule(task, cron, *args, name=None, queue=None, priority=None,
     queue, priority, max_retries: override the task's own settings (None: the
                task's, looked up when each run is enqueued).
     tz:        IANA zone name the expression is read in; None: the machine's zone.
-    enabled:   False keeps the row but does not fire it.
+    enabled:   None (default) leaves an existing schedule's state alone, so a
+               schedule an operator disabled stays disabled when the app
+               restarts; a new one starts enabled. True enables it (from now,
+               with no backlog); False keeps the row but does not fire it.
     catchup:   after downtime, "coalesce" (default) enqueues one run for all the
                missed occurrences; "all" enqueues one per missed occurrence (at
                most MAX_CATCHUP, the latest ones).
@@ -325,7 +328,8 @@ def register_schedule(task, cron, *args, name=None, queue=None, priority=None,
 
     existing = store.get_schedule(name) if enabled else None
     schedule_id = store.upsert_schedule(name, task_name, expr, payload, queue, priority,
-                                        max_retries, tz, catchup, bool(enabled), next_run)
+                                        max_retries, tz, catchup,
+                                        None if enabled is None else bool(enabled), next_run)
     if existing is not None and not existing["enabled"]:
         # Re-enabled by the code: start from now rather than fire the backlog.
         store.set_schedule_enabled(schedule_id, True, next_run)

@@ -721,7 +721,9 @@ class Store:
         """Create a schedule, or update the one of that name; returns its id.
 
         next_run is only reset when the timing (cron or tz) changes, so re-registering
-        at every import never skips or repeats an occurrence.
+        at every import never skips or repeats an occurrence. enabled=None keeps an
+        existing row's state (an operator's disable survives restarts); a new row
+        starts enabled.
         """
         t = now()
         with self._write() as conn:
@@ -732,14 +734,15 @@ class Store:
                 "ON CONFLICT(name) DO UPDATE SET task_name = excluded.task_name, "
                 "payload = excluded.payload, queue = excluded.queue, "
                 "priority = excluded.priority, max_retries = excluded.max_retries, "
-                "catchup = excluded.catchup, enabled = excluded.enabled, "
+                "catchup = excluded.catchup, enabled = COALESCE(?, schedules.enabled), "
                 "next_run = CASE WHEN schedules.cron_expr IS NOT excluded.cron_expr "
                 "OR schedules.tz IS NOT excluded.tz OR schedules.next_run IS NULL "
                 "THEN excluded.next_run ELSE schedules.next_run END, "
                 "cron_expr = excluded.cron_expr, tz = excluded.tz, "
                 "updated_at = excluded.updated_at RETURNING id",
                 (name, task_name, cron_expr, payload, queue, priority, max_retries, tz,
-                 catchup, 1 if enabled else 0, next_run, t, t)).fetchone()
+                 catchup, 0 if enabled is False else 1, next_run, t, t,
+                 None if enabled is None else int(bool(enabled)))).fetchone()
             return row[0]
 
     @_guarded

@@ -424,6 +424,25 @@ def test_enable_disable_by_name_and_id(sched_db):
     assert disable_schedule("nope") is False and enable_schedule(999) is False
 
 
+def test_an_operators_disable_survives_re_registration_at_import(sched_db):
+    # The app registers at import; an operator disables; the app restarts and
+    # registers again with the defaults: the schedule must stay disabled.
+    register_schedule("some.task", "*/5 * * * *", name="nightly", tz="UTC")
+    assert disable_schedule("nightly") is True
+    register_schedule("some.task", "*/5 * * * *", name="nightly", tz="UTC")
+    store = storage.get_store()
+    assert store.get_schedule("nightly")["enabled"] == 0
+    assert fire_due(at=time.time() + 3600) == []
+    # A new schedule starts enabled; explicit enabled=True/False still decide.
+    register_schedule("some.task", "*/5 * * * *", name="fresh", tz="UTC")
+    assert store.get_schedule("fresh")["enabled"] == 1
+    register_schedule("some.task", "*/5 * * * *", name="nightly", tz="UTC", enabled=True)
+    assert store.get_schedule("nightly")["enabled"] == 1
+    assert store.get_schedule("nightly")["next_run"] > time.time()  # no backlog
+    register_schedule("some.task", "*/5 * * * *", name="fresh", tz="UTC", enabled=False)
+    assert store.get_schedule("fresh")["enabled"] == 0
+
+
 def test_list_schedules_keys(sched_db):
     register_schedule("some.task", "0 2 * * *", 1, flag=True, name="k", tz="UTC")
     [s] = list_schedules()
