@@ -516,6 +516,18 @@ def disable_schedule(name_or_id, store=None) -> bool:
     return store.set_schedule_enabled(row["id"], False)
 
 
+def remove_schedule(name_or_id, store=None) -> bool:
+    """Delete a schedule by name or id; False when there is none. Tasks it already
+    enqueued are untouched. An app that registers it at import brings it back:
+    remove the register_schedule call too (or disable it instead)."""
+    store = store or storage.get_store()
+    row = _find(store, name_or_id)
+    if row is None:
+        return False
+    _registered.pop((store.path, row["name"]), None)
+    return store.delete_schedule(row["id"])
+
+
 # ---- the standalone scheduler loop --------------------------------------------
 
 def _print_event(event, **fields):

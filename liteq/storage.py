@@ -768,6 +768,13 @@ class Store:
             return cur.rowcount == 1
 
     @_guarded
+    def delete_schedule(self, schedule_id) -> bool:
+        """Delete a schedule row by id; False when there was none."""
+        with self._write() as conn:
+            return conn.execute("DELETE FROM schedules WHERE id = ?",
+                                (schedule_id,)).rowcount == 1
+
+    @_guarded
     def due_schedules(self, at) -> list:
         """Enabled schedules whose next_run has come."""
         return [dict(r) for r in self._conn.execute(

@@ -443,6 +443,19 @@ def test_an_operators_disable_survives_re_registration_at_import(sched_db):
     assert store.get_schedule("fresh")["enabled"] == 0
 
 
+def test_remove_schedule_deletes_the_row_and_leaves_its_tasks(sched_db):
+    from liteq.scheduler import remove_schedule
+    register_schedule("some.task", "* * * * * *", name="gone", tz="UTC")
+    _set_next_run("gone", time.time() - 1)
+    fired = fire_due()
+    assert len(fired) == 1
+    assert remove_schedule("gone") is True
+    assert [s["name"] for s in list_schedules()] == []
+    assert fire_due(at=time.time() + 60) == []
+    assert storage.get_store().get_task(fired[0]) is not None  # its task stays
+    assert remove_schedule("gone") is False and remove_schedule(12345) is False
+
+
 def test_list_schedules_keys(sched_db):
     register_schedule("some.task", "0 2 * * *", 1, flag=True, name="k", tz="UTC")
     [s] = list_schedules()
