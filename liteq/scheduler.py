@@ -33,7 +33,6 @@ import select
 import signal
 import sys
 import threading
-import time
 import warnings
 from datetime import datetime, tzinfo
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError

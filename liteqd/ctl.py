@@ -5,13 +5,11 @@ Exit codes: 0 success, 1 an error reply (or a bad request), 3 no daemon running.
 
 import argparse
 import json
-import os
 import sys
 import time
 
 from liteq import control
 from liteq.errors import LiteQError
-from liteq.timeutil import to_iso
 
 EXIT_OK, EXIT_ERROR, EXIT_NO_DAEMON = 0, 1, 3
 
