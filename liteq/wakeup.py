@@ -12,6 +12,7 @@ so an app without a daemon pays almost nothing; a daemon that starts claims
 everything due at start-up anyway.
 """
 
+import atexit
 import os
 import socket
 import time
@@ -82,6 +83,15 @@ class _Waker:
 
 _pid = None
 _wakers = {}
+
+
+@atexit.register
+def _close_all():
+    # Close the cached sockets before interpreter shutdown collects them.
+    for waker in _wakers.values():
+        if waker.sock is not None:
+            waker.sock.close()
+            waker.sock = None
 
 
 def wake(db_path=None, due=None) -> None:
