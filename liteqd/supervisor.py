@@ -13,6 +13,7 @@ pid and its start time.
 
 import json
 import os
+import select
 import selectors
 import signal
 import socket
@@ -362,25 +363,25 @@ class Supervisor:
         self.log.info("child.spawned", pid=pid, pool=pool.name, slot=slot)
         return child
 
-    def _send(self, child, runs_msgs):
-        data = b"".join(_dumps(m).encode() + b"\n" for m in runs_msgs)
-        try:
-            child.sock.sendall(data)
-            return True
-        except (BlockingIOError, InterruptedError):
-            # The socket buffer is far larger than a prefetch's worth; if it is full
-            # the child is wedged, and its deadline will deal with it.
-            child.sock.setblocking(True)
-            child.sock.settimeout(1.0)
+    def _send(self, child, msgs):
+        """Write task messages to a child; False when it is gone or wedged.
+
+        The socket is non-blocking: a send may take only part of the data, so the
+        rest is resent from where it stopped (never from the start, which would
+        corrupt the stream). A child that takes nothing for a second is wedged.
+        """
+        view = memoryview(b"".join(_dumps(m).encode() + b"\n" for m in msgs))
+        deadline = time.monotonic() + 1.0
+        while view:
             try:
-                child.sock.sendall(data)
-                return True
+                view = view[child.sock.send(view):]
+            except (BlockingIOError, InterruptedError):
+                if time.monotonic() > deadline:
+                    return False
+                select.select([], [child.sock], [], 0.05)
             except OSError:
                 return False
-            finally:
-                child.sock.setblocking(False)
-        except OSError:
-            return False
+        return True
 
     def _retire_child(self, child, deadline):
         """Ask a child to finish its current task and exit; queued tasks come back."""
