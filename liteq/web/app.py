@@ -80,6 +80,11 @@ class Panel:
         """Run fn(store, ...) in the thread pool, holding the panel's Store."""
         return await run_in_threadpool(self.store.run, fn, *args, **kwargs)
 
+    async def page_data(self, fn):
+        """data(fn) plus the failed-task count every page's navigation badge shows."""
+        return await self.data(
+            lambda s: {**fn(s), "failed_total": s.count_tasks(status="failed")})
+
     async def daemon(self):
         """The daemon's status, read in the thread pool (a socket round trip)."""
         return await run_in_threadpool(daemon_status, self.db)
@@ -131,8 +136,7 @@ class Panel:
 
     async def overview_page(self, request):
         """Counts by queue and status, the 30-minute chart, pools and workers."""
-        data = await self.data(lambda s: {**views.overview(s),
-                                          "failed_total": s.count_tasks(status="failed")})
+        data = await self.page_data(views.overview)
         daemon, daemon_error = await self.daemon()
         return self.render(request, "overview.html", {
             **data, "nav": "overview", "daemon": daemon, "daemon_error": daemon_error,
@@ -144,16 +148,14 @@ class Panel:
             filters = views.parse_filters(request.query_params)
         except views.BadRequest as exc:
             return self.error(request, 400, str(exc))
-        data = await self.data(lambda s: {**views.task_list(s, filters),
-                                          "failed_total": s.count_tasks(status="failed")})
+        data = await self.page_data(lambda s: views.task_list(s, filters))
         return self.render(request, "tasks.html", {**data, "nav": "tasks", "f": filters,
                                                    "statuses": views.TASK_STATUSES})
 
     async def task_page(self, request):
         """One task: arguments, result, error with traceback, attempts and timings."""
         task_id = request.path_params["task_id"]
-        data = await self.data(lambda s: {"task": views.task_detail(s, task_id),
-                                          "failed_total": s.count_tasks(status="failed")})
+        data = await self.page_data(lambda s: {"task": views.task_detail(s, task_id)})
         if data["task"] is None:
             return self.error(request, 404, f"There is no task #{task_id} in this database.",
                               title="Task not found")
@@ -166,20 +168,17 @@ class Panel:
         except views.BadRequest as exc:
             return self.error(request, 400, str(exc))
         filters["status"] = "failed"
-        data = await self.data(lambda s: {**views.task_list(s, filters, order="finished"),
-                                          "failed_total": s.count_tasks(status="failed")})
+        data = await self.page_data(lambda s: views.task_list(s, filters, order="finished"))
         return self.render(request, "failed.html", {**data, "nav": "failed", "f": filters})
 
     async def schedules_page(self, request):
         """Cron schedules with their next and last runs."""
-        data = await self.data(lambda s: {"schedules": views.schedules(s),
-                                          "failed_total": s.count_tasks(status="failed")})
+        data = await self.page_data(lambda s: {"schedules": views.schedules(s)})
         return self.render(request, "schedules.html", {**data, "nav": "schedules"})
 
     async def pools_page(self, request):
         """The daemon's pools and children, with a scale control per pool."""
-        data = await self.data(lambda s: {"workers": views.workers(s),
-                                          "failed_total": s.count_tasks(status="failed")})
+        data = await self.page_data(lambda s: {"workers": views.workers(s)})
         daemon, daemon_error = await self.daemon()
         return self.render(request, "pools.html", {**data, "nav": "pools", "daemon": daemon,
                                                    "daemon_error": daemon_error})

@@ -212,11 +212,6 @@ def task_detail(store, task_id):
             "waited": waited, "ran": ran, "now": t}
 
 
-def failed_count(store, queue=None, name=None) -> int:
-    """How many failed tasks match the filter (what "retry all" would retry)."""
-    return store.count_tasks(status="failed", queue=queue, name=name)
-
-
 # ---- schedules -----------------------------------------------------------------
 
 def schedules(store) -> list:
