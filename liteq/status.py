@@ -3,7 +3,7 @@
 import time
 
 from . import storage
-from .errors import WaitTimeout
+from .errors import TaskNotFound, WaitTimeout
 from .serialization import decode_payload, decode_result
 from .timeutil import to_iso
 
@@ -39,14 +39,15 @@ def get_task_status(task_id: int):
 def wait_for_task(task_id: int, timeout: float = 30.0, poll: float = 0.02) -> dict:
     """Block until the task is done, failed or cancelled; return its status dict.
 
-    Raises WaitTimeout after `timeout` seconds, and KeyError for an unknown id.
+    Raises WaitTimeout after `timeout` seconds, and TaskNotFound (a KeyError) for an
+    unknown id.
     """
     deadline = time.monotonic() + timeout
     delay = min(poll, 0.005)
     while True:
         status = get_task_status(task_id)
         if status is None:
-            raise KeyError(f"no task with id {task_id}")
+            raise TaskNotFound(f"no task with id {task_id}")
         if status["status"] in FINISHED:
             return status
         left = deadline - time.monotonic()
