@@ -114,7 +114,7 @@ def build_parser(prog="liteqd", description=None):
     return parser
 
 
-def _convert(flag, env, typ, raw, source):
+def _convert(typ, raw, source):
     if typ is bool:
         if isinstance(raw, bool):
             return raw
@@ -167,7 +167,7 @@ def resolve(args: argparse.Namespace, environ=None) -> DaemonConfig:
             items = raw if isinstance(raw, list) else str(raw).split(";")
             values[dest] = [_parse_pool(i, source) for i in items if i.strip()]
         else:
-            values[dest] = _convert(flag, var, typ, raw, source)
+            values[dest] = _convert(typ, raw, source)
         values[dest + "__source"] = source
 
     if not values["app"]:
