@@ -1,4 +1,4 @@
-"""LiteQ: a background-task queue on SQLite.
+"""LiteQ: a background-task queue on SQLite (or PostgreSQL, for several hosts).
 
     from liteq import task
 
@@ -27,20 +27,20 @@ def register_schedule(task, cron, *args, **kwargs):
 
 def cancel_task(task_id: int) -> bool:
     """Cancel a pending task; returns False when it is no longer pending."""
-    from .storage import get_store
-    return get_store().cancel(int(task_id))
+    from .backends import get_backend
+    return get_backend().cancel(int(task_id))
 
 
 def retry_task(task_id: int) -> bool:
     """Put a failed or cancelled task back to pending with its attempts reset."""
-    from .storage import get_store
-    return get_store().retry_failed(task_id=int(task_id)) == 1
+    from .backends import get_backend
+    return get_backend().retry_failed(task_id=int(task_id)) == 1
 
 
 def purge_tasks(older_than: float) -> int:
     """Delete done, failed and cancelled tasks that finished over `older_than` seconds ago."""
-    from .storage import get_store
-    return get_store().purge(older_than)
+    from .backends import get_backend
+    return get_backend().purge(older_than)
 
 
 __all__ = [

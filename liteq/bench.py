@@ -99,10 +99,10 @@ def _percentile(values, p):
 
 
 def _fresh_db(workdir, name):
-    from . import storage
+    from .backends import forget_backends
     path = os.path.join(workdir, name)
     os.environ["LITEQ_DB"] = path
-    storage.forget_stores()
+    forget_backends()
     return path
 
 
@@ -119,7 +119,7 @@ def run_bench(tasks=20000, concurrency=2, repeat=3, samples=500, progress=None):
     try:
         import liteq_bench_app as app
         from .launcher import start_daemon
-        from .storage import get_store
+        from .backends import get_backend
 
         n_single = min(tasks, 10000)
         figures = {"tasks": tasks, "concurrency": concurrency, "repeat": repeat,
@@ -163,7 +163,7 @@ def run_bench(tasks=20000, concurrency=2, repeat=3, samples=500, progress=None):
             app.noop.starmap([()] * tasks)
             with start_daemon(app_path, db=db, concurrency=concurrency,
                               log_path=os.path.join(workdir, f"drain{r}.log")) as daemon:
-                store = get_store()
+                store = get_backend()
                 deadline = time.monotonic() + max(60.0, tasks / 500)
                 while True:
                     left = store.count_tasks(status="pending") + store.count_tasks(
@@ -213,8 +213,8 @@ def run_bench(tasks=20000, concurrency=2, repeat=3, samples=500, progress=None):
                 os.environ.pop(key, None)
             else:
                 os.environ[key] = value
-        from . import storage
-        storage.forget_stores()
+        from .backends import forget_backends
+        forget_backends()
         shutil.rmtree(workdir, ignore_errors=True)
 
 

@@ -31,7 +31,7 @@ def main(argv=None) -> int:
         from .web.cli import main as monitor_main
         return monitor_main(rest)
     if command == "scheduler":
-        from .scheduler import main as scheduler_main
+        from .scheduler_loop import main as scheduler_main
         return scheduler_main(rest)
     print(f"liteq: unknown command {command!r}\n\n{USAGE}", file=sys.stderr)
     return 2

@@ -11,14 +11,12 @@ listening it raises DaemonNotRunning; wake() instead does nothing.
 """
 
 import json
-import os
 import socket
 import time
 
-from . import settings
+from .backends import get_backend, identity_of
 from .errors import LiteQError
 from .paths import socket_path
-from .wakeup import wake as _wake
 
 
 class DaemonNotRunning(LiteQError):
@@ -35,7 +33,7 @@ def request(op, *, path=None, db=None, timeout=5.0, **args) -> dict:
     Raises DaemonNotRunning when nothing listens, ControlError on an error reply,
     and TimeoutError when the daemon does not answer within `timeout` seconds.
     """
-    path = path or socket_path(db)
+    path = path or socket_path(identity_of(db))
     deadline = time.monotonic() + timeout
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     sock.settimeout(timeout)
@@ -46,8 +44,7 @@ def request(op, *, path=None, db=None, timeout=5.0, **args) -> dict:
                 break
             except (FileNotFoundError, ConnectionRefusedError):
                 raise DaemonNotRunning(
-                    f"no liteqd is running for database "
-                    f"{os.path.abspath(db or settings.db_path())} "
+                    f"no liteqd is running for database {identity_of(db)} "
                     f"(nothing listens on {path})") from None
             except BlockingIOError:
                 # A Unix socket with a timeout fails with EAGAIN at once when the
@@ -76,9 +73,8 @@ def request(op, *, path=None, db=None, timeout=5.0, **args) -> dict:
 
 def queue_counts(db=None) -> list:
     """[{queue, pending, running, done, failed, cancelled}] read from the database."""
-    from .storage import get_store
     counts = {}
-    for row in get_store(db).queue_stats():
+    for row in get_backend(db).queue_stats():
         q = counts.setdefault(row["queue"], {"queue": row["queue"], "pending": 0, "running": 0,
                                              "done": 0, "failed": 0, "cancelled": 0})
         q[row["status"]] = q.get(row["status"], 0) + row["count"]
@@ -96,7 +92,7 @@ def status(include_queues=True, **kw) -> dict:
     reply = request("status", **kw)
     reply.pop("ok", None)
     if include_queues:
-        reply["queues"] = queue_counts(reply.get("db") or kw.get("db"))
+        reply["queues"] = queue_counts(kw.get("db") or reply.get("db"))
     return reply
 
 
@@ -135,4 +131,4 @@ def schedules(**kw) -> list:
 
 def wake(db=None) -> None:
     """Nudge the daemon to look for due tasks now; silently does nothing without one."""
-    _wake(db)
+    get_backend(db).notify()

@@ -3,51 +3,35 @@
 import functools
 import inspect
 
-from . import storage
+from .backends import get_backend
 from .serialization import encode_payload, encode_args_array
-from .wakeup import wake as _wake
-from .timeutil import now, to_epoch
+from .taskspec import NewTask, NewTasks, TaskOptions, check_number
+from .timeutil import due_from
 
 # name -> Task. The daemon looks tasks up here after importing the app.
 TASK_REGISTRY = {}
-
-_UNSET = object()
-
-
-def _check_positive(label, value, allow_none=False, allow_zero=True):
-    if value is None and allow_none:
-        return
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise TypeError(f"{label} must be a number, not {type(value).__name__}")
-    if value < 0 or (value == 0 and not allow_zero):
-        raise ValueError(f"{label} must be {'>= 0' if allow_zero else '> 0'}, got {value!r}")
 
 
 class Task:
     """A function registered as a task. Call it directly, or enqueue it with .delay()."""
 
-    def __init__(self, fn, name=None, queue="default", max_retries=3, timeout=None,
-                 priority=0, retry_delay=1.0, retry_backoff=2.0, retry_max_delay=300.0):
+    def __init__(self, fn, name=None, **options):
         if not callable(fn):
             raise TypeError(f"@task needs a function, got {fn!r}")
-        _check_positive("max_retries", max_retries)
-        _check_positive("timeout", timeout, allow_none=True, allow_zero=False)
-        _check_positive("retry_delay", retry_delay)
-        _check_positive("retry_backoff", retry_backoff)
-        _check_positive("retry_max_delay", retry_max_delay)
-        if not isinstance(queue, str) or not queue:
-            raise ValueError(f"queue must be a non-empty string, got {queue!r}")
         self.fn = fn
         self.name = name or fn.__name__
-        self.queue = queue
-        self.max_retries = int(max_retries)
-        self.timeout = timeout
-        self.priority = int(priority)
-        self.retry_delay = float(retry_delay)
-        self.retry_backoff = float(retry_backoff)
-        self.retry_max_delay = float(retry_max_delay)
+        self.options = TaskOptions.build(**options)
         self.is_async = inspect.iscoroutinefunction(fn)
         functools.update_wrapper(self, fn)
+
+    # The options read as attributes, as in the seed project (task.queue, ...).
+    queue = property(lambda self: self.options.queue)
+    priority = property(lambda self: self.options.priority)
+    max_retries = property(lambda self: self.options.max_retries)
+    timeout = property(lambda self: self.options.timeout)
+    retry_delay = property(lambda self: self.options.retry_delay)
+    retry_backoff = property(lambda self: self.options.retry_backoff)
+    retry_max_delay = property(lambda self: self.options.retry_max_delay)
 
     def __call__(self, *args, **kwargs):
         """Run the function here and now, without the queue."""
@@ -56,32 +40,18 @@ class Task:
     def __repr__(self):
         return f"<Task {self.name} queue={self.queue}>"
 
-    def _row(self, args, kwargs, queue, priority, run_at, timeout, max_retries):
-        payload = encode_payload(self.name, args, kwargs)
-        return (self.name, payload,
-                self.queue if queue is None else queue,
-                self.priority if priority is None else int(priority),
-                self.max_retries if max_retries is None else int(max_retries),
-                run_at,
-                self.timeout if timeout is None else timeout,
-                self.retry_delay, self.retry_backoff, self.retry_max_delay)
-
-    @staticmethod
-    def _enqueue(row) -> int:
-        # Commit first, then nudge the daemon, telling it when the task is due.
-        store = storage.get_store()
-        task_id = store.enqueue(*row)
-        _wake(store.path, row[5])
-        return task_id
-
     def delay(self, *args, **kwargs) -> int:
         """Enqueue a call with these arguments; returns the task id."""
-        return self._enqueue(self._row(args, kwargs, None, None, None, None, None))
+        return get_backend().enqueue(
+            NewTask(self.name, encode_payload(self.name, args, kwargs), self.options))
 
     def schedule(self, when, *args, **kwargs) -> int:
         """Enqueue a call to run at `when`: a datetime (naive = local time), a
         timedelta, or a number of seconds from now. Returns the task id."""
-        return self._enqueue(self._row(args, kwargs, None, None, to_epoch(when), None, None))
+        run_at, delay = due_from(when)
+        return get_backend().enqueue(
+            NewTask(self.name, encode_payload(self.name, args, kwargs), self.options,
+                    run_at=run_at, delay=delay))
 
     def apply_async(self, args=(), kwargs=None, *, queue=None, priority=None, eta=None,
                     countdown=None, timeout=None, max_retries=None) -> int:
@@ -91,10 +61,7 @@ class Task:
         """
         if eta is not None and countdown is not None:
             raise ValueError("give eta or countdown, not both")
-        _check_positive("countdown", countdown, allow_none=True)
-        _check_positive("timeout", timeout, allow_none=True, allow_zero=False)
-        if max_retries is not None:
-            _check_positive("max_retries", max_retries)
+        check_number("countdown", countdown, allow_none=True)
         if isinstance(args, (str, bytes)) or not isinstance(args, (list, tuple)):
             raise TypeError(f"args must be a list or tuple, not {type(args).__name__}")
         if kwargs is not None and not isinstance(kwargs, dict):
@@ -103,13 +70,14 @@ class Task:
             # JSON would silently turn 1 into "1"; the call could never run.
             bad = next(k for k in kwargs if not isinstance(k, str))
             raise TypeError(f"keyword {bad!r} of task {self.name!r} is not a string")
+        options = self.options.with_overrides(queue=queue, priority=priority, timeout=timeout,
+                                              max_retries=max_retries)
         run_at = None
         if eta is not None:
             run_at = eta.timestamp() if hasattr(eta, "timestamp") else float(eta)
-        elif countdown is not None:
-            run_at = now() + countdown
-        return self._enqueue(self._row(tuple(args), kwargs or {}, queue, priority, run_at,
-                                       timeout, max_retries))
+        payload = encode_payload(self.name, tuple(args), kwargs or {})
+        return get_backend().enqueue(NewTask(self.name, payload, options, run_at=run_at,
+                                             delay=countdown))
 
     def map(self, iterable, **options) -> list:
         """Enqueue one call per item (each item is the single argument), in one
@@ -121,23 +89,11 @@ class Task:
         """Enqueue one call per tuple of positional arguments, in one transaction
         with one wake-up. Nothing is written if any call's arguments cannot be
         stored as JSON. Returns the ids in order."""
-        _check_positive("countdown", countdown, allow_none=True)
-        _check_positive("timeout", timeout, allow_none=True, allow_zero=False)
-        payloads, count = encode_args_array(self.name, iterable)
-        run_at = None if countdown is None else now() + countdown
-        store = storage.get_store()
-        ids = store.enqueue_many(
-            self.name, payloads, count,
-            queue=self.queue if queue is None else queue,
-            priority=self.priority if priority is None else int(priority),
-            max_retries=self.max_retries,
-            run_at=run_at,
-            timeout=self.timeout if timeout is None else timeout,
-            retry_delay=self.retry_delay, retry_backoff=self.retry_backoff,
-            retry_max_delay=self.retry_max_delay)
-        if ids:
-            _wake(store.path, run_at)
-        return ids
+        check_number("countdown", countdown, allow_none=True)
+        options = self.options.with_overrides(queue=queue, priority=priority, timeout=timeout)
+        args_json, count = encode_args_array(self.name, iterable)
+        return get_backend().enqueue_many(NewTasks(self.name, args_json, count, options,
+                                                   delay=countdown))
 
 
 def register(task_obj: Task) -> Task:
@@ -168,23 +124,23 @@ def _same_function(a, b):
             and ca.co_firstlineno == cb.co_firstlineno)
 
 
-def task(fn=None, *, queue="default", max_retries=3, name=None, timeout=None, priority=0,
-         retry_delay=1.0, retry_backoff=2.0, retry_max_delay=300.0):
+def task(fn=None, *, name=None, **options):
     """Mark a function as a task; use as `@task` or `@task(queue=..., ...)`.
 
-    max_retries counts retries after the first attempt (0 runs once). Failed
-    attempts wait retry_delay * retry_backoff**(attempt-1) seconds, at most
-    retry_max_delay, before the next. timeout is the task's time limit in seconds.
+    Options (liteq.taskspec.TaskOptions, whose defaults these are): queue
+    ("default"), priority (0), max_retries (3: retries after the first attempt;
+    0 runs once), timeout (None: the daemon's limit, in seconds), retry_delay
+    (1.0), retry_backoff (2.0) and retry_max_delay (300.0): failed attempts wait
+    retry_delay * retry_backoff**(attempt-1) seconds, at most retry_max_delay.
     """
     def decorate(f):
-        return register(Task(f, name=name, queue=queue, max_retries=max_retries,
-                             timeout=timeout, priority=priority, retry_delay=retry_delay,
-                             retry_backoff=retry_backoff, retry_max_delay=retry_max_delay))
+        return register(Task(f, name=name, **options))
     if fn is not None:
         if not callable(fn):
             raise TypeError(f"@task's first argument must be the function, got {fn!r}; "
                             f"options are keywords: @task(queue=...)")
         return decorate(fn)
+    TaskOptions.build(**options)  # an unknown or bad option fails at the decorator line
     return decorate
 
 

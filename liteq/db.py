@@ -1,7 +1,14 @@
-"""The seed-compatible database entry points: get_conn() and init_db()."""
+"""The seed-compatible database entry points: get_conn() and init_db().
+
+They are SQLite-only (the seed project knew no other database): get_conn()
+returns a raw sqlite3 connection to the file. Everything else in LiteQ goes
+through liteq.backends, which works on PostgreSQL too.
+"""
 
 from . import settings
-from .storage import ensure_schema, open_connection
+from .backends import is_postgres, sqlite_path
+from .backends.sqlite import ensure_schema, open_connection
+from .errors import ConfigError
 
 
 def get_conn(path=None):
@@ -11,7 +18,11 @@ def get_conn(path=None):
     directory). The connection works as `with get_conn() as conn:` (commit on
     success); the caller closes it.
     """
-    conn = open_connection(path or settings.db_path(), isolation_level="")
+    target = path or settings.db_path()
+    if is_postgres(target):
+        raise ConfigError("liteq.db.get_conn() opens SQLite files only; on PostgreSQL use "
+                          "liteq.backends.open_backend()")
+    conn = open_connection(sqlite_path(target), isolation_level="")
     try:
         ensure_schema(conn)
     except BaseException:
@@ -21,6 +32,9 @@ def get_conn(path=None):
 
 
 def init_db(path=None) -> None:
-    """Create (or migrate) the schema. Idempotent; first use does it anyway."""
-    conn = get_conn(path)
-    conn.close()
+    """Create (or migrate) the schema. Idempotent; first use does it anyway.
+
+    Works on any backend (a PostgreSQL URL too); the schema is created on open.
+    """
+    from .backends import open_backend
+    open_backend(path).close()

@@ -1,13 +1,15 @@
-"""Exceptions LiteQ raises to applications and operators."""
+"""Exceptions LiteQ raises to applications and operators.
 
-import sqlite3
+They derive from LiteQError only: a driver's exception (sqlite3, psycopg) is
+never raised to callers; it is kept as the __cause__ of a DatabaseError.
+"""
 
 
 class LiteQError(Exception):
     """Base class of every error LiteQ raises on purpose."""
 
 
-class DatabaseError(LiteQError, sqlite3.DatabaseError):
+class DatabaseError(LiteQError):
     """The queue database cannot be opened, read or written."""
 
 

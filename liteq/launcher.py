@@ -20,6 +20,7 @@ import time
 
 from . import settings
 from .errors import LiteQError
+from .backends import identity_of
 from .paths import socket_path
 
 
@@ -120,7 +121,7 @@ def start_daemon(app, db=None, *, ready_timeout=30.0, log_path=None, **options) 
         process = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, env=env,
                                    start_new_session=True)
     handle = DaemonHandle(process, log_path)
-    sock = options.get("socket") or env.get("LITEQ_SOCKET") or socket_path(db)
+    sock = options.get("socket") or env.get("LITEQ_SOCKET") or socket_path(identity_of(db))
     deadline = time.monotonic() + ready_timeout
     while time.monotonic() < deadline:
         if process.poll() is not None:

@@ -28,8 +28,8 @@ sample.
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
-from . import control, storage
-from .storage import TASK_STATUSES
+from . import control
+from .backends import TASK_STATUSES, get_backend
 from .timeutil import now
 
 CONTROL_TIMEOUT = 2.0  # seconds a scrape waits for the daemon's status reply
@@ -47,13 +47,13 @@ class LiteQCollector(Collector):
     """A prometheus-client collector that reads one LiteQ database at each scrape.
 
     db: the database path (default: LITEQ_DB, read at each scrape).
-    store_factory: a callable returning a Store to read with (default: the
-    calling thread's cached Store for db); the web panel passes its own.
+    store_factory: a callable returning the backend to read with (default: the
+    calling thread's cached backend for db); the web panel passes its own.
     """
 
     def __init__(self, db=None, store_factory=None, status_fn=None):
         self.db = db
-        self._store_factory = store_factory or (lambda: storage.get_store(self.db))
+        self._store_factory = store_factory or (lambda: get_backend(self.db))
         self._status_fn = status_fn or (lambda: daemon_status(self.db))
 
     def describe(self):

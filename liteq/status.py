@@ -2,7 +2,7 @@
 
 import time
 
-from . import storage
+from .backends import get_backend
 from .errors import TaskNotFound, WaitTimeout
 from .serialization import decode_payload, decode_result
 from .timeutil import to_iso
@@ -32,7 +32,7 @@ def get_task_status(task_id: int):
     run_at, created_at, started_at, finished_at, result, error, args, kwargs
     (and timeout). Times are ISO-8601 strings; result is the decoded value.
     """
-    row = storage.get_store().get_task(int(task_id))
+    row = get_backend().get_task(int(task_id))
     return task_row_to_dict(row) if row is not None else None
 
 

@@ -11,17 +11,17 @@ from datetime import datetime, timedelta, timezone
 now = time.time
 
 
-def to_epoch(when) -> float:
-    """Turn a datetime, timedelta or number of seconds from now into epoch seconds.
-
-    A naive datetime means local time, as `datetime.now()` gives it.
-    """
+def due_from(when):
+    """(run_at, delay) for `.schedule(when)`: an absolute time in epoch seconds for a
+    datetime (naive = local time, as `datetime.now()` gives it; aware = its own
+    zone), or a delay in seconds (for a timedelta or a number), which the backend
+    adds to the database's clock."""
     if isinstance(when, datetime):
-        return when.timestamp()  # naive -> local time, aware -> its own zone
+        return when.timestamp(), None
     if isinstance(when, timedelta):
-        return now() + when.total_seconds()
+        return None, when.total_seconds()
     if isinstance(when, (int, float)) and not isinstance(when, bool):
-        return now() + float(when)
+        return None, float(when)
     raise TypeError(
         f"when must be a datetime, a timedelta or a number of seconds, not {type(when).__name__}"
     )

@@ -1,4 +1,5 @@
-"""Fire-and-forget wake-ups from producers to the daemon.
+"""Wake-ups as datagrams: from producers to the daemon, over a socket beside its
+control socket (the SQLite backend's wake-up channel).
 
 After an enqueue commits, the producer sends a small datagram to the daemon's
 wake socket so a waiting task starts at once instead of at the next poll:
@@ -17,7 +18,8 @@ import os
 import socket
 import time
 
-from .paths import socket_path, wake_path
+from .backends.base import WakeChannel
+from .paths import claim_socket_path, socket_path, wake_path
 
 RETRY_S = 0.5
 THROTTLE_S = 0.001
@@ -94,15 +96,66 @@ def _close_all():
             waker.sock = None
 
 
-def wake(db_path=None, due=None) -> None:
-    """Nudge the daemon serving `db_path` about a task due at `due` (epoch seconds;
-    None = now). Silently does nothing when no daemon listens."""
+def wake(identity, due=None) -> None:
+    """Nudge the daemon serving the queue `identity` about a task due at `due`
+    (epoch seconds; None = now). Silently does nothing when no daemon listens."""
     global _pid, _wakers
     pid = os.getpid()
     if pid != _pid:  # a forked child must not share its parent's sockets
         _pid, _wakers = pid, {}
-    key = (db_path, os.environ.get("LITEQ_SOCKET"))
+    key = (identity, os.environ.get("LITEQ_SOCKET"))
     waker = _wakers.get(key)
     if waker is None:
-        waker = _wakers[key] = _Waker(wake_path(socket_path(db_path)))
+        waker = _wakers[key] = _Waker(wake_path(socket_path(identity)))
     waker.nudge(due)
+
+
+class DatagramChannel(WakeChannel):
+    """The daemon's end: a datagram socket bound beside the control socket."""
+
+    def __init__(self, control_socket):
+        self.path = wake_path(control_socket)
+        claim_socket_path(self.path, socket.SOCK_DGRAM)
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        old = os.umask(0o077)
+        try:
+            sock.bind(self.path)
+        finally:
+            os.umask(old)
+        # Producers run as other users of the same app; a wake-up carries no data.
+        os.chmod(self.path, 0o666)
+        sock.setblocking(False)
+        self.sock = sock
+
+    def fileno(self):
+        """The socket's descriptor."""
+        return self.sock.fileno()
+
+    def drain(self):
+        """Read every datagram: (due_now, earliest later due time or None)."""
+        now_due, later = False, None
+        try:
+            while True:
+                msg = self.sock.recv(64)
+                if msg.startswith(b"d"):
+                    try:
+                        due = float(msg[1:])
+                    except ValueError:
+                        now_due = True  # garbage: just look for work
+                        continue
+                    later = due if later is None else min(later, due)
+                else:
+                    now_due = True
+        except (BlockingIOError, InterruptedError):
+            pass
+        return now_due, later
+
+    def close(self):
+        """Close and remove the socket file."""
+        if self.sock is not None:
+            self.sock.close()
+            self.sock = None
+            try:
+                os.unlink(self.path)
+            except FileNotFoundError:
+                pass

@@ -2,17 +2,10 @@
 
 It never opens the database for the queue's bookkeeping. It reads task
 messages from its socket, runs each one (coroutines on an event loop it keeps),
-and writes back the outcome. Messages are newline-delimited JSON arrays:
-
-    supervisor -> child   ["t", id, name, payload_json, timeout_s | null]
-    child -> supervisor   ["ready", pid]
-                          ["r", id, ok, result_json | error_text, started, finished,
-                           rss_bytes, timed_out]
-                          ["s", id]            (skipped: a stop came before it started)
+and writes back the outcome. The messages are those of liteqd.protocol.
 """
 
 import asyncio
-import json
 import os
 import signal
 import socket
@@ -26,9 +19,8 @@ from liteq.core import TASK_REGISTRY
 from liteq.errors import TaskTimeout
 from liteq.serialization import decode_payload, encode_result
 
+from . import protocol
 from .proc import become_subreaper, descendants, die_with_parent
-
-_dumps = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
 
 # Exit code of a child whose own set-up or loop raised; before "ready" it is a boot error.
 BOOT_ERROR_EXIT = 70
@@ -50,21 +42,19 @@ class _Channel:
 
     def __init__(self, sock):
         self.sock = sock
-        self.buf = b""
+        self.reader = protocol.LineReader()
         self.pending = []      # parsed task messages, next one last
         self.busy = False
 
     def send(self, msg):
         """Send one message (a JSON line)."""
-        self.sock.sendall(_dumps(msg).encode() + b"\n")
+        self.sock.sendall(protocol.encode([msg]))
 
     def _parse(self, data):
-        self.buf += data
-        lines = self.buf.split(b"\n")
-        self.buf = lines.pop()
-        new = [json.loads(line) for line in lines if line]
-        new.reverse()
-        self.pending = new + self.pending
+        new = self.reader.feed(data)
+        if new:
+            new.reverse()
+            self.pending = new + self.pending
 
     def receive(self) -> bool:
         """Block until at least one more message is queued; False at end of stream."""
@@ -94,7 +84,7 @@ class _Channel:
             except (BlockingIOError, InterruptedError):
                 pass
             while self.pending:
-                self.send(["s", self.pending.pop()[1]])
+                self.send(protocol.skipped(self.pending.pop().id))
         except OSError:
             pass  # the supervisor is gone; it requeues whatever we held
         finally:
@@ -277,7 +267,7 @@ def _serve(sock, index, report_rss, max_tasks=0, max_rss=0):
     executor = Executor()
     sock.setblocking(True)
     channel = _channel = _Channel(sock)
-    channel.send(["ready", os.getpid()])
+    channel.send(protocol.ready(os.getpid()))
     done = 0
     while True:
         if _Stop.requested:
@@ -290,10 +280,10 @@ def _serve(sock, index, report_rss, max_tasks=0, max_rss=0):
             except InterruptedError:
                 pass
             continue
-        _, task_id, name, payload, timeout = channel.pending.pop()
-        setproctitle(f"liteqd: worker {index} running {name}#{task_id}")
+        msg = channel.pending.pop()
+        setproctitle(f"liteqd: worker {index} running {msg.name}#{msg.id}")
         started = time.time()
-        ok, text, timed_out = executor.run(name, payload, timeout)
+        ok, text, timed_out = executor.run(msg.name, msg.payload, msg.timeout)
         finished = time.time()
         if timed_out:
             # Subprocesses the task started die with it, even those in a session of
@@ -303,7 +293,7 @@ def _serve(sock, index, report_rss, max_tasks=0, max_rss=0):
         rss = _own_rss() if report_rss else 0
         channel.busy = True
         try:
-            channel.send(["r", task_id, ok, text, started, finished, rss, timed_out])
+            channel.send(protocol.result(msg.id, ok, text, started, finished, rss, timed_out))
         finally:
             channel.busy = False
         if timed_out:

@@ -3,7 +3,7 @@
 import os
 import sys
 
-from liteq import storage
+from liteq.backends import identity_of, open_backend
 from liteq.app_loader import load_app
 from liteq.core import TASK_REGISTRY
 from liteq.errors import ConfigError, DatabaseError
@@ -33,7 +33,7 @@ def build_supervisor(cfg, *, load=True):
     from .supervisor import Supervisor
     from .wake_listener import WakeListener
 
-    os.environ["LITEQ_DB"] = cfg.db  # tasks that enqueue follow-ups use the same file
+    os.environ["LITEQ_DB"] = cfg.db  # tasks that enqueue follow-ups use the same queue
     if cfg.socket:
         os.environ["LITEQ_SOCKET"] = cfg.socket
     configure(cfg.log_format, cfg.log_level)
@@ -41,8 +41,8 @@ def build_supervisor(cfg, *, load=True):
         load_app(cfg.app)
     if not TASK_REGISTRY:
         raise ConfigError(f"app {cfg.app!r} registers no tasks (decorate functions with @task)")
-    storage.Store(cfg.db).close()  # fail now, clearly, on a bad database
-    sock = cfg.socket or socket_path(cfg.db)
+    open_backend(cfg.db).close()  # fail now, clearly, on a bad database
+    sock = cfg.socket or socket_path(identity_of(cfg.db))
     # The control socket is claimed first: it is the one that refuses a second daemon.
     plugins = [ControlServer(sock, group=cfg.socket_group), WakeListener(sock),
                SystemdNotifier()]

@@ -57,7 +57,7 @@ class DaemonConfig:
 # (flag, env var, type, default, help)
 OPTIONS = [
     ("--app", "LITEQ_APP", str, None, "the tasks: a file (tasks.py) or a module (myapp.tasks)"),
-    ("--db", "LITEQ_DB", str, "liteq.db", "the SQLite database file"),
+    ("--db", "LITEQ_DB", str, "liteq.db", "the queue database: a file path, or a URL"),
     ("--queues", "LITEQ_QUEUES", str, "default", "comma-separated queues of the default pool"),
     ("--concurrency", "LITEQ_CONCURRENCY", int, None,
      "children of the default pool (default: number of CPUs)"),

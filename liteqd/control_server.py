@@ -15,7 +15,7 @@ import socket
 import struct
 import time
 
-from .wake_listener import claim_socket_path
+from liteq.paths import claim_socket_path
 
 MAX_LINE = 64 * 1024            # bytes in one request line
 MAX_CONNECTIONS = 128
@@ -339,4 +339,4 @@ class ControlServer:
     def op_schedules(self, request):
         """Every cron schedule with its next and last run."""
         from liteq.scheduler import list_schedules
-        return {"schedules": list_schedules(self.sup.store)}
+        return {"schedules": list_schedules(self.sup.backend)}

@@ -35,8 +35,8 @@ class ChildHandle:
     pool: "Pool"
     sock: object
     spawned_mono: float = field(default_factory=time.monotonic)
+    reader: object = None         # a protocol.LineReader of what the child sends
     ready: bool = False
-    rbuf: bytes = b""
     inflight: collections.deque = field(default_factory=collections.deque)
     tasks_done: int = 0
     rss: int = 0

@@ -1,72 +1,21 @@
-"""The daemon end of enqueue wake-ups: a datagram socket beside the control socket."""
-
-import os
-import socket
-
-from liteq.errors import ConfigError
-from liteq.paths import wake_path
-
-
-def claim_socket_path(path: str, kind: int) -> None:
-    """Make `path` free to bind: remove a dead daemon's socket, refuse a live one's."""
-    if not os.path.exists(path):
-        directory = os.path.dirname(path) or "."
-        if not os.path.isdir(directory):
-            raise ConfigError(f"socket directory {directory} does not exist")
-        return
-    probe = socket.socket(socket.AF_UNIX, kind)
-    try:
-        probe.settimeout(0.5)
-        probe.connect(path)
-    except (ConnectionRefusedError, FileNotFoundError):
-        os.unlink(path)  # left behind by a daemon that died
-        return
-    except OSError as exc:
-        raise ConfigError(f"cannot use socket {path}: {exc}") from None
-    finally:
-        probe.close()
-    raise ConfigError(f"another liteqd is already listening on {path}; stop it first, or give "
-                      f"this one its own --socket / LITEQ_SOCKET")
+"""The daemon end of producers' wake-ups: the backend's wake-up channel in the
+supervisor's select() loop."""
 
 
 class WakeListener:
-    """Wakes the supervisor's claim loop when a producer sends a datagram."""
+    """Wakes the supervisor's claim loop when a producer says a task is due."""
 
     def __init__(self, control_socket_path):
-        self.path = wake_path(control_socket_path)
-        self.sock = None
+        self.control_socket = control_socket_path
+        self.channel = None
 
     def register(self, sup):
-        """Bind the wake socket and watch it from the supervisor's loop."""
-        claim_socket_path(self.path, socket.SOCK_DGRAM)
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-        old = os.umask(0o077)
-        try:
-            sock.bind(self.path)
-        finally:
-            os.umask(old)
-        # Producers run as other users of the same app; a wake-up carries no data.
-        os.chmod(self.path, 0o666)
-        sock.setblocking(False)
-        self.sock = sock
-        sup.register_fd(sock, lambda _f, _mask: self._drain(sup))
+        """Open the backend's wake-up channel and watch it from the supervisor's loop."""
+        self.channel = sup.backend.open_wake_channel(self.control_socket)
+        sup.register_fd(self.channel, lambda _f, _mask: self._drain(sup))
 
     def _drain(self, sup):
-        now_due, later = False, None
-        try:
-            while True:
-                msg = self.sock.recv(64)
-                if msg.startswith(b"d"):
-                    try:
-                        due = float(msg[1:])
-                    except ValueError:
-                        now_due = True  # garbage: just look for work
-                        continue
-                    later = due if later is None else min(later, due)
-                else:
-                    now_due = True
-        except (BlockingIOError, InterruptedError):
-            pass
+        now_due, later = self.channel.drain()
         if now_due:
             sup.wake()
         if later is not None:
@@ -76,11 +25,7 @@ class WakeListener:
         """Nothing to do per loop iteration."""
 
     def close(self):
-        """Close and remove the socket file."""
-        if self.sock is not None:
-            self.sock.close()
-            self.sock = None
-            try:
-                os.unlink(self.path)
-            except FileNotFoundError:
-                pass
+        """Stop listening."""
+        if self.channel is not None:
+            self.channel.close()
+            self.channel = None

@@ -30,7 +30,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.dirname(HERE))  # run from a checkout without installing
 
 import liteq  # noqa: E402
-from liteq import storage  # noqa: E402
+from liteq import backends, settings  # noqa: E402
 from liteq.db import init_db  # noqa: E402
 
 
@@ -45,7 +45,7 @@ EMAIL = "user@example.com"
 def _fresh_env(tmp):
     os.environ["LITEQ_DB"] = os.path.join(tmp, "bench.db")
     os.environ["LITEQ_SOCKET"] = os.path.join(tmp, "nobody.sock")
-    storage.forget_stores()
+    backends.forget_backends()
     init_db()
     return os.environ["LITEQ_DB"]
 
@@ -79,7 +79,7 @@ def _raw_db(tmp, liteq_db):
     conn = sqlite3.connect(path, isolation_level=None)
     conn.execute("PRAGMA journal_mode = WAL")
     # LiteQ's level comes from LITEQ_SYNC; use the one a LiteQ connection gets.
-    level = storage.settings.sync_pragma()
+    level = settings.sync_pragma()
     conn.execute(f"PRAGMA synchronous = {level}")
     for sql in ddl:
         conn.execute(sql)
@@ -120,7 +120,7 @@ def run(args):
             db = _fresh_env(tmp)
             results["delay"].append(bench_delay(args.tasks))
             results["starmap"].append(bench_starmap(args.bulk_tasks))
-            storage.forget_stores()
+            backends.forget_backends()
             conn = _raw_db(tmp, db)
             try:
                 results["raw"].append(bench_raw(conn, args.tasks))
@@ -128,12 +128,12 @@ def run(args):
             finally:
                 conn.close()
         finally:
-            storage.forget_stores()
+            backends.forget_backends()
             shutil.rmtree(tmp, ignore_errors=True)
     medians = {k: statistics.median(v) for k, v in results.items()}
     return {
         "params": {"tasks": args.tasks, "bulk_tasks": args.bulk_tasks, "repeat": args.repeat,
-                   "synchronous": storage.settings.sync_pragma(),
+                   "synchronous": settings.sync_pragma(),
                    "sqlite": sqlite3.sqlite_version, "python": sys.version.split()[0]},
         "results": {k: {"median": medians[k], "runs": results[k]} for k in results},
         "ratios": {"delay/raw": medians["delay"] / medians["raw"],

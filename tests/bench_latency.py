@@ -35,7 +35,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(HERE)
 sys.path.insert(0, REPO)  # run from a checkout without installing
 
-from liteq import storage  # noqa: E402
+from liteq import backends  # noqa: E402
 
 from daemon_helpers import Client, kill_tree  # noqa: E402  (tests/, this file's folder)
 
@@ -106,8 +106,8 @@ class Daemon:
 def use_db(path, sock):
     os.environ["LITEQ_DB"] = path
     os.environ["LITEQ_SOCKET"] = sock
-    storage.forget_stores()
-    return storage.get_store()
+    backends.forget_backends()
+    return backends.get_backend()
 
 
 def wait_done(store, task_id, timeout=10.0):
@@ -209,7 +209,7 @@ def run(samples, calls, repeat, concurrency):
             d.kill()
         sys.path.remove(workdir)
         sys.modules.pop("bench_latency_app", None)
-        storage.forget_stores()
+        backends.forget_backends()
         shutil.rmtree(workdir, ignore_errors=True)
 
 

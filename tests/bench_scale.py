@@ -13,19 +13,20 @@ import subprocess
 import sys
 import tempfile
 import time
+from daemon_helpers import put_tasks
 
 
 def build(db, n):
     """A database with n pending tasks (plus a few of every other status)."""
     os.environ["LITEQ_DB"] = db
-    from liteq import storage
-    storage.forget_stores()
-    store = storage.get_store()
+    from liteq import backends
+    backends.forget_backends()
+    store = backends.get_backend()
     chunk = 200_000
     left = n
     while left:
         k = min(chunk, left)
-        store.enqueue_many("noop", "[" + ",".join(["[]"] * k) + "]", k)
+        put_tasks(store, "noop", "[" + ",".join(["[]"] * k) + "]", k)
         left -= k
     return store
 

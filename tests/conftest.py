@@ -6,7 +6,7 @@ import tempfile
 
 import pytest
 
-from liteq import storage
+from liteq import backends
 
 from daemon_helpers import registry_restored
 
@@ -26,11 +26,11 @@ def db_path(monkeypatch):
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv("LITEQ_DB", path)
     monkeypatch.setenv("LITEQ_SOCKET", os.path.join(tmp, "liteqd.sock"))
-    storage.forget_stores()
+    backends.forget_backends()
     try:
         yield path
     finally:
-        storage.forget_stores()
+        backends.forget_backends()
         shutil.rmtree(tmp, ignore_errors=True)
 
 

@@ -33,7 +33,7 @@ from collections import Counter
 import psutil
 import pytest
 
-from liteq import core, storage
+from liteq import core, backends
 
 TESTS = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(TESTS)
@@ -530,7 +530,7 @@ def running(ds, monkeypatch):
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv("LITEQ_DB", ds.db)
     monkeypatch.setenv("LITEQ_SOCKET", ds.socket)
-    storage.forget_stores()
+    backends.forget_backends()
     mods = set(sys.modules)
     try:
         with registry_restored():
@@ -541,7 +541,7 @@ def running(ds, monkeypatch):
                     print(ds.dump())
                 finally:
                     ds.cleanup()
-                    storage.forget_stores()
+                    backends.forget_backends()
     finally:
         for name in set(sys.modules) - mods:
             if name.startswith(APP_MODULE_PREFIX):
@@ -688,7 +688,7 @@ def _wait_rows(fetch, ids, statuses, timeout, dump):
 def wait_all(task_ids, statuses=("done", "failed", "cancelled"), timeout=30.0, daemons=None):
     """Wait until every task has one of `statuses` (read with this process's Store);
     returns {id: row}."""
-    store = storage.get_store()
+    store = backends.get_backend()
     ids = list(task_ids)
     return _wait_rows(lambda: {r["id"]: r for r in store.get_tasks(ids)}, ids, statuses,
                       timeout, daemons.dump if daemons else None)
@@ -740,3 +740,20 @@ def iso_seconds(text) -> float:
     """Epoch seconds of an ISO-8601 time from get_task_status."""
     from datetime import datetime
     return datetime.fromisoformat(text).timestamp()
+
+
+# ---- writing task rows directly ------------------------------------------------------------
+
+def put_task(backend, name, payload, run_at=None, delay=None, **options) -> int:
+    """Enqueue a raw task row through `backend` (a name no app may register, a payload that
+    is not JSON, ...): what .delay() would insert, with any TaskOptions field set."""
+    from liteq.taskspec import NewTask, TaskOptions
+    return backend.enqueue(NewTask(name, payload, TaskOptions.build(**options), run_at=run_at,
+                                   delay=delay))
+
+
+def put_tasks(backend, name, args_json, count, **options) -> list:
+    """Enqueue `count` calls of `name` in one transaction (args_json: a JSON array with each
+    call's positional arguments)."""
+    from liteq.taskspec import NewTasks, TaskOptions
+    return backend.enqueue_many(NewTasks(name, args_json, count, TaskOptions.build(**options)))

@@ -18,10 +18,10 @@ import uuid
 import pytest
 
 import liteq
-from liteq import control, storage
+from liteq import control, backends
 from liteq.serialization import encode_payload
 
-from daemon_helpers import APPS, PYTHON as PY, count_tasks, db_rows, status_counts, wait_statuses
+from daemon_helpers import put_task, APPS, PYTHON as PY, count_tasks, db_rows, status_counts, wait_statuses
 from fault_helpers import FAULT_APP, app, executions, lab  # noqa: F401
 
 LIVE_DAEMON_LIMIT = 20  # seconds a refused start may take before the test calls it hung
@@ -48,7 +48,7 @@ def _assert_refused(res, *needles):
 def _pending_row(app):
     """A task waiting in the queue before a bad start: it must still be there after."""
     tid = app.add.delay(20, 22)
-    storage.forget_stores()
+    backends.forget_backends()
     return tid
 
 
@@ -87,17 +87,17 @@ def test_bad_rows_fail_clearly_and_everything_else_runs(lab, app):
     """A non-JSON return value, an unknown task name, arguments that no longer match the
     function, a payload that is not JSON, and a negative scale request: each a clear
     error in the row (or the reply), and the good tasks around them all run once."""
-    store = storage.get_store()
+    store = backends.get_backend()
     log = lab.path("executions.txt")
     quick = dict(retry_delay=0.01, retry_backoff=1.0)
     bad = {
         "result": app.returns_object.delay(),
-        "unknown": store.enqueue("no_such_task", encode_payload("no_such_task", [1], {}),
+        "unknown": put_task(store, "no_such_task", encode_payload("no_such_task", [1], {}),
                                  max_retries=1, **quick),
-        "missing_arg": store.enqueue("add", encode_payload("add", [1], {}), max_retries=0),
-        "extra_kwarg": store.enqueue("add", encode_payload("add", [1, 2], {"c": 3}),
+        "missing_arg": put_task(store, "add", encode_payload("add", [1], {}), max_retries=0),
+        "extra_kwarg": put_task(store, "add", encode_payload("add", [1, 2], {"c": 3}),
                                      max_retries=0),
-        "payload": store.enqueue("add", "{this is not json", max_retries=0),
+        "payload": put_task(store, "add", "{this is not json", max_retries=0),
     }
     good = app.work.starmap([(log,)] * 50)
     d = lab.daemon("--concurrency", "2")
@@ -164,7 +164,7 @@ def test_database_in_a_missing_directory(lab, app, monkeypatch):
     res = _liteqd(lab, "--concurrency", "1", db=db)
     _assert_refused(res, missing, "does not exist")
     monkeypatch.setenv("LITEQ_DB", db)
-    storage.forget_stores()
+    backends.forget_backends()
     with pytest.raises(liteq.DatabaseError) as info:
         app.add.delay(1, 2)
     assert missing in str(info.value) and "does not exist" in str(info.value)
@@ -181,7 +181,7 @@ def test_file_that_is_not_a_database_is_refused_and_left_untouched(lab, app):
         f.write(garbage)
     res = _liteqd(lab, "--concurrency", "1")
     _assert_refused(res, lab.db, "not a usable SQLite database")
-    storage.forget_stores()
+    backends.forget_backends()
     for call in (lambda: app.add.delay(1, 2), lambda: app.work.map(["x"]),
                  lambda: liteq.get_task_status(1)):
         with pytest.raises(liteq.DatabaseError) as info:
@@ -254,8 +254,8 @@ def test_read_only_database_gives_a_clear_error_and_is_left_untouched(lab, app, 
     directory = lab.path("ro")
     os.mkdir(directory)
     db = os.path.join(directory, "queue.db")
-    store = storage.Store(db)
-    store.enqueue("add", encode_payload("add", [1, 2], {}))
+    store = backends.open_backend(db)
+    put_task(store, "add", encode_payload("add", [1, 2], {}))
     store.close()  # the last connection closes: -wal and -shm are gone
     assert not os.path.exists(db + "-wal")
     with open(db, "rb") as f:
@@ -330,7 +330,7 @@ def test_full_disk_rlimit_fsize_child_gets_a_clear_error(lab, app):
     size limit is just above the database's size enqueues large payloads."""
     ids = app.work.starmap([(f"row {n}",) for n in range(50)])
     earlier = {r["id"]: r["payload"] for r in db_rows(lab.db, "SELECT id, payload FROM tasks")}
-    storage.forget_stores()
+    backends.forget_backends()
     res = lab.run([PY, "-c", FULL_PRODUCER, APPS], timeout=60)
     assert res.returncode == 0, res.stderr
     lines = dict(line.split(": ", 1) for line in res.stdout.splitlines())
@@ -355,7 +355,7 @@ def test_full_disk_tmpfs_clear_error_db_consistent_and_daemon_recovers(lab, app,
     try:
         db = os.path.join(disk, "queue.db")
         monkeypatch.setenv("LITEQ_DB", db)
-        storage.forget_stores()
+        backends.forget_backends()
         log = lab.path("executions.txt")
         d = lab.daemon("--concurrency", "2", "--db", db, env={"LITEQ_DB": db})
         first = app.work.starmap([(log,)] * 30)
@@ -385,7 +385,7 @@ def test_full_disk_tmpfs_clear_error_db_consistent_and_daemon_recovers(lab, app,
     finally:
         for daemon in lab.daemons:
             daemon.kill_everything()  # nothing may hold the mount open
-        storage.forget_stores()
+        backends.forget_backends()
         subprocess.run(["umount", disk], capture_output=True, timeout=30)
 
 
@@ -415,7 +415,7 @@ def test_malformed_liteq_variable_refuses_delay_naming_it(lab, app, monkeypatch,
     app.add.delay(1, 1)
     before = count_tasks(lab.db)
     monkeypatch.setenv(var, value)
-    storage.forget_stores()
+    backends.forget_backends()
     with pytest.raises(liteq.ConfigError, match=var):
         app.add.delay(1, 2)
     monkeypatch.delenv(var)
@@ -426,7 +426,7 @@ def test_malformed_liteq_variable_refuses_delay_naming_it(lab, app, monkeypatch,
 
 @pytest.mark.parametrize("expr", ["not a cron", "61 * * * *", "*/0 * * * *", "* * *", ""])
 def test_invalid_cron_expression_is_a_value_error_and_writes_nothing(lab, app, expr):
-    storage.get_store()  # the schema exists, so "nothing written" can be checked
+    backends.get_backend()  # the schema exists, so "nothing written" can be checked
     with pytest.raises(ValueError, match="cron"):
         liteq.register_schedule(app.add, expr, 1, 2, name=f"bad-{uuid.uuid4().hex[:6]}")
     assert db_rows(lab.db, "SELECT * FROM schedules") == []

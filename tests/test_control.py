@@ -26,7 +26,7 @@ import uuid
 
 import pytest
 
-from liteq import control, storage
+from liteq import control, backends
 from liteq.paths import SUN_PATH_MAX, socket_path, wake_path
 
 from daemon_helpers import (LITEQCTL, PYTHON as PY, Client, TempDaemons, connect, fd_count,
@@ -122,7 +122,7 @@ def pool0(path):
 
 
 def wait_done(task_ids, timeout=20.0, lq_env=None, statuses=("done",)):
-    store = storage.get_store()
+    store = backends.get_backend()
     ids = list(task_ids)
 
     def check():
@@ -253,7 +253,7 @@ def test_pause_stops_claiming_and_resume_runs_it(lq, app):
     assert request(lq.sock, "status")["paused"] == ["default"]
     task_id = app.add.delay(2, 3)
     time.sleep(1.0)  # a wake-up and several polls happen meanwhile
-    row = storage.get_store().get_task(task_id)
+    row = backends.get_backend().get_task(task_id)
     assert row["status"] == "pending" and row["attempts"] == 0, row
     reply = request(lq.sock, "resume", queue="default")
     assert reply == {"ok": True, "paused": []}
@@ -285,7 +285,7 @@ def test_shutdown_lets_running_task_finish_and_exits_zero(lq, app):
     wait_for(lambda: os.path.exists(trace), 10, "the task never started")
     assert request(lq.sock, "shutdown") == {"ok": True}
     assert d.wait(20) == 0
-    assert storage.get_store().get_task(task_id)["status"] == "done"
+    assert backends.get_backend().get_task(task_id)["status"] == "done"
     assert not os.path.exists(lq.sock)
 
 
@@ -297,7 +297,7 @@ def test_wake_op_claims_a_task_enqueued_without_wakeup(lq, app, monkeypatch):
     task_id = app.add.delay(20, 22)
     monkeypatch.setenv("LITEQ_SOCKET", lq.sock)
     time.sleep(1.0)
-    assert storage.get_store().get_task(task_id)["status"] == "pending"
+    assert backends.get_backend().get_task(task_id)["status"] == "pending"
     assert request(lq.sock, "wake") == {"ok": True}
     wait_done([task_id], timeout=10, lq_env=lq)
     assert result_of(task_id) == 42
@@ -310,7 +310,7 @@ def test_control_wake_wakes_an_idle_daemon(lq, app, monkeypatch):
     task_id = app.add.delay(1, 2)
     monkeypatch.setenv("LITEQ_SOCKET", lq.sock)
     time.sleep(1.0)
-    assert storage.get_store().get_task(task_id)["status"] == "pending"
+    assert backends.get_backend().get_task(task_id)["status"] == "pending"
     assert control.wake() is None
     wait_done([task_id], timeout=10, lq_env=lq)
 
@@ -338,7 +338,7 @@ def test_control_status_includes_queue_counts(lq, app):
     assert queues["reports"]["pending"] == 1 and queues["reports"]["done"] == 0
     busy = [c for c in st["pools"][0]["children"] if c["state"] == "running"]
     assert [(c["task_id"], c["task_name"]) for c in busy] == [(running, "hold")]
-    assert storage.get_store().get_task(pending)["status"] == "pending"
+    assert backends.get_backend().get_task(pending)["status"] == "pending"
     assert "queues" not in control.status(include_queues=False)
 
 
@@ -472,7 +472,7 @@ def test_liteqctl_pause_resume_reload_ping_schedules_shutdown(lq, app):
     assert res.returncode == 0 and "default" in res.stdout, res.stderr
     task_id = app.add.delay(3, 4)
     time.sleep(0.8)
-    assert storage.get_store().get_task(task_id)["status"] == "pending"
+    assert backends.get_backend().get_task(task_id)["status"] == "pending"
     res = ctl("resume", "default")
     assert res.returncode == 0 and "none" in res.stdout, res.stdout + res.stderr
     wait_done([task_id], lq_env=lq)
@@ -825,7 +825,7 @@ def test_daemon_and_clients_meet_with_only_the_db_path(lq, monkeypatch, where):
         db = os.path.join(deep, "found.db")
     monkeypatch.delenv("LITEQ_SOCKET")
     monkeypatch.setenv("LITEQ_DB", db)
-    storage.forget_stores()
+    backends.forget_backends()
     expected = socket_path(db)
     try:
         d = lq.daemon("--concurrency", "1", db=db, sock=None)

@@ -15,10 +15,10 @@ from collections import Counter
 
 import pytest
 
-from liteq import storage
+from liteq import backends
 from liteq.serialization import encode_payload
 
-from daemon_helpers import (APP, APPS, FAST_ARGS, PYTHON, Daemon, app, cpu_seconds,  # noqa: F401
+from daemon_helpers import (put_task, APP, APPS, FAST_ARGS, PYTHON, Daemon, app, cpu_seconds,  # noqa: F401
                             daemons, is_gone, iso_seconds, read_lines, wait_all, wait_for,
                             wait_status)
 
@@ -126,7 +126,7 @@ def test_flood_on_one_pool_does_not_starve_another(daemons, app):
     st = wait_status(email, timeout=10, daemons=daemons)
     assert st["status"] == "done" and st["result"] == "sent to a@example.com"
     # The e-mail did not wait for the flood: most of the reports have not even started.
-    rows = storage.get_store().get_tasks(flood)
+    rows = backends.get_backend().get_tasks(flood)
     waiting = [r for r in rows if r["status"] == "pending"]
     assert len(waiting) >= 4, [r["status"] for r in rows]
     email_pid = d.events("task.started", task_id=email)[0]["pid"]
@@ -263,8 +263,8 @@ def test_corrupt_database_file_exits_nonzero_with_a_clear_error(daemons):
 
 def test_unknown_task_name_fails_after_retries_and_others_still_run(daemons, app):
     d = daemons.start("--concurrency", "2")
-    store = storage.get_store()
-    ghost = store.enqueue("no_such_task", encode_payload("no_such_task", [1], {}),
+    store = backends.get_backend()
+    ghost = put_task(store, "no_such_task", encode_payload("no_such_task", [1], {}),
                           max_retries=2, retry_delay=0.05, retry_backoff=1.0)
     others = [app.add.delay(i, i) for i in range(5)]
     st = wait_status(ghost, daemons=daemons)
@@ -279,8 +279,8 @@ def test_unknown_task_name_fails_after_retries_and_others_still_run(daemons, app
 
 def test_arguments_that_no_longer_match_fail_naming_the_function(daemons, app):
     d = daemons.start("--concurrency", "1")
-    store = storage.get_store()
-    tid = store.enqueue("add", encode_payload("add", [1], {"c": 3}), max_retries=0)
+    store = backends.get_backend()
+    tid = put_task(store, "add", encode_payload("add", [1], {"c": 3}), max_retries=0)
     st = wait_status(tid, daemons=daemons)
     assert st["status"] == "failed", st
     assert "ArgumentMismatch" in st["error"]
@@ -302,8 +302,8 @@ def test_non_json_return_value_fails_with_a_clear_error(daemons, app):
 
 def test_daemon_timeout_applies_to_tasks_without_their_own(daemons, app):
     d = daemons.start("--concurrency", "1", "--timeout", "1")
-    store = storage.get_store()
-    tid = store.enqueue("slow", encode_payload("slow", [60], {}), max_retries=0)
+    store = backends.get_backend()
+    tid = put_task(store, "slow", encode_payload("slow", [60], {}), max_retries=0)
     st = wait_status(tid, timeout=10, daemons=daemons)
     assert st["status"] == "failed", st
     assert "timed out after 1 s" in st["error"]

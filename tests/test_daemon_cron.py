@@ -7,7 +7,7 @@ import subprocess
 import sys
 import time
 
-from liteq import storage
+from liteq import backends
 
 APP = '''
 from liteq import task, register_schedule
@@ -27,7 +27,7 @@ def test_daemon_fires_schedule_every_second(tmp_path, monkeypatch):
     app.write_text(APP)
     monkeypatch.setenv("LITEQ_DB", db)
     monkeypatch.setenv("LITEQ_SOCKET", sock)
-    storage.forget_stores()
+    backends.forget_backends()
     log = tmp_path / "daemon.log"
     env = dict(os.environ, LITEQ_DB=db, LITEQ_SOCKET=sock)
     with open(log, "w") as out:
@@ -37,7 +37,7 @@ def test_daemon_fires_schedule_every_second(tmp_path, monkeypatch):
                                 start_new_session=True)
     try:
         deadline = time.monotonic() + 20
-        store = storage.get_store()
+        store = backends.get_backend()
         while time.monotonic() < deadline and store.count_tasks(status="done") < 4:
             time.sleep(0.1)
         proc.send_signal(signal.SIGTERM)
@@ -56,4 +56,4 @@ def test_daemon_fires_schedule_every_second(tmp_path, monkeypatch):
     assert all(abs(g - 1.0) < 0.01 for g in gaps), gaps
     events = [json.loads(line)["event"] for line in open(log)]
     assert events.count("schedule.fired") >= 4
-    storage.forget_stores()
+    backends.forget_backends()

@@ -14,7 +14,7 @@ from collections import Counter
 import psutil
 import pytest
 
-from liteq import storage
+from liteq import backends
 
 from daemon_helpers import (app, cpu_seconds, daemons, is_gone, read_lines,  # noqa: F401
                             status, wait_all, wait_for, wait_gone, wait_status)
@@ -247,7 +247,7 @@ def test_hup_under_steady_load_runs_every_task_exactly_once(daemons, app):
         except Exception as exc:  # reported by the main thread
             errors.append(exc)
         finally:
-            storage.forget_stores()
+            backends.forget_backends()
 
     producer = threading.Thread(target=produce, daemon=True)
     producer.start()
@@ -336,7 +336,7 @@ def test_poison_tasks_fail_after_retries_and_the_daemon_keeps_serving(daemons, a
         tid = app.add.delay(meanwhile, 1)
         st = wait_status(tid, timeout=15, daemons=daemons)
         assert st["status"] == "done" and st["result"] == meanwhile + 1, st
-        rows = {r["id"]: r for r in storage.get_store().get_tasks([seg, ex1])}
+        rows = {r["id"]: r for r in backends.get_backend().get_tasks([seg, ex1])}
         if all(r["status"] in ("done", "failed") for r in rows.values()):
             break
         meanwhile += 1  # served while a poison task was still crashing children
@@ -363,7 +363,7 @@ def test_poison_tasks_fail_after_retries_and_the_daemon_keeps_serving(daemons, a
 # ---- pid reuse ---------------------------------------------------------------------------
 
 def test_worker_row_with_a_reused_pid_is_dead_and_its_task_is_reclaimed(daemons, app):
-    store = storage.get_store()
+    store = backends.get_backend()
     host = socket.gethostname()
     # Two live, unrelated processes. "ghost" claims the first one's pid with a wrong
     # start time (the pid was reused); "alive" names the second one correctly.
@@ -394,7 +394,7 @@ def test_worker_row_with_a_reused_pid_is_dead_and_its_task_is_reclaimed(daemons,
 
 
 def test_task_of_a_remote_worker_with_a_stale_heartbeat_is_reclaimed(daemons, app):
-    store = storage.get_store()
+    store = backends.get_backend()
     # A worker on another machine: its pid means nothing here, only its heartbeat counts.
     store.heartbeat("far-away", "some-other-host", "default", 1, os.getpid(), 1.0)
     log = daemons.path("executions.txt")

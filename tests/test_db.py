@@ -11,10 +11,11 @@ from datetime import datetime
 import pytest
 
 import liteq
-from liteq import storage
+from liteq.backends.sqlite.schema import SCHEMA_VERSION
+from liteq import backends
 from liteq.db import get_conn, init_db
 
-from daemon_helpers import count_tasks
+from daemon_helpers import put_task, count_tasks
 
 FORK = multiprocessing.get_context("fork")
 
@@ -124,7 +125,7 @@ def test_init_db_is_idempotent_and_keeps_data(db_path, clean_registry):
     try:
         schema3 = conn.execute("SELECT type, name, sql FROM sqlite_master ORDER BY name").fetchall()
         assert [tuple(r) for r in schema3] == [tuple(r) for r in schema1]
-        assert conn.execute("PRAGMA user_version").fetchone()[0] == storage.SCHEMA_VERSION
+        assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
     finally:
         conn.close()
     assert liteq.get_task_status(tid)["args"] == ["kept"]
@@ -152,8 +153,8 @@ def test_wal_mode_and_user_version(db_path):
     conn = get_conn()
     try:
         assert conn.execute("PRAGMA journal_mode").fetchone()[0].lower() == "wal"
-        assert conn.execute("PRAGMA user_version").fetchone()[0] == storage.SCHEMA_VERSION
-        assert storage.SCHEMA_VERSION >= 1
+        assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
+        assert SCHEMA_VERSION >= 1
         # A busy timeout is set (LITEQ_BUSY_TIMEOUT default 10 s).
         assert conn.execute("PRAGMA busy_timeout").fetchone()[0] >= 1000
     finally:
@@ -175,7 +176,7 @@ def test_liteq_sync_sets_synchronous(db_path, monkeypatch, value, expected):
 
 def test_liteq_sync_applies_to_store_connections(db_path, monkeypatch):
     monkeypatch.setenv("LITEQ_SYNC", "full")
-    store = storage.Store(db_path)
+    store = backends.open_backend(db_path)
     try:
         assert store._conn.execute("PRAGMA synchronous").fetchone()[0] == 2
     finally:
@@ -187,7 +188,7 @@ def test_liteq_sync_bogus_is_a_config_error(db_path, monkeypatch, clean_registry
     with pytest.raises(liteq.ConfigError, match="LITEQ_SYNC"):
         get_conn()
     t = _define_task()
-    storage.forget_stores()
+    backends.forget_backends()
     with pytest.raises(liteq.ConfigError, match="LITEQ_SYNC"):
         t.delay(1)
 
@@ -270,7 +271,7 @@ def test_seed_database_is_migrated_in_place(db_path):
 
     conn = _raw(db_path)
     try:
-        assert conn.execute("PRAGMA user_version").fetchone()[0] == storage.SCHEMA_VERSION
+        assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
         rows = {r["id"]: dict(r) for r in conn.execute("SELECT * FROM tasks")}
         types = conn.execute(
             "SELECT DISTINCT typeof(run_at), typeof(created_at) FROM tasks").fetchall()
@@ -330,7 +331,7 @@ def test_seed_database_is_migrated_in_place(db_path):
 
 def test_migrated_pending_task_comes_due_and_ids_continue(db_path, clean_registry):
     _make_seed_db(db_path)
-    store = storage.Store(db_path)
+    store = backends.open_backend(db_path)
     try:
         claimed = store.claim("w-new", ["emails"], 10)
         assert [r["id"] for r in claimed] == [7]  # text times compare correctly now
@@ -355,11 +356,11 @@ def test_migrated_pending_task_comes_due_and_ids_continue(db_path, clean_registr
 def test_newer_schema_version_is_refused(db_path):
     init_db()
     raw = sqlite3.connect(db_path)
-    raw.execute(f"PRAGMA user_version = {storage.SCHEMA_VERSION + 1}")
+    raw.execute(f"PRAGMA user_version = {SCHEMA_VERSION + 1}")
     raw.commit()
     raw.close()
     with pytest.raises(liteq.DatabaseError, match="newer"):
-        storage.Store(db_path)
+        backends.open_backend(db_path)
 
 
 # ---- bad database inputs ------------------------------------------------------
@@ -385,7 +386,9 @@ def test_file_that_is_not_a_database(db_path, clean_registry):
     t = _define_task()
     with pytest.raises(liteq.DatabaseError) as info:
         t.delay(1)
-    assert isinstance(info.value, sqlite3.DatabaseError)  # the seed's callers catch this
+    # LiteQ's own error, never the driver's; the driver's is kept as the cause.
+    assert not isinstance(info.value, sqlite3.Error)
+    assert isinstance(info.value.__cause__, sqlite3.DatabaseError)
     msg = str(info.value)
     assert db_path in msg
     assert "not a" in msg and "SQLite database" in msg
@@ -411,7 +414,7 @@ def _readonly_child(path, conn_out):
         os.setgroups([])
         os.setgid(65534)
         os.setuid(65534)
-        storage.forget_stores()
+        backends.forget_backends()
         os.environ["LITEQ_DB"] = path
 
         @liteq.task(name="ro_probe")
@@ -433,7 +436,7 @@ def _readonly_child(path, conn_out):
 def test_read_only_database(db_path, clean_registry):
     init_db()
     _define_task().delay("existing")
-    storage.forget_stores()  # closes the last connection: -wal/-shm go away
+    backends.forget_backends()  # closes the last connection: -wal/-shm go away
     base = os.path.dirname(db_path)
     sub = os.path.join(base, "ro")
     os.mkdir(sub)
@@ -449,7 +452,7 @@ def test_read_only_database(db_path, clean_registry):
     if not as_root:
         # chmod alone makes the database read-only for us.
         with pytest.raises(liteq.DatabaseError, match="read-only|permission"):
-            storage.Store(path).enqueue("x", "{}")
+            put_task(backends.open_backend(path), "x", "{}")
         return
     # As root chmod does not stop writes: hand the files to 'nobody' and drop to it.
     os.chmod(base, 0o755)
@@ -493,7 +496,7 @@ def _hold_write_lock(path, ready, release, hold_s):
 def test_locked_database_raises_database_locked(db_path, monkeypatch, clean_registry):
     t = _define_task()
     t.delay("before")
-    storage.forget_stores()
+    backends.forget_backends()
     monkeypatch.setenv("LITEQ_BUSY_TIMEOUT", "0.5")
     rows_before = count_tasks(db_path)
     ready, release = FORK.Event(), FORK.Event()
@@ -532,7 +535,7 @@ def test_locked_database_raises_database_locked(db_path, monkeypatch, clean_regi
 
 def _open_and_enqueue(path, start, n, out):
     try:
-        storage.forget_stores()
+        backends.forget_backends()
         os.environ["LITEQ_DB"] = path
 
         @liteq.task(name="first_open")
@@ -593,7 +596,7 @@ def test_processes_opening_a_seed_database_at_once_migrate_it_once(db_path):
     assert [kind for kind, _ in results] == ["ok"] * 4, results
     conn = _raw(db_path)
     try:
-        assert conn.execute("PRAGMA user_version").fetchone()[0] == storage.SCHEMA_VERSION
+        assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
         names = dict(conn.execute("SELECT id, name FROM tasks WHERE id IN (7, 42, 43)").fetchall())
         assert conn.execute("SELECT COUNT(*) FROM schedules").fetchone()[0] == 3
     finally:

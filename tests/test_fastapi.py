@@ -11,7 +11,7 @@ import pytest
 from fastapi import Depends, FastAPI
 from fastapi.testclient import TestClient
 
-from liteq import get_task_status, storage, task
+from liteq import get_task_status, backends, task
 from liteq.fastapi import (LiteQBackgroundTasks, TaskEnqueuer, create_task_router,
                            enqueue_task, task_router)
 
@@ -52,7 +52,7 @@ def seed_app(send_email):
 
 
 def row(task_id):
-    return storage.get_store().get_task(task_id)
+    return backends.get_backend().get_task(task_id)
 
 
 def test_the_seed_example_three_ways(seed_app):
@@ -190,7 +190,7 @@ def test_a_function_that_is_not_a_task_is_a_type_error(send_email):
 
     with pytest.raises(TypeError, match="not a LiteQ task"):
         TestClient(app).post("/oops")
-    assert storage.get_store().count_tasks() == 0
+    assert backends.get_backend().count_tasks() == 0
 
 
 def test_import_liteq_loads_no_web_stack(db_path):

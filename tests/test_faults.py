@@ -21,7 +21,7 @@ import time
 import psutil
 import pytest
 
-from liteq import control, storage
+from liteq import control, backends
 
 from daemon_helpers import (APPS, PYTHON as PY, cpu_seconds, db_rows, is_gone, read_lines,
                             status_counts, wait_for, wait_gone, wait_statuses)
@@ -219,7 +219,7 @@ def test_05_sigkill_supervisor_mid_run_then_restart_finishes_every_task(lab, app
 # ---- 6. pid reuse -------------------------------------------------------------------------
 
 def test_06_worker_row_whose_pid_now_belongs_to_another_process_is_dead(lab, app):
-    store = storage.get_store()
+    store = backends.get_backend()
     stranger = psutil.Process(lab.popen(["sleep", "60"]).pid)
     # A worker row with a fresh heartbeat whose pid is now this unrelated process:
     # only the start time (an hour off) tells that it is not the same process.

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from liteq import storage
+from liteq import backends
 
 README = Path(__file__).resolve().parent.parent / "README.md"
 BLOCK = re.compile(r"<!-- readme-test: (?P<mode>[\w-]+)(?: (?P<arg>\S+))? -->\n"
@@ -41,7 +41,7 @@ def test_readme_blocks_run(tmp_path, monkeypatch):
                LITEQ_SOCKET=str(tmp_path / "ctl.sock"), PYTHONPATH=str(tmp_path))
     monkeypatch.setenv("LITEQ_DB", env["LITEQ_DB"])
     monkeypatch.setenv("LITEQ_SOCKET", env["LITEQ_SOCKET"])
-    storage.forget_stores()
+    backends.forget_backends()
     for n, (mode, arg, code) in enumerate(blocks()):
         if mode == "file":
             (tmp_path / arg).write_text(code)
@@ -76,4 +76,4 @@ def test_readme_blocks_run(tmp_path, monkeypatch):
             pytest.fail(f"unknown readme-test mode {mode!r}")
         assert proc.returncode == 0, f"README block {n} ({mode}) failed:\n{code}\n" \
                                      f"--- stdout\n{proc.stdout}\n--- stderr\n{proc.stderr}"
-    storage.forget_stores()
+    backends.forget_backends()

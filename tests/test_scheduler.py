@@ -18,7 +18,7 @@ from zoneinfo import ZoneInfo
 import pytest
 from croniter import croniter
 
-from liteq import core, register_schedule as top_level_register, storage, task
+from liteq import core, register_schedule as top_level_register, backends, task
 from liteq import scheduler
 from liteq.app_loader import load_app
 from liteq.errors import ConfigError
@@ -40,11 +40,11 @@ def sched_db(tmp_path, monkeypatch):
         monkeypatch.delenv(name, raising=False)
     saved = dict(core.TASK_REGISTRY)
     scheduler._registered.clear()
-    storage.forget_stores()
+    backends.forget_backends()
     try:
         yield db
     finally:
-        storage.forget_stores()
+        backends.forget_backends()
         scheduler._registered.clear()
         core.TASK_REGISTRY.clear()
         core.TASK_REGISTRY.update(saved)
@@ -59,14 +59,14 @@ def _env(**extra):
 
 def _set_next_run(name, value):
     """Move a schedule's next_run through the storage compare-and-set (no SQL here)."""
-    store = storage.get_store()
+    store = backends.get_backend()
     row = store.get_schedule(name)
     assert store.fire_schedule(row["id"], row["next_run"], value, []) == []
 
 
 def _drive(name, start_ts, count):
     """Fire `name` `count` times from start_ts; returns the successive next_run values."""
-    store = storage.get_store()
+    store = backends.get_backend()
     _set_next_run(name, start_ts)
     out = []
     at = start_ts
@@ -78,7 +78,7 @@ def _drive(name, start_ts, count):
 
 
 def _tasks(name):
-    return storage.get_store().find_tasks(name=name, limit=100000)
+    return backends.get_backend().find_tasks(name=name, limit=100000)
 
 
 # ---- exactly once across processes -------------------------------------------
@@ -107,7 +107,7 @@ def test_three_schedulers_fire_each_occurrence_exactly_once(sched_db):
 
     # croniter's optional seconds field is the 6th: every second.
     register_schedule(tick, "* * * * * */1", catchup="all")
-    first = storage.get_store().get_schedule("tick")["next_run"]
+    first = backends.get_backend().get_schedule("tick")["next_run"]
     ctx = multiprocessing.get_context("fork")
     deadline = time.time() + 4.5
     last = [ctx.Value("d", 0.0) for _ in range(3)]
@@ -178,12 +178,12 @@ def test_every_two_hours_is_not_hourly_and_weekday_is_honoured(sched_db):
 
 def test_zone_is_used_and_defaults_to_local(sched_db, monkeypatch):
     register_schedule("some.task", "0 9 * * *", name="ny", tz="America/New_York")
-    row = storage.get_store().get_schedule("ny")
+    row = backends.get_backend().get_schedule("ny")
     assert datetime.fromtimestamp(row["next_run"], ZoneInfo("America/New_York")).hour == 9
 
     monkeypatch.setenv("TZ", "Asia/Tokyo")
     register_schedule("some.task", "0 2 * * *", name="local")
-    row = storage.get_store().get_schedule("local")
+    row = backends.get_backend().get_schedule("local")
     assert row["tz"] is None
     local = datetime.fromtimestamp(row["next_run"], ZoneInfo("Asia/Tokyo"))
     assert (local.hour, local.minute) == (2, 0)
@@ -224,7 +224,7 @@ def test_dst_hourly_fires_every_real_hour(sched_db, start):
 
 def test_downtime_coalesces_missed_runs_into_one(sched_db):
     register_schedule("some.task", "*/5 * * * *", name="c", tz="UTC")
-    store = storage.get_store()
+    store = backends.get_backend()
     upcoming = store.get_schedule("c")["next_run"]
     _set_next_run("c", upcoming - 7 * 300)  # seven occurrences missed
     ids = fire_due(at=upcoming - 1)
@@ -236,7 +236,7 @@ def test_downtime_coalesces_missed_runs_into_one(sched_db):
 
 def test_downtime_catchup_all_enqueues_each_missed_run_capped(sched_db):
     register_schedule("some.task", "*/5 * * * *", name="a", tz="UTC", catchup="all")
-    store = storage.get_store()
+    store = backends.get_backend()
     upcoming = store.get_schedule("a")["next_run"]
     _set_next_run("a", upcoming - 7 * 300)
     ids = fire_due(at=upcoming - 1)
@@ -262,7 +262,7 @@ def test_register_is_idempotent_and_updates_in_place(sched_db):
     ids.add(top_level_register(report, "0 2 * * *", 1))  # the lazy liteq.register_schedule
     assert len(ids) == 1
     assert len(list_schedules()) == 1
-    store = storage.get_store()
+    store = backends.get_backend()
     _set_next_run("report", 1234.0)
 
     with pytest.warns(RuntimeWarning, match="name="):
@@ -352,12 +352,11 @@ def test_fired_task_uses_task_settings_unless_overridden(sched_db):
     register_schedule(send, "*/5 * * * *", "b@x", name="urgent", queue="fast",
                       priority=9, max_retries=0, tz="UTC")
     register_schedule("not.here", "*/5 * * * *", name="ghost", tz="UTC")
-    at = storage.get_store().get_schedule("send")["next_run"]
-    assert len(fire_due(at=at)) == 3
-    store = storage.get_store()
-    claimed = {r["queue"]: r for r in store.claim("w", ["mail", "fast", "default"], 10,
-                                                  at=at + 1)}
-    mail, fast, ghost = claimed["mail"], claimed["fast"], claimed["default"]
+    at = backends.get_backend().get_schedule("send")["next_run"]
+    ids = fire_due(at=at)
+    assert len(ids) == 3
+    rows = {r["queue"]: r for r in backends.get_backend().get_tasks(ids)}
+    mail, fast, ghost = rows["mail"], rows["fast"], rows["default"]
     assert (mail["priority"], mail["max_retries"], mail["timeout"], mail["retry_delay"]) == (
         4, 6, 9, 2.5)
     assert (fast["priority"], fast["max_retries"], fast["timeout"]) == (9, 0, 9)
@@ -371,11 +370,12 @@ def test_schedule_whose_task_raises_keeps_firing(sched_db):
     def flaky():
         raise RuntimeError("boom")
 
-    register_schedule(flaky, "*/5 * * * *", tz="UTC")
-    store = storage.get_store()
+    register_schedule(flaky, "* * * * * *", tz="UTC")  # every second
+    store = backends.get_backend()
     first = store.get_schedule("flaky")["next_run"]
     [tid] = fire_due(at=first)
-    [claimed] = store.claim("w1", ["default"], 1, at=first + 1)
+    time.sleep(max(0.0, first - time.time()) + 0.01)  # until its run comes due
+    [claimed] = store.claim("w1", ["default"], 1)
     try:
         core.TASK_REGISTRY[claimed["name"]].fn()
     except RuntimeError as exc:
@@ -391,7 +391,7 @@ def test_schedule_whose_task_raises_keeps_firing(sched_db):
 def test_corrupt_schedule_row_is_parked_not_retried(sched_db, capsys):
     # A row whose expression this croniter rejects (say, written by another
     # version) must not crash or spin a scheduler.
-    store = storage.get_store()
+    store = backends.get_backend()
     store.upsert_schedule("broken", "x", "61 * * * *", '{"args":[],"kwargs":{}}', None,
                           None, None, None, "coalesce", True, 100.0)
     register_schedule("some.task", "*/5 * * * *", name="fine", tz="UTC")
@@ -407,7 +407,7 @@ def test_corrupt_schedule_row_is_parked_not_retried(sched_db, capsys):
 def test_enable_disable_by_name_and_id(sched_db):
     register_schedule("some.task", "*/5 * * * *", name="one", tz="UTC")
     sid = register_schedule("some.task", "0 * * * *", name="two", tz="UTC")
-    store = storage.get_store()
+    store = backends.get_backend()
     _set_next_run("one", 1000.0)  # disabled below for ages: long overdue
 
     assert disable_schedule("one") is True
@@ -430,7 +430,7 @@ def test_an_operators_disable_survives_re_registration_at_import(sched_db):
     register_schedule("some.task", "*/5 * * * *", name="nightly", tz="UTC")
     assert disable_schedule("nightly") is True
     register_schedule("some.task", "*/5 * * * *", name="nightly", tz="UTC")
-    store = storage.get_store()
+    store = backends.get_backend()
     assert store.get_schedule("nightly")["enabled"] == 0
     assert fire_due(at=time.time() + 3600) == []
     # A new schedule starts enabled; explicit enabled=True/False still decide.
@@ -452,7 +452,7 @@ def test_remove_schedule_deletes_the_row_and_leaves_its_tasks(sched_db):
     assert remove_schedule("gone") is True
     assert [s["name"] for s in list_schedules()] == []
     assert fire_due(at=time.time() + 60) == []
-    assert storage.get_store().get_task(fired[0]) is not None  # its task stays
+    assert backends.get_backend().get_task(fired[0]) is not None  # its task stays
     assert remove_schedule("gone") is False and remove_schedule(12345) is False
 
 

@@ -13,7 +13,7 @@ from datetime import datetime, timedelta, timezone
 import pytest
 
 import liteq
-from liteq import storage
+from liteq import backends
 from liteq.core import TASK_REGISTRY, Task, task
 
 from daemon_helpers import count_tasks
@@ -205,7 +205,7 @@ def test_unknown_task_id_is_none(echo):
 
 def test_result_is_decoded(db_path, echo):
     tid = echo.delay(1)
-    store = storage.get_store()
+    store = backends.get_backend()
     [claimed] = store.claim("w", ["default"], 1)
     t = time.time()
     assert store.record_outcomes("w", done=[(tid, json.dumps({"sum": [1, 2]}), t, t)]) == 1
@@ -363,7 +363,7 @@ def test_map_enqueues_in_order_with_consecutive_ids(db_path, echo):
     ids = echo.map(items)
     assert ids == list(range(ids[0], ids[0] + 200))
     assert ids[0] == first + 1
-    store = storage.get_store()
+    store = backends.get_backend()
     rows = {r["id"]: r for r in store.get_tasks(ids)}
     assert len(rows) == 200
     for tid, item in zip(ids, items):
@@ -407,7 +407,7 @@ def test_bulk_with_a_bad_item_in_the_middle_writes_nothing(db_path, echo):
 
 
 def _starmap_producer(worker, batches, size, out_path, start):
-    storage.forget_stores()
+    backends.forget_backends()
 
     @task(name="bulk_race")
     def bulk_race(*args):
@@ -424,7 +424,7 @@ def _starmap_producer(worker, batches, size, out_path, start):
 
 def test_bulk_ids_are_right_when_producers_race(db_path, clean_registry):
     """The ids starmap returns are the rows it wrote, even with other producers writing."""
-    storage.Store(db_path).close()  # create the schema up front
+    backends.open_backend(db_path).close()  # create the schema up front
     procs, outs = [], []
     start = FORK.Event()
     base = os.path.dirname(db_path)
@@ -444,7 +444,7 @@ def test_bulk_ids_are_right_when_producers_race(db_path, clean_registry):
             if p.is_alive():
                 p.kill()
                 p.join(5)
-    store = storage.Store(db_path)
+    store = backends.open_backend(db_path)
     try:
         for w, out in enumerate(outs):
             with open(out) as f:
@@ -464,7 +464,7 @@ def test_bulk_ids_are_right_when_producers_race(db_path, clean_registry):
 
 def _finish_later(path, task_id, delay, result):
     time.sleep(delay)
-    store = storage.Store(path)
+    store = backends.open_backend(path)
     try:
         claimed = store.claim("finisher", ["default"], 10)
         assert [r["id"] for r in claimed] == [task_id]
@@ -498,7 +498,7 @@ def test_wait_for_task_returns_when_done(db_path, echo):
 
 def test_wait_for_task_sees_another_process_finish(db_path, echo):
     tid = echo.delay(5)
-    storage.forget_stores()
+    backends.forget_backends()
     proc = FORK.Process(target=_finish_later, args=(db_path, tid, 0.3, [1, 2]))
     proc.start()
     try:
@@ -534,7 +534,7 @@ def test_wait_for_cancelled_and_failed_tasks_returns(db_path, echo):
     assert liteq.cancel_task(tid)
     assert liteq.wait_for_task(tid, timeout=2)["status"] == "cancelled"
     tid2 = echo.delay(2)
-    store = storage.get_store()
+    store = backends.get_backend()
     store.claim("w", ["default"], 1)
     t = time.time()
     store.record_outcomes("w", failed=[(tid2, "ValueError: bad\nTraceback ...", t, t)])
@@ -547,7 +547,7 @@ def test_wait_for_cancelled_and_failed_tasks_returns(db_path, echo):
 
 def test_cancel_retry_purge(db_path, echo):
     f, r, p = echo.delay("f"), echo.delay("r"), echo.delay("p")
-    store = storage.get_store()
+    store = backends.get_backend()
     assert [row["id"] for row in store.claim("w", ["default"], 2)] == [f, r]
     t = time.time()
     assert store.record_outcomes("w", failed=[(f, "boom", t, t)]) == 1

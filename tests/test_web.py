@@ -13,10 +13,11 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 from starlette.testclient import TestClient
 
-from liteq import control, register_schedule, storage, task
+from liteq import control, register_schedule, backends, task
 from liteq.launcher import start_daemon
 from liteq.web import create_app
 from liteq.web.security import CSRF_COOKIE, LOOPBACK_NAMES
+from daemon_helpers import put_task
 
 ERROR_TEXT = "ValueError: boom\nTraceback (most recent call last):\n  File \"app.py\", line 3\n"
 
@@ -25,13 +26,13 @@ ERROR_TEXT = "ValueError: boom\nTraceback (most recent call last):\n  File \"app
 def tasks(db_path):
     """Known content: emails 2 done, 1 failed, 1 pending; reports 1 running,
     1 pending, 1 cancelled; a heartbeat row for worker w1. Returns the ids."""
-    store = storage.get_store()
+    store = backends.get_backend()
     ids = {}
-    ids["e_done1"] = store.enqueue("send_email", '{"args":["a@x.org","Hi"],"kwargs":{}}',
+    ids["e_done1"] = put_task(store, "send_email", '{"args":["a@x.org","Hi"],"kwargs":{}}',
                                    queue="emails")
-    ids["e_done2"] = store.enqueue("send_email", '{"args":["b@x.org","Hi"],"kwargs":{}}',
+    ids["e_done2"] = put_task(store, "send_email", '{"args":["b@x.org","Hi"],"kwargs":{}}',
                                    queue="emails")
-    ids["e_failed"] = store.enqueue("send_email", '{"args":["c@x.org"],"kwargs":{"s":1}}',
+    ids["e_failed"] = put_task(store, "send_email", '{"args":["c@x.org"],"kwargs":{"s":1}}',
                                     queue="emails", max_retries=0)
     claimed = store.claim("w1", ["emails"], 3)
     assert len(claimed) == 3
@@ -39,13 +40,13 @@ def tasks(db_path):
     store.record_outcomes("w1", done=[(ids["e_done1"], '{"sent": true}', t - 2, t - 1),
                                       (ids["e_done2"], '"ok"', t - 2, t - 1)],
                           failed=[(ids["e_failed"], ERROR_TEXT, t - 2, t - 1)])
-    ids["e_pending"] = store.enqueue("send_email", '{"args":["d@x.org"],"kwargs":{}}',
+    ids["e_pending"] = put_task(store, "send_email", '{"args":["d@x.org"],"kwargs":{}}',
                                      queue="emails")
-    ids["r_running"] = store.enqueue("make_report", '{"args":[1],"kwargs":{}}', queue="reports")
+    ids["r_running"] = put_task(store, "make_report", '{"args":[1],"kwargs":{}}', queue="reports")
     assert [r["id"] for r in store.claim("w1", ["reports"], 1)] == [ids["r_running"]]
-    ids["r_pending"] = store.enqueue("make_report", '{"args":[2],"kwargs":{}}', queue="reports",
+    ids["r_pending"] = put_task(store, "make_report", '{"args":[2],"kwargs":{}}', queue="reports",
                                      priority=5)
-    ids["r_cancelled"] = store.enqueue("make_report", '{"args":[3],"kwargs":{}}',
+    ids["r_cancelled"] = put_task(store, "make_report", '{"args":[3],"kwargs":{}}',
                                        queue="reports")
     assert store.cancel(ids["r_cancelled"])
     store.heartbeat("w1", "testhost", "emails,reports", 2, os.getpid(), time.time())
@@ -69,7 +70,7 @@ def csrf_of(c, page="/"):
 
 
 def status_of(task_id):
-    return storage.get_store().get_task(task_id)["status"]
+    return backends.get_backend().get_task(task_id)["status"]
 
 
 # ---- pages ------------------------------------------------------------------------
@@ -196,7 +197,7 @@ def test_retry_with_the_csrf_token_makes_a_failed_task_pending(tasks):
         assert resp.status_code == 303
         assert resp.headers["location"] == "/failed"
         assert status_of(tasks["e_failed"]) == "pending"
-        assert storage.get_store().get_task(tasks["e_failed"])["attempts"] == 0
+        assert backends.get_backend().get_task(tasks["e_failed"])["attempts"] == 0
         page = c.get("/failed")
         assert f"Task #{tasks['e_failed']} (send_email) is pending again." in page.text
         assert "is pending again" not in c.get("/failed").text  # the flash shows once
@@ -247,8 +248,8 @@ def test_cancel_a_pending_task(tasks):
 
 
 def test_retry_all_matching_the_filter(tasks):
-    store = storage.get_store()
-    other = store.enqueue("make_report", '{"args":[9],"kwargs":{}}', queue="reports")
+    store = backends.get_backend()
+    other = put_task(store, "make_report", '{"args":[9],"kwargs":{}}', queue="reports")
     store.claim("w2", ["reports"], 5)  # claims the pending reports tasks too
     store.record_outcomes("w2", failed=[(other, "RuntimeError: x", 1.0, 2.0)])
     with client() as c:

@@ -13,7 +13,7 @@ import time
 
 import pytest
 
-from liteq import storage, task
+from liteq import backends, task
 
 CHROMIUM = "/usr/bin/chromium"
 ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
@@ -71,7 +71,7 @@ def _seed(clean_registry):
     def send_email(to, subject):
         return to
 
-    store = storage.get_store()
+    store = backends.get_backend()
     failed_id = send_email.delay("broken@example.com", "Hi")
     done_ids = [send_email.delay(f"user{i}@example.com", "Hi") for i in range(6)]
     store.claim("w1", ["emails"], 10)
@@ -119,7 +119,7 @@ def test_the_panel_in_chromium(panel_url, browser, clean_registry, tmp_path):
     assert "Connection refused" in row.inner_text()
     with page.expect_navigation():
         row.locator("button[data-action=retry]").click()
-    assert storage.get_store().get_task(failed_id)["status"] == "pending"
+    assert backends.get_backend().get_task(failed_id)["status"] == "pending"
     assert "is pending again" in page.inner_text(".flash")
     assert page.locator(f"#task-{failed_id}").count() == 0
 

@@ -28,6 +28,7 @@ from starlette.staticfiles import StaticFiles
 from starlette.templating import Jinja2Templates
 
 from .. import control, settings
+from ..backends import identity_of
 from ..errors import DatabaseError
 from ..metrics import LiteQCollector, render as render_metrics
 from ..status import task_row_to_dict
@@ -68,6 +69,7 @@ class Panel:
 
     def __init__(self, db, security, refresh):
         self.db = db
+        self.identity = identity_of(db)  # shown on pages: never a password
         self.security = security
         self.refresh_ms = int(refresh * 1000)
         self.store = views.PanelStore(db)
@@ -98,7 +100,7 @@ class Panel:
             flash = {"kind": kind if kind in ("ok", "error") else "ok", "text": text}
         ctx = {"nav_items": NAV, "nav": None, "csrf_field": CSRF_FIELD,
                "csrf_token": request.state.csrf_token, "flash": flash,
-               "token_set": self.security.token is not None, "db": self.db,
+               "token_set": self.security.token is not None, "db": self.identity,
                "refresh_ms": self.refresh_ms, "failed_total": None, "now": now(),
                "here": request.url.path + (f"?{request.url.query}" if request.url.query else "")}
         ctx.update(context)
@@ -357,7 +359,7 @@ def create_app(db=None, *, token=None, allowed_hosts=None, public_metrics=False,
     passes the loopback names when it listens on a loopback address.
     refresh: seconds between the pages' background refreshes.
     """
-    db = os.path.abspath(db or settings.db_path())
+    db = db or settings.db_path()
     security = Security(token=token, allowed_hosts=allowed_hosts,
                         public_metrics=public_metrics)
     panel = Panel(db, security, refresh)

@@ -5,6 +5,8 @@ import os
 import sys
 
 from .. import settings
+from ..backends import identity_of
+from ..errors import ConfigError
 
 TOKEN_ENV = "LITEQ_MONITOR_TOKEN"
 
@@ -50,9 +52,12 @@ def main(argv=None) -> int:
     if args.refresh < 0.5:
         print("liteq monitor: --refresh must be at least 0.5 s", file=sys.stderr)
         return 2
-    db = os.path.abspath(args.db or settings.db_path())
-    if not os.path.exists(db):
-        print(f"note: {db} does not exist yet; it will be created empty", file=sys.stderr)
+    db = args.db or settings.db_path()
+    try:
+        shown_db = identity_of(db)
+    except ConfigError as exc:
+        print(f"liteq monitor: {exc}", file=sys.stderr)
+        return 2
     loopback = is_loopback(args.host)
     if not loopback and not args.token:
         print(f"WARNING: the panel listens on {args.host} without --token: anyone who can "
@@ -62,7 +67,7 @@ def main(argv=None) -> int:
     app = create_app(db, token=args.token, allowed_hosts=allowed,
                      public_metrics=args.public_metrics, refresh=args.refresh)
     shown = f"[{args.host}]" if ":" in args.host else args.host
-    print(f"LiteQ monitor on http://{shown}:{args.port}/ (database {db}"
+    print(f"LiteQ monitor on http://{shown}:{args.port}/ (database {shown_db}"
           f"{', token required' if args.token else ''}); Ctrl+C stops it", file=sys.stderr)
     uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level)
     return 0

@@ -1,6 +1,6 @@
 """What the panel's pages show, gathered from the database and the daemon.
 
-Plain functions of a Store (no HTTP here), so the pages, the JSON API and the
+Plain functions of a backend (no HTTP here), so the pages, the JSON API and the
 tests read the same data. Filters from a query string are validated by
 parse_filters(), which raises BadRequest with a message for the user.
 """
@@ -9,10 +9,9 @@ import json
 import math
 import threading
 
-from .. import storage
 from ..scheduler import list_schedules
 from ..serialization import decode_payload, decode_result
-from ..storage import TASK_STATUSES
+from ..backends import TASK_STATUSES, open_backend
 from ..timeutil import now
 
 CHART_MINUTES = 30
@@ -27,11 +26,11 @@ class BadRequest(ValueError):
 
 
 class PanelStore:
-    """One Store for the whole panel, used by one thread at a time.
+    """One open backend for the whole panel, used by one thread at a time.
 
     Request handlers run in a thread pool; a lock around a single connection is
     simpler than a connection per pool thread, and each call is a few indexed
-    queries. The Store is opened on first use and closed with close().
+    queries. The backend is opened on first use and closed with close().
     """
 
     def __init__(self, db):
@@ -43,7 +42,7 @@ class PanelStore:
         """Call fn(store, *args, **kwargs) while holding the lock."""
         with self._lock:
             if self._store is None:
-                self._store = storage.Store(self.db)
+                self._store = open_backend(self.db)
             return fn(self._store, *args, **kwargs)
 
     def close(self):

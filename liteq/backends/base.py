@@ -1,0 +1,259 @@
+"""The interface every queue backend implements (SQLite today; PostgreSQL next).
+
+A backend owns its SQL, its driver and its connections; nothing outside
+liteq/backends/ builds SQL or treats the database as a file. Callers speak to
+this interface: the library's producers (`.delay()`), the daemon (claim,
+outcomes, heartbeat, reclaim), the monitor (reads), operators (cancel, retry,
+purge) and the scheduler (schedules).
+
+Conventions every implementation keeps:
+- Times are epoch seconds (float). "Now", due times and heartbeat staleness are
+  judged by the database's clock where the database has one (PostgreSQL);
+  callers pass delays in seconds, never their own "now", where that matters.
+- Every state change is an UPDATE guarded by the state it expects (and the
+  worker that owns the row), so a late writer never overwrites a newer state.
+- Rows are returned as plain dicts whose keys are the column names below.
+- Driver errors surface as liteq.errors.DatabaseError (or a subclass), with the
+  driver's exception as __cause__.
+
+Task rows (dicts) carry: id, name, queue, status, priority, attempts,
+max_retries, worker_id, run_at, created_at, started_at, finished_at, result,
+error, payload, timeout, retry_delay, retry_backoff, retry_max_delay.
+"""
+
+import abc
+
+TASK_STATUSES = ("pending", "running", "done", "failed", "cancelled")
+
+
+class WakeChannel(abc.ABC):
+    """The daemon's end of the wake-up channel: a file descriptor for select().
+
+    When it is readable, drain() returns what producers said since the last call.
+    """
+
+    @abc.abstractmethod
+    def fileno(self) -> int:
+        """The descriptor to watch for reading."""
+
+    @abc.abstractmethod
+    def drain(self):
+        """Read everything pending; returns (due_now: bool, due_later: epoch s or None).
+
+        due_later is on this host's clock (time.time()), converted where the
+        producer's clock is another machine's.
+        """
+
+    @abc.abstractmethod
+    def close(self) -> None:
+        """Stop listening and release the descriptor (and any socket file)."""
+
+
+class Backend(abc.ABC):
+    """One queue database. Instances are not shared between threads or processes
+    unless the implementation says so; use liteq.backends.get_backend()."""
+
+    #: "sqlite" or "postgresql"
+    kind = None
+
+    #: A string that names the queue (an absolute file path, or a URL without its
+    #: password). Control sockets and caches are keyed on it.
+    identity = None
+
+    # ---- producers ---------------------------------------------------------
+
+    @abc.abstractmethod
+    def enqueue(self, task) -> int:
+        """Insert one pending task (a liteq.taskspec.NewTask), commit, wake the
+        daemons; returns its id."""
+
+    @abc.abstractmethod
+    def enqueue_many(self, tasks) -> list:
+        """Insert every call of a liteq.taskspec.NewTasks in one transaction with one
+        wake-up; returns the ids in order."""
+
+    @abc.abstractmethod
+    def notify(self, due=None) -> None:
+        """Tell the daemons a task is due at `due` (epoch s; None: now). Never raises,
+        never blocks; a hint only (daemons also poll)."""
+
+    # ---- the daemon ----------------------------------------------------------
+
+    @abc.abstractmethod
+    def batch(self):
+        """A context manager that runs the calls inside it in one transaction
+        (the daemon records a round of outcomes and claims in one commit)."""
+
+    @abc.abstractmethod
+    def claim(self, worker_id, queues, limit) -> list:
+        """Mark up to `limit` due pending tasks of `queues` running for `worker_id`.
+
+        Order: priority desc, due time, id. Each returned dict has id, name,
+        payload, queue, priority, run_at, attempts (counting this one),
+        max_retries, timeout, retry_delay, retry_backoff, retry_max_delay.
+        """
+
+    @abc.abstractmethod
+    def record_outcomes(self, worker_id, done=(), failed=(), retry=()) -> int:
+        """Record finished attempts in one transaction; returns how many rows changed.
+
+        done:   (task_id, result_json, started_at, finished_at)
+        failed: (task_id, error_text, started_at, finished_at)
+        retry:  (task_id, error_text, started_at, delay_s): pending again after delay_s
+        Each applies only while the row is still running for this worker.
+        """
+
+    @abc.abstractmethod
+    def release(self, worker_id, task_ids) -> int:
+        """Return claimed tasks that never started to pending, uncounting the attempt."""
+
+    @abc.abstractmethod
+    def next_due(self, queues):
+        """Seconds until the earliest pending task of `queues` is due (<= 0: due now),
+        or None when none is pending."""
+
+    @abc.abstractmethod
+    def heartbeat(self, worker_id, hostname, queues, concurrency, pid, process_started,
+                  started_at=None) -> None:
+        """Insert or refresh this daemon's row in the workers table."""
+
+    @abc.abstractmethod
+    def remove_worker(self, worker_id) -> None:
+        """Delete a daemon's worker row (on a clean stop)."""
+
+    @abc.abstractmethod
+    def list_workers(self) -> list:
+        """Every worker row (worker_id, hostname, queues, concurrency,
+        last_heartbeat, pid, process_started, started_at), newest heartbeat first."""
+
+    @abc.abstractmethod
+    def reclaim(self, dead_worker_ids=(), stale_after=None, reason="worker died") -> list:
+        """Give back the running tasks of dead workers in one guarded statement.
+
+        Dead: named in dead_worker_ids, a heartbeat older than stale_after seconds
+        (by the database's clock), or no worker row at all. Tasks with attempts
+        left go back to pending, the rest fail with `reason`. Dead worker rows are
+        deleted. Returns [(task_id, new_status)].
+        """
+
+    @abc.abstractmethod
+    def open_wake_channel(self, control_socket) -> WakeChannel:
+        """Start listening for producers' wake-ups (the daemon calls this once).
+
+        control_socket is the daemon's control socket path; a backend whose
+        wake-ups travel over a socket file puts it beside that one.
+        """
+
+    # ---- monitor reads ---------------------------------------------------------
+
+    @abc.abstractmethod
+    def get_task(self, task_id):
+        """One task row, or None."""
+
+    @abc.abstractmethod
+    def get_tasks(self, task_ids) -> list:
+        """Rows for several ids (missing ids are skipped)."""
+
+    @abc.abstractmethod
+    def find_tasks(self, status=None, queue=None, name=None, limit=50, offset=0,
+                   order="id") -> list:
+        """Tasks matching the optional filters, newest first (order 'id' or 'finished')."""
+
+    @abc.abstractmethod
+    def count_tasks(self, status=None, queue=None, name=None) -> int:
+        """How many tasks match the optional filters."""
+
+    @abc.abstractmethod
+    def queue_stats(self) -> list:
+        """[{queue, status, count}] over all tasks."""
+
+    @abc.abstractmethod
+    def list_queues(self) -> list:
+        """Every queue name that has tasks or schedules, sorted."""
+
+    @abc.abstractmethod
+    def finish_window(self):
+        """(earliest started_at, latest finished_at) over done tasks: a drain's span."""
+
+    @abc.abstractmethod
+    def oldest_pending(self) -> list:
+        """[{queue, oldest_run_at}]: the earliest due time of pending tasks per queue."""
+
+    @abc.abstractmethod
+    def finished_buckets(self, since, bucket) -> list:
+        """[{slot, status, count}]: tasks finished since `since`, per `bucket` seconds."""
+
+    @abc.abstractmethod
+    def active_workers(self, window) -> list:
+        """Workers with a heartbeat in the last `window` seconds, each with
+        active_tasks (its running tasks)."""
+
+    # ---- operator actions --------------------------------------------------------
+
+    @abc.abstractmethod
+    def cancel(self, task_id) -> bool:
+        """Cancel a pending task; False when it is not pending."""
+
+    @abc.abstractmethod
+    def retry_failed(self, task_id=None, queue=None, name=None) -> int:
+        """Put failed tasks (or one failed or cancelled task, by id) back to pending
+        with their attempts reset; returns how many."""
+
+    @abc.abstractmethod
+    def purge(self, older_than, statuses=("done", "failed", "cancelled")) -> int:
+        """Delete finished tasks that finished over `older_than` seconds ago."""
+
+    # ---- schedules ---------------------------------------------------------------
+
+    @abc.abstractmethod
+    def upsert_schedule(self, name, task_name, cron_expr, payload, queue, priority,
+                        max_retries, tz, catchup, enabled, next_run) -> int:
+        """Create a schedule or update the one of that name; returns its id.
+
+        next_run is reset only when cron or tz change; enabled=None keeps an
+        existing row's state (a new row starts enabled).
+        """
+
+    @abc.abstractmethod
+    def list_schedules(self) -> list:
+        """Every schedule row, by name."""
+
+    @abc.abstractmethod
+    def get_schedule(self, name):
+        """One schedule row by name, or None."""
+
+    @abc.abstractmethod
+    def set_schedule_enabled(self, name_or_id, enabled, next_run=None) -> bool:
+        """Enable or disable a schedule by name or id; enabling may set a next_run."""
+
+    @abc.abstractmethod
+    def delete_schedule(self, schedule_id) -> bool:
+        """Delete a schedule by id; False when there was none."""
+
+    @abc.abstractmethod
+    def due_schedules(self, at) -> list:
+        """Enabled schedules whose next_run is at or before `at`."""
+
+    @abc.abstractmethod
+    def next_schedule_time(self):
+        """The earliest next_run of any enabled schedule, or None."""
+
+    @abc.abstractmethod
+    def park_schedule(self, schedule_id, expected_next_run) -> bool:
+        """Clear the next_run of a schedule whose next time cannot be computed,
+        guarded by compare-and-set on next_run."""
+
+    @abc.abstractmethod
+    def fire_schedule(self, schedule_id, expected_next_run, new_next_run, tasks):
+        """Move next_run from expected to new (compare-and-set) and insert `tasks`
+        (NewTask list), atomically. Returns the new ids, or None when another
+        scheduler fired this occurrence first."""
+
+    # ---- lifetime ----------------------------------------------------------------
+
+    @abc.abstractmethod
+    def close(self) -> None:
+        """Release the connections; the backend must not be used afterwards."""
+
+    def __repr__(self):
+        return f"<{type(self).__name__} {self.identity}>"

@@ -1,0 +1,72 @@
+"""The SQLite backend: one database file, WAL mode, one writer at a time.
+
+Wake-ups travel as datagrams to a socket beside the daemon's control socket
+(liteq.wakeup). The schema, its migrations (from the seed project's files too),
+the connection set-up and the SQL of each group of operations live in the
+modules of this package.
+"""
+
+import os
+
+from ... import wakeup
+from ..base import Backend
+from .connection import GuardedBatch, Transaction, guarded, open_connection
+from .reads import ReadOps
+from .schedules import ScheduleOps
+from .schema import ensure_schema
+from .tasks import TaskOps
+
+# The daemon's writes share the lock with producers; a short wait, retried by its
+# loop, never stalls supervision.
+DAEMON_BUSY_TIMEOUT = 0.25
+
+
+class SQLiteBackend(TaskOps, ReadOps, ScheduleOps, Backend):
+    """All queue operations on one SQLite database file."""
+
+    kind = "sqlite"
+
+    def __init__(self, path, daemon=False):
+        self.path = path
+        self.identity = os.path.abspath(path)
+        self.busy_timeout = DAEMON_BUSY_TIMEOUT if daemon else None
+        self._backlog = {}   # queues -> the last claim came back full
+        self._conn = None
+        self._conn = self._open()
+
+    @guarded
+    def _open(self):
+        conn = open_connection(self.path, busy_timeout=self.busy_timeout)
+        try:
+            ensure_schema(conn)
+        except BaseException:
+            conn.close()
+            raise
+        return conn
+
+    def close(self):
+        """Close the connection; the backend must not be used afterwards."""
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None
+
+    def _write(self):
+        return Transaction(self._conn)
+
+    def batch(self):
+        """Run several operations in one transaction: `with backend.batch(): ...`.
+
+        On an error everything in the batch is rolled back.
+        """
+        return GuardedBatch(self)
+
+    def notify(self, due=None):
+        """Send the daemon a wake-up datagram (skipped when none listens)."""
+        wakeup.wake(self.identity, due)
+
+    def open_wake_channel(self, control_socket):
+        """Bind the wake-up datagram socket beside the control socket."""
+        return wakeup.DatagramChannel(control_socket)
+
+
+__all__ = ["SQLiteBackend", "open_connection", "ensure_schema"]

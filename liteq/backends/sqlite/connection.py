@@ -1,0 +1,173 @@
+"""SQLite connections: LiteQ's pragmas, errors that name the file, transactions."""
+
+import functools
+import os
+import sqlite3
+import time
+
+from ... import settings
+from ...errors import DatabaseError, DatabaseLocked
+
+
+def explain(exc: sqlite3.Error, path: str, busy_timeout=None) -> DatabaseError:
+    """Turn a raw sqlite3 error into one that names the database and the problem.
+
+    busy_timeout is the one the connection really had (the daemon's is short);
+    None means it came from LITEQ_BUSY_TIMEOUT.
+    """
+    msg = str(exc)
+    low = msg.lower()
+    if "locked" in low or "busy" in low:
+        busy = (f"{settings.busy_timeout():g} s (LITEQ_BUSY_TIMEOUT)" if busy_timeout is None
+                else f"{busy_timeout:g} s")
+        return DatabaseLocked(
+            f"database {path} is locked by another writer; gave up after the busy timeout "
+            f"of {busy}")
+    if "unable to open" in low:
+        parent = os.path.dirname(os.path.abspath(path))
+        if not os.path.isdir(parent):
+            return DatabaseError(f"cannot open database {path}: directory {parent} does not exist")
+        if not os.access(parent, os.W_OK) or (os.path.exists(path)
+                                              and not os.access(path, os.W_OK)):
+            # A read-only file, directory or mount: WAL mode needs to write the file
+            # and to create its -wal and -shm files beside it.
+            return DatabaseError(f"database {path} is read-only; LiteQ needs to write to it "
+                                 f"and to create its -wal and -shm files in {parent} ({msg})")
+        return DatabaseError(f"cannot open database {path}: permission denied or not a file ({msg})")
+    if "not a database" in low or "malformed" in low:
+        return DatabaseError(f"{path} is not a usable SQLite database ({msg})")
+    if "readonly" in low or "read-only" in low:
+        return DatabaseError(f"database {path} is read-only; LiteQ needs to write to it ({msg})")
+    if "disk is full" in low or "disk i/o" in low:
+        return DatabaseError(f"cannot write database {path}: {msg}")
+    return DatabaseError(f"database {path}: {msg}")
+
+
+def guarded(method):
+    """Report sqlite3 failures of a backend method as LiteQ DatabaseErrors naming the file."""
+    @functools.wraps(method)
+    def wrapper(self, *args, **kwargs):
+        try:
+            return method(self, *args, **kwargs)
+        except DatabaseError:
+            raise
+        except sqlite3.Error as exc:
+            if self._conn is not None and self._conn.in_transaction:
+                try:
+                    self._conn.rollback()
+                except sqlite3.Error:
+                    pass
+            raise explain(exc, self.path, self.busy_timeout) from exc
+    return wrapper
+
+
+def _switch_to_wal(conn, busy):
+    """PRAGMA journal_mode = WAL, retried until the busy timeout.
+
+    The switch needs an exclusive lock, and SQLite returns SQLITE_BUSY at once
+    (without calling the busy handler) when other connections are opening the
+    same fresh file, so processes that start together would fail with "database
+    is locked" instead of waiting. Usually another one has switched it meanwhile.
+    """
+    deadline = time.monotonic() + busy
+    pause = 0.001
+    while True:
+        try:
+            conn.execute("PRAGMA journal_mode = WAL")
+            return
+        except sqlite3.OperationalError as exc:
+            low = str(exc).lower()
+            if ("locked" not in low and "busy" not in low) or time.monotonic() >= deadline:
+                raise
+        time.sleep(pause)
+        pause = min(pause * 2, 0.05)
+
+
+def open_connection(path: str, *, isolation_level=None, busy_timeout=None) -> sqlite3.Connection:
+    """Open a connection with LiteQ's pragmas (WAL, busy timeout, durability).
+
+    busy_timeout defaults to LITEQ_BUSY_TIMEOUT; the daemon passes a short one so
+    that a held lock delays its writes without stalling its supervision loop.
+    """
+    busy = settings.busy_timeout() if busy_timeout is None else busy_timeout
+    sync = settings.sync_pragma()
+    if os.path.isdir(path):
+        raise DatabaseError(f"cannot open database {path}: it is a directory")
+    conn = None
+    try:
+        conn = sqlite3.connect(path, timeout=busy, isolation_level=isolation_level,
+                               check_same_thread=False)
+        conn.row_factory = sqlite3.Row
+        conn.execute(f"PRAGMA busy_timeout = {int(busy * 1000)}")
+        mode = conn.execute("PRAGMA journal_mode").fetchone()[0]
+        if mode.lower() != "wal":
+            _switch_to_wal(conn, busy)
+        conn.execute(f"PRAGMA synchronous = {sync}")
+        conn.execute("PRAGMA foreign_keys = ON")
+        return conn
+    except BaseException as exc:
+        if conn is not None:
+            conn.close()
+        if isinstance(exc, sqlite3.Error) and not isinstance(exc, DatabaseError):
+            raise explain(exc, path, busy_timeout) from exc
+        raise
+
+
+def row_dict(row):
+    """A sqlite3.Row as a dict, or None."""
+    return dict(row) if row is not None else None
+
+
+class Transaction:
+    """BEGIN IMMEDIATE ... COMMIT, rolled back on any error.
+
+    IMMEDIATE takes the write lock up front, so two writers never deadlock
+    upgrading a read lock; the busy timeout makes the second one wait. Inside
+    an open transaction (batch()) it joins that one instead.
+    """
+
+    __slots__ = ("conn", "outer")
+
+    def __init__(self, conn):
+        self.conn = conn
+        self.outer = False
+
+    def __enter__(self):
+        self.outer = self.conn.in_transaction
+        if not self.outer:
+            self.conn.execute("BEGIN IMMEDIATE")
+        return self.conn
+
+    def __exit__(self, exc_type, exc, tb):
+        if self.outer:
+            return False
+        if exc_type is None:
+            self.conn.execute("COMMIT")
+        elif self.conn.in_transaction:
+            self.conn.rollback()
+        return False
+
+
+class GuardedBatch(Transaction):
+    """A batch() transaction whose sqlite3 errors become DatabaseErrors."""
+
+    __slots__ = ("store",)
+
+    def __init__(self, store):
+        super().__init__(store._conn)
+        self.store = store
+
+    def __enter__(self):
+        try:
+            return super().__enter__()
+        except sqlite3.Error as exc:
+            raise explain(exc, self.store.path, self.store.busy_timeout) from exc
+
+    def __exit__(self, exc_type, exc, tb):
+        try:
+            return super().__exit__(exc_type, exc, tb)
+        except sqlite3.Error as err:
+            if self.conn.in_transaction:
+                self.conn.rollback()
+            raise explain(err, self.store.path, self.store.busy_timeout) from err
+

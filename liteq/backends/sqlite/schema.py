@@ -1,0 +1,185 @@
+"""The SQLite schema: tables, indexes, and migrations (from the seed project's files too).
+
+The version lives in PRAGMA user_version; ensure_schema() brings any file up to
+SCHEMA_VERSION under the write lock, so processes that start together migrate once.
+"""
+
+import sqlite3
+
+from ...errors import DatabaseError
+from ...timeutil import now
+
+SCHEMA_VERSION = 1
+
+_TASKS_DDL = """
+CREATE TABLE IF NOT EXISTS tasks (
+    id INTEGER PRIMARY KEY,
+    name TEXT NOT NULL,
+    payload TEXT NOT NULL,
+    queue TEXT NOT NULL DEFAULT 'default',
+    status TEXT NOT NULL DEFAULT 'pending',
+    priority INTEGER NOT NULL DEFAULT 0,
+    attempts INTEGER NOT NULL DEFAULT 0,
+    max_retries INTEGER NOT NULL DEFAULT 3,
+    worker_id TEXT,
+    run_at REAL NOT NULL,
+    created_at REAL NOT NULL,
+    started_at REAL,
+    finished_at REAL,
+    result TEXT,
+    error TEXT,
+    timeout REAL,
+    retry_delay REAL NOT NULL DEFAULT 1.0,
+    retry_backoff REAL NOT NULL DEFAULT 2.0,
+    retry_max_delay REAL NOT NULL DEFAULT 300.0
+)"""
+
+_WORKERS_DDL = """
+CREATE TABLE IF NOT EXISTS workers (
+    worker_id TEXT PRIMARY KEY,
+    hostname TEXT,
+    queues TEXT,
+    concurrency INTEGER,
+    last_heartbeat REAL,
+    pid INTEGER,
+    process_started REAL,
+    started_at REAL
+)"""
+
+_SCHEDULES_DDL = """
+CREATE TABLE IF NOT EXISTS schedules (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    name TEXT NOT NULL UNIQUE,
+    task_name TEXT NOT NULL,
+    cron_expr TEXT NOT NULL,
+    payload TEXT NOT NULL DEFAULT '{"args":[],"kwargs":{}}',
+    queue TEXT,
+    priority INTEGER,
+    max_retries INTEGER,
+    tz TEXT,
+    catchup TEXT NOT NULL DEFAULT 'coalesce',
+    enabled INTEGER NOT NULL DEFAULT 1,
+    next_run REAL,
+    last_run REAL,
+    created_at REAL,
+    updated_at REAL
+)"""
+
+_INDEXES = (
+    # The claim path: pending rows of a queue, best priority first, then due time.
+    "CREATE INDEX IF NOT EXISTS idx_tasks_claim ON tasks(status, queue, priority DESC, run_at, id)",
+    # Reclaim and "active tasks per worker".
+    "CREATE INDEX IF NOT EXISTS idx_tasks_running_worker ON tasks(worker_id) WHERE status = 'running'",
+    # Monitoring: failed/done lists sorted by finish time, and purge by age. Partial,
+    # so an enqueue (a pending row) pays nothing for it.
+    "CREATE INDEX IF NOT EXISTS idx_tasks_finished ON tasks(status, finished_at) "
+    "WHERE status IN ('done', 'failed', 'cancelled')",
+    "CREATE INDEX IF NOT EXISTS idx_schedules_due ON schedules(enabled, next_run)",
+)
+
+# Columns of the seed project's tables that held text times (CURRENT_TIMESTAMP
+# or isoformat()); migration turns them into epoch seconds.
+_TIME_COLUMNS = {"run_at", "created_at", "started_at", "finished_at",
+                 "last_heartbeat", "next_run", "last_run", "updated_at", "process_started"}
+
+def _table_columns(conn, table):
+    return [r[1] for r in conn.execute(f"PRAGMA table_info({table})")]
+
+
+def _epoch_expr(col):
+    # Text times from the seed project are UTC (CURRENT_TIMESTAMP) or naive
+    # isoformat(); julianday() reads both forms, with or without the 'T'.
+    return (f"CASE WHEN {col} IS NULL THEN NULL "
+            f"WHEN typeof({col}) IN ('integer','real') THEN {col} "
+            f"ELSE (julianday({col}) - 2440587.5) * 86400.0 END")
+
+
+def _rebuild_table(conn, table, ddl, defaults):
+    """Copy an old table into the current schema, keeping rows and ids."""
+    old_cols = set(_table_columns(conn, table))
+    conn.execute(f"ALTER TABLE {table} RENAME TO {table}_v0")
+    conn.execute(ddl)
+    new_cols = _table_columns(conn, table)
+    exprs = []
+    for col in new_cols:
+        if col in old_cols:
+            expr = _epoch_expr(col) if col in _TIME_COLUMNS else col
+            if col in defaults:
+                expr = f"COALESCE({expr}, {defaults[col]})"
+            exprs.append(expr)
+        else:
+            exprs.append(defaults.get(col, "NULL"))
+    conn.execute(f"INSERT INTO {table} ({', '.join(new_cols)}) "
+                 f"SELECT {', '.join(exprs)} FROM {table}_v0")
+    conn.execute(f"DROP TABLE {table}_v0")
+
+
+def _migrate_v0_to_v1(conn):
+    """Bring a fresh file, or one made by the seed project (user_version 0), to v1."""
+    tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+    t = repr(now())
+    # Old indexes referenced the old tables; drop them so names can be reused.
+    for (idx,) in conn.execute("SELECT name FROM sqlite_master WHERE type='index' "
+                               "AND sql IS NOT NULL").fetchall():
+        conn.execute(f"DROP INDEX IF EXISTS {idx}")
+    if "tasks" in tables:
+        _rebuild_table(conn, "tasks", _TASKS_DDL, {
+            "created_at": t, "run_at": "created_at", "queue": "'default'",
+            "status": "'pending'", "priority": "0", "attempts": "0", "max_retries": "3",
+            "payload": "'{}'", "retry_delay": "1.0", "retry_backoff": "2.0",
+            "retry_max_delay": "300.0",
+        })
+        # run_at fell back to created_at for rows that had none.
+        conn.execute(f"UPDATE tasks SET run_at = COALESCE(created_at, {t}) WHERE run_at IS NULL")
+    else:
+        conn.execute(_TASKS_DDL)
+    if "workers" in tables:
+        _rebuild_table(conn, "workers", _WORKERS_DDL, {})
+    else:
+        conn.execute(_WORKERS_DDL)
+    if "schedules" in tables:
+        old = set(_table_columns(conn, "schedules"))
+        if "name" not in old:
+            # The seed registered a schedule again on every start: keep one per
+            # (task, cron, payload), and name the survivors uniquely.
+            conn.execute("DELETE FROM schedules WHERE id NOT IN (SELECT MIN(id) FROM schedules "
+                         "GROUP BY task_name, cron_expr, payload)")
+            conn.execute("ALTER TABLE schedules ADD COLUMN name TEXT")
+            conn.execute("UPDATE schedules SET name = CASE WHEN id = (SELECT MIN(id) FROM "
+                         "schedules s2 WHERE s2.task_name = schedules.task_name) "
+                         "THEN task_name ELSE task_name || '#' || id END")
+        _rebuild_table(conn, "schedules", _SCHEDULES_DDL, {
+            "payload": "'{\"args\":[],\"kwargs\":{}}'", "enabled": "1",
+            "catchup": "'coalesce'", "created_at": t, "updated_at": t,
+        })
+    else:
+        conn.execute(_SCHEDULES_DDL)
+
+
+_MIGRATIONS = {0: _migrate_v0_to_v1}
+
+
+def ensure_schema(conn: sqlite3.Connection) -> None:
+    """Create or migrate the schema to SCHEMA_VERSION; safe to call any number of times."""
+    version = conn.execute("PRAGMA user_version").fetchone()[0]
+    if version == SCHEMA_VERSION:
+        return
+    if version > SCHEMA_VERSION:
+        raise DatabaseError(
+            f"database schema version {version} is newer than this LiteQ understands "
+            f"({SCHEMA_VERSION}); upgrade LiteQ")
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        # Re-read under the write lock: another process may have migrated meanwhile.
+        version = conn.execute("PRAGMA user_version").fetchone()[0]
+        while version < SCHEMA_VERSION:
+            _MIGRATIONS[version](conn)
+            version += 1
+        for ddl in _INDEXES:
+            conn.execute(ddl)
+        conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+        conn.execute("COMMIT")
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
+

@@ -1,0 +1,263 @@
+"""SQLite: enqueue, claim, outcomes, heartbeats and reclaim (the producers' and the
+daemon's side of the tasks table)."""
+
+from ...timeutil import now
+from .connection import guarded
+
+# The columns a claim hands the daemon.
+CLAIM_RETURNING = ("id, name, payload, queue, priority, run_at, attempts, max_retries, "
+                   "timeout, retry_delay, retry_backoff, retry_max_delay")
+
+INSERT_TASK = (
+    "INSERT INTO tasks (name, payload, queue, priority, max_retries, run_at, created_at, "
+    "timeout, retry_delay, retry_backoff, retry_max_delay) VALUES (?,?,?,?,?,?,?,?,?,?,?)"
+)
+
+# Outcome updates apply only while the row is still running for this worker.
+_GUARD = "WHERE id = ? AND status = 'running' AND worker_id = ?"
+_RECORD_DONE = ("UPDATE tasks SET status = 'done', result = ?, error = NULL, started_at = ?, "
+                "finished_at = ? " + _GUARD)
+_RECORD_FAILED = ("UPDATE tasks SET status = 'failed', error = ?, started_at = ?, "
+                  "finished_at = ? " + _GUARD)
+_RECORD_RETRY = ("UPDATE tasks SET status = 'pending', error = ?, started_at = ?, "
+                 "worker_id = NULL, run_at = ? " + _GUARD)
+
+
+def due_time(run_at, delay, t):
+    """The epoch time a task is due: run_at, else t + delay, else t."""
+    if run_at is not None:
+        return run_at
+    return t + delay if delay else t
+
+
+def insert_values(task, t):
+    """The INSERT_TASK parameters of a NewTask, created at time t."""
+    o = task.options
+    return (task.name, task.payload, o.queue, o.priority, o.max_retries,
+            due_time(task.run_at, task.delay, t), t, o.timeout, o.retry_delay,
+            o.retry_backoff, o.retry_max_delay)
+
+
+def _by_claim_order(rows):
+    # RETURNING gives no order guarantee; restore the claim order.
+    rows = [dict(r) for r in rows]
+    rows.sort(key=lambda r: (-r["priority"], r["run_at"], r["id"]))
+    return rows
+
+
+class TaskOps:
+    """Mixin of SQLiteBackend: the writes of producers and daemons."""
+
+    # ---- enqueue -------------------------------------------------------------
+
+    @guarded
+    def enqueue(self, task) -> int:
+        """Insert one pending task and commit; then wake the daemon."""
+        t = now()
+        values = insert_values(task, t)
+        task_id = self._conn.execute(INSERT_TASK, values).lastrowid
+        self.notify(values[5])
+        return task_id
+
+    @guarded
+    def enqueue_many(self, tasks) -> list:
+        """Insert every call of a NewTasks in one transaction; ids in order.
+
+        SQLite splits the JSON array with json_each (which walks it in order), so
+        no per-row Python work is done here.
+        """
+        if tasks.count <= 0:
+            return []
+        t = now()
+        o = tasks.options
+        due = due_time(tasks.run_at, tasks.delay, t)
+        with self._write() as conn:
+            conn.execute(
+                "INSERT INTO tasks (name, payload, queue, priority, max_retries, run_at, "
+                "created_at, timeout, retry_delay, retry_backoff, retry_max_delay) "
+                "SELECT ?, '{\"args\":' || value || ',\"kwargs\":{}}', ?, ?, ?, ?, ?, ?, ?, ?, ? "
+                "FROM json_each(?)",
+                (tasks.name, o.queue, o.priority, o.max_retries, due, t, o.timeout,
+                 o.retry_delay, o.retry_backoff, o.retry_max_delay, tasks.args_json))
+            last = conn.execute("SELECT last_insert_rowid()").fetchone()[0]
+        self.notify(due)
+        # Under the write lock rowids are handed out as max(rowid)+1, one after another.
+        return list(range(last - tasks.count + 1, last + 1))
+
+    # ---- claim and outcomes (daemon side) -----------------------------------
+
+    def _priority_levels(self, conn, queue):
+        """Priority levels that have pending tasks in `queue`, highest first.
+
+        Each step is one index seek, so walking the levels costs O(levels * log n).
+        """
+        level = conn.execute("SELECT MAX(priority) FROM tasks WHERE status = 'pending' "
+                             "AND queue = ?", (queue,)).fetchone()[0]
+        while level is not None:
+            yield level
+            level = conn.execute("SELECT MAX(priority) FROM tasks WHERE status = 'pending' "
+                                 "AND queue = ? AND priority < ?", (queue, level)).fetchone()[0]
+
+    @guarded
+    def claim(self, worker_id, queues, limit) -> list:
+        """Mark up to `limit` due pending tasks of `queues` as running for this worker.
+
+        Claimed by one UPDATE ... RETURNING in one transaction. Candidates are found
+        per queue and priority level with index range scans on run_at, so tasks due
+        later (however many) are never scanned. While the previous claim of these
+        queues came back full (a backlog is due) a single UPDATE ... LIMIT is used
+        instead: with plenty due it stops after `limit` rows and saves the lookups.
+        """
+        if limit <= 0 or not queues:
+            return []
+        key = tuple(queues)
+        rows = (self._claim_backlog if self._backlog.get(key) else self._claim_levels)(
+            worker_id, queues, limit, now())
+        self._backlog[key] = len(rows) == limit
+        return rows
+
+    def _claim_levels(self, worker_id, queues, limit, t):
+        with self._write() as conn:
+            candidates = []
+            for queue in queues:
+                found = 0
+                for level in self._priority_levels(conn, queue):
+                    rows = conn.execute(
+                        "SELECT id, priority, run_at FROM tasks WHERE status = 'pending' "
+                        "AND queue = ? AND priority = ? AND run_at <= ? "
+                        "ORDER BY run_at, id LIMIT ?", (queue, level, t, limit - found)
+                    ).fetchall()
+                    candidates.extend(rows)
+                    found += len(rows)
+                    if found >= limit:
+                        break  # lower levels cannot beat what this queue already has
+            if not candidates:
+                return []
+            candidates.sort(key=lambda r: (-r[1], r[2], r[0]))
+            ids = [r[0] for r in candidates[:limit]]
+            marks = ",".join("?" * len(ids))
+            # "+status" keeps the planner on the primary key: with a million pending
+            # rows the status index would be a full scan.
+            rows = conn.execute(
+                f"UPDATE tasks SET status = 'running', worker_id = ?, attempts = attempts + 1, "
+                f"started_at = ? WHERE id IN ({marks}) AND +status = 'pending' "
+                f"RETURNING {CLAIM_RETURNING}", (worker_id, t, *ids)).fetchall()
+        return _by_claim_order(rows)
+
+    def _claim_backlog(self, worker_id, queues, limit, t):
+        marks = ",".join("?" * len(queues))
+        with self._write() as conn:
+            rows = conn.execute(
+                f"UPDATE tasks SET status = 'running', worker_id = ?, attempts = attempts + 1, "
+                f"started_at = ? WHERE id IN (SELECT id FROM tasks WHERE status = 'pending' "
+                f"AND queue IN ({marks}) AND run_at <= ? "
+                f"ORDER BY priority DESC, run_at, id LIMIT ?) RETURNING {CLAIM_RETURNING}",
+                (worker_id, t, *queues, t, limit)).fetchall()
+        return _by_claim_order(rows)
+
+    @guarded
+    def record_outcomes(self, worker_id, done=(), failed=(), retry=()) -> int:
+        """Record finished attempts in one transaction; returns how many rows changed.
+
+        Each update only applies while the row is still running for this worker.
+        """
+        t = now()
+        changed = 0
+        with self._write() as conn:
+            if retry:
+                retry = [(tid, text, s, t + delay) for tid, text, s, delay in retry]
+            for sql, rows in ((_RECORD_DONE, done), (_RECORD_FAILED, failed),
+                              (_RECORD_RETRY, retry)):
+                if rows:
+                    # Every kind is (task_id, text, started_at, time): one shape.
+                    changed += conn.executemany(
+                        sql, [(text, s, when, tid, worker_id) for tid, text, s, when in rows]
+                    ).rowcount
+        return changed
+
+    @guarded
+    def release(self, worker_id, task_ids) -> int:
+        """Return claimed tasks that never started to pending, uncounting the attempt."""
+        if not task_ids:
+            return 0
+        with self._write() as conn:
+            cur = conn.executemany(
+                "UPDATE tasks SET status = 'pending', worker_id = NULL, "
+                "attempts = MAX(attempts - 1, 0), started_at = NULL "
+                "WHERE id = ? AND status = 'running' AND worker_id = ?",
+                [(tid, worker_id) for tid in task_ids])
+            return cur.rowcount
+
+    @guarded
+    def next_due(self, queues):
+        """Seconds until the earliest pending task of these queues is due, or None."""
+        conn = self._conn
+        earliest = None
+        for queue in queues:
+            for level in self._priority_levels(conn, queue):
+                first = conn.execute(
+                    "SELECT MIN(run_at) FROM tasks WHERE status = 'pending' AND queue = ? "
+                    "AND priority = ?", (queue, level)).fetchone()[0]
+                if first is not None and (earliest is None or first < earliest):
+                    earliest = first
+        return None if earliest is None else earliest - now()
+
+    # ---- workers and reclaim ---------------------------------------------------
+
+    @guarded
+    def heartbeat(self, worker_id, hostname, queues, concurrency, pid, process_started,
+                  started_at=None) -> None:
+        """Insert or refresh this daemon's row in `workers`."""
+        t = now()
+        with self._write() as conn:
+            conn.execute(
+                "INSERT INTO workers (worker_id, hostname, queues, concurrency, last_heartbeat, "
+                "pid, process_started, started_at) VALUES (?,?,?,?,?,?,?,?) "
+                "ON CONFLICT(worker_id) DO UPDATE SET hostname = excluded.hostname, "
+                "queues = excluded.queues, concurrency = excluded.concurrency, "
+                "last_heartbeat = excluded.last_heartbeat, pid = excluded.pid, "
+                "process_started = excluded.process_started",
+                (worker_id, hostname, queues, concurrency, t, pid, process_started,
+                 started_at or t))
+
+    @guarded
+    def remove_worker(self, worker_id) -> None:
+        """Delete a worker's row (on clean shutdown)."""
+        with self._write() as conn:
+            conn.execute("DELETE FROM workers WHERE worker_id = ?", (worker_id,))
+
+    @guarded
+    def list_workers(self) -> list:
+        """Every row of `workers`, newest heartbeat first."""
+        return [dict(r) for r in self._conn.execute(
+            "SELECT * FROM workers ORDER BY last_heartbeat DESC")]
+
+    @guarded
+    def reclaim(self, dead_worker_ids=(), stale_after=None, reason="worker died") -> list:
+        """Give back the running tasks of dead workers, in one atomic statement.
+
+        A worker is dead when it is named in `dead_worker_ids`, its heartbeat is older
+        than `stale_after` seconds, or it has no row at all. Tasks with attempts left
+        go back to pending; the rest fail with `reason`. Dead worker rows are deleted.
+        """
+        t = now()
+        dead = list(dead_worker_ids)
+        marks = ",".join("?" * len(dead)) or "NULL"
+        stale = -1.0 if stale_after is None else t - stale_after
+        dead_clause = (f"worker_id IN ({marks}) OR worker_id IN (SELECT worker_id FROM workers "
+                       f"WHERE last_heartbeat < ?) OR worker_id IS NULL OR worker_id NOT IN "
+                       f"(SELECT worker_id FROM workers)")
+        with self._write() as conn:
+            rows = conn.execute(
+                "UPDATE tasks SET "
+                "status = CASE WHEN attempts > max_retries THEN 'failed' ELSE 'pending' END, "
+                "error = CASE WHEN attempts > max_retries THEN ? ELSE error END, "
+                "finished_at = CASE WHEN attempts > max_retries THEN ? ELSE NULL END, "
+                "run_at = CASE WHEN attempts > max_retries THEN run_at ELSE ? END, "
+                "worker_id = NULL "
+                f"WHERE status = 'running' AND ({dead_clause}) "
+                "RETURNING id, status",
+                (reason + ", and the task has no retries left", t, t, *dead, stale)).fetchall()
+            conn.execute(f"DELETE FROM workers WHERE worker_id IN ({marks}) "
+                         "OR last_heartbeat < ?", (*dead, stale))
+        return [(r["id"], r["status"]) for r in rows]

@@ -1,0 +1,184 @@
+"""The standalone scheduler: `Scheduler(check_interval=60).run()` and `liteq scheduler`.
+
+liteqd fires schedules itself; this loop is for running without the daemon, or
+beside it (every fire is a compare-and-set, so both may run).
+"""
+
+import argparse
+import os
+import select
+import signal
+import sys
+import threading
+
+from .backends import forget_backends, get_backend
+from .errors import ConfigError, DatabaseError
+from .scheduler import fire_due
+from .timeutil import now, to_iso
+
+
+
+def _print_event(event, **fields):
+    if event == "schedule.fired":
+        ids = fields["task_ids"]
+        ids = (", ".join(f"#{i}" for i in ids) if len(ids) <= 5
+               else f"#{ids[0]}..#{ids[-1]} ({len(ids)} tasks)")
+        when = to_iso(fields["occurrences"][-1])
+        extra = f" ({len(fields['occurrences'])} occurrences)" if len(fields["occurrences"]) > 1 else ""
+        print(f"liteq scheduler: fired {fields['schedule']!r} for {when}{extra}: "
+              f"task {fields['task']} {ids}; next run {to_iso(fields['next_run'])}", flush=True)
+    else:
+        print(f"liteq scheduler: schedule {fields.get('schedule')!r}: {fields.get('error')}",
+              file=sys.stderr, flush=True)
+
+
+class Scheduler:
+    """Fires due schedules in a loop: `Scheduler(check_interval=60).run()`.
+
+    It sleeps until the next fire time, but never longer than check_interval,
+    so schedules registered by other processes are seen within that interval.
+    Stops on SIGTERM or SIGINT (when run in the main thread), on
+    KeyboardInterrupt, and on .stop() from any thread. Sleeps are measured on
+    the monotonic clock; fire times are wall-clock times.
+    """
+
+    def __init__(self, check_interval: float = 60, db_path=None, log=None):
+        if isinstance(check_interval, bool) or not isinstance(check_interval, (int, float)):
+            raise TypeError(f"check_interval must be a number of seconds, "
+                            f"not {type(check_interval).__name__}")
+        if not check_interval > 0:
+            raise ValueError(f"check_interval must be > 0, got {check_interval!r}")
+        self.check_interval = float(check_interval)
+        self.db_path = db_path
+        self.log = log or _print_event
+        self._stopping = False
+        self._lock = threading.Lock()
+        self._pipe = None
+
+    def run_once(self) -> list:
+        """Fire what is due now; returns the new task ids."""
+        return fire_due(get_backend(self.db_path), log=self.log)
+
+    def stop(self) -> None:
+        """Ask a running .run() to return; safe from any thread."""
+        self._stopping = True
+        with self._lock:
+            if self._pipe is not None:
+                self._nudge(self._pipe[1])
+
+    @staticmethod
+    def _nudge(fd):
+        try:
+            os.write(fd, b"x")
+        except OSError:
+            pass  # the pipe is full: a wake-up is pending anyway
+
+    def _on_signal(self, signum, frame):
+        # Only record and nudge: the loop acts, outside the handler (no lock taken
+        # here, since the handler may interrupt the thread that holds it).
+        self._stopping = True
+        pipe = self._pipe
+        if pipe is not None:
+            self._nudge(pipe[1])
+
+    def _sleep_for(self, backend) -> float:
+        nxt = backend.next_schedule_time()
+        if nxt is None:
+            return self.check_interval
+        # A small floor, so a clock that reads a hair early cannot spin the loop.
+        return min(self.check_interval, max(0.01, nxt - now()))
+
+    def run(self) -> None:
+        """Fire schedules until stopped; blocks. A .stop() that came first ends it at once."""
+        r, w = os.pipe()
+        os.set_blocking(r, False)
+        os.set_blocking(w, False)
+        with self._lock:
+            self._pipe = (r, w)
+        saved = {}
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                saved[sig] = signal.signal(sig, self._on_signal)
+        backend = get_backend(self.db_path)
+        try:
+            while not self._stopping:
+                try:
+                    fire_due(backend, log=self.log)
+                    wait = self._sleep_for(backend)
+                except DatabaseError as exc:
+                    print(f"liteq scheduler: {exc}; retrying", file=sys.stderr, flush=True)
+                    wait = min(self.check_interval, 5.0)
+                if self._stopping:
+                    break
+                # select() measures its timeout on the monotonic clock; a signal or
+                # .stop() writes to the pipe and ends the wait at once.
+                ready, _, _ = select.select([r], [], [], wait)
+                if ready:
+                    try:
+                        while os.read(r, 512):
+                            pass
+                    except BlockingIOError:
+                        pass
+        except KeyboardInterrupt:
+            pass
+        finally:
+            for sig, handler in saved.items():
+                signal.signal(sig, handler)
+            with self._lock:
+                self._pipe = None
+                os.close(r)
+                os.close(w)
+            self._stopping = False  # so the same Scheduler can run again
+
+
+# ---- CLI ------------------------------------------------------------------------
+
+def _positive_float(text):
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number of seconds, got {text!r}") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be > 0, got {text!r}")
+    return value
+
+
+def main(argv=None) -> int:
+    """`liteq scheduler --app tasks.py [--interval 60] [--db PATH]`; returns the exit code.
+
+    Imports the app (which registers its tasks and schedules), then fires
+    schedules until SIGTERM or Ctrl-C (exit 0). A missing or broken app, or a
+    database that cannot be opened, is reported on stderr with exit code 1.
+    """
+    parser = argparse.ArgumentParser(
+        prog="liteq scheduler",
+        description="Fire the cron schedules of a LiteQ app (standalone; liteqd does "
+                    "this itself, so run this only without the daemon or beside it).")
+    parser.add_argument("--app", required=True,
+                        help="the app that defines tasks and schedules: a file "
+                             "(tasks.py) or a module (myapp.tasks)")
+    parser.add_argument("--interval", type=_positive_float, default=60.0,
+                        help="longest sleep between checks, in seconds (default 60)")
+    parser.add_argument("--db", help="queue database (default: LITEQ_DB, else ./liteq.db)")
+    args = parser.parse_args(argv)
+    if args.db:
+        # The app's own calls (register_schedule, .delay) must use the same file.
+        os.environ["LITEQ_DB"] = args.db
+        forget_backends()
+    from .app_loader import load_app
+    try:
+        load_app(args.app)
+        backend = get_backend()
+        count = len(backend.list_schedules())
+    except (ConfigError, DatabaseError, ValueError, TypeError) as exc:
+        print(f"liteq scheduler: error: {exc}", file=sys.stderr, flush=True)
+        return 1
+    print(f"liteq scheduler: {count} schedule(s) in {backend.identity}; checking at least every "
+          f"{args.interval:g} s", flush=True)
+    Scheduler(check_interval=args.interval).run()
+    print("liteq scheduler: stopped", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -1,0 +1,104 @@
+"""What a new task is made of: its options (with their defaults, written only here)
+and the row a backend inserts.
+
+`@task(...)` keeps a TaskOptions; `.delay()`, `.apply_async()`, `.map()` and the
+scheduler turn it into NewTask rows (or one NewTasks batch), and every backend
+inserts exactly these fields.
+"""
+
+from dataclasses import dataclass, fields, replace
+
+
+def check_number(label, value, allow_none=False, allow_zero=True):
+    """Raise TypeError/ValueError unless `value` is a non-negative number (or None)."""
+    if value is None and allow_none:
+        return
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"{label} must be a number, not {type(value).__name__}")
+    if value < 0 or (value == 0 and not allow_zero):
+        raise ValueError(f"{label} must be {'>= 0' if allow_zero else '> 0'}, got {value!r}")
+
+
+@dataclass(frozen=True, slots=True)
+class TaskOptions:
+    """How a task runs. These defaults are @task's defaults.
+
+    max_retries counts retries after the first attempt (0 runs once). Failed
+    attempts wait retry_delay * retry_backoff**(attempt-1) seconds, at most
+    retry_max_delay. timeout is the time limit in seconds (None: the daemon's).
+    """
+    queue: str = "default"
+    priority: int = 0
+    max_retries: int = 3
+    timeout: float = None
+    retry_delay: float = 1.0
+    retry_backoff: float = 2.0
+    retry_max_delay: float = 300.0
+
+    @classmethod
+    def build(cls, **options) -> "TaskOptions":
+        """Validated options; an unknown keyword is a TypeError naming it."""
+        unknown = sorted(set(options) - OPTION_NAMES)
+        if unknown:
+            raise TypeError(f"unknown task option(s) {', '.join(map(repr, unknown))}; "
+                            f"known: {', '.join(sorted(OPTION_NAMES))}")
+        for key, value in options.items():
+            if value is None and key != "timeout":
+                raise (ValueError if key == "queue" else TypeError)(
+                    f"{key} must be {'a non-empty string' if key == 'queue' else 'a number'}, "
+                    f"not None")
+        return cls().with_overrides(**options)
+
+    def with_overrides(self, **changes) -> "TaskOptions":
+        """A copy with the given options changed (None leaves one as it is), validated."""
+        changes = {k: v for k, v in changes.items() if v is not None}
+        if not changes:
+            return self
+        queue = changes.get("queue", self.queue)
+        if not isinstance(queue, str) or not queue:
+            raise ValueError(f"queue must be a non-empty string, got {queue!r}")
+        for key in ("max_retries", "retry_delay", "retry_backoff", "retry_max_delay"):
+            if key in changes:
+                check_number(key, changes[key])
+        if "timeout" in changes:
+            check_number("timeout", changes["timeout"], allow_zero=False)
+        if "priority" in changes:
+            value = changes["priority"]
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
+                raise TypeError(f"priority must be a number, not {type(value).__name__}")
+            changes["priority"] = int(value)
+        if "max_retries" in changes:
+            changes["max_retries"] = int(changes["max_retries"])
+        for key in ("retry_delay", "retry_backoff", "retry_max_delay"):
+            if key in changes:
+                changes[key] = float(changes[key])
+        return replace(self, **changes)
+
+
+OPTION_NAMES = frozenset(f.name for f in fields(TaskOptions))
+
+
+@dataclass(slots=True)
+class NewTask:
+    """One task to insert. When it is due: run_at (absolute, epoch seconds), else
+    `delay` seconds after the database's clock, else now by the database's clock."""
+    name: str
+    payload: str
+    options: TaskOptions
+    run_at: float = None
+    delay: float = None
+
+
+@dataclass(slots=True)
+class NewTasks:
+    """Many calls of one task, inserted in one transaction.
+
+    args_json is a JSON array with one element per task: that call's list of
+    positional arguments. count is its length.
+    """
+    name: str
+    args_json: str
+    count: int
+    options: TaskOptions
+    run_at: float = None
+    delay: float = None

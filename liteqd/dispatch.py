@@ -1,0 +1,226 @@
+"""Dispatch: claiming tasks for the children, and recording what became of them.
+
+Each loop turn the supervisor records the outcomes gathered since the last one
+and claims as many due tasks as its children have room for, in one transaction;
+then it hands the claimed tasks out. With nothing to record or claim it does not
+touch the database at all (on SQLite the write lock is the producers' too).
+
+When to claim: after a wake-up from a producer (and once more shortly after, to
+pick up the wake-ups producers skip), when a known due time comes, when a child
+frees up, and at the fallback poll.
+"""
+
+import time
+
+from liteq import retry as retry_policy
+from liteq.errors import DatabaseError
+from liteq.wakeup import THROTTLE_S
+
+from . import protocol
+from .pool import TaskRun
+
+# After a failed database call, supervision goes on and the call is retried then.
+DB_RETRY_S = 0.5
+
+
+class Dispatcher:
+    """Claims, hands out and records the tasks of one supervisor."""
+
+    def __init__(self, sup):
+        self.sup = sup
+        self.log = sup.log
+        self.config = sup.config
+        self.outcomes = {"done": [], "failed": [], "retry": [], "release": []}
+        self.next_poll = 0.0
+        self.due_hint = None            # epoch time of the next delayed task we know of
+        self.polling = False            # this loop turn is a fallback poll
+        self.follow_up = None           # a claim owed shortly after a wake-up
+        self.rescan_due = False         # the known due time passed: look up the next one
+        self.db_retry_at = 0.0
+        self.tasks_done = 0
+        self.tasks_failed = 0
+
+    # ---- outcomes ------------------------------------------------------------
+
+    def log_started(self, child, run):
+        """Log that a child started a task."""
+        self.log.info("task.started", task_id=run.id, name=run.name, queue=run.queue,
+                      attempt=run.attempts, pid=child.pid)
+
+    def record(self, run, ok, text, started, finished, timed_out):
+        """Queue the outcome of one attempt: done, a retry after its back-off, or failed."""
+        duration_ms = round((finished - started) * 1000, 3) if started and finished else None
+        common = dict(task_id=run.id, name=run.name, queue=run.queue, attempt=run.attempts,
+                      duration_ms=duration_ms)
+        if ok:
+            self.outcomes["done"].append((run.id, text, started, finished))
+            self.tasks_done += 1
+            self.log.info("task.succeeded", **common)
+            return
+        first_line = text.split("\n", 1)[0]
+        if retry_policy.should_retry(run.attempts, run.max_retries):
+            delay = retry_policy.retry_delay(run.attempts, run.retry_delay, run.retry_backoff,
+                                             run.retry_max_delay)
+            self.outcomes["retry"].append((run.id, text, started, delay))
+            self.log.warning("task.retrying", error=first_line, retry_in_s=round(delay, 3),
+                             timed_out=timed_out, **common)
+        else:
+            self.outcomes["failed"].append((run.id, text, started, finished))
+            self.tasks_failed += 1
+            self.log.error("task.failed", error=first_line, timed_out=timed_out, **common)
+
+    def release(self, task_ids):
+        """Queue claimed tasks that never started, to go back to pending."""
+        self.outcomes["release"].extend(task_ids)
+
+    def has_outcomes(self) -> bool:
+        """True while outcomes wait to be recorded."""
+        return any(self.outcomes.values())
+
+    def sync(self):
+        """Record this round's outcomes and claim the next tasks, in one commit; then
+        hand the claimed tasks to the children."""
+        if time.monotonic() < self.db_retry_at:
+            return
+        out = self.outcomes
+        backend = self.sup.backend
+        wanted = [] if self.sup.stopping else self._claims_wanted()
+        if not wanted and not self.has_outcomes():
+            return
+        claims = []
+        try:
+            with backend.batch():
+                if out["done"] or out["failed"] or out["retry"]:
+                    backend.record_outcomes(self.sup.worker_id, done=out["done"],
+                                            failed=out["failed"], retry=out["retry"])
+                if out["release"]:
+                    backend.release(self.sup.worker_id, out["release"])
+                if wanted:
+                    claims = self._claim(wanted)
+        except DatabaseError as exc:
+            # Keep the outcomes and try again shortly; supervision goes on meanwhile.
+            self.db_trouble("sync", exc)
+            return
+        if out["release"]:
+            self.claim_soon()
+        for _, _, _, delay in out["retry"]:
+            self.wake(due=time.time() + delay)
+        self.outcomes = {"done": [], "failed": [], "retry": [], "release": []}
+        for pool, rows in claims:
+            self._hand_out(pool, rows)
+
+    def db_trouble(self, op, exc):
+        """Note a failed database call: it is retried after DB_RETRY_S."""
+        self.db_retry_at = time.monotonic() + DB_RETRY_S
+        self.log.warning("db.retrying", op=op, error=str(exc))
+
+    # ---- when to claim ---------------------------------------------------------
+
+    def claim_soon(self):
+        """Let every pool claim at the next sync."""
+        for pool in self.sup.pools:
+            pool.maybe_work = True
+
+    def wake(self, due=None):
+        """A producer enqueued something: look for work now, or at `due` (epoch s)."""
+        if due is None:
+            self.claim_soon()
+            # Producers skip wake-ups that follow another within a millisecond
+            # (liteq.wakeup.THROTTLE_S); one more claim shortly after the latest
+            # wake-up picks up whatever they enqueued meanwhile.
+            self.follow_up = time.monotonic() + 2 * THROTTLE_S
+        elif due <= time.time():
+            self.claim_soon()
+        elif self.due_hint is None or due < self.due_hint:
+            self.due_hint = due
+
+    def deadlines(self):
+        """The monotonic times at which a claim may be due (for the loop's sleep)."""
+        now = time.monotonic()
+        out = [max(self.next_poll, self.db_retry_at)]
+        if self.due_hint is not None:
+            out.append(max(now + self.due_hint - time.time(), self.db_retry_at))
+        if self.follow_up is not None:
+            out.append(self.follow_up)
+        return out
+
+    def _claims_wanted(self):
+        """The pools worth a claim now: [(pool, queues, room)].
+
+        A pool is worth one when something may be due (a wake-up, a known due
+        time that has come, or the fallback poll) and its children have room.
+        """
+        now, wall = time.monotonic(), time.time()
+        if self.due_hint is not None and wall >= self.due_hint:
+            # Only the earliest due time is kept: once it passes, ask the database
+            # for the next one (below), or later tasks would wait for the poll.
+            self.due_hint = None
+            self.rescan_due = True
+            self.claim_soon()
+        if self.follow_up is not None and now >= self.follow_up:
+            self.follow_up = None
+            self.claim_soon()
+        self.polling = now >= self.next_poll
+        if self.polling:
+            # The fallback poll: finds work whose wake-up was lost or never sent.
+            self.claim_soon()
+            self.next_poll = now + self.config.poll_interval
+        wanted = []
+        for pool in self.sup.pools:
+            if not pool.maybe_work:
+                continue
+            room = pool.capacity(self.config.prefetch)
+            queues = [q for q in pool.queues if q not in self.sup.paused]
+            if room > 0 and queues:
+                wanted.append((pool, queues, room))
+        return wanted
+
+    def _claim(self, wanted):
+        """Claim due tasks for each wanted pool; returns [(pool, rows)]."""
+        backend = self.sup.backend
+        claims, idle_queues = [], []
+        for pool, queues, room in wanted:
+            rows = backend.claim(self.sup.worker_id, queues, room)
+            if len(rows) < room:
+                pool.maybe_work = False  # nothing more is due now
+                idle_queues.extend(queues)
+            if rows:
+                claims.append((pool, rows))
+        if (self.polling or self.rescan_due) and idle_queues:
+            self.rescan_due = False
+            # Learn when the next delayed task is due, so we sleep until exactly
+            # then. Only here: with a backlog due now this scan is not needed.
+            wait = backend.next_due(idle_queues)
+            if wait is not None and wait > 0:
+                self.wake(due=time.time() + wait)
+        return claims
+
+    # ---- handing out -------------------------------------------------------------
+
+    def _hand_out(self, pool, rows):
+        children = [c for c in pool.active if c.ready]
+        batches = {c.pid: [] for c in children}
+        for row in rows:
+            # Least-loaded child first, so the best task goes to an idle child.
+            child = min(children, key=lambda c: len(c.inflight) + len(batches[c.pid]))
+            limit = row["timeout"] if row["timeout"] is not None else self.config.timeout
+            run = TaskRun(row["id"], row["name"], row["queue"], row["attempts"],
+                          row["max_retries"], limit, row["retry_delay"],
+                          row["retry_backoff"], row["retry_max_delay"])
+            batches[child.pid].append(
+                (run, protocol.task(run.id, run.name, row["payload"], limit)))
+        lifecycle = self.sup.lifecycle
+        for child in children:
+            batch = batches[child.pid]
+            if not batch:
+                continue
+            was_idle = not child.inflight
+            child.inflight.extend(run for run, _ in batch)
+            if was_idle:
+                head = child.inflight[0]
+                head.started_mono = time.monotonic()
+                head.started_wall = time.time()
+                self.log_started(child, head)
+            if not lifecycle.send(child, [m for _, m in batch]):
+                # The child is gone; its exit requeues what it held.
+                lifecycle.kill(child, "crash")

@@ -1,0 +1,371 @@
+"""Process lifecycle: spawning children, talking to them, reaping them, and killing
+the ones that pass their time limit (the supervisor's view of its processes).
+
+A child is identified by its pid while it lives; its socket carries the
+messages of liteqd.protocol. What happens to a dead child's tasks is decided
+here (timed out, crashed, or stopped by us) and handed to the dispatcher.
+"""
+
+import os
+import select
+import selectors
+import signal
+import socket
+import sys
+import time
+
+from setproctitle import setproctitle
+
+from . import logs, proc, protocol
+from .child import BOOT_ERROR_EXIT, child_main
+from .pool import ChildHandle
+
+MAX_RESPAWN_DELAY = 30.0
+MAX_BOOT_ERRORS = 5
+# A child that accepts no byte of a message for this long is wedged; one that is
+# slowly taking a big message is not (the deadline moves with each byte taken).
+SEND_STALL_S = 5.0
+_SIGNAMES = {s.value: s.name for s in signal.Signals}
+
+
+def describe_exit(status):
+    """'exited with code N' or 'killed by signal NAME (N)' for a waitpid status."""
+    if os.WIFSIGNALED(status):
+        sig = os.WTERMSIG(status)
+        return f"killed by signal {_SIGNAMES.get(sig, sig)} ({sig})"
+    return f"exited with code {os.WEXITSTATUS(status)}"
+
+
+def signal_name(sig):
+    """SIGTERM for 15, and so on."""
+    return _SIGNAMES.get(sig, str(sig))
+
+
+class Lifecycle:
+    """Spawns, feeds, reaps and kills the children of one supervisor's pools."""
+
+    def __init__(self, sup):
+        self.sup = sup
+        self.log = sup.log
+        self.config = sup.config
+
+    def all_children(self):
+        """Every child of every pool (a list: safe to change the pools meanwhile)."""
+        return [c for p in self.sup.pools for c in p.children.values()]
+
+    # ---- spawning -------------------------------------------------------------
+
+    def _free_slot(self):
+        used = {c.slot for c in self.all_children()}
+        slot = 1
+        while slot in used:
+            slot += 1
+        return slot
+
+    def spawn_missing(self):
+        """Fork children until every pool has its size (with back-off after crashes)."""
+        if self.sup.stopping:
+            return
+        now = time.monotonic()
+        for pool in self.sup.pools:
+            while len(pool.active) < pool.size and now >= pool.next_spawn:
+                self._spawn(pool)
+                if pool.failures:
+                    # Crash-looping: one child per back-off period, not a burst.
+                    pool.next_spawn = now + min(0.1 * 2 ** pool.failures, MAX_RESPAWN_DELAY)
+                    break
+
+    def _spawn(self, pool):
+        parent_sock, child_sock = socket.socketpair()
+        slot = self._free_slot()
+        close_fds = self.sup.supervisor_fds() + [parent_sock.fileno()]
+        logs.flush()
+        sys.stdout.flush()
+        sys.stderr.flush()
+        pid = os.fork()
+        if pid == 0:
+            child_main(child_sock, slot, self.sup.pid, close_fds=close_fds,
+                       report_rss=bool(self.config.max_memory_per_child),
+                       max_tasks=self.config.max_tasks_per_child,
+                       max_rss=int(self.config.max_memory_per_child * 1024 * 1024))
+        child_sock.close()
+        try:
+            os.setpgid(pid, pid)  # also done in the child: whichever runs first wins
+        except OSError:
+            pass
+        parent_sock.setblocking(False)
+        child = ChildHandle(pid=pid, slot=slot, pool=pool, sock=parent_sock,
+                            reader=protocol.LineReader())
+        pool.children[pid] = child
+        self.sup.selector.register(parent_sock, selectors.EVENT_READ, ("child", child))
+        self.log.info("child.spawned", pid=pid, pool=pool.name, slot=slot)
+        return child
+
+    # ---- talking ---------------------------------------------------------------
+
+    def send(self, child, messages) -> bool:
+        """Write messages to a child; False when it is gone or wedged.
+
+        The socket is non-blocking: a send may take only part of the data, so the
+        rest is resent from where it stopped (never from the start, which would
+        corrupt the stream). A child that takes nothing for SEND_STALL_S is wedged;
+        one that keeps taking bytes, however slowly, gets the whole message.
+        """
+        view = memoryview(protocol.encode(messages))
+        deadline = time.monotonic() + SEND_STALL_S
+        while view:
+            try:
+                sent = child.sock.send(view)
+            except (BlockingIOError, InterruptedError):
+                if time.monotonic() > deadline:
+                    return False
+                select.select([], [child.sock], [], 0.05)
+                continue
+            except OSError:
+                return False
+            view = view[sent:]
+            deadline = time.monotonic() + SEND_STALL_S
+        return True
+
+    def read(self, child) -> bool:
+        """Read and handle what a child sent; False once nothing more is there."""
+        try:
+            data = child.sock.recv(1 << 16)
+        except (BlockingIOError, InterruptedError):
+            return False
+        except OSError:
+            data = b""
+        if not data:
+            self.sup.unregister_fd(child.sock)  # EOF: the exit is handled when it is reaped
+            return False
+        try:
+            messages = child.reader.feed(data)
+        except ValueError as exc:
+            self.log.error("child.protocol_error", pid=child.pid, error=str(exc))
+            self.kill(child, "crash")
+            return False
+        for msg in messages:
+            self._on_message(child, msg)
+        return True
+
+    def _on_message(self, child, msg):
+        if msg.kind == "r":
+            self._on_result(child, msg)
+        elif msg.kind == "s":
+            # Handed back unstarted; it may sit behind the task still running.
+            for run in child.inflight:
+                if run.id == msg.id:
+                    child.inflight.remove(run)
+                    self.sup.dispatch.release([run.id])
+                    break
+        elif msg.kind == "ready":
+            child.ready = True
+            self.sup.dispatch.claim_soon()
+
+    def _on_result(self, child, msg):
+        run = child.inflight.popleft() if child.inflight else None
+        if run is None or run.id != msg.id:
+            self.log.error("child.protocol_error", pid=child.pid, task_id=msg.id)
+            return
+        child.tasks_done += 1
+        child.rss = msg.rss or child.rss
+        child.pool.observe(msg.finished - msg.started)
+        if child.inflight:
+            nxt = child.inflight[0]
+            nxt.started_mono = time.monotonic()
+            nxt.started_wall = msg.finished
+            self.sup.dispatch.log_started(child, nxt)
+        self.sup.dispatch.record(run, msg.ok, msg.text, msg.started, msg.finished,
+                                 msg.timed_out)
+        if msg.ok:
+            child.pool.failures = 0
+        if msg.timed_out:
+            # The child exits after a timeout (it may have left subprocesses
+            # behind); its process group is killed when it is reaped.
+            self.retire(child, time.monotonic() + self.config.kill_grace)
+        else:
+            self._maybe_recycle(child)
+
+    def _maybe_recycle(self, child):
+        cfg = self.config
+        reason = None
+        if cfg.max_tasks_per_child and child.tasks_done >= cfg.max_tasks_per_child:
+            reason = "max_tasks"
+        elif cfg.max_memory_per_child and child.rss > cfg.max_memory_per_child * 1024 * 1024:
+            reason = "max_memory"
+        if reason and not child.retiring:
+            self.log.info("child.recycling", pid=child.pid, reason=reason,
+                          tasks_done=child.tasks_done, rss_bytes=child.rss)
+            self.retire(child, time.monotonic() + cfg.graceful_timeout)
+
+    # ---- ending ----------------------------------------------------------------
+
+    def retire(self, child, deadline):
+        """Ask a child to finish its current task and exit; queued tasks come back."""
+        if child.retiring or child.kill_reason:
+            return
+        child.retiring = True
+        child.retire_deadline = deadline
+        try:
+            os.kill(child.pid, signal.SIGUSR1)
+        except ProcessLookupError:
+            pass
+        try:
+            child.sock.shutdown(socket.SHUT_WR)  # an idle child sees EOF and exits
+        except OSError:
+            pass
+
+    def kill(self, child, reason, task=None):
+        """SIGKILL a child's whole tree; the reason decides what happens to its tasks."""
+        if child.kill_reason is None:
+            child.kill_reason = reason
+            child.timed_out_task = task
+        proc.kill_tree(child.pid)
+
+    def reap(self):
+        """Collect every exited child (and adopted orphan) without blocking."""
+        while True:
+            try:
+                pid, status = os.waitpid(-1, os.WNOHANG)
+            except ChildProcessError:
+                return
+            if pid == 0:
+                return
+            for pool in self.sup.pools:
+                child = pool.children.pop(pid, None)
+                if child is not None:
+                    self._on_exit(child, status)
+                    break
+            # else: an orphaned grandchild we adopted as subreaper; nothing to do.
+
+    def _on_exit(self, child, status):
+        # Results it wrote before dying are still in the socket: take them first.
+        while self.read(child):
+            pass
+        self.sup.unregister_fd(child.sock)
+        child.sock.close()
+        how = describe_exit(status)
+        clean = os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0
+        runs = list(child.inflight)
+        head = runs[0] if runs else None
+        # Kill anything the child left behind in its process group.
+        proc.kill_tree(child.pid)
+        dispatch = self.sup.dispatch
+        if child.kill_reason == "timeout" and head is not None:
+            dispatch.record(head, False, f"TaskTimeout: timed out after {head.limit:g} s (the "
+                            f"child was killed {self.config.kill_grace:g} s after the limit)",
+                            head.started_wall, time.time(), True)
+            runs = runs[1:]
+        elif child.kill_reason == "stop" or (child.retiring and child.kill_reason):
+            pass  # stopped by us: everything it held goes back untouched
+        elif head is not None and not (child.retiring and clean):
+            dispatch.record(head, False, f"ChildDied: the worker process {how} while running "
+                            f"this task", head.started_wall, time.time(), False)
+            runs = runs[1:]
+        dispatch.release([r.id for r in runs])
+        # "crash": a send found the child already gone; it died on its own all the same.
+        abnormal = not clean and child.kill_reason in (None, "crash") and not child.retiring
+        if abnormal:
+            child.pool.failures += 1
+            child.pool.next_spawn = time.monotonic() + min(
+                0.1 * 2 ** child.pool.failures, MAX_RESPAWN_DELAY)
+        self._check_boot_error(child, status)
+        self.log.log(30 if abnormal else 20, "child.exited", pid=child.pid,
+                     pool=child.pool.name, how=how, reason="crashed" if abnormal else
+                     child.kill_reason or ("retired" if child.retiring else "exited"),
+                     tasks_done=child.tasks_done, requeued=len(runs),
+                     failing=child.pool.failing)
+        dispatch.claim_soon()
+        setproctitle(self.sup.title())
+
+    def _check_boot_error(self, child, status):
+        """Stop the daemon when children keep failing to even start (gunicorn's
+        WORKER_BOOT_ERROR): respawning them would only loop."""
+        pool = child.pool
+        if child.ready:
+            pool.boot_errors = 0
+            return
+        if not (os.WIFEXITED(status) and os.WEXITSTATUS(status) == BOOT_ERROR_EXIT):
+            return  # died some other way (signal, os._exit): back off and keep trying
+        pool.boot_errors += 1
+        if pool.boot_errors >= MAX_BOOT_ERRORS and not self.sup.stopping:
+            message = (f"children of pool {pool.name} failed to start {pool.boot_errors} "
+                       f"times in a row (see the traceback above); stopping")
+            self.log.critical("daemon.fatal", pool=pool.name, reason=message)
+            print(f"liteqd: error: {message}", file=sys.stderr)
+            self.sup.exit_code = 3
+            self.sup.request_stop(fast=True, reason="children cannot start")
+
+    # ---- time limits and stop deadlines -------------------------------------------
+
+    def hard_deadline(self, child):
+        """When the task the child runs must be killed (monotonic), or None."""
+        run = child.running
+        if run is None or run.limit is None or run.started_mono is None or child.kill_reason:
+            return None
+        return run.started_mono + run.limit + self.config.kill_grace
+
+    def deadlines(self):
+        """Every time limit and retire deadline of the children (monotonic)."""
+        out = []
+        for child in self.all_children():
+            deadline = self.hard_deadline(child)
+            if deadline is not None:
+                out.append(deadline)
+            if child.retire_deadline is not None:
+                out.append(child.retire_deadline)
+        return out
+
+    def enforce_deadlines(self):
+        """Kill children past their task's hard limit, their retire deadline, or the
+        stop deadline."""
+        now = time.monotonic()
+        for child in self.all_children():
+            deadline = self.hard_deadline(child)
+            if deadline is not None and now >= deadline:
+                run = child.running
+                self.log.warning("task.timed_out", task_id=run.id, name=run.name,
+                                 queue=run.queue, attempt=run.attempts, pid=child.pid,
+                                 limit_s=run.limit)
+                self.kill(child, "timeout", run)
+            elif child.retire_deadline is not None and now >= child.retire_deadline \
+                    and not child.kill_reason:
+                self.log.warning("child.killed", pid=child.pid,
+                                 reason="graceful timeout passed")
+                self.kill(child, "stop")
+        sup = self.sup
+        if sup.stopping and sup.stop_deadline is not None and now >= sup.stop_deadline:
+            for child in self.all_children():
+                if child.kill_reason is None:
+                    self.kill(child, "stop")
+            if sup.stopping == "fast" or now >= sup.stop_deadline + 5.0:
+                # Children ignoring SIGKILL (stuck in the kernel) do not hold us hostage.
+                for child in self.all_children():
+                    self.abandon(child)
+
+    def abandon(self, child):
+        """Forget a child (its tasks go back to pending) without waiting for its exit."""
+        child.pool.children.pop(child.pid, None)
+        self.sup.dispatch.release([r.id for r in child.inflight])
+        child.inflight.clear()
+        self.sup.unregister_fd(child.sock)
+        child.sock.close()
+
+    def kill_all_for_exit(self):
+        """At exit: kill every child's tree and hand its tasks back."""
+        for child in self.all_children():
+            proc.kill_tree(child.pid)
+            self.sup.dispatch.release([r.id for r in child.inflight])
+            child.inflight.clear()
+
+    @staticmethod
+    def reap_remaining(timeout=2.0):
+        """Wait (bounded) for the last children to be collected."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            try:
+                pid, _ = os.waitpid(-1, os.WNOHANG)
+            except ChildProcessError:
+                return
+            if pid == 0:
+                time.sleep(0.02)

@@ -1,0 +1,126 @@
+"""The messages between the supervisor and its children, and how they travel.
+
+Each message is one line of JSON: an array whose first element names its kind.
+The shapes are declared once, here, as named tuples, so both sides read fields
+by name while the wire stays compact (a drain moves tens of thousands a second):
+
+    supervisor -> child   TaskMessage  ["t", id, name, payload_json, timeout_s | null]
+    child -> supervisor   Ready        ["ready", pid]
+                          Result       ["r", id, ok, result_json | error_text, started,
+                                        finished, rss_bytes, timed_out]
+                          Skipped      ["s", id]   (handed back unstarted: a stop came first)
+"""
+
+import json
+from typing import NamedTuple, Optional
+
+_dumps = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
+
+
+class TaskMessage(NamedTuple):
+    """Run this task (supervisor -> child)."""
+    kind: str
+    id: int
+    name: str
+    payload: str
+    timeout: Optional[float]
+
+
+class Ready(NamedTuple):
+    """The child has started and waits for tasks."""
+    kind: str
+    pid: int
+
+
+class Result(NamedTuple):
+    """The outcome of one task: ok with result JSON, or not ok with the error text."""
+    kind: str
+    id: int
+    ok: bool
+    text: str
+    started: float
+    finished: float
+    rss: int
+    timed_out: bool
+
+
+class Skipped(NamedTuple):
+    """A queued task handed back unstarted."""
+    kind: str
+    id: int
+
+
+_SHAPES = {"t": TaskMessage, "ready": Ready, "r": Result, "s": Skipped}
+
+
+def task(task_id, name, payload, timeout) -> TaskMessage:
+    """A TaskMessage."""
+    return TaskMessage("t", task_id, name, payload, timeout)
+
+
+def ready(pid) -> Ready:
+    """A Ready message."""
+    return Ready("ready", pid)
+
+
+def result(task_id, ok, text, started, finished, rss, timed_out) -> Result:
+    """A Result message."""
+    return Result("r", task_id, ok, text, started, finished, rss, timed_out)
+
+
+def skipped(task_id) -> Skipped:
+    """A Skipped message."""
+    return Skipped("s", task_id)
+
+
+def encode(messages) -> bytes:
+    """Lines for a sequence of messages, ready to send."""
+    return b"".join(_dumps(m).encode() + b"\n" for m in messages)
+
+
+class ProtocolError(ValueError):
+    """A line that is not a known message."""
+
+
+def _shape(raw):
+    try:
+        return _SHAPES[raw[0]](*raw)
+    except (KeyError, IndexError, TypeError):
+        raise ProtocolError(f"not a LiteQ message: {str(raw)[:80]}") from None
+
+
+class LineReader:
+    """Collects received bytes and returns the complete messages they hold.
+
+    Linear in what arrives: only the new bytes are searched for a line end, and
+    a long line is kept as a list of parts until it is complete, so a message of
+    many megabytes read 64 KiB at a time is joined once, not once per read.
+    """
+
+    __slots__ = ("_parts",)
+
+    def __init__(self):
+        self._parts = []
+
+    def feed(self, data: bytes) -> list:
+        """Add received bytes; returns the messages completed by them, in order."""
+        end = data.rfind(b"\n")
+        if end < 0:
+            if data:
+                self._parts.append(data)
+            return []
+        head = data[:end]
+        if self._parts:
+            self._parts.append(head)
+            head = b"".join(self._parts)
+            self._parts = []
+        rest = data[end + 1:]
+        if rest:
+            self._parts.append(rest)
+        # One JSON parse for the whole batch of lines.
+        return [_shape(raw) for raw in json.loads(b"[" + head.replace(b"\n", b",") + b"]")]
+
+    @property
+    def pending_bytes(self) -> int:
+        """How many bytes of an incomplete line are held."""
+        return sum(len(p) for p in self._parts)
