@@ -1,4 +1,13 @@
-"""Shared fixtures: every test gets its own real SQLite file in a temp dir."""
+"""Shared fixtures: every test gets its own queue, on each backend it runs on.
+
+- `workdir`: a short temp dir (socket paths must stay within the Unix limit).
+- `db`: the test's queue, exported as LITEQ_DB with LITEQ_SOCKET inside workdir:
+  a real SQLite file in workdir, or a PostgreSQL URL naming a schema of its own
+  (tests/pg_helpers.py). Tests about the queue's behaviour take `db` (or `backend`)
+  and run on both.
+- `db_path`: an SQLite file only, for tests about SQLite itself.
+- `backend`: the calling thread's open backend for `db`.
+"""
 
 import os
 import shutil
@@ -8,30 +17,73 @@ import pytest
 
 from liteq import backends
 
+import pg_helpers
 from daemon_helpers import registry_restored
+
+BACKEND_KINDS = ("sqlite", "postgresql")
 
 
 @pytest.fixture
-def db_path(monkeypatch):
-    """A fresh database path in a new temp dir, exported as LITEQ_DB.
-
-    LITEQ_SOCKET points inside the same dir, so wake-ups and control calls never
-    reach a real daemon. Cached Stores are dropped before and after, so no test
-    sees another's connection. The temp dir is made with mkdtemp (a short path
-    under /tmp, so socket paths stay within the Unix limit).
-    """
+def workdir():
+    """A fresh short temp dir, removed afterwards."""
     tmp = tempfile.mkdtemp(prefix="liteq-test-")
-    path = os.path.join(tmp, "queue.db")
+    try:
+        yield tmp
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _export(monkeypatch, target, workdir):
     for name in ("LITEQ_SYNC", "LITEQ_BUSY_TIMEOUT"):
         monkeypatch.delenv(name, raising=False)
-    monkeypatch.setenv("LITEQ_DB", path)
-    monkeypatch.setenv("LITEQ_SOCKET", os.path.join(tmp, "liteqd.sock"))
+    monkeypatch.setenv("LITEQ_DB", target)
+    # Wake-ups and control calls never reach a daemon of another test.
+    monkeypatch.setenv("LITEQ_SOCKET", os.path.join(workdir, "liteqd.sock"))
+
+
+@pytest.fixture(params=BACKEND_KINDS)
+def db(request, workdir, monkeypatch):
+    """This test's queue (an SQLite path or a PostgreSQL URL), exported as LITEQ_DB.
+
+    Cached backends are dropped before and after, so no test sees another's
+    connection; a PostgreSQL schema is dropped afterwards.
+    """
+    schema = None
+    if request.param == "sqlite":
+        target = os.path.join(workdir, "queue.db")
+    else:
+        try:
+            import liteq.backends.postgres  # noqa: F401
+        except ImportError:
+            pytest.skip("the PostgreSQL backend is not built yet")
+        server = pg_helpers.server_url()
+        schema, target = pg_helpers.create_schema(server)
+    _export(monkeypatch, target, workdir)
+    backends.forget_backends()
+    try:
+        yield target
+    finally:
+        backends.forget_backends()
+        if schema is not None:
+            pg_helpers.drop_schema(server, schema)
+
+
+@pytest.fixture
+def db_path(workdir, monkeypatch):
+    """A fresh SQLite database path in workdir, exported as LITEQ_DB (SQLite-only tests)."""
+    path = os.path.join(workdir, "queue.db")
+    _export(monkeypatch, path, workdir)
     backends.forget_backends()
     try:
         yield path
     finally:
         backends.forget_backends()
-        shutil.rmtree(tmp, ignore_errors=True)
+
+
+@pytest.fixture
+def backend(db):
+    """The open backend of this test's queue."""
+    return backends.get_backend(db)
 
 
 @pytest.fixture
