@@ -13,6 +13,14 @@ class DatabaseError(LiteQError):
     """The queue database cannot be opened, read or written."""
 
 
+class DatabaseUnavailable(DatabaseError):
+    """The database server cannot be reached (down, restarting, connection lost).
+
+    An outage to ride out: the next call tries to connect again. SQLite never
+    raises it.
+    """
+
+
 class DatabaseLocked(DatabaseError):
     """Another process held the database's write lock past the busy timeout."""
 

@@ -5,7 +5,6 @@ messages from its socket, runs each one (coroutines on an event loop it keeps),
 and writes back the outcome. The messages are those of liteqd.protocol.
 """
 
-import asyncio
 import os
 import signal
 import socket
@@ -15,11 +14,8 @@ import traceback
 import psutil
 from setproctitle import setproctitle
 
-from liteq.core import TASK_REGISTRY
-from liteq.errors import TaskTimeout
-from liteq.serialization import decode_payload, encode_result
-
 from . import protocol
+from .executor import Executor, install_alarm_handler
 from .proc import become_subreaper, descendants, die_with_parent
 
 # Exit code of a child whose own set-up or loop raised; before "ready" it is a boot error.
@@ -101,12 +97,6 @@ def _on_stop(signum, frame):
         _channel.hand_back()
 
 
-def _on_alarm(signum, frame):
-    raise TaskTimeout(f"timed out after {_on_alarm.limit:g} s")
-
-
-_on_alarm.limit = 0
-
 
 def _own_rss():
     try:
@@ -122,92 +112,6 @@ def _kill_descendants():
             proc.kill()
         except (psutil.NoSuchProcess, psutil.AccessDenied):
             pass
-
-
-def _format_error(exc):
-    tb = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
-    return f"{type(exc).__name__}: {exc}\n\n{tb}"
-
-
-class Executor:
-    """Runs one task at a time, with a soft time limit and a persistent event loop."""
-
-    def __init__(self):
-        self.loop = None
-
-    def _run_async(self, fn, args, kwargs, timeout):
-        if self.loop is None:
-            self.loop = asyncio.new_event_loop()
-            asyncio.set_event_loop(self.loop)
-        task = self.loop.create_task(fn(*args, **kwargs))
-        timer = None
-        if timeout:
-            timer = self.loop.call_later(timeout, task.cancel)
-        try:
-            return self.loop.run_until_complete(task)
-        except asyncio.CancelledError:
-            # The only canceller is our own timer.
-            raise TaskTimeout(f"timed out after {timeout:g} s") from None
-        finally:
-            if timer is not None:
-                timer.cancel()
-
-    def _run_sync(self, fn, args, kwargs, timeout):
-        if not timeout:
-            return fn(*args, **kwargs)
-        _on_alarm.limit = timeout
-        signal.setitimer(signal.ITIMER_REAL, timeout)
-        try:
-            return fn(*args, **kwargs)
-        finally:
-            signal.setitimer(signal.ITIMER_REAL, 0)
-
-    def run(self, name, payload, timeout):
-        """Run one task; returns (ok, text, timed_out) where text is result JSON or error."""
-        task = TASK_REGISTRY.get(name)
-        if task is None:
-            known = ", ".join(sorted(TASK_REGISTRY)) or "none"
-            return False, (f"UnknownTask: no task named {name!r} is registered in this app "
-                           f"(registered: {known})"), False
-        try:
-            args, kwargs = decode_payload(payload)
-        except ValueError as exc:
-            return False, f"BadPayload: {exc}", False
-        try:
-            if task.is_async:
-                result = self._run_async(task.fn, args, kwargs, timeout)
-            else:
-                result = self._run_sync(task.fn, args, kwargs, timeout)
-        except TaskTimeout as exc:
-            return False, _format_error(exc), True
-        except TypeError as exc:
-            mismatch = _signature_mismatch(task.fn, args, kwargs)
-            if mismatch:
-                return False, mismatch, False
-            return False, _format_error(exc), False
-        except BaseException as exc:  # noqa: B902 - a task's SystemExit is its failure too
-            if isinstance(exc, KeyboardInterrupt):
-                raise
-            return False, _format_error(exc), False
-        try:
-            return True, encode_result(result), False
-        except TypeError as exc:
-            return False, f"BadResult: {exc}", False
-
-
-def _signature_mismatch(fn, args, kwargs):
-    # Only consulted after a TypeError, so the hot path pays nothing for it.
-    import inspect
-    try:
-        sig = inspect.signature(fn)
-    except (TypeError, ValueError):
-        return None
-    try:
-        sig.bind(*args, **kwargs)
-    except TypeError as exc:
-        return (f"ArgumentMismatch: the stored arguments no longer match "
-                f"{getattr(fn, '__name__', fn)}{sig}: {exc}")
-    return None
 
 
 def child_main(sock: socket.socket, index: int, parent_pid: int, close_fds=(),
@@ -238,7 +142,7 @@ def child_main(sock: socket.socket, index: int, parent_pid: int, close_fds=(),
         signal.signal(signal.SIGTTIN, signal.SIG_IGN)
         signal.signal(signal.SIGTTOU, signal.SIG_IGN)
         signal.signal(signal.SIGUSR1, _on_stop)
-        signal.signal(signal.SIGALRM, _on_alarm)
+        install_alarm_handler()
         os.environ.pop("NOTIFY_SOCKET", None)
         _serve(sock, index, report_rss, max_tasks, max_rss)
     except BaseException:  # noqa: B902 - never unwind into the supervisor's code
@@ -283,9 +187,9 @@ def _serve(sock, index, report_rss, max_tasks=0, max_rss=0):
         msg = channel.pending.pop()
         setproctitle(f"liteqd: worker {index} running {msg.name}#{msg.id}")
         started = time.time()
-        ok, text, timed_out = executor.run(msg.name, msg.payload, msg.timeout)
+        outcome = executor.run(msg.name, msg.payload, msg.timeout)
         finished = time.time()
-        if timed_out:
+        if outcome.timed_out:
             # Subprocesses the task started die with it, even those in a session of
             # their own that killing our process group would miss: once we exit they
             # are reparented and can no longer be found under us.
@@ -293,10 +197,11 @@ def _serve(sock, index, report_rss, max_tasks=0, max_rss=0):
         rss = _own_rss() if report_rss else 0
         channel.busy = True
         try:
-            channel.send(protocol.result(msg.id, ok, text, started, finished, rss, timed_out))
+            channel.send(protocol.result(msg.id, outcome.ok, outcome.text, started, finished, rss,
+                                         outcome.timed_out, outcome.retry))
         finally:
             channel.busy = False
-        if timed_out:
+        if outcome.timed_out:
             # The task may have left subprocesses or threads running: hand back what is
             # queued and exit, so the supervisor replaces this process and its group.
             _Stop.requested = True

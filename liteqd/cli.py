@@ -6,7 +6,7 @@ import sys
 from liteq.backends import identity_of, open_backend
 from liteq.app_loader import load_app
 from liteq.core import TASK_REGISTRY
-from liteq.errors import ConfigError, DatabaseError
+from liteq.errors import ConfigError, DatabaseError, DatabaseUnavailable
 from liteq.paths import socket_path
 
 from . import config as config_mod
@@ -41,11 +41,16 @@ def build_supervisor(cfg, *, load=True):
         load_app(cfg.app)
     if not TASK_REGISTRY:
         raise ConfigError(f"app {cfg.app!r} registers no tasks (decorate functions with @task)")
-    open_backend(cfg.db).close()  # fail now, clearly, on a bad database
+    try:
+        open_backend(cfg.db).close()  # fail now, clearly, on a bad database
+    except DatabaseUnavailable:
+        pass  # a server that is down: the supervisor waits for it, saying so
     sock = cfg.socket or socket_path(identity_of(cfg.db))
     # The control socket is claimed first: it is the one that refuses a second daemon.
-    plugins = [ControlServer(sock, group=cfg.socket_group), WakeListener(sock),
-               SystemdNotifier()]
+    plugins = [ControlServer(sock, group=cfg.socket_group)]
+    if not cfg.poll_only:
+        plugins.append(WakeListener(sock))
+    plugins.append(SystemdNotifier())
     return Supervisor(cfg, reload_app=_app_reloader(cfg.app) if load else None,
                       plugins=plugins)
 

@@ -43,6 +43,7 @@ class DaemonConfig:
     socket: str = None
     socket_group: str = None
     scheduler: bool = True
+    poll_only: bool = False
     extra: dict = field(default_factory=dict)
 
     @property
@@ -90,6 +91,9 @@ OPTIONS = [
     ("--socket-group", "LITEQ_SOCKET_GROUP", str, None,
      "group allowed to use the control socket (mode 0660)"),
     ("--no-scheduler", "LITEQ_NO_SCHEDULER", bool, False, "do not fire cron schedules"),
+    ("--poll-only", "LITEQ_POLL_ONLY", bool, False,
+     "no wake-up channel (no LISTEN on PostgreSQL, as PgBouncer in transaction mode "
+     "needs): find tasks by polling every --poll-interval"),
 ]
 
 LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
@@ -223,4 +227,4 @@ def resolve(args: argparse.Namespace, environ=None) -> DaemonConfig:
         heartbeat_interval=values["heartbeat_interval"], stale_after=values["stale_after"],
         poll_interval=values["poll_interval"], log_format=fmt, log_level=level,
         socket=values["socket"], socket_group=values["socket_group"],
-        scheduler=not values["no_scheduler"])
+        scheduler=not values["no_scheduler"], poll_only=values["poll_only"])

@@ -17,10 +17,8 @@ from liteq.errors import DatabaseError
 from liteq.wakeup import THROTTLE_S
 
 from . import protocol
+from .outage import Outage
 from .pool import TaskRun
-
-# After a failed database call, supervision goes on and the call is retried then.
-DB_RETRY_S = 0.5
 
 
 class Dispatcher:
@@ -36,9 +34,11 @@ class Dispatcher:
         self.polling = False            # this loop turn is a fallback poll
         self.follow_up = None           # a claim owed shortly after a wake-up
         self.rescan_due = False         # the known due time passed: look up the next one
-        self.db_retry_at = 0.0
-        self.tasks_done = 0
+        self.outage = Outage(sup.log)
+        self.reports = []               # (event, fields) of outcomes not yet recorded
+        self.tasks_done = 0             # outcomes the database recorded ...
         self.tasks_failed = 0
+        self.tasks_refused = 0          # ... and those it refused
 
     # ---- outcomes ------------------------------------------------------------
 
@@ -47,27 +47,29 @@ class Dispatcher:
         self.log.info("task.started", task_id=run.id, name=run.name, queue=run.queue,
                       attempt=run.attempts, pid=child.pid)
 
-    def record(self, run, ok, text, started, finished, timed_out):
-        """Queue the outcome of one attempt: done, a retry after its back-off, or failed."""
+    def record(self, run, ok, text, started, finished, timed_out, retry=None):
+        """Queue the outcome of one attempt: done, a retry after its back-off, or failed.
+
+        retry=False fails the task at once (an error no retry can fix); otherwise
+        the retry policy decides. The outcome is logged and counted once the
+        database has recorded it (see sync()).
+        """
         duration_ms = round((finished - started) * 1000, 3) if started and finished else None
-        common = dict(task_id=run.id, name=run.name, queue=run.queue, attempt=run.attempts,
+        fields = dict(task_id=run.id, name=run.name, queue=run.queue, attempt=run.attempts,
                       duration_ms=duration_ms)
         if ok:
             self.outcomes["done"].append((run.id, text, started, finished))
-            self.tasks_done += 1
-            self.log.info("task.succeeded", **common)
+            self.reports.append(("task.succeeded", fields))
             return
-        first_line = text.split("\n", 1)[0]
-        if retry_policy.should_retry(run.attempts, run.max_retries):
+        fields.update(error=text.split("\n", 1)[0], timed_out=timed_out)
+        if retry is not False and retry_policy.should_retry(run.attempts, run.max_retries):
             delay = retry_policy.retry_delay(run.attempts, run.retry_delay, run.retry_backoff,
                                              run.retry_max_delay)
             self.outcomes["retry"].append((run.id, text, started, delay))
-            self.log.warning("task.retrying", error=first_line, retry_in_s=round(delay, 3),
-                             timed_out=timed_out, **common)
+            self.reports.append(("task.retrying", dict(fields, retry_in_s=round(delay, 3))))
         else:
             self.outcomes["failed"].append((run.id, text, started, finished))
-            self.tasks_failed += 1
-            self.log.error("task.failed", error=first_line, timed_out=timed_out, **common)
+            self.reports.append(("task.failed", fields))
 
     def release(self, task_ids):
         """Queue claimed tasks that never started, to go back to pending."""
@@ -80,27 +82,30 @@ class Dispatcher:
     def sync(self):
         """Record this round's outcomes and claim the next tasks, in one commit; then
         hand the claimed tasks to the children."""
-        if time.monotonic() < self.db_retry_at:
+        if time.monotonic() < self.outage.retry_at:
             return
         out = self.outcomes
         backend = self.sup.backend
         wanted = [] if self.sup.stopping else self._claims_wanted()
         if not wanted and not self.has_outcomes():
             return
-        claims = []
+        claims, recorded = [], ()
         try:
             with backend.batch():
                 if out["done"] or out["failed"] or out["retry"]:
-                    backend.record_outcomes(self.sup.worker_id, done=out["done"],
-                                            failed=out["failed"], retry=out["retry"])
+                    recorded = backend.record_outcomes(
+                        self.sup.worker_id, done=out["done"], failed=out["failed"],
+                        retry=out["retry"])
                 if out["release"]:
                     backend.release(self.sup.worker_id, out["release"])
                 if wanted:
                     claims = self._claim(wanted)
         except DatabaseError as exc:
             # Keep the outcomes and try again shortly; supervision goes on meanwhile.
-            self.db_trouble("sync", exc)
+            self.outage.failed("sync", exc)
             return
+        self.outage.succeeded()
+        self._report(recorded)
         if out["release"]:
             self.claim_soon()
         for _, _, _, delay in out["retry"]:
@@ -109,10 +114,47 @@ class Dispatcher:
         for pool, rows in claims:
             self._hand_out(pool, rows)
 
-    def db_trouble(self, op, exc):
-        """Note a failed database call: it is retried after DB_RETRY_S."""
-        self.db_retry_at = time.monotonic() + DB_RETRY_S
-        self.log.warning("db.retrying", op=op, error=str(exc))
+    def _report(self, recorded):
+        """Log and count the outcomes the database recorded; the others were refused."""
+        if not self.reports:
+            return
+        recorded = set(recorded)
+        refused = []
+        for event, fields in self.reports:
+            if fields["task_id"] not in recorded:
+                refused.append((event, fields))
+                continue
+            if event == "task.succeeded":
+                self.tasks_done += 1
+                self.log.info(event, **fields)
+            elif event == "task.retrying":
+                self.log.warning(event, **fields)
+            else:
+                self.tasks_failed += 1
+                self.log.error(event, **fields)
+        self.reports = []
+        if refused:
+            self._report_refused(refused)
+
+    def _report_refused(self, refused):
+        # Rare (this daemon was frozen or cut off past stale-after): say what the task
+        # became, so an operator sees why the outcome was not kept.
+        try:
+            now_rows = {r["id"]: r for r in self.sup.backend.get_tasks(
+                [f["task_id"] for _, f in refused])}
+        except DatabaseError:
+            now_rows = {}
+        for event, fields in refused:
+            self.tasks_refused += 1
+            row = now_rows.get(fields["task_id"])
+            if row is None:
+                reason = "the task no longer exists"
+            elif row["status"] == "running":
+                reason = f"the task was reclaimed and now runs on {row['worker_id']}"
+            else:
+                reason = f"the task is no longer running for this daemon (now {row['status']})"
+            self.log.warning("task.outcome_refused", outcome=event.split(".", 1)[1],
+                             reason=reason, **fields)
 
     # ---- when to claim ---------------------------------------------------------
 
@@ -137,9 +179,10 @@ class Dispatcher:
     def deadlines(self):
         """The monotonic times at which a claim may be due (for the loop's sleep)."""
         now = time.monotonic()
-        out = [max(self.next_poll, self.db_retry_at)]
+        retry_at = self.outage.retry_at
+        out = [max(self.next_poll, retry_at)]
         if self.due_hint is not None:
-            out.append(max(now + self.due_hint - time.time(), self.db_retry_at))
+            out.append(max(now + self.due_hint - time.time(), retry_at))
         if self.follow_up is not None:
             out.append(self.follow_up)
         return out

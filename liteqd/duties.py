@@ -54,7 +54,9 @@ class Duties:
         except DatabaseError as exc:
             if startup:
                 raise
-            sup.dispatch.db_trouble("heartbeat", exc)
+            sup.dispatch.outage.failed("heartbeat", exc)
+            return
+        sup.dispatch.outage.succeeded()
 
     def _reclaim(self):
         sup = self.sup
@@ -86,7 +88,7 @@ class Duties:
             ids = scheduler.fire_due(self.sup.backend, log=self._schedule_event)
             upcoming = scheduler.next_fire_time(self.sup.backend)
         except DatabaseError as exc:
-            self.sup.dispatch.db_trouble("schedules", exc)
+            self.sup.dispatch.outage.failed("schedules", exc)
             self.next_schedule = now + 1.0
             return
         if ids:

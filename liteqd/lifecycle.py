@@ -7,7 +7,6 @@ here (timed out, crashed, or stopped by us) and handed to the dispatcher.
 """
 
 import os
-import select
 import selectors
 import signal
 import socket
@@ -22,9 +21,6 @@ from .pool import ChildHandle
 
 MAX_RESPAWN_DELAY = 30.0
 MAX_BOOT_ERRORS = 5
-# A child that accepts no byte of a message for this long is wedged; one that is
-# slowly taking a big message is not (the deadline moves with each byte taken).
-SEND_STALL_S = 5.0
 _SIGNAMES = {s.value: s.name for s in signal.Signals}
 
 
@@ -104,28 +100,51 @@ class Lifecycle:
     # ---- talking ---------------------------------------------------------------
 
     def send(self, child, messages) -> bool:
-        """Write messages to a child; False when it is gone or wedged.
+        """Queue messages for a child and write what its socket takes now; False when
+        the child is gone.
 
-        The socket is non-blocking: a send may take only part of the data, so the
-        rest is resent from where it stopped (never from the start, which would
-        corrupt the stream). A child that takes nothing for SEND_STALL_S is wedged;
-        one that keeps taking bytes, however slowly, gets the whole message.
+        The supervisor never waits on a child: what the socket does not take at once
+        (a big argument, a child busy with a long task behind its prefetch) stays in
+        the child's outbox and is written as the socket drains, from where it stopped.
         """
-        view = memoryview(protocol.encode(messages))
-        deadline = time.monotonic() + SEND_STALL_S
-        while view:
+        child.outbox.append(memoryview(protocol.encode(messages)))
+        return self.flush(child)
+
+    def flush(self, child) -> bool:
+        """Write as much of the child's outbox as its socket takes; False when it is gone."""
+        outbox = child.outbox
+        while outbox:
             try:
-                sent = child.sock.send(view)
+                sent = child.sock.send(outbox[0])
             except (BlockingIOError, InterruptedError):
-                if time.monotonic() > deadline:
-                    return False
-                select.select([], [child.sock], [], 0.05)
-                continue
+                break
             except OSError:
+                outbox.clear()
+                self._watch_writes(child, False)
                 return False
-            view = view[sent:]
-            deadline = time.monotonic() + SEND_STALL_S
+            if sent == len(outbox[0]):
+                outbox.popleft()
+            else:
+                outbox[0] = outbox[0][sent:]
+        self._watch_writes(child, bool(outbox))
         return True
+
+    def _watch_writes(self, child, on):
+        if child.watching_writes == on or child.sock.fileno() < 0:
+            return
+        events = selectors.EVENT_READ | (selectors.EVENT_WRITE if on else 0)
+        try:
+            self.sup.selector.modify(child.sock, events, ("child", child))
+        except (KeyError, ValueError):
+            return  # no longer watched (its end of the socket was closed)
+        child.watching_writes = on
+
+    def on_ready(self, child, mask):
+        """The child's socket is readable or writable (from the select loop)."""
+        if mask & selectors.EVENT_WRITE and not self.flush(child):
+            self.kill(child, "crash")
+        if mask & selectors.EVENT_READ:
+            self.read(child)
 
     def read(self, child) -> bool:
         """Read and handle what a child sent; False once nothing more is there."""
@@ -176,7 +195,7 @@ class Lifecycle:
             nxt.started_wall = msg.finished
             self.sup.dispatch.log_started(child, nxt)
         self.sup.dispatch.record(run, msg.ok, msg.text, msg.started, msg.finished,
-                                 msg.timed_out)
+                                 msg.timed_out, msg.retry)
         if msg.ok:
             child.pool.failures = 0
         if msg.timed_out:
@@ -357,6 +376,17 @@ class Lifecycle:
             proc.kill_tree(child.pid)
             self.sup.dispatch.release([r.id for r in child.inflight])
             child.inflight.clear()
+
+    def end_leftovers(self):
+        """End the processes tasks left behind that outlived their child (a double
+        fork, a daemonized helper): TERM, then KILL after the kill grace. Under
+        systemd the unit's cgroup does this; without it, we do."""
+        leftovers = proc.tagged_processes([self.sup.worker_id])
+        if not leftovers:
+            return
+        for pid, name, how in proc.end_processes(leftovers, self.config.kill_grace):
+            self.log.warning("child.leftover_killed", pid=pid, process=name, signal=how,
+                             reason="a task left it running; the daemon is stopping")
 
     @staticmethod
     def reap_remaining(timeout=2.0):

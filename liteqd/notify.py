@@ -53,8 +53,12 @@ class SystemdNotifier:
     @staticmethod
     def summary(sup):
         """One line for `systemctl status`."""
+        outage = sup.dispatch.outage.describe()
+        if outage and sup.backend is None:
+            return f"waiting for the database: {outage}"
         pools = ", ".join(f"{p.name} {len(p.active)}/{p.size}" for p in sup.pools)
-        return f"{sup.tasks_done} done, {sup.tasks_failed} failed; pools: {pools}"
+        line = f"{sup.tasks_done} done, {sup.tasks_failed} failed; pools: {pools}"
+        return f"{outage}; {line}" if outage else line
 
     def next_deadline(self):
         """When the next watchdog ping is due (None without a watchdog)."""
@@ -72,6 +76,10 @@ class SystemdNotifier:
         if now >= self.next_status:
             self.send(f"STATUS={self.summary(sup)}")
             self.next_status = now + 5.0
+
+    def on_waiting(self, sup):
+        """Refresh STATUS while the daemon waits for its database at start-up."""
+        self.send(f"STATUS={self.summary(sup)}")
 
     def on_reloading(self, sup):
         """Tell systemd a reload started (Type=notify-reload wants MONOTONIC_USEC)."""

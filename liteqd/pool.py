@@ -36,6 +36,8 @@ class ChildHandle:
     sock: object
     spawned_mono: float = field(default_factory=time.monotonic)
     reader: object = None         # a protocol.LineReader of what the child sends
+    outbox: collections.deque = field(default_factory=collections.deque)  # unsent bytes
+    watching_writes: bool = False
     ready: bool = False
     inflight: collections.deque = field(default_factory=collections.deque)
     tasks_done: int = 0

@@ -95,8 +95,8 @@ def rss_bytes(pid: int) -> int:
             return 0
 
 
-def kill_tagged(worker_ids) -> list:
-    """SIGKILL processes left behind by dead daemons of this host; returns their pids.
+def tagged_processes(worker_ids) -> list:
+    """Live processes (other than this one) that carry one of these daemons' worker ids.
 
     A daemon's children die with it (PR_SET_PDEATHSIG), but subprocesses its
     tasks started are reparented and live on. They carry the daemon's worker id
@@ -104,14 +104,45 @@ def kill_tagged(worker_ids) -> list:
     """
     wanted = set(worker_ids)
     me = os.getpid()
-    killed = []
+    found = []
     for p in psutil.process_iter():
         if p.pid == me:
             continue
         try:
-            if p.environ().get(WORKER_TAG) in wanted:
-                p.kill()
-                killed.append(p.pid)
+            if p.environ().get(WORKER_TAG) in wanted and p.status() != psutil.STATUS_ZOMBIE:
+                found.append(p)
         except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess, OSError):
             continue
+    return found
+
+
+def kill_tagged(worker_ids) -> list:
+    """SIGKILL processes left behind by dead daemons of this host; returns their pids."""
+    killed = []
+    for p in tagged_processes(worker_ids):
+        try:
+            p.kill()
+            killed.append(p.pid)
+        except (psutil.NoSuchProcess, psutil.AccessDenied):
+            continue
     return killed
+
+
+def end_processes(procs, grace) -> list:
+    """SIGTERM `procs` (psutil.Process), then SIGKILL those alive after `grace` seconds.
+    Returns [(pid, name, "SIGTERM" or "SIGKILL")] for each process ended."""
+    ended = {}
+    for p in procs:
+        try:
+            ended[p.pid] = [p.name(), "SIGTERM"]
+            p.terminate()
+        except (psutil.NoSuchProcess, psutil.AccessDenied):
+            ended.pop(p.pid, None)
+    _, alive = psutil.wait_procs([p for p in procs if p.pid in ended], timeout=grace)
+    for p in alive:
+        try:
+            p.kill()
+            ended[p.pid][1] = "SIGKILL"
+        except (psutil.NoSuchProcess, psutil.AccessDenied):
+            pass
+    return [(pid, name, how) for pid, (name, how) in ended.items()]

@@ -7,7 +7,7 @@ by name while the wire stays compact (a drain moves tens of thousands a second):
     supervisor -> child   TaskMessage  ["t", id, name, payload_json, timeout_s | null]
     child -> supervisor   Ready        ["ready", pid]
                           Result       ["r", id, ok, result_json | error_text, started,
-                                        finished, rss_bytes, timed_out]
+                                        finished, rss_bytes, timed_out, retry]
                           Skipped      ["s", id]   (handed back unstarted: a stop came first)
 """
 
@@ -33,7 +33,11 @@ class Ready(NamedTuple):
 
 
 class Result(NamedTuple):
-    """The outcome of one task: ok with result JSON, or not ok with the error text."""
+    """The outcome of one task: ok with result JSON, or not ok with the error text.
+
+    retry: None lets the task's retry policy decide; False fails it at once (an
+    error that no retry can fix).
+    """
     kind: str
     id: int
     ok: bool
@@ -42,6 +46,7 @@ class Result(NamedTuple):
     finished: float
     rss: int
     timed_out: bool
+    retry: Optional[bool] = None
 
 
 class Skipped(NamedTuple):
@@ -63,9 +68,9 @@ def ready(pid) -> Ready:
     return Ready("ready", pid)
 
 
-def result(task_id, ok, text, started, finished, rss, timed_out) -> Result:
+def result(task_id, ok, text, started, finished, rss, timed_out, retry=None) -> Result:
     """A Result message."""
-    return Result("r", task_id, ok, text, started, finished, rss, timed_out)
+    return Result("r", task_id, ok, text, started, finished, rss, timed_out, retry)
 
 
 def skipped(task_id) -> Skipped:

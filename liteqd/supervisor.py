@@ -25,8 +25,8 @@ import uuid
 
 from setproctitle import setproctitle
 
-from liteq.backends import open_backend
-from liteq.errors import DatabaseError
+from liteq.backends import identity_of, open_backend
+from liteq.errors import DatabaseError, DatabaseUnavailable
 
 from . import logs, proc
 from .config import MAX_CHILDREN
@@ -52,6 +52,7 @@ class Supervisor:
         self.worker_id = f"{self.hostname}:{self.pid}:{uuid.uuid4().hex[:8]}"
         self.started_mono = time.monotonic()
         self.started_wall = time.time()
+        self.identity = identity_of(config.db)  # names the queue; never holds a password
         self.backend = None
         self.selector = selectors.DefaultSelector()
         self.signals = []
@@ -74,7 +75,11 @@ class Supervisor:
 
     def run(self) -> int:
         """Run until stopped; returns the process exit code."""
-        self._start()
+        if not self._start():
+            self.log.info("daemon.stopped", tasks_done=0, tasks_failed=0,
+                          exit_code=self.exit_code, reason="stopped before the database answered")
+            logs.flush()
+            return self.exit_code
         try:
             while True:
                 self.lifecycle.spawn_missing()
@@ -96,13 +101,16 @@ class Supervisor:
             logs.flush()
         return self.exit_code
 
-    def _start(self):
+    def _start(self) -> bool:
+        """Connect and set up; False when a stop came while waiting for the database."""
         self._install_signals()
         proc.become_subreaper()
         # Inherited by every process our tasks start (through exec too), so that if
         # this daemon is SIGKILLed, the next one can find and end what it left.
         os.environ[proc.WORKER_TAG] = self.worker_id
-        self.backend = open_backend(self.config.db, daemon=True)
+        self.backend = self._connect()
+        if self.backend is None:
+            return False
         registered = []
         try:
             for plugin in self.plugins:
@@ -114,17 +122,40 @@ class Supervisor:
             self.backend.close()
             raise
         self.duties.heartbeat(startup=True)
-        self.log.info("daemon.starting", worker_id=self.worker_id, db=self.backend.identity,
+        self.log.info("daemon.starting", worker_id=self.worker_id, db=self.identity,
                       app=self.config.app,
                       pools=[{"name": p.name, "queues": p.queues, "size": p.size}
                              for p in self.pools])
         setproctitle(self.title())
+        return True
+
+    def _connect(self):
+        """Open the backend. While the server does not answer, wait for it (saying so in
+        the log and to systemd) until it does, or until a stop; None after a stop."""
+        outage = self.dispatch.outage
+        while True:
+            try:
+                backend = open_backend(self.config.db, daemon=True)
+            except DatabaseUnavailable as exc:
+                outage.failed("connect", exc)
+            else:
+                outage.succeeded()
+                return backend
+            setproctitle(self.title())
+            self._call_plugins("on_waiting")
+            logs.flush()
+            self._wait(max(0.0, outage.retry_at - time.monotonic()))
+            self._handle_signals()
+            if self.stopping:
+                return None
 
     def _next_timeout(self):
         now = time.monotonic()
-        if self.dispatch.has_outcomes() and now >= self.dispatch.db_retry_at:
-            return 0
         deadlines = self.duties.deadlines() + self.lifecycle.deadlines()
+        if self.dispatch.has_outcomes():
+            if now >= self.dispatch.outage.retry_at:
+                return 0
+            deadlines.append(self.dispatch.outage.retry_at)
         if self.stopping:
             deadlines.append(self.stop_deadline)
         else:
@@ -140,7 +171,7 @@ class Supervisor:
         for key, mask in self.selector.select(timeout):
             kind, obj = key.data
             if kind == "child":
-                self.lifecycle.read(obj)
+                self.lifecycle.on_ready(obj, mask)
             elif kind == "signal":
                 try:
                     while self._sig_r.recv(4096):
@@ -302,7 +333,9 @@ class Supervisor:
         """The supervisor's process title."""
         pools = " ".join(f"{p.name}={len(p.active)}/{p.size}" for p in self.pools)
         state = f" {self.stopping} stop" if self.stopping else ""
-        return f"liteqd: supervisor [{pools}] db={self.backend.identity}{state}"
+        if self.dispatch.outage.down:
+            state += " (database unavailable)"
+        return f"liteqd: supervisor [{pools}] db={self.identity}{state}"
 
     def status(self) -> dict:
         """A snapshot of the daemon for `liteqctl status`."""
@@ -327,10 +360,12 @@ class Supervisor:
                           "consecutive_failures": pool.failures})
         return {
             "pid": self.pid, "worker_id": self.worker_id, "hostname": self.hostname,
-            "uptime_s": round(now - self.started_mono, 3), "db": self.backend.identity,
+            "uptime_s": round(now - self.started_mono, 3), "db": self.identity,
             "app": self.config.app, "state": self.stopping or "running",
             "paused": sorted(self.paused), "pools": pools,
             "tasks_done": self.tasks_done, "tasks_failed": self.tasks_failed,
+            "tasks_refused": self.dispatch.tasks_refused,
+            "database": "unavailable" if self.dispatch.outage.down else "ok",
         }
 
     # ---- shutdown --------------------------------------------------------------
@@ -340,13 +375,13 @@ class Supervisor:
         self.stopping = self.stopping or "fast"  # (also after an error): claim nothing more
         self.lifecycle.kill_all_for_exit()
         dispatch = self.dispatch
-        dispatch.db_retry_at = 0.0
+        dispatch.outage.retry_at = 0.0
         for _ in range(20):
             dispatch.sync()
             if not dispatch.has_outcomes():
                 break
             time.sleep(0.25)
-            dispatch.db_retry_at = 0.0
+            dispatch.outage.retry_at = 0.0
         for plugin in self.plugins:
             try:
                 plugin.close()
@@ -357,6 +392,8 @@ class Supervisor:
         except DatabaseError as exc:
             self.log.error("db.error", op="remove_worker", error=str(exc))
         self.lifecycle.reap_remaining()
+        self.lifecycle.end_leftovers()
+        self.lifecycle.reap_remaining(timeout=0.5)
         self.log.info("daemon.stopped", tasks_done=self.tasks_done,
                       tasks_failed=self.tasks_failed, exit_code=self.exit_code)
         self.backend.close()

@@ -112,7 +112,9 @@ def test_bad_rows_fail_clearly_and_everything_else_runs(lab, app):
     assert rows[bad["result"]]["result"] is None
     assert "UnknownTask" in err["unknown"] and "'no_such_task'" in err["unknown"]
     assert "work" in err["unknown"]  # lists what is registered
-    assert rows[bad["unknown"]]["attempts"] == 2  # it followed its retry policy
+    # No retry can fix an unknown name: it fails at its first attempt, and says so.
+    assert rows[bad["unknown"]]["attempts"] == 1
+    assert "not retried" in err["unknown"]
     for key in ("missing_arg", "extra_kwarg"):
         assert "ArgumentMismatch" in err[key] and "add(a, b)" in err[key], err[key]
     assert "missing a required argument: 'b'" in err["missing_arg"]

@@ -46,7 +46,7 @@ def _finish(store, worker, ids, kind, when=None):
     """Claimed ids -> done / failed, with finished_at `when` (default now)."""
     t = time.time() if when is None else when
     entries = [(i, "null" if kind == "done" else f"error of {i}", t, t) for i in ids]
-    assert store.record_outcomes(worker, **{kind: entries}) == len(ids)
+    assert len(store.record_outcomes(worker, **{kind: entries})) == len(ids)
 
 
 # ---- claim -------------------------------------------------------------------------
@@ -142,7 +142,7 @@ def test_task_scheduled_one_second_ahead_comes_due_one_second_later(db_path, cle
     retried = later.delay("retry")
     assert _ids(store.claim("w0", ["default"], 1)) == [retried]
     t0 = time.time()
-    assert store.record_outcomes("w0", retry=[(retried, "boom", t0, 1.0)]) == 1
+    assert len(store.record_outcomes("w0", retry=[(retried, "boom", t0, 1.0)])) == 1
     ids = {
         retried,
         later.schedule(1.0, "seconds"),
@@ -179,9 +179,9 @@ def test_record_outcomes_done_failed_retry(store):
     c = put_task(store, "c", PAYLOAD)
     store.claim("w", ["default"], 3)
     t = time.time()
-    n = store.record_outcomes("w", done=[(a, json.dumps({"r": 1}), t - 2, t)],
+    n = len(store.record_outcomes("w", done=[(a, json.dumps({"r": 1}), t - 2, t)],
                               failed=[(b, "ValueError: bad\nTraceback...", t - 1, t)],
-                              retry=[(c, "flaky", t - 1, 30)])
+                              retry=[(c, "flaky", t - 1, 30)]))
     assert n == 3
     ra, rb, rc = store.get_task(a), store.get_task(b), store.get_task(c)
     assert (ra["status"], json.loads(ra["result"]), ra["error"]) == ("done", {"r": 1}, None)
@@ -203,22 +203,22 @@ def test_late_writes_change_nothing(store, kind):
     entry = [(tid, "null" if kind == "done" else "late error", t, t + 5)]
 
     before = store.get_task(tid)
-    assert store.record_outcomes("w2", **{kind: entry}) == 0  # not the owner
+    assert len(store.record_outcomes("w2", **{kind: entry})) == 0  # not the owner
     assert store.get_task(tid) == before
 
     assert store.reclaim(dead_worker_ids=["w1"]) == [(tid, "pending")]
     before = store.get_task(tid)
-    assert store.record_outcomes("w1", **{kind: entry}) == 0  # reclaimed meanwhile
+    assert len(store.record_outcomes("w1", **{kind: entry})) == 0  # reclaimed meanwhile
     assert store.get_task(tid) == before
 
     assert _ids(store.claim("w2", ["default"], 1)) == [tid]
     before = store.get_task(tid)
-    assert store.record_outcomes("w1", **{kind: entry}) == 0  # now someone else's
+    assert len(store.record_outcomes("w1", **{kind: entry})) == 0  # now someone else's
     assert store.get_task(tid) == before
-    assert store.record_outcomes("w2", **{kind: entry}) == 1  # the owner's write lands
+    assert len(store.record_outcomes("w2", **{kind: entry})) == 1  # the owner's write lands
     after = store.get_task(tid)
     assert after["status"] == {"done": "done", "failed": "failed", "retry": "pending"}[kind]
-    assert store.record_outcomes("w2", **{kind: entry}) == 0  # and lands once
+    assert len(store.record_outcomes("w2", **{kind: entry})) == 0  # and lands once
     assert store.get_task(tid) == after
 
 
@@ -226,7 +226,7 @@ def test_late_write_after_cancel_changes_nothing(store):
     tid = put_task(store, "x", PAYLOAD)
     assert store.cancel(tid)
     t = time.time()
-    assert store.record_outcomes("w", done=[(tid, "1", t, t)]) == 0
+    assert len(store.record_outcomes("w", done=[(tid, "1", t, t)])) == 0
     assert store.get_task(tid)["status"] == "cancelled"
 
 
@@ -475,7 +475,7 @@ def _race_worker(path, worker_id, start, out_path, seed):
             ids = [r["id"] for r in rows]
             claimed.extend(ids)
             t = time.time()
-            n = store.record_outcomes(worker_id, done=[(i, "null", t, t) for i in ids])
+            n = len(store.record_outcomes(worker_id, done=[(i, "null", t, t) for i in ids]))
             if n != len(ids):
                 problems.append(f"record_outcomes changed {n} of {len(ids)} rows")
     except BaseException as exc:

@@ -208,7 +208,8 @@ def test_result_is_decoded(db_path, echo):
     store = backends.get_backend()
     [claimed] = store.claim("w", ["default"], 1)
     t = time.time()
-    assert store.record_outcomes("w", done=[(tid, json.dumps({"sum": [1, 2]}), t, t)]) == 1
+    assert len(store.record_outcomes("w", done=[(tid, json.dumps({"sum": [1, 2]}), t, t)])) \
+        == 1
     status = liteq.get_task_status(tid)
     assert status["status"] == "done" and status["result"] == {"sum": [1, 2]}
     assert status["worker_id"] == "w" and status["attempts"] == 1
@@ -550,7 +551,7 @@ def test_cancel_retry_purge(db_path, echo):
     store = backends.get_backend()
     assert [row["id"] for row in store.claim("w", ["default"], 2)] == [f, r]
     t = time.time()
-    assert store.record_outcomes("w", failed=[(f, "boom", t, t)]) == 1
+    assert len(store.record_outcomes("w", failed=[(f, "boom", t, t)])) == 1
     # Now f is failed, r is running, p is pending.
 
     assert liteq.cancel_task(p) is True
@@ -573,7 +574,7 @@ def test_cancel_retry_purge(db_path, echo):
     # Finish f and p, then purge: only finished tasks older than the age go.
     assert [row["id"] for row in store.claim("w", ["default"], 5)] == [f, p]
     t = time.time()
-    assert store.record_outcomes("w", done=[(f, "null", t, t), (p, "null", t, t)]) == 2
+    assert len(store.record_outcomes("w", done=[(f, "null", t, t), (p, "null", t, t)])) == 2
     assert liteq.purge_tasks(3600) == 0
     assert liteq.get_task_status(f)["status"] == "done"
     assert liteq.purge_tasks(0) == 2

@@ -30,11 +30,15 @@ class WakeChannel(abc.ABC):
     """The daemon's end of the wake-up channel: a file descriptor for select().
 
     When it is readable, drain() returns what producers said since the last call.
+    A channel whose connection breaks raises DatabaseError (DatabaseUnavailable)
+    from drain(); the daemon then closes it and opens a new one once the database
+    answers (its poll finds the tasks meanwhile).
     """
 
     @abc.abstractmethod
     def fileno(self) -> int:
-        """The descriptor to watch for reading."""
+        """The descriptor to watch for reading: the same number for the channel's whole
+        life, even after its connection broke (the daemon unregisters it by it)."""
 
     @abc.abstractmethod
     def drain(self):
@@ -94,13 +98,15 @@ class Backend(abc.ABC):
         """
 
     @abc.abstractmethod
-    def record_outcomes(self, worker_id, done=(), failed=(), retry=()) -> int:
-        """Record finished attempts in one transaction; returns how many rows changed.
+    def record_outcomes(self, worker_id, done=(), failed=(), retry=()) -> list:
+        """Record finished attempts in one transaction; returns the ids recorded.
 
         done:   (task_id, result_json, started_at, finished_at)
         failed: (task_id, error_text, started_at, finished_at)
         retry:  (task_id, error_text, started_at, delay_s): pending again after delay_s
-        Each applies only while the row is still running for this worker.
+        Each applies only while the row is still running for this worker: an id
+        missing from the result was refused (another daemon reclaimed the task, or it
+        was cancelled), and its outcome must not be reported as recorded.
         """
 
     @abc.abstractmethod

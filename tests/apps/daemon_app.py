@@ -175,3 +175,21 @@ def exit_one():
 @task(max_retries=5, **FAST)
 def crash_always():
     os._exit(3)
+
+
+@task(max_retries=0)
+def daemonize_helper(pidfile):
+    """Leave a double-forked `sleep 600` running (a daemonized helper) and return."""
+    r, w = os.pipe()
+    if os.fork() == 0:
+        os.setsid()
+        sub = subprocess.Popen(["sleep", "600"])
+        os.write(w, str(sub.pid).encode())
+        os._exit(0)  # the `sleep` is orphaned: its parent exits at once
+    os.close(w)
+    pid = int(os.read(r, 64))
+    os.close(r)
+    with open(pidfile + ".tmp", "w") as f:
+        f.write(str(pid))
+    os.rename(pidfile + ".tmp", pidfile)
+    return pid

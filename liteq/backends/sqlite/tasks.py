@@ -13,14 +13,18 @@ INSERT_TASK = (
     "timeout, retry_delay, retry_backoff, retry_max_delay) VALUES (?,?,?,?,?,?,?,?,?,?,?)"
 )
 
-# Outcome updates apply only while the row is still running for this worker.
-_GUARD = "WHERE id = ? AND status = 'running' AND worker_id = ?"
-_RECORD_DONE = ("UPDATE tasks SET status = 'done', result = ?, error = NULL, started_at = ?, "
-                "finished_at = ? " + _GUARD)
-_RECORD_FAILED = ("UPDATE tasks SET status = 'failed', error = ?, started_at = ?, "
-                  "finished_at = ? " + _GUARD)
-_RECORD_RETRY = ("UPDATE tasks SET status = 'pending', error = ?, started_at = ?, "
-                 "worker_id = NULL, run_at = ? " + _GUARD)
+# Outcome updates apply only while the row is still running for this worker; each
+# statement updates a batch from a VALUES list (column1 = id, column2 = text,
+# column3 = started_at, column4 = a time) and returns the ids it changed.
+_OUTCOME_SET = {
+    "done": "status = 'done', result = v.column2, error = NULL, started_at = v.column3, "
+            "finished_at = v.column4",
+    "failed": "status = 'failed', error = v.column2, started_at = v.column3, "
+              "finished_at = v.column4",
+    "retry": "status = 'pending', error = v.column2, started_at = v.column3, "
+             "worker_id = NULL, run_at = v.column4",
+}
+_OUTCOME_CHUNK = 500   # rows per statement (4 parameters each)
 
 
 def due_time(run_at, delay, t):
@@ -156,24 +160,28 @@ class TaskOps:
         return _by_claim_order(rows)
 
     @guarded
-    def record_outcomes(self, worker_id, done=(), failed=(), retry=()) -> int:
-        """Record finished attempts in one transaction; returns how many rows changed.
+    def record_outcomes(self, worker_id, done=(), failed=(), retry=()) -> list:
+        """Record finished attempts in one transaction; returns the ids recorded.
 
-        Each update only applies while the row is still running for this worker.
+        Each update only applies while the row is still running for this worker;
+        an id missing from the result was refused (reclaimed or cancelled meanwhile).
         """
         t = now()
-        changed = 0
+        recorded = []
         with self._write() as conn:
             if retry:
                 retry = [(tid, text, s, t + delay) for tid, text, s, delay in retry]
-            for sql, rows in ((_RECORD_DONE, done), (_RECORD_FAILED, failed),
-                              (_RECORD_RETRY, retry)):
-                if rows:
-                    # Every kind is (task_id, text, started_at, time): one shape.
-                    changed += conn.executemany(
-                        sql, [(text, s, when, tid, worker_id) for tid, text, s, when in rows]
-                    ).rowcount
-        return changed
+            for kind, rows in (("done", done), ("failed", failed), ("retry", retry)):
+                for start in range(0, len(rows), _OUTCOME_CHUNK):
+                    chunk = rows[start:start + _OUTCOME_CHUNK]
+                    values = ",".join(["(?,?,?,?)"] * len(chunk))
+                    params = [x for row in chunk for x in row]
+                    recorded.extend(r[0] for r in conn.execute(
+                        f"UPDATE tasks SET {_OUTCOME_SET[kind]} FROM (VALUES {values}) AS v "
+                        f"WHERE tasks.id = v.column1 AND tasks.status = 'running' "
+                        f"AND tasks.worker_id = ? RETURNING tasks.id",
+                        (*params, worker_id)))
+        return recorded
 
     @guarded
     def release(self, worker_id, task_ids) -> int:

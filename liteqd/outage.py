@@ -1,0 +1,64 @@
+"""Riding out a database that does not answer: back off, say so once, say when it is back.
+
+A lost connection, a restarting server or a network cut is an outage, not a
+crash: the supervisor keeps its children running, keeps outcomes in memory, and
+retries with exponential back-off (capped at MAX_BACKOFF_S). Other database
+errors (a lock held too long, a full disk) are retried at the short DB_RETRY_S.
+"""
+
+import time
+
+from liteq.errors import DatabaseUnavailable
+
+DB_RETRY_S = 0.5
+MAX_BACKOFF_S = 30.0
+
+
+class Outage:
+    """Whether the database answers, and when to try it again (monotonic time)."""
+
+    def __init__(self, log):
+        self.log = log
+        self.since = None          # monotonic time the outage began, or None
+        self.backoff = 0.0
+        self.retry_at = 0.0
+        self.last_error = None
+
+    @property
+    def down(self) -> bool:
+        """True while the database is unavailable."""
+        return self.since is not None
+
+    def failed(self, op, exc):
+        """A database call failed: schedule the next try and log (an outage once)."""
+        now = time.monotonic()
+        if isinstance(exc, DatabaseUnavailable):
+            self.last_error = str(exc)
+            if self.since is None:
+                self.since = now
+                self.backoff = DB_RETRY_S
+                self.log.error("db.unavailable", op=op, error=self.last_error,
+                               retry_in_s=self.backoff)
+            else:
+                self.backoff = min(self.backoff * 2, MAX_BACKOFF_S)
+            self.retry_at = now + self.backoff
+        else:
+            self.log.warning("db.retrying", op=op, error=str(exc))
+            self.retry_at = now + DB_RETRY_S
+
+    def succeeded(self):
+        """A database call worked: end an outage if there was one."""
+        if self.since is not None:
+            self.log.info("db.recovered", down_s=round(time.monotonic() - self.since, 3))
+            self.since = None
+            self.backoff = 0.0
+            self.last_error = None
+
+    def describe(self) -> str:
+        """One line for the systemd status while the database is down ('' when it is up)."""
+        if self.since is None:
+            return ""
+        down = time.monotonic() - self.since
+        wait = max(0.0, self.retry_at - time.monotonic())
+        return (f"database unavailable for {down:.0f} s, next try in {wait:.0f} s "
+                f"({self.last_error})")
