@@ -50,7 +50,7 @@ class _Channel:
 
     def __init__(self, sock):
         self.sock = sock
-        self.buf = b""
+        self.partial = []      # pieces of a line whose newline has not come yet
         self.pending = []      # parsed task messages, next one last
         self.busy = False
 
@@ -59,9 +59,19 @@ class _Channel:
         self.sock.sendall(_dumps(msg).encode() + b"\n")
 
     def _parse(self, data):
-        self.buf += data
-        lines = self.buf.split(b"\n")
-        self.buf = lines.pop()
+        # Only the new bytes are searched and the pieces of an unfinished line are
+        # joined once, when its newline arrives: a big message read 64 KiB at a time
+        # costs linear time (re-splitting a growing buffer made it quadratic, slow
+        # enough for the supervisor to give up on the child).
+        if b"\n" not in data:
+            self.partial.append(data)
+            return
+        lines = data.split(b"\n")
+        if self.partial:
+            self.partial.append(lines[0])
+            lines[0] = b"".join(self.partial)
+        rest = lines.pop()
+        self.partial = [rest] if rest else []
         new = [json.loads(line) for line in lines if line]
         new.reverse()
         self.pending = new + self.pending
