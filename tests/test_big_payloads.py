@@ -1,4 +1,5 @@
-"""Big task arguments reach the child whole.
+"""Big task arguments: they reach the child whole up to LITEQ_MAX_PAYLOAD, and above it
+they are refused at the call site with nothing written.
 
 The supervisor's socket to each child is non-blocking; a message bigger than
 the buffer is sent in pieces, and a piece must never be sent twice. The child
@@ -6,14 +7,18 @@ reads it 64 KiB at a time and must parse it in linear time.
 """
 
 import json
+import re
 import socket
 
 import pytest
 
-from liteq import wait_for_task
+from liteq import ConfigError, register_schedule, wait_for_task
+from liteq.core import task
 from liteq.launcher import start_daemon
+from liteq.settings import DEFAULT_MAX_PAYLOAD
 from liteqd.child import _Channel
 
+from daemon_helpers import count_tasks, db_rows
 
 APP = '''
 from liteq import task
@@ -25,7 +30,6 @@ def measure(blob, n):
 
 # What {"args":[BLOB,N],"kwargs":{}} adds around BLOB (N a one-digit number).
 WRAPPING = len('{"args":["",0],"kwargs":{}}')
-SIXTEEN_MIB = 16 * 1024 * 1024
 
 
 def _blob(n, size):
@@ -75,7 +79,7 @@ def test_arguments_just_under_the_limit_run(big_app, tmp_path):
     # 16 MiB less a little: the child parsed such a message in quadratic time, so slowly
     # that the supervisor gave up on it (ChildDied: killed by signal SIGKILL).
     app_file, app = big_app
-    blobs = [(3, _blob(3, SIXTEEN_MIB - WRAPPING - 100))]
+    blobs = [(3, _blob(3, DEFAULT_MAX_PAYLOAD - WRAPPING - 100))]
     ids = [app.measure.delay(blob, n) for n, blob in blobs]
     _run_all(app_file, tmp_path, ids, blobs)
 
@@ -105,3 +109,80 @@ def test_child_parser_joins_lines_split_anywhere():
     finally:
         a.close()
         b.close()
+
+
+# ---- the limit ----------------------------------------------------------------------------
+
+@pytest.fixture
+def blob_task(db_path, clean_registry):
+    @task
+    def take(blob, n=0):
+        return len(blob)
+    take.delay("first")   # makes the database, so rows can be counted
+    return take
+
+
+def _calls(take, blob):
+    """Every enqueue API, each with one call carrying `blob`."""
+    return {
+        "delay": lambda: take.delay(blob),
+        "schedule": lambda: take.schedule(60, blob),
+        "apply_async": lambda: take.apply_async((blob,), countdown=5),
+        "map": lambda: take.map(["small", blob, "small"]),
+        "starmap": lambda: take.starmap([("small",), (blob,)]),
+    }
+
+
+def test_over_the_default_limit_is_refused_and_nothing_is_written(blob_task, db_path):
+    blob = "y" * (DEFAULT_MAX_PAYLOAD - WRAPPING + 100)   # the limit plus a little
+    for api, call in _calls(blob_task, blob).items():
+        with pytest.raises(ValueError) as caught:
+            call()
+        text = str(caught.value)
+        assert "'take'" in text and f"{DEFAULT_MAX_PAYLOAD:,} bytes" in text, (api, text)
+        assert "LITEQ_MAX_PAYLOAD" in text and "nothing was enqueued" in text, (api, text)
+        assert count_tasks(db_path) == 1, api
+
+
+def test_the_limit_is_exact_and_counts_utf8_bytes(blob_task, db_path, monkeypatch):
+    monkeypatch.setenv("LITEQ_MAX_PAYLOAD", "2000")
+    wrapping = len('{"args":[""],"kwargs":{}}')
+    fits = "z" * (2000 - wrapping)
+    ids = [blob_task.delay(fits), *blob_task.starmap([(fits,)])]
+    sizes = [len(r["payload"].encode()) for r in
+             db_rows(db_path, "SELECT payload FROM tasks WHERE id IN (?, ?)", ids)]
+    assert sizes == [2000, 2000]
+    with pytest.raises(ValueError, match=r"encode to 2,001 bytes, over the limit of 2,000"):
+        blob_task.delay(fits + "z")
+    # 'я' is one character and two bytes.
+    with pytest.raises(ValueError, match=r"encode to 2,\d\d\d bytes"):
+        blob_task.delay("я" * 1100)
+    assert count_tasks(db_path) == 3
+
+
+def test_bulk_names_the_call_over_the_limit(blob_task, db_path, monkeypatch):
+    monkeypatch.setenv("LITEQ_MAX_PAYLOAD", "1024")
+    calls = [("a" * 900,), ("b" * 900,), ("c" * 2000,), ("d",)]
+    with pytest.raises(ValueError, match=r"^call 2: the arguments of task 'take' encode to "
+                                         r"2,025 bytes, over the limit of 1,024"):
+        blob_task.starmap(calls)
+    assert count_tasks(db_path) == 1
+    # Together far over the limit, each call under it: fine, the limit is per call.
+    ids = blob_task.starmap(calls[:2] * 5)
+    assert len(ids) == 10
+
+
+def test_a_schedule_over_the_limit_is_refused(blob_task, db_path, monkeypatch):
+    monkeypatch.setenv("LITEQ_MAX_PAYLOAD", "1024")
+    with pytest.raises(ValueError, match="over the limit of 1,024 bytes"):
+        register_schedule(blob_task, "* * * * *", "q" * 2000)
+    assert count_tasks(db_path) == 1
+
+
+@pytest.mark.parametrize("raw", ["16M", "1.5", "-5", "0", "1023", "lots", "1e6", "²"])
+def test_a_bad_limit_is_a_clear_error(blob_task, db_path, monkeypatch, raw):
+    monkeypatch.setenv("LITEQ_MAX_PAYLOAD", raw)
+    with pytest.raises(ConfigError, match=r"LITEQ_MAX_PAYLOAD .*got " + re.escape(repr(raw))):
+        blob_task.delay("x" * 300)
+    assert count_tasks(db_path) == 1
+
