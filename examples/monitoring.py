@@ -16,7 +16,8 @@ Run it:            python examples/monitoring.py
 The same tasks under the daemon, in production style:
     LITEQ_DB=/tmp/liteq.db liteqd --app examples/monitoring.py \\
         --queues images,billing,default --concurrency 2
-and watch them with `LITEQ_DB=/tmp/liteq.db liteq monitor` or `liteqctl status`.
+and watch them with `LITEQ_DB=/tmp/liteq.db liteq monitor` (open the login address it
+prints) or `liteqctl status`.
 """
 
 import os

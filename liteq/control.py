@@ -53,13 +53,18 @@ def request(op, *, path=None, db=None, timeout=5.0, **args) -> dict:
                     raise TimeoutError(f"liteqd did not accept a connection within "
                                        f"{timeout:g} s (its backlog is full)") from None
                 time.sleep(0.01)
-        sock.sendall(json.dumps({"op": op, **args}).encode() + b"\n")
+        try:
+            sock.sendall(json.dumps({"op": op, **args}).encode() + b"\n")
+        except (BrokenPipeError, ConnectionResetError):
+            pass  # refused at once (too many connections): its reason is there to read
         buf = b""
         while b"\n" not in buf:
             try:
                 data = sock.recv(1 << 16)
             except socket.timeout:
                 raise TimeoutError(f"liteqd did not answer {op!r} within {timeout:g} s") from None
+            except ConnectionResetError:
+                data = b""
             if not data:
                 raise ControlError(f"liteqd closed the connection without answering {op!r}")
             buf += data

@@ -2,6 +2,8 @@
 
 import json
 
+from . import settings
+
 _encoder = json.JSONEncoder(allow_nan=False, separators=(",", ":"), ensure_ascii=False)
 
 
@@ -14,15 +16,52 @@ def _check_value(value, label, task_name):
         ) from None
 
 
+# What a row's payload adds around one call's positional-argument array (see
+# encode_args_array and the bulk INSERT, which wraps each array the same way).
+_ARGS_ONLY_WRAPPING = len('{"args":,"kwargs":{}}')
+
+
+def _utf8_size(text: str) -> int:
+    """The size of `text` in UTF-8 bytes (constant time for ASCII text: the string knows)."""
+    return len(text) if text.isascii() else len(text.encode("utf-8", "surrogatepass"))
+
+
+def _too_big(task_name: str, size: int, limit: int, what="the arguments"):
+    return ValueError(
+        f"{what} of task {task_name!r} encode to {size:,} bytes, over the limit of "
+        f"{limit:,} bytes (LITEQ_MAX_PAYLOAD); nothing was enqueued. Pass a reference "
+        f"(a file path, a URL, a row id) instead of the data itself")
+
+
+# A payload of at most this many characters fits under any limit that may be set (no
+# character takes more than 4 bytes in UTF-8): nearly every call stops at this one
+# comparison, without reading the environment.
+_ALWAYS_FITS = settings.MIN_MAX_PAYLOAD // 4
+
+
+def _check_size(task_name: str, text: str):
+    """Raise ValueError when an encoded payload is larger than LITEQ_MAX_PAYLOAD."""
+    if len(text) > _ALWAYS_FITS:
+        limit = settings.max_payload()
+        if len(text) * 4 > limit:
+            size = _utf8_size(text)
+            if size > limit:
+                raise _too_big(task_name, size, limit)
+
+
 def encode_payload(task_name: str, args, kwargs) -> str:
     """Encode call arguments as the JSON payload of a task row.
 
-    Raises TypeError naming the first argument JSON cannot hold.
+    Raises TypeError naming the first argument JSON cannot hold, and ValueError when
+    the payload is larger than LITEQ_MAX_PAYLOAD.
     """
     try:
-        return _encoder.encode({"args": list(args), "kwargs": kwargs})
+        text = _encoder.encode({"args": list(args), "kwargs": kwargs})
     except (TypeError, ValueError):
         pass
+    else:
+        _check_size(task_name, text)
+        return text
     # Slow path only on failure: find the argument to name in the error.
     for i, value in enumerate(args):
         _check_value(value, f"positional argument {i}", task_name)
@@ -36,19 +75,39 @@ def encode_payload(task_name: str, args, kwargs) -> str:
 def encode_args_array(task_name: str, calls) -> tuple:
     """Encode the positional arguments of many calls as one JSON array: (text, count).
 
-    Raises TypeError naming the call and argument JSON cannot hold.
+    Raises TypeError naming the call and argument JSON cannot hold, and ValueError
+    naming the call whose payload would be larger than LITEQ_MAX_PAYLOAD.
     """
     arg_lists = [list(args) for args in calls]
     try:
-        return _encoder.encode(arg_lists), len(arg_lists)
+        text = _encoder.encode(arg_lists)
     except (TypeError, ValueError):
         pass
+    else:
+        _check_calls_size(task_name, text, arg_lists)
+        return text, len(arg_lists)
     for n, args in enumerate(arg_lists):
         try:
             encode_payload(task_name, args, {})
-        except TypeError as exc:
-            raise TypeError(f"call {n}: {exc}") from None
+        except (TypeError, ValueError) as exc:
+            raise type(exc)(f"call {n}: {exc}") from None
     raise TypeError(f"arguments of task {task_name!r} cannot be stored as JSON")
+
+
+def _check_calls_size(task_name, text, arg_lists):
+    # A call's payload is its array (a part of the whole array, less the brackets)
+    # inside the wrapping: when the whole array would fit, every call does, and only
+    # otherwise is each call measured.
+    extra = _ARGS_ONLY_WRAPPING - 2
+    if len(text) + extra <= _ALWAYS_FITS:
+        return
+    limit = settings.max_payload()
+    if (len(text) + extra) * 4 <= limit or _utf8_size(text) + extra <= limit:
+        return
+    for n, args in enumerate(arg_lists):
+        size = _utf8_size(_encoder.encode(args)) + _ARGS_ONLY_WRAPPING
+        if size > limit:
+            raise _too_big(task_name, size, limit, what=f"call {n}: the arguments")
 
 
 def decode_payload(payload: str):

@@ -37,3 +37,26 @@ def env_float(name: str, default: float, minimum: float = 0.0) -> float:
 def busy_timeout() -> float:
     """Seconds a writer waits for the database lock (LITEQ_BUSY_TIMEOUT, default 10)."""
     return env_float("LITEQ_BUSY_TIMEOUT", 10.0)
+
+
+DEFAULT_MAX_PAYLOAD = 16 * 1024 * 1024
+# The smallest limit that may be set. Payloads of at most a quarter of it fit under
+# any limit, so enqueueing them never reads the variable (see serialization).
+MIN_MAX_PAYLOAD = 1024
+
+
+def max_payload() -> int:
+    """Largest encoded task payload in bytes that may be enqueued (LITEQ_MAX_PAYLOAD,
+    default 16 MiB, at least MIN_MAX_PAYLOAD)."""
+    raw = os.environ.get("LITEQ_MAX_PAYLOAD")
+    if raw is None or raw.strip() == "":
+        return DEFAULT_MAX_PAYLOAD
+    text = raw.strip()
+    if not (text.isascii() and text.isdigit()):
+        raise ConfigError(f"LITEQ_MAX_PAYLOAD must be a whole number of bytes "
+                          f"(such as 16777216); got {raw!r}")
+    value = int(text)
+    if value < MIN_MAX_PAYLOAD:
+        raise ConfigError(f"LITEQ_MAX_PAYLOAD must be at least {MIN_MAX_PAYLOAD} bytes; "
+                          f"got {raw!r}")
+    return value

@@ -14,16 +14,37 @@ import traceback
 import psutil
 from setproctitle import setproctitle
 
-from . import protocol
+from . import logs, protocol
 from .executor import Executor, install_alarm_handler
 from .proc import become_subreaper, descendants, die_with_parent
 
 # Exit code of a child whose own set-up or loop raised; before "ready" it is a boot error.
 BOOT_ERROR_EXIT = 70
 
+# The kernel sends this signal when the supervisor dies (PR_SET_PDEATHSIG). It is caught,
+# not SIGKILL, so that the child can say why it leaves: one log line, not a traceback
+# or nothing. A task stuck in C code that holds the interpreter lock delays the exit
+# until it returns to Python.
+PARENT_DEATH_SIGNAL = signal.SIGUSR2
+
 
 class _Stop:
     requested = False
+
+
+class _Orphan:
+    """What the child needs to notice and report that its supervisor is gone."""
+    parent_pid = None
+    slot = None
+    task_id = None      # the task running now, if any
+    exiting = False
+
+
+class SupervisorGone(ConnectionError):
+    """The child's socket to the supervisor failed: the supervisor has died.
+
+    An OSError, so hand_back() (which may run in a signal handler) still swallows it.
+    """
 
 
 class _Channel:
@@ -43,8 +64,11 @@ class _Channel:
         self.busy = False
 
     def send(self, msg):
-        """Send one message (a JSON line)."""
-        self.sock.sendall(protocol.encode([msg]))
+        """Send one message (a JSON line); SupervisorGone when the other end is closed."""
+        try:
+            self.sock.sendall(protocol.encode([msg]))
+        except (BrokenPipeError, ConnectionResetError) as exc:
+            raise SupervisorGone(str(exc)) from None
 
     def _parse(self, data):
         new = self.reader.feed(data)
@@ -53,10 +77,16 @@ class _Channel:
             self.pending = new + self.pending
 
     def receive(self) -> bool:
-        """Block until at least one more message is queued; False at end of stream."""
+        """Block until at least one more message is queued; False at end of stream.
+
+        SupervisorGone when the other end was closed with our messages unread.
+        """
         self.busy = True
         try:
-            data = self.sock.recv(1 << 16)
+            try:
+                data = self.sock.recv(1 << 16)
+            except ConnectionResetError as exc:
+                raise SupervisorGone(str(exc)) from None
             if data:
                 self._parse(data)
             return bool(data)
@@ -97,6 +127,46 @@ def _on_stop(signum, frame):
         _channel.hand_back()
 
 
+def _on_parent_death(signum, frame):
+    if os.getppid() == _Orphan.parent_pid:
+        return  # sent by someone else: the supervisor lives
+    _exit_orphaned()
+
+
+def _exit_orphaned():
+    """Log that the supervisor is gone, once, and exit at once.
+
+    The task of a dead supervisor is reclaimed by the next daemon on the database,
+    which also ends any subprocess the task left (they carry its worker id).
+    """
+    if _Orphan.exiting:
+        return  # a signal came while the main code was already on its way out
+    _Orphan.exiting = True
+    try:
+        fields = {"pid": os.getpid(), "slot": _Orphan.slot,
+                  "supervisor_pid": _Orphan.parent_pid}
+        if _Orphan.task_id is not None:
+            fields["task_id"] = _Orphan.task_id
+        logs.get_logger().warning("child.orphaned", **fields)
+        logs.write_now()
+    finally:
+        os._exit(0)
+
+
+def _on_socket_closed():
+    """Our socket to the supervisor ended. After a stop request that is the normal way
+    out (return). Otherwise only a dying supervisor closes it: the kernel closes its
+    sockets a moment before it signals us, so wait briefly for the verdict (a stop
+    request may also still be on its way), then exit as an orphan."""
+    deadline = time.monotonic() + 2.0
+    while not _Stop.requested and time.monotonic() < deadline:
+        if os.getppid() != _Orphan.parent_pid:
+            break
+        time.sleep(0.005)
+    if not _Stop.requested:
+        _exit_orphaned()
+
+
 
 def _own_rss():
     try:
@@ -129,7 +199,8 @@ def child_main(sock: socket.socket, index: int, parent_pid: int, close_fds=(),
                 os.close(fd)
             except OSError:
                 pass
-        die_with_parent()
+        _Orphan.parent_pid, _Orphan.slot = parent_pid, index
+        die_with_parent(PARENT_DEATH_SIGNAL)
         # Orphans of the task (a double fork after setsid()) are adopted by this process
         # instead of the supervisor, so they stay under it and die with it on a timeout.
         become_subreaper()
@@ -143,8 +214,13 @@ def child_main(sock: socket.socket, index: int, parent_pid: int, close_fds=(),
         signal.signal(signal.SIGTTOU, signal.SIG_IGN)
         signal.signal(signal.SIGUSR1, _on_stop)
         install_alarm_handler()
+        signal.signal(PARENT_DEATH_SIGNAL, _on_parent_death)
+        if os.getppid() != parent_pid:
+            os._exit(1)  # the supervisor died before the handler was in place
         os.environ.pop("NOTIFY_SOCKET", None)
         _serve(sock, index, report_rss, max_tasks, max_rss)
+    except SupervisorGone:
+        _on_socket_closed()
     except BaseException:  # noqa: B902 - never unwind into the supervisor's code
         traceback.print_exc()
         code = BOOT_ERROR_EXIT
@@ -180,11 +256,13 @@ def _serve(sock, index, report_rss, max_tasks=0, max_rss=0):
         if not channel.pending:
             try:
                 if not channel.receive():
-                    return  # the supervisor closed our socket: stop
+                    _on_socket_closed()
+                    return
             except InterruptedError:
                 pass
             continue
         msg = channel.pending.pop()
+        _Orphan.task_id = msg.id
         setproctitle(f"liteqd: worker {index} running {msg.name}#{msg.id}")
         started = time.time()
         outcome = executor.run(msg.name, msg.payload, msg.timeout)
@@ -201,6 +279,7 @@ def _serve(sock, index, report_rss, max_tasks=0, max_rss=0):
                                          outcome.timed_out, outcome.retry))
         finally:
             channel.busy = False
+        _Orphan.task_id = None
         if outcome.timed_out:
             # The task may have left subprocesses or threads running: hand back what is
             # queued and exit, so the supervisor replaces this process and its group.

@@ -4,7 +4,9 @@ One request and one reply per line: {"op": "status"} -> {"ok": true, ...};
 anything unknown or malformed -> {"ok": false, "error": "..."}, and the daemon
 carries on. It runs inside the supervisor's loop, never blocking it: sockets
 are non-blocking, lines are capped, replies a client does not read are
-dropped with the client, and idle connections are closed.
+dropped with the client, and a connection that does not send a complete
+request within REQUEST_TIMEOUT is closed. The last connection slot is kept for
+root and the daemon's own user, so an operator can always get in.
 """
 
 import grp
@@ -17,10 +19,13 @@ import time
 
 from liteq.paths import claim_socket_path
 
-MAX_LINE = 64 * 1024            # bytes in one request line
-MAX_CONNECTIONS = 128
+MAX_LINE = 64 * 1024            # bytes in one request line, its newline not counted
+MAX_CONNECTIONS = 128           # the last one only for root and the daemon's own uid
 MAX_PENDING_REPLY = 1 << 20     # a client that stops reading is cut off past this
-IDLE_TIMEOUT = 30.0             # seconds without a request before a connection is closed
+# Seconds a connection has to send a complete request line, from when it connected or
+# its previous request was served: a crowd of silent connections cannot hold the
+# slots for long.
+REQUEST_TIMEOUT = 2.0
 MAX_REQUESTS_PER_READ = 64      # keeps one flooding client from hogging a loop turn
 
 READ_ONLY_OPS = frozenset({"ping", "status", "schedules", "wake"})
@@ -32,13 +37,13 @@ class ControlError(Exception):
 
 
 class _Conn:
-    __slots__ = ("sock", "rbuf", "wbuf", "last", "uid", "gid", "pid", "closing")
+    __slots__ = ("sock", "rbuf", "wbuf", "deadline", "uid", "gid", "pid", "closing")
 
     def __init__(self, sock):
         self.sock = sock
         self.rbuf = b""
         self.wbuf = b""
-        self.last = time.monotonic()
+        self.deadline = time.monotonic() + REQUEST_TIMEOUT  # for its next complete line
         self.closing = False
         try:
             self.pid, self.uid, self.gid = _UCRED.unpack(
@@ -101,22 +106,23 @@ class ControlServer:
         sup.register_fd(sock, self._on_accept)
 
     def on_tick(self, sup):
-        """Serve requests left over by the per-read cap; close idle connections."""
+        """Serve requests left over by the per-read cap; close connections that did not
+        send a complete request in time."""
         now = time.monotonic()
         for conn in list(self.conns.values()):
             if self._backlog(conn):
                 self._serve_lines(conn)
-            elif now - conn.last > IDLE_TIMEOUT:
-                self._close(conn)
+            elif now >= conn.deadline:
+                self._time_out(conn)
 
     def next_deadline(self):
-        """When the oldest idle connection times out (keeps the loop's sleep bounded);
+        """When the first connection runs out of time (keeps the loop's sleep bounded);
         now, when a connection has requests left over by the per-read cap."""
         if not self.conns:
             return None
         if any(self._backlog(c) for c in self.conns.values()):
             return 0.0
-        return min(c.last for c in self.conns.values()) + IDLE_TIMEOUT
+        return min(c.deadline for c in self.conns.values())
 
     @staticmethod
     def _backlog(conn):
@@ -149,16 +155,23 @@ class ControlServer:
             except OSError:
                 return  # EMFILE and friends: try again next turn
             sock.setblocking(False)
-            if len(self.conns) >= MAX_CONNECTIONS:
+            conn = _Conn(sock)
+            if not self._room_for(conn):
                 try:
                     sock.send(b'{"ok":false,"error":"too many control connections"}\n')
                 except OSError:
                     pass
                 sock.close()
                 continue
-            conn = _Conn(sock)
             self.conns[sock.fileno()] = conn
             self.sup.register_fd(sock, lambda s, mask, c=conn: self._on_ready(c, mask))
+
+    def _room_for(self, conn) -> bool:
+        """Whether a new connection may stay: the last free slot is kept for root and
+        our own uid (an operator's liteqctl), whoever else crowds the socket."""
+        if len(self.conns) < MAX_CONNECTIONS - 1:
+            return True
+        return len(self.conns) < MAX_CONNECTIONS and conn.uid in (self.uid, 0)
 
     def _on_ready(self, conn, mask):
         if mask & selectors.EVENT_WRITE:
@@ -176,23 +189,45 @@ class ControlServer:
         if not data:
             self._close(conn)
             return
-        conn.last = time.monotonic()
         conn.rbuf += data
         self._serve_lines(conn)
-        if len(conn.rbuf) > MAX_LINE and not conn.closing:
-            self._reply(conn, {"ok": False, "error": f"request line longer than {MAX_LINE} "
-                                                     f"bytes; closing the connection"})
-            conn.closing = True
-            conn.rbuf = b""
-            self._flush(conn)
+        # The unfinished line at the end may not outgrow the cap either.
+        if not conn.closing and len(conn.rbuf) - conn.rbuf.rfind(b"\n") - 1 > MAX_LINE:
+            self._refuse_long_line(conn)
 
     def _serve_lines(self, conn):
         served = 0
         while b"\n" in conn.rbuf and served < MAX_REQUESTS_PER_READ and not conn.closing:
             line, conn.rbuf = conn.rbuf.split(b"\n", 1)
+            if len(line) > MAX_LINE:
+                # Checked per line: a long line whose newline came in a later read
+                # must not slip through because no single read held too much.
+                self._refuse_long_line(conn)
+                return
             served += 1
             if line.strip():
                 self._reply(conn, self.handle_line(line, conn))
+                conn.deadline = time.monotonic() + REQUEST_TIMEOUT
+
+    def _refuse_long_line(self, conn):
+        self._reply(conn, {"ok": False, "error": f"request line longer than {MAX_LINE} "
+                                                 f"bytes; closing the connection"})
+        conn.closing = True
+        conn.rbuf = b""
+        self._flush(conn)
+
+    def _time_out(self, conn):
+        """Close a connection that sent no complete request in time, saying why when
+        nothing else is waiting to be sent to it."""
+        if not conn.wbuf:
+            try:
+                conn.sock.send(json.dumps(
+                    {"ok": False, "error": f"no complete request line within "
+                                           f"{REQUEST_TIMEOUT:g} s; closing the connection"}
+                ).encode() + b"\n")
+            except OSError:
+                pass
+        self._close(conn)
 
     def _reply(self, conn, reply):
         conn.wbuf += json.dumps(reply, separators=(",", ":"), default=str).encode() + b"\n"

@@ -11,6 +11,7 @@ than one per event.
 
 import json
 import logging
+import os
 import sys
 import time
 
@@ -91,6 +92,22 @@ def configure(log_format="auto", level="info", stream=None):
 def flush():
     """Write out the queued log lines (the supervisor calls this every loop turn)."""
     _sink.flush()
+
+
+def write_now():
+    """Write the queued lines straight to the log's file descriptor, past Python's own
+    buffering: for a forked child about to os._exit, perhaps from a signal handler that
+    interrupted a write to the same stream."""
+    lines, _sink.lines = _sink.lines, []
+    if not lines:
+        return
+    data = ("\n".join(lines) + "\n").encode("utf-8", "replace")
+    try:
+        fd = _sink.stream.fileno()
+        while data:
+            data = data[os.write(fd, data):]
+    except (OSError, ValueError, AttributeError):
+        pass  # nowhere to write: the process is leaving anyway
 
 
 def get_logger(**context):

@@ -589,6 +589,37 @@ def test_malformed_requests_get_error_replies_and_the_daemon_carries_on(lq, app)
     assert result_of(task_id) == 11
 
 
+
+def _padded_ping(size):
+    """A ping request line of exactly `size` bytes (spaces pad the JSON), newline extra."""
+    line = b'{"op":"ping"}'
+    return line + b" " * (size - len(line)) + b"\n"
+
+
+def test_the_line_cap_is_exact(lq):
+    # The cap was checked only on what one read left over, so a 72,002-byte line whose
+    # newline came in the next read was served.
+    from liteqd.control_server import MAX_LINE
+    d = lq.daemon("--concurrency", "1")
+    with Client(lq.sock) as c:
+        c.send_raw(_padded_ping(MAX_LINE))
+        assert c.recv()["pong"] is True
+        assert c.request("ping")["pong"] is True
+    for size in (MAX_LINE + 1, 72_001):
+        with Client(lq.sock) as c:
+            c.send_raw(_padded_ping(size))
+            reply = c.recv()
+            assert reply["ok"] is False, (size, reply)
+            assert f"longer than {MAX_LINE} bytes" in reply["error"]
+            assert c.at_eof()
+    # Several lines in one write: those within the cap are served, the long one ends it.
+    with Client(lq.sock) as c:
+        c.send_raw(_padded_ping(100) + _padded_ping(MAX_LINE + 10) + _padded_ping(100))
+        assert c.recv()["pong"] is True
+        assert "longer than" in c.recv()["error"]
+        assert c.at_eof()
+    assert request(lq.sock, "ping")["pid"] == d.pid
+
 # ---- floods ----------------------------------------------------------------------------
 
 def test_silent_client_does_not_block_others(lq, app):
@@ -657,6 +688,131 @@ def test_flood_of_silent_and_garbage_connections(lq, app):
              lambda: f"fds did not come back: {fd_count(d.pid)} now, {baseline} before")
     assert len(pool0(lq.sock)["children"]) == 2
 
+
+
+def _timed_out(c):
+    """The server's goodbye to a connection that sent no complete request in time."""
+    reply = c.recv()
+    assert reply["ok"] is False and "no complete request line within 2 s" in reply["error"]
+    assert c.at_eof()
+    return True
+
+
+def test_connections_without_a_complete_request_are_closed_within_seconds(lq):
+    # They stayed for 30 s, so 128 of them locked everyone out for that long.
+    lq.daemon("--concurrency", "1")
+    silent, partial, answered = Client(lq.sock, 15), Client(lq.sock, 15), Client(lq.sock, 15)
+    try:
+        partial.send_raw(b'{"op": "pi')            # and then nothing more
+        assert answered.request("ping")["pong"] is True   # then silence
+        for c in (silent, partial, answered):
+            assert _timed_out(c)   # Client's 15 s timeout bounds each wait
+    finally:
+        for c in (silent, partial, answered):
+            c.close()
+
+
+def test_a_crowd_of_silent_connections_locks_liteqctl_out_only_briefly(lq):
+    from liteqd.control_server import MAX_CONNECTIONS
+    d = lq.daemon("--concurrency", "1")
+    crowd = _connect_many(lq.sock, MAX_CONNECTIONS)
+    try:
+        def pinged():
+            res = ctl("--timeout", "5", "ping")
+            if res.returncode == 0:
+                return res
+            assert "too many control connections" in res.stderr, res.stderr
+            return None
+        res = wait_for(pinged, 15, lambda: f"liteqctl still locked out\n{lq.dump()}",
+                       interval=0.2)
+        assert str(d.pid) in res.stdout
+    finally:
+        for s in crowd:
+            s.close()
+
+
+def _connections_of(uid, path, n, timeout=20.0):
+    """Open n connections to `path` from a forked process running as `uid`, and bring
+    them back here (SCM_RIGHTS): the daemon sees that uid as their peer (SO_PEERCRED
+    is taken at connect time) while this test drives them."""
+    ours, theirs = socket.socketpair()
+    pid = os.fork()
+    if pid == 0:  # the child: never return into pytest
+        code = 1
+        try:
+            ours.close()
+            os.setgroups([])
+            os.setgid(uid)
+            os.setuid(uid)
+            socks = [connect(path) for _ in range(n)]
+            socket.send_fds(theirs, [b"x"], [s.fileno() for s in socks])
+            code = 0
+        finally:
+            os._exit(code)
+    theirs.close()
+    try:
+        ours.settimeout(timeout)
+        _, fds, _, _ = socket.recv_fds(ours, 16, n)
+    finally:
+        ours.close()
+        os.waitpid(pid, 0)
+    assert len(fds) == n, f"the uid {uid} process passed {len(fds)} of {n} connections"
+    socks = []
+    for fd in fds:
+        s = socket.socket(fileno=fd)
+        s.settimeout(10)
+        socks.append(s)
+    return socks
+
+
+def _ping_on(s):
+    """A ping on a raw connection: the first line the server sent (its reply, or why it
+    closed the connection), or None when it hung up without a word."""
+    with contextlib.suppress(BrokenPipeError, ConnectionResetError):
+        s.sendall(b'{"op":"ping"}\n')
+    data = b""
+    while b"\n" not in data:
+        try:
+            chunk = s.recv(65536)
+        except ConnectionResetError:
+            chunk = b""
+        if not chunk:
+            return None
+        data += chunk
+    return json.loads(data.split(b"\n", 1)[0])
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="switching to another uid needs root")
+def test_the_last_connection_slot_is_kept_for_the_operator(lq):
+    from liteqd.control_server import MAX_CONNECTIONS
+    d = lq.daemon("--concurrency", "1")
+    os.chmod(lq.tmp, 0o755)
+    os.chmod(lq.sock, 0o666)   # let uid 65534 reach the socket
+    others = _connections_of(65534, lq.sock, MAX_CONNECTIONS)
+    try:
+        # Every slot but the last went to uid 65534; its last connection was refused.
+        replies = [_ping_on(s) for s in others]
+        refused = [r for r in replies if r is None or not r.get("pong")]
+        assert len(refused) == 1, refused[:3]
+        assert refused[0] == {"ok": False, "error": "too many control connections"}
+        # An operator (the daemon's own uid, root here) still gets in, and then the
+        # daemon is full for everyone.
+        with Client(lq.sock) as op:
+            assert op.request("ping")["pid"] == d.pid
+            assert op.request("scale", size=2)["ok"] is True
+            with pytest.raises(control.ControlError, match="too many control connections"):
+                control.ping(path=lq.sock)
+        # The reserved slot is free again, but not for uid 65534.
+        late = _connections_of(65534, lq.sock, 1)[0]
+        others.append(late)
+        assert _ping_on(late) == {"ok": False, "error": "too many control connections"}
+        # uid 65534's connections were served all along: it was the reserve that let
+        # the operator in, not a slot freed by the request timeout.
+        assert [_ping_on(s)["pong"] for s, r in zip(others, replies) if r and r.get("pong")] \
+            == [True] * (MAX_CONNECTIONS - 1)
+    finally:
+        for s in others:
+            s.close()
 
 def _fill_backlog(path):
     """Connect (without being accepted) until the listen backlog is full."""

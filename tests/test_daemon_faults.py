@@ -146,6 +146,39 @@ def test_sigkill_supervisor_children_exit_and_restart_reclaims_task(daemons, app
     assert st["worker_id"].split(":")[1] == str(d2.pid)
 
 
+
+@pytest.mark.parametrize("busy", ["idle", "running", "draining"])
+def test_children_of_a_sigkilled_supervisor_exit_with_one_line_each(daemons, app, busy):
+    # A child that found its socket reset (its results unread) printed a traceback
+    # (ConnectionResetError) into the daemon's log. Now each child logs child.orphaned
+    # once and exits: idle ones, one in the middle of a task, and children streaming
+    # results (the case that left results unread).
+    d = daemons.start("--concurrency", "3")
+    pids = d.wait_children(3)
+    children = [psutil.Process(pid) for pid in pids]
+    running = None
+    if busy == "running":
+        running, running_pid = _start_slow(daemons, app, 30)
+    elif busy == "draining":
+        app.add.starmap([(i, i) for i in range(20000)])
+        wait_for(lambda: len(d.events("task.succeeded")) > 200, 20, interval=0.002)
+    d.kill()
+    left = wait_gone(children, timeout=5)
+    assert not left, f"children outlived their supervisor: {[p.pid for p in left]}"
+    lines = wait_for(lambda: _orphan_lines(d, len(pids)), 5,
+                     lambda: f"not one child.orphaned per child\n{d.dump()}")
+    assert sorted(ev["pid"] for ev in lines) == sorted(pids)
+    assert all(ev["supervisor_pid"] == d.pid and ev["level"] == "warning" for ev in lines)
+    if running is not None:
+        assert [ev.get("task_id") for ev in lines if ev["pid"] == running_pid] == [running]
+    text = "\n".join(d.log_lines()) + d.stderr()
+    assert "Traceback" not in text and "Error" not in text, d.dump()
+
+
+def _orphan_lines(d, n):
+    lines = d.events("child.orphaned")
+    return lines if len(lines) >= n else None
+
 def test_sigkill_supervisor_then_restart_ends_the_tasks_orphaned_subprocess(daemons, app):
     # Without systemd's cgroup, a task's own subprocess outlives a SIGKILLed daemon
     # (its child dies by PDEATHSIG; the subprocess is reparented). The next daemon on

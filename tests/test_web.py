@@ -19,6 +19,8 @@ from liteq.web import create_app
 from liteq.web.security import CSRF_COOKIE, LOOPBACK_NAMES
 from daemon_helpers import put_task
 
+from daemon_helpers import PYTHON, Monitor, daemons  # noqa: F401 (a fixture)
+
 ERROR_TEXT = "ValueError: boom\nTraceback (most recent call last):\n  File \"app.py\", line 3\n"
 
 
@@ -399,25 +401,107 @@ def test_the_collector_works_in_any_registry(tasks):
 
 # ---- the command -----------------------------------------------------------------
 
-def test_liteq_monitor_warns_when_exposed_without_a_token(db_path, monkeypatch, capsys):
-    import uvicorn
-    from liteq.cli import main
-    calls = []
-    monkeypatch.setattr(uvicorn, "run", lambda app, **kw: calls.append((app, kw)))
-    monkeypatch.delenv("LITEQ_MONITOR_TOKEN", raising=False)
+def _header(headers, name):
+    return [v for k, v in headers if k.lower() == name]
 
-    assert main(["monitor", "--host", "0.0.0.0", "--port", "5999", "--db", db_path]) == 0
-    err = capsys.readouterr().err
-    assert "WARNING" in err and "without --token" in err
-    assert calls[-1][1] == {"host": "0.0.0.0", "port": 5999, "log_level": "warning"}
 
-    assert main(["monitor", "--host", "0.0.0.0", "--token", "t0k3n"]) == 0
-    assert "WARNING" not in capsys.readouterr().err
+HTML = {"accept": "text/html"}
 
-    assert main(["monitor"]) == 0
-    err = capsys.readouterr().err
-    assert "WARNING" not in err and "http://127.0.0.1:5151/" in err
-    assert calls[-1][1]["host"] == "127.0.0.1" and calls[-1][1]["port"] == 5151
+
+def test_liteq_monitor_makes_a_token_and_logs_in_through_the_printed_url(daemons, tasks):
+    # With the default settings another local user scaled pools and retried tasks
+    # through the panel. Now, without --token, a random token guards everything.
+    m = Monitor(daemons).wait_listening()
+    url = m.login_url()
+    assert url and url.startswith(f"http://127.0.0.1:{m.port}/?token="), m.stderr()
+    token = url.split("token=", 1)[1]
+    assert len(token) >= 32 and "WARNING" not in m.stderr()
+
+    # Without the token: pages go to the login form, everything else is 401.
+    status, headers, _ = m.request("/tasks?status=failed", headers=HTML)
+    assert status == 303
+    assert _header(headers, "location") == ["/login?next=%2Ftasks%3Fstatus%3Dfailed"]
+    for path in ("/api/overview", f"/api/tasks/{tasks['e_failed']}", "/metrics"):
+        assert m.request(path)[0] == 401, path
+    status, _, body = m.request(f"/tasks/{tasks['e_failed']}/retry", "POST",
+                                headers={"content-type": "application/x-www-form-urlencoded"},
+                                body="csrf_token=x")
+    assert status == 401
+    status, _, _ = m.request("/pools/scale", "POST", body="size=0",
+                             headers={"content-type": "application/x-www-form-urlencoded"})
+    assert status == 401
+    assert status_of(tasks["e_failed"]) == "failed"
+    # A wrong token in the URL leads to the login form, which says so.
+    status, headers, _ = m.request("/?token=" + "0" * len(token), headers=HTML)
+    assert status == 303 and _header(headers, "location")[0].startswith("/login?next=%2F")
+    assert "not this panel" in m.request(_header(headers, "location")[0], headers=HTML)[2]
+
+    # The printed URL: a redirect without the token, and a session cookie.
+    status, headers, _ = m.request(url[len(f"http://127.0.0.1:{m.port}"):], headers=HTML)
+    assert status == 303 and _header(headers, "location") == ["/"]
+    session = next(c for c in _header(headers, "set-cookie") if c.startswith("liteq_session="))
+    assert "HttpOnly" in session and "SameSite=strict" in session and token not in session
+    cookie = {"cookie": session.split(";", 1)[0]}
+    assert m.request("/", headers={**HTML, **cookie})[0] == 200
+    assert m.request("/api/overview", headers=cookie)[0] == 200
+    assert m.request("/metrics", headers=cookie)[0] == 200
+    # Scripts and Prometheus send the token as a Bearer header.
+    bearer = {"authorization": f"Bearer {token}"}
+    status, _, body = m.request("/metrics", headers=bearer)
+    assert status == 200 and "liteq_tasks{" in body
+    assert m.request("/metrics", headers={"authorization": "Bearer wrong"})[0] == 401
+    # Other query parameters survive the login redirect; /login?token= goes to next.
+    status, headers, _ = m.request(f"/tasks?status=failed&token={token}", headers=HTML)
+    assert _header(headers, "location") == ["/tasks?status=failed"]
+    status, headers, _ = m.request(f"/login?next=%2Fpools&token={token}", headers=HTML)
+    assert _header(headers, "location") == ["/pools"]
+
+    # A new start makes a new token; the old one and its sessions stop working.
+    again = Monitor(daemons).wait_listening()
+    assert again.login_url() != url
+    assert again.request("/metrics", headers=bearer)[0] == 401
+    assert again.request("/api/overview", headers=cookie)[0] == 401
+
+
+def test_liteq_monitor_public_metrics(daemons, tasks):
+    m = Monitor(daemons, "--public-metrics").wait_listening()
+    assert m.login_url()
+    status, _, body = m.request("/metrics")
+    assert status == 200 and "liteq_tasks{" in body
+    assert m.request("/api/overview")[0] == 401
+    assert m.request("/", headers=HTML)[0] == 303
+
+
+def test_liteq_monitor_with_a_given_token_does_not_print_it(daemons, tasks):
+    m = Monitor(daemons, env={"LITEQ_MONITOR_TOKEN": "given-s3cret"}).wait_listening()
+    assert m.login_url() is None and "given-s3cret" not in m.stderr()
+    assert "token required" in m.stderr()
+    assert m.request("/api/overview")[0] == 401
+    assert m.request("/api/overview", headers={"authorization": "Bearer given-s3cret"})[0] == 200
+    status, headers, _ = m.request("/?token=given-s3cret", headers=HTML)
+    assert status == 303 and _header(headers, "location") == ["/"]
+    assert any(c.startswith("liteq_session=") for c in _header(headers, "set-cookie"))
+
+
+def test_liteq_monitor_no_token_is_open_on_loopback_with_a_warning(daemons, tasks):
+    m = Monitor(daemons, "--no-token",
+                env={"LITEQ_MONITOR_TOKEN": "ignored"}).wait_listening()
+    err = m.stderr()
+    assert "WARNING: --no-token" in err and "every user" in err
+    assert m.login_url() is None
+    assert m.request("/", headers=HTML)[0] == 200
+    assert m.request("/api/overview")[0] == 200
+    assert m.request("/metrics")[0] == 200
+
+
+def test_liteq_monitor_refuses_no_token_off_loopback(daemons):
+    res = daemons.run([PYTHON, "-m", "liteq.cli", "monitor", "--host", "0.0.0.0",
+                       "--no-token"], timeout=60)
+    assert res.returncode == 2
+    assert "--no-token is only allowed on a loopback address" in res.stderr
+    res = daemons.run([PYTHON, "-m", "liteq.cli", "monitor", "--token", "a", "--no-token"],
+                      timeout=60)
+    assert res.returncode == 2 and "not allowed with" in res.stderr
 
 
 # ---- with a real daemon ---------------------------------------------------------

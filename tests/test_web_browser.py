@@ -1,19 +1,20 @@
 """The panel in a real headless browser: Debian's chromium driven by Playwright.
 
-The app runs under uvicorn in a background thread on a free 127.0.0.1 port,
-against a real SQLite file. Skipped (with the reason) when /usr/bin/chromium or
-the playwright package is missing; .ci/run installs chromium.
+The panel is a real `liteq monitor` process on a free 127.0.0.1 port, against a
+real SQLite file; the browser logs in through the URL it prints. Skipped (with
+the reason) when /usr/bin/chromium or the playwright package is missing; .ci/run
+installs chromium.
 """
 
 import os
 import shutil
-import socket
-import threading
 import time
 
 import pytest
 
 from liteq import backends, task
+
+from daemon_helpers import Monitor, daemons  # noqa: F401 (a fixture)
 
 CHROMIUM = "/usr/bin/chromium"
 ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
@@ -28,31 +29,10 @@ sync_api = pytest.importorskip("playwright.sync_api",
 uvicorn = pytest.importorskip("uvicorn")
 
 
-def _free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture
-def panel_url(db_path):
-    """Serve the panel (refreshing every 0.5 s) on a free port; yields its base URL."""
-    from liteq.web import create_app
-    port = _free_port()
-    config = uvicorn.Config(create_app(db_path, refresh=0.5), host="127.0.0.1", port=port,
-                            log_level="warning", lifespan="on")
-    server = uvicorn.Server(config)
-    thread = threading.Thread(target=server.run, name="panel", daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 10
-    while not server.started:
-        assert thread.is_alive() and time.monotonic() < deadline, "uvicorn did not start"
-        time.sleep(0.02)
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        server.should_exit = True
-        thread.join(10)
+def panel(daemons):
+    """`liteq monitor` refreshing its pages every 0.5 s, listening."""
+    return Monitor(daemons, "--refresh", "0.5").wait_listening()
 
 
 @pytest.fixture
@@ -84,13 +64,41 @@ def _seed(clean_registry):
     return send_email, failed_id
 
 
-def test_the_panel_in_chromium(panel_url, browser, clean_registry, tmp_path):
+def test_a_browser_without_the_token_only_sees_the_login_form(panel, browser, clean_registry):
+    _, failed_id = _seed(clean_registry)
+    page = browser.new_page()
+    for path in ("/", "/failed", f"/tasks/{failed_id}", "/pools"):
+        page.goto(panel.base + path, wait_until="load")
+        assert page.url.startswith(panel.base + "/login?next="), page.url
+        assert page.locator("input[name=token]").count() == 1
+        assert "broken@example.com" not in page.content()
+    assert page.locator("form[action='/logout']").count() == 0   # nobody to log out
+    # The token typed into the form logs in as well as the printed address does.
+    page.fill("input[name=token]", panel.login_url().split("token=", 1)[1])
+    with page.expect_navigation():
+        page.click("form[action=\"/login\"] button[type=submit]")
+    assert page.url == panel.base + "/pools"
+    assert page.locator("form[action='/logout']").count() == 1
+
+
+def test_the_panel_in_chromium(panel, browser, clean_registry, tmp_path):
     send_email, failed_id = _seed(clean_registry)
+    panel_url = panel.base
     page = browser.new_page(viewport={"width": 1360, "height": 900})
     problems = []
     page.on("console", lambda msg: problems.append(f"console {msg.type}: {msg.text}")
             if msg.type == "error" else None)
     page.on("pageerror", lambda exc: problems.append(f"page error: {exc}"))
+
+    # Log in through the address `liteq monitor` printed: the token leaves the address
+    # bar at once, and the session cookie is HttpOnly and SameSite=Strict.
+    login_url = panel.login_url()
+    assert login_url and "?token=" in login_url, panel.stderr()
+    page.goto(login_url, wait_until="load")
+    assert page.url == panel_url + "/"
+    session = [c for c in page.context.cookies() if c["name"] == "liteq_session"]
+    assert session and session[0]["httpOnly"] and session[0]["sameSite"] == "Strict"
+    assert "token" not in page.evaluate("document.cookie")
 
     # The overview loads, draws its chart, and shows a task enqueued after it loaded.
     page.goto(panel_url + "/", wait_until="load")

@@ -35,8 +35,8 @@ from ..status import task_row_to_dict
 from ..timeutil import now
 from . import views
 from .formatting import FILTERS
-from .security import CSRF_FIELD, SESSION_COOKIE, SESSION_MAX_AGE, CSRFError, Security, \
-    SecurityMiddleware, wants_html
+from .security import CSRF_FIELD, SESSION_COOKIE, CSRFError, Security, SecurityMiddleware, \
+    safe_next, wants_html
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 FLASH_COOKIE = "liteq_flash"
@@ -55,13 +55,6 @@ def daemon_status(db):
         return None, "not running"
     except (control.ControlError, TimeoutError, OSError, ValueError) as exc:
         return None, str(exc) or type(exc).__name__
-
-
-def safe_next(value, default="/") -> str:
-    """A local path to redirect to: refuse absolute and protocol-relative URLs."""
-    if not value or not value.startswith("/") or value.startswith("//") or "\\" in value:
-        return default
-    return value
 
 
 class Panel:
@@ -100,7 +93,7 @@ class Panel:
             flash = {"kind": kind if kind in ("ok", "error") else "ok", "text": text}
         ctx = {"nav_items": NAV, "nav": None, "csrf_field": CSRF_FIELD,
                "csrf_token": request.state.csrf_token, "flash": flash,
-               "token_set": self.security.token is not None, "db": self.identity,
+               "logged_in": self.security.session_ok(request), "db": self.identity,
                "refresh_ms": self.refresh_ms, "failed_total": None, "now": now(),
                "here": request.url.path + (f"?{request.url.query}" if request.url.query else "")}
         ctx.update(context)
@@ -262,18 +255,19 @@ class Panel:
         if self.security.token is None:
             return RedirectResponse(nxt, status_code=303)
         if request.method == "GET":
-            return self.render(request, "login.html", {"next": nxt, "login_error": None})
+            error = None
+            if request.query_params.get("bad_token"):
+                error = ("The token in that address is not this panel's. A panel started "
+                         "without --token makes a new one each time: use the address it "
+                         "printed last.")
+            return self.render(request, "login.html", {"next": nxt, "login_error": error})
         form = await self.checked_form(request)
         nxt = safe_next(form.get("next"))
         if not self.security.check_token(form.get("token")):
             await asyncio.sleep(0.3)  # slows guessing down a little
             return self.render(request, "login.html",
                                {"next": nxt, "login_error": "That token is not right."}, 401)
-        resp = RedirectResponse(nxt, status_code=303)
-        resp.set_cookie(SESSION_COOKIE, self.security.session_value(), max_age=SESSION_MAX_AGE,
-                        httponly=True, samesite="strict", path="/",
-                        secure=request.url.scheme == "https")
-        return resp
+        return self.security.login_redirect(nxt, secure=request.url.scheme == "https")
 
     async def logout(self, request):
         """POST: forget the session cookie."""
@@ -354,7 +348,8 @@ def create_app(db=None, *, token=None, allowed_hosts=None, public_metrics=False,
     """Build the panel for the database `db` (default: LITEQ_DB).
 
     token: when set, every page, action and /metrics needs it (see
-    liteq.web.security); public_metrics=True leaves /metrics open.
+    liteq.web.security); public_metrics=True leaves /metrics open. None serves
+    the panel open: `liteq monitor` always passes one unless given --no-token.
     allowed_hosts: Host header names to answer to (None: any); `liteq monitor`
     passes the loopback names when it listens on a loopback address.
     refresh: seconds between the pages' background refreshes.

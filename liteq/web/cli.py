@@ -1,7 +1,13 @@
-"""`liteq monitor`: serve the panel with uvicorn."""
+"""`liteq monitor`: serve the panel with uvicorn.
+
+Safe by default, as Jupyter is: without --token (or LITEQ_MONITOR_TOKEN) it makes
+a random token at start and prints a login URL carrying it; only --no-token
+serves the panel open, and only on a loopback address.
+"""
 
 import argparse
 import os
+import secrets
 import sys
 
 from .. import settings
@@ -21,10 +27,16 @@ def build_parser():
                    help="address to listen on (default 127.0.0.1: this machine only)")
     p.add_argument("--port", type=int, default=5151, help="port (default 5151)")
     p.add_argument("--db", help="the queue database (default: LITEQ_DB, else liteq.db)")
-    p.add_argument("--token", default=os.environ.get(TOKEN_ENV) or None,
-                   help=f"require this token: a login form for browsers, "
-                        f"'Authorization: Bearer TOKEN' for scripts and Prometheus "
-                        f"[{TOKEN_ENV}; the variable keeps it out of `ps`]")
+    access = p.add_mutually_exclusive_group()
+    access.add_argument("--token", default=os.environ.get(TOKEN_ENV) or None,
+                        help=f"the token to require: the login URL or form for browsers, "
+                             f"'Authorization: Bearer TOKEN' for scripts and Prometheus "
+                             f"[{TOKEN_ENV}; the variable keeps it out of `ps`] "
+                             f"(default: a random one, made at start and printed in a "
+                             f"login URL)")
+    access.add_argument("--no-token", action="store_true",
+                        help="no token: anyone who can connect to the port gets in, every "
+                             "local user included; only on a loopback address")
     p.add_argument("--public-metrics", action="store_true",
                    help="serve /metrics without the token")
     p.add_argument("--allow-host", action="append", default=[], metavar="NAME",
@@ -59,16 +71,33 @@ def main(argv=None) -> int:
         print(f"liteq monitor: {exc}", file=sys.stderr)
         return 2
     loopback = is_loopback(args.host)
-    if not loopback and not args.token:
-        print(f"WARNING: the panel listens on {args.host} without --token: anyone who can "
-              f"reach port {args.port} can see your tasks and retry, cancel or scale them. "
-              f"Pass --token (or set {TOKEN_ENV}).", file=sys.stderr)
-    allowed = [*LOOPBACK_NAMES, *args.allow_host] if loopback else None
-    app = create_app(db, token=args.token, allowed_hosts=allowed,
-                     public_metrics=args.public_metrics, refresh=args.refresh)
     shown = f"[{args.host}]" if ":" in args.host else args.host
-    print(f"LiteQ monitor on http://{shown}:{args.port}/ (database {shown_db}"
-          f"{', token required' if args.token else ''}); Ctrl+C stops it", file=sys.stderr)
+    base = f"http://{shown}:{args.port}/"
+    token = None if args.no_token else args.token
+    if args.no_token:
+        if not loopback:
+            print(f"liteq monitor: --no-token is only allowed on a loopback address, not "
+                  f"{args.host}: anyone who can reach port {args.port} could retry, cancel "
+                  f"and scale. Leave the token on (pass --token, set {TOKEN_ENV}, or let "
+                  f"the panel make one).", file=sys.stderr)
+            return 2
+        print(f"WARNING: --no-token: the panel is open to every user and process on this "
+              f"machine; any of them can see your tasks and retry, cancel or scale them "
+              f"through {base}", file=sys.stderr)
+    generated = token is None and not args.no_token
+    if generated:
+        token = secrets.token_hex(24)
+    allowed = [*LOOPBACK_NAMES, *args.allow_host] if loopback else None
+    app = create_app(db, token=token, allowed_hosts=allowed,
+                     public_metrics=args.public_metrics, refresh=args.refresh)
+    print(f"LiteQ monitor on {base} (database {shown_db}"
+          f"{', token required' if token else ', no token'}"
+          f"{', /metrics public' if args.public_metrics else ''}); Ctrl+C stops it",
+          file=sys.stderr)
+    if generated:
+        # As Jupyter does: the token lives only in this process and this line.
+        print(f"    Open this address to log in: {base}?token={token}", file=sys.stderr)
+    sys.stderr.flush()
     uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level)
     return 0
 

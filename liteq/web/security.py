@@ -5,11 +5,16 @@ The rules, in the order a request meets them:
 1. Host. When the panel listens on a loopback address it answers only requests
    whose Host header is a loopback name (localhost, 127.0.0.1, ::1, plus any
    --allow-host), so a web page cannot reach it through DNS rebinding.
-2. Token (only when one is set). A request is authenticated by the header
-   `Authorization: Bearer TOKEN`, or by the session cookie that the login form
-   sets (an HMAC of the token, never the token itself; HttpOnly, SameSite=Strict).
-   Unauthenticated page views are sent to /login; anything else gets 401.
-   /static/ and /login are always open; /metrics is open only with --public-metrics.
+2. Token. `liteq monitor` always has one unless started with --no-token: the
+   one given (--token, LITEQ_MONITOR_TOKEN), else a random one made at start and
+   printed in a login URL, as Jupyter does. A request is authenticated by the
+   header `Authorization: Bearer TOKEN`, or by the session cookie (an HMAC of the
+   token, never the token itself; HttpOnly, SameSite=Strict). The login form sets
+   that cookie, and so does any GET whose URL carries `?token=TOKEN`, answered
+   with a redirect to the same address without the token, so that the token does
+   not stay in the address bar or the history. Unauthenticated page views are sent
+   to /login; anything else gets 401. /static/ and /login are always open;
+   /metrics is open only with --public-metrics.
 3. CSRF, on every POST (with or without a token): the form field `csrf_token`
    must equal the `liteq_csrf` cookie (a random value set on the first visit,
    HttpOnly, SameSite=Strict), and an Origin or Referer header, when sent, must
@@ -23,17 +28,19 @@ Behind a reverse proxy, pass the browser's Host through (nginx:
 that host with --allow-host when the panel itself listens on 127.0.0.1.
 """
 
+import asyncio
 import hashlib
 import hmac
 import ipaddress
 import secrets
-from urllib.parse import quote, urlsplit
+from urllib.parse import quote, urlencode, urlsplit
 
 from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, RedirectResponse, Response
 
 CSRF_COOKIE = "liteq_csrf"
 CSRF_FIELD = "csrf_token"
+TOKEN_PARAM = "token"           # ?token=... in a URL logs a browser in
 SESSION_COOKIE = "liteq_session"
 SESSION_MAX_AGE = 7 * 24 * 3600
 LOOPBACK_NAMES = ("localhost", "127.0.0.1", "::1")
@@ -73,6 +80,13 @@ def host_name(host_header: str) -> str:
     return host.rsplit(":", 1)[0] if host.count(":") == 1 else host
 
 
+def safe_next(value, default="/") -> str:
+    """A local path to redirect to: refuse absolute and protocol-relative URLs."""
+    if not value or not value.startswith("/") or value.startswith("//") or "\\" in value:
+        return default
+    return value
+
+
 def set_cookie_header(key, value, **options) -> tuple:
     """A raw (b"set-cookie", ...) header, formatted the way Starlette formats it."""
     resp = Response()
@@ -101,6 +115,13 @@ class Security:
         return bool(self.token and candidate) and hmac.compare_digest(
             str(candidate).encode(), self.token.encode())
 
+    def login_redirect(self, target, secure=False) -> RedirectResponse:
+        """A redirect to `target` that logs the browser in (sets the session cookie)."""
+        resp = RedirectResponse(target, status_code=303)
+        resp.set_cookie(SESSION_COOKIE, self.session_value(), max_age=SESSION_MAX_AGE,
+                        httponly=True, samesite="strict", path="/", secure=secure)
+        return resp
+
     def bearer_ok(self, request) -> bool:
         """True when the request carries `Authorization: Bearer <the token>`."""
         scheme, _, value = request.headers.get("authorization", "").partition(" ")
@@ -110,11 +131,13 @@ class Security:
         """True when no token is set, or the request proves it knows the token."""
         if self.token is None:
             return True
-        if self.bearer_ok(request):
-            return True
+        return self.bearer_ok(request) or self.session_ok(request)
+
+    def session_ok(self, request) -> bool:
+        """True when a token is set and the request carries its session cookie."""
         cookie = request.cookies.get(SESSION_COOKIE, "")
-        return bool(cookie) and hmac.compare_digest(cookie.encode(),
-                                                    self.session_value().encode())
+        return (self.token is not None and bool(cookie)
+                and hmac.compare_digest(cookie.encode(), self.session_value().encode()))
 
     def needs_auth(self, path) -> bool:
         """Whether `path` is behind the token."""
@@ -187,6 +210,10 @@ class SecurityMiddleware:
             new_cookie = set_cookie_header(CSRF_COOKIE, csrf, httponly=True, samesite="strict",
                                            secure=scope.get("scheme") == "https")
         scope.setdefault("state", {})["csrf_token"] = csrf
+        if (sec.token is not None and request.method in ("GET", "HEAD")
+                and TOKEN_PARAM in request.query_params):
+            resp = await self._login_by_url(request)
+            return await resp(scope, receive, self._decorate(send, new_cookie, path))
         if sec.needs_auth(path) and not sec.authenticated(request):
             if request.method in ("GET", "HEAD") and wants_html(request):
                 target = path + (("?" + scope["query_string"].decode("latin-1"))
@@ -200,6 +227,24 @@ class SecurityMiddleware:
                                     headers={"WWW-Authenticate": 'Bearer realm="liteq"'})
             return await resp(scope, receive, self._decorate(send, new_cookie, path))
         return await self.app(scope, receive, self._decorate(send, new_cookie, path))
+
+    async def _login_by_url(self, request):
+        """A GET carrying ?token=: log in and go to the same address without the token
+        (for /login, to its `next`), or, with a wrong token, to the login form."""
+        path = request.url.path
+        rest = [(k, v) for k, v in request.query_params.multi_items() if k != TOKEN_PARAM]
+        if path.startswith("/login"):
+            target = safe_next(dict(rest).get("next"))
+        else:
+            target = safe_next(path + ("?" + urlencode(rest) if rest else ""))
+        if self.security.check_token(request.query_params[TOKEN_PARAM]):
+            return self.security.login_redirect(target, secure=request.url.scheme == "https")
+        await asyncio.sleep(0.3)  # slows guessing down a little, as the login form does
+        if wants_html(request):
+            return RedirectResponse("/login?next=" + quote(target, safe="") + "&bad_token=1",
+                                    303)
+        return JSONResponse({"error": "unauthorized: the token in the URL is wrong"},
+                            status_code=401, headers={"WWW-Authenticate": 'Bearer realm="liteq"'})
 
     @staticmethod
     def _decorate(send, cookie, path):
