@@ -16,7 +16,7 @@ import sqlite3
 import threading
 import time
 
-from . import settings
+from . import seed_times, settings
 from .errors import DatabaseError, DatabaseLocked
 from .timeutil import now
 
@@ -235,11 +235,9 @@ def _table_columns(conn, table):
 
 
 def _epoch_expr(col):
-    # Text times from the seed project are UTC (CURRENT_TIMESTAMP) or naive
-    # isoformat(); julianday() reads both forms, with or without the 'T'.
-    return (f"CASE WHEN {col} IS NULL THEN NULL "
-            f"WHEN typeof({col}) IN ('integer','real') THEN {col} "
-            f"ELSE (julianday({col}) - 2440587.5) * 86400.0 END")
+    # Text times from the seed project, read exactly by liteq.seed_times
+    # (registered on the migrating connection by _migrate_v0_to_v1).
+    return f"{seed_times.SQL_FUNCTION}({col})"
 
 
 def _rebuild_table(conn, table, ddl, defaults):
@@ -266,6 +264,7 @@ def _migrate_v0_to_v1(conn):
     """Bring a fresh file, or one made by the seed project (user_version 0), to v1."""
     tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")}
     t = repr(now())
+    seed_times.register(conn)
     # Old indexes referenced the old tables; drop them so names can be reused.
     for (idx,) in conn.execute("SELECT name FROM sqlite_master WHERE type='index' "
                                "AND sql IS NOT NULL").fetchall():

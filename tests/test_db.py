@@ -4,9 +4,12 @@ import calendar
 import json
 import multiprocessing
 import os
+import random
 import sqlite3
+import subprocess
+import sys
 import time
-from datetime import datetime
+from datetime import datetime, timedelta, timezone
 
 import pytest
 
@@ -350,6 +353,80 @@ def test_migrated_pending_task_comes_due_and_ids_continue(db_path, clean_registr
         assert [tuple(r) for r in conn.execute("SELECT * FROM tasks ORDER BY id")] == snapshot
     finally:
         conn.close()
+
+
+# The seed's released schema (PyPI liteq 0.2.1, liteq/db.py init_db), verbatim.
+SEED_021_SCHEMA = """
+CREATE TABLE tasks (id INTEGER PRIMARY KEY AUTOINCREMENT, name TEXT NOT NULL, payload TEXT NOT NULL, queue TEXT NOT NULL, status TEXT DEFAULT 'pending', priority INTEGER DEFAULT 0, attempts INTEGER DEFAULT 0, max_retries INTEGER DEFAULT 3, worker_id TEXT, run_at DATETIME DEFAULT CURRENT_TIMESTAMP, created_at DATETIME DEFAULT CURRENT_TIMESTAMP, started_at DATETIME, finished_at DATETIME, result TEXT, error TEXT, timeout INTEGER);
+CREATE TABLE workers (worker_id TEXT PRIMARY KEY, hostname TEXT, queues TEXT, concurrency INTEGER, last_heartbeat DATETIME DEFAULT CURRENT_TIMESTAMP);
+CREATE TABLE schedules (id INTEGER PRIMARY KEY AUTOINCREMENT, task_name TEXT NOT NULL, cron_expr TEXT NOT NULL, payload TEXT NOT NULL, queue TEXT NOT NULL, enabled INTEGER DEFAULT 1, last_run DATETIME, next_run DATETIME, created_at DATETIME DEFAULT CURRENT_TIMESTAMP);
+CREATE INDEX idx_fetch ON tasks(status, queue, priority DESC, run_at);
+"""
+
+_EMPTY_PAYLOAD = '{"args": [], "kwargs": {}}'
+
+
+def _migrate_in_zone(path, tz):
+    """Migrate the seed database at `path` in a fresh process whose local zone is `tz`
+    (the C library reads TZ once per process); returns get_task_status() of every task."""
+    script = ("import json, liteq\nfrom liteq.db import init_db\ninit_db()\n"
+              "print(json.dumps({i: liteq.get_task_status(i) for i in %s}))")
+    conn = _raw(path)
+    ids = [r[0] for r in conn.execute("SELECT id FROM tasks")]
+    conn.close()
+    out = subprocess.run([sys.executable, "-c", script % ids], capture_output=True, text=True,
+                         env=dict(os.environ, LITEQ_DB=path, TZ=tz), timeout=60)
+    assert out.returncode == 0, out.stderr
+    return {int(k): v for k, v in json.loads(out.stdout).items()}
+
+
+def _exact_utc(stored):
+    """A stored epoch as an aware UTC datetime, to the microsecond (rounding as Python does)."""
+    return datetime.fromtimestamp(stored, timezone.utc)
+
+
+def _micros(aware):
+    """Whole microseconds since the epoch of an aware datetime: no float involved."""
+    return (aware - datetime(1970, 1, 1, tzinfo=timezone.utc)) // timedelta(microseconds=1)
+
+
+def test_seed_text_times_migrate_exactly_to_the_microsecond(db_path):
+    # julianday() kept milliseconds and added float noise: 06:24:49 came back as
+    # 06:24:49.000010 and .903616 as .903993.
+    raw = sqlite3.connect(db_path)
+    raw.executescript(SEED_021_SCHEMA)
+    rng = random.Random(15)
+    expected = {}
+    for i in range(1, 201):
+        base = datetime(2026, 11, 30, 6, 24, 49) + timedelta(seconds=rng.randrange(10**8))
+        local_run = base.replace(microsecond=rng.randrange(10**6))   # isoformat(), 'T'
+        utc_created = base.replace(microsecond=0)                     # CURRENT_TIMESTAMP
+        raw.execute("INSERT INTO tasks (id, name, payload, queue, run_at, created_at) "
+                    "VALUES (?,?,?,?,?,?)", (i, "t", _EMPTY_PAYLOAD, "default",
+                                            local_run.isoformat(), str(utc_created)))
+        expected[i] = (local_run.replace(tzinfo=timezone.utc),
+                       utc_created.replace(tzinfo=timezone.utc))
+    raw.execute("INSERT INTO tasks (id, name, payload, queue, run_at, created_at) "
+                "VALUES (201, 't', ?, 'default', '2026-11-30T06:24:49.903616', "
+                "'2026-11-30 06:24:49')", (_EMPTY_PAYLOAD,))
+    expected[201] = (datetime(2026, 11, 30, 6, 24, 49, 903616, timezone.utc),
+                     datetime(2026, 11, 30, 6, 24, 49, tzinfo=timezone.utc))
+    raw.commit()
+    raw.close()
+
+    statuses = _migrate_in_zone(db_path, "UTC")
+
+    conn = _raw(db_path)
+    rows = {r["id"]: r for r in conn.execute("SELECT id, run_at, created_at FROM tasks")}
+    conn.close()
+    for i, (run_at, created_at) in expected.items():
+        assert _exact_utc(rows[i]["run_at"]) == run_at, i
+        assert _exact_utc(rows[i]["created_at"]) == created_at, i
+        # The float nearest to the exact value: nothing was lost on the way.
+        assert rows[i]["run_at"] == _micros(run_at) / 10**6, i
+        assert rows[i]["created_at"] == _micros(created_at) / 10**6, i
+    assert statuses[201]["created_at"] == "2026-11-30T06:24:49+00:00"
+    assert statuses[201]["run_at"] == "2026-11-30T06:24:49.903616+00:00"
 
 
 def test_newer_schema_version_is_refused(db_path):
