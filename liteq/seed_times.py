@@ -1,9 +1,17 @@
-"""The seed project's text times, in exact epoch seconds.
+"""The seed project's text times, read as what they are, in exact epoch seconds.
 
-The project LiteQ grew from (PyPI `liteq` up to 0.2.1) stored times as text:
-SQLite's CURRENT_TIMESTAMP (`2026-11-30 06:35:36`) and Python's isoformat()
-(`2026-11-30T15:35:36.232345`). Naive values are read as UTC, a value with an
-explicit offset (`+09:00`, `Z`) in that offset.
+The project LiteQ grew from (PyPI `liteq` up to 0.2.1) stored times as text in
+two forms that look alike but mean different things:
+
+- `2026-11-30 06:35:36`: SQLite's CURRENT_TIMESTAMP (created_at, started_at,
+  finished_at, last_heartbeat, and run_at by default). A space separator, no
+  fraction, and UTC.
+- `2026-11-30T15:35:36.232345`: Python's `datetime.now().isoformat()` (run_at
+  of `.schedule()` and of retries, the schedules' next_run and last_run). A `T`
+  separator, and the machine's local wall-clock time.
+
+A value with an explicit offset (`+09:00`, `Z`) is read in that offset. A date
+alone came from Python too, so it is local midnight.
 
 The result is exact to the microsecond: it is computed from whole microseconds
 and divided once, so `datetime.fromtimestamp()` gives back the stored
@@ -47,14 +55,19 @@ def seed_text_to_epoch(value):
     match = _ISO.fullmatch(str(value).strip())
     if match is None:
         return None
-    year, month, day, _sep, hour, minute, second, fraction, offset = match.groups()
+    year, month, day, sep, hour, minute, second, fraction, offset = match.groups()
     micro = int((fraction or "")[:6].ljust(6, "0"))
     try:
         wall = datetime(int(year), int(month), int(day), int(hour or 0), int(minute or 0),
                         int(second or 0))
-        seconds = calendar.timegm(wall.timetuple())
         if offset is not None:
-            seconds -= _offset_seconds(offset)
+            seconds = calendar.timegm(wall.timetuple()) - _offset_seconds(offset)
+        elif sep == " ":
+            seconds = calendar.timegm(wall.timetuple())
+        else:
+            # Whole seconds of a naive local time are exact in a float; the
+            # microseconds are added as integers below.
+            seconds = int(wall.timestamp())
     except (ValueError, OverflowError, OSError):
         return None
     return (seconds * _US + micro) / _US

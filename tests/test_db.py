@@ -10,6 +10,7 @@ import subprocess
 import sys
 import time
 from datetime import datetime, timedelta, timezone
+from zoneinfo import ZoneInfo
 
 import pytest
 
@@ -220,8 +221,13 @@ def test_indexes_exist(db_path):
 # ---- migration of a seed database ---------------------------------------------
 
 
+def _local(text):
+    """Epoch seconds of a seed isoformat() time: naive, so local time."""
+    return datetime.fromisoformat(text).timestamp()
+
+
 def _utc(text):
-    """Epoch seconds of a seed text time, read as UTC."""
+    """Epoch seconds of a seed CURRENT_TIMESTAMP time: UTC."""
     text = text.replace("T", " ")
     frac = 0.0
     if "." in text:
@@ -303,9 +309,9 @@ def test_seed_database_is_migrated_in_place(db_path):
         "generate_report", "reports", "done", 5, 1, 5, "w-old")
     assert done["kwargs"] == {"report_id": 123}
     assert done["result"] == {"report_id": 123}
-    assert rows[42]["run_at"] == pytest.approx(_utc("2026-01-01T10:00:00.250000"), abs=0.01)
-    assert rows[42]["created_at"] == pytest.approx(_utc("2026-01-01T09:59:00"), abs=0.01)
-    assert rows[42]["finished_at"] == pytest.approx(_utc("2026-01-01T10:00:03"), abs=0.01)
+    assert rows[42]["run_at"] == pytest.approx(_local("2026-01-01T10:00:00.250000"), abs=0.01)
+    assert rows[42]["created_at"] == pytest.approx(_local("2026-01-01T09:59:00"), abs=0.01)
+    assert rows[42]["finished_at"] == pytest.approx(_local("2026-01-01T10:00:03"), abs=0.01)
 
     failed = liteq.get_task_status(43)
     assert failed["status"] == "failed" and failed["error"] == "boom"
@@ -427,6 +433,72 @@ def test_seed_text_times_migrate_exactly_to_the_microsecond(db_path):
         assert rows[i]["created_at"] == _micros(created_at) / 10**6, i
     assert statuses[201]["created_at"] == "2026-11-30T06:24:49+00:00"
     assert statuses[201]["run_at"] == "2026-11-30T06:24:49.903616+00:00"
+
+
+@pytest.mark.parametrize("tz", ["Asia/Tokyo", "America/New_York", "Australia/Adelaide"])
+def test_seed_times_are_read_in_the_zone_they_were_written_in(db_path, tz):
+    # The seed stored CURRENT_TIMESTAMP (UTC, ' ') and isoformat() of a naive
+    # datetime.now() (local time, 'T') side by side; each keeps its meaning.
+    zone = ZoneInfo(tz)
+    raw = sqlite3.connect(db_path)
+    raw.executescript(SEED_021_SCHEMA)
+    before = time.time()
+    # my_task.schedule(datetime.now() + timedelta(minutes=10)) in the seed, on this host:
+    in_ten = (datetime.now(zone).replace(tzinfo=None) + timedelta(minutes=10)).isoformat()
+    raw.execute("INSERT INTO tasks (id, name, payload, queue, run_at) VALUES (1, 'later', ?, "
+                "'default', ?)", (_EMPTY_PAYLOAD, in_ten))
+    after = time.time()
+    # A finished task (CURRENT_TIMESTAMP times) and a retry (isoformat() run_at, in
+    # July: daylight saving time in New York, none in Tokyo).
+    raw.execute("INSERT INTO tasks (id, name, payload, queue, status, run_at, created_at, "
+                "started_at, finished_at) VALUES (2, 'done', ?, 'default', 'done', "
+                "'2026-11-30T15:35:36.232345', '2026-11-30 06:24:49', '2026-11-30 06:24:50', "
+                "'2026-11-30 06:24:51.5')", (_EMPTY_PAYLOAD,))
+    raw.execute("INSERT INTO tasks (id, name, payload, queue, attempts, run_at, created_at) "
+                "VALUES (3, 'retry', ?, 'default', 1, '2026-07-01T12:00:00.903616', "
+                "'2026-07-01 02:59:00')", (_EMPTY_PAYLOAD,))
+    raw.execute("INSERT INTO workers (worker_id, last_heartbeat) VALUES ('w', "
+                "'2026-11-30 06:24:49')")
+    raw.execute("INSERT INTO schedules (task_name, cron_expr, payload, queue, last_run, "
+                "next_run, created_at) VALUES ('cleanup', '*/5 * * * *', ?, 'default', "
+                "'2026-11-30T17:00:00', '2026-11-30T17:05:00', '2026-11-30 08:00:00')",
+                (_EMPTY_PAYLOAD,))
+    raw.commit()
+    raw.close()
+
+    statuses = _migrate_in_zone(db_path, tz)
+
+    conn = _raw(db_path)
+    tasks = {r["id"]: r for r in conn.execute("SELECT * FROM tasks")}
+    worker = conn.execute("SELECT * FROM workers").fetchone()
+    schedule = conn.execute("SELECT * FROM schedules").fetchone()
+    conn.close()
+
+    def local(*fields):
+        return datetime(*fields, tzinfo=zone)
+
+    def utc(*fields):
+        return datetime(*fields, tzinfo=timezone.utc)
+
+    # Ten minutes from when it was scheduled, not hours off.
+    assert before + 600 - 0.001 <= tasks[1]["run_at"] <= after + 600 + 0.001
+    assert datetime.fromisoformat(statuses[1]["run_at"]) == \
+        datetime.fromisoformat(in_ten).replace(tzinfo=zone)
+    assert _exact_utc(tasks[2]["run_at"]) == local(2026, 11, 30, 15, 35, 36, 232345)
+    assert _exact_utc(tasks[2]["created_at"]) == utc(2026, 11, 30, 6, 24, 49)
+    assert _exact_utc(tasks[2]["started_at"]) == utc(2026, 11, 30, 6, 24, 50)
+    assert _exact_utc(tasks[2]["finished_at"]) == utc(2026, 11, 30, 6, 24, 51, 500000)
+    assert _exact_utc(tasks[3]["run_at"]) == local(2026, 7, 1, 12, 0, 0, 903616)
+    assert _exact_utc(tasks[3]["created_at"]) == utc(2026, 7, 1, 2, 59)
+    assert _exact_utc(worker["last_heartbeat"]) == utc(2026, 11, 30, 6, 24, 49)
+    assert _exact_utc(schedule["last_run"]) == local(2026, 11, 30, 17, 0)
+    assert _exact_utc(schedule["next_run"]) == local(2026, 11, 30, 17, 5)
+    assert _exact_utc(schedule["created_at"]) == utc(2026, 11, 30, 8, 0)
+    # get_task_status() shows the same instants, in the host's zone.
+    assert datetime.fromisoformat(statuses[2]["run_at"]) == local(2026, 11, 30, 15, 35, 36,
+                                                                  232345)
+    assert datetime.fromisoformat(statuses[3]["run_at"]).utcoffset() == \
+        local(2026, 7, 1, 12).utcoffset()
 
 
 def test_newer_schema_version_is_refused(db_path):
