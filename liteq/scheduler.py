@@ -41,6 +41,7 @@ from croniter import croniter
 from croniter.croniter import CroniterBadDateError, CroniterError
 
 from . import storage
+from .app_loader import load_app, refuse_loop_at_import
 from .core import TASK_REGISTRY, Task
 from .errors import ConfigError, DatabaseError
 from .serialization import decode_payload, encode_payload
@@ -600,7 +601,12 @@ class Scheduler:
         return min(self.check_interval, max(0.01, nxt - now()))
 
     def run(self) -> None:
-        """Fire schedules until stopped; blocks. A .stop() that came first ends it at once."""
+        """Fire schedules until stopped; blocks. A .stop() that came first ends it at once.
+
+        Raises AppStartsLoop (a ConfigError) when reached while liteqd or `liteq`
+        imports the app: there it would block the import forever.
+        """
+        refuse_loop_at_import("Scheduler.run()")
         r, w = os.pipe()
         os.set_blocking(r, False)
         os.set_blocking(w, False)
@@ -676,7 +682,6 @@ def main(argv=None) -> int:
         # The app's own calls (register_schedule, .delay) must use the same file.
         os.environ["LITEQ_DB"] = args.db
         storage.forget_stores()
-    from .app_loader import load_app
     try:
         load_app(args.app)
         store = storage.get_store()

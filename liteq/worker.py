@@ -10,6 +10,8 @@ time limits, crash recovery; it returns when stopped (SIGTERM or Ctrl-C).
 
 import os
 
+from .app_loader import refuse_loop_at_import
+
 
 class Worker:
     """A foreground supervisor over this process's registered tasks."""
@@ -38,7 +40,12 @@ class Worker:
         return argv
 
     def run(self) -> int:
-        """Run until stopped; returns the exit code (0 after a graceful stop)."""
+        """Run until stopped; returns the exit code (0 after a graceful stop).
+
+        Raises AppStartsLoop (a ConfigError) when reached while liteqd or `liteq`
+        imports the app: there it would block the import forever.
+        """
+        refuse_loop_at_import("Worker.run()")
         # The daemon's modules (psutil, structlog, ...) load only when a worker runs.
         from liteqd import cli, config
 
