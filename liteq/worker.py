@@ -40,10 +40,14 @@ class Worker:
         return argv
 
     def run(self) -> int:
-        """Run until stopped; returns the exit code (0 after a graceful stop).
+        """Run until stopped; returns 0 after a graceful stop.
 
-        Raises AppStartsLoop (a ConfigError) when reached while liteqd or `liteq`
-        imports the app: there it would block the import forever.
+        Failures raise, so a script that ends with .run() fails visibly: a bad
+        setting or an app with no tasks raises ConfigError, a database that cannot
+        be used DatabaseError, and a daemon that stops on an error (children that
+        keep failing to start) SystemExit with its non-zero exit code. Reached
+        while liteqd or `liteq` imports the app, it raises AppStartsLoop (a
+        ConfigError): there it would block the import forever.
         """
         refuse_loop_at_import("Worker.run()")
         # The daemon's modules (psutil, structlog, ...) load only when a worker runs.
@@ -52,4 +56,7 @@ class Worker:
         args = config.build_parser(prog="Worker").parse_args(self._argv())
         cfg = config.resolve(args, environ={k: v for k, v in os.environ.items()
                                             if k not in ("LITEQ_APP",)})
-        return cli.run(cfg, load=self.app is not None)
+        code = cli.build_supervisor(cfg, load=self.app is not None).run()
+        if code:
+            raise SystemExit(code)
+        return 0

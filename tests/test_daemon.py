@@ -77,6 +77,25 @@ def test_worker_class_runs_a_task_and_exits_0_on_sigterm(daemons, app):
     assert d.stop(signal.SIGTERM) == 0
 
 
+@pytest.mark.parametrize("case", ["no_tasks", "bad_database"])
+def test_worker_class_raises_on_errors_so_the_script_fails(daemons, case):
+    # It used to print the error and return 2, so a script that ends with
+    # Worker(...).run(), as the seed README's does, exited 0.
+    script = daemons.path("run_worker.py")
+    setup = ("import sys\nsys.path.insert(0, %r)\nimport daemon_app\n" % APPS
+             if case == "bad_database" else "")
+    db = daemons.workdir if case == "bad_database" else daemons.db  # a directory
+    with open(script, "w") as f:
+        f.write(setup + "from liteq.worker import Worker\n"
+                f"Worker(queues=['default'], concurrency=1, db={db!r}).run()\n")
+    res = daemons.run([PYTHON, script], timeout=60)
+    assert res.returncode != 0, (res.stdout, res.stderr)
+    needle = "registers no tasks" if case == "no_tasks" else "is a directory"
+    error = "ConfigError" if case == "no_tasks" else "DatabaseError"
+    assert needle in res.stderr and error in res.stderr, res.stderr
+    assert "child.spawned" not in res.stdout
+
+
 def test_task_scheduled_one_second_ahead_starts_after_a_second(daemons, app):
     daemons.start("--concurrency", "1")
     t1 = app.add.schedule(1, 1, 2)
