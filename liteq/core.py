@@ -5,6 +5,7 @@ import inspect
 
 from . import storage
 from .serialization import encode_payload, encode_args_array
+from .status import get_task_status  # noqa: F401  (the seed's liteq.core.get_task_status)
 from .wakeup import wake as _wake
 from .timeutil import now, to_epoch
 
