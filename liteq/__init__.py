@@ -43,8 +43,16 @@ def purge_tasks(older_than: float) -> int:
     return get_store().purge(older_than)
 
 
+def __getattr__(name):
+    # liteq.Scheduler (the seed exported it here) loads croniter only when asked for.
+    if name == "Scheduler":
+        from .scheduler import Scheduler
+        return Scheduler
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
 __all__ = [
     "task", "Task", "TASK_REGISTRY", "get_task_status", "wait_for_task", "register_schedule",
-    "cancel_task", "retry_task", "purge_tasks", "LiteQError", "DatabaseError",
+    "Scheduler", "cancel_task", "retry_task", "purge_tasks", "LiteQError", "DatabaseError",
     "DatabaseLocked", "TaskTimeout", "WaitTimeout", "ConfigError",
 ]

@@ -79,9 +79,16 @@ class Task:
         """Enqueue a call with these arguments; returns the task id."""
         return self._enqueue(self._row(args, kwargs, None, None, None, None, None))
 
-    def schedule(self, when, *args, **kwargs) -> int:
-        """Enqueue a call to run at `when`: a datetime (naive = local time), a
-        timedelta, or a number of seconds from now. Returns the task id."""
+    def schedule(self, when=_UNSET, *args, **kwargs) -> int:
+        """Enqueue a call to run at `when`: a datetime (naive = local time), an
+        ISO-8601 string (read the same way), a timedelta, or a number of seconds
+        from now. Returns the task id. The seed project's keyword `run_at=` names
+        `when` too, when `when` is not given."""
+        if when is _UNSET:
+            if "run_at" not in kwargs:
+                raise TypeError(f"{self.name}.schedule() needs when (or run_at=): a datetime, "
+                                f"an ISO-8601 string, a timedelta or a number of seconds")
+            when = kwargs.pop("run_at")
         return self._enqueue(self._row(args, kwargs, None, None, to_epoch(when), None, None))
 
     def apply_async(self, args=(), kwargs=None, *, queue=None, priority=None, eta=None,
@@ -141,6 +148,25 @@ class Task:
         return ids
 
 
+class _TaskProxyType(type):
+    # Every Task is a TaskProxy for isinstance(), as every @task was one in the seed.
+    def __instancecheck__(cls, obj):
+        return isinstance(obj, Task)
+
+
+class TaskProxy(Task, metaclass=_TaskProxyType):
+    """The seed project's name for a task object.
+
+    TaskProxy(fn, name, queue, max_retries, timeout) builds and registers one, as
+    in the seed; isinstance(x, TaskProxy) is true of every task.
+    """
+
+    def __init__(self, fn, name=None, queue="default", max_retries=3, timeout=None, **options):
+        super().__init__(fn, name=name, queue=queue, max_retries=max_retries, timeout=timeout,
+                         **options)
+        register(self)
+
+
 def register(task_obj: Task) -> Task:
     """Add a task to the registry; a different function under a taken name is an error."""
     existing = TASK_REGISTRY.get(task_obj.name)
@@ -169,22 +195,45 @@ def _same_function(a, b):
             and ca.co_firstlineno == cb.co_firstlineno)
 
 
-def task(fn=None, *, queue="default", max_retries=3, name=None, timeout=None, priority=0,
-         retry_delay=1.0, retry_backoff=2.0, retry_max_delay=300.0):
+# The seed project's @task(queue, max_retries, name, timeout), with its defaults.
+_SEED_POSITIONAL = {"queue": "default", "max_retries": 3, "name": None, "timeout": None}
+
+
+def task(fn=None, *positional, queue="default", max_retries=3, name=None, timeout=None,
+         priority=0, retry_delay=1.0, retry_backoff=2.0, retry_max_delay=300.0):
     """Mark a function as a task; use as `@task` or `@task(queue=..., ...)`.
 
     max_retries counts retries after the first attempt (0 runs once). Failed
     attempts wait retry_delay * retry_backoff**(attempt-1) seconds, at most
     retry_max_delay, before the next. timeout is the task's time limit in seconds.
+    The seed project's positional form `@task(queue, max_retries, name, timeout)`
+    works too.
     """
+    if isinstance(fn, str):
+        values = (fn, *positional)
+        if len(values) > len(_SEED_POSITIONAL):
+            raise TypeError(f"@task takes at most {len(_SEED_POSITIONAL)} positional options "
+                            f"({', '.join(_SEED_POSITIONAL)}), got {len(values)}")
+        options = {"queue": queue, "max_retries": max_retries, "name": name,
+                   "timeout": timeout}
+        for key, value in zip(_SEED_POSITIONAL, values):
+            if options[key] != _SEED_POSITIONAL[key]:
+                raise TypeError(f"@task got {key} both by position and as a keyword")
+            options[key] = value
+        queue, max_retries, name, timeout = options.values()
+        fn = None
+    elif positional:
+        raise TypeError("@task's options after the function are keywords: "
+                        "@task(queue=..., max_retries=...)")
+
     def decorate(f):
         return register(Task(f, name=name, queue=queue, max_retries=max_retries,
                              timeout=timeout, priority=priority, retry_delay=retry_delay,
                              retry_backoff=retry_backoff, retry_max_delay=retry_max_delay))
     if fn is not None:
         if not callable(fn):
-            raise TypeError(f"@task's first argument must be the function, got {fn!r}; "
-                            f"options are keywords: @task(queue=...)")
+            raise TypeError(f"@task's first argument must be the function (or the queue "
+                            f"name), got {fn!r}; options are keywords: @task(queue=...)")
         return decorate(fn)
     return decorate
 

@@ -1,7 +1,29 @@
-"""The seed-compatible database entry points: get_conn() and init_db()."""
+"""The seed-compatible database entry points: get_conn(), init_db() and DB_PATH.
+
+DB_PATH reads LITEQ_DB (default liteq.db); assigning it (`liteq.db.DB_PATH =
+"jobs.db"`, as seed users did) sets LITEQ_DB, so every LiteQ call in this
+process, and every process it starts, uses that file.
+"""
+
+import os
+import sys
+import types
 
 from . import settings
 from .storage import ensure_schema, open_connection
+
+
+class _DbModule(types.ModuleType):
+    @property
+    def DB_PATH(self):  # noqa: N802 (the seed's name)
+        return settings.db_path()
+
+    @DB_PATH.setter
+    def DB_PATH(self, path):  # noqa: N802
+        os.environ["LITEQ_DB"] = os.fspath(path)
+
+
+sys.modules[__name__].__class__ = _DbModule
 
 
 def get_conn(path=None):

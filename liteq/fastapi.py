@@ -58,17 +58,11 @@ from fastapi import APIRouter, Depends, HTTPException
 
 from . import storage
 from .core import Task
+from .errors import NotATaskError
 from .status import get_task_status, task_row_to_dict
 
 OPTIONS = {"_queue": "queue", "_priority": "priority", "_countdown": "countdown",
            "_eta": "eta", "_timeout": "timeout", "_max_retries": "max_retries"}
-
-
-class NotATaskError(TypeError, ValueError):
-    """add_task() or enqueue_task() got a function that is not a @task.
-
-    A TypeError, and a ValueError as the seed project raised, so either except works.
-    """
 
 
 def _as_task(fn) -> Task:

@@ -30,8 +30,9 @@ def get_failed_tasks(limit: int = 50) -> list:
 
 def get_active_workers() -> list:
     """Workers (daemons) with a heartbeat in the last 15 s:
-    [{worker_id, hostname, queues, concurrency, last_heartbeat, active_tasks}]."""
+    [{worker_id, hostname, queues (a list), concurrency, last_heartbeat, active_tasks}]."""
     rows = storage.get_store().active_workers(now() - ACTIVE_WORKER_WINDOW)
     for r in rows:
         r["last_heartbeat"] = to_iso(r["last_heartbeat"])
+        r["queues"] = r["queues"].split(",") if r["queues"] else []
     return rows

@@ -43,7 +43,7 @@ from croniter.croniter import CroniterBadDateError, CroniterError
 from . import storage
 from .app_loader import load_app, refuse_loop_at_import
 from .core import TASK_REGISTRY, Task
-from .errors import ConfigError, DatabaseError
+from .errors import ConfigError, DatabaseError, NotATaskError
 from .serialization import decode_payload, encode_payload
 from .timeutil import now, to_iso
 from .wakeup import wake as _wake
@@ -247,6 +247,29 @@ def next_run_after(cron: str, after=None, tz=None, name=None) -> float:
     return _next_after(expr, _check_tz(tz), float(after), name)
 
 
+# The seed project's names for a cron expression's fields, and croniter's aliases.
+_FIELD_NAMES = ("minute", "hour", "day", "month", "weekday", "second", "year")
+_ALIASES = {"@hourly": "0 * * * *", "@daily": "0 0 * * *", "@midnight": "0 0 * * *",
+            "@weekly": "0 0 * * 0", "@monthly": "0 0 1 * *", "@yearly": "0 0 1 1 *",
+            "@annually": "0 0 1 1 *"}
+
+
+def parse_cron(cron_expr: str) -> dict:
+    """The fields of a cron expression by name, after checking it (the seed's function):
+    {minute, hour, day, month, weekday}, plus second and year when the expression
+    has croniter's 6th and 7th fields. Raises ValueError for an invalid expression."""
+    expr = _normalize_cron(cron_expr)
+    _croniter(expr, now(), None)  # raises ValueError saying what is wrong
+    return dict(zip(_FIELD_NAMES, _ALIASES.get(expr.lower(), expr).split()))
+
+
+def calculate_next_run(cron_expr: str, from_time=None) -> datetime:
+    """The first fire time of `cron_expr` after `from_time` (a naive local datetime,
+    default now), as a naive local datetime: the seed's function, with full cron
+    syntax. next_run_after() gives epoch seconds and takes a zone."""
+    return datetime.fromtimestamp(next_run_after(cron_expr, from_time))
+
+
 # ---- registration -------------------------------------------------------------
 
 def _task_name(task) -> str:
@@ -256,8 +279,8 @@ def _task_name(task) -> str:
         if not task.strip():
             raise ValueError("task name must not be empty")
         return task
-    raise TypeError(f"{task!r} is not a LiteQ task: pass a function decorated with @task "
-                    f"or a registered task name")
+    raise NotATaskError(f"{task!r} is not a LiteQ task: pass a function decorated with @task "
+                        f"or a registered task name")
 
 
 def _check_int(label, value, minimum=None):
@@ -450,6 +473,7 @@ def _schedule_dict(row) -> dict:
         "cron_expr": row["cron_expr"],
         "args": args,
         "kwargs": kwargs,
+        "payload": row["payload"],
         "queue": row["queue"],
         "priority": row["priority"],
         "max_retries": row["max_retries"],
@@ -468,7 +492,8 @@ def _schedule_dict(row) -> dict:
 def list_schedules(store=None) -> list:
     """Every schedule as a dict, by name.
 
-    Keys: id, name, task_name, cron_expr, args, kwargs, queue, priority,
+    Keys: id, name, task_name, cron_expr, args, kwargs, payload (their JSON
+    text, as the seed gave it), queue, priority,
     max_retries (None: the task's own), tz (None: the machine's zone), catchup,
     enabled (bool), next_run and last_run (ISO-8601 strings or None),
     next_run_ts and last_run_ts (epoch seconds or None), created_at, updated_at.
@@ -566,6 +591,17 @@ class Scheduler:
         self._stopping = False
         self._lock = threading.Lock()
         self._pipe = None
+
+    @property
+    def running(self) -> bool:
+        """True while run() runs (the seed's flag). Setting it to False stops run(), from
+        any thread, as .stop() does."""
+        return self._pipe is not None and not self._stopping
+
+    @running.setter
+    def running(self, value):
+        if not value:
+            self.stop()
 
     def run_once(self) -> list:
         """Fire what is due now; returns the new task ids."""

@@ -12,10 +12,21 @@ now = time.time
 
 
 def to_epoch(when) -> float:
-    """Turn a datetime, timedelta or number of seconds from now into epoch seconds.
+    """Turn a datetime, an ISO-8601 string, a timedelta or a number of seconds from
+    now into epoch seconds.
 
-    A naive datetime means local time, as `datetime.now()` gives it.
+    A naive datetime (or a string without an offset) means local time, as
+    `datetime.now()` gives it.
     """
+    if isinstance(when, str):
+        text = when.strip()
+        if text.endswith(("Z", "z")):  # Python 3.10's fromisoformat() does not read it
+            text = text[:-1] + "+00:00"
+        try:
+            when = datetime.fromisoformat(text)
+        except ValueError:
+            raise ValueError(f"when {when!r} is not an ISO-8601 date and time, such as "
+                             f"2026-12-01T09:30:00 or 2026-12-01T09:30:00+01:00") from None
     if isinstance(when, datetime):
         return when.timestamp()  # naive -> local time, aware -> its own zone
     if isinstance(when, timedelta):
@@ -23,7 +34,8 @@ def to_epoch(when) -> float:
     if isinstance(when, (int, float)) and not isinstance(when, bool):
         return now() + float(when)
     raise TypeError(
-        f"when must be a datetime, a timedelta or a number of seconds, not {type(when).__name__}"
+        f"when must be a datetime, an ISO-8601 string, a timedelta or a number of seconds, "
+        f"not {type(when).__name__}"
     )
 
 

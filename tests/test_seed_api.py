@@ -178,3 +178,176 @@ def test_a_function_that_is_not_a_task_raises_the_seeds_value_error_too(seed_tas
         with pytest.raises(TypeError, match="not a LiteQ task"):    # LiteQ's
             call()
     assert storage.get_store().count_tasks() == 0
+
+
+# ---- the package, liteq.core and the @task decorator ----------------------------------------
+
+def test_the_seeds_package_names(db_path):
+    import liteq.scheduler
+    from liteq import Scheduler, get_task_status, register_schedule, task  # noqa: F401
+    assert Scheduler is liteq.scheduler.Scheduler
+    assert {"task", "get_task_status", "register_schedule", "Scheduler"} <= set(liteq.__all__)
+
+
+def test_task_proxy_is_the_task_class_and_registers_when_built(seed_tasks):
+    from liteq.core import TASK_REGISTRY, TaskProxy
+
+    send_email, add = seed_tasks
+    assert isinstance(send_email, TaskProxy) and isinstance(add, TaskProxy)
+    assert not isinstance(len, TaskProxy)
+
+    def resize(path, width):
+        return [path, width]
+
+    # The seed's TaskProxy(fn, name, queue, max_retries, timeout), built by hand.
+    proxy = TaskProxy(resize, "resize_image", "images", 2, 30)
+    assert TASK_REGISTRY["resize_image"] is proxy
+    assert (proxy.fn, proxy.name, proxy.queue, proxy.max_retries, proxy.timeout) == (
+        resize, "resize_image", "images", 2, 30)
+    assert proxy("a.png", 10) == ["a.png", 10]
+    row = storage.get_store().get_task(proxy.delay("b.png", 20))
+    assert (row["name"], row["queue"], row["max_retries"], row["timeout"]) == (
+        "resize_image", "images", 2, 30)
+
+
+def test_task_takes_the_seeds_positional_options(db_path, clean_registry):
+    @liteq.task("emails", 5)
+    def notify(to):
+        return to
+
+    @liteq.task("reports", 1, "monthly_report", 30)
+    def report():
+        return 1
+
+    assert (notify.queue, notify.max_retries, notify.name) == ("emails", 5, "notify")
+    assert (report.queue, report.max_retries, report.name, report.timeout) == (
+        "reports", 1, "monthly_report", 30)
+    with pytest.raises(TypeError, match="queue"):
+        liteq.task("emails", queue="other")
+    with pytest.raises(TypeError, match="at most 4"):
+        liteq.task("q", 1, "n", 2, 3)
+
+
+def test_schedule_takes_an_iso_string_and_the_run_at_keyword(seed_tasks):
+    from datetime import datetime, timedelta
+
+    send_email, add = seed_tasks
+    when = datetime(2030, 1, 2, 3, 4, 5, 600000)
+    store = storage.get_store()
+    by_text = send_email.schedule(when.isoformat(), "a@example.com", "Hi")
+    by_keyword = send_email.schedule(run_at=when, to="b@example.com", subject="Hi")
+    with_offset = add.schedule("2030-01-02T03:04:05+00:00", 1, 2)
+    assert store.get_task(by_text)["run_at"] == when.timestamp()   # naive: local time
+    assert store.get_task(by_keyword)["run_at"] == when.timestamp()
+    assert liteq.get_task_status(by_keyword)["kwargs"] == {"to": "b@example.com",
+                                                           "subject": "Hi"}
+    assert store.get_task(with_offset)["run_at"] == 1893553445.0
+    soon = add.schedule(run_at=timedelta(seconds=30), a=1, b=2)
+    assert liteq.get_task_status(soon)["kwargs"] == {"a": 1, "b": 2}
+    with pytest.raises(ValueError, match="'next tuesday'"):
+        add.schedule("next tuesday", 1, 2)
+    with pytest.raises(TypeError, match="when"):
+        add.schedule()
+
+
+# ---- liteq.db ---------------------------------------------------------------------------------
+
+def test_db_path_reads_and_sets_the_database(db_path, monkeypatch, clean_registry):
+    import os
+    import liteq.db
+
+    assert liteq.db.DB_PATH == db_path
+    other = os.path.join(os.path.dirname(db_path), "other.db")
+    monkeypatch.setattr(liteq.db, "DB_PATH", other)   # restored (to LITEQ_DB) afterwards
+    assert liteq.db.DB_PATH == other and os.environ["LITEQ_DB"] == other
+
+    @liteq.task()
+    def where():
+        return 1
+
+    tid = where.delay()
+    with liteq.db.get_conn() as conn:
+        assert conn.execute("SELECT name FROM tasks WHERE id = ?", (tid,)).fetchone()[0] == \
+            "where"
+    assert os.path.exists(other)
+
+
+# ---- liteq.scheduler ------------------------------------------------------------------------
+
+def test_parse_cron_and_calculate_next_run(db_path):
+    from datetime import datetime
+    from liteq.scheduler import calculate_next_run, parse_cron
+
+    assert parse_cron("*/5 * * * *") == {"minute": "*/5", "hour": "*", "day": "*",
+                                         "month": "*", "weekday": "*"}
+    assert parse_cron(" 0  9 * * 1 ") == {"minute": "0", "hour": "9", "day": "*",
+                                          "month": "*", "weekday": "1"}
+    with pytest.raises(ValueError, match="5 fields"):
+        parse_cron("* * *")
+    with pytest.raises(ValueError):
+        parse_cron("61 * * * *")
+    start = datetime(2026, 3, 10, 10, 0, 0)
+    assert calculate_next_run("0 9 * * *", start) == datetime(2026, 3, 11, 9, 0)
+    assert calculate_next_run("*/5 * * * *", start) == datetime(2026, 3, 10, 10, 5)
+    assert calculate_next_run("0 */2 * * *", start) == datetime(2026, 3, 10, 12, 0)
+    nxt = calculate_next_run("* * * * *")
+    assert nxt.tzinfo is None and 0 < (nxt - datetime.now()).total_seconds() <= 60
+
+
+def test_register_schedule_keywords_and_list_schedules_keys_of_the_seed(db_path,
+                                                                       clean_registry):
+    from liteq.scheduler import list_schedules, register_schedule
+
+    @liteq.task()
+    def cleanup(days):
+        return days
+
+    sid = register_schedule(cleanup, "*/5 * * * *", queue="default", enabled=True, days=7)
+    [row] = list_schedules()
+    assert {"id", "task_name", "cron_expr", "payload", "queue", "enabled", "last_run",
+            "next_run", "created_at"} <= set(row)
+    assert (row["id"], row["task_name"], row["queue"], row["enabled"]) == (
+        sid, "cleanup", "default", True)
+    assert json.loads(row["payload"]) == {"args": [], "kwargs": {"days": 7}}
+
+    def undecorated():
+        return 1
+
+    # The seed raised ValueError for what it could not schedule; LiteQ also refuses a
+    # function without @task (README: "From the seed project").
+    for bad in (42, undecorated):
+        with pytest.raises(ValueError, match="not a LiteQ task"):
+            register_schedule(bad, "*/5 * * * *")
+    assert len(list_schedules()) == 1
+
+
+def test_scheduler_running_flag_reads_and_stops_the_loop(db_path):
+    import threading
+    import time
+    from liteq.scheduler import Scheduler
+
+    sched = Scheduler(check_interval=60)
+    assert sched.running is False
+    thread = threading.Thread(target=sched.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 10
+    while not sched.running:
+        assert time.monotonic() < deadline, "the scheduler never started"
+        time.sleep(0.01)
+    sched.running = False            # the seed's way to stop it
+    thread.join(10)
+    assert not thread.is_alive() and sched.running is False
+
+
+# ---- liteq.monitoring -------------------------------------------------------------------------
+
+def test_active_workers_list_their_queues_as_the_seed_did(db_path):
+    import os
+    import time
+    from liteq.monitoring import get_active_workers
+
+    storage.get_store().heartbeat("w1", "host", "default,emails", 4, os.getpid(), time.time())
+    [worker] = get_active_workers()
+    assert worker["queues"] == ["default", "emails"]
+    assert {"worker_id", "hostname", "queues", "concurrency", "last_heartbeat",
+            "active_tasks"} <= set(worker)
