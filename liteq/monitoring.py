@@ -1,4 +1,8 @@
-"""Queue statistics for dashboards and scripts, named as in the seed project."""
+"""Queue statistics for dashboards and scripts, named as in the seed project.
+
+Each function reads LITEQ_DB's queue, or the Store given as `store` (the web
+panel passes its own).
+"""
 
 from . import storage
 from .status import task_row_to_dict
@@ -7,31 +11,32 @@ from .timeutil import now, to_iso
 ACTIVE_WORKER_WINDOW = 15.0  # seconds since the last heartbeat
 
 
-def get_queue_stats() -> list:
+def get_queue_stats(*, store=None) -> list:
     """[{queue, status, count}] for every queue and status that has tasks."""
-    return storage.get_store().queue_stats()
+    return (store or storage.get_store()).queue_stats()
 
 
-def get_recent_tasks(limit: int = 50) -> list:
+def get_recent_tasks(limit: int = 50, *, store=None) -> list:
     """The most recently created tasks, newest first, as get_task_status() dicts."""
-    return [task_row_to_dict(r) for r in storage.get_store().find_tasks(limit=limit)]
+    return [task_row_to_dict(r) for r in (store or storage.get_store()).find_tasks(limit=limit)]
 
 
-def list_queues() -> list:
+def list_queues(*, store=None) -> list:
     """Every queue name in use, sorted."""
-    return storage.get_store().list_queues()
+    return (store or storage.get_store()).list_queues()
 
 
-def get_failed_tasks(limit: int = 50) -> list:
+def get_failed_tasks(limit: int = 50, *, store=None) -> list:
     """The most recently failed tasks, newest first."""
-    rows = storage.get_store().find_tasks(status="failed", limit=limit, order="finished")
+    rows = (store or storage.get_store()).find_tasks(status="failed", limit=limit,
+                                                     order="finished")
     return [task_row_to_dict(r) for r in rows]
 
 
-def get_active_workers() -> list:
+def get_active_workers(*, store=None) -> list:
     """Workers (daemons) with a heartbeat in the last 15 s:
     [{worker_id, hostname, queues (a list), concurrency, last_heartbeat, active_tasks}]."""
-    rows = storage.get_store().active_workers(now() - ACTIVE_WORKER_WINDOW)
+    rows = (store or storage.get_store()).active_workers(now() - ACTIVE_WORKER_WINDOW)
     for r in rows:
         r["last_heartbeat"] = to_iso(r["last_heartbeat"])
         r["queues"] = r["queues"].split(",") if r["queues"] else []

@@ -7,6 +7,7 @@ started), a real FastAPI app.
 """
 
 import json
+import subprocess
 import textwrap
 
 import pytest
@@ -351,3 +352,104 @@ def test_active_workers_list_their_queues_as_the_seed_did(db_path):
     assert worker["queues"] == ["default", "emails"]
     assert {"worker_id", "hostname", "queues", "concurrency", "last_heartbeat",
             "active_tasks"} <= set(worker)
+
+
+# ---- the monitor's JSON API (the seed's liteq/web.py) ------------------------------------------
+
+@pytest.fixture
+def panel_tasks(db_path):
+    """A done, a failed and a pending task, and a live worker row; returns their ids."""
+    import os
+    import time
+
+    store = storage.get_store()
+    done = store.enqueue("add", '{"args":[1,2],"kwargs":{}}')
+    failed = store.enqueue("send_email", '{"args":["a@x.org"],"kwargs":{}}', queue="emails")
+    assert len(store.claim("w1", ["default", "emails"], 2)) == 2
+    t = time.time()
+    store.record_outcomes("w1", done=[(done, "3", t - 1, t)], failed=[(failed, "boom", t - 1, t)])
+    pending = store.enqueue("add", '{"args":[3,4],"kwargs":{}}')
+    store.heartbeat("w1", "host", "default,emails", 2, os.getpid(), t)
+    return {"done": done, "failed": failed, "pending": pending}
+
+
+def _panel(**options):
+    from starlette.testclient import TestClient
+    from liteq.web import create_app
+    return TestClient(create_app(**options), base_url="http://127.0.0.1")
+
+
+def test_the_seeds_json_reads(panel_tasks):
+    c = _panel()
+    overview = c.get("/api/overview").json()
+    assert {k: overview[k] for k in ("total_pending", "total_running", "total_failed",
+                                     "total_done", "total_queues", "active_workers")} == {
+        "total_pending": 1, "total_running": 0, "total_failed": 1, "total_done": 1,
+        "total_queues": 2, "active_workers": 1}
+    recent = c.get("/api/tasks", params={"limit": 2}).json()
+    assert [t["id"] for t in recent] == [panel_tasks["pending"], panel_tasks["failed"]]
+    assert SEED_TASK_KEYS <= set(recent[0])
+    assert len(c.get("/api/tasks").json()) == 3
+    failed = c.get("/api/failed-tasks").json()
+    assert [t["id"] for t in failed] == [panel_tasks["failed"]] and failed[0]["error"] == "boom"
+    queues = c.get("/api/queues").json()
+    assert {(q["queue"], q["status"], q["count"]) for q in queues} == {
+        ("default", "done", 1), ("default", "pending", 1), ("emails", "failed", 1)}
+    [worker] = c.get("/api/workers").json()
+    assert worker["worker_id"] == "w1" and worker["queues"] == ["default", "emails"]
+    assert worker["active_tasks"] == 0
+    assert c.get("/api/tasks", params={"limit": "many"}).status_code == 400
+
+
+def test_the_seeds_json_actions_under_the_panels_rules(panel_tasks):
+    # The seed's POST /api/tasks/{id}/retry and /cancel, answered {"status": "success"}.
+    # Like every action of the panel they need the Bearer token (scripts) or the CSRF
+    # token; a bare cross-site POST is refused (README: "From the seed project").
+    store = storage.get_store()
+    c = _panel(token="s3cret")
+    bearer = {"authorization": "Bearer s3cret"}
+    reply = c.post(f"/api/tasks/{panel_tasks['failed']}/retry", headers=bearer)
+    assert reply.status_code == 200 and reply.json()["status"] == "success", reply.text
+    assert store.get_task(panel_tasks["failed"])["status"] == "pending"
+    reply = c.post(f"/api/tasks/{panel_tasks['pending']}/cancel", headers=bearer)
+    assert reply.json()["status"] == "success"
+    assert store.get_task(panel_tasks["pending"])["status"] == "cancelled"
+    # Guarded as in the panel: a done task is neither retried nor cancelled.
+    reply = c.post(f"/api/tasks/{panel_tasks['done']}/cancel", headers=bearer)
+    assert reply.status_code == 409 and reply.json()["status"] == "error"
+    assert store.get_task(panel_tasks["done"])["status"] == "done"
+    assert c.post("/api/tasks/999999/retry", headers=bearer).status_code == 404
+    assert c.post(f"/api/tasks/{panel_tasks['done']}/retry").status_code == 401
+
+    open_panel = _panel()
+    assert open_panel.post(f"/api/tasks/{panel_tasks['pending']}/retry").status_code == 403
+    open_panel.get("/")  # sets the CSRF cookie
+    csrf = {"x-csrf-token": open_panel.cookies.get("liteq_csrf")}
+    reply = open_panel.post(f"/api/tasks/{panel_tasks['pending']}/retry", headers=csrf)
+    assert reply.json()["status"] == "success"
+    assert store.get_task(panel_tasks["pending"])["status"] == "pending"
+
+
+def test_run_monitor_serves_the_panel(daemons, panel_tasks):
+    import socket
+    import urllib.request
+
+    from daemon_helpers import wait_for
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    proc = daemons.popen([PYTHON, "-c", f"from liteq.web import run_monitor; "
+                                        f"run_monitor(port={port})"],
+                         stderr=subprocess.PIPE, text=True)
+
+    def overview():
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/overview",
+                                        timeout=2) as resp:
+                return json.load(resp)
+        except OSError:
+            assert proc.poll() is None, proc.communicate()
+            return None
+    data = wait_for(overview, 20, message="run_monitor never answered")
+    assert data["total_done"] == 1 and data["total_failed"] == 1
