@@ -1,14 +1,16 @@
 """`liteqctl`: talk to a running liteqd over its control socket.
 
-Exit codes: 0 success, 1 an error reply (or a bad request), 3 no daemon running.
+Exit codes: 0 success, 1 an error reply (or a bad request), 3 no daemon running
+(`schedules` then reads the database itself, and exits 0 when it can).
 """
 
 import argparse
 import json
+import os
 import sys
 import time
 
-from liteq import control
+from liteq import control, settings, storage
 from liteq.errors import LiteQError
 
 EXIT_OK, EXIT_ERROR, EXIT_NO_DAEMON = 0, 1, 3
@@ -169,9 +171,25 @@ def run(args) -> int:
         reply = control.ping(**kw)
         print(f"pong from liteqd pid {reply['pid']}")
     elif cmd == "schedules":
-        rows = control.schedules(**kw)
+        try:
+            rows = control.schedules(**kw)
+        except control.DaemonNotRunning as exc:
+            rows = _schedules_from_database(args.db, exc)
         print(json.dumps(rows, indent=2) if args.json else render_schedules(rows))
     return EXIT_OK
+
+
+def _schedules_from_database(db, not_running):
+    """The schedules read from the database itself, when no daemon answers: they are
+    rows there, and the daemon only passes them on. Says so on stderr (stdout stays
+    the table or the JSON). A database that does not exist is not created."""
+    path = os.path.abspath(db or settings.db_path())
+    if not os.path.exists(path):
+        raise control.DaemonNotRunning(f"{not_running}; database {path} does not exist")
+    from liteq.scheduler import list_schedules
+    rows = list_schedules(storage.get_store(path))
+    print(f"liteqctl: {not_running}; schedules read from {path}", file=sys.stderr)
+    return rows
 
 
 def main(argv=None) -> int:
