@@ -15,7 +15,8 @@ from .errors import (ConfigError, DatabaseError, DatabaseLocked, LiteQError, Tas
                      WaitTimeout)
 from .status import get_task_status, wait_for_task
 
-__version__ = "0.2.0"
+# The one place the version is written: pyproject.toml and the CLIs read it here.
+__version__ = "0.4.0"
 
 
 def register_schedule(task, cron, *args, **kwargs):

@@ -10,7 +10,7 @@ import os
 import sys
 import time
 
-from liteq import control, settings, storage
+from liteq import __version__, control, settings, storage
 from liteq.errors import LiteQError
 
 EXIT_OK, EXIT_ERROR, EXIT_NO_DAEMON = 0, 1, 3
@@ -112,6 +112,7 @@ def _wait_scaled(pool_name, size, timeout, kw):
 def build_parser():
     """liteqctl's argument parser."""
     p = argparse.ArgumentParser(prog="liteqctl", description="Control a running liteqd.")
+    p.add_argument("--version", action="version", version=f"liteqctl {__version__}")
     p.add_argument("--db", help="the database the daemon serves [LITEQ_DB]")
     p.add_argument("--socket", help="the control socket (default: derived from the database) "
                                     "[LITEQ_SOCKET]")

@@ -453,3 +453,22 @@ def test_run_monitor_serves_the_panel(daemons, panel_tasks):
             return None
     data = wait_for(overview, 20, message="run_monitor never answered")
     assert data["total_done"] == 1 and data["total_failed"] == 1
+
+
+# ---- the version ---------------------------------------------------------------------------
+
+def test_one_version_above_every_seed_release_everywhere():
+    # The seed's last release is 0.2.1 and its code calls itself 0.3.0: pip must see an
+    # upgrade. liteq.__version__ is the one source; the metadata and CLIs read it.
+    import os
+    from importlib.metadata import version
+
+    version_tuple = tuple(int(p) for p in liteq.__version__.split("."))
+    assert version_tuple > (0, 3, 0)
+    assert version("liteq") == liteq.__version__
+    bin_dir = os.path.dirname(PYTHON)
+    for cmd in (["liteq", "--version"], ["liteqd", "--version"], ["liteqctl", "--version"]):
+        out = subprocess.run([os.path.join(bin_dir, cmd[0]), *cmd[1:]], capture_output=True,
+                             text=True, timeout=60)
+        assert out.returncode == 0, (cmd, out.stderr)
+        assert out.stdout.strip() == f"{cmd[0]} {liteq.__version__}", (cmd, out.stdout)
