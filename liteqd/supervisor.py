@@ -84,6 +84,7 @@ class Supervisor:
         self.ready_sent = False
         self.on_ready = []              # callbacks once all first children are up
         self._sig_r = self._sig_w = None
+        self._title = None
 
     # ---- set-up ------------------------------------------------------------
 
@@ -126,10 +127,19 @@ class Supervisor:
         return fds
 
     def title(self):
-        """The supervisor's process title."""
-        pools = " ".join(f"{p.name}={len(p.active)}/{p.size}" for p in self.pools)
+        """The supervisor's process title: per pool, the children busy with a task
+        out of the pool's size (`default busy 1/4`)."""
+        pools = ", ".join(f"{p.name} busy {sum(1 for c in p.children.values() if c.inflight)}"
+                          f"/{p.size}" for p in self.pools)
         state = f" {self.stopping} stop" if self.stopping else ""
         return f"liteqd: supervisor [{pools}] db={self.config.db}{state}"
+
+    def _show_title(self):
+        """Set the process title when what it shows has changed (once per loop turn)."""
+        title = self.title()
+        if title != self._title:
+            setproctitle(title)
+            self._title = title
 
     # ---- the main loop --------------------------------------------------------
 
@@ -170,6 +180,7 @@ class Supervisor:
                 if not self.stopping:
                     self._periodic()
                 self._check_ready()
+                self._show_title()
                 for plugin in self.plugins:
                     plugin.on_tick(self)
                 logs.flush()

@@ -177,6 +177,23 @@ def test_process_titles_show_supervisor_idle_and_running_children(daemons, app):
     assert slots == ["1", "2"]
 
 
+def test_supervisor_title_counts_busy_children_of_each_pool(daemons, app):
+    d = daemons.start("--concurrency", "2")
+    d.wait_children(2)
+
+    def title_is(expected):
+        return wait_for(lambda: Daemon.title(d.ps) == expected, 10,
+                        message=f"supervisor title {Daemon.title(d.ps)!r}, not {expected!r}")
+    db = daemons.db
+    title_is(f"liteqd: supervisor [default busy 0/2] db={db}")   # two idle children
+    tid = app.slow.delay(2)
+    d.wait_event("task.started", task_id=tid)
+    title_is(f"liteqd: supervisor [default busy 1/2] db={db}")
+    assert wait_status(tid, daemons=daemons)["status"] == "done"
+    title_is(f"liteqd: supervisor [default busy 0/2] db={db}")
+    assert d.stop() == 0
+
+
 # ---- logs --------------------------------------------------------------------------------
 
 def test_json_logs_carry_task_fields(daemons, app):
