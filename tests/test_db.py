@@ -435,6 +435,18 @@ def test_seed_text_times_migrate_exactly_to_the_microsecond(db_path):
     assert statuses[201]["run_at"] == "2026-11-30T06:24:49.903616+00:00"
 
 
+def test_seed_text_forms_with_an_offset_numbers_and_garbage():
+    from liteq.seed_times import seed_text_to_epoch as read
+    noon_utc = _micros(datetime(2026, 11, 30, 12, tzinfo=timezone.utc)) / 10**6
+    for text in ("2026-11-30T21:00:00+09:00", "2026-11-30 07:00:00-05:00",
+                 "2026-11-30T12:00:00Z", "2026-11-30 12:00:00", "2026-11-30T17:30+0530"):
+        assert read(text) == noon_utc, text
+    assert read("2026-11-30T12:00:00.5Z") == noon_utc + 0.5
+    assert read(1700000000.25) == 1700000000.25 and read(17) == 17
+    for garbage in (None, "", "soon", "2026-13-01 00:00:00", "2026-11-30T25:00:00"):
+        assert read(garbage) is None, garbage
+
+
 @pytest.mark.parametrize("tz", ["Asia/Tokyo", "America/New_York", "Australia/Adelaide"])
 def test_seed_times_are_read_in_the_zone_they_were_written_in(db_path, tz):
     # The seed stored CURRENT_TIMESTAMP (UTC, ' ') and isoformat() of a naive
