@@ -92,7 +92,7 @@ def _wait_done(client, task_id, timeout=20.0):
 
 def main():
     """Start a daemon and this app on a temporary database, call it, print what happens."""
-    import httpx
+    import httpx2  # the HTTP client Starlette's TestClient uses too (the dev extra)
     import uvicorn
 
     from liteq.launcher import start_daemon
@@ -117,7 +117,7 @@ def main():
         base = f"http://127.0.0.1:{port}"
         print(f"the FastAPI app is serving on {base}")
         try:
-            with httpx.Client(base_url=base, timeout=10) as client:
+            with httpx2.Client(base_url=base, timeout=10) as client:
                 calls = [
                     ("/send-email", {"to": "ann@example.com", "subject": "Hello"}),
                     ("/send-email-bg", {"to": "bob@example.com"}),

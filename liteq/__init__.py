@@ -15,7 +15,8 @@ from .errors import (ConfigError, DatabaseError, DatabaseLocked, LiteQError, Tas
                      WaitTimeout)
 from .status import get_task_status, wait_for_task
 
-__version__ = "0.2.0"
+# The one place the version is written: pyproject.toml and the CLIs read it here.
+__version__ = "0.4.0"
 
 
 def register_schedule(task, cron, *args, **kwargs):
@@ -43,8 +44,16 @@ def purge_tasks(older_than: float) -> int:
     return get_backend().purge(older_than)
 
 
+def __getattr__(name):
+    # liteq.Scheduler (the seed exported it here) loads croniter only when asked for.
+    if name == "Scheduler":
+        from .scheduler import Scheduler
+        return Scheduler
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
 __all__ = [
     "task", "Task", "TASK_REGISTRY", "get_task_status", "wait_for_task", "register_schedule",
-    "cancel_task", "retry_task", "purge_tasks", "LiteQError", "DatabaseError",
+    "Scheduler", "cancel_task", "retry_task", "purge_tasks", "LiteQError", "DatabaseError",
     "DatabaseLocked", "TaskTimeout", "WaitTimeout", "ConfigError",
 ]

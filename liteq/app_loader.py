@@ -1,11 +1,49 @@
 """Loading the user's app (the module that defines the tasks) from --app."""
 
+import contextlib
 import importlib
 import importlib.util
 import os
 import sys
+import threading
 
 from .errors import ConfigError
+
+# What this thread is importing for LiteQ, if anything: ("app file", "tasks.py").
+_importing = threading.local()
+
+
+class AppStartsLoop(ConfigError):
+    """An app called Scheduler.run() or Worker.run() while LiteQ was importing it."""
+
+
+@contextlib.contextmanager
+def _importing_app(kind, spec):
+    previous = getattr(_importing, "app", None)
+    _importing.app = (kind, spec)
+    try:
+        yield
+    finally:
+        _importing.app = previous
+
+
+def refuse_loop_at_import(call: str) -> None:
+    """Raise AppStartsLoop when LiteQ is importing an app in this thread.
+
+    Scheduler.run() and Worker.run() call it first: reached at the app's import
+    (the seed README's snippets end with such a call), the loop would block the
+    import forever and the CLI would never start.
+    """
+    app = getattr(_importing, "app", None)
+    if app is None:
+        return
+    kind, spec = app
+    caller = sys._getframe(2)  # the app's line that called run()
+    where = f"{os.path.basename(caller.f_code.co_filename)} line {caller.f_lineno}"
+    raise AppStartsLoop(
+        f"{kind} {spec!r} starts its own loop at import ({call} at {where}); wrap that "
+        f"call in `if __name__ == \"__main__\":` so that running the file starts the loop "
+        f"and importing it (as liteqd and liteq do) does not")
 
 
 def _module_name_for(path):
@@ -40,10 +78,11 @@ def load_app(spec: str, reload: bool = False):
         module = importlib.util.module_from_spec(module_spec)
         sys.modules[name] = module
         try:
-            module_spec.loader.exec_module(module)
+            with _importing_app("app file", spec):
+                module_spec.loader.exec_module(module)
         except BaseException as exc:
             sys.modules.pop(name, None)
-            if isinstance(exc, KeyboardInterrupt):
+            if isinstance(exc, (KeyboardInterrupt, AppStartsLoop)):
                 raise
             raise ConfigError(f"app file {spec!r} failed to import: "
                               f"{type(exc).__name__}: {exc}") from exc
@@ -52,9 +91,12 @@ def load_app(spec: str, reload: bool = False):
     if os.getcwd() not in sys.path and "" not in sys.path:
         sys.path.insert(0, os.getcwd())
     try:
-        if reload and spec in sys.modules:
-            return importlib.reload(sys.modules[spec])
-        return importlib.import_module(spec)
+        with _importing_app("app module", spec):
+            if reload and spec in sys.modules:
+                return importlib.reload(sys.modules[spec])
+            return importlib.import_module(spec)
+    except AppStartsLoop:
+        raise
     except ModuleNotFoundError as exc:
         if exc.name and spec.startswith(exc.name):
             raise ConfigError(f"app module {spec!r} was not found (no module named "

@@ -2,7 +2,7 @@
 
 import sys
 
-USAGE = """usage: liteq COMMAND [OPTIONS]
+USAGE = """usage: liteq COMMAND [OPTIONS]   (liteq --version: the version)
 
 commands:
   worker      run tasks in the foreground (the liteqd supervisor); see `liteq worker -h`
@@ -20,6 +20,10 @@ def main(argv=None) -> int:
     if not argv or argv[0] in ("-h", "--help", "help"):
         print(USAGE)
         return 0 if argv else 2
+    if argv[0] == "--version":
+        from . import __version__
+        print(f"liteq {__version__}")
+        return 0
     command, rest = argv[0], argv[1:]
     if command == "worker":
         from liteqd.cli import main as daemon_main

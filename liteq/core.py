@@ -7,9 +7,12 @@ from .backends import get_backend
 from .serialization import encode_payload, encode_args_array
 from .taskspec import NewTask, NewTasks, TaskOptions, check_number
 from .timeutil import due_from
+from .status import get_task_status  # noqa: F401  (the seed's liteq.core.get_task_status)
 
 # name -> Task. The daemon looks tasks up here after importing the app.
 TASK_REGISTRY = {}
+
+_UNSET = object()
 
 
 class Task:
@@ -45,9 +48,16 @@ class Task:
         return get_backend().enqueue(
             NewTask(self.name, encode_payload(self.name, args, kwargs), self.options))
 
-    def schedule(self, when, *args, **kwargs) -> int:
-        """Enqueue a call to run at `when`: a datetime (naive = local time), a
-        timedelta, or a number of seconds from now. Returns the task id."""
+    def schedule(self, when=_UNSET, *args, **kwargs) -> int:
+        """Enqueue a call to run at `when`: a datetime (naive = local time), an
+        ISO-8601 string (read the same way), a timedelta, or a number of seconds
+        from now. Returns the task id. The seed project's keyword `run_at=` names
+        `when` too, when `when` is not given."""
+        if when is _UNSET:
+            if "run_at" not in kwargs:
+                raise TypeError(f"{self.name}.schedule() needs when (or run_at=): a datetime, "
+                                f"an ISO-8601 string, a timedelta or a number of seconds")
+            when = kwargs.pop("run_at")
         run_at, delay = due_from(when)
         return get_backend().enqueue(
             NewTask(self.name, encode_payload(self.name, args, kwargs), self.options,
@@ -96,6 +106,26 @@ class Task:
                                                    delay=countdown))
 
 
+class _TaskProxyType(type):
+    # Every Task is a TaskProxy for isinstance(), as every @task was one in the seed.
+    def __instancecheck__(cls, obj):
+        return isinstance(obj, Task)
+
+
+class TaskProxy(Task, metaclass=_TaskProxyType):
+    """The seed project's name for a task object.
+
+    TaskProxy(fn, name, queue, max_retries, timeout) builds and registers one, as
+    in the seed; isinstance(x, TaskProxy) is true of every task.
+    """
+
+    def __init__(self, fn, name=None, queue=None, max_retries=None, timeout=None, **options):
+        seed = {"queue": queue, "max_retries": max_retries, "timeout": timeout}
+        options.update({k: v for k, v in seed.items() if v is not None})
+        super().__init__(fn, name=name, **options)
+        register(self)
+
+
 def register(task_obj: Task) -> Task:
     """Add a task to the registry; a different function under a taken name is an error."""
     existing = TASK_REGISTRY.get(task_obj.name)
@@ -124,7 +154,11 @@ def _same_function(a, b):
             and ca.co_firstlineno == cb.co_firstlineno)
 
 
-def task(fn=None, *, name=None, **options):
+# The seed project's @task(queue, max_retries, name, timeout), in that order.
+_SEED_POSITIONAL = ("queue", "max_retries", "name", "timeout")
+
+
+def task(fn=None, *positional, name=None, **options):
     """Mark a function as a task; use as `@task` or `@task(queue=..., ...)`.
 
     Options (liteq.taskspec.TaskOptions, whose defaults these are): queue
@@ -132,13 +166,33 @@ def task(fn=None, *, name=None, **options):
     0 runs once), timeout (None: the daemon's limit, in seconds), retry_delay
     (1.0), retry_backoff (2.0) and retry_max_delay (300.0): failed attempts wait
     retry_delay * retry_backoff**(attempt-1) seconds, at most retry_max_delay.
+
+    The seed project's positional form `@task(queue, max_retries, name, timeout)`
+    works too.
     """
+    if isinstance(fn, str):
+        values = (fn, *positional)
+        if len(values) > len(_SEED_POSITIONAL):
+            raise TypeError(f"@task takes at most {len(_SEED_POSITIONAL)} positional options "
+                            f"({', '.join(_SEED_POSITIONAL)}), got {len(values)}")
+        for key, value in zip(_SEED_POSITIONAL, values):
+            if (name if key == "name" else options.get(key)) is not None:
+                raise TypeError(f"@task got {key} both by position and as a keyword")
+            if key == "name":
+                name = value
+            else:
+                options[key] = value
+        fn = None
+    elif positional:
+        raise TypeError("@task's options after the function are keywords: "
+                        "@task(queue=..., max_retries=...)")
+
     def decorate(f):
         return register(Task(f, name=name, **options))
     if fn is not None:
         if not callable(fn):
-            raise TypeError(f"@task's first argument must be the function, got {fn!r}; "
-                            f"options are keywords: @task(queue=...)")
+            raise TypeError(f"@task's first argument must be the function (or the queue "
+                            f"name), got {fn!r}; options are keywords: @task(queue=...)")
         return decorate(fn)
     TaskOptions.build(**options)  # an unknown or bad option fails at the decorator line
     return decorate

@@ -204,3 +204,26 @@ def next_run_after(cron: str, after=None, tz=None, name=None) -> float:
         after = after.timestamp()
     return next_after(expr, check_tz(tz), float(after), name)
 
+
+
+# The seed project's names for a cron expression's fields, and croniter's aliases.
+_FIELD_NAMES = ("minute", "hour", "day", "month", "weekday", "second", "year")
+_ALIASES = {"@hourly": "0 * * * *", "@daily": "0 0 * * *", "@midnight": "0 0 * * *",
+            "@weekly": "0 0 * * 0", "@monthly": "0 0 1 * *", "@yearly": "0 0 1 1 *",
+            "@annually": "0 0 1 1 *"}
+
+
+def parse_cron(cron_expr: str) -> dict:
+    """The fields of a cron expression by name, after checking it (the seed's function):
+    {minute, hour, day, month, weekday}, plus second and year when the expression
+    has croniter's 6th and 7th fields. Raises ValueError for an invalid expression."""
+    expr = normalize_cron(cron_expr)
+    _croniter(expr, now(), None)  # raises ValueError saying what is wrong
+    return dict(zip(_FIELD_NAMES, _ALIASES.get(expr.lower(), expr).split()))
+
+
+def calculate_next_run(cron_expr: str, from_time=None) -> datetime:
+    """The first fire time of `cron_expr` after `from_time` (a naive local datetime,
+    default now), as a naive local datetime: the seed's function, with full cron
+    syntax. next_run_after() gives epoch seconds and takes a zone."""
+    return datetime.fromtimestamp(next_run_after(cron_expr, from_time))

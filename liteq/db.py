@@ -1,14 +1,35 @@
-"""The seed-compatible database entry points: get_conn() and init_db().
+"""The seed-compatible database entry points: get_conn(), init_db() and DB_PATH.
 
-They are SQLite-only (the seed project knew no other database): get_conn()
-returns a raw sqlite3 connection to the file. Everything else in LiteQ goes
-through liteq.backends, which works on PostgreSQL too.
+get_conn() is SQLite-only (the seed project knew no other database): it returns
+a raw sqlite3 connection to the file. Everything else in LiteQ goes through
+liteq.backends, which works on PostgreSQL too.
+
+DB_PATH reads LITEQ_DB (default liteq.db); assigning it (`liteq.db.DB_PATH =
+"jobs.db"`, as seed users did) sets LITEQ_DB, so every LiteQ call in this
+process, and every process it starts, uses that database.
 """
+
+import os
+import sys
+import types
 
 from . import settings
 from .backends import is_postgres, sqlite_path
 from .backends.sqlite import ensure_schema, open_connection
 from .errors import ConfigError
+
+
+class _DbModule(types.ModuleType):
+    @property
+    def DB_PATH(self):  # noqa: N802 (the seed's name)
+        return settings.db_path()
+
+    @DB_PATH.setter
+    def DB_PATH(self, path):  # noqa: N802
+        os.environ["LITEQ_DB"] = os.fspath(path)
+
+
+sys.modules[__name__].__class__ = _DbModule
 
 
 def get_conn(path=None):

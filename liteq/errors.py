@@ -43,3 +43,10 @@ class WaitTimeout(LiteQError, TimeoutError):
 
 class ConfigError(LiteQError, ValueError):
     """A setting (flag or LITEQ_* variable) has a value that cannot be used."""
+
+
+class NotATaskError(LiteQError, TypeError, ValueError):
+    """A function that is not a @task was given where a task is needed.
+
+    A TypeError, and a ValueError as the seed project raised, so either except works.
+    """

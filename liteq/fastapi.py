@@ -23,6 +23,10 @@ Unlike FastAPI's own BackgroundTasks, add_task() does not run the function
 after the response in this process: it enqueues it (one durable INSERT, done
 before add_task returns) for liteqd to run, and returns the task id.
 
+The object also reads back what it enqueued, as the seed project's did:
+background.task_ids (or .tasks), background.get_task_status(task_id) and
+background.get_all_statuses().
+
 Per-call options go in keywords with a leading underscore, so they never clash
 with the task's own arguments:
 
@@ -52,8 +56,10 @@ from typing import Annotated
 
 from fastapi import APIRouter, Depends, HTTPException
 
+from .backends import get_backend
 from .core import Task
-from .status import get_task_status
+from .errors import NotATaskError
+from .status import get_task_status, task_row_to_dict
 
 OPTIONS = {"_queue": "queue", "_priority": "priority", "_countdown": "countdown",
            "_eta": "eta", "_timeout": "timeout", "_max_retries": "max_retries"}
@@ -63,9 +69,9 @@ def _as_task(fn) -> Task:
     if isinstance(fn, Task):
         return fn
     what = getattr(fn, "__qualname__", None) or repr(fn)
-    raise TypeError(f"{what} is not a LiteQ task: decorate it with @task "
-                    f"(from liteq import task) so that it can be enqueued and found "
-                    f"by the worker")
+    raise NotATaskError(f"{what} is not a LiteQ task: decorate it with @task "
+                        f"(from liteq import task) so that it can be enqueued and found "
+                        f"by the worker")
 
 
 def _split_options(kwargs) -> dict:
@@ -84,7 +90,7 @@ def enqueue_task(fn, *args, **kwargs) -> int:
 
     Keywords _queue, _priority, _countdown, _eta, _timeout and _max_retries are
     per-call options (see the module docstring); everything else goes to the
-    task. Raises TypeError when `fn` is not a @task.
+    task. Raises NotATaskError (a TypeError and a ValueError) when `fn` is not a @task.
     """
     task = _as_task(fn)
     options = _split_options(kwargs)
@@ -96,18 +102,45 @@ def enqueue_task(fn, *args, **kwargs) -> int:
 class TaskEnqueuer:
     """What an endpoint receives for a LiteQBackgroundTasks parameter.
 
-    add_task() enqueues at once and returns the task id; task_ids lists the ids
-    enqueued through this object (one object per request).
+    add_task() enqueues at once and returns the task id; task_ids (or tasks, the
+    seed project's name) lists the ids enqueued through this object (one object
+    per request). Built by hand, as the seed allowed, queue= and priority= are
+    the defaults of its add_task() calls (None: the task's own).
     """
 
-    def __init__(self):
+    # FastAPI builds the dependency from the signature: keep queue and priority
+    # out of it, so that no request can set them through query parameters.
+    __signature__ = inspect.Signature()
+
+    def __init__(self, queue=None, priority=None):
+        self.queue = queue
+        self.priority = priority
         self.task_ids = []
+
+    @property
+    def tasks(self) -> list:
+        """The seed's name for task_ids."""
+        return self.task_ids
 
     def add_task(self, fn, *args, **kwargs) -> int:
         """Enqueue the @task `fn` now (durably) and return its id; see enqueue_task()."""
+        if self.queue is not None:
+            kwargs.setdefault("_queue", self.queue)
+        if self.priority is not None:
+            kwargs.setdefault("_priority", self.priority)
         task_id = enqueue_task(fn, *args, **kwargs)
         self.task_ids.append(task_id)
         return task_id
+
+    def get_task_status(self, task_id: int):
+        """get_task_status() of one task (None when there is no such task)."""
+        return get_task_status(task_id)
+
+    def get_all_statuses(self) -> list:
+        """get_task_status() of every task enqueued through this object, in order;
+        tasks that no longer exist (purged) are left out."""
+        rows = {r["id"]: r for r in get_backend().get_tasks(self.task_ids)}
+        return [task_row_to_dict(rows[i]) for i in self.task_ids if i in rows]
 
     def __repr__(self):
         return f"<TaskEnqueuer task_ids={self.task_ids}>"
@@ -116,7 +149,7 @@ class TaskEnqueuer:
 LiteQBackgroundTasks = Annotated[TaskEnqueuer, Depends(TaskEnqueuer)]
 # FastAPI reads a dependency's parameters from inspect.signature(). A typing alias
 # has the signature (*args, **kwargs), which FastAPI would turn into two required
-# query parameters; give `Depends(LiteQBackgroundTasks)` TaskEnqueuer's instead.
+# query parameters; give `Depends(LiteQBackgroundTasks)` TaskEnqueuer's (none) instead.
 LiteQBackgroundTasks.__signature__ = inspect.signature(TaskEnqueuer)
 
 
@@ -131,7 +164,8 @@ def create_task_router(prefix="/tasks", *, tags=("tasks",), dependencies=None) -
                 responses={404: {"description": "No task has this id"}})
     def liteq_task_status(task_id: int) -> dict:
         """id, name, queue, status, priority, attempts, max_retries, worker_id, run_at,
-        created_at, started_at, finished_at, result, error, args, kwargs, timeout."""
+        created_at, started_at, finished_at, result, error, args, kwargs, timeout,
+        payload."""
         status = get_task_status(task_id)
         if status is None:
             raise HTTPException(status_code=404, detail=f"no task with id {task_id}")
@@ -142,5 +176,5 @@ def create_task_router(prefix="/tasks", *, tags=("tasks",), dependencies=None) -
 
 task_router = create_task_router()
 
-__all__ = ["LiteQBackgroundTasks", "TaskEnqueuer", "enqueue_task", "create_task_router",
-           "task_router"]
+__all__ = ["LiteQBackgroundTasks", "TaskEnqueuer", "NotATaskError", "enqueue_task",
+           "create_task_router", "task_router"]

@@ -1,4 +1,8 @@
-"""Queue statistics for dashboards and scripts, named as in the seed project."""
+"""Queue statistics for dashboards and scripts, named as in the seed project.
+
+Each function reads LITEQ_DB's queue, or the backend given as `store` (the web
+panel passes its own).
+"""
 
 from .backends import get_backend
 from .status import task_row_to_dict
@@ -7,31 +11,33 @@ from .timeutil import to_iso
 ACTIVE_WORKER_WINDOW = 15.0  # seconds since the last heartbeat
 
 
-def get_queue_stats() -> list:
+def get_queue_stats(*, store=None) -> list:
     """[{queue, status, count}] for every queue and status that has tasks."""
-    return get_backend().queue_stats()
+    return (store or get_backend()).queue_stats()
 
 
-def get_recent_tasks(limit: int = 50) -> list:
+def get_recent_tasks(limit: int = 50, *, store=None) -> list:
     """The most recently created tasks, newest first, as get_task_status() dicts."""
-    return [task_row_to_dict(r) for r in get_backend().find_tasks(limit=limit)]
+    return [task_row_to_dict(r) for r in (store or get_backend()).find_tasks(limit=limit)]
 
 
-def list_queues() -> list:
+def list_queues(*, store=None) -> list:
     """Every queue name in use, sorted."""
-    return get_backend().list_queues()
+    return (store or get_backend()).list_queues()
 
 
-def get_failed_tasks(limit: int = 50) -> list:
+def get_failed_tasks(limit: int = 50, *, store=None) -> list:
     """The most recently failed tasks, newest first."""
-    rows = get_backend().find_tasks(status="failed", limit=limit, order="finished")
+    rows = (store or get_backend()).find_tasks(status="failed", limit=limit,
+                                                     order="finished")
     return [task_row_to_dict(r) for r in rows]
 
 
-def get_active_workers() -> list:
+def get_active_workers(*, store=None) -> list:
     """Workers (daemons) with a heartbeat in the last 15 s:
-    [{worker_id, hostname, queues, concurrency, last_heartbeat, active_tasks}]."""
-    rows = get_backend().active_workers(ACTIVE_WORKER_WINDOW)
+    [{worker_id, hostname, queues (a list), concurrency, last_heartbeat, active_tasks}]."""
+    rows = (store or get_backend()).active_workers(ACTIVE_WORKER_WINDOW)
     for r in rows:
         r["last_heartbeat"] = to_iso(r["last_heartbeat"])
+        r["queues"] = r["queues"].split(",") if r["queues"] else []
     return rows

@@ -26,8 +26,10 @@ from datetime import datetime
 
 from .backends import get_backend
 from .core import TASK_REGISTRY, Task
+from .errors import NotATaskError
 from .cron import check_tz, latest_before, next_after, normalize_cron, occurrences, zone_of
-from .cron import local_zone, next_run_after  # noqa: F401 - public names of this module
+from .cron import (calculate_next_run, local_zone, next_run_after,  # noqa: F401 - public
+                   parse_cron)
 from .serialization import decode_payload, encode_payload
 from .taskspec import NewTask, TaskOptions
 from .timeutil import now, to_iso
@@ -52,8 +54,8 @@ def _task_name(task) -> str:
         if not task.strip():
             raise ValueError("task name must not be empty")
         return task
-    raise TypeError(f"{task!r} is not a LiteQ task: pass a function decorated with @task "
-                    f"or a registered task name")
+    raise NotATaskError(f"{task!r} is not a LiteQ task: pass a function decorated with @task "
+                        f"or a registered task name")
 
 
 def _check_int(label, value, minimum=None):
@@ -235,6 +237,7 @@ def _schedule_dict(row) -> dict:
         "cron_expr": row["cron_expr"],
         "args": args,
         "kwargs": kwargs,
+        "payload": row["payload"],
         "queue": row["queue"],
         "priority": row["priority"],
         "max_retries": row["max_retries"],
@@ -253,7 +256,8 @@ def _schedule_dict(row) -> dict:
 def list_schedules(backend=None) -> list:
     """Every schedule as a dict, by name.
 
-    Keys: id, name, task_name, cron_expr, args, kwargs, queue, priority,
+    Keys: id, name, task_name, cron_expr, args, kwargs, payload (their JSON
+    text, as the seed gave it), queue, priority,
     max_retries (None: the task's own), tz (None: the machine's zone), catchup,
     enabled (bool), next_run and last_run (ISO-8601 strings or None),
     next_run_ts and last_run_ts (epoch seconds or None), created_at, updated_at.
@@ -323,4 +327,4 @@ def __getattr__(name):
 
 __all__ = ["register_schedule", "fire_due", "next_fire_time", "list_schedules",
            "enable_schedule", "disable_schedule", "remove_schedule", "next_run_after",
-           "local_zone", "CATCHUP_MODES", "MAX_CATCHUP"]
+           "local_zone", "parse_cron", "calculate_next_run", "CATCHUP_MODES", "MAX_CATCHUP"]

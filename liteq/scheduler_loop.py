@@ -12,6 +12,7 @@ import sys
 import threading
 
 from .backends import forget_backends, get_backend
+from .app_loader import load_app, refuse_loop_at_import
 from .errors import ConfigError, DatabaseError
 from .scheduler import fire_due
 from .timeutil import now, to_iso
@@ -55,6 +56,17 @@ class Scheduler:
         self._lock = threading.Lock()
         self._pipe = None
 
+    @property
+    def running(self) -> bool:
+        """True while run() runs (the seed's flag). Setting it to False stops run(), from
+        any thread, as .stop() does."""
+        return self._pipe is not None and not self._stopping
+
+    @running.setter
+    def running(self, value):
+        if not value:
+            self.stop()
+
     def run_once(self) -> list:
         """Fire what is due now; returns the new task ids."""
         return fire_due(get_backend(self.db_path), log=self.log)
@@ -89,7 +101,12 @@ class Scheduler:
         return min(self.check_interval, max(0.01, nxt - now()))
 
     def run(self) -> None:
-        """Fire schedules until stopped; blocks. A .stop() that came first ends it at once."""
+        """Fire schedules until stopped; blocks. A .stop() that came first ends it at once.
+
+        Raises AppStartsLoop (a ConfigError) when reached while liteqd or `liteq`
+        imports the app: there it would block the import forever.
+        """
+        refuse_loop_at_import("Scheduler.run()")
         r, w = os.pipe()
         os.set_blocking(r, False)
         os.set_blocking(w, False)
@@ -165,7 +182,6 @@ def main(argv=None) -> int:
         # The app's own calls (register_schedule, .delay) must use the same file.
         os.environ["LITEQ_DB"] = args.db
         forget_backends()
-    from .app_loader import load_app
     try:
         load_app(args.app)
         backend = get_backend()

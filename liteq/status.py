@@ -18,6 +18,7 @@ def task_row_to_dict(row: dict) -> dict:
     for key in _TIME_KEYS:
         out[key] = to_iso(row[key])
     out["result"] = decode_result(row["result"])
+    out["payload"] = row["payload"]  # the call's JSON text, as the seed returned it
     try:
         out["args"], out["kwargs"] = decode_payload(row["payload"])
     except ValueError:
@@ -29,8 +30,9 @@ def get_task_status(task_id: int):
     """The task's state as a dict, or None when no task has that id.
 
     Keys: id, name, queue, status, priority, attempts, max_retries, worker_id,
-    run_at, created_at, started_at, finished_at, result, error, args, kwargs
-    (and timeout). Times are ISO-8601 strings; result is the decoded value.
+    run_at, created_at, started_at, finished_at, result, error, args, kwargs,
+    timeout and payload (the arguments' JSON text, as the seed project gave it).
+    Times are ISO-8601 strings; result is the decoded value.
     """
     row = get_backend().get_task(int(task_id))
     return task_row_to_dict(row) if row is not None else None

@@ -5,25 +5,101 @@
 
 The tasks are the ones already registered in this process (import your task
 module first). This is the same supervisor `liteqd` runs: forked children,
-time limits, crash recovery; it returns when stopped (SIGTERM or Ctrl-C).
+time limits, crash recovery; it returns when stopped (SIGTERM or Ctrl-C, or
+`worker.shutdown = True` from another thread, as in the seed project).
 """
 
 import os
+import socket
+
+from .app_loader import refuse_loop_at_import
+
+
+class _StopRequest:
+    """A supervisor plugin: a byte on its socket pair asks for a graceful stop.
+
+    Lets another thread stop the loop (`worker.shutdown = True`) without a signal:
+    the write wakes the supervisor's select() at once.
+    """
+
+    def __init__(self):
+        self.receiver, self.sender = socket.socketpair()
+        self.receiver.setblocking(False)
+        self.sender.setblocking(False)
+
+    def register(self, sup):
+        """Watch the socket from the supervisor's loop."""
+        sup.register_fd(self.receiver, lambda _f, _mask: self._stop(sup))
+
+    def _stop(self, sup):
+        try:
+            while self.receiver.recv(64):
+                pass
+        except (BlockingIOError, InterruptedError):
+            pass
+        sup.request_stop(reason="Worker.shutdown")
+
+    def request(self):
+        """Ask for the stop; safe from any thread, at any time."""
+        try:
+            self.sender.send(b"x")
+        except OSError:
+            pass  # closed (the loop has ended) or full (a request is pending)
+
+    def on_tick(self, sup):
+        """Nothing to do per loop iteration."""
+
+    def close(self):
+        """Close both ends."""
+        self.receiver.close()
+        self.sender.close()
 
 
 class Worker:
-    """A foreground supervisor over this process's registered tasks."""
+    """A foreground supervisor over this process's registered tasks.
+
+    Worker(queues, concurrency, task_timeout) is the seed project's signature;
+    task_timeout is the seed's name for timeout (the time limit, in seconds, of
+    tasks that set none).
+    """
 
     def __init__(self, queues=("default",), concurrency=None, timeout=None, db=None,
-                 app=None, **options):
+                 app=None, *, task_timeout=None, **options):
+        if task_timeout is not None:
+            if timeout is not None and timeout != task_timeout:
+                raise TypeError(f"give timeout or task_timeout (the same setting), not both: "
+                                f"{timeout!r} and {task_timeout!r}")
+            timeout = task_timeout
         if isinstance(queues, str):
-            queues = [q.strip() for q in queues.split(",") if q.strip()]
-        self.queues = list(queues)
+            queues = queues.split(",")
+        self.queues = [q.strip() for q in queues if q.strip()]
         self.concurrency = concurrency
         self.timeout = timeout
         self.db = db
         self.app = app
         self.options = options
+        self.worker_id = None  # the daemon's id in the workers table, while run() runs
+        self._shutdown = False
+        self._stop_request = None
+
+    @property
+    def task_timeout(self):
+        """The seed's name for `timeout`."""
+        return self.timeout
+
+    @property
+    def shutdown(self) -> bool:
+        """True once a stop was asked for. Setting it to True (from any thread) stops
+        a running run() gracefully, as the seed's flag did; set before run(), run()
+        returns at once."""
+        return self._shutdown
+
+    @shutdown.setter
+    def shutdown(self, value):
+        self._shutdown = bool(value)
+        stop = self._stop_request
+        if self._shutdown and stop is not None:
+            stop.request()
 
     def _argv(self):
         argv = ["--app", self.app or "(this process)", "--queues", ",".join(self.queues)]
@@ -38,11 +114,36 @@ class Worker:
         return argv
 
     def run(self) -> int:
-        """Run until stopped; returns the exit code (0 after a graceful stop)."""
+        """Run until stopped; returns 0 after a graceful stop.
+
+        Failures raise, so a script that ends with .run() fails visibly: a bad
+        setting or an app with no tasks raises ConfigError, a database that cannot
+        be used DatabaseError, and a daemon that stops on an error (children that
+        keep failing to start) SystemExit with its non-zero exit code. Reached
+        while liteqd or `liteq` imports the app, it raises AppStartsLoop (a
+        ConfigError): there it would block the import forever.
+        """
+        refuse_loop_at_import("Worker.run()")
         # The daemon's modules (psutil, structlog, ...) load only when a worker runs.
         from liteqd import cli, config
 
         args = config.build_parser(prog="Worker").parse_args(self._argv())
         cfg = config.resolve(args, environ={k: v for k, v in os.environ.items()
                                             if k not in ("LITEQ_APP",)})
-        return cli.run(cfg, load=self.app is not None)
+        if self._shutdown:
+            return 0
+        sup = cli.build_supervisor(cfg, load=self.app is not None)
+        stop = _StopRequest()
+        sup.plugins.append(stop)
+        self.worker_id = sup.worker_id
+        self._stop_request = stop
+        try:
+            if self._shutdown:  # asked for between the check above and now
+                stop.request()
+            code = sup.run()
+        finally:
+            self._stop_request = None
+            self.worker_id = None
+        if code:
+            raise SystemExit(code)
+        return 0

@@ -8,6 +8,7 @@ import argparse
 import os
 from dataclasses import dataclass, field
 
+from liteq import __version__
 from liteq.errors import ConfigError
 
 
@@ -105,6 +106,7 @@ def build_parser(prog="liteqd", description=None):
         prog=prog, description=description or "LiteQ supervisor daemon: runs the tasks "
         "of an app with a pool of forked worker processes.",
         epilog="Every option can also be set by the LITEQ_* variable shown with it.")
+    parser.add_argument("--version", action="version", version=f"{prog} {__version__}")
     for flag, env, typ, default, text in OPTIONS:
         dest = flag[2:].replace("-", "_")
         helptext = f"{text} [{env}]"

@@ -1,6 +1,7 @@
 """`liteqctl`: talk to a running liteqd over its control socket.
 
-Exit codes: 0 success, 1 an error reply (or a bad request), 3 no daemon running.
+Exit codes: 0 success, 1 an error reply (or a bad request), 3 no daemon running
+(`schedules` then reads the database itself, and exits 0 when it can).
 """
 
 import argparse
@@ -8,7 +9,8 @@ import json
 import sys
 import time
 
-from liteq import control
+from liteq import __version__, control
+from liteq.backends import get_backend, identity_of, may_exist
 from liteq.errors import LiteQError
 
 EXIT_OK, EXIT_ERROR, EXIT_NO_DAEMON = 0, 1, 3
@@ -110,6 +112,7 @@ def _wait_scaled(pool_name, size, timeout, kw):
 def build_parser():
     """liteqctl's argument parser."""
     p = argparse.ArgumentParser(prog="liteqctl", description="Control a running liteqd.")
+    p.add_argument("--version", action="version", version=f"liteqctl {__version__}")
     p.add_argument("--db", help="the database the daemon serves [LITEQ_DB]")
     p.add_argument("--socket", help="the control socket (default: derived from the database) "
                                     "[LITEQ_SOCKET]")
@@ -169,9 +172,25 @@ def run(args) -> int:
         reply = control.ping(**kw)
         print(f"pong from liteqd pid {reply['pid']}")
     elif cmd == "schedules":
-        rows = control.schedules(**kw)
+        try:
+            rows = control.schedules(**kw)
+        except control.DaemonNotRunning as exc:
+            rows = _schedules_from_database(args.db, exc)
         print(json.dumps(rows, indent=2) if args.json else render_schedules(rows))
     return EXIT_OK
+
+
+def _schedules_from_database(db, not_running):
+    """The schedules read from the database itself, when no daemon answers: they are
+    rows there, and the daemon only passes them on. Says so on stderr (stdout stays
+    the table or the JSON). A database that does not exist is not created."""
+    shown = identity_of(db)
+    if not may_exist(db):
+        raise control.DaemonNotRunning(f"{not_running}; database {shown} does not exist")
+    from liteq.scheduler import list_schedules
+    rows = list_schedules(get_backend(db))
+    print(f"liteqctl: {not_running}; schedules read from {shown}", file=sys.stderr)
+    return rows
 
 
 def main(argv=None) -> int:

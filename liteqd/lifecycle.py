@@ -13,8 +13,6 @@ import socket
 import sys
 import time
 
-from setproctitle import setproctitle
-
 from . import logs, proc, protocol
 from .child import BOOT_ERROR_EXIT, child_main
 from .pool import ChildHandle
@@ -295,7 +293,7 @@ class Lifecycle:
                      tasks_done=child.tasks_done, requeued=len(runs),
                      failing=child.pool.failing)
         dispatch.claim_soon()
-        setproctitle(self.sup.title())
+        self.sup.show_title()
 
     def _check_boot_error(self, child, status):
         """Stop the daemon when children keep failing to even start (gunicorn's

@@ -66,6 +66,7 @@ class Supervisor:
         self.dispatch = Dispatcher(self)
         self.duties = Duties(self)
         self._sig_r = self._sig_w = None
+        self._title = None
 
     # Counters read by the control channel and systemd status.
     tasks_done = property(lambda self: self.dispatch.tasks_done)
@@ -93,6 +94,7 @@ class Supervisor:
                 if not self.stopping:
                     self.duties.run_due()
                 self._check_ready()
+                self.show_title()
                 for plugin in self.plugins:
                     plugin.on_tick(self)
                 logs.flush()
@@ -126,7 +128,7 @@ class Supervisor:
                       app=self.config.app,
                       pools=[{"name": p.name, "queues": p.queues, "size": p.size}
                              for p in self.pools])
-        setproctitle(self.title())
+        self.show_title()
         return True
 
     def _connect(self):
@@ -141,7 +143,7 @@ class Supervisor:
             else:
                 outage.succeeded()
                 return backend
-            setproctitle(self.title())
+            self.show_title()
             self._call_plugins("on_waiting")
             logs.flush()
             self._wait(max(0.0, outage.retry_at - time.monotonic()))
@@ -261,7 +263,7 @@ class Supervisor:
             for child in self.lifecycle.all_children():
                 self.lifecycle.retire(child, self.stop_deadline)
         self._call_plugins("on_stopping")
-        setproctitle(self.title())
+        self.show_title()
 
     def reload(self):
         """Replace every child with a fresh one running freshly imported code."""
@@ -302,7 +304,7 @@ class Supervisor:
         pool.next_spawn = 0.0
         self.lifecycle.spawn_missing()
         self.log.info("pool.scaled", pool=pool.name, size=size, previous=old)
-        setproctitle(self.title())
+        self.show_title()
 
     def pool(self, name):
         """The pool called `name`; KeyError naming the pools that exist."""
@@ -330,12 +332,21 @@ class Supervisor:
                 callback(self)
 
     def title(self):
-        """The supervisor's process title."""
-        pools = " ".join(f"{p.name}={len(p.active)}/{p.size}" for p in self.pools)
+        """The supervisor's process title: per pool, the children busy with a task
+        out of the pool's size (`default busy 1/4`)."""
+        pools = ", ".join(f"{p.name} busy {sum(1 for c in p.children.values() if c.inflight)}"
+                          f"/{p.size}" for p in self.pools)
         state = f" {self.stopping} stop" if self.stopping else ""
         if self.dispatch.outage.down:
             state += " (database unavailable)"
         return f"liteqd: supervisor [{pools}] db={self.identity}{state}"
+
+    def show_title(self):
+        """Set the process title when what it shows has changed (once per loop turn)."""
+        title = self.title()
+        if title != self._title:
+            setproctitle(title)
+            self._title = title
 
     def status(self) -> dict:
         """A snapshot of the daemon for `liteqctl status`."""

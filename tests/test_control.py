@@ -500,14 +500,32 @@ def test_liteqctl_pause_resume_reload_ping_schedules_shutdown(lq, app):
 
 
 def test_liteqctl_exits_3_with_one_line_when_no_daemon(lq):
+    missing = os.path.join(lq.tmp, "never-made.db")
     for args in (["status"], ["status", "--json"], ["ping"], ["scale", "2"],
-                 ["pause", "default"], ["reload"], ["shutdown"], ["schedules"]):
+                 ["pause", "default"], ["reload"], ["shutdown"],
+                 ["--db", missing, "--socket", lq.sock, "schedules"]):
         res = ctl(*args)
         assert res.returncode == 3, (args, res.returncode, res.stdout, res.stderr)
         assert res.stdout == ""
         lines = res.stderr.strip().splitlines()
         assert len(lines) == 1 and "no liteqd is running" in lines[0], (args, res.stderr)
         assert lq.sock in lines[0]
+    assert "does not exist" in res.stderr and not os.path.exists(missing)
+
+
+def test_liteqctl_schedules_reads_the_database_when_no_daemon_runs(lq, app):
+    import liteq
+    liteq.register_schedule(app.add, "0 3 * * *", 1, 2, name="nightly-add")
+    res = ctl("schedules")
+    assert res.returncode == 0, res.stderr
+    assert res.stdout.splitlines()[0].split()[:3] == ["NAME", "CRON", "TASK"]
+    assert "nightly-add" in res.stdout and "0 3 * * *" in res.stdout
+    note = res.stderr.strip().splitlines()
+    assert len(note) == 1 and "no liteqd is running" in note[0], res.stderr
+    assert f"read from {lq.db}" in note[0], res.stderr
+    res = ctl("schedules", "--json")
+    assert res.returncode == 0, res.stderr
+    assert [s["name"] for s in json.loads(res.stdout)] == ["nightly-add"]
 
 
 def test_liteqctl_exits_1_on_an_error_reply(lq):

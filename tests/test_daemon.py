@@ -77,6 +77,25 @@ def test_worker_class_runs_a_task_and_exits_0_on_sigterm(daemons, app):
     assert d.stop(signal.SIGTERM) == 0
 
 
+@pytest.mark.parametrize("case", ["no_tasks", "bad_database"])
+def test_worker_class_raises_on_errors_so_the_script_fails(daemons, case):
+    # It used to print the error and return 2, so a script that ends with
+    # Worker(...).run(), as the seed README's does, exited 0.
+    script = daemons.path("run_worker.py")
+    setup = ("import sys\nsys.path.insert(0, %r)\nimport daemon_app\n" % APPS
+             if case == "bad_database" else "")
+    db = daemons.workdir if case == "bad_database" else daemons.db  # a directory
+    with open(script, "w") as f:
+        f.write(setup + "from liteq.worker import Worker\n"
+                f"Worker(queues=['default'], concurrency=1, db={db!r}).run()\n")
+    res = daemons.run([PYTHON, script], timeout=60)
+    assert res.returncode != 0, (res.stdout, res.stderr)
+    needle = "registers no tasks" if case == "no_tasks" else "is a directory"
+    error = "ConfigError" if case == "no_tasks" else "DatabaseError"
+    assert needle in res.stderr and error in res.stderr, res.stderr
+    assert "child.spawned" not in res.stdout
+
+
 def test_task_scheduled_one_second_ahead_starts_after_a_second(daemons, app):
     daemons.start("--concurrency", "1")
     t1 = app.add.schedule(1, 1, 2)
@@ -156,6 +175,23 @@ def test_process_titles_show_supervisor_idle_and_running_children(daemons, app):
     # Slots are numbered 1..N, one each.
     slots = sorted(t.split()[2] for t in got.values())
     assert slots == ["1", "2"]
+
+
+def test_supervisor_title_counts_busy_children_of_each_pool(daemons, app):
+    d = daemons.start("--concurrency", "2")
+    d.wait_children(2)
+
+    def title_is(expected):
+        return wait_for(lambda: Daemon.title(d.ps) == expected, 10,
+                        message=f"supervisor title {Daemon.title(d.ps)!r}, not {expected!r}")
+    db = daemons.db
+    title_is(f"liteqd: supervisor [default busy 0/2] db={db}")   # two idle children
+    tid = app.slow.delay(2)
+    d.wait_event("task.started", task_id=tid)
+    title_is(f"liteqd: supervisor [default busy 1/2] db={db}")
+    assert wait_status(tid, daemons=daemons)["status"] == "done"
+    title_is(f"liteqd: supervisor [default busy 0/2] db={db}")
+    assert d.stop() == 0
 
 
 # ---- logs --------------------------------------------------------------------------------

@@ -4,9 +4,13 @@ import calendar
 import json
 import multiprocessing
 import os
+import random
 import sqlite3
+import subprocess
+import sys
 import time
-from datetime import datetime
+from datetime import datetime, timedelta, timezone
+from zoneinfo import ZoneInfo
 
 import pytest
 
@@ -218,8 +222,13 @@ def test_indexes_exist(db_path):
 # ---- migration of a seed database ---------------------------------------------
 
 
+def _local(text):
+    """Epoch seconds of a seed isoformat() time: naive, so local time."""
+    return datetime.fromisoformat(text).timestamp()
+
+
 def _utc(text):
-    """Epoch seconds of a seed text time, read as UTC."""
+    """Epoch seconds of a seed CURRENT_TIMESTAMP time: UTC."""
     text = text.replace("T", " ")
     frac = 0.0
     if "." in text:
@@ -301,9 +310,9 @@ def test_seed_database_is_migrated_in_place(db_path):
         "generate_report", "reports", "done", 5, 1, 5, "w-old")
     assert done["kwargs"] == {"report_id": 123}
     assert done["result"] == {"report_id": 123}
-    assert rows[42]["run_at"] == pytest.approx(_utc("2026-01-01T10:00:00.250000"), abs=0.01)
-    assert rows[42]["created_at"] == pytest.approx(_utc("2026-01-01T09:59:00"), abs=0.01)
-    assert rows[42]["finished_at"] == pytest.approx(_utc("2026-01-01T10:00:03"), abs=0.01)
+    assert rows[42]["run_at"] == pytest.approx(_local("2026-01-01T10:00:00.250000"), abs=0.01)
+    assert rows[42]["created_at"] == pytest.approx(_local("2026-01-01T09:59:00"), abs=0.01)
+    assert rows[42]["finished_at"] == pytest.approx(_local("2026-01-01T10:00:03"), abs=0.01)
 
     failed = liteq.get_task_status(43)
     assert failed["status"] == "failed" and failed["error"] == "boom"
@@ -351,6 +360,158 @@ def test_migrated_pending_task_comes_due_and_ids_continue(db_path, clean_registr
         assert [tuple(r) for r in conn.execute("SELECT * FROM tasks ORDER BY id")] == snapshot
     finally:
         conn.close()
+
+
+# The seed's released schema (PyPI liteq 0.2.1, liteq/db.py init_db), verbatim.
+SEED_021_SCHEMA = """
+CREATE TABLE tasks (id INTEGER PRIMARY KEY AUTOINCREMENT, name TEXT NOT NULL, payload TEXT NOT NULL, queue TEXT NOT NULL, status TEXT DEFAULT 'pending', priority INTEGER DEFAULT 0, attempts INTEGER DEFAULT 0, max_retries INTEGER DEFAULT 3, worker_id TEXT, run_at DATETIME DEFAULT CURRENT_TIMESTAMP, created_at DATETIME DEFAULT CURRENT_TIMESTAMP, started_at DATETIME, finished_at DATETIME, result TEXT, error TEXT, timeout INTEGER);
+CREATE TABLE workers (worker_id TEXT PRIMARY KEY, hostname TEXT, queues TEXT, concurrency INTEGER, last_heartbeat DATETIME DEFAULT CURRENT_TIMESTAMP);
+CREATE TABLE schedules (id INTEGER PRIMARY KEY AUTOINCREMENT, task_name TEXT NOT NULL, cron_expr TEXT NOT NULL, payload TEXT NOT NULL, queue TEXT NOT NULL, enabled INTEGER DEFAULT 1, last_run DATETIME, next_run DATETIME, created_at DATETIME DEFAULT CURRENT_TIMESTAMP);
+CREATE INDEX idx_fetch ON tasks(status, queue, priority DESC, run_at);
+"""
+
+_EMPTY_PAYLOAD = '{"args": [], "kwargs": {}}'
+
+
+def _migrate_in_zone(path, tz):
+    """Migrate the seed database at `path` in a fresh process whose local zone is `tz`
+    (the C library reads TZ once per process); returns get_task_status() of every task."""
+    script = ("import json, liteq\nfrom liteq.db import init_db\ninit_db()\n"
+              "print(json.dumps({i: liteq.get_task_status(i) for i in %s}))")
+    conn = _raw(path)
+    ids = [r[0] for r in conn.execute("SELECT id FROM tasks")]
+    conn.close()
+    out = subprocess.run([sys.executable, "-c", script % ids], capture_output=True, text=True,
+                         env=dict(os.environ, LITEQ_DB=path, TZ=tz), timeout=60)
+    assert out.returncode == 0, out.stderr
+    return {int(k): v for k, v in json.loads(out.stdout).items()}
+
+
+def _exact_utc(stored):
+    """A stored epoch as an aware UTC datetime, to the microsecond (rounding as Python does)."""
+    return datetime.fromtimestamp(stored, timezone.utc)
+
+
+def _micros(aware):
+    """Whole microseconds since the epoch of an aware datetime: no float involved."""
+    return (aware - datetime(1970, 1, 1, tzinfo=timezone.utc)) // timedelta(microseconds=1)
+
+
+def test_seed_text_times_migrate_exactly_to_the_microsecond(db_path):
+    # julianday() kept milliseconds and added float noise: 06:24:49 came back as
+    # 06:24:49.000010 and .903616 as .903993.
+    raw = sqlite3.connect(db_path)
+    raw.executescript(SEED_021_SCHEMA)
+    rng = random.Random(15)
+    expected = {}
+    for i in range(1, 201):
+        base = datetime(2026, 11, 30, 6, 24, 49) + timedelta(seconds=rng.randrange(10**8))
+        local_run = base.replace(microsecond=rng.randrange(10**6))   # isoformat(), 'T'
+        utc_created = base.replace(microsecond=0)                     # CURRENT_TIMESTAMP
+        raw.execute("INSERT INTO tasks (id, name, payload, queue, run_at, created_at) "
+                    "VALUES (?,?,?,?,?,?)", (i, "t", _EMPTY_PAYLOAD, "default",
+                                            local_run.isoformat(), str(utc_created)))
+        expected[i] = (local_run.replace(tzinfo=timezone.utc),
+                       utc_created.replace(tzinfo=timezone.utc))
+    raw.execute("INSERT INTO tasks (id, name, payload, queue, run_at, created_at) "
+                "VALUES (201, 't', ?, 'default', '2026-11-30T06:24:49.903616', "
+                "'2026-11-30 06:24:49')", (_EMPTY_PAYLOAD,))
+    expected[201] = (datetime(2026, 11, 30, 6, 24, 49, 903616, timezone.utc),
+                     datetime(2026, 11, 30, 6, 24, 49, tzinfo=timezone.utc))
+    raw.commit()
+    raw.close()
+
+    statuses = _migrate_in_zone(db_path, "UTC")
+
+    conn = _raw(db_path)
+    rows = {r["id"]: r for r in conn.execute("SELECT id, run_at, created_at FROM tasks")}
+    conn.close()
+    for i, (run_at, created_at) in expected.items():
+        assert _exact_utc(rows[i]["run_at"]) == run_at, i
+        assert _exact_utc(rows[i]["created_at"]) == created_at, i
+        # The float nearest to the exact value: nothing was lost on the way.
+        assert rows[i]["run_at"] == _micros(run_at) / 10**6, i
+        assert rows[i]["created_at"] == _micros(created_at) / 10**6, i
+    assert statuses[201]["created_at"] == "2026-11-30T06:24:49+00:00"
+    assert statuses[201]["run_at"] == "2026-11-30T06:24:49.903616+00:00"
+
+
+def test_seed_text_forms_with_an_offset_numbers_and_garbage():
+    from liteq.backends.sqlite.seed_times import seed_text_to_epoch as read
+    noon_utc = _micros(datetime(2026, 11, 30, 12, tzinfo=timezone.utc)) / 10**6
+    for text in ("2026-11-30T21:00:00+09:00", "2026-11-30 07:00:00-05:00",
+                 "2026-11-30T12:00:00Z", "2026-11-30 12:00:00", "2026-11-30T17:30+0530"):
+        assert read(text) == noon_utc, text
+    assert read("2026-11-30T12:00:00.5Z") == noon_utc + 0.5
+    assert read(1700000000.25) == 1700000000.25 and read(17) == 17
+    for garbage in (None, "", "soon", "2026-13-01 00:00:00", "2026-11-30T25:00:00"):
+        assert read(garbage) is None, garbage
+
+
+@pytest.mark.parametrize("tz", ["Asia/Tokyo", "America/New_York", "Australia/Adelaide"])
+def test_seed_times_are_read_in_the_zone_they_were_written_in(db_path, tz):
+    # The seed stored CURRENT_TIMESTAMP (UTC, ' ') and isoformat() of a naive
+    # datetime.now() (local time, 'T') side by side; each keeps its meaning.
+    zone = ZoneInfo(tz)
+    raw = sqlite3.connect(db_path)
+    raw.executescript(SEED_021_SCHEMA)
+    before = time.time()
+    # my_task.schedule(datetime.now() + timedelta(minutes=10)) in the seed, on this host:
+    in_ten = (datetime.now(zone).replace(tzinfo=None) + timedelta(minutes=10)).isoformat()
+    raw.execute("INSERT INTO tasks (id, name, payload, queue, run_at) VALUES (1, 'later', ?, "
+                "'default', ?)", (_EMPTY_PAYLOAD, in_ten))
+    after = time.time()
+    # A finished task (CURRENT_TIMESTAMP times) and a retry (isoformat() run_at, in
+    # July: daylight saving time in New York, none in Tokyo).
+    raw.execute("INSERT INTO tasks (id, name, payload, queue, status, run_at, created_at, "
+                "started_at, finished_at) VALUES (2, 'done', ?, 'default', 'done', "
+                "'2026-11-30T15:35:36.232345', '2026-11-30 06:24:49', '2026-11-30 06:24:50', "
+                "'2026-11-30 06:24:51.5')", (_EMPTY_PAYLOAD,))
+    raw.execute("INSERT INTO tasks (id, name, payload, queue, attempts, run_at, created_at) "
+                "VALUES (3, 'retry', ?, 'default', 1, '2026-07-01T12:00:00.903616', "
+                "'2026-07-01 02:59:00')", (_EMPTY_PAYLOAD,))
+    raw.execute("INSERT INTO workers (worker_id, last_heartbeat) VALUES ('w', "
+                "'2026-11-30 06:24:49')")
+    raw.execute("INSERT INTO schedules (task_name, cron_expr, payload, queue, last_run, "
+                "next_run, created_at) VALUES ('cleanup', '*/5 * * * *', ?, 'default', "
+                "'2026-11-30T17:00:00', '2026-11-30T17:05:00', '2026-11-30 08:00:00')",
+                (_EMPTY_PAYLOAD,))
+    raw.commit()
+    raw.close()
+
+    statuses = _migrate_in_zone(db_path, tz)
+
+    conn = _raw(db_path)
+    tasks = {r["id"]: r for r in conn.execute("SELECT * FROM tasks")}
+    worker = conn.execute("SELECT * FROM workers").fetchone()
+    schedule = conn.execute("SELECT * FROM schedules").fetchone()
+    conn.close()
+
+    def local(*fields):
+        return datetime(*fields, tzinfo=zone)
+
+    def utc(*fields):
+        return datetime(*fields, tzinfo=timezone.utc)
+
+    # Ten minutes from when it was scheduled, not hours off.
+    assert before + 600 - 0.001 <= tasks[1]["run_at"] <= after + 600 + 0.001
+    assert datetime.fromisoformat(statuses[1]["run_at"]) == \
+        datetime.fromisoformat(in_ten).replace(tzinfo=zone)
+    assert _exact_utc(tasks[2]["run_at"]) == local(2026, 11, 30, 15, 35, 36, 232345)
+    assert _exact_utc(tasks[2]["created_at"]) == utc(2026, 11, 30, 6, 24, 49)
+    assert _exact_utc(tasks[2]["started_at"]) == utc(2026, 11, 30, 6, 24, 50)
+    assert _exact_utc(tasks[2]["finished_at"]) == utc(2026, 11, 30, 6, 24, 51, 500000)
+    assert _exact_utc(tasks[3]["run_at"]) == local(2026, 7, 1, 12, 0, 0, 903616)
+    assert _exact_utc(tasks[3]["created_at"]) == utc(2026, 7, 1, 2, 59)
+    assert _exact_utc(worker["last_heartbeat"]) == utc(2026, 11, 30, 6, 24, 49)
+    assert _exact_utc(schedule["last_run"]) == local(2026, 11, 30, 17, 0)
+    assert _exact_utc(schedule["next_run"]) == local(2026, 11, 30, 17, 5)
+    assert _exact_utc(schedule["created_at"]) == utc(2026, 11, 30, 8, 0)
+    # get_task_status() shows the same instants, in the host's zone.
+    assert datetime.fromisoformat(statuses[2]["run_at"]) == local(2026, 11, 30, 15, 35, 36,
+                                                                  232345)
+    assert datetime.fromisoformat(statuses[3]["run_at"]).utcoffset() == \
+        local(2026, 7, 1, 12).utcoffset()
 
 
 def test_newer_schema_version_is_refused(db_path):

@@ -430,7 +430,7 @@ def test_monitoring_functions_return_the_seed_keys(db_path, clean_registry):
     assert {"worker_id", "hostname", "queues", "concurrency", "last_heartbeat",
             "active_tasks"} <= set(w)
     assert (w["hostname"], w["queues"], w["concurrency"], w["active_tasks"]) == (
-        "host-w1", "a,b", 4, 1)
+        "host-w1", ["a", "b"], 4, 1)  # a list, as the seed gave it
     assert abs(datetime.fromisoformat(w["last_heartbeat"]).timestamp() - time.time()) < 10
 
 

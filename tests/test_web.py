@@ -6,6 +6,8 @@ starts a real liteqd and scales its pool from the panel.
 
 import os
 import re
+import signal
+import subprocess
 import textwrap
 import time
 
@@ -20,6 +22,8 @@ from liteq.web.security import CSRF_COOKIE, LOOPBACK_NAMES
 from daemon_helpers import put_task
 
 from daemon_helpers import PYTHON, Monitor, daemons  # noqa: F401 (a fixture)
+
+from daemon_helpers import daemons  # noqa: F401
 
 ERROR_TEXT = "ValueError: boom\nTraceback (most recent call last):\n  File \"app.py\", line 3\n"
 
@@ -564,3 +568,34 @@ def test_pools_show_the_daemon_and_scale_it(db_path, tmp_path):
             assert nopool.status_code == 409 and "nope" in nopool.json()["message"]
     finally:
         assert daemon.stop() == 0
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
+def test_liteq_monitor_exits_0_on_a_stop_signal(daemons, sig):
+    # systemd stops services with SIGTERM and counts any other exit than 0 (or 143
+    # with SuccessExitStatus) as a failure; uvicorn re-raised the signal after its
+    # graceful shutdown, so the process died with 143.
+    import socket
+    import urllib.request
+
+    from daemon_helpers import LITEQCTL, wait_for
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    liteq_cmd = os.path.join(os.path.dirname(LITEQCTL), "liteq")
+    proc = daemons.popen([liteq_cmd, "monitor", "--port", str(port), "--db", daemons.db],
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+    def serving():
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/overview", timeout=2):
+                return True
+        except OSError:
+            assert proc.poll() is None, proc.communicate()
+            return False
+    wait_for(serving, 20, message="liteq monitor never answered")
+    proc.send_signal(sig)
+    out, err = proc.communicate(timeout=20)
+    assert proc.returncode == 0, (proc.returncode, err)
+    assert "Traceback" not in err, err

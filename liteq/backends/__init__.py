@@ -63,6 +63,16 @@ def identity_of(target=None) -> str:
     return os.path.abspath(sqlite_path(target))
 
 
+def may_exist(target=None) -> bool:
+    """False when `target` certainly holds no queue yet (an SQLite file that does not
+    exist), so a read-only command need not create one; True otherwise."""
+    target = target or settings.db_path()
+    _check_target(target)
+    if is_postgres(target):
+        return True
+    return os.path.exists(sqlite_path(target))
+
+
 def open_backend(target=None, *, daemon=False) -> Backend:
     """Open the queue database `target` (default LITEQ_DB): a path or a URL.
 
@@ -115,4 +125,4 @@ def forget_backends() -> None:
 
 
 __all__ = ["Backend", "WakeChannel", "TASK_STATUSES", "open_backend", "get_backend",
-           "forget_backends", "identity_of", "is_postgres", "sqlite_path"]
+           "forget_backends", "identity_of", "is_postgres", "sqlite_path", "may_exist"]

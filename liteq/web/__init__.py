@@ -3,7 +3,8 @@
     liteq monitor --port 5151                  # http://127.0.0.1:5151/
     liteq monitor --host 0.0.0.0 --token "$(openssl rand -hex 16)"
 
-Or mount it in your own ASGI server:
+From Python, `run_monitor(host="127.0.0.1", port=5151)` (the seed's name) serves it
+the same way. Or mount it in your own ASGI server:
 
     from liteq.web import create_app
     app = create_app(db="/var/lib/app/liteq.db", token="...")
@@ -11,7 +12,14 @@ Or mount it in your own ASGI server:
 See liteq.web.app for the pages and liteq.web.security for the access rules.
 """
 
-__all__ = ["create_app"]
+__all__ = ["create_app", "run_monitor"]
+
+
+def run_monitor(host="127.0.0.1", port=5151) -> int:
+    """Serve the panel until stopped, as `liteq monitor --host HOST --port PORT` does
+    (the seed project's entry point); returns the exit code."""
+    from .cli import main
+    return main(["--host", str(host), "--port", str(port)])
 
 
 def __getattr__(name):

@@ -6,7 +6,9 @@
 Pages: / (overview), /tasks, /tasks/{id}, /failed, /schedules, /pools, /login.
 Actions (POST, CSRF-protected): /tasks/{id}/retry, /tasks/{id}/cancel,
 /failed/retry (all matching a filter), /pools/scale, /logout.
-Machine-readable: /metrics (Prometheus), /api/overview, /api/tasks/{id}.
+Machine-readable: /metrics (Prometheus), /api/overview, /api/tasks/{id}, and the
+seed project's /api/tasks, /api/failed-tasks, /api/queues, /api/workers, with
+POST /api/tasks/{id}/retry and /cancel (CSRF-protected like every action).
 Every asset is served from /static by the app itself.
 
 An action answers with a redirect back (and a one-time flash message) for a
@@ -27,7 +29,7 @@ from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 from starlette.templating import Jinja2Templates
 
-from .. import control, settings
+from .. import control, monitoring, settings
 from ..backends import identity_of
 from ..errors import DatabaseError
 from ..metrics import LiteQCollector, render as render_metrics
@@ -113,9 +115,12 @@ class Panel:
                                                    "message": message}, status_code)
 
     def done(self, request, form, ok, message, default="/"):
-        """Answer an action: JSON for API clients, else redirect back with a flash."""
-        if "application/json" in request.headers.get("accept", ""):
-            return JSONResponse({"ok": ok, "message": message}, status_code=200 if ok else 409)
+        """Answer an action: JSON for API clients (and /api/ paths), else redirect back
+        with a flash. The JSON's status is the seed's "success" (or "error")."""
+        if "application/json" in request.headers.get("accept", "") or \
+                request.url.path.startswith("/api/"):
+            return JSONResponse({"ok": ok, "status": "success" if ok else "error",
+                                 "message": message}, status_code=200 if ok else 409)
         resp = RedirectResponse(safe_next(form.get("next"), default), status_code=303)
         resp.set_cookie(FLASH_COOKIE, quote(("ok:" if ok else "error:") + message),
                         max_age=60, httponly=True, samesite="strict", path="/")
@@ -287,12 +292,35 @@ class Panel:
         return Response(body, media_type=CONTENT_TYPE_LATEST)
 
     async def api_overview(self, request):
-        """JSON: counts, the throughput series, pools and workers."""
+        """JSON: counts, the throughput series, pools and workers; plus the seed's
+        total_pending, total_running, total_failed, total_done, total_queues and
+        active_workers (a count of heartbeats within 15 s)."""
         data = await self.data(views.overview)
         daemon, daemon_error = await self.daemon()
+        totals = data["counts"]["totals"]
+        live = [w for w in data["workers"] if w["heartbeat_age"] is not None
+                and w["heartbeat_age"] <= monitoring.ACTIVE_WORKER_WINDOW]
         return JSONResponse({"counts": data["counts"], "series": data["series"],
                              "workers": data["workers"], "daemon_up": daemon is not None,
-                             "daemon_error": daemon_error, "daemon": daemon})
+                             "daemon_error": daemon_error, "daemon": daemon,
+                             **{f"total_{s}": totals[s]
+                                for s in ("pending", "running", "failed", "done")},
+                             "total_queues": len(data["counts"]["queues"]),
+                             "active_workers": len(live)})
+
+    async def api_list(self, request):
+        """JSON, the seed's read API: /api/tasks and /api/failed-tasks (?limit=, default
+        50), /api/queues and /api/workers, as liteq.monitoring gives them."""
+        path = request.url.path
+        try:
+            limit = views.parse_filters(request.query_params)["limit"]
+        except views.BadRequest as exc:
+            return self.error(request, 400, str(exc))
+        read = {"/api/tasks": lambda s: monitoring.get_recent_tasks(limit, store=s),
+                "/api/failed-tasks": lambda s: monitoring.get_failed_tasks(limit, store=s),
+                "/api/queues": lambda s: monitoring.get_queue_stats(store=s),
+                "/api/workers": lambda s: monitoring.get_active_workers(store=s)}[path]
+        return JSONResponse(await self.data(read))
 
     async def api_task(self, request):
         """JSON: get_task_status() of one task, 404 when missing."""
@@ -337,6 +365,10 @@ class Panel:
             Route("/metrics", self.metrics),
             Route("/api/overview", self.api_overview),
             Route("/api/tasks/{task_id:int}", self.api_task),
+            *[Route(path, self.api_list) for path in ("/api/tasks", "/api/failed-tasks",
+                                                      "/api/queues", "/api/workers")],
+            Route("/api/tasks/{task_id:int}/retry", self.retry_task, methods=["POST"]),
+            Route("/api/tasks/{task_id:int}/cancel", self.cancel_task, methods=["POST"]),
             Route("/favicon.ico", lambda request: RedirectResponse("/static/favicon.svg", 301)),
             Mount("/static", StaticFiles(directory=os.path.join(HERE, "static")),
                   name="static"),

@@ -6,9 +6,12 @@ serves the panel open, and only on a loopback address.
 """
 
 import argparse
+import contextlib
 import os
 import secrets
+import signal
 import sys
+import threading
 
 from .. import settings
 from ..backends import identity_of
@@ -98,8 +101,42 @@ def main(argv=None) -> int:
         # As Jupyter does: the token lives only in this process and this line.
         print(f"    Open this address to log in: {base}?token={token}", file=sys.stderr)
     sys.stderr.flush()
-    uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level)
+    try:
+        with _stop_signals_end_cleanly():
+            uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level)
+    except _Stopped:
+        pass
     return 0
+
+
+class _Stopped(BaseException):
+    """SIGTERM or SIGINT ended the server (a BaseException, so nothing on the way
+    treats it as an error)."""
+
+
+@contextlib.contextmanager
+def _stop_signals_end_cleanly():
+    """Make SIGTERM and SIGINT end `liteq monitor` with exit code 0.
+
+    uvicorn shuts down gracefully on them, then raises the signal again under the
+    handler it found, to end the process as the signal would: with the default
+    one SIGTERM killed us (exit 143), which systemd counts as a failed stop. Under
+    this handler that second delivery (or a signal before uvicorn installed its
+    own) stops the server with _Stopped instead.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def stopped(signum, frame):
+        raise _Stopped(signum)
+
+    saved = {sig: signal.signal(sig, stopped) for sig in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        yield
+    finally:
+        for sig, handler in saved.items():
+            signal.signal(sig, handler)
 
 
 if __name__ == "__main__":

@@ -8,6 +8,7 @@ import sqlite3
 
 from ...errors import DatabaseError
 from ...timeutil import now
+from . import seed_times
 
 SCHEMA_VERSION = 1
 
@@ -87,11 +88,9 @@ def _table_columns(conn, table):
 
 
 def _epoch_expr(col):
-    # Text times from the seed project are UTC (CURRENT_TIMESTAMP) or naive
-    # isoformat(); julianday() reads both forms, with or without the 'T'.
-    return (f"CASE WHEN {col} IS NULL THEN NULL "
-            f"WHEN typeof({col}) IN ('integer','real') THEN {col} "
-            f"ELSE (julianday({col}) - 2440587.5) * 86400.0 END")
+    # Text times from the seed project, read exactly by seed_times
+    # (registered on the migrating connection by _migrate_v0_to_v1).
+    return f"{seed_times.SQL_FUNCTION}({col})"
 
 
 def _rebuild_table(conn, table, ddl, defaults):
@@ -118,6 +117,7 @@ def _migrate_v0_to_v1(conn):
     """Bring a fresh file, or one made by the seed project (user_version 0), to v1."""
     tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")}
     t = repr(now())
+    seed_times.register(conn)
     # Old indexes referenced the old tables; drop them so names can be reused.
     for (idx,) in conn.execute("SELECT name FROM sqlite_master WHERE type='index' "
                                "AND sql IS NOT NULL").fetchall():
