@@ -15,7 +15,7 @@ import pytest
 import liteq
 from liteq import backends
 
-from daemon_helpers import APPS, PYTHON, app, daemons, wait_status  # noqa: F401
+from daemon_helpers import put_task, APPS, PYTHON, app, daemons, wait_status  # noqa: F401
 
 # The columns of the seed's tasks table: its get_task_status() returned dict(row).
 SEED_TASK_KEYS = {"id", "name", "payload", "queue", "status", "priority", "attempts",
@@ -111,7 +111,7 @@ def test_get_task_status_has_every_key_of_the_seed(seed_tasks):
     from liteq.monitoring import get_failed_tasks, get_recent_tasks
     store = backends.get_backend()
     store.claim("w", ["emails"], 1)
-    assert store.record_outcomes("w", failed=[(tid, "boom", 1.0, 2.0)]) == 1
+    assert store.record_outcomes("w", failed=[(tid, "boom", 1.0, 2.0)]) == [tid]
     for rows in (get_recent_tasks(limit=5), get_failed_tasks(limit=5)):
         assert SEED_TASK_KEYS <= set(rows[0]) and rows[0]["payload"] == status["payload"]
 
@@ -363,12 +363,12 @@ def panel_tasks(db_path):
     import time
 
     store = backends.get_backend()
-    done = store.enqueue("add", '{"args":[1,2],"kwargs":{}}')
-    failed = store.enqueue("send_email", '{"args":["a@x.org"],"kwargs":{}}', queue="emails")
+    done = put_task(store, "add", '{"args":[1,2],"kwargs":{}}')
+    failed = put_task(store, "send_email", '{"args":["a@x.org"],"kwargs":{}}', queue="emails")
     assert len(store.claim("w1", ["default", "emails"], 2)) == 2
     t = time.time()
     store.record_outcomes("w1", done=[(done, "3", t - 1, t)], failed=[(failed, "boom", t - 1, t)])
-    pending = store.enqueue("add", '{"args":[3,4],"kwargs":{}}')
+    pending = put_task(store, "add", '{"args":[3,4],"kwargs":{}}')
     store.heartbeat("w1", "host", "default,emails", 2, os.getpid(), t)
     return {"done": done, "failed": failed, "pending": pending}
 
@@ -439,14 +439,17 @@ def test_run_monitor_serves_the_panel(daemons, panel_tasks):
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
+    token = "seed-api-test-token"
     proc = daemons.popen([PYTHON, "-c", f"from liteq.web import run_monitor; "
                                         f"run_monitor(port={port})"],
+                         env={"LITEQ_MONITOR_TOKEN": token},
                          stderr=subprocess.PIPE, text=True)
+    request = urllib.request.Request(f"http://127.0.0.1:{port}/api/overview",
+                                     headers={"Authorization": f"Bearer {token}"})
 
     def overview():
         try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/overview",
-                                        timeout=2) as resp:
+            with urllib.request.urlopen(request, timeout=2) as resp:
                 return json.load(resp)
         except OSError:
             assert proc.poll() is None, proc.communicate()
