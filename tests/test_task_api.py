@@ -189,6 +189,10 @@ def test_args_and_kwargs_round_trip(echo):
     assert liteq.get_task_status(echo.delay())["kwargs"] == {}
 
 
+def test_status_read_on_fresh_database_creates_schema(db):
+    assert liteq.get_task_status(1) is None  # not "no such table"
+
+
 def test_unknown_task_id_is_none(echo):
     echo.delay(1)
     assert liteq.get_task_status(999_999) is None
