@@ -16,7 +16,7 @@ def measure(blob, n):
 '''
 
 
-def test_megabyte_arguments_arrive_intact(db_path, tmp_path, monkeypatch):
+def test_megabyte_arguments_arrive_intact(db, tmp_path, monkeypatch):
     app_file = tmp_path / "big_app.py"
     app_file.write_text(APP)
     monkeypatch.syspath_prepend(str(tmp_path))
