@@ -1,8 +1,8 @@
 """The panel in a real headless browser: Debian's chromium driven by Playwright.
 
-The app runs under uvicorn in a background thread on a free 127.0.0.1 port,
-against a real SQLite file. Skipped (with the reason) when /usr/bin/chromium or
-the playwright package is missing; .ci/run installs chromium.
+The app runs under uvicorn in a background thread on a free 127.0.0.1 port, against
+a real database on each backend (conftest's `db`). Skipped (with the reason) when
+/usr/bin/chromium or the playwright package is missing; .ci/run installs chromium.
 """
 
 import os
@@ -35,11 +35,11 @@ def _free_port():
 
 
 @pytest.fixture
-def panel_url(db_path):
+def panel_url(db):
     """Serve the panel (refreshing every 0.5 s) on a free port; yields its base URL."""
     from liteq.web import create_app
     port = _free_port()
-    config = uvicorn.Config(create_app(db_path, refresh=0.5), host="127.0.0.1", port=port,
+    config = uvicorn.Config(create_app(db, refresh=0.5), host="127.0.0.1", port=port,
                             log_level="warning", lifespan="on")
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, name="panel", daemon=True)
