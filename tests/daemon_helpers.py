@@ -710,8 +710,12 @@ def fresh_backend(db):
 def all_tasks(db) -> list:
     """Every task row, oldest first (a fresh backend)."""
     with fresh_backend(db) as backend:
-        n = backend.count_tasks()
-        return sorted(backend.find_tasks(limit=n + 1000), key=lambda r: r["id"])
+        limit = backend.count_tasks() + 1000
+        while True:  # a short page is all of them, even with producers still writing
+            rows = backend.find_tasks(limit=limit)
+            if len(rows) < limit:
+                return sorted(rows, key=lambda r: r["id"])
+            limit *= 2
 
 
 def task_rows(db, ids) -> dict:
