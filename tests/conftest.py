@@ -7,6 +7,9 @@
   and run on both.
 - `db_path`: an SQLite file only, for tests about SQLite itself.
 - `backend`: the calling thread's open backend for `db`.
+
+A test marked `sqlite_only` gets only the SQLite case of `db` (and of what builds on
+it: `backend`, the daemon fixtures), so it may also take `db_path`, the same file.
 """
 
 import os
@@ -21,6 +24,16 @@ import pg_helpers
 from daemon_helpers import registry_restored
 
 BACKEND_KINDS = ("sqlite", "postgresql")
+
+
+@pytest.hookimpl(tryfirst=True)  # before the parametrize marks and fixture params apply
+def pytest_generate_tests(metafunc):
+    """Run the `db` of a test marked sqlite_only on SQLite alone.
+
+    A parametrize mark on the test takes precedence over the fixture's own params.
+    """
+    if "db" in metafunc.fixturenames and metafunc.definition.get_closest_marker("sqlite_only"):
+        metafunc.definition.add_marker(pytest.mark.parametrize("db", ["sqlite"], indirect=True))
 
 
 @pytest.fixture

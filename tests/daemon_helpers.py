@@ -392,17 +392,18 @@ class Daemon:
 class Daemons:
     """What the `daemons` fixture yields: starts daemons and other processes for one test.
 
-    `db` is the database, `socket` the control socket (default: $LITEQ_SOCKET), and
-    `workdir` (default: the database's folder) holds the logs. Subclasses set another
+    `db` is the database (an SQLite path or a PostgreSQL URL, given to the daemons
+    unchanged), `workdir` the test's temp dir (logs, files the tasks write), and
+    `socket` the control socket (default: $LITEQ_SOCKET). Subclasses set another
     default `app` or other default `timeouts` (see Daemon).
     """
 
     app = APP
     timeouts = {"ready": 15.0, "event": 10.0, "stop": 15.0}
 
-    def __init__(self, db, socket=None, workdir=None):
+    def __init__(self, db, workdir, socket=None):
         self.db = db
-        self.workdir = workdir or os.path.dirname(db)
+        self.workdir = workdir
         self.socket = socket or os.environ["LITEQ_SOCKET"]
         self.tag = uuid.uuid4().hex
         self.daemons = []
@@ -496,14 +497,15 @@ class Daemons:
 
 
 class TempDaemons(Daemons):
-    """Daemons of the app file `app_path` on q.db and d.sock in `tmp` (a short temp dir
-    the test made), started with --db and --socket given; daemon.ready and an exit are
-    waited for up to 20 s by default."""
+    """Daemons of the app file `app_path` on `db` (default: q.db in `tmp`) with d.sock in
+    `tmp` (a short temp dir the test made), started with --db and --socket given;
+    daemon.ready and an exit are waited for up to 20 s by default."""
 
     timeouts = dict(Daemons.timeouts, ready=20.0, stop=20.0)
 
-    def __init__(self, tmp, app_path):
-        super().__init__(os.path.join(tmp, "q.db"), socket=os.path.join(tmp, "d.sock"))
+    def __init__(self, tmp, app_path, db=None):
+        super().__init__(db or os.path.join(tmp, "q.db"), tmp,
+                         socket=os.path.join(tmp, "d.sock"))
         self.tmp = tmp
         self.sock = self.socket
         self.app_path = self.app = app_path
@@ -524,8 +526,8 @@ def running(ds, monkeypatch):
     """Set up and tear down one test's `ds` (a Daemons).
 
     Exports only its LITEQ_DB and LITEQ_SOCKET of all LITEQ_* variables, with no
-    cached Store. Afterwards each daemon's log is printed (pytest shows it when a
-    test fails), every process is SIGKILLed and reaped, cached Stores are dropped,
+    cached backend. Afterwards each daemon's log is printed (pytest shows it when a
+    test fails), every process is SIGKILLed and reaped, cached backends are dropped,
     and the task registry and the app modules loaded meanwhile are restored.
     """
     for name in [k for k in os.environ if k.startswith("LITEQ_")]:
@@ -551,13 +553,13 @@ def running(ds, monkeypatch):
 
 
 @pytest.fixture
-def daemons(db_path, monkeypatch):
+def daemons(db, workdir, monkeypatch):
     """Start daemons for one test; all their processes are SIGKILLed and reaped afterwards.
 
-    Builds on conftest's db_path (a fresh database in a short temp dir, with
-    LITEQ_DB and LITEQ_SOCKET exported); see running().
+    Builds on conftest's `db` (this test's queue on each backend, with LITEQ_DB and
+    LITEQ_SOCKET exported) and `workdir`; see running().
     """
-    with running(Daemons(db_path), monkeypatch) as ds:
+    with running(Daemons(db, workdir), monkeypatch) as ds:
         yield ds
 
 
@@ -740,54 +742,77 @@ def _wait_rows(fetch, ids, statuses, timeout, dump):
 
 
 def wait_all(task_ids, statuses=("done", "failed", "cancelled"), timeout=30.0, daemons=None):
-    """Wait until every task has one of `statuses` (read with this process's Store);
-    returns {id: row}."""
+    """Wait until every task has one of `statuses` (read with this thread's cached
+    backend); returns {id: row}."""
     store = backends.get_backend()
     ids = list(task_ids)
     return _wait_rows(lambda: {r["id"]: r for r in store.get_tasks(ids)}, ids, statuses,
                       timeout, daemons.dump if daemons else None)
 
 
-def db_rows(db, sql, params=()):
-    """Rows of a read on a fresh connection (never the test's cached Store)."""
-    conn = sqlite3.connect(db, timeout=30)
-    conn.row_factory = sqlite3.Row
+@contextlib.contextmanager
+def fresh_backend(db):
+    """A backend of its own on `db` (a path or URL), closed afterwards: what it reads is
+    what another process would see, never the test's cached connection."""
+    backend = backends.open_backend(db)
     try:
-        return [dict(r) for r in conn.execute(sql, params)]
+        yield backend
     finally:
-        conn.close()
+        backend.close()
 
 
-def _rows_of(db, ids, columns="*"):
-    """The rows of tasks `ids` on a fresh connection, {id: row} (500 ids a query)."""
-    rows = {}
-    for start in range(0, len(ids), 500):
-        chunk = ids[start:start + 500]
-        marks = ",".join("?" * len(chunk))
-        for r in db_rows(db, f"SELECT {columns} FROM tasks WHERE id IN ({marks})", chunk):
-            rows[r["id"]] = r
-    return rows
+def all_tasks(db) -> list:
+    """Every task row, oldest first (a fresh backend)."""
+    with fresh_backend(db) as backend:
+        limit = backend.count_tasks() + 1000
+        while True:  # a short page is all of them, even with producers still writing
+            rows = backend.find_tasks(limit=limit)
+            if len(rows) < limit:
+                return sorted(rows, key=lambda r: r["id"])
+            limit *= 2
+
+
+def task_rows(db, ids) -> dict:
+    """The rows of tasks `ids`, {id: row} (a fresh backend); missing ids are left out."""
+    with fresh_backend(db) as backend:
+        return {r["id"]: r for r in backend.get_tasks(list(ids))}
+
+
+def worker_rows(db) -> list:
+    """Every worker row (a fresh backend)."""
+    with fresh_backend(db) as backend:
+        return backend.list_workers()
+
+
+def task_row(db, task_id):
+    """One task's row (a fresh backend), or None."""
+    with fresh_backend(db) as backend:
+        return backend.get_task(task_id)
 
 
 def count_tasks(db) -> int:
-    """How many tasks the database holds (a fresh connection)."""
-    return db_rows(db, "SELECT COUNT(*) AS n FROM tasks")[0]["n"]
+    """How many tasks the database holds (a fresh backend)."""
+    with fresh_backend(db) as backend:
+        return backend.count_tasks()
 
 
 def status_counts(db, ids=None) -> dict:
-    """{status: count} over all tasks, or over `ids` (a fresh connection)."""
+    """{status: count} over all tasks, or over `ids` (a fresh backend)."""
     if ids is None:
-        rows = db_rows(db, "SELECT status, COUNT(*) AS n FROM tasks GROUP BY status")
-        return {r["status"]: r["n"] for r in rows}
-    return dict(Counter(r["status"] for r in _rows_of(db, list(ids), "id, status").values()))
+        with fresh_backend(db) as backend:
+            counts = Counter()
+            for s in backend.queue_stats():
+                counts[s["status"]] += s["count"]
+            return {k: v for k, v in counts.items() if v}
+    return dict(Counter(r["status"] for r in task_rows(db, ids).values()))
 
 
 def wait_statuses(db, ids, statuses=("done", "failed", "cancelled"), timeout=30.0, dump=None):
-    """Wait until every task in `ids` has one of `statuses`, read on fresh connections
-    (never the test's cached Store); returns {id: row}. `dump`: a callable whose text
+    """Wait until every task in `ids` has one of `statuses`, read on fresh backends
+    (never the test's cached one); returns {id: row}. `dump`: a callable whose text
     is shown on failure."""
     ids = list(ids)
-    return _wait_rows(lambda: _rows_of(db, ids), ids, statuses, timeout, dump)
+    return _wait_rows(lambda: task_rows(db, ids), ids, statuses, timeout, dump)
 
 
 def iso_seconds(text) -> float:
@@ -796,7 +821,37 @@ def iso_seconds(text) -> float:
     return datetime.fromisoformat(text).timestamp()
 
 
-# ---- writing task rows directly ------------------------------------------------------------
+# ---- writing rows directly ------------------------------------------------------------------
+
+def age_heartbeat(db, worker_id, seconds):
+    """Make worker `worker_id`'s last heartbeat `seconds` older than it is.
+
+    No backend operation can: a heartbeat is always "now" by the database's clock, and
+    a test cannot wait minutes for a worker to go stale (get_active_workers looks 15 s
+    back). This is the one place tests write SQL, once per backend: SQLite through
+    sqlite3, PostgreSQL through psycopg (its column may be epoch seconds or a timestamp).
+    """
+    if backends.is_postgres(db):
+        import psycopg
+        with psycopg.connect(db, autocommit=True) as conn:
+            kind = conn.execute(
+                "SELECT data_type FROM information_schema.columns WHERE table_schema = "
+                "current_schema() AND table_name = 'workers' AND column_name = "
+                "'last_heartbeat'").fetchone()[0]
+            shift = "make_interval(secs => %s)" if "timestamp" in kind else "%s"
+            changed = conn.execute(f"UPDATE workers SET last_heartbeat = last_heartbeat - "
+                                   f"{shift} WHERE worker_id = %s",
+                                   (seconds, worker_id)).rowcount
+    else:
+        conn = sqlite3.connect(backends.sqlite_path(db), timeout=30)
+        try:
+            with conn:
+                changed = conn.execute("UPDATE workers SET last_heartbeat = last_heartbeat - ? "
+                                       "WHERE worker_id = ?", (seconds, worker_id)).rowcount
+        finally:
+            conn.close()
+    assert changed == 1, f"no worker row {worker_id!r} to age"
+
 
 def put_task(backend, name, payload, run_at=None, delay=None, **options) -> int:
     """Enqueue a raw task row through `backend` (a name no app may register, a payload that

@@ -43,9 +43,10 @@ class Lab(Daemons):
 
 
 @pytest.fixture
-def lab(db_path, monkeypatch):
-    """A Lab on conftest's fresh database; see daemon_helpers.running()."""
-    with running(Lab(db_path), monkeypatch) as ds:
+def lab(db, workdir, monkeypatch):
+    """A Lab on conftest's fresh database (each backend) in `workdir`; see
+    daemon_helpers.running()."""
+    with running(Lab(db, workdir), monkeypatch) as ds:
         yield ds
 
 

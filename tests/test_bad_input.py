@@ -5,8 +5,9 @@ Some cases are also covered, in more depth, by tests/test_daemon.py, test_db.py 
 test_task_api.py; here the row-level cases share one daemon run, and the start-up
 cases are short-lived `liteqd` processes that must refuse to start.
 
-Real SQLite files, real `liteqd` processes, a real read-only mount and a real full
-tmpfs where the machine allows (root); see tests/daemon_helpers.py for the clean-up.
+Real databases (each backend: conftest's `db`; the file cases on SQLite alone), real
+`liteqd` processes, a real read-only mount and a real full tmpfs where the machine
+allows (root); see tests/daemon_helpers.py for the clean-up.
 """
 
 import contextlib
@@ -21,7 +22,8 @@ import liteq
 from liteq import control, backends
 from liteq.serialization import encode_payload
 
-from daemon_helpers import put_task, APPS, PYTHON as PY, count_tasks, db_rows, status_counts, wait_statuses
+from daemon_helpers import (APPS, PYTHON as PY, all_tasks, count_tasks, fresh_backend, put_task,
+                            status_counts, task_row, wait_statuses)
 from fault_helpers import FAULT_APP, app, executions, lab  # noqa: F401
 
 LIVE_DAEMON_LIMIT = 20  # seconds a refused start may take before the test calls it hung
@@ -53,8 +55,8 @@ def _pending_row(app):
 
 
 def _assert_untouched(lab, tid):
-    row = db_rows(lab.db, "SELECT status, attempts FROM tasks WHERE id = ?", (tid,))[0]
-    assert row == {"status": "pending", "attempts": 0}, row
+    row = task_row(lab.db, tid)
+    assert (row["status"], row["attempts"]) == ("pending", 0), row
 
 
 # ---- non-JSON args ---------------------------------------------------------------------------
@@ -160,7 +162,9 @@ def test_bad_app_stops_liteqd_with_a_clear_error_and_touches_no_task(lab, app, c
 
 # ---- a database path in a missing directory ----------------------------------------------------
 
+@pytest.mark.sqlite_only
 def test_database_in_a_missing_directory(lab, app, monkeypatch):
+    """SQLite only: the database is a file whose directory does not exist."""
     missing = lab.path(os.path.join("no", "such", "dir"))
     db = os.path.join(missing, "queue.db")
     res = _liteqd(lab, "--concurrency", "1", db=db)
@@ -177,19 +181,21 @@ def test_database_in_a_missing_directory(lab, app, monkeypatch):
 
 # ---- a file that is not a database ---------------------------------------------------------------
 
-def test_file_that_is_not_a_database_is_refused_and_left_untouched(lab, app):
+@pytest.mark.sqlite_only
+def test_file_that_is_not_a_database_is_refused_and_left_untouched(lab, app, db_path):
+    """SQLite only: the database is a file of garbage."""
     garbage = b"GIF89a not a database \x00\xff" * 300
-    with open(lab.db, "wb") as f:
+    with open(db_path, "wb") as f:
         f.write(garbage)
     res = _liteqd(lab, "--concurrency", "1")
-    _assert_refused(res, lab.db, "not a usable SQLite database")
+    _assert_refused(res, db_path, "not a usable SQLite database")
     backends.forget_backends()
     for call in (lambda: app.add.delay(1, 2), lambda: app.work.map(["x"]),
                  lambda: liteq.get_task_status(1)):
         with pytest.raises(liteq.DatabaseError) as info:
             call()
-        assert lab.db in str(info.value) and "not a usable SQLite database" in str(info.value)
-    with open(lab.db, "rb") as f:
+        assert db_path in str(info.value) and "not a usable SQLite database" in str(info.value)
+    with open(db_path, "rb") as f:
         assert f.read() == garbage, "the file was changed"
 
 
@@ -251,8 +257,10 @@ def _read_only(directory, mode):
             os.chmod(db, 0o644)
 
 
+@pytest.mark.sqlite_only
 @pytest.mark.parametrize("mode", ["mount", "immutable", "modes"])
 def test_read_only_database_gives_a_clear_error_and_is_left_untouched(lab, app, mode):
+    """SQLite only: a read-only database file (and directory, for -wal and -shm)."""
     directory = lab.path("ro")
     os.mkdir(directory)
     db = os.path.join(directory, "queue.db")
@@ -271,8 +279,8 @@ def test_read_only_database_gives_a_clear_error_and_is_left_untouched(lab, app, 
         assert "read-only" in res.stdout, res.stdout
         with open(db, "rb") as f:
             assert f.read() == original, "the read-only database was changed"
-    rows = db_rows(db, "SELECT name, status FROM tasks")
-    assert rows == [{"name": "add", "status": "pending"}]
+    rows = [(r["name"], r["status"]) for r in all_tasks(db)]
+    assert rows == [("add", "pending")]
 
 
 # ---- a full disk --------------------------------------------------------------------------------
@@ -327,25 +335,28 @@ def _assert_consistent(db, earlier):
     return rows
 
 
-def test_full_disk_rlimit_fsize_child_gets_a_clear_error(lab, app):
-    """Where no tmpfs can be mounted this is the full-disk case: a producer whose file
-    size limit is just above the database's size enqueues large payloads."""
+@pytest.mark.sqlite_only
+def test_full_disk_rlimit_fsize_child_gets_a_clear_error(lab, app, db_path):
+    """SQLite only: a file size limit just above the database file's size (where no tmpfs
+    can be mounted, this is the full-disk case); the producer enqueues large payloads."""
     ids = app.work.starmap([(f"row {n}",) for n in range(50)])
-    earlier = {r["id"]: r["payload"] for r in db_rows(lab.db, "SELECT id, payload FROM tasks")}
+    earlier = {r["id"]: r["payload"] for r in all_tasks(db_path)}
     backends.forget_backends()
     res = lab.run([PY, "-c", FULL_PRODUCER, APPS], timeout=60)
     assert res.returncode == 0, res.stderr
     lines = dict(line.split(": ", 1) for line in res.stdout.splitlines())
     for name in ("delay", "map"):
         assert lines[name].startswith("DatabaseError: cannot write database"), res.stdout
-        assert lab.db in lines[name], res.stdout
-    rows = _assert_consistent(lab.db, earlier)
+        assert db_path in lines[name], res.stdout
+    rows = _assert_consistent(db_path, earlier)
     assert sorted(rows) == sorted(ids), "a partial write is visible"
     tid = app.add.delay(1, 1)  # writable again without the limit
     assert liteq.get_task_status(tid)["status"] == "pending"
 
 
+@pytest.mark.sqlite_only
 def test_full_disk_tmpfs_clear_error_db_consistent_and_daemon_recovers(lab, app, monkeypatch):
+    """SQLite only: the database file is on a full tmpfs."""
     if os.geteuid() != 0:
         pytest.skip("mounting a tmpfs needs root; the RLIMIT_FSIZE variant covers this case")
     disk = lab.path("disk")
@@ -362,7 +373,7 @@ def test_full_disk_tmpfs_clear_error_db_consistent_and_daemon_recovers(lab, app,
         d = lab.daemon("--concurrency", "2", "--db", db, env={"LITEQ_DB": db})
         first = app.work.starmap([(log,)] * 30)
         wait_statuses(db, first, "done", timeout=30, dump=d.dump)
-        earlier = {r["id"]: r["payload"] for r in db_rows(db, "SELECT id, payload FROM tasks")}
+        earlier = {r["id"]: r["payload"] for r in all_tasks(db)}
 
         _fill(os.path.join(disk, "filler"))
         with pytest.raises(liteq.DatabaseError) as info:
@@ -393,18 +404,10 @@ def test_full_disk_tmpfs_clear_error_db_consistent_and_daemon_recovers(lab, app,
 
 # ---- malformed LITEQ_* values ------------------------------------------------------------------
 
-@pytest.mark.parametrize("var, value", [
-    ("LITEQ_CONCURRENCY", "abc"),
-    ("LITEQ_TIMEOUT", "-1"),
-    ("LITEQ_POOLS", "garbage"),
-    ("LITEQ_SYNC", "bogus"),
-    ("LITEQ_BUSY_TIMEOUT", "x"),
-    ("LITEQ_KILL_GRACE", "soon"),
-    ("LITEQ_MAX_TASKS_PER_CHILD", "-3"),
-    ("LITEQ_NO_SCHEDULER", "maybe"),
-    ("LITEQ_LOG_LEVEL", "loud"),
-])
-def test_malformed_liteq_variable_stops_liteqd_naming_it(lab, app, var, value):
+SQLITE_VARIABLES = [("LITEQ_SYNC", "bogus"), ("LITEQ_BUSY_TIMEOUT", "x")]
+
+
+def _assert_liteqd_refuses_variable(lab, app, var, value):
     tid = _pending_row(app)
     res = lab.run([PY, "-m", "liteqd.cli", "--app", FAULT_APP], env={var: value},
                   timeout=LIVE_DAEMON_LIMIT)
@@ -412,8 +415,30 @@ def test_malformed_liteq_variable_stops_liteqd_naming_it(lab, app, var, value):
     _assert_untouched(lab, tid)
 
 
-@pytest.mark.parametrize("var, value", [("LITEQ_SYNC", "bogus"), ("LITEQ_BUSY_TIMEOUT", "x")])
+@pytest.mark.parametrize("var, value", [
+    ("LITEQ_CONCURRENCY", "abc"),
+    ("LITEQ_TIMEOUT", "-1"),
+    ("LITEQ_POOLS", "garbage"),
+    ("LITEQ_KILL_GRACE", "soon"),
+    ("LITEQ_MAX_TASKS_PER_CHILD", "-3"),
+    ("LITEQ_NO_SCHEDULER", "maybe"),
+    ("LITEQ_LOG_LEVEL", "loud"),
+])
+def test_malformed_liteq_variable_stops_liteqd_naming_it(lab, app, var, value):
+    _assert_liteqd_refuses_variable(lab, app, var, value)
+
+
+@pytest.mark.sqlite_only
+@pytest.mark.parametrize("var, value", SQLITE_VARIABLES)
+def test_malformed_sqlite_variable_stops_liteqd_naming_it(lab, app, var, value):
+    """SQLite only: these variables tune SQLite connections (PRAGMA synchronous, busy timeout)."""
+    _assert_liteqd_refuses_variable(lab, app, var, value)
+
+
+@pytest.mark.sqlite_only
+@pytest.mark.parametrize("var, value", SQLITE_VARIABLES)
 def test_malformed_liteq_variable_refuses_delay_naming_it(lab, app, monkeypatch, var, value):
+    """SQLite only: these variables tune SQLite connections (PRAGMA synchronous, busy timeout)."""
     app.add.delay(1, 1)
     before = count_tasks(lab.db)
     monkeypatch.setenv(var, value)
@@ -431,7 +456,8 @@ def test_invalid_cron_expression_is_a_value_error_and_writes_nothing(lab, app, e
     backends.get_backend()  # the schema exists, so "nothing written" can be checked
     with pytest.raises(ValueError, match="cron"):
         liteq.register_schedule(app.add, expr, 1, 2, name=f"bad-{uuid.uuid4().hex[:6]}")
-    assert db_rows(lab.db, "SELECT * FROM schedules") == []
+    with fresh_backend(lab.db) as backend:
+        assert backend.list_schedules() == []
 
 
 # ---- a negative or zero concurrency ----------------------------------------------------------

@@ -18,7 +18,7 @@ from liteq.launcher import start_daemon
 from liteq.settings import DEFAULT_MAX_PAYLOAD
 from liteqd.child import _Channel
 
-from daemon_helpers import count_tasks, db_rows
+from daemon_helpers import count_tasks, task_rows
 
 APP = '''
 from liteq import task
@@ -38,7 +38,7 @@ def _blob(n, size):
 
 
 @pytest.fixture
-def big_app(db_path, tmp_path, monkeypatch, clean_registry):
+def big_app(db, tmp_path, monkeypatch, clean_registry):
     app_file = tmp_path / "big_app.py"
     app_file.write_text(APP)
     monkeypatch.syspath_prepend(str(tmp_path))
@@ -114,7 +114,7 @@ def test_child_parser_joins_lines_split_anywhere():
 # ---- the limit ----------------------------------------------------------------------------
 
 @pytest.fixture
-def blob_task(db_path, clean_registry):
+def blob_task(db, clean_registry):
     @task
     def take(blob, n=0):
         return len(blob)
@@ -133,7 +133,7 @@ def _calls(take, blob):
     }
 
 
-def test_over_the_default_limit_is_refused_and_nothing_is_written(blob_task, db_path):
+def test_over_the_default_limit_is_refused_and_nothing_is_written(blob_task, db):
     blob = "y" * (DEFAULT_MAX_PAYLOAD - WRAPPING + 100)   # the limit plus a little
     for api, call in _calls(blob_task, blob).items():
         with pytest.raises(ValueError) as caught:
@@ -141,48 +141,47 @@ def test_over_the_default_limit_is_refused_and_nothing_is_written(blob_task, db_
         text = str(caught.value)
         assert "'take'" in text and f"{DEFAULT_MAX_PAYLOAD:,} bytes" in text, (api, text)
         assert "LITEQ_MAX_PAYLOAD" in text and "nothing was enqueued" in text, (api, text)
-        assert count_tasks(db_path) == 1, api
+        assert count_tasks(db) == 1, api
 
 
-def test_the_limit_is_exact_and_counts_utf8_bytes(blob_task, db_path, monkeypatch):
+def test_the_limit_is_exact_and_counts_utf8_bytes(blob_task, db, monkeypatch):
     monkeypatch.setenv("LITEQ_MAX_PAYLOAD", "2000")
     wrapping = len('{"args":[""],"kwargs":{}}')
     fits = "z" * (2000 - wrapping)
     ids = [blob_task.delay(fits), *blob_task.starmap([(fits,)])]
-    sizes = [len(r["payload"].encode()) for r in
-             db_rows(db_path, "SELECT payload FROM tasks WHERE id IN (?, ?)", ids)]
+    sizes = [len(r["payload"].encode()) for r in task_rows(db, ids).values()]
     assert sizes == [2000, 2000]
     with pytest.raises(ValueError, match=r"encode to 2,001 bytes, over the limit of 2,000"):
         blob_task.delay(fits + "z")
     # 'я' is one character and two bytes.
     with pytest.raises(ValueError, match=r"encode to 2,\d\d\d bytes"):
         blob_task.delay("я" * 1100)
-    assert count_tasks(db_path) == 3
+    assert count_tasks(db) == 3
 
 
-def test_bulk_names_the_call_over_the_limit(blob_task, db_path, monkeypatch):
+def test_bulk_names_the_call_over_the_limit(blob_task, db, monkeypatch):
     monkeypatch.setenv("LITEQ_MAX_PAYLOAD", "1024")
     calls = [("a" * 900,), ("b" * 900,), ("c" * 2000,), ("d",)]
     with pytest.raises(ValueError, match=r"^call 2: the arguments of task 'take' encode to "
                                          r"2,025 bytes, over the limit of 1,024"):
         blob_task.starmap(calls)
-    assert count_tasks(db_path) == 1
+    assert count_tasks(db) == 1
     # Together far over the limit, each call under it: fine, the limit is per call.
     ids = blob_task.starmap(calls[:2] * 5)
     assert len(ids) == 10
 
 
-def test_a_schedule_over_the_limit_is_refused(blob_task, db_path, monkeypatch):
+def test_a_schedule_over_the_limit_is_refused(blob_task, db, monkeypatch):
     monkeypatch.setenv("LITEQ_MAX_PAYLOAD", "1024")
     with pytest.raises(ValueError, match="over the limit of 1,024 bytes"):
         register_schedule(blob_task, "* * * * *", "q" * 2000)
-    assert count_tasks(db_path) == 1
+    assert count_tasks(db) == 1
 
 
 @pytest.mark.parametrize("raw", ["16M", "1.5", "-5", "0", "1023", "lots", "1e6", "²"])
-def test_a_bad_limit_is_a_clear_error(blob_task, db_path, monkeypatch, raw):
+def test_a_bad_limit_is_a_clear_error(blob_task, db, monkeypatch, raw):
     monkeypatch.setenv("LITEQ_MAX_PAYLOAD", raw)
     with pytest.raises(ConfigError, match=r"LITEQ_MAX_PAYLOAD .*got " + re.escape(repr(raw))):
         blob_task.delay("x" * 300)
-    assert count_tasks(db_path) == 1
+    assert count_tasks(db) == 1
 

@@ -3,7 +3,8 @@ liteq.control, the liteqctl command, bad input and floods, socket security and
 paths, scaling under load, and enqueue wake-ups.
 
 Every daemon is a real `python -m liteqd.cli` subprocess in its own session, on a
-real SQLite file in a short temp dir under /tmp (sun_path holds 107 bytes). Each
+real database on each backend (conftest's `db`), with its socket in a short temp dir
+under /tmp (sun_path holds 107 bytes). Each
 test SIGKILLs every process it started (process group, then every descendant seen
 via psutil) in teardown, and every wait has a deadline. No test asserts speed; the
 few time bounds here tell "woken up" from "found by a 5 s poll" and are far from
@@ -106,13 +107,10 @@ def app(app_path):
 
 
 @pytest.fixture
-def lq(monkeypatch, app_path):
-    tmp = tempfile.mkdtemp(prefix="lqc-", dir="/tmp")
-    try:
-        with running(TempDaemons(tmp, app_path), monkeypatch) as env:
-            yield env
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+def lq(db, workdir, monkeypatch, app_path):
+    """TempDaemons of the test app on conftest's `db`, with d.sock in `workdir`."""
+    with running(TempDaemons(workdir, app_path, db=db), monkeypatch) as env:
+        yield env
 
 
 def pool0(path):
@@ -205,7 +203,7 @@ def test_status_reports_pid_uptime_db_pools_and_children(lq):
     assert st["ok"] is True
     assert st["pid"] == d.pid
     assert isinstance(st["uptime_s"], (int, float)) and st["uptime_s"] >= 0
-    assert st["db"] == os.path.abspath(lq.db)
+    assert st["db"] == backends.identity_of(lq.db)
     assert len(st["pools"]) == 1
     pool = st["pools"][0]
     assert pool["name"] == "default" and pool["queues"] == ["default"] and pool["size"] == 2
@@ -289,9 +287,13 @@ def test_shutdown_lets_running_task_finish_and_exits_zero(lq, app):
     assert not os.path.exists(lq.sock)
 
 
+@pytest.mark.sqlite_only
 def test_wake_op_claims_a_task_enqueued_without_wakeup(lq, app, monkeypatch):
     """With a 30 s poll, a task enqueued while the wake-up goes elsewhere waits; the
-    `wake` op makes the daemon claim it."""
+    `wake` op makes the daemon claim it.
+
+    SQLite only: the wake-up is diverted through LITEQ_SOCKET (SQLite's wake-ups are
+    datagrams beside the control socket; PostgreSQL's NOTIFY cannot be diverted so)."""
     lq.daemon("--concurrency", "1", "--poll-interval", "30")
     monkeypatch.setenv("LITEQ_SOCKET", os.path.join(lq.tmp, "elsewhere.sock"))
     task_id = app.add.delay(20, 22)
@@ -303,8 +305,11 @@ def test_wake_op_claims_a_task_enqueued_without_wakeup(lq, app, monkeypatch):
     assert result_of(task_id) == 42
 
 
+@pytest.mark.sqlite_only
 def test_control_wake_wakes_an_idle_daemon(lq, app, monkeypatch):
-    """liteq.control.wake() (the datagram) does what the op does."""
+    """liteq.control.wake() (the datagram) does what the op does.
+
+    SQLite only: the enqueue's own wake-up is diverted through LITEQ_SOCKET, as above."""
     lq.daemon("--concurrency", "1", "--poll-interval", "30")
     monkeypatch.setenv("LITEQ_SOCKET", os.path.join(lq.tmp, "elsewhere.sock"))
     task_id = app.add.delay(1, 2)
@@ -397,7 +402,7 @@ def test_liteqctl_status_prints_aligned_text(lq, app):
     out = res.stdout
     lines = out.splitlines()
     assert f"pid {d.pid}" in lines[0] and "up " in lines[0]
-    assert any(line.split() == ["database", os.path.abspath(lq.db)] for line in lines)
+    assert any(line.split() == ["database", backends.identity_of(lq.db)] for line in lines)
     assert "pool default: 2/2 children, queues default" in out
 
     def table_after(header_word):
@@ -432,7 +437,7 @@ def test_liteqctl_status_json_has_every_documented_key(lq, app):
     assert res.returncode == 0, res.stderr
     st = json.loads(res.stdout)
     assert set(st) >= {"pid", "uptime_s", "db", "pools", "queues"}
-    assert st["pid"] == d.pid and st["db"] == os.path.abspath(lq.db)
+    assert st["pid"] == d.pid and st["db"] == backends.identity_of(lq.db)
     assert isinstance(st["uptime_s"], (int, float))
     [pool] = st["pools"]
     assert set(pool) >= {"name", "queues", "size", "children"}
@@ -959,12 +964,15 @@ def test_second_daemon_refuses_a_live_socket(lq, app):
     assert not second.events("daemon.ready")
     assert first.alive()
     assert request(lq.sock, "ping")["pid"] == first.pid
-    assert os.path.exists(wake_path(lq.sock))
+    if not backends.is_postgres(lq.db):  # SQLite's wake-up socket lives beside it
+        assert os.path.exists(wake_path(lq.sock))
     task_id = app.add.delay(3, 3)
     wait_done([task_id], lq_env=lq)
 
 
+@pytest.mark.sqlite_only
 def test_default_socket_path_is_derived_from_the_db(monkeypatch, tmp_path):
+    """SQLite only: the socket path is derived from a database file's path."""
     monkeypatch.delenv("LITEQ_SOCKET", raising=False)
     short_dir = tempfile.mkdtemp(prefix="lqp-", dir="/tmp")
     try:
@@ -989,8 +997,10 @@ def test_default_socket_path_is_derived_from_the_db(monkeypatch, tmp_path):
     assert socket_path(db) == "/tmp/explicit.sock"
 
 
+@pytest.mark.sqlite_only
 @pytest.mark.parametrize("where", ["next_to_db", "long_dir_fallback"])
 def test_daemon_and_clients_meet_with_only_the_db_path(lq, monkeypatch, where):
+    """SQLite only: the socket is found beside (or derived from) a database file's path."""
     if where == "next_to_db":
         db = os.path.join(lq.tmp, "found.db")
     else:

@@ -1,7 +1,7 @@
 """liteqd behaviour: running tasks, pools, titles, logs, settings, bad input, recycling, scaling.
 
-Real daemons (subprocesses in their own session), real forked children, real
-SQLite files and real signals; see tests/daemon_helpers.py. Every process is
+Real daemons (subprocesses in their own session), real forked children, a real
+database on each backend (conftest's `db`) and real signals; see tests/daemon_helpers.py. Every process is
 SIGKILLed and reaped in teardown, and every wait has a deadline.
 """
 
@@ -285,8 +285,10 @@ def test_app_that_raises_on_import_exits_nonzero_without_forking(daemons):
     assert d.seen == {}
 
 
-def test_corrupt_database_file_exits_nonzero_with_a_clear_error(daemons):
-    with open(daemons.db, "wb") as f:
+@pytest.mark.sqlite_only
+def test_corrupt_database_file_exits_nonzero_with_a_clear_error(daemons, db_path):
+    """SQLite only: the database is a file of garbage."""
+    with open(db_path, "wb") as f:
         f.write(b"this is not a database\n" * 400)
     d, code, _ = _run_bad_app(daemons, APP)
     assert code != 0

@@ -20,18 +20,14 @@ register_schedule(tick, "* * * * * */1", name="every-second")
 '''
 
 
-def test_daemon_fires_schedule_every_second(tmp_path, monkeypatch):
-    db = str(tmp_path / "cron.db")
-    sock = str(tmp_path / "s.sock")
-    app = tmp_path / "cron_app.py"
-    app.write_text(APP)
-    monkeypatch.setenv("LITEQ_DB", db)
-    monkeypatch.setenv("LITEQ_SOCKET", sock)
-    backends.forget_backends()
-    log = tmp_path / "daemon.log"
-    env = dict(os.environ, LITEQ_DB=db, LITEQ_SOCKET=sock)
+def test_daemon_fires_schedule_every_second(db, workdir):
+    app = os.path.join(workdir, "cron_app.py")
+    with open(app, "w") as f:
+        f.write(APP)
+    log = os.path.join(workdir, "daemon.log")
+    env = dict(os.environ)  # LITEQ_DB (each backend) and LITEQ_SOCKET from conftest's db
     with open(log, "w") as out:
-        proc = subprocess.Popen([sys.executable, "-m", "liteqd.cli", "--app", str(app),
+        proc = subprocess.Popen([sys.executable, "-m", "liteqd.cli", "--app", app,
                                  "--concurrency", "1", "--log-format", "json"],
                                 stdout=out, stderr=subprocess.STDOUT, env=env,
                                 start_new_session=True)

@@ -1,4 +1,9 @@
-"""liteq.db: connections, schema, pragmas, migration of seed databases, bad database files."""
+"""liteq.db: connections, schema, pragmas, migration of seed databases, bad database files.
+
+SQLite only, every test (pytestmark): they are about SQLite itself (the seed's
+liteq.db.get_conn, PRAGMAs, WAL, the seed migration, a missing, read-only, locked or
+corrupt file), so each takes conftest's `db_path` and reads the file with sqlite3.
+"""
 
 import calendar
 import json
@@ -20,6 +25,8 @@ from liteq import backends
 from liteq.db import get_conn, init_db
 
 from daemon_helpers import put_task, count_tasks
+
+pytestmark = pytest.mark.sqlite_only
 
 FORK = multiprocessing.get_context("fork")
 
@@ -147,10 +154,6 @@ def test_schema_is_created_on_first_use(db_path, clean_registry):
     finally:
         conn.close()
     assert {"tasks", "workers", "schedules"} <= tables
-
-
-def test_status_read_on_fresh_database_creates_schema(db_path):
-    assert liteq.get_task_status(1) is None  # not "no such table"
 
 
 def test_wal_mode_and_user_version(db_path):

@@ -19,7 +19,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 @pytest.fixture
-def send_email(db_path, clean_registry):
+def send_email(db, clean_registry):
     @task(queue="emails", timeout=60)
     async def send_email(to: str, subject: str):
         return {"sent": True}
@@ -193,7 +193,7 @@ def test_a_function_that_is_not_a_task_is_a_type_error(send_email):
     assert backends.get_backend().count_tasks() == 0
 
 
-def test_import_liteq_loads_no_web_stack(db_path):
+def test_import_liteq_loads_no_web_stack(db):
     code = ("import sys, liteq, liteq.monitoring, liteq.control, liteq.status\n"
             "heavy = ('fastapi', 'starlette', 'prometheus_client', 'jinja2', 'uvicorn')\n"
             "print(sorted(m for m in sys.modules if m.split('.')[0] in heavy))\n"

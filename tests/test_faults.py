@@ -1,6 +1,7 @@
 """Fault injection (issue 7): the numbered list, one test per item, against real daemons.
 
-Real SQLite files in temp dirs, real `liteqd` processes, real signals and sockets;
+Real databases (each backend: conftest's `db`), real `liteqd` processes, real signals
+and sockets;
 nothing of LiteQ is mocked. Tasks record each execution themselves ("TASK_ID PID"
 lines appended with O_APPEND, see tests/apps/fault_app.py), so "lost" and "doubled"
 are counted exactly. Every process a test starts is SIGKILLed in teardown (its
@@ -23,8 +24,8 @@ import pytest
 
 from liteq import control, backends
 
-from daemon_helpers import (APPS, PYTHON as PY, cpu_seconds, db_rows, is_gone, read_lines,
-                            status_counts, wait_for, wait_gone, wait_statuses)
+from daemon_helpers import (APPS, PYTHON as PY, all_tasks, cpu_seconds, is_gone, read_lines,
+                            status_counts, wait_for, wait_gone, wait_statuses, worker_rows)
 from fault_helpers import CI_SLACK, KILL_GRACE, app, executions, lab  # noqa: F401
 
 CRASH_APP = os.path.join(APPS, "fault_crash_app.py")
@@ -198,7 +199,7 @@ def test_05_sigkill_supervisor_mid_run_then_restart_finishes_every_task(lab, app
     left = wait_gone(old_children + list(d1.seen.values()), timeout=5)
     assert not left, f"children of the killed daemon still run: {[p.pid for p in left]}"
     # Rows the dead daemon held; only these may run twice.
-    held = {r["id"] for r in db_rows(lab.db, "SELECT id FROM tasks WHERE status = 'running'")}
+    held = {r["id"] for r in all_tasks(lab.db) if r["status"] == "running"}
     before = executions(log)
     assert 300 <= sum(before.values()) < 1000 + len(held)
     d2 = lab.daemon("--concurrency", "2")
@@ -364,14 +365,14 @@ def test_10_second_sigterm_stops_fast_within_2s_and_requeues_leftovers(lab, app)
     assert elapsed <= 2.0 + CI_SLACK, f"the fast stop took {elapsed:.2f} s"
     assert d.events("daemon.stopping", mode="fast")
     assert not wait_gone(workers, timeout=2), "children outlived the daemon"
-    rows = {r["id"]: r for r in db_rows(lab.db, "SELECT * FROM tasks")}
+    rows = {r["id"]: r for r in all_tasks(lab.db)}
     assert not [r for r in rows.values() if r["status"] == "running"]
     for tid in holds + queued:
         assert rows[tid]["status"] == "pending", rows[tid]
         assert rows[tid]["attempts"] == 0, rows[tid]  # the stop did not use up an attempt
         assert rows[tid]["worker_id"] is None
     assert not read_lines(lab.path("never.txt"))
-    assert not db_rows(lab.db, "SELECT * FROM workers")
+    assert not worker_rows(lab.db)
 
 
 # ---- 11. liteqctl scale 1 -> 8 -> 1 under load ----------------------------------------------
@@ -445,12 +446,14 @@ print("enqueued")
 
 
 @pytest.mark.slow
-def test_12_write_lock_held_10s_daemon_supervises_retries_and_loses_nothing(lab, app):
+@pytest.mark.sqlite_only
+def test_12_write_lock_held_10s_daemon_supervises_retries_and_loses_nothing(lab, app, db_path):
+    """SQLite only: another process holds its single write lock past the busy timeout."""
     d = lab.daemon("--concurrency", "2")
     log = lab.path("executions.txt")
     ids = app.work.starmap([(log, 0.4)] * 16)
     wait_for(lambda: read_lines(log), 10, "no task started")
-    holder = lab.popen([PY, "-c", LOCK_HOLDER, lab.db, "10"], stdout=subprocess.PIPE,
+    holder = lab.popen([PY, "-c", LOCK_HOLDER, db_path, "10"], stdout=subprocess.PIPE,
                        text=True)
     assert holder.stdout.readline().strip() == "locked"
     locked_at = time.monotonic()
@@ -463,7 +466,7 @@ def test_12_write_lock_held_10s_daemon_supervises_retries_and_loses_nothing(lab,
     waited = float(res.stdout.split("after ")[1].split(" s")[0])
     assert waited >= 0.9, res.stdout
     assert "locked" in res.stdout and "LITEQ_BUSY_TIMEOUT" in res.stdout, res.stdout
-    assert lab.db in res.stdout, res.stdout
+    assert db_path in res.stdout, res.stdout
 
     # The daemon keeps supervising: it answers, and replaces a child killed meanwhile.
     pings = 0
@@ -493,7 +496,7 @@ def test_12_write_lock_held_10s_daemon_supervises_retries_and_loses_nothing(lab,
     # The one task that can run twice is the one the killed child was running.
     assert sum(runs.values()) - len(ids) <= 1
     assert d.alive()
-    assert not db_rows(lab.db, "SELECT id FROM tasks WHERE status = 'running'")
+    assert not [r for r in all_tasks(lab.db) if r["status"] == "running"]
 
 
 # ---- 13. a flood of control connections while children respawn ------------------------------

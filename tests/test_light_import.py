@@ -1,9 +1,17 @@
-"""An app that only enqueues pays for none of the daemon's dependencies."""
+"""An app that only enqueues pays for none of the daemon's dependencies.
+
+SQLite only (pytestmark): the probe app uses the seed's liteq.db.get_conn/init_db,
+which are SQLite's.
+"""
 
 import json
 import os
 import subprocess
 import sys
+
+import pytest
+
+pytestmark = pytest.mark.sqlite_only
 
 HEAVY = ("psutil", "structlog", "setproctitle", "croniter")
 

@@ -8,7 +8,7 @@ import pytest
 APP = "from liteq import task\n@task\ndef noop():\n    pass\n"
 
 
-def test_scale_beyond_the_bound_is_refused_and_the_pool_is_unchanged(db_path, tmp_path):
+def test_scale_beyond_the_bound_is_refused_and_the_pool_is_unchanged(db, tmp_path):
     app = tmp_path / "limits_app.py"
     app.write_text(APP)
     with start_daemon(str(app), concurrency=1, log_path=str(tmp_path / "d.log")):

@@ -1,7 +1,7 @@
 """Load (issue 7): 8 producer processes enqueue 5,000 tasks each while one daemon with
 two children drains them. Exactly 40,000 end done, each executed exactly once.
 
-Producers are real processes racing for the write lock with each other and with the
+Producers are real processes racing for the database with each other and with the
 daemon; half their tasks go in one .delay() at a time, half in .map() batches. Every
 execution is recorded by the task itself ("TASK_ID PID", O_APPEND), so the count is
 exact. No speed is asserted (tests/bench_*.py and `liteq bench` measure that); the

@@ -5,7 +5,8 @@ Markers (an HTML comment on the line before a ```python block):
   <!-- readme-test: run -->                   run it as a script
   <!-- readme-test: run-with-daemon APP -->   run it while a liteqd serves APP
   <!-- readme-test: run-until-sigterm -->     run it, SIGTERM it after 3 s, expect exit 0
-All blocks share one temporary directory and database, in README order.
+All blocks share one temporary directory and database (each backend: conftest's `db`),
+in README order.
 """
 
 import os
@@ -16,8 +17,6 @@ import sys
 from pathlib import Path
 
 import pytest
-
-from liteq import backends
 
 README = Path(__file__).resolve().parent.parent / "README.md"
 BLOCK = re.compile(r"<!-- readme-test: (?P<mode>[\w-]+)(?: (?P<arg>\S+))? -->\n"
@@ -36,12 +35,10 @@ def test_readme_has_marked_blocks():
     assert README.read_text().count("```python") == len(modes)
 
 
-def test_readme_blocks_run(tmp_path, monkeypatch):
-    env = dict(os.environ, LITEQ_DB=str(tmp_path / "liteq.db"),
-               LITEQ_SOCKET=str(tmp_path / "ctl.sock"), PYTHONPATH=str(tmp_path))
-    monkeypatch.setenv("LITEQ_DB", env["LITEQ_DB"])
-    monkeypatch.setenv("LITEQ_SOCKET", env["LITEQ_SOCKET"])
-    backends.forget_backends()
+def test_readme_blocks_run(db, workdir):
+    tmp_path = Path(workdir)
+    # LITEQ_DB and LITEQ_SOCKET come from conftest's db.
+    env = dict(os.environ, PYTHONPATH=workdir)
     for n, (mode, arg, code) in enumerate(blocks()):
         if mode == "file":
             (tmp_path / arg).write_text(code)
@@ -76,4 +73,3 @@ def test_readme_blocks_run(tmp_path, monkeypatch):
             pytest.fail(f"unknown readme-test mode {mode!r}")
         assert proc.returncode == 0, f"README block {n} ({mode}) failed:\n{code}\n" \
                                      f"--- stdout\n{proc.stdout}\n--- stderr\n{proc.stderr}"
-    backends.forget_backends()

@@ -1,7 +1,7 @@
 """The cron scheduler: registration, exactly-once firing, time zones, the loop, the CLI.
 
-Every test uses a real SQLite file under tmp_path; multi-process tests fork real
-processes and kill whatever is left in `finally`.
+Every test that touches the queue runs on each backend (conftest's `db`); multi-process
+tests fork real processes and kill whatever is left in `finally`.
 """
 
 import multiprocessing
@@ -31,23 +31,14 @@ UTC = ZoneInfo("UTC")
 
 
 @pytest.fixture
-def sched_db(tmp_path, monkeypatch):
-    """A fresh database file for one test, with the task registry restored afterwards."""
-    db = str(tmp_path / "sched.db")
-    monkeypatch.setenv("LITEQ_DB", db)
-    monkeypatch.setenv("LITEQ_SOCKET", str(tmp_path / "s.sock"))
-    for name in ("LITEQ_SYNC", "LITEQ_BUSY_TIMEOUT"):
-        monkeypatch.delenv(name, raising=False)
-    saved = dict(core.TASK_REGISTRY)
+def sched_db(db, clean_registry):
+    """conftest's `db` (each backend) with the scheduler's registration cache cleared
+    and the task registry restored afterwards."""
     scheduler._registered.clear()
-    backends.forget_backends()
     try:
         yield db
     finally:
-        backends.forget_backends()
         scheduler._registered.clear()
-        core.TASK_REGISTRY.clear()
-        core.TASK_REGISTRY.update(saved)
 
 
 def _env(**extra):
@@ -558,7 +549,7 @@ def test_cli_reports_missing_or_broken_app(sched_db, tmp_path):
     assert "broken_app.py" in out.stderr and "app is broken here" in out.stderr
 
 
-def test_load_app_file_and_module(sched_db, tmp_path, monkeypatch):
+def test_load_app_file_and_module(clean_registry, tmp_path, monkeypatch):
     pkg = tmp_path / "pkgapp"
     pkg.mkdir()
     (pkg / "__init__.py").write_text("")

@@ -24,7 +24,7 @@ SEED_TASK_KEYS = {"id", "name", "payload", "queue", "status", "priority", "attem
 
 
 @pytest.fixture
-def seed_tasks(db_path, clean_registry):
+def seed_tasks(db, clean_registry):
     """Two tasks declared the seed's way."""
     @liteq.task(queue="emails", timeout=60)
     async def send_email(to: str, subject: str):

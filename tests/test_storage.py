@@ -1,10 +1,10 @@
-"""liteq.storage.Store: claim, outcomes, reclaim, operator actions, stats, and the claim race."""
+"""The backend's queue operations: claim, outcomes, reclaim, operator actions, stats, and
+the claim race. Every test runs on each backend (conftest's `db`)."""
 
 import json
 import multiprocessing
 import os
 import random
-import sqlite3
 import time
 from datetime import datetime, timedelta, timezone
 
@@ -13,7 +13,7 @@ import pytest
 import liteq
 from liteq import monitoring, backends
 from liteq.core import task
-from daemon_helpers import put_task
+from daemon_helpers import age_heartbeat, put_task
 
 FORK = multiprocessing.get_context("fork")
 
@@ -21,21 +21,13 @@ PAYLOAD = '{"args":[],"kwargs":{}}'
 
 
 @pytest.fixture
-def store(db_path):
-    s = backends.open_backend(db_path)
+def store(db):
+    """A backend of the test's own on `db`, closed afterwards."""
+    s = backends.open_backend(db)
     try:
         yield s
     finally:
         s.close()
-
-
-def _raw_exec(path, sql, params=()):
-    conn = sqlite3.connect(path)
-    try:
-        with conn:
-            conn.execute(sql, params)
-    finally:
-        conn.close()
 
 
 def _ids(rows):
@@ -130,7 +122,7 @@ def test_next_due(store):
     assert store.next_due(["default", "other"]) == pytest.approx(1, abs=0.5)
 
 
-def test_task_scheduled_one_second_ahead_comes_due_one_second_later(db_path, clean_registry):
+def test_task_scheduled_one_second_ahead_comes_due_one_second_later(db, clean_registry):
     """Regression: the seed compared isoformat text with CURRENT_TIMESTAMP text, so
     delayed and retried tasks never came due. Every form of 'one second from now'."""
     @task
@@ -255,11 +247,10 @@ def _heartbeat(store, worker_id, concurrency=2, queues="default"):
                     time.time() - 5)
 
 
-def test_reclaim_stale_worker(db_path, store):
+def test_reclaim_stale_worker(db, store):
     _heartbeat(store, "dead")
     _heartbeat(store, "live")
-    _raw_exec(db_path, "UPDATE workers SET last_heartbeat = ? WHERE worker_id = 'dead'",
-              (time.time() - 600,))
+    age_heartbeat(db, "dead", 600)
     keep = put_task(store, "keep", PAYLOAD, max_retries=3)
     spent = put_task(store, "spent", PAYLOAD, max_retries=0)
     mine = put_task(store, "mine", PAYLOAD)
@@ -385,7 +376,7 @@ def test_purge_by_age(store):
 # ---- stats, as liteq.monitoring shows them ------------------------------------------------
 
 
-def test_monitoring_functions_return_the_seed_keys(db_path, clean_registry):
+def test_monitoring_functions_return_the_seed_keys(db, clean_registry):
     @task(queue="a")
     def in_a(x):
         return x
@@ -402,8 +393,7 @@ def test_monitoring_functions_return_the_seed_keys(db_path, clean_registry):
     _finish(store, "w1", [b2], "failed")
     _heartbeat(store, "w1", concurrency=4, queues="a,b")
     _heartbeat(store, "w-stale")
-    _raw_exec(db_path, "UPDATE workers SET last_heartbeat = ? WHERE worker_id = 'w-stale'",
-              (time.time() - 60,))
+    age_heartbeat(db, "w-stale", 60)
     assert _ids(store.claim("w1", ["a"], 1)) == [a1]
 
     stats = monitoring.get_queue_stats()
@@ -434,7 +424,7 @@ def test_monitoring_functions_return_the_seed_keys(db_path, clean_registry):
     assert abs(datetime.fromisoformat(w["last_heartbeat"]).timestamp() - time.time()) < 10
 
 
-def test_monitoring_on_empty_database(db_path):
+def test_monitoring_on_empty_database(db):
     assert monitoring.get_queue_stats() == []
     assert monitoring.list_queues() == []
     assert monitoring.get_recent_tasks() == []
@@ -442,7 +432,7 @@ def test_monitoring_on_empty_database(db_path):
     assert monitoring.get_active_workers() == []
 
 
-def test_failed_tasks_are_newest_failure_first(store, db_path):
+def test_failed_tasks_are_newest_failure_first(store, db):
     ids = [put_task(store, str(i), PAYLOAD) for i in range(3)]
     store.claim("w", ["default"], 3)
     t = time.time()
@@ -457,11 +447,11 @@ def test_failed_tasks_are_newest_failure_first(store, db_path):
 # ---- the race ---------------------------------------------------------------------------
 
 
-def _race_worker(path, worker_id, start, out_path, seed):
+def _race_worker(db, worker_id, start, out_path, seed):
     """Claim batches of 1..10 and mark them done until nothing is pending."""
     rnd = random.Random(seed)
     claimed, problems = [], []
-    store = backends.open_backend(path)
+    store = backends.open_backend(db)
     try:
         if not start.wait(30):
             problems.append("start signal never came")
@@ -487,7 +477,7 @@ def _race_worker(path, worker_id, start, out_path, seed):
 
 
 @pytest.mark.timeout(120)
-def test_race_many_processes_claim_without_duplicates_or_losses(db_path, clean_registry):
+def test_race_many_processes_claim_without_duplicates_or_losses(db, workdir, clean_registry):
     @task
     def racer(i):
         return i
@@ -495,15 +485,14 @@ def test_race_many_processes_claim_without_duplicates_or_losses(db_path, clean_r
     all_ids = racer.map(range(2500))
     assert len(all_ids) == 2500
     backends.forget_backends()
-    base = os.path.dirname(db_path)
     start = FORK.Event()
     procs, outs = [], []
     try:
         for n in range(5):
-            out = os.path.join(base, f"race-{n}.json")
+            out = os.path.join(workdir, f"race-{n}.json")
             outs.append(out)
             p = FORK.Process(target=_race_worker,
-                             args=(db_path, f"racer-{n}", start, out, 1000 + n))
+                             args=(db, f"racer-{n}", start, out, 1000 + n))
             p.start()
             procs.append(p)
         start.set()
@@ -535,7 +524,7 @@ def test_race_many_processes_claim_without_duplicates_or_losses(db_path, clean_r
     assert set(every) == set(all_ids)
     assert not problems, problems  # e.g. an owner's record_outcomes that did not land
 
-    store = backends.open_backend(db_path)
+    store = backends.open_backend(db)
     try:
         rows = store.get_tasks(all_ids)
     finally:

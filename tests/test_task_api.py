@@ -1,11 +1,13 @@
-"""The application API: @task, .delay/.schedule/.apply_async/.map/.starmap, status, waiting."""
+"""The application API: @task, .delay/.schedule/.apply_async/.map/.starmap, status, waiting.
+
+Every test that writes a task runs on each backend (conftest's `db`) and reads rows back
+through a fresh backend (daemon_helpers.task_row), as another process would."""
 
 import asyncio
 import calendar
 import json
 import multiprocessing
 import os
-import sqlite3
 import threading
 import time
 from datetime import datetime, timedelta, timezone
@@ -16,7 +18,7 @@ import liteq
 from liteq import backends
 from liteq.core import TASK_REGISTRY, Task, task
 
-from daemon_helpers import count_tasks
+from daemon_helpers import count_tasks, task_row
 
 FORK = multiprocessing.get_context("fork")
 
@@ -25,22 +27,12 @@ STATUS_KEYS = {"id", "name", "queue", "status", "priority", "attempts", "max_ret
                "error", "args", "kwargs"}
 
 
-def _row(path, task_id):
-    conn = sqlite3.connect(path)
-    conn.row_factory = sqlite3.Row
-    try:
-        r = conn.execute("SELECT * FROM tasks WHERE id = ?", (task_id,)).fetchone()
-        return dict(r) if r is not None else None
-    finally:
-        conn.close()
-
-
 def _epoch(iso):
     return datetime.fromisoformat(iso).timestamp()
 
 
 @pytest.fixture
-def echo(db_path, clean_registry):
+def echo(db, clean_registry):
     @task
     def echo(*args, **kwargs):
         return [args, kwargs]
@@ -50,7 +42,7 @@ def echo(db_path, clean_registry):
 # ---- the decorator --------------------------------------------------------------
 
 
-def test_bare_decorator_and_defaults(db_path, clean_registry):
+def test_bare_decorator_and_defaults(db, clean_registry):
     @task
     def add(a, b):
         return a + b
@@ -63,12 +55,12 @@ def test_bare_decorator_and_defaults(db_path, clean_registry):
     assert add.__name__ == "add"
 
     tid = add.delay(2, 3)
-    row = _row(db_path, tid)
+    row = task_row(db, tid)
     assert (row["name"], row["queue"], row["max_retries"], row["priority"], row["status"],
             row["attempts"]) == ("add", "default", 3, 0, "pending", 0)
 
 
-def test_decorator_with_options(db_path, clean_registry):
+def test_decorator_with_options(db, clean_registry):
     @task(queue="reports", max_retries=5, name="custom_name", timeout=30, priority=4)
     def generate_report(report_id):
         return {"report_id": report_id}
@@ -78,12 +70,12 @@ def test_decorator_with_options(db_path, clean_registry):
     assert "generate_report" not in TASK_REGISTRY
     assert generate_report(7) == {"report_id": 7}
     tid = generate_report.delay(report_id=123)
-    row = _row(db_path, tid)
+    row = task_row(db, tid)
     assert (row["name"], row["queue"], row["max_retries"], row["timeout"], row["priority"]) == (
         "custom_name", "reports", 5, 30, 4)
 
 
-def test_empty_parentheses_and_max_retries_zero(db_path, clean_registry):
+def test_empty_parentheses_and_max_retries_zero(db, clean_registry):
     @task()
     def one_time_task():
         return "once"
@@ -93,10 +85,10 @@ def test_empty_parentheses_and_max_retries_zero(db_path, clean_registry):
         return None
 
     assert one_time_task.name == "one_time_task" and one_time_task() == "once"
-    assert _row(db_path, no_retries.delay())["max_retries"] == 0
+    assert task_row(db, no_retries.delay())["max_retries"] == 0
 
 
-def test_async_function_stays_a_coroutine_function(db_path, clean_registry):
+def test_async_function_stays_a_coroutine_function(db, clean_registry):
     @task
     async def fetch(url):
         await asyncio.sleep(0)
@@ -173,7 +165,7 @@ def test_delay_returns_increasing_int_ids(echo):
     assert ids == sorted(ids) and len(set(ids)) == 5
 
 
-def test_status_keys_and_values(db_path, echo):
+def test_status_keys_and_values(db, echo):
     before = time.time()
     tid = echo.delay(1, 2, flag=True)
     after = time.time()
@@ -199,13 +191,17 @@ def test_args_and_kwargs_round_trip(echo):
     assert liteq.get_task_status(echo.delay())["kwargs"] == {}
 
 
+def test_status_read_on_fresh_database_creates_schema(db):
+    assert liteq.get_task_status(1) is None  # not "no such table"
+
+
 def test_unknown_task_id_is_none(echo):
     echo.delay(1)
     assert liteq.get_task_status(999_999) is None
     assert liteq.get_task_status(0) is None
 
 
-def test_result_is_decoded(db_path, echo):
+def test_result_is_decoded(db, echo):
     tid = echo.delay(1)
     store = backends.get_backend()
     [claimed] = store.claim("w", ["default"], 1)
@@ -238,57 +234,57 @@ def tokyo():
         time.tzset()
 
 
-def test_schedule_with_naive_local_datetime(db_path, echo, tokyo):
+def test_schedule_with_naive_local_datetime(db, echo, tokyo):
     when = datetime(2030, 1, 1, 9, 0, 0)  # 09:00 in UTC+9 = 00:00 UTC
     tid = echo.schedule(when, "x")
     expected = calendar.timegm((2030, 1, 1, 0, 0, 0))
-    assert _row(db_path, tid)["run_at"] == pytest.approx(expected, abs=1e-3)
+    assert task_row(db, tid)["run_at"] == pytest.approx(expected, abs=1e-3)
     status = liteq.get_task_status(tid)
     assert _epoch(status["run_at"]) == pytest.approx(expected, abs=1e-3)
     assert status["args"] == ["x"]
 
 
-def test_schedule_with_aware_datetime(db_path, echo, tokyo):
+def test_schedule_with_aware_datetime(db, echo, tokyo):
     when = datetime(2030, 6, 1, 12, 30, 15, 500000, tzinfo=timezone.utc)
     tid = echo.schedule(when, k=1)
-    assert _row(db_path, tid)["run_at"] == pytest.approx(
+    assert task_row(db, tid)["run_at"] == pytest.approx(
         calendar.timegm((2030, 6, 1, 12, 30, 15)) + 0.5, abs=1e-3)
     assert liteq.get_task_status(tid)["kwargs"] == {"k": 1}
     other_zone = datetime(2030, 6, 1, 14, 30, 15, 500000, tzinfo=timezone(timedelta(hours=2)))
-    assert _row(db_path, echo.schedule(other_zone))["run_at"] == pytest.approx(
-        _row(db_path, tid)["run_at"], abs=1e-3)
+    assert task_row(db, echo.schedule(other_zone))["run_at"] == pytest.approx(
+        task_row(db, tid)["run_at"], abs=1e-3)
 
 
 @pytest.mark.parametrize("when,offset", [(timedelta(minutes=5), 300.0), (10, 10.0),
                                          (2.5, 2.5), (timedelta(0), 0.0)])
-def test_schedule_with_timedelta_or_seconds(db_path, echo, when, offset):
+def test_schedule_with_timedelta_or_seconds(db, echo, when, offset):
     before = time.time()
     tid = echo.schedule(when, 1)
     after = time.time()
-    run_at = _row(db_path, tid)["run_at"]
+    run_at = task_row(db, tid)["run_at"]
     assert before + offset - 0.01 <= run_at <= after + offset + 0.01
 
 
-def test_schedule_with_bad_when_writes_nothing(db_path, echo):
+def test_schedule_with_bad_when_writes_nothing(db, echo):
     echo.delay(0)
-    n = count_tasks(db_path)
+    n = count_tasks(db)
     for bad in (None, True):
         with pytest.raises(TypeError):
             echo.schedule(bad, 1)
     with pytest.raises(ValueError, match="'tomorrow' is not an ISO-8601"):
         echo.schedule("tomorrow", 1)
-    assert count_tasks(db_path) == n
+    assert count_tasks(db) == n
 
 
 # ---- .apply_async ----------------------------------------------------------------
 
 
-def test_apply_async_options_are_stored(db_path, echo):
+def test_apply_async_options_are_stored(db, echo):
     before = time.time()
     tid = echo.apply_async(args=(1, 2), kwargs={"a": 3}, priority=7, queue="urgent",
                            countdown=30, timeout=12.5, max_retries=0)
     after = time.time()
-    row = _row(db_path, tid)
+    row = task_row(db, tid)
     assert (row["priority"], row["queue"], row["timeout"], row["max_retries"]) == (
         7, "urgent", 12.5, 0)
     assert before + 30 - 0.01 <= row["run_at"] <= after + 30 + 0.01
@@ -297,21 +293,21 @@ def test_apply_async_options_are_stored(db_path, echo):
     assert status["timeout"] == 12.5
 
 
-def test_apply_async_eta(db_path, echo, tokyo):
+def test_apply_async_eta(db, echo, tokyo):
     eta = datetime(2031, 3, 4, 5, 6, 7, tzinfo=timezone.utc)
-    row = _row(db_path, echo.apply_async(args=[1], eta=eta))
+    row = task_row(db, echo.apply_async(args=[1], eta=eta))
     assert row["run_at"] == pytest.approx(calendar.timegm((2031, 3, 4, 5, 6, 7)), abs=1e-3)
     naive = datetime(2031, 3, 4, 14, 6, 7)  # local UTC+9
-    row = _row(db_path, echo.apply_async(args=[1], eta=naive))
+    row = task_row(db, echo.apply_async(args=[1], eta=naive))
     assert row["run_at"] == pytest.approx(calendar.timegm((2031, 3, 4, 5, 6, 7)), abs=1e-3)
     # Defaults come from the decorator when not given per call.
     assert (row["queue"], row["priority"], row["max_retries"], row["timeout"]) == (
         "default", 0, 3, None)
 
 
-def test_apply_async_refuses_bad_options_and_writes_nothing(db_path, echo):
+def test_apply_async_refuses_bad_options_and_writes_nothing(db, echo):
     echo.delay(0)
-    n = count_tasks(db_path)
+    n = count_tasks(db)
     with pytest.raises(ValueError, match="eta|countdown"):
         echo.apply_async(args=[1], eta=datetime.now(), countdown=5)
     with pytest.raises(ValueError):
@@ -324,7 +320,7 @@ def test_apply_async_refuses_bad_options_and_writes_nothing(db_path, echo):
         echo.apply_async(args="abc")
     with pytest.raises(TypeError):
         echo.apply_async(args=[1], kwargs=[("a", 1)])
-    assert count_tasks(db_path) == n
+    assert count_tasks(db) == n
 
 
 # ---- arguments JSON cannot hold --------------------------------------------------
@@ -341,28 +337,28 @@ def test_apply_async_refuses_bad_options_and_writes_nothing(db_path, echo):
     (lambda t: t.apply_async(args=[1, 2, 3, b"x"]), "positional argument 3"),
     (lambda t: t.apply_async(args=[1], kwargs={"when": datetime.now()}), "'when'"),
 ])
-def test_non_json_arguments_raise_type_error_and_write_nothing(db_path, echo, call, label):
+def test_non_json_arguments_raise_type_error_and_write_nothing(db, echo, call, label):
     echo.delay("existing")
-    n = count_tasks(db_path)
+    n = count_tasks(db)
     with pytest.raises(TypeError) as info:
         call(echo)
     assert label in str(info.value), str(info.value)
     assert "echo" in str(info.value)
-    assert count_tasks(db_path) == n
+    assert count_tasks(db) == n
 
 
-def test_non_string_keyword_keys_are_refused(db_path, echo):
+def test_non_string_keyword_keys_are_refused(db, echo):
     echo.delay("existing")
-    n = count_tasks(db_path)
+    n = count_tasks(db)
     with pytest.raises(TypeError, match="keyword 1"):
         echo.apply_async(args=[], kwargs={1: "a"})
-    assert count_tasks(db_path) == n
+    assert count_tasks(db) == n
 
 
 # ---- .map / .starmap -------------------------------------------------------------
 
 
-def test_map_enqueues_in_order_with_consecutive_ids(db_path, echo):
+def test_map_enqueues_in_order_with_consecutive_ids(db, echo):
     first = echo.delay("before")
     items = [i * 3 for i in range(200)]
     ids = echo.map(items)
@@ -378,7 +374,7 @@ def test_map_enqueues_in_order_with_consecutive_ids(db_path, echo):
     assert echo.delay("after") == ids[-1] + 1
 
 
-def test_starmap_preserves_arguments(db_path, echo):
+def test_starmap_preserves_arguments(db, echo):
     calls = [(1, "a"), (), ([1, {"x": None}],), ("é", 2.5, False)]
     ids = echo.starmap(calls)
     assert ids == list(range(ids[0], ids[0] + len(calls)))
@@ -388,19 +384,19 @@ def test_starmap_preserves_arguments(db_path, echo):
     assert [liteq.get_task_status(i)["args"] for i in gen_ids] == [["a"], ["b"], ["c"]]
 
 
-def test_starmap_options(db_path, echo):
+def test_starmap_options(db, echo):
     before = time.time()
     ids = echo.starmap([(1,), (2,)], queue="bulk", priority=3, countdown=60, timeout=9)
     after = time.time()
     for tid in ids:
-        row = _row(db_path, tid)
+        row = task_row(db, tid)
         assert (row["queue"], row["priority"], row["timeout"]) == ("bulk", 3, 9)
         assert before + 60 - 0.01 <= row["run_at"] <= after + 60 + 0.01
 
 
-def test_bulk_with_a_bad_item_in_the_middle_writes_nothing(db_path, echo):
+def test_bulk_with_a_bad_item_in_the_middle_writes_nothing(db, echo):
     echo.delay("existing")
-    n = count_tasks(db_path)
+    n = count_tasks(db)
     with pytest.raises(TypeError) as info:
         echo.starmap([(1,), (2,), (3, object()), (4,)])
     assert "call 2" in str(info.value) and "positional argument 1" in str(info.value)
@@ -408,7 +404,7 @@ def test_bulk_with_a_bad_item_in_the_middle_writes_nothing(db_path, echo):
         echo.map([1, {2}, 3])
     with pytest.raises(TypeError):
         echo.map([1, float("nan")])
-    assert count_tasks(db_path) == n
+    assert count_tasks(db) == n
 
 
 def _starmap_producer(worker, batches, size, out_path, start):
@@ -427,15 +423,14 @@ def _starmap_producer(worker, batches, size, out_path, start):
         json.dump(got, f)
 
 
-def test_bulk_ids_are_right_when_producers_race(db_path, clean_registry):
+def test_bulk_ids_are_right_when_producers_race(db, workdir, clean_registry):
     """The ids starmap returns are the rows it wrote, even with other producers writing."""
-    backends.open_backend(db_path).close()  # create the schema up front
+    backends.open_backend(db).close()  # create the schema up front
     procs, outs = [], []
     start = FORK.Event()
-    base = os.path.dirname(db_path)
     try:
         for w in range(4):
-            out = os.path.join(base, f"ids-{w}.json")
+            out = os.path.join(workdir, f"ids-{w}.json")
             outs.append(out)
             p = FORK.Process(target=_starmap_producer, args=(w, 30, 25, out, start))
             p.start()
@@ -449,7 +444,7 @@ def test_bulk_ids_are_right_when_producers_race(db_path, clean_registry):
             if p.is_alive():
                 p.kill()
                 p.join(5)
-    store = backends.open_backend(db_path)
+    store = backends.open_backend(db)
     try:
         for w, out in enumerate(outs):
             with open(out) as f:
@@ -467,9 +462,9 @@ def test_bulk_ids_are_right_when_producers_race(db_path, clean_registry):
 # ---- waiting for a task --------------------------------------------------------------
 
 
-def _finish_later(path, task_id, delay, result):
+def _finish_later(db, task_id, delay, result):
     time.sleep(delay)
-    store = backends.open_backend(path)
+    store = backends.open_backend(db)
     try:
         claimed = store.claim("finisher", ["default"], 10)
         assert [r["id"] for r in claimed] == [task_id]
@@ -479,13 +474,13 @@ def _finish_later(path, task_id, delay, result):
         store.close()
 
 
-def test_wait_for_task_returns_when_done(db_path, echo):
+def test_wait_for_task_returns_when_done(db, echo):
     tid = echo.delay(5)
     errors = []
 
     def run():
         try:
-            _finish_later(db_path, tid, 0.3, {"answer": 42})
+            _finish_later(db, tid, 0.3, {"answer": 42})
         except BaseException as exc:  # surfaced below
             errors.append(exc)
 
@@ -501,10 +496,10 @@ def test_wait_for_task_returns_when_done(db_path, echo):
     assert not errors, errors
 
 
-def test_wait_for_task_sees_another_process_finish(db_path, echo):
+def test_wait_for_task_sees_another_process_finish(db, echo):
     tid = echo.delay(5)
     backends.forget_backends()
-    proc = FORK.Process(target=_finish_later, args=(db_path, tid, 0.3, [1, 2]))
+    proc = FORK.Process(target=_finish_later, args=(db, tid, 0.3, [1, 2]))
     proc.start()
     try:
         status = liteq.wait_for_task(tid, timeout=15)
@@ -517,7 +512,7 @@ def test_wait_for_task_sees_another_process_finish(db_path, echo):
     assert proc.exitcode == 0
 
 
-def test_wait_for_task_times_out(db_path, echo):
+def test_wait_for_task_times_out(db, echo):
     tid = echo.delay(5)
     start = time.monotonic()
     with pytest.raises(liteq.WaitTimeout) as info:
@@ -529,12 +524,12 @@ def test_wait_for_task_times_out(db_path, echo):
     assert liteq.get_task_status(tid)["status"] == "pending"  # waiting changed nothing
 
 
-def test_wait_for_unknown_task_raises(db_path, echo):
+def test_wait_for_unknown_task_raises(db, echo):
     with pytest.raises(KeyError):
         liteq.wait_for_task(123456, timeout=0.2)
 
 
-def test_wait_for_cancelled_and_failed_tasks_returns(db_path, echo):
+def test_wait_for_cancelled_and_failed_tasks_returns(db, echo):
     tid = echo.delay(1)
     assert liteq.cancel_task(tid)
     assert liteq.wait_for_task(tid, timeout=2)["status"] == "cancelled"
@@ -550,7 +545,7 @@ def test_wait_for_cancelled_and_failed_tasks_returns(db_path, echo):
 # ---- cancel / retry / purge from liteq ---------------------------------------------------
 
 
-def test_cancel_retry_purge(db_path, echo):
+def test_cancel_retry_purge(db, echo):
     f, r, p = echo.delay("f"), echo.delay("r"), echo.delay("p")
     store = backends.get_backend()
     assert [row["id"] for row in store.claim("w", ["default"], 2)] == [f, r]

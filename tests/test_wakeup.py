@@ -23,7 +23,7 @@ def stamp():
 
 
 @pytest.fixture
-def stamp_app(db_path, tmp_path, monkeypatch):
+def stamp_app(db, tmp_path, monkeypatch):
     app = tmp_path / "wake_app.py"
     app.write_text(APP)
     monkeypatch.syspath_prepend(str(tmp_path))
@@ -68,7 +68,7 @@ def test_delayed_tasks_start_on_time_in_any_order(stamp_app):
         assert offset - 0.01 <= started < offset + 0.5, (offset, started)
 
 
-def test_wake_ups_reach_a_restarted_daemon(db_path, tmp_path, monkeypatch):
+def test_wake_ups_reach_a_restarted_daemon(db, tmp_path, monkeypatch):
     app_file = tmp_path / "wake_app2.py"
     app_file.write_text(APP.replace("def stamp", "def stamp2"))
     monkeypatch.syspath_prepend(str(tmp_path))

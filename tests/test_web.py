@@ -1,7 +1,7 @@
 """The monitor panel (liteq.web) and /metrics, through Starlette's TestClient.
 
-Every test runs against a real SQLite file (the db_path fixture). The last one
-starts a real liteqd and scales its pool from the panel.
+Every test runs against a real database on each backend (conftest's `db`). The last
+one starts a real liteqd and scales its pool from the panel.
 """
 
 import os
@@ -29,7 +29,7 @@ ERROR_TEXT = "ValueError: boom\nTraceback (most recent call last):\n  File \"app
 
 
 @pytest.fixture
-def tasks(db_path):
+def tasks(db):
     """Known content: emails 2 done, 1 failed, 1 pending; reports 1 running,
     1 pending, 1 cancelled; a heartbeat row for worker w1. Returns the ids."""
     store = backends.get_backend()
@@ -183,7 +183,9 @@ def test_filters_and_paging(tasks):
         assert not re.search(r'id="task-\d', c.get("/tasks?status=failed&queue=nowhere").text)
 
 
+@pytest.mark.sqlite_only
 def test_an_unreadable_database_is_503_not_a_crash(tmp_path, db_path):
+    """SQLite only: the panel's database is a file of garbage."""
     bad = tmp_path / "garbage.db"
     bad.write_bytes(b"this is not a database" * 100)
     with client(db=str(bad)) as c:
@@ -387,7 +389,7 @@ def test_metrics_parse_and_match_the_database(tasks):
     assert 0 <= _value(fams["liteq_worker_heartbeat_age_seconds"], worker_id="w1") < 60
 
 
-def test_metrics_of_an_empty_database(db_path):
+def test_metrics_of_an_empty_database(db):
     with client() as c:
         fams = _families(c.get("/metrics").text)
     assert _value(fams["liteq_daemon_up"]) == 0
@@ -525,7 +527,7 @@ def _live_children():
     return len([c for c in pool["children"] if c["state"] in ("idle", "running")])
 
 
-def test_pools_show_the_daemon_and_scale_it(db_path, tmp_path):
+def test_pools_show_the_daemon_and_scale_it(db, tmp_path):
     app_file = tmp_path / "web_app_tasks.py"
     app_file.write_text(APP)
     daemon = start_daemon(str(app_file), concurrency=2, log_path=str(tmp_path / "liteqd.log"))

@@ -1,7 +1,7 @@
 """The panel in a real headless browser: Debian's chromium driven by Playwright.
 
 The panel is a real `liteq monitor` process on a free 127.0.0.1 port, against a
-real SQLite file; the browser logs in through the URL it prints. Skipped (with
+real database on each backend (conftest's `db`); the browser logs in through the URL it prints. Skipped (with
 the reason) when /usr/bin/chromium or the playwright package is missing; .ci/run
 installs chromium.
 """
