@@ -84,6 +84,26 @@ def render_status(st):
     return "\n".join(out)
 
 
+def daemons_on_database(db, window) -> list:
+    """Every daemon whose heartbeat is within `window` s, on any host: [{worker_id,
+    hostname, pid, queues, concurrency, busy, heartbeat_age_s, started_at}]."""
+    rows = get_backend(db).active_workers(window)
+    return [{"worker_id": r["worker_id"], "hostname": r["hostname"], "pid": r["pid"],
+             "queues": r["queues"].split(",") if r["queues"] else [],
+             "concurrency": r["concurrency"], "busy": r["active_tasks"],
+             "heartbeat_age_s": round(max(r["heartbeat_age_s"], 0.0), 3),
+             "started_at": r["started_at"]} for r in rows]
+
+
+def render_daemons(rows):
+    """The human-readable `liteqctl status --all`."""
+    if not rows:
+        return "no live daemon on this database"
+    return table(["HOST", "PID", "QUEUES", "CHILDREN", "BUSY", "HEARTBEAT"],
+                 [(r["hostname"], r["pid"], ",".join(r["queues"]), r["concurrency"], r["busy"],
+                   _fmt_duration(r["heartbeat_age_s"]) + " ago") for r in rows])
+
+
 def render_schedules(rows):
     """The human-readable `liteqctl schedules`."""
     if not rows:
@@ -120,6 +140,12 @@ def build_parser():
     sub = p.add_subparsers(dest="command", required=True)
     s = sub.add_parser("status", help="pools, children and queue counts")
     s.add_argument("--json", action="store_true", help="print JSON")
+    s.add_argument("--all", action="store_true",
+                   help="every live daemon on the database (any host), read from the "
+                        "database: host, pid, queues, busy children, heartbeat age")
+    s.add_argument("--window", type=float, default=60.0,
+                   help="with --all: a daemon is live if its heartbeat is this recent "
+                        "(seconds, default 60)")
     s = sub.add_parser("scale", help="set a pool's number of children: scale [POOL] N")
     s.add_argument("args", nargs="+", metavar="[POOL] N")
     s.add_argument("--wait", type=float, default=60.0,
@@ -145,7 +171,10 @@ def run(args) -> int:
     if args.db:
         kw["db"] = args.db
     cmd = args.command
-    if cmd == "status":
+    if cmd == "status" and args.all:
+        rows = daemons_on_database(args.db, args.window)
+        print(json.dumps(rows, indent=2) if args.json else render_daemons(rows))
+    elif cmd == "status":
         st = control.status(**kw)
         print(json.dumps(st, indent=2) if args.json else render_status(st))
     elif cmd == "scale":

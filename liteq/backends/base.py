@@ -191,8 +191,10 @@ class Backend(abc.ABC):
 
     @abc.abstractmethod
     def active_workers(self, window) -> list:
-        """Workers with a heartbeat in the last `window` seconds, each with
-        active_tasks (its running tasks)."""
+        """Workers with a heartbeat in the last `window` seconds: worker_id,
+        hostname, queues, concurrency, last_heartbeat, pid, started_at,
+        heartbeat_age_s (by the database's clock) and active_tasks (its running
+        tasks)."""
 
     # ---- operator actions --------------------------------------------------------
 

@@ -99,12 +99,15 @@ class ReadOps:
     @guarded
     def active_workers(self, window) -> list:
         """Workers with a heartbeat in the last `window` seconds, with their running-task
-        counts."""
+        counts (active_tasks) and heartbeat_age_s."""
+        t = now()
         return [dict(r) for r in self._conn.execute(
             "SELECT w.worker_id, w.hostname, w.queues, w.concurrency, w.last_heartbeat, "
-            "w.pid, (SELECT COUNT(*) FROM tasks t WHERE t.status = 'running' "
+            "w.pid, w.started_at, ? - w.last_heartbeat AS heartbeat_age_s, "
+            "(SELECT COUNT(*) FROM tasks t WHERE t.status = 'running' "
             "AND t.worker_id = w.worker_id) AS active_tasks "
-            "FROM workers w WHERE w.last_heartbeat >= ? ORDER BY w.worker_id", (now() - window,))]
+            "FROM workers w WHERE w.last_heartbeat >= ? ORDER BY w.worker_id",
+            (t, t - window))]
 
     # ---- operator actions ----------------------------------------------
 
