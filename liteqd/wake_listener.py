@@ -20,6 +20,7 @@ class WakeListener:
         self.control_socket = control_socket_path
         self.channel = None
         self.next_open = 0.0
+        self.failing = False       # the last attempt to open it failed (logged once)
 
     def register(self, sup):
         """Open the backend's wake-up channel and watch it from the supervisor's loop."""
@@ -31,8 +32,13 @@ class WakeListener:
         except DatabaseError as exc:
             self.channel = None
             self.next_open = time.monotonic() + REOPEN_S
-            sup.log.warning("wake.unavailable", error=str(exc))
+            if not self.failing:
+                sup.log.warning("wake.unavailable", error=str(exc))
+            self.failing = True
             return
+        if self.failing:
+            sup.log.info("wake.restored")
+        self.failing = False
         sup.register_fd(self.channel, lambda _f, _mask: self._drain(sup))
         sup.dispatch.claim_soon()  # anything announced while it was closed
 
