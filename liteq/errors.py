@@ -13,6 +13,12 @@ class DatabaseError(LiteQError):
     """The queue database cannot be opened, read or written."""
 
 
+class DatabaseUnavailable(DatabaseError):
+    """The database server cannot be reached: refused, timed out, restarted, or the
+    connection was lost. The call did not complete (or its outcome is unknown);
+    the next call connects again. Only server backends (PostgreSQL) raise it."""
+
+
 class DatabaseLocked(DatabaseError):
     """Another process held the database's write lock past the busy timeout."""
 

@@ -37,3 +37,11 @@ def env_float(name: str, default: float, minimum: float = 0.0) -> float:
 def busy_timeout() -> float:
     """Seconds a writer waits for the database lock (LITEQ_BUSY_TIMEOUT, default 10)."""
     return env_float("LITEQ_BUSY_TIMEOUT", 10.0)
+
+
+def connect_timeout() -> int:
+    """Seconds a PostgreSQL connection attempt may take (LITEQ_CONNECT_TIMEOUT, default 5).
+
+    libpq counts whole seconds (and at least 2); a URL's own connect_timeout wins.
+    """
+    return max(1, round(env_float("LITEQ_CONNECT_TIMEOUT", 5.0, minimum=1.0)))
