@@ -66,6 +66,12 @@ class PostgresBackend(TaskOps, WorkerOps, ReadOps, ScheduleOps, Backend):
         """The NOTIFY channel of this queue."""
         return self._channel
 
+    @property
+    def server_pid(self):
+        """The server process of the open connection (None when there is none)."""
+        with self._session.locked():
+            return self._session.pid_on_server()
+
     def batch(self):
         """Run several operations in one transaction: `with backend.batch(): ...`.
 

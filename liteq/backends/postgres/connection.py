@@ -128,8 +128,9 @@ class Session:
             try:
                 self.on_connect(conn)
             except psycopg.Error as exc:
+                gone = is_gone(exc, conn)
                 conn.close()
-                raise self.connector.error(exc, gone=is_gone(exc, conn)) from exc
+                raise self.connector.error(exc, gone=gone) from exc
             except BaseException:
                 conn.close()
                 raise
@@ -140,6 +141,10 @@ class Session:
     def connected(self) -> bool:
         """True while a connection is open (it may still turn out to be lost)."""
         return self._conn is not None
+
+    def pid_on_server(self):
+        """The server process serving the open connection, or None."""
+        return None if self._conn is None else self._conn.info.backend_pid
 
     def run(self, sql, params=None, prepare=None):
         """Execute one statement; returns its cursor (rows are dicts)."""

@@ -107,6 +107,11 @@ class ListenChannel(WakeChannel):
         self._fd = conn.pgconn.socket
         self.connected = True
 
+    @property
+    def server_pid(self):
+        """The server process of the LISTEN connection (None while down)."""
+        return None if self._conn is None else self._conn.info.backend_pid
+
     def fileno(self) -> int:
         """The LISTEN connection's socket (-1 once closed)."""
         return self._fd
