@@ -123,6 +123,9 @@ class ListenChannel(WakeChannel):
                                       f"down; reconnect() it")
         pgconn = self._conn.pgconn
         try:
+            # Twice: a terminated session sends its FATAL message and then closes; the
+            # second read sees the close now rather than at the next select().
+            pgconn.consume_input()
             pgconn.consume_input()
         except psycopg.Error as exc:
             self.connected = False
