@@ -170,6 +170,24 @@ def test_the_claim_reads_the_partial_index_in_order(backend, db, queues):
     assert "Sort" not in scan, plan  # each queue's rows come in claim order
 
 
+@ON_PG
+def test_whole_numbers_and_floats_mix_in_batched_outcomes_and_fires(backend):
+    ids = _many(backend, 4)
+    backend.claim("w", ["default"], 4)
+    t = int(time.time())
+    assert backend.record_outcomes("w", done=[(ids[0], "1", t, t + 0.5), (ids[1], "2", t - 1.5, t)],
+                                   retry=[(ids[2], "e", t, 30), (ids[3], "e", t, 2.5)]) == 4
+    assert backend.get_task(ids[0])["finished_at"] == pytest.approx(t + 0.5)
+    sid = backend.upsert_schedule("s", "t", "* * * * *", "{}", None, None, None, None,
+                                  "coalesce", None, t)
+    options = TaskOptions.build(timeout=5)  # an int
+    from liteq.taskspec import NewTask
+    new = [NewTask("t", "{}", options, run_at=t), NewTask("t", "{}", options, run_at=t + 0.5)]
+    fired = backend.fire_schedule(sid, float(t), t + 60, new)
+    assert len(fired) == 2 and backend.get_task(fired[0])["timeout"] == 5.0
+    assert backend.fire_schedule(sid, float(t), t + 60, new) is None  # fired once
+
+
 # ---- enqueue and its notify -----------------------------------------------------------
 
 

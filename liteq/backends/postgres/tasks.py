@@ -111,6 +111,11 @@ def _tail(o):
     return (o.timeout, o.retry_delay, o.retry_backoff, o.retry_max_delay)
 
 
+def floats(values) -> list:
+    """A list for a float8[] parameter: psycopg refuses lists that mix int and float."""
+    return [None if v is None else float(v) for v in values]
+
+
 def insert_rows(session, tasks) -> list:
     """Insert NewTask rows in one statement; returns their ids in order."""
     cols = [[] for _ in range(11)]
@@ -120,6 +125,7 @@ def insert_rows(session, tasks) -> list:
                                      o.max_retries, task.run_at, task.delay or 0.0,
                                      *_tail(o))):
             col.append(value)
+    cols[5:] = [floats(col) for col in cols[5:]]
     rows = session.run(INSERT_ROWS, cols).fetchall()
     return sorted(r["id"] for r in rows)
 
@@ -178,8 +184,8 @@ class TaskOps:
         with session.transaction() if len(work) > 1 else contextlib.nullcontext():
             for sql, rows in work:
                 ids, texts, starts, last = zip(*rows)
-                changed += session.run(sql, (list(ids), list(texts), list(starts), list(last),
-                                             worker_id), prepare=True).rowcount
+                changed += session.run(sql, ([int(i) for i in ids], list(texts), floats(starts),
+                                             floats(last), worker_id), prepare=True).rowcount
         return changed
 
     @operation
@@ -187,7 +193,8 @@ class TaskOps:
         """Return claimed tasks that never started to pending, uncounting the attempt."""
         if not task_ids:
             return 0
-        return self._session.run(RELEASE, (list(task_ids), worker_id), prepare=True).rowcount
+        return self._session.run(RELEASE, ([int(i) for i in task_ids], worker_id),
+                                 prepare=True).rowcount
 
     @operation
     def next_due(self, queues):
