@@ -410,4 +410,4 @@ def _free_port():
 
 def test_postgres_backend_class_is_shared_across_threads():
     assert PostgresBackend.shared_across_threads is True
-    assert not getattr(backends._backend_class("x.db"), "shared_across_threads", False)
+    assert backends._backend_class("x.db").shared_across_threads is False

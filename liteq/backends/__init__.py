@@ -129,7 +129,7 @@ def _shared_backend(target, pid):
         if _shared_pid != pid:
             _shared, _shared_pid = {}, pid
         backend = _shared.get(target)
-        if backend is None and getattr(_backend_class(target), "shared_across_threads", False):
+        if backend is None and _backend_class(target).shared_across_threads:
             backend = _shared[target] = open_backend(target)
         return backend
 
