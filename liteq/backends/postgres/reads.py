@@ -4,6 +4,7 @@ Rows come back with the SQLite backend's keys, times as epoch seconds.
 """
 
 from ..base import TASK_STATUSES
+from ..filters import equal_filters
 from .connection import operation
 
 
@@ -18,13 +19,6 @@ TASK_SELECT = ", ".join((
     "retry_max_delay"))
 
 FINISHED_STATUSES = ("done", "failed", "cancelled")
-
-
-def _filters(**columns):
-    """A WHERE clause and its parameters for the columns given a value (None = any)."""
-    where = [f"{col} = %s" for col, val in columns.items() if val is not None]
-    params = [val for val in columns.values() if val is not None]
-    return ("WHERE " + " AND ".join(where)) if where else "", params
 
 
 class ReadOps:
@@ -49,7 +43,7 @@ class ReadOps:
     def find_tasks(self, status=None, queue=None, name=None, limit=50, offset=0,
                    order="id") -> list:
         """Tasks matching the optional filters, newest first (order 'id' or 'finished')."""
-        clause, params = _filters(status=status, queue=queue, name=name)
+        clause, params = equal_filters("%s", status=status, queue=queue, name=name)
         # NULLS LAST as on SQLite; the order of tasks_finished, so a status's list is
         # an index scan.
         sort = "finished_at DESC NULLS LAST, id DESC" if order == "finished" else "id DESC"
@@ -60,7 +54,7 @@ class ReadOps:
     @operation
     def count_tasks(self, status=None, queue=None, name=None) -> int:
         """How many tasks match the optional filters."""
-        clause, params = _filters(status=status, queue=queue, name=name)
+        clause, params = equal_filters("%s", status=status, queue=queue, name=name)
         return self._session.run(f"SELECT COUNT(*) AS n FROM tasks {clause}",
                                  params).fetchone()["n"]
 
@@ -124,7 +118,7 @@ class ReadOps:
             return self._session.run(
                 reset + "WHERE id = %s AND status IN ('failed', 'cancelled')",
                 (int(task_id),)).rowcount
-        clause, params = _filters(status="failed", queue=queue, name=name)
+        clause, params = equal_filters("%s", status="failed", queue=queue, name=name)
         return self._session.run(reset + clause, params).rowcount
 
     @operation
