@@ -12,13 +12,15 @@ import subprocess
 import sys
 import time
 
+import psycopg
 import pytest
 
 import liteq
 import pg_helpers
 from liteq import backends
 from liteq.backends.postgres.url import connect_options
-from liteq.errors import ConfigError, DatabaseError, DatabaseUnavailable
+from liteq.backends.postgres.connection import Connector
+from liteq.errors import ConfigError, DatabaseError, DatabaseLocked, DatabaseUnavailable
 from liteq.taskspec import NewTask, TaskOptions
 
 ON_PG = pytest.mark.parametrize("db", ["postgresql"], indirect=True)
@@ -102,6 +104,34 @@ def test_the_wake_channel_reports_a_lost_connection_and_reconnects(backend, db):
     finally:
         channel.close()
     assert channel.fileno() == -1 and old_fd >= 0
+
+
+@ON_PG
+@pytest.mark.timeout(60)
+def test_the_daemons_writes_give_up_on_a_lock_held_by_someone_else(backend, db):
+    daemon = backends.open_backend(db, daemon=True)
+    task_id = backend.enqueue(_task())
+    assert [r["id"] for r in daemon.claim("w", ["default"], 1)] == [task_id]
+    holder = psycopg.connect(db)  # an operator's open transaction holding the row
+    try:
+        holder.execute("SELECT * FROM tasks WHERE id = %s FOR UPDATE", (task_id,))
+        t = time.time()
+        with pytest.raises(DatabaseLocked, match="lock timeout"):
+            daemon.record_outcomes("w", done=[(task_id, "1", t, t)])
+        holder.rollback()
+        assert daemon.record_outcomes("w", done=[(task_id, "1", t, t)]) == 1
+    finally:
+        holder.close()
+        daemon.close()
+
+
+def test_error_messages_and_causes_are_scrubbed_of_the_password():
+    connector = Connector("postgresql://u:Pass-Word-9@h/d")
+    cause = psycopg.OperationalError("libpq said Pass-Word-9 and more")
+    error = connector.error(cause, gone=True)
+    assert isinstance(error, DatabaseUnavailable)
+    assert "Pass-Word-9" not in str(error) and "Pass-Word-9" not in str(cause)
+    assert "postgresql://u@h/d" in str(error)
 
 
 # ---- unreachable servers -------------------------------------------------------------------

@@ -12,6 +12,8 @@ current schema; `?options=-csearch_path%3Dname` picks another one.
   one dedicated connection. (wake.py)
 - The schema is created on first use and migrated under an advisory lock.
   (schema.py)
+
+PostgreSQL 13 or later (MATERIALIZED CTEs, insert-driven autovacuum settings).
 """
 
 import psycopg
