@@ -14,11 +14,9 @@ class DatabaseError(LiteQError):
 
 
 class DatabaseUnavailable(DatabaseError):
-    """The database server cannot be reached (down, restarting, connection lost).
-
-    An outage to ride out: the next call tries to connect again. SQLite never
-    raises it.
-    """
+    """The database server cannot be reached: refused, timed out, restarted, or the
+    connection was lost. The call did not complete (or its outcome is unknown);
+    the next call connects again. Only server backends (PostgreSQL) raise it."""
 
 
 class DatabaseLocked(DatabaseError):

@@ -60,3 +60,11 @@ def max_payload() -> int:
         raise ConfigError(f"LITEQ_MAX_PAYLOAD must be at least {MIN_MAX_PAYLOAD} bytes; "
                           f"got {raw!r}")
     return value
+
+
+def connect_timeout() -> int:
+    """Seconds a PostgreSQL connection attempt may take (LITEQ_CONNECT_TIMEOUT, default 5).
+
+    libpq counts whole seconds (and at least 2); a URL's own connect_timeout wins.
+    """
+    return max(1, round(env_float("LITEQ_CONNECT_TIMEOUT", 5.0, minimum=1.0)))

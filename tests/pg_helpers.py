@@ -75,3 +75,17 @@ def drop_schema(url, name):
         conn.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
                      "WHERE application_name = %s AND pid <> pg_backend_pid()", (name,))
         conn.execute(f"DROP SCHEMA IF EXISTS {name} CASCADE")
+
+
+def rows(url, sql, params=()):
+    """The rows (dicts) of one statement on a fresh autocommit connection."""
+    import psycopg
+    from psycopg.rows import dict_row
+    with psycopg.connect(url, autocommit=True, row_factory=dict_row) as conn:
+        cur = conn.execute(sql, params)
+        return cur.fetchall() if cur.description else []
+
+
+def terminate(url, pid):
+    """pg_terminate_backend(pid), waiting (up to 5 s) until that session has ended."""
+    return rows(url, "SELECT pg_terminate_backend(%s, 5000) AS ok", (pid,))[0]["ok"]

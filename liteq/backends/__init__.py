@@ -45,21 +45,38 @@ def _check_target(target):
                           f"path, sqlite:///PATH or postgresql://...")
 
 
-def _postgres_unavailable(target):
-    return ConfigError("PostgreSQL support comes with liteq[postgres]: "
-                       "pip install 'liteq[postgres]'")
+def _postgres():
+    """The PostgreSQL backend package, imported on first use; a ConfigError of one line
+    when psycopg (the liteq[postgres] extra) cannot be imported."""
+    try:
+        from . import postgres
+    except ImportError as exc:
+        if (exc.name or "").startswith("liteq"):
+            raise  # a LiteQ bug, not a missing extra
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ConfigError(f"PostgreSQL support comes with liteq[postgres] ({reason}): "
+                          f"pip install 'liteq[postgres]'") from None
+    return postgres
+
+
+def _backend_class(target):
+    if is_postgres(target):
+        return _postgres().PostgresBackend
+    from .sqlite import SQLiteBackend
+    return SQLiteBackend
 
 
 def identity_of(target=None) -> str:
     """The identity of the queue `target` names (default LITEQ_DB), without opening it.
 
-    SQLite: the database file's absolute path. Control sockets and caches are
-    keyed on it, so every process that names the same queue finds the same daemon.
+    SQLite: the database file's absolute path. PostgreSQL: the URL without its
+    password. Control sockets and caches are keyed on it, so every process that
+    names the same queue finds the same daemon.
     """
     target = target or settings.db_path()
     _check_target(target)
     if is_postgres(target):
-        raise _postgres_unavailable(target)
+        return _postgres().identity_of_url(target)
     return os.path.abspath(sqlite_path(target))
 
 
@@ -79,49 +96,94 @@ def open_backend(target=None, *, daemon=False) -> Backend:
     daemon=True opens it for liteqd's supervisor, whose writes must never stall its
     supervision loop (a short lock wait, retried by the loop).
     Raises ConfigError for a target it cannot use, DatabaseError when the database
-    cannot be opened.
+    cannot be opened (DatabaseUnavailable when a server cannot be reached).
     """
     target = target or settings.db_path()
     _check_target(target)
     if is_postgres(target):
-        raise _postgres_unavailable(target)
+        return _postgres().PostgresBackend(target, daemon=daemon)
     from .sqlite import SQLiteBackend
     return SQLiteBackend(sqlite_path(target), daemon=daemon)
 
 
+# Backends are cached per thread (SQLite: a connection is cheap, and threads never
+# wait for each other), or per process when their class says shared_across_threads
+# (PostgreSQL: one server connection per process). Both caches are per process: a
+# forked child opens its own and never closes its parent's.
 _local = threading.local()
+_shared = {}
+_shared_pid = None
+_shared_lock = threading.Lock()
 
 
-def get_backend(target=None) -> Backend:
-    """The calling thread's open backend for `target` (default: LITEQ_DB, read now).
+def _after_fork_in_child():
+    global _shared, _shared_pid, _shared_lock
+    _shared, _shared_pid, _shared_lock = {}, os.getpid(), threading.Lock()
 
-    Cached per thread and per process: a forked child never reuses its parent's
-    connection.
-    """
-    target = target or settings.db_path()
-    pid = os.getpid()
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
+def _thread_cache(pid):
     cache = getattr(_local, "backends", None)
     if cache is None or _local.pid != pid:
         cache = _local.backends = {}
         _local.pid = pid
+    return cache
+
+
+def _shared_backend(target, pid):
+    """The process's shared backend for `target`, opened if its class is shared; or None."""
+    global _shared, _shared_pid
+    with _shared_lock:
+        if _shared_pid != pid:
+            _shared, _shared_pid = {}, pid
+        backend = _shared.get(target)
+        if backend is None and _backend_class(target).shared_across_threads:
+            backend = _shared[target] = open_backend(target)
+        return backend
+
+
+def get_backend(target=None) -> Backend:
+    """The open backend for `target` (default: LITEQ_DB, read now).
+
+    One per thread (SQLite) or one per process shared by its threads (PostgreSQL);
+    never shared with a forked child.
+    """
+    target = target or settings.db_path()
+    pid = os.getpid()
+    if _shared_pid == pid:
+        backend = _shared.get(target)
+        if backend is not None:
+            return backend
+    cache = _thread_cache(pid)
     backend = cache.get(target)
     if backend is None:
-        backend = cache[target] = open_backend(target)
+        backend = _shared_backend(target, pid)
+        if backend is None:
+            backend = cache[target] = open_backend(target)
     return backend
 
 
 def forget_backends() -> None:
-    """Close and drop this thread's cached backends (after a fork, or when LITEQ_DB
-    changes in tests)."""
-    cache = getattr(_local, "backends", None) or {}
-    if getattr(_local, "pid", None) == os.getpid():
-        for backend in cache.values():
-            try:
-                backend.close()
-            except Exception:  # closing a broken connection must not hide the caller's work
-                pass
+    """Close and drop this thread's cached backends and the process's shared ones
+    (after a fork, or when LITEQ_DB changes in tests). A forked child drops what it
+    inherited without closing it: the connections are its parent's."""
+    global _shared, _shared_pid
+    pid = os.getpid()
+    owned = list((getattr(_local, "backends", None) or {}).values()) \
+        if getattr(_local, "pid", None) == pid else []
+    with _shared_lock:
+        if _shared_pid == pid:
+            owned += list(_shared.values())
+        _shared, _shared_pid = {}, pid
+    for backend in owned:
+        try:
+            backend.close()
+        except Exception:  # closing a broken connection must not hide the caller's work
+            pass
     _local.backends = {}
-    _local.pid = os.getpid()
+    _local.pid = pid
 
 
 __all__ = ["Backend", "WakeChannel", "TASK_STATUSES", "open_backend", "get_backend",

@@ -54,11 +54,15 @@ class WakeChannel(abc.ABC):
 
 
 class Backend(abc.ABC):
-    """One queue database. Instances are not shared between threads or processes
-    unless the implementation says so; use liteq.backends.get_backend()."""
+    """One queue database. Instances are never shared with a forked child, nor between
+    threads unless shared_across_threads says so; use liteq.backends.get_backend()."""
 
     #: "sqlite" or "postgresql"
     kind = None
+
+    #: True when one instance serves every thread of a process (get_backend() then
+    #: keeps one per process instead of one per thread).
+    shared_across_threads = False
 
     #: A string that names the queue (an absolute file path, or a URL without its
     #: password). Control sockets and caches are keyed on it.

@@ -1,6 +1,7 @@
 """SQLite: what the monitor reads, and what operators do (cancel, retry, purge)."""
 
 from ...timeutil import now
+from ..filters import equal_filters
 from .connection import guarded, row_dict
 
 TASK_COLUMNS = ("id", "name", "queue", "status", "priority", "attempts", "max_retries",
@@ -8,14 +9,6 @@ TASK_COLUMNS = ("id", "name", "queue", "status", "priority", "attempts", "max_re
                 "result", "error", "payload", "timeout", "retry_delay", "retry_backoff",
                 "retry_max_delay")
 _TASK_SELECT = ", ".join(TASK_COLUMNS)
-
-
-def _filters(**columns):
-    """A WHERE clause and its parameters for the columns given a value (None = any)."""
-    where = [f"{col} = ?" for col, val in columns.items() if val is not None]
-    params = [val for val in columns.values() if val is not None]
-    return ("WHERE " + " AND ".join(where)) if where else "", params
-
 
 
 class ReadOps:
@@ -44,7 +37,7 @@ class ReadOps:
     def find_tasks(self, status=None, queue=None, name=None, limit=50, offset=0,
                    order="id") -> list:
         """Tasks matching optional filters, newest first (order 'id' or 'finished')."""
-        clause, params = _filters(status=status, queue=queue, name=name)
+        clause, params = equal_filters("?", status=status, queue=queue, name=name)
         sort = "finished_at DESC, id DESC" if order == "finished" else "id DESC"
         return [dict(r) for r in self._conn.execute(
             f"SELECT {_TASK_SELECT} FROM tasks {clause} ORDER BY {sort} LIMIT ? OFFSET ?",
@@ -53,7 +46,7 @@ class ReadOps:
     @guarded
     def count_tasks(self, status=None, queue=None, name=None) -> int:
         """How many tasks match the optional filters."""
-        clause, params = _filters(status=status, queue=queue, name=name)
+        clause, params = equal_filters("?", status=status, queue=queue, name=name)
         return self._conn.execute(f"SELECT COUNT(*) FROM tasks {clause}", params).fetchone()[0]
 
     @guarded
@@ -134,7 +127,7 @@ class ReadOps:
                     "worker_id = NULL, finished_at = NULL "
                     "WHERE id = ? AND status IN ('failed', 'cancelled')", (t, task_id))
                 return cur.rowcount
-            clause, params = _filters(status="failed", queue=queue, name=name)
+            clause, params = equal_filters("?", status="failed", queue=queue, name=name)
             cur = conn.execute(
                 "UPDATE tasks SET status = 'pending', attempts = 0, run_at = ?, "
                 f"worker_id = NULL, finished_at = NULL {clause}", (t, *params))

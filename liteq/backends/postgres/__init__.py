@@ -1,0 +1,112 @@
+"""The PostgreSQL backend: one queue that daemons on several hosts share.
+
+`LITEQ_DB=postgresql://user@host/db` (any libpq URL; the libpq variables,
+PGPASSFILE and sslmode work as usual). The tables live in the connection's
+current schema; `?options=-csearch_path%3Dname` picks another one.
+
+- One connection per backend, shared by the threads of a process (a lock around
+  each operation and transaction), opened again after a loss. A forked child
+  never touches its parent's connection. (connection.py)
+- Every time is judged by the server's clock. (tasks.py, workers.py)
+- Producers NOTIFY inside their enqueue's own statement; each daemon LISTENs on
+  one dedicated connection. (wake.py)
+- The schema is created on first use and migrated under an advisory lock.
+  (schema.py)
+
+PostgreSQL 13 or later (MATERIALIZED CTEs, insert-driven autovacuum settings).
+"""
+
+import psycopg
+
+from ..base import Backend
+from .connection import Batch, Connector, Session
+from .reads import ReadOps
+from .schedules import ScheduleOps
+from .schema import ensure_schema
+from .tasks import TaskOps
+from .url import identity as identity_of_url
+from .wake import ListenChannel, channel_name, nudge_payload
+from .workers import WorkerOps
+
+# The daemon's statements give up on a row or table lock held longer than this
+# (an operator's forgotten transaction, say): its loop retries them later and
+# keeps supervising meanwhile, as with SQLite's short busy timeout.
+DAEMON_LOCK_TIMEOUT = "2s"
+
+
+class PostgresBackend(TaskOps, WorkerOps, ReadOps, ScheduleOps, Backend):
+    """All queue operations on one PostgreSQL database (and schema)."""
+
+    kind = "postgresql"
+    #: get_backend() keeps one per process for all threads (not one per thread).
+    shared_across_threads = True
+
+    def __init__(self, url, daemon=False):
+        self._connector = Connector(url)
+        self.identity = self._connector.identity
+        self.daemon = daemon
+        self._schema = None
+        self._channel = None
+        self._session = Session(self._connector, self._on_connect)
+        with self._session.locked():
+            self._session.conn  # connect now: an unusable URL or server fails here
+
+    def _on_connect(self, conn):
+        if self._schema is None:
+            self._schema = ensure_schema(conn)
+            self._channel = channel_name(self._schema)
+        if self.daemon:
+            conn.execute(f"SET lock_timeout = '{DAEMON_LOCK_TIMEOUT}'")
+
+    @property
+    def schema(self) -> str:
+        """The schema that holds this queue's tables."""
+        return self._schema
+
+    @property
+    def channel(self) -> str:
+        """The NOTIFY channel of this queue."""
+        return self._channel
+
+    @property
+    def server_pid(self):
+        """The server process of the open connection (None when there is none)."""
+        with self._session.locked():
+            return self._session.pid_on_server()
+
+    def batch(self):
+        """Run several operations in one transaction: `with backend.batch(): ...`.
+
+        Other threads wait until it ends; on an error everything is rolled back.
+        """
+        return Batch(self._session)
+
+    def notify(self, due=None):
+        """NOTIFY the daemons that a task is due at `due` (epoch s; None: now).
+
+        A hint only: skipped when the connection is down or another thread holds
+        it; never raises.
+        """
+        session = self._session
+        lock = session.locked()
+        if not lock.acquire(blocking=False):
+            return
+        try:
+            if session.connected:
+                session.run("SELECT pg_notify(%s, %s)", (self._channel, nudge_payload(due)))
+        except psycopg.Error as exc:
+            session.failure(exc)  # drops a lost connection
+        finally:
+            lock.release()
+
+    def open_wake_channel(self, control_socket):
+        """A LISTEN connection on this queue's channel (see ListenChannel's contract);
+        control_socket is not needed."""
+        return ListenChannel(self._connector, self._channel)
+
+    def close(self):
+        """Close the connection (in a forked child: forget the parent's, untouched)."""
+        self._session.close()
+
+
+__all__ = ["PostgresBackend", "ListenChannel", "ensure_schema", "identity_of_url"]

@@ -1,0 +1,237 @@
+"""PostgreSQL connections: one per backend, shared by the threads of a process,
+opened on demand and opened again after a loss; psycopg errors become LiteQ
+errors whose messages never show the password.
+
+Connections are in autocommit mode: a single statement is its own transaction
+(one round trip), and several statements that must be atomic run inside an
+explicit transaction (`Session.transaction()`, or `batch()` for a caller's group).
+"""
+
+import contextlib
+import functools
+import os
+import threading
+
+import psycopg
+from psycopg.conninfo import conninfo_to_dict
+from psycopg.rows import dict_row
+
+from ...errors import ConfigError, DatabaseError, DatabaseLocked, DatabaseUnavailable
+from . import url as urls
+
+# SQLSTATEs that mean the server or the session went away, not that a statement
+# failed: class 08 (connection exception), admin and crash shutdown, a server
+# that is starting or stopping, and no connection slots left.
+_GONE_CODES = {"57P01", "57P02", "57P03", "53300"}
+_LOCK_CODES = {"55P03"}   # lock_not_available: the daemon's lock_timeout expired
+
+
+def _reason(exc) -> str:
+    """A psycopg error's message on one line."""
+    text = " ".join(line.strip() for line in str(exc).splitlines() if line.strip())
+    return (text or type(exc).__name__)[:600]
+
+
+class Connector:
+    """How to reach one database: the URL, what LiteQ adds to it, and how it names it.
+
+    Shared by a backend's session and its LISTEN channel.
+    """
+
+    def __init__(self, url):
+        self.url = url
+        self.identity = urls.identity(url)
+        self.secrets = urls.secrets_of(url)
+        try:
+            params = conninfo_to_dict(url)
+        except psycopg.Error as exc:
+            raise ConfigError(f"cannot use the PostgreSQL URL {self.identity}: "
+                              f"{self.scrub(_reason(exc))}") from None
+        self.extra = urls.connect_options(params)
+
+    def scrub(self, text):
+        """`text` without the password."""
+        return urls.scrub(text, self.secrets)
+
+    def connect(self):
+        """A new autocommit connection whose rows are dicts; DatabaseUnavailable when the
+        server cannot be reached (within connect_timeout)."""
+        try:
+            return psycopg.connect(self.url, autocommit=True, row_factory=dict_row,
+                                   **self.extra)
+        except psycopg.Error as exc:
+            raise self.error(exc, gone=True) from exc
+
+    def error(self, exc, gone=False) -> DatabaseError:
+        """The LiteQ error for a psycopg error: DatabaseUnavailable when the connection is
+        gone, DatabaseLocked for a lock wait that timed out, else DatabaseError.
+
+        The psycopg error (kept as __cause__ by the caller) is scrubbed too.
+        """
+        exc.args = tuple(self.scrub(a) if isinstance(a, str) else a for a in exc.args)
+        reason = self.scrub(_reason(exc))
+        if gone:
+            return DatabaseUnavailable(f"PostgreSQL database {self.identity} is unavailable: "
+                                       f"{reason}")
+        if getattr(exc, "sqlstate", None) in _LOCK_CODES:
+            return DatabaseLocked(f"PostgreSQL database {self.identity}: {reason}")
+        return DatabaseError(f"PostgreSQL database {self.identity}: {reason}")
+
+
+def is_gone(exc, conn) -> bool:
+    """True when `exc` (raised on `conn`) means the connection is lost."""
+    if conn is None or conn.closed or conn.broken:
+        return True
+    code = getattr(exc, "sqlstate", None) or ""
+    return code.startswith("08") or code in _GONE_CODES
+
+
+class Session:
+    """The backend's connection: opened on first use, shared by threads under a lock,
+    dropped when it is lost and opened again by the next call.
+
+    on_connect(conn) runs on each new connection (schema check, settings). After
+    a fork the child never touches the parent's connection: it starts afresh.
+    """
+
+    def __init__(self, connector, on_connect):
+        self.connector = connector
+        self.on_connect = on_connect
+        self._fresh()
+
+    def _fresh(self):
+        self.lock = threading.RLock()
+        self.pid = os.getpid()
+        self._conn = None
+        self.depth = 0            # nesting of batch() transactions
+        self.closed = False
+
+    def locked(self):
+        """The lock to hold around an operation (a new one in a forked child, whose
+        inherited connection is left alone: closing it would end the parent's session)."""
+        if self.pid != os.getpid():
+            self._fresh()
+        return self.lock
+
+    @property
+    def conn(self):
+        """The open connection, connecting first when there is none."""
+        if self._conn is None:
+            if self.closed:
+                raise DatabaseError(f"the backend of {self.connector.identity} was closed")
+            if self.depth:
+                # Reconnecting here would run the rest of the batch outside its transaction.
+                raise DatabaseUnavailable(
+                    f"PostgreSQL database {self.connector.identity} is unavailable: the "
+                    f"connection was lost inside a transaction, which was rolled back")
+            conn = self.connector.connect()
+            try:
+                self.on_connect(conn)
+            except psycopg.Error as exc:
+                gone = is_gone(exc, conn)
+                conn.close()
+                raise self.connector.error(exc, gone=gone) from exc
+            except BaseException:
+                conn.close()
+                raise
+            self._conn = conn
+        return self._conn
+
+    @property
+    def connected(self) -> bool:
+        """True while a connection is open (it may still turn out to be lost)."""
+        return self._conn is not None
+
+    def pid_on_server(self):
+        """The server process serving the open connection, or None."""
+        return None if self._conn is None else self._conn.info.backend_pid
+
+    def run(self, sql, params=None, prepare=None):
+        """Execute one statement; returns its cursor (rows are dicts)."""
+        return self.conn.execute(sql, params, prepare=prepare)
+
+    def transaction(self):
+        """BEGIN ... COMMIT around several statements; inside a batch(), nothing more
+        (the batch is the transaction)."""
+        if self.depth:
+            return contextlib.nullcontext()
+        return self.conn.transaction()
+
+    def failure(self, exc) -> DatabaseError:
+        """The LiteQ error for `exc`; a lost connection is dropped so the next call
+        opens a new one."""
+        gone = is_gone(exc, self._conn)
+        if gone:
+            self.drop()
+        return self.connector.error(exc, gone=gone)
+
+    def drop(self):
+        """Forget the connection (closing it if it is this process's)."""
+        conn, self._conn = self._conn, None
+        if conn is not None and self.pid == os.getpid():
+            try:
+                conn.close()
+            except Exception:  # a broken socket may fail to close: it is gone anyway
+                pass
+
+    def close(self):
+        """Close for good (a forked child only forgets the parent's connection)."""
+        with self.locked():
+            self.drop()
+            self.closed = True
+
+
+class Batch:
+    """batch(): several operations of one thread in one transaction, rolled back on any
+    error. Other threads wait until it ends. Nested batches join the outer one."""
+
+    __slots__ = ("session", "tx")
+
+    def __init__(self, session):
+        self.session = session
+        self.tx = None
+
+    def __enter__(self):
+        s = self.session
+        s.locked().acquire()
+        try:
+            if s.depth == 0:
+                self.tx = s.conn.transaction()
+                self.tx.__enter__()
+            s.depth += 1
+        except psycopg.Error as exc:
+            s.lock.release()
+            raise s.failure(exc) from exc
+        except BaseException:
+            s.lock.release()
+            raise
+        return self
+
+    def __exit__(self, exc_type, exc, tb):
+        s = self.session
+        try:
+            s.depth -= 1
+            if s.depth == 0 and self.tx is not None:
+                try:
+                    self.tx.__exit__(exc_type, exc, tb)
+                except psycopg.Error as err:
+                    failure = s.failure(err)
+                    if exc_type is None:   # else the caller's error says more
+                        raise failure from err
+        finally:
+            s.lock.release()
+        return False
+
+
+def operation(method):
+    """Run a backend method under the session's lock; psycopg errors become LiteQ
+    DatabaseErrors (DatabaseUnavailable when the connection was lost)."""
+    @functools.wraps(method)
+    def wrapper(self, *args, **kwargs):
+        session = self._session
+        with session.locked():
+            try:
+                return method(self, *args, **kwargs)
+            except psycopg.Error as exc:
+                raise session.failure(exc) from exc
+    return wrapper

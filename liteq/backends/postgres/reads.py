@@ -1,0 +1,139 @@
+"""PostgreSQL: what the monitor reads, and what operators do (cancel, retry, purge).
+
+Rows come back with the SQLite backend's keys, times as epoch seconds.
+"""
+
+from ..base import TASK_STATUSES
+from ..filters import equal_filters
+from .connection import operation
+
+
+def _epoch(col):
+    return f"date_part('epoch', {col}) AS {col}"
+
+
+TASK_SELECT = ", ".join((
+    "id", "name", "queue", "status", "priority", "attempts", "max_retries", "worker_id",
+    _epoch("run_at"), _epoch("created_at"), _epoch("started_at"), _epoch("finished_at"),
+    "result", "error", "payload", "timeout", "retry_delay", "retry_backoff",
+    "retry_max_delay"))
+
+FINISHED_STATUSES = ("done", "failed", "cancelled")
+
+
+class ReadOps:
+    """Mixin of PostgresBackend: monitor reads and operator actions."""
+
+    @operation
+    def get_task(self, task_id):
+        """One task row as a dict, or None."""
+        return self._session.run(f"SELECT {TASK_SELECT} FROM tasks WHERE id = %s",
+                                 (int(task_id),), prepare=True).fetchone()
+
+    @operation
+    def get_tasks(self, task_ids) -> list:
+        """Rows for several ids (missing ids are skipped)."""
+        ids = [int(i) for i in task_ids]
+        if not ids:
+            return []
+        return self._session.run(f"SELECT {TASK_SELECT} FROM tasks WHERE id = ANY(%s::bigint[])",
+                                 (ids,)).fetchall()
+
+    @operation
+    def find_tasks(self, status=None, queue=None, name=None, limit=50, offset=0,
+                   order="id") -> list:
+        """Tasks matching the optional filters, newest first (order 'id' or 'finished')."""
+        clause, params = equal_filters("%s", status=status, queue=queue, name=name)
+        # NULLS LAST as on SQLite; the order of tasks_finished, so a status's list is
+        # an index scan.
+        sort = "finished_at DESC NULLS LAST, id DESC" if order == "finished" else "id DESC"
+        return self._session.run(
+            f"SELECT {TASK_SELECT} FROM tasks {clause} ORDER BY {sort} LIMIT %s OFFSET %s",
+            (*params, int(limit), int(offset))).fetchall()
+
+    @operation
+    def count_tasks(self, status=None, queue=None, name=None) -> int:
+        """How many tasks match the optional filters."""
+        clause, params = equal_filters("%s", status=status, queue=queue, name=name)
+        return self._session.run(f"SELECT COUNT(*) AS n FROM tasks {clause}",
+                                 params).fetchone()["n"]
+
+    @operation
+    def queue_stats(self) -> list:
+        """[{queue, status, count}] over all tasks."""
+        return self._session.run(
+            "SELECT queue, status, COUNT(*) AS count FROM tasks "
+            "GROUP BY status, queue ORDER BY queue, status").fetchall()
+
+    @operation
+    def list_queues(self) -> list:
+        """Every queue name that has tasks or schedules, sorted."""
+        return [r["queue"] for r in self._session.run(
+            "SELECT queue FROM tasks UNION SELECT queue FROM schedules "
+            "WHERE queue IS NOT NULL ORDER BY 1")]
+
+    @operation
+    def finish_window(self):
+        """(earliest started_at, latest finished_at) over done tasks: a drain's span."""
+        row = self._session.run(
+            "SELECT date_part('epoch', MIN(started_at)) AS a, "
+            "date_part('epoch', MAX(finished_at)) AS b FROM tasks WHERE status = 'done'"
+        ).fetchone()
+        return row["a"], row["b"]
+
+    @operation
+    def oldest_pending(self) -> list:
+        """[{queue, oldest_run_at}]: the earliest due time of pending tasks per queue."""
+        return self._session.run(
+            "SELECT queue, date_part('epoch', MIN(run_at)) AS oldest_run_at FROM tasks "
+            "WHERE status = 'pending' GROUP BY queue ORDER BY queue").fetchall()
+
+    @operation
+    def finished_buckets(self, since, bucket) -> list:
+        """[{slot, status, count}]: tasks finished since `since` (epoch s), per `bucket`
+        seconds; slot n covers [since + n*bucket, since + (n+1)*bucket)."""
+        return self._session.run(
+            "SELECT floor((date_part('epoch', finished_at) - %(since)s) / %(bucket)s)::int "
+            "AS slot, status, COUNT(*) AS count FROM tasks "
+            "WHERE status IN ('done', 'failed', 'cancelled') "
+            "AND finished_at >= to_timestamp(%(since)s) GROUP BY slot, status ORDER BY slot",
+            {"since": float(since), "bucket": float(bucket)}).fetchall()
+
+    # ---- operator actions ------------------------------------------------
+
+    @operation
+    def cancel(self, task_id) -> bool:
+        """Cancel a pending task; False when it is not pending."""
+        return self._session.run(
+            "UPDATE tasks SET status = 'cancelled', finished_at = now() "
+            "WHERE id = %s AND status = 'pending'", (int(task_id),)).rowcount == 1
+
+    @operation
+    def retry_failed(self, task_id=None, queue=None, name=None) -> int:
+        """Put failed tasks (or one failed or cancelled task, by id) back to pending,
+        due now, with their attempts reset; returns how many."""
+        reset = ("UPDATE tasks SET status = 'pending', attempts = 0, run_at = now(), "
+                 "worker_id = NULL, finished_at = NULL ")
+        if task_id is not None:
+            return self._session.run(
+                reset + "WHERE id = %s AND status IN ('failed', 'cancelled')",
+                (int(task_id),)).rowcount
+        clause, params = equal_filters("%s", status="failed", queue=queue, name=name)
+        return self._session.run(reset + clause, params).rowcount
+
+    @operation
+    def purge(self, older_than, statuses=FINISHED_STATUSES) -> int:
+        """Delete finished tasks that finished over `older_than` seconds ago (server's
+        clock)."""
+        unknown = sorted(set(statuses) - set(TASK_STATUSES))
+        if unknown:
+            raise ValueError(f"unknown task status(es) {unknown}; known: {TASK_STATUSES}")
+        if not statuses:
+            return 0
+        # Literal statuses, so the planner can prove the partial index tasks_finished
+        # applies (a parameter array would mean a sequential scan).
+        listed = ", ".join(f"'{s}'" for s in statuses)
+        return self._session.run(
+            f"DELETE FROM tasks WHERE status IN ({listed}) "
+            f"AND finished_at < now() - %s::float8 * interval '1 second'",
+            (older_than,)).rowcount

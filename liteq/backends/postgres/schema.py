@@ -1,0 +1,159 @@
+"""The PostgreSQL schema: tables, indexes, and their versions.
+
+The tables live in the connection's current schema (the first existing schema of
+its search_path), so `?options=-csearch_path%3Dmyqueue` in the URL puts a queue
+in the schema `myqueue`. Each applied version is a row of liteq_migrations.
+ensure_schema() migrates under a transaction-scoped advisory lock keyed on the
+schema, so daemons that start together migrate once, while queues in other
+schemas (or databases: advisory locks are per database) never wait for it.
+"""
+
+from psycopg import sql
+
+from ...errors import DatabaseError
+
+SCHEMA_VERSION = 1
+
+# pg_advisory_xact_lock(LOCK_CLASS, hashtext(schema)): LiteQ's own key space.
+LOCK_CLASS = 0x4C6951  # "LiQ"
+
+_MIGRATIONS_DDL = """
+CREATE TABLE IF NOT EXISTS liteq_migrations (
+    version integer PRIMARY KEY,
+    applied_at timestamptz NOT NULL DEFAULT now()
+)"""
+
+# payload and result are text, not jsonb: the daemon hands the child exactly the
+# JSON text the producer wrote, and the hot path (enqueue, claim, record) pays
+# no parse or normalisation (jsonb would also reorder keys and drop duplicates).
+# Nothing queries inside them.
+#
+# Autovacuum: every task is inserted, updated at least twice (claimed, finished)
+# and deleted by purge, so dead rows pile up fast. With the default scale factor
+# (0.2) a table of ten million finished rows collects two million dead ones
+# before a vacuum, and the claim index fills with entries of rows long gone.
+# A 1 % threshold keeps that churn vacuumed in small, frequent passes; analyze
+# at 2 % keeps the planner's view of the pending/finished mix current.
+#
+# fillfactor stays at 100: every update of a task changes its status, which
+# the partial indexes' WHERE clauses name, so no update can be HOT and free space
+# kept on each page would only make the table bigger. (workers is the opposite:
+# its heartbeat updates touch no indexed column, so they are HOT with room.)
+_TASKS_DDL = """
+CREATE TABLE tasks (
+    id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    name text NOT NULL,
+    payload text NOT NULL,
+    queue text NOT NULL DEFAULT 'default',
+    status text NOT NULL DEFAULT 'pending'
+        CHECK (status IN ('pending', 'running', 'done', 'failed', 'cancelled')),
+    priority integer NOT NULL DEFAULT 0,
+    attempts integer NOT NULL DEFAULT 0,
+    max_retries integer NOT NULL DEFAULT 3,
+    worker_id text,
+    run_at timestamptz NOT NULL DEFAULT now(),
+    created_at timestamptz NOT NULL DEFAULT now(),
+    started_at timestamptz,
+    finished_at timestamptz,
+    result text,
+    error text,
+    timeout double precision,
+    retry_delay double precision NOT NULL DEFAULT 1.0,
+    retry_backoff double precision NOT NULL DEFAULT 2.0,
+    retry_max_delay double precision NOT NULL DEFAULT 300.0
+) WITH (autovacuum_vacuum_scale_factor = 0.01, autovacuum_vacuum_threshold = 1000,
+        autovacuum_vacuum_insert_scale_factor = 0.05, autovacuum_analyze_scale_factor = 0.02)
+"""
+
+_WORKERS_DDL = """
+CREATE TABLE workers (
+    worker_id text PRIMARY KEY,
+    hostname text,
+    queues text,
+    concurrency integer,
+    last_heartbeat timestamptz,
+    pid integer,
+    process_started timestamptz,
+    started_at timestamptz
+) WITH (fillfactor = 50)
+"""
+
+_SCHEDULES_DDL = """
+CREATE TABLE schedules (
+    id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    name text NOT NULL UNIQUE,
+    task_name text NOT NULL,
+    cron_expr text NOT NULL,
+    payload text NOT NULL DEFAULT '{"args":[],"kwargs":{}}',
+    queue text,
+    priority integer,
+    max_retries integer,
+    tz text,
+    catchup text NOT NULL DEFAULT 'coalesce',
+    enabled boolean NOT NULL DEFAULT true,
+    next_run timestamptz,
+    last_run timestamptz,
+    created_at timestamptz,
+    updated_at timestamptz
+)
+"""
+
+_INDEXES = (
+    # The claim, exactly: pending rows of one queue in claim order (see tasks.CLAIM).
+    "CREATE INDEX tasks_claim ON tasks (queue, priority DESC, run_at, id) "
+    "WHERE status = 'pending'",
+    # Reclaim and "active tasks per worker".
+    "CREATE INDEX tasks_running ON tasks (worker_id) WHERE status = 'running'",
+    # Monitor lists of finished tasks, newest finish first (reads.find_tasks's
+    # order), and purge by age. Partial, so an enqueue (a pending row) pays nothing.
+    "CREATE INDEX tasks_finished ON tasks (status, finished_at DESC NULLS LAST, id DESC) "
+    "WHERE status IN ('done', 'failed', 'cancelled')",
+    "CREATE INDEX schedules_due ON schedules (next_run) WHERE enabled",
+)
+
+# version -> the statements that bring the schema from version - 1 to it.
+_MIGRATIONS = {1: (_TASKS_DDL, _WORKERS_DDL, _SCHEDULES_DDL) + _INDEXES}
+
+
+def _applied(conn, schema):
+    """The schema's version (0: none), reading liteq_migrations only if it exists."""
+    row = conn.execute("SELECT to_regclass(%s) IS NOT NULL AS present",
+                       (sql.Identifier(schema, "liteq_migrations").as_string(conn),)).fetchone()
+    if not row["present"]:
+        return 0
+    return conn.execute(sql.SQL("SELECT COALESCE(MAX(version), 0) AS v FROM {}").format(
+        sql.Identifier(schema, "liteq_migrations"))).fetchone()["v"]
+
+
+def _check_newer(version, schema):
+    if version > SCHEMA_VERSION:
+        raise DatabaseError(
+            f"the LiteQ tables in schema {schema!r} are at version {version}, newer than "
+            f"this LiteQ understands ({SCHEMA_VERSION}); upgrade LiteQ")
+
+
+def ensure_schema(conn) -> str:
+    """Create or migrate the tables to SCHEMA_VERSION in the connection's current schema;
+    returns that schema's name. Safe to call from any number of processes at once."""
+    schema = conn.execute("SELECT current_schema() AS s").fetchone()["s"]
+    if schema is None:
+        path = conn.execute("SHOW search_path").fetchone()["search_path"]
+        raise DatabaseError(f"no schema to create the LiteQ tables in: none of the "
+                            f"search_path ({path}) exists; create it first")
+    version = _applied(conn, schema)
+    _check_newer(version, schema)
+    if version == SCHEMA_VERSION:
+        return schema
+    with conn.transaction():
+        conn.execute("SELECT pg_advisory_xact_lock(%s, hashtext(current_schema()))",
+                     (LOCK_CLASS,))
+        # Another process may have migrated while this one waited for the lock.
+        conn.execute(_MIGRATIONS_DDL)
+        version = _applied(conn, schema)
+        _check_newer(version, schema)
+        while version < SCHEMA_VERSION:
+            version += 1
+            for ddl in _MIGRATIONS[version]:
+                conn.execute(ddl)
+            conn.execute("INSERT INTO liteq_migrations (version) VALUES (%s)", (version,))
+    return schema

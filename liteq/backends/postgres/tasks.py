@@ -1,0 +1,207 @@
+"""PostgreSQL: enqueue, claim, outcomes and release (the producers' and the daemon's
+writes to the tasks table).
+
+Every "now" is the server's now(): delays are added to it, due times and claims
+are judged by it, so a producer or daemon whose clock is off neither delays nor
+advances a task. Times go out as epoch seconds (date_part('epoch', ...)).
+"""
+
+import contextlib
+
+from .connection import operation
+from .wake import NOTIFY_PAYLOAD
+
+# When a task is due: to_timestamp(run_at) when given (absolute epoch seconds),
+# else the server's now() plus the delay (0 when none). Parameters: run_at, delay.
+_DUE = "COALESCE(to_timestamp(%s::float8), now() + %s::float8 * interval '1 second')"
+
+_INSERT_COLUMNS = ("name, payload, queue, priority, max_retries, run_at, timeout, "
+                   "retry_delay, retry_backoff, retry_max_delay")
+
+# .delay(): one statement, one round trip, in autocommit. pg_notify is called in
+# the statement itself, so the wake-up is part of the enqueue's own transaction
+# (sent at its commit, never for a rolled-back row), and no trigger is involved.
+ENQUEUE = (
+    f"WITH ins AS (INSERT INTO tasks ({_INSERT_COLUMNS}) "
+    f"VALUES (%s, %s, %s, %s, %s, {_DUE}, %s, %s, %s, %s) RETURNING id, queue, run_at) "
+    f"SELECT ins.id, pg_notify(%s, {NOTIFY_PAYLOAD.format(queue='ins.queue', due='ins.run_at')}) "
+    f"FROM ins")
+
+# .map()/.starmap(): the producer's JSON array of argument lists is split by the
+# server (json keeps each element's text as written), inserted in order, and the
+# one aggregate row sends one notify. One statement: one transaction.
+ENQUEUE_MANY = (
+    f"WITH ins AS (INSERT INTO tasks ({_INSERT_COLUMNS}) "
+    f"SELECT %s, '{{\"args\":' || a.value::text || ',\"kwargs\":{{}}}}', %s, %s, %s, {_DUE}, "
+    f"%s, %s, %s, %s FROM json_array_elements(%s::json) WITH ORDINALITY AS a(value, n) "
+    f"ORDER BY a.n RETURNING id) "
+    f"SELECT array_agg(id ORDER BY id) AS ids, "
+    f"pg_notify(%s, {NOTIFY_PAYLOAD.format(queue='%s::text', due=_DUE)}) FROM ins")
+
+# Several NewTask rows (a schedule's fire) in one statement, from column arrays.
+INSERT_ROWS = (
+    f"INSERT INTO tasks ({_INSERT_COLUMNS}) "
+    f"SELECT u.name, u.payload, u.queue, u.priority, u.max_retries, "
+    f"COALESCE(to_timestamp(u.run_at), now() + u.delay * interval '1 second'), u.timeout, "
+    f"u.retry_delay, u.retry_backoff, u.retry_max_delay "
+    f"FROM unnest(%s::text[], %s::text[], %s::text[], %s::int[], %s::int[], %s::float8[], "
+    f"%s::float8[], %s::float8[], %s::float8[], %s::float8[], %s::float8[]) WITH ORDINALITY "
+    f"AS u(name, payload, queue, priority, max_retries, run_at, delay, timeout, retry_delay, "
+    f"retry_backoff, retry_max_delay, n) ORDER BY u.n RETURNING id")
+
+# The claim: one statement. The MATERIALIZED CTE picks ids in claim order with
+# FOR UPDATE SKIP LOCKED, and the UPDATE marks exactly those rows. Each queue is
+# read by its own ordered scan of the partial index tasks_claim (a LATERAL per
+# queue) that stops after `limit` rows: PostgreSQL 15 cannot return
+# `queue = ANY(array)` in index order, and would read and sort every due
+# pending row of the queues instead. With several queues, a row locked by one
+# queue's scan but beaten by another queue's is released at commit.
+CLAIM = (
+    "WITH picked AS MATERIALIZED ("
+    " SELECT c.id FROM unnest(%s::text[]) AS q(name) CROSS JOIN LATERAL ("
+    "  SELECT id, priority, run_at FROM tasks"
+    "  WHERE status = 'pending' AND queue = q.name AND run_at <= now()"
+    "  ORDER BY priority DESC, run_at, id LIMIT %s FOR UPDATE SKIP LOCKED) c"
+    " ORDER BY c.priority DESC, c.run_at, c.id LIMIT %s) "
+    "UPDATE tasks t SET status = 'running', worker_id = %s, attempts = t.attempts + 1, "
+    "started_at = now() FROM picked WHERE t.id = picked.id "
+    "RETURNING t.id, t.name, t.payload, t.queue, t.priority, "
+    "date_part('epoch', t.run_at) AS run_at, t.attempts, t.max_retries, t.timeout, "
+    "t.retry_delay, t.retry_backoff, t.retry_max_delay")
+
+# Outcomes: one statement per kind over unnest arrays; each row changes only while
+# it is still running for this worker.
+_GUARD = "WHERE t.id = u.id AND t.status = 'running' AND t.worker_id = %s"
+_OUTCOME_ROWS = "unnest(%s::bigint[], %s::text[], %s::float8[], %s::float8[]) AS u(id, text, s, x)"
+RECORD_DONE = (f"UPDATE tasks t SET status = 'done', result = u.text, error = NULL, "
+               f"started_at = to_timestamp(u.s), finished_at = to_timestamp(u.x) "
+               f"FROM {_OUTCOME_ROWS} {_GUARD}")
+RECORD_FAILED = (f"UPDATE tasks t SET status = 'failed', error = u.text, "
+                 f"started_at = to_timestamp(u.s), finished_at = to_timestamp(u.x) "
+                 f"FROM {_OUTCOME_ROWS} {_GUARD}")
+RECORD_RETRY = (f"UPDATE tasks t SET status = 'pending', error = u.text, "
+                f"started_at = to_timestamp(u.s), worker_id = NULL, "
+                f"run_at = now() + u.x * interval '1 second' FROM {_OUTCOME_ROWS} {_GUARD}")
+
+RELEASE = ("UPDATE tasks SET status = 'pending', worker_id = NULL, "
+           "attempts = GREATEST(attempts - 1, 0), started_at = NULL "
+           "WHERE id = ANY(%s::bigint[]) AND status = 'running' AND worker_id = %s")
+
+# The earliest due time of the queues' pending tasks, in index seeks only: walk
+# each queue's priority levels (max, then the max below it, ...) and take the
+# first run_at of each level. A plain MIN(run_at) would read every pending row.
+NEXT_DUE = (
+    "WITH RECURSIVE levels(queue, priority) AS ("
+    " SELECT q.name, (SELECT MAX(priority) FROM tasks "
+    "  WHERE status = 'pending' AND queue = q.name) FROM unnest(%s::text[]) AS q(name)"
+    " UNION ALL"
+    " SELECT l.queue, (SELECT MAX(priority) FROM tasks WHERE status = 'pending' "
+    "  AND queue = l.queue AND priority < l.priority) FROM levels l "
+    " WHERE l.priority IS NOT NULL) "
+    "SELECT date_part('epoch', MIN(f.first) - now()) AS wait FROM levels l "
+    "CROSS JOIN LATERAL (SELECT MIN(run_at) AS first FROM tasks WHERE status = 'pending' "
+    "AND queue = l.queue AND priority = l.priority) f WHERE l.priority IS NOT NULL")
+
+
+def _options(o):
+    return (o.priority, o.max_retries)
+
+
+def _tail(o):
+    return (o.timeout, o.retry_delay, o.retry_backoff, o.retry_max_delay)
+
+
+def floats(values) -> list:
+    """A list for a float8[] parameter: psycopg refuses lists that mix int and float."""
+    return [None if v is None else float(v) for v in values]
+
+
+def insert_rows(session, tasks) -> list:
+    """Insert NewTask rows in one statement; returns their ids in order."""
+    cols = [[] for _ in range(11)]
+    for task in tasks:
+        o = task.options
+        for col, value in zip(cols, (task.name, task.payload, o.queue, o.priority,
+                                     o.max_retries, task.run_at, task.delay or 0.0,
+                                     *_tail(o))):
+            col.append(value)
+    cols[5:] = [floats(col) for col in cols[5:]]
+    rows = session.run(INSERT_ROWS, cols).fetchall()
+    return sorted(r["id"] for r in rows)
+
+
+def _by_claim_order(rows):
+    # RETURNING gives no order guarantee; restore the claim order.
+    rows.sort(key=lambda r: (-r["priority"], r["run_at"], r["id"]))
+    return rows
+
+
+class TaskOps:
+    """Mixin of PostgresBackend: the writes of producers and daemons."""
+
+    @operation
+    def enqueue(self, task) -> int:
+        """Insert one pending task with its wake-up, in one statement; returns its id."""
+        o = task.options
+        row = self._session.run(ENQUEUE, (
+            task.name, task.payload, o.queue, *_options(o), task.run_at, task.delay or 0.0,
+            *_tail(o), self._channel), prepare=True).fetchone()
+        return row["id"]
+
+    @operation
+    def enqueue_many(self, tasks) -> list:
+        """Insert every call of a NewTasks in one statement (one transaction, one
+        wake-up); returns the ids in order."""
+        if tasks.count <= 0:
+            return []
+        o = tasks.options
+        due = (tasks.run_at, tasks.delay or 0.0)
+        row = self._session.run(ENQUEUE_MANY, (
+            tasks.name, o.queue, *_options(o), *due, *_tail(o), tasks.args_json,
+            self._channel, o.queue, *due)).fetchone()
+        return row["ids"]
+
+    @operation
+    def claim(self, worker_id, queues, limit) -> list:
+        """Mark up to `limit` due pending tasks of `queues` running for `worker_id`, in
+        one statement; returns them in claim order (priority desc, due time, id)."""
+        queues = list(dict.fromkeys(queues))
+        if limit <= 0 or not queues:
+            return []
+        rows = self._session.run(CLAIM, (queues, limit, limit, worker_id),
+                                 prepare=True).fetchall()
+        return _by_claim_order(rows)
+
+    @operation
+    def record_outcomes(self, worker_id, done=(), failed=(), retry=()) -> int:
+        """Record finished attempts, one statement per kind, in one transaction; returns
+        how many rows changed. Each applies only while the row is still running for
+        this worker. Retries come due `delay` seconds after the server's now()."""
+        work = [(sql, rows) for sql, rows in
+                ((RECORD_DONE, done), (RECORD_FAILED, failed), (RECORD_RETRY, retry)) if rows]
+        session = self._session
+        changed = 0
+        with session.transaction() if len(work) > 1 else contextlib.nullcontext():
+            for sql, rows in work:
+                ids, texts, starts, last = zip(*rows)
+                changed += session.run(sql, ([int(i) for i in ids], list(texts), floats(starts),
+                                             floats(last), worker_id), prepare=True).rowcount
+        return changed
+
+    @operation
+    def release(self, worker_id, task_ids) -> int:
+        """Return claimed tasks that never started to pending, uncounting the attempt."""
+        if not task_ids:
+            return 0
+        return self._session.run(RELEASE, ([int(i) for i in task_ids], worker_id),
+                                 prepare=True).rowcount
+
+    @operation
+    def next_due(self, queues):
+        """Seconds from the server's now until the earliest pending task of `queues` is
+        due (<= 0: due now), or None when none is pending."""
+        queues = list(dict.fromkeys(queues))
+        if not queues:
+            return None
+        return self._session.run(NEXT_DUE, (queues,), prepare=True).fetchone()["wait"]
+

@@ -1,0 +1,90 @@
+"""PostgreSQL: the workers table (heartbeats) and the reclaim of dead daemons' tasks.
+
+Heartbeats are stamped with the server's now(), and staleness is judged by it
+too, so a daemon on a host whose clock is off is neither reclaimed early nor kept
+alive too long.
+"""
+
+from .connection import operation
+
+WORKER_COLUMNS = ("worker_id, hostname, queues, concurrency, "
+                  "date_part('epoch', last_heartbeat) AS last_heartbeat, pid, "
+                  "date_part('epoch', process_started) AS process_started, "
+                  "date_part('epoch', started_at) AS started_at")
+
+HEARTBEAT = (
+    "INSERT INTO workers (worker_id, hostname, queues, concurrency, last_heartbeat, pid, "
+    "process_started, started_at) VALUES (%s, %s, %s, %s, now(), %s, "
+    "to_timestamp(%s::float8), COALESCE(to_timestamp(%s::float8), now())) "
+    "ON CONFLICT (worker_id) DO UPDATE SET hostname = excluded.hostname, "
+    "queues = excluded.queues, concurrency = excluded.concurrency, "
+    "last_heartbeat = excluded.last_heartbeat, pid = excluded.pid, "
+    "process_started = excluded.process_started")
+
+# One statement, so two daemons reclaiming at once never requeue a task twice:
+# the second one's UPDATE waits for the first's row locks, then re-checks
+# status = 'running' on the new row versions and skips them. The CTE deletes the
+# dead workers' rows (named, or with a heartbeat older than stale_after by the
+# server's clock); tasks of a worker with no row at all are given back too.
+RECLAIM = (
+    "WITH gone AS (DELETE FROM workers WHERE worker_id = ANY(%(dead)s::text[]) "
+    " OR last_heartbeat < now() - %(stale)s::float8 * interval '1 second' "
+    " RETURNING worker_id) "
+    "UPDATE tasks t SET "
+    "status = CASE WHEN t.attempts > t.max_retries THEN 'failed' ELSE 'pending' END, "
+    "error = CASE WHEN t.attempts > t.max_retries THEN %(error)s ELSE t.error END, "
+    "finished_at = CASE WHEN t.attempts > t.max_retries THEN now() ELSE NULL END, "
+    "run_at = CASE WHEN t.attempts > t.max_retries THEN t.run_at ELSE now() END, "
+    "worker_id = NULL "
+    "WHERE t.status = 'running' AND (t.worker_id IS NULL "
+    " OR t.worker_id = ANY(%(dead)s::text[]) OR t.worker_id IN (SELECT worker_id FROM gone) "
+    " OR NOT EXISTS (SELECT 1 FROM workers w WHERE w.worker_id = t.worker_id)) "
+    "RETURNING t.id, t.status")
+
+
+class WorkerOps:
+    """Mixin of PostgresBackend: heartbeats, worker rows and reclaim."""
+
+    @operation
+    def heartbeat(self, worker_id, hostname, queues, concurrency, pid, process_started,
+                  started_at=None) -> None:
+        """Insert or refresh this daemon's row, stamped with the server's now()."""
+        self._session.run(HEARTBEAT, (worker_id, hostname, queues, concurrency, pid,
+                                      process_started, started_at), prepare=True)
+
+    @operation
+    def remove_worker(self, worker_id) -> None:
+        """Delete a daemon's worker row (on a clean stop)."""
+        self._session.run("DELETE FROM workers WHERE worker_id = %s", (worker_id,))
+
+    @operation
+    def list_workers(self) -> list:
+        """Every worker row, newest heartbeat first."""
+        return self._session.run(
+            f"SELECT {WORKER_COLUMNS} FROM workers ORDER BY last_heartbeat DESC").fetchall()
+
+    @operation
+    def reclaim(self, dead_worker_ids=(), stale_after=None, reason="worker died") -> list:
+        """Give back the running tasks of dead workers in one guarded statement.
+
+        Dead: named in dead_worker_ids, a heartbeat older than stale_after seconds by
+        the server's clock, or no worker row at all. Tasks with attempts left go back
+        to pending (due now), the rest fail with `reason`. Dead worker rows are
+        deleted. Returns [(task_id, new_status)].
+        """
+        rows = self._session.run(RECLAIM, {
+            "dead": list(dead_worker_ids), "stale": stale_after,
+            "error": reason + ", and the task has no retries left"}, prepare=True).fetchall()
+        return [(r["id"], r["status"]) for r in rows]
+
+    @operation
+    def active_workers(self, window) -> list:
+        """Workers with a heartbeat in the last `window` seconds (server's clock), each
+        with active_tasks (its running tasks)."""
+        return self._session.run(
+            "SELECT w.worker_id, w.hostname, w.queues, w.concurrency, "
+            "date_part('epoch', w.last_heartbeat) AS last_heartbeat, w.pid, "
+            "(SELECT COUNT(*) FROM tasks t WHERE t.status = 'running' "
+            "AND t.worker_id = w.worker_id) AS active_tasks FROM workers w "
+            "WHERE w.last_heartbeat >= now() - %s::float8 * interval '1 second' "
+            "ORDER BY w.worker_id", (window,)).fetchall()
