@@ -176,7 +176,7 @@ def test_whole_numbers_and_floats_mix_in_batched_outcomes_and_fires(backend):
     backend.claim("w", ["default"], 4)
     t = int(time.time())
     assert backend.record_outcomes("w", done=[(ids[0], "1", t, t + 0.5), (ids[1], "2", t - 1.5, t)],
-                                   retry=[(ids[2], "e", t, 30), (ids[3], "e", t, 2.5)]) == 4
+                                   retry=[(ids[2], "e", t, 30), (ids[3], "e", t, 2.5)]) == ids
     assert backend.get_task(ids[0])["finished_at"] == pytest.approx(t + 0.5)
     sid = backend.upsert_schedule("s", "t", "* * * * *", "{}", None, None, None, None,
                                   "coalesce", None, t)

@@ -63,13 +63,13 @@ def test_a_connection_killed_inside_a_batch_rolls_the_batch_back(backend, db):
     t = time.time()
     with pytest.raises(DatabaseUnavailable):
         with backend.batch():
-            assert backend.record_outcomes("w", done=[(a, "1", t, t)]) == 1
+            assert backend.record_outcomes("w", done=[(a, "1", t, t)]) == [a]
             pg_helpers.terminate(db, backend.server_pid)
             backend.claim("w", ["default"], 1)
     assert backend.get_task(a)["status"] == "running"   # the outcome was rolled back
     assert backend.get_task(b)["status"] == "pending"
     with backend.batch():  # and the next batch works, on a new connection
-        assert backend.record_outcomes("w", done=[(a, "1", t, t)]) == 1
+        assert backend.record_outcomes("w", done=[(a, "1", t, t)]) == [a]
         assert [r["id"] for r in backend.claim("w", ["default"], 1)] == [b]
     assert backend.get_task(a)["status"] == "done"
 
@@ -119,7 +119,7 @@ def test_the_daemons_writes_give_up_on_a_lock_held_by_someone_else(backend, db):
         with pytest.raises(DatabaseLocked, match="lock timeout"):
             daemon.record_outcomes("w", done=[(task_id, "1", t, t)])
         holder.rollback()
-        assert daemon.record_outcomes("w", done=[(task_id, "1", t, t)]) == 1
+        assert daemon.record_outcomes("w", done=[(task_id, "1", t, t)]) == [task_id]
     finally:
         holder.close()
         daemon.close()

@@ -357,7 +357,7 @@ def test_active_workers_list_their_queues_as_the_seed_did(db_path):
 # ---- the monitor's JSON API (the seed's liteq/web.py) ------------------------------------------
 
 @pytest.fixture
-def panel_tasks(db_path):
+def panel_tasks(db):
     """A done, a failed and a pending task, and a live worker row; returns their ids."""
     import os
     import time

@@ -75,13 +75,14 @@ _GUARD = "WHERE t.id = u.id AND t.status = 'running' AND t.worker_id = %s"
 _OUTCOME_ROWS = "unnest(%s::bigint[], %s::text[], %s::float8[], %s::float8[]) AS u(id, text, s, x)"
 RECORD_DONE = (f"UPDATE tasks t SET status = 'done', result = u.text, error = NULL, "
                f"started_at = to_timestamp(u.s), finished_at = to_timestamp(u.x) "
-               f"FROM {_OUTCOME_ROWS} {_GUARD}")
+               f"FROM {_OUTCOME_ROWS} {_GUARD} RETURNING t.id")
 RECORD_FAILED = (f"UPDATE tasks t SET status = 'failed', error = u.text, "
                  f"started_at = to_timestamp(u.s), finished_at = to_timestamp(u.x) "
-                 f"FROM {_OUTCOME_ROWS} {_GUARD}")
+                 f"FROM {_OUTCOME_ROWS} {_GUARD} RETURNING t.id")
 RECORD_RETRY = (f"UPDATE tasks t SET status = 'pending', error = u.text, "
                 f"started_at = to_timestamp(u.s), worker_id = NULL, "
-                f"run_at = now() + u.x * interval '1 second' FROM {_OUTCOME_ROWS} {_GUARD}")
+                f"run_at = now() + u.x * interval '1 second' FROM {_OUTCOME_ROWS} {_GUARD} "
+                f"RETURNING t.id")
 
 RELEASE = ("UPDATE tasks SET status = 'pending', worker_id = NULL, "
            "attempts = GREATEST(attempts - 1, 0), started_at = NULL "
@@ -173,20 +174,22 @@ class TaskOps:
         return _by_claim_order(rows)
 
     @operation
-    def record_outcomes(self, worker_id, done=(), failed=(), retry=()) -> int:
+    def record_outcomes(self, worker_id, done=(), failed=(), retry=()) -> list:
         """Record finished attempts, one statement per kind, in one transaction; returns
-        how many rows changed. Each applies only while the row is still running for
-        this worker. Retries come due `delay` seconds after the server's now()."""
+        the ids recorded. Each applies only while the row is still running for this
+        worker (a missing id was refused). Retries come due `delay` seconds after the
+        server's now()."""
         work = [(sql, rows) for sql, rows in
                 ((RECORD_DONE, done), (RECORD_FAILED, failed), (RECORD_RETRY, retry)) if rows]
         session = self._session
-        changed = 0
+        recorded = []
         with session.transaction() if len(work) > 1 else contextlib.nullcontext():
             for sql, rows in work:
                 ids, texts, starts, last = zip(*rows)
-                changed += session.run(sql, ([int(i) for i in ids], list(texts), floats(starts),
-                                             floats(last), worker_id), prepare=True).rowcount
-        return changed
+                recorded.extend(r["id"] for r in session.run(
+                    sql, ([int(i) for i in ids], list(texts), floats(starts), floats(last),
+                          worker_id), prepare=True).fetchall())
+        return recorded
 
     @operation
     def release(self, worker_id, task_ids) -> int:

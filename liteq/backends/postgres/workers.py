@@ -80,10 +80,12 @@ class WorkerOps:
     @operation
     def active_workers(self, window) -> list:
         """Workers with a heartbeat in the last `window` seconds (server's clock), each
-        with active_tasks (its running tasks)."""
+        with heartbeat_age_s and active_tasks (its running tasks)."""
         return self._session.run(
             "SELECT w.worker_id, w.hostname, w.queues, w.concurrency, "
             "date_part('epoch', w.last_heartbeat) AS last_heartbeat, w.pid, "
+            "date_part('epoch', w.started_at) AS started_at, "
+            "date_part('epoch', now() - w.last_heartbeat) AS heartbeat_age_s, "
             "(SELECT COUNT(*) FROM tasks t WHERE t.status = 'running' "
             "AND t.worker_id = w.worker_id) AS active_tasks FROM workers w "
             "WHERE w.last_heartbeat >= now() - %s::float8 * interval '1 second' "
