@@ -1,14 +1,16 @@
 """`liteq bench`: measure LiteQ on this machine, like redis-benchmark or pgbench.
 
-Against a temporary database, with a daemon it starts itself, it measures
-enqueue throughput (single `.delay()` and bulk), the drain rate of no-op tasks,
-and the latency from `.delay()` returning to the task's first line. Every
-figure is the median of --repeat runs, and the machine's raw SQLite insert
-rate is measured in the same command as a baseline, because shared machines
-are noisy.
+Against a temporary queue (an SQLite file, or with --db postgresql://... a
+fresh schema in that database, dropped afterwards), with a daemon it starts
+itself, it measures enqueue throughput (single `.delay()` and bulk), the drain
+rate of no-op tasks, and the latency from `.delay()` returning to the task's
+first line. Every figure is the median of --repeat runs, and the raw insert
+rate of the same database (plain sqlite3, or plain psycopg) is measured in the
+same command as a baseline, because shared machines are noisy.
 """
 
 import argparse
+import contextlib
 import json
 import os
 import shutil
@@ -17,6 +19,8 @@ import statistics
 import sys
 import tempfile
 import time
+import uuid
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 BENCH_APP = '''
 import time
@@ -89,6 +93,89 @@ def _raw_insert_rates(path, n_single, n_bulk):
     return single, bulk
 
 
+def _raw_postgres_rates(url, n_single, n_bulk):
+    """Baseline: plain psycopg into a table shaped like tasks (one prepared INSERT and
+    its commit per row, then one executemany in a transaction)."""
+    import psycopg
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute("CREATE TABLE raw_t (id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY, "
+                     "name text, payload text, queue text, status text, priority int, "
+                     "run_at timestamptz, created_at timestamptz)")
+        conn.execute("CREATE INDEX raw_t_claim ON raw_t (queue, priority DESC, run_at, id) "
+                     "WHERE status = 'pending'")
+        sql = ("INSERT INTO raw_t (name, payload, queue, status, priority, run_at, created_at) "
+               "VALUES (%s, %s, %s, %s, %s, now(), now()) RETURNING id")
+        row = ("noop", '{"args":[],"kwargs":{}}', "default", "pending", 0)
+        conn.execute(sql, row, prepare=True).fetchone()
+        t0 = time.perf_counter()
+        for _ in range(n_single):
+            conn.execute(sql, row, prepare=True).fetchone()
+        single = n_single / (time.perf_counter() - t0)
+        t0 = time.perf_counter()
+        with conn.transaction(), conn.cursor() as cur:
+            cur.executemany(sql.replace(" RETURNING id", ""), [row] * n_bulk)
+        bulk = n_bulk / (time.perf_counter() - t0)
+        conn.execute("DROP TABLE raw_t")
+    return single, bulk
+
+
+class Scratch:
+    """Temporary queues for the runs: SQLite files in a temp dir, or fresh schemas of
+    the PostgreSQL database `--db` names (each dropped at the end)."""
+
+    def __init__(self, workdir, db=None):
+        from .backends import is_postgres
+        self.workdir = workdir
+        self.server = db if db and is_postgres(db) else None
+        self.schemas = []
+
+    @property
+    def kind(self):
+        """'PostgreSQL' or 'SQLite', for the baseline's label."""
+        return "PostgreSQL" if self.server else "SQLite"
+
+    def queue(self, name):
+        """A fresh, empty queue's target, exported as LITEQ_DB."""
+        from .backends import forget_backends
+        if self.server:
+            schema = f"liteq_bench_{uuid.uuid4().hex[:10]}"
+            self._sql(f"CREATE SCHEMA {schema}")
+            self.schemas.append(schema)
+            target = _with_query(self.server, options=f"-csearch_path={schema}")
+        else:
+            target = os.path.join(self.workdir, name + ".db")
+        os.environ["LITEQ_DB"] = target
+        forget_backends()
+        return target
+
+    def raw_rates(self, n_single, n_bulk):
+        """The baseline insert rates of this kind of database: (single, bulk) rows/s."""
+        if self.server:
+            return _raw_postgres_rates(self.queue("raw"), n_single, n_bulk)
+        return _raw_insert_rates(os.path.join(self.workdir, "raw.db"), n_single, n_bulk)
+
+    def close(self):
+        """Drop the schemas made for the runs."""
+        from .backends import forget_backends
+        forget_backends()
+        for schema in self.schemas:
+            with contextlib.suppress(Exception):  # the figures matter more than the cleanup
+                self._sql(f"DROP SCHEMA IF EXISTS {schema} CASCADE")
+        self.schemas = []
+
+    def _sql(self, statement):
+        import psycopg
+        with psycopg.connect(self.server, autocommit=True) as conn:
+            conn.execute(statement)
+
+
+def _with_query(url, **params):
+    parts = urlsplit(url)
+    query = dict(parse_qsl(parts.query))
+    query.update(params)
+    return urlunsplit(parts._replace(query=urlencode(query)))
+
+
 def _percentile(values, p):
     values = sorted(values)
     if not values:
@@ -98,18 +185,12 @@ def _percentile(values, p):
     return values[lo] + (values[hi] - values[lo]) * (k - lo)
 
 
-def _fresh_db(workdir, name):
-    from .backends import forget_backends
-    path = os.path.join(workdir, name)
-    os.environ["LITEQ_DB"] = path
-    forget_backends()
-    return path
-
-
-def run_bench(tasks=20000, concurrency=2, repeat=3, samples=500, progress=None):
-    """Run every measurement and return the figures as a dict."""
+def run_bench(tasks=20000, concurrency=2, repeat=3, samples=500, progress=None, db=None):
+    """Run every measurement and return the figures as a dict. db: a PostgreSQL URL to
+    measure on (default: SQLite files in a temp dir)."""
     progress = progress or Progress(quiet=True)
     workdir = tempfile.mkdtemp(prefix="liteq-bench-")
+    scratch = Scratch(workdir, db)
     saved_env = {k: os.environ.get(k) for k in ("LITEQ_DB", "LITEQ_SOCKET")}
     os.environ["LITEQ_SOCKET"] = os.path.join(workdir, "ctl.sock")
     app_path = os.path.join(workdir, "liteq_bench_app.py")
@@ -123,21 +204,20 @@ def run_bench(tasks=20000, concurrency=2, repeat=3, samples=500, progress=None):
 
         n_single = min(tasks, 10000)
         figures = {"tasks": tasks, "concurrency": concurrency, "repeat": repeat,
-                   "samples": samples, "runs": {}}
+                   "samples": samples, "backend": scratch.kind.lower(), "runs": {}}
         runs = figures["runs"]
 
         def record(key, value):
             runs.setdefault(key, []).append(value)
 
         for r in range(repeat):
-            progress.show(f"[{r + 1}/{repeat}] baseline: raw SQLite inserts")
-            single, bulk = _raw_insert_rates(os.path.join(workdir, f"raw{r}.db"),
-                                             n_single, tasks)
+            progress.show(f"[{r + 1}/{repeat}] baseline: raw {scratch.kind} inserts")
+            single, bulk = scratch.raw_rates(n_single, tasks)
             record("raw_insert_per_s", single)
             record("raw_executemany_per_s", bulk)
 
             progress.show(f"[{r + 1}/{repeat}] enqueue: {n_single} x .delay(), no daemon")
-            _fresh_db(workdir, f"enq{r}.db")
+            scratch.queue(f"enq{r}")
             app.noop.delay()  # schema
             t0 = time.perf_counter()
             for _ in range(n_single):
@@ -159,9 +239,9 @@ def run_bench(tasks=20000, concurrency=2, repeat=3, samples=500, progress=None):
 
             progress.show(f"[{r + 1}/{repeat}] drain: {tasks} queued no-op tasks, "
                           f"concurrency {concurrency}")
-            db = _fresh_db(workdir, f"drain{r}.db")
+            queue = scratch.queue(f"drain{r}")
             app.noop.starmap([()] * tasks)
-            with start_daemon(app_path, db=db, concurrency=concurrency,
+            with start_daemon(app_path, db=queue, concurrency=concurrency,
                               log_path=os.path.join(workdir, f"drain{r}.log")) as daemon:
                 store = get_backend()
                 deadline = time.monotonic() + max(60.0, tasks / 500)
@@ -213,8 +293,7 @@ def run_bench(tasks=20000, concurrency=2, repeat=3, samples=500, progress=None):
                 os.environ.pop(key, None)
             else:
                 os.environ[key] = value
-        from .backends import forget_backends
-        forget_backends()
+        scratch.close()
         shutil.rmtree(workdir, ignore_errors=True)
 
 
@@ -249,8 +328,8 @@ ROWS = [
     ("latency_p95_ms", "latency p95", "ms", "{:.2f}"),
     ("latency_p99_ms", "latency p99", "ms", "{:.2f}"),
     ("supervisor_rss_mb", "supervisor RSS", "MB", "{:.1f}"),
-    ("raw_insert_per_s", "baseline: raw SQLite INSERT+commit", "rows/s", "{:,.0f}"),
-    ("raw_executemany_per_s", "baseline: raw SQLite executemany", "rows/s", "{:,.0f}"),
+    ("raw_insert_per_s", "baseline: raw {kind} INSERT+commit", "rows/s", "{:,.0f}"),
+    ("raw_executemany_per_s", "baseline: raw {kind} executemany", "rows/s", "{:,.0f}"),
     ("delay_vs_raw", "ratio .delay() / raw INSERT", "x", "{:.2f}"),
     ("bulk_vs_raw", "ratio bulk / raw executemany", "x", "{:.2f}"),
     ("delay_daemon_vs_none", "ratio enqueue with daemon / without", "x", "{:.2f}"),
@@ -260,11 +339,14 @@ ROWS = [
 def render(figures):
     """The results as an aligned text table."""
     med = figures["median"]
-    head = (f"liteq bench: {figures['tasks']} tasks, concurrency {figures['concurrency']}, "
-            f"median of {figures['repeat']} runs, {figures['samples']} latency samples")
-    width = max(len(label) for _, label, _, _ in ROWS)
+    kind = "PostgreSQL" if figures.get("backend") == "postgresql" else "SQLite"
+    head = (f"liteq bench ({kind}): {figures['tasks']} tasks, concurrency "
+            f"{figures['concurrency']}, median of {figures['repeat']} runs, "
+            f"{figures['samples']} latency samples")
+    rows = [(key, label.format(kind=kind), unit, fmt) for key, label, unit, fmt in ROWS]
+    width = max(len(label) for _, label, _, _ in rows)
     lines = [head, ""]
-    for key, label, unit, fmt in ROWS:
+    for key, label, unit, fmt in rows:
         if key in med:
             lines.append(f"  {label:<{width}}  {fmt.format(med[key]):>10}  {unit}")
     return "\n".join(lines)
@@ -278,11 +360,24 @@ def main(argv=None) -> int:
     p.add_argument("--repeat", type=int, default=3, help="runs per figure (medians)")
     p.add_argument("--samples", type=int, default=500, help="latency samples per run")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    p.add_argument("--db", help="measure on this PostgreSQL database (a URL; each run gets a "
+                                "schema of its own, dropped afterwards); default: SQLite "
+                                "files in a temp dir")
     args = p.parse_args(argv)
     for name in ("tasks", "concurrency", "repeat", "samples"):
         if getattr(args, name) < 1:
             p.error(f"--{name} must be at least 1")
+    if args.db:
+        from .backends import identity_of, is_postgres
+        from .errors import ConfigError
+        if not is_postgres(args.db):
+            p.error("--db takes a PostgreSQL URL; SQLite runs use temp files by default")
+        try:
+            identity_of(args.db)
+        except ConfigError as exc:
+            p.error(str(exc))
     figures = run_bench(args.tasks, args.concurrency, args.repeat, args.samples,
-                        progress=Progress(quiet=args.json and not sys.stderr.isatty()))
+                        progress=Progress(quiet=args.json and not sys.stderr.isatty()),
+                        db=args.db)
     print(json.dumps(figures, indent=2) if args.json else render(figures))
     return 0
