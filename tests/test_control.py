@@ -527,7 +527,7 @@ def test_liteqctl_schedules_reads_the_database_when_no_daemon_runs(lq, app):
     assert "nightly-add" in res.stdout and "0 3 * * *" in res.stdout
     note = res.stderr.strip().splitlines()
     assert len(note) == 1 and "no liteqd is running" in note[0], res.stderr
-    assert f"read from {lq.db}" in note[0], res.stderr
+    assert f"read from {backends.identity_of(lq.db)}" in note[0], res.stderr
     res = ctl("schedules", "--json")
     assert res.returncode == 0, res.stderr
     assert [s["name"] for s in json.loads(res.stdout)] == ["nightly-add"]

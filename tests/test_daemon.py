@@ -184,7 +184,7 @@ def test_supervisor_title_counts_busy_children_of_each_pool(daemons, app):
     def title_is(expected):
         return wait_for(lambda: Daemon.title(d.ps) == expected, 10,
                         message=f"supervisor title {Daemon.title(d.ps)!r}, not {expected!r}")
-    db = daemons.db
+    db = backends.identity_of(daemons.db)   # the queue's name, never a password
     title_is(f"liteqd: supervisor [default busy 0/2] db={db}")   # two idle children
     tid = app.slow.delay(2)
     d.wait_event("task.started", task_id=tid)
