@@ -120,6 +120,23 @@ def _stray_files():
 
 @pytest.mark.parametrize("name", _params())
 def test_example_runs_as_is(name, record_property):
+    _run_example(name, record_property)
+
+
+@pytest.mark.parametrize("name", ["basic.py", "cron.py"])
+def test_example_runs_on_postgresql(name, record_property):
+    """The same scripts, with LITEQ_DB naming a PostgreSQL queue (a schema of its own)."""
+    import pg_helpers
+    server = pg_helpers.server_url()
+    schema, url = pg_helpers.create_schema(server)
+    try:
+        _run_example(name, record_property, LITEQ_DB=url)
+    finally:
+        pg_helpers.drop_schema(server, schema)
+
+
+def _run_example(name, record_property, **env):
+    """Run examples/NAME as a user would; check its words, exit code and leftovers."""
     path = os.path.join(EXAMPLES_DIR, name)
     if not os.path.exists(path):
         pytest.skip(f"examples/{name} is not written yet")
@@ -127,7 +144,7 @@ def test_example_runs_as_is(name, record_property):
     files_before = _stray_files()
     since = time.time()
     proc = subprocess.Popen([sys.executable, os.path.join("examples", name)], cwd=ROOT,
-                            env=_clean_env(token), stdout=subprocess.PIPE,
+                            env=dict(_clean_env(token), **env), stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True, start_new_session=True)
     try:
         try:
