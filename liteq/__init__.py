@@ -10,9 +10,11 @@
 Run the tasks with `liteqd --app tasks.py` (or `liteq worker --app tasks.py`).
 """
 
+from .context import current_task
 from .core import TASK_REGISTRY, Task, task
-from .errors import (ConfigError, DatabaseError, DatabaseLocked, LiteQError, TaskTimeout,
-                     WaitTimeout)
+from .errors import (ConfigError, DatabaseError, DatabaseLocked, DatabaseUnavailable,
+                     LiteQError, Retry, TaskTimeout, WaitTimeout)
+from .hooks import on_task_failure, on_task_retry, on_task_start, on_task_success
 from .status import get_task_status, wait_for_task
 
 # The one place the version is written: pyproject.toml and the CLIs read it here.
@@ -56,4 +58,6 @@ __all__ = [
     "task", "Task", "TASK_REGISTRY", "get_task_status", "wait_for_task", "register_schedule",
     "Scheduler", "cancel_task", "retry_task", "purge_tasks", "LiteQError", "DatabaseError",
     "DatabaseLocked", "TaskTimeout", "WaitTimeout", "ConfigError",
+    "current_task", "Retry", "DatabaseUnavailable", "on_task_start", "on_task_success",
+    "on_task_retry", "on_task_failure",
 ]

@@ -18,12 +18,15 @@ _UNSET = object()
 class Task:
     """A function registered as a task. Call it directly, or enqueue it with .delay()."""
 
-    def __init__(self, fn, name=None, **options):
+    def __init__(self, fn, name=None, retry_on=None, no_retry_on=None, **options):
         if not callable(fn):
             raise TypeError(f"@task needs a function, got {fn!r}")
         self.fn = fn
         self.name = name or fn.__name__
         self.options = TaskOptions.build(**options)
+        # Which exceptions a retry may fix (None: any); checked in the worker child.
+        self.retry_on = _exception_classes("retry_on", retry_on)
+        self.no_retry_on = _exception_classes("no_retry_on", no_retry_on)
         self.is_async = inspect.iscoroutinefunction(fn)
         functools.update_wrapper(self, fn)
 
@@ -154,6 +157,18 @@ def _same_function(a, b):
             and ca.co_firstlineno == cb.co_firstlineno)
 
 
+def _exception_classes(label, value):
+    """A tuple of exception classes from a class or a tuple/list of them (None stays None)."""
+    if value is None:
+        return None
+    items = tuple(value) if isinstance(value, (tuple, list)) else (value,)
+    for item in items:
+        if not (isinstance(item, type) and issubclass(item, BaseException)):
+            raise TypeError(f"{label} takes exception classes, such as (ConnectionError,); "
+                            f"got {item!r}")
+    return items
+
+
 # The seed project's @task(queue, max_retries, name, timeout), in that order.
 _SEED_POSITIONAL = ("queue", "max_retries", "name", "timeout")
 
@@ -194,7 +209,11 @@ def task(fn=None, *positional, name=None, **options):
             raise TypeError(f"@task's first argument must be the function (or the queue "
                             f"name), got {fn!r}; options are keywords: @task(queue=...)")
         return decorate(fn)
-    TaskOptions.build(**options)  # an unknown or bad option fails at the decorator line
+    # An unknown or bad option fails at the decorator line, not at the first call.
+    TaskOptions.build(**{k: v for k, v in options.items()
+                         if k not in ("retry_on", "no_retry_on")})
+    for key in ("retry_on", "no_retry_on"):
+        _exception_classes(key, options.get(key))
     return decorate
 
 

@@ -48,3 +48,21 @@ class NotATaskError(LiteQError, TypeError, ValueError):
 
     A TypeError, and a ValueError as the seed project raised, so either except works.
     """
+
+
+class Retry(LiteQError):
+    """Raise inside a task to ask for another attempt: `raise liteq.Retry(delay=30,
+    reason="rate limited")`.
+
+    It counts against the task's max_retries (with none left the task fails), and
+    the reason is recorded as the attempt's error. delay is in seconds (None: the
+    task's retry back-off decides).
+    """
+
+    def __init__(self, reason="retry requested", delay=None):
+        if delay is not None and (isinstance(delay, bool) or not isinstance(delay, (int, float))
+                                  or delay < 0):
+            raise ValueError(f"Retry delay must be a number of seconds >= 0, got {delay!r}")
+        super().__init__(reason)
+        self.reason = reason
+        self.delay = delay

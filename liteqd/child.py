@@ -245,6 +245,7 @@ def _serve(sock, index, report_rss, max_tasks=0, max_rss=0):
     title_idle = f"liteqd: worker {index} idle"
     setproctitle(title_idle)
     executor = Executor()
+    worker = f"{socket.gethostname()}:{os.getpid()}"
     sock.setblocking(True)
     channel = _channel = _Channel(sock)
     channel.send(protocol.ready(os.getpid()))
@@ -265,7 +266,7 @@ def _serve(sock, index, report_rss, max_tasks=0, max_rss=0):
         _Orphan.task_id = msg.id
         setproctitle(f"liteqd: worker {index} running {msg.name}#{msg.id}")
         started = time.time()
-        outcome = executor.run(msg.name, msg.payload, msg.timeout)
+        outcome = executor.run(msg, worker)
         finished = time.time()
         if outcome.timed_out:
             # Subprocesses the task started die with it, even those in a session of

@@ -4,6 +4,7 @@ import os
 import sys
 
 from liteq.backends import identity_of, open_backend
+from liteq import hooks
 from liteq.app_loader import load_app
 from liteq.core import TASK_REGISTRY
 from liteq.errors import ConfigError, DatabaseError, DatabaseUnavailable
@@ -14,13 +15,15 @@ from . import config as config_mod
 
 def _app_reloader(spec):
     def reload_app():
-        saved = dict(TASK_REGISTRY)
+        saved, saved_hooks = dict(TASK_REGISTRY), hooks.snapshot()
         TASK_REGISTRY.clear()
+        hooks.restore({})  # the fresh import registers its hooks again
         try:
             load_app(spec, reload=True)
         except BaseException:
             TASK_REGISTRY.clear()
             TASK_REGISTRY.update(saved)
+            hooks.restore(saved_hooks)
             raise
     return reload_app
 

@@ -50,9 +50,10 @@ class Dispatcher:
     def record(self, run, ok, text, started, finished, timed_out, retry=None):
         """Queue the outcome of one attempt: done, a retry after its back-off, or failed.
 
-        retry=False fails the task at once (an error no retry can fix); otherwise
-        the retry policy decides. The outcome is logged and counted once the
-        database has recorded it (see sync()).
+        retry=False fails the task at once (an error no retry can fix); a number
+        is a retry the task asked for (liteq.Retry) after that many seconds, while
+        retries remain; otherwise the retry policy decides. The outcome is logged
+        and counted once the database has recorded it (see sync()).
         """
         duration_ms = round((finished - started) * 1000, 3) if started and finished else None
         fields = dict(task_id=run.id, name=run.name, queue=run.queue, attempt=run.attempts,
@@ -63,8 +64,9 @@ class Dispatcher:
             return
         fields.update(error=text.split("\n", 1)[0], timed_out=timed_out)
         if retry is not False and retry_policy.should_retry(run.attempts, run.max_retries):
-            delay = retry_policy.retry_delay(run.attempts, run.retry_delay, run.retry_backoff,
-                                             run.retry_max_delay)
+            delay = retry if isinstance(retry, (int, float)) and retry is not True else \
+                retry_policy.retry_delay(run.attempts, run.retry_delay, run.retry_backoff,
+                                         run.retry_max_delay)
             self.outcomes["retry"].append((run.id, text, started, delay))
             self.reports.append(("task.retrying", dict(fields, retry_in_s=round(delay, 3))))
         else:
@@ -251,7 +253,8 @@ class Dispatcher:
                           row["max_retries"], limit, row["retry_delay"],
                           row["retry_backoff"], row["retry_max_delay"])
             batches[child.pid].append(
-                (run, protocol.task(run.id, run.name, row["payload"], limit)))
+                (run, protocol.task(run.id, run.name, row["payload"], limit, run.queue,
+                                    run.attempts, run.max_retries, row["created_at"])))
         lifecycle = self.sup.lifecycle
         for child in children:
             batch = batches[child.pid]

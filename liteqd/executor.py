@@ -5,24 +5,32 @@ outcome as result JSON or error text.
 
 import asyncio
 import signal
+import time
 import traceback
-from typing import NamedTuple, Optional
+from typing import NamedTuple
 
+from liteq import context, hooks
+from liteq import retry as retry_policy
 from liteq.core import TASK_REGISTRY
-from liteq.errors import TaskTimeout
+from liteq.errors import Retry, TaskTimeout
 from liteq.serialization import decode_payload, encode_result
+
+from . import logs
 
 
 class Outcome(NamedTuple):
-    """What became of one attempt. retry=False: an error no retry can fix."""
+    """What became of one attempt. retry: None (the policy decides), False (an error
+    no retry can fix), or seconds (a retry the task asked for with liteq.Retry)."""
     ok: bool
     text: str
     timed_out: bool = False
-    retry: Optional[bool] = None
+    retry: object = None
 
 
 def _not_retried(text, why):
-    return Outcome(False, f"{text}; not retried: {why}", retry=False)
+    # The note goes on the first line, which logs and lists show.
+    first, sep, rest = text.partition("\n")
+    return Outcome(False, f"{first}; not retried: {why}{sep}{rest}", retry=False)
 
 
 def _on_alarm(signum, frame):
@@ -75,44 +83,101 @@ class Executor:
         finally:
             signal.setitimer(signal.ITIMER_REAL, 0)
 
-    def run(self, name, payload, timeout) -> Outcome:
-        """Run one task; the Outcome's text is the result JSON or the error.
+    def run(self, msg, worker) -> Outcome:
+        """Run one task (a protocol.TaskMessage) as `worker` ("host:pid"); the Outcome's
+        text is the result JSON or the error.
 
         Errors that no retry can fix (an unknown task, undecodable arguments,
-        arguments that do not fit the function, a result JSON cannot hold) are
-        marked retry=False, and their text says so.
+        arguments that do not fit the function, a result JSON cannot hold, an
+        exception the task's retry_on/no_retry_on rule out) are marked retry=False,
+        and their text says so. The task runs with liteq.current_task set, between
+        the app's hooks (liteq.hooks).
         """
-        task = TASK_REGISTRY.get(name)
+        task = TASK_REGISTRY.get(msg.name)
         if task is None:
             known = ", ".join(sorted(TASK_REGISTRY)) or "none"
-            return _not_retried(f"UnknownTask: no task named {name!r} is registered in this "
-                                f"app (registered: {known})",
+            return _not_retried(f"UnknownTask: no task named {msg.name!r} is registered in "
+                                f"this app (registered: {known})",
                                 "the app does not know this task")
         try:
-            args, kwargs = decode_payload(payload)
+            args, kwargs = decode_payload(msg.payload)
         except ValueError as exc:
             return _not_retried(f"BadPayload: {exc}", "the stored arguments cannot be decoded")
+        started = time.time()
+        ctx = context.TaskContext(
+            id=msg.id, name=msg.name, queue=msg.queue, attempt=msg.attempt,
+            max_retries=msg.max_retries, enqueued_at=msg.enqueued_at,
+            deadline=started + msg.timeout if msg.timeout else None, worker=worker)
+        token = context.enter(ctx)
+        try:
+            _call_hooks("start", ctx)
+            outcome, exc, result = self._attempt(task, args, kwargs, msg.timeout)
+            if outcome.ok:
+                _call_hooks("success", ctx, result)
+            elif exc is not None:
+                retried = outcome.retry is not False and retry_policy.should_retry(
+                    msg.attempt, msg.max_retries)
+                _call_hooks("retry" if retried else "failure", ctx, exc)
+            return outcome
+        finally:
+            context.leave(token)
+
+    def _attempt(self, task, args, kwargs, timeout):
+        """(Outcome, the exception or None, the result) of calling the task once."""
         try:
             if task.is_async:
                 result = self._run_async(task.fn, args, kwargs, timeout)
             else:
                 result = self._run_sync(task.fn, args, kwargs, timeout)
         except TaskTimeout as exc:
-            return Outcome(False, _format_error(exc), timed_out=True)
+            return Outcome(False, _format_error(exc), timed_out=True), exc, None
+        except Retry as exc:
+            text = f"Retry: {exc.reason}"
+            return Outcome(False, text, retry=exc.delay if exc.delay is not None else None), \
+                exc, None
         except TypeError as exc:
             mismatch = _signature_mismatch(task.fn, args, kwargs)
             if mismatch:
-                return _not_retried(mismatch, "the arguments do not fit the function")
-            return Outcome(False, _format_error(exc))
+                return _not_retried(mismatch, "the arguments do not fit the function"), exc, None
+            return _filtered(task, exc), exc, None
         except BaseException as exc:  # noqa: B902 - a task's SystemExit is its failure too
             if isinstance(exc, KeyboardInterrupt):
                 raise
-            return Outcome(False, _format_error(exc))
+            return _filtered(task, exc), exc, None
         try:
-            return Outcome(True, encode_result(result))
+            return Outcome(True, encode_result(result)), None, result
         except TypeError as exc:
-            return _not_retried(f"BadResult: {exc}", "the function's result cannot be stored "
-                                                     "as JSON")
+            return _not_retried(f"BadResult: {exc}", "the function's result cannot be "
+                                                     "stored as JSON"), exc, None
+
+
+def _filtered(task, exc) -> Outcome:
+    """The Outcome of an exception under the task's retry_on / no_retry_on rules."""
+    text = _format_error(exc)
+    name = type(exc).__name__
+    if task.no_retry_on and isinstance(exc, task.no_retry_on):
+        return _not_retried(text, f"{name} is in no_retry_on "
+                                                f"({_names(task.no_retry_on)})")
+    if task.retry_on is not None and not isinstance(exc, task.retry_on):
+        return _not_retried(text, f"{name} is not in retry_on "
+                                                f"({_names(task.retry_on)})")
+    return Outcome(False, text)
+
+
+def _names(classes):
+    return ", ".join(c.__name__ for c in classes)
+
+
+def _call_hooks(kind, ctx, *extra):
+    """Run the app's hooks of this kind; one that raises is logged, never fatal."""
+    for hook in hooks.hooks(kind):
+        try:
+            hook(ctx, *extra)
+        except Exception as exc:  # a hook must never change the task's outcome
+            logs.get_logger().error("hook.failed", hook=getattr(hook, "__qualname__", repr(hook)),
+                                    kind=kind, task_id=ctx.id, name=ctx.name,
+                                    error=f"{type(exc).__name__}: {exc}")
+            logs.write_now()  # a child has no loop that flushes the log
 
 
 def _signature_mismatch(fn, args, kwargs):

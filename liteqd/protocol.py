@@ -4,7 +4,8 @@ Each message is one line of JSON: an array whose first element names its kind.
 The shapes are declared once, here, as named tuples, so both sides read fields
 by name while the wire stays compact (a drain moves tens of thousands a second):
 
-    supervisor -> child   TaskMessage  ["t", id, name, payload_json, timeout_s | null]
+    supervisor -> child   TaskMessage  ["t", id, name, payload_json, timeout_s | null, queue,
+                                        attempt, max_retries, enqueued_at]
     child -> supervisor   Ready        ["ready", pid]
                           Result       ["r", id, ok, result_json | error_text, started,
                                         finished, rss_bytes, timed_out, retry]
@@ -18,12 +19,16 @@ _dumps = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
 
 
 class TaskMessage(NamedTuple):
-    """Run this task (supervisor -> child)."""
+    """Run this task (supervisor -> child); the last fields feed liteq.current_task."""
     kind: str
     id: int
     name: str
     payload: str
     timeout: Optional[float]
+    queue: str = "default"
+    attempt: int = 1
+    max_retries: int = 0
+    enqueued_at: Optional[float] = None
 
 
 class Ready(NamedTuple):
@@ -36,7 +41,8 @@ class Result(NamedTuple):
     """The outcome of one task: ok with result JSON, or not ok with the error text.
 
     retry: None lets the task's retry policy decide; False fails it at once (an
-    error that no retry can fix).
+    error that no retry can fix); a number asks for a retry after that many seconds
+    (liteq.Retry), which still counts against max_retries.
     """
     kind: str
     id: int
@@ -46,7 +52,7 @@ class Result(NamedTuple):
     finished: float
     rss: int
     timed_out: bool
-    retry: Optional[bool] = None
+    retry: object = None
 
 
 class Skipped(NamedTuple):
@@ -58,9 +64,11 @@ class Skipped(NamedTuple):
 _SHAPES = {"t": TaskMessage, "ready": Ready, "r": Result, "s": Skipped}
 
 
-def task(task_id, name, payload, timeout) -> TaskMessage:
+def task(task_id, name, payload, timeout, queue="default", attempt=1, max_retries=0,
+         enqueued_at=None) -> TaskMessage:
     """A TaskMessage."""
-    return TaskMessage("t", task_id, name, payload, timeout)
+    return TaskMessage("t", task_id, name, payload, timeout, queue, attempt, max_retries,
+                       enqueued_at)
 
 
 def ready(pid) -> Ready:

@@ -98,7 +98,7 @@ class Backend(abc.ABC):
 
         Order: priority desc, due time, id. Each returned dict has id, name,
         payload, queue, priority, run_at, attempts (counting this one),
-        max_retries, timeout, retry_delay, retry_backoff, retry_max_delay.
+        max_retries, timeout, retry_delay, retry_backoff, retry_max_delay, created_at.
         """
 
     @abc.abstractmethod

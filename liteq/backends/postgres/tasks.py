@@ -67,7 +67,8 @@ CLAIM = (
     "started_at = now() FROM picked WHERE t.id = picked.id "
     "RETURNING t.id, t.name, t.payload, t.queue, t.priority, "
     "date_part('epoch', t.run_at) AS run_at, t.attempts, t.max_retries, t.timeout, "
-    "t.retry_delay, t.retry_backoff, t.retry_max_delay")
+    "t.retry_delay, t.retry_backoff, t.retry_max_delay, "
+    "date_part('epoch', t.created_at) AS created_at")
 
 # Outcomes: one statement per kind over unnest arrays; each row changes only while
 # it is still running for this worker.

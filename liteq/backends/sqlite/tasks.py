@@ -6,7 +6,7 @@ from .connection import guarded
 
 # The columns a claim hands the daemon.
 CLAIM_RETURNING = ("id, name, payload, queue, priority, run_at, attempts, max_retries, "
-                   "timeout, retry_delay, retry_backoff, retry_max_delay")
+                   "timeout, retry_delay, retry_backoff, retry_max_delay, created_at")
 
 INSERT_TASK = (
     "INSERT INTO tasks (name, payload, queue, priority, max_retries, run_at, created_at, "

@@ -1,0 +1,74 @@
+"""`current_task`: what a running task knows about itself (Celery's `self.request`,
+Huey's `context=True`).
+
+    from liteq import current_task, task
+
+    @task(max_retries=5)
+    def sync_account(account_id):
+        print(current_task.id, current_task.attempt, current_task.retries_left)
+
+The worker child sets it around each task (a context variable, so a coroutine
+task sees it too). Outside a running task, reading it raises LiteQError.
+"""
+
+import contextvars
+from dataclasses import dataclass
+
+from .errors import LiteQError
+
+_current = contextvars.ContextVar("liteq_current_task", default=None)
+
+
+@dataclass(frozen=True)
+class TaskContext:
+    """One attempt of one task, as the child runs it.
+
+    attempt is 1-based; enqueued_at and deadline are epoch seconds (deadline is
+    None without a time limit); worker is "host:pid" of the child running it.
+    """
+    id: int
+    name: str
+    queue: str
+    attempt: int
+    max_retries: int
+    enqueued_at: float
+    deadline: float
+    worker: str
+
+    @property
+    def retries_left(self) -> int:
+        """How many more attempts a failure of this one may still get."""
+        return max(self.max_retries - (self.attempt - 1), 0)
+
+
+class _CurrentTask:
+    """Reads the running task's TaskContext; outside a task, a clear LiteQError."""
+
+    __slots__ = ()
+
+    def __getattr__(self, name):
+        ctx = _current.get()
+        if ctx is None:
+            raise LiteQError(f"current_task.{name}: no task is running here; current_task "
+                             f"is only available inside a task that a LiteQ worker runs")
+        return getattr(ctx, name)
+
+    def __bool__(self):
+        return _current.get() is not None
+
+    def __repr__(self):
+        ctx = _current.get()
+        return f"<current_task {ctx!r}>" if ctx is not None else "<current_task: none running>"
+
+
+current_task = _CurrentTask()
+
+
+def enter(ctx: TaskContext):
+    """Make `ctx` the current task; returns the token for leave()."""
+    return _current.set(ctx)
+
+
+def leave(token) -> None:
+    """Restore what was current before enter()."""
+    _current.reset(token)
