@@ -15,7 +15,7 @@ from .core import TASK_REGISTRY, Task, task
 from .errors import (ConfigError, DatabaseError, DatabaseLocked, DatabaseUnavailable,
                      LiteQError, Retry, TaskTimeout, WaitTimeout)
 from .hooks import on_task_failure, on_task_retry, on_task_start, on_task_success
-from .status import get_task_status, wait_for_task
+from .status import aget_task_status, await_task, get_task_status, wait_for_task
 
 # The one place the version is written: pyproject.toml and the CLIs read it here.
 __version__ = "0.4.0"
@@ -59,5 +59,5 @@ __all__ = [
     "Scheduler", "cancel_task", "retry_task", "purge_tasks", "LiteQError", "DatabaseError",
     "DatabaseLocked", "TaskTimeout", "WaitTimeout", "ConfigError",
     "current_task", "Retry", "DatabaseUnavailable", "on_task_start", "on_task_success",
-    "on_task_retry", "on_task_failure",
+    "on_task_retry", "on_task_failure", "aget_task_status", "await_task",
 ]

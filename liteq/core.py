@@ -66,12 +66,25 @@ class Task:
             NewTask(self.name, encode_payload(self.name, args, kwargs), self.options,
                     run_at=run_at, delay=delay))
 
-    def apply_async(self, args=(), kwargs=None, *, queue=None, priority=None, eta=None,
-                    countdown=None, timeout=None, max_retries=None) -> int:
-        """Enqueue with per-call options, as Celery's apply_async does.
+    def apply_async(self, args=(), kwargs=None, **options) -> int:
+        """Enqueue with per-call options, as Celery's apply_async does: queue, priority,
+        eta (a datetime, or epoch seconds) or countdown (seconds), timeout,
+        max_retries. Returns the task id."""
+        return get_backend().enqueue(self._new_task(args, kwargs, **options))
 
-        eta is a datetime (or epoch seconds), countdown a delay in seconds; give one.
-        """
+    async def adelay(self, *args, **kwargs) -> int:
+        """`await fn.adelay(...)`: .delay() for asyncio code; the event loop never
+        blocks (SQLite: in a thread; PostgreSQL: psycopg's async connection)."""
+        return await get_backend().aenqueue(
+            NewTask(self.name, encode_payload(self.name, args, kwargs), self.options))
+
+    async def aapply_async(self, args=(), kwargs=None, **options) -> int:
+        """`await fn.aapply_async(...)`: .apply_async() for asyncio code."""
+        return await get_backend().aenqueue(self._new_task(args, kwargs, **options))
+
+    def _new_task(self, args, kwargs, *, queue=None, priority=None, eta=None,
+                  countdown=None, timeout=None, max_retries=None) -> NewTask:
+        """The NewTask of one apply_async() call, its options checked."""
         if eta is not None and countdown is not None:
             raise ValueError("give eta or countdown, not both")
         check_number("countdown", countdown, allow_none=True)
@@ -89,8 +102,7 @@ class Task:
         if eta is not None:
             run_at = eta.timestamp() if hasattr(eta, "timestamp") else float(eta)
         payload = encode_payload(self.name, tuple(args), kwargs or {})
-        return get_backend().enqueue(NewTask(self.name, payload, options, run_at=run_at,
-                                             delay=countdown))
+        return NewTask(self.name, payload, options, run_at=run_at, delay=countdown)
 
     def map(self, iterable, **options) -> list:
         """Enqueue one call per item (each item is the single argument), in one

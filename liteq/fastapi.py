@@ -59,7 +59,7 @@ from fastapi import APIRouter, Depends, HTTPException
 from .backends import get_backend
 from .core import Task
 from .errors import NotATaskError
-from .status import get_task_status, task_row_to_dict
+from .status import aget_task_status, get_task_status, task_row_to_dict
 
 OPTIONS = {"_queue": "queue", "_priority": "priority", "_countdown": "countdown",
            "_eta": "eta", "_timeout": "timeout", "_max_retries": "max_retries"}
@@ -99,6 +99,16 @@ def enqueue_task(fn, *args, **kwargs) -> int:
     return task.apply_async(args, kwargs, **options)
 
 
+async def aenqueue_task(fn, *args, **kwargs) -> int:
+    """`await aenqueue_task(fn, ...)`: enqueue_task() that never blocks the event loop
+    (for `async def` endpoints)."""
+    task = _as_task(fn)
+    options = _split_options(kwargs)
+    if not options:
+        return await task.adelay(*args, **kwargs)
+    return await task.aapply_async(args, kwargs, **options)
+
+
 class TaskEnqueuer:
     """What an endpoint receives for a LiteQBackgroundTasks parameter.
 
@@ -132,6 +142,17 @@ class TaskEnqueuer:
         self.task_ids.append(task_id)
         return task_id
 
+    async def aadd_task(self, fn, *args, **kwargs) -> int:
+        """add_task() for `async def` endpoints: `await background.aadd_task(...)` never
+        blocks the event loop."""
+        if self.queue is not None:
+            kwargs.setdefault("_queue", self.queue)
+        if self.priority is not None:
+            kwargs.setdefault("_priority", self.priority)
+        task_id = await aenqueue_task(fn, *args, **kwargs)
+        self.task_ids.append(task_id)
+        return task_id
+
     def get_task_status(self, task_id: int):
         """get_task_status() of one task (None when there is no such task)."""
         return get_task_status(task_id)
@@ -162,11 +183,11 @@ def create_task_router(prefix="/tasks", *, tags=("tasks",), dependencies=None) -
 
     @router.get("/{task_id}", summary="A task's status",
                 responses={404: {"description": "No task has this id"}})
-    def liteq_task_status(task_id: int) -> dict:
+    async def liteq_task_status(task_id: int) -> dict:
         """id, name, queue, status, priority, attempts, max_retries, worker_id, run_at,
         created_at, started_at, finished_at, result, error, args, kwargs, timeout,
         payload."""
-        status = get_task_status(task_id)
+        status = await aget_task_status(task_id)
         if status is None:
             raise HTTPException(status_code=404, detail=f"no task with id {task_id}")
         return status
@@ -177,4 +198,5 @@ def create_task_router(prefix="/tasks", *, tags=("tasks",), dependencies=None) -
 task_router = create_task_router()
 
 __all__ = ["LiteQBackgroundTasks", "TaskEnqueuer", "NotATaskError", "enqueue_task",
+           "aenqueue_task",
            "create_task_router", "task_router"]

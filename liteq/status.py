@@ -38,6 +38,33 @@ def get_task_status(task_id: int):
     return task_row_to_dict(row) if row is not None else None
 
 
+async def aget_task_status(task_id: int):
+    """`await aget_task_status(id)`: get_task_status() for asyncio code."""
+    row = await get_backend().aget_task(int(task_id))
+    return task_row_to_dict(row) if row is not None else None
+
+
+async def await_task(task_id: int, timeout: float = 30.0, poll: float = 0.02) -> dict:
+    """`await await_task(id, timeout=...)`: wait_for_task() for asyncio code; the loop
+    runs other work between polls. Raises WaitTimeout and TaskNotFound alike."""
+    import asyncio
+    deadline = time.monotonic() + timeout
+    delay = min(poll, 0.005)
+    while True:
+        status = await aget_task_status(task_id)
+        if status is None:
+            raise TaskNotFound(f"no task with id {task_id}")
+        if status["status"] in FINISHED:
+            return status
+        left = deadline - time.monotonic()
+        if left <= 0:
+            raise WaitTimeout(
+                f"task {task_id} ({status['name']}) is still {status['status']} "
+                f"after {timeout:g} s")
+        await asyncio.sleep(min(delay, left))
+        delay = min(delay * 2, poll)
+
+
 def wait_for_task(task_id: int, timeout: float = 30.0, poll: float = 0.02) -> dict:
     """Block until the task is done, failed or cancelled; return its status dict.
 

@@ -68,6 +68,9 @@ class Backend(abc.ABC):
     #: password). Control sockets and caches are keyed on it.
     identity = None
 
+    #: What open_backend() was given (a path or URL; may hold a password: never shown).
+    target = None
+
     # ---- producers ---------------------------------------------------------
 
     @abc.abstractmethod
@@ -79,6 +82,23 @@ class Backend(abc.ABC):
     def enqueue_many(self, tasks) -> list:
         """Insert every call of a liteq.taskspec.NewTasks in one transaction with one
         wake-up; returns the ids in order."""
+
+    async def aenqueue(self, task) -> int:
+        """enqueue() for asyncio code: never blocks the event loop. This default runs it
+        in a worker thread, on that thread's own backend (see backend_in_thread)."""
+        import asyncio
+        return await asyncio.to_thread(lambda: self.backend_in_thread().enqueue(task))
+
+    async def aget_task(self, task_id):
+        """get_task() for asyncio code (default: in a worker thread)."""
+        import asyncio
+        return await asyncio.to_thread(lambda: self.backend_in_thread().get_task(task_id))
+
+    def backend_in_thread(self):
+        """The calling thread's backend of this queue (one not shared between threads
+        must not be used from a worker thread)."""
+        from . import get_backend
+        return get_backend(self.target)
 
     @abc.abstractmethod
     def notify(self, due=None) -> None:

@@ -19,6 +19,7 @@ PostgreSQL 13 or later (MATERIALIZED CTEs, insert-driven autovacuum settings).
 import psycopg
 
 from ..base import Backend
+from .async_session import AsyncSession
 from .connection import Batch, Connector, Session
 from .reads import ReadOps
 from .schedules import ScheduleOps
@@ -43,7 +44,9 @@ class PostgresBackend(TaskOps, WorkerOps, ReadOps, ScheduleOps, Backend):
 
     def __init__(self, url, daemon=False):
         self._connector = Connector(url)
+        self.target = url
         self.identity = self._connector.identity
+        self._async = None   # the asyncio connection (async_session.py), opened on use
         self.daemon = daemon
         self._schema = None
         self._channel = None
@@ -104,9 +107,24 @@ class PostgresBackend(TaskOps, WorkerOps, ReadOps, ScheduleOps, Backend):
         control_socket is not needed."""
         return ListenChannel(self._connector, self._channel)
 
+    async def aenqueue(self, task) -> int:
+        """enqueue() on psycopg's async connection: one statement, the loop never blocks."""
+        return await self._async_session().enqueue(task, self._channel)
+
+    async def aget_task(self, task_id):
+        """get_task() on psycopg's async connection."""
+        return await self._async_session().get_task(task_id)
+
+    def _async_session(self):
+        if self._async is None or not self._async.usable():
+            self._async = AsyncSession(self._connector)
+        return self._async
+
     def close(self):
         """Close the connection (in a forked child: forget the parent's, untouched)."""
         self._session.close()
+        if self._async is not None:
+            self._async.forget()
 
 
 __all__ = ["PostgresBackend", "ListenChannel", "ensure_schema", "identity_of_url"]

@@ -132,6 +132,13 @@ def insert_rows(session, tasks) -> list:
     return sorted(r["id"] for r in rows)
 
 
+def enqueue_params(task, channel) -> tuple:
+    """The ENQUEUE statement's parameters for a NewTask."""
+    o = task.options
+    return (task.name, task.payload, o.queue, *_options(o), task.run_at, task.delay or 0.0,
+            *_tail(o), channel)
+
+
 def _by_claim_order(rows):
     # RETURNING gives no order guarantee; restore the claim order.
     rows.sort(key=lambda r: (-r["priority"], r["run_at"], r["id"]))
@@ -144,11 +151,8 @@ class TaskOps:
     @operation
     def enqueue(self, task) -> int:
         """Insert one pending task with its wake-up, in one statement; returns its id."""
-        o = task.options
-        row = self._session.run(ENQUEUE, (
-            task.name, task.payload, o.queue, *_options(o), task.run_at, task.delay or 0.0,
-            *_tail(o), self._channel), prepare=True).fetchone()
-        return row["id"]
+        return self._session.run(ENQUEUE, enqueue_params(task, self._channel),
+                                 prepare=True).fetchone()["id"]
 
     @operation
     def enqueue_many(self, tasks) -> list:

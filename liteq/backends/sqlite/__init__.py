@@ -27,7 +27,7 @@ class SQLiteBackend(TaskOps, ReadOps, ScheduleOps, Backend):
     kind = "sqlite"
 
     def __init__(self, path, daemon=False):
-        self.path = path
+        self.path = self.target = path
         self.identity = os.path.abspath(path)
         self.busy_timeout = DAEMON_BUSY_TIMEOUT if daemon else None
         self._backlog = {}   # queues -> the last claim came back full
