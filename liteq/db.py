@@ -15,7 +15,7 @@ import types
 
 from . import settings
 from .backends import is_postgres, sqlite_path
-from .backends.sqlite import ensure_schema, open_connection
+from .backends.sqlite import open_with_schema
 from .errors import ConfigError
 
 
@@ -43,13 +43,7 @@ def get_conn(path=None):
     if is_postgres(target):
         raise ConfigError("liteq.db.get_conn() opens SQLite files only; on PostgreSQL use "
                           "liteq.backends.open_backend()")
-    conn = open_connection(sqlite_path(target), isolation_level="")
-    try:
-        ensure_schema(conn)
-    except BaseException:
-        conn.close()
-        raise
-    return conn
+    return open_with_schema(sqlite_path(target), isolation_level="")
 
 
 def init_db(path=None) -> None:

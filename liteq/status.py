@@ -48,21 +48,39 @@ async def await_task(task_id: int, timeout: float = 30.0, poll: float = 0.02) ->
     """`await await_task(id, timeout=...)`: wait_for_task() for asyncio code; the loop
     runs other work between polls. Raises WaitTimeout and TaskNotFound alike."""
     import asyncio
-    deadline = time.monotonic() + timeout
-    delay = min(poll, 0.005)
+    waiting = _Waiting(task_id, timeout, poll)
     while True:
-        status = await aget_task_status(task_id)
+        pause = waiting.check(await aget_task_status(task_id))
+        if pause is None:
+            return waiting.status
+        await asyncio.sleep(pause)
+
+
+class _Waiting:
+    """The bookkeeping of waiting for a task to finish (sync or async alike)."""
+
+    def __init__(self, task_id, timeout, poll):
+        self.task_id, self.timeout, self.poll = task_id, timeout, poll
+        self.deadline = time.monotonic() + timeout
+        self.delay = min(poll, 0.005)
+        self.status = None
+
+    def check(self, status):
+        """None when the task has finished (see .status), else how long to sleep;
+        TaskNotFound for an unknown id, WaitTimeout past the deadline."""
         if status is None:
-            raise TaskNotFound(f"no task with id {task_id}")
+            raise TaskNotFound(f"no task with id {self.task_id}")
+        self.status = status
         if status["status"] in FINISHED:
-            return status
-        left = deadline - time.monotonic()
+            return None
+        left = self.deadline - time.monotonic()
         if left <= 0:
             raise WaitTimeout(
-                f"task {task_id} ({status['name']}) is still {status['status']} "
-                f"after {timeout:g} s")
-        await asyncio.sleep(min(delay, left))
-        delay = min(delay * 2, poll)
+                f"task {self.task_id} ({status['name']}) is still {status['status']} "
+                f"after {self.timeout:g} s")
+        pause = min(self.delay, left)
+        self.delay = min(self.delay * 2, self.poll)
+        return pause
 
 
 def wait_for_task(task_id: int, timeout: float = 30.0, poll: float = 0.02) -> dict:
@@ -71,18 +89,9 @@ def wait_for_task(task_id: int, timeout: float = 30.0, poll: float = 0.02) -> di
     Raises WaitTimeout after `timeout` seconds, and TaskNotFound (a KeyError) for an
     unknown id.
     """
-    deadline = time.monotonic() + timeout
-    delay = min(poll, 0.005)
+    waiting = _Waiting(task_id, timeout, poll)
     while True:
-        status = get_task_status(task_id)
-        if status is None:
-            raise TaskNotFound(f"no task with id {task_id}")
-        if status["status"] in FINISHED:
-            return status
-        left = deadline - time.monotonic()
-        if left <= 0:
-            raise WaitTimeout(
-                f"task {task_id} ({status['name']}) is still {status['status']} "
-                f"after {timeout:g} s")
-        time.sleep(min(delay, left))
-        delay = min(delay * 2, poll)
+        pause = waiting.check(get_task_status(task_id))
+        if pause is None:
+            return waiting.status
+        time.sleep(pause)

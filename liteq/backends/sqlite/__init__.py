@@ -10,7 +10,7 @@ import os
 
 from ... import wakeup
 from ..base import Backend
-from .connection import GuardedBatch, Transaction, guarded, open_connection
+from .connection import GuardedBatch, Transaction, guarded, open_connection, open_with_schema
 from .reads import ReadOps
 from .schedules import ScheduleOps
 from .schema import ensure_schema
@@ -36,13 +36,7 @@ class SQLiteBackend(TaskOps, ReadOps, ScheduleOps, Backend):
 
     @guarded
     def _open(self):
-        conn = open_connection(self.path, busy_timeout=self.busy_timeout)
-        try:
-            ensure_schema(conn)
-        except BaseException:
-            conn.close()
-            raise
-        return conn
+        return open_with_schema(self.path, busy_timeout=self.busy_timeout)
 
     def close(self):
         """Close the connection; the backend must not be used afterwards."""
@@ -69,4 +63,4 @@ class SQLiteBackend(TaskOps, ReadOps, ScheduleOps, Backend):
         return wakeup.DatagramChannel(control_socket)
 
 
-__all__ = ["SQLiteBackend", "open_connection", "ensure_schema"]
+__all__ = ["SQLiteBackend", "open_connection", "open_with_schema", "ensure_schema"]

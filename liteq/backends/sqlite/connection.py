@@ -113,6 +113,18 @@ def open_connection(path: str, *, isolation_level=None, busy_timeout=None) -> sq
         raise
 
 
+def open_with_schema(path, **options) -> sqlite3.Connection:
+    """open_connection(), then the schema brought up to date (closed again on failure)."""
+    from .schema import ensure_schema
+    conn = open_connection(path, **options)
+    try:
+        ensure_schema(conn)
+    except BaseException:
+        conn.close()
+        raise
+    return conn
+
+
 def row_dict(row):
     """A sqlite3.Row as a dict, or None."""
     return dict(row) if row is not None else None
