@@ -18,7 +18,8 @@ _UNSET = object()
 class Task:
     """A function registered as a task. Call it directly, or enqueue it with .delay()."""
 
-    def __init__(self, fn, name=None, retry_on=None, no_retry_on=None, **options):
+    def __init__(self, fn, name=None, retry_on=None, no_retry_on=None, concurrency=None,
+                 **options):
         if not callable(fn):
             raise TypeError(f"@task needs a function, got {fn!r}")
         self.fn = fn
@@ -27,6 +28,8 @@ class Task:
         # Which exceptions a retry may fix (None: any); checked in the worker child.
         self.retry_on = _exception_classes("retry_on", retry_on)
         self.no_retry_on = _exception_classes("no_retry_on", no_retry_on)
+        # At most this many running at once over every daemon (enforced at claim).
+        self.concurrency = _concurrency(concurrency)
         self.is_async = inspect.iscoroutinefunction(fn)
         functools.update_wrapper(self, fn)
 
@@ -181,6 +184,17 @@ def _exception_classes(label, value):
     return items
 
 
+def _concurrency(value):
+    """None, or a whole number >= 1 (a global limit of running tasks)."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"concurrency must be a whole number, not {type(value).__name__}")
+    if value < 1:
+        raise ValueError(f"concurrency must be at least 1, got {value}")
+    return value
+
+
 # The seed project's @task(queue, max_retries, name, timeout), in that order.
 _SEED_POSITIONAL = ("queue", "max_retries", "name", "timeout")
 
@@ -223,9 +237,10 @@ def task(fn=None, *positional, name=None, **options):
         return decorate(fn)
     # An unknown or bad option fails at the decorator line, not at the first call.
     TaskOptions.build(**{k: v for k, v in options.items()
-                         if k not in ("retry_on", "no_retry_on")})
+                         if k not in ("retry_on", "no_retry_on", "concurrency")})
     for key in ("retry_on", "no_retry_on"):
         _exception_classes(key, options.get(key))
+    _concurrency(options.get("concurrency"))
     return decorate
 
 

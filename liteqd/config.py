@@ -45,6 +45,7 @@ class DaemonConfig:
     socket_group: str = None
     scheduler: bool = True
     poll_only: bool = False
+    queue_limits: dict = field(default_factory=dict)   # queue -> most running at once
     extra: dict = field(default_factory=dict)
 
     @property
@@ -92,6 +93,9 @@ OPTIONS = [
     ("--socket-group", "LITEQ_SOCKET_GROUP", str, None,
      "group allowed to use the control socket (mode 0660)"),
     ("--no-scheduler", "LITEQ_NO_SCHEDULER", bool, False, "do not fire cron schedules"),
+    ("--queue-limit", "LITEQ_QUEUE_LIMITS", str, None,
+     "QUEUE=N: at most N tasks of QUEUE run at once over every daemon on the database; "
+     "repeat the flag, or separate with ';' in LITEQ_QUEUE_LIMITS"),
     ("--poll-only", "LITEQ_POLL_ONLY", bool, False,
      "no wake-up channel (no LISTEN on PostgreSQL, as PgBouncer in transaction mode "
      "needs): find tasks by polling every --poll-interval"),
@@ -112,7 +116,7 @@ def build_parser(prog="liteqd", description=None):
         helptext = f"{text} [{env}]"
         if typ is bool:
             parser.add_argument(flag, dest=dest, action="store_true", default=None, help=helptext)
-        elif flag == "--pool":
+        elif flag in ("--pool", "--queue-limit"):
             parser.add_argument(flag, dest=dest, action="append", default=None, help=helptext)
         else:
             # Kept as text here; converted with the env value so both get one error style.
@@ -157,6 +161,21 @@ def _parse_pool(text, source):
     return PoolSpec(name, qs, n)
 
 
+def _parse_queue_limit(text, source):
+    queue, sep, number = text.strip().partition("=")
+    if not sep or not queue.strip():
+        raise ConfigError(f"{source}: a queue limit is QUEUE=N, e.g. emails=5; got {text!r}")
+    try:
+        n = int(number)
+    except ValueError:
+        raise ConfigError(f"{source}: the limit of queue {queue.strip()!r} must be a whole "
+                          f"number; got {number!r}") from None
+    if n < 1:
+        raise ConfigError(f"{source}: the limit of queue {queue.strip()!r} must be at least "
+                          f"1; got {n}")
+    return queue.strip(), n
+
+
 def resolve(args: argparse.Namespace, environ=None) -> DaemonConfig:
     """Merge parsed flags with LITEQ_* variables and validate everything."""
     env = os.environ if environ is None else environ
@@ -172,6 +191,9 @@ def resolve(args: argparse.Namespace, environ=None) -> DaemonConfig:
         elif dest == "pool":
             items = raw if isinstance(raw, list) else str(raw).split(";")
             values[dest] = [_parse_pool(i, source) for i in items if i.strip()]
+        elif dest == "queue_limit":
+            items = raw if isinstance(raw, list) else str(raw).split(";")
+            values[dest] = dict(_parse_queue_limit(i, source) for i in items if i.strip())
         else:
             values[dest] = _convert(typ, raw, source)
         values[dest + "__source"] = source
@@ -229,4 +251,5 @@ def resolve(args: argparse.Namespace, environ=None) -> DaemonConfig:
         heartbeat_interval=values["heartbeat_interval"], stale_after=values["stale_after"],
         poll_interval=values["poll_interval"], log_format=fmt, log_level=level,
         socket=values["socket"], socket_group=values["socket_group"],
-        scheduler=not values["no_scheduler"], poll_only=values["poll_only"])
+        scheduler=not values["no_scheduler"], poll_only=values["poll_only"],
+        queue_limits=values["queue_limit"] or {})

@@ -13,6 +13,8 @@ frees up, and at the fallback poll.
 import time
 
 from liteq import retry as retry_policy
+from liteq.backends.limits import Limits
+from liteq.core import TASK_REGISTRY
 from liteq.errors import DatabaseError
 from liteq.wakeup import THROTTLE_S
 
@@ -35,6 +37,7 @@ class Dispatcher:
         self.follow_up = None           # a claim owed shortly after a wake-up
         self.rescan_due = False         # the known due time passed: look up the next one
         self.outage = Outage(sup.log)
+        self.limits = None              # global concurrency limits (see refresh_limits)
         self.reports = []               # (event, fields) of outcomes not yet recorded
         self.tasks_done = 0             # outcomes the database recorded ...
         self.tasks_failed = 0
@@ -225,7 +228,7 @@ class Dispatcher:
         backend = self.sup.backend
         claims, idle_queues = [], []
         for pool, queues, room in wanted:
-            rows = backend.claim(self.sup.worker_id, queues, room)
+            rows = backend.claim(self.sup.worker_id, queues, room, limits=self.limits)
             if len(rows) < room:
                 pool.maybe_work = False  # nothing more is due now
                 idle_queues.extend(queues)
@@ -239,6 +242,14 @@ class Dispatcher:
             if wait is not None and wait > 0:
                 self.wake(due=time.time() + wait)
         return claims
+
+    def refresh_limits(self):
+        """Read the global concurrency limits from the app's tasks and --queue-limit
+        (at start and after a reload)."""
+        by_name = {name: t.concurrency for name, t in TASK_REGISTRY.items()
+                   if getattr(t, "concurrency", None)}
+        self.limits = Limits(by_name, dict(self.config.queue_limits)) \
+            if by_name or self.config.queue_limits else None
 
     # ---- handing out -------------------------------------------------------------
 

@@ -124,6 +124,7 @@ class Supervisor:
             self.backend.close()
             raise
         self.duties.heartbeat(startup=True)
+        self.dispatch.refresh_limits()
         self.log.info("daemon.starting", worker_id=self.worker_id, db=self.identity,
                       app=self.config.app,
                       pools=[{"name": p.name, "queues": p.queues, "size": p.size}
@@ -283,6 +284,7 @@ class Supervisor:
         for pool in self.pools:
             pool.failures = 0
             pool.next_spawn = 0.0
+        self.dispatch.refresh_limits()
         self.lifecycle.spawn_missing()
         self.ready_sent = False  # READY=1 again once the new children are up
         self.log.info("daemon.reloaded")

@@ -113,8 +113,12 @@ class Backend(abc.ABC):
         (the daemon records a round of outcomes and claims in one commit)."""
 
     @abc.abstractmethod
-    def claim(self, worker_id, queues, limit) -> list:
+    def claim(self, worker_id, queues, limit, limits=None) -> list:
         """Mark up to `limit` due pending tasks of `queues` running for `worker_id`.
+
+        limits (liteq.backends.limits.Limits): global concurrency limits by task
+        name and by queue, counted over every daemon, enforced in the claim's own
+        transaction.
 
         Order: priority desc, due time, id. Each returned dict has id, name,
         payload, queue, priority, run_at, attempts (counting this one),

@@ -8,6 +8,7 @@ advances a task. Times go out as epoch seconds (date_part('epoch', ...)).
 
 import contextlib
 
+from ..limits import pick, rooms
 from .connection import operation
 from .wake import NOTIFY_PAYLOAD
 
@@ -69,6 +70,12 @@ CLAIM = (
     "date_part('epoch', t.run_at) AS run_at, t.attempts, t.max_retries, t.timeout, "
     "t.retry_delay, t.retry_backoff, t.retry_max_delay, "
     "date_part('epoch', t.created_at) AS created_at")
+
+# The claim of chosen ids (under concurrency limits), returning what CLAIM returns.
+CLAIM_IDS = (
+    "UPDATE tasks t SET status = 'running', worker_id = %s, attempts = t.attempts + 1, "
+    "started_at = now() WHERE t.id = ANY(%s::bigint[]) AND t.status = 'pending' "
+    "RETURNING " + CLAIM.split("RETURNING ", 1)[1])
 
 # Outcomes: one statement per kind over unnest arrays; each row changes only while
 # it is still running for this worker.
@@ -168,15 +175,50 @@ class TaskOps:
         return row["ids"]
 
     @operation
-    def claim(self, worker_id, queues, limit) -> list:
+    def claim(self, worker_id, queues, limit, limits=None) -> list:
         """Mark up to `limit` due pending tasks of `queues` running for `worker_id`, in
-        one statement; returns them in claim order (priority desc, due time, id)."""
+        one statement; returns them in claim order (priority desc, due time, id).
+        Under global concurrency limits, one transaction (see _claim_limited)."""
         queues = list(dict.fromkeys(queues))
         if limit <= 0 or not queues:
             return []
+        if limits:
+            with self._session.transaction():
+                return self._claim_limited(worker_id, queues, limit, limits)
         rows = self._session.run(CLAIM, (queues, limit, limit, worker_id),
                                  prepare=True).fetchall()
         return _by_claim_order(rows)
+
+    def _claim_limited(self, worker_id, queues, limit, limits):
+        # Advisory locks on the limited names and queues (in one order, so claimers
+        # never deadlock) make the count and the claim one step across daemons; they
+        # end with the transaction. Unlimited claims take none and never wait.
+        names, limited_queues = limits.relevant(queues)
+        run = self._session.run
+        for key in [f"n:{n}" for n in names] + [f"q:{q}" for q in limited_queues]:
+            run("SELECT pg_advisory_xact_lock(hashtextextended(%s, 0))",
+                (f"liteq-limit:{self._schema}:{key}",), prepare=True)
+        by_name = {r["name"]: r["n"] for r in run(
+            "SELECT name, COUNT(*) AS n FROM tasks WHERE status = 'running' "
+            "AND name = ANY(%s) GROUP BY name", (names,)).fetchall()} if names else {}
+        by_queue = {r["queue"]: r["n"] for r in run(
+            "SELECT queue, COUNT(*) AS n FROM tasks WHERE status = 'running' "
+            "AND queue = ANY(%s) GROUP BY queue", (limited_queues,)).fetchall()} \
+            if limited_queues else {}
+        name_room, queue_room = rooms(limits, by_name, by_queue)
+        open_queues = [q for q in queues if queue_room.get(q, 1) > 0]
+        if not open_queues:
+            return []
+        full = [n for n, room in name_room.items() if room <= 0]
+        candidates = run(
+            "SELECT id, name, queue FROM tasks WHERE status = 'pending' "
+            "AND queue = ANY(%s) AND run_at <= now() AND NOT (name = ANY(%s)) "
+            "ORDER BY priority DESC, run_at, id LIMIT %s FOR UPDATE SKIP LOCKED",
+            (open_queues, full, limit * 4 + 16)).fetchall()
+        ids = pick(candidates, limit, name_room, queue_room)
+        if not ids:
+            return []
+        return _by_claim_order(run(CLAIM_IDS, (worker_id, ids)).fetchall())
 
     @operation
     def record_outcomes(self, worker_id, done=(), failed=(), retry=()) -> list:

@@ -2,6 +2,7 @@
 daemon's side of the tasks table)."""
 
 from ...timeutil import now
+from ..limits import pick, rooms
 from .connection import guarded
 
 # The columns a claim hands the daemon.
@@ -40,6 +41,16 @@ def insert_values(task, t):
     return (task.name, task.payload, o.queue, o.priority, o.max_retries,
             due_time(task.run_at, task.delay, t), t, o.timeout, o.retry_delay,
             o.retry_backoff, o.retry_max_delay)
+
+
+def _running_counts(conn, column, values) -> dict:
+    """{value: running tasks} for these names or queues."""
+    if not values:
+        return {}
+    marks = ",".join("?" * len(values))
+    return dict(conn.execute(
+        f"SELECT {column}, COUNT(*) FROM tasks WHERE status = 'running' "
+        f"AND {column} IN ({marks}) GROUP BY {column}", values).fetchall())
 
 
 def _by_claim_order(rows):
@@ -103,7 +114,7 @@ class TaskOps:
                                  "AND queue = ? AND priority < ?", (queue, level)).fetchone()[0]
 
     @guarded
-    def claim(self, worker_id, queues, limit) -> list:
+    def claim(self, worker_id, queues, limit, limits=None) -> list:
         """Mark up to `limit` due pending tasks of `queues` as running for this worker.
 
         Claimed by one UPDATE ... RETURNING in one transaction. Candidates are found
@@ -114,6 +125,8 @@ class TaskOps:
         """
         if limit <= 0 or not queues:
             return []
+        if limits:
+            return self._claim_limited(worker_id, queues, limit, now(), limits)
         key = tuple(queues)
         rows = (self._claim_backlog if self._backlog.get(key) else self._claim_levels)(
             worker_id, queues, limit, now())
@@ -146,6 +159,37 @@ class TaskOps:
                 f"UPDATE tasks SET status = 'running', worker_id = ?, attempts = attempts + 1, "
                 f"started_at = ? WHERE id IN ({marks}) AND +status = 'pending' "
                 f"RETURNING {CLAIM_RETURNING}", (worker_id, t, *ids)).fetchall()
+        return _by_claim_order(rows)
+
+    def _claim_limited(self, worker_id, queues, limit, t, limits):
+        # The write lock (BEGIN IMMEDIATE) makes the count and the claim one step for
+        # every daemon on the file.
+        names, limited_queues = limits.relevant(queues)
+        with self._write() as conn:
+            by_name = _running_counts(conn, "name", names)
+            by_queue = _running_counts(conn, "queue", limited_queues)
+            name_room, queue_room = rooms(limits, by_name, by_queue)
+            open_queues = [q for q in queues if queue_room.get(q, 1) > 0]
+            full = [n for n, room in name_room.items() if room <= 0]
+            if not open_queues:
+                return []
+            marks = ",".join("?" * len(open_queues))
+            skip = f"AND name NOT IN ({','.join('?' * len(full))}) " if full else ""
+            # Extra candidates, so that rows of a name with little room left do not
+            # leave the batch short.
+            rows = conn.execute(
+                f"SELECT id, name, queue FROM tasks WHERE status = 'pending' "
+                f"AND queue IN ({marks}) AND run_at <= ? {skip}"
+                f"ORDER BY priority DESC, run_at, id LIMIT ?",
+                (*open_queues, t, *full, limit * 4 + 16)).fetchall()
+            ids = pick(rows, limit, name_room, queue_room)
+            if not ids:
+                return []
+            rows = conn.execute(
+                f"UPDATE tasks SET status = 'running', worker_id = ?, attempts = attempts + 1, "
+                f"started_at = ? WHERE id IN ({','.join('?' * len(ids))}) "
+                f"AND +status = 'pending' RETURNING {CLAIM_RETURNING}",
+                (worker_id, t, *ids)).fetchall()
         return _by_claim_order(rows)
 
     def _claim_backlog(self, worker_id, queues, limit, t):

@@ -1,0 +1,49 @@
+"""Global concurrency limits, enforced at claim time: at most N running tasks of a
+name (`@task(concurrency=N)`) or of a queue (`liteqd --queue-limit emails=5`),
+counted over every daemon on the database.
+
+Each backend counts what runs and picks its candidates inside the claim's
+transaction (SQLite: under its write lock; PostgreSQL: under advisory locks of the
+limited names and queues); pick() is the part they share.
+"""
+
+from dataclasses import dataclass, field
+
+
+@dataclass(frozen=True)
+class Limits:
+    """by_name: {task name: N}; by_queue: {queue: N}."""
+    by_name: dict = field(default_factory=dict)
+    by_queue: dict = field(default_factory=dict)
+
+    def __bool__(self):
+        return bool(self.by_name or self.by_queue)
+
+    def relevant(self, queues):
+        """These limits as they bear on a claim from `queues`: (names, queues) limited."""
+        return sorted(self.by_name), sorted(q for q in self.by_queue if q in queues)
+
+
+def rooms(limits, running_by_name, running_by_queue):
+    """({name: room}, {queue: room}): how many more may start under each limit."""
+    return ({n: cap - running_by_name.get(n, 0) for n, cap in limits.by_name.items()},
+            {q: cap - running_by_queue.get(q, 0) for q, cap in limits.by_queue.items()})
+
+
+def pick(candidates, limit, name_room, queue_room) -> list:
+    """The ids to claim: candidates (dicts with id, name, queue, in claim order) taken
+    while their name and queue have room, up to `limit`."""
+    name_room, queue_room = dict(name_room), dict(queue_room)
+    chosen = []
+    for row in candidates:
+        if len(chosen) >= limit:
+            break
+        name, queue = row["name"], row["queue"]
+        if name_room.get(name, 1) <= 0 or queue_room.get(queue, 1) <= 0:
+            continue
+        if name in name_room:
+            name_room[name] -= 1
+        if queue in queue_room:
+            queue_room[queue] -= 1
+        chosen.append(row["id"])
+    return chosen
