@@ -13,7 +13,7 @@ Run the tasks with `liteqd --app tasks.py` (or `liteq worker --app tasks.py`).
 from .context import current_task
 from .core import TASK_REGISTRY, Task, task
 from .errors import (ConfigError, DatabaseError, DatabaseLocked, DatabaseUnavailable,
-                     LiteQError, Retry, TaskTimeout, WaitTimeout)
+                     LiteQError, Retry, TaskCancelled, TaskTimeout, WaitTimeout)
 from .hooks import on_task_failure, on_task_retry, on_task_start, on_task_success
 from .status import aget_task_status, await_task, get_task_status, wait_for_task
 
@@ -29,7 +29,11 @@ def register_schedule(task, cron, *args, **kwargs):
 
 
 def cancel_task(task_id: int) -> bool:
-    """Cancel a pending task; returns False when it is no longer pending."""
+    """Cancel a pending or running task; False when it is neither (already finished).
+
+    A running task gets TaskCancelled raised inside it by the daemon that runs it,
+    on any host, and its child is killed if it does not stop within the kill grace.
+    A cancelled task is never retried."""
     from .backends import get_backend
     return get_backend().cancel(int(task_id))
 
@@ -59,5 +63,5 @@ __all__ = [
     "Scheduler", "cancel_task", "retry_task", "purge_tasks", "LiteQError", "DatabaseError",
     "DatabaseLocked", "TaskTimeout", "WaitTimeout", "ConfigError",
     "current_task", "Retry", "DatabaseUnavailable", "on_task_start", "on_task_success",
-    "on_task_retry", "on_task_failure", "aget_task_status", "await_task",
+    "on_task_retry", "on_task_failure", "aget_task_status", "await_task", "TaskCancelled",
 ]

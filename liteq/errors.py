@@ -31,6 +31,12 @@ class TaskTimeout(LiteQError):
     """
 
 
+class TaskCancelled(LiteQError):
+    """Raised inside a running task that was cancelled (`cancel_task(id)`); the daemon
+    kills the child's process tree if the task does not end within the kill grace.
+    The task is `cancelled` and never retried."""
+
+
 class TaskNotFound(LiteQError, KeyError):
     """No task with that id exists."""
 

@@ -110,6 +110,15 @@ def wake(identity, due=None) -> None:
     waker.nudge(due)
 
 
+def send_cancel(identity, task_id) -> None:
+    """Tell the daemon serving `identity` that running task `task_id` was cancelled
+    (b"c<id>"); skipped when no daemon listens (its poll finds it)."""
+    wake(identity)  # make sure a waker (and its socket) exists for this queue
+    waker = _wakers.get((identity, os.environ.get("LITEQ_SOCKET")))
+    if waker is not None:
+        waker.send(b"c%d" % int(task_id))
+
+
 class DatagramChannel(WakeChannel):
     """The daemon's end: a datagram socket bound beside the control socket."""
 
@@ -137,6 +146,12 @@ class DatagramChannel(WakeChannel):
         try:
             while True:
                 msg = self.sock.recv(64)
+                if msg.startswith(b"c"):
+                    try:
+                        self._note_cancel(int(msg[1:]))
+                    except ValueError:
+                        pass
+                    continue
                 if msg.startswith(b"d"):
                     try:
                         due = float(msg[1:])

@@ -61,6 +61,7 @@ class _Channel:
         self.sock = sock
         self.reader = protocol.LineReader()
         self.pending = []      # parsed task messages, next one last
+        self.cancelled = set() # ids of tasks the supervisor cancelled
         self.busy = False
 
     def send(self, msg):
@@ -73,8 +74,27 @@ class _Channel:
     def _parse(self, data):
         new = self.reader.feed(data)
         if new:
+            self.cancelled.update(m.id for m in new if m.kind == "x")
+            new = [m for m in new if m.kind != "x"]
             new.reverse()
             self.pending = new + self.pending
+
+    def poll(self):
+        """Read what has arrived without blocking (from the cancel signal's handler);
+        nothing when the main code is reading or sending itself."""
+        if self.busy:
+            return
+        self.busy = True
+        try:
+            while True:
+                data = self.sock.recv(1 << 16, socket.MSG_DONTWAIT)
+                if not data:
+                    break
+                self._parse(data)
+        except (BlockingIOError, InterruptedError, OSError):
+            pass
+        finally:
+            self.busy = False
 
     def receive(self) -> bool:
         """Block until at least one more message is queued; False at end of stream.
@@ -125,6 +145,20 @@ def _on_stop(signum, frame):
     _Stop.requested = True
     if _channel is not None:
         _channel.hand_back()
+
+
+def _on_cancel(signum, frame):
+    # The supervisor sent Cancel messages: if the running task is one, stop it.
+    channel = _channel
+    if channel is None:
+        return
+    channel.poll()
+    if _Orphan.task_id is not None and _Orphan.task_id in channel.cancelled \
+            and _executor is not None:
+        _executor.cancel_running()
+
+
+_executor = None
 
 
 def _on_parent_death(signum, frame):
@@ -213,6 +247,7 @@ def child_main(sock: socket.socket, index: int, parent_pid: int, close_fds=(),
         signal.signal(signal.SIGTTIN, signal.SIG_IGN)
         signal.signal(signal.SIGTTOU, signal.SIG_IGN)
         signal.signal(signal.SIGUSR1, _on_stop)
+        signal.signal(protocol.CANCEL_SIGNAL, _on_cancel)
         install_alarm_handler()
         signal.signal(PARENT_DEATH_SIGNAL, _on_parent_death)
         if os.getppid() != parent_pid:
@@ -241,10 +276,10 @@ def _reap_adopted():
 
 
 def _serve(sock, index, report_rss, max_tasks=0, max_rss=0):
-    global _channel
+    global _channel, _executor
     title_idle = f"liteqd: worker {index} idle"
     setproctitle(title_idle)
-    executor = Executor()
+    executor = _executor = Executor()
     worker = f"{socket.gethostname()}:{os.getpid()}"
     sock.setblocking(True)
     channel = _channel = _Channel(sock)
@@ -263,6 +298,16 @@ def _serve(sock, index, report_rss, max_tasks=0, max_rss=0):
                 pass
             continue
         msg = channel.pending.pop()
+        if msg.id in channel.cancelled:
+            # Cancelled before it started: say so, never run it.
+            now = time.time()
+            channel.busy = True
+            try:
+                channel.send(protocol.result(msg.id, False, "TaskCancelled: cancelled before "
+                                             "it started", now, now, 0, False, False))
+            finally:
+                channel.busy = False
+            continue
         _Orphan.task_id = msg.id
         setproctitle(f"liteqd: worker {index} running {msg.name}#{msg.id}")
         started = time.time()

@@ -158,6 +158,9 @@ def build_parser():
     s = sub.add_parser("shutdown", help="stop the daemon gracefully")
     s.add_argument("--fast", action="store_true", help="kill children now, requeue their tasks")
     sub.add_parser("ping", help="check that the daemon answers")
+    s = sub.add_parser("cancel", help="cancel a pending or running task (any host's): "
+                                      "cancel ID")
+    s.add_argument("task_id", type=int)
     s = sub.add_parser("schedules", help="cron schedules: next run, last run, enabled")
     s.add_argument("--json", action="store_true", help="print JSON")
     return p
@@ -197,6 +200,14 @@ def run(args) -> int:
     elif cmd == "shutdown":
         control.shutdown(fast=args.fast, **kw)
         print("stopping" + (" (fast)" if args.fast else " (graceful)"))
+    elif cmd == "cancel":
+        # Through the database, so it reaches the daemon that runs it on any host.
+        if not get_backend(args.db).cancel(args.task_id):
+            row = get_backend(args.db).get_task(args.task_id)
+            raise ValueError(f"task {args.task_id} is " + (
+                "not there" if row is None else f"{row['status']}: only pending or running "
+                                                 f"tasks can be cancelled"))
+        print(f"cancelled task {args.task_id}")
     elif cmd == "ping":
         reply = control.ping(**kw)
         print(f"pong from liteqd pid {reply['pid']}")

@@ -38,6 +38,7 @@ class Dispatcher:
         self.rescan_due = False         # the known due time passed: look up the next one
         self.outage = Outage(sup.log)
         self.limits = None              # global concurrency limits (see refresh_limits)
+        self.next_cancel_check = 0.0
         self.reports = []               # (event, fields) of outcomes not yet recorded
         self.tasks_done = 0             # outcomes the database recorded ...
         self.tasks_failed = 0
@@ -242,6 +243,26 @@ class Dispatcher:
             if wait is not None and wait > 0:
                 self.wake(due=time.time() + wait)
         return claims
+
+    def check_cancelled(self):
+        """Every poll interval, look up whether a task the children hold was cancelled:
+        the fallback when the wake-up channel's message was lost."""
+        now = time.monotonic()
+        if now < self.next_cancel_check or now < self.outage.retry_at:
+            return
+        self.next_cancel_check = now + self.config.poll_interval
+        held = [r.id for c in self.sup.lifecycle.all_children() for r in c.inflight
+                if not r.cancelled]
+        if not held:
+            return
+        try:
+            rows = self.sup.backend.get_tasks(held)
+        except DatabaseError as exc:
+            self.outage.failed("cancel_check", exc)
+            return
+        cancelled = [r["id"] for r in rows if r["status"] == "cancelled"]
+        if cancelled:
+            self.sup.lifecycle.cancel(cancelled)
 
     def refresh_limits(self):
         """Read the global concurrency limits from the app's tasks and --queue-limit

@@ -12,7 +12,7 @@ from typing import NamedTuple
 from liteq import context, hooks
 from liteq import retry as retry_policy
 from liteq.core import TASK_REGISTRY
-from liteq.errors import Retry, TaskTimeout
+from liteq.errors import Retry, TaskCancelled, TaskTimeout
 from liteq.serialization import decode_payload, encode_result
 
 from . import logs
@@ -55,21 +55,40 @@ class Executor:
 
     def __init__(self):
         self.loop = None
+        self.in_task = False        # the task's own code is running (signals may raise)
+        self.async_task = None      # the asyncio task of a coroutine task, while it runs
+        self.cancelling = False     # cancel_running() was called for the current task
+
+    def cancel_running(self):
+        """Stop the task running now with TaskCancelled (from the cancel signal's
+        handler): raised into a plain function, or the coroutine's task cancelled."""
+        if not self.in_task or self.cancelling:
+            return
+        self.cancelling = True
+        if self.async_task is not None:
+            # From a signal handler while the loop may sit in select(): the thread-safe
+            # call writes to the loop's self-pipe, which wakes it.
+            self.loop.call_soon_threadsafe(self.async_task.cancel)
+            return
+        raise TaskCancelled("the task was cancelled while it was running")
 
     def _run_async(self, fn, args, kwargs, timeout):
         if self.loop is None:
             self.loop = asyncio.new_event_loop()
             asyncio.set_event_loop(self.loop)
-        task = self.loop.create_task(fn(*args, **kwargs))
+        task = self.async_task = self.loop.create_task(fn(*args, **kwargs))
         timer = None
         if timeout:
             timer = self.loop.call_later(timeout, task.cancel)
         try:
             return self.loop.run_until_complete(task)
         except asyncio.CancelledError:
-            # The only canceller is our own timer.
+            # Cancelled by cancel_running(), or else by our own timer.
+            if self.cancelling:
+                raise TaskCancelled("the task was cancelled while it was running") from None
             raise TaskTimeout(f"timed out after {timeout:g} s") from None
         finally:
+            self.async_task = None
             if timer is not None:
                 timer.cancel()
 
@@ -124,11 +143,18 @@ class Executor:
 
     def _attempt(self, task, args, kwargs, timeout):
         """(Outcome, the exception or None, the result) of calling the task once."""
+        self.cancelling = False
         try:
-            if task.is_async:
-                result = self._run_async(task.fn, args, kwargs, timeout)
-            else:
-                result = self._run_sync(task.fn, args, kwargs, timeout)
+            self.in_task = True
+            try:
+                if task.is_async:
+                    result = self._run_async(task.fn, args, kwargs, timeout)
+                else:
+                    result = self._run_sync(task.fn, args, kwargs, timeout)
+            finally:
+                self.in_task = False
+        except TaskCancelled as exc:
+            return _not_retried(f"TaskCancelled: {exc}", "it was cancelled"), exc, None
         except TaskTimeout as exc:
             return Outcome(False, _format_error(exc), timed_out=True), exc, None
         except Retry as exc:

@@ -184,6 +184,11 @@ class Lifecycle:
         if run is None or run.id != msg.id:
             self.log.error("child.protocol_error", pid=child.pid, task_id=msg.id)
             return
+        if run.cancelled:
+            child.cancel_deadline = None
+            self.log.info("task.cancelled", task_id=run.id, name=run.name, queue=run.queue,
+                          attempt=run.attempts, pid=child.pid,
+                          how="stopped" if not msg.ok else "finished before the signal")
         child.tasks_done += 1
         child.rss = msg.rss or child.rss
         child.pool.observe(msg.finished - msg.started)
@@ -192,8 +197,11 @@ class Lifecycle:
             nxt.started_mono = time.monotonic()
             nxt.started_wall = msg.finished
             self.sup.dispatch.log_started(child, nxt)
-        self.sup.dispatch.record(run, msg.ok, msg.text, msg.started, msg.finished,
-                                 msg.timed_out, msg.retry)
+            if nxt.cancelled:
+                self._signal_cancel(child)
+        if not run.cancelled:   # a cancelled task's row is final already
+            self.sup.dispatch.record(run, msg.ok, msg.text, msg.started, msg.finished,
+                                     msg.timed_out, msg.retry)
         if msg.ok:
             child.pool.failures = 0
         if msg.timed_out:
@@ -202,6 +210,31 @@ class Lifecycle:
             self.retire(child, time.monotonic() + self.config.kill_grace)
         else:
             self._maybe_recycle(child)
+
+    def cancel(self, task_ids):
+        """Stop the cancelled tasks among those the children hold: a queued one is never
+        started; a running one gets TaskCancelled, and its child's process tree is
+        killed if it has not stopped after the kill grace."""
+        wanted = set(task_ids)
+        for child in self.all_children():
+            hit = [run for run in child.inflight if run.id in wanted and not run.cancelled]
+            if not hit or child.kill_reason:
+                continue
+            for run in hit:
+                run.cancelled = True
+                self.log.info("task.cancelling", task_id=run.id, name=run.name, pid=child.pid)
+            if not self.send(child, [protocol.cancel(run.id) for run in hit]):
+                self.kill(child, "crash")
+                continue
+            if child.inflight[0].cancelled:
+                self._signal_cancel(child)
+
+    def _signal_cancel(self, child):
+        try:
+            os.kill(child.pid, protocol.CANCEL_SIGNAL)
+        except ProcessLookupError:
+            return
+        child.cancel_deadline = time.monotonic() + self.config.kill_grace
 
     def _maybe_recycle(self, child):
         cfg = self.config
@@ -273,6 +306,11 @@ class Lifecycle:
                             f"child was killed {self.config.kill_grace:g} s after the limit)",
                             head.started_wall, time.time(), True)
             runs = runs[1:]
+        elif child.kill_reason == "cancel" and head is not None and head.cancelled:
+            self.log.warning("task.cancelled", task_id=head.id, name=head.name,
+                             queue=head.queue, attempt=head.attempts, pid=child.pid,
+                             how="killed: it did not stop within the kill grace")
+            runs = runs[1:]
         elif child.kill_reason == "stop" or (child.retiring and child.kill_reason):
             pass  # stopped by us: everything it held goes back untouched
         elif head is not None and not (child.retiring and clean):
@@ -331,6 +369,8 @@ class Lifecycle:
                 out.append(deadline)
             if child.retire_deadline is not None:
                 out.append(child.retire_deadline)
+            if child.cancel_deadline is not None:
+                out.append(child.cancel_deadline)
         return out
 
     def enforce_deadlines(self):
@@ -345,6 +385,11 @@ class Lifecycle:
                                  queue=run.queue, attempt=run.attempts, pid=child.pid,
                                  limit_s=run.limit)
                 self.kill(child, "timeout", run)
+            elif child.cancel_deadline is not None and now >= child.cancel_deadline \
+                    and not child.kill_reason:
+                self.log.warning("child.killed", pid=child.pid,
+                                 reason="its cancelled task did not stop within the kill grace")
+                self.kill(child, "cancel")
             elif child.retire_deadline is not None and now >= child.retire_deadline \
                     and not child.kill_reason:
                 self.log.warning("child.killed", pid=child.pid,

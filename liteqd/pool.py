@@ -25,6 +25,7 @@ class TaskRun:
     retry_max_delay: float
     started_mono: float = None   # set when the child really starts it
     started_wall: float = None
+    cancelled: bool = False      # cancelled by an operator: stop it, record nothing
 
 
 @dataclass
@@ -44,6 +45,7 @@ class ChildHandle:
     rss: int = 0
     retiring: bool = False        # asked to finish its current task and exit
     retire_deadline: float = None
+    cancel_deadline: float = None # when a cancelled task that did not stop gets killed
     kill_reason: str = None       # set when the supervisor killed it ("timeout", "stop", ...)
     timed_out_task: TaskRun = None
 

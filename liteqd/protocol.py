@@ -6,6 +6,7 @@ by name while the wire stays compact (a drain moves tens of thousands a second):
 
     supervisor -> child   TaskMessage  ["t", id, name, payload_json, timeout_s | null, queue,
                                         attempt, max_retries, enqueued_at]
+    supervisor -> child   Cancel       ["x", id]   (stop that task: it was cancelled)
     child -> supervisor   Ready        ["ready", pid]
                           Result       ["r", id, ok, result_json | error_text, started,
                                         finished, rss_bytes, timed_out, retry]
@@ -13,6 +14,7 @@ by name while the wire stays compact (a drain moves tens of thousands a second):
 """
 
 import json
+import signal
 from typing import NamedTuple, Optional
 
 _dumps = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
@@ -29,6 +31,12 @@ class TaskMessage(NamedTuple):
     attempt: int = 1
     max_retries: int = 0
     enqueued_at: Optional[float] = None
+
+
+class Cancel(NamedTuple):
+    """That task was cancelled: do not start it, or stop it (with a signal)."""
+    kind: str
+    id: int
 
 
 class Ready(NamedTuple):
@@ -61,7 +69,10 @@ class Skipped(NamedTuple):
     id: int
 
 
-_SHAPES = {"t": TaskMessage, "ready": Ready, "r": Result, "s": Skipped}
+_SHAPES = {"t": TaskMessage, "x": Cancel, "ready": Ready, "r": Result, "s": Skipped}
+
+# The signal that tells a child to look for Cancel messages now (its task may be one).
+CANCEL_SIGNAL = signal.SIGRTMIN + 2
 
 
 def task(task_id, name, payload, timeout, queue="default", attempt=1, max_retries=0,
@@ -69,6 +80,11 @@ def task(task_id, name, payload, timeout, queue="default", attempt=1, max_retrie
     """A TaskMessage."""
     return TaskMessage("t", task_id, name, payload, timeout, queue, attempt, max_retries,
                        enqueued_at)
+
+
+def cancel(task_id) -> Cancel:
+    """A Cancel message."""
+    return Cancel("x", task_id)
 
 
 def ready(pid) -> Ready:

@@ -92,6 +92,7 @@ class Supervisor:
                 self.lifecycle.enforce_deadlines()
                 self.dispatch.sync()
                 if not self.stopping:
+                    self.dispatch.check_cancelled()
                     self.duties.run_due()
                 self._check_ready()
                 self.show_title()

@@ -55,6 +55,9 @@ class WakeListener:
             sup.wake()
         if later is not None:
             sup.wake(due=later)
+        cancelled = self.channel.cancelled()
+        if cancelled:
+            sup.lifecycle.cancel(cancelled)
 
     def on_tick(self, sup):
         """Open the channel again after it broke, once the database answers."""

@@ -25,6 +25,9 @@ import abc
 
 TASK_STATUSES = ("pending", "running", "done", "failed", "cancelled")
 
+# The error a task cancelled while running gets.
+CANCEL_TEXT = "TaskCancelled: cancelled while it was running"
+
 
 class WakeChannel(abc.ABC):
     """The daemon's end of the wake-up channel: a file descriptor for select().
@@ -47,6 +50,17 @@ class WakeChannel(abc.ABC):
         due_later is on this host's clock (time.time()), converted where the
         producer's clock is another machine's.
         """
+
+    def cancelled(self) -> list:
+        """The ids of running tasks whose cancellation arrived in the drains since the
+        last call (cleared by the call)."""
+        ids, self._cancelled = list(getattr(self, "_cancelled", ())), []
+        return ids
+
+    def _note_cancel(self, task_id):
+        if not hasattr(self, "_cancelled"):
+            self._cancelled = []
+        self._cancelled.append(int(task_id))
 
     @abc.abstractmethod
     def close(self) -> None:
@@ -228,7 +242,11 @@ class Backend(abc.ABC):
 
     @abc.abstractmethod
     def cancel(self, task_id) -> bool:
-        """Cancel a pending task; False when it is not pending."""
+        """Cancel a pending or running task; False when it is neither.
+
+        A running one becomes `cancelled` at once (its late outcome is refused by
+        the guards), and the daemon that runs it is told (wake-up channel; its
+        poll is the fallback) to raise TaskCancelled in it and end its child."""
 
     @abc.abstractmethod
     def retry_failed(self, task_id=None, queue=None, name=None) -> int:

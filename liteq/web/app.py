@@ -201,7 +201,7 @@ class Panel:
                                               f"again.", f"/tasks/{task_id}")
 
     async def cancel_task(self, request):
-        """POST: cancel one pending task."""
+        """POST: cancel one pending or running task."""
         form = await self.checked_form(request)
         task_id = request.path_params["task_id"]
         row, changed = await self.data(lambda s: (s.get_task(task_id), s.cancel(task_id)))
@@ -209,7 +209,8 @@ class Panel:
             return self.error(request, 404, f"There is no task #{task_id}.")
         if not changed:
             return self.done(request, form, False, f"Task #{task_id} is {row['status']}; only "
-                                                   f"pending tasks can be cancelled.",
+                                                   f"pending or running tasks can be "
+                                                   f"cancelled.",
                              f"/tasks/{task_id}")
         return self.done(request, form, True, f"Task #{task_id} ({row['name']}) is cancelled.",
                          f"/tasks/{task_id}")

@@ -193,3 +193,25 @@ def daemonize_helper(pidfile):
         f.write(str(pid))
     os.rename(pidfile + ".tmp", pidfile)
     return pid
+
+
+@task(max_retries=3, **FAST)
+async def async_sleep(seconds, path):
+    """Mark the start in `path`, then sleep on the event loop."""
+    append_line(path, "started")
+    await asyncio.sleep(seconds)
+    return "slept"
+
+
+@task(max_retries=3, **FAST)
+def swallow_cancel(path):
+    """Catch TaskCancelled and keep sleeping: only the kill after the grace ends this."""
+    from liteq import TaskCancelled
+    append_line(path, str(os.getpid()))
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        try:
+            time.sleep(60)
+        except TaskCancelled:
+            append_line(path, "caught")
+    return "not reached"

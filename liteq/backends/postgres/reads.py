@@ -3,7 +3,7 @@
 Rows come back with the SQLite backend's keys, times as epoch seconds.
 """
 
-from ..base import TASK_STATUSES
+from ..base import CANCEL_TEXT, TASK_STATUSES
 from ..filters import equal_filters
 from .connection import operation
 
@@ -103,10 +103,16 @@ class ReadOps:
 
     @operation
     def cancel(self, task_id) -> bool:
-        """Cancel a pending task; False when it is not pending."""
-        return self._session.run(
-            "UPDATE tasks SET status = 'cancelled', finished_at = now() "
-            "WHERE id = %s AND status = 'pending'", (int(task_id),)).rowcount == 1
+        """Cancel a pending or running task; False when it is neither. For a running
+        one, the same statement NOTIFYs the daemons (the one running it stops it)."""
+        row = self._session.run(
+            "WITH c AS (UPDATE tasks SET finished_at = now(), error = CASE WHEN status = "
+            "'running' THEN %s ELSE error END, status = 'cancelled' "
+            "WHERE id = %s AND status IN ('pending', 'running') RETURNING id, error) "
+            "SELECT c.id, CASE WHEN c.error = %s THEN pg_notify(%s, json_build_object("
+            "'k', 'cancel', 'id', c.id)::text) END FROM c",
+            (CANCEL_TEXT, int(task_id), CANCEL_TEXT, self._channel)).fetchone()
+        return row is not None
 
     @operation
     def retry_failed(self, task_id=None, queue=None, name=None) -> int:

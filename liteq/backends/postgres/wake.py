@@ -66,6 +66,17 @@ def read_payload(payload: str, wall: float):
     return False, wall + wait
 
 
+def cancel_of(payload: str):
+    """The task id of a cancel notification ({"k": "cancel", "id": N}), else None."""
+    if '"cancel"' not in payload:
+        return None
+    try:
+        data = json.loads(payload)
+        return int(data["id"]) if data.get("k") == "cancel" else None
+    except (ValueError, TypeError, KeyError, AttributeError):
+        return None
+
+
 class ListenChannel(WakeChannel):
     """The daemon's end: a dedicated autocommit connection that LISTENs on the queue's
     channel.
@@ -134,7 +145,12 @@ class ListenChannel(WakeChannel):
         wall = time.time()
         encoding = self._conn.info.encoding
         while (note := pgconn.notifies()) is not None:
-            now_due, due = read_payload(note.extra.decode(encoding, "replace"), wall)
+            text = note.extra.decode(encoding, "replace")
+            cancel_id = cancel_of(text)
+            if cancel_id is not None:
+                self._note_cancel(cancel_id)
+                continue
+            now_due, due = read_payload(text, wall)
             due_now = due_now or now_due
             if due is not None and (later is None or due < later):
                 later = due

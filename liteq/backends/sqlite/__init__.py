@@ -58,6 +58,10 @@ class SQLiteBackend(TaskOps, ReadOps, ScheduleOps, Backend):
         """Send the daemon a wake-up datagram (skipped when none listens)."""
         wakeup.wake(self.identity, due)
 
+    def notify_cancel(self, task_id):
+        """Tell the daemon to stop a running task that was cancelled (a datagram)."""
+        wakeup.send_cancel(self.identity, task_id)
+
     def open_wake_channel(self, control_socket):
         """Bind the wake-up datagram socket beside the control socket."""
         return wakeup.DatagramChannel(control_socket)

@@ -2,6 +2,7 @@
 
 from ...timeutil import now
 from ..filters import equal_filters
+from ..base import CANCEL_TEXT
 from .connection import guarded, row_dict
 
 TASK_COLUMNS = ("id", "name", "queue", "status", "priority", "attempts", "max_retries",
@@ -106,12 +107,17 @@ class ReadOps:
 
     @guarded
     def cancel(self, task_id) -> bool:
-        """Cancel a pending task; False when it is not pending."""
+        """Cancel a pending or running task; False when it is neither. The daemon
+        running it is told at once (a wake-up datagram)."""
         with self._write() as conn:
-            cur = conn.execute(
-                "UPDATE tasks SET status = 'cancelled', finished_at = ? "
-                "WHERE id = ? AND status = 'pending'", (now(), task_id))
-            return cur.rowcount == 1
+            row = conn.execute(
+                "UPDATE tasks SET finished_at = ?, error = CASE WHEN status = 'running' "
+                "THEN ? ELSE error END, status = 'cancelled' "
+                "WHERE id = ? AND status IN ('pending', 'running') RETURNING error",
+                (now(), CANCEL_TEXT, task_id)).fetchone()
+        if row is not None and row[0] == CANCEL_TEXT:
+            self.notify_cancel(task_id)
+        return row is not None
 
     @guarded
     def retry_failed(self, task_id=None, queue=None, name=None) -> int:
