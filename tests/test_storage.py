@@ -306,7 +306,7 @@ def test_reclaim_by_id_and_workers_without_a_row(store):
 # ---- operator actions ---------------------------------------------------------------
 
 
-def test_cancel_only_pending(store):
+def test_cancel_pending_or_running(store):
     d = put_task(store, "d", PAYLOAD)
     r = put_task(store, "r", PAYLOAD)
     p = put_task(store, "p", PAYLOAD, run_at=time.time() + 60)  # pending, not yet due
@@ -318,8 +318,10 @@ def test_cancel_only_pending(store):
     assert store.cancel(p) is False
     assert store.cancel(d) is False
     assert store.get_task(d)["status"] == "done"
-    assert store.cancel(r) is False
-    assert store.get_task(r)["status"] == "running"
+    assert store.cancel(r) is True   # a running task is cancelled too: its outcome is refused
+    row = store.get_task(r)
+    assert row["status"] == "cancelled" and "TaskCancelled" in row["error"]
+    assert store.record_outcomes("w", done=[(r, "1", 1.0, 2.0)]) == []
     assert store.cancel(424242) is False
     assert store.next_due(["default"]) is None  # the cancelled task is not pending
 

@@ -247,10 +247,11 @@ def test_cancel_a_pending_task(tasks):
                       headers={"accept": "application/json"})
         assert resp.status_code == 200 and resp.json()["ok"] is True
         assert status_of(tasks["e_pending"]) == "cancelled"
-        # Only pending tasks can be cancelled.
+        # Only pending or running tasks can be cancelled.
         again = c.post(f"/tasks/{tasks['e_done1']}/cancel", data={"csrf_token": token},
                        headers={"accept": "application/json"})
-        assert again.status_code == 409 and "only pending" in again.json()["message"]
+        assert again.status_code == 409 and "only pending or running" in \
+            again.json()["message"]
         assert status_of(tasks["e_done1"]) == "done"
         assert c.post("/tasks/999999/cancel", data={"csrf_token": token}).status_code == 404
 
