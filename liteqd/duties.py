@@ -23,11 +23,19 @@ class Duties:
         out = [self.next_heartbeat]
         if self.next_schedule is not None and not self.sup.stopping:
             out.append(self.next_schedule)
+        outage = self.sup.dispatch.outage
+        if outage.down:
+            out = [max(t, outage.retry_at) for t in out]
         return out
 
     def run_due(self):
-        """Do whichever duties are due now."""
+        """Do whichever duties are due now (none while the database is away and its next
+        try is not due: a heartbeat or cron every interval would reconnect far more often
+        than the back-off allows)."""
         now = time.monotonic()
+        outage = self.sup.dispatch.outage
+        if outage.down and now < outage.retry_at:
+            return
         if now >= self.next_heartbeat:
             self.heartbeat()
             # Schedules registered by other processes show up within a heartbeat.

@@ -18,6 +18,8 @@ done. Time bounds are the issue's, with fault_helpers.CI_SLACK of extra room.
 """
 
 import os
+import socket
+import threading
 import time
 
 import pytest
@@ -316,3 +318,79 @@ def test_d_without_notify_every_task_still_runs_within_the_poll_interval(throwaw
         assert_still_the_same_daemon(d)
         assert not d.events("db.unavailable"), d.dump()
     assert not polling.events("wake.lost") and not listen_sessions(cluster, "polling")
+
+
+# ---- back-off while the server is away -------------------------------------------------------
+
+class ConnectCounter:
+    """A TCP listener on the stopped server's port that counts connection attempts and
+    drops each one at once (a server that goes away mid-handshake).
+
+    libpq may open two TCP connections for one attempt (sslmode=prefer tries again
+    without SSL), so connections less than 0.2 s apart count as one attempt.
+    """
+
+    def __init__(self, port):
+        self.sock = socket.socket()
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self.sock.bind(("127.0.0.1", port))
+        self.sock.listen(64)
+        self.sock.settimeout(0.1)
+        self.times = []
+        self.started = time.monotonic()
+        self.stopping = False
+        self.thread = threading.Thread(target=self._serve, daemon=True)
+        self.thread.start()
+
+    def _serve(self):
+        while not self.stopping:
+            try:
+                conn, _ = self.sock.accept()
+            except (socket.timeout, OSError):
+                continue
+            self.times.append(time.monotonic())
+            conn.close()
+
+    def attempts(self) -> list:
+        """The monotonic times of the attempts so far."""
+        out = []
+        for t in list(self.times):
+            if not out or t - out[-1] >= 0.2:
+                out.append(t)
+        return out
+
+    def close(self):
+        self.stopping = True
+        self.thread.join(timeout=5)
+        self.sock.close()
+
+
+@pytest.mark.timeout(90)
+def test_e_a_running_daemon_retries_with_back_off_and_says_so_once(throwaway_pg, lab, app):
+    cluster = throwaway_pg
+    d = start_daemon(lab, cluster, "patient", "--concurrency", "1")
+    cluster.stop()
+    counter = ConnectCounter(cluster.port)
+    try:
+        watch_s = 6.0
+        time.sleep(watch_s)
+        attempts = counter.attempts()
+    finally:
+        counter.close()
+    gaps = [round(b - a, 2) for a, b in zip(attempts, attempts[1:])]
+    print(f"connection attempts in {watch_s} s: {len(attempts)}, gaps {gaps}")
+    # Back-off 0.5, 1, 2, 4 s: 3 or 4 attempts in 6 s (the heartbeat, every 0.5 s,
+    # reconnecting on its own, made 12 or more).
+    assert 2 <= len(attempts) <= 4, gaps
+    assert gaps[-1] >= 1.5, gaps
+    assert d.alive() and len(d.events("db.unavailable")) == 1, d.dump()
+    assert "(database unavailable)" in d.title(d.ps)
+
+    cluster.start()
+    d.wait_event("db.recovered", timeout=30)
+    log = lab.path("executions.txt")
+    backends.forget_backends()
+    task_id = app.work.delay(log)
+    wait_statuses(cluster.url, [task_id], "done", timeout=15, dump=d.dump)
+    assert_still_the_same_daemon(d)
+    assert sequence(d, OUTAGE_EVENTS) == list(OUTAGE_EVENTS), d.dump()
