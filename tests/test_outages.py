@@ -29,9 +29,10 @@ from liteq import backends
 from liteq.errors import DatabaseError, DatabaseUnavailable
 
 from daemon_helpers import (count_tasks, load_app_module, read_lines, running, status_counts,
-                            wait_for, wait_statuses)
+                            task_row, wait_for, wait_statuses)
 from fault_helpers import CI_SLACK, FAULT_APP, Lab, executions
 from pg_cluster import pg_template, throwaway_pg  # noqa: F401 (fixtures)
+from pg_proxy import AnswerLoser
 from test_systemd import NotifyListener
 
 OUTAGE_EVENTS = ("db.unavailable", "db.recovered")
@@ -417,3 +418,36 @@ def test_e_a_running_daemon_retries_with_back_off_and_says_so_once(throwaway_pg,
     wait_statuses(cluster.url, [task_id], "done", timeout=15, dump=d.dump)
     assert_still_the_same_daemon(d)
     assert sequence(d, OUTAGE_EVENTS) == list(OUTAGE_EVENTS), d.dump()
+
+
+# ---- a claim whose answer the network lost ------------------------------------------------
+
+@pytest.mark.timeout(60)
+def test_f_a_claim_whose_commit_answer_was_lost_is_given_back(throwaway_pg, lab, app):
+    cluster = throwaway_pg
+    proxy = AnswerLoser(cluster.port)
+    try:
+        # The fallback poll is far away: once the daemon is ready (its first claim is
+        # made in the loop turn that logs daemon.ready), the next COMMIT is the claim
+        # the wake-up causes.
+        d = lab.start("--db", proxy.url(application_name="lossy"), "--socket",
+                      lab.path("lossy.sock"), "--concurrency", "1", "--poll-interval", "30")
+        worker_id = d.events("daemon.ready")[0]["worker_id"]
+        log = lab.path("executions.txt")
+        proxy.arm()
+        task_id = app.work.delay(log)
+        wait_for(proxy.lost.is_set, 10, lambda: f"no COMMIT answer was lost\n{d.dump()}")
+        # The claim committed, and the daemon never heard so: its connection broke.
+        row = task_row(cluster.url, task_id)
+        assert (row["status"], row["worker_id"]) == ("running", worker_id), row
+        d.wait_event("db.recovered", timeout=15)
+        # Held by a live daemon that does not know it has it: without a check after
+        # the outage it would stay running for good.
+        wait_statuses(cluster.url, [task_id], "done", timeout=15, dump=d.dump)
+        assert executions(log) == {task_id: 1}
+        assert [e["task_id"] for e in d.events("task.released")] == [task_id], d.dump()
+        assert task_row(cluster.url, task_id)["attempts"] == 1  # the lost claim uncounted
+        assert_still_the_same_daemon(d)
+        assert sequence(d, OUTAGE_EVENTS) == list(OUTAGE_EVENTS), d.dump()
+    finally:
+        proxy.close()
