@@ -3,7 +3,7 @@ and firing cron schedules."""
 
 import time
 
-from liteq.errors import DatabaseError
+from liteq.errors import DatabaseError, DatabaseUnavailable
 
 from . import proc
 
@@ -49,8 +49,9 @@ class Duties:
     def heartbeat(self, startup=False):
         """Refresh this daemon's worker row, then reclaim dead daemons' tasks.
 
-        At start-up a database error is raised (the daemon cannot start); later it
-        is logged and retried.
+        At start-up a database error is raised (the daemon cannot start), unless the
+        database just went away: that is an outage like any other, and so is any
+        error later; they are logged and retried.
         """
         sup = self.sup
         self.next_heartbeat = time.monotonic() + self.config.heartbeat_interval
@@ -60,7 +61,7 @@ class Duties:
                                   sup.process_started, sup.started_wall)
             self._reclaim()
         except DatabaseError as exc:
-            if startup:
+            if startup and not isinstance(exc, DatabaseUnavailable):
                 raise
             sup.dispatch.outage.failed("heartbeat", exc)
             return

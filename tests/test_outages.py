@@ -451,3 +451,24 @@ def test_f_a_claim_whose_commit_answer_was_lost_is_given_back(throwaway_pg, lab,
         assert sequence(d, OUTAGE_EVENTS) == list(OUTAGE_EVENTS), d.dump()
     finally:
         proxy.close()
+
+
+@pytest.mark.timeout(60)
+def test_g_a_connection_lost_at_the_first_heartbeat_is_an_outage_too(throwaway_pg, lab, app):
+    cluster = throwaway_pg
+    count_tasks(cluster.url)  # the schema exists: the daemon's first INSERT is its heartbeat
+    proxy = AnswerLoser(cluster.port)
+    try:
+        proxy.arm("INSERT")
+        d = lab.start("--db", proxy.url(application_name="unlucky"), "--socket",
+                      lab.path("unlucky.sock"), "--concurrency", "1", ready=False)
+        wait_for(proxy.lost.is_set, 15, lambda: f"no INSERT answer was lost\n{d.dump()}")
+        d.wait_ready(timeout=20)
+        log = lab.path("executions.txt")
+        task_id = app.work.delay(log)
+        wait_statuses(cluster.url, [task_id], "done", timeout=15, dump=d.dump)
+        assert_still_the_same_daemon(d)
+        assert sequence(d, OUTAGE_EVENTS) == list(OUTAGE_EVENTS), d.dump()
+        assert d.events("db.unavailable")[0]["op"] == "heartbeat", d.dump()
+    finally:
+        proxy.close()
