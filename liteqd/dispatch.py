@@ -8,6 +8,11 @@ touch the database at all (on SQLite the write lock is the producers' too).
 When to claim: after a wake-up from a producer (and once more shortly after, to
 pick up the wake-ups producers skip), when a known due time comes, when a child
 frees up, and at the fallback poll.
+
+After an outage the first sync also gives back the tasks running for this daemon
+that it does not hold: a claim can commit on the server while its answer is lost
+with the connection, and such a task would otherwise stay running for good, its
+daemon alive and heartbeating.
 """
 
 import time
@@ -36,7 +41,8 @@ class Dispatcher:
         self.polling = False            # this loop turn is a fallback poll
         self.follow_up = None           # a claim owed shortly after a wake-up
         self.rescan_due = False         # the known due time passed: look up the next one
-        self.outage = Outage(sup.log)
+        self.outage = Outage(sup.log, on_recovered=self._after_outage)
+        self.check_claims = False       # give back claims this daemon never heard of
         self.limits = None              # global concurrency limits (see refresh_limits)
         self.next_cancel_check = 0.0
         self.reports = []               # (event, fields) of outcomes not yet recorded
@@ -93,9 +99,10 @@ class Dispatcher:
         out = self.outcomes
         backend = self.sup.backend
         wanted = [] if self.sup.stopping else self._claims_wanted()
-        if not wanted and not self.has_outcomes():
+        checking = self.check_claims
+        if not wanted and not self.has_outcomes() and not checking:
             return
-        claims, recorded = [], ()
+        claims, recorded, unheld = [], (), ()
         try:
             with backend.batch():
                 if out["done"] or out["failed"] or out["retry"]:
@@ -104,13 +111,23 @@ class Dispatcher:
                         retry=out["retry"])
                 if out["release"]:
                     backend.release(self.sup.worker_id, out["release"])
+                if checking:
+                    unheld = backend.release_unheld(self.sup.worker_id, self._held_ids())
                 if wanted:
                     claims = self._claim(wanted)
         except DatabaseError as exc:
             # Keep the outcomes and try again shortly; supervision goes on meanwhile.
             self.outage.failed("sync", exc)
             return
-        self.outage.succeeded()
+        if checking:
+            self.check_claims = False
+            for task_id in unheld:
+                self.log.warning("task.released", task_id=task_id,
+                                 reason="claimed by this daemon when an outage cut off "
+                                        "the answer; it never started")
+            if unheld:
+                self.claim_soon()
+        self.outage.succeeded()  # when this ends an outage, the next sync checks
         self._report(recorded)
         if out["release"]:
             self.claim_soon()
@@ -119,6 +136,20 @@ class Dispatcher:
         self.outcomes = {"done": [], "failed": [], "retry": [], "release": []}
         for pool, rows in claims:
             self._hand_out(pool, rows)
+
+    def _after_outage(self):
+        # Only the next successful sync can tell which claims were lost.
+        self.check_claims = True
+
+    def _held_ids(self):
+        """Every task this daemon knows it has: in a child's hands, or with an outcome
+        not recorded yet."""
+        held = {run.id for child in self.sup.lifecycle.all_children()
+                for run in child.inflight}
+        for kind in ("done", "failed", "retry"):
+            held.update(row[0] for row in self.outcomes[kind])
+        held.update(self.outcomes["release"])
+        return held
 
     def _report(self, recorded):
         """Log and count the outcomes the database recorded; the others were refused."""

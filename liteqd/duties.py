@@ -3,7 +3,7 @@ and firing cron schedules."""
 
 import time
 
-from liteq.errors import DatabaseError
+from liteq.errors import DatabaseError, DatabaseUnavailable
 
 from . import proc
 
@@ -23,11 +23,19 @@ class Duties:
         out = [self.next_heartbeat]
         if self.next_schedule is not None and not self.sup.stopping:
             out.append(self.next_schedule)
+        outage = self.sup.dispatch.outage
+        if outage.down:
+            out = [max(t, outage.retry_at) for t in out]
         return out
 
     def run_due(self):
-        """Do whichever duties are due now."""
+        """Do whichever duties are due now (none while the database is away and its next
+        try is not due: a heartbeat or cron every interval would reconnect far more often
+        than the back-off allows)."""
         now = time.monotonic()
+        outage = self.sup.dispatch.outage
+        if outage.down and now < outage.retry_at:
+            return
         if now >= self.next_heartbeat:
             self.heartbeat()
             # Schedules registered by other processes show up within a heartbeat.
@@ -41,8 +49,9 @@ class Duties:
     def heartbeat(self, startup=False):
         """Refresh this daemon's worker row, then reclaim dead daemons' tasks.
 
-        At start-up a database error is raised (the daemon cannot start); later it
-        is logged and retried.
+        At start-up a database error is raised (the daemon cannot start), unless the
+        database just went away: that is an outage like any other, and so is any
+        error later; they are logged and retried.
         """
         sup = self.sup
         self.next_heartbeat = time.monotonic() + self.config.heartbeat_interval
@@ -52,7 +61,7 @@ class Duties:
                                   sup.process_started, sup.started_wall)
             self._reclaim()
         except DatabaseError as exc:
-            if startup:
+            if startup and not isinstance(exc, DatabaseUnavailable):
                 raise
             sup.dispatch.outage.failed("heartbeat", exc)
             return

@@ -27,6 +27,7 @@ class SystemdNotifier:
                 self.watchdog_s = None
         self.next_watchdog = 0.0
         self.next_status = 0.0
+        self.db_down = False       # the database's state in the last STATUS sent
         self.sock = None
         if self.address:
             if self.address.startswith("@"):
@@ -66,16 +67,19 @@ class SystemdNotifier:
 
     def on_tick(self, sup):
         """Ping the watchdog and refresh STATUS, from the main loop (so a stuck loop
-        stops the pings and systemd restarts us)."""
+        stops the pings and systemd restarts us). STATUS is refreshed every 5 s, and at
+        once when the database goes away or comes back."""
         if self.sock is None:
             return
         now = time.monotonic()
         if self.watchdog_s and now >= self.next_watchdog:
             self.send("WATCHDOG=1")
             self.next_watchdog = now + self.watchdog_s
-        if now >= self.next_status:
+        down = sup.dispatch.outage.down
+        if now >= self.next_status or down != self.db_down:
             self.send(f"STATUS={self.summary(sup)}")
             self.next_status = now + 5.0
+            self.db_down = down
 
     def on_waiting(self, sup):
         """Refresh STATUS while the daemon waits for its database at start-up."""

@@ -17,8 +17,9 @@ MAX_BACKOFF_S = 30.0
 class Outage:
     """Whether the database answers, and when to try it again (monotonic time)."""
 
-    def __init__(self, log):
+    def __init__(self, log, on_recovered=None):
         self.log = log
+        self.on_recovered = on_recovered   # called once each time an outage ends
         self.since = None          # monotonic time the outage began, or None
         self.backoff = 0.0
         self.retry_at = 0.0
@@ -53,6 +54,8 @@ class Outage:
             self.since = None
             self.backoff = 0.0
             self.last_error = None
+            if self.on_recovered is not None:
+                self.on_recovered()
 
     def describe(self) -> str:
         """One line for the systemd status while the database is down ('' when it is up)."""

@@ -47,6 +47,8 @@ class WakeListener:
             now_due, later = self.channel.drain()
         except DatabaseError as exc:
             sup.log.warning("wake.lost", error=str(exc))
+            # Said once: reopening it logs wake.restored, a failed reopen nothing more.
+            self.failing = True
             self._close(sup)
             self.next_open = time.monotonic() + REOPEN_S
             sup.dispatch.claim_soon()

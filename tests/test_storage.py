@@ -239,6 +239,20 @@ def test_release_returns_tasks_and_uncounts_the_attempt(store):
     assert _ids(store.claim("w2", ["default"], 5)) == [a, b]
 
 
+def test_release_unheld_gives_back_what_the_worker_does_not_hold(store):
+    a, b, c, d = (put_task(store, n, PAYLOAD) for n in "abcd")
+    assert _ids(store.claim("w", ["default"], 3)) == [a, b, c]
+    assert _ids(store.claim("other", ["default"], 1)) == [d]
+    assert store.release_unheld("w", [a, c]) == [b]
+    row = store.get_task(b)
+    assert (row["status"], row["attempts"], row["worker_id"], row["started_at"]) == (
+        "pending", 0, None, None)
+    assert [store.get_task(i)["status"] for i in (a, c, d)] == ["running"] * 3
+    assert store.release_unheld("w", [a, c]) == []           # nothing more to give back
+    assert store.release_unheld("w", []) == [a, c]           # holding nothing: all of them
+    assert store.get_task(d)["worker_id"] == "other"         # another worker's, untouched
+
+
 # ---- workers and reclaim ---------------------------------------------------------------
 
 

@@ -156,6 +156,15 @@ class Backend(abc.ABC):
         """Return claimed tasks that never started to pending, uncounting the attempt."""
 
     @abc.abstractmethod
+    def release_unheld(self, worker_id, held_ids) -> list:
+        """Return to pending, uncounting the attempt, every task running for worker_id
+        except `held_ids`; returns the ids given back.
+
+        After an outage the daemon gives back the claims it never heard of: a claim
+        whose commit took effect while the answer was lost with the connection.
+        """
+
+    @abc.abstractmethod
     def next_due(self, queues):
         """Seconds until the earliest pending task of `queues` is due (<= 0: due now),
         or None when none is pending."""

@@ -66,6 +66,13 @@ def work(path, seconds=0.0):
     return True
 
 
+@task(max_retries=10, **QUICK)
+def stamp(path):
+    """Record the execution with the time it started: "TASK_ID PID EPOCH_SECONDS"."""
+    append_line(path, f"{current_task_id()} {os.getpid()} {time.time()!r}")
+    return True
+
+
 @task(max_retries=0)
 def add(a, b):
     return a + b

@@ -92,9 +92,13 @@ RECORD_RETRY = (f"UPDATE tasks t SET status = 'pending', error = u.text, "
                 f"run_at = now() + u.x * interval '1 second' FROM {_OUTCOME_ROWS} {_GUARD} "
                 f"RETURNING t.id")
 
-RELEASE = ("UPDATE tasks SET status = 'pending', worker_id = NULL, "
-           "attempts = GREATEST(attempts - 1, 0), started_at = NULL "
-           "WHERE id = ANY(%s::bigint[]) AND status = 'running' AND worker_id = %s")
+# Back to pending, the attempt uncounted: claimed tasks that never started.
+_GIVE_BACK = ("UPDATE tasks SET status = 'pending', worker_id = NULL, "
+              "attempts = GREATEST(attempts - 1, 0), started_at = NULL ")
+RELEASE = _GIVE_BACK + "WHERE id = ANY(%s::bigint[]) AND status = 'running' AND worker_id = %s"
+# Every task running for the worker except the ids it holds.
+RELEASE_UNHELD = (_GIVE_BACK + "WHERE status = 'running' AND worker_id = %s "
+                  "AND NOT (id = ANY(%s::bigint[])) RETURNING id")
 
 # The earliest due time of the queues' pending tasks, in index seeks only: walk
 # each queue's priority levels (max, then the max below it, ...) and take the
@@ -245,6 +249,13 @@ class TaskOps:
             return 0
         return self._session.run(RELEASE, ([int(i) for i in task_ids], worker_id),
                                  prepare=True).rowcount
+
+    @operation
+    def release_unheld(self, worker_id, held_ids) -> list:
+        """Return to pending every task running for worker_id but `held_ids` (claims
+        whose answer was lost); returns their ids."""
+        rows = self._session.run(RELEASE_UNHELD, (worker_id, [int(i) for i in held_ids]))
+        return sorted(r["id"] for r in rows.fetchall())
 
     @operation
     def next_due(self, queues):

@@ -27,6 +27,11 @@ _OUTCOME_SET = {
 }
 _OUTCOME_CHUNK = 500   # rows per statement (4 parameters each)
 
+# Back to pending, the attempt uncounted: a claimed task that never started.
+RELEASE = ("UPDATE tasks SET status = 'pending', worker_id = NULL, "
+           "attempts = MAX(attempts - 1, 0), started_at = NULL "
+           "WHERE id = ? AND status = 'running' AND worker_id = ?")
+
 
 def due_time(run_at, delay, t):
     """The epoch time a task is due: run_at, else t + delay, else t."""
@@ -233,12 +238,21 @@ class TaskOps:
         if not task_ids:
             return 0
         with self._write() as conn:
-            cur = conn.executemany(
-                "UPDATE tasks SET status = 'pending', worker_id = NULL, "
-                "attempts = MAX(attempts - 1, 0), started_at = NULL "
-                "WHERE id = ? AND status = 'running' AND worker_id = ?",
-                [(tid, worker_id) for tid in task_ids])
+            cur = conn.executemany(RELEASE, [(tid, worker_id) for tid in task_ids])
             return cur.rowcount
+
+    @guarded
+    def release_unheld(self, worker_id, held_ids) -> list:
+        """Return to pending every task running for worker_id but `held_ids` (claims
+        whose answer was lost); returns their ids."""
+        held = {int(i) for i in held_ids}
+        with self._write() as conn:
+            running = [r[0] for r in conn.execute(
+                "SELECT id FROM tasks WHERE status = 'running' AND worker_id = ?",
+                (worker_id,))]
+            unheld = sorted(i for i in running if i not in held)
+            conn.executemany(RELEASE, [(tid, worker_id) for tid in unheld])
+            return unheld
 
     @guarded
     def next_due(self, queues):
