@@ -13,6 +13,7 @@ import ctypes
 import os
 import resource
 import signal
+import socket
 import subprocess
 import time
 
@@ -61,6 +62,16 @@ def write_atomically(path, text):
 def work(path, seconds=0.0):
     """Record the execution, then sleep `seconds` (a short task)."""
     record(path)
+    if seconds:
+        time.sleep(seconds)
+    return True
+
+
+@task(max_retries=10, **QUICK)
+def work_on_host(path, seconds=0.0):
+    """Record the execution with the host's name ("TASK_ID PID HOSTNAME"), then sleep
+    `seconds` (tests/test_hosts.py: each daemon runs in a UTS namespace of its own)."""
+    append_line(path, f"{current_task_id()} {os.getpid()} {socket.gethostname()}")
     if seconds:
         time.sleep(seconds)
     return True
