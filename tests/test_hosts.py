@@ -136,6 +136,64 @@ def test_daemon_restarted_on_its_own_host_reclaims_at_once_by_pid_and_start_time
     assert _hosts_of(log) == {"host-a": 4}
 
 
+def test_host_restarted_in_a_fresh_namespace_gets_its_tasks_back_after_stale_after(
+        hosts, app):
+    # A crashed host that comes back with the same hostname but a new PID namespace
+    # (a container restarted, a machine rebooted) cannot judge the dead daemon's pid:
+    # pids are per namespace. It must neither keep the tasks stuck nor take them at
+    # once on a pid that means nothing here: they come back once the dead daemon's
+    # heartbeat is older than --stale-after.
+    stale_after = 3.0
+    first = hosts.host("host-a", "--concurrency", "2", "--stale-after", stale_after)
+    up_since = time.monotonic()
+    log = hosts.path("executions.txt")
+    ids = app.work_on_host.starmap([(log, 2.0)] * 2)
+    wait_for(lambda: len(read_lines(log)) == 2, 15, lambda: f"not started\n{hosts.dump()}")
+    # Both daemons are pid 1 of their namespaces: start times more than a second apart
+    # keep the new one from mistaking its own pid 1 for the dead daemon.
+    time.sleep(max(0.0, 1.2 - (time.monotonic() - up_since)))
+    crashed_at = time.monotonic()
+    first.crash()
+    second = hosts.host("host-a", "--concurrency", "2", "--stale-after", stale_after)
+    for tid in ids:
+        second.wait_event("task.reclaimed", task_id=tid, timeout=stale_after + 10)
+    reclaimed_after = time.monotonic() - crashed_at
+    print(f"reclaimed {reclaimed_after:.2f} s after the crash; PID namespace "
+          f"{'reused' if second.namespace == first.namespace else 'new'}")
+    assert reclaimed_after <= stale_after + HEARTBEAT + CI_SLACK + 1.0  # + the restart
+    if second.namespace != first.namespace:
+        # Not at once: its last heartbeat came at most one interval before the crash.
+        # (When the kernel gives the new namespace the dead one's number, the pids
+        # are comparable again, and an at-once reclaim is right.)
+        assert reclaimed_after >= stale_after - HEARTBEAT - 0.2
+    _wait_done(hosts, ids, 20)
+    assert executions(log) == {tid: 2 for tid in ids}
+
+
+def test_live_daemons_with_one_hostname_in_two_pid_namespaces_leave_each_other_alone(
+        hosts, app):
+    # Containers with the host's name (host networking) run daemons with the same
+    # hostname, each pid 1 of its own namespace. Judged by pid, each looked dead to the
+    # other (its pid 1 is another process), and a running task was taken from its
+    # live daemon and run twice.
+    first = hosts.host("twin", "--concurrency", "1", "--stale-after", "60")
+    log = hosts.path("executions.txt")
+    (tid,) = app.work_on_host.starmap([(log, 3.0)])
+    wait_for(lambda: read_lines(log), 15, lambda: f"not started\n{hosts.dump()}")
+    time.sleep(1.1)  # start times more than a second apart: they cannot be mistaken
+    second = hosts.host("twin", "--concurrency", "1", "--stale-after", "60")
+    assert second.namespace != first.namespace
+    time.sleep(4 * HEARTBEAT)
+    first_id = first.events("daemon.ready")[0]["worker_id"]
+    assert task_rows(hosts.db, [tid])[tid]["worker_id"] == first_id
+    assert not second.events("task.reclaimed")
+    _wait_done(hosts, [tid], 15)
+    assert executions(log) == {tid: 1}
+    assert not first.events("task.reclaimed")
+    live = {w["worker_id"] for w in backends.get_backend().list_workers()}
+    assert {first_id, second.events("daemon.ready")[0]["worker_id"]} <= live
+
+
 # ---- issue 14 item 2: a frozen host ---------------------------------------------------------
 
 def test_frozen_host_its_tasks_run_elsewhere_its_late_outcomes_are_refused(hosts, app):
