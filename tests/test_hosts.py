@@ -155,12 +155,15 @@ def test_host_restarted_in_a_fresh_namespace_gets_its_tasks_back_after_stale_aft
     crashed_at = time.monotonic()
     first.crash()
     second = hosts.host("host-a", "--concurrency", "2", "--stale-after", stale_after)
+    ready_after = time.monotonic() - crashed_at
     for tid in ids:
         second.wait_event("task.reclaimed", task_id=tid, timeout=stale_after + 10)
     reclaimed_after = time.monotonic() - crashed_at
-    print(f"reclaimed {reclaimed_after:.2f} s after the crash; PID namespace "
-          f"{'reused' if second.namespace == first.namespace else 'new'}")
-    assert reclaimed_after <= stale_after + HEARTBEAT + CI_SLACK + 1.0  # + the restart
+    print(f"restarted {ready_after:.2f} s and reclaimed {reclaimed_after:.2f} s after the "
+          f"crash; PID namespace {'reused' if second.namespace == first.namespace else 'new'}")
+    # Stale at most stale-after after the crash; seen at the restarted daemon's next
+    # heartbeat (its first one, if it came up later than that).
+    assert reclaimed_after <= max(stale_after, ready_after) + HEARTBEAT + CI_SLACK
     if second.namespace != first.namespace:
         # Not at once: its last heartbeat came at most one interval before the crash.
         # (When the kernel gives the new namespace the dead one's number, the pids
