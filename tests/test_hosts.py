@@ -52,6 +52,10 @@ def _wait_done(hosts, ids, timeout):
     return rows
 
 
+def _worker_ids() -> set:
+    return {w["worker_id"] for w in backends.get_backend().list_workers()}
+
+
 def _reclaimed_by(host) -> set:
     return {e["task_id"] for e in host.events("task.reclaimed")}
 
@@ -79,7 +83,7 @@ def test_three_hosts_run_30000_tasks_each_exactly_once(hosts, app):
 def test_host_crash_its_tasks_are_reclaimed_by_the_others_and_only_they_run_twice(hosts, app):
     started = {name: hosts.host(name, "--concurrency", "2") for name in NAMES}
     log = hosts.path("executions.txt")
-    ids = app.work_on_host.starmap([(log, 0.2 + 0.1 * (i % 4)) for i in range(150)])
+    ids = app.work_on_host.starmap([(log, 0.2 + 0.1 * (i % 4)) for i in range(120)])
     # Crash host-b while both its children run a task, with work left for the others.
     wait_for(lambda: len(_running_on(hosts.db, "host-b")) >= 2
              and _hosts_of(log)["host-b"] >= 4, 30,
@@ -181,20 +185,20 @@ def test_live_daemons_with_one_hostname_in_two_pid_namespaces_leave_each_other_a
     # live daemon and run twice.
     first = hosts.host("twin", "--concurrency", "1", "--stale-after", "60")
     log = hosts.path("executions.txt")
-    (tid,) = app.work_on_host.starmap([(log, 3.0)])
+    (tid,) = app.work_on_host.starmap([(log, 5.0)])
     wait_for(lambda: read_lines(log), 15, lambda: f"not started\n{hosts.dump()}")
     time.sleep(1.1)  # start times more than a second apart: they cannot be mistaken
     second = hosts.host("twin", "--concurrency", "1", "--stale-after", "60")
     assert second.namespace != first.namespace
     time.sleep(4 * HEARTBEAT)
     first_id = first.events("daemon.ready")[0]["worker_id"]
-    assert task_rows(hosts.db, [tid])[tid]["worker_id"] == first_id
+    row = task_rows(hosts.db, [tid])[tid]
+    assert (row["status"], row["worker_id"], row["attempts"]) == ("running", first_id, 1)
     assert not second.events("task.reclaimed")
     _wait_done(hosts, [tid], 15)
     assert executions(log) == {tid: 1}
     assert not first.events("task.reclaimed")
-    live = {w["worker_id"] for w in backends.get_backend().list_workers()}
-    assert {first_id, second.events("daemon.ready")[0]["worker_id"]} <= live
+    assert {first_id, second.events("daemon.ready")[0]["worker_id"]} <= _worker_ids()
 
 
 # ---- issue 14 item 2: a frozen host ---------------------------------------------------------
@@ -211,6 +215,8 @@ def test_frozen_host_its_tasks_run_elsewhere_its_late_outcomes_are_refused(hosts
         b.wait_event("task.reclaimed", task_id=tid, timeout=STALE_AFTER + 10)
     rows = _wait_done(hosts, ids, 20)
     assert all(rows[i]["worker_id"].startswith("host-b:") for i in ids)
+    a_id = a.events("daemon.ready")[0]["worker_id"]
+    assert a_id not in _worker_ids(), "host-a's stale row was not removed"
     finished = {i: (rows[i]["finished_at"], rows[i]["result"]) for i in ids}
     a.thaw()
     # Its children's sleeps have run out: their outcomes reach the database's guards.
@@ -222,7 +228,9 @@ def test_frozen_host_its_tasks_run_elsewhere_its_late_outcomes_are_refused(hosts
     assert all(after[i]["worker_id"] == rows[i]["worker_id"] for i in ids)
     assert executions(log) == {tid: 2 for tid in ids}
     assert _hosts_of(log) == {"host-a": 2, "host-b": 2}
-    # It carries on: it heartbeats again, and with host-b gone it runs new work.
+    # It carries on: its worker row (deleted by host-b's reclaim) is back, and with
+    # host-b gone it runs new work.
+    wait_for(lambda: a_id in _worker_ids(), 10, lambda: f"host-a never heartbeat again\n{hosts.dump()}")
     assert b.ctl("shutdown").returncode == 0
     b.wait(timeout=20)
     fresh = app.work_on_host.starmap([(log, 0.0)] * 5)
