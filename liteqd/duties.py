@@ -73,7 +73,15 @@ class Duties:
         for w in sup.backend.list_workers():
             if w["worker_id"] == sup.worker_id or w["hostname"] != sup.hostname:
                 continue
-            # On this host a daemon is alive only if its pid runs with its start time.
+            # A pid names a process only in the pid space it came from. A daemon with
+            # this hostname in another PID namespace (a container with the host's name)
+            # or from an earlier boot is judged by its heartbeat alone: read here, its
+            # pid would be some other process, or none, and a live daemon's tasks would
+            # be taken from it and run twice.
+            space = proc.pid_space_of(w["worker_id"])
+            if space is not None and space != sup.pid_space:
+                continue
+            # In this pid space a daemon is alive only if its pid runs with its start time.
             if not proc.is_same_process_alive(w["pid"], w["process_started"]):
                 dead.append(w["worker_id"])
         reclaimed = sup.backend.reclaim(dead, self.config.stale_after,

@@ -3,6 +3,7 @@
 import ctypes
 import os
 import signal
+import uuid
 
 import psutil
 
@@ -47,6 +48,38 @@ def is_same_process_alive(pid, started) -> bool:
     if actual is None or started is None:
         return False
     return abs(actual - float(started)) < 1.0
+
+
+def pid_space():
+    """Where this process's pids mean something: "BOOT.NS", the first 8 hex digits of the
+    kernel's boot id and the inode of this process's PID namespace (None off Linux).
+
+    A pid and start time identify a process only within one pid space. Daemons that
+    share a hostname may not share it: containers with the host's name (host
+    networking) each have a PID namespace of their own, and often the same pids.
+    """
+    try:
+        with open("/proc/sys/kernel/random/boot_id") as f:
+            boot = f.read().strip().replace("-", "")[:8]
+        namespace = os.stat("/proc/self/ns/pid").st_ino
+    except OSError:
+        return None
+    return f"{boot}.{namespace}" if boot else None
+
+
+def worker_id(hostname, pid, space) -> str:
+    """A daemon's id in the workers table: "HOST:PID:RANDOM", then ":SPACE" (its
+    pid_space()) when known, so that other daemons can tell whether its pid is theirs
+    to check."""
+    base = f"{hostname}:{pid}:{uuid.uuid4().hex[:8]}"
+    return f"{base}:{space}" if space else base
+
+
+def pid_space_of(worker_id):
+    """The pid space a worker id names (see worker_id), or None when it names none (a
+    daemon of an older LiteQ, or a row written by hand)."""
+    parts = str(worker_id).split(":")
+    return parts[3] if len(parts) == 4 and parts[3] else None
 
 
 def descendants(pid: int) -> list:

@@ -21,7 +21,6 @@ import selectors
 import signal
 import socket
 import time
-import uuid
 
 from setproctitle import setproctitle
 
@@ -49,7 +48,8 @@ class Supervisor:
         self.hostname = socket.gethostname()
         self.pid = os.getpid()
         self.process_started = proc.process_start_time(self.pid)
-        self.worker_id = f"{self.hostname}:{self.pid}:{uuid.uuid4().hex[:8]}"
+        self.pid_space = proc.pid_space()
+        self.worker_id = proc.worker_id(self.hostname, self.pid, self.pid_space)
         self.started_mono = time.monotonic()
         self.started_wall = time.time()
         self.identity = identity_of(config.db)  # names the queue; never holds a password

@@ -13,6 +13,7 @@ import ctypes
 import os
 import resource
 import signal
+import socket
 import subprocess
 import time
 
@@ -70,6 +71,14 @@ def work(path, seconds=0.0):
 def stamp(path):
     """Record the execution with the time it started: "TASK_ID PID EPOCH_SECONDS"."""
     append_line(path, f"{current_task_id()} {os.getpid()} {time.time()!r}")
+
+
+def work_on_host(path, seconds=0.0):
+    """Record the execution with the host's name ("TASK_ID PID HOSTNAME"), then sleep
+    `seconds` (tests/test_hosts.py: each daemon runs in a UTS namespace of its own)."""
+    append_line(path, f"{current_task_id()} {os.getpid()} {socket.gethostname()}")
+    if seconds:
+        time.sleep(seconds)
     return True
 
 
