@@ -4,7 +4,7 @@ Rows come back with the SQLite backend's keys, times as epoch seconds.
 """
 
 from ..base import TASK_STATUSES
-from ..filters import equal_filters
+from ..filters import KEY_IS_FREE, KEY_IS_FREE_FOR_NEWEST, equal_filters
 from .connection import operation
 
 
@@ -16,7 +16,7 @@ TASK_SELECT = ", ".join((
     "id", "name", "queue", "status", "priority", "attempts", "max_retries", "worker_id",
     _epoch("run_at"), _epoch("created_at"), _epoch("started_at"), _epoch("finished_at"),
     "result", "error", "payload", "timeout", "retry_delay", "retry_backoff",
-    "retry_max_delay"))
+    "retry_max_delay", "unique_key"))
 
 FINISHED_STATUSES = ("done", "failed", "cancelled")
 
@@ -116,10 +116,11 @@ class ReadOps:
                  "worker_id = NULL, finished_at = NULL ")
         if task_id is not None:
             return self._session.run(
-                reset + "WHERE id = %s AND status IN ('failed', 'cancelled')",
+                reset + f"WHERE id = %s AND status IN ('failed', 'cancelled') AND {KEY_IS_FREE}",
                 (int(task_id),)).rowcount
         clause, params = equal_filters("%s", status="failed", queue=queue, name=name)
-        return self._session.run(reset + clause, params).rowcount
+        return self._session.run(f"{reset}{clause} AND {KEY_IS_FREE_FOR_NEWEST}",
+                                 params).rowcount
 
     @operation
     def purge(self, older_than, statuses=FINISHED_STATUSES) -> int:
