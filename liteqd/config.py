@@ -45,6 +45,10 @@ class DaemonConfig:
     socket_group: str = None
     scheduler: bool = True
     poll_only: bool = False
+    # Retention: seconds a finished task is kept, per status (0: forever).
+    keep_done: float = 7 * 86400.0
+    keep_failed: float = 30 * 86400.0
+    keep_cancelled: float = 7 * 86400.0
     extra: dict = field(default_factory=dict)
 
     @property
@@ -91,6 +95,12 @@ OPTIONS = [
      "control socket path (default: derived from the database path)"),
     ("--socket-group", "LITEQ_SOCKET_GROUP", str, None,
      "group allowed to use the control socket (mode 0660)"),
+    ("--keep-done", "LITEQ_KEEP_DONE", float, 7 * 86400.0,
+     "seconds a done task is kept before the daemon deletes it (0: forever; default 7 days)"),
+    ("--keep-failed", "LITEQ_KEEP_FAILED", float, 30 * 86400.0,
+     "seconds a failed task is kept (0: forever; default 30 days)"),
+    ("--keep-cancelled", "LITEQ_KEEP_CANCELLED", float, None,
+     "seconds a cancelled task is kept (0: forever; default: as --keep-done)"),
     ("--no-scheduler", "LITEQ_NO_SCHEDULER", bool, False, "do not fire cron schedules"),
     ("--poll-only", "LITEQ_POLL_ONLY", bool, False,
      "no wake-up channel (no LISTEN on PostgreSQL, as PgBouncer in transaction mode "
@@ -183,7 +193,9 @@ def resolve(args: argparse.Namespace, environ=None) -> DaemonConfig:
                                  ("graceful_timeout", 0, False),
                                  ("heartbeat_interval", 0, True), ("stale_after", 0, True),
                                  ("poll_interval", 0, True), ("max_tasks_per_child", 0, False),
-                                 ("max_memory_per_child", 0, False)):
+                                 ("max_memory_per_child", 0, False),
+                                 ("keep_done", 0, False), ("keep_failed", 0, False),
+                                 ("keep_cancelled", 0, False)):
         v = values[key]
         if v is not None and (v < minimum or (strict and v <= minimum)):
             op = ">" if strict else ">="
@@ -229,4 +241,7 @@ def resolve(args: argparse.Namespace, environ=None) -> DaemonConfig:
         heartbeat_interval=values["heartbeat_interval"], stale_after=values["stale_after"],
         poll_interval=values["poll_interval"], log_format=fmt, log_level=level,
         socket=values["socket"], socket_group=values["socket_group"],
-        scheduler=not values["no_scheduler"], poll_only=values["poll_only"])
+        scheduler=not values["no_scheduler"], poll_only=values["poll_only"],
+        keep_done=values["keep_done"], keep_failed=values["keep_failed"],
+        keep_cancelled=(values["keep_done"] if values["keep_cancelled"] is None
+                        else values["keep_cancelled"]))

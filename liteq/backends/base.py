@@ -219,6 +219,12 @@ class Backend(abc.ABC):
     def purge(self, older_than, statuses=("done", "failed", "cancelled")) -> int:
         """Delete finished tasks that finished over `older_than` seconds ago."""
 
+    @abc.abstractmethod
+    def prune(self, status, older_than, limit) -> int:
+        """Delete at most `limit` tasks of one finished `status` ('done', 'failed' or
+        'cancelled') that finished over `older_than` seconds ago, oldest first;
+        returns how many (the daemon's retention, one short batch at a time)."""
+
     # ---- schedules ---------------------------------------------------------------
 
     @abc.abstractmethod

@@ -4,7 +4,8 @@ Rows come back with the SQLite backend's keys, times as epoch seconds.
 """
 
 from ..base import TASK_STATUSES
-from ..filters import KEY_IS_FREE, KEY_IS_FREE_FOR_NEWEST, equal_filters
+from ..filters import (KEY_IS_FREE, KEY_IS_FREE_FOR_NEWEST, PRUNABLE, equal_filters,
+                       finished_status)
 from .connection import operation
 
 
@@ -121,6 +122,18 @@ class ReadOps:
         clause, params = equal_filters("%s", status="failed", queue=queue, name=name)
         return self._session.run(f"{reset}{clause} AND {KEY_IS_FREE_FOR_NEWEST}",
                                  params).rowcount
+
+    @operation
+    def prune(self, status, older_than, limit) -> int:
+        """Delete at most `limit` tasks of finished `status` that finished over
+        `older_than` seconds ago (server's clock), oldest first; returns how many.
+        Rows another daemon is pruning at the same moment are skipped, not waited on."""
+        status = finished_status(status)
+        return self._session.run(
+            f"DELETE FROM tasks WHERE id IN (SELECT id FROM tasks WHERE "
+            f"status = '{status}' AND finished_at < now() - %s::float8 * interval '1 second' "
+            f"AND {PRUNABLE} ORDER BY finished_at LIMIT %s FOR UPDATE SKIP LOCKED)",
+            (float(older_than), int(limit)), prepare=True).rowcount
 
     @operation
     def purge(self, older_than, statuses=FINISHED_STATUSES) -> int:

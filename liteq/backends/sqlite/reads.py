@@ -1,7 +1,8 @@
 """SQLite: what the monitor reads, and what operators do (cancel, retry, purge)."""
 
 from ...timeutil import now
-from ..filters import KEY_IS_FREE, KEY_IS_FREE_FOR_NEWEST, equal_filters
+from ..filters import (KEY_IS_FREE, KEY_IS_FREE_FOR_NEWEST, PRUNABLE, equal_filters,
+                       finished_status)
 from .connection import guarded, row_dict
 
 TASK_COLUMNS = ("id", "name", "queue", "status", "priority", "attempts", "max_retries",
@@ -134,6 +135,17 @@ class ReadOps:
                 f"worker_id = NULL, finished_at = NULL {clause} AND {KEY_IS_FREE_FOR_NEWEST}",
                 (t, *params))
             return cur.rowcount
+
+    @guarded
+    def prune(self, status, older_than, limit) -> int:
+        """Delete at most `limit` tasks of finished `status` that finished over
+        `older_than` seconds ago, oldest first; returns how many."""
+        status = finished_status(status)
+        with self._write() as conn:
+            return conn.execute(
+                f"DELETE FROM tasks WHERE id IN (SELECT id FROM tasks WHERE "
+                f"status = '{status}' AND finished_at < ? AND {PRUNABLE} "
+                f"ORDER BY finished_at LIMIT ?)", (now() - older_than, int(limit))).rowcount
 
     @guarded
     def purge(self, older_than, statuses=("done", "failed", "cancelled")) -> int:
