@@ -5,7 +5,8 @@ import inspect
 
 from .backends import get_backend
 from .serialization import encode_payload, encode_args_array
-from .taskspec import NewTask, NewTasks, TaskOptions, check_number
+from .taskspec import (NewTask, NewTasks, TaskOptions, check_number, check_unique_key,
+                       derive_unique_key)
 from .timeutil import due_from
 from .status import get_task_status  # noqa: F401  (the seed's liteq.core.get_task_status)
 
@@ -19,12 +20,16 @@ class Task:
     """A function registered as a task. Call it directly, or enqueue it with .delay()."""
 
     def __init__(self, fn, name=None, retry_on=None, no_retry_on=None, concurrency=None,
+                 unique=False,
                  **options):
         if not callable(fn):
             raise TypeError(f"@task needs a function, got {fn!r}")
         self.fn = fn
         self.name = name or fn.__name__
         self.options = TaskOptions.build(**options)
+        # unique=True: each call's unique_key is derived from the name and arguments.
+        # Code-side (like retry_on), not a TaskOptions field: the row stores the key.
+        self.unique = _check_unique_flag(unique)
         # Which exceptions a retry may fix (None: any); checked in the worker child.
         self.retry_on = _exception_classes("retry_on", retry_on)
         self.no_retry_on = _exception_classes("no_retry_on", no_retry_on)
@@ -50,9 +55,15 @@ class Task:
         return f"<Task {self.name} queue={self.queue}>"
 
     def delay(self, *args, **kwargs) -> int:
-        """Enqueue a call with these arguments; returns the task id."""
-        return get_backend().enqueue(
-            NewTask(self.name, encode_payload(self.name, args, kwargs), self.options))
+        """Enqueue a call with these arguments; returns the task id (for a unique
+        task already pending or running with these arguments, that task's id)."""
+        return get_backend().enqueue(self._call(args, kwargs))
+
+    def _call(self, args, kwargs) -> NewTask:
+        """The NewTask of a plain call (a unique task's key derived from it)."""
+        key = derive_unique_key(self.name, args, kwargs) if self.unique else None
+        return NewTask(self.name, encode_payload(self.name, args, kwargs), self.options,
+                       unique_key=key)
 
     def schedule(self, when=_UNSET, *args, **kwargs) -> int:
         """Enqueue a call to run at `when`: a datetime (naive = local time), an
@@ -65,31 +76,36 @@ class Task:
                                 f"an ISO-8601 string, a timedelta or a number of seconds")
             when = kwargs.pop("run_at")
         run_at, delay = due_from(when)
+        key = derive_unique_key(self.name, args, kwargs) if self.unique else None
         return get_backend().enqueue(
             NewTask(self.name, encode_payload(self.name, args, kwargs), self.options,
-                    run_at=run_at, delay=delay))
+                    run_at=run_at, delay=delay, unique_key=key))
 
     def apply_async(self, args=(), kwargs=None, **options) -> int:
         """Enqueue with per-call options, as Celery's apply_async does: queue, priority,
         eta (a datetime, or epoch seconds) or countdown (seconds), timeout,
-        max_retries. Returns the task id."""
+        max_retries, unique_key (while a task with this key is pending or running,
+        nothing is enqueued and its id is returned; a unique task derives one).
+        Returns the task id."""
         return get_backend().enqueue(self._new_task(args, kwargs, **options))
 
     async def adelay(self, *args, **kwargs) -> int:
         """`await fn.adelay(...)`: .delay() for asyncio code; the event loop never
         blocks (SQLite: in a thread; PostgreSQL: psycopg's async connection)."""
-        return await get_backend().aenqueue(
-            NewTask(self.name, encode_payload(self.name, args, kwargs), self.options))
+        return await get_backend().aenqueue(self._call(args, kwargs))
 
     async def aapply_async(self, args=(), kwargs=None, **options) -> int:
         """`await fn.aapply_async(...)`: .apply_async() for asyncio code."""
         return await get_backend().aenqueue(self._new_task(args, kwargs, **options))
 
     def _new_task(self, args, kwargs, *, queue=None, priority=None, eta=None,
-                  countdown=None, timeout=None, max_retries=None) -> NewTask:
+                  countdown=None, timeout=None, max_retries=None,
+                  unique_key=None) -> NewTask:
         """The NewTask of one apply_async() call, its options checked."""
         if eta is not None and countdown is not None:
             raise ValueError("give eta or countdown, not both")
+        if unique_key is not None:
+            check_unique_key(unique_key)
         check_number("countdown", countdown, allow_none=True)
         if isinstance(args, (str, bytes)) or not isinstance(args, (list, tuple)):
             raise TypeError(f"args must be a list or tuple, not {type(args).__name__}")
@@ -105,7 +121,10 @@ class Task:
         if eta is not None:
             run_at = eta.timestamp() if hasattr(eta, "timestamp") else float(eta)
         payload = encode_payload(self.name, tuple(args), kwargs or {})
-        return NewTask(self.name, payload, options, run_at=run_at, delay=countdown)
+        if unique_key is None and self.unique:
+            unique_key = derive_unique_key(self.name, args, kwargs or {})
+        return NewTask(self.name, payload, options, run_at=run_at, delay=countdown,
+                       unique_key=unique_key)
 
     def map(self, iterable, **options) -> list:
         """Enqueue one call per item (each item is the single argument), in one
@@ -118,6 +137,10 @@ class Task:
         with one wake-up. Nothing is written if any call's arguments cannot be
         stored as JSON. Returns the ids in order."""
         check_number("countdown", countdown, allow_none=True)
+        if self.unique:
+            # One transaction of many rows cannot skip some of them one by one.
+            raise TypeError(f"task {self.name!r} is unique; map() and starmap() do not "
+                            f"enqueue unique tasks: call .delay() for each item")
         options = self.options.with_overrides(queue=queue, priority=priority, timeout=timeout)
         args_json, count = encode_args_array(self.name, iterable)
         return get_backend().enqueue_many(NewTasks(self.name, args_json, count, options,
@@ -172,6 +195,14 @@ def _same_function(a, b):
             and ca.co_firstlineno == cb.co_firstlineno)
 
 
+def _check_unique_flag(value):
+    """@task's unique option: True or False."""
+    if not isinstance(value, bool):
+        raise TypeError(f"unique must be True or False, not {value!r}; for a key of your "
+                        f"own pass apply_async(..., unique_key=...)")
+    return value
+
+
 def _exception_classes(label, value):
     """A tuple of exception classes from a class or a tuple/list of them (None stays None)."""
     if value is None:
@@ -207,6 +238,8 @@ def task(fn=None, *positional, name=None, **options):
     0 runs once), timeout (None: the daemon's limit, in seconds), retry_delay
     (1.0), retry_backoff (2.0) and retry_max_delay (300.0): failed attempts wait
     retry_delay * retry_backoff**(attempt-1) seconds, at most retry_max_delay.
+    unique=True: while a call with the same arguments is pending or running,
+    enqueueing it again returns that task's id and writes nothing.
 
     The seed project's positional form `@task(queue, max_retries, name, timeout)`
     works too.
@@ -237,10 +270,11 @@ def task(fn=None, *positional, name=None, **options):
         return decorate(fn)
     # An unknown or bad option fails at the decorator line, not at the first call.
     TaskOptions.build(**{k: v for k, v in options.items()
-                         if k not in ("retry_on", "no_retry_on", "concurrency")})
+                         if k not in ("retry_on", "no_retry_on", "concurrency", "unique")})
     for key in ("retry_on", "no_retry_on"):
         _exception_classes(key, options.get(key))
     _concurrency(options.get("concurrency"))
+    _check_unique_flag(options.get("unique", False))
     return decorate
 
 

@@ -6,7 +6,12 @@ scheduler turn it into NewTask rows (or one NewTasks batch), and every backend
 inserts exactly these fields.
 """
 
+import hashlib
+import json
 from dataclasses import dataclass, fields, replace
+
+#: The longest unique_key accepted (it is stored in a unique index).
+MAX_UNIQUE_KEY = 512
 
 
 def check_number(label, value, allow_none=False, allow_zero=True):
@@ -17,6 +22,32 @@ def check_number(label, value, allow_none=False, allow_zero=True):
         raise TypeError(f"{label} must be a number, not {type(value).__name__}")
     if value < 0 or (value == 0 and not allow_zero):
         raise ValueError(f"{label} must be {'>= 0' if allow_zero else '> 0'}, got {value!r}")
+
+
+def check_unique_key(key):
+    """Raise TypeError/ValueError unless `key` is a usable unique_key: a non-empty
+    string of at most MAX_UNIQUE_KEY characters."""
+    if not isinstance(key, str):
+        raise TypeError(f"unique_key must be a string, not {type(key).__name__}")
+    if not key.strip():
+        raise ValueError(f"unique_key must be a non-empty string, got {key!r}")
+    if len(key) > MAX_UNIQUE_KEY:
+        raise ValueError(f"unique_key is {len(key):,} characters long, over the limit of "
+                         f"{MAX_UNIQUE_KEY}; pass a hash of it instead")
+
+
+def derive_unique_key(task_name, args, kwargs) -> str:
+    """The unique_key of @task(unique=True): the task's name and a sha256 of its
+    arguments' JSON (keys sorted, so keyword order does not matter)."""
+    try:
+        text = json.dumps([list(args), kwargs], sort_keys=True, separators=(",", ":"),
+                          ensure_ascii=False, allow_nan=False)
+    except TypeError:
+        # A dict with keys of mixed types cannot be sorted; its order stays as given.
+        text = json.dumps([list(args), kwargs], separators=(",", ":"), ensure_ascii=False,
+                          allow_nan=False)
+    digest = hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()
+    return f"{task_name}:{digest}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,12 +112,17 @@ OPTION_NAMES = frozenset(f.name for f in fields(TaskOptions))
 @dataclass(slots=True)
 class NewTask:
     """One task to insert. When it is due: run_at (absolute, epoch seconds), else
-    `delay` seconds after the database's clock, else now by the database's clock."""
+    `delay` seconds after the database's clock, else now by the database's clock.
+
+    unique_key (stored in the row): while a pending or running task has it, the
+    backend inserts nothing and returns that task's id instead.
+    """
     name: str
     payload: str
     options: TaskOptions
     run_at: float = None
     delay: float = None
+    unique_key: str = None
 
 
 @dataclass(slots=True)

@@ -46,6 +46,10 @@ class DaemonConfig:
     scheduler: bool = True
     poll_only: bool = False
     queue_limits: dict = field(default_factory=dict)   # queue -> most running at once
+    # Retention: seconds a finished task is kept, per status (0: forever).
+    keep_done: float = 7 * 86400.0
+    keep_failed: float = 30 * 86400.0
+    keep_cancelled: float = 7 * 86400.0
     extra: dict = field(default_factory=dict)
 
     @property
@@ -92,6 +96,12 @@ OPTIONS = [
      "control socket path (default: derived from the database path)"),
     ("--socket-group", "LITEQ_SOCKET_GROUP", str, None,
      "group allowed to use the control socket (mode 0660)"),
+    ("--keep-done", "LITEQ_KEEP_DONE", float, 7 * 86400.0,
+     "seconds a done task is kept before the daemon deletes it (0: forever; default 7 days)"),
+    ("--keep-failed", "LITEQ_KEEP_FAILED", float, 30 * 86400.0,
+     "seconds a failed task is kept (0: forever; default 30 days)"),
+    ("--keep-cancelled", "LITEQ_KEEP_CANCELLED", float, None,
+     "seconds a cancelled task is kept (0: forever; default: as --keep-done)"),
     ("--no-scheduler", "LITEQ_NO_SCHEDULER", bool, False, "do not fire cron schedules"),
     ("--queue-limit", "LITEQ_QUEUE_LIMITS", str, None,
      "QUEUE=N: at most N tasks of QUEUE run at once over every daemon on the database; "
@@ -205,7 +215,9 @@ def resolve(args: argparse.Namespace, environ=None) -> DaemonConfig:
                                  ("graceful_timeout", 0, False),
                                  ("heartbeat_interval", 0, True), ("stale_after", 0, True),
                                  ("poll_interval", 0, True), ("max_tasks_per_child", 0, False),
-                                 ("max_memory_per_child", 0, False)):
+                                 ("max_memory_per_child", 0, False),
+                                 ("keep_done", 0, False), ("keep_failed", 0, False),
+                                 ("keep_cancelled", 0, False)):
         v = values[key]
         if v is not None and (v < minimum or (strict and v <= minimum)):
             op = ">" if strict else ">="
@@ -252,4 +264,7 @@ def resolve(args: argparse.Namespace, environ=None) -> DaemonConfig:
         poll_interval=values["poll_interval"], log_format=fmt, log_level=level,
         socket=values["socket"], socket_group=values["socket_group"],
         scheduler=not values["no_scheduler"], poll_only=values["poll_only"],
-        queue_limits=values["queue_limit"] or {})
+        queue_limits=values["queue_limit"] or {},
+        keep_done=values["keep_done"], keep_failed=values["keep_failed"],
+        keep_cancelled=(values["keep_done"] if values["keep_cancelled"] is None
+                        else values["keep_cancelled"]))

@@ -1,5 +1,5 @@
 """Periodic duties of the supervisor: the heartbeat, reclaiming dead daemons' tasks,
-and firing cron schedules."""
+pruning old finished tasks (retention), and firing cron schedules."""
 
 import time
 
@@ -7,9 +7,13 @@ from liteq.errors import DatabaseError, DatabaseUnavailable
 
 from . import proc
 
+# Rows deleted per loop turn at most: a short write, so claims never wait long on it.
+PRUNE_BATCH = 1000
+
 
 class Duties:
-    """Heartbeat and reclaim every heartbeat interval; cron fires when they are due."""
+    """Heartbeat, reclaim and pruning every heartbeat interval (pruning again each loop
+    turn while a batch comes back full); cron fires when it is due."""
 
     def __init__(self, sup):
         self.sup = sup
@@ -17,6 +21,11 @@ class Duties:
         self.config = sup.config
         self.next_heartbeat = 0.0
         self.next_schedule = None
+        # (status, seconds kept) of the statuses pruned; 0 keeps forever.
+        self.retention = [(status, keep) for status, keep in (
+            ("done", self.config.keep_done), ("failed", self.config.keep_failed),
+            ("cancelled", self.config.keep_cancelled)) if keep > 0]
+        self.prune_due = False
 
     def deadlines(self):
         """The monotonic times at which a duty is due (for the loop's sleep)."""
@@ -26,6 +35,8 @@ class Duties:
         outage = self.sup.dispatch.outage
         if outage.down:
             out = [max(t, outage.retry_at) for t in out]
+        if self.prune_due and not self.sup.stopping:
+            out.append(time.monotonic())   # more old tasks than one batch: go on now
         return out
 
     def run_due(self):
@@ -41,6 +52,8 @@ class Duties:
             # Schedules registered by other processes show up within a heartbeat.
             if self.config.scheduler:
                 self.next_schedule = min(self.next_schedule or now, now)
+        if self.prune_due and not self.sup.dispatch.outage.down:
+            self._prune()
         if self.config.scheduler and (self.next_schedule is None or now >= self.next_schedule):
             self._fire_schedules()
 
@@ -66,6 +79,7 @@ class Duties:
             sup.dispatch.outage.failed("heartbeat", exc)
             return
         sup.dispatch.outage.succeeded()
+        self.prune_due = bool(self.retention)
 
     def _reclaim(self):
         sup = self.sup
@@ -93,6 +107,30 @@ class Duties:
             self.log.warning("task.reclaimed", task_id=task_id, status=status)
         if reclaimed:
             sup.dispatch.claim_soon()
+
+    # ---- retention -----------------------------------------------------------------
+
+    def _prune(self):
+        """Delete one batch (PRUNE_BATCH rows at most) of finished tasks past their
+        status's age; the next loop turn does another while a batch comes back full."""
+        budget = PRUNE_BATCH
+        pruned = {}
+        try:
+            for status, keep in self.retention:
+                if budget <= 0:
+                    break
+                n = self.sup.backend.prune(status, keep, budget)
+                budget -= n
+                if n:
+                    pruned[status] = n
+        except DatabaseError as exc:
+            self.prune_due = False      # the next heartbeat tries again
+            self.sup.dispatch.outage.failed("prune", exc)
+            return
+        self.prune_due = budget <= 0
+        if pruned:
+            self.log.info("tasks.pruned", **pruned, total=PRUNE_BATCH - budget,
+                          more=self.prune_due)
 
     # ---- cron ----------------------------------------------------------------------
 

@@ -18,7 +18,7 @@ Conventions every implementation keeps:
 
 Task rows (dicts) carry: id, name, queue, status, priority, attempts,
 max_retries, worker_id, run_at, created_at, started_at, finished_at, result,
-error, payload, timeout, retry_delay, retry_backoff, retry_max_delay.
+error, payload, timeout, retry_delay, retry_backoff, retry_max_delay, unique_key.
 """
 
 import abc
@@ -90,7 +90,9 @@ class Backend(abc.ABC):
     @abc.abstractmethod
     def enqueue(self, task) -> int:
         """Insert one pending task (a liteq.taskspec.NewTask), commit, wake the
-        daemons; returns its id."""
+        daemons; returns its id. When the task has a unique_key that a pending or
+        running task holds, insert nothing, wake no one, and return that task's id
+        (race-free: the database enforces one holder per key)."""
 
     @abc.abstractmethod
     def enqueue_many(self, tasks) -> list:
@@ -260,11 +262,19 @@ class Backend(abc.ABC):
     @abc.abstractmethod
     def retry_failed(self, task_id=None, queue=None, name=None) -> int:
         """Put failed tasks (or one failed or cancelled task, by id) back to pending
-        with their attempts reset; returns how many."""
+        with their attempts reset; returns how many. A unique task whose key a
+        pending or running task holds is left as it is (and of several failed ones
+        with one key, a bulk retry takes the newest)."""
 
     @abc.abstractmethod
     def purge(self, older_than, statuses=("done", "failed", "cancelled")) -> int:
         """Delete finished tasks that finished over `older_than` seconds ago."""
+
+    @abc.abstractmethod
+    def prune(self, status, older_than, limit) -> int:
+        """Delete at most `limit` tasks of one finished `status` ('done', 'failed' or
+        'cancelled') that finished over `older_than` seconds ago, oldest first;
+        returns how many (the daemon's retention, one short batch at a time)."""
 
     # ---- schedules ---------------------------------------------------------------
 

@@ -7,3 +7,31 @@ def equal_filters(placeholder, **columns):
     where = [f"{col} = {placeholder}" for col, val in columns.items() if val is not None]
     params = [val for val in columns.values() if val is not None]
     return ("WHERE " + " AND ".join(where)) if where else "", params
+
+
+def finished_status(status) -> str:
+    """`status` when it is a finished one (done, failed, cancelled), else ValueError.
+
+    Prune puts it in its SQL as a literal, so the planner can prove the partial index
+    of finished tasks applies (a parameter would mean a scan of the table)."""
+    if status not in ("done", "failed", "cancelled"):
+        raise ValueError(f"prune takes a finished status (done, failed or cancelled), "
+                         f"not {status!r}")
+    return status
+
+
+# Tasks that other tasks depend on will be kept by prune: when dependencies land,
+# this condition grows a NOT EXISTS over the dependants that are not finished.
+PRUNABLE = "TRUE"
+
+
+# A retried unique task must not take a key that a pending or running task holds
+# (it would be a duplicate, and the unique index would refuse the whole UPDATE);
+# such a task is left as it is. Of several failed tasks with one key, a bulk retry
+# retries the newest only.
+KEY_IS_FREE = ("(unique_key IS NULL OR NOT EXISTS (SELECT 1 FROM tasks AS k "
+               "WHERE k.unique_key = tasks.unique_key AND k.status IN ('pending', 'running')))")
+KEY_IS_FREE_FOR_NEWEST = (
+    "(unique_key IS NULL OR NOT EXISTS (SELECT 1 FROM tasks AS k "
+    "WHERE k.unique_key = tasks.unique_key AND (k.status IN ('pending', 'running') "
+    "OR (k.status = 'failed' AND k.id > tasks.id))))")

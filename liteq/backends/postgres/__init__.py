@@ -108,7 +108,10 @@ class PostgresBackend(TaskOps, WorkerOps, ReadOps, ScheduleOps, Backend):
         return ListenChannel(self._connector, self._channel)
 
     async def aenqueue(self, task) -> int:
-        """enqueue() on psycopg's async connection: one statement, the loop never blocks."""
+        """enqueue() on psycopg's async connection: one statement, the loop never blocks.
+        (A unique task's insert-or-find loop runs in a worker thread instead.)"""
+        if task.unique_key is not None:
+            return await super().aenqueue(task)
         return await self._async_session().enqueue(task, self._channel)
 
     async def aget_task(self, task_id):

@@ -4,7 +4,8 @@ Rows come back with the SQLite backend's keys, times as epoch seconds.
 """
 
 from ..base import CANCEL_TEXT, TASK_STATUSES
-from ..filters import equal_filters
+from ..filters import (KEY_IS_FREE, KEY_IS_FREE_FOR_NEWEST, PRUNABLE, equal_filters,
+                       finished_status)
 from .connection import operation
 
 
@@ -16,7 +17,7 @@ TASK_SELECT = ", ".join((
     "id", "name", "queue", "status", "priority", "attempts", "max_retries", "worker_id",
     _epoch("run_at"), _epoch("created_at"), _epoch("started_at"), _epoch("finished_at"),
     "result", "error", "payload", "timeout", "retry_delay", "retry_backoff",
-    "retry_max_delay"))
+    "retry_max_delay", "unique_key"))
 
 FINISHED_STATUSES = ("done", "failed", "cancelled")
 
@@ -122,10 +123,23 @@ class ReadOps:
                  "worker_id = NULL, finished_at = NULL ")
         if task_id is not None:
             return self._session.run(
-                reset + "WHERE id = %s AND status IN ('failed', 'cancelled')",
+                reset + f"WHERE id = %s AND status IN ('failed', 'cancelled') AND {KEY_IS_FREE}",
                 (int(task_id),)).rowcount
         clause, params = equal_filters("%s", status="failed", queue=queue, name=name)
-        return self._session.run(reset + clause, params).rowcount
+        return self._session.run(f"{reset}{clause} AND {KEY_IS_FREE_FOR_NEWEST}",
+                                 params).rowcount
+
+    @operation
+    def prune(self, status, older_than, limit) -> int:
+        """Delete at most `limit` tasks of finished `status` that finished over
+        `older_than` seconds ago (server's clock), oldest first; returns how many.
+        Rows another daemon is pruning at the same moment are skipped, not waited on."""
+        status = finished_status(status)
+        return self._session.run(
+            f"DELETE FROM tasks WHERE id IN (SELECT id FROM tasks WHERE "
+            f"status = '{status}' AND finished_at < now() - %s::float8 * interval '1 second' "
+            f"AND {PRUNABLE} ORDER BY finished_at LIMIT %s FOR UPDATE SKIP LOCKED)",
+            (float(older_than), int(limit)), prepare=True).rowcount
 
     @operation
     def purge(self, older_than, statuses=FINISHED_STATUSES) -> int:

@@ -12,7 +12,7 @@ from psycopg import sql
 
 from ...errors import DatabaseError
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 # pg_advisory_xact_lock(LOCK_CLASS, hashtext(schema)): LiteQ's own key space.
 LOCK_CLASS = 0x4C6951  # "LiQ"
@@ -111,8 +111,18 @@ _INDEXES = (
     "CREATE INDEX schedules_due ON schedules (next_run) WHERE enabled",
 )
 
+# Version 2, unique tasks: at most one pending or running task per unique_key.
+# Adding a nullable column without a default rewrites nothing. Rows without a key
+# are not in the index, so a plain enqueue pays nothing for it; tasks.ENQUEUE_UNIQUE
+# names this predicate in its ON CONFLICT target.
+_UNIQUE_KEY = (
+    "ALTER TABLE tasks ADD COLUMN unique_key text",
+    "CREATE UNIQUE INDEX tasks_unique_key ON tasks (unique_key) "
+    "WHERE unique_key IS NOT NULL AND status IN ('pending', 'running')",
+)
+
 # version -> the statements that bring the schema from version - 1 to it.
-_MIGRATIONS = {1: (_TASKS_DDL, _WORKERS_DDL, _SCHEDULES_DDL) + _INDEXES}
+_MIGRATIONS = {1: (_TASKS_DDL, _WORKERS_DDL, _SCHEDULES_DDL) + _INDEXES, 2: _UNIQUE_KEY}
 
 
 def _applied(conn, schema):

@@ -8,6 +8,7 @@ advances a task. Times go out as epoch seconds (date_part('epoch', ...)).
 
 import contextlib
 
+from ...errors import DatabaseError
 from ..limits import pick, rooms
 from .connection import operation
 from .wake import NOTIFY_PAYLOAD
@@ -27,6 +28,23 @@ ENQUEUE = (
     f"VALUES (%s, %s, %s, %s, %s, {_DUE}, %s, %s, %s, %s) RETURNING id, queue, run_at) "
     f"SELECT ins.id, pg_notify(%s, {NOTIFY_PAYLOAD.format(queue='ins.queue', due='ins.run_at')}) "
     f"FROM ins")
+
+# A unique task: the same, but nothing is inserted (and no notify sent) while a
+# pending or running task holds the key. The conflict target repeats the partial
+# index tasks_unique_key's predicate, which is how PostgreSQL infers it.
+ENQUEUE_UNIQUE = (
+    f"WITH ins AS (INSERT INTO tasks ({_INSERT_COLUMNS}, unique_key) "
+    f"VALUES (%s, %s, %s, %s, %s, {_DUE}, %s, %s, %s, %s, %s) "
+    f"ON CONFLICT (unique_key) WHERE unique_key IS NOT NULL "
+    f"AND status IN ('pending', 'running') DO NOTHING RETURNING id, queue, run_at) "
+    f"SELECT ins.id, pg_notify(%s, {NOTIFY_PAYLOAD.format(queue='ins.queue', due='ins.run_at')}) "
+    f"FROM ins")
+HOLDER_OF_KEY = ("SELECT id FROM tasks WHERE unique_key = %s AND unique_key IS NOT NULL "
+                 "AND status IN ('pending', 'running')")
+
+# How many times a unique enqueue tries again when the task holding its key
+# finished between its INSERT and its SELECT (each turn needs one more such race).
+UNIQUE_ATTEMPTS = 50
 
 # .map()/.starmap(): the producer's JSON array of argument lists is split by the
 # server (json keeps each element's text as written), inserted in order, and the
@@ -161,9 +179,34 @@ class TaskOps:
 
     @operation
     def enqueue(self, task) -> int:
-        """Insert one pending task with its wake-up, in one statement; returns its id."""
+        """Insert one pending task with its wake-up, in one statement; returns its id.
+        A task with a unique_key held by a pending or running task inserts nothing:
+        that task's id is returned."""
+        if task.unique_key is not None:
+            return self._enqueue_unique(task)
         return self._session.run(ENQUEUE, enqueue_params(task, self._channel),
                                  prepare=True).fetchone()["id"]
+
+    def _enqueue_unique(self, task):
+        o = task.options
+        params = (task.name, task.payload, o.queue, *_options(o), task.run_at,
+                  task.delay or 0.0, *_tail(o), task.unique_key, self._channel)
+        session = self._session
+        for _ in range(UNIQUE_ATTEMPTS):
+            # ON CONFLICT waits for a conflicting insert still in flight, so a key
+            # is never taken twice. The SELECT is a statement of its own (a new
+            # snapshot, which sees the holder once committed); when the holder
+            # finished in between, it finds none and the key is free: insert again.
+            row = session.run(ENQUEUE_UNIQUE, params, prepare=True).fetchone()
+            if row is not None:
+                return row["id"]
+            row = session.run(HOLDER_OF_KEY, (task.unique_key,), prepare=True).fetchone()
+            if row is not None:
+                return row["id"]
+        raise DatabaseError(
+            f"could not enqueue unique task {task.name!r} (unique_key {task.unique_key!r}): "
+            f"tasks with this key kept finishing between {UNIQUE_ATTEMPTS} inserts and "
+            f"their look-ups; nothing was enqueued")
 
     @operation
     def enqueue_many(self, tasks) -> list:

@@ -1,14 +1,15 @@
 """SQLite: what the monitor reads, and what operators do (cancel, retry, purge)."""
 
 from ...timeutil import now
-from ..filters import equal_filters
+from ..filters import (KEY_IS_FREE, KEY_IS_FREE_FOR_NEWEST, PRUNABLE, equal_filters,
+                       finished_status)
 from ..base import CANCEL_TEXT
 from .connection import guarded, row_dict
 
 TASK_COLUMNS = ("id", "name", "queue", "status", "priority", "attempts", "max_retries",
                 "worker_id", "run_at", "created_at", "started_at", "finished_at",
                 "result", "error", "payload", "timeout", "retry_delay", "retry_backoff",
-                "retry_max_delay")
+                "retry_max_delay", "unique_key")
 _TASK_SELECT = ", ".join(TASK_COLUMNS)
 
 
@@ -131,13 +132,26 @@ class ReadOps:
                 cur = conn.execute(
                     "UPDATE tasks SET status = 'pending', attempts = 0, run_at = ?, "
                     "worker_id = NULL, finished_at = NULL "
-                    "WHERE id = ? AND status IN ('failed', 'cancelled')", (t, task_id))
+                    f"WHERE id = ? AND status IN ('failed', 'cancelled') AND {KEY_IS_FREE}",
+                    (t, task_id))
                 return cur.rowcount
             clause, params = equal_filters("?", status="failed", queue=queue, name=name)
             cur = conn.execute(
                 "UPDATE tasks SET status = 'pending', attempts = 0, run_at = ?, "
-                f"worker_id = NULL, finished_at = NULL {clause}", (t, *params))
+                f"worker_id = NULL, finished_at = NULL {clause} AND {KEY_IS_FREE_FOR_NEWEST}",
+                (t, *params))
             return cur.rowcount
+
+    @guarded
+    def prune(self, status, older_than, limit) -> int:
+        """Delete at most `limit` tasks of finished `status` that finished over
+        `older_than` seconds ago, oldest first; returns how many."""
+        status = finished_status(status)
+        with self._write() as conn:
+            return conn.execute(
+                f"DELETE FROM tasks WHERE id IN (SELECT id FROM tasks WHERE "
+                f"status = '{status}' AND finished_at < ? AND {PRUNABLE} "
+                f"ORDER BY finished_at LIMIT ?)", (now() - older_than, int(limit))).rowcount
 
     @guarded
     def purge(self, older_than, statuses=("done", "failed", "cancelled")) -> int:

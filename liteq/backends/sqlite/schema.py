@@ -10,8 +10,9 @@ from ...errors import DatabaseError
 from ...timeutil import now
 from . import seed_times
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
+# The tasks table as version 1 made it; later versions ALTER it (see _MIGRATIONS).
 _TASKS_DDL = """
 CREATE TABLE IF NOT EXISTS tasks (
     id INTEGER PRIMARY KEY,
@@ -76,6 +77,11 @@ _INDEXES = (
     "CREATE INDEX IF NOT EXISTS idx_tasks_finished ON tasks(status, finished_at) "
     "WHERE status IN ('done', 'failed', 'cancelled')",
     "CREATE INDEX IF NOT EXISTS idx_schedules_due ON schedules(enabled, next_run)",
+    # Unique tasks: one pending or running task per key. Rows without a key are not
+    # in it, so a plain enqueue pays nothing for it. tasks.INSERT_UNIQUE names this
+    # predicate in its ON CONFLICT target.
+    "CREATE UNIQUE INDEX IF NOT EXISTS idx_tasks_unique_key ON tasks(unique_key) "
+    "WHERE unique_key IS NOT NULL AND status IN ('pending', 'running')",
 )
 
 # Columns of the seed project's tables that held text times (CURRENT_TIMESTAMP
@@ -156,7 +162,12 @@ def _migrate_v0_to_v1(conn):
         conn.execute(_SCHEDULES_DDL)
 
 
-_MIGRATIONS = {0: _migrate_v0_to_v1}
+def _migrate_v1_to_v2(conn):
+    """Version 2: tasks.unique_key (its partial unique index is in _INDEXES)."""
+    conn.execute("ALTER TABLE tasks ADD COLUMN unique_key TEXT")
+
+
+_MIGRATIONS = {0: _migrate_v0_to_v1, 1: _migrate_v1_to_v2}
 
 
 def ensure_schema(conn: sqlite3.Connection) -> None:

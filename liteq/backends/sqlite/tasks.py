@@ -14,6 +14,17 @@ INSERT_TASK = (
     "timeout, retry_delay, retry_backoff, retry_max_delay) VALUES (?,?,?,?,?,?,?,?,?,?,?)"
 )
 
+# A unique task: nothing is inserted while a pending or running task has the key
+# (the conflict target repeats idx_tasks_unique_key's predicate, so SQLite picks it).
+INSERT_UNIQUE = (
+    "INSERT INTO tasks (name, payload, queue, priority, max_retries, run_at, created_at, "
+    "timeout, retry_delay, retry_backoff, retry_max_delay, unique_key) "
+    "VALUES (?,?,?,?,?,?,?,?,?,?,?,?) ON CONFLICT (unique_key) "
+    "WHERE unique_key IS NOT NULL AND status IN ('pending', 'running') DO NOTHING RETURNING id"
+)
+HOLDER_OF_KEY = ("SELECT id FROM tasks WHERE unique_key = ? AND unique_key IS NOT NULL "
+                 "AND status IN ('pending', 'running')")
+
 # Outcome updates apply only while the row is still running for this worker; each
 # statement updates a batch from a VALUES list (column1 = id, column2 = text,
 # column3 = started_at, column4 = a time) and returns the ids it changed.
@@ -72,12 +83,26 @@ class TaskOps:
 
     @guarded
     def enqueue(self, task) -> int:
-        """Insert one pending task and commit; then wake the daemon."""
+        """Insert one pending task and commit; then wake the daemon. A task with a
+        unique_key held by a pending or running task inserts nothing: that task's
+        id is returned."""
         t = now()
         values = insert_values(task, t)
+        if task.unique_key is not None:
+            return self._enqueue_unique(values + (task.unique_key,))
         task_id = self._conn.execute(INSERT_TASK, values).lastrowid
         self.notify(values[5])
         return task_id
+
+    def _enqueue_unique(self, values):
+        # Under the write lock nothing can finish the holder between the two
+        # statements, so the SELECT finds the row the INSERT conflicted with.
+        with self._write() as conn:
+            row = conn.execute(INSERT_UNIQUE, values).fetchone()
+            if row is None:
+                return conn.execute(HOLDER_OF_KEY, (values[-1],)).fetchone()[0]
+        self.notify(values[5])
+        return row[0]
 
     @guarded
     def enqueue_many(self, tasks) -> list:
