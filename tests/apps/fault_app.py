@@ -73,6 +73,7 @@ def stamp(path):
     append_line(path, f"{current_task_id()} {os.getpid()} {time.time()!r}")
 
 
+@task(max_retries=10, **QUICK)
 def work_on_host(path, seconds=0.0):
     """Record the execution with the host's name ("TASK_ID PID HOSTNAME"), then sleep
     `seconds` (tests/test_hosts.py: each daemon runs in a UTS namespace of its own)."""
