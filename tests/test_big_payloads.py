@@ -91,7 +91,8 @@ def test_child_parser_joins_lines_split_anywhere():
     a, b = socket.socketpair()
     try:
         channel = _Channel(b)
-        messages = [["t", n, "task", "x" * (n * 7), None] for n in range(40)]
+        messages = [["t", n, "task", "x" * (n * 7), None, "default", 1, 0, None]
+                    for n in range(40)]
         stream = b"".join(json.dumps(m).encode() + b"\n" for m in messages)
         pieces, cut = [], 0
         for size in [1, 2, 3, 5, 50, 1, 200, 4096]:   # then the rest
