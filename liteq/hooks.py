@@ -43,6 +43,11 @@ def hooks(kind) -> list:
     return list(_hooks[kind].values())
 
 
+def any_registered() -> bool:
+    """True when some hook is registered (the worker skips them all otherwise)."""
+    return any(_hooks.values())
+
+
 def snapshot() -> dict:
     """A copy of every registration (restore() puts it back)."""
     return {kind: dict(entries) for kind, entries in _hooks.items()}

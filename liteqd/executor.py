@@ -122,13 +122,13 @@ class Executor:
             args, kwargs = decode_payload(msg.payload)
         except ValueError as exc:
             return _not_retried(f"BadPayload: {exc}", "the stored arguments cannot be decoded")
-        started = time.time()
         ctx = context.TaskContext(
-            id=msg.id, name=msg.name, queue=msg.queue, attempt=msg.attempt,
-            max_retries=msg.max_retries, enqueued_at=msg.enqueued_at,
-            deadline=started + msg.timeout if msg.timeout else None, worker=worker)
+            msg.id, msg.name, msg.queue, msg.attempt, msg.max_retries, msg.enqueued_at,
+            time.time() + msg.timeout if msg.timeout else None, worker)
         token = context.enter(ctx)
         try:
+            if not hooks.any_registered():
+                return self._attempt(task, args, kwargs, msg.timeout)[0]
             _call_hooks("start", ctx)
             outcome, exc, result = self._attempt(task, args, kwargs, msg.timeout)
             if outcome.ok:
