@@ -1,0 +1,195 @@
+"""Task dependencies (issue 13, item 4): apply_async(depends_on=...), liteq.chain(),
+current_task.parent_results(), and what a parent's end does to its dependents.
+On each backend; real daemons where tasks must run.
+
+The tasks of tests/apps/deps_app.py append "id start end" to a trace file; the
+order checks read it.
+"""
+
+import os
+
+import pytest
+
+import liteq
+from liteq import cancel_task, chain
+
+from daemon_helpers import (APPS, all_tasks, count_tasks, daemons,  # noqa: F401
+                            load_app_module, read_lines, task_row, task_rows, wait_status,
+                            wait_statuses)
+
+APP = os.path.join(APPS, "deps_app.py")
+
+
+@pytest.fixture
+def deps_app(daemons, monkeypatch):
+    """(the app module, the trace path, a function that starts a daemon on queue deps)."""
+    trace = daemons.path("trace.txt")
+    monkeypatch.setenv("LITEQ_TEST_TRACE", trace)
+    app = load_app_module(APP)
+
+    def start(concurrency=4):
+        return daemons.start("--concurrency", str(concurrency), "--queues", "deps", app=APP,
+                             env={"LITEQ_TEST_TRACE": trace})
+    return app, trace, start
+
+
+def _runs(trace) -> dict:
+    """{task id: [(start, end), ...]} from the trace file."""
+    runs = {}
+    for line in read_lines(trace):
+        tid, start, end = line.split()
+        runs.setdefault(int(tid), []).append((float(start), float(end)))
+    return runs
+
+
+def test_a_child_waits_until_every_parent_is_done(deps_app, daemons, db):
+    app, trace, start = deps_app
+    quick = app.step.delay("quick")
+    later = app.step.apply_async(("later",), countdown=2.0)
+    child = app.step.apply_async(("child",), depends_on=[quick, later])
+    start()
+    wait_status(quick, daemons=daemons)
+    # One parent done, the other not due yet: the child is still pending.
+    assert task_row(db, later)["status"] == "pending"
+    assert task_row(db, child)["status"] == "pending"
+    assert wait_status(child, daemons=daemons)["status"] == "done"
+    runs = _runs(trace)
+    assert runs[child][0][0] >= max(runs[quick][0][1], runs[later][0][1])
+
+
+def test_a_failed_parent_cancels_its_dependents_transitively(deps_app, daemons, db):
+    app, trace, start = deps_app
+    bad = app.explode.delay()
+    child = app.step.apply_async(depends_on=[bad])
+    grandchild = app.step.apply_async(depends_on=[child])
+    bystander = app.step.delay("unrelated")
+    start()
+    rows = wait_statuses(db, [bad, child, grandchild, bystander], dump=daemons.dump)
+    assert rows[bad]["status"] == "failed"
+    assert rows[bystander]["status"] == "done"
+    for tid in (child, grandchild):
+        assert rows[tid]["status"] == "cancelled"
+        assert rows[tid]["error"] == f"cancelled: it depends on task {bad}, which failed"
+    assert set(_runs(trace)) == {bad, bystander}  # the dependents never ran
+    # Depending on a task that already failed: cancelled at once, nothing to wait for.
+    late = app.step.apply_async(depends_on=[bystander, bad])
+    row = task_row(db, late)
+    assert row["status"] == "cancelled" and f"task {bad}, which failed" in row["error"]
+
+
+def test_a_cancelled_parent_cancels_its_dependents_transitively(db, backend, clean_registry):
+    @liteq.task
+    def work(n):
+        return n
+
+    parent = work.apply_async((1,), countdown=3600)
+    other = work.delay(2)
+    children = [work.apply_async((3,), depends_on=[parent, other]),
+                work.apply_async((4,), depends_on=[other, parent])]
+    grandchild = work.apply_async((5,), depends_on=children)
+    assert cancel_task(parent) is True
+    rows = task_rows(db, children + [grandchild, other])
+    for tid in children + [grandchild]:
+        assert rows[tid]["status"] == "cancelled"
+        assert rows[tid]["error"] == f"cancelled: it depends on task {parent}, which was cancelled"
+    assert rows[other]["status"] == "pending" and rows[other]["error"] is None
+
+
+def test_a_parent_that_does_not_exist_is_refused_and_nothing_is_written(db, backend,
+                                                                       clean_registry):
+    @liteq.task
+    def work(n):
+        return n
+
+    parent = work.delay(1)
+    before = all_tasks(db)
+    with pytest.raises(ValueError, match=r"depends_on: no task with id 999999\b.*nothing"):
+        work.apply_async((2,), depends_on=[parent, 999999])
+    with pytest.raises(TypeError, match="depends_on holds task ids"):
+        work.apply_async((2,), depends_on=["1"])
+    with pytest.raises(TypeError, match="depends_on must be a list"):
+        work.apply_async((2,), depends_on=parent)
+    assert all_tasks(db) == before
+    # No edge was left behind either: a new child of the parent has exactly one.
+    child = work.apply_async((3,), depends_on=[parent])
+    assert backend.parent_results(child) == [None]
+
+
+def test_chain_runs_the_steps_in_order_and_passes_results(deps_app, daemons, db):
+    app, trace, start = deps_app
+    ids = chain(app.step.s("one"), app.step.s("two"), app.gather.s())
+    assert ids == sorted(ids) and len(set(ids)) == 3
+    start()
+    rows = wait_statuses(db, ids, dump=daemons.dump)
+    assert [rows[i]["status"] for i in ids] == ["done"] * 3
+    runs = _runs(trace)
+    assert runs[ids[0]][0][1] <= runs[ids[1]][0][0]
+    assert runs[ids[1]][0][1] <= runs[ids[2]][0][0]
+    # The last step read the result of the one before it.
+    assert wait_status(ids[2])["result"] == ["two"]
+
+
+def test_chain_is_one_transaction(db, backend, clean_registry):
+    @liteq.task
+    def work(n):
+        return n
+
+    before = count_tasks(db)
+    # The third step is refused (its extra parent does not exist): none is written.
+    with pytest.raises(ValueError, match="no task with id 999999"):
+        chain(work.s(1), work.s(2), work.s(3).set(depends_on=[999999]))
+    assert count_tasks(db) == before
+    with pytest.raises(TypeError, match="chain\\(\\) takes signatures"):
+        chain(work.s(1), 2)
+
+
+def test_parent_results_come_in_depends_on_order(deps_app, daemons, db):
+    app, trace, start = deps_app
+    first = app.step.delay({"n": 1})
+    second = app.step.delay([1, 2])
+    child = app.gather.apply_async(depends_on=[second, first])
+    start()
+    st = wait_status(child, daemons=daemons)
+    assert st["status"] == "done", st
+    assert st["result"] == [[1, 2], {"n": 1}]
+
+
+def test_current_task_parent_results_outside_a_task_is_a_clear_error():
+    with pytest.raises(liteq.LiteQError, match="no task is running here"):
+        liteq.current_task.parent_results()
+
+
+def test_a_diamond_of_1000_tasks_runs_each_after_its_parents_exactly_once(deps_app, daemons,
+                                                                           db):
+    """Layers 1 -> 499 -> 499 -> 1: the middle layers cross (each task of the third
+    depends on two of the second), the last one on all of the third."""
+    app, trace, start = deps_app
+    parents = {}
+    root = app.step.delay()
+    parents[root] = []
+    second = []
+    for _ in range(499):
+        tid = app.step.apply_async(depends_on=[root])
+        parents[tid] = [root]
+        second.append(tid)
+    third = []
+    for i in range(499):
+        pair = [second[i], second[(i + 1) % 499]]
+        tid = app.step.apply_async(depends_on=pair)
+        parents[tid] = pair
+        third.append(tid)
+    sink = app.step.apply_async(depends_on=third)
+    parents[sink] = third
+    assert len(parents) == 1000
+    start(concurrency=8)
+    wait_statuses(db, [sink], timeout=60, dump=daemons.dump)
+    rows = task_rows(db, parents)
+    assert {r["status"] for r in rows.values()} == {"done"}
+    runs = _runs(trace)
+    assert set(runs) == set(parents)
+    twice = {tid: r for tid, r in runs.items() if len(r) != 1}
+    assert not twice, twice
+    for tid, of in parents.items():
+        started = runs[tid][0][0]
+        late = [p for p in of if runs[p][0][1] > started]
+        assert not late, (tid, late)
