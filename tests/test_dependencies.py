@@ -193,3 +193,73 @@ def test_a_diamond_of_1000_tasks_runs_each_after_its_parents_exactly_once(deps_a
         started = runs[tid][0][0]
         late = [p for p in of if runs[p][0][1] > started]
         assert not late, (tid, late)
+
+
+def _depend_on_the_old_task(db, old, work):
+    """A task of the version-2 database is claimable as it was, and a parent."""
+    from daemon_helpers import fresh_backend
+    child = work.apply_async((2,), depends_on=[old])
+    with fresh_backend(db) as backend:
+        claimed = [r["id"] for r in backend.claim("w-test", ["default"], 10)]
+        assert claimed == [old]   # the child waits for it
+        backend.heartbeat("w-test", "h", "default", 1, os.getpid(), 0.0)
+        backend.record_outcomes("w-test", done=[(old, "1", 0.0, 0.0)])
+        assert [r["id"] for r in backend.claim("w-test", ["default"], 10)] == [child]
+    assert task_row(db, child)["status"] == "running"
+
+
+def test_a_version_2_sqlite_file_gains_dependencies(db_path, clean_registry):
+    import sqlite3
+    from liteq.backends.sqlite import schema
+    raw = sqlite3.connect(db_path)
+    schema._migrate_v0_to_v1(raw)          # the tables as version 2 made them
+    schema._migrate_v1_to_v2(raw)
+    raw.execute("CREATE INDEX idx_tasks_claim ON tasks(status, queue, priority DESC, run_at, id)")
+    raw.execute("PRAGMA user_version = 2")
+    raw.execute("INSERT INTO tasks (name, payload, run_at, created_at) "
+                "VALUES ('work', '{\"args\":[1],\"kwargs\":{}}', 0, 0)")
+    raw.commit()
+    raw.close()
+
+    @liteq.task
+    def work(n):
+        return n
+    _depend_on_the_old_task(db_path, 1, work)
+    raw = sqlite3.connect(db_path)
+    try:
+        assert raw.execute("PRAGMA user_version").fetchone()[0] == 3
+        claim_cols = [r[2] for r in raw.execute("PRAGMA index_info(idx_tasks_claim)")]
+        assert claim_cols[:3] == ["status", "waiting_on", "queue"]
+    finally:
+        raw.close()
+
+
+def test_a_version_2_postgres_schema_gains_dependencies(clean_registry, workdir, monkeypatch):
+    import pg_helpers
+    from liteq import backends
+    from liteq.backends.postgres import schema
+    server = pg_helpers.server_url()
+    name, url = pg_helpers.create_schema(server)
+    try:
+        for ddl in ("CREATE TABLE liteq_migrations (version integer PRIMARY KEY, "
+                    "applied_at timestamptz NOT NULL DEFAULT now())",
+                    *schema._MIGRATIONS[1], *schema._MIGRATIONS[2],
+                    "INSERT INTO liteq_migrations (version) VALUES (1), (2)",
+                    "INSERT INTO tasks (name, payload) VALUES "
+                    "('work', '{\"args\":[1],\"kwargs\":{}}')"):
+            pg_helpers.rows(url, ddl)
+        monkeypatch.setenv("LITEQ_DB", url)
+        backends.forget_backends()
+
+        @liteq.task
+        def work(n):
+            return n
+        old = pg_helpers.rows(url, "SELECT id FROM tasks")[0]["id"]
+        _depend_on_the_old_task(url, old, work)
+        versions = pg_helpers.rows(url, "SELECT version FROM liteq_migrations ORDER BY 1")
+        assert [v["version"] for v in versions] == [1, 2, 3]
+        index = pg_helpers.rows(url, "SELECT pg_get_indexdef('tasks_claim'::regclass) AS d")
+        assert "WHERE ((status = 'pending'::text) AND (waiting_on = 0))" in index[0]["d"]
+    finally:
+        backends.forget_backends()
+        pg_helpers.drop_schema(server, name)
