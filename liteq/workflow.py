@@ -38,4 +38,9 @@ def chain(*signatures) -> list:
     for step in signatures:
         if not isinstance(step, Signature):
             raise TypeError(f"chain() takes signatures such as task.s(1, 2), not {step!r}")
-    return get_backend().enqueue_chain([step.new_task() for step in signatures])
+    tasks = [step.new_task() for step in signatures]
+    unique = [t.name for t in tasks if t.unique_key is not None]
+    if unique:
+        raise ValueError(f"chain() steps cannot be unique tasks ({', '.join(unique)}): a "
+                         f"waiting step would hold its key for as long as the chain runs")
+    return get_backend().enqueue_chain(tasks)

@@ -6,6 +6,7 @@ The tasks of tests/apps/deps_app.py append "id start end" to a trace file; the
 order checks read it.
 """
 
+import asyncio
 import os
 
 import pytest
@@ -263,3 +264,45 @@ def test_a_version_2_postgres_schema_gains_dependencies(clean_registry, workdir,
     finally:
         backends.forget_backends()
         pg_helpers.drop_schema(server, name)
+
+
+def test_prune_keeps_a_done_task_that_a_pending_task_depends_on(db, backend, clean_registry):
+    @liteq.task
+    def work(n):
+        return n
+
+    done, waiting = work.delay(1), work.apply_async((2,), countdown=3600)
+    child = work.apply_async((3,), depends_on=[done, waiting])
+    backend.heartbeat("w-test", "h", "default", 1, os.getpid(), 0.0)
+    assert [r["id"] for r in backend.claim("w-test", ["default"], 10)] == [done]
+    assert backend.record_outcomes("w-test", done=[(done, "1", 0.0, 0.0)]) == [done]
+    assert backend.prune("done", -60, 1000) == 0      # the child still needs it
+    assert task_row(db, done)["status"] == "done"
+    assert cancel_task(child) is True
+    assert backend.prune("done", -60, 1000) == 1      # nothing pending needs it now
+    assert task_row(db, done) is None
+
+
+def test_aapply_async_with_depends_on_waits_too(db, backend, clean_registry):
+    @liteq.task
+    def work(n):
+        return n
+
+    parent = work.apply_async((1,), countdown=3600)
+    child = asyncio.run(work.aapply_async((2,), depends_on=[parent]))
+    assert backend.claim("w-test", ["default"], 10) == []
+    assert backend.parent_results(child) == [None]
+    with pytest.raises(ValueError, match="no task with id 999999"):
+        asyncio.run(work.aapply_async((2,), depends_on=[999999]))
+
+
+def test_chain_refuses_unique_steps(db, backend, clean_registry):
+    @liteq.task(unique=True)
+    def once(n):
+        return n
+
+    with pytest.raises(ValueError, match="chain\\(\\) steps cannot be unique tasks"):
+        chain(once.s(1), once.s(2))
+    with pytest.raises(ValueError, match="depends_on and unique tasks cannot be combined"):
+        once.apply_async((1,), depends_on=[1])
+    assert count_tasks(db) == 0
