@@ -281,6 +281,9 @@ def test_prune_keeps_a_done_task_that_a_pending_task_depends_on(db, backend, cle
     assert cancel_task(child) is True
     assert backend.prune("done", -60, 1000) == 1      # nothing pending needs it now
     assert task_row(db, done) is None
+    assert backend.parent_results(child) == [None]    # the waiting parent's edge is left
+    assert backend.prune("cancelled", -60, 1000) == 1
+    assert backend.parent_results(child) == []        # the child's edges went with it
 
 
 def test_aapply_async_with_depends_on_waits_too(db, backend, clean_registry):

@@ -141,11 +141,14 @@ class ReadOps:
         `older_than` seconds ago (server's clock), oldest first; returns how many.
         Rows another daemon is pruning at the same moment are skipped, not waited on."""
         status = finished_status(status)
+        # A pruned task's own edges go with it (nothing waits for a finished task).
         return self._session.run(
-            f"DELETE FROM tasks WHERE id IN (SELECT id FROM tasks WHERE "
+            f"WITH gone AS (DELETE FROM tasks WHERE id IN (SELECT id FROM tasks WHERE "
             f"status = '{status}' AND finished_at < now() - %s::float8 * interval '1 second' "
-            f"AND {PRUNABLE} ORDER BY finished_at LIMIT %s FOR UPDATE SKIP LOCKED)",
-            (float(older_than), int(limit)), prepare=True).rowcount
+            f"AND {PRUNABLE} ORDER BY finished_at LIMIT %s FOR UPDATE SKIP LOCKED) "
+            f"RETURNING id), edges AS (DELETE FROM task_deps WHERE child_id IN "
+            f"(SELECT id FROM gone)) SELECT COUNT(*) AS n FROM gone",
+            (float(older_than), int(limit)), prepare=True).fetchone()["n"]
 
     @operation
     def purge(self, older_than, statuses=FINISHED_STATUSES) -> int:

@@ -86,6 +86,13 @@ def cancel_dependents(conn, parent_ids, status, t) -> list:
     return cancelled
 
 
+def forget_children(conn, child_ids) -> None:
+    """Delete the edges of these (deleted) tasks."""
+    for chunk in _chunks(child_ids):
+        conn.execute(f"DELETE FROM task_deps WHERE child_id IN ({','.join('?' * len(chunk))})",
+                     chunk)
+
+
 def parent_results(conn, task_id) -> list:
     """The stored results (JSON text) of a task's parents, in depends_on order."""
     return [r[0] for r in conn.execute(

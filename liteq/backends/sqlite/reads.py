@@ -153,10 +153,13 @@ class ReadOps:
         `older_than` seconds ago, oldest first; returns how many."""
         status = finished_status(status)
         with self._write() as conn:
-            return conn.execute(
+            gone = [r[0] for r in conn.execute(
                 f"DELETE FROM tasks WHERE id IN (SELECT id FROM tasks WHERE "
                 f"status = '{status}' AND finished_at < ? AND {PRUNABLE} "
-                f"ORDER BY finished_at LIMIT ?)", (now() - older_than, int(limit))).rowcount
+                f"ORDER BY finished_at LIMIT ?) RETURNING id", (now() - older_than, int(limit)))]
+            # A pruned task's own edges go with it (nothing waits for a finished task).
+            deps.forget_children(conn, gone)
+            return len(gone)
 
     @guarded
     def purge(self, older_than, statuses=("done", "failed", "cancelled")) -> int:
