@@ -17,6 +17,7 @@ from liteq import cancel_task, chain
 from daemon_helpers import (APPS, all_tasks, count_tasks, daemons,  # noqa: F401
                             load_app_module, read_lines, task_row, task_rows, wait_status,
                             wait_statuses)
+from pg_helpers import rows as pg_rows
 
 APP = os.path.join(APPS, "deps_app.py")
 
@@ -309,3 +310,45 @@ def test_chain_refuses_unique_steps(db, backend, clean_registry):
     with pytest.raises(ValueError, match="depends_on and unique tasks cannot be combined"):
         once.apply_async((1,), depends_on=[1])
     assert count_tasks(db) == 0
+
+
+@pytest.mark.parametrize("db", ["postgresql"], indirect=True)
+def test_a_postgres_enqueue_never_holds_one_parent_while_waiting_for_another(db, backend,
+                                                                             clean_registry):
+    """An outcome batch updates its rows in no set order. If the enqueue waited for
+    parent B while holding parent A's lock, a batch holding B and then asking for A
+    would deadlock with it: the enqueue asks without waiting, and holds nothing while
+    B is taken."""
+    import threading
+
+    import psycopg
+
+    @liteq.task
+    def work(n):
+        return n
+
+    a, b = work.delay(1), work.delay(2)
+    result = {}
+    with psycopg.connect(db) as other:          # plays a daemon's outcome batch
+        other.execute("SET lock_timeout = '5s'")
+        other.execute("SELECT id FROM tasks WHERE id = %s FOR NO KEY UPDATE", (b,))
+
+        def enqueue():
+            try:
+                result["id"] = work.apply_async((3,), depends_on=[a, b])
+            except Exception as exc:  # reported by the asserts below
+                result["error"] = exc
+        producer = threading.Thread(target=enqueue)
+        producer.start()
+        try:
+            other.execute("SELECT pg_sleep(0.2)")
+            # The producer is trying meanwhile; it must not hold A.
+            other.execute("UPDATE tasks SET status = 'done' WHERE id IN (%s, %s)", (a, b))
+            other.commit()
+        finally:
+            producer.join(30)
+    assert not producer.is_alive() and "error" not in result, result
+    row = task_row(db, result["id"])
+    assert row["status"] == "pending"
+    waiting = pg_rows(db, "SELECT waiting_on FROM tasks WHERE id = %s", (result["id"],))
+    assert waiting == [{"waiting_on": 0}]   # both parents were done when it counted
