@@ -352,3 +352,20 @@ def test_a_postgres_enqueue_never_holds_one_parent_while_waiting_for_another(db,
     assert row["status"] == "pending"
     waiting = pg_rows(db, "SELECT waiting_on FROM tasks WHERE id = %s", (result["id"],))
     assert waiting == [{"waiting_on": 0}]   # both parents were done when it counted
+
+
+def test_a_parent_reclaimed_out_of_retries_cancels_its_dependents(db, backend,
+                                                                  clean_registry):
+    @liteq.task(max_retries=0)
+    def work(n):
+        return n
+
+    parent = work.delay(1)
+    child = work.apply_async((2,), depends_on=[parent])
+    grandchild = work.apply_async((3,), depends_on=[child])
+    assert [r["id"] for r in backend.claim("w-dead", ["default"], 10)] == [parent]
+    assert backend.reclaim(dead_worker_ids=["w-dead"]) == [(parent, "failed")]
+    rows = task_rows(db, [child, grandchild])
+    for tid in (child, grandchild):
+        assert rows[tid]["status"] == "cancelled"
+        assert rows[tid]["error"] == f"cancelled: it depends on task {parent}, which failed"
