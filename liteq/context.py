@@ -40,6 +40,17 @@ class TaskContext(NamedTuple):
         """How many more attempts a failure of this one may still get."""
         return max(self.max_retries - (self.attempt - 1), 0)
 
+    def parent_results(self) -> list:
+        """The results of the tasks this one depends on (depends_on, or the previous
+        step of a chain), decoded, in depends_on order.
+
+        A user read, not the queue's bookkeeping: the child opens the database
+        (LITEQ_DB from its environment) on the first call. Every parent is done
+        before this task is claimed, so the results are final."""
+        from .backends import get_backend
+        from .serialization import decode_result
+        return [decode_result(text) for text in get_backend().parent_results(self.id)]
+
 
 class _CurrentTask:
     """Reads the running task's TaskContext; outside a task, a clear LiteQError."""

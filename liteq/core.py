@@ -5,8 +5,8 @@ import inspect
 
 from .backends import get_backend
 from .serialization import encode_payload, encode_args_array
-from .taskspec import (NewTask, NewTasks, TaskOptions, check_number, check_unique_key,
-                       derive_unique_key)
+from .taskspec import (NewTask, NewTasks, TaskOptions, check_depends_on, check_number,
+                       check_unique_key, derive_unique_key)
 from .timeutil import due_from
 from .status import get_task_status  # noqa: F401  (the seed's liteq.core.get_task_status)
 
@@ -85,8 +85,9 @@ class Task:
         """Enqueue with per-call options, as Celery's apply_async does: queue, priority,
         eta (a datetime, or epoch seconds) or countdown (seconds), timeout,
         max_retries, unique_key (while a task with this key is pending or running,
-        nothing is enqueued and its id is returned; a unique task derives one).
-        Returns the task id."""
+        nothing is enqueued and its id is returned; a unique task derives one),
+        depends_on (task ids: it runs only once every one is done; when one fails
+        or is cancelled it is cancelled too). Returns the task id."""
         return get_backend().enqueue(self._new_task(args, kwargs, **options))
 
     async def adelay(self, *args, **kwargs) -> int:
@@ -100,10 +101,15 @@ class Task:
 
     def _new_task(self, args, kwargs, *, queue=None, priority=None, eta=None,
                   countdown=None, timeout=None, max_retries=None,
-                  unique_key=None) -> NewTask:
+                  unique_key=None, depends_on=()) -> NewTask:
         """The NewTask of one apply_async() call, its options checked."""
         if eta is not None and countdown is not None:
             raise ValueError("give eta or countdown, not both")
+        depends_on = check_depends_on(depends_on)
+        if depends_on and (unique_key is not None or self.unique):
+            raise ValueError(f"task {self.name!r}: depends_on and unique tasks cannot be "
+                             f"combined (a waiting task would hold its key for as long as "
+                             f"its parents run)")
         if unique_key is not None:
             check_unique_key(unique_key)
         check_number("countdown", countdown, allow_none=True)
@@ -124,7 +130,12 @@ class Task:
         if unique_key is None and self.unique:
             unique_key = derive_unique_key(self.name, args, kwargs or {})
         return NewTask(self.name, payload, options, run_at=run_at, delay=countdown,
-                       unique_key=unique_key)
+                       unique_key=unique_key, depends_on=depends_on)
+
+    def s(self, *args, **kwargs):
+        """A signature: this task with these arguments, not enqueued (for liteq.chain)."""
+        from .workflow import Signature
+        return Signature(self, args, kwargs)
 
     def map(self, iterable, **options) -> list:
         """Enqueue one call per item (each item is the single argument), in one

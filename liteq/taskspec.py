@@ -50,6 +50,36 @@ def derive_unique_key(task_name, args, kwargs) -> str:
     return f"{task_name}:{digest}"
 
 
+def check_depends_on(depends_on) -> tuple:
+    """The parent ids of depends_on as a tuple of ints, duplicates dropped (order kept);
+    TypeError/ValueError for anything but a list or tuple of task ids."""
+    if isinstance(depends_on, (str, bytes)) or not isinstance(depends_on, (list, tuple)):
+        raise TypeError(f"depends_on must be a list of task ids, not "
+                        f"{type(depends_on).__name__}")
+    for parent in depends_on:
+        if isinstance(parent, bool) or not isinstance(parent, int):
+            raise TypeError(f"depends_on holds task ids (ints), not {parent!r}")
+        if parent <= 0:
+            raise ValueError(f"depends_on: {parent!r} is not a task id")
+    return tuple(dict.fromkeys(depends_on))
+
+
+def missing_parents_error(missing) -> ValueError:
+    """The error of a depends_on naming tasks that do not exist (nothing was written)."""
+    listed = ", ".join(str(i) for i in missing)
+    return ValueError(f"depends_on: no task with id {listed}; nothing was enqueued")
+
+
+#: How the error of a cancelled dependent tells its parent's end.
+ENDED_WORDS = {"failed": "failed", "cancelled": "was cancelled"}
+
+
+def parent_ended_text(parent_id, status) -> str:
+    """The error of a task cancelled because a task it depends on (directly or
+    through others) ended failed or cancelled."""
+    return f"cancelled: it depends on task {parent_id}, which {ENDED_WORDS[status]}"
+
+
 @dataclass(frozen=True, slots=True)
 class TaskOptions:
     """How a task runs. These defaults are @task's defaults.
@@ -116,6 +146,9 @@ class NewTask:
 
     unique_key (stored in the row): while a pending or running task has it, the
     backend inserts nothing and returns that task's id instead.
+
+    depends_on: ids of the tasks it waits for (the row is claimed only when every
+    one is done); kept in order for parent_results().
     """
     name: str
     payload: str
@@ -123,6 +156,7 @@ class NewTask:
     run_at: float = None
     delay: float = None
     unique_key: str = None
+    depends_on: tuple = ()
 
 
 @dataclass(slots=True)

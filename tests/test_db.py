@@ -219,7 +219,7 @@ def test_indexes_exist(db_path):
                         ("idx_tasks_finished", "tasks"), ("idx_schedules_due", "schedules")):
         assert indexes.get(name) == table, (name, indexes)
     # The claim index leads with the columns the claim query filters and sorts by.
-    assert claim_cols[:4] == ["status", "queue", "priority", "run_at"]
+    assert claim_cols[:5] == ["status", "waiting_on", "queue", "priority", "run_at"]
 
 
 # ---- migration of a seed database ---------------------------------------------

@@ -51,6 +51,9 @@ EXPECTED = {
     "bulk.py": ["enqueued 100,000 tasks", "tasks/s", "drained 100,000 tasks",
                 "returned 199998", "daemon stopped; done."],
     "fastapi_app.py": ["HTTP 200", "done."],
+    "workflows.py": ["report: done -> 'the page has 32 characters'", ": the same task",
+                     "long_export: cancelled (TaskCancelled", "ran one after another: yes",
+                     "daemon stopped; done."],
 }
 
 # Examples that are planned but may not be written yet: a skip until they exist.

@@ -95,6 +95,22 @@ class Backend(abc.ABC):
         (race-free: the database enforces one holder per key)."""
 
     @abc.abstractmethod
+    def enqueue_chain(self, tasks) -> list:
+        """Insert NewTasks in one transaction, each depending on the one before it (its
+        parents: its own depends_on, then the previous step); returns their ids.
+
+        A task with depends_on is claimed only once every parent is done. A parent
+        that does not exist is a ValueError naming it, and nothing is written; a
+        parent already failed or cancelled makes the task cancelled at once, with an
+        error naming that parent. Cycles cannot form: a task can only depend on
+        tasks that already exist. enqueue() of a task with depends_on is a chain of
+        one."""
+
+    @abc.abstractmethod
+    def parent_results(self, task_id) -> list:
+        """The stored results (JSON text) of the task's parents, in depends_on order."""
+
+    @abc.abstractmethod
     def enqueue_many(self, tasks) -> list:
         """Insert every call of a liteq.taskspec.NewTasks in one transaction with one
         wake-up; returns the ids in order."""
@@ -151,6 +167,10 @@ class Backend(abc.ABC):
         Each applies only while the row is still running for this worker: an id
         missing from the result was refused (another daemon reclaimed the task, or it
         was cancelled), and its outcome must not be reported as recorded.
+
+        In the same transaction, a done task's children wait for one parent fewer
+        (the daemons are woken when one became claimable), and a failed task's
+        pending dependents are cancelled, transitively, with an error naming it.
         """
 
     @abc.abstractmethod
@@ -192,7 +212,8 @@ class Backend(abc.ABC):
         Dead: named in dead_worker_ids, a heartbeat older than stale_after seconds
         (by the database's clock), or no worker row at all. Tasks with attempts
         left go back to pending, the rest fail with `reason`. Dead worker rows are
-        deleted. Returns [(task_id, new_status)].
+        deleted. Returns [(task_id, new_status)]. The pending dependents of the
+        tasks that failed are cancelled in the same transaction, transitively.
         """
 
     @abc.abstractmethod
@@ -257,7 +278,8 @@ class Backend(abc.ABC):
 
         A running one becomes `cancelled` at once (its late outcome is refused by
         the guards), and the daemon that runs it is told (wake-up channel; its
-        poll is the fallback) to raise TaskCancelled in it and end its child."""
+        poll is the fallback) to raise TaskCancelled in it and end its child. Its
+        pending dependents are cancelled with it, transitively."""
 
     @abc.abstractmethod
     def retry_failed(self, task_id=None, queue=None, name=None) -> int:

@@ -20,9 +20,10 @@ def finished_status(status) -> str:
     return status
 
 
-# Tasks that other tasks depend on will be kept by prune: when dependencies land,
-# this condition grows a NOT EXISTS over the dependants that are not finished.
-PRUNABLE = "TRUE"
+# Prune keeps a task that a pending or running task still depends on (the child
+# waits for it, or reads its result with parent_results()).
+PRUNABLE = ("NOT EXISTS (SELECT 1 FROM task_deps AS d JOIN tasks AS c ON c.id = d.child_id "
+            "WHERE d.parent_id = tasks.id AND c.status IN ('pending', 'running'))")
 
 
 # A retried unique task must not take a key that a pending or running task holds

@@ -109,8 +109,9 @@ class PostgresBackend(TaskOps, WorkerOps, ReadOps, ScheduleOps, Backend):
 
     async def aenqueue(self, task) -> int:
         """enqueue() on psycopg's async connection: one statement, the loop never blocks.
-        (A unique task's insert-or-find loop runs in a worker thread instead.)"""
-        if task.unique_key is not None:
+        (A unique task's insert-or-find loop, and a dependent task's transaction, run
+        in a worker thread instead.)"""
+        if task.unique_key is not None or task.depends_on:
             return await super().aenqueue(task)
         return await self._async_session().enqueue(task, self._channel)
 

@@ -6,6 +6,7 @@ Rows come back with the SQLite backend's keys, times as epoch seconds.
 from ..base import CANCEL_TEXT, TASK_STATUSES
 from ..filters import (KEY_IS_FREE, KEY_IS_FREE_FOR_NEWEST, PRUNABLE, equal_filters,
                        finished_status)
+from . import deps
 from .connection import operation
 
 
@@ -104,15 +105,20 @@ class ReadOps:
 
     @operation
     def cancel(self, task_id) -> bool:
-        """Cancel a pending or running task; False when it is neither. For a running
-        one, the same statement NOTIFYs the daemons (the one running it stops it)."""
-        row = self._session.run(
-            "WITH c AS (UPDATE tasks SET finished_at = now(), error = CASE WHEN status = "
-            "'running' THEN %s ELSE error END, status = 'cancelled' "
-            "WHERE id = %s AND status IN ('pending', 'running') RETURNING id, error) "
-            "SELECT c.id, CASE WHEN c.error = %s THEN pg_notify(%s, json_build_object("
-            "'k', 'cancel', 'id', c.id)::text) END FROM c",
-            (CANCEL_TEXT, int(task_id), CANCEL_TEXT, self._channel)).fetchone()
+        """Cancel a pending or running task, and (transitively) the pending tasks that
+        depend on it; False when it is neither. For a running one, the same statement
+        NOTIFYs the daemons (the one running it stops it)."""
+        session = self._session
+        with session.transaction():
+            row = session.run(
+                "WITH c AS (UPDATE tasks SET finished_at = now(), error = CASE WHEN status = "
+                "'running' THEN %s ELSE error END, status = 'cancelled' "
+                "WHERE id = %s AND status IN ('pending', 'running') RETURNING id, error) "
+                "SELECT c.id, CASE WHEN c.error = %s THEN pg_notify(%s, json_build_object("
+                "'k', 'cancel', 'id', c.id)::text) END FROM c",
+                (CANCEL_TEXT, int(task_id), CANCEL_TEXT, self._channel)).fetchone()
+            if row is not None:
+                deps.cancel_dependents(session, [task_id], "cancelled")
         return row is not None
 
     @operation
@@ -135,11 +141,14 @@ class ReadOps:
         `older_than` seconds ago (server's clock), oldest first; returns how many.
         Rows another daemon is pruning at the same moment are skipped, not waited on."""
         status = finished_status(status)
+        # A pruned task's own edges go with it (nothing waits for a finished task).
         return self._session.run(
-            f"DELETE FROM tasks WHERE id IN (SELECT id FROM tasks WHERE "
+            f"WITH gone AS (DELETE FROM tasks WHERE id IN (SELECT id FROM tasks WHERE "
             f"status = '{status}' AND finished_at < now() - %s::float8 * interval '1 second' "
-            f"AND {PRUNABLE} ORDER BY finished_at LIMIT %s FOR UPDATE SKIP LOCKED)",
-            (float(older_than), int(limit)), prepare=True).rowcount
+            f"AND {PRUNABLE} ORDER BY finished_at LIMIT %s FOR UPDATE SKIP LOCKED) "
+            f"RETURNING id), edges AS (DELETE FROM task_deps WHERE child_id IN "
+            f"(SELECT id FROM gone)) SELECT COUNT(*) AS n FROM gone",
+            (float(older_than), int(limit)), prepare=True).fetchone()["n"]
 
     @operation
     def purge(self, older_than, statuses=FINISHED_STATUSES) -> int:

@@ -12,7 +12,7 @@ from psycopg import sql
 
 from ...errors import DatabaseError
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 # pg_advisory_xact_lock(LOCK_CLASS, hashtext(schema)): LiteQ's own key space.
 LOCK_CLASS = 0x4C6951  # "LiQ"
@@ -121,8 +121,23 @@ _UNIQUE_KEY = (
     "WHERE unique_key IS NOT NULL AND status IN ('pending', 'running')",
 )
 
+# Version 3, dependencies: waiting_on counts a task's parents not done yet (a
+# constant default: no rewrite), task_deps holds one row per (child, parent) edge,
+# position keeping depends_on's order. The claim index gains waiting_on = 0, so a
+# waiting task is never in it (tasks.CLAIM repeats this predicate exactly).
+_DEPENDENCIES = (
+    "ALTER TABLE tasks ADD COLUMN waiting_on integer NOT NULL DEFAULT 0",
+    "CREATE TABLE task_deps (child_id bigint NOT NULL, parent_id bigint NOT NULL, "
+    "position integer NOT NULL, PRIMARY KEY (child_id, parent_id))",
+    "CREATE INDEX task_deps_parent ON task_deps (parent_id)",
+    "DROP INDEX tasks_claim",
+    "CREATE INDEX tasks_claim ON tasks (queue, priority DESC, run_at, id) "
+    "WHERE status = 'pending' AND waiting_on = 0",
+)
+
 # version -> the statements that bring the schema from version - 1 to it.
-_MIGRATIONS = {1: (_TASKS_DDL, _WORKERS_DDL, _SCHEDULES_DDL) + _INDEXES, 2: _UNIQUE_KEY}
+_MIGRATIONS = {1: (_TASKS_DDL, _WORKERS_DDL, _SCHEDULES_DDL) + _INDEXES, 2: _UNIQUE_KEY,
+               3: _DEPENDENCIES}
 
 
 def _applied(conn, schema):

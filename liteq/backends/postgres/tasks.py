@@ -10,6 +10,7 @@ import contextlib
 
 from ...errors import DatabaseError
 from ..limits import pick, rooms
+from . import deps
 from .connection import operation
 from .wake import NOTIFY_PAYLOAD
 
@@ -79,7 +80,7 @@ CLAIM = (
     "WITH picked AS MATERIALIZED ("
     " SELECT c.id FROM unnest(%s::text[]) AS q(name) CROSS JOIN LATERAL ("
     "  SELECT id, priority, run_at FROM tasks"
-    "  WHERE status = 'pending' AND queue = q.name AND run_at <= now()"
+    "  WHERE status = 'pending' AND waiting_on = 0 AND queue = q.name AND run_at <= now()"
     "  ORDER BY priority DESC, run_at, id LIMIT %s FOR UPDATE SKIP LOCKED) c"
     " ORDER BY c.priority DESC, c.run_at, c.id LIMIT %s) "
     "UPDATE tasks t SET status = 'running', worker_id = %s, attempts = t.attempts + 1, "
@@ -93,6 +94,7 @@ CLAIM = (
 CLAIM_IDS = (
     "UPDATE tasks t SET status = 'running', worker_id = %s, attempts = t.attempts + 1, "
     "started_at = now() WHERE t.id = ANY(%s::bigint[]) AND t.status = 'pending' "
+    "AND t.waiting_on = 0 "
     "RETURNING " + CLAIM.split("RETURNING ", 1)[1])
 
 # Outcomes: one statement per kind over unnest arrays; each row changes only while
@@ -124,13 +126,16 @@ RELEASE_UNHELD = (_GIVE_BACK + "WHERE status = 'running' AND worker_id = %s "
 NEXT_DUE = (
     "WITH RECURSIVE levels(queue, priority) AS ("
     " SELECT q.name, (SELECT MAX(priority) FROM tasks "
-    "  WHERE status = 'pending' AND queue = q.name) FROM unnest(%s::text[]) AS q(name)"
+    "  WHERE status = 'pending' AND waiting_on = 0 AND queue = q.name) "
+    " FROM unnest(%s::text[]) AS q(name)"
     " UNION ALL"
     " SELECT l.queue, (SELECT MAX(priority) FROM tasks WHERE status = 'pending' "
+    "  AND waiting_on = 0 "
     "  AND queue = l.queue AND priority < l.priority) FROM levels l "
     " WHERE l.priority IS NOT NULL) "
     "SELECT date_part('epoch', MIN(f.first) - now()) AS wait FROM levels l "
     "CROSS JOIN LATERAL (SELECT MIN(run_at) AS first FROM tasks WHERE status = 'pending' "
+    "AND waiting_on = 0 "
     "AND queue = l.queue AND priority = l.priority) f WHERE l.priority IS NOT NULL")
 
 
@@ -182,6 +187,8 @@ class TaskOps:
         """Insert one pending task with its wake-up, in one statement; returns its id.
         A task with a unique_key held by a pending or running task inserts nothing:
         that task's id is returned."""
+        if task.depends_on:
+            return self.enqueue_chain([task])[0]
         if task.unique_key is not None:
             return self._enqueue_unique(task)
         return self._session.run(ENQUEUE, enqueue_params(task, self._channel),
@@ -207,6 +214,31 @@ class TaskOps:
             f"could not enqueue unique task {task.name!r} (unique_key {task.unique_key!r}): "
             f"tasks with this key kept finishing between {UNIQUE_ATTEMPTS} inserts and "
             f"their look-ups; nothing was enqueued")
+
+    @operation
+    def enqueue_chain(self, tasks) -> list:
+        """Insert NewTasks in one transaction, each depending on the one before it
+        (after its own depends_on); returns their ids. See base.Backend."""
+        session = self._session
+        ids = []
+        with session.transaction():
+            for task in tasks:
+                parents = tuple(task.depends_on) + ((ids[-1],) if ids else ())
+                if not parents:
+                    ids.append(session.run(ENQUEUE, enqueue_params(task, self._channel),
+                                           prepare=True).fetchone()["id"])
+                    continue
+                o = task.options
+                params = (task.name, task.payload, o.queue, *_options(o), task.run_at,
+                          task.delay or 0.0, *_tail(o))
+                ids.append(deps.insert_dependent(session, params, parents, self._channel))
+        return ids
+
+    @operation
+    def parent_results(self, task_id) -> list:
+        """The stored results (JSON text) of a task's parents, in depends_on order."""
+        return [r["result"] for r in self._session.run(deps.PARENT_RESULTS,
+                                                        (int(task_id),)).fetchall()]
 
     @operation
     def enqueue_many(self, tasks) -> list:
@@ -258,7 +290,7 @@ class TaskOps:
             return []
         full = [n for n, room in name_room.items() if room <= 0]
         candidates = run(
-            "SELECT id, name, queue FROM tasks WHERE status = 'pending' "
+            "SELECT id, name, queue FROM tasks WHERE status = 'pending' AND waiting_on = 0 "
             "AND queue = ANY(%s) AND run_at <= now() AND NOT (name = ANY(%s)) "
             "ORDER BY priority DESC, run_at, id LIMIT %s FOR UPDATE SKIP LOCKED",
             (open_queues, full, limit * 4 + 16)).fetchall()
@@ -277,12 +309,20 @@ class TaskOps:
                 ((RECORD_DONE, done), (RECORD_FAILED, failed), (RECORD_RETRY, retry)) if rows]
         session = self._session
         recorded = []
-        with session.transaction() if len(work) > 1 else contextlib.nullcontext():
+        # Done and failed outcomes are followed by their dependents' updates: one
+        # transaction with them.
+        alone = len(work) == 1 and not done and not failed
+        with contextlib.nullcontext() if alone else session.transaction():
             for sql, rows in work:
                 ids, texts, starts, last = zip(*rows)
-                recorded.extend(r["id"] for r in session.run(
+                of_kind = [r["id"] for r in session.run(
                     sql, ([int(i) for i in ids], list(texts), floats(starts), floats(last),
-                          worker_id), prepare=True).fetchall())
+                          worker_id), prepare=True).fetchall()]
+                if of_kind and sql is RECORD_DONE:
+                    deps.release_children(session, of_kind, self._channel)
+                elif of_kind and sql is RECORD_FAILED:
+                    deps.cancel_dependents(session, of_kind, "failed")
+                recorded.extend(of_kind)
         return recorded
 
     @operation

@@ -5,6 +5,7 @@ too, so a daemon on a host whose clock is off is neither reclaimed early nor kep
 alive too long.
 """
 
+from . import deps
 from .connection import operation
 
 WORKER_COLUMNS = ("worker_id, hostname, queues, concurrency, "
@@ -72,9 +73,15 @@ class WorkerOps:
         to pending (due now), the rest fail with `reason`. Dead worker rows are
         deleted. Returns [(task_id, new_status)].
         """
-        rows = self._session.run(RECLAIM, {
-            "dead": list(dead_worker_ids), "stale": stale_after,
-            "error": reason + ", and the task has no retries left"}, prepare=True).fetchall()
+        session = self._session
+        with session.transaction():
+            rows = session.run(RECLAIM, {
+                "dead": list(dead_worker_ids), "stale": stale_after,
+                "error": reason + ", and the task has no retries left"},
+                prepare=True).fetchall()
+            failed = [r["id"] for r in rows if r["status"] == "failed"]
+            if failed:
+                deps.cancel_dependents(session, failed, "failed")
         return [(r["id"], r["status"]) for r in rows]
 
     @operation

@@ -4,6 +4,7 @@ from ...timeutil import now
 from ..filters import (KEY_IS_FREE, KEY_IS_FREE_FOR_NEWEST, PRUNABLE, equal_filters,
                        finished_status)
 from ..base import CANCEL_TEXT
+from . import deps
 from .connection import guarded, row_dict
 
 TASK_COLUMNS = ("id", "name", "queue", "status", "priority", "attempts", "max_retries",
@@ -108,14 +109,18 @@ class ReadOps:
 
     @guarded
     def cancel(self, task_id) -> bool:
-        """Cancel a pending or running task; False when it is neither. The daemon
-        running it is told at once (a wake-up datagram)."""
+        """Cancel a pending or running task, and (transitively) the pending tasks that
+        depend on it; False when it is neither. The daemon running it is told at once
+        (a wake-up datagram)."""
+        t = now()
         with self._write() as conn:
             row = conn.execute(
                 "UPDATE tasks SET finished_at = ?, error = CASE WHEN status = 'running' "
                 "THEN ? ELSE error END, status = 'cancelled' "
                 "WHERE id = ? AND status IN ('pending', 'running') RETURNING error",
-                (now(), CANCEL_TEXT, task_id)).fetchone()
+                (t, CANCEL_TEXT, task_id)).fetchone()
+            if row is not None:
+                deps.cancel_dependents(conn, [task_id], "cancelled", t)
         if row is not None and row[0] == CANCEL_TEXT:
             self.notify_cancel(task_id)
         return row is not None
@@ -148,10 +153,13 @@ class ReadOps:
         `older_than` seconds ago, oldest first; returns how many."""
         status = finished_status(status)
         with self._write() as conn:
-            return conn.execute(
+            gone = [r[0] for r in conn.execute(
                 f"DELETE FROM tasks WHERE id IN (SELECT id FROM tasks WHERE "
                 f"status = '{status}' AND finished_at < ? AND {PRUNABLE} "
-                f"ORDER BY finished_at LIMIT ?)", (now() - older_than, int(limit))).rowcount
+                f"ORDER BY finished_at LIMIT ?) RETURNING id", (now() - older_than, int(limit)))]
+            # A pruned task's own edges go with it (nothing waits for a finished task).
+            deps.forget_children(conn, gone)
+            return len(gone)
 
     @guarded
     def purge(self, older_than, statuses=("done", "failed", "cancelled")) -> int:

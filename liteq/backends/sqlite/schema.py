@@ -10,7 +10,7 @@ from ...errors import DatabaseError
 from ...timeutil import now
 from . import seed_times
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 # The tasks table as version 1 made it; later versions ALTER it (see _MIGRATIONS).
 _TASKS_DDL = """
@@ -48,6 +48,16 @@ CREATE TABLE IF NOT EXISTS workers (
     started_at REAL
 )"""
 
+# Dependencies: the child waits for every parent; position keeps depends_on's order
+# (parent_results() reads the parents' results in it).
+_TASK_DEPS_DDL = """
+CREATE TABLE IF NOT EXISTS task_deps (
+    child_id INTEGER NOT NULL,
+    parent_id INTEGER NOT NULL,
+    position INTEGER NOT NULL,
+    PRIMARY KEY (child_id, parent_id)
+) WITHOUT ROWID"""
+
 _SCHEDULES_DDL = """
 CREATE TABLE IF NOT EXISTS schedules (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -68,8 +78,10 @@ CREATE TABLE IF NOT EXISTS schedules (
 )"""
 
 _INDEXES = (
-    # The claim path: pending rows of a queue, best priority first, then due time.
-    "CREATE INDEX IF NOT EXISTS idx_tasks_claim ON tasks(status, queue, priority DESC, run_at, id)",
+    # The claim path: pending rows of a queue that wait for no parent, best priority
+    # first, then due time.
+    "CREATE INDEX IF NOT EXISTS idx_tasks_claim "
+    "ON tasks(status, waiting_on, queue, priority DESC, run_at, id)",
     # Reclaim and "active tasks per worker".
     "CREATE INDEX IF NOT EXISTS idx_tasks_running_worker ON tasks(worker_id) WHERE status = 'running'",
     # Monitoring: failed/done lists sorted by finish time, and purge by age. Partial,
@@ -82,6 +94,8 @@ _INDEXES = (
     # predicate in its ON CONFLICT target.
     "CREATE UNIQUE INDEX IF NOT EXISTS idx_tasks_unique_key ON tasks(unique_key) "
     "WHERE unique_key IS NOT NULL AND status IN ('pending', 'running')",
+    # A parent's outcome finds its children.
+    "CREATE INDEX IF NOT EXISTS idx_task_deps_parent ON task_deps(parent_id)",
 )
 
 # Columns of the seed project's tables that held text times (CURRENT_TIMESTAMP
@@ -167,7 +181,16 @@ def _migrate_v1_to_v2(conn):
     conn.execute("ALTER TABLE tasks ADD COLUMN unique_key TEXT")
 
 
-_MIGRATIONS = {0: _migrate_v0_to_v1, 1: _migrate_v1_to_v2}
+def _migrate_v2_to_v3(conn):
+    """Version 3, dependencies: tasks.waiting_on (how many parents are not done yet; a
+    task is claimed only at 0) and task_deps, one row per (child, parent) edge."""
+    conn.execute("ALTER TABLE tasks ADD COLUMN waiting_on INTEGER NOT NULL DEFAULT 0")
+    conn.execute(_TASK_DEPS_DDL)
+    # The claim index gains waiting_on (_INDEXES makes it again).
+    conn.execute("DROP INDEX IF EXISTS idx_tasks_claim")
+
+
+_MIGRATIONS = {0: _migrate_v0_to_v1, 1: _migrate_v1_to_v2, 2: _migrate_v2_to_v3}
 
 
 def ensure_schema(conn: sqlite3.Connection) -> None:

@@ -3,7 +3,12 @@ daemon's side of the tasks table)."""
 
 from ...timeutil import now
 from ..limits import pick, rooms
+from . import deps
 from .connection import guarded
+
+# A task the claim may take: pending, and waiting for no parent (idx_tasks_claim's
+# leading columns).
+CLAIMABLE = "status = 'pending' AND waiting_on = 0"
 
 # The columns a claim hands the daemon.
 CLAIM_RETURNING = ("id, name, payload, queue, priority, run_at, attempts, max_retries, "
@@ -88,6 +93,8 @@ class TaskOps:
         id is returned."""
         t = now()
         values = insert_values(task, t)
+        if task.depends_on:
+            return self.enqueue_chain([task])[0]
         if task.unique_key is not None:
             return self._enqueue_unique(values + (task.unique_key,))
         task_id = self._conn.execute(INSERT_TASK, values).lastrowid
@@ -103,6 +110,32 @@ class TaskOps:
                 return conn.execute(HOLDER_OF_KEY, (values[-1],)).fetchone()[0]
         self.notify(values[5])
         return row[0]
+
+    @guarded
+    def enqueue_chain(self, tasks) -> list:
+        """Insert NewTasks in one transaction, each depending on the one before it
+        (after its own depends_on); returns their ids. See base.Backend."""
+        t = now()
+        ids, ready = [], None
+        with self._write() as conn:
+            for task in tasks:
+                parents = tuple(task.depends_on) + ((ids[-1],) if ids else ())
+                values = insert_values(task, t)
+                if parents:
+                    task_id, claimable = deps.insert_dependent(conn, values, parents)
+                else:
+                    task_id, claimable = conn.execute(INSERT_TASK, values).lastrowid, True
+                ids.append(task_id)
+                if claimable:
+                    ready = values[5] if ready is None else min(ready, values[5])
+        if ready is not None:
+            self.notify(ready)
+        return ids
+
+    @guarded
+    def parent_results(self, task_id) -> list:
+        """The stored results (JSON text) of a task's parents, in depends_on order."""
+        return deps.parent_results(self._conn, task_id)
 
     @guarded
     def enqueue_many(self, tasks) -> list:
@@ -136,11 +169,11 @@ class TaskOps:
 
         Each step is one index seek, so walking the levels costs O(levels * log n).
         """
-        level = conn.execute("SELECT MAX(priority) FROM tasks WHERE status = 'pending' "
+        level = conn.execute(f"SELECT MAX(priority) FROM tasks WHERE {CLAIMABLE} "
                              "AND queue = ?", (queue,)).fetchone()[0]
         while level is not None:
             yield level
-            level = conn.execute("SELECT MAX(priority) FROM tasks WHERE status = 'pending' "
+            level = conn.execute(f"SELECT MAX(priority) FROM tasks WHERE {CLAIMABLE} "
                                  "AND queue = ? AND priority < ?", (queue, level)).fetchone()[0]
 
     @guarded
@@ -170,7 +203,7 @@ class TaskOps:
                 found = 0
                 for level in self._priority_levels(conn, queue):
                     rows = conn.execute(
-                        "SELECT id, priority, run_at FROM tasks WHERE status = 'pending' "
+                        f"SELECT id, priority, run_at FROM tasks WHERE {CLAIMABLE} "
                         "AND queue = ? AND priority = ? AND run_at <= ? "
                         "ORDER BY run_at, id LIMIT ?", (queue, level, t, limit - found)
                     ).fetchall()
@@ -208,7 +241,7 @@ class TaskOps:
             # Extra candidates, so that rows of a name with little room left do not
             # leave the batch short.
             rows = conn.execute(
-                f"SELECT id, name, queue FROM tasks WHERE status = 'pending' "
+                f"SELECT id, name, queue FROM tasks WHERE {CLAIMABLE} "
                 f"AND queue IN ({marks}) AND run_at <= ? {skip}"
                 f"ORDER BY priority DESC, run_at, id LIMIT ?",
                 (*open_queues, t, *full, limit * 4 + 16)).fetchall()
@@ -227,7 +260,7 @@ class TaskOps:
         with self._write() as conn:
             rows = conn.execute(
                 f"UPDATE tasks SET status = 'running', worker_id = ?, attempts = attempts + 1, "
-                f"started_at = ? WHERE id IN (SELECT id FROM tasks WHERE status = 'pending' "
+                f"started_at = ? WHERE id IN (SELECT id FROM tasks WHERE {CLAIMABLE} "
                 f"AND queue IN ({marks}) AND run_at <= ? "
                 f"ORDER BY priority DESC, run_at, id LIMIT ?) RETURNING {CLAIM_RETURNING}",
                 (worker_id, t, *queues, t, limit)).fetchall()
@@ -242,19 +275,29 @@ class TaskOps:
         """
         t = now()
         recorded = []
+        ready = False
         with self._write() as conn:
             if retry:
                 retry = [(tid, text, s, t + delay) for tid, text, s, delay in retry]
             for kind, rows in (("done", done), ("failed", failed), ("retry", retry)):
+                of_kind = []
                 for start in range(0, len(rows), _OUTCOME_CHUNK):
                     chunk = rows[start:start + _OUTCOME_CHUNK]
                     values = ",".join(["(?,?,?,?)"] * len(chunk))
                     params = [x for row in chunk for x in row]
-                    recorded.extend(r[0] for r in conn.execute(
+                    of_kind.extend(r[0] for r in conn.execute(
                         f"UPDATE tasks SET {_OUTCOME_SET[kind]} FROM (VALUES {values}) AS v "
                         f"WHERE tasks.id = v.column1 AND tasks.status = 'running' "
                         f"AND tasks.worker_id = ? RETURNING tasks.id",
                         (*params, worker_id)))
+                # Dependents learn of their parents' ends in the same transaction.
+                if kind == "done" and of_kind:
+                    ready = deps.release_children(conn, of_kind)
+                elif kind == "failed" and of_kind:
+                    deps.cancel_dependents(conn, of_kind, "failed", t)
+                recorded.extend(of_kind)
+        if ready:
+            self.notify()
         return recorded
 
     @guarded
@@ -287,7 +330,7 @@ class TaskOps:
         for queue in queues:
             for level in self._priority_levels(conn, queue):
                 first = conn.execute(
-                    "SELECT MIN(run_at) FROM tasks WHERE status = 'pending' AND queue = ? "
+                    f"SELECT MIN(run_at) FROM tasks WHERE {CLAIMABLE} AND queue = ? "
                     "AND priority = ?", (queue, level)).fetchone()[0]
                 if first is not None and (earliest is None or first < earliest):
                     earliest = first
@@ -349,6 +392,9 @@ class TaskOps:
                 f"WHERE status = 'running' AND ({dead_clause}) "
                 "RETURNING id, status",
                 (reason + ", and the task has no retries left", t, t, *dead, stale)).fetchall()
+            failed = [r["id"] for r in rows if r["status"] == "failed"]
+            if failed:
+                deps.cancel_dependents(conn, failed, "failed", t)
             conn.execute(f"DELETE FROM workers WHERE worker_id IN ({marks}) "
                          "OR last_heartbeat < ?", (*dead, stale))
         return [(r["id"], r["status"]) for r in rows]

@@ -1,0 +1,119 @@
+"""PostgreSQL: task dependencies. A dependent task is inserted with waiting_on, the
+count of its parents not done yet, and one task_deps row per parent; the claim
+(and its partial index) takes only rows with waiting_on = 0.
+
+The enqueue locks its parents FOR SHARE while it counts them, so an outcome of a
+parent (an UPDATE of its status) waits for the enqueue's commit. The outcome's
+follow-up on the children is a statement of its own after the UPDATE: a new
+snapshot, which sees the edges of an enqueue it waited for.
+"""
+
+import time
+
+import psycopg
+
+from ...taskspec import ENDED_WORDS, missing_parents_error, parent_ended_text
+from .wake import NOTIFY_PAYLOAD
+
+_PARENTS = ("SELECT id, status FROM tasks WHERE id = ANY(%s::bigint[]) "
+            "ORDER BY id FOR SHARE")
+
+# How many times the parents' locks are asked for without waiting (the waits in
+# between grow from 1 ms to 20 ms: about 1 s in all) before one attempt waits.
+LOCK_ATTEMPTS = 100
+
+# status, error and finished_at of a task cancelled at once are given; waiting_on too.
+INSERT_DEPENDENT = (
+    "INSERT INTO tasks (name, payload, queue, priority, max_retries, run_at, timeout, "
+    "retry_delay, retry_backoff, retry_max_delay, waiting_on, status, error, finished_at) "
+    "VALUES (%s, %s, %s, %s, %s, "
+    "COALESCE(to_timestamp(%s::float8), now() + %s::float8 * interval '1 second'), "
+    "%s, %s, %s, %s, %s, %s, %s, CASE WHEN %s THEN now() END) RETURNING id")
+
+_EDGES = ("INSERT INTO task_deps (child_id, parent_id, position) "
+          "SELECT %s, u.parent, u.n FROM unnest(%s::bigint[]) WITH ORDINALITY AS u(parent, n)")
+
+# Wake the daemons for tasks that became claimable (sent at commit).
+_WAKE = (f"SELECT pg_notify(%s, {NOTIFY_PAYLOAD.format(queue='t.queue', due='t.run_at')}) "
+         f"FROM tasks t WHERE t.id = ANY(%s::bigint[])")
+
+# Parents done: each pending child waits for as many parents fewer; returns the
+# children that became claimable.
+_RELEASE_CHILDREN = (
+    "WITH n AS (SELECT child_id, COUNT(*) AS k FROM task_deps "
+    " WHERE parent_id = ANY(%s::bigint[]) GROUP BY child_id), "
+    "u AS (UPDATE tasks t SET waiting_on = t.waiting_on - n.k FROM n "
+    " WHERE t.id = n.child_id AND t.status = 'pending' RETURNING t.id, t.waiting_on, "
+    " t.queue, t.run_at) "
+    "SELECT pg_notify(%s, " + NOTIFY_PAYLOAD.format(queue="u.queue", due="u.run_at") + ") "
+    "FROM u WHERE u.waiting_on = 0")
+
+# Every pending task downstream of the given parents, with the parent (among those
+# given) it descends from; walks only through pending tasks.
+_CANCEL_DEPENDENTS = (
+    "WITH RECURSIVE doomed(id, root) AS ("
+    " SELECT d.child_id, d.parent_id FROM task_deps d JOIN tasks c ON c.id = d.child_id "
+    "  AND c.status = 'pending' WHERE d.parent_id = ANY(%s::bigint[])"
+    " UNION"
+    " SELECT d.child_id, doomed.root FROM doomed JOIN task_deps d ON d.parent_id = doomed.id "
+    "  JOIN tasks c ON c.id = d.child_id AND c.status = 'pending') "
+    "UPDATE tasks t SET status = 'cancelled', waiting_on = 0, finished_at = now(), "
+    "error = 'cancelled: it depends on task ' || x.root || ', which ' || %s "
+    "FROM (SELECT id, MIN(root) AS root FROM doomed GROUP BY id) AS x "
+    "WHERE t.id = x.id AND t.status = 'pending' RETURNING t.id")
+
+PARENT_RESULTS = ("SELECT t.result FROM task_deps d JOIN tasks t ON t.id = d.parent_id "
+                  "WHERE d.child_id = %s ORDER BY d.position")
+
+
+def insert_dependent(session, params, parents, channel) -> int:
+    """Insert a task that waits for `parents`, and its edges, inside the caller's
+    transaction; returns its id. params: INSERT_DEPENDENT's first ten values. A
+    parent that does not exist is a ValueError (the transaction rolls back);
+    a parent already failed or cancelled makes the task cancelled at once, with
+    an error naming it."""
+    status_of = _lock_parents(session, list(parents))
+    missing = [p for p in parents if p not in status_of]
+    if missing:
+        raise missing_parents_error(missing)
+    ended = next((p for p in parents if status_of[p] in ("failed", "cancelled")), None)
+    if ended is not None:
+        row = (0, "cancelled", parent_ended_text(ended, status_of[ended]), True)
+    else:
+        row = (sum(status_of[p] != "done" for p in parents), "pending", None, False)
+    task_id = session.run(INSERT_DEPENDENT, params + row).fetchone()["id"]
+    session.run(_EDGES, (task_id, list(parents)))
+    if ended is None and row[0] == 0:
+        session.run(_WAKE, (channel, [task_id]))
+    return task_id
+
+
+def _lock_parents(session, parents) -> dict:
+    """{id: status} of the existing parents, locked FOR SHARE until the commit.
+
+    Without waiting (NOWAIT, in a savepoint, asked again while an outcome or a
+    claim holds one): waiting for one row while holding the lock of another could
+    deadlock with a daemon's outcome batch, which updates its rows in no set order.
+    """
+    for attempt in range(LOCK_ATTEMPTS):
+        try:
+            with session.conn.transaction():   # a savepoint: a refusal undoes this only
+                rows = session.run(_PARENTS + " NOWAIT", (parents,)).fetchall()
+            return {r["id"]: r["status"] for r in rows}
+        except psycopg.errors.LockNotAvailable:
+            time.sleep(min(0.001 * 1.05 ** attempt, 0.02))
+    rows = session.run(_PARENTS, (parents,)).fetchall()
+    return {r["id"]: r["status"] for r in rows}
+
+
+def release_children(session, done_ids, channel) -> None:
+    """Count `done_ids` as done for their children (waking the daemons for those now
+    claimable); inside the caller's transaction."""
+    session.run(_RELEASE_CHILDREN, ([int(i) for i in done_ids], channel), prepare=True)
+
+
+def cancel_dependents(session, parent_ids, status) -> list:
+    """Cancel every pending task that depends on `parent_ids` (which ended `status`,
+    failed or cancelled), transitively; returns their ids."""
+    return [r["id"] for r in session.run(
+        _CANCEL_DEPENDENTS, ([int(i) for i in parent_ids], ENDED_WORDS[status])).fetchall()]

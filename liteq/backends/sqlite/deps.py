@@ -1,0 +1,100 @@
+"""SQLite: task dependencies. A dependent task is inserted with waiting_on, the
+count of its parents not done yet, and one task_deps row per parent; the claim
+takes only rows with waiting_on = 0. Everything here runs inside the caller's
+write transaction (BEGIN IMMEDIATE), so no outcome can slip in between a count
+and the row it guards.
+"""
+
+from ...taskspec import ENDED_WORDS, missing_parents_error, parent_ended_text
+
+INSERT_DEPENDENT = (
+    "INSERT INTO tasks (name, payload, queue, priority, max_retries, run_at, created_at, "
+    "timeout, retry_delay, retry_backoff, retry_max_delay, waiting_on, status, error, "
+    "finished_at) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)"
+)
+
+_CHUNK = 500  # ids per statement
+
+# Every pending task downstream of the given parents, with the parent (among those
+# given) it descends from; walks only through pending tasks.
+_CANCEL_DEPENDENTS = (
+    "WITH RECURSIVE doomed(id, root) AS ("
+    " SELECT d.child_id, d.parent_id FROM task_deps d JOIN tasks c ON c.id = d.child_id "
+    "  AND c.status = 'pending' WHERE d.parent_id IN ({marks})"
+    " UNION"
+    " SELECT d.child_id, doomed.root FROM doomed JOIN task_deps d ON d.parent_id = doomed.id "
+    "  JOIN tasks c ON c.id = d.child_id AND c.status = 'pending') "
+    "UPDATE tasks SET status = 'cancelled', waiting_on = 0, finished_at = ?, "
+    "error = 'cancelled: it depends on task ' || x.root || ', which ' || ? "
+    "FROM (SELECT id, MIN(root) AS root FROM doomed GROUP BY id) AS x "
+    "WHERE tasks.id = x.id AND tasks.status = 'pending' RETURNING tasks.id")
+
+# One parent done: each of its pending children waits for one parent fewer.
+_RELEASE_CHILDREN = (
+    "UPDATE tasks SET waiting_on = waiting_on - n.k FROM (SELECT child_id, COUNT(*) AS k "
+    "FROM task_deps WHERE parent_id IN ({marks}) GROUP BY child_id) AS n "
+    "WHERE tasks.id = n.child_id AND tasks.status = 'pending' RETURNING tasks.waiting_on")
+
+
+def _chunks(ids):
+    ids = list(ids)
+    for start in range(0, len(ids), _CHUNK):
+        yield ids[start:start + _CHUNK]
+
+
+def insert_dependent(conn, values, parents) -> tuple:
+    """Insert a task (INSERT_TASK's values) that waits for `parents`, and its edges;
+    returns (id, claimable now). A parent that does not exist is a ValueError (the
+    caller's transaction rolls back: nothing is written); a parent already failed
+    or cancelled makes the task cancelled at once, with an error naming it."""
+    marks = ",".join("?" * len(parents))
+    status_of = dict(conn.execute(f"SELECT id, status FROM tasks WHERE id IN ({marks})",
+                                  parents).fetchall())
+    missing = [p for p in parents if p not in status_of]
+    if missing:
+        raise missing_parents_error(missing)
+    ended = next((p for p in parents if status_of[p] in ("failed", "cancelled")), None)
+    if ended is not None:
+        row = (0, "cancelled", parent_ended_text(ended, status_of[ended]), values[6])
+    else:
+        row = (sum(status_of[p] != "done" for p in parents), "pending", None, None)
+    task_id = conn.execute(INSERT_DEPENDENT, values + row).lastrowid
+    conn.executemany("INSERT INTO task_deps (child_id, parent_id, position) VALUES (?,?,?)",
+                     [(task_id, p, n) for n, p in enumerate(parents)])
+    return task_id, ended is None and row[0] == 0
+
+
+def release_children(conn, done_ids) -> bool:
+    """Count `done_ids` as done for their children; True when one became claimable."""
+    ready = False
+    for chunk in _chunks(done_ids):
+        marks = ",".join("?" * len(chunk))
+        left = conn.execute(_RELEASE_CHILDREN.format(marks=marks), chunk).fetchall()
+        ready = ready or any(r[0] == 0 for r in left)
+    return ready
+
+
+def cancel_dependents(conn, parent_ids, status, t) -> list:
+    """Cancel every pending task that depends on `parent_ids` (which ended `status`,
+    failed or cancelled), transitively; returns their ids."""
+    ended = ENDED_WORDS[status]
+    cancelled = []
+    for chunk in _chunks(parent_ids):
+        marks = ",".join("?" * len(chunk))
+        cancelled.extend(r[0] for r in conn.execute(
+            _CANCEL_DEPENDENTS.format(marks=marks), (*chunk, t, ended)))
+    return cancelled
+
+
+def forget_children(conn, child_ids) -> None:
+    """Delete the edges of these (deleted) tasks."""
+    for chunk in _chunks(child_ids):
+        conn.execute(f"DELETE FROM task_deps WHERE child_id IN ({','.join('?' * len(chunk))})",
+                     chunk)
+
+
+def parent_results(conn, task_id) -> list:
+    """The stored results (JSON text) of a task's parents, in depends_on order."""
+    return [r[0] for r in conn.execute(
+        "SELECT t.result FROM task_deps d JOIN tasks t ON t.id = d.parent_id "
+        "WHERE d.child_id = ? ORDER BY d.position", (task_id,))]
