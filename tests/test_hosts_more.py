@@ -9,7 +9,8 @@ states, with CI_SLACK. The SQLite case of `db` is skipped (hosts.py says why).
 
 import time
 
-from daemon_helpers import read_lines, task_rows, wait_for
+import pg_helpers
+from daemon_helpers import read_lines, task_rows, wait_for, worker_rows
 from fault_helpers import CI_SLACK
 from hosts import hosts  # noqa: F401
 
@@ -104,3 +105,29 @@ def test_cron_across_hosts_fires_each_occurrence_once_and_survives_its_firer(hos
     assert late <= HEARTBEAT + CI_SLACK
     assert len({n for o, n, _ in fires if o > crashed_occ}) >= 1
     assert [o for o in occurrences if o > crashed_occ], "nothing ran after the crash"
+
+
+# ---- issue 14 item 9: the schema race --------------------------------------------------------
+
+def _tables(db) -> set:
+    return {r["table_name"] for r in pg_helpers.rows(
+        db, "SELECT table_name FROM information_schema.tables "
+            "WHERE table_schema = current_schema()")}
+
+
+def test_five_daemons_starting_together_on_an_empty_schema_migrate_once_and_all_start(hosts):
+    assert _tables(hosts.db) == set(), "the schema is not empty before the daemons start"
+    names = [f"host-{i}" for i in range(1, 6)]
+    # Launched back to back, none waited for: they race to create the tables.
+    started = [hosts.host(name, "--concurrency", "1", ready=False) for name in names]
+    for h in started:
+        h.wait_ready()
+    began = sorted(h.events("daemon.starting")[0]["timestamp"] for h in started)
+    print(f"daemon.starting from {began[0]} to {began[-1]}")
+    assert all(h.alive() for h in started)
+    assert not [h.label for h in started if h.events("daemon.fatal")]
+    from liteq.backends.postgres.schema import SCHEMA_VERSION
+    migrations = pg_helpers.rows(hosts.db, "SELECT version FROM liteq_migrations ORDER BY 1")
+    assert [r["version"] for r in migrations] == list(range(1, SCHEMA_VERSION + 1))
+    assert {"tasks", "workers", "schedules", "liteq_migrations"} <= _tables(hosts.db)
+    assert sorted(w["hostname"] for w in worker_rows(hosts.db)) == names
