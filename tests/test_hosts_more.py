@@ -8,10 +8,14 @@ states, with CI_SLACK. The SQLite case of `db` is skipped (hosts.py says why).
 """
 
 import time
+from collections import Counter
+
+import pytest
 
 import pg_helpers
-from daemon_helpers import read_lines, task_rows, wait_for, worker_rows
-from fault_helpers import CI_SLACK
+from daemon_helpers import (APPS, PYTHON, read_lines, status_counts, task_rows, wait_for,
+                            worker_rows)
+from fault_helpers import CI_SLACK, executions
 from hosts import hosts  # noqa: F401
 
 HEARTBEAT = 0.5  # daemon_helpers.FAST_ARGS
@@ -131,3 +135,66 @@ def test_five_daemons_starting_together_on_an_empty_schema_migrate_once_and_all_
     assert [r["version"] for r in migrations] == list(range(1, SCHEMA_VERSION + 1))
     assert {"tasks", "workers", "schedules", "liteq_migrations"} <= _tables(hosts.db)
     assert sorted(w["hostname"] for w in worker_rows(hosts.db)) == names
+
+
+# ---- issue 14 "Load": 8 producers x 5,000 tasks against 3 hosts ------------------------------
+
+PRODUCERS = 8
+PER_PRODUCER = 5000
+
+# A producer process: alternately 50 single .delay() calls and one .map() of 100;
+# writes the ids it was given to OUT (renamed into place when complete).
+PRODUCER = r'''
+import os, sys
+sys.path.insert(0, sys.argv[1])
+import fault_app
+log, out, n = sys.argv[2], sys.argv[3], int(sys.argv[4])
+ids = []
+while len(ids) < n:
+    for _ in range(min(50, n - len(ids))):
+        ids.append(fault_app.work_on_host.delay(log))
+    batch = min(100, n - len(ids))
+    if batch:
+        ids += fault_app.work_on_host.map([log] * batch)
+with open(out + ".tmp", "w") as f:
+    f.write("\n".join(map(str, ids)) + "\n")
+os.rename(out + ".tmp", out)
+'''
+
+
+def _hosts_of(log) -> Counter:
+    """Executions per hostname ("TASK_ID PID HOSTNAME" lines)."""
+    return Counter(line.split()[2] for line in read_lines(log))
+
+
+@pytest.mark.timeout(300)
+def test_8_producers_5000_tasks_each_against_3_hosts_each_executed_exactly_once(hosts):
+    started = [hosts.host(name, "--concurrency", "2") for name in NAMES]
+    log = hosts.path("executions.txt")
+    outs = [hosts.path(f"producer{n}.ids") for n in range(PRODUCERS)]
+    producers = [hosts.popen([PYTHON, "-c", PRODUCER, APPS, log, out, str(PER_PRODUCER)])
+                 for out in outs]
+    deadline = time.monotonic() + 180
+    for p in producers:
+        assert p.wait(timeout=max(deadline - time.monotonic(), 1)) == 0, "a producer failed"
+    ids = []
+    for out in outs:
+        mine = [int(x) for x in read_lines(out)]
+        assert len(mine) == PER_PRODUCER
+        ids += mine
+    total = PRODUCERS * PER_PRODUCER
+    assert len(set(ids)) == total, "two producers were given the same id"
+
+    wait_for(lambda: len(read_lines(log)) >= total and
+             status_counts(hosts.db).get("done", 0) >= total,
+             max(deadline - time.monotonic(), 30),
+             lambda: f"not drained: {status_counts(hosts.db)}\n{hosts.dump()}", interval=0.5)
+    runs = executions(log)
+    assert len(read_lines(log)) == total, "more executions than tasks"
+    assert set(runs) == set(ids), "some task never ran"
+    assert set(runs.values()) == {1}
+    assert status_counts(hosts.db) == {"done": total}
+    per_host = _hosts_of(log)
+    print(f"executions per host: {dict(per_host)}")
+    assert set(per_host) == set(NAMES), "not every host took part"
+    assert all(h.alive() for h in started)
