@@ -6,7 +6,7 @@ Rows come back with the SQLite backend's keys, times as epoch seconds.
 from ..base import CANCEL_TEXT, TASK_STATUSES
 from ..filters import (KEY_IS_FREE, KEY_IS_FREE_FOR_NEWEST, PRUNABLE, equal_filters,
                        finished_status)
-from . import deps
+from . import counts, deps
 from .connection import operation
 
 
@@ -60,12 +60,42 @@ class ReadOps:
         return self._session.run(f"SELECT COUNT(*) AS n FROM tasks {clause}",
                                  params).fetchone()["n"]
 
+    #: queue_stats(estimate=True) estimates a (queue, status) group of more tasks than
+    #: this (see counts.py).
+    exact_count_limit = counts.EXACT_LIMIT
+
     @operation
-    def queue_stats(self) -> list:
-        """[{queue, status, count}] over all tasks."""
-        return self._session.run(
-            "SELECT queue, status, COUNT(*) AS count FROM tasks "
-            "GROUP BY status, queue ORDER BY queue, status").fetchall()
+    def queue_stats(self, estimate=False) -> list:
+        """[{queue, status, count}] over all tasks, exact.
+
+        estimate=True: groups of more than exact_count_limit tasks are estimated from
+        PostgreSQL's statistics instead of counted (see counts.py), and each row has
+        `estimated` (True for those).
+        """
+        if not estimate:
+            return self._session.run(
+                "SELECT queue, status, COUNT(*) AS count FROM tasks "
+                "GROUP BY status, queue ORDER BY queue, status").fetchall()
+        limit = self.exact_count_limit
+        with self._session.transaction():
+            self._session.run(counts.INDEX_SCANS_ONLY)
+            rows = self._session.run(counts.bounded_counts_sql(limit)).fetchall()
+        return counts.estimate_rows(rows, limit, self._live_rows, self._planned_rows)
+
+    def _live_rows(self):
+        """The live rows of tasks by the statistics: n_live_tup, or the planner's
+        estimate when the statistics were reset (a crash, pg_stat_reset)."""
+        live = self._session.run(counts.LIVE_ROWS).fetchone()["n"]
+        return live if live > 0 else self._planned_rows()
+
+    def _planned_rows(self, queue=None, status=None):
+        """The planner's estimate of the rows of tasks (of a queue and status)."""
+        if queue is None:
+            row = self._session.run(counts.PLANNED_ROWS, prepare=False).fetchone()
+        else:
+            row = self._session.run(counts.PLANNED_PAIR, (queue, status),
+                                    prepare=False).fetchone()
+        return row["QUERY PLAN"][0]["Plan"]["Plan Rows"]
 
     @operation
     def list_queues(self) -> list:

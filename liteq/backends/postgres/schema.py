@@ -12,7 +12,7 @@ from psycopg import sql
 
 from ...errors import DatabaseError
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 
 # pg_advisory_xact_lock(LOCK_CLASS, hashtext(schema)): LiteQ's own key space.
 LOCK_CLASS = 0x4C6951  # "LiQ"
@@ -135,9 +135,20 @@ _DEPENDENCIES = (
     "WHERE status = 'pending' AND waiting_on = 0",
 )
 
+# Version 4, counts of big queues (counts.py): statistics of queue and status
+# together (queues and statuses go together, one queue mostly done, another mostly
+# pending, which the per-column statistics cannot see; the estimates of big groups
+# are shared by the planner's figures), and an index of the pending tasks that
+# wait for parents (tasks_claim has only the others), so both kinds of pending
+# task are counted through an index. Only dependent tasks enter it.
+_COUNTS = (
+    "CREATE STATISTICS IF NOT EXISTS tasks_queue_status (mcv) ON queue, status FROM tasks",
+    "CREATE INDEX tasks_waiting ON tasks (queue) WHERE status = 'pending' AND waiting_on > 0",
+)
+
 # version -> the statements that bring the schema from version - 1 to it.
 _MIGRATIONS = {1: (_TASKS_DDL, _WORKERS_DDL, _SCHEDULES_DDL) + _INDEXES, 2: _UNIQUE_KEY,
-               3: _DEPENDENCIES}
+               3: _DEPENDENCIES, 4: _COUNTS}
 
 
 def _applied(conn, schema):
