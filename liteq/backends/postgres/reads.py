@@ -8,6 +8,7 @@ from ..filters import (KEY_IS_FREE, KEY_IS_FREE_FOR_NEWEST, PRUNABLE, equal_filt
                        finished_status)
 from . import counts, deps
 from .connection import operation
+from .vacuum import vacuum_now
 
 
 def _epoch(col):
@@ -169,30 +170,43 @@ class ReadOps:
     def prune(self, status, older_than, limit) -> int:
         """Delete at most `limit` tasks of finished `status` that finished over
         `older_than` seconds ago (server's clock), oldest first; returns how many.
-        Rows another daemon is pruning at the same moment are skipped, not waited on."""
+        Rows another daemon is pruning at the same moment are skipped, not waited on.
+        On a server whose autovacuum is off, it starts a VACUUM of the table when
+        autovacuum would have, and never waits for it (vacuum.py)."""
         status = finished_status(status)
         # A pruned task's own edges go with it (nothing waits for a finished task).
-        return self._session.run(
+        deleted = self._session.run(
             f"WITH gone AS (DELETE FROM tasks WHERE id IN (SELECT id FROM tasks WHERE "
             f"status = '{status}' AND finished_at < now() - %s::float8 * interval '1 second' "
             f"AND {PRUNABLE} ORDER BY finished_at LIMIT %s FOR UPDATE SKIP LOCKED) "
             f"RETURNING id), edges AS (DELETE FROM task_deps WHERE child_id IN "
             f"(SELECT id FROM gone)) SELECT COUNT(*) AS n FROM gone",
             (float(older_than), int(limit)), prepare=True).fetchone()["n"]
+        self._vacuums.after_prune(self._session, deleted)
+        return deleted
 
-    @operation
     def purge(self, older_than, statuses=FINISHED_STATUSES) -> int:
         """Delete finished tasks that finished over `older_than` seconds ago (server's
-        clock)."""
+        clock); on a server whose autovacuum is off, then VACUUM the table when
+        autovacuum would have (on a connection of its own; see vacuum.py)."""
+        deleted, vacuum = self._delete_finished(older_than, statuses)
+        if vacuum:
+            vacuum_now(self._connector)
+        return deleted
+
+    @operation
+    def _delete_finished(self, older_than, statuses):
+        """(rows deleted, whether the table needs a VACUUM from LiteQ now)."""
         unknown = sorted(set(statuses) - set(TASK_STATUSES))
         if unknown:
             raise ValueError(f"unknown task status(es) {unknown}; known: {TASK_STATUSES}")
         if not statuses:
-            return 0
+            return 0, False
         # Literal statuses, so the planner can prove the partial index tasks_finished
         # applies (a parameter array would mean a sequential scan).
         listed = ", ".join(f"'{s}'" for s in statuses)
-        return self._session.run(
+        deleted = self._session.run(
             f"DELETE FROM tasks WHERE status IN ({listed}) "
             f"AND finished_at < now() - %s::float8 * interval '1 second'",
             (older_than,)).rowcount
+        return deleted, self._vacuums.needed(self._session, deleted)

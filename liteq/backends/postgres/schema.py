@@ -34,11 +34,24 @@ CREATE TABLE IF NOT EXISTS liteq_migrations (
 # before a vacuum, and the claim index fills with entries of rows long gone.
 # A 1 % threshold keeps that churn vacuumed in small, frequent passes; analyze
 # at 2 % keeps the planner's view of the pending/finished mix current.
+# With these, autovacuum takes the table at each of its rounds, so what bounds
+# the dead rows is autovacuum_naptime, a server setting (1 min by default): the
+# table holds about one naptime's churn. tests/bench_pg_bloat.py --cluster,
+# pushing 1,000,000 tasks at 7,000 to 10,000 a second with retention, levels off
+# at about 245 MB with a 1 min naptime and 70 MB with 10 s. No table setting
+# shortens that. On a server whose autovacuum is off, LiteQ vacuums by the same
+# thresholds itself (vacuum.py).
 #
 # fillfactor stays at 100: every update of a task changes its status, which
 # the partial indexes' WHERE clauses name, so no update can be HOT and free space
 # kept on each page would only make the table bigger. (workers is the opposite:
 # its heartbeat updates touch no indexed column, so they are HOT with room.)
+# When autovacuum vacuums tasks: more dead rows than VACUUM_THRESHOLD plus
+# VACUUM_SCALE_FACTOR times the live ones (vacuum.py applies the same rule when
+# the server's autovacuum is off).
+VACUUM_THRESHOLD = 1000
+VACUUM_SCALE_FACTOR = 0.01
+
 _TASKS_DDL = """
 CREATE TABLE tasks (
     id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
@@ -61,9 +74,9 @@ CREATE TABLE tasks (
     retry_delay double precision NOT NULL DEFAULT 1.0,
     retry_backoff double precision NOT NULL DEFAULT 2.0,
     retry_max_delay double precision NOT NULL DEFAULT 300.0
-) WITH (autovacuum_vacuum_scale_factor = 0.01, autovacuum_vacuum_threshold = 1000,
+) WITH (autovacuum_vacuum_scale_factor = {scale}, autovacuum_vacuum_threshold = {threshold},
         autovacuum_vacuum_insert_scale_factor = 0.05, autovacuum_analyze_scale_factor = 0.02)
-"""
+""".format(scale=VACUUM_SCALE_FACTOR, threshold=VACUUM_THRESHOLD)
 
 _WORKERS_DDL = """
 CREATE TABLE workers (
