@@ -15,6 +15,7 @@ from starlette.testclient import TestClient
 
 from liteq import backends, control, monitoring
 from liteq.backends.postgres import PostgresBackend, counts
+from liteq.taskspec import NewTask, TaskOptions
 from liteq.web import create_app
 from liteqd.ctl import ESTIMATE_NOTE, render_status
 
@@ -23,6 +24,7 @@ from daemon_helpers import put_tasks, wait_for
 
 ON_PG = pytest.mark.parametrize("db", ["postgresql"], indirect=True)
 LIMIT = 50
+PAYLOAD = '{"args":[],"kwargs":{}}'
 
 
 def _fill(db):
@@ -47,9 +49,17 @@ def _by_group(rows):
     return {(r["queue"], r["status"]): r for r in rows}
 
 
+def _waiting(backend, parent, count, queue):
+    """`count` tasks of `queue` that wait for task `parent` (pending, not claimable)."""
+    for _ in range(count):
+        backend.enqueue(NewTask("t", PAYLOAD, TaskOptions.build(queue=queue),
+                                depends_on=(parent,)))
+
+
 def test_estimated_counts_of_small_groups_are_the_exact_ones(backend):
     put_tasks(backend, "t", json.dumps([[]] * 5), 5, queue="a")
-    put_tasks(backend, "t", json.dumps([[]] * 3), 3, queue="b")
+    (b_first, *_) = put_tasks(backend, "t", json.dumps([[]] * 3), 3, queue="b")
+    _waiting(backend, b_first, 2, "b")          # pending too, though not claimable yet
     claimed = backend.claim("w", ["a"], 2)
     backend.record_outcomes("w", done=[(claimed[0]["id"], "null", 1.0, 2.0)])
     exact = backend.queue_stats()
@@ -57,7 +67,7 @@ def test_estimated_counts_of_small_groups_are_the_exact_ones(backend):
     assert [r["estimated"] for r in estimated] == [False] * 4
     assert [{k: r[k] for k in ("queue", "status", "count")} for r in estimated] == exact
     assert [(r["queue"], r["status"], r["count"]) for r in exact] == [
-        ("a", "done", 1), ("a", "pending", 3), ("a", "running", 1), ("b", "pending", 3)]
+        ("a", "done", 1), ("a", "pending", 3), ("a", "running", 1), ("b", "pending", 5)]
 
 
 @ON_PG
@@ -97,6 +107,27 @@ def test_one_big_group_gets_the_rest_of_the_table(db):
     rows = _by_group(store.queue_stats(estimate=True))
     assert (rows["big", "pending"]["count"], rows["big", "pending"]["estimated"]) == (300, True)
     assert (rows["small", "pending"]["count"], rows["small", "pending"]["estimated"]) == (4, False)
+
+
+@ON_PG
+def test_tasks_waiting_for_parents_count_as_pending_estimated_too(db):
+    store = backends.open_backend(db)
+    try:
+        (parent,) = put_tasks(store, "t", "[[]]", 1, queue="p")
+        _waiting(store, parent, 120, "w")
+        put_tasks(store, "t", json.dumps([[]] * 3), 3, queue="w")
+    finally:
+        store.close()
+    wait_for(lambda: pg_helpers.rows(db, counts.LIVE_ROWS)[0]["n"] == 124, 15,
+             "the statistics never counted the 124 rows")
+    store = backends.get_backend(db)
+    store.exact_count_limit = LIMIT
+    rows = _by_group(store.queue_stats(estimate=True))
+    assert (rows["w", "pending"]["count"], rows["w", "pending"]["estimated"]) == (123, True)
+    assert (rows["p", "pending"]["count"], rows["p", "pending"]["estimated"]) == (1, False)
+    store.exact_count_limit = 200
+    rows = _by_group(store.queue_stats(estimate=True))
+    assert (rows["w", "pending"]["count"], rows["w", "pending"]["estimated"]) == (123, False)
 
 
 @ON_PG
