@@ -213,3 +213,13 @@ def test_a_status_over_the_limit_makes_every_queue_of_it_a_lower_bound():
             {"queue": "a", "status": "pending", "count": 51},
             {"queue": "b", "status": "pending", "count": 50}]
     assert counts.over_limit(rows, 50) == {("a", "done"), ("b", "done"), ("a", "pending")}
+
+
+@ON_PG
+def test_estimated_counts_inside_a_batch_leave_its_planner_settings_alone(backend):
+    put_tasks(backend, "t", json.dumps([[]] * 3), 3, queue="q")
+    setting = "SELECT current_setting('enable_seqscan') AS v"
+    with backend.batch():
+        assert backend.queue_stats(estimate=True)[0]["count"] == 3
+        assert backend._session.run(setting).fetchone()["v"] == "on"
+    assert backend._session.run(setting).fetchone()["v"] == "on"

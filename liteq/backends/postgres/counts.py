@@ -76,6 +76,9 @@ INDEX_SCANS_ONLY = ("SELECT set_config('enable_seqscan', 'off', true), "
                     "set_config('enable_bitmapscan', 'off', true), "
                     "set_config('enable_sort', 'off', true), set_config('jit', 'off', true)")
 
+# What undoes INDEX_SCANS_ONLY inside a caller's batch(), whose transaction goes on.
+PLANNER_DEFAULTS = "RESET enable_seqscan; RESET enable_bitmapscan; RESET enable_sort; RESET jit"
+
 LIVE_ROWS = "SELECT pg_stat_get_live_tuples('tasks'::regclass) AS n"
 PLANNED_ROWS = "EXPLAIN (FORMAT JSON) SELECT 1 FROM tasks"
 PLANNED_PAIR = "EXPLAIN (FORMAT JSON) SELECT 1 FROM tasks WHERE queue = %s AND status = %s"
