@@ -82,7 +82,7 @@ class ReadOps:
             self._session.run(counts.INDEX_SCANS_ONLY)
             rows = self._session.run(counts.bounded_counts_sql(limit)).fetchall()
             if self._session.depth:       # inside a batch(): the rest of it plans as usual
-                self._session.run(counts.PLANNER_DEFAULTS)
+                self._session.run(counts.PLANNER_DEFAULTS, prepare=False)
         return counts.estimate_rows(rows, limit, self._live_rows, self._planned_rows)
 
     def _live_rows(self):
