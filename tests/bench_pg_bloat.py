@@ -179,12 +179,17 @@ def churn(server, args):
                                              for r in indexes))
     ref = next((s for s in series if s[0] >= 300_000), series[0])
     last = series[-1]
+    late = next((s for s in series if s[0] >= 0.7 * last[0]), series[0])
     rate = last[0] / last[2]
     print(f"pg_total_relation_size('tasks'): {mb(last[1]['total']):.1f} MB after {last[0]:,} "
           f"tasks, {mb(ref[1]['total']):.1f} MB after {ref[0]:,}: ratio "
           f"{last[1]['total'] / ref[1]['total']:.2f} (indexes {mb(last[1]['indexes']):.1f} / "
           f"{mb(ref[1]['indexes']):.1f} MB: {last[1]['indexes'] / ref[1]['indexes']:.2f}); "
           f"{rate:,.0f} tasks/s through the table")
+    # A table that grows without end grows over the last 30 % of the run as well; one
+    # that levels off only once its first VACUUM came (late with a long naptime) does not.
+    print(f"over the last {last[0] - late[0]:,} tasks: {mb(late[1]['total']):.1f} MB -> "
+          f"{mb(last[1]['total']):.1f} MB, ratio {last[1]['total'] / late[1]['total']:.2f}")
 
 
 if __name__ == "__main__":

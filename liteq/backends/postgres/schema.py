@@ -37,9 +37,9 @@ CREATE TABLE IF NOT EXISTS liteq_migrations (
 # With these, autovacuum takes the table at each of its rounds, so what bounds
 # the dead rows is autovacuum_naptime, a server setting (1 min by default): the
 # table holds about one naptime's churn. tests/bench_pg_bloat.py --cluster,
-# pushing 1,000,000 tasks at 7,000 to 10,000 a second with retention, levels off
-# at about 245 MB with a 1 min naptime and 70 MB with 10 s. No table setting
-# shortens that. On a server whose autovacuum is off, LiteQ vacuums by the same
+# pushing 1,000,000 tasks at 6,000 to 10,000 a second with retention, levels off
+# at 220 to 245 MB with a 1 min naptime and 55 to 80 MB with 10 s. No table
+# setting shortens that. On a server whose autovacuum is off, LiteQ vacuums by the same
 # thresholds itself (vacuum.py).
 #
 # fillfactor stays at 100: every update of a task changes its status, which
