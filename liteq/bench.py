@@ -7,6 +7,10 @@ rate of no-op tasks, and the latency from `.delay()` returning to the task's
 first line. Every figure is the median of --repeat runs, and the raw insert
 rate of the same database (plain sqlite3, or plain psycopg) is measured in the
 same command as a baseline, because shared machines are noisy.
+
+With --hosts N (on PostgreSQL), N daemons drain the queue together, each in
+UTS, PID and mount namespaces of its own (`unshare`: a host name and a pid 1 of
+its own, as on N machines), and the drain rate is theirs together.
 """
 
 import argparse
@@ -185,10 +189,54 @@ def _percentile(values, p):
     return values[lo] + (values[hi] - values[lo]) * (k - lo)
 
 
-def run_bench(tasks=20000, concurrency=2, repeat=3, samples=500, progress=None, db=None):
+@contextlib.contextmanager
+def _daemons(app_path, queue, concurrency, workdir, run, hosts):
+    """The daemons of one run, stopped at the end: one as usual, or `hosts` daemons
+    each in namespaces of its own (named liteq-bench-1, -2, ...) with its own control
+    socket. Yields [(handle, control socket path)]."""
+    from .launcher import start_daemon
+    with contextlib.ExitStack() as stack:
+        if hosts == 1:
+            handle = start_daemon(app_path, db=queue, concurrency=concurrency,
+                                  log_path=os.path.join(workdir, f"drain{run}.log"))
+            stack.enter_context(handle)
+            yield [(handle, os.environ["LITEQ_SOCKET"])]
+            return
+        started = []
+        for n in range(1, hosts + 1):
+            sock = os.path.join(workdir, f"host{n}.sock")
+            handle = start_daemon(app_path, db=queue, concurrency=concurrency, socket=sock,
+                                  hostname=f"liteq-bench-{n}",
+                                  log_path=os.path.join(workdir, f"drain{run}-host{n}.log"))
+            stack.enter_context(handle)
+            started.append((handle, sock))
+        yield started
+
+
+def _drained_by_host(daemons) -> list:
+    """[{hostname, pid_in_namespace, tasks}]: what each daemon says it ran."""
+    from . import control
+    out = []
+    for _, sock in daemons:
+        st = control.status(include_queues=False, path=sock)
+        out.append({"hostname": st["hostname"], "pid_in_namespace": st["pid"],
+                    "tasks": st["tasks_done"]})
+    return out
+
+
+def run_bench(tasks=20000, concurrency=2, repeat=3, samples=500, progress=None, db=None,
+              hosts=1):
     """Run every measurement and return the figures as a dict. db: a PostgreSQL URL to
-    measure on (default: SQLite files in a temp dir)."""
+    measure on (default: SQLite files in a temp dir); hosts: daemons that drain together,
+    each in namespaces of its own (PostgreSQL; 1 when namespaces are unavailable, with
+    the reason in figures["hosts_note"])."""
     progress = progress or Progress(quiet=True)
+    note = None
+    if hosts > 1:
+        from .launcher import namespaces_unavailable
+        note = namespaces_unavailable()
+        if note:
+            hosts = 1
     workdir = tempfile.mkdtemp(prefix="liteq-bench-")
     scratch = Scratch(workdir, db)
     saved_env = {k: os.environ.get(k) for k in ("LITEQ_DB", "LITEQ_SOCKET")}
@@ -199,12 +247,14 @@ def run_bench(tasks=20000, concurrency=2, repeat=3, samples=500, progress=None, 
     sys.path.insert(0, workdir)
     try:
         import liteq_bench_app as app
-        from .launcher import start_daemon
         from .backends import get_backend
 
         n_single = min(tasks, 10000)
         figures = {"tasks": tasks, "concurrency": concurrency, "repeat": repeat,
-                   "samples": samples, "backend": scratch.kind.lower(), "runs": {}}
+                   "samples": samples, "backend": scratch.kind.lower(), "hosts": hosts,
+                   "runs": {}}
+        if note:
+            figures["hosts_note"] = note
         runs = figures["runs"]
 
         def record(key, value):
@@ -238,11 +288,17 @@ def run_bench(tasks=20000, concurrency=2, repeat=3, samples=500, progress=None, 
             record("bulk_per_s", tasks / (time.perf_counter() - t0))
 
             progress.show(f"[{r + 1}/{repeat}] drain: {tasks} queued no-op tasks, "
-                          f"concurrency {concurrency}")
+                          f"concurrency {concurrency}"
+                          + (f", {hosts} hosts" if hosts > 1 else ""))
             queue = scratch.queue(f"drain{r}")
-            app.noop.starmap([()] * tasks)
-            with start_daemon(app_path, db=queue, concurrency=concurrency,
-                              log_path=os.path.join(workdir, f"drain{r}.log")) as daemon:
+            if hosts == 1:
+                app.noop.starmap([()] * tasks)
+            with _daemons(app_path, queue, concurrency, workdir, r, hosts) as daemons:
+                if hosts > 1:
+                    # Every host is up before the tasks arrive (they start one after
+                    # another), so the drain is theirs together from its first task.
+                    app.noop.starmap([()] * tasks)
+                daemon = daemons[0][0]
                 store = get_backend()
                 deadline = time.monotonic() + max(60.0, tasks / 500)
                 while True:
@@ -257,6 +313,8 @@ def run_bench(tasks=20000, concurrency=2, repeat=3, samples=500, progress=None, 
                 first, last = store.finish_window()
                 record("drain_per_s", tasks / max(last - first, 1e-9))
                 record("supervisor_rss_mb", rss / 1e6)
+                if hosts > 1:
+                    figures["drain_by_host"] = _drained_by_host(daemons)
 
                 progress.show(f"[{r + 1}/{repeat}] enqueue: {n_single} x .delay(), "
                               f"daemon running")
@@ -340,15 +398,24 @@ def render(figures):
     """The results as an aligned text table."""
     med = figures["median"]
     kind = "PostgreSQL" if figures.get("backend") == "postgresql" else "SQLite"
+    hosts = figures.get("hosts", 1)
     head = (f"liteq bench ({kind}): {figures['tasks']} tasks, concurrency "
-            f"{figures['concurrency']}, median of {figures['repeat']} runs, "
-            f"{figures['samples']} latency samples")
+            f"{figures['concurrency']}" + (f" on each of {hosts} hosts" if hosts > 1 else "")
+            + f", median of {figures['repeat']} runs, {figures['samples']} latency samples")
     rows = [(key, label.format(kind=kind), unit, fmt) for key, label, unit, fmt in ROWS]
+    if hosts > 1:
+        rows = [(k, f"{label}, {hosts} hosts together" if k == "drain_per_s" else label, u, f)
+                for k, label, u, f in rows]
     width = max(len(label) for _, label, _, _ in rows)
     lines = [head, ""]
     for key, label, unit, fmt in rows:
         if key in med:
             lines.append(f"  {label:<{width}}  {fmt.format(med[key]):>10}  {unit}")
+    if figures.get("drain_by_host"):
+        lines.append("  tasks drained per host (last run): " + ", ".join(
+            f"{h['hostname']} {h['tasks']}" for h in figures["drain_by_host"]))
+    if figures.get("hosts_note"):
+        lines.append(f"  one daemon only: {figures['hosts_note']}")
     return "\n".join(lines)
 
 
@@ -363,10 +430,16 @@ def main(argv=None) -> int:
     p.add_argument("--db", help="measure on this PostgreSQL database (a URL; each run gets a "
                                 "schema of its own, dropped afterwards); default: SQLite "
                                 "files in a temp dir")
+    p.add_argument("--hosts", type=int, default=1,
+                   help="daemons that drain the queue together, each in namespaces of its "
+                        "own as on a host of its own (needs --db postgresql://... and root; "
+                        "default 1)")
     args = p.parse_args(argv)
-    for name in ("tasks", "concurrency", "repeat", "samples"):
+    for name in ("tasks", "concurrency", "repeat", "samples", "hosts"):
         if getattr(args, name) < 1:
             p.error(f"--{name} must be at least 1")
+    if args.hosts > 1 and not args.db:
+        p.error("--hosts needs --db postgresql://...: an SQLite queue serves one host")
     if args.db:
         from .backends import identity_of, is_postgres
         from .errors import ConfigError
@@ -378,6 +451,9 @@ def main(argv=None) -> int:
             p.error(str(exc))
     figures = run_bench(args.tasks, args.concurrency, args.repeat, args.samples,
                         progress=Progress(quiet=args.json and not sys.stderr.isatty()),
-                        db=args.db)
+                        db=args.db, hosts=args.hosts)
+    if figures.get("hosts_note"):
+        print(f"liteq bench: --hosts {args.hosts}: {figures['hosts_note']}; ran one daemon",
+              file=sys.stderr)
     print(json.dumps(figures, indent=2) if args.json else render(figures))
     return 0

@@ -14,7 +14,7 @@ import json
 import socket
 import time
 
-from .backends import get_backend, identity_of
+from .backends import TASK_STATUSES, get_backend, identity_of
 from .errors import LiteQError
 from .paths import socket_path
 
@@ -76,13 +76,23 @@ def request(op, *, path=None, db=None, timeout=5.0, **args) -> dict:
     return reply
 
 
-def queue_counts(db=None) -> list:
-    """[{queue, pending, running, done, failed, cancelled}] read from the database."""
-    counts = {}
-    for row in get_backend(db).queue_stats():
+def queue_counts(db=None, estimate=False) -> list:
+    """[{queue, pending, running, done, failed, cancelled}] read from the database.
+
+    estimate=True lets the backend estimate the counts of big groups (see
+    Backend.queue_stats); each queue then has `estimated`, the statuses whose
+    counts are estimates (empty when all are exact).
+    """
+    counts, marks = {}, {}
+    for row in get_backend(db).queue_stats(estimate=estimate):
         q = counts.setdefault(row["queue"], {"queue": row["queue"], "pending": 0, "running": 0,
                                              "done": 0, "failed": 0, "cancelled": 0})
         q[row["status"]] = q.get(row["status"], 0) + row["count"]
+        if row.get("estimated"):
+            marks.setdefault(row["queue"], set()).add(row["status"])
+    if estimate:
+        for name, q in counts.items():
+            q["estimated"] = [s for s in TASK_STATUSES if s in marks.get(name, ())]
     return [counts[k] for k in sorted(counts)]
 
 
@@ -91,13 +101,17 @@ def ping(**kw) -> dict:
     return request("ping", **kw)
 
 
-def status(include_queues=True, **kw) -> dict:
+def status(include_queues=True, estimate=True, **kw) -> dict:
     """The daemon's state: pid, uptime_s, db, pools (with children) and, by default,
-    per-queue counts read from the database (so the daemon's loop never scans it)."""
+    per-queue counts read from the database (so the daemon's loop never scans it).
+
+    The counts of big groups may be estimates, listed in each queue's `estimated`
+    (see queue_counts); estimate=False counts everything exactly.
+    """
     reply = request("status", **kw)
     reply.pop("ok", None)
     if include_queues:
-        reply["queues"] = queue_counts(kw.get("db") or reply.get("db"))
+        reply["queues"] = queue_counts(kw.get("db") or reply.get("db"), estimate=estimate)
     return reply
 
 

@@ -8,8 +8,14 @@
 
 It runs `python -m liteqd.cli` as a child process with the same LITEQ_DB as this
 process, and returns once the daemon has logged `daemon.ready`.
+
+With hostname="...", the daemon runs as if on a host of its own: in its own
+UTS, PID and mount namespaces (`unshare`, which needs root), under that host
+name, with /proc of its own. Stopping it (or its supervisor dying) ends every
+process of that namespace.
 """
 
+import contextlib
 import json
 import os
 import signal
@@ -24,17 +30,24 @@ from .backends import identity_of
 from .paths import socket_path
 
 
+# Runs in the new namespaces: names the host, then becomes the daemon (same pid).
+_AS_HOST = ("import os, socket, sys; socket.sethostname(sys.argv[1]); "
+            "os.execv(sys.executable, [sys.executable] + sys.argv[2:])")
+NAMESPACES = ["unshare", "--uts", "--pid", "--fork", "--kill-child", "--mount-proc"]
+
+
 class DaemonHandle:
     """A running background daemon; use as a context manager or call stop()."""
 
-    def __init__(self, process, log_path):
+    def __init__(self, process, log_path, supervisor_pid=None):
         self.process = process
         self.log_path = log_path
+        self._supervisor_pid = supervisor_pid
 
     @property
     def pid(self):
-        """The supervisor's process id."""
-        return self.process.pid
+        """The supervisor's process id (in this process's PID namespace)."""
+        return self._supervisor_pid or self.process.pid
 
     def events(self):
         """The daemon's log events so far, as dicts."""
@@ -53,11 +66,17 @@ class DaemonHandle:
     def stop(self, timeout=30.0) -> int:
         """Stop gracefully (SIGTERM), waiting up to `timeout` s; returns the exit code."""
         if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
+            # The supervisor itself: in namespaces, self.process is unshare, which
+            # waits for it and exits with its code.
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(self.pid, signal.SIGTERM)
             try:
                 self.process.wait(timeout)
             except subprocess.TimeoutExpired:
-                os.killpg(self.process.pid, signal.SIGKILL)
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(self.pid, signal.SIGKILL)   # a namespace's init: all of it
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(self.process.pid, signal.SIGKILL)
                 self.process.wait(5)
         return self.process.returncode
 
@@ -96,12 +115,44 @@ def _children_ready(sock) -> bool:
                for pool in status["pools"])
 
 
-def start_daemon(app, db=None, *, ready_timeout=30.0, log_path=None, **options) -> DaemonHandle:
+def namespaces_unavailable():
+    """None when daemons can run in namespaces of their own here (start_daemon's
+    hostname=); else why not, in a line."""
+    try:
+        done = subprocess.run(NAMESPACES + ["true"], capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        return f"cannot run unshare: {exc}"
+    if done.returncode != 0:
+        return (f"unshare cannot create UTS and PID namespaces here (it needs root): "
+                f"{done.stderr.strip() or f'exit code {done.returncode}'}")
+    return None
+
+
+def _only_child(pid, timeout=5.0):
+    """The pid of the one child of process `pid` (unshare's forked child), or None."""
+    deadline = time.monotonic() + timeout
+    path = f"/proc/{pid}/task/{pid}/children"
+    while time.monotonic() < deadline:
+        try:
+            with open(path) as f:
+                children = f.read().split()
+        except OSError:
+            return None
+        if children:
+            return int(children[0])
+        time.sleep(0.005)
+    return None
+
+
+def start_daemon(app, db=None, *, ready_timeout=30.0, log_path=None, hostname=None,
+                 **options) -> DaemonHandle:
     """Start `liteqd --app APP` in the background and wait until it is ready.
 
     Keyword options become flags (concurrency=2 -> --concurrency 2; a list
     repeats the flag). Logs (JSON) go to `log_path`, by default a temp file,
-    and so does anything the daemon or its tasks write to stderr.
+    and so does anything the daemon or its tasks write to stderr. hostname:
+    run it in namespaces of its own under that host name (see the module's
+    docstring; give each such daemon a socket= of its own).
     """
     db = db or settings.db_path()
     if log_path is None:
@@ -113,6 +164,8 @@ def start_daemon(app, db=None, *, ready_timeout=30.0, log_path=None, **options) 
         flag = "--" + key.replace("_", "-")
         for item in value if isinstance(value, (list, tuple)) else [value]:
             argv += [flag] if item is True else [flag, str(item)]
+    if hostname is not None:
+        argv = NAMESPACES + ["--", sys.executable, "-c", _AS_HOST, hostname] + argv[1:]
     env = dict(os.environ, LITEQ_DB=db)
     with open(log_path, "ab") as log:
         start = log.tell()
@@ -120,7 +173,8 @@ def start_daemon(app, db=None, *, ready_timeout=30.0, log_path=None, **options) 
         # daemon, or a task, at its 64 KiB-th byte of stderr.
         process = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, env=env,
                                    start_new_session=True)
-    handle = DaemonHandle(process, log_path)
+    supervisor = _only_child(process.pid) if hostname is not None else None
+    handle = DaemonHandle(process, log_path, supervisor)
     sock = options.get("socket") or env.get("LITEQ_SOCKET") or socket_path(identity_of(db))
     deadline = time.monotonic() + ready_timeout
     while time.monotonic() < deadline:

@@ -46,13 +46,24 @@ def table(headers, rows):
     cells = [[str(h) for h in headers]] + [["-" if v is None else str(v) for v in r]
                                           for r in rows]
     widths = [max(len(r[i]) for r in cells) for i in range(len(headers))]
-    numeric = [all(r[i].replace(".", "", 1).isdigit() or r[i] == "-" for r in cells[1:])
-               and cells[1:] for i in range(len(headers))]
+    numeric = [all(r[i].lstrip("~").replace(".", "", 1).isdigit() or r[i] == "-"
+                   for r in cells[1:]) and cells[1:] for i in range(len(headers))]
     lines = []
     for r in cells:
         lines.append("  ".join(c.rjust(w) if numeric[i] else c.ljust(w)
                                for i, (c, w) in enumerate(zip(r, widths))).rstrip())
     return "\n".join(lines)
+
+
+SHOWN_STATUSES = ("pending", "running", "failed", "done")
+ESTIMATE_NOTE = ("~ estimated from the database's statistics (too many tasks to count "
+                 "quickly; smaller counts are exact)")
+
+
+def _count(queue_row, status):
+    """A queue's count of `status`, marked ~ when it is an estimate."""
+    n = queue_row[status]
+    return f"~{n}" if status in queue_row.get("estimated", ()) else n
 
 
 def render_status(st):
@@ -77,8 +88,10 @@ def render_status(st):
     out.append("")
     if queues:
         out.append(table(["QUEUE", "PENDING", "RUNNING", "FAILED", "DONE"],
-                         [(q["queue"], q["pending"], q["running"], q["failed"], q["done"])
+                         [(q["queue"], *(_count(q, s) for s in SHOWN_STATUSES))
                           for q in queues]))
+        if any(q.get("estimated") for q in queues):
+            out.append(ESTIMATE_NOTE)
     else:
         out.append("no tasks in the database yet")
     return "\n".join(out)

@@ -4,8 +4,12 @@ import json
 import os
 import subprocess
 import sys
+import uuid
 
 import pytest
+
+from daemon_helpers import TAG_VAR, tagged_processes
+from liteq.launcher import namespaces_unavailable
 
 FIGURES = ("delay_per_s", "delay_later_per_s", "delay_daemon_per_s", "bulk_per_s",
            "drain_per_s", "latency_p50_ms", "latency_p95_ms", "latency_p99_ms",
@@ -13,8 +17,9 @@ FIGURES = ("delay_per_s", "delay_later_per_s", "delay_daemon_per_s", "bulk_per_s
            "delay_vs_raw", "bulk_vs_raw", "delay_daemon_vs_none")
 
 
-def _run(*args, timeout=120):
-    env = {k: v for k, v in os.environ.items() if k not in ("LITEQ_DB", "LITEQ_SOCKET")}
+def _run(*args, timeout=120, env=None):
+    env = {**{k: v for k, v in os.environ.items() if k not in ("LITEQ_DB", "LITEQ_SOCKET")},
+           **(env or {})}
     return subprocess.run([sys.executable, "-m", "liteq.cli", "bench", *args],
                           capture_output=True, text=True, timeout=timeout, env=env)
 
@@ -65,3 +70,36 @@ def test_bench_on_postgresql_reports_every_figure_and_drops_its_schemas():
     table = _run("--db", url, "--tasks", "200", "--repeat", "1", "--samples", "10")
     assert "raw PostgreSQL INSERT+commit" in table.stdout, table.stderr
     assert _run("--db", "/tmp/x.db").returncode == 2
+
+
+def test_bench_hosts_drains_with_a_daemon_per_namespace_and_leaves_nothing_running():
+    import pg_helpers
+    url = pg_helpers.server_url()
+    reason = namespaces_unavailable()
+    if reason:
+        pytest.skip(reason)
+    tag = uuid.uuid4().hex
+    try:
+        proc = _run("--db", url, "--hosts", "2", "--tasks", "300", "--repeat", "1",
+                    "--samples", "10", "--json", env={TAG_VAR: tag})
+        left = tagged_processes(tag)   # daemons, their children, unshare: all gone
+    finally:
+        for p in tagged_processes(tag):
+            p.kill()
+    assert proc.returncode == 0, proc.stderr
+    assert left == [], [p.cmdline() for p in left]
+    figures = json.loads(proc.stdout)
+    assert figures["hosts"] == 2 and "hosts_note" not in figures
+    for key in FIGURES:
+        assert figures["median"][key] > 0, key
+    hosts = figures["drain_by_host"]
+    # Two daemons, each the pid 1 of a PID namespace under a host name of its own,
+    # drained the 300 tasks between them.
+    assert sorted(h["hostname"] for h in hosts) == ["liteq-bench-1", "liteq-bench-2"]
+    assert [h["pid_in_namespace"] for h in hosts] == [1, 1]
+    assert sum(h["tasks"] for h in hosts) == 300
+
+
+def test_bench_hosts_needs_postgresql_and_a_positive_number():
+    assert "--hosts needs --db postgresql" in _run("--hosts", "2").stderr
+    assert _run("--hosts", "0", "--db", "postgresql://x@127.0.0.1/y").returncode == 2

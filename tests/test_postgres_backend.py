@@ -22,6 +22,7 @@ from psycopg import pq
 
 import liteq
 import pg_helpers
+from daemon_helpers import wait_for
 from liteq import backends
 from liteq.backends.postgres import PostgresBackend, tasks as pg_tasks
 from liteq.backends.postgres.schema import SCHEMA_VERSION
@@ -411,3 +412,77 @@ def _free_port():
 def test_postgres_backend_class_is_shared_across_threads():
     assert PostgresBackend.shared_across_threads is True
     assert backends._backend_class("x.db").shared_across_threads is False
+
+
+# ---- retention and vacuum -------------------------------------------------------------
+# On a server whose autovacuum is off, deleting finished tasks vacuums the table once
+# its dead rows pass its autovacuum threshold (1,000 plus 1 % of the live rows): 1,100
+# tasks (3,300 dead row versions) pass it. Whether the space was reclaimed shows in
+# the heap: a second round of the same tasks reuses it instead of doubling it.
+
+
+def _vacuums(db):
+    """Manual VACUUMs of this schema's tasks table so far."""
+    return pg_helpers.rows(db, "SELECT vacuum_count FROM pg_stat_user_tables "
+                               "WHERE relid = 'tasks'::regclass")[0]["vacuum_count"]
+
+
+def _heap(db):
+    return pg_helpers.rows(db, "SELECT pg_relation_size('tasks') AS n")[0]["n"]
+
+
+def _autovacuum(db):
+    return pg_helpers.rows(db, "SELECT current_setting('autovacuum')::bool AS on")[0]["on"]
+
+
+def _finished_round(backend, count=1100):
+    """`count` tasks enqueued, claimed and recorded done now."""
+    _many(backend, count)
+    claimed = backend.claim("w", ["default"], count)
+    t = time.time()
+    assert len(backend.record_outcomes("w", done=[(r["id"], "null", t, t)
+                                                  for r in claimed])) == count
+
+
+@ON_PG
+def test_purge_vacuums_the_table_itself_only_when_autovacuum_is_off(backend, db):
+    autovacuum = _autovacuum(db)
+    _finished_round(backend)
+    first = _heap(db)
+    assert backend.purge(3600) == 0              # nothing that old: nothing to vacuum
+    assert _vacuums(db) == 0
+    assert backend.purge(0) == 1100
+    if autovacuum:
+        assert _vacuums(db) == 0                 # autovacuum's job, not purge's
+        return
+    assert _vacuums(db) == 1                     # done before purge returned
+    # Inside a batch() (a transaction, where VACUUM cannot run) purge works the same,
+    # and the second round fits in the space the first one left.
+    _finished_round(backend)
+    with backend.batch():
+        assert backend.purge(0) == 1100
+    assert _vacuums(db) == 2
+    assert _heap(db) <= first * 1.2, (first, _heap(db))
+
+
+@ON_PG
+def test_prune_starts_a_vacuum_in_the_background_only_when_autovacuum_is_off(backend, db):
+    autovacuum = _autovacuum(db)
+    _finished_round(backend)
+    first = _heap(db)
+    assert backend.prune("done", 3600, 1000) == 0     # nothing deleted: no VACUUM
+    assert backend._vacuums.running is None
+    assert backend.prune("done", 0, 50) == 50         # under the threshold: none either
+    assert backend._vacuums.running is None
+    assert backend.prune("done", 0, 1050) == 1050
+    if autovacuum:
+        assert backend._vacuums.running is None and _vacuums(db) == 0
+        return
+    # prune returned with the VACUUM sent on a connection of its own; a later prune
+    # (the daemon's next turn) collects it once it has ended.
+    assert backend._vacuums.running is not None
+    wait_for(lambda: backend.prune("done", 0, 1000) == 0 and backend._vacuums.running is None,
+             15, "the VACUUM prune started never ended")
+    assert backend._vacuums.last_error is None and _vacuums(db) == 1
+    _finished_round(backend)
+    assert _heap(db) <= first * 1.2, (first, _heap(db))

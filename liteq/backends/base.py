@@ -244,8 +244,17 @@ class Backend(abc.ABC):
         """How many tasks match the optional filters."""
 
     @abc.abstractmethod
-    def queue_stats(self) -> list:
-        """[{queue, status, count}] over all tasks."""
+    def queue_stats(self, estimate=False) -> list:
+        """[{queue, status, count}] over all tasks, ordered by queue and status; exact.
+
+        estimate=True is for monitors that ask again and again (liteqctl status, the
+        panel's overview): a backend may then estimate a group (queue, status) too big
+        to count quickly, from the database's statistics, instead of counting it.
+        Every row then has `estimated` (a bool), and whoever shows the count marks
+        an estimated one as such. Groups below the backend's limit stay exact, so a
+        small queue's counts are exact either way. liteq.monitoring.get_queue_stats()
+        is always exact.
+        """
 
     @abc.abstractmethod
     def list_queues(self) -> list:

@@ -103,20 +103,34 @@ def _pretty(value) -> str:
 # ---- overview ------------------------------------------------------------------
 
 def count_matrix(store) -> dict:
-    """Counts by queue and status: {"queues": [{queue, counts, total}], "totals": {...}}."""
-    by_queue = {}
-    for row in store.queue_stats():
+    """Counts by queue and status: {"queues": [{queue, counts, total, estimated}],
+    "totals": {...}, "total": n, "estimated": [...]}.
+
+    The counts of big groups may be estimates (Backend.queue_stats(estimate=True)):
+    each queue's `estimated` lists its statuses whose counts are, the top-level one
+    the statuses whose totals include one, and the page marks them.
+    """
+    by_queue, marks = {}, {}
+    for row in store.queue_stats(estimate=True):
         by_queue.setdefault(row["queue"], {})[row["status"]] = row["count"]
-    for queue in store.list_queues():
-        by_queue.setdefault(queue, {})
+        if row.get("estimated"):
+            marks.setdefault(row["queue"], set()).add(row["status"])
+    # Queues that have schedules but no tasks yet. (Not list_queues(): it reads
+    # every task, which is what the estimates avoid.)
+    for schedule in store.list_schedules():
+        if schedule.get("queue"):
+            by_queue.setdefault(schedule["queue"], {})
     totals = {s: 0 for s in TASK_STATUSES}
     rows = []
     for queue in sorted(by_queue):
         counts = {s: by_queue[queue].get(s, 0) for s in TASK_STATUSES}
         for s, n in counts.items():
             totals[s] += n
-        rows.append({"queue": queue, "counts": counts, "total": sum(counts.values())})
-    return {"queues": rows, "totals": totals, "total": sum(totals.values())}
+        estimated = [s for s in TASK_STATUSES if s in marks.get(queue, ())]
+        rows.append({"queue": queue, "counts": counts, "total": sum(counts.values()),
+                     "estimated": estimated})
+    return {"queues": rows, "totals": totals, "total": sum(totals.values()),
+            "estimated": [s for s in TASK_STATUSES if any(s in r["estimated"] for r in rows)]}
 
 
 def throughput(store, t=None, minutes=CHART_MINUTES, bucket=CHART_BUCKET) -> list:

@@ -26,6 +26,7 @@ from .schedules import ScheduleOps
 from .schema import ensure_schema
 from .tasks import TaskOps
 from .url import identity as identity_of_url
+from .vacuum import Vacuums
 from .wake import ListenChannel, channel_name, nudge_payload
 from .workers import WorkerOps
 
@@ -46,6 +47,7 @@ class PostgresBackend(TaskOps, WorkerOps, ReadOps, ScheduleOps, Backend):
         self._connector = Connector(url)
         self.target = url
         self.identity = self._connector.identity
+        self._vacuums = Vacuums(self._connector)   # only with the server's autovacuum off
         self._async = None   # the asyncio connection (async_session.py), opened on use
         self.daemon = daemon
         self._schema = None
@@ -127,6 +129,7 @@ class PostgresBackend(TaskOps, WorkerOps, ReadOps, ScheduleOps, Backend):
     def close(self):
         """Close the connection (in a forked child: forget the parent's, untouched)."""
         self._session.close()
+        self._vacuums.close()
         if self._async is not None:
             self._async.forget()
 

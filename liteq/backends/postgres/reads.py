@@ -6,8 +6,9 @@ Rows come back with the SQLite backend's keys, times as epoch seconds.
 from ..base import CANCEL_TEXT, TASK_STATUSES
 from ..filters import (KEY_IS_FREE, KEY_IS_FREE_FOR_NEWEST, PRUNABLE, equal_filters,
                        finished_status)
-from . import deps
+from . import counts, deps
 from .connection import operation
+from .vacuum import vacuum_now
 
 
 def _epoch(col):
@@ -60,12 +61,44 @@ class ReadOps:
         return self._session.run(f"SELECT COUNT(*) AS n FROM tasks {clause}",
                                  params).fetchone()["n"]
 
+    #: queue_stats(estimate=True) estimates a (queue, status) group of more tasks than
+    #: this (see counts.py).
+    exact_count_limit = counts.EXACT_LIMIT
+
     @operation
-    def queue_stats(self) -> list:
-        """[{queue, status, count}] over all tasks."""
-        return self._session.run(
-            "SELECT queue, status, COUNT(*) AS count FROM tasks "
-            "GROUP BY status, queue ORDER BY queue, status").fetchall()
+    def queue_stats(self, estimate=False) -> list:
+        """[{queue, status, count}] over all tasks, exact.
+
+        estimate=True: groups of more than exact_count_limit tasks are estimated from
+        PostgreSQL's statistics instead of counted (see counts.py), and each row has
+        `estimated` (True for those).
+        """
+        if not estimate:
+            return self._session.run(
+                "SELECT queue, status, COUNT(*) AS count FROM tasks "
+                "GROUP BY status, queue ORDER BY queue, status").fetchall()
+        limit = self.exact_count_limit
+        with self._session.transaction():
+            self._session.run(counts.INDEX_SCANS_ONLY)
+            rows = self._session.run(counts.bounded_counts_sql(limit)).fetchall()
+            if self._session.depth:       # inside a batch(): the rest of it plans as usual
+                self._session.run(counts.PLANNER_DEFAULTS, prepare=False)
+        return counts.estimate_rows(rows, limit, self._live_rows, self._planned_rows)
+
+    def _live_rows(self):
+        """The live rows of tasks by the statistics: n_live_tup, or the planner's
+        estimate when the statistics were reset (a crash, pg_stat_reset)."""
+        live = self._session.run(counts.LIVE_ROWS).fetchone()["n"]
+        return live if live > 0 else self._planned_rows()
+
+    def _planned_rows(self, queue=None, status=None):
+        """The planner's estimate of the rows of tasks (of a queue and status)."""
+        if queue is None:
+            row = self._session.run(counts.PLANNED_ROWS, prepare=False).fetchone()
+        else:
+            row = self._session.run(counts.PLANNED_PAIR, (queue, status),
+                                    prepare=False).fetchone()
+        return row["QUERY PLAN"][0]["Plan"]["Plan Rows"]
 
     @operation
     def list_queues(self) -> list:
@@ -139,30 +172,43 @@ class ReadOps:
     def prune(self, status, older_than, limit) -> int:
         """Delete at most `limit` tasks of finished `status` that finished over
         `older_than` seconds ago (server's clock), oldest first; returns how many.
-        Rows another daemon is pruning at the same moment are skipped, not waited on."""
+        Rows another daemon is pruning at the same moment are skipped, not waited on.
+        On a server whose autovacuum is off, it starts a VACUUM of the table when
+        autovacuum would have, and never waits for it (vacuum.py)."""
         status = finished_status(status)
         # A pruned task's own edges go with it (nothing waits for a finished task).
-        return self._session.run(
+        deleted = self._session.run(
             f"WITH gone AS (DELETE FROM tasks WHERE id IN (SELECT id FROM tasks WHERE "
             f"status = '{status}' AND finished_at < now() - %s::float8 * interval '1 second' "
             f"AND {PRUNABLE} ORDER BY finished_at LIMIT %s FOR UPDATE SKIP LOCKED) "
             f"RETURNING id), edges AS (DELETE FROM task_deps WHERE child_id IN "
             f"(SELECT id FROM gone)) SELECT COUNT(*) AS n FROM gone",
             (float(older_than), int(limit)), prepare=True).fetchone()["n"]
+        self._vacuums.after_prune(self._session, deleted)
+        return deleted
 
-    @operation
     def purge(self, older_than, statuses=FINISHED_STATUSES) -> int:
         """Delete finished tasks that finished over `older_than` seconds ago (server's
-        clock)."""
+        clock); on a server whose autovacuum is off, then VACUUM the table when
+        autovacuum would have (on a connection of its own; see vacuum.py)."""
+        deleted, vacuum = self._delete_finished(older_than, statuses)
+        if vacuum:
+            vacuum_now(self._connector)
+        return deleted
+
+    @operation
+    def _delete_finished(self, older_than, statuses):
+        """(rows deleted, whether the table needs a VACUUM from LiteQ now)."""
         unknown = sorted(set(statuses) - set(TASK_STATUSES))
         if unknown:
             raise ValueError(f"unknown task status(es) {unknown}; known: {TASK_STATUSES}")
         if not statuses:
-            return 0
+            return 0, False
         # Literal statuses, so the planner can prove the partial index tasks_finished
         # applies (a parameter array would mean a sequential scan).
         listed = ", ".join(f"'{s}'" for s in statuses)
-        return self._session.run(
+        deleted = self._session.run(
             f"DELETE FROM tasks WHERE status IN ({listed}) "
             f"AND finished_at < now() - %s::float8 * interval '1 second'",
             (older_than,)).rowcount
+        return deleted, self._vacuums.needed(self._session, deleted)

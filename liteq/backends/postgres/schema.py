@@ -12,7 +12,7 @@ from psycopg import sql
 
 from ...errors import DatabaseError
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 
 # pg_advisory_xact_lock(LOCK_CLASS, hashtext(schema)): LiteQ's own key space.
 LOCK_CLASS = 0x4C6951  # "LiQ"
@@ -34,11 +34,24 @@ CREATE TABLE IF NOT EXISTS liteq_migrations (
 # before a vacuum, and the claim index fills with entries of rows long gone.
 # A 1 % threshold keeps that churn vacuumed in small, frequent passes; analyze
 # at 2 % keeps the planner's view of the pending/finished mix current.
+# With these, autovacuum takes the table at each of its rounds, so what bounds
+# the dead rows is autovacuum_naptime, a server setting (1 min by default): the
+# table holds about one naptime's churn. tests/bench_pg_bloat.py --cluster,
+# pushing 1,000,000 tasks at 6,000 to 10,000 a second with retention, levels off
+# at 220 to 245 MB with a 1 min naptime and 55 to 80 MB with 10 s. No table
+# setting shortens that. On a server whose autovacuum is off, LiteQ vacuums by the same
+# thresholds itself (vacuum.py).
 #
 # fillfactor stays at 100: every update of a task changes its status, which
 # the partial indexes' WHERE clauses name, so no update can be HOT and free space
 # kept on each page would only make the table bigger. (workers is the opposite:
 # its heartbeat updates touch no indexed column, so they are HOT with room.)
+# When autovacuum vacuums tasks: more dead rows than VACUUM_THRESHOLD plus
+# VACUUM_SCALE_FACTOR times the live ones (vacuum.py applies the same rule when
+# the server's autovacuum is off).
+VACUUM_THRESHOLD = 1000
+VACUUM_SCALE_FACTOR = 0.01
+
 _TASKS_DDL = """
 CREATE TABLE tasks (
     id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
@@ -61,9 +74,9 @@ CREATE TABLE tasks (
     retry_delay double precision NOT NULL DEFAULT 1.0,
     retry_backoff double precision NOT NULL DEFAULT 2.0,
     retry_max_delay double precision NOT NULL DEFAULT 300.0
-) WITH (autovacuum_vacuum_scale_factor = 0.01, autovacuum_vacuum_threshold = 1000,
+) WITH (autovacuum_vacuum_scale_factor = {scale}, autovacuum_vacuum_threshold = {threshold},
         autovacuum_vacuum_insert_scale_factor = 0.05, autovacuum_analyze_scale_factor = 0.02)
-"""
+""".format(scale=VACUUM_SCALE_FACTOR, threshold=VACUUM_THRESHOLD)
 
 _WORKERS_DDL = """
 CREATE TABLE workers (
@@ -135,9 +148,20 @@ _DEPENDENCIES = (
     "WHERE status = 'pending' AND waiting_on = 0",
 )
 
+# Version 4, counts of big queues (counts.py): statistics of queue and status
+# together (queues and statuses go together, one queue mostly done, another mostly
+# pending, which the per-column statistics cannot see; the estimates of big groups
+# are shared by the planner's figures), and an index of the pending tasks that
+# wait for parents (tasks_claim has only the others), so both kinds of pending
+# task are counted through an index. Only dependent tasks enter it.
+_COUNTS = (
+    "CREATE STATISTICS IF NOT EXISTS tasks_queue_status (mcv) ON queue, status FROM tasks",
+    "CREATE INDEX tasks_waiting ON tasks (queue) WHERE status = 'pending' AND waiting_on > 0",
+)
+
 # version -> the statements that bring the schema from version - 1 to it.
 _MIGRATIONS = {1: (_TASKS_DDL, _WORKERS_DDL, _SCHEDULES_DDL) + _INDEXES, 2: _UNIQUE_KEY,
-               3: _DEPENDENCIES}
+               3: _DEPENDENCIES, 4: _COUNTS}
 
 
 def _applied(conn, schema):

@@ -53,11 +53,17 @@ class ReadOps:
         return self._conn.execute(f"SELECT COUNT(*) FROM tasks {clause}", params).fetchone()[0]
 
     @guarded
-    def queue_stats(self) -> list:
-        """[{queue, status, count}] over all tasks."""
-        return [dict(r) for r in self._conn.execute(
+    def queue_stats(self, estimate=False) -> list:
+        """[{queue, status, count}] over all tasks, always exact: SQLite counts from
+        the claim index (status, queue, ...) without reading the rows, and keeps no
+        statistics to estimate from. estimate=True adds estimated=False to each row."""
+        rows = [dict(r) for r in self._conn.execute(
             "SELECT queue, status, COUNT(*) AS count FROM tasks "
             "GROUP BY status, queue ORDER BY queue, status")]
+        if estimate:
+            for r in rows:
+                r["estimated"] = False
+        return rows
 
     @guarded
     def list_queues(self) -> list:

@@ -1,0 +1,141 @@
+"""PostgreSQL: VACUUM of the tasks table by LiteQ itself, on a server whose autovacuum
+is off.
+
+Every task leaves dead row versions behind (its claim, its outcome, its deletion
+by retention). autovacuum reclaims them (the table's settings in schema.py make
+it take the table at each of its rounds); with autovacuum off nothing does, the
+table grows without end and the claim slows down with it (tests/bench_pg_bloat.py:
+0.53 MB per thousand tasks, and 3,000 tasks a second instead of 12,000 after
+300,000 tasks). So when finished tasks are deleted on such a server, and
+the dead rows pass the table's own autovacuum threshold (schema.py: 1,000 plus
+1 % of the live rows), LiteQ vacuums as autovacuum would have:
+
+- purge() (an operator's or a schedule's call) vacuums before it returns;
+- prune() (the daemons' retention, in the supervisor's loop, which must never
+  stall) starts a VACUUM on a connection of its own without waiting for it, and
+  a later prune() collects it, so at most one runs per backend at a time.
+
+VACUUM (SKIP_LOCKED) does not block the queue's reads and writes, and skips the
+table when another VACUUM holds it. A role that does not own the table gets a
+warning from the server instead, and nothing else changes.
+"""
+
+import os
+import time
+
+import psycopg
+from psycopg import pq
+
+from ...errors import DatabaseError
+from .connection import is_gone
+from .schema import VACUUM_SCALE_FACTOR, VACUUM_THRESHOLD
+
+VACUUM = "VACUUM (SKIP_LOCKED) tasks"
+AUTOVACUUM_ON = "SELECT current_setting('autovacuum')::bool AS on"
+# The statistics' dead and live rows (the caller's own deletions not yet counted).
+ROW_COUNTS = ("SELECT pg_stat_get_dead_tuples(t) AS dead, pg_stat_get_live_tuples(t) AS live "
+              "FROM (SELECT 'tasks'::regclass AS t) r")
+
+# How long the server's autovacuum setting is trusted before it is read again
+# (it changes only with the server's configuration).
+RECHECK_S = 60.0
+
+
+def vacuum_now(connector):
+    """VACUUM the tasks table on a new connection and wait for it."""
+    conn = connector.connect()
+    try:
+        conn.execute(VACUUM)
+    except psycopg.Error as exc:
+        raise connector.error(exc, gone=is_gone(exc, conn)) from exc
+    finally:
+        conn.close()
+
+
+class BackgroundVacuum:
+    """One VACUUM sent on a connection of its own; finished() collects it without
+    waiting."""
+
+    def __init__(self, connector):
+        self.conn = connector.connect()
+        self.pid = os.getpid()
+        self.error = None
+        try:
+            pgconn = self.conn.pgconn
+            pgconn.nonblocking = 1
+            pgconn.send_query(VACUUM.encode())
+            pgconn.flush()
+        except psycopg.Error as exc:
+            self.close()
+            self.error = str(exc)
+
+    def finished(self) -> bool:
+        """True once the VACUUM ended (well or not: `error` says), and the connection
+        is closed."""
+        if self.conn is None:
+            return True
+        pgconn = self.conn.pgconn
+        try:
+            pgconn.flush()
+            pgconn.consume_input()
+            if pgconn.is_busy():
+                return False
+            while (result := pgconn.get_result()) is not None:
+                if result.status == pq.ExecStatus.FATAL_ERROR:
+                    self.error = result.error_message.decode(errors="replace").strip()
+        except psycopg.Error as exc:
+            self.error = str(exc)
+        self.close()
+        return True
+
+    def close(self):
+        """Close the connection (a VACUUM still running on the server is left to end;
+        a forked child only forgets its parent's)."""
+        conn, self.conn = self.conn, None
+        if conn is not None and self.pid == os.getpid():
+            try:
+                conn.close()
+            except Exception:  # a broken socket may fail to close: it is gone anyway
+                pass
+
+
+class Vacuums:
+    """A backend's VACUUMs of tasks, run only while the server's autovacuum is off."""
+
+    def __init__(self, connector):
+        self.connector = connector
+        self.running = None          # the BackgroundVacuum in flight
+        self.last_error = None       # what the last one that failed said
+        self._autovacuum = None
+        self._checked = 0.0
+
+    def needed(self, session, deleted) -> bool:
+        """True when the server's autovacuum is off (read at most every RECHECK_S) and
+        the dead rows, with the `deleted` ones just now, pass the table's threshold."""
+        if not deleted:
+            return False
+        if self._autovacuum is None or time.monotonic() - self._checked > RECHECK_S:
+            self._autovacuum = session.run(AUTOVACUUM_ON).fetchone()["on"]
+            self._checked = time.monotonic()
+        if self._autovacuum:
+            return False
+        rows = session.run(ROW_COUNTS).fetchone()
+        return rows["dead"] + deleted > VACUUM_THRESHOLD + VACUUM_SCALE_FACTOR * rows["live"]
+
+    def after_prune(self, session, deleted):
+        """Collect a VACUUM that ended; start one when none runs and needed() says so.
+        Never waits for a VACUUM."""
+        if self.running is not None and self.running.finished():
+            self.last_error = self.running.error or self.last_error
+            self.running = None
+        if self.running is None and self.needed(session, deleted):
+            try:
+                self.running = BackgroundVacuum(self.connector)
+            except DatabaseError as exc:   # the next prune tries again
+                self.last_error = str(exc)
+
+    def close(self):
+        """Let go of a VACUUM in flight (the server finishes it on its own)."""
+        if self.running is not None:
+            self.running.close()
+            self.running = None
