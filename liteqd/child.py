@@ -79,6 +79,17 @@ class _Channel:
             new.reverse()
             self.pending = new + self.pending
 
+    def _read_waiting(self):
+        """Parse whatever has arrived, without blocking (the caller holds `busy`)."""
+        try:
+            while True:
+                data = self.sock.recv(1 << 16, socket.MSG_DONTWAIT)
+                if not data:
+                    break
+                self._parse(data)
+        except (BlockingIOError, InterruptedError):
+            pass
+
     def poll(self):
         """Read what has arrived without blocking (from the cancel signal's handler);
         nothing when the main code is reading or sending itself."""
@@ -86,13 +97,9 @@ class _Channel:
             return
         self.busy = True
         try:
-            while True:
-                data = self.sock.recv(1 << 16, socket.MSG_DONTWAIT)
-                if not data:
-                    break
-                self._parse(data)
-        except (BlockingIOError, InterruptedError, OSError):
-            pass
+            self._read_waiting()
+        except OSError:
+            pass  # the supervisor is gone; the main code finds out on its next read
         finally:
             self.busy = False
 
@@ -121,14 +128,7 @@ class _Channel:
             return
         self.busy = True
         try:
-            try:
-                while True:
-                    data = self.sock.recv(1 << 16, socket.MSG_DONTWAIT)
-                    if not data:
-                        break
-                    self._parse(data)
-            except (BlockingIOError, InterruptedError):
-                pass
+            self._read_waiting()
             while self.pending:
                 self.send(protocol.skipped(self.pending.pop().id))
         except OSError:
