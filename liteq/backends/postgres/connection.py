@@ -86,6 +86,16 @@ def is_gone(exc, conn) -> bool:
     return code.startswith("08") or code in _GONE_CODES
 
 
+def close_if_own(conn, owner_pid) -> None:
+    """Close `conn` when this process opened it (pid `owner_pid`); a forked child only
+    forgets its parent's, whose session would end if it sent the close."""
+    if conn is not None and owner_pid == os.getpid():
+        try:
+            conn.close()
+        except Exception:  # a broken socket may fail to close: it is gone anyway
+            pass
+
+
 class Session:
     """The backend's connection: opened on first use, shared by threads under a lock,
     dropped when it is lost and opened again by the next call.
@@ -168,11 +178,7 @@ class Session:
     def drop(self):
         """Forget the connection (closing it if it is this process's)."""
         conn, self._conn = self._conn, None
-        if conn is not None and self.pid == os.getpid():
-            try:
-                conn.close()
-            except Exception:  # a broken socket may fail to close: it is gone anyway
-                pass
+        close_if_own(conn, self.pid)
 
     def close(self):
         """Close for good (a forked child only forgets the parent's connection)."""

@@ -27,7 +27,7 @@ import psycopg
 from psycopg import pq
 
 from ...errors import DatabaseError
-from .connection import is_gone
+from .connection import close_if_own, is_gone
 from .schema import VACUUM_SCALE_FACTOR, VACUUM_THRESHOLD
 
 VACUUM = "VACUUM (SKIP_LOCKED) tasks"
@@ -92,11 +92,7 @@ class BackgroundVacuum:
         """Close the connection (a VACUUM still running on the server is left to end;
         a forked child only forgets its parent's)."""
         conn, self.conn = self.conn, None
-        if conn is not None and self.pid == os.getpid():
-            try:
-                conn.close()
-            except Exception:  # a broken socket may fail to close: it is gone anyway
-                pass
+        close_if_own(conn, self.pid)
 
 
 class Vacuums:
