@@ -9,6 +9,7 @@ commands:
   scheduler   fire cron schedules without a worker; see `liteq scheduler -h`
   monitor     the web panel and /metrics (needs liteq[web]); see `liteq monitor -h`
   bench       measure enqueue, drain and latency on this machine; see `liteq bench -h`
+  grants      print the PostgreSQL grants an app role needs; see `liteq grants -h`
 
 The daemon for production is `liteqd`; talk to it with `liteqctl`.
 """
@@ -34,6 +35,9 @@ def main(argv=None) -> int:
     if command == "monitor":
         from .web.cli import main as monitor_main
         return monitor_main(rest)
+    if command == "grants":
+        from .grants import main as grants_main
+        return grants_main(rest)
     if command == "scheduler":
         from .scheduler_loop import main as scheduler_main
         return scheduler_main(rest)

@@ -23,6 +23,7 @@ from .paths import claim_socket_path, socket_path, wake_path
 
 RETRY_S = 0.5
 THROTTLE_S = 0.001
+MAX_HINTS = 1024   # distinct cancel hints kept from one drain
 
 
 class _Waker:
@@ -119,20 +120,52 @@ def send_cancel(identity, task_id) -> None:
         waker.send(b"c%d" % int(task_id))
 
 
-class DatagramChannel(WakeChannel):
-    """The daemon's end: a datagram socket bound beside the control socket."""
+def share_like(path, like) -> None:
+    """Give the socket file `path` the write access the file `like` grants: rw for
+    its owner, and for its group or others only when they may write `like`, with
+    `like`'s group. Owner-only when `like` is None or cannot be read."""
+    mode = 0o600
+    gid = None
+    if like is not None:
+        try:
+            st = os.stat(like)
+        except OSError:
+            st = None
+        if st is not None:
+            mode |= (0o060 if st.st_mode & 0o020 else 0) | (0o006 if st.st_mode & 0o002 else 0)
+            gid = st.st_gid
+    if gid is not None and mode & 0o060 and os.stat(path).st_gid != gid:
+        try:
+            os.chown(path, -1, gid)  # only when needed: the unit's syscall filter denies it
+        except PermissionError:
+            mode &= ~0o060           # not our group: the group's producers rely on the poll
+    os.chmod(path, mode)
 
-    def __init__(self, control_socket):
+
+class DatagramChannel(WakeChannel):
+    """The daemon's end: a datagram socket bound beside the control socket.
+
+    Who may send to it is who may write the database `like` (its owner, and its
+    group or others when they may write it): a wake-up or a cancel hint from anyone
+    else is refused by the kernel. A cancel hint is only acted on once the database
+    says the task is cancelled (liteqd.wake_listener).
+    """
+
+    def __init__(self, control_socket, like=None):
         self.path = wake_path(control_socket)
         claim_socket_path(self.path, socket.SOCK_DGRAM)
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-        old = os.umask(0o077)
+        old = os.umask(0o177)  # born 0600: nobody else in before its mode is set
         try:
             sock.bind(self.path)
         finally:
             os.umask(old)
-        # Producers run as other users of the same app; a wake-up carries no data.
-        os.chmod(self.path, 0o666)
+        try:
+            share_like(self.path, like)
+        except OSError:
+            sock.close()
+            os.unlink(self.path)
+            raise
         sock.setblocking(False)
         self.sock = sock
 
@@ -141,16 +174,25 @@ class DatagramChannel(WakeChannel):
         return self.sock.fileno()
 
     def drain(self):
-        """Read every datagram: (due_now, earliest later due time or None)."""
+        """Read every datagram: (due_now, earliest later due time or None).
+
+        A flood of cancel hints for one task counts once (cancelled() holds each id
+        once); at most MAX_HINTS distinct ids are kept per drain, the rest are left to
+        the daemon's poll of the database.
+        """
         now_due, later = False, None
+        hints = set()
         try:
             while True:
                 msg = self.sock.recv(64)
                 if msg.startswith(b"c"):
                     try:
-                        self._note_cancel(int(msg[1:]))
+                        task_id = int(msg[1:])
                     except ValueError:
-                        pass
+                        continue
+                    if task_id not in hints and len(hints) < MAX_HINTS:
+                        hints.add(task_id)
+                        self._note_cancel(task_id)
                     continue
                 if msg.startswith(b"d"):
                     try:

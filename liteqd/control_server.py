@@ -85,7 +85,10 @@ class ControlServer:
             raise OSError(f"control socket path is too long for a Unix socket "
                           f"({len(self.path.encode())} bytes, at most 107): {self.path}; "
                           f"set a shorter --socket / LITEQ_SOCKET")
-        claim_socket_path(self.path, socket.SOCK_STREAM)
+        squatter = claim_socket_path(self.path, socket.SOCK_STREAM)
+        if squatter:
+            sup.log.warning("control.socket_replaced", path=self.path, pid=squatter[0],
+                            uid=squatter[1], reason="held by another user, not a liteqd")
         if self.group:
             try:
                 self.gid = grp.getgrnam(self.group).gr_gid
@@ -98,7 +101,8 @@ class ControlServer:
         finally:
             os.umask(old)
         if self.gid is not None:
-            os.chown(self.path, -1, self.gid)
+            if os.stat(self.path).st_gid != self.gid:  # no chown when it is ours already:
+                os.chown(self.path, -1, self.gid)     # the unit's syscall filter denies it
             os.chmod(self.path, 0o660)
         sock.listen(64)
         sock.setblocking(False)

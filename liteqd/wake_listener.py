@@ -3,7 +3,12 @@ supervisor's select() loop.
 
 The channel is a hint: when it breaks (a PostgreSQL LISTEN connection lost in an
 outage) the supervisor's poll still finds every task, and the channel is opened
-again once the database answers.
+again once the database answers. A cancel message is a hint too: a task is only
+stopped once the database says it is cancelled, so a forged message stops nothing.
+
+Floods are coalesced: after each drain the channel is not watched for COALESCE_S,
+so however many messages arrive, the loop wakes for them at most 1/COALESCE_S
+times a second and reads what queued up in one go.
 """
 
 import time
@@ -11,6 +16,7 @@ import time
 from liteq.errors import DatabaseError
 
 REOPEN_S = 1.0   # between attempts to open a broken channel again
+COALESCE_S = 0.005  # after a drain, the channel rests this long before it is watched again
 
 
 class WakeListener:
@@ -21,6 +27,7 @@ class WakeListener:
         self.channel = None
         self.next_open = 0.0
         self.failing = False       # the last attempt to open it failed (logged once)
+        self.rest_until = None     # monotonic time to watch the channel again (resting)
 
     def register(self, sup):
         """Open the backend's wake-up channel and watch it from the supervisor's loop."""
@@ -39,8 +46,12 @@ class WakeListener:
         if self.failing:
             sup.log.info("wake.restored")
         self.failing = False
-        sup.register_fd(self.channel, lambda _f, _mask: self._drain(sup))
+        self.rest_until = None
+        self._watch(sup)
         sup.dispatch.claim_soon()  # anything announced while it was closed
+
+    def _watch(self, sup):
+        sup.register_fd(self.channel, lambda _f, _mask: self._drain(sup))
 
     def _drain(self, sup):
         try:
@@ -57,19 +68,49 @@ class WakeListener:
             sup.wake()
         if later is not None:
             sup.wake(due=later)
-        cancelled = self.channel.cancelled()
-        if cancelled:
-            sup.lifecycle.cancel(cancelled)
+        hints = self.channel.cancelled()
+        if hints:
+            self._cancel_confirmed(sup, hints)
+        # Rest: what arrives meanwhile queues in the socket and is read in one go.
+        sup.unregister_fd(self.channel)
+        self.rest_until = time.monotonic() + COALESCE_S
+
+    @staticmethod
+    def _cancel_confirmed(sup, hints):
+        """Stop the hinted tasks that a child holds and the database says are cancelled."""
+        wanted = set(hints)
+        held = [run.id for child in sup.lifecycle.all_children() for run in child.inflight
+                if run.id in wanted and not run.cancelled]
+        if not held:
+            return
+        try:
+            rows = sup.backend.get_tasks(held)
+        except DatabaseError:
+            return  # the poll (dispatch.check_cancelled) looks again
+        confirmed = [row["id"] for row in rows if row["status"] == "cancelled"]
+        if confirmed:
+            sup.lifecycle.cancel(confirmed)
+
+    def next_deadline(self):
+        """When a resting channel is watched again (keeps the loop's sleep bounded)."""
+        return self.rest_until
 
     def on_tick(self, sup):
-        """Open the channel again after it broke, once the database answers."""
+        """Watch a rested channel again; open it again after it broke, once the
+        database answers."""
+        if self.rest_until is not None and time.monotonic() >= self.rest_until:
+            self.rest_until = None
+            if self.channel is not None:
+                self._watch(sup)
         if self.channel is None and not sup.stopping and not sup.dispatch.outage.down \
                 and time.monotonic() >= self.next_open:
             self._open(sup)
 
     def _close(self, sup):
         if self.channel is not None:
-            sup.unregister_fd(self.channel)
+            if self.rest_until is None:
+                sup.unregister_fd(self.channel)
+            self.rest_until = None
             try:
                 self.channel.close()
             except DatabaseError:

@@ -63,8 +63,9 @@ class SQLiteBackend(TaskOps, ReadOps, ScheduleOps, Backend):
         wakeup.send_cancel(self.identity, task_id)
 
     def open_wake_channel(self, control_socket):
-        """Bind the wake-up datagram socket beside the control socket."""
-        return wakeup.DatagramChannel(control_socket)
+        """Bind the wake-up datagram socket beside the control socket, writable by
+        whoever may write the database file."""
+        return wakeup.DatagramChannel(control_socket, like=self.path)
 
 
 __all__ = ["SQLiteBackend", "open_connection", "open_with_schema", "ensure_schema"]

@@ -7,6 +7,7 @@ import time
 
 from ... import settings
 from ...errors import DatabaseError, DatabaseLocked
+from .files import create_database_file, share_with_group
 
 
 def explain(exc: sqlite3.Error, path: str, busy_timeout=None) -> DatabaseError:
@@ -93,6 +94,9 @@ def open_connection(path: str, *, isolation_level=None, busy_timeout=None) -> sq
     sync = settings.sync_pragma()
     if os.path.isdir(path):
         raise DatabaseError(f"cannot open database {path}: it is a directory")
+    on_disk = path not in ("", ":memory:") and not path.startswith("file:")
+    if on_disk and not os.path.exists(path):
+        create_database_file(path)  # 0660 whatever the umask, not SQLite's 0644 - umask
     conn = None
     try:
         conn = sqlite3.connect(path, timeout=busy, isolation_level=isolation_level,
@@ -104,6 +108,8 @@ def open_connection(path: str, *, isolation_level=None, busy_timeout=None) -> sq
             _switch_to_wal(conn, busy)
         conn.execute(f"PRAGMA synchronous = {sync}")
         conn.execute("PRAGMA foreign_keys = ON")
+        if on_disk:
+            share_with_group(path)  # the -wal and -shm files exist by now
         return conn
     except BaseException as exc:
         if conn is not None:
