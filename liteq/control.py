@@ -16,7 +16,7 @@ import time
 
 from .backends import TASK_STATUSES, get_backend, identity_of
 from .errors import LiteQError
-from .paths import socket_path
+from .paths import RUNTIME_DIR, runtime_dir_refused, socket_path
 
 
 class DaemonNotRunning(LiteQError):
@@ -43,9 +43,17 @@ def request(op, *, path=None, db=None, timeout=5.0, **args) -> dict:
                 sock.connect(path)
                 break
             except (FileNotFoundError, ConnectionRefusedError):
+                if runtime_dir_refused():
+                    raise ControlError(
+                        f"permission denied: {RUNTIME_DIR} holds the daemons' sockets and this "
+                        f"user may not enter it (ask to be added to its group)") from None
                 raise DaemonNotRunning(
                     f"no liteqd is running for database {identity_of(db)} "
                     f"(nothing listens on {path})") from None
+            except PermissionError:
+                raise ControlError(f"permission denied on the control socket {path} (only "
+                                   f"the daemon's user and its --socket-group may use it)"
+                                   ) from None
             except BlockingIOError:
                 # A Unix socket with a timeout fails with EAGAIN at once when the
                 # daemon's accept backlog is full (it is busy): wait for room instead.

@@ -51,6 +51,12 @@ def socket_path(identity=None) -> str:
     return os.path.join(private_dir(), name)
 
 
+def runtime_dir_refused() -> bool:
+    """Whether /run/liteq exists but this user may not enter it (not in its group), so
+    socket_path() looked elsewhere and a daemon there cannot be reached."""
+    return os.path.isdir(RUNTIME_DIR) and not os.access(RUNTIME_DIR, os.X_OK)
+
+
 def private_dir() -> str:
     """This user's own directory for sockets: $XDG_RUNTIME_DIR; else /run/user/UID
     when it is ours; else /run for root; else /tmp/liteq-UID (made 0700 by the
