@@ -6,9 +6,12 @@ outage) the supervisor's poll still finds every task, and the channel is opened
 again once the database answers. A cancel message is a hint too: a task is only
 stopped once the database says it is cancelled, so a forged message stops nothing.
 
-Floods are coalesced: after each drain the channel is not watched for COALESCE_S,
-so however many messages arrive, the loop wakes for them at most 1/COALESCE_S
-times a second and reads what queued up in one go.
+Floods are coalesced: a drain that comes within BURST_S of the previous one rests
+the channel (it is not watched) for COALESCE_S, so however many messages arrive,
+the loop wakes for them a few dozen times a second and reads what queued up in one
+go, while a wake-up after a quiet spell is still acted on at once. A cancel hint
+for a task the database says is not cancelled is not looked up again for
+HINT_RECHECK_S.
 """
 
 import time
@@ -16,7 +19,9 @@ import time
 from liteq.errors import DatabaseError
 
 REOPEN_S = 1.0   # between attempts to open a broken channel again
-COALESCE_S = 0.005  # after a drain, the channel rests this long before it is watched again
+BURST_S = 0.005      # drains closer than this are a burst...
+COALESCE_S = 0.02    # ...after which the channel rests this long before it is watched again
+HINT_RECHECK_S = 1.0
 
 
 class WakeListener:
@@ -28,6 +33,8 @@ class WakeListener:
         self.next_open = 0.0
         self.failing = False       # the last attempt to open it failed (logged once)
         self.rest_until = None     # monotonic time to watch the channel again (resting)
+        self.last_drain = 0.0
+        self.refuted = {}          # task id -> when the database said "not cancelled"
 
     def register(self, sup):
         """Open the backend's wake-up channel and watch it from the supervisor's loop."""
@@ -71,14 +78,19 @@ class WakeListener:
         hints = self.channel.cancelled()
         if hints:
             self._cancel_confirmed(sup, hints)
-        # Rest: what arrives meanwhile queues in the socket and is read in one go.
-        sup.unregister_fd(self.channel)
-        self.rest_until = time.monotonic() + COALESCE_S
+        now = time.monotonic()
+        if now - self.last_drain < BURST_S:
+            # Rest: what arrives meanwhile queues in the socket and is read in one go.
+            sup.unregister_fd(self.channel)
+            self.rest_until = now + COALESCE_S
+        self.last_drain = now
 
-    @staticmethod
-    def _cancel_confirmed(sup, hints):
+    def _cancel_confirmed(self, sup, hints):
         """Stop the hinted tasks that a child holds and the database says are cancelled."""
-        wanted = set(hints)
+        now = time.monotonic()
+        if len(self.refuted) > 1024:
+            self.refuted = {k: t for k, t in self.refuted.items() if now - t < HINT_RECHECK_S}
+        wanted = {i for i in hints if now - self.refuted.get(i, -HINT_RECHECK_S) >= HINT_RECHECK_S}
         held = [run.id for child in sup.lifecycle.all_children() for run in child.inflight
                 if run.id in wanted and not run.cancelled]
         if not held:
@@ -88,6 +100,7 @@ class WakeListener:
         except DatabaseError:
             return  # the poll (dispatch.check_cancelled) looks again
         confirmed = [row["id"] for row in rows if row["status"] == "cancelled"]
+        self.refuted.update((row["id"], now) for row in rows if row["status"] != "cancelled")
         if confirmed:
             sup.lifecycle.cancel(confirmed)
 
