@@ -14,7 +14,9 @@ import os
 import shutil
 import socket
 import stat
+import pwd
 import subprocess
+import sysconfig
 import tempfile
 
 import pytest
@@ -23,7 +25,7 @@ import liteq
 from liteq.backends import identity_of
 from liteq.paths import socket_path, wake_path
 
-from daemon_helpers import (app, daemons, read_lines, request, wait_for,  # noqa: F401
+from daemon_helpers import (REPO, app, daemons, read_lines, request, wait_for,  # noqa: F401
                             wait_status)
 
 SYSTEM_PYTHON = shutil.which("python3", path="/usr/bin:/bin")
@@ -144,3 +146,31 @@ def test_another_users_listener_on_the_socket_path_does_not_stop_the_daemon(daem
         assert os.stat(path).st_uid == os.getuid()
     finally:
         shutil.rmtree(shared, ignore_errors=True)
+
+
+@needs_other_user
+def test_a_users_private_socket_directory_made_by_someone_else_is_refused():
+    """Without a runtime directory of its own, a user's daemon falls back on
+    /tmp/liteq-UID; one that another user created first (here: root, open to all)
+    is refused with an error that says so, never used."""
+    uid = pwd.getpwnam("nobody").pw_uid
+    squat = f"/tmp/liteq-{uid}"
+    if os.path.lexists(squat) or os.path.exists(f"/run/user/{uid}"):
+        pytest.skip(f"{squat} or /run/user/{uid} exists on this machine")
+    os.mkdir(squat)
+    os.chmod(squat, 0o777)
+    try:
+        code = ("import socket\n"
+                "from liteq import paths\n"
+                "p = paths.socket_path('postgresql://app@db.example/queue')\n"
+                "print(p)\n"
+                "paths.claim_socket_path(p, socket.SOCK_STREAM)\n")
+        env = {"PATH": "/usr/bin:/bin", "HOME": "/",
+               "PYTHONPATH": REPO + os.pathsep + sysconfig.get_paths()["purelib"]}
+        res = subprocess.run(OTHER_USER + [SYSTEM_PYTHON, "-c", code], capture_output=True,
+                             text=True, env=env, cwd="/", timeout=60)
+        assert res.stdout.startswith(squat + "/"), res.stdout + res.stderr
+        assert res.returncode != 0 and "not a private directory" in res.stderr, res.stderr
+        assert os.listdir(squat) == []
+    finally:
+        os.rmdir(squat)
