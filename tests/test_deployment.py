@@ -68,7 +68,10 @@ sys.path.insert(0, "/srv/liteq-app")
 import tasks
 from liteq import get_task_status
 task_id = tasks.add.delay(int(sys.argv[1]), int(sys.argv[2]))
-if sys.argv[3] == "wait":
+if sys.argv[3] == "hold":  # say it is queued, keep the connection open, then wait
+    print(json.dumps({"id": task_id, "status": get_task_status(task_id)["status"]}),
+          flush=True)
+if sys.argv[3] in ("wait", "hold"):
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
         st = get_task_status(task_id)
@@ -301,12 +304,21 @@ class Deployment:
         self.daemon.send_signal(signal.SIGTERM)
         assert self.daemon.wait(timeout=60) == 0, self.dump()
 
+    def _user_env(self, extra=None):
+        """A user's environment: the app's LITEQ_DB, and no LITEQ_SOCKET."""
+        return {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), TAG_VAR: self.tag,
+                "HOME": "/", "LITEQ_DB": self.db, **self.python_env, **(extra or {})}
+
     def as_user(self, user, argv, env=None, cwd="/"):
         """Run argv as `user` (umask 0022, its own groups) in the namespace."""
-        base = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), TAG_VAR: self.tag,
-                "HOME": "/", "LITEQ_DB": self.db, **self.python_env}
-        base.update(env or {})
-        return run(self.ns.command(user, user, "0022", cwd, argv), env=base)
+        return run(self.ns.command(user, user, "0022", cwd, argv), env=self._user_env(env))
+
+    def popen_as(self, user, argv):
+        """Start argv as `user` (see as_user()); its stdout is a pipe."""
+        return subprocess.Popen(self.ns.command(user, user, "0022", "/", argv),
+                                env=self._user_env(),
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                stdin=subprocess.DEVNULL, start_new_session=True)
 
     def enqueue(self, user, a, b, wait=True, db=None):
         """The app's .delay() and get_task_status() as `user`; the JSON it printed."""
@@ -419,15 +431,23 @@ def test_shipped_unit_on_sqlite_serves_the_app_user_and_operators_and_refuses_ot
                       wake.split("/root", 1)[1]])
     assert probe.returncode != 0 and "PermissionError" in probe.stderr, probe.stderr
     # With the daemon stopped, the app alone still enqueues: it creates the -wal and
-    # -shm files itself, in the daemon's group, and the daemon later runs the task.
+    # -shm files itself, in the daemon's group, and the daemon, started while the app
+    # holds them open, uses them and runs the task.
     d.stop_daemon()
     assert not [n for n in os.listdir(state) if n.endswith(("-wal", "-shm"))], \
         os.listdir(state)
-    queued = d.enqueue(d.users.app, 20, 22, wait=False)
+    holder = d.popen_as(d.users.app, d.python + ["-c", ENQUEUE, "20", "22", "hold"])
+    queued = json.loads(holder.stdout.readline())
     assert queued["status"] == "pending", queued
+    app_uid = pwd.getpwnam(d.users.app).pw_uid
+    for suffix in ("-wal", "-shm"):
+        st = os.stat(d.ns.path(d.db + suffix))
+        assert st.st_uid == app_uid and st.st_gid == _gid(d.users.daemon), suffix
+        assert stat.S_IMODE(st.st_mode) == 0o660, (suffix, oct(st.st_mode))
     d.start_daemon(label="liteqd-2")
-    out = d.enqueue(d.users.app, 1, 2)
-    assert out["status"] == "done", out
+    out, err = holder.communicate(timeout=120)
+    final = json.loads(out.strip().splitlines()[-1])
+    assert final["status"] == "done" and final["result"] == 42, (final, err, d.dump())
     res = d.liteqctl(d.users.operator, "status", "--json")
     assert res.returncode == 0, res.stderr
 
