@@ -155,8 +155,9 @@ def claim_socket_path(path: str, kind: int):
     except OSError as exc:
         raise ConfigError(f"cannot use socket {path}: {exc}") from None
     if holder is not None and holder[1] in (0, os.getuid()):
-        raise ConfigError(f"another liteqd is already listening on {path} (pid {holder[0]}); "
-                          f"stop it first, or give this one its own --socket / LITEQ_SOCKET")
+        pid = f" (pid {holder[0]})" if holder[0] else ""
+        raise ConfigError(f"another liteqd is already listening on {path}{pid}; stop it "
+                          f"first, or give this one its own --socket / LITEQ_SOCKET")
     try:
         os.unlink(path)  # left behind by a daemon that died, or a squatter's
         return holder

@@ -90,7 +90,7 @@ class WakeListener:
         now = time.monotonic()
         if len(self.refuted) > 1024:
             self.refuted = {k: t for k, t in self.refuted.items() if now - t < HINT_RECHECK_S}
-        wanted = {i for i in hints if now - self.refuted.get(i, -HINT_RECHECK_S) >= HINT_RECHECK_S}
+        wanted = {i for i in hints if now - self.refuted.get(i, -1e9) >= HINT_RECHECK_S}
         held = [run.id for child in sup.lifecycle.all_children() for run in child.inflight
                 if run.id in wanted and not run.cancelled]
         if not held:
