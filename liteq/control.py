@@ -43,13 +43,12 @@ def request(op, *, path=None, db=None, timeout=5.0, **args) -> dict:
                 sock.connect(path)
                 break
             except (FileNotFoundError, ConnectionRefusedError):
-                if runtime_dir_refused():
-                    raise ControlError(
-                        f"permission denied: {RUNTIME_DIR} holds the daemons' sockets and this "
-                        f"user may not enter it (ask to be added to its group)") from None
+                hint = (f"; a daemon started by the systemd unit has its socket in "
+                        f"{RUNTIME_DIR}, which this user may not enter (permission denied: "
+                        f"ask to be added to its group)" if runtime_dir_refused() else "")
                 raise DaemonNotRunning(
                     f"no liteqd is running for database {identity_of(db)} "
-                    f"(nothing listens on {path})") from None
+                    f"(nothing listens on {path}){hint}") from None
             except PermissionError:
                 raise ControlError(f"permission denied on the control socket {path} (only "
                                    f"the daemon's user and its --socket-group may use it)"
