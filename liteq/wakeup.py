@@ -168,6 +168,7 @@ class DatagramChannel(WakeChannel):
             raise
         sock.setblocking(False)
         self.sock = sock
+        self.last_count = 0   # datagrams the last drain read (a backlog means a flood)
 
     def fileno(self):
         """The socket's descriptor."""
@@ -182,9 +183,11 @@ class DatagramChannel(WakeChannel):
         """
         now_due, later = False, None
         hints = set()
+        self.last_count = 0
         try:
             while True:
                 msg = self.sock.recv(64)
+                self.last_count += 1
                 if msg.startswith(b"c"):
                     try:
                         task_id = int(msg[1:])

@@ -6,12 +6,14 @@ outage) the supervisor's poll still finds every task, and the channel is opened
 again once the database answers. A cancel message is a hint too: a task is only
 stopped once the database says it is cancelled, so a forged message stops nothing.
 
-Floods are coalesced: a drain that comes within BURST_S of the previous one rests
-the channel (it is not watched) for COALESCE_S, so however many messages arrive,
-the loop wakes for them a few dozen times a second and reads what queued up in one
-go, while a wake-up after a quiet spell is still acted on at once. A cancel hint
-for a task the database says is not cancelled is not looked up again for
-HINT_RECHECK_S.
+Floods are coalesced: a drain that finds a backlog (at least BACKLOG messages
+queued up since the previous one: producers send at most one wake-up a
+millisecond each, and the daemon reads them as they come) rests the channel (it
+is not watched) for COALESCE_S, so however many messages arrive, the loop wakes
+for them at most 1/COALESCE_S times a second and reads what queued up in one go;
+meanwhile the kernel refuses what does not fit in the socket's queue. Ordinary
+wake-ups are acted on at once. A cancel hint for a task the database says is not
+cancelled is not looked up again for HINT_RECHECK_S.
 """
 
 import time
@@ -19,7 +21,7 @@ import time
 from liteq.errors import DatabaseError
 
 REOPEN_S = 1.0   # between attempts to open a broken channel again
-BURST_S = 0.005      # drains closer than this are a burst...
+BACKLOG = 4          # messages read by one drain that make it a flood...
 COALESCE_S = 0.02    # ...after which the channel rests this long before it is watched again
 HINT_RECHECK_S = 1.0
 
@@ -33,7 +35,6 @@ class WakeListener:
         self.next_open = 0.0
         self.failing = False       # the last attempt to open it failed (logged once)
         self.rest_until = None     # monotonic time to watch the channel again (resting)
-        self.last_drain = 0.0
         self.refuted = {}          # task id -> when the database said "not cancelled"
 
     def register(self, sup):
@@ -78,12 +79,10 @@ class WakeListener:
         hints = self.channel.cancelled()
         if hints:
             self._cancel_confirmed(sup, hints)
-        now = time.monotonic()
-        if now - self.last_drain < BURST_S:
+        if getattr(self.channel, "last_count", 0) >= BACKLOG:
             # Rest: what arrives meanwhile queues in the socket and is read in one go.
             sup.unregister_fd(self.channel)
-            self.rest_until = now + COALESCE_S
-        self.last_drain = now
+            self.rest_until = time.monotonic() + COALESCE_S
 
     def _cancel_confirmed(self, sup, hints):
         """Stop the hinted tasks that a child holds and the database says are cancelled."""
