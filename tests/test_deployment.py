@@ -471,6 +471,12 @@ def test_shipped_unit_on_postgresql_serves_an_app_role_with_the_printed_grants(d
             conn.execute(grants.stdout)
         out = d.enqueue(d.users.app, 2, 3, db=app_url)
         assert out["status"] == "done" and out["result"] == 5, out
+        # Least privilege: the app role may not delete tasks nor change the schema.
+        with psycopg.connect(app_url, autocommit=True) as conn:
+            for statement in ("DELETE FROM tasks", "CREATE TABLE app_owned (x int)",
+                              "UPDATE workers SET pid = 0"):
+                with pytest.raises(psycopg.errors.InsufficientPrivilege):
+                    conn.execute(statement)
         _check_sockets(d)
         _check_operator_and_outsider(d)
     finally:
