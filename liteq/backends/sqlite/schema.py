@@ -10,7 +10,7 @@ from ...errors import DatabaseError
 from ...timeutil import now
 from . import seed_times
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 
 # The tasks table as version 1 made it; later versions ALTER it (see _MIGRATIONS).
 _TASKS_DDL = """
@@ -190,7 +190,34 @@ def _migrate_v2_to_v3(conn):
     conn.execute("DROP INDEX IF EXISTS idx_tasks_claim")
 
 
-_MIGRATIONS = {0: _migrate_v0_to_v1, 1: _migrate_v1_to_v2, 2: _migrate_v2_to_v3}
+_PLAIN_ID = "id INTEGER PRIMARY KEY,"
+
+
+def _migrate_v3_to_v4(conn):
+    """Version 4: ids are never reused. A plain INTEGER PRIMARY KEY hands out the
+    highest id + 1, so after a purge (or retention) emptied the table's top the next
+    task got an old task's id again, and an id an app kept could point at another
+    task. AUTOINCREMENT keeps the highest id ever given in sqlite_sequence; it needs
+    the table rebuilt (one copy of the rows, under the migration's write lock), and
+    the copy seeds the counter with the highest id the file holds."""
+    (ddl,) = conn.execute("SELECT sql FROM sqlite_master WHERE type = 'table' "
+                          "AND name = 'tasks'").fetchone()
+    if "AUTOINCREMENT" in ddl.upper():
+        return
+    if ddl.count(_PLAIN_ID) != 1:
+        raise DatabaseError(f"cannot migrate the tasks table to version 4: its id column "
+                            f"is not the {_PLAIN_ID!r} LiteQ made ({ddl[:200]!r})")
+    columns = ", ".join(_table_columns(conn, "tasks"))
+    start = ddl.index("(")
+    conn.execute("CREATE TABLE tasks_v4 " + ddl[start:].replace(
+        _PLAIN_ID, "id INTEGER PRIMARY KEY AUTOINCREMENT,"))
+    conn.execute(f"INSERT INTO tasks_v4 ({columns}) SELECT {columns} FROM tasks")
+    conn.execute("DROP TABLE tasks")   # its indexes go with it; _INDEXES makes them again
+    conn.execute("ALTER TABLE tasks_v4 RENAME TO tasks")
+
+
+_MIGRATIONS = {0: _migrate_v0_to_v1, 1: _migrate_v1_to_v2, 2: _migrate_v2_to_v3,
+               3: _migrate_v3_to_v4}
 
 
 def ensure_schema(conn: sqlite3.Connection) -> None:
