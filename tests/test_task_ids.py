@@ -35,7 +35,11 @@ def test_ids_are_never_reused_after_a_purge_empties_the_table(db, clean_registry
     # Also when only the newest tasks are gone (the table's top).
     _finished([again])
     assert liteq.purge_tasks(-60) == 1
-    assert noop.delay(6) > again
+    bulk = noop.map([6, 7, 8])          # one INSERT for the lot
+    assert min(bulk) > again and len(set(bulk)) == 3
+    _finished(bulk)
+    assert liteq.purge_tasks(-60) == 3
+    assert noop.delay(9) > max(bulk)
 
 
 def test_ids_are_never_reused_after_retention_prunes_every_task(daemons, app):

@@ -190,30 +190,31 @@ def _migrate_v2_to_v3(conn):
     conn.execute("DROP INDEX IF EXISTS idx_tasks_claim")
 
 
-_PLAIN_ID = "id INTEGER PRIMARY KEY,"
+# The highest id a deleted task had; one row. SQLite hands out max(id) + 1, so once
+# a purge or retention emptied the top of the table, the next task would get an
+# old task's id again, and an id an app kept could name another task. Inserts take
+# the id after this floor (NEXT_ID below), and a trigger raises it as rows go.
+# (AUTOINCREMENT would do the same, at the price of writing sqlite_sequence on
+# every insert: a quarter of the single-row enqueue rate, and a table rebuild.)
+_ID_FLOOR_DDL = "CREATE TABLE IF NOT EXISTS task_id_floor (id INTEGER NOT NULL)"
+_ID_FLOOR_TRIGGER = (
+    "CREATE TRIGGER IF NOT EXISTS tasks_raise_id_floor AFTER DELETE ON tasks "
+    "WHEN OLD.id > (SELECT id FROM task_id_floor) "
+    "BEGIN UPDATE task_id_floor SET id = OLD.id; END")
+
+# The highest id handed out so far (the next task's is one more): past every id in
+# the table and every one ever deleted. Every INSERT INTO tasks names its id so.
+NEXT_ID = ("(SELECT MAX(COALESCE((SELECT MAX(id) FROM tasks), 0), "
+           "COALESCE((SELECT id FROM task_id_floor), 0)))")
 
 
 def _migrate_v3_to_v4(conn):
-    """Version 4: ids are never reused. A plain INTEGER PRIMARY KEY hands out the
-    highest id + 1, so after a purge (or retention) emptied the table's top the next
-    task got an old task's id again, and an id an app kept could point at another
-    task. AUTOINCREMENT keeps the highest id ever given in sqlite_sequence; it needs
-    the table rebuilt (one copy of the rows, under the migration's write lock), and
-    the copy seeds the counter with the highest id the file holds."""
-    (ddl,) = conn.execute("SELECT sql FROM sqlite_master WHERE type = 'table' "
-                          "AND name = 'tasks'").fetchone()
-    if "AUTOINCREMENT" in ddl.upper():
-        return
-    if ddl.count(_PLAIN_ID) != 1:
-        raise DatabaseError(f"cannot migrate the tasks table to version 4: its id column "
-                            f"is not the {_PLAIN_ID!r} LiteQ made ({ddl[:200]!r})")
-    columns = ", ".join(_table_columns(conn, "tasks"))
-    start = ddl.index("(")
-    conn.execute("CREATE TABLE tasks_v4 " + ddl[start:].replace(
-        _PLAIN_ID, "id INTEGER PRIMARY KEY AUTOINCREMENT,"))
-    conn.execute(f"INSERT INTO tasks_v4 ({columns}) SELECT {columns} FROM tasks")
-    conn.execute("DROP TABLE tasks")   # its indexes go with it; _INDEXES makes them again
-    conn.execute("ALTER TABLE tasks_v4 RENAME TO tasks")
+    """Version 4: ids are never reused (task_id_floor and its trigger); an upgraded
+    file counts on from the highest id it holds."""
+    conn.execute(_ID_FLOOR_DDL)
+    conn.execute("INSERT INTO task_id_floor (id) SELECT COALESCE(MAX(id), 0) FROM tasks "
+                 "WHERE NOT EXISTS (SELECT 1 FROM task_id_floor)")
+    conn.execute(_ID_FLOOR_TRIGGER)
 
 
 _MIGRATIONS = {0: _migrate_v0_to_v1, 1: _migrate_v1_to_v2, 2: _migrate_v2_to_v3,
