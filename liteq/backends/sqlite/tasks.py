@@ -152,13 +152,15 @@ class TaskOps:
         o = tasks.options
         due = due_time(tasks.run_at, tasks.delay, t)
         with self._write() as conn:
-            # Under the write lock the ids after `base` are ours: json_each's key is
-            # each call's place in the array.
+            # Under the write lock the ids after `base` are ours. Only the first row
+            # names its id: SQLite gives each next one max(id) + 1, which follows it,
+            # and appends them faster than rows that all name theirs.
             base = conn.execute(f"SELECT {NEXT_ID}").fetchone()[0]
             conn.execute(
                 "INSERT INTO tasks (id, name, payload, queue, priority, max_retries, run_at, "
                 "created_at, timeout, retry_delay, retry_backoff, retry_max_delay) "
-                "SELECT ? + key + 1, ?, '{\"args\":' || value || ',\"kwargs\":{}}', "
+                "SELECT CASE key WHEN 0 THEN ? + 1 END, ?, "
+                "'{\"args\":' || value || ',\"kwargs\":{}}', "
                 "?, ?, ?, ?, ?, ?, ?, ?, ? FROM json_each(?)",
                 (base, tasks.name, o.queue, o.priority, o.max_retries, due, t, o.timeout,
                  o.retry_delay, o.retry_backoff, o.retry_max_delay, tasks.args_json))
