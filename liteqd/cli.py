@@ -25,6 +25,9 @@ class StopDuringStartup(KeyboardInterrupt):
 
 
 def _stop_during_startup(signum, frame):
+    # A second signal must not interrupt the clean exit this one starts.
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, signal.SIG_IGN)
     raise StopDuringStartup(signum)
 
 
