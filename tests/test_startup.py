@@ -237,3 +237,30 @@ def test_liteqctl_never_creates_a_database(lq, args):
     assert len(lines) == 1 and missing in lines[0], lines
     assert "no database" in lines[0] or "does not exist" in lines[0], lines
     assert not [n for n in os.listdir(lq.tmp) if n.startswith("liteq.db")]
+
+
+@pytest.mark.parametrize("message, code", [
+    ('connection to server at "h", port 5432 failed: FATAL:  database "x" does not exist',
+     "3D000"),
+    ('connection to server at "h", port 5432 failed: FATAL:  password authentication '
+     'failed for user "app"', "28P01"),
+    ('connection to server at "h", port 5432 failed: fe_sendauth: no password supplied',
+     "28P01"),
+    ('connection to server at "h", port 5432 failed: FATAL:  role "x" does not exist', "28000"),
+    ('connection to server at "h", port 5432 failed: FATAL:  no pg_hba.conf entry for host '
+     '"10.0.0.2", user "app", database "q", no encryption', "28000"),
+    ('connection to server at "h", port 5432 failed: FATAL:  permission denied for database '
+     '"q" DETAIL:  User does not have CONNECT privilege.', "42501"),
+    # Waited for: the server is starting, stopping, full, or not there.
+    ('connection to server at "h", port 5432 failed: FATAL:  the database system is '
+     'starting up', None),
+    ('connection to server at "h", port 5432 failed: FATAL:  the database system is '
+     'shutting down', None),
+    ('connection to server at "h", port 5432 failed: FATAL:  sorry, too many clients '
+     'already', None),
+    ('connection to server at "h", port 5432 failed: Connection refused', None),
+    ('connection to server at "h", port 5432 failed: timeout expired', None),
+])
+def test_which_connect_failures_are_final(message, code):
+    from liteq.backends.postgres.connection import refusal_code
+    assert refusal_code(message) == code
