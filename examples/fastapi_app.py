@@ -21,11 +21,15 @@ and call it:
 """
 
 import asyncio
+import json
 import os
 import socket
 import tempfile
 import threading
 import time
+import urllib.error
+import urllib.parse
+import urllib.request
 
 from fastapi import FastAPI
 
@@ -81,10 +85,22 @@ def _free_port():
         return s.getsockname()[1]
 
 
-def _wait_done(client, task_id, timeout=20.0):
+def _call(base, method, path, params=None):
+    """One HTTP request with the standard library (the example needs no HTTP client
+    package): (status code, the JSON reply)."""
+    url = base + path + ("?" + urllib.parse.urlencode(params) if params else "")
+    request = urllib.request.Request(url, method=method)
+    try:
+        with urllib.request.urlopen(request, timeout=10) as reply:
+            return reply.status, json.loads(reply.read())
+    except urllib.error.HTTPError as exc:  # 404 and the like: the reply is still JSON
+        return exc.code, json.loads(exc.read())
+
+
+def _wait_done(base, task_id, timeout=20.0):
     deadline = time.monotonic() + timeout
     while True:
-        status = client.get(f"/tasks/{task_id}").json()
+        status = _call(base, "GET", f"/tasks/{task_id}")[1]
         if status["status"] in ("done", "failed", "cancelled") or time.monotonic() > deadline:
             return status
         time.sleep(0.05)
@@ -92,7 +108,6 @@ def _wait_done(client, task_id, timeout=20.0):
 
 def main():
     """Start a daemon and this app on a temporary database, call it, print what happens."""
-    import httpx2  # the HTTP client Starlette's TestClient uses too (the dev extra)
     import uvicorn
 
     from liteq.launcher import start_daemon
@@ -117,28 +132,26 @@ def main():
         base = f"http://127.0.0.1:{port}"
         print(f"the FastAPI app is serving on {base}")
         try:
-            with httpx2.Client(base_url=base, timeout=10) as client:
-                calls = [
-                    ("/send-email", {"to": "ann@example.com", "subject": "Hello"}),
-                    ("/send-email-bg", {"to": "bob@example.com"}),
-                    ("/send-email-helper", {"to": "cy@example.com"}),
-                    ("/send-email-urgent", {"to": "dee@example.com"}),
-                ]
-                ids = []
-                for path, params in calls:
-                    reply = client.post(path, params=params)
-                    reply.raise_for_status()
-                    task_id = reply.json()["task_id"]
-                    ids.append(task_id)
-                    print(f"POST {path}: HTTP {reply.status_code}, enqueued task {task_id}")
-                for task_id in ids:
-                    status = _wait_done(client, task_id)
-                    print(f"GET /tasks/{task_id}: {status['status']} on queue "
-                          f"{status['queue']} (priority {status['priority']}) -> "
-                          f"{status['result']}")
-                missing = client.get("/tasks/999999")
-                print(f"GET /tasks/999999: HTTP {missing.status_code} "
-                      f"({missing.json()['detail']})")
+            calls = [
+                ("/send-email", {"to": "ann@example.com", "subject": "Hello"}),
+                ("/send-email-bg", {"to": "bob@example.com"}),
+                ("/send-email-helper", {"to": "cy@example.com"}),
+                ("/send-email-urgent", {"to": "dee@example.com"}),
+            ]
+            ids = []
+            for path, params in calls:
+                code, reply = _call(base, "POST", path, params)
+                if code != 200:
+                    raise SystemExit(f"POST {path}: HTTP {code} {reply}")
+                ids.append(reply["task_id"])
+                print(f"POST {path}: HTTP {code}, enqueued task {reply['task_id']}")
+            for task_id in ids:
+                status = _wait_done(base, task_id)
+                print(f"GET /tasks/{task_id}: {status['status']} on queue "
+                      f"{status['queue']} (priority {status['priority']}) -> "
+                      f"{status['result']}")
+            code, missing = _call(base, "GET", "/tasks/999999")
+            print(f"GET /tasks/999999: HTTP {code} ({missing['detail']})")
         finally:
             server.should_exit = True
             thread.join(10)

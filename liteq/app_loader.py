@@ -64,6 +64,10 @@ def load_app(spec: str, reload: bool = False):
     is_file = spec.endswith(".py") or os.sep in spec
     if is_file:
         path = os.path.abspath(spec)
+        if os.path.isdir(path):
+            raise ConfigError(f"app {spec!r} is a directory ({path}); name the file that "
+                              f"defines the tasks (--app {os.path.join(spec, 'tasks.py')}) "
+                              f"or a module (--app myapp.tasks)")
         if not os.path.isfile(path):
             raise ConfigError(f"app file {spec!r} does not exist (looked at {path})")
         directory = os.path.dirname(path)

@@ -19,6 +19,13 @@ class DatabaseUnavailable(DatabaseError):
     the next call connects again. Only server backends (PostgreSQL) raise it."""
 
 
+class DatabaseRefused(DatabaseUnavailable):
+    """The database server answered but will not let us in: the database does not
+    exist, the role or its password is wrong, or the role may not connect. Waiting
+    does not fix it, so liteqd exits at start-up; a daemon already running rides
+    it out like any outage (a password being rotated, say)."""
+
+
 class DatabaseLocked(DatabaseError):
     """Another process held the database's write lock past the busy timeout."""
 

@@ -366,8 +366,11 @@ class ControlServer:
         return {"paused": sorted(self.sup.paused)}
 
     def op_reload(self, request):
-        """Re-import the app and replace every child (like SIGHUP)."""
-        self.sup.reload()
+        """Re-import the app and replace every child (like SIGHUP); an error reply when
+        the new code does not load (the daemon keeps the code it had)."""
+        failure = self.sup.reload()
+        if failure:
+            raise ControlError(f"reload failed: {failure}")
         return {}
 
     def op_shutdown(self, request):

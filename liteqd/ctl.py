@@ -1,11 +1,15 @@
 """`liteqctl`: talk to a running liteqd over its control socket.
 
-Exit codes: 0 success, 1 an error reply (or a bad request), 3 no daemon running
-(`schedules` then reads the database itself, and exits 0 when it can).
+Exit codes: 0 success, 1 an error reply (or a bad request, or no database), 3 no
+daemon running (`schedules` then reads the database itself, and exits 0 when it
+can). A reader that goes away (`liteqctl status --json | head -c 100`) ends it
+quietly by SIGPIPE, as it ends other Unix tools. liteqctl never creates a database.
 """
 
 import argparse
 import json
+import os
+import signal
 import sys
 import time
 
@@ -126,6 +130,41 @@ def render_schedules(rows):
                    r.get("last_run") or "-", "yes" if r["enabled"] else "no") for r in rows])
 
 
+class StdoutClosed(Exception):
+    """Whoever read liteqctl's output has gone (a closed pipe)."""
+
+
+def _out(text):
+    """Print one result to stdout now, so that a reader that has gone is noticed here
+    (and not by the flush at exit, which would print a traceback)."""
+    try:
+        sys.stdout.write(text + "\n")
+        sys.stdout.flush()
+    except BrokenPipeError:
+        raise StdoutClosed() from None
+
+
+def _end_by_sigpipe() -> int:
+    """End as other Unix tools do when their reader goes: killed by SIGPIPE, silently
+    (Python ignores SIGPIPE, so it is restored first)."""
+    try:
+        # Nothing may be flushed to the dead pipe at exit: that prints a traceback.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        signal.signal(signal.SIGPIPE, signal.SIG_DFL)
+        os.kill(os.getpid(), signal.SIGPIPE)
+    except (OSError, ValueError):
+        pass
+    return 128 + signal.SIGPIPE
+
+
+def _require_database(db):
+    """Refuse a command that reads the database when there is none (an SQLite file that
+    does not exist): opening it would create it."""
+    if not may_exist(db):
+        raise ValueError(f"there is no database at {identity_of(db)} (set --db or LITEQ_DB "
+                         f"to the database the daemon serves)")
+
+
 def _wait_scaled(pool_name, size, timeout, kw):
     deadline = time.monotonic() + timeout
     while True:
@@ -187,12 +226,14 @@ def run(args) -> int:
     if args.db:
         kw["db"] = args.db
     cmd = args.command
+    if (cmd == "status" and args.all) or cmd == "cancel":
+        _require_database(args.db)
     if cmd == "status" and args.all:
         rows = daemons_on_database(args.db, args.window)
-        print(json.dumps(rows, indent=2) if args.json else render_daemons(rows))
+        _out(json.dumps(rows, indent=2) if args.json else render_daemons(rows))
     elif cmd == "status":
         st = control.status(**kw)
-        print(json.dumps(st, indent=2) if args.json else render_status(st))
+        _out(json.dumps(st, indent=2) if args.json else render_status(st))
     elif cmd == "scale":
         if len(args.args) > 2:
             raise ValueError("usage: liteqctl scale [POOL] N")
@@ -203,16 +244,18 @@ def run(args) -> int:
             raise ValueError(f"N must be a whole number; got {args.args[-1]!r}") from None
         reply = control.scale(size, pool=pool, **kw)
         settled = _wait_scaled(reply["pool"], size, args.wait, kw)
-        print(f"pool {reply['pool']} now has {len(settled['children'])} children")
+        _out(f"pool {reply['pool']} now has {len(settled['children'])} children")
     elif cmd in ("pause", "resume"):
         reply = getattr(control, cmd)(args.queue, **kw)
-        print(f"{cmd}d {args.queue}; paused queues: {', '.join(reply['paused']) or 'none'}")
+        _out(f"{cmd}d {args.queue}; paused queues: {', '.join(reply['paused']) or 'none'}")
     elif cmd == "reload":
+        # The reply comes once the daemon has imported the app again: an error reply
+        # (the new code does not load) exits 1 with its reason.
         control.reload(**kw)
-        print("reloading: fresh children are starting")
+        _out("reloaded: the app was imported again; fresh children are starting")
     elif cmd == "shutdown":
         control.shutdown(fast=args.fast, **kw)
-        print("stopping" + (" (fast)" if args.fast else " (graceful)"))
+        _out("stopping" + (" (fast)" if args.fast else " (graceful)"))
     elif cmd == "cancel":
         # Through the database, so it reaches the daemon that runs it on any host.
         if not get_backend(args.db).cancel(args.task_id):
@@ -220,16 +263,16 @@ def run(args) -> int:
             raise ValueError(f"task {args.task_id} is " + (
                 "not there" if row is None else f"{row['status']}: only pending or running "
                                                  f"tasks can be cancelled"))
-        print(f"cancelled task {args.task_id}")
+        _out(f"cancelled task {args.task_id}")
     elif cmd == "ping":
         reply = control.ping(**kw)
-        print(f"pong from liteqd pid {reply['pid']}")
+        _out(f"pong from liteqd pid {reply['pid']}")
     elif cmd == "schedules":
         try:
             rows = control.schedules(**kw)
         except control.DaemonNotRunning as exc:
             rows = _schedules_from_database(args.db, exc)
-        print(json.dumps(rows, indent=2) if args.json else render_schedules(rows))
+        _out(json.dumps(rows, indent=2) if args.json else render_schedules(rows))
     return EXIT_OK
 
 
@@ -254,6 +297,8 @@ def main(argv=None) -> int:
     except control.DaemonNotRunning as exc:
         print(f"liteqctl: {exc}", file=sys.stderr)
         return EXIT_NO_DAEMON
+    except StdoutClosed:
+        return _end_by_sigpipe()
     except (LiteQError, ValueError, TimeoutError, OSError) as exc:
         print(f"liteqctl: error: {exc}", file=sys.stderr)
         return EXIT_ERROR

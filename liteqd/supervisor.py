@@ -25,7 +25,7 @@ import time
 from setproctitle import setproctitle
 
 from liteq.backends import identity_of, open_backend
-from liteq.errors import DatabaseError, DatabaseUnavailable
+from liteq.errors import DatabaseError, DatabaseRefused, DatabaseUnavailable
 
 from . import logs, proc
 from .config import MAX_CHILDREN
@@ -78,7 +78,7 @@ class Supervisor:
         """Run until stopped; returns the process exit code."""
         if not self._start():
             self.log.info("daemon.stopped", tasks_done=0, tasks_failed=0,
-                          exit_code=self.exit_code, reason="stopped before the database answered")
+                          exit_code=self.exit_code, reason="stopped during start-up")
             logs.flush()
             return self.exit_code
         try:
@@ -140,6 +140,8 @@ class Supervisor:
         while True:
             try:
                 backend = open_backend(self.config.db, daemon=True)
+            except DatabaseRefused:
+                raise  # a wrong database, role or password: waiting would not help
             except DatabaseUnavailable as exc:
                 outage.failed("connect", exc)
             else:
@@ -268,17 +270,22 @@ class Supervisor:
         self.show_title()
 
     def reload(self):
-        """Replace every child with a fresh one running freshly imported code."""
+        """Replace every child with a fresh one running freshly imported code.
+
+        Returns None when the reload went ahead, else why not (the app failed to
+        import: the daemon keeps serving with the code it had; or it is stopping).
+        """
         if self.stopping:
-            return
+            return f"the daemon is stopping ({self.stopping})"
         self.log.info("daemon.reloading")
         self._call_plugins("on_reloading")
         if self.reload_app is not None:
             try:
                 self.reload_app()
             except Exception as exc:  # keep serving with the code we have
-                self.log.error("daemon.reload_failed", error=f"{type(exc).__name__}: {exc}")
-                return
+                error = f"{type(exc).__name__}: {exc}"
+                self.log.error("daemon.reload_failed", error=error)
+                return f"the app failed to load ({error}); still running the code it had"
         deadline = time.monotonic() + self.config.graceful_timeout
         for child in self.lifecycle.all_children():
             self.lifecycle.retire(child, deadline)

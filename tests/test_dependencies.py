@@ -229,7 +229,7 @@ def test_a_version_2_sqlite_file_gains_dependencies(db_path, clean_registry):
     _depend_on_the_old_task(db_path, 1, work)
     raw = sqlite3.connect(db_path)
     try:
-        assert raw.execute("PRAGMA user_version").fetchone()[0] == 3
+        assert raw.execute("PRAGMA user_version").fetchone()[0] == schema.SCHEMA_VERSION
         claim_cols = [r[2] for r in raw.execute("PRAGMA index_info(idx_tasks_claim)")]
         assert claim_cols[:3] == ["status", "waiting_on", "queue"]
     finally:

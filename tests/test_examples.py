@@ -7,16 +7,21 @@ and must exit 0, print its expected words, and leave no process behind.
 A new example is picked up by the glob; add its expected words to EXPECTED.
 """
 
+import ast
 import glob
 import os
+import re
 import signal
 import subprocess
 import sys
 import time
 import uuid
+from importlib import metadata
 
 import psutil
 import pytest
+from packaging.requirements import Requirement
+from packaging.utils import canonicalize_name
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 EXAMPLES_DIR = os.path.join(ROOT, "examples")
@@ -185,3 +190,72 @@ def _run_example(name, record_property, **env):
                 p.kill()
             except psutil.Error:
                 pass
+
+
+# ---- each example needs only the extras its README line names -------------------------------
+
+README = os.path.join(ROOT, "README.md")
+
+
+def _readme_extras():
+    """{example: the extras its line in the README's Examples table names}: a line with
+    `pip install -e '.[web,fastapi]'` names web and fastapi; one without, none."""
+    lines = {}
+    with open(README) as f:
+        for line in f:
+            found = re.match(r"\| `[^`]*examples/(\w+\.py)`", line)
+            if found:
+                extras = re.search(r"\.\[([\w,]+)\]", line)
+                lines[found.group(1)] = set(extras.group(1).split(",")) if extras else set()
+    return lines
+
+
+def _distributions_of(dist, extras, seen):
+    """Every distribution installing liteq with these extras brings (dist itself too)."""
+    name = canonicalize_name(dist)
+    if (name, frozenset(extras)) in seen:
+        return
+    seen.add((name, frozenset(extras)))
+    for text in metadata.requires(dist) or []:
+        req = Requirement(text)
+        if req.marker and not any(req.marker.evaluate({"extra": e}) for e in extras | {""}):
+            continue
+        _distributions_of(req.name, set(req.extras), seen)
+
+
+def _imports(path):
+    """The top-level modules a script imports, anywhere in it."""
+    with open(path) as f:
+        tree = ast.parse(f.read(), path)
+    names = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            names.update(a.name.split(".")[0] for a in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.level == 0:
+            names.add(node.module.split(".")[0])
+    return names
+
+
+@pytest.mark.parametrize("name", sorted(n for n in _example_names()
+                                         if os.path.exists(os.path.join(EXAMPLES_DIR, n))))
+def test_example_imports_only_what_its_readme_extras_install(name):
+    """`pip install -e '.[EXTRAS]'` with the extras the README's line names is enough:
+    each module the example imports is the standard library's, its own, LiteQ's, or
+    comes with those extras (the dev extra's test tools do not count)."""
+    extras = _readme_extras()
+    assert name in extras, f"the README's Examples table has no line for examples/{name}"
+    seen = set()
+    _distributions_of("liteq", extras[name], seen)
+    allowed = {dist for dist, _ in seen}
+    owners = metadata.packages_distributions()
+    local = {os.path.splitext(os.path.basename(p))[0]
+             for p in glob.glob(os.path.join(EXAMPLES_DIR, "*.py"))}
+    missing = {}
+    for module in _imports(os.path.join(EXAMPLES_DIR, name)):
+        if module in sys.stdlib_module_names or module in local | {"liteq", "liteqd"}:
+            continue
+        dists = {canonicalize_name(d) for d in owners.get(module, [])}
+        if not dists & allowed:
+            missing[module] = sorted(dists) or "not installed"
+    assert not missing, (f"examples/{name} imports {missing}, which "
+                         f"pip install -e '.[{','.join(sorted(extras[name]))}]' does not install")

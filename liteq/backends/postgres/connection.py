@@ -10,13 +10,15 @@ explicit transaction (`Session.transaction()`, or `batch()` for a caller's group
 import contextlib
 import functools
 import os
+import re
 import threading
 
 import psycopg
 from psycopg.conninfo import conninfo_to_dict
 from psycopg.rows import dict_row
 
-from ...errors import ConfigError, DatabaseError, DatabaseLocked, DatabaseUnavailable
+from ...errors import (ConfigError, DatabaseError, DatabaseLocked, DatabaseRefused,
+                       DatabaseUnavailable)
 from . import url as urls
 
 # SQLSTATEs that mean the server or the session went away, not that a statement
@@ -24,6 +26,25 @@ from . import url as urls
 # that is starting or stopping, and no connection slots left.
 _GONE_CODES = {"57P01", "57P02", "57P03", "53300"}
 _LOCK_CODES = {"55P03"}   # lock_not_available: the daemon's lock_timeout expired
+
+# A failed connect carries no SQLSTATE (libpq keeps the server's error result to
+# itself; psycopg's sqlstate and diag are empty), so the server's answer is
+# recognised by its message, as PostgreSQL words it in English (lc_messages C or
+# en, the default). These answers are final: waiting does not make a database
+# exist or a password right. Anything else that fails a connect (refused, timed
+# out, "the database system is starting up" 57P03, "too many clients" 53300, an
+# answer in another language) is waited for.
+_REFUSALS = (
+    ("3D000", re.compile(r'database ".*" does not exist')),
+    ("28P01", re.compile(r"password authentication failed for user")),
+    ("28P01", re.compile(r"fe_sendauth: no password supplied")),
+    ("28000", re.compile(r'role ".*" does not exist')),
+    ("28000", re.compile(r'role ".*" is not permitted to log in')),
+    ("28000", re.compile(r"no pg_hba\.conf entry for")),
+    ("28000", re.compile(r"authentication failed for user")),
+    ("42501", re.compile(r'permission denied for database ".*"')),
+    ("55000", re.compile(r'database ".*" is not currently accepting connections')),
+)
 
 
 def _reason(exc) -> str:
@@ -60,7 +81,11 @@ class Connector:
             return psycopg.connect(self.url, autocommit=True, row_factory=dict_row,
                                    **self.extra)
         except psycopg.Error as exc:
-            raise self.error(exc, gone=True) from exc
+            code = refusal_code(str(exc))
+            if code is None:
+                raise self.error(exc, gone=True) from exc
+            raise DatabaseRefused(f"PostgreSQL database {self.identity} refused the "
+                                  f"connection ({code}): {self.scrub(_reason(exc))}") from exc
 
     def error(self, exc, gone=False) -> DatabaseError:
         """The LiteQ error for a psycopg error: DatabaseUnavailable when the connection is
@@ -76,6 +101,15 @@ class Connector:
         if getattr(exc, "sqlstate", None) in _LOCK_CODES:
             return DatabaseLocked(f"PostgreSQL database {self.identity}: {reason}")
         return DatabaseError(f"PostgreSQL database {self.identity}: {reason}")
+
+
+def refusal_code(message):
+    """The SQLSTATE of a server's final refusal of a connection (wrong database, role,
+    password, privilege) read from libpq's message; None for anything worth waiting for."""
+    for code, pattern in _REFUSALS:
+        if pattern.search(message):
+            return code
+    return None
 
 
 def is_gone(exc, conn) -> bool:

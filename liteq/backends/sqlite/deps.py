@@ -6,11 +6,12 @@ and the row it guards.
 """
 
 from ...taskspec import ENDED_WORDS, missing_parents_error, parent_ended_text
+from .schema import NEXT_ID
 
 INSERT_DEPENDENT = (
-    "INSERT INTO tasks (name, payload, queue, priority, max_retries, run_at, created_at, "
+    "INSERT INTO tasks (id, name, payload, queue, priority, max_retries, run_at, created_at, "
     "timeout, retry_delay, retry_backoff, retry_max_delay, waiting_on, status, error, "
-    "finished_at) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)"
+    f"finished_at) VALUES ({NEXT_ID} + 1, ?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)"
 )
 
 _CHUNK = 500  # ids per statement

@@ -10,7 +10,7 @@ from ...errors import DatabaseError
 from ...timeutil import now
 from . import seed_times
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 
 # The tasks table as version 1 made it; later versions ALTER it (see _MIGRATIONS).
 _TASKS_DDL = """
@@ -190,7 +190,35 @@ def _migrate_v2_to_v3(conn):
     conn.execute("DROP INDEX IF EXISTS idx_tasks_claim")
 
 
-_MIGRATIONS = {0: _migrate_v0_to_v1, 1: _migrate_v1_to_v2, 2: _migrate_v2_to_v3}
+# The highest id a deleted task had; one row. SQLite hands out max(id) + 1, so once
+# a purge or retention emptied the top of the table, the next task would get an
+# old task's id again, and an id an app kept could name another task. Inserts take
+# the id after this floor (NEXT_ID below), and a trigger raises it as rows go.
+# (AUTOINCREMENT would do the same, at the price of writing sqlite_sequence on
+# every insert: a fifth of the .delay() rate, and a table rebuild; this costs 2-5 %.)
+_ID_FLOOR_DDL = "CREATE TABLE IF NOT EXISTS task_id_floor (id INTEGER NOT NULL)"
+_ID_FLOOR_TRIGGER = (
+    "CREATE TRIGGER IF NOT EXISTS tasks_raise_id_floor AFTER DELETE ON tasks "
+    "WHEN OLD.id > (SELECT id FROM task_id_floor) "
+    "BEGIN UPDATE task_id_floor SET id = OLD.id; END")
+
+# The highest id handed out so far (the next task's is one more): past every id in
+# the table and every one ever deleted. Every INSERT INTO tasks names its id so.
+NEXT_ID = ("(SELECT MAX(COALESCE((SELECT MAX(id) FROM tasks), 0), "
+           "COALESCE((SELECT id FROM task_id_floor), 0)))")
+
+
+def _migrate_v3_to_v4(conn):
+    """Version 4: ids are never reused (task_id_floor and its trigger); an upgraded
+    file counts on from the highest id it holds."""
+    conn.execute(_ID_FLOOR_DDL)
+    conn.execute("INSERT INTO task_id_floor (id) SELECT COALESCE(MAX(id), 0) FROM tasks "
+                 "WHERE NOT EXISTS (SELECT 1 FROM task_id_floor)")
+    conn.execute(_ID_FLOOR_TRIGGER)
+
+
+_MIGRATIONS = {0: _migrate_v0_to_v1, 1: _migrate_v1_to_v2, 2: _migrate_v2_to_v3,
+               3: _migrate_v3_to_v4}
 
 
 def ensure_schema(conn: sqlite3.Connection) -> None:

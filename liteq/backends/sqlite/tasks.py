@@ -5,6 +5,7 @@ from ...timeutil import now
 from ..limits import pick, rooms
 from . import deps
 from .connection import guarded
+from .schema import NEXT_ID
 
 # A task the claim may take: pending, and waiting for no parent (idx_tasks_claim's
 # leading columns).
@@ -15,16 +16,17 @@ CLAIM_RETURNING = ("id, name, payload, queue, priority, run_at, attempts, max_re
                    "timeout, retry_delay, retry_backoff, retry_max_delay, created_at")
 
 INSERT_TASK = (
-    "INSERT INTO tasks (name, payload, queue, priority, max_retries, run_at, created_at, "
-    "timeout, retry_delay, retry_backoff, retry_max_delay) VALUES (?,?,?,?,?,?,?,?,?,?,?)"
+    "INSERT INTO tasks (id, name, payload, queue, priority, max_retries, run_at, created_at, "
+    f"timeout, retry_delay, retry_backoff, retry_max_delay) VALUES ({NEXT_ID} + 1, "
+    "?,?,?,?,?,?,?,?,?,?,?)"
 )
 
 # A unique task: nothing is inserted while a pending or running task has the key
 # (the conflict target repeats idx_tasks_unique_key's predicate, so SQLite picks it).
 INSERT_UNIQUE = (
-    "INSERT INTO tasks (name, payload, queue, priority, max_retries, run_at, created_at, "
+    "INSERT INTO tasks (id, name, payload, queue, priority, max_retries, run_at, created_at, "
     "timeout, retry_delay, retry_backoff, retry_max_delay, unique_key) "
-    "VALUES (?,?,?,?,?,?,?,?,?,?,?,?) ON CONFLICT (unique_key) "
+    f"VALUES ({NEXT_ID} + 1, ?,?,?,?,?,?,?,?,?,?,?,?) ON CONFLICT (unique_key) "
     "WHERE unique_key IS NOT NULL AND status IN ('pending', 'running') DO NOTHING RETURNING id"
 )
 HOLDER_OF_KEY = ("SELECT id FROM tasks WHERE unique_key = ? AND unique_key IS NOT NULL "
@@ -150,17 +152,20 @@ class TaskOps:
         o = tasks.options
         due = due_time(tasks.run_at, tasks.delay, t)
         with self._write() as conn:
+            # Under the write lock the ids after `base` are ours. Only the first row
+            # names its id: SQLite gives each next one max(id) + 1, which follows it,
+            # and appends them faster than rows that all name theirs.
+            base = conn.execute(f"SELECT {NEXT_ID}").fetchone()[0]
             conn.execute(
-                "INSERT INTO tasks (name, payload, queue, priority, max_retries, run_at, "
+                "INSERT INTO tasks (id, name, payload, queue, priority, max_retries, run_at, "
                 "created_at, timeout, retry_delay, retry_backoff, retry_max_delay) "
-                "SELECT ?, '{\"args\":' || value || ',\"kwargs\":{}}', ?, ?, ?, ?, ?, ?, ?, ?, ? "
-                "FROM json_each(?)",
-                (tasks.name, o.queue, o.priority, o.max_retries, due, t, o.timeout,
+                "SELECT CASE key WHEN 0 THEN ? + 1 END, ?, "
+                "'{\"args\":' || value || ',\"kwargs\":{}}', "
+                "?, ?, ?, ?, ?, ?, ?, ?, ? FROM json_each(?)",
+                (base, tasks.name, o.queue, o.priority, o.max_retries, due, t, o.timeout,
                  o.retry_delay, o.retry_backoff, o.retry_max_delay, tasks.args_json))
-            last = conn.execute("SELECT last_insert_rowid()").fetchone()[0]
         self.notify(due)
-        # Under the write lock rowids are handed out as max(rowid)+1, one after another.
-        return list(range(last - tasks.count + 1, last + 1))
+        return list(range(base + 1, base + tasks.count + 1))
 
     # ---- claim and outcomes (daemon side) -----------------------------------
 
