@@ -14,6 +14,7 @@ import time
 
 import pytest
 
+import hosts as hosts_module
 from daemon_helpers import load_app_module, running, wait_for, wait_statuses
 from fault_helpers import FAULT_APP, Lab, app, executions, lab  # noqa: F401
 from pg_cluster import pg_template, throwaway_pg  # noqa: F401 (fixtures)
@@ -73,6 +74,63 @@ def test_a_forward_clock_step_makes_no_live_daemon_of_this_host_look_dead(lab, a
     ids = hold_on_each(lab, app, log, 4)
     set_offset(clock, "+3600")
     assert_each_ran_once_on_its_daemon(lab, log, ids, daemons)
+
+
+@pytest.fixture
+def stepped_pg(throwaway_pg, monkeypatch):
+    """The throwaway cluster restarted under libfaketime: the server's clock reads its
+    offset from the returned file ("+0" at first)."""
+    clock = os.path.join(throwaway_pg.base, "clock-offset")  # the server's user reads it
+    set_offset(clock, "+0")
+    throwaway_pg.stop()
+    with monkeypatch.context() as m:
+        for name, value in faketime_env(clock).items():
+            m.setenv(name, value)
+        throwaway_pg.start()
+    return clock
+
+
+@pytest.mark.timeout(120)
+def test_a_forward_clock_step_on_the_server_makes_no_live_daemon_look_dead(
+        throwaway_pg, stepped_pg, outage_lab):
+    # The server's clock jumps an hour ahead: by it, every heartbeat written before the
+    # step is an hour old, the one of the daemon that judges included.
+    cluster, lab = throwaway_pg, outage_lab
+    app = load_app_module(FAULT_APP)
+    log = lab.path("executions.txt")
+    daemons = [lab.start("--db", cluster.url_for(queue), "--concurrency", "2",
+                         "--queues", queue, "--socket", lab.path(f"{queue}.sock"))
+               for queue in ("qa", "qb")]
+    ids = hold_on_each(lab, app, log, 4)
+    set_offset(stepped_pg, "+3600")
+    assert_each_ran_once_on_its_daemon(lab, log, ids, daemons)
+
+
+@pytest.fixture
+def stepped_hosts(throwaway_pg, stepped_pg, workdir, monkeypatch):
+    """tests/hosts.py's hosts, on the throwaway cluster whose clock steps."""
+    problem = hosts_module._check_namespaces()
+    if problem:
+        pytest.skip(f"several hosts are simulated with Linux namespaces: {problem}")
+    ds = hosts_module.Hosts(throwaway_pg.url, workdir,
+                            socket=os.path.join(workdir, "liteqd.sock"))
+    with running(ds, monkeypatch) as hosts:
+        yield hosts
+
+
+@pytest.mark.timeout(120)
+def test_a_forward_clock_step_on_the_server_makes_no_live_host_look_dead(
+        stepped_pg, stepped_hosts):
+    # Daemons on two hosts judge each other by their heartbeats: by whether they
+    # change, on the judge's own monotonic clock, not by their age on any wall clock.
+    hosts = stepped_hosts
+    app = load_app_module(FAULT_APP)
+    log = hosts.path("executions.txt")
+    daemons = [hosts.host(f"host-{queue}", "--concurrency", "2", "--queues", queue)
+               for queue in ("qa", "qb")]
+    ids = hold_on_each(hosts, app, log, 4)
+    set_offset(stepped_pg, "+3600")
+    assert_each_ran_once_on_its_daemon(hosts, log, ids, daemons)
 
 
 # ---- a database outage that outlasts stale-after ---------------------------------------------
