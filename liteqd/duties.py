@@ -1,11 +1,12 @@
-"""Periodic duties of the supervisor: the heartbeat, reclaiming dead daemons' tasks,
-pruning old finished tasks (retention), and firing cron schedules."""
+"""Periodic duties of the supervisor: the heartbeat, reclaiming dead daemons' tasks (who
+is dead is liteqd.liveness's call), pruning old finished tasks (retention), and firing
+cron schedules."""
 
 import time
 
 from liteq.errors import DatabaseError, DatabaseUnavailable
 
-from . import proc
+from . import liveness, proc
 
 # Rows deleted per loop turn at most: a short write, so claims never wait long on it.
 PRUNE_BATCH = 1000
@@ -26,6 +27,9 @@ class Duties:
             ("done", self.config.keep_done), ("failed", self.config.keep_failed),
             ("cancelled", self.config.keep_cancelled)) if keep > 0]
         self.prune_due = False
+        self.watch = liveness.HeartbeatWatch(self.config.stale_after)
+        # Back in well under the others' stale-after after an outage that hit everyone.
+        sup.dispatch.outage.limit_backoff(self.config.stale_after / 4)
 
     def deadlines(self):
         """The monotonic times at which a duty is due (for the loop's sleep)."""
@@ -77,29 +81,21 @@ class Duties:
             if startup and not isinstance(exc, DatabaseUnavailable):
                 raise
             sup.dispatch.outage.failed("heartbeat", exc)
+            # Whatever kept this heartbeat out kept the others' out too: their silence
+            # from now until the next heartbeat that works does not count against them.
+            sup.dispatch.outage.up_since = None
             return
         sup.dispatch.outage.succeeded()
         self.prune_due = bool(self.retention)
 
     def _reclaim(self):
         sup = self.sup
-        dead = []
-        for w in sup.backend.list_workers():
-            if w["worker_id"] == sup.worker_id or w["hostname"] != sup.hostname:
-                continue
-            # A pid names a process only in the pid space it came from. A daemon with
-            # this hostname in another PID namespace (a container with the host's name)
-            # or from an earlier boot is judged by its heartbeat alone: read here, its
-            # pid would be some other process, or none, and a live daemon's tasks would
-            # be taken from it and run twice.
-            space = proc.pid_space_of(w["worker_id"])
-            if space is not None and space != sup.pid_space:
-                continue
-            # In this pid space a daemon is alive only if its pid runs with its start time.
-            if not proc.is_same_process_alive(w["pid"], w["process_started"]):
-                dead.append(w["worker_id"])
-        reclaimed = sup.backend.reclaim(dead, self.config.stale_after,
-                                        reason="its worker died (no heartbeat)")
+        outage = sup.dispatch.outage
+        # The heartbeat just worked; an outage it ended is only marked over afterwards.
+        up_since = time.monotonic() if outage.up_since is None else outage.up_since
+        dead, stale = liveness.judge(sup, sup.backend.list_workers(), self.watch, up_since)
+        reclaimed = sup.backend.reclaim(dead, None, reason="its worker died (no heartbeat)",
+                                        stale_heartbeats=stale)
         if dead:
             for pid in proc.kill_tagged(dead):
                 self.log.warning("child.orphan_killed", pid=pid, reason="its daemon died")

@@ -2,8 +2,13 @@
 
 A lost connection, a restarting server or a network cut is an outage, not a
 crash: the supervisor keeps its children running, keeps outcomes in memory, and
-retries with exponential back-off (capped at MAX_BACKOFF_S). Other database
-errors (a lock held too long, a full disk) are retried at the short DB_RETRY_S.
+retries with exponential back-off (capped at MAX_BACKOFF_S, and lower by
+limit_backoff()). Other database errors (a lock held too long, a full disk) are
+retried at the short DB_RETRY_S.
+
+`up_since` is when the database last started answering this daemon: other
+daemons' heartbeats are judged only over time after it (see liteqd.liveness),
+because while the database was away nobody could write one.
 """
 
 import time
@@ -24,6 +29,12 @@ class Outage:
         self.backoff = 0.0
         self.retry_at = 0.0
         self.last_error = None
+        self.max_backoff = MAX_BACKOFF_S
+        self.up_since = None       # monotonic time since which every call worked, or None
+
+    def limit_backoff(self, seconds):
+        """Never wait longer than `seconds` between tries (at least DB_RETRY_S)."""
+        self.max_backoff = max(DB_RETRY_S, min(MAX_BACKOFF_S, seconds))
 
     @property
     def down(self) -> bool:
@@ -34,6 +45,7 @@ class Outage:
         """A database call failed: schedule the next try and log (an outage once)."""
         now = time.monotonic()
         if isinstance(exc, DatabaseUnavailable):
+            self.up_since = None
             self.last_error = str(exc)
             if self.since is None:
                 self.since = now
@@ -41,7 +53,7 @@ class Outage:
                 self.log.error("db.unavailable", op=op, error=self.last_error,
                                retry_in_s=self.backoff)
             else:
-                self.backoff = min(self.backoff * 2, MAX_BACKOFF_S)
+                self.backoff = min(self.backoff * 2, self.max_backoff)
             self.retry_at = now + self.backoff
         else:
             self.log.warning("db.retrying", op=op, error=str(exc))
@@ -49,6 +61,8 @@ class Outage:
 
     def succeeded(self):
         """A database call worked: end an outage if there was one."""
+        if self.up_since is None:
+            self.up_since = time.monotonic()
         if self.since is not None:
             self.log.info("db.recovered", down_s=round(time.monotonic() - self.since, 3))
             self.since = None

@@ -33,15 +33,24 @@ def become_subreaper() -> bool:
 
 
 def process_start_time(pid: int):
-    """The process's start time (epoch seconds, as psutil reports it), or None if gone."""
+    """The process's start time (epoch seconds, as psutil reports it), or None if gone.
+
+    A zombie is gone: it has exited and only waits for its parent to reap it (a
+    SIGKILLed daemon whose parent has not called wait() yet), so it holds no task
+    and will never record one.
+    """
     try:
-        return psutil.Process(pid).create_time()
+        p = psutil.Process(pid)
+        if p.status() == psutil.STATUS_ZOMBIE:
+            return None
+        return p.create_time()
     except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
         return None
 
 
 def is_same_process_alive(pid, started) -> bool:
-    """True when `pid` runs and started at `started`: a reused pid is not the same process."""
+    """True when `pid` runs and started at `started`: a reused pid is not the same process,
+    and a zombie is not running."""
     if not pid:
         return False
     actual = process_start_time(int(pid))

@@ -133,14 +133,24 @@ def kill_tree(proc, ps=None, seen=()):
     if ps is not None:
         with contextlib.suppress(psutil.NoSuchProcess):
             victims += ps.children(recursive=True)
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(proc.pid, signal.SIGKILL)  # its own session and group
+    kill_group(proc)
     for p in victims:
         with contextlib.suppress(psutil.NoSuchProcess, psutil.AccessDenied):
             p.send_signal(signal.SIGKILL)    # checks the start time: no pid reuse
     with contextlib.suppress(subprocess.TimeoutExpired):
         proc.wait(timeout=10)
     return wait_gone(victims, timeout=10)
+
+
+def kill_group(proc):
+    """SIGKILL the process group a Popen leads (it was started in a session of its own),
+    but only while its leader is not reaped: until then the pid is the leader's, and
+    after it the kernel may give it to any new process (pid_max can be as low as
+    32768), which may lead a group of its own, another test's or another run's. What
+    the group had left is still found by the test's tag and by the descendants seen."""
+    if proc.returncode is None:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(proc.pid, signal.SIGKILL)
 
 
 def tagged_processes(tag) -> list:
@@ -477,8 +487,7 @@ class Daemons:
             except Exception as exc:  # keep reaping the others
                 print(f"cleanup of {d.label} failed: {exc!r}")
         for p in self.popens:
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.killpg(p.pid, signal.SIGKILL)
+            kill_group(p)
             with contextlib.suppress(ProcessLookupError):
                 p.kill()
             with contextlib.suppress(subprocess.TimeoutExpired):

@@ -7,7 +7,10 @@ temp dir, on the test's PostgreSQL queue:
 
 The supervisor is then the namespace's init (pid 1 inside). Crashing such a host
 SIGKILLs every process of its PID namespace (found by /proc/PID/ns/pid; the kernel
-kills the rest once the init is gone) and waits until none is left. `--kill-child`
+kills the rest once the init is gone) and waits until none is left. A namespace is
+named by an inode number that the kernel hands to a new namespace as soon as the old
+one is gone (other tests, other test runs on the machine), so its processes are
+looked up only while its init, checked by pid and start time, still exists. `--kill-child`
 makes a dead `unshare` take its namespace with it, so killing the process group the
 test started is enough too; teardown also kills anything carrying the test's tag, in
 any namespace (daemon_helpers.Daemons.cleanup).
@@ -48,8 +51,12 @@ def pid_namespace(pid):
         return None
 
 
-def namespace_members(namespace) -> list:
-    """Every live process of a PID namespace (psutil.Process), zombies left out."""
+def namespace_members(namespace, init) -> list:
+    """Every live process of a PID namespace (psutil.Process), zombies left out, or []
+    once `init` (its first process, a psutil.Process) is gone: the namespace is then
+    gone too, and its inode number may already name an unrelated one."""
+    if not _exists(init):
+        return []
     found = []
     for p in psutil.process_iter():
         if pid_namespace(p.pid) != namespace:
@@ -57,7 +64,18 @@ def namespace_members(namespace) -> list:
         with contextlib.suppress(psutil.NoSuchProcess):
             if p.status() != psutil.STATUS_ZOMBIE:
                 found.append(p)
-    return found
+    # The namespace lives as long as its init is not reaped (a zombie still holds it):
+    # if the init still exists now, every process found above was really in it.
+    return found if _exists(init) else []
+
+
+def _exists(p) -> bool:
+    """True while psutil.Process `p` has not been reaped (pid and start time; a zombie
+    counts)."""
+    try:
+        return p.is_running()
+    except psutil.Error:
+        return False
 
 
 def signal_all(procs, sig):
@@ -98,7 +116,8 @@ class Machine:
                  f"{hostname}: the machine's init never started")
 
     def members(self) -> list:
-        return namespace_members(self.namespace)
+        """Every live process of the machine's PID namespace (none once it is gone)."""
+        return namespace_members(self.namespace, self.init)
 
 
 class Host(Daemon):
@@ -128,8 +147,11 @@ class Host(Daemon):
         return self.supervisor.pid if self.supervisor is not None else self.proc.pid
 
     def members(self) -> list:
-        """Every live process of this host's PID namespace."""
-        return namespace_members(self.namespace) if self.namespace else []
+        """Every live process of this host's PID namespace (none once it is gone)."""
+        if not self.namespace:
+            return []
+        init = self.machine.init if self.machine is not None else self.supervisor
+        return namespace_members(self.namespace, init)
 
     def processes(self) -> list:
         """The supervisor and its live descendants (workers and what they started)."""

@@ -198,6 +198,28 @@ def test_sigkill_supervisor_then_restart_ends_the_tasks_orphaned_subprocess(daem
     assert d2.events("child.orphan_killed", pid=sleep_pid)
 
 
+def test_a_zombie_supervisor_is_dead_its_leftovers_are_ended_and_its_task_reclaimed(
+        daemons, app):
+    # SIGKILLed but not reaped (its parent, this test, has not called wait()): the pid
+    # and start time still answer, but the supervisor will never run again.
+    d1 = daemons.start("--concurrency", "1", "--stale-after", "120")
+    pidfile = daemons.path("sub.pid")
+    tid = app.subprocess_then_sleep.delay(pidfile, 30)
+    sleep_pid, _child_pid = _read_pidfile(pidfile)
+    sleeper = psutil.Process(sleep_pid)
+    os.kill(d1.pid, signal.SIGKILL)
+    wait_for(lambda: d1.ps.status() == psutil.STATUS_ZOMBIE, 10, "no zombie")
+    # Heartbeats cannot go stale during this test: only the process's state can tell.
+    d2 = daemons.start("--concurrency", "1", "--stale-after", "120",
+                       "--socket", daemons.path("d2.sock"))
+    assert not wait_gone([sleeper], timeout=15), f"the zombie's leftover {sleep_pid} lives on"
+    assert d2.events("child.orphan_killed", pid=sleep_pid)
+    d2.wait_event("task.reclaimed", task_id=tid)
+    assert d1.ps.status() == psutil.STATUS_ZOMBIE  # still unreaped all along
+    assert wait_status(tid, "running", timeout=15)["worker_id"].startswith(
+        socket.gethostname() + f":{d2.pid}:")
+
+
 # ---- graceful and fast stop --------------------------------------------------------------
 
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["TERM", "INT"])

@@ -67,8 +67,9 @@ def test_errors_that_no_retry_can_fix_fail_at_once(daemons, app):
 
 
 def test_a_frozen_daemon_reports_its_refused_outcome_as_refused(daemons, app):
-    """A daemon frozen past stale-after loses its task to another daemon; when it resumes,
-    the database refuses its late outcome, and it logs and counts a refusal, not a success."""
+    """A frozen daemon loses its task (as to a daemon on another host that saw its
+    heartbeat stop); when it resumes, the database refuses its late outcome, and it logs
+    and counts a refusal, not a success."""
     marker = daemons.path("started.txt")
     a = daemons.start("--concurrency", "1", "--socket", daemons.path("a.sock"))
     tid = app.slow.delay(1.5, marker)
@@ -77,7 +78,11 @@ def test_a_frozen_daemon_reports_its_refused_outcome_as_refused(daemons, app):
     for p in group:
         p.send_signal(signal.SIGSTOP)
     try:
-        # Daemon B sees A's heartbeat go stale (2 s), reclaims the task and runs it.
+        # A daemon of this host judges A by its pid, which still runs; a daemon on
+        # another host would reclaim A's task once its heartbeat stopped, as here.
+        store = backends.get_backend()
+        owner = store.get_task(tid)["worker_id"]
+        assert store.reclaim(dead_worker_ids=[owner]) == [(tid, "pending")]
         daemons.start("--concurrency", "1", "--socket", daemons.path("b.sock"))
         st = wait_status(tid, "done", timeout=20, daemons=daemons)
         assert st["worker_id"] is None or not st["worker_id"].startswith(a.label)

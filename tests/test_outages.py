@@ -381,7 +381,8 @@ def test_e_a_running_daemon_retries_with_back_off_and_says_so_once(throwaway_pg,
     cluster = throwaway_pg
     listener = NotifyListener(lab.path("notify.sock"))
     try:
-        d = start_daemon(lab, cluster, "patient", "--concurrency", "1",
+        # stale-after as in production: the back-off is capped at a quarter of it.
+        d = start_daemon(lab, cluster, "patient", "--concurrency", "1", "--stale-after", "30",
                          env={"NOTIFY_SOCKET": listener.path, "WATCHDOG_USEC": None,
                               "WATCHDOG_PID": None})
         ready = listener.wait("READY", "1")

@@ -272,13 +272,13 @@ def test_reclaim_stale_worker(db, store):
     assert _ids(store.claim("live", ["default"], 1)) == [mine]
     live_before = store.get_task(mine)
 
-    before = time.time()
+    due = store.get_task(keep)["run_at"]
     result = store.reclaim(stale_after=60)
     assert sorted(result) == sorted([(keep, "pending"), (spent, "failed")])
 
     k = store.get_task(keep)
     assert (k["status"], k["attempts"], k["worker_id"]) == ("pending", 1, None)
-    assert k["run_at"] >= before - 0.01 and k["run_at"] <= time.time()
+    assert k["run_at"] == due
     s = store.get_task(spent)
     assert (s["status"], s["attempts"], s["worker_id"]) == ("failed", 1, None)
     assert "worker died" in s["error"] and s["finished_at"] is not None
@@ -315,6 +315,34 @@ def test_reclaim_by_id_and_workers_without_a_row(store):
     assert sorted(got) == [(a, "pending"), (b, "pending")]
     assert store.get_task(c)["status"] == "running"
     assert [w["worker_id"] for w in store.list_workers()] == ["alive"]
+
+
+def test_a_reclaimed_task_keeps_its_due_time_and_its_place_in_line(store):
+    # Due an hour ago (a cron occurrence, say), claimed by a worker that then died.
+    first = put_task(store, "first", PAYLOAD, run_at=time.time() - 3600)
+    assert _ids(store.claim("w1", ["default"], 1)) == [first]
+    due = store.get_task(first)["run_at"]
+    later = [put_task(store, f"later{i}", PAYLOAD) for i in range(3)]
+    assert store.reclaim(dead_worker_ids=["w1"]) == [(first, "pending")]
+    assert store.get_task(first)["run_at"] == due
+    # Still ahead of everything enqueued after it was due.
+    assert _ids(store.claim("w2", ["default"], 4)) == [first] + later
+
+
+def test_reclaim_by_a_stale_heartbeat_spares_a_worker_that_beat_meanwhile(store):
+    _heartbeat(store, "silent")
+    _heartbeat(store, "beating")
+    a = put_task(store, "a", PAYLOAD)
+    b = put_task(store, "b", PAYLOAD)
+    store.claim("silent", ["default"], 1)
+    store.claim("beating", ["default"], 1)
+    read = {w["worker_id"]: w["last_heartbeat"] for w in store.list_workers()}
+    time.sleep(0.01)  # a new heartbeat gets a new stamp
+    _heartbeat(store, "beating")
+    assert store.list_workers()[0]["last_heartbeat"] != read["beating"]
+    assert store.reclaim(stale_heartbeats=read) == [(a, "pending")]
+    assert store.get_task(b)["status"] == "running"
+    assert [w["worker_id"] for w in store.list_workers()] == ["beating"]
 
 
 # ---- operator actions ---------------------------------------------------------------

@@ -206,12 +206,16 @@ class Backend(abc.ABC):
         last_heartbeat, pid, process_started, started_at), newest heartbeat first."""
 
     @abc.abstractmethod
-    def reclaim(self, dead_worker_ids=(), stale_after=None, reason="worker died") -> list:
+    def reclaim(self, dead_worker_ids=(), stale_after=None, reason="worker died",
+                stale_heartbeats=None) -> list:
         """Give back the running tasks of dead workers in one guarded statement.
 
-        Dead: named in dead_worker_ids, a heartbeat older than stale_after seconds
-        (by the database's clock), or no worker row at all. Tasks with attempts
-        left go back to pending, the rest fail with `reason`. Dead worker rows are
+        Dead: named in dead_worker_ids, a row that still holds the heartbeat that
+        stale_heartbeats ({worker_id: last_heartbeat as list_workers gave it}) names
+        for it (one that beat meanwhile is alive), a heartbeat older than stale_after
+        seconds (by the database's clock), or no worker row at all. Tasks with
+        attempts left go back to pending, keeping their due time (run_at), the rest
+        fail with `reason`. Dead worker rows are
         deleted. Returns [(task_id, new_status)]. The pending dependents of the
         tasks that failed are cancelled in the same transaction, transitively.
         """

@@ -12,6 +12,7 @@ The task id comes from the worker's process title, which the daemon sets to
 import ctypes
 import os
 import resource
+import select
 import signal
 import socket
 import subprocess
@@ -174,6 +175,15 @@ def hold(marker, seconds):
     """Record the start ("TASK_ID PID"), then sleep `seconds`."""
     append_line(marker, f"{current_task_id()} {os.getpid()}")
     time.sleep(seconds)
+    return seconds
+
+
+@task(max_retries=0)
+def hold_without_sleep(marker, seconds):
+    """hold() that waits on select() instead: libfaketime, when it leaves the monotonic
+    clock alone, makes time.sleep() fail with EINVAL (tests/test_liveness.py)."""
+    append_line(marker, f"{current_task_id()} {os.getpid()}")
+    select.select([], [], [], seconds)
     return seconds
 
 

@@ -1,8 +1,9 @@
 """PostgreSQL: the workers table (heartbeats) and the reclaim of dead daemons' tasks.
 
-Heartbeats are stamped with the server's now(), and staleness is judged by it
-too, so a daemon on a host whose clock is off is neither reclaimed early nor kept
-alive too long.
+Heartbeats are stamped with the server's now(). The daemons judge staleness by
+whether a heartbeat changes (liteqd.liveness), not by its age, and name the value
+they found stale: a worker whose row no longer holds it beat meanwhile and keeps
+its tasks. `stale_after` still judges by the server's clock for callers that ask.
 """
 
 from . import deps
@@ -25,17 +26,19 @@ HEARTBEAT = (
 # One statement, so two daemons reclaiming at once never requeue a task twice:
 # the second one's UPDATE waits for the first's row locks, then re-checks
 # status = 'running' on the new row versions and skips them. The CTE deletes the
-# dead workers' rows (named, or with a heartbeat older than stale_after by the
-# server's clock); tasks of a worker with no row at all are given back too.
+# dead workers' rows (named, still holding the heartbeat named as stale, or with a
+# heartbeat older than stale_after by the server's clock); tasks of a worker with no
+# row at all are given back too. A reclaimed task keeps its due time (run_at).
 RECLAIM = (
     "WITH gone AS (DELETE FROM workers WHERE worker_id = ANY(%(dead)s::text[]) "
     " OR last_heartbeat < now() - %(stale)s::float8 * interval '1 second' "
+    " OR (worker_id, date_part('epoch', last_heartbeat)) IN "
+    "  (SELECT * FROM unnest(%(beat_ids)s::text[], %(beats)s::float8[])) "
     " RETURNING worker_id) "
     "UPDATE tasks t SET "
     "status = CASE WHEN t.attempts > t.max_retries THEN 'failed' ELSE 'pending' END, "
     "error = CASE WHEN t.attempts > t.max_retries THEN %(error)s ELSE t.error END, "
     "finished_at = CASE WHEN t.attempts > t.max_retries THEN now() ELSE NULL END, "
-    "run_at = CASE WHEN t.attempts > t.max_retries THEN t.run_at ELSE now() END, "
     "worker_id = NULL "
     "WHERE t.status = 'running' AND (t.worker_id IS NULL "
     " OR t.worker_id = ANY(%(dead)s::text[]) OR t.worker_id IN (SELECT worker_id FROM gone) "
@@ -65,18 +68,23 @@ class WorkerOps:
             f"SELECT {WORKER_COLUMNS} FROM workers ORDER BY last_heartbeat DESC").fetchall()
 
     @operation
-    def reclaim(self, dead_worker_ids=(), stale_after=None, reason="worker died") -> list:
+    def reclaim(self, dead_worker_ids=(), stale_after=None, reason="worker died",
+                stale_heartbeats=None) -> list:
         """Give back the running tasks of dead workers in one guarded statement.
 
-        Dead: named in dead_worker_ids, a heartbeat older than stale_after seconds by
-        the server's clock, or no worker row at all. Tasks with attempts left go back
-        to pending (due now), the rest fail with `reason`. Dead worker rows are
-        deleted. Returns [(task_id, new_status)].
+        Dead: named in dead_worker_ids, a row still holding the heartbeat
+        stale_heartbeats ({worker_id: last_heartbeat as list_workers gave it}) names,
+        a heartbeat older than stale_after seconds by the server's clock, or no worker
+        row at all. Tasks with attempts left go back to pending, keeping their due
+        time; the rest fail with `reason`. Dead worker rows are deleted. Returns
+        [(task_id, new_status)].
         """
         session = self._session
+        beats = dict(stale_heartbeats or {})
         with session.transaction():
             rows = session.run(RECLAIM, {
                 "dead": list(dead_worker_ids), "stale": stale_after,
+                "beat_ids": list(beats), "beats": list(beats.values()),
                 "error": reason + ", and the task has no retries left"},
                 prepare=True).fetchall()
             failed = [r["id"] for r in rows if r["status"] == "failed"]

@@ -372,19 +372,28 @@ class TaskOps:
             "SELECT * FROM workers ORDER BY last_heartbeat DESC")]
 
     @guarded
-    def reclaim(self, dead_worker_ids=(), stale_after=None, reason="worker died") -> list:
+    def reclaim(self, dead_worker_ids=(), stale_after=None, reason="worker died",
+                stale_heartbeats=None) -> list:
         """Give back the running tasks of dead workers, in one atomic statement.
 
-        A worker is dead when it is named in `dead_worker_ids`, its heartbeat is older
-        than `stale_after` seconds, or it has no row at all. Tasks with attempts left
-        go back to pending; the rest fail with `reason`. Dead worker rows are deleted.
+        A worker is dead when it is named in `dead_worker_ids`, its row still holds the
+        heartbeat `stale_heartbeats` ({worker_id: last_heartbeat}) names for it, its
+        heartbeat is older than `stale_after` seconds, or it has no row at all. Tasks
+        with attempts left go back to pending, keeping their due time; the rest fail
+        with `reason`. Dead worker rows are deleted.
         """
         t = now()
         dead = list(dead_worker_ids)
+        beats = list((stale_heartbeats or {}).items())
         marks = ",".join("?" * len(dead)) or "NULL"
         stale = -1.0 if stale_after is None else t - stale_after
-        dead_clause = (f"worker_id IN ({marks}) OR worker_id IN (SELECT worker_id FROM workers "
-                       f"WHERE last_heartbeat < ?) OR worker_id IS NULL OR worker_id NOT IN "
+        # A row that still holds the heartbeat read as stale: one that beat meanwhile
+        # is alive and keeps its tasks.
+        unchanged = " OR ".join("(worker_id = ? AND last_heartbeat = ?)" for _ in beats) or "0"
+        gone = f"worker_id IN ({marks}) OR last_heartbeat < ? OR {unchanged}"
+        args = (*dead, stale, *[v for pair in beats for v in pair])
+        dead_clause = (f"worker_id IN (SELECT worker_id FROM workers WHERE {gone}) "
+                       f"OR worker_id IN ({marks}) OR worker_id IS NULL OR worker_id NOT IN "
                        f"(SELECT worker_id FROM workers)")
         with self._write() as conn:
             rows = conn.execute(
@@ -392,14 +401,12 @@ class TaskOps:
                 "status = CASE WHEN attempts > max_retries THEN 'failed' ELSE 'pending' END, "
                 "error = CASE WHEN attempts > max_retries THEN ? ELSE error END, "
                 "finished_at = CASE WHEN attempts > max_retries THEN ? ELSE NULL END, "
-                "run_at = CASE WHEN attempts > max_retries THEN run_at ELSE ? END, "
                 "worker_id = NULL "
                 f"WHERE status = 'running' AND ({dead_clause}) "
                 "RETURNING id, status",
-                (reason + ", and the task has no retries left", t, t, *dead, stale)).fetchall()
+                (reason + ", and the task has no retries left", t, *args, *dead)).fetchall()
             failed = [r["id"] for r in rows if r["status"] == "failed"]
             if failed:
                 deps.cancel_dependents(conn, failed, "failed", t)
-            conn.execute(f"DELETE FROM workers WHERE worker_id IN ({marks}) "
-                         "OR last_heartbeat < ?", (*dead, stale))
+            conn.execute(f"DELETE FROM workers WHERE {gone}", args)
         return [(r["id"], r["status"]) for r in rows]
