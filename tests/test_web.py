@@ -4,6 +4,7 @@ Every test runs against a real database on each backend (conftest's `db`). The l
 one starts a real liteqd and scales its pool from the panel.
 """
 
+import html
 import os
 import re
 import signal
@@ -317,6 +318,22 @@ def test_with_a_token_pages_and_actions_need_it(tasks):
         out = c.post("/logout", data={"csrf_token": token}, follow_redirects=False)
         assert out.status_code == 303
         assert c.get("/api/overview").status_code == 401
+
+
+def test_the_login_page_shows_nothing_about_the_deployment(tasks):
+    shown = html.escape(backends.identity_of(os.environ["LITEQ_DB"]))
+    secret_parts = [shown, os.path.basename(shown.rstrip("/"))]
+    with client(token="a-login-page-token") as c:
+        token = csrf_of(c, "/login")
+        pages = [c.get("/login", headers={"accept": "text/html"}),
+                 c.get("/login?next=%2Ftasks", headers={"accept": "text/html"}),
+                 c.post("/login", data={"csrf_token": token, "token": "wrong", "next": "/"}),
+                 c.get("/?token=wrong", headers={"accept": "text/html"})]
+        for page in pages:
+            for part in secret_parts:
+                assert part not in page.text, (page.url, part)
+        c.post("/login", data={"csrf_token": token, "token": "a-login-page-token", "next": "/"})
+        assert shown in c.get("/", headers={"accept": "text/html"}).text
 
 
 def test_the_bearer_header_works_for_scripts(tasks):

@@ -93,9 +93,13 @@ class Panel:
         if raw:
             kind, _, text = unquote(raw).partition(":")
             flash = {"kind": kind if kind in ("ok", "error") else "ok", "text": text}
+        # Before login a visitor learns nothing about the deployment: not even the
+        # database path or URL (the footer is left out).
+        shown = self.security.authenticated(request)
         ctx = {"nav_items": NAV, "nav": None, "csrf_field": CSRF_FIELD,
                "csrf_token": request.state.csrf_token, "flash": flash,
-               "logged_in": self.security.session_ok(request), "db": self.identity,
+               "logged_in": self.security.session_ok(request),
+               "db": self.identity if shown else None,
                "refresh_ms": self.refresh_ms, "failed_total": None, "now": now(),
                "here": request.url.path + (f"?{request.url.query}" if request.url.query else "")}
         ctx.update(context)
