@@ -35,6 +35,7 @@ from liteq.backends import identity_of
 
 import pg_helpers
 from daemon_helpers import PYTHON, REPO, TAG_VAR, kill_tree, read_lines, wait_for, wait_gone
+from test_systemd import parse_unit
 
 UNITS = os.path.join(REPO, "systemd")
 TOOLS = ("useradd", "userdel", "groupdel", "setpriv", "nsenter", "unshare")
@@ -105,18 +106,6 @@ def user_python():
     if res.stdout.strip() != str(tuple(sys.version_info[:2])):
         pytest.skip(f"{system} is not Python {sys.version_info[:2]}, as this venv")
     return [system], {"PYTHONPATH": REPO + os.pathsep + sysconfig.get_paths()["purelib"]}
-
-
-def parse_unit(path):
-    """{key: [values]} of a unit file's [Service] and other sections, comments skipped."""
-    out = {}
-    with open(path) as f:
-        for raw in f:
-            line = raw.strip()
-            if line and line[0] not in "#;[":
-                key, _, value = line.partition("=")
-                out.setdefault(key.strip(), []).append(value.strip())
-    return out
 
 
 def parse_env_file(path):
