@@ -319,7 +319,7 @@ class Deployment:
 
     def liteqctl(self, user, *args, db=None):
         return self.as_user(user, self.python + ["-m", "liteqd.ctl", "--db", db or self.db,
-                                                 *args])
+                                                 "--timeout", "60", *args])
 
 
 def _hashed_name(db):
