@@ -65,7 +65,7 @@ def report(seconds):
 # Run as the app: enqueue, then wait for the outcome and print it as JSON.
 ENQUEUE = '''
 import json, sys, time
-sys.path.insert(0, "/srv/liteq-app")
+sys.path.insert(0, sys.argv[4])  # the unit's WorkingDirectory, where the app is
 import tasks
 from liteq import get_task_status
 task_id = tasks.add.delay(int(sys.argv[1]), int(sys.argv[2]))
@@ -223,9 +223,13 @@ class Namespace:
 class Deployment:
     """The shipped unit, played out: its directories, its daemon, and the other users."""
 
-    def __init__(self, tmp, users, ns, tag, db_url=None):
+    INSTANCE = "shop"   # the instance name a template unit is started as
+
+    def __init__(self, tmp, users, ns, tag, db_url=None, unit="liteqd.service"):
         self.tmp, self.users, self.ns, self.tag = tmp, users, ns, tag
-        self.unit = parse_unit(os.path.join(UNITS, "liteqd.service"))
+        self.unit = {key: [v.replace("%i", self.INSTANCE) for v in values]
+                     for key, values in parse_unit(os.path.join(UNITS, unit)).items()}
+        self.template = "@" in unit
         self.unit_user = self.unit["User"][-1]
         self.unit_group = self.unit["Group"][-1]
         self.env = self._daemon_env(db_url)
@@ -249,6 +253,8 @@ class Deployment:
         env.update({k: self._name(v) for k, v in shipped.items()})  # EnvironmentFile= wins
         if db_url is not None:
             env["LITEQ_DB"] = db_url
+        if self.template:   # its /etc/liteq/shop.env names the app in /srv/shop
+            env["LITEQ_APP"] = os.path.join(self.unit["WorkingDirectory"][-1], "tasks.py")
         env["LITEQ_CONCURRENCY"] = "2"   # a shared test machine: the example's 4 is not needed
         return env
 
@@ -312,7 +318,7 @@ class Deployment:
     def enqueue(self, user, a, b, wait=True, db=None):
         """The app's .delay() and get_task_status() as `user`; the JSON it printed."""
         res = self.as_user(user, self.python + ["-c", ENQUEUE, str(a), str(b),
-                                  "wait" if wait else "nowait"],
+                                  "wait" if wait else "nowait", self.workdir],
                            env={"LITEQ_DB": db} if db else None)
         assert res.returncode == 0, f"{user}: {res.stderr}\n{self.dump()}"
         return json.loads(res.stdout.strip().splitlines()[-1])
@@ -330,7 +336,9 @@ def _hashed_name(db):
 @pytest.fixture
 def deployment(request, tmp_path):
     """A Deployment on SQLite (the unit's LITEQ_DB) or on PostgreSQL (a schema of its
-    own, whose URL the env file would give); everything is torn down afterwards."""
+    own, whose URL the env file would give), of liteqd.service or of the unit named
+    after a colon ("sqlite:liteqd@.service", as instance "shop"); everything is torn
+    down afterwards."""
     tag = f"deploy-{uuid.uuid4().hex[:8]}"
     os.chmod(tmp_path, 0o755)
     users = Users()
@@ -339,10 +347,12 @@ def deployment(request, tmp_path):
         users.create()
         ns = Namespace(tag)
         url = None
-        if request.param == "postgresql":
+        backend, _, unit = request.param.partition(":")
+        if backend == "postgresql":
             server = pg_helpers.server_url()
             schema, url = pg_helpers.create_schema(server)
-        d = Deployment(str(tmp_path), users, ns, tag, db_url=url)
+        d = Deployment(str(tmp_path), users, ns, tag, db_url=url,
+                       unit=unit or "liteqd.service")
         d.server, d.schema = (server, schema) if schema else (None, None)
         d.set_up()
         yield d
@@ -396,7 +406,7 @@ def _check_sockets(d):
         assert mode == 0o660 and gid == _gid(d.users.daemon), (name, oct(mode))
 
 
-@pytest.mark.parametrize("deployment", ["sqlite"], indirect=True)
+@pytest.mark.parametrize("deployment", ["sqlite", "sqlite:liteqd@.service"], indirect=True)
 def test_shipped_unit_on_sqlite_serves_the_app_user_and_operators_and_refuses_others(
         deployment):
     d = deployment
@@ -411,7 +421,7 @@ def test_shipped_unit_on_sqlite_serves_the_app_user_and_operators_and_refuses_ot
     _check_sockets(d)
     _check_operator_and_outsider(d)
     # The outsider cannot read the database, nor reach the wake-up socket.
-    res = d.as_user(d.users.outsider, d.python + ["-c", ENQUEUE, "1", "1", "nowait"])
+    res = d.as_user(d.users.outsider, d.python + ["-c", ENQUEUE, "1", "1", "nowait", d.workdir])
     assert res.returncode != 0
     wake = d.ns.path(paths.wake_path(os.path.join(paths.RUNTIME_DIR, _hashed_name(d.db))))
     probe = d.as_user(d.users.outsider, d.python + ["-c",
@@ -425,7 +435,7 @@ def test_shipped_unit_on_sqlite_serves_the_app_user_and_operators_and_refuses_ot
     d.stop_daemon()
     assert not [n for n in os.listdir(state) if n.endswith(("-wal", "-shm"))], \
         os.listdir(state)
-    holder = d.popen_as(d.users.app, d.python + ["-c", ENQUEUE, "20", "22", "hold"])
+    holder = d.popen_as(d.users.app, d.python + ["-c", ENQUEUE, "20", "22", "hold", d.workdir])
     queued = json.loads(holder.stdout.readline())
     assert queued["status"] == "pending", queued
     app_uid = pwd.getpwnam(d.users.app).pw_uid
