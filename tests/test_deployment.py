@@ -10,8 +10,10 @@ the unit's User, Group, UMask, Environment= lines and the shipped env file
 (systemd/liteqd.env.example), through setpriv, and runs the app, liteqctl and the
 outsider's attempts as the other users, each with the usual umask 0022 and no
 LITEQ_SOCKET. Names in the unit (user and group `liteq`) are mapped to this test's
-users. Every process carries the test's tag and is SIGKILLed in teardown; the
-namespace goes with its holder process.
+users. On SQLite it plays liteqd.service and the template liteqd@.service (as
+liteqd@shop); on PostgreSQL the app is a role with only what `liteq grants` prints.
+Every process of the test's users is SIGKILLed in teardown, before the users are
+removed; the namespace goes with its holder process.
 """
 
 import grp
@@ -423,11 +425,11 @@ def test_shipped_unit_on_sqlite_serves_the_app_user_and_operators_and_refuses_ot
     # The outsider cannot read the database, nor reach the wake-up socket.
     res = d.as_user(d.users.outsider, d.python + ["-c", ENQUEUE, "1", "1", "nowait", d.workdir])
     assert res.returncode != 0
-    wake = d.ns.path(paths.wake_path(os.path.join(paths.RUNTIME_DIR, _hashed_name(d.db))))
+    wake = paths.wake_path(os.path.join(paths.RUNTIME_DIR, _hashed_name(d.db)))
+    assert os.path.exists(d.ns.path(wake))
     probe = d.as_user(d.users.outsider, d.python + ["-c",
                       "import socket, sys; s = socket.socket(socket.AF_UNIX, "
-                      "socket.SOCK_DGRAM); s.sendto(b'w', sys.argv[1])",
-                      wake.split("/root", 1)[1]])
+                      "socket.SOCK_DGRAM); s.sendto(b'w', sys.argv[1])", wake])
     assert probe.returncode != 0 and "PermissionError" in probe.stderr, probe.stderr
     # With the daemon stopped, the app alone still enqueues: it creates the -wal and
     # -shm files itself, in the daemon's group, and the daemon, started while the app
