@@ -72,14 +72,15 @@ class WakeListener:
             self.next_open = time.monotonic() + REOPEN_S
             sup.dispatch.claim_soon()
             return
-        if now_due:
+        backlog = getattr(self.channel, "last_count", 0) >= BACKLOG
+        if now_due or backlog:  # with a backlog, the kernel may have refused a wake-up
             sup.wake()
         if later is not None:
             sup.wake(due=later)
         hints = self.channel.cancelled()
         if hints:
             self._cancel_confirmed(sup, hints)
-        if getattr(self.channel, "last_count", 0) >= BACKLOG:
+        if backlog:
             # Rest: what arrives meanwhile queues in the socket and is read in one go.
             sup.unregister_fd(self.channel)
             self.rest_until = time.monotonic() + COALESCE_S

@@ -10,8 +10,10 @@ the unit's User, Group, UMask, Environment= lines and the shipped env file
 (systemd/liteqd.env.example), through setpriv, and runs the app, liteqctl and the
 outsider's attempts as the other users, each with the usual umask 0022 and no
 LITEQ_SOCKET. Names in the unit (user and group `liteq`) are mapped to this test's
-users. Every process carries the test's tag and is SIGKILLed in teardown; the
-namespace goes with its holder process.
+users. On SQLite it plays liteqd.service and the template liteqd@.service (as
+liteqd@shop); on PostgreSQL the app is a role with only what `liteq grants` prints.
+Every process of the test's users is SIGKILLed in teardown, before the users are
+removed; the namespace goes with its holder process.
 """
 
 import grp
@@ -35,6 +37,7 @@ from liteq.backends import identity_of
 
 import pg_helpers
 from daemon_helpers import PYTHON, REPO, TAG_VAR, kill_tree, read_lines, wait_for, wait_gone
+from test_systemd import parse_unit
 
 UNITS = os.path.join(REPO, "systemd")
 TOOLS = ("useradd", "userdel", "groupdel", "setpriv", "nsenter", "unshare")
@@ -64,7 +67,7 @@ def report(seconds):
 # Run as the app: enqueue, then wait for the outcome and print it as JSON.
 ENQUEUE = '''
 import json, sys, time
-sys.path.insert(0, "/srv/liteq-app")
+sys.path.insert(0, sys.argv[4])  # the unit's WorkingDirectory, where the app is
 import tasks
 from liteq import get_task_status
 task_id = tasks.add.delay(int(sys.argv[1]), int(sys.argv[2]))
@@ -105,18 +108,6 @@ def user_python():
     if res.stdout.strip() != str(tuple(sys.version_info[:2])):
         pytest.skip(f"{system} is not Python {sys.version_info[:2]}, as this venv")
     return [system], {"PYTHONPATH": REPO + os.pathsep + sysconfig.get_paths()["purelib"]}
-
-
-def parse_unit(path):
-    """{key: [values]} of a unit file's [Service] and other sections, comments skipped."""
-    out = {}
-    with open(path) as f:
-        for raw in f:
-            line = raw.strip()
-            if line and line[0] not in "#;[":
-                key, _, value = line.partition("=")
-                out.setdefault(key.strip(), []).append(value.strip())
-    return out
 
 
 def parse_env_file(path):
@@ -234,9 +225,13 @@ class Namespace:
 class Deployment:
     """The shipped unit, played out: its directories, its daemon, and the other users."""
 
-    def __init__(self, tmp, users, ns, tag, db_url=None):
+    INSTANCE = "shop"   # the instance name a template unit is started as
+
+    def __init__(self, tmp, users, ns, tag, db_url=None, unit="liteqd.service"):
         self.tmp, self.users, self.ns, self.tag = tmp, users, ns, tag
-        self.unit = parse_unit(os.path.join(UNITS, "liteqd.service"))
+        self.unit = {key: [v.replace("%i", self.INSTANCE) for v in values]
+                     for key, values in parse_unit(os.path.join(UNITS, unit)).items()}
+        self.template = "@" in unit
         self.unit_user = self.unit["User"][-1]
         self.unit_group = self.unit["Group"][-1]
         self.env = self._daemon_env(db_url)
@@ -260,6 +255,8 @@ class Deployment:
         env.update({k: self._name(v) for k, v in shipped.items()})  # EnvironmentFile= wins
         if db_url is not None:
             env["LITEQ_DB"] = db_url
+        if self.template:   # its /etc/liteq/shop.env names the app in /srv/shop
+            env["LITEQ_APP"] = os.path.join(self.unit["WorkingDirectory"][-1], "tasks.py")
         env["LITEQ_CONCURRENCY"] = "2"   # a shared test machine: the example's 4 is not needed
         return env
 
@@ -323,14 +320,14 @@ class Deployment:
     def enqueue(self, user, a, b, wait=True, db=None):
         """The app's .delay() and get_task_status() as `user`; the JSON it printed."""
         res = self.as_user(user, self.python + ["-c", ENQUEUE, str(a), str(b),
-                                  "wait" if wait else "nowait"],
+                                  "wait" if wait else "nowait", self.workdir],
                            env={"LITEQ_DB": db} if db else None)
         assert res.returncode == 0, f"{user}: {res.stderr}\n{self.dump()}"
         return json.loads(res.stdout.strip().splitlines()[-1])
 
     def liteqctl(self, user, *args, db=None):
         return self.as_user(user, self.python + ["-m", "liteqd.ctl", "--db", db or self.db,
-                                                 *args])
+                                                 "--timeout", "60", *args])
 
 
 def _hashed_name(db):
@@ -341,7 +338,9 @@ def _hashed_name(db):
 @pytest.fixture
 def deployment(request, tmp_path):
     """A Deployment on SQLite (the unit's LITEQ_DB) or on PostgreSQL (a schema of its
-    own, whose URL the env file would give); everything is torn down afterwards."""
+    own, whose URL the env file would give), of liteqd.service or of the unit named
+    after a colon ("sqlite:liteqd@.service", as instance "shop"); everything is torn
+    down afterwards."""
     tag = f"deploy-{uuid.uuid4().hex[:8]}"
     os.chmod(tmp_path, 0o755)
     users = Users()
@@ -350,10 +349,12 @@ def deployment(request, tmp_path):
         users.create()
         ns = Namespace(tag)
         url = None
-        if request.param == "postgresql":
+        backend, _, unit = request.param.partition(":")
+        if backend == "postgresql":
             server = pg_helpers.server_url()
             schema, url = pg_helpers.create_schema(server)
-        d = Deployment(str(tmp_path), users, ns, tag, db_url=url)
+        d = Deployment(str(tmp_path), users, ns, tag, db_url=url,
+                       unit=unit or "liteqd.service")
         d.server, d.schema = (server, schema) if schema else (None, None)
         d.set_up()
         yield d
@@ -407,7 +408,7 @@ def _check_sockets(d):
         assert mode == 0o660 and gid == _gid(d.users.daemon), (name, oct(mode))
 
 
-@pytest.mark.parametrize("deployment", ["sqlite"], indirect=True)
+@pytest.mark.parametrize("deployment", ["sqlite", "sqlite:liteqd@.service"], indirect=True)
 def test_shipped_unit_on_sqlite_serves_the_app_user_and_operators_and_refuses_others(
         deployment):
     d = deployment
@@ -422,13 +423,13 @@ def test_shipped_unit_on_sqlite_serves_the_app_user_and_operators_and_refuses_ot
     _check_sockets(d)
     _check_operator_and_outsider(d)
     # The outsider cannot read the database, nor reach the wake-up socket.
-    res = d.as_user(d.users.outsider, d.python + ["-c", ENQUEUE, "1", "1", "nowait"])
+    res = d.as_user(d.users.outsider, d.python + ["-c", ENQUEUE, "1", "1", "nowait", d.workdir])
     assert res.returncode != 0
-    wake = d.ns.path(paths.wake_path(os.path.join(paths.RUNTIME_DIR, _hashed_name(d.db))))
+    wake = paths.wake_path(os.path.join(paths.RUNTIME_DIR, _hashed_name(d.db)))
+    assert os.path.exists(d.ns.path(wake))
     probe = d.as_user(d.users.outsider, d.python + ["-c",
                       "import socket, sys; s = socket.socket(socket.AF_UNIX, "
-                      "socket.SOCK_DGRAM); s.sendto(b'w', sys.argv[1])",
-                      wake.split("/root", 1)[1]])
+                      "socket.SOCK_DGRAM); s.sendto(b'w', sys.argv[1])", wake])
     assert probe.returncode != 0 and "PermissionError" in probe.stderr, probe.stderr
     # With the daemon stopped, the app alone still enqueues: it creates the -wal and
     # -shm files itself, in the daemon's group, and the daemon, started while the app
@@ -436,7 +437,7 @@ def test_shipped_unit_on_sqlite_serves_the_app_user_and_operators_and_refuses_ot
     d.stop_daemon()
     assert not [n for n in os.listdir(state) if n.endswith(("-wal", "-shm"))], \
         os.listdir(state)
-    holder = d.popen_as(d.users.app, d.python + ["-c", ENQUEUE, "20", "22", "hold"])
+    holder = d.popen_as(d.users.app, d.python + ["-c", ENQUEUE, "20", "22", "hold", d.workdir])
     queued = json.loads(holder.stdout.readline())
     assert queued["status"] == "pending", queued
     app_uid = pwd.getpwnam(d.users.app).pw_uid

@@ -92,10 +92,11 @@ def test_a_cancel_datagram_stops_nothing_the_database_does_not_say_is_cancelled(
     b = app.slow.delay(120, marker_b)
     _started(marker_a)
     _started(marker_b)
+    # One forged hint is enough: it used to stop the task. (Not a flood: the hints
+    # after a flood may find the socket's queue full, and only the poll finds them.)
     forged = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
     try:
-        for _ in range(50):
-            forged.sendto(b"c%d" % a, wake_path(daemons.socket))
+        forged.sendto(b"c%d" % a, wake_path(daemons.socket))
     finally:
         forged.close()
     assert liteq.cancel_task(b) is True
