@@ -185,7 +185,8 @@ def test_live_daemons_with_one_hostname_in_two_pid_namespaces_leave_each_other_a
     # live daemon and run twice.
     first = hosts.host("twin", "--concurrency", "1", "--stale-after", "60")
     log = hosts.path("executions.txt")
-    (tid,) = app.work_on_host.starmap([(log, 5.0)])
+    release = hosts.path("release")  # the task runs until the checks below are done
+    tid = app.work_on_host_until.delay(log, release)
     wait_for(lambda: read_lines(log), 15, lambda: f"not started\n{hosts.dump()}")
     time.sleep(1.1)  # start times more than a second apart: they cannot be mistaken
     second = hosts.host("twin", "--concurrency", "1", "--stale-after", "60")
@@ -195,7 +196,8 @@ def test_live_daemons_with_one_hostname_in_two_pid_namespaces_leave_each_other_a
     row = task_rows(hosts.db, [tid])[tid]
     assert (row["status"], row["worker_id"], row["attempts"]) == ("running", first_id, 1)
     assert not second.events("task.reclaimed")
-    _wait_done(hosts, [tid], 15)
+    open(release, "w").close()
+    _wait_done(hosts, [tid], 60)
     assert executions(log) == {tid: 1}
     assert not first.events("task.reclaimed")
     assert {first_id, second.events("daemon.ready")[0]["worker_id"]} <= _worker_ids()

@@ -128,7 +128,7 @@ def test_five_daemons_starting_together_on_an_empty_schema_migrate_once_and_all_
     # Launched back to back, none waited for: they race to create the tables.
     started = [hosts.host(name, "--concurrency", "1", ready=False) for name in names]
     for h in started:
-        h.wait_ready()
+        h.wait_ready(timeout=60)  # five start at once: a loaded machine takes its time
     began = sorted(h.events("daemon.starting")[0]["timestamp"] for h in started)
     print(f"daemon.starting from {began[0]} to {began[-1]}")
     assert all(h.alive() for h in started)

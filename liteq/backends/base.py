@@ -7,9 +7,10 @@ outcomes, heartbeat, reclaim), the monitor (reads), operators (cancel, retry,
 purge) and the scheduler (schedules).
 
 Conventions every implementation keeps:
-- Times are epoch seconds (float). "Now", due times and heartbeat staleness are
-  judged by the database's clock where the database has one (PostgreSQL);
-  callers pass delays in seconds, never their own "now", where that matters.
+- Times are epoch seconds (float). "Now" and due times are judged by the
+  database's clock where the database has one (PostgreSQL); callers pass delays
+  in seconds, never their own "now", where that matters. The daemons judge
+  heartbeats by whether they change, not by their age (liteqd/liveness.py).
 - Every state change is an UPDATE guarded by the state it expects (and the
   worker that owns the row), so a late writer never overwrites a newer state.
 - Rows are returned as plain dicts whose keys are the column names below.

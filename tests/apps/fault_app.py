@@ -69,6 +69,17 @@ def work(path, seconds=0.0):
 
 
 @task(max_retries=10, **QUICK)
+def work_on_host_until(path, release, limit=120.0):
+    """work_on_host() that runs until the file `release` exists (at most `limit` s), so
+    a test decides when it ends, however slowly a loaded machine runs the test."""
+    append_line(path, f"{current_task_id()} {os.getpid()} {socket.gethostname()}")
+    deadline = time.monotonic() + limit
+    while not os.path.exists(release) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return True
+
+
+@task(max_retries=10, **QUICK)
 def stamp(path):
     """Record the execution with the time it started: "TASK_ID PID EPOCH_SECONDS"."""
     append_line(path, f"{current_task_id()} {os.getpid()} {time.time()!r}")
