@@ -74,6 +74,19 @@ def check_name(label, value, queue=False) -> str:
     return value
 
 
+# Task names already found good: a task's name is the same on every call, so the
+# enqueue path checks it once (bounded, for apps that make names up as they go).
+_GOOD_TASK_NAMES = set()
+
+
+def _check_task_name(name):
+    if isinstance(name, str) and name in _GOOD_TASK_NAMES:
+        return
+    check_name("task name", name)
+    if len(_GOOD_TASK_NAMES) < 10_000:
+        _GOOD_TASK_NAMES.add(name)
+
+
 def check_priority(value) -> int:
     """priority as an int within PRIORITY_RANGE (a float is truncated); TypeError/
     ValueError otherwise."""
@@ -242,7 +255,7 @@ class NewTask:
 
     def __post_init__(self):
         # Every way of enqueueing builds one, so its limits hold on every path.
-        check_name("task name", self.name)
+        _check_task_name(self.name)
         if self.run_at is not None or self.delay is not None:
             check_due(self.run_at, self.delay)
 
@@ -262,6 +275,6 @@ class NewTasks:
     delay: float = None
 
     def __post_init__(self):
-        check_name("task name", self.name)
+        _check_task_name(self.name)
         if self.run_at is not None or self.delay is not None:
             check_due(self.run_at, self.delay)
