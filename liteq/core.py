@@ -5,8 +5,8 @@ import inspect
 
 from .backends import get_backend
 from .serialization import encode_payload, encode_args_array
-from .taskspec import (NewTask, NewTasks, TaskOptions, check_depends_on, check_number,
-                       check_unique_key, derive_unique_key)
+from .taskspec import (NewTask, NewTasks, TaskOptions, check_depends_on, check_name,
+                       check_number, check_unique_key, derive_unique_key)
 from .timeutil import due_from
 from .status import get_task_status  # noqa: F401  (the seed's liteq.core.get_task_status)
 
@@ -25,7 +25,7 @@ class Task:
         if not callable(fn):
             raise TypeError(f"@task needs a function, got {fn!r}")
         self.fn = fn
-        self.name = name or fn.__name__
+        self.name = check_name("task name", name or fn.__name__)
         self.options = TaskOptions.build(**options)
         # unique=True: each call's unique_key is derived from the name and arguments.
         # Code-side (like retry_on), not a TaskOptions field: the row stores the key.

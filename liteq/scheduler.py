@@ -31,7 +31,8 @@ from .cron import check_tz, latest_before, next_after, normalize_cron, occurrenc
 from .cron import (calculate_next_run, local_zone, next_run_after,  # noqa: F401 - public
                    parse_cron)
 from .serialization import decode_payload, encode_payload
-from .taskspec import NewTask, TaskOptions
+from .taskspec import (MAX_RETRIES, NewTask, TaskOptions, check_name, check_number,
+                       check_priority)
 from .timeutil import now, to_iso
 
 CATCHUP_MODES = ("coalesce", "all")
@@ -102,10 +103,18 @@ def register_schedule(task, cron, *args, name=None, queue=None, priority=None,
         name = task_name
     if not isinstance(name, str) or not name.strip():
         raise ValueError(f"schedule name must be a non-empty string, got {name!r}")
+    check_name("task name", task_name)
+    check_name("schedule name", name)
     if queue is not None and (not isinstance(queue, str) or not queue):
         raise ValueError(f"queue must be a non-empty string, got {queue!r}")
+    if queue is not None:
+        check_name("queue", queue, queue=True)
     priority = _check_int("priority", priority)
+    if priority is not None:
+        check_priority(priority)
     max_retries = _check_int("max_retries", max_retries, minimum=0)
+    if max_retries is not None:
+        check_number("max_retries", max_retries, maximum=MAX_RETRIES)
     if catchup not in CATCHUP_MODES:
         raise ValueError(f"catchup must be one of {', '.join(CATCHUP_MODES)}, got {catchup!r}")
     tz = check_tz(tz)

@@ -8,20 +8,113 @@ inserts exactly these fields.
 
 import hashlib
 import json
+import math
+import re
 from dataclasses import dataclass, fields, replace
+
+# The limits on what a task may be given, the same on every backend (README: "Limits
+# on values"). They are checked here, before anything is written, so a value one
+# backend would store and the other refuse is refused by both.
 
 #: The longest unique_key accepted (it is stored in a unique index).
 MAX_UNIQUE_KEY = 512
+#: The longest task, queue or schedule name, in characters.
+MAX_NAME = 200
+#: priority is a 32-bit signed integer (PostgreSQL's `integer` column).
+PRIORITY_RANGE = (-(2**31), 2**31 - 1)
+#: max_retries: 0 up to this.
+MAX_RETRIES = 1_000_000
+#: timeout, countdown, retry_delay, retry_max_delay and a schedule()'s delay: at most
+#: ten years of seconds (a larger one overflows the daemon's timers).
+MAX_SECONDS = 10 * 365 * 86400
+#: retry_backoff: 0 up to this factor.
+MAX_BACKOFF = 100.0
+#: eta / an absolute run_at: epoch seconds from 1970 to the end of year 9999.
+MAX_EPOCH = 253402300799.0
+
+# Control characters (NUL included) and lone surrogates (not valid UTF-8): no
+# database stores them the same way, and no log or command line shows them.
+_BAD_CHARS = re.compile("[\x00-\x1f\x7f\ud800-\udfff]")
 
 
-def check_number(label, value, allow_none=False, allow_zero=True):
-    """Raise TypeError/ValueError unless `value` is a non-negative number (or None)."""
+def check_number(label, value, allow_none=False, allow_zero=True, maximum=MAX_SECONDS,
+                 minimum=0):
+    """Raise TypeError/ValueError unless `value` is a finite number from `minimum`
+    (excluded when it is 0 and not allow_zero) to `maximum`, or None if allowed."""
     if value is None and allow_none:
         return
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise TypeError(f"{label} must be a number, not {type(value).__name__}")
-    if value < 0 or (value == 0 and not allow_zero):
-        raise ValueError(f"{label} must be {'>= 0' if allow_zero else '> 0'}, got {value!r}")
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ValueError(f"{label} must be a finite number, got {value!r}")
+    if value < minimum or (value == 0 and not allow_zero):
+        low = f"> {minimum}" if (minimum == 0 and not allow_zero) else f">= {minimum}"
+        raise ValueError(f"{label} must be {low}, got {value!r}")
+    if value > maximum:
+        raise ValueError(f"{label} must be at most {maximum:,}, got {value!r}")
+
+
+def check_name(label, value, queue=False) -> str:
+    """Raise TypeError/ValueError unless `value` is a usable name: a string of 1 to
+    MAX_NAME characters with no control characters; a queue name also has no comma
+    and no leading or trailing space (liteqd --queues could never name it)."""
+    if not isinstance(value, str):
+        raise TypeError(f"{label} must be a string, not {type(value).__name__}")
+    if not value or len(value) > MAX_NAME:
+        shown = value if len(value) <= 40 else value[:40] + "..."
+        raise ValueError(f"{label} must be 1 to {MAX_NAME} characters long, got "
+                         f"{len(value):,} ({shown!r})")
+    bad = _BAD_CHARS.search(value)
+    if bad:
+        raise ValueError(f"{label} {value[:40]!r} holds the control character or lone "
+                         f"surrogate {bad.group()!r}")
+    if queue and ("," in value or value != value.strip()):
+        raise ValueError(f"{label} {value!r} must not hold a comma or start or end with "
+                         f"a space (liteqd --queues could not name it)")
+    return value
+
+
+# Task names already found good: a task's name is the same on every call, so the
+# enqueue path checks it once (bounded, for apps that make names up as they go).
+_GOOD_TASK_NAMES = set()
+
+
+def _check_task_name(name):
+    if isinstance(name, str) and name in _GOOD_TASK_NAMES:
+        return
+    check_name("task name", name)
+    if len(_GOOD_TASK_NAMES) < 10_000:
+        _GOOD_TASK_NAMES.add(name)
+
+
+def check_priority(value) -> int:
+    """priority as an int within PRIORITY_RANGE (a float is truncated); TypeError/
+    ValueError otherwise."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"priority must be a number, not {type(value).__name__}")
+    low, high = PRIORITY_RANGE
+    check_number("priority", value, minimum=low, maximum=high)
+    return int(value)
+
+
+def check_due(run_at=None, delay=None) -> None:
+    """ValueError unless an absolute run_at (epoch seconds) is within 0..MAX_EPOCH and
+    a delay within -MAX_SECONDS..MAX_SECONDS (a negative one is already due)."""
+    check_number("run_at (eta)", run_at, allow_none=True, maximum=MAX_EPOCH)
+    check_number("delay", delay, allow_none=True, minimum=-MAX_SECONDS)
+
+
+def check_purge(older_than, statuses, known) -> tuple:
+    """The statuses of a purge() as a tuple, after checking that older_than is a
+    finite number of seconds and every status is in `known` (ValueError)."""
+    check_number("older_than", older_than, minimum=-math.inf, maximum=math.inf)
+    if isinstance(statuses, str):
+        statuses = (statuses,)
+    statuses = tuple(statuses)
+    unknown = sorted({s for s in statuses if s not in known}, key=repr)
+    if unknown:
+        raise ValueError(f"unknown task status(es) {unknown}; known: {tuple(known)}")
+    return statuses
 
 
 def check_unique_key(key):
@@ -118,16 +211,18 @@ class TaskOptions:
         queue = changes.get("queue", self.queue)
         if not isinstance(queue, str) or not queue:
             raise ValueError(f"queue must be a non-empty string, got {queue!r}")
-        for key in ("max_retries", "retry_delay", "retry_backoff", "retry_max_delay"):
+        check_name("queue", queue, queue=True)
+        for key in ("retry_delay", "retry_max_delay"):
             if key in changes:
                 check_number(key, changes[key])
+        if "retry_backoff" in changes:
+            check_number("retry_backoff", changes["retry_backoff"], maximum=MAX_BACKOFF)
+        if "max_retries" in changes:
+            check_number("max_retries", changes["max_retries"], maximum=MAX_RETRIES)
         if "timeout" in changes:
             check_number("timeout", changes["timeout"], allow_zero=False)
         if "priority" in changes:
-            value = changes["priority"]
-            if isinstance(value, bool) or not isinstance(value, (int, float)):
-                raise TypeError(f"priority must be a number, not {type(value).__name__}")
-            changes["priority"] = int(value)
+            changes["priority"] = check_priority(changes["priority"])
         if "max_retries" in changes:
             changes["max_retries"] = int(changes["max_retries"])
         for key in ("retry_delay", "retry_backoff", "retry_max_delay"):
@@ -158,6 +253,12 @@ class NewTask:
     unique_key: str = None
     depends_on: tuple = ()
 
+    def __post_init__(self):
+        # Every way of enqueueing builds one, so its limits hold on every path.
+        _check_task_name(self.name)
+        if self.run_at is not None or self.delay is not None:
+            check_due(self.run_at, self.delay)
+
 
 @dataclass(slots=True)
 class NewTasks:
@@ -172,3 +273,8 @@ class NewTasks:
     options: TaskOptions
     run_at: float = None
     delay: float = None
+
+    def __post_init__(self):
+        _check_task_name(self.name)
+        if self.run_at is not None or self.delay is not None:
+            check_due(self.run_at, self.delay)

@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 
 from liteq import __version__
 from liteq.errors import ConfigError
+from liteq.taskspec import MAX_SECONDS, check_name, check_number
 
 
 # Children per pool, at most: a typo must not fork-bomb the machine.
@@ -153,6 +154,23 @@ def _convert(typ, raw, source):
     return raw
 
 
+def _within_limits(source, value):
+    """ConfigError unless a number flag is finite and within liteq's shared limit on
+    seconds (a NaN passes every comparison; 1e300 overflows the daemon's timers)."""
+    try:
+        check_number(source, value, allow_none=True, maximum=MAX_SECONDS)
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
+
+
+def _queue_name(source, name):
+    """ConfigError unless `name` follows liteq's rule for queue names."""
+    try:
+        return check_name(f"{source}: queue", name, queue=True)
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
+
+
 def _parse_pool(text, source):
     parts = text.strip().split(":")
     if len(parts) != 3 or not parts[0] or not parts[1]:
@@ -167,7 +185,7 @@ def _parse_pool(text, source):
     if not 1 <= n <= MAX_CHILDREN:
         raise ConfigError(f"{source}: pool {name!r} needs from 1 to {MAX_CHILDREN} children; "
                           f"got {n}")
-    qs = [q.strip() for q in queues.split(",") if q.strip()]
+    qs = [_queue_name(source, q.strip()) for q in queues.split(",") if q.strip()]
     return PoolSpec(name, qs, n)
 
 
@@ -183,7 +201,7 @@ def _parse_queue_limit(text, source):
     if n < 1:
         raise ConfigError(f"{source}: the limit of queue {queue.strip()!r} must be at least "
                           f"1; got {n}")
-    return queue.strip(), n
+    return _queue_name(source, queue.strip()), n
 
 
 def resolve(args: argparse.Namespace, environ=None) -> DaemonConfig:
@@ -222,6 +240,7 @@ def resolve(args: argparse.Namespace, environ=None) -> DaemonConfig:
         if v is not None and (v < minimum or (strict and v <= minimum)):
             op = ">" if strict else ">="
             raise ConfigError(f"{values[key + '__source']} must be {op} {minimum}; got {v:g}")
+        _within_limits(values[key + "__source"], v)
     if values["prefetch"] < 1:
         raise ConfigError(f"{values['prefetch__source']} must be at least 1; "
                           f"got {values['prefetch']}")
@@ -247,7 +266,8 @@ def resolve(args: argparse.Namespace, environ=None) -> DaemonConfig:
         if not 1 <= concurrency <= MAX_CHILDREN:
             raise ConfigError(f"{values['concurrency__source']} must be from 1 to "
                               f"{MAX_CHILDREN}; got {concurrency}")
-        queues = [q.strip() for q in values["queues"].split(",") if q.strip()]
+        queues = [_queue_name(values["queues__source"], q.strip())
+                  for q in values["queues"].split(",") if q.strip()]
         if not queues:
             raise ConfigError(f"{values['queues__source']} names no queue")
         pools = [PoolSpec("default", queues, concurrency)] + pools

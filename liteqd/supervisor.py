@@ -27,13 +27,19 @@ from setproctitle import setproctitle
 from liteq.backends import identity_of, open_backend
 from liteq.errors import DatabaseError, DatabaseRefused, DatabaseUnavailable
 
-from . import logs, proc
+from . import kept_outcomes, logs, proc
 from .config import MAX_CHILDREN
 from .dispatch import Dispatcher
 from .duties import Duties
 from .lifecycle import Lifecycle, signal_name
 from .logs import get_logger
 from .pool import Pool
+
+# A stop tries to record its last outcomes until the stop deadline, and for at least
+# this long (the deadline may have passed while the tasks ran).
+LAST_OUTCOMES_MIN_S = 5.0
+# The exit status of a stop that left outcomes unrecorded (kept in a file or lost).
+EXIT_OUTCOMES_UNRECORDED = 1
 
 
 class Supervisor:
@@ -114,6 +120,14 @@ class Supervisor:
         self.backend = self._connect()
         if self.backend is None:
             return False
+        # Before the first reclaim, which would take the tasks they belong to.
+        try:
+            kept = kept_outcomes.kept_paths(self.config)
+            kept_outcomes.replay(self.backend, kept, self.log)
+            kept_outcomes.give_back_lost(self.backend, kept, self.log)
+        except BaseException:
+            self.backend.close()
+            raise
         registered = []
         try:
             for plugin in self.plugins:
@@ -395,14 +409,7 @@ class Supervisor:
         # Whatever is still held goes back to pending before we let go of the rows.
         self.stopping = self.stopping or "fast"  # (also after an error): claim nothing more
         self.lifecycle.kill_all_for_exit()
-        dispatch = self.dispatch
-        dispatch.outage.retry_at = 0.0
-        for _ in range(20):
-            dispatch.sync()
-            if not dispatch.has_outcomes():
-                break
-            time.sleep(0.25)
-            dispatch.outage.retry_at = 0.0
+        unrecorded = self._record_last_outcomes()
         for plugin in self.plugins:
             try:
                 plugin.close()
@@ -415,6 +422,40 @@ class Supervisor:
         self.lifecycle.reap_remaining()
         self.lifecycle.end_leftovers()
         self.lifecycle.reap_remaining(timeout=0.5)
-        self.log.info("daemon.stopped", tasks_done=self.tasks_done,
-                      tasks_failed=self.tasks_failed, exit_code=self.exit_code)
+        (self.log.error if unrecorded else self.log.info)(
+            "daemon.stopped", tasks_done=self.tasks_done, tasks_failed=self.tasks_failed,
+            outcomes_unrecorded=unrecorded, exit_code=self.exit_code)
         self.backend.close()
+
+    def _record_last_outcomes(self) -> int:
+        """Record the outcomes still held, trying until the stop deadline; keep what
+        the database still refuses for the next start (kept_outcomes.py), or name it
+        in the log. Returns how many were left unrecorded (then the exit is non-zero)."""
+        dispatch = self.dispatch
+        deadline = max(self.stop_deadline or 0.0, time.monotonic() + LAST_OUTCOMES_MIN_S)
+        while True:
+            dispatch.outage.retry_at = 0.0
+            dispatch.sync()
+            if not dispatch.has_outcomes() or time.monotonic() >= deadline:
+                break
+            time.sleep(0.5)
+        if not dispatch.has_outcomes():
+            return 0
+        held = {kind: list(rows) for kind, rows in dispatch.outcomes.items()}
+        ids = sorted(row if kind == "release" else row[0]
+                     for kind, rows in held.items() for row in rows)
+        path = kept_outcomes.keep(kept_outcomes.kept_paths(self.config), self.worker_id, held)
+        if path is not None:
+            self.log.error("outcomes.kept", count=len(ids), task_ids=ids, path=path,
+                           reason="the database refused them until the stop deadline; "
+                                  "the next start records them")
+        else:
+            kept_outcomes.mark_lost(kept_outcomes.kept_paths(self.config), self.worker_id)
+            for kind, rows in held.items():
+                for row in rows:
+                    self.log.error("task.outcome_lost", outcome=kind,
+                                   task_id=row if kind == "release" else row[0],
+                                   reason=f"{kept_outcomes.LOST_REASON}: neither the "
+                                          f"database nor a file took it")
+        self.exit_code = self.exit_code or EXIT_OUTCOMES_UNRECORDED
+        return len(ids)

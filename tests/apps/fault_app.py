@@ -198,6 +198,15 @@ def hold_without_sleep(marker, seconds):
     return seconds
 
 
+@task(max_retries=0)
+def hold_until(marker, go):
+    """Record the start ("TASK_ID PID"), then wait until the file `go` exists."""
+    append_line(marker, f"{current_task_id()} {os.getpid()}")
+    while not os.path.exists(go):
+        time.sleep(0.05)
+    return "went"
+
+
 # ---- poison ------------------------------------------------------------------------------
 
 @task(max_retries=2, **QUICK)

@@ -3,6 +3,7 @@
 Rows come back with the SQLite backend's keys, times as epoch seconds.
 """
 
+from ...taskspec import check_purge
 from ..base import CANCEL_TEXT, TASK_STATUSES
 from ..filters import (KEY_IS_FREE, KEY_IS_FREE_FOR_NEWEST, PRUNABLE, equal_filters,
                        finished_status)
@@ -199,9 +200,7 @@ class ReadOps:
     @operation
     def _delete_finished(self, older_than, statuses):
         """(rows deleted, whether the table needs a VACUUM from LiteQ now)."""
-        unknown = sorted(set(statuses) - set(TASK_STATUSES))
-        if unknown:
-            raise ValueError(f"unknown task status(es) {unknown}; known: {TASK_STATUSES}")
+        statuses = check_purge(older_than, statuses, TASK_STATUSES)
         if not statuses:
             return 0, False
         # Literal statuses, so the planner can prove the partial index tasks_finished

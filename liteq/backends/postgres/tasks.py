@@ -323,6 +323,8 @@ class TaskOps:
                 elif of_kind and sql is RECORD_FAILED:
                     deps.cancel_dependents(session, of_kind, "failed")
                 recorded.extend(of_kind)
+        # Churn leaves dead rows whether or not retention ever deletes anything.
+        self._vacuums.after_outcomes(session, len(recorded))
         return recorded
 
     @operation

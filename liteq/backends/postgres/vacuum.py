@@ -6,14 +6,18 @@ by retention). autovacuum reclaims them (the table's settings in schema.py make
 it take the table at each of its rounds); with autovacuum off nothing does, the
 table grows without end and the claim slows down with it (tests/bench_pg_bloat.py:
 0.53 MB per thousand tasks, and 3,000 tasks a second instead of 12,000 after
-300,000 tasks). So when finished tasks are deleted on such a server, and
-the dead rows pass the table's own autovacuum threshold (schema.py: 1,000 plus
-1 % of the live rows), LiteQ vacuums as autovacuum would have:
+300,000 tasks). So on such a server, when the table's dead rows pass its own
+autovacuum threshold (schema.py: 1,000 plus 1 % of the live rows), LiteQ vacuums
+as autovacuum would have. Dead rows decide, not deletions: claims and outcomes
+leave most of them, and with a retention of a day nothing is deleted for a day.
+The dead rows are looked at:
 
-- purge() (an operator's or a schedule's call) vacuums before it returns;
-- prune() (the daemons' retention, in the supervisor's loop, which must never
-  stall) starts a VACUUM on a connection of its own without waiting for it, and
-  a later prune() collects it, so at most one runs per backend at a time.
+- by purge() (an operator's or a schedule's call), which vacuums before it returns;
+- by prune() (the daemons' retention, each heartbeat), and after every
+  CHECK_EVERY outcomes a backend records (so churn is vacuumed with retention
+  off too): these start a VACUUM on a connection of its own without waiting for
+  it (the supervisor's loop must never stall), and a later look collects it, so
+  at most one runs per backend at a time.
 
 VACUUM (SKIP_LOCKED) does not block the queue's reads and writes, and skips the
 table when another VACUUM holds it. A role that does not own the table gets a
@@ -39,6 +43,11 @@ ROW_COUNTS = ("SELECT pg_stat_get_dead_tuples(t) AS dead, pg_stat_get_live_tuple
 # How long the server's autovacuum setting is trusted before it is read again
 # (it changes only with the server's configuration).
 RECHECK_S = 60.0
+
+# Outcomes recorded between two looks at the dead rows: each outcome leaves two dead
+# row versions (its claim's and its own), so a look every 250 outcomes comes at
+# least twice per threshold's worth (1,000 dead rows) of this backend's churn.
+CHECK_EVERY = 250
 
 
 def vacuum_now(connector):
@@ -104,12 +113,13 @@ class Vacuums:
         self.last_error = None       # what the last one that failed said
         self._autovacuum = None
         self._checked = 0.0
+        self.outcomes = 0            # outcomes recorded since the dead rows were looked at
+        self.started = 0             # VACUUMs started in the background so far
 
-    def needed(self, session, deleted) -> bool:
+    def needed(self, session, deleted=0) -> bool:
         """True when the server's autovacuum is off (read at most every RECHECK_S) and
-        the dead rows, with the `deleted` ones just now, pass the table's threshold."""
-        if not deleted:
-            return False
+        the dead rows, with the `deleted` ones just now, pass the table's threshold
+        (whether or not anything was deleted)."""
         if self._autovacuum is None or time.monotonic() - self._checked > RECHECK_S:
             self._autovacuum = session.run(AUTOVACUUM_ON).fetchone()["on"]
             self._checked = time.monotonic()
@@ -118,15 +128,33 @@ class Vacuums:
         rows = session.run(ROW_COUNTS).fetchone()
         return rows["dead"] + deleted > VACUUM_THRESHOLD + VACUUM_SCALE_FACTOR * rows["live"]
 
-    def after_prune(self, session, deleted):
-        """Collect a VACUUM that ended; start one when none runs and needed() says so.
-        Never waits for a VACUUM."""
+    def idle(self) -> bool:
+        """Collect a VACUUM that ended; True when none is in flight."""
         if self.running is not None and self.running.finished():
             self.last_error = self.running.error or self.last_error
             self.running = None
-        if self.running is None and self.needed(session, deleted):
+        return self.running is None
+
+    def after_outcomes(self, session, recorded):
+        """Count `recorded` outcomes; every CHECK_EVERY of them, look at the dead rows
+        as after_prune() does. A failure here is left for the next look: the
+        outcomes are already committed."""
+        self.outcomes += recorded
+        if self.outcomes < CHECK_EVERY:
+            return
+        self.outcomes = 0
+        try:
+            self.after_prune(session, 0)
+        except psycopg.Error as exc:
+            self.last_error = str(exc)
+
+    def after_prune(self, session, deleted):
+        """Collect a VACUUM that ended; start one when none runs and needed() says so.
+        Never waits for a VACUUM."""
+        if self.idle() and self.needed(session, deleted):
             try:
                 self.running = BackgroundVacuum(self.connector)
+                self.started += 1
             except DatabaseError as exc:   # the next prune tries again
                 self.last_error = str(exc)
 

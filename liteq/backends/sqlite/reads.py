@@ -3,7 +3,8 @@
 from ...timeutil import now
 from ..filters import (KEY_IS_FREE, KEY_IS_FREE_FOR_NEWEST, PRUNABLE, equal_filters,
                        finished_status)
-from ..base import CANCEL_TEXT
+from ...taskspec import check_purge
+from ..base import CANCEL_TEXT, TASK_STATUSES
 from . import deps
 from .connection import guarded, row_dict
 
@@ -170,6 +171,9 @@ class ReadOps:
     @guarded
     def purge(self, older_than, statuses=("done", "failed", "cancelled")) -> int:
         """Delete finished tasks that finished more than `older_than` seconds ago."""
+        statuses = check_purge(older_than, statuses, TASK_STATUSES)
+        if not statuses:
+            return 0
         marks = ",".join("?" * len(statuses))
         with self._write() as conn:
             cur = conn.execute(

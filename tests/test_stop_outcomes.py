@@ -1,0 +1,139 @@
+"""A graceful stop on a full disk: outcomes the database refuses are not lost.
+
+SQLite on a real, small tmpfs (root only): tasks finish after the file system
+filled up, so their outcomes cannot be written; then SIGTERM. The daemon keeps
+trying until the stop deadline, keeps what is still refused in a file in its
+runtime directory (the control socket's), exits non-zero, and the next start
+records those outcomes, so no task runs twice or ends failed for nothing. Where no
+file can be written either, each task is named in the log and the next start ends
+it with an error saying its outcome was lost at the stop.
+"""
+
+import contextlib
+import os
+import sqlite3
+import subprocess
+
+import pytest
+
+from liteq import backends
+
+from daemon_helpers import read_lines, task_row, wait_for, wait_statuses
+from fault_helpers import app, lab  # noqa: F401 (fixtures)
+
+pytestmark = pytest.mark.sqlite_only
+
+TASKS = 4
+
+
+def _fill(path):
+    """Write a file until its file system is full (ENOSPC)."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT, 0o644)
+    try:
+        for chunk in (65536, 512):
+            try:
+                while True:
+                    os.write(fd, b"\0" * chunk)
+            except OSError as exc:
+                assert exc.errno == 28, exc
+    finally:
+        os.close(fd)
+
+
+@contextlib.contextmanager
+def small_disk(lab, size="6m"):
+    """A real tmpfs of `size` mounted in the test's directory (unmounted after, with
+    every process of the test killed first so nothing holds it)."""
+    if os.geteuid() != 0:
+        pytest.skip("mounting a tmpfs needs root")
+    disk = lab.path("disk")
+    os.mkdir(disk)
+    res = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", disk],
+                         capture_output=True, text=True, timeout=10)
+    if res.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {res.stderr.strip()}")
+    try:
+        yield disk
+    finally:
+        for daemon in lab.daemons:
+            daemon.kill_everything()
+        backends.forget_backends()
+        subprocess.run(["umount", "-l", disk], capture_output=True, timeout=30)
+
+
+def _run_until_the_disk_is_full(lab, app, monkeypatch, disk, *flags):
+    """A daemon on disk/queue.db whose TASKS tasks finish only once the disk is full;
+    returns (daemon, db, task ids, marker of starts, filler path)."""
+    db = os.path.join(disk, "queue.db")
+    monkeypatch.setenv("LITEQ_DB", db)
+    backends.forget_backends()
+    marker, go = lab.path("started.txt"), lab.path("go")
+    d = lab.daemon("--concurrency", str(TASKS), "--db", db, "--graceful-timeout", "3",
+                   *flags, env={"LITEQ_DB": db})
+    ids = [app.hold_until.delay(marker, go) for _ in range(TASKS)]
+    wait_for(lambda: len(read_lines(marker)) == TASKS, 30, "the tasks never all started")
+    backends.forget_backends()
+    # An empty WAL, so the next write must grow it: it cannot reuse space it has.
+    conn = sqlite3.connect(db)
+    try:
+        conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    finally:
+        conn.close()
+    filler = os.path.join(disk, "filler")
+    _fill(filler)
+    open(go, "w").close()
+    d.wait_event("db.retrying", timeout=30, op="sync")   # the outcomes were refused
+    return d, db, ids, marker, filler
+
+
+def _statuses(db, ids):
+    return [task_row(db, i)["status"] for i in ids]
+
+
+def test_outcomes_refused_at_stop_are_kept_and_recorded_by_the_next_start(lab, app,
+                                                                          monkeypatch):
+    with small_disk(lab) as disk:
+        d, db, ids, marker, filler = _run_until_the_disk_is_full(lab, app, monkeypatch, disk)
+        code = d.stop(timeout=60)
+        assert code != 0, f"a stop that left outcomes unrecorded exited 0\n{d.dump()}"
+        kept = d.events("outcomes.kept")
+        assert kept and sorted(kept[0]["task_ids"]) == sorted(ids), d.dump()
+        assert os.path.dirname(kept[0]["path"]) == os.path.dirname(lab.socket)
+        stopped = d.events("daemon.stopped")[0]
+        assert (stopped["outcomes_unrecorded"], stopped["exit_code"]) == (TASKS, code)
+        assert _statuses(db, ids) == ["running"] * TASKS
+
+        os.unlink(filler)
+        d2 = lab.daemon("--concurrency", str(TASKS), "--db", db, env={"LITEQ_DB": db})
+        wait_statuses(db, ids, "done", timeout=30, dump=d2.dump)
+        assert [task_row(db, i)["result"] for i in ids] == ['"went"'] * TASKS
+        assert len(read_lines(marker)) == TASKS            # none ran again
+        assert len(d2.events("task.outcome_replayed")) == TASKS
+        assert not os.path.exists(kept[0]["path"])
+        assert d2.stop() == 0
+
+
+def test_outcomes_nothing_can_keep_are_named_and_end_as_lost(lab, app, monkeypatch):
+    with small_disk(lab) as disk:
+        # The control socket, and so the runtime directory, on the full disk too.
+        sock = os.path.join(disk, "liteqd.sock")
+        monkeypatch.setattr(lab, "socket", sock)
+        monkeypatch.setenv("LITEQ_SOCKET", sock)
+        d, db, ids, marker, filler = _run_until_the_disk_is_full(
+            lab, app, monkeypatch, disk, "--socket", sock)
+        code = d.stop(timeout=60)
+        assert code != 0, d.dump()
+        lost = d.events("task.outcome_lost")
+        assert sorted(e["task_id"] for e in lost) == sorted(ids), d.dump()
+        assert all("outcome lost at daemon stop" in e["reason"] for e in lost)
+        assert _statuses(db, ids) == ["running"] * TASKS
+
+        os.unlink(filler)
+        d2 = lab.daemon("--concurrency", str(TASKS), "--db", db, "--socket", sock,
+                        env={"LITEQ_DB": db})
+        wait_statuses(db, ids, "failed", timeout=30, dump=d2.dump)   # max_retries=0
+        for i in ids:
+            assert task_row(db, i)["error"].startswith("outcome lost at daemon stop"), \
+                task_row(db, i)["error"]
+        assert len(read_lines(marker)) == TASKS
+        assert d2.stop() == 0
