@@ -89,6 +89,12 @@ def configure(log_format="auto", level="info", stream=None):
     )
 
 
+def use_stream(stream):
+    """Write this process's log lines to another stream (a worker child keeps the
+    daemon's stdout for its own few events once its fd 1 is a pipe to the supervisor)."""
+    _sink.stream = stream
+
+
 def flush():
     """Write out the queued log lines (the supervisor calls this every loop turn)."""
     _sink.flush()
