@@ -134,3 +134,29 @@ def test_task_failed_carries_the_traceback(daemons):
     assert failed and failed[0]["error"] == "ValueError: bad value in a task"
     assert "Traceback (most recent call last)" in failed[0]["traceback"]
     assert 'raise ValueError("bad value in a task")' in failed[0]["traceback"]
+
+
+def test_under_journald_each_line_carries_its_syslog_priority(daemons):
+    """journald reads a "<N>" prefix off each line as the entry's priority (and removes
+    it); stdout is the journal stream when $JOURNAL_STREAM names its device and inode."""
+    app = load_app_module(APP)
+    d = daemons.make("--concurrency", "1", app=APP)
+    # The daemon's stdout is the log file Daemon.start() opens (truncating it, so the
+    # inode stays): name it as systemd would.
+    open(d.log_path, "wb").close()
+    st = os.stat(d.log_path)
+    d.env["JOURNAL_STREAM"] = f"{st.st_dev}:{st.st_ino}"
+    d.start()
+    tid = app.logs_things.delay()
+    wait_for(lambda: any(line.startswith("<3>") for line in d.log_lines()), 30,
+             lambda: d.dump(30))
+    wait_status(tid, daemons=daemons)
+    d.stop()
+    lines = d.log_lines()
+    assert lines and all(line[:1] == "<" and line[2:4] == ">{" for line in lines), lines[:3]
+    for line in lines:
+        prio, record = int(line[1]), json.loads(line[3:])
+        assert prio == {"debug": 7, "info": 6, "warning": 4, "error": 3,
+                        "critical": 2}[record["level"]], line
+    assert {json.loads(line[3:])["message"] for line in lines if line.startswith("<4>")
+            and "message" in line} >= {"careful: warned"}
