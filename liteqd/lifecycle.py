@@ -13,7 +13,7 @@ import socket
 import sys
 import time
 
-from . import logs, proc, protocol
+from . import logs, proc, protocol, task_output
 from .child import BOOT_ERROR_EXIT, child_main
 from .pool import ChildHandle
 
@@ -73,6 +73,7 @@ class Lifecycle:
         parent_sock, child_sock = socket.socketpair()
         slot = self._free_slot()
         close_fds = self.sup.supervisor_fds() + [parent_sock.fileno()]
+        pipes = task_output.make_pipes()
         logs.flush()
         sys.stdout.flush()
         sys.stderr.flush()
@@ -81,8 +82,11 @@ class Lifecycle:
             child_main(child_sock, slot, self.sup.pid, close_fds=close_fds,
                        report_rss=bool(self.config.max_memory_per_child),
                        max_tasks=self.config.max_tasks_per_child,
-                       max_rss=int(self.config.max_memory_per_child * 1024 * 1024))
+                       max_rss=int(self.config.max_memory_per_child * 1024 * 1024),
+                       output_pipes=pipes)
         child_sock.close()
+        for _, write_end in pipes:
+            os.close(write_end)
         try:
             os.setpgid(pid, pid)  # also done in the child: whichever runs first wins
         except OSError:
@@ -92,6 +96,9 @@ class Lifecycle:
                             reader=protocol.LineReader())
         pool.children[pid] = child
         self.sup.selector.register(parent_sock, selectors.EVENT_READ, ("child", child))
+        child.output = task_output.ChildOutput(self.log, child, [r for r, _ in pipes])
+        for pipe in child.output.pipes:
+            self.sup.register_fd(pipe.fd, self._output_handler(child, pipe))
         self.log.info("child.spawned", pid=pid, pool=pool.name, slot=slot)
         return child
 
@@ -136,6 +143,23 @@ class Lifecycle:
         except (KeyError, ValueError):
             return  # no longer watched (its end of the socket was closed)
         child.watching_writes = on
+
+    def _output_handler(self, child, pipe):
+        def on_output(fileobj, mask):
+            # Messages the child sent before this output are taken first, so that each
+            # line is credited to the task the child was running when it wrote it.
+            while self.read(child):
+                pass
+            if not child.output.read(pipe):
+                self.sup.unregister_fd(fileobj)
+        return on_output
+
+    def _close_output(self, child):
+        for pipe in child.output.pipes:
+            if pipe.fd >= 0:
+                self.sup.unregister_fd(pipe.fd)
+        child.output.drain()
+        child.output.close()
 
     def on_ready(self, child, mask):
         """The child's socket is readable or writable (from the select loop)."""
@@ -294,6 +318,7 @@ class Lifecycle:
             pass
         self.sup.unregister_fd(child.sock)
         child.sock.close()
+        self._close_output(child)
         how = describe_exit(status)
         clean = os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0
         runs = list(child.inflight)

@@ -68,6 +68,30 @@ class _FastTimestamp:
 
 _sink = BufferedLineLogger(sys.stdout)
 
+# syslog priorities for the "<N>" prefix journald reads off each line of a service's
+# stdout (SyslogLevelPrefix=yes, systemd's default): it sets the entry's PRIORITY and
+# removes the prefix, so `journalctl -p warning` filters and `-o cat | jq .` still works.
+_PRIORITIES = {"debug": 7, "info": 6, "warning": 4, "error": 3, "critical": 2}
+
+
+def stream_is_journal(stream) -> bool:
+    """True when `stream` is the journal stream systemd gave this service
+    ($JOURNAL_STREAM names its device and inode)."""
+    wanted = os.environ.get("JOURNAL_STREAM", "")
+    try:
+        st = os.fstat(stream.fileno())
+    except (OSError, ValueError, AttributeError):
+        return False
+    return wanted == f"{st.st_dev}:{st.st_ino}"
+
+
+def _with_priority(render):
+    """Prefix each rendered line with its syslog priority, for journald."""
+    def render_with_priority(logger, method_name, event_dict):
+        return f"<{_PRIORITIES.get(event_dict.get('level'), 6)}>" + \
+            render(logger, method_name, event_dict)
+    return render_with_priority
+
 
 def configure(log_format="auto", level="info", stream=None):
     """Set up structlog: JSON when not on a terminal (or when asked), console otherwise."""
@@ -77,8 +101,10 @@ def configure(log_format="auto", level="info", stream=None):
         log_format = "console" if stream.isatty() else "json"
     processors = [structlog.processors.add_log_level, _FastTimestamp()]
     if log_format == "json":
-        processors += [structlog.processors.format_exc_info,
-                       structlog.processors.JSONRenderer(serializer=lambda o, **_: _encode(o))]
+        render = structlog.processors.JSONRenderer(serializer=lambda o, **_: _encode(o))
+        if stream_is_journal(stream):
+            render = _with_priority(render)
+        processors += [structlog.processors.format_exc_info, render]
     else:
         processors += [structlog.dev.ConsoleRenderer(colors=stream.isatty())]
     structlog.configure(
@@ -87,6 +113,12 @@ def configure(log_format="auto", level="info", stream=None):
         logger_factory=lambda *args: _sink,
         cache_logger_on_first_use=True,
     )
+
+
+def use_stream(stream):
+    """Write this process's log lines to another stream (a worker child keeps the
+    daemon's stdout for its own few events once its fd 1 is a pipe to the supervisor)."""
+    _sink.stream = stream
 
 
 def flush():
