@@ -213,6 +213,9 @@ class Lifecycle:
             self.log.info("task.cancelled", task_id=run.id, name=run.name, queue=run.queue,
                           attempt=run.attempts, pid=child.pid,
                           how="stopped" if not msg.ok else "finished before the signal")
+        out = child.output
+        if out.pipes[0].buf or out.pipes[1].buf:
+            out.task_ended(run)
         child.tasks_done += 1
         child.rss = msg.rss or child.rss
         child.pool.observe(msg.finished - msg.started)

@@ -181,6 +181,18 @@ class ChildOutput:
                     break
                 got += READ_SIZE
 
+    def task_ended(self, run):
+        """The child reported `run` finished: an unfinished line it left is its last.
+
+        When the pipe is empty now, everything the child wrote before its result has
+        been read, so what waits for a newline here is that task's. Otherwise the child
+        may have written an end marker after its last bytes, which settles it.
+        """
+        for pipe in self.pipes:
+            if pipe.buf and not pipe.buf.startswith(_END) and not _unread(pipe.fd):
+                buf, pipe.buf = pipe.buf, b""
+                self._lines(pipe, buf, run, final=True)
+
     def close(self):
         """Log what is left, report drops, and close the pipes."""
         for pipe in self.pipes:
