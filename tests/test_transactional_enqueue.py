@@ -10,6 +10,7 @@ import contextlib
 import os
 import select
 import sqlite3
+import threading
 import time
 
 import pytest
@@ -165,3 +166,36 @@ def test_an_autocommit_connection_inside_a_transaction_block_is_used(db, clean_r
             task_id = app.add.delay(1, 2)
             assert task_row(db, task_id) is None
         assert task_row(db, task_id)["status"] == "pending"
+
+
+def test_other_threads_enqueue_on_their_own(db, clean_registry):
+    app = load_app_module()
+    ids = []
+    with app_connection(db) as conn:
+        with liteq.using(conn):
+            worker = threading.Thread(target=lambda: ids.append(app.add.delay(5, 5)))
+            worker.start()
+            worker.join()
+            inside = app.add.delay(1, 1)
+            # The thread's task committed on LiteQ's own connection; this one waits.
+            assert task_row(db, ids[0])["status"] == "pending"
+            assert task_row(db, inside) is None
+        conn.rollback()
+    assert task_row(db, ids[0]) is not None and task_row(db, inside) is None
+
+
+@pytest.mark.parametrize("db", ["postgresql"], indirect=True)
+def test_an_aborted_transaction_is_a_database_error(db, backend, clean_registry):
+    import psycopg
+    app = load_app_module()
+    with app_connection(db) as conn:
+        with liteq.using(conn):
+            with pytest.raises(psycopg.errors.DivisionByZero):
+                conn.execute("SELECT 1 / 0")
+            with pytest.raises(liteq.DatabaseError, match="aborted"):
+                app.add.delay(1, 2)
+        # Entering the block in a transaction already aborted: the same error.
+        with pytest.raises(liteq.DatabaseError, match="aborted"):
+            with liteq.using(conn):
+                pytest.fail("the block ran")
+    assert count_tasks(db) == 0

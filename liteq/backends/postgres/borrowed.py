@@ -29,8 +29,9 @@ class _SchemaScope:
     held (nested holds keep the outermost's). No lock: the app's connection is the
     app's to share between its threads, as with any psycopg connection."""
 
-    def __init__(self, conn, schema):
+    def __init__(self, conn, connector, schema):
         self.conn = conn
+        self.connector = connector
         self.schema = schema
         self.depth = 0
         self.prev = None
@@ -38,7 +39,10 @@ class _SchemaScope:
     def acquire(self, blocking=True):
         if self.depth == 0:
             cur = self.conn.cursor(row_factory=dict_row)
-            self.prev = cur.execute(_SWITCH, (self.schema,)).fetchone()["prev"]
+            try:
+                self.prev = cur.execute(_SWITCH, (self.schema,)).fetchone()["prev"]
+            except psycopg.Error as exc:   # an aborted or lost transaction of the app's
+                raise self.connector.error(exc, gone=is_gone(exc, self.conn)) from exc
         self.depth += 1
         return True
 
@@ -69,7 +73,7 @@ class BorrowedSession:
     def __init__(self, conn, connector, schema):
         self._conn = conn
         self.connector = connector
-        self.lock = _SchemaScope(conn, schema)
+        self.lock = _SchemaScope(conn, connector, schema)
 
     def locked(self):
         """LiteQ's schema on the search_path for one operation."""
