@@ -6,6 +6,7 @@ search_path is not LiteQ's test schema) or a plain sqlite3 connection to the que
 file, as an app would open them.
 """
 
+import asyncio
 import contextlib
 import os
 import select
@@ -199,3 +200,20 @@ def test_an_aborted_transaction_is_a_database_error(db, backend, clean_registry)
             with liteq.using(conn):
                 pytest.fail("the block ran")
     assert count_tasks(db) == 0
+
+
+def test_adelay_in_the_block_joins_the_transaction(db, clean_registry):
+    app = load_app_module()
+
+    async def enqueue(conn):
+        with liteq.using(conn):
+            return await app.add.adelay(1, 2)
+
+    with app_connection(db) as conn:
+        dropped = asyncio.run(enqueue(conn))
+        assert task_row(db, dropped) is None
+        conn.rollback()
+        assert count_tasks(db) == 0
+        kept = asyncio.run(enqueue(conn))
+        conn.commit()
+    assert count_tasks(db) == 1 and task_row(db, kept)["status"] == "pending"
