@@ -13,7 +13,7 @@ import os
 import sqlite3
 
 from ... import wakeup
-from ...errors import ConfigError
+from ...errors import ConfigError, DatabaseError
 from . import SQLiteBackend
 from .connection import explain
 
@@ -107,7 +107,11 @@ class BorrowedSQLiteBackend(SQLiteBackend):
         `own` is LiteQ's own backend, whose connection sees only committed rows."""
         if not self._pending or self._last is None or self._conn.in_transaction:
             return
-        if own.get_task(self._last) is not None:
+        try:
+            committed = own.get_task(self._last) is not None
+        except DatabaseError:
+            return   # a wake-up is a hint: the daemon's poll finds the committed tasks
+        if committed:
             wakeup.wake(self.identity, self._due)
 
     def close(self):
