@@ -217,3 +217,20 @@ def test_adelay_in_the_block_joins_the_transaction(db, clean_registry):
         kept = asyncio.run(enqueue(conn))
         conn.commit()
     assert count_tasks(db) == 1 and task_row(db, kept)["status"] == "pending"
+
+
+@pytest.mark.parametrize("db", ["postgresql"], indirect=True)
+def test_a_connection_already_on_liteqs_schema_is_used_as_it_is(db, clean_registry):
+    import psycopg
+    app = load_app_module()
+    with psycopg.connect(db) as conn:   # LiteQ's URL: its schema leads the search_path
+        before = search_path(conn)
+        with liteq.using(conn):
+            task_id = app.add.delay(1, 2)
+        assert search_path(conn) == before
+        conn.rollback()
+        assert task_row(db, task_id) is None
+        with liteq.using(conn):
+            task_id = app.add.delay(1, 2)
+        conn.commit()
+    assert task_row(db, task_id)["status"] == "pending"
