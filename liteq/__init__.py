@@ -16,6 +16,7 @@ from .errors import (ConfigError, DatabaseError, DatabaseLocked, DatabaseUnavail
                      LiteQError, Retry, TaskCancelled, TaskTimeout, WaitTimeout)
 from .hooks import on_task_failure, on_task_retry, on_task_start, on_task_success
 from .status import aget_task_status, await_task, get_task_status, wait_for_task
+from .transaction import using
 from .workflow import chain
 
 # The one place the version is written: pyproject.toml and the CLIs read it here.
@@ -65,5 +66,5 @@ __all__ = [
     "DatabaseLocked", "TaskTimeout", "WaitTimeout", "ConfigError",
     "current_task", "Retry", "DatabaseUnavailable", "on_task_start", "on_task_success",
     "on_task_retry", "on_task_failure", "aget_task_status", "await_task", "TaskCancelled",
-    "chain",
+    "chain", "using",
 ]

@@ -8,6 +8,7 @@ Each backend module is imported only when a database of its kind is opened, so
 an app on SQLite never loads a PostgreSQL driver.
 """
 
+import contextvars
 import os
 import threading
 
@@ -111,6 +112,8 @@ def open_backend(target=None, *, daemon=False) -> Backend:
 # (PostgreSQL: one server connection per process). Both caches are per process: a
 # forked child opens its own and never closes its parent's.
 _local = threading.local()
+# The backend of liteq.using(conn): writes go into the app's transaction on `conn`.
+borrowed_backend = contextvars.ContextVar("liteq_borrowed_backend", default=None)
 _shared = {}
 _shared_pid = None
 _shared_lock = threading.Lock()
@@ -148,8 +151,12 @@ def get_backend(target=None) -> Backend:
     """The open backend for `target` (default: LITEQ_DB, read now).
 
     One per thread (SQLite) or one per process shared by its threads (PostgreSQL);
-    never shared with a forked child.
+    never shared with a forked child. Inside `with liteq.using(conn)`, the backend
+    writing through `conn` (for LITEQ_DB, or its own target).
     """
+    borrowed = borrowed_backend.get()
+    if borrowed is not None and (target is None or target == borrowed.target):
+        return borrowed
     target = target or settings.db_path()
     pid = os.getpid()
     if _shared_pid == pid:
