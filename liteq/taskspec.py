@@ -35,6 +35,8 @@ MAX_EPOCH = 253402300799.0
 # Control characters (NUL included) and lone surrogates (not valid UTF-8): no
 # database stores them the same way, and no log or command line shows them.
 _BAD_CHARS = re.compile("[\x00-\x1f\x7f\ud800-\udfff]")
+# What PostgreSQL's text cannot hold at all (a unique_key may hold other characters).
+_UNSTORABLE = re.compile("[\x00\ud800-\udfff]")
 
 
 def check_number(label, value, allow_none=False, allow_zero=True, maximum=MAX_SECONDS,
@@ -119,7 +121,7 @@ def check_purge(older_than, statuses, known) -> tuple:
 
 def check_unique_key(key):
     """Raise TypeError/ValueError unless `key` is a usable unique_key: a non-empty
-    string of at most MAX_UNIQUE_KEY characters."""
+    string of at most MAX_UNIQUE_KEY characters, with no NUL and no lone surrogate."""
     if not isinstance(key, str):
         raise TypeError(f"unique_key must be a string, not {type(key).__name__}")
     if not key.strip():
@@ -127,6 +129,10 @@ def check_unique_key(key):
     if len(key) > MAX_UNIQUE_KEY:
         raise ValueError(f"unique_key is {len(key):,} characters long, over the limit of "
                          f"{MAX_UNIQUE_KEY}; pass a hash of it instead")
+    bad = _UNSTORABLE.search(key)
+    if bad:
+        raise ValueError(f"unique_key {key[:40]!r} holds {bad.group()!r}, which no "
+                         f"database stores alike; pass a hash of it instead")
 
 
 def derive_unique_key(task_name, args, kwargs) -> str:

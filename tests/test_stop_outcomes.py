@@ -17,11 +17,11 @@ import subprocess
 import pytest
 
 from liteq import backends
+from liteqd import kept_outcomes
+from liteqd.config import build_parser, resolve
 
 from daemon_helpers import read_lines, task_row, wait_for, wait_statuses
 from fault_helpers import app, lab  # noqa: F401 (fixtures)
-
-pytestmark = pytest.mark.sqlite_only
 
 TASKS = 4
 
@@ -90,6 +90,7 @@ def _statuses(db, ids):
     return [task_row(db, i)["status"] for i in ids]
 
 
+@pytest.mark.sqlite_only
 def test_outcomes_refused_at_stop_are_kept_and_recorded_by_the_next_start(lab, app,
                                                                           monkeypatch):
     with small_disk(lab) as disk:
@@ -113,6 +114,7 @@ def test_outcomes_refused_at_stop_are_kept_and_recorded_by_the_next_start(lab, a
         assert d2.stop() == 0
 
 
+@pytest.mark.sqlite_only
 def test_outcomes_nothing_can_keep_are_named_and_end_as_lost(lab, app, monkeypatch):
     with small_disk(lab) as disk:
         # The control socket, and so the runtime directory, on the full disk too.
@@ -137,3 +139,32 @@ def test_outcomes_nothing_can_keep_are_named_and_end_as_lost(lab, app, monkeypat
                 task_row(db, i)["error"]
         assert len(read_lines(marker)) == TASKS
         assert d2.stop() == 0
+
+
+def test_a_kept_outcome_is_replayed_only_while_its_task_still_runs_for_its_daemon(lab, app):
+    """Replay is guarded: a kept outcome of a task that no longer runs for the daemon
+    that kept it (here: pending, never claimed) is refused and logged, and the task
+    runs as usual; a kept file that is a symlink is not read."""
+    tid = app.add.delay(20, 22)
+    cfg = resolve(build_parser().parse_args(["--app", "x", "--db", lab.db,
+                                             "--socket", lab.socket]))
+    path = kept_outcomes.kept_paths(cfg)[0]
+    assert os.path.dirname(path) == os.path.dirname(lab.socket)
+    t = 1.0
+    assert kept_outcomes.keep([path], "gone-host:1:abc", {"done": [(tid, '"forged"', t, t)]})
+    decoy = lab.path("decoy.jsonl")
+    with open(decoy, "wb") as f:
+        f.write(kept_outcomes.lines_of("gone-host:1:abc", {"failed": [(tid, "x", t, t)]}))
+    d = lab.daemon("--concurrency", "1", "--socket", lab.socket)
+    refused = d.wait_event("task.outcome_refused", task_id=tid)
+    assert refused["kept_by"] == "gone-host:1:abc"
+    row = wait_statuses(lab.db, [tid], "done", timeout=30, dump=d.dump)[tid]
+    assert row["result"] == "42"
+    assert not os.path.exists(path)
+    # A symlink in its place (someone else's trick in a shared directory) is ignored.
+    os.symlink(decoy, path)
+    d.stop()
+    d2 = lab.daemon("--concurrency", "1", "--socket", lab.socket)
+    assert d2.events("task.outcome_refused") == [] and d2.events("task.outcome_replayed") == []
+    assert task_row(lab.db, tid)["status"] == "done"
+    d2.stop()

@@ -46,6 +46,9 @@ BAD_OPTIONS = [
     ("eta", INF, "eta"),
     ("eta", 1e300, "eta"),
     ("eta", -1.0, "eta"),
+    ("unique_key", "key\x00", "unique_key"),
+    ("unique_key", "\udc80", "unique_key"),
+    ("unique_key", "k" * 513, "unique_key"),
 ]
 
 MAP_OPTIONS = ("queue", "priority", "countdown", "timeout")
