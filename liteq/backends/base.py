@@ -216,9 +216,9 @@ class Backend(abc.ABC):
         for it (one that beat meanwhile is alive), a heartbeat older than stale_after
         seconds (by the database's clock), or no worker row at all. Tasks with
         attempts left go back to pending, keeping their due time (run_at), the rest
-        fail with `reason`. Dead worker rows are
-        deleted. Returns [(task_id, new_status)]. The pending dependents of the
-        tasks that failed are cancelled in the same transaction, transitively.
+        fail with `reason`. Dead worker rows are deleted. Returns [(task_id,
+        new_status)]. The pending dependents of the tasks that failed are cancelled
+        in the same transaction, transitively.
         """
 
     @abc.abstractmethod
