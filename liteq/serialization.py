@@ -1,13 +1,17 @@
 """JSON encoding of task arguments and results. Never pickle."""
 
+from __future__ import annotations
+
 import json
+from collections.abc import Iterable
+from typing import Any
 
 from . import settings
 
 _encoder = json.JSONEncoder(allow_nan=False, separators=(",", ":"), ensure_ascii=False)
 
 
-def _check_value(value, label, task_name):
+def _check_value(value: Any, label: str, task_name: str) -> None:
     try:
         _encoder.encode(value)
     except (TypeError, ValueError) as exc:
@@ -26,7 +30,7 @@ def _utf8_size(text: str) -> int:
     return len(text) if text.isascii() else len(text.encode("utf-8", "surrogatepass"))
 
 
-def _too_big(task_name: str, size: int, limit: int, what="the arguments"):
+def _too_big(task_name: str, size: int, limit: int, what: str = "the arguments") -> ValueError:
     return ValueError(
         f"{what} of task {task_name!r} encode to {size:,} bytes, over the limit of "
         f"{limit:,} bytes (LITEQ_MAX_PAYLOAD); nothing was enqueued. Pass a reference "
@@ -39,7 +43,7 @@ def _too_big(task_name: str, size: int, limit: int, what="the arguments"):
 _ALWAYS_FITS = settings.MIN_MAX_PAYLOAD // 4
 
 
-def _check_size(task_name: str, text: str):
+def _check_size(task_name: str, text: str) -> None:
     """Raise ValueError when an encoded payload is larger than LITEQ_MAX_PAYLOAD."""
     if len(text) > _ALWAYS_FITS:
         limit = settings.max_payload()
@@ -49,7 +53,7 @@ def _check_size(task_name: str, text: str):
                 raise _too_big(task_name, size, limit)
 
 
-def encode_payload(task_name: str, args, kwargs) -> str:
+def encode_payload(task_name: str, args: Iterable[Any], kwargs: dict[str, Any]) -> str:
     """Encode call arguments as the JSON payload of a task row.
 
     Raises TypeError naming the first argument JSON cannot hold, and ValueError when
@@ -72,7 +76,7 @@ def encode_payload(task_name: str, args, kwargs) -> str:
     raise TypeError(f"arguments of task {task_name!r} cannot be stored as JSON")
 
 
-def encode_args_array(task_name: str, calls) -> tuple:
+def encode_args_array(task_name: str, calls: Iterable[Iterable[Any]]) -> tuple[str, int]:
     """Encode the positional arguments of many calls as one JSON array: (text, count).
 
     Raises TypeError naming the call and argument JSON cannot hold, and ValueError
@@ -94,7 +98,7 @@ def encode_args_array(task_name: str, calls) -> tuple:
     raise TypeError(f"arguments of task {task_name!r} cannot be stored as JSON")
 
 
-def _check_calls_size(task_name, text, arg_lists):
+def _check_calls_size(task_name: str, text: str, arg_lists: list[list[Any]]) -> None:
     # A call's payload is its array (a part of the whole array, less the brackets)
     # inside the wrapping: when the whole array would fit, every call does, and only
     # otherwise is each call measured.
@@ -110,7 +114,7 @@ def _check_calls_size(task_name, text, arg_lists):
             raise _too_big(task_name, size, limit, what=f"call {n}: the arguments")
 
 
-def decode_payload(payload: str):
+def decode_payload(payload: str) -> tuple[list[Any], dict[str, Any]]:
     """Decode a payload into (args, kwargs); raises ValueError on a malformed one."""
     data = json.loads(payload) if payload else {}
     if isinstance(data, list):  # tolerate a bare list of positional args
@@ -124,7 +128,7 @@ def decode_payload(payload: str):
     return args, kwargs
 
 
-def encode_result(value) -> str:
+def encode_result(value: Any) -> str:
     """Encode a task's return value; raises TypeError when JSON cannot hold it."""
     try:
         return _encoder.encode(value)
@@ -132,7 +136,7 @@ def encode_result(value) -> str:
         raise TypeError(f"task result cannot be stored as JSON: {exc}") from None
 
 
-def decode_result(text):
+def decode_result(text: str | None) -> Any:
     """Decode a stored result; text that is not JSON (from an old database) is returned as is."""
     if text is None:
         return None

@@ -6,15 +6,19 @@ scheduler turn it into NewTask rows (or one NewTasks batch), and every backend
 inserts exactly these fields.
 """
 
+from __future__ import annotations
+
 import hashlib
 import json
 from dataclasses import dataclass, fields, replace
+from typing import Any
 
 #: The longest unique_key accepted (it is stored in a unique index).
 MAX_UNIQUE_KEY = 512
 
 
-def check_number(label, value, allow_none=False, allow_zero=True):
+def check_number(label: str, value: object, allow_none: bool = False,
+                 allow_zero: bool = True) -> None:
     """Raise TypeError/ValueError unless `value` is a non-negative number (or None)."""
     if value is None and allow_none:
         return
@@ -24,7 +28,7 @@ def check_number(label, value, allow_none=False, allow_zero=True):
         raise ValueError(f"{label} must be {'>= 0' if allow_zero else '> 0'}, got {value!r}")
 
 
-def check_unique_key(key):
+def check_unique_key(key: object) -> None:
     """Raise TypeError/ValueError unless `key` is a usable unique_key: a non-empty
     string of at most MAX_UNIQUE_KEY characters."""
     if not isinstance(key, str):
@@ -36,7 +40,7 @@ def check_unique_key(key):
                          f"{MAX_UNIQUE_KEY}; pass a hash of it instead")
 
 
-def derive_unique_key(task_name, args, kwargs) -> str:
+def derive_unique_key(task_name: str, args: Any, kwargs: Any) -> str:
     """The unique_key of @task(unique=True): the task's name and a sha256 of its
     arguments' JSON (keys sorted, so keyword order does not matter)."""
     try:
@@ -50,7 +54,7 @@ def derive_unique_key(task_name, args, kwargs) -> str:
     return f"{task_name}:{digest}"
 
 
-def check_depends_on(depends_on) -> tuple:
+def check_depends_on(depends_on: Any) -> tuple[int, ...]:
     """The parent ids of depends_on as a tuple of ints, duplicates dropped (order kept);
     TypeError/ValueError for anything but a list or tuple of task ids."""
     if isinstance(depends_on, (str, bytes)) or not isinstance(depends_on, (list, tuple)):
@@ -61,10 +65,11 @@ def check_depends_on(depends_on) -> tuple:
             raise TypeError(f"depends_on holds task ids (ints), not {parent!r}")
         if parent <= 0:
             raise ValueError(f"depends_on: {parent!r} is not a task id")
-    return tuple(dict.fromkeys(depends_on))
+    # Plain ints: a TaskHandle is an int subclass, and drivers dump a list by one type.
+    return tuple(dict.fromkeys(int(parent) for parent in depends_on))
 
 
-def missing_parents_error(missing) -> ValueError:
+def missing_parents_error(missing: Any) -> ValueError:
     """The error of a depends_on naming tasks that do not exist (nothing was written)."""
     listed = ", ".join(str(i) for i in missing)
     return ValueError(f"depends_on: no task with id {listed}; nothing was enqueued")
@@ -74,7 +79,7 @@ def missing_parents_error(missing) -> ValueError:
 ENDED_WORDS = {"failed": "failed", "cancelled": "was cancelled"}
 
 
-def parent_ended_text(parent_id, status) -> str:
+def parent_ended_text(parent_id: int, status: str) -> str:
     """The error of a task cancelled because a task it depends on (directly or
     through others) ended failed or cancelled."""
     return f"cancelled: it depends on task {parent_id}, which {ENDED_WORDS[status]}"
@@ -91,13 +96,13 @@ class TaskOptions:
     queue: str = "default"
     priority: int = 0
     max_retries: int = 3
-    timeout: float = None
+    timeout: float | None = None
     retry_delay: float = 1.0
     retry_backoff: float = 2.0
     retry_max_delay: float = 300.0
 
     @classmethod
-    def build(cls, **options) -> "TaskOptions":
+    def build(cls, **options: Any) -> TaskOptions:
         """Validated options; an unknown keyword is a TypeError naming it."""
         unknown = sorted(set(options) - OPTION_NAMES)
         if unknown:
@@ -110,7 +115,7 @@ class TaskOptions:
                     f"not None")
         return cls().with_overrides(**options)
 
-    def with_overrides(self, **changes) -> "TaskOptions":
+    def with_overrides(self, **changes: Any) -> TaskOptions:
         """A copy with the given options changed (None leaves one as it is), validated."""
         changes = {k: v for k, v in changes.items() if v is not None}
         if not changes:
@@ -153,10 +158,10 @@ class NewTask:
     name: str
     payload: str
     options: TaskOptions
-    run_at: float = None
-    delay: float = None
-    unique_key: str = None
-    depends_on: tuple = ()
+    run_at: float | None = None
+    delay: float | None = None
+    unique_key: str | None = None
+    depends_on: tuple[int, ...] = ()
 
 
 @dataclass(slots=True)
@@ -170,5 +175,5 @@ class NewTasks:
     args_json: str
     count: int
     options: TaskOptions
-    run_at: float = None
-    delay: float = None
+    run_at: float | None = None
+    delay: float | None = None

@@ -161,7 +161,7 @@ def test_reregistering_the_same_function_is_allowed(clean_registry):
 
 def test_delay_returns_increasing_int_ids(echo):
     ids = [echo.delay(i) for i in range(5)]
-    assert all(type(i) is int for i in ids)
+    assert all(isinstance(i, int) for i in ids)  # TaskHandles: ints
     assert ids == sorted(ids) and len(set(ids)) == 5
 
 
