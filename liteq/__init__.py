@@ -10,7 +10,7 @@
 Run the tasks with `liteqd --app tasks.py` (or `liteq worker --app tasks.py`).
 """
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .context import current_task
 from .core import TASK_REGISTRY, AsyncTask, Task, TaskDecorator, task
@@ -22,11 +22,14 @@ from .hooks import on_task_failure, on_task_retry, on_task_start, on_task_succes
 from .status import TaskStatus, aget_task_status, await_task, get_task_status, wait_for_task
 from .workflow import Signature, chain
 
+if TYPE_CHECKING:
+    from .scheduler import Scheduler
+
 # The one place the version is written: pyproject.toml and the CLIs read it here.
 __version__ = "0.4.0"
 
 
-def register_schedule(task: Task[..., Any], cron: str, *args: Any, **kwargs: Any) -> Any:
+def register_schedule(task: Task[..., Any], cron: str, *args: Any, **kwargs: Any) -> int:
     """Run `task` on a cron schedule; see liteq.scheduler.register_schedule."""
     # Imported here so that enqueue-only apps never load croniter.
     from .scheduler import register_schedule as _register

@@ -10,14 +10,15 @@ from __future__ import annotations
 import functools
 import inspect
 from collections.abc import Callable, Coroutine, Iterable
-from typing import TYPE_CHECKING, Any, Generic, ParamSpec, TypeAlias, TypeVar, overload
+from typing import (TYPE_CHECKING, Any, Generic, ParamSpec, Protocol, TypeAlias, TypeVar, cast,
+                    overload)
 
 from .backends import get_backend
 from .serialization import encode_payload, encode_args_array
 from .taskspec import (NewTask, NewTasks, TaskOptions, check_depends_on, check_number,
                        check_unique_key, derive_unique_key)
 from .timeutil import due_from
-from .status import get_task_status  # noqa: F401  (the seed's liteq.core.get_task_status)
+from .status import get_task_status as get_task_status  # the seed's liteq.core.get_task_status
 from .handle import TaskHandle, handles
 
 if TYPE_CHECKING:
@@ -26,9 +27,11 @@ if TYPE_CHECKING:
 P = ParamSpec("P")
 R = TypeVar("R")
 A = TypeVar("A")
+A_contra = TypeVar("A_contra", contravariant=True)
+R_co = TypeVar("R_co", covariant=True)
 #: retry_on / no_retry_on: an exception class, or a tuple or list of them.
-ExceptionClasses: TypeAlias = ("type[BaseException] | tuple[type[BaseException], ...] "
-                    "| list[type[BaseException]] | None")
+ExceptionClasses: TypeAlias = (type[BaseException] | tuple[type[BaseException], ...]
+                               | list[type[BaseException]] | None)
 
 # name -> Task. The daemon looks tasks up here after importing the app.
 TASK_REGISTRY: dict[str, Task[..., Any]] = {}
@@ -134,7 +137,7 @@ class Task(Generic[P, R]):
         """`await fn.aapply_async(...)`: .apply_async() for asyncio code."""
         return TaskHandle(await get_backend().aenqueue(self._new_task(args, kwargs, **options)))
 
-    def _new_task(self, args: Any, kwargs: Any, *, queue: str | None = None,
+    def _new_task(self, args: Iterable[Any], kwargs: dict[str, Any] | None, *, queue: str | None = None,
                   priority: int | None = None, eta: Any = None,
                   countdown: float | None = None, timeout: float | None = None,
                   max_retries: int | None = None, unique_key: str | None = None,
@@ -175,12 +178,14 @@ class Task(Generic[P, R]):
         from .workflow import Signature
         return Signature(self, args, kwargs)
 
-    def map(self: Task[[A], R], iterable: Iterable[A], *, queue: str | None = None,
+    def map(self: _OneArgument[A, R], iterable: Iterable[A], *, queue: str | None = None,
             priority: int | None = None, countdown: float | None = None,
             timeout: float | None = None) -> list[TaskHandle[R]]:
         """Enqueue one call per item (each item is the single argument), in one
-        transaction with one wake-up. Returns the handles in order."""
-        return self.starmap(((item,) for item in iterable), queue=queue, priority=priority,
+        transaction with one wake-up. Returns the handles in order. (Type checkers
+        accept it for a function callable with one positional argument of the items' type.)"""
+        task: Task[..., R] = cast("Task[..., R]", self)
+        return task.starmap(((item,) for item in iterable), queue=queue, priority=priority,
                             countdown=countdown, timeout=timeout)
 
     def starmap(self, iterable: Iterable[Iterable[Any]], *, queue: str | None = None,
@@ -198,6 +203,14 @@ class Task(Generic[P, R]):
         args_json, count = encode_args_array(self.name, iterable)
         return handles(get_backend().enqueue_many(NewTasks(self.name, args_json, count,
                                                            options, delay=countdown)))
+
+
+class _OneArgument(Protocol[A_contra, R_co]):
+    """A task whose function takes one positional argument (what map() needs)."""
+
+    def __call__(self, item: A_contra, /) -> Any: ...
+
+    def handle(self, task_id: int) -> TaskHandle[R_co]: ...
 
 
 class AsyncTask(Task[P, R]):
@@ -276,7 +289,8 @@ def _exception_classes(label: str, value: Any) -> tuple[type[BaseException], ...
     """A tuple of exception classes from a class or a tuple/list of them (None stays None)."""
     if value is None:
         return None
-    items = tuple(value) if isinstance(value, (tuple, list)) else (value,)
+    items: tuple[Any, ...] = (tuple(cast("Iterable[Any]", value))
+                              if isinstance(value, (tuple, list)) else (value,))
     for item in items:
         if not (isinstance(item, type) and issubclass(item, BaseException)):
             raise TypeError(f"{label} takes exception classes, such as (ConnectionError,); "
@@ -312,8 +326,9 @@ class TaskDecorator:
 
     def __call__(self, fn: Callable[..., Any], /) -> Task[..., Any]:
         """Register `fn` as a task with these options."""
-        cls = AsyncTask if inspect.iscoroutinefunction(fn) else Task
-        return register(cls(fn, name=self.name, **self.options))
+        made: Task[..., Any] = (AsyncTask if inspect.iscoroutinefunction(fn) else Task)(
+            fn, name=self.name, **self.options)
+        return register(made)
 
 
 @overload
@@ -382,7 +397,7 @@ def task(fn: Any = None, /, *positional: Any, name: str | None = None,
 def get_task(name_or_fn: object) -> Task[..., Any]:
     """Resolve a registered Task from a name, a Task, or a decorated function."""
     if isinstance(name_or_fn, Task):
-        return name_or_fn
+        return cast("Task[..., Any]", name_or_fn)
     if isinstance(name_or_fn, str):
         try:
             return TASK_REGISTRY[name_or_fn]

@@ -55,7 +55,7 @@ from __future__ import annotations
 
 import inspect
 from collections.abc import Sequence
-from typing import Annotated, Any, TypeVar
+from typing import Annotated, Any, TypeVar, cast
 
 from fastapi import APIRouter, Depends, HTTPException
 
@@ -73,7 +73,7 @@ OPTIONS = {"_queue": "queue", "_priority": "priority", "_countdown": "countdown"
 
 def _as_task(fn: Task[..., R] | object) -> Task[..., R]:
     if isinstance(fn, Task):
-        return fn
+        return cast("Task[..., R]", fn)
     what = getattr(fn, "__qualname__", None) or repr(fn)
     raise NotATaskError(f"{what} is not a LiteQ task: decorate it with @task "
                         f"(from liteq import task) so that it can be enqueued and found "

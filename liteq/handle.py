@@ -16,7 +16,7 @@ from .errors import TaskFailed, TaskWasCancelled
 from .status import (TaskStatus, aget_task_status, await_task, get_task_status,
                      wait_for_task)
 
-R = TypeVar("R")
+R = TypeVar("R", covariant=True)  # a handle of a bool task is a handle of an int one
 
 #: How often a waiting handle reads the task's row at most (it starts faster and
 #: backs off to this): waiting costs one indexed read per poll, never a busy loop.

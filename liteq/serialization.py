@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterable
-from typing import Any
+from typing import Any, cast
 
 from . import settings
 
@@ -116,13 +116,14 @@ def _check_calls_size(task_name: str, text: str, arg_lists: list[list[Any]]) -> 
 
 def decode_payload(payload: str) -> tuple[list[Any], dict[str, Any]]:
     """Decode a payload into (args, kwargs); raises ValueError on a malformed one."""
-    data = json.loads(payload) if payload else {}
+    data: Any = json.loads(payload) if payload else {}
     if isinstance(data, list):  # tolerate a bare list of positional args
-        return data, {}
+        return cast("list[Any]", data), {}  # type: ignore[redundant-cast]
     if not isinstance(data, dict):
         raise ValueError(f"task payload is not a JSON object: {payload[:80]!r}")
-    args = data.get("args") or []
-    kwargs = data.get("kwargs") or {}
+    fields = cast("dict[str, Any]", data)
+    args: list[Any] = fields.get("args") or []
+    kwargs: dict[str, Any] = fields.get("kwargs") or {}
     if not isinstance(args, list) or not isinstance(kwargs, dict):
         raise ValueError(f"task payload has malformed args/kwargs: {payload[:80]!r}")
     return args, kwargs

@@ -11,7 +11,8 @@ from __future__ import annotations
 import hashlib
 import json
 from dataclasses import dataclass, fields, replace
-from typing import Any
+from collections.abc import Sequence
+from typing import Any, cast
 
 #: The longest unique_key accepted (it is stored in a unique index).
 MAX_UNIQUE_KEY = 512
@@ -60,13 +61,14 @@ def check_depends_on(depends_on: Any) -> tuple[int, ...]:
     if isinstance(depends_on, (str, bytes)) or not isinstance(depends_on, (list, tuple)):
         raise TypeError(f"depends_on must be a list of task ids, not "
                         f"{type(depends_on).__name__}")
-    for parent in depends_on:
+    parents = cast("Sequence[object]", depends_on)
+    for parent in parents:
         if isinstance(parent, bool) or not isinstance(parent, int):
             raise TypeError(f"depends_on holds task ids (ints), not {parent!r}")
         if parent <= 0:
             raise ValueError(f"depends_on: {parent!r} is not a task id")
     # Plain ints: a TaskHandle is an int subclass, and drivers dump a list by one type.
-    return tuple(dict.fromkeys(int(parent) for parent in depends_on))
+    return tuple(dict.fromkeys(int(cast(int, parent)) for parent in parents))
 
 
 def missing_parents_error(missing: Any) -> ValueError:
