@@ -12,6 +12,7 @@ Run the tasks with `liteqd --app tasks.py` (or `liteq worker --app tasks.py`).
 
 from typing import TYPE_CHECKING, Any
 
+from .codec import register_type
 from .context import current_task
 from .core import TASK_REGISTRY, AsyncTask, Task, TaskDecorator, task
 from .errors import (ConfigError, DatabaseError, DatabaseLocked, DatabaseUnavailable,
@@ -73,5 +74,5 @@ __all__ = [
     "current_task", "Retry", "DatabaseUnavailable", "on_task_start", "on_task_success",
     "on_task_retry", "on_task_failure", "aget_task_status", "await_task", "TaskCancelled",
     "chain", "Signature", "AsyncTask", "TaskDecorator", "TaskHandle", "TaskStatus",
-    "TaskFailed", "TaskWasCancelled", "TaskNotFound",
+    "TaskFailed", "TaskWasCancelled", "TaskNotFound", "register_type",
 ]

@@ -1,4 +1,8 @@
-"""JSON encoding of task arguments and results. Never pickle."""
+"""JSON encoding of task arguments and results. Never pickle.
+
+Values JSON cannot hold as they are (datetime, UUID, tuple, dataclass, ...) are
+stored in the tagged form of liteq.codec; calls with plain JSON arguments take the
+fast path they always took."""
 
 from __future__ import annotations
 
@@ -7,13 +11,16 @@ from collections.abc import Iterable
 from typing import Any, cast
 
 from . import settings
+from .codec import has_tags, to_json, decode_tagged
+
+_PLAIN = frozenset({str, int, float, bool, type(None)})
 
 _encoder = json.JSONEncoder(allow_nan=False, separators=(",", ":"), ensure_ascii=False)
 
 
 def _check_value(value: Any, label: str, task_name: str) -> None:
     try:
-        _encoder.encode(value)
+        _encoder.encode(to_json(value))
     except (TypeError, ValueError) as exc:
         raise TypeError(
             f"{label} of task {task_name!r} cannot be stored as JSON: {exc}"
@@ -59,8 +66,14 @@ def encode_payload(task_name: str, args: Iterable[Any], kwargs: dict[str, Any]) 
     Raises TypeError naming the first argument JSON cannot hold, and ValueError when
     the payload is larger than LITEQ_MAX_PAYLOAD.
     """
+    args = list(args)
     try:
-        text = _encoder.encode({"args": list(args), "kwargs": kwargs})
+        if _all_plain(args) and _all_plain(kwargs.values()):
+            text = _encoder.encode({"args": args, "kwargs": kwargs})
+        elif all(isinstance(k, str) for k in kwargs):
+            text = _encoder.encode({"args": to_json(args), "kwargs": to_json(kwargs)})
+        else:
+            raise TypeError("a keyword is not a string")
     except (TypeError, ValueError):
         pass
     else:
@@ -84,7 +97,10 @@ def encode_args_array(task_name: str, calls: Iterable[Iterable[Any]]) -> tuple[s
     """
     arg_lists = [list(args) for args in calls]
     try:
-        text = _encoder.encode(arg_lists)
+        if all(_all_plain(args) for args in arg_lists):
+            text = _encoder.encode(arg_lists)
+        else:
+            text = _encoder.encode([to_json(args) for args in arg_lists])
     except (TypeError, ValueError):
         pass
     else:
@@ -109,14 +125,14 @@ def _check_calls_size(task_name: str, text: str, arg_lists: list[list[Any]]) -> 
     if (len(text) + extra) * 4 <= limit or _utf8_size(text) + extra <= limit:
         return
     for n, args in enumerate(arg_lists):
-        size = _utf8_size(_encoder.encode(args)) + _ARGS_ONLY_WRAPPING
+        size = _utf8_size(_encoder.encode(to_json(args))) + _ARGS_ONLY_WRAPPING
         if size > limit:
             raise _too_big(task_name, size, limit, what=f"call {n}: the arguments")
 
 
 def decode_payload(payload: str) -> tuple[list[Any], dict[str, Any]]:
     """Decode a payload into (args, kwargs); raises ValueError on a malformed one."""
-    data: Any = json.loads(payload) if payload else {}
+    data: Any = _loads(payload) if payload else {}
     if isinstance(data, list):  # tolerate a bare list of positional args
         return cast("list[Any]", data), {}  # type: ignore[redundant-cast]
     if not isinstance(data, dict):
@@ -132,7 +148,7 @@ def decode_payload(payload: str) -> tuple[list[Any], dict[str, Any]]:
 def encode_result(value: Any) -> str:
     """Encode a task's return value; raises TypeError when JSON cannot hold it."""
     try:
-        return _encoder.encode(value)
+        return _encoder.encode(value if type(value) in _PLAIN else to_json(value))
     except (TypeError, ValueError) as exc:
         raise TypeError(f"task result cannot be stored as JSON: {exc}") from None
 
@@ -142,6 +158,29 @@ def decode_result(text: str | None) -> Any:
     if text is None:
         return None
     try:
+        return _loads(text)
+    except (TypeError, ValueError):
+        pass
+    try:  # tags this process cannot decode (a class not loaded here): the plain JSON
         return json.loads(text)
     except (TypeError, ValueError):
         return text
+
+
+def _all_plain(values: Iterable[Any]) -> bool:
+    """True when every value is a str, int, float, bool or None (no walk needed)."""
+    for value in values:
+        if type(value) not in _PLAIN:
+            return False
+    return True
+
+
+def _loads(text: str) -> Any:
+    """json.loads, decoding tagged values when the text holds any; a tag that cannot
+    be decoded is a ValueError."""
+    if not has_tags(text):
+        return json.loads(text)
+    try:
+        return json.loads(text, object_hook=decode_tagged)
+    except (TypeError, ValueError, KeyError, AttributeError) as exc:
+        raise ValueError(f"cannot decode a stored value: {exc}") from None

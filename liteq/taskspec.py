@@ -14,6 +14,8 @@ from dataclasses import dataclass, fields, replace
 from collections.abc import Sequence
 from typing import Any, cast
 
+from .codec import to_json
+
 #: The longest unique_key accepted (it is stored in a unique index).
 MAX_UNIQUE_KEY = 512
 
@@ -44,12 +46,13 @@ def check_unique_key(key: object) -> None:
 def derive_unique_key(task_name: str, args: Any, kwargs: Any) -> str:
     """The unique_key of @task(unique=True): the task's name and a sha256 of its
     arguments' JSON (keys sorted, so keyword order does not matter)."""
+    call = to_json([list(args), kwargs])  # datetime, UUID, ... in their stored form
     try:
-        text = json.dumps([list(args), kwargs], sort_keys=True, separators=(",", ":"),
+        text = json.dumps(call, sort_keys=True, separators=(",", ":"),
                           ensure_ascii=False, allow_nan=False)
     except TypeError:
         # A dict with keys of mixed types cannot be sorted; its order stays as given.
-        text = json.dumps([list(args), kwargs], separators=(",", ":"), ensure_ascii=False,
+        text = json.dumps(call, separators=(",", ":"), ensure_ascii=False,
                           allow_nan=False)
     digest = hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()
     return f"{task_name}:{digest}"
