@@ -31,6 +31,7 @@ T = TypeVar("T")
 _by_name: dict[str, tuple[type[Any], Callable[[Any], Any], Callable[[Any], Any]]] = {}
 _by_class: dict[type[Any], str] = {}
 _PLAIN = frozenset({str, int, float, bool, type(None)})
+_STR_ONLY = frozenset({str})
 
 
 def register_type(cls: type[T], name: str, encode: Callable[[T], Any],
@@ -92,11 +93,17 @@ def to_json(value: Any) -> Any:
     kind: type[Any] = value.__class__
     if kind in _PLAIN:
         return value
+    # The checks run in C (map over type()): plain JSON containers, the usual case,
+    # cost a pass over their items and are never copied.
     if kind is list:
-        return [v if type(v) in _PLAIN else to_json(v) for v in value]
+        if _PLAIN.issuperset(map(type, value)):
+            return value
+        return [to_json(v) for v in value]
     if kind is dict:
-        if all(type(k) is str for k in value) and TAG not in value:
-            return {k: v if type(v) in _PLAIN else to_json(v) for k, v in value.items()}
+        if _STR_ONLY.issuperset(map(type, value)) and TAG not in value:
+            if _PLAIN.issuperset(map(type, value.values())):
+                return value
+            return {k: to_json(v) for k, v in value.items()}
         return _tag("dict", [[to_json(k), to_json(v)] for k, v in value.items()])
     if kind is tuple:
         return _tag("tuple", [to_json(v) for v in value])

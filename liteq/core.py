@@ -19,7 +19,7 @@ from .taskspec import (NewTask, NewTasks, TaskOptions, check_depends_on, check_n
                        check_unique_key, derive_unique_key)
 from .timeutil import due_from
 from .status import get_task_status as get_task_status  # the seed's liteq.core.get_task_status
-from .handle import TaskHandle, handles
+from .handle import TaskHandle, handle_of, handles
 
 if TYPE_CHECKING:
     from .workflow import Signature
@@ -85,7 +85,7 @@ class Task(Generic[P, R]):
         """Enqueue a call with these arguments; returns its TaskHandle, an int (the
         task id; for a unique task already pending or running with these arguments,
         that task's id)."""
-        return TaskHandle(get_backend().enqueue(self._call(args, kwargs)))
+        return handle_of(get_backend().enqueue(self._call(args, kwargs)))
 
     def handle(self, task_id: int) -> TaskHandle[R]:
         """A TaskHandle of this task again, from an id stored elsewhere."""
@@ -109,7 +109,7 @@ class Task(Generic[P, R]):
             when = kwargs.pop("run_at")
         run_at, delay = due_from(when)
         key = derive_unique_key(self.name, args, kwargs) if self.unique else None
-        return TaskHandle(get_backend().enqueue(
+        return handle_of(get_backend().enqueue(
             NewTask(self.name, encode_payload(self.name, args, kwargs), self.options,
                     run_at=run_at, delay=delay, unique_key=key)))
 
@@ -124,18 +124,18 @@ class Task(Generic[P, R]):
 
         Type checkers cannot match a tuple of arguments against the function's
         parameters; `task.s(...).apply_async(queue=...)` is the checked form."""
-        return TaskHandle(get_backend().enqueue(self._new_task(args, kwargs, **options)))
+        return handle_of(get_backend().enqueue(self._new_task(args, kwargs, **options)))
 
     async def adelay(self, *args: P.args, **kwargs: P.kwargs) -> TaskHandle[R]:
         """`await fn.adelay(...)`: .delay() for asyncio code; the event loop never
         blocks (SQLite: in a thread; PostgreSQL: psycopg's async connection)."""
-        return TaskHandle(await get_backend().aenqueue(self._call(args, kwargs)))
+        return handle_of(await get_backend().aenqueue(self._call(args, kwargs)))
 
     async def aapply_async(self, args: Iterable[Any] = (),
                            kwargs: dict[str, Any] | None = None,
                            **options: Any) -> TaskHandle[R]:
         """`await fn.aapply_async(...)`: .apply_async() for asyncio code."""
-        return TaskHandle(await get_backend().aenqueue(self._new_task(args, kwargs, **options)))
+        return handle_of(await get_backend().aenqueue(self._new_task(args, kwargs, **options)))
 
     def _new_task(self, args: Iterable[Any], kwargs: dict[str, Any] | None, *, queue: str | None = None,
                   priority: int | None = None, eta: Any = None,

@@ -87,9 +87,9 @@ class DaemonHandle:
     def __enter__(self) -> DaemonHandle:
         return self
 
-    def __exit__(self, *exc: object) -> bool:
+    def __exit__(self, *exc: object) -> None:
+        # None (not a bool): checkers then know an exception in the block propagates.
         self.stop()
-        return False
 
 
 def _stderr_text(log_path, start):
