@@ -14,7 +14,7 @@ task sees it too). Outside a running task, reading it raises LiteQError.
 from __future__ import annotations
 
 import contextvars
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from .errors import LiteQError
 
@@ -75,7 +75,11 @@ class _CurrentTask:
         return f"<current_task {ctx!r}>" if ctx is not None else "<current_task: none running>"
 
 
-current_task = _CurrentTask()
+if TYPE_CHECKING:
+    # For type checkers, the running task's TaskContext (current_task.id is an int, ...).
+    current_task: TaskContext
+else:
+    current_task = _CurrentTask()
 
 
 def enter(ctx: TaskContext) -> contextvars.Token[TaskContext | None]:

@@ -30,7 +30,8 @@ async def fetch(url: str) -> dict[str, int]:
 
 @task("reports", 3)  # liteq 0.2's positional options
 def report(report_id: int) -> None:
-    print(current_task.id, report_id)
+    attempt: int = current_task.attempt
+    print(current_task.id, report_id, attempt, current_task.parent_results())
 
 
 @on_task_failure

@@ -2,7 +2,7 @@
 (tests/test_typing.py). Each line ending in a "wrong" comment (saying what is wrong)
 must get an error from each checker, and no other line may. Never run; only checked."""
 
-from liteq import task
+from liteq import current_task, task
 
 
 @task
@@ -31,3 +31,4 @@ add.map([1, 2])  # wrong: map of a task taking two arguments
 text: str = add.delay(1, 2).result()  # wrong: result type
 page: int = send_email.delay("a", "b").result()  # wrong: result type of an async task
 add("1", 2)  # wrong: direct call argument type
+label: int = current_task.name  # wrong: current_task.name is a str
