@@ -26,6 +26,7 @@ import socket
 import tempfile
 import threading
 import time
+from typing import Any
 
 from fastapi import FastAPI
 
@@ -37,7 +38,7 @@ app.include_router(task_router)  # GET /tasks/{task_id}
 
 
 @task(queue="emails", timeout=60)
-async def send_email(to: str, subject: str):
+async def send_email(to: str, subject: str) -> dict[str, object]:
     """Pretend to send an email (runs in a liteqd worker, not in the web server)."""
     await asyncio.sleep(0.1)
     return {"sent": True, "to": to, "subject": subject}
@@ -45,7 +46,7 @@ async def send_email(to: str, subject: str):
 
 # Way 1: just .delay()
 @app.post("/send-email")
-async def api_send_email(to: str, subject: str):
+async def api_send_email(to: str, subject: str) -> dict[str, int]:
     """Enqueue with the task's own .delay()."""
     task_id = send_email.delay(to, subject)
     return {"task_id": task_id}
@@ -53,7 +54,7 @@ async def api_send_email(to: str, subject: str):
 
 # Way 2: a BackgroundTasks-like parameter; add_task() enqueues and returns the id
 @app.post("/send-email-bg")
-async def api_send_email_bg(to: str, background: LiteQBackgroundTasks):
+async def api_send_email_bg(to: str, background: LiteQBackgroundTasks) -> dict[str, object]:
     """Enqueue through the LiteQBackgroundTasks parameter."""
     task_id = background.add_task(send_email, to, "Hi!")
     return {"message": "queued", "task_id": task_id}
@@ -61,7 +62,7 @@ async def api_send_email_bg(to: str, background: LiteQBackgroundTasks):
 
 # Way 3: the helper function
 @app.post("/send-email-helper")
-async def api_send_email_helper(to: str):
+async def api_send_email_helper(to: str) -> dict[str, int]:
     """Enqueue with enqueue_task()."""
     task_id = enqueue_task(send_email, to, "Welcome")
     return {"task_id": task_id}
@@ -69,28 +70,29 @@ async def api_send_email_helper(to: str):
 
 # Per-call options: another queue and a higher priority
 @app.post("/send-email-urgent")
-async def api_send_email_urgent(to: str, background: LiteQBackgroundTasks):
+async def api_send_email_urgent(to: str, background: LiteQBackgroundTasks) -> dict[str, int]:
     """Enqueue on the "urgent" queue with priority 10 (options start with an underscore)."""
     task_id = background.add_task(send_email, to, "Urgent!", _queue="urgent", _priority=10)
     return {"task_id": task_id}
 
 
-def _free_port():
+def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+        port: int = s.getsockname()[1]
+        return port
 
 
-def _wait_done(client, task_id, timeout=20.0):
+def _wait_done(client: Any, task_id: int, timeout: float = 20.0) -> dict[str, Any]:
     deadline = time.monotonic() + timeout
     while True:
-        status = client.get(f"/tasks/{task_id}").json()
+        status: dict[str, Any] = client.get(f"/tasks/{task_id}").json()
         if status["status"] in ("done", "failed", "cancelled") or time.monotonic() > deadline:
             return status
         time.sleep(0.05)
 
 
-def main():
+def main() -> None:
     """Start a daemon and this app on a temporary database, call it, print what happens."""
     import httpx2  # the HTTP client Starlette's TestClient uses too (the dev extra)
     import uvicorn
@@ -124,11 +126,11 @@ def main():
                     ("/send-email-helper", {"to": "cy@example.com"}),
                     ("/send-email-urgent", {"to": "dee@example.com"}),
                 ]
-                ids = []
+                ids: list[int] = []
                 for path, params in calls:
                     reply = client.post(path, params=params)
                     reply.raise_for_status()
-                    task_id = reply.json()["task_id"]
+                    task_id: int = reply.json()["task_id"]
                     ids.append(task_id)
                     print(f"POST {path}: HTTP {reply.status_code}, enqueued task {task_id}")
                 for task_id in ids:

@@ -25,8 +25,9 @@ PUBLIC = ["liteq/__init__.py", "liteq/core.py", "liteq/handle.py", "liteq/status
 #: The examples annotated so far (each must pass both checkers, strict).
 EXAMPLES = sorted(os.path.relpath(p, REPO) for p in glob.glob(os.path.join(REPO, "examples",
                                                                              "*.py"))
-                  if os.path.basename(p) in {"basic.py", "bulk.py", "monitoring.py",
-                                            "multiple_queues.py", "workflows.py"})
+                  if os.path.basename(p) in {"basic.py", "bulk.py", "fastapi_app.py",
+                                            "monitoring.py", "multiple_queues.py",
+                                            "workflows.py"})
 CLEAN = [p for p in PUBLIC if p.endswith(".py")] + EXAMPLES + [
     os.path.join(TYPING, "typed_calls.py")]
 WRONG = os.path.join(TYPING, "wrong_calls.py")
