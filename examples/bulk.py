@@ -20,14 +20,14 @@ import sys
 import tempfile
 import time
 
-from liteq import task
+from liteq import TaskHandle, task
 
 TOTAL = 100_000
 CHUNK = 10_000
 
 
 @task()
-def add(x: int, y: int):
+def add(x: int, y: int) -> int:
     """A tiny task: the point is the volume."""
     return x + y
 
@@ -36,13 +36,13 @@ class ProgressBar:
     """A text progress bar on stdout: redrawn in place on a terminal, plain lines
     (one per tenth) otherwise."""
 
-    def __init__(self, label, total, width=40):
+    def __init__(self, label: str, total: int, width: int = 40) -> None:
         self.label, self.total, self.width = label, total, width
         self.tty = sys.stdout.isatty()
         self.t0 = time.perf_counter()
         self.last_tenth = -1
 
-    def update(self, done):
+    def update(self, done: int) -> None:
         elapsed = time.perf_counter() - self.t0
         frac = done / self.total if self.total else 1.0
         rate = done / elapsed if elapsed > 0 else 0.0
@@ -57,24 +57,24 @@ class ProgressBar:
             print(f"{self.label.strip()}: {frac:6.1%}  {done:>7,}/{self.total:,}  "
                   f"after {elapsed:5.2f} s", flush=True)
 
-    def finish(self):
+    def finish(self) -> float:
         if self.tty:
             sys.stdout.write("\n")
             sys.stdout.flush()
         return time.perf_counter() - self.t0
 
 
-def count_by_status():
+def count_by_status() -> dict[str, int]:
     """{status: count} over the whole queue, from liteq.monitoring."""
     from liteq.monitoring import get_queue_stats
 
-    counts = {}
+    counts: dict[str, int] = {}
     for row in get_queue_stats():
-        counts[row["status"]] = counts.get(row["status"], 0) + row["count"]
+        counts[row["status"]] = counts.get(row["status"], 0) + int(row["count"])
     return counts
 
 
-def main():
+def main() -> int:
     """Enqueue TOTAL tasks with a progress bar, then drain them with a daemon."""
     from liteq.launcher import start_daemon
 
@@ -85,7 +85,7 @@ def main():
     try:
         print(f"enqueueing {TOTAL:,} tasks with add.starmap(), {CHUNK:,} per transaction:")
         bar = ProgressBar("enqueue", TOTAL)
-        ids = []
+        ids: list[TaskHandle[int]] = []
         for start in range(0, TOTAL, CHUNK):
             ids += add.starmap((i, i) for i in range(start, min(start + CHUNK, TOTAL)))
             bar.update(len(ids))
@@ -108,9 +108,8 @@ def main():
             seconds = bar.finish()
         print(f"drained {finished:,} tasks in {seconds:.2f} s: {finished / seconds:,.0f} tasks/s "
               f"(done {counts.get('done', 0):,}, failed {counts.get('failed', 0):,})")
-        from liteq import get_task_status
-        last = get_task_status(ids[-1])
-        print(f"the last task, add({TOTAL - 1}, {TOTAL - 1}), returned {last['result']}")
+        last: int = ids[-1].result(timeout=10)   # typed: add returns an int
+        print(f"the last task, add({TOTAL - 1}, {TOTAL - 1}), returned {last}")
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
     ok = counts.get("done", 0) == TOTAL

@@ -30,6 +30,7 @@ import time
 import urllib.error
 import urllib.parse
 import urllib.request
+from typing import Any
 
 from fastapi import FastAPI
 
@@ -41,7 +42,7 @@ app.include_router(task_router)  # GET /tasks/{task_id}
 
 
 @task(queue="emails", timeout=60)
-async def send_email(to: str, subject: str):
+async def send_email(to: str, subject: str) -> dict[str, object]:
     """Pretend to send an email (runs in a liteqd worker, not in the web server)."""
     await asyncio.sleep(0.1)
     return {"sent": True, "to": to, "subject": subject}
@@ -49,7 +50,7 @@ async def send_email(to: str, subject: str):
 
 # Way 1: just .delay()
 @app.post("/send-email")
-async def api_send_email(to: str, subject: str):
+async def api_send_email(to: str, subject: str) -> dict[str, int]:
     """Enqueue with the task's own .delay()."""
     task_id = send_email.delay(to, subject)
     return {"task_id": task_id}
@@ -57,7 +58,7 @@ async def api_send_email(to: str, subject: str):
 
 # Way 2: a BackgroundTasks-like parameter; add_task() enqueues and returns the id
 @app.post("/send-email-bg")
-async def api_send_email_bg(to: str, background: LiteQBackgroundTasks):
+async def api_send_email_bg(to: str, background: LiteQBackgroundTasks) -> dict[str, object]:
     """Enqueue through the LiteQBackgroundTasks parameter."""
     task_id = background.add_task(send_email, to, "Hi!")
     return {"message": "queued", "task_id": task_id}
@@ -65,7 +66,7 @@ async def api_send_email_bg(to: str, background: LiteQBackgroundTasks):
 
 # Way 3: the helper function
 @app.post("/send-email-helper")
-async def api_send_email_helper(to: str):
+async def api_send_email_helper(to: str) -> dict[str, int]:
     """Enqueue with enqueue_task()."""
     task_id = enqueue_task(send_email, to, "Welcome")
     return {"task_id": task_id}
@@ -73,40 +74,42 @@ async def api_send_email_helper(to: str):
 
 # Per-call options: another queue and a higher priority
 @app.post("/send-email-urgent")
-async def api_send_email_urgent(to: str, background: LiteQBackgroundTasks):
+async def api_send_email_urgent(to: str, background: LiteQBackgroundTasks) -> dict[str, int]:
     """Enqueue on the "urgent" queue with priority 10 (options start with an underscore)."""
     task_id = background.add_task(send_email, to, "Urgent!", _queue="urgent", _priority=10)
     return {"task_id": task_id}
 
 
-def _free_port():
+def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+        port: int = s.getsockname()[1]
+        return port
 
 
-def _call(base, method, path, params=None):
+def _call(base: str, method: str, path: str,
+          params: dict[str, str] | None = None) -> tuple[int, Any]:
     """One HTTP request with the standard library (the example needs no HTTP client
     package): (status code, the JSON reply)."""
     url = base + path + ("?" + urllib.parse.urlencode(params) if params else "")
     request = urllib.request.Request(url, method=method)
     try:
         with urllib.request.urlopen(request, timeout=10) as reply:
-            return reply.status, json.loads(reply.read())
+            return int(reply.status), json.loads(reply.read())
     except urllib.error.HTTPError as exc:  # 404 and the like: the reply is still JSON
         return exc.code, json.loads(exc.read())
 
 
-def _wait_done(base, task_id, timeout=20.0):
+def _wait_done(base: str, task_id: int, timeout: float = 20.0) -> dict[str, Any]:
     deadline = time.monotonic() + timeout
     while True:
-        status = _call(base, "GET", f"/tasks/{task_id}")[1]
+        status: dict[str, Any] = _call(base, "GET", f"/tasks/{task_id}")[1]
         if status["status"] in ("done", "failed", "cancelled") or time.monotonic() > deadline:
             return status
         time.sleep(0.05)
 
 
-def main():
+def main() -> None:
     """Start a daemon and this app on a temporary database, call it, print what happens."""
     import uvicorn
 
@@ -138,7 +141,7 @@ def main():
                 ("/send-email-helper", {"to": "cy@example.com"}),
                 ("/send-email-urgent", {"to": "dee@example.com"}),
             ]
-            ids = []
+            ids: list[int] = []
             for path, params in calls:
                 code, reply = _call(base, "POST", path, params)
                 if code != 200:

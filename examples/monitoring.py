@@ -27,20 +27,23 @@ import textwrap
 import time
 from datetime import datetime
 
-from liteq import task, wait_for_task
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+from liteq import TaskHandle, task, wait_for_task
 from liteq.monitoring import (get_active_workers, get_failed_tasks, get_queue_stats,
                               get_recent_tasks, list_queues)
 
 
 @task(queue="images")
-def resize_image(image_id: int):
+def resize_image(image_id: int) -> dict[str, object]:
     """A quick task."""
     time.sleep(0.1)
     return {"image_id": image_id, "size": "800x600"}
 
 
 @task(queue="billing", max_retries=1, retry_delay=0.2)
-def charge_card(order_id: int, amount: float):
+def charge_card(order_id: int, amount: float) -> dict[str, float]:
     """Fails for a non-positive amount: retried once, then failed for good."""
     if amount <= 0:
         raise ValueError(f"order {order_id}: amount must be positive, got {amount}")
@@ -49,13 +52,17 @@ def charge_card(order_id: int, amount: float):
 
 
 @task()
-def export_csv(rows: int):
+def export_csv(rows: int) -> dict[str, object]:
     """A slow task, so the first snapshot has something running."""
     time.sleep(1.5)
     return {"rows": rows, "file": "export.csv"}
 
 
-def print_table(rows, columns):
+Row = Mapping[str, Any]
+
+
+def print_table(rows: Sequence[Row],
+                columns: list[tuple[str, Callable[[Row], object]]]) -> None:
     """Print dicts as an aligned text table; columns are (header, function of the row)."""
     cells = [[str(fn(r)) for _, fn in columns] for r in rows]
     widths = [max([len(h)] + [len(c[i]) for c in cells]) for i, (h, _) in enumerate(columns)]
@@ -67,19 +74,19 @@ def print_table(rows, columns):
         print("    (none)")
 
 
-def clock(iso):
+def clock(iso: str | None) -> str:
     """The time of day of an ISO-8601 timestamp, or '-'."""
     return datetime.fromisoformat(iso).strftime("%H:%M:%S.%f")[:-3] if iso else "-"
 
 
-def outcome(t):
+def outcome(t: Row) -> str:
     """A task's result or first line of error, shortened."""
-    text = t["error"].splitlines()[0] if t["error"] else (
+    text: str = t["error"].splitlines()[0] if t["error"] else (
         repr(t["result"]) if t["status"] == "done" else "")
     return text if len(text) <= 60 else text[:57] + "..."
 
 
-def snapshot(title, note=None):
+def snapshot(title: str, note: str | None = None) -> None:
     """Print every monitoring function's answer."""
     print(f"\n===== {title} =====")
     print("\nget_queue_stats():")
@@ -110,7 +117,7 @@ def snapshot(title, note=None):
                             subsequent_indent="     "))
 
 
-def main():
+def main() -> None:
     """Run a mix of tasks under a daemon and print the monitoring views."""
     from liteq.launcher import start_daemon
 
@@ -119,7 +126,7 @@ def main():
     os.environ["LITEQ_SOCKET"] = os.path.join(workdir, "liteqd.sock")
     print(f"database: {os.environ['LITEQ_DB']}")
     try:
-        ids = [export_csv.delay(rows=5000)]
+        ids: list[TaskHandle[object]] = [export_csv.delay(rows=5000)]
         ids += resize_image.map(range(1, 7))
         ids += charge_card.starmap([(101, 19.99), (102, -5), (103, 42.0)])
         print(f"enqueued {len(ids)} tasks: 1 export, 6 image resizes, 3 charges "

@@ -18,8 +18,9 @@ import os
 import shutil
 import tempfile
 import time
+from typing import Any, TypedDict
 
-from liteq import task, wait_for_task
+from liteq import TaskHandle, task
 from liteq.monitoring import get_queue_stats
 
 REPORTS = 12          # slow tasks flooding the "reports" queue
@@ -27,8 +28,14 @@ REPORT_SECONDS = 0.5  # how long each report takes
 EMAILS = 3            # emails sent while the reports are running
 
 
+class Sent(TypedDict):
+    """What send_email returns."""
+    to: str
+    started: float
+
+
 @task(queue="emails")
-def send_email(to: str):
+def send_email(to: str) -> Sent:
     """A fast task on the "emails" queue; returns when it started (epoch seconds)."""
     started = time.time()
     time.sleep(0.05)
@@ -36,20 +43,20 @@ def send_email(to: str):
 
 
 @task(queue="reports")
-def build_report(report_id: int, seconds: float):
+def build_report(report_id: int, seconds: float) -> dict[str, float]:
     """A slow task on the "reports" queue."""
     started = time.time()
     time.sleep(seconds)
     return {"report_id": report_id, "started": started}
 
 
-def reports_waiting():
+def reports_waiting() -> int:
     """How many reports are pending (no worker has taken them yet), from the queue stats."""
-    return sum(s["count"] for s in get_queue_stats()
+    return sum(int(s["count"]) for s in get_queue_stats()
                if s["queue"] == "reports" and s["status"] == "pending")
 
 
-def run_scenario(title, log_path, **daemon_flags):
+def run_scenario(title: str, log_path: str, **daemon_flags: Any) -> float:
     """Flood the reports queue, send a few emails meanwhile, and time the emails."""
     from liteq.launcher import start_daemon
 
@@ -59,27 +66,27 @@ def run_scenario(title, log_path, **daemon_flags):
         reports = build_report.starmap((i, REPORT_SECONDS) for i in range(1, REPORTS + 1))
         print(f"enqueued {REPORTS} reports of {REPORT_SECONDS:g} s each")
         time.sleep(0.3)  # let the reports get going
-        sent = []
+        sent: list[tuple[float, TaskHandle[Sent], int]] = []
         for n in range(1, EMAILS + 1):
             waiting = reports_waiting()
             sent.append((time.time(), send_email.delay(to=f"user{n}@example.com"), waiting))
             time.sleep(0.3)
-        waits = []
-        for enqueued, email_id, waiting in sent:
-            status = wait_for_task(email_id, timeout=30)
-            waited = status["result"]["started"] - enqueued
+        waits: list[float] = []
+        for enqueued, email, waiting in sent:
+            result = email.result(timeout=30)   # typed: a Sent
+            waited = result["started"] - enqueued
             waits.append(waited)
-            print(f"  email to {status['result']['to']} sent at +{enqueued - t0:.1f} s, "
+            print(f"  email to {result['to']} sent at +{enqueued - t0:.1f} s, "
                   f"{waiting} reports still pending: it started {waited:.3f} s "
                   f"after .delay()")
-        for report_id in reports:
-            wait_for_task(report_id, timeout=60)
+        for report in reports:
+            report.wait(timeout=60)
         print(f"all {REPORTS} reports done after {time.time() - t0:.1f} s; "
               f"emails waited {max(waits):.3f} s at most")
     return max(waits)
 
 
-def main():
+def main() -> None:
     """Run the flood twice: with a pool per queue, then with one shared pool."""
     workdir = tempfile.mkdtemp(prefix="liteq-queues-")
     os.environ.setdefault("LITEQ_DB", os.path.join(workdir, "liteq.db"))

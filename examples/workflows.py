@@ -10,39 +10,39 @@ import os
 import tempfile
 import time
 
-from liteq import cancel_task, chain, current_task, get_task_status, task, wait_for_task
+from liteq import cancel_task, chain, current_task, task, wait_for_task
 
 
 @task()
-def fetch(url: str):
+def fetch(url: str) -> str:
     """Step 1 of the chain: pretend to download a page."""
     time.sleep(0.1)
     return f"<html>{url}</html>"
 
 
 @task()
-def count_chars():
+def count_chars() -> int:
     """Step 2: read step 1's result (the task this one depends on)."""
     (page,) = current_task.parent_results()
-    return len(page)
+    return len(str(page))
 
 
 @task()
-def report():
+def report() -> str:
     """Step 3: read step 2's result."""
     (chars,) = current_task.parent_results()
     return f"the page has {chars} characters"
 
 
 @task()
-def rebuild_index(shop: str):
+def rebuild_index(shop: str) -> str:
     """A task enqueued with a unique_key: one at a time per shop."""
     time.sleep(0.2)
     return f"index of {shop} rebuilt"
 
 
 @task()
-def long_export():
+def long_export() -> str:
     """A task that runs until it is cancelled: TaskCancelled is raised inside it
     (catch it to clean up, then let it go on)."""
     time.sleep(60)
@@ -50,14 +50,14 @@ def long_export():
 
 
 @task(concurrency=1)
-def resize_image(n: int):
+def resize_image(n: int) -> list[float]:
     """At most one of these runs at a time, whatever the daemons' sizes."""
     started = time.time()
     time.sleep(0.2)
     return [started, time.time()]
 
 
-def main():
+def main() -> None:
     """Start a daemon on a temporary database, run the four workflows, print them."""
     from liteq.launcher import start_daemon
 
@@ -68,33 +68,35 @@ def main():
     print("starting liteqd with 4 worker processes ...")
     with start_daemon(__file__, concurrency=4, log_path=os.path.join(workdir, "liteqd.log")):
         print("1. chain(fetch, count_chars, report): each step waits for the one before")
-        ids = chain(fetch.s("https://example.com"), count_chars.s(), report.s())
-        last = wait_for_task(ids[-1], timeout=20)
-        for task_id in ids:
-            status = get_task_status(task_id)
-            print(f"   task {task_id} {status['name']}: {status['status']} -> "
-                  f"{status['result']!r}")
+        handles = chain(fetch.s("https://example.com"), count_chars.s(), report.s())
+        last = wait_for_task(handles[-1], timeout=20)
+        for handle in handles:
+            status = handle.status()
+            assert status is not None
+            print(f"   task {handle} {status.name}: {status.status} -> {status.result!r}")
 
         print("2. a unique task: the same key twice while it is pending or running: one task")
         first = rebuild_index.apply_async(("shop-1",), unique_key="rebuild:shop-1")
         second = rebuild_index.apply_async(("shop-1",), unique_key="rebuild:shop-1")
         print(f"   first id {first}, second id {second}: "
               f"{'the same task' if first == second else 'two tasks'}")
-        wait_for_task(first, timeout=20)
+        first.wait(timeout=20)
 
         print("3. cancelling a running task")
         export = long_export.delay()
         deadline = time.time() + 20
-        while get_task_status(export)["status"] != "running" and time.time() < deadline:
+        while (st := export.status()) is not None and st.status != "running" \
+                and time.time() < deadline:
             time.sleep(0.05)
-        print(f"   task {export} long_export is {get_task_status(export)['status']}; "
+        now = export.status()
+        print(f"   task {export} long_export is {now.status if now else None}; "
               f"cancel_task -> {cancel_task(export)}")
-        status = wait_for_task(export, timeout=20)
-        print(f"   task {export} long_export: {status['status']} ({status['error']})")
+        status = export.wait(timeout=20)
+        print(f"   task {export} long_export: {status.status} ({status.error})")
 
         print("4. @task(concurrency=1): three resizes, never two at once")
         resizes = [resize_image.delay(n) for n in range(3)]
-        spans = sorted(wait_for_task(i, timeout=20)["result"] for i in resizes)
+        spans = sorted(handle.result(timeout=20) for handle in resizes)
         overlap = any(b[0] < a[1] for a, b in zip(spans, spans[1:]))
         print(f"   ran one after another: {'no' if overlap else 'yes'}")
     print(f"chain result: {last['result']!r}")

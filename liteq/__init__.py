@@ -10,20 +10,28 @@
 Run the tasks with `liteqd --app tasks.py` (or `liteq worker --app tasks.py`).
 """
 
+from typing import TYPE_CHECKING, Any
+
+from .codec import register_type
 from .context import current_task
-from .core import TASK_REGISTRY, Task, task
+from .core import TASK_REGISTRY, AsyncTask, Task, TaskDecorator, task
 from .errors import (ConfigError, DatabaseError, DatabaseLocked, DatabaseUnavailable,
-                     LiteQError, Retry, TaskCancelled, TaskTimeout, WaitTimeout)
+                     LiteQError, Retry, TaskCancelled, TaskFailed, TaskNotFound,
+                     TaskTimeout, TaskWasCancelled, WaitTimeout)
+from .handle import TaskHandle
 from .hooks import on_task_failure, on_task_retry, on_task_start, on_task_success
-from .status import aget_task_status, await_task, get_task_status, wait_for_task
+from .status import TaskStatus, aget_task_status, await_task, get_task_status, wait_for_task
 from .transaction import using
-from .workflow import chain
+from .workflow import Signature, chain
+
+if TYPE_CHECKING:
+    from .scheduler import Scheduler
 
 # The one place the version is written: pyproject.toml and the CLIs read it here.
 __version__ = "0.4.0"
 
 
-def register_schedule(task, cron, *args, **kwargs):
+def register_schedule(task: Task[..., Any], cron: str, *args: Any, **kwargs: Any) -> int:
     """Run `task` on a cron schedule; see liteq.scheduler.register_schedule."""
     # Imported here so that enqueue-only apps never load croniter.
     from .scheduler import register_schedule as _register
@@ -52,7 +60,7 @@ def purge_tasks(older_than: float) -> int:
     return get_backend().purge(older_than)
 
 
-def __getattr__(name):
+def __getattr__(name: str) -> Any:
     # liteq.Scheduler (the seed exported it here) loads croniter only when asked for.
     if name == "Scheduler":
         from .scheduler import Scheduler
@@ -66,5 +74,6 @@ __all__ = [
     "DatabaseLocked", "TaskTimeout", "WaitTimeout", "ConfigError",
     "current_task", "Retry", "DatabaseUnavailable", "on_task_start", "on_task_success",
     "on_task_retry", "on_task_failure", "aget_task_status", "await_task", "TaskCancelled",
-    "chain", "using",
+    "chain", "using", "Signature", "AsyncTask", "TaskDecorator", "TaskHandle", "TaskStatus",
+    "TaskFailed", "TaskWasCancelled", "TaskNotFound", "register_type",
 ]

@@ -11,12 +11,15 @@ The worker child sets it around each task (a context variable, so a coroutine
 task sees it too). Outside a running task, reading it raises LiteQError.
 """
 
+from __future__ import annotations
+
 import contextvars
-from typing import NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from .errors import LiteQError
 
-_current = contextvars.ContextVar("liteq_current_task", default=None)
+_current: contextvars.ContextVar[TaskContext | None] = contextvars.ContextVar(
+    "liteq_current_task", default=None)
 
 
 class TaskContext(NamedTuple):
@@ -32,7 +35,7 @@ class TaskContext(NamedTuple):
     attempt: int
     max_retries: int
     enqueued_at: float
-    deadline: float
+    deadline: float | None
     worker: str
 
     @property
@@ -40,7 +43,7 @@ class TaskContext(NamedTuple):
         """How many more attempts a failure of this one may still get."""
         return max(self.max_retries - (self.attempt - 1), 0)
 
-    def parent_results(self) -> list:
+    def parent_results(self) -> list[Any]:
         """The results of the tasks this one depends on (depends_on, or the previous
         step of a chain), decoded, in depends_on order.
 
@@ -57,29 +60,33 @@ class _CurrentTask:
 
     __slots__ = ()
 
-    def __getattr__(self, name):
+    def __getattr__(self, name: str) -> Any:
         ctx = _current.get()
         if ctx is None:
             raise LiteQError(f"current_task.{name}: no task is running here; current_task "
                              f"is only available inside a task that a LiteQ worker runs")
         return getattr(ctx, name)
 
-    def __bool__(self):
+    def __bool__(self) -> bool:
         return _current.get() is not None
 
-    def __repr__(self):
+    def __repr__(self) -> str:
         ctx = _current.get()
         return f"<current_task {ctx!r}>" if ctx is not None else "<current_task: none running>"
 
 
-current_task = _CurrentTask()
+if TYPE_CHECKING:
+    # For type checkers, the running task's TaskContext (current_task.id is an int, ...).
+    current_task: TaskContext
+else:
+    current_task = _CurrentTask()
 
 
-def enter(ctx: TaskContext):
+def enter(ctx: TaskContext) -> contextvars.Token[TaskContext | None]:
     """Make `ctx` the current task; returns the token for leave()."""
     return _current.set(ctx)
 
 
-def leave(token) -> None:
+def leave(token: contextvars.Token[TaskContext | None]) -> None:
     """Restore what was current before enter()."""
     _current.reset(token)

@@ -1,27 +1,54 @@
-"""The @task decorator, the task registry, and enqueueing."""
+"""The @task decorator, the task registry, and enqueueing.
+
+Task[P, R] keeps the function's parameters (P) and its result type (R, the awaited
+type of an `async def`), so that type checkers check .delay(), .s() and .map()
+against the function, and handle.result() is typed.
+"""
+
+from __future__ import annotations
 
 import functools
 import inspect
+from collections.abc import Callable, Coroutine, Iterable
+from typing import (TYPE_CHECKING, Any, Generic, ParamSpec, Protocol, TypeAlias, TypeVar, cast,
+                    overload)
 
 from .backends import get_backend
 from .serialization import encode_payload, encode_args_array
 from .taskspec import (NewTask, NewTasks, TaskOptions, check_depends_on, check_name,
                        check_number, check_unique_key, derive_unique_key)
 from .timeutil import due_from
-from .status import get_task_status  # noqa: F401  (the seed's liteq.core.get_task_status)
+from .status import get_task_status as get_task_status  # the seed's liteq.core.get_task_status
+from .handle import TaskHandle, handle_of, handles
+
+if TYPE_CHECKING:
+    from .workflow import Signature
+
+P = ParamSpec("P")
+R = TypeVar("R")
+A = TypeVar("A")
+A_contra = TypeVar("A_contra", contravariant=True)
+R_co = TypeVar("R_co", covariant=True)
+#: retry_on / no_retry_on: an exception class, or a tuple or list of them.
+ExceptionClasses: TypeAlias = (type[BaseException] | tuple[type[BaseException], ...]
+                               | list[type[BaseException]] | None)
 
 # name -> Task. The daemon looks tasks up here after importing the app.
-TASK_REGISTRY = {}
+TASK_REGISTRY: dict[str, Task[..., Any]] = {}
 
 _UNSET = object()
 
 
-class Task:
-    """A function registered as a task. Call it directly, or enqueue it with .delay()."""
+class Task(Generic[P, R]):
+    """A function registered as a task. Call it directly, or enqueue it with .delay().
 
-    def __init__(self, fn, name=None, retry_on=None, no_retry_on=None, concurrency=None,
-                 unique=False,
-                 **options):
+    P is the function's parameters and R its result (for an `async def`, the awaited
+    value: AsyncTask is the class of those)."""
+
+    def __init__(self, fn: Callable[P, Any], name: str | None = None,
+                 retry_on: ExceptionClasses = None, no_retry_on: ExceptionClasses = None,
+                 concurrency: int | None = None, unique: bool = False,
+                 **options: Any) -> None:
         if not callable(fn):
             raise TypeError(f"@task needs a function, got {fn!r}")
         self.fn = fn
@@ -47,25 +74,30 @@ class Task:
     retry_backoff = property(lambda self: self.options.retry_backoff)
     retry_max_delay = property(lambda self: self.options.retry_max_delay)
 
-    def __call__(self, *args, **kwargs):
+    def __call__(self, *args: P.args, **kwargs: P.kwargs) -> R:
         """Run the function here and now, without the queue."""
-        return self.fn(*args, **kwargs)
+        return self.fn(*args, **kwargs)  # type: ignore[no-any-return]
 
-    def __repr__(self):
+    def __repr__(self) -> str:
         return f"<Task {self.name} queue={self.queue}>"
 
-    def delay(self, *args, **kwargs) -> int:
-        """Enqueue a call with these arguments; returns the task id (for a unique
-        task already pending or running with these arguments, that task's id)."""
-        return get_backend().enqueue(self._call(args, kwargs))
+    def delay(self, *args: P.args, **kwargs: P.kwargs) -> TaskHandle[R]:
+        """Enqueue a call with these arguments; returns its TaskHandle, an int (the
+        task id; for a unique task already pending or running with these arguments,
+        that task's id)."""
+        return handle_of(get_backend().enqueue(self._call(args, kwargs)))
 
-    def _call(self, args, kwargs) -> NewTask:
+    def handle(self, task_id: int) -> TaskHandle[R]:
+        """A TaskHandle of this task again, from an id stored elsewhere."""
+        return TaskHandle(task_id)
+
+    def _call(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> NewTask:
         """The NewTask of a plain call (a unique task's key derived from it)."""
         key = derive_unique_key(self.name, args, kwargs) if self.unique else None
         return NewTask(self.name, encode_payload(self.name, args, kwargs), self.options,
                        unique_key=key)
 
-    def schedule(self, when=_UNSET, *args, **kwargs) -> int:
+    def schedule(self, when: Any = _UNSET, *args: Any, **kwargs: Any) -> TaskHandle[R]:
         """Enqueue a call to run at `when`: a datetime (naive = local time), an
         ISO-8601 string (read the same way), a timedelta, or a number of seconds
         from now. Returns the task id. The seed project's keyword `run_at=` names
@@ -77,31 +109,39 @@ class Task:
             when = kwargs.pop("run_at")
         run_at, delay = due_from(when)
         key = derive_unique_key(self.name, args, kwargs) if self.unique else None
-        return get_backend().enqueue(
+        return handle_of(get_backend().enqueue(
             NewTask(self.name, encode_payload(self.name, args, kwargs), self.options,
-                    run_at=run_at, delay=delay, unique_key=key))
+                    run_at=run_at, delay=delay, unique_key=key)))
 
-    def apply_async(self, args=(), kwargs=None, **options) -> int:
+    def apply_async(self, args: Iterable[Any] = (), kwargs: dict[str, Any] | None = None,
+                    **options: Any) -> TaskHandle[R]:
         """Enqueue with per-call options, as Celery's apply_async does: queue, priority,
         eta (a datetime, or epoch seconds) or countdown (seconds), timeout,
         max_retries, unique_key (while a task with this key is pending or running,
         nothing is enqueued and its id is returned; a unique task derives one),
         depends_on (task ids: it runs only once every one is done; when one fails
-        or is cancelled it is cancelled too). Returns the task id."""
-        return get_backend().enqueue(self._new_task(args, kwargs, **options))
+        or is cancelled it is cancelled too). Returns the TaskHandle.
 
-    async def adelay(self, *args, **kwargs) -> int:
+        Type checkers cannot match a tuple of arguments against the function's
+        parameters; `task.s(...).apply_async(queue=...)` is the checked form."""
+        return handle_of(get_backend().enqueue(self._new_task(args, kwargs, **options)))
+
+    async def adelay(self, *args: P.args, **kwargs: P.kwargs) -> TaskHandle[R]:
         """`await fn.adelay(...)`: .delay() for asyncio code; the event loop never
         blocks (SQLite: in a thread; PostgreSQL: psycopg's async connection)."""
-        return await get_backend().aenqueue(self._call(args, kwargs))
+        return handle_of(await get_backend().aenqueue(self._call(args, kwargs)))
 
-    async def aapply_async(self, args=(), kwargs=None, **options) -> int:
+    async def aapply_async(self, args: Iterable[Any] = (),
+                           kwargs: dict[str, Any] | None = None,
+                           **options: Any) -> TaskHandle[R]:
         """`await fn.aapply_async(...)`: .apply_async() for asyncio code."""
-        return await get_backend().aenqueue(self._new_task(args, kwargs, **options))
+        return handle_of(await get_backend().aenqueue(self._new_task(args, kwargs, **options)))
 
-    def _new_task(self, args, kwargs, *, queue=None, priority=None, eta=None,
-                  countdown=None, timeout=None, max_retries=None,
-                  unique_key=None, depends_on=()) -> NewTask:
+    def _new_task(self, args: Iterable[Any], kwargs: dict[str, Any] | None, *, queue: str | None = None,
+                  priority: int | None = None, eta: Any = None,
+                  countdown: float | None = None, timeout: float | None = None,
+                  max_retries: int | None = None, unique_key: str | None = None,
+                  depends_on: Any = ()) -> NewTask:
         """The NewTask of one apply_async() call, its options checked."""
         if eta is not None and countdown is not None:
             raise ValueError("give eta or countdown, not both")
@@ -132,21 +172,28 @@ class Task:
         return NewTask(self.name, payload, options, run_at=run_at, delay=countdown,
                        unique_key=unique_key, depends_on=depends_on)
 
-    def s(self, *args, **kwargs):
-        """A signature: this task with these arguments, not enqueued (for liteq.chain)."""
+    def s(self, *args: P.args, **kwargs: P.kwargs) -> Signature[R]:
+        """A signature: this task with these arguments, not enqueued (for liteq.chain,
+        or .apply_async(**options) with per-call options)."""
         from .workflow import Signature
         return Signature(self, args, kwargs)
 
-    def map(self, iterable, **options) -> list:
+    def map(self: _OneArgument[A, R], iterable: Iterable[A], *, queue: str | None = None,
+            priority: int | None = None, countdown: float | None = None,
+            timeout: float | None = None) -> list[TaskHandle[R]]:
         """Enqueue one call per item (each item is the single argument), in one
-        transaction with one wake-up. Returns the ids in order."""
-        return self.starmap(((item,) for item in iterable), **options)
+        transaction with one wake-up. Returns the handles in order. (Type checkers
+        accept it for a function callable with one positional argument of the items' type.)"""
+        task: Task[..., R] = cast("Task[..., R]", self)
+        return task.starmap(((item,) for item in iterable), queue=queue, priority=priority,
+                            countdown=countdown, timeout=timeout)
 
-    def starmap(self, iterable, *, queue=None, priority=None, countdown=None,
-                timeout=None) -> list:
+    def starmap(self, iterable: Iterable[Iterable[Any]], *, queue: str | None = None,
+                priority: int | None = None, countdown: float | None = None,
+                timeout: float | None = None) -> list[TaskHandle[R]]:
         """Enqueue one call per tuple of positional arguments, in one transaction
         with one wake-up. Nothing is written if any call's arguments cannot be
-        stored as JSON. Returns the ids in order."""
+        stored as JSON. Returns the handles in order."""
         check_number("countdown", countdown, allow_none=True)
         if self.unique:
             # One transaction of many rows cannot skip some of them one by one.
@@ -154,31 +201,55 @@ class Task:
                             f"enqueue unique tasks: call .delay() for each item")
         options = self.options.with_overrides(queue=queue, priority=priority, timeout=timeout)
         args_json, count = encode_args_array(self.name, iterable)
-        return get_backend().enqueue_many(NewTasks(self.name, args_json, count, options,
-                                                   delay=countdown))
+        return handles(get_backend().enqueue_many(NewTasks(self.name, args_json, count,
+                                                           options, delay=countdown)))
+
+
+class _OneArgument(Protocol[A_contra, R_co]):
+    """A task whose function takes one positional argument (what map() needs)."""
+
+    def __call__(self, item: A_contra, /) -> Any: ...
+
+    def handle(self, task_id: int) -> TaskHandle[R_co]: ...
+
+
+class AsyncTask(Task[P, R]):
+    """A task made of an `async def`: calling it directly returns the coroutine, and
+    its handles' results are the awaited value (R)."""
+
+    def __call__(  # type: ignore[override]
+            self, *args: P.args, **kwargs: P.kwargs
+    ) -> Coroutine[Any, Any, R]:  # pyright: ignore[reportIncompatibleMethodOverride]
+        """Call the coroutine function here (await what it returns), without the queue."""
+        return self.fn(*args, **kwargs)  # type: ignore[no-any-return]
 
 
 class _TaskProxyType(type):
     # Every Task is a TaskProxy for isinstance(), as every @task was one in the seed.
-    def __instancecheck__(cls, obj):
+    def __instancecheck__(cls, obj: object) -> bool:
         return isinstance(obj, Task)
 
 
-class TaskProxy(Task, metaclass=_TaskProxyType):
+class TaskProxy(Task[..., Any], metaclass=_TaskProxyType):
     """The seed project's name for a task object.
 
     TaskProxy(fn, name, queue, max_retries, timeout) builds and registers one, as
     in the seed; isinstance(x, TaskProxy) is true of every task.
     """
 
-    def __init__(self, fn, name=None, queue=None, max_retries=None, timeout=None, **options):
+    def __init__(self, fn: Callable[..., Any], name: str | None = None,
+                 queue: str | None = None, max_retries: int | None = None,
+                 timeout: float | None = None, **options: Any) -> None:
         seed = {"queue": queue, "max_retries": max_retries, "timeout": timeout}
         options.update({k: v for k, v in seed.items() if v is not None})
         super().__init__(fn, name=name, **options)
         register(self)
 
 
-def register(task_obj: Task) -> Task:
+T = TypeVar("T", bound="Task[Any, Any]")
+
+
+def register(task_obj: T) -> T:
     """Add a task to the registry; a different function under a taken name is an error."""
     existing = TASK_REGISTRY.get(task_obj.name)
     if existing is not None and not _same_function(existing.fn, task_obj.fn):
@@ -190,11 +261,11 @@ def register(task_obj: Task) -> Task:
     return task_obj
 
 
-def _describe(fn):
+def _describe(fn: object) -> str:
     return f"{getattr(fn, '__module__', '?')}.{getattr(fn, '__qualname__', fn)}"
 
 
-def _same_function(a, b):
+def _same_function(a: Any, b: Any) -> bool:
     # The same source loaded twice (an app file run as __main__ and imported as a
     # module, or reloaded) is one task, not a clash.
     if a is b:
@@ -202,11 +273,11 @@ def _same_function(a, b):
     ca, cb = getattr(a, "__code__", None), getattr(b, "__code__", None)
     if ca is None or cb is None:
         return False
-    return (a.__qualname__ == b.__qualname__ and ca.co_filename == cb.co_filename
-            and ca.co_firstlineno == cb.co_firstlineno)
+    return bool(a.__qualname__ == b.__qualname__ and ca.co_filename == cb.co_filename
+                and ca.co_firstlineno == cb.co_firstlineno)
 
 
-def _check_unique_flag(value):
+def _check_unique_flag(value: object) -> bool:
     """@task's unique option: True or False."""
     if not isinstance(value, bool):
         raise TypeError(f"unique must be True or False, not {value!r}; for a key of your "
@@ -214,11 +285,12 @@ def _check_unique_flag(value):
     return value
 
 
-def _exception_classes(label, value):
+def _exception_classes(label: str, value: Any) -> tuple[type[BaseException], ...] | None:
     """A tuple of exception classes from a class or a tuple/list of them (None stays None)."""
     if value is None:
         return None
-    items = tuple(value) if isinstance(value, (tuple, list)) else (value,)
+    items: tuple[Any, ...] = (tuple(cast("Iterable[Any]", value))
+                              if isinstance(value, (tuple, list)) else (value,))
     for item in items:
         if not (isinstance(item, type) and issubclass(item, BaseException)):
             raise TypeError(f"{label} takes exception classes, such as (ConnectionError,); "
@@ -226,7 +298,7 @@ def _exception_classes(label, value):
     return items
 
 
-def _concurrency(value):
+def _concurrency(value: object) -> int | None:
     """None, or a whole number >= 1 (a global limit of running tasks)."""
     if value is None:
         return None
@@ -241,7 +313,41 @@ def _concurrency(value):
 _SEED_POSITIONAL = ("queue", "max_retries", "name", "timeout")
 
 
-def task(fn=None, *positional, name=None, **options):
+class TaskDecorator:
+    """What `@task(...)` with options returns: applied to a function, its Task."""
+
+    def __init__(self, name: str | None, options: dict[str, Any]) -> None:
+        self.name, self.options = name, options
+
+    @overload
+    def __call__(self, fn: Callable[P, Coroutine[Any, Any, R]], /) -> AsyncTask[P, R]: ...
+    @overload
+    def __call__(self, fn: Callable[P, R], /) -> Task[P, R]: ...
+
+    def __call__(self, fn: Callable[..., Any], /) -> Task[..., Any]:
+        """Register `fn` as a task with these options."""
+        made: Task[..., Any] = (AsyncTask if inspect.iscoroutinefunction(fn) else Task)(
+            fn, name=self.name, **self.options)
+        return register(made)
+
+
+@overload
+def task(fn: Callable[P, Coroutine[Any, Any, R]], /) -> AsyncTask[P, R]: ...
+@overload
+def task(fn: Callable[P, R], /) -> Task[P, R]: ...
+@overload
+def task(fn: None = None, /, *, name: str | None = None, queue: str = ...,
+         priority: int = ..., max_retries: int = ..., timeout: float | None = ...,
+         retry_delay: float = ..., retry_backoff: float = ..., retry_max_delay: float = ...,
+         retry_on: ExceptionClasses = ..., no_retry_on: ExceptionClasses = ...,
+         concurrency: int | None = ..., unique: bool = ...) -> TaskDecorator: ...
+@overload
+def task(fn: str, /, *positional: Any, name: str | None = None,
+         **options: Any) -> TaskDecorator: ...
+
+
+def task(fn: Any = None, /, *positional: Any, name: str | None = None,
+         **options: Any) -> Any:
     """Mark a function as a task; use as `@task` or `@task(queue=..., ...)`.
 
     Options (liteq.taskspec.TaskOptions, whose defaults these are): queue
@@ -272,8 +378,7 @@ def task(fn=None, *positional, name=None, **options):
         raise TypeError("@task's options after the function are keywords: "
                         "@task(queue=..., max_retries=...)")
 
-    def decorate(f):
-        return register(Task(f, name=name, **options))
+    decorate = TaskDecorator(name, options)
     if fn is not None:
         if not callable(fn):
             raise TypeError(f"@task's first argument must be the function (or the queue "
@@ -289,10 +394,10 @@ def task(fn=None, *positional, name=None, **options):
     return decorate
 
 
-def get_task(name_or_fn):
+def get_task(name_or_fn: object) -> Task[..., Any]:
     """Resolve a registered Task from a name, a Task, or a decorated function."""
     if isinstance(name_or_fn, Task):
-        return name_or_fn
+        return cast("Task[..., Any]", name_or_fn)
     if isinstance(name_or_fn, str):
         try:
             return TASK_REGISTRY[name_or_fn]

@@ -51,30 +51,36 @@ style: FastAPI refuses a Depends both in the annotation and as the default.)
 This module imports fastapi; `import liteq` alone never does.
 """
 
+from __future__ import annotations
+
 import inspect
-from typing import Annotated
+from collections.abc import Sequence
+from typing import Annotated, Any, TypeVar, cast
 
 from fastapi import APIRouter, Depends, HTTPException
 
 from .backends import get_backend
 from .core import Task
 from .errors import NotATaskError
-from .status import aget_task_status, get_task_status, task_row_to_dict
+from .handle import TaskHandle
+from .status import TaskStatus, aget_task_status, get_task_status, task_row_to_dict
+
+R = TypeVar("R")
 
 OPTIONS = {"_queue": "queue", "_priority": "priority", "_countdown": "countdown",
            "_eta": "eta", "_timeout": "timeout", "_max_retries": "max_retries"}
 
 
-def _as_task(fn) -> Task:
+def _as_task(fn: Task[..., R] | object) -> Task[..., R]:
     if isinstance(fn, Task):
-        return fn
+        return cast("Task[..., R]", fn)
     what = getattr(fn, "__qualname__", None) or repr(fn)
     raise NotATaskError(f"{what} is not a LiteQ task: decorate it with @task "
                         f"(from liteq import task) so that it can be enqueued and found "
                         f"by the worker")
 
 
-def _split_options(kwargs) -> dict:
+def _split_options(kwargs: dict[str, Any]) -> dict[str, Any]:
     options = {OPTIONS[k]: kwargs.pop(k) for k in list(kwargs) if k in OPTIONS}
     queue = options.get("queue")
     if "queue" in options and (not isinstance(queue, str) or not queue):
@@ -85,24 +91,25 @@ def _split_options(kwargs) -> dict:
     return options
 
 
-def enqueue_task(fn, *args, **kwargs) -> int:
-    """Enqueue the @task `fn` with these arguments; returns the task id.
+def enqueue_task(fn: Task[..., R], *args: Any, **kwargs: Any) -> TaskHandle[R]:
+    """Enqueue the @task `fn` with these arguments; returns its TaskHandle (an int,
+    the task id). (fn.delay(...) is the form type checkers check argument by argument.)
 
     Keywords _queue, _priority, _countdown, _eta, _timeout and _max_retries are
     per-call options (see the module docstring); everything else goes to the
     task. Raises NotATaskError (a TypeError and a ValueError) when `fn` is not a @task.
     """
-    task = _as_task(fn)
+    task: Task[..., R] = _as_task(fn)
     options = _split_options(kwargs)
     if not options:
         return task.delay(*args, **kwargs)
     return task.apply_async(args, kwargs, **options)
 
 
-async def aenqueue_task(fn, *args, **kwargs) -> int:
+async def aenqueue_task(fn: Task[..., R], *args: Any, **kwargs: Any) -> TaskHandle[R]:
     """`await aenqueue_task(fn, ...)`: enqueue_task() that never blocks the event loop
     (for `async def` endpoints)."""
-    task = _as_task(fn)
+    task: Task[..., R] = _as_task(fn)
     options = _split_options(kwargs)
     if not options:
         return await task.adelay(*args, **kwargs)
@@ -122,17 +129,17 @@ class TaskEnqueuer:
     # out of it, so that no request can set them through query parameters.
     __signature__ = inspect.Signature()
 
-    def __init__(self, queue=None, priority=None):
+    def __init__(self, queue: str | None = None, priority: int | None = None) -> None:
         self.queue = queue
         self.priority = priority
-        self.task_ids = []
+        self.task_ids: list[TaskHandle[Any]] = []
 
     @property
-    def tasks(self) -> list:
+    def tasks(self) -> list[TaskHandle[Any]]:
         """The seed's name for task_ids."""
         return self.task_ids
 
-    def add_task(self, fn, *args, **kwargs) -> int:
+    def add_task(self, fn: Task[..., R], *args: Any, **kwargs: Any) -> TaskHandle[R]:
         """Enqueue the @task `fn` now (durably) and return its id; see enqueue_task()."""
         if self.queue is not None:
             kwargs.setdefault("_queue", self.queue)
@@ -142,7 +149,7 @@ class TaskEnqueuer:
         self.task_ids.append(task_id)
         return task_id
 
-    async def aadd_task(self, fn, *args, **kwargs) -> int:
+    async def aadd_task(self, fn: Task[..., R], *args: Any, **kwargs: Any) -> TaskHandle[R]:
         """add_task() for `async def` endpoints: `await background.aadd_task(...)` never
         blocks the event loop."""
         if self.queue is not None:
@@ -153,17 +160,17 @@ class TaskEnqueuer:
         self.task_ids.append(task_id)
         return task_id
 
-    def get_task_status(self, task_id: int):
+    def get_task_status(self, task_id: int) -> TaskStatus | None:
         """get_task_status() of one task (None when there is no such task)."""
         return get_task_status(task_id)
 
-    def get_all_statuses(self) -> list:
+    def get_all_statuses(self) -> list[TaskStatus]:
         """get_task_status() of every task enqueued through this object, in order;
         tasks that no longer exist (purged) are left out."""
-        rows = {r["id"]: r for r in get_backend().get_tasks(self.task_ids)}
+        rows = {r["id"]: r for r in get_backend().get_tasks([int(i) for i in self.task_ids])}
         return [task_row_to_dict(rows[i]) for i in self.task_ids if i in rows]
 
-    def __repr__(self):
+    def __repr__(self) -> str:
         return f"<TaskEnqueuer task_ids={self.task_ids}>"
 
 
@@ -171,10 +178,11 @@ LiteQBackgroundTasks = Annotated[TaskEnqueuer, Depends(TaskEnqueuer)]
 # FastAPI reads a dependency's parameters from inspect.signature(). A typing alias
 # has the signature (*args, **kwargs), which FastAPI would turn into two required
 # query parameters; give `Depends(LiteQBackgroundTasks)` TaskEnqueuer's (none) instead.
-LiteQBackgroundTasks.__signature__ = inspect.signature(TaskEnqueuer)
+LiteQBackgroundTasks.__signature__ = inspect.signature(TaskEnqueuer)  # pyright: ignore
 
 
-def create_task_router(prefix="/tasks", *, tags=("tasks",), dependencies=None) -> APIRouter:
+def create_task_router(prefix: str = "/tasks", *, tags: Sequence[str] = ("tasks",),
+                       dependencies: Sequence[Any] | None = None) -> APIRouter:
     """An APIRouter serving GET {prefix}/{task_id}: get_task_status() as JSON, 404 when missing.
 
     dependencies: FastAPI dependencies for every route (for example your auth).
@@ -183,7 +191,7 @@ def create_task_router(prefix="/tasks", *, tags=("tasks",), dependencies=None) -
 
     @router.get("/{task_id}", summary="A task's status",
                 responses={404: {"description": "No task has this id"}})
-    async def liteq_task_status(task_id: int) -> dict:
+    async def liteq_task_status(task_id: int) -> dict[str, Any]:
         """id, name, queue, status, priority, attempts, max_retries, worker_id, run_at,
         created_at, started_at, finished_at, result, error, args, kwargs, timeout,
         payload."""

@@ -14,14 +14,22 @@ task's outcome. Registering the same function again (an app re-imported on
 reload) replaces it rather than adding a second call.
 """
 
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, TypeVar
+
 HOOK_KINDS = ("start", "success", "retry", "failure")
 
+F = TypeVar("F", bound=Callable[..., Any])
+
 # kind -> {(module, qualname): callable}, in registration order
-_hooks = {kind: {} for kind in HOOK_KINDS}
+_hooks: dict[str, dict[tuple[str | None, str], Callable[..., Any]]] = {
+    kind: {} for kind in HOOK_KINDS}
 
 
-def _register(kind):
-    def register(fn):
+def _register(kind: str) -> Callable[[F], F]:
+    def register(fn: F) -> F:
         if not callable(fn):
             raise TypeError(f"on_task_{kind} needs a function, got {fn!r}")
         key = (getattr(fn, "__module__", None), getattr(fn, "__qualname__", repr(fn)))
@@ -38,7 +46,7 @@ on_task_retry = _register("retry")
 on_task_failure = _register("failure")
 
 
-def hooks(kind) -> list:
+def hooks(kind: str) -> list[Callable[..., Any]]:
     """The callables registered for `kind` ('start', 'success', 'retry', 'failure')."""
     return list(_hooks[kind].values())
 
@@ -48,12 +56,12 @@ def any_registered() -> bool:
     return any(_hooks.values())
 
 
-def snapshot() -> dict:
+def snapshot() -> dict[str, dict[tuple[str | None, str], Callable[..., Any]]]:
     """A copy of every registration (restore() puts it back)."""
     return {kind: dict(entries) for kind, entries in _hooks.items()}
 
 
-def restore(saved) -> None:
+def restore(saved: dict[str, dict[tuple[str | None, str], Callable[..., Any]]]) -> None:
     """Put back the registrations a snapshot() took."""
     for kind in HOOK_KINDS:
         _hooks[kind] = dict(saved.get(kind, {}))

@@ -15,6 +15,8 @@ name, with /proc of its own. Stopping it (or its supervisor dying) ends every
 process of that namespace.
 """
 
+from __future__ import annotations
+
 import contextlib
 import json
 import os
@@ -23,6 +25,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from typing import Any
 
 from . import settings
 from .errors import LiteQError
@@ -39,19 +42,20 @@ NAMESPACES = ["unshare", "--uts", "--pid", "--fork", "--kill-child", "--mount-pr
 class DaemonHandle:
     """A running background daemon; use as a context manager or call stop()."""
 
-    def __init__(self, process, log_path, supervisor_pid=None):
+    def __init__(self, process: subprocess.Popen[bytes], log_path: str,
+                 supervisor_pid: int | None = None) -> None:
         self.process = process
         self.log_path = log_path
         self._supervisor_pid = supervisor_pid
 
     @property
-    def pid(self):
+    def pid(self) -> int:
         """The supervisor's process id (in this process's PID namespace)."""
         return self._supervisor_pid or self.process.pid
 
-    def events(self):
+    def events(self) -> list[dict[str, Any]]:
         """The daemon's log events so far, as dicts."""
-        out = []
+        out: list[dict[str, Any]] = []
         try:
             with open(self.log_path) as f:
                 for line in f:
@@ -63,7 +67,7 @@ class DaemonHandle:
             pass
         return out
 
-    def stop(self, timeout=30.0) -> int:
+    def stop(self, timeout: float = 30.0) -> int:
         """Stop gracefully (SIGTERM), waiting up to `timeout` s; returns the exit code."""
         if self.process.poll() is None:
             # The supervisor itself: in namespaces, self.process is unshare, which
@@ -80,12 +84,12 @@ class DaemonHandle:
                 self.process.wait(5)
         return self.process.returncode
 
-    def __enter__(self):
+    def __enter__(self) -> DaemonHandle:
         return self
 
-    def __exit__(self, *exc):
+    def __exit__(self, *exc: object) -> None:
+        # None (not a bool): checkers then know an exception in the block propagates.
         self.stop()
-        return False
 
 
 def _stderr_text(log_path, start):
@@ -144,8 +148,9 @@ def _only_child(pid, timeout=5.0):
     return None
 
 
-def start_daemon(app, db=None, *, ready_timeout=30.0, log_path=None, hostname=None,
-                 **options) -> DaemonHandle:
+def start_daemon(app: str, db: str | None = None, *, ready_timeout: float = 30.0,
+                 log_path: str | None = None, hostname: str | None = None,
+                 **options: Any) -> DaemonHandle:
     """Start `liteqd --app APP` in the background and wait until it is ready.
 
     Keyword options become flags (concurrency=2 -> --concurrency 2; a list

@@ -20,9 +20,12 @@ scheduler`) in liteq.scheduler_loop.
 Cron syntax and time zones: see liteq.cron.
 """
 
+from __future__ import annotations
+
 import sys
 import warnings
 from datetime import datetime
+from typing import Any
 
 from .backends import get_backend
 from .core import TASK_REGISTRY, Task
@@ -69,9 +72,11 @@ def _check_int(label, value, minimum=None):
     return value
 
 
-def register_schedule(task, cron, *args, name=None, queue=None, priority=None,
-                      max_retries=None, tz=None, enabled=None, catchup="coalesce",
-                      **kwargs) -> int:
+def register_schedule(task: Any, cron: str, *args: Any, name: str | None = None,
+                      queue: str | None = None, priority: int | None = None,
+                      max_retries: int | None = None, tz: str | None = None,
+                      enabled: bool | None = None, catchup: str = "coalesce",
+                      **kwargs: Any) -> int:
     """Run `task(*args, **kwargs)` on the cron schedule `cron`; returns the schedule id.
 
     Idempotent by name: call it at import in every process and the database keeps

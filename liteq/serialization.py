@@ -1,15 +1,26 @@
-"""JSON encoding of task arguments and results. Never pickle."""
+"""JSON encoding of task arguments and results. Never pickle.
+
+Values JSON cannot hold as they are (datetime, UUID, tuple, dataclass, ...) are
+stored in the tagged form of liteq.codec; calls with plain JSON arguments take the
+fast path they always took."""
+
+from __future__ import annotations
 
 import json
+from collections.abc import Iterable
+from typing import Any, cast
 
 from . import settings
+from .codec import has_tags, to_json, decode_tagged
+
+_PLAIN = frozenset({str, int, float, bool, type(None)})
 
 _encoder = json.JSONEncoder(allow_nan=False, separators=(",", ":"), ensure_ascii=False)
 
 
-def _check_value(value, label, task_name):
+def _check_value(value: Any, label: str, task_name: str) -> None:
     try:
-        _encoder.encode(value)
+        _encoder.encode(to_json(value))
     except (TypeError, ValueError) as exc:
         raise TypeError(
             f"{label} of task {task_name!r} cannot be stored as JSON: {exc}"
@@ -26,7 +37,7 @@ def _utf8_size(text: str) -> int:
     return len(text) if text.isascii() else len(text.encode("utf-8", "surrogatepass"))
 
 
-def _too_big(task_name: str, size: int, limit: int, what="the arguments"):
+def _too_big(task_name: str, size: int, limit: int, what: str = "the arguments") -> ValueError:
     return ValueError(
         f"{what} of task {task_name!r} encode to {size:,} bytes, over the limit of "
         f"{limit:,} bytes (LITEQ_MAX_PAYLOAD); nothing was enqueued. Pass a reference "
@@ -39,7 +50,7 @@ def _too_big(task_name: str, size: int, limit: int, what="the arguments"):
 _ALWAYS_FITS = settings.MIN_MAX_PAYLOAD // 4
 
 
-def _check_size(task_name: str, text: str):
+def _check_size(task_name: str, text: str) -> None:
     """Raise ValueError when an encoded payload is larger than LITEQ_MAX_PAYLOAD."""
     if len(text) > _ALWAYS_FITS:
         limit = settings.max_payload()
@@ -49,14 +60,32 @@ def _check_size(task_name: str, text: str):
                 raise _too_big(task_name, size, limit)
 
 
-def encode_payload(task_name: str, args, kwargs) -> str:
+def encode_payload(task_name: str, args: Iterable[Any], kwargs: dict[str, Any]) -> str:
     """Encode call arguments as the JSON payload of a task row.
 
     Raises TypeError naming the first argument JSON cannot hold, and ValueError when
     the payload is larger than LITEQ_MAX_PAYLOAD.
     """
+    args = list(args)
     try:
-        text = _encoder.encode({"args": list(args), "kwargs": kwargs})
+        # Inlined (not _all_plain()): this is every .delay()'s path.
+        plain = True
+        for value in args:
+            if type(value) not in _PLAIN:
+                plain = False
+                break
+        if plain and kwargs:
+            for value in kwargs.values():
+                if type(value) not in _PLAIN:
+                    plain = False
+                    break
+        if plain:
+            text = _encoder.encode({"args": args, "kwargs": kwargs})
+        elif all(isinstance(k, str) for k in kwargs):
+            text = _encoder.encode({"args": to_json(args),
+                                    "kwargs": to_json(kwargs) if kwargs else kwargs})
+        else:
+            raise TypeError("a keyword is not a string")
     except (TypeError, ValueError):
         pass
     else:
@@ -72,7 +101,7 @@ def encode_payload(task_name: str, args, kwargs) -> str:
     raise TypeError(f"arguments of task {task_name!r} cannot be stored as JSON")
 
 
-def encode_args_array(task_name: str, calls) -> tuple:
+def encode_args_array(task_name: str, calls: Iterable[Iterable[Any]]) -> tuple[str, int]:
     """Encode the positional arguments of many calls as one JSON array: (text, count).
 
     Raises TypeError naming the call and argument JSON cannot hold, and ValueError
@@ -80,7 +109,10 @@ def encode_args_array(task_name: str, calls) -> tuple:
     """
     arg_lists = [list(args) for args in calls]
     try:
-        text = _encoder.encode(arg_lists)
+        if all(_all_plain(args) for args in arg_lists):
+            text = _encoder.encode(arg_lists)
+        else:
+            text = _encoder.encode([to_json(args) for args in arg_lists])
     except (TypeError, ValueError):
         pass
     else:
@@ -94,7 +126,7 @@ def encode_args_array(task_name: str, calls) -> tuple:
     raise TypeError(f"arguments of task {task_name!r} cannot be stored as JSON")
 
 
-def _check_calls_size(task_name, text, arg_lists):
+def _check_calls_size(task_name: str, text: str, arg_lists: list[list[Any]]) -> None:
     # A call's payload is its array (a part of the whole array, less the brackets)
     # inside the wrapping: when the whole array would fit, every call does, and only
     # otherwise is each call measured.
@@ -105,38 +137,62 @@ def _check_calls_size(task_name, text, arg_lists):
     if (len(text) + extra) * 4 <= limit or _utf8_size(text) + extra <= limit:
         return
     for n, args in enumerate(arg_lists):
-        size = _utf8_size(_encoder.encode(args)) + _ARGS_ONLY_WRAPPING
+        size = _utf8_size(_encoder.encode(to_json(args))) + _ARGS_ONLY_WRAPPING
         if size > limit:
             raise _too_big(task_name, size, limit, what=f"call {n}: the arguments")
 
 
-def decode_payload(payload: str):
+def decode_payload(payload: str) -> tuple[list[Any], dict[str, Any]]:
     """Decode a payload into (args, kwargs); raises ValueError on a malformed one."""
-    data = json.loads(payload) if payload else {}
+    data: Any = _loads(payload) if payload else {}
     if isinstance(data, list):  # tolerate a bare list of positional args
-        return data, {}
+        return cast("list[Any]", data), {}  # type: ignore[redundant-cast]
     if not isinstance(data, dict):
         raise ValueError(f"task payload is not a JSON object: {payload[:80]!r}")
-    args = data.get("args") or []
-    kwargs = data.get("kwargs") or {}
+    fields = cast("dict[str, Any]", data)
+    args: list[Any] = fields.get("args") or []
+    kwargs: dict[str, Any] = fields.get("kwargs") or {}
     if not isinstance(args, list) or not isinstance(kwargs, dict):
         raise ValueError(f"task payload has malformed args/kwargs: {payload[:80]!r}")
     return args, kwargs
 
 
-def encode_result(value) -> str:
+def encode_result(value: Any) -> str:
     """Encode a task's return value; raises TypeError when JSON cannot hold it."""
     try:
-        return _encoder.encode(value)
+        return _encoder.encode(value if type(value) in _PLAIN else to_json(value))
     except (TypeError, ValueError) as exc:
         raise TypeError(f"task result cannot be stored as JSON: {exc}") from None
 
 
-def decode_result(text):
+def decode_result(text: str | None) -> Any:
     """Decode a stored result; text that is not JSON (from an old database) is returned as is."""
     if text is None:
         return None
     try:
+        return _loads(text)
+    except (TypeError, ValueError):
+        pass
+    try:  # tags this process cannot decode (a class not loaded here): the plain JSON
         return json.loads(text)
     except (TypeError, ValueError):
         return text
+
+
+def _all_plain(values: Iterable[Any]) -> bool:
+    """True when every value is a str, int, float, bool or None (no walk needed)."""
+    for value in values:
+        if type(value) not in _PLAIN:
+            return False
+    return True
+
+
+def _loads(text: str) -> Any:
+    """json.loads, decoding tagged values when the text holds any; a tag that cannot
+    be decoded is a ValueError."""
+    if not has_tags(text):
+        return json.loads(text)
+    try:
+        return json.loads(text, object_hook=decode_tagged)
+    except (TypeError, ValueError, KeyError, AttributeError) as exc:
+        raise ValueError(f"cannot decode a stored value: {exc}") from None

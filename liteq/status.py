@@ -1,20 +1,129 @@
 """Reading a task's state: get_task_status() and wait_for_task()."""
 
+from __future__ import annotations
+
 import time
+from typing import Any, Literal, cast
 
 from .backends import get_backend
 from .errors import TaskNotFound, WaitTimeout
 from .serialization import decode_payload, decode_result
 from .timeutil import to_iso
 
+StatusName = Literal["pending", "running", "done", "failed", "cancelled"]
+
 FINISHED = frozenset({"done", "failed", "cancelled"})
 _TIME_KEYS = ("run_at", "created_at", "started_at", "finished_at")
 
 
-def task_row_to_dict(row: dict) -> dict:
+class TaskStatus(dict[str, Any]):
+    """A task's state: a dict, as liteq 0.2 returned it (status["status"],
+    status.get("result"), JSON as is), whose keys also read as typed attributes
+    (status.status, status.result, ...). Times are ISO-8601 strings."""
+
+    __slots__ = ()
+
+    @property
+    def id(self) -> int:
+        """The task id."""
+        return cast(int, self["id"])
+
+    @property
+    def name(self) -> str:
+        """The task's name."""
+        return cast(str, self["name"])
+
+    @property
+    def queue(self) -> str:
+        """Its queue."""
+        return cast(str, self["queue"])
+
+    @property
+    def status(self) -> StatusName:
+        """pending, running, done, failed or cancelled."""
+        return cast(StatusName, self["status"])
+
+    @property
+    def priority(self) -> int:
+        """Its priority."""
+        return cast(int, self["priority"])
+
+    @property
+    def attempts(self) -> int:
+        """Attempts started."""
+        return cast(int, self["attempts"])
+
+    @property
+    def max_retries(self) -> int:
+        """Retries allowed."""
+        return cast(int, self["max_retries"])
+
+    @property
+    def worker_id(self) -> str | None:
+        """The daemon that ran it last."""
+        return cast("str | None", self["worker_id"])
+
+    @property
+    def error(self) -> str | None:
+        """The last error with its traceback (None after success)."""
+        return cast("str | None", self["error"])
+
+    @property
+    def timeout(self) -> float | None:
+        """Its time limit in seconds (None: the daemon's)."""
+        return cast("float | None", self["timeout"])
+
+    @property
+    def run_at(self) -> str | None:
+        """When it is due."""
+        return cast("str | None", self["run_at"])
+
+    @property
+    def created_at(self) -> str | None:
+        """When it was enqueued."""
+        return cast("str | None", self["created_at"])
+
+    @property
+    def started_at(self) -> str | None:
+        """When its last attempt started."""
+        return cast("str | None", self["started_at"])
+
+    @property
+    def finished_at(self) -> str | None:
+        """When it finished."""
+        return cast("str | None", self["finished_at"])
+
+    @property
+    def result(self) -> Any:
+        """The decoded result (done only)."""
+        return self["result"]
+
+    @property
+    def payload(self) -> str:
+        """The arguments as stored (JSON text)."""
+        return cast(str, self["payload"])
+
+    @property
+    def args(self) -> list[Any] | None:
+        """The decoded positional arguments."""
+        return cast("list[Any] | None", self["args"])
+
+    @property
+    def kwargs(self) -> dict[str, Any] | None:
+        """The decoded keyword arguments."""
+        return cast("dict[str, Any] | None", self["kwargs"])
+
+    @property
+    def finished(self) -> bool:
+        """True when the task is done, failed or cancelled."""
+        return self["status"] in FINISHED
+
+
+def task_row_to_dict(row: dict[str, Any]) -> TaskStatus:
     """The public view of a task row: decoded result, args and kwargs, ISO times."""
-    out = {k: row[k] for k in ("id", "name", "queue", "status", "priority", "attempts",
-                               "max_retries", "worker_id", "error", "timeout")}
+    out = TaskStatus((k, row[k]) for k in ("id", "name", "queue", "status", "priority",
+                                           "attempts", "max_retries", "worker_id", "error",
+                                           "timeout"))
     for key in _TIME_KEYS:
         out[key] = to_iso(row[key])
     out["result"] = decode_result(row["result"])
@@ -26,8 +135,8 @@ def task_row_to_dict(row: dict) -> dict:
     return out
 
 
-def get_task_status(task_id: int):
-    """The task's state as a dict, or None when no task has that id.
+def get_task_status(task_id: int) -> TaskStatus | None:
+    """The task's state as a TaskStatus (a dict), or None when no task has that id.
 
     Keys: id, name, queue, status, priority, attempts, max_retries, worker_id,
     run_at, created_at, started_at, finished_at, result, error, args, kwargs,
@@ -38,13 +147,13 @@ def get_task_status(task_id: int):
     return task_row_to_dict(row) if row is not None else None
 
 
-async def aget_task_status(task_id: int):
+async def aget_task_status(task_id: int) -> TaskStatus | None:
     """`await aget_task_status(id)`: get_task_status() for asyncio code."""
     row = await get_backend().aget_task(int(task_id))
     return task_row_to_dict(row) if row is not None else None
 
 
-async def await_task(task_id: int, timeout: float = 30.0, poll: float = 0.02) -> dict:
+async def await_task(task_id: int, timeout: float = 30.0, poll: float = 0.02) -> TaskStatus:
     """`await await_task(id, timeout=...)`: wait_for_task() for asyncio code; the loop
     runs other work between polls. Raises WaitTimeout and TaskNotFound alike."""
     import asyncio
@@ -52,20 +161,20 @@ async def await_task(task_id: int, timeout: float = 30.0, poll: float = 0.02) ->
     while True:
         pause = waiting.check(await aget_task_status(task_id))
         if pause is None:
-            return waiting.status
+            return cast(TaskStatus, waiting.status)
         await asyncio.sleep(pause)
 
 
 class _Waiting:
     """The bookkeeping of waiting for a task to finish (sync or async alike)."""
 
-    def __init__(self, task_id, timeout, poll):
+    def __init__(self, task_id: int, timeout: float, poll: float):
         self.task_id, self.timeout, self.poll = task_id, timeout, poll
         self.deadline = time.monotonic() + timeout
         self.delay = min(poll, 0.005)
-        self.status = None
+        self.status: TaskStatus | None = None
 
-    def check(self, status):
+    def check(self, status: TaskStatus | None) -> float | None:
         """None when the task has finished (see .status), else how long to sleep;
         TaskNotFound for an unknown id, WaitTimeout past the deadline."""
         if status is None:
@@ -83,8 +192,8 @@ class _Waiting:
         return pause
 
 
-def wait_for_task(task_id: int, timeout: float = 30.0, poll: float = 0.02) -> dict:
-    """Block until the task is done, failed or cancelled; return its status dict.
+def wait_for_task(task_id: int, timeout: float = 30.0, poll: float = 0.02) -> TaskStatus:
+    """Block until the task is done, failed or cancelled; return its TaskStatus.
 
     Raises WaitTimeout after `timeout` seconds, and TaskNotFound (a KeyError) for an
     unknown id.
@@ -93,5 +202,5 @@ def wait_for_task(task_id: int, timeout: float = 30.0, poll: float = 0.02) -> di
     while True:
         pause = waiting.check(get_task_status(task_id))
         if pause is None:
-            return waiting.status
+            return cast(TaskStatus, waiting.status)
         time.sleep(pause)

@@ -6,11 +6,17 @@ scheduler turn it into NewTask rows (or one NewTasks batch), and every backend
 inserts exactly these fields.
 """
 
+from __future__ import annotations
+
 import hashlib
 import json
 import math
 import re
 from dataclasses import dataclass, fields, replace
+from collections.abc import Sequence
+from typing import Any, cast
+
+from .codec import to_json
 
 # The limits on what a task may be given, the same on every backend (README: "Limits
 # on values"). They are checked here, before anything is written, so a value one
@@ -39,8 +45,9 @@ _BAD_CHARS = re.compile("[\x00-\x1f\x7f\ud800-\udfff]")
 _UNSTORABLE = re.compile("[\x00\ud800-\udfff]")
 
 
-def check_number(label, value, allow_none=False, allow_zero=True, maximum=MAX_SECONDS,
-                 minimum=0):
+def check_number(label: str, value: object, allow_none: bool = False,
+                 allow_zero: bool = True, maximum: float = MAX_SECONDS,
+                 minimum: float = 0) -> None:
     """Raise TypeError/ValueError unless `value` is a finite number from `minimum`
     (excluded when it is 0 and not allow_zero) to `maximum`, or None if allowed."""
     if value is None and allow_none:
@@ -56,7 +63,7 @@ def check_number(label, value, allow_none=False, allow_zero=True, maximum=MAX_SE
         raise ValueError(f"{label} must be at most {maximum:,}, got {value!r}")
 
 
-def check_name(label, value, queue=False) -> str:
+def check_name(label: str, value: object, queue: bool = False) -> str:
     """Raise TypeError/ValueError unless `value` is a usable name: a string of 1 to
     MAX_NAME characters with no control characters; a queue name also has no comma
     and no leading or trailing space (liteqd --queues could never name it)."""
@@ -78,18 +85,18 @@ def check_name(label, value, queue=False) -> str:
 
 # Task names already found good: a task's name is the same on every call, so the
 # enqueue path checks it once (bounded, for apps that make names up as they go).
-_GOOD_TASK_NAMES = set()
+_GOOD_TASK_NAMES: set[str] = set()
 
 
-def _check_task_name(name):
+def _check_task_name(name: object) -> None:
     if isinstance(name, str) and name in _GOOD_TASK_NAMES:
         return
-    check_name("task name", name)
+    good = check_name("task name", name)
     if len(_GOOD_TASK_NAMES) < 10_000:
-        _GOOD_TASK_NAMES.add(name)
+        _GOOD_TASK_NAMES.add(good)
 
 
-def check_priority(value) -> int:
+def check_priority(value: object) -> int:
     """priority as an int within PRIORITY_RANGE (a float is truncated); TypeError/
     ValueError otherwise."""
     if isinstance(value, bool) or not isinstance(value, (int, float)):
@@ -99,27 +106,26 @@ def check_priority(value) -> int:
     return int(value)
 
 
-def check_due(run_at=None, delay=None) -> None:
+def check_due(run_at: float | None = None, delay: float | None = None) -> None:
     """ValueError unless an absolute run_at (epoch seconds) is within 0..MAX_EPOCH and
     a delay within -MAX_SECONDS..MAX_SECONDS (a negative one is already due)."""
     check_number("run_at (eta)", run_at, allow_none=True, maximum=MAX_EPOCH)
     check_number("delay", delay, allow_none=True, minimum=-MAX_SECONDS)
 
 
-def check_purge(older_than, statuses, known) -> tuple:
+def check_purge(older_than: float, statuses: str | Sequence[str],
+                known: Sequence[str]) -> tuple[str, ...]:
     """The statuses of a purge() as a tuple, after checking that older_than is a
     finite number of seconds and every status is in `known` (ValueError)."""
     check_number("older_than", older_than, minimum=-math.inf, maximum=math.inf)
-    if isinstance(statuses, str):
-        statuses = (statuses,)
-    statuses = tuple(statuses)
-    unknown = sorted({s for s in statuses if s not in known}, key=repr)
+    chosen = (statuses,) if isinstance(statuses, str) else tuple(statuses)
+    unknown = sorted({s for s in chosen if s not in known}, key=repr)
     if unknown:
         raise ValueError(f"unknown task status(es) {unknown}; known: {tuple(known)}")
-    return statuses
+    return chosen
 
 
-def check_unique_key(key):
+def check_unique_key(key: object) -> None:
     """Raise TypeError/ValueError unless `key` is a usable unique_key: a non-empty
     string of at most MAX_UNIQUE_KEY characters, with no NUL and no lone surrogate."""
     if not isinstance(key, str):
@@ -135,35 +141,38 @@ def check_unique_key(key):
                          f"database stores alike; pass a hash of it instead")
 
 
-def derive_unique_key(task_name, args, kwargs) -> str:
+def derive_unique_key(task_name: str, args: Any, kwargs: Any) -> str:
     """The unique_key of @task(unique=True): the task's name and a sha256 of its
     arguments' JSON (keys sorted, so keyword order does not matter)."""
+    call = to_json([list(args), kwargs])  # datetime, UUID, ... in their stored form
     try:
-        text = json.dumps([list(args), kwargs], sort_keys=True, separators=(",", ":"),
+        text = json.dumps(call, sort_keys=True, separators=(",", ":"),
                           ensure_ascii=False, allow_nan=False)
     except TypeError:
         # A dict with keys of mixed types cannot be sorted; its order stays as given.
-        text = json.dumps([list(args), kwargs], separators=(",", ":"), ensure_ascii=False,
+        text = json.dumps(call, separators=(",", ":"), ensure_ascii=False,
                           allow_nan=False)
     digest = hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()
     return f"{task_name}:{digest}"
 
 
-def check_depends_on(depends_on) -> tuple:
+def check_depends_on(depends_on: Any) -> tuple[int, ...]:
     """The parent ids of depends_on as a tuple of ints, duplicates dropped (order kept);
     TypeError/ValueError for anything but a list or tuple of task ids."""
     if isinstance(depends_on, (str, bytes)) or not isinstance(depends_on, (list, tuple)):
         raise TypeError(f"depends_on must be a list of task ids, not "
                         f"{type(depends_on).__name__}")
-    for parent in depends_on:
+    parents = cast("Sequence[object]", depends_on)
+    for parent in parents:
         if isinstance(parent, bool) or not isinstance(parent, int):
             raise TypeError(f"depends_on holds task ids (ints), not {parent!r}")
         if parent <= 0:
             raise ValueError(f"depends_on: {parent!r} is not a task id")
-    return tuple(dict.fromkeys(depends_on))
+    # Plain ints: a TaskHandle is an int subclass, and drivers dump a list by one type.
+    return tuple(dict.fromkeys(int(cast(int, parent)) for parent in parents))
 
 
-def missing_parents_error(missing) -> ValueError:
+def missing_parents_error(missing: Any) -> ValueError:
     """The error of a depends_on naming tasks that do not exist (nothing was written)."""
     listed = ", ".join(str(i) for i in missing)
     return ValueError(f"depends_on: no task with id {listed}; nothing was enqueued")
@@ -173,7 +182,7 @@ def missing_parents_error(missing) -> ValueError:
 ENDED_WORDS = {"failed": "failed", "cancelled": "was cancelled"}
 
 
-def parent_ended_text(parent_id, status) -> str:
+def parent_ended_text(parent_id: int, status: str) -> str:
     """The error of a task cancelled because a task it depends on (directly or
     through others) ended failed or cancelled."""
     return f"cancelled: it depends on task {parent_id}, which {ENDED_WORDS[status]}"
@@ -190,13 +199,13 @@ class TaskOptions:
     queue: str = "default"
     priority: int = 0
     max_retries: int = 3
-    timeout: float = None
+    timeout: float | None = None
     retry_delay: float = 1.0
     retry_backoff: float = 2.0
     retry_max_delay: float = 300.0
 
     @classmethod
-    def build(cls, **options) -> "TaskOptions":
+    def build(cls, **options: Any) -> TaskOptions:
         """Validated options; an unknown keyword is a TypeError naming it."""
         unknown = sorted(set(options) - OPTION_NAMES)
         if unknown:
@@ -209,7 +218,7 @@ class TaskOptions:
                     f"not None")
         return cls().with_overrides(**options)
 
-    def with_overrides(self, **changes) -> "TaskOptions":
+    def with_overrides(self, **changes: Any) -> TaskOptions:
         """A copy with the given options changed (None leaves one as it is), validated."""
         changes = {k: v for k, v in changes.items() if v is not None}
         if not changes:
@@ -254,12 +263,12 @@ class NewTask:
     name: str
     payload: str
     options: TaskOptions
-    run_at: float = None
-    delay: float = None
-    unique_key: str = None
-    depends_on: tuple = ()
+    run_at: float | None = None
+    delay: float | None = None
+    unique_key: str | None = None
+    depends_on: tuple[int, ...] = ()
 
-    def __post_init__(self):
+    def __post_init__(self) -> None:
         # Every way of enqueueing builds one, so its limits hold on every path.
         _check_task_name(self.name)
         if self.run_at is not None or self.delay is not None:
@@ -277,10 +286,10 @@ class NewTasks:
     args_json: str
     count: int
     options: TaskOptions
-    run_at: float = None
-    delay: float = None
+    run_at: float | None = None
+    delay: float | None = None
 
-    def __post_init__(self):
+    def __post_init__(self) -> None:
         _check_task_name(self.name)
         if self.run_at is not None or self.delay is not None:
             check_due(self.run_at, self.delay)

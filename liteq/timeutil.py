@@ -7,11 +7,12 @@ the project LiteQ grew from).
 
 import time
 from datetime import datetime, timedelta, timezone
+from typing import Any
 
 now = time.time
 
 
-def due_from(when):
+def due_from(when: object) -> tuple[float | None, float | None]:
     """(run_at, delay) for `.schedule(when)`: an absolute time in epoch seconds for a
     datetime or an ISO-8601 string (naive = local time, as `datetime.now()` gives
     it; aware = its own zone), or a delay in seconds (for a timedelta or a number),
@@ -37,7 +38,7 @@ def due_from(when):
     )
 
 
-def to_iso(ts):
+def to_iso(ts: Any) -> str | None:
     """Render epoch seconds as an ISO-8601 string in local time with its offset, or None."""
     if ts is None:
         return None

@@ -12,13 +12,20 @@ transaction: the task exists if and only if that transaction commits. `conn` is 
 psycopg 3 Connection (PostgreSQL) or an sqlite3 Connection to LITEQ_DB's file.
 """
 
+from __future__ import annotations
+
 import contextlib
+from collections.abc import Iterator
+from typing import Any, TypeVar
 
 from . import backends
 from .errors import ConfigError
 
 
-def _borrow(conn):
+C = TypeVar("C")
+
+
+def _borrow(conn: Any) -> tuple[Any, Any]:
     own = backends.get_backend()
     if own.kind == "postgresql":
         from .backends.postgres.borrowed import borrow
@@ -30,7 +37,7 @@ def _borrow(conn):
 
 
 @contextlib.contextmanager
-def using(conn):
+def using(conn: C) -> Iterator[C]:
     """Make LiteQ write through the app's connection `conn`, in its open transaction,
     for the duration of the block (see the module's docstring).
 

@@ -68,7 +68,7 @@ def test_non_json_args_raise_type_error_naming_the_argument_and_write_nothing(la
         (lambda: app.add.delay(1, object()), "positional argument 1"),
         (lambda: app.add.delay(a=1, b={1, 2}), "argument 'b'"),
         (lambda: app.add.delay(float("nan"), 1), "positional argument 0"),
-        (lambda: app.add.apply_async((1, b"bytes")), "positional argument 1"),
+        (lambda: app.add.apply_async((1, memoryview(b"bytes"))), "positional argument 1"),
         (lambda: app.add.apply_async((1, 2), {3: "x"}), "keyword 3"),
         (lambda: app.work.map(["ok", "ok", object(), "ok"]), "call 2"),
         (lambda: app.add.starmap([(1, 2), (3, lambda: 4)]), "call 1"),

@@ -147,7 +147,7 @@ def _shared_backend(target, pid):
         return backend
 
 
-def get_backend(target=None) -> Backend:
+def get_backend(target: str | None = None) -> Backend:
     """The open backend for `target` (default: LITEQ_DB, read now).
 
     One per thread (SQLite) or one per process shared by its threads (PostgreSQL);

@@ -22,7 +22,14 @@ max_retries, worker_id, run_at, created_at, started_at, finished_at, result,
 error, payload, timeout, retry_delay, retry_backoff, retry_max_delay, unique_key.
 """
 
+from __future__ import annotations
+
 import abc
+from collections.abc import Iterable
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from ..taskspec import NewTask, NewTasks
 
 TASK_STATUSES = ("pending", "running", "done", "failed", "cancelled")
 
@@ -89,14 +96,14 @@ class Backend(abc.ABC):
     # ---- producers ---------------------------------------------------------
 
     @abc.abstractmethod
-    def enqueue(self, task) -> int:
+    def enqueue(self, task: NewTask) -> int:
         """Insert one pending task (a liteq.taskspec.NewTask), commit, wake the
         daemons; returns its id. When the task has a unique_key that a pending or
         running task holds, insert nothing, wake no one, and return that task's id
         (race-free: the database enforces one holder per key)."""
 
     @abc.abstractmethod
-    def enqueue_chain(self, tasks) -> list:
+    def enqueue_chain(self, tasks: list[NewTask]) -> list[int]:
         """Insert NewTasks in one transaction, each depending on the one before it (its
         parents: its own depends_on, then the previous step); returns their ids.
 
@@ -108,21 +115,21 @@ class Backend(abc.ABC):
         one."""
 
     @abc.abstractmethod
-    def parent_results(self, task_id) -> list:
+    def parent_results(self, task_id: int) -> list[str | None]:
         """The stored results (JSON text) of the task's parents, in depends_on order."""
 
     @abc.abstractmethod
-    def enqueue_many(self, tasks) -> list:
+    def enqueue_many(self, tasks: NewTasks) -> list[int]:
         """Insert every call of a liteq.taskspec.NewTasks in one transaction with one
         wake-up; returns the ids in order."""
 
-    async def aenqueue(self, task) -> int:
+    async def aenqueue(self, task: NewTask) -> int:
         """enqueue() for asyncio code: never blocks the event loop. This default runs it
         in a worker thread, on that thread's own backend (see backend_in_thread)."""
         import asyncio
         return await asyncio.to_thread(lambda: self.backend_in_thread().enqueue(task))
 
-    async def aget_task(self, task_id):
+    async def aget_task(self, task_id: int) -> dict[str, Any] | None:
         """get_task() for asyncio code (default: in a worker thread)."""
         import asyncio
         return await asyncio.to_thread(lambda: self.backend_in_thread().get_task(task_id))
@@ -232,16 +239,17 @@ class Backend(abc.ABC):
     # ---- monitor reads ---------------------------------------------------------
 
     @abc.abstractmethod
-    def get_task(self, task_id):
+    def get_task(self, task_id: int) -> dict[str, Any] | None:
         """One task row, or None."""
 
     @abc.abstractmethod
-    def get_tasks(self, task_ids) -> list:
+    def get_tasks(self, task_ids: Iterable[int]) -> list[dict[str, Any]]:
         """Rows for several ids (missing ids are skipped)."""
 
     @abc.abstractmethod
-    def find_tasks(self, status=None, queue=None, name=None, limit=50, offset=0,
-                   order="id") -> list:
+    def find_tasks(self, status: str | None = None, queue: str | None = None,
+                   name: str | None = None, limit: int = 50, offset: int = 0,
+                   order: str = "id") -> list[dict[str, Any]]:
         """Tasks matching the optional filters, newest first (order 'id' or 'finished')."""
 
     @abc.abstractmethod
@@ -249,7 +257,7 @@ class Backend(abc.ABC):
         """How many tasks match the optional filters."""
 
     @abc.abstractmethod
-    def queue_stats(self, estimate=False) -> list:
+    def queue_stats(self, estimate: bool = False) -> list[dict[str, Any]]:
         """[{queue, status, count}] over all tasks, ordered by queue and status; exact.
 
         estimate=True is for monitors that ask again and again (liteqctl status, the
@@ -262,7 +270,7 @@ class Backend(abc.ABC):
         """
 
     @abc.abstractmethod
-    def list_queues(self) -> list:
+    def list_queues(self) -> list[str]:
         """Every queue name that has tasks or schedules, sorted."""
 
     @abc.abstractmethod
@@ -278,7 +286,7 @@ class Backend(abc.ABC):
         """[{slot, status, count}]: tasks finished since `since`, per `bucket` seconds."""
 
     @abc.abstractmethod
-    def active_workers(self, window) -> list:
+    def active_workers(self, window: float) -> list[dict[str, Any]]:
         """Workers with a heartbeat in the last `window` seconds: worker_id,
         hostname, queues, concurrency, last_heartbeat, pid, started_at,
         heartbeat_age_s (by the database's clock) and active_tasks (its running
@@ -287,7 +295,7 @@ class Backend(abc.ABC):
     # ---- operator actions --------------------------------------------------------
 
     @abc.abstractmethod
-    def cancel(self, task_id) -> bool:
+    def cancel(self, task_id: int) -> bool:
         """Cancel a pending or running task; False when it is neither.
 
         A running one becomes `cancelled` at once (its late outcome is refused by
@@ -296,14 +304,16 @@ class Backend(abc.ABC):
         pending dependents are cancelled with it, transitively."""
 
     @abc.abstractmethod
-    def retry_failed(self, task_id=None, queue=None, name=None) -> int:
+    def retry_failed(self, task_id: int | None = None, queue: str | None = None,
+                     name: str | None = None) -> int:
         """Put failed tasks (or one failed or cancelled task, by id) back to pending
         with their attempts reset; returns how many. A unique task whose key a
         pending or running task holds is left as it is (and of several failed ones
         with one key, a bulk retry takes the newest)."""
 
     @abc.abstractmethod
-    def purge(self, older_than, statuses=("done", "failed", "cancelled")) -> int:
+    def purge(self, older_than: float,
+              statuses: Iterable[str] = ("done", "failed", "cancelled")) -> int:
         """Delete finished tasks that finished over `older_than` seconds ago."""
 
     @abc.abstractmethod

@@ -231,8 +231,9 @@ def schedules(store) -> list:
     """Every schedule (see liteq.scheduler.list_schedules) with its payload as text."""
     out = []
     for s in list_schedules(store):
-        call = ", ".join([json.dumps(a, ensure_ascii=False) for a in (s["args"] or [])] +
-                         [f"{k}={json.dumps(v, ensure_ascii=False)}"
+        call = ", ".join([json.dumps(a, ensure_ascii=False, default=repr)
+                          for a in (s["args"] or [])] +
+                         [f"{k}={json.dumps(v, ensure_ascii=False, default=repr)}"
                           for k, v in (s["kwargs"] or {}).items()])
         out.append({**s, "call": call})
     return out
