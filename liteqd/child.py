@@ -219,11 +219,8 @@ def _kill_descendants():
 
 
 def child_main(sock: socket.socket, index: int, parent_pid: int, close_fds=(),
-               report_rss=False, max_tasks=0, max_rss=0, output_pipes=None):
-    """Entry point of a forked child; never returns (always os._exit).
-
-    output_pipes: the pipes (task_output.make_pipes) that become its stdout and stderr.
-    """
+               report_rss=False, max_tasks=0, max_rss=0):
+    """Entry point of a forked child; never returns (always os._exit)."""
     code = 0
     try:
         os.setpgid(0, 0)
@@ -236,8 +233,6 @@ def child_main(sock: socket.socket, index: int, parent_pid: int, close_fds=(),
                 os.close(fd)
             except OSError:
                 pass
-        if output_pipes is not None:
-            logs.use_stream(task_output.install_in_child(output_pipes, lambda: _Orphan.task_id))
         _Orphan.parent_pid, _Orphan.slot = parent_pid, index
         die_with_parent(PARENT_DEATH_SIGNAL)
         # Orphans of the task (a double fork after setsid()) are adopted by this process
@@ -306,6 +301,7 @@ def _serve(sock, index, report_rss, max_tasks=0, max_rss=0):
         if msg.id in channel.cancelled:
             # Cancelled before it started: say so, never run it.
             now = time.time()
+            task_output.mark_end()  # one mark per result, as for the tasks that ran
             channel.busy = True
             try:
                 channel.send(protocol.result(msg.id, False, "TaskCancelled: cancelled before "
@@ -323,8 +319,8 @@ def _serve(sock, index, report_rss, max_tasks=0, max_rss=0):
             # their own that killing our process group would miss: once we exit they
             # are reparented and can no longer be found under us.
             _kill_descendants()
-        task_output.end_task(msg.id, msg.name)
         rss = _own_rss() if report_rss else 0
+        task_output.mark_end()  # what follows in the pipes is the next task's
         channel.busy = True
         try:
             channel.send(protocol.result(msg.id, outcome.ok, outcome.text, started, finished, rss,

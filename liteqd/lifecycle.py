@@ -73,20 +73,18 @@ class Lifecycle:
         parent_sock, child_sock = socket.socketpair()
         slot = self._free_slot()
         close_fds = self.sup.supervisor_fds() + [parent_sock.fileno()]
-        pipes = task_output.make_pipes()
+        pipes = task_output.Pipes()  # the child's stdout, stderr and logging records
         logs.flush()
         sys.stdout.flush()
         sys.stderr.flush()
         pid = os.fork()
         if pid == 0:
+            pipes.in_child(self.config.log_level)
             child_main(child_sock, slot, self.sup.pid, close_fds=close_fds,
                        report_rss=bool(self.config.max_memory_per_child),
                        max_tasks=self.config.max_tasks_per_child,
-                       max_rss=int(self.config.max_memory_per_child * 1024 * 1024),
-                       output_pipes=pipes)
+                       max_rss=int(self.config.max_memory_per_child * 1024 * 1024))
         child_sock.close()
-        for _, write_end in pipes:
-            os.close(write_end)
         try:
             os.setpgid(pid, pid)  # also done in the child: whichever runs first wins
         except OSError:
@@ -95,10 +93,8 @@ class Lifecycle:
         child = ChildHandle(pid=pid, slot=slot, pool=pool, sock=parent_sock,
                             reader=protocol.LineReader())
         pool.children[pid] = child
+        child.output = pipes.in_parent(self.sup, child)
         self.sup.selector.register(parent_sock, selectors.EVENT_READ, ("child", child))
-        child.output = task_output.ChildOutput(self.log, child, [r for r, _ in pipes])
-        for pipe in child.output.pipes:
-            self.sup.register_fd(pipe.fd, self._output_handler(child, pipe))
         self.log.info("child.spawned", pid=pid, pool=pool.name, slot=slot)
         return child
 
@@ -144,23 +140,6 @@ class Lifecycle:
             return  # no longer watched (its end of the socket was closed)
         child.watching_writes = on
 
-    def _output_handler(self, child, pipe):
-        def on_output(fileobj, mask):
-            # Messages the child sent before this output are taken first, so that each
-            # line is credited to the task the child was running when it wrote it.
-            while self.read(child):
-                pass
-            if not child.output.read(pipe):
-                self.sup.unregister_fd(fileobj)
-        return on_output
-
-    def _close_output(self, child):
-        for pipe in child.output.pipes:
-            if pipe.fd >= 0:
-                self.sup.unregister_fd(pipe.fd)
-        child.output.drain()
-        child.output.close()
-
     def on_ready(self, child, mask):
         """The child's socket is readable or writable (from the select loop)."""
         if mask & selectors.EVENT_WRITE and not self.flush(child):
@@ -204,6 +183,7 @@ class Lifecycle:
             self.sup.dispatch.claim_soon()
 
     def _on_result(self, child, msg):
+        child.output.task_done()  # output read later up to the task's end mark is still its
         run = child.inflight.popleft() if child.inflight else None
         if run is None or run.id != msg.id:
             self.log.error("child.protocol_error", pid=child.pid, task_id=msg.id)
@@ -213,9 +193,6 @@ class Lifecycle:
             self.log.info("task.cancelled", task_id=run.id, name=run.name, queue=run.queue,
                           attempt=run.attempts, pid=child.pid,
                           how="stopped" if not msg.ok else "finished before the signal")
-        out = child.output
-        if out.pipes[0].buf or out.pipes[1].buf:
-            out.task_ended(run)
         child.tasks_done += 1
         child.rss = msg.rss or child.rss
         child.pool.observe(msg.finished - msg.started)
@@ -319,9 +296,9 @@ class Lifecycle:
         # Results it wrote before dying are still in the socket: take them first.
         while self.read(child):
             pass
+        child.output.close()
         self.sup.unregister_fd(child.sock)
         child.sock.close()
-        self._close_output(child)
         how = describe_exit(status)
         clean = os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0
         runs = list(child.inflight)

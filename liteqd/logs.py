@@ -68,29 +68,29 @@ class _FastTimestamp:
 
 _sink = BufferedLineLogger(sys.stdout)
 
-# syslog priorities for the "<N>" prefix journald reads off each line of a service's
-# stdout (SyslogLevelPrefix=yes, systemd's default): it sets the entry's PRIORITY and
-# removes the prefix, so `journalctl -p warning` filters and `-o cat | jq .` still works.
-_PRIORITIES = {"debug": 7, "info": 6, "warning": 4, "error": 3, "critical": 2}
+# sd-daemon(3) priority prefixes. journald strips them from the message (SyslogLevelPrefix=,
+# on by default) and files the line at that priority, so `journalctl -o cat` still shows
+# plain JSON. Written only when stdout is the journal itself (JOURNAL_STREAM names it):
+# into a pipe or a file the JSON stays bare.
+_PRIORITY = {"debug": "<7>", "info": "<6>", "warning": "<4>", "error": "<3>",
+             "critical": "<2>"}
 
 
-def stream_is_journal(stream) -> bool:
-    """True when `stream` is the journal stream systemd gave this service
-    ($JOURNAL_STREAM names its device and inode)."""
-    wanted = os.environ.get("JOURNAL_STREAM", "")
+def _is_journal(stream) -> bool:
+    """True when `stream` is the journal's own socket (systemd sets JOURNAL_STREAM)."""
     try:
+        dev, ino = (int(x) for x in os.environ["JOURNAL_STREAM"].split(":"))
         st = os.fstat(stream.fileno())
-    except (OSError, ValueError, AttributeError):
+    except (KeyError, ValueError, OSError, AttributeError):
         return False
-    return wanted == f"{st.st_dev}:{st.st_ino}"
+    return (st.st_dev, st.st_ino) == (dev, ino)
 
 
-def _with_priority(render):
-    """Prefix each rendered line with its syslog priority, for journald."""
-    def render_with_priority(logger, method_name, event_dict):
-        return f"<{_PRIORITIES.get(event_dict.get('level'), 6)}>" + \
-            render(logger, method_name, event_dict)
-    return render_with_priority
+def _json_renderer(prefixed):
+    def render(logger, method_name, event_dict):
+        line = _encode(event_dict)
+        return _PRIORITY.get(event_dict.get("level"), "<6>") + line if prefixed else line
+    return render
 
 
 def configure(log_format="auto", level="info", stream=None):
@@ -101,10 +101,7 @@ def configure(log_format="auto", level="info", stream=None):
         log_format = "console" if stream.isatty() else "json"
     processors = [structlog.processors.add_log_level, _FastTimestamp()]
     if log_format == "json":
-        render = structlog.processors.JSONRenderer(serializer=lambda o, **_: _encode(o))
-        if stream_is_journal(stream):
-            render = _with_priority(render)
-        processors += [structlog.processors.format_exc_info, render]
+        processors += [structlog.processors.format_exc_info, _json_renderer(_is_journal(stream))]
     else:
         processors += [structlog.dev.ConsoleRenderer(colors=stream.isatty())]
     structlog.configure(
@@ -115,9 +112,8 @@ def configure(log_format="auto", level="info", stream=None):
     )
 
 
-def use_stream(stream):
-    """Write this process's log lines to another stream (a worker child keeps the
-    daemon's stdout for its own few events once its fd 1 is a pipe to the supervisor)."""
+def set_stream(stream):
+    """Write the log to `stream` from now on (a worker child's copy of the daemon's stdout)."""
     _sink.stream = stream
 
 

@@ -1,354 +1,421 @@
-"""What tasks write becomes log events: a child's stdout and stderr are pipes that the
-supervisor reads, never the daemon's own stdout.
+"""What tasks write, as log events: a child's stdout, stderr and `logging` records.
 
-Without this, a task's print() went straight to the daemon's stdout and could land in
-the middle of one of its JSON records, which broke `journalctl -o cat | jq .`.
+Each worker child gets three pipes: its fds 1 and 2 (inherited by the subprocesses
+its tasks start) and a third one that carries its `logging` records as JSON lines.
+The supervisor reads them in its select loop, never blocking, and turns each line
+into one event attributed to the task the child is running: `task.output` (stream
+stdout or stderr) and `task.log` (at the record's own level). Raw task text never
+reaches the daemon's stdout, so its JSON log stays parseable.
 
-Child side (install_in_child): fds 1 and 2 become the write ends of two pipes, and
-`logging` records go to the stderr pipe as framed lines carrying their level and task.
-Supervisor side (ChildOutput): each pipe is read in the select loop, split into lines,
-and each line is logged as `task.output` (or `child.output` when no task is running),
-`logging` records as `task.log` at their own level.
+Bounds, so that one chatty task can neither grow the supervisor nor starve the rest:
+- a line longer than MAX_LINE bytes is logged cut (its first MAX_LINE bytes, a
+  marker, `cut: true`); the rest of it is discarded as it arrives, never held;
+- each child has a budget of lines and bytes (a token bucket: a burst, then a
+  steady rate); what is over it is read and discarded, and counted in a
+  `task.output_dropped` event when the task ends (and every REPORT_EVERY_S while
+  it goes on);
+- per readiness of a pipe the supervisor reads at most READS_PER_TURN chunks, so
+  its loop turns and the other children are served in between.
 
-Attribution: a line belongs to the task the supervisor believes the child runs when it
-reads the line, after first taking every message already on the child's socket. Output
-still unread when a task ends would then be credited to the next one, so the child
-writes an end marker for the task (only when the pipe still holds unread bytes, which
-costs nothing for tasks that print nothing).
+A child's writes wait while its pipe is full (64 KiB), as with any pipe; the
+supervisor empties the pipes every loop turn and discards the excess, so a flooding
+task is slowed to the supervisor's reading pace, never blocked for good.
 
-Bounds, so that a chatty task cannot hurt the daemon or the other children: one read
-of at most READ_SIZE bytes per pipe per loop turn; a line is cut at LINE_LIMIT bytes
-with a marker; past a burst of BURST_LINES lines or BURST_BYTES bytes, refilled at
-RATE_LINES and RATE_BYTES a second, a child's output is read and dropped, and what was
-dropped is counted in `task.output_dropped` events (at most one a second).
+Attribution: when a task ends, before its result is sent, the child writes END_MARK
+into each of its pipes. The n-th mark in a pipe ends the output of the task of the
+child's n-th result, so every line goes to the task that wrote it, however the
+supervisor's reads of the pipes and of the socket interleave. A mark is written in
+one write of fewer than PIPE_BUF bytes and each read takes the whole pipe, so a mark
+is never split between two reads.
 """
 
-import array
-import fcntl
 import json
 import logging
 import os
 import sys
-import termios
 import time
 
-LINE_LIMIT = 16 * 1024
-READ_SIZE = 64 * 1024
-# A token bucket per child: bursts of this many lines and bytes, refilled at RATE a second.
-BURST_LINES, RATE_LINES = 20_000, 5_000
-BURST_BYTES, RATE_BYTES = 4 << 20, 1 << 20
-CUT_MARK = " [cut: the line was longer than 16 KiB]"
+from . import logs
 
-_END = b"\x00liteq-end "     # + task id, space, name + b"\x00": the task's output ends here
-_RECORD = b"\x00liteq-log "  # + one JSON object + b"\n": a logging record
-STREAMS = ("stdout", "stderr")
+MAX_LINE = 16 * 1024            # bytes of one line that are logged; the rest is cut
+MAX_RECORD = 256 * 1024         # bytes of one encoded logging record (message + traceback)
+READ_CHUNK = 1 << 20            # more than a pipe holds: a read takes all of it
+READS_PER_TURN = 4
+BURST_LINES, RATE_LINES = 10_000, 1_000          # per child: lines, then lines/s
+BURST_BYTES, RATE_BYTES = 4 << 20, 1 << 20       # per child: bytes, then bytes/s
+REPORT_EVERY_S = 10.0
+END_MARK = b"\0\x1bliteq:task-end\0"
+CUT_MARKER = f" [... line cut at {MAX_LINE} bytes]"
 
-# ---- the child's side ----------------------------------------------------------------
+STREAMS = ("stdout", "stderr", "log")
 
 
-class _PipeHandler(logging.Handler):
-    """Writes each logging record to the stderr pipe as one framed line."""
+def _level_of(levelno):
+    """The structlog level (a standard logging number) for a record's level."""
+    for std in (logging.CRITICAL, logging.ERROR, logging.WARNING, logging.INFO):
+        if levelno >= std:
+            return std
+    return logging.DEBUG
 
-    def __init__(self, fd, current_task):
-        super().__init__(logging.NOTSET)
+
+# ---- the child's side ------------------------------------------------------------------
+
+_write_fds = ()
+
+
+class RecordHandler(logging.Handler):
+    """Ships each logging record to the supervisor as one JSON line on the records pipe."""
+
+    def __init__(self, fd):
+        super().__init__()
         self.fd = fd
-        self.current_task = current_task
+        self.fmt = logging.Formatter()
 
     def emit(self, record):
+        """Write the record (level, logger, message, exception text) in one line."""
         try:
-            fields = {"level": record.levelname.lower(), "logger": record.name,
-                      "message": record.getMessage()}
-            if record.exc_info:
-                fields["traceback"] = logging.Formatter().formatException(record.exc_info)
-            task_id = self.current_task()
-            if task_id is not None:
-                fields["task_id"] = task_id
-            data = _RECORD + json.dumps(fields, default=repr).encode("utf-8", "replace") + b"\n"
-            sys.stderr.flush()  # keep the order of what the task printed before
+            exc = self.fmt.formatException(record.exc_info) if record.exc_info else None
+            if record.stack_info:
+                exc = (exc + "\n" if exc else "") + record.stack_info
+            fields = {"level": record.levelno, "logger": record.name,
+                      "message": record.getMessage()[:MAX_LINE]}
+            if exc:
+                fields["exception"] = exc[-MAX_LINE:]  # the end names the error
+            data = json.dumps(fields, ensure_ascii=False).encode("utf-8", "replace") + b"\n"
             while data:
                 data = data[os.write(self.fd, data):]
         except Exception:  # noqa: BLE001 - logging must never break the task
             self.handleError(record)
 
 
-def make_pipes():
-    """Two pipes (read end, write end) for a child's stdout and stderr, made before fork."""
-    return [os.pipe() for _ in STREAMS]
-
-
-def install_in_child(pipes, current_task):
-    """In a forked child: point fds 1 and 2 at the pipes and send `logging` there.
-
-    Returns a file object on the daemon's original stdout, for the child's own log
-    events (child.orphaned, hook.failed), which must still reach the journal when the
-    supervisor that reads the pipes is gone.
-    """
-    saved = os.dup(1)
-    for target, (r, w) in zip((1, 2), pipes):
-        os.close(r)
-        os.dup2(w, target)
-        os.close(w)
-    sys.stdout = os.fdopen(1, "w", buffering=1, encoding="utf-8", errors="replace",
-                           closefd=False)
-    sys.stderr = os.fdopen(2, "w", buffering=1, encoding="utf-8", errors="backslashreplace",
-                           closefd=False)
+def _reroute_logging(fd, level):
     root = logging.getLogger()
-    if not root.handlers and root.level == logging.WARNING:
-        # The app did not set up logging: show its info records, as Celery's worker does.
-        root.setLevel(logging.INFO)
-    root.addHandler(_PipeHandler(2, current_task))
-    return os.fdopen(saved, "w", buffering=1, encoding="utf-8", errors="replace")
+    configured = bool(root.handlers)
+    for handler in list(root.handlers):
+        # The app's console handlers would only repeat each record as stderr text.
+        if isinstance(handler, logging.StreamHandler) and \
+                getattr(handler, "stream", None) in (sys.stdout, sys.stderr,
+                                                     sys.__stdout__, sys.__stderr__):
+            root.removeHandler(handler)
+    root.addHandler(RecordHandler(fd))
+    if not configured:
+        root.setLevel(level.upper())  # an app that set up no logging gets liteqd's level
+    logging.captureWarnings(True)
 
 
-_FIONREAD = array.array("i", [0])
+class Pipes:
+    """The three pipes of one child, made before the fork."""
+
+    def __init__(self):
+        self.read_fds, self.write_fds = [], []
+        for _ in STREAMS:
+            r, w = os.pipe()
+            self.read_fds.append(r)
+            self.write_fds.append(w)
+
+    def in_child(self, level="info"):
+        """In the forked child: fds 1 and 2 become the pipes, logging goes to the third;
+        the child's own log events keep going to the daemon's stdout."""
+        global _write_fds
+        for fd in self.read_fds:
+            os.close(fd)
+        try:
+            logs.set_stream(os.fdopen(os.dup(1), "w", closefd=True))
+        except OSError:
+            pass  # no stdout at all: the child's few events go nowhere, as before
+        out, err, rec = self.write_fds
+        os.dup2(out, 1)
+        os.dup2(err, 2)
+        os.close(out)
+        os.close(err)
+        _write_fds = (1, 2, rec)
+        for stream in (sys.stdout, sys.stderr):
+            try:
+                stream.reconfigure(line_buffering=True)  # lines leave as they are printed
+            except (AttributeError, ValueError):
+                pass
+        _reroute_logging(rec, level)
+
+    def in_parent(self, sup, child):
+        """In the supervisor: keep the read ends and watch them; returns the Pump."""
+        for fd in self.write_fds:
+            os.close(fd)
+        return Pump(sup, child, self.read_fds)
 
 
-def _unread(fd):
-    try:
-        fcntl.ioctl(fd, termios.FIONREAD, _FIONREAD)
-    except OSError:
-        return 0
-    return _FIONREAD[0]
-
-
-def end_task(task_id, name):
-    """After a task, before its result is sent: flush Python's buffers, and mark the
-    end of the task's output in each pipe that still holds unread bytes."""
+def mark_end():
+    """Mark the end of a task's output in each pipe (before its result is sent)."""
     for stream in (sys.stdout, sys.stderr):
         try:
             stream.flush()
-        except (OSError, ValueError):
+        except (AttributeError, OSError, ValueError):
             pass
-    for fd in (1, 2):
-        if _unread(fd):
-            try:
-                os.write(fd, b"%s%d %s\x00" % (_END, task_id, name.encode("utf-8", "replace")))
-            except OSError:
-                pass
-
-
-# ---- the supervisor's side -----------------------------------------------------------
-
-
-class _Pipe:
-    """The read end of one of a child's pipes, with its unfinished line."""
-    __slots__ = ("fd", "stream", "buf", "cutting")
-
-    def __init__(self, fd, stream):
-        self.fd = fd
-        self.stream = stream
-        self.buf = b""
-        self.cutting = False  # the rest of an over-long line is being dropped
-
-
-class ChildOutput:
-    """Reads one child's stdout and stderr pipes and logs what they carry."""
-
-    def __init__(self, log, child, fds):
-        """child: its ChildHandle (`running` is the task it runs now); fds: the read
-        ends of its stdout and stderr pipes."""
-        self.log = log
-        self.child = child
-        self.pipes = [_Pipe(fd, stream) for fd, stream in zip(fds, STREAMS)]
-        for fd in fds:
-            os.set_blocking(fd, False)
-        self.refilled = time.monotonic()
-        self.lines, self.bytes = BURST_LINES, BURST_BYTES   # tokens left
-        self.reported = self.refilled
-        self.dropped_lines = self.dropped_bytes = 0
-        self.dropped_task = None
-
-    def read(self, pipe) -> bool:
-        """One read of a pipe (from the select loop); False at end of file."""
+    for fd in _write_fds:
         try:
-            data = os.read(pipe.fd, READ_SIZE)
-        except (BlockingIOError, InterruptedError):
-            return True
+            os.write(fd, END_MARK)
         except OSError:
-            data = b""
-        if not data:
-            self._finish(pipe)
+            pass  # the supervisor is gone; the child finds out on its socket
+
+
+# ---- the supervisor's side ----------------------------------------------------------------
+
+class _Budget:
+    """A token bucket of lines and bytes."""
+
+    def __init__(self):
+        self.lines, self.bytes = float(BURST_LINES), float(BURST_BYTES)
+        self.at = time.monotonic()
+
+    def exhausted(self) -> bool:
+        """True when not even one more line fits now."""
+        if self.lines >= 1 and self.bytes >= 1:
             return False
-        self._feed(pipe, data)
+        return not self.take(1, spend=False)
+
+    def take(self, nbytes, spend=True) -> bool:
+        """Spend one line of nbytes; False (nothing spent) when over the budget."""
+        if self.lines < 1 or self.bytes < nbytes:
+            now = time.monotonic()
+            elapsed, self.at = now - self.at, now
+            self.lines = min(BURST_LINES, self.lines + elapsed * RATE_LINES)
+            self.bytes = min(BURST_BYTES, self.bytes + elapsed * RATE_BYTES)
+            if self.lines < 1 or self.bytes < nbytes:
+                return False
+        if spend:
+            self.lines -= 1
+            self.bytes -= nbytes
         return True
 
-    def drain(self, limit=16 * READ_SIZE):
-        """Read what the pipes hold now, up to a bound in bytes per pipe."""
-        for pipe in self.pipes:
-            got = 0
-            while got < limit and pipe.fd >= 0 and _unread(pipe.fd) > 0:
-                if not self.read(pipe):
-                    break
-                got += READ_SIZE
 
-    def task_ended(self, run):
-        """The child reported `run` finished: an unfinished line it left is its last.
+class _Stream:
+    __slots__ = ("name", "fd", "limit", "held", "skipping", "marks")
 
-        When the pipe is empty now, everything the child wrote before its result has
-        been read, so what waits for a newline here is that task's. Otherwise the child
-        may have written an end marker after its last bytes, which settles it.
-        """
-        for pipe in self.pipes:
-            if pipe.buf and not pipe.buf.startswith(_END) and not _unread(pipe.fd):
-                buf, pipe.buf = pipe.buf, b""
-                self._lines(pipe, buf, run, final=True)
+    def __init__(self, name, fd):
+        self.name, self.fd = name, fd
+        self.limit = MAX_RECORD if name == "log" else MAX_LINE
+        self.held = bytearray()   # the start of a line not yet ended (at most `limit`)
+        self.skipping = False     # discarding the rest of a line that was cut or dropped
+        self.marks = 0            # END_MARKs read: the output of that many tasks is over
 
-    def close(self):
-        """Log what is left, report drops, and close the pipes."""
-        for pipe in self.pipes:
-            self._finish(pipe)
-        self.report_dropped()
 
-    # ---- parsing ----
+class Pump:
+    """Reads one child's output pipes and logs each line, within the child's budget."""
 
-    def _feed(self, pipe, data):
-        self._refill()
-        if self.lines <= 0 or self.bytes <= 0:
-            if _END not in data and not pipe.buf:
-                # Over the budget: drop the chunk without splitting it into lines.
-                cut = data.rfind(b"\n") + 1
-                self.dropped_lines += data.count(b"\n", 0, cut)
-                self.dropped_bytes += cut
-                if self.dropped_task is None:
-                    self.dropped_task = self.child.running
-                data = data[cut:]
-                if not data:
-                    return
-        buf = pipe.buf + data if pipe.buf else data
-        while True:
-            end = buf.find(_END)
-            if end == -1:
-                break
-            stop = buf.find(b"\x00", end + len(_END))
-            if stop == -1:
-                pipe.buf = buf  # the marker's end is still in the pipe
+    def __init__(self, sup, child, read_fds):
+        self.sup, self.child, self.log = sup, child, sup.log
+        self.streams = {}
+        for name, fd in zip(STREAMS, read_fds):
+            os.set_blocking(fd, False)
+            self.streams[fd] = _Stream(name, fd)
+            sup.register_fd(fd, self.on_readable)
+        self.budget = _Budget()
+        self.results = 0          # results of the child's tasks handled so far
+        self.finished = {}        # result number -> (task_id, name), the last few
+        self.counted = None       # (task_id, name) the drop counts below belong to
+        self.dropped_lines = self.dropped_bytes = self.cut_lines = 0
+        self.reported_at = time.monotonic()
+
+    # -- reading --
+
+    def on_readable(self, fd, mask):
+        """A pipe has data (from the select loop)."""
+        stream = self.streams.get(fd)
+        if stream is not None:
+            self._read(stream, READS_PER_TURN)
+
+    def _read(self, stream, reads):
+        for _ in range(reads):
+            try:
+                data = os.read(stream.fd, READ_CHUNK)
+            except (BlockingIOError, InterruptedError):
                 return
-            # Everything before an end marker is the output of the task it names.
-            self._lines(pipe, buf[:end], _Ended.parse(buf[end + len(_END):stop]), final=True)
-            buf = buf[stop + 1:]
-        pipe.buf = self._lines(pipe, buf, None, final=False)
+            except OSError:
+                data = b""
+            if not data:
+                self._close_stream(stream)
+                return
+            self._feed(stream, data)
 
-    def _lines(self, pipe, buf, task_id, final):
-        """Log the lines of buf; returns the unfinished last line (b"" when final)."""
+    def _feed(self, stream, data):
         start = 0
         while True:
-            nl = buf.find(b"\n", start)
-            if nl == -1:
-                break
-            self._line(pipe, buf[start:nl], task_id)
-            pipe.cutting = False
-            start = nl + 1
-        tail = buf[start:]
-        if final:
-            if tail:
-                self._line(pipe, tail, task_id)
-            pipe.cutting = False
-            return b""
-        if len(tail) > LINE_LIMIT:
-            if not pipe.cutting:
-                self._line(pipe, tail[:LINE_LIMIT], task_id, cut=True)
-            pipe.cutting = True
-            return tail[-len(_END):]  # may be the start of an end marker
-        return tail
+            mark = data.find(END_MARK, start)
+            if mark < 0:
+                self._feed_lines(stream, data[start:] if start else data)
+                return
+            if mark > start:
+                self._feed_lines(stream, data[start:mark])
+            self._end_of_task(stream)
+            start = mark + len(END_MARK)
 
-    def _line(self, pipe, raw, ended, cut=False):
-        if pipe.cutting:
-            return  # the tail of a line already cut
-        run = ended or self.child.running
-        if not self._spend(len(raw), run):
-            return
-        if raw.startswith(_RECORD):
-            self._record(raw[len(_RECORD):], run)
-            return
-        text = raw.decode("utf-8", "replace").rstrip("\r")
-        self._emit(pipe.stream, text + CUT_MARK if cut else text, run)
+    def _end_of_task(self, stream):
+        """An END_MARK: what this pipe held of the task is over (a last line without
+        its newline is logged now); what follows is the next task's."""
+        if stream.held:
+            self._emit(stream, bytes(stream.held), cut=False)
+            stream.held.clear()
+        stream.skipping = False
+        owner = self._owner(stream)
+        stream.marks += 1
+        if self.counted == owner and owner is not None:
+            self.report_dropped()
+            self.counted = None
 
-    def _emit(self, stream, text, run):
-        if run is None:
-            self.log.info("child.output", pid=self.child.pid, stream=stream, line=text)
-        else:
-            self.log.info("task.output", task_id=run.id, name=run.name, pid=self.child.pid,
-                          stream=stream, line=text)
+    def _feed_lines(self, stream, data):
+        pos, end = 0, len(data)
+        while pos < end:
+            if self.budget.exhausted():
+                self._drop_rest(stream, data, pos)
+                return
+            nl = data.find(b"\n", pos)
+            if nl < 0:
+                self._hold(stream, data, pos)
+                return
+            self._line_end(stream, data, pos, nl)
+            pos = nl + 1
 
-    def _record(self, raw, run):
-        try:
-            fields = json.loads(raw)
-            level = logging.getLevelName(str(fields.get("level", "info")).upper())
-        except (ValueError, AttributeError):
-            self._emit("stderr", raw.decode("utf-8", "replace"), run)
-            return
-        if not isinstance(level, int):
-            level = logging.INFO
-        task_id = fields.get("task_id")
-        extra = {"traceback": fields["traceback"]} if "traceback" in fields else {}
-        self.log.log(level, "task.log", task_id=task_id,
-                     name=run.name if run is not None and run.id == task_id else None,
-                     pid=self.child.pid,
-                     logger=fields.get("logger"), message=str(fields.get("message", "")),
-                     **extra)
+    def _drop_rest(self, stream, data, pos):
+        """Discard data[pos:] without looking at its lines one by one (over the budget: a
+        flood must cost the supervisor little). Each line is counted once: those that
+        end here, and the one left open (whose end is then skipped)."""
+        ends = data.count(b"\n", pos)
+        lines = ends
+        if stream.skipping and ends:
+            lines -= 1             # that line was logged cut, or counted, already
+        tail_open = not data.endswith(b"\n")
+        if tail_open and not (stream.skipping and not ends):
+            lines += 1
+        self._count_dropped(stream, lines, len(data) - pos + len(stream.held))
+        stream.held.clear()
+        stream.skipping = tail_open
 
-    def _refill(self):
-        now = time.monotonic()
-        elapsed = now - self.refilled
-        if elapsed < 0.01:
+    def _hold(self, stream, data, pos):
+        if stream.skipping:
             return
-        self.refilled = now
-        self.lines = min(BURST_LINES, self.lines + elapsed * RATE_LINES)
-        self.bytes = min(BURST_BYTES, self.bytes + elapsed * RATE_BYTES)
-        if self.dropped_lines and now - self.reported >= 1.0:
+        room = stream.limit - len(stream.held)
+        stream.held += data[pos:pos + room]
+        if len(data) - pos > room:
+            # Logged now, cut: a line without end is never held beyond MAX_LINE.
+            self._emit(stream, bytes(stream.held), cut=True)
+            stream.held.clear()
+            stream.skipping = True
+
+    def _line_end(self, stream, data, pos, nl):
+        if stream.skipping:
+            stream.skipping = False
+            return
+        length = len(stream.held) + nl - pos
+        line = bytes(stream.held) + data[pos:min(nl, pos + stream.limit - len(stream.held))]
+        stream.held.clear()
+        self._emit(stream, line, cut=length > stream.limit)
+
+    def drain(self):
+        """Read whatever the pipes hold now (bounded), for the task the child runs."""
+        for stream in list(self.streams.values()):
+            self._read(stream, READS_PER_TURN)
+
+    def _flush_held(self):
+        for stream in self.streams.values():
+            if stream.held:
+                self._emit(stream, bytes(stream.held), cut=False)
+                stream.held.clear()
+
+    # -- logging --
+
+    def _owner(self, stream):
+        """(task_id, name) of the task whose output the stream carries now, or None."""
+        ahead = stream.marks - self.results
+        if ahead < 0:   # its result was handled before this pipe was read to the mark
+            return self.finished.get(stream.marks)
+        inflight = self.child.inflight
+        if ahead < len(inflight):
+            run = inflight[ahead]
+            return run.id, run.name
+        return None
+
+    def _attribute(self, stream):
+        """The owner of the stream's output, with the drop counts of another reported."""
+        owner = self._owner(stream)
+        if owner != self.counted:
+            self.report_dropped()
+            self.counted = owner
+        return owner
+
+    def _count_dropped(self, stream, lines, nbytes):
+        self._attribute(stream)
+        self.dropped_lines += lines
+        self.dropped_bytes += nbytes
+        if time.monotonic() - self.reported_at >= REPORT_EVERY_S:
             self.report_dropped()
 
-    def _spend(self, size, run) -> bool:
-        if self.lines > 0 and self.bytes > 0:
-            self.lines -= 1
-            self.bytes -= size
-            return True
-        self.dropped_lines += 1
-        self.dropped_bytes += size
-        if self.dropped_task is None:
-            self.dropped_task = run
-        return False
+    def _emit(self, stream, raw, cut):
+        owner = self._attribute(stream)
+        if not self.budget.take(len(raw)):
+            self._count_dropped(stream, 1, len(raw))
+            return
+        if cut:
+            self.cut_lines += 1
+        text = raw.decode("utf-8", "replace").rstrip("\r")
+        who = {"task_id": owner[0], "name": owner[1]} if owner else {}
+        if stream.name == "log":
+            self._emit_record(text, who)
+            return
+        event = "task.output" if owner else "child.output"
+        extra = {"cut": True} if cut else {}
+        if cut:
+            text += CUT_MARKER
+        level = logging.INFO if stream.name == "stdout" else logging.WARNING
+        self.log.log(level, event, stream=stream.name, text=text, pid=self.child.pid,
+                     **who, **extra)
+
+    def _emit_record(self, text, who):
+        try:
+            rec = json.loads(text)
+            level, logger, message = int(rec["level"]), str(rec["logger"]), rec["message"]
+        except (ValueError, KeyError, TypeError):
+            self.log.warning("task.log", logger=None, message=text, pid=self.child.pid, **who)
+            return
+        extra = {"exception": rec["exception"]} if rec.get("exception") else {}
+        self.log.log(_level_of(level), "task.log", logger=logger, message=message,
+                     pid=self.child.pid, record_level=logging.getLevelName(level),
+                     **who, **extra)
 
     def report_dropped(self):
-        """Log how much output was dropped over the budget since the last report."""
-        if not self.dropped_lines:
+        """Log what was over the budget or cut since the last report (if anything)."""
+        self.reported_at = time.monotonic()
+        if not (self.dropped_lines or self.cut_lines):
             return
-        run = self.dropped_task
-        self.log.warning("task.output_dropped", task_id=run.id if run else None,
-                         name=run.name if run else None, pid=self.child.pid,
-                         lines=self.dropped_lines, bytes=self.dropped_bytes,
-                         budget=f"bursts of {BURST_LINES} lines or {BURST_BYTES} bytes, "
-                                f"then {RATE_LINES} lines or {RATE_BYTES} bytes a second")
-        self.reported = time.monotonic()
-        self.dropped_lines = self.dropped_bytes = 0
-        self.dropped_task = None
+        who = {"task_id": self.counted[0], "name": self.counted[1]} if self.counted else {}
+        self.log.warning("task.output_dropped", pid=self.child.pid,
+                         dropped_lines=self.dropped_lines, dropped_bytes=self.dropped_bytes,
+                         cut_lines=self.cut_lines, **who)
+        self.dropped_lines = self.dropped_bytes = self.cut_lines = 0
 
-    def _finish(self, pipe):
-        if pipe.fd < 0:
+    # -- task ends, child ends --
+
+    def task_done(self):
+        """The child's running task sent its result (called before it leaves inflight):
+        output still unread up to its END_MARK stays attributed to it."""
+        run = self.child.running
+        self.finished[self.results] = (run.id, run.name) if run is not None else None
+        self.finished.pop(self.results - 16, None)
+        self.results += 1
+
+    def close(self):
+        """The child exited: log what is left and stop watching its pipes."""
+        self.drain()
+        self._flush_held()
+        self.report_dropped()
+        for stream in list(self.streams.values()):
+            self._close_stream(stream)
+
+    def _close_stream(self, stream):
+        if self.streams.pop(stream.fd, None) is None:
             return
-        if pipe.buf and not pipe.buf.startswith(_END):
-            self._feed(pipe, b"\n")
-        pipe.buf = b""
+        if stream.held:
+            self._emit(stream, bytes(stream.held), cut=False)
+        self.sup.unregister_fd(stream.fd)
         try:
-            os.close(pipe.fd)
+            os.close(stream.fd)
         except OSError:
             pass
-        pipe.fd = -1
-
-
-class _Ended:
-    """The task an end marker names (its output may be read after the child moved on)."""
-    __slots__ = ("id", "name")
-
-    def __init__(self, task_id, name):
-        self.id = task_id
-        self.name = name
-
-    @classmethod
-    def parse(cls, raw):
-        """From the marker's b"ID NAME"; None when it is not one."""
-        task_id, _, name = raw.partition(b" ")
-        try:
-            return cls(int(task_id), name.decode("utf-8", "replace"))
-        except ValueError:
-            return None

@@ -1,162 +1,250 @@
-"""What tasks write to stdout and stderr, and what they log, reaches the daemon's log as
-JSON events with the task's id: never raw text among the daemon's records.
-
-On each backend, with real daemons whose stdout is a file (as under systemd or a pipe).
+"""What tasks write (print, stderr, subprocesses, `logging`) reaches the daemon's log as
+JSON events attributed to the task, bounded in size and rate; task.failed carries the
+traceback. Real daemons on both backends, their stdout piped as under `liteqd | cat`.
 """
 
 import json
 import os
+import shutil
+from collections import Counter, defaultdict
 
 import psutil
+import pytest
 
-from daemon_helpers import (daemons, load_app_module, wait_all, wait_for,  # noqa: F401
-                            wait_status)
-from liteqd import task_output
+from daemon_helpers import FAST_ARGS, PYTHON, APPS, daemons, load_app_module, \
+    status_counts, wait_for, wait_statuses  # noqa: F401
+from liteqd.task_output import CUT_MARKER, MAX_LINE
 
-APP = os.path.join(os.path.dirname(__file__), "apps", "output_app.py")
+OUTPUT_APP = os.path.join(APPS, "output_app.py")
 
 
-def _parsed(d):
-    """Every line of the daemon's stdout, parsed; fails on a line that is not JSON."""
-    out = []
-    for i, line in enumerate(d.log_lines()):
+def start_piped(ds, *args):
+    """`liteqd --app output_app.py ... | cat`: the daemon's stdout is a pipe."""
+    cmd = ["sh", "-c", '"$@" | cat', "sh", PYTHON, "-m", "liteqd.cli", "--app", OUTPUT_APP,
+           *FAST_ARGS, *[str(a) for a in args]]
+    return ds.start(cmd=cmd)
+
+
+def all_json(d):
+    """Every complete line of the daemon's stdout, parsed; fails on the first that is not
+    a JSON object."""
+    events = []
+    for number, line in enumerate(d.log_lines(), 1):
         try:
-            out.append(json.loads(line))
+            event = json.loads(line)
         except ValueError:
-            raise AssertionError(f"line {i + 1} of the daemon's stdout is not JSON: "
+            raise AssertionError(f"line {number} of the daemon's stdout is not JSON: "
                                  f"{line[:300]!r}") from None
-    return out
+        assert isinstance(event, dict) and "event" in event, line[:300]
+        events.append(event)
+    return events
 
 
-def test_a_print_storm_beside_quick_tasks_leaves_every_line_json(daemons):
-    app = load_app_module(APP)
-    d = daemons.start("--concurrency", "2", app=APP)
-    noisy = [app.chatty.delay(2000) for _ in range(10)]
-    quick = [app.quick.delay(i) for i in range(1000)]
-    wait_all(noisy + quick, timeout=120, daemons=daemons)
-    d.stop()
-    events = _parsed(d)
-    output = [e for e in events if e["event"] == "task.output"]
-    by_task = {}
-    for e in output:
-        by_task.setdefault(e["task_id"], []).append(e)
-    for tid in noisy:
-        lines = by_task.get(tid, [])
-        assert len(lines) == 2000, (tid, len(lines))
-        assert {e["name"] for e in lines} == {"chatty"}
-        assert {e["stream"] for e in lines} == {"stdout", "stderr"}
-        assert sorted(int(e["line"].split()[2]) for e in lines) == list(range(2000))
-    assert not set(by_task) - set(noisy), "output credited to a task that printed nothing"
-    assert not [e for e in events if e["event"] == "task.output_dropped"]
+def wait_succeeded(d, ids, timeout=60):
+    """Wait until the log holds task.succeeded for every id (outputs come before it)."""
+    wanted = set(ids)
+    wait_for(lambda: wanted <= {e["task_id"] for e in d.events("task.succeeded")}, timeout,
+             lambda: f"not all of {sorted(wanted)[:10]}... succeeded\n{d.dump()}")
 
 
-def test_output_without_a_newline_and_from_a_subprocess_is_credited_to_its_task(daemons):
-    app = load_app_module(APP)
-    d = daemons.start("--concurrency", "1", app=APP)
-    said = app.say.delay("no newline here")
-    echoed = app.shell_echo.delay("from a subprocess")
-    after = app.quick.delay(1)
-    wait_all([said, echoed, after], daemons=daemons)
-    d.stop()
-    lines = {(e["task_id"], e["line"]) for e in _parsed(d) if e["event"] == "task.output"}
-    assert (said, "no newline here") in lines
-    assert (echoed, "from a subprocess") in lines
-    assert not [t for t, _ in lines if t == after]
+@pytest.mark.timeout(400)
+def test_print_storm_leaves_every_stdout_line_json(daemons):
+    app = load_app_module(OUTPUT_APP)
+    d = start_piped(daemons, "--concurrency", 2)
+    quick = app.quick.map(range(1500))
+    chatty = app.chatty.map([5000] * 20)
+    quick += app.quick.map(range(1500))
+    wait_statuses(daemons.db, quick + chatty, ("done",), timeout=300, dump=d.dump)
+    wait_succeeded(d, chatty)
+
+    events = all_json(d)
+    logged, dropped = Counter(), Counter()
+    for e in events:
+        if e["event"] == "task.output":
+            assert e["stream"] in ("stdout", "stderr"), e
+            assert e["name"] == "chatty" and e["text"].startswith(f"chatty {e['task_id']} "), \
+                f"a line attributed to the wrong task: {e}"
+            logged[e["task_id"]] += 1
+        elif e["event"] == "task.output_dropped":
+            assert e["name"] == "chatty", e
+            dropped[e["task_id"]] += e["dropped_lines"]
+        elif e["event"] == "child.output":
+            raise AssertionError(f"output without its task: {e}")
+    # 5,000 printed lines, one on stderr, one from a subprocess, one without a newline:
+    # each is logged or counted as dropped, exactly once.
+    assert {i: logged[i] + dropped[i] for i in chatty} == {i: 5003 for i in chatty}
+    assert sum(logged.values()) > 0
 
 
-def test_logging_records_keep_their_level_and_task(daemons):
-    app = load_app_module(APP)
-    d = daemons.start("--concurrency", "1", app=APP)
-    tid = app.logs_things.delay()
-    wait_status(tid, daemons=daemons)
-    d.stop()
-    records = [e for e in _parsed(d) if e["event"] == "task.log"]
-    got = {(e["level"], e["message"]) for e in records}
-    assert ("info", "info from a task") in got
-    assert ("warning", "careful: warned") in got
-    assert ("error", "it broke") in got
-    assert all(e["task_id"] == tid and e["name"] == "logs_things" for e in records)
-    assert all(e["logger"] == "output_app" for e in records)
-    broke = next(e for e in records if e["message"] == "it broke")
-    assert "ZeroDivisionError" in broke["traceback"]
+def test_logging_records_become_events_at_their_level(daemons):
+    app = load_app_module(OUTPUT_APP)
+    d = start_piped(daemons)
+    task_id = app.logs_records.delay()
+    wait_statuses(daemons.db, [task_id], ("done",), dump=d.dump)
+    wait_succeeded(d, [task_id])
+    records = [e for e in all_json(d) if e["event"] == "task.log"]
+    mine = [e for e in records if e.get("task_id") == task_id]
+    assert mine == records, records
+    by_message = {e["message"]: e for e in mine}
+    info = by_message[f"info from {task_id}"]
+    warning = by_message[f"warning from {task_id}"]
+    error = by_message[f"error from {task_id}"]
+    assert (info["level"], warning["level"], error["level"]) == ("info", "warning", "error")
+    for e in (info, warning, error):
+        assert e["logger"] == "output_app.tasks" and e["name"] == "logs_records", e
+    assert "KeyError: 'missing'" in error["exception"], error
+    assert "Traceback (most recent call last)" in error["exception"], error
+    warned = [e for e in mine if e["logger"] == "py.warnings"]
+    assert len(warned) == 1 and warned[0]["level"] == "warning", mine
+    assert f"deprecated in {task_id}" in warned[0]["message"]
 
 
 def test_a_very_long_line_is_cut_with_a_marker(daemons):
-    app = load_app_module(APP)
-    d = daemons.start("--concurrency", "1", app=APP)
-    tid = app.long_line.delay(1_000_000)
-    wait_status(tid, daemons=daemons)
-    d.stop()
-    lines = [e["line"] for e in _parsed(d) if e["event"] == "task.output" and e["task_id"] == tid]
-    assert len(lines) == 2, [len(x) for x in lines]
-    assert lines[0].endswith(task_output.CUT_MARK)
-    assert len(lines[0]) == task_output.LINE_LIMIT + len(task_output.CUT_MARK)
-    assert lines[1] == "after the long line"
+    app = load_app_module(OUTPUT_APP)
+    d = start_piped(daemons)
+    task_id = app.long_line.delay(MAX_LINE * 6 + 123)
+    wait_statuses(daemons.db, [task_id], ("done",), dump=d.dump)
+    wait_succeeded(d, [task_id])
+    events = all_json(d)
+    lines = [e for e in events if e["event"] == "task.output" and e["task_id"] == task_id]
+    assert len(lines) == 2, lines
+    cut, after = lines
+    assert cut["cut"] is True and cut["text"] == "L" * MAX_LINE + CUT_MARKER
+    assert after["text"] == "after the long line" and "cut" not in after
+    reports = [e for e in events if e["event"] == "task.output_dropped"]
+    assert [(e["task_id"], e["cut_lines"]) for e in reports] == [(task_id, 1)], reports
 
 
-def test_a_flood_is_dropped_over_the_budget_and_counted_while_others_go_on(daemons):
-    app = load_app_module(APP)
-    d = daemons.start("--concurrency", "2", app=APP)
-    big = app.flood.delay(100)
-    quick = [app.quick.delay(i) for i in range(200)]
-    wait_all(quick, timeout=60, daemons=daemons)
-    rss = []
+def test_a_flood_is_bounded_and_does_not_stall_other_tasks(daemons):
+    app = load_app_module(OUTPUT_APP)
+    # The flood has a pool of its own, so that no quick task waits behind it in its child.
+    d = start_piped(daemons, "--concurrency", 1, "--pool", "flood:flood:1")
+    supervisor = psutil.Process(int(d.events("daemon.ready")[0]["pid"]))
+    baseline = supervisor.memory_info().rss
+    flag = daemons.path("flood.stop")
+    flood = app.flood.delay(100, flag)
+    d.wait_event("task.started", task_id=flood)
+    peak = [baseline]
 
-    def flood_done():
-        rss.append(psutil.Process(d.pid).memory_info().rss)
-        return _finished(big)
-    wait_for(flood_done, 120, lambda: d.dump(20), interval=0.2)
-    d.stop()
-    events = _parsed(d)
-    dropped = [e for e in events if e["event"] == "task.output_dropped"]
-    assert dropped and all(e["task_id"] == big for e in dropped)
-    shown = [e for e in events if e["event"] == "task.output" and e["task_id"] == big]
-    assert shown and all(e["line"] == "flood " + "y" * 57 for e in shown)
-    # Every line of the 100 MiB is either logged or counted as dropped.
-    lines_total = 100 * 16384
-    assert len(shown) + sum(e["lines"] for e in dropped) == lines_total
-    assert max(rss) < 200 * 2 ** 20, f"supervisor grew to {max(rss) / 2 ** 20:.0f} MiB"
+    def sample():
+        peak[0] = max(peak[0], supervisor.memory_info().rss)
 
+    def all_done(ids):
+        sample()
+        return status_counts(daemons.db, ids).get("done", 0) == len(ids)
 
-def _finished(tid):
-    from liteq import get_task_status
-    st = get_task_status(tid)
-    return st and st["status"] in ("done", "failed")
-
-
-def test_task_failed_carries_the_traceback(daemons):
-    app = load_app_module(APP)
-    d = daemons.start("--concurrency", "1", app=APP)
-    tid = app.fails.delay()
-    wait_status(tid, daemons=daemons)
-    d.stop()
-    failed = [e for e in _parsed(d) if e["event"] == "task.failed" and e["task_id"] == tid]
-    assert failed and failed[0]["error"] == "ValueError: bad value in a task"
-    assert "Traceback (most recent call last)" in failed[0]["traceback"]
-    assert 'raise ValueError("bad value in a task")' in failed[0]["traceback"]
+    # The flooding task writes until the flag exists: these finish while it writes.
+    quick = app.quick.map(range(300))
+    wait_for(lambda: all_done(quick), 120, d.dump, interval=0.1)
+    assert status_counts(daemons.db, [flood]) == {"running": 1}
+    open(flag, "w").close()
+    wait_for(lambda: all_done([flood]), 300, d.dump, interval=0.1)
+    wait_succeeded(d, [flood], timeout=60)
+    sample()
+    events = all_json(d)
+    reports = [e for e in events if e["event"] == "task.output_dropped"
+               and e.get("task_id") == flood]
+    assert reports, "no task.output_dropped for the flood"
+    assert sum(e["dropped_bytes"] for e in reports) > 90_000_000, reports
+    logged = [e for e in events if e["event"] == "task.output" and e.get("task_id") == flood]
+    assert all(len(e["text"]) <= MAX_LINE + len(CUT_MARKER) for e in logged)
+    # The 8 MB line without a newline (on stderr) never sat in the supervisor's memory.
+    assert peak[0] - baseline < 40 * 1024 * 1024, (baseline, peak[0])
 
 
-def test_under_journald_each_line_carries_its_syslog_priority(daemons):
-    """journald reads a "<N>" prefix off each line as the entry's priority (and removes
-    it); stdout is the journal stream when $JOURNAL_STREAM names its device and inode."""
-    app = load_app_module(APP)
-    d = daemons.make("--concurrency", "1", app=APP)
-    # The daemon's stdout is the log file Daemon.start() opens (truncating it, so the
-    # inode stays): name it as systemd would.
-    open(d.log_path, "wb").close()
-    st = os.stat(d.log_path)
-    d.env["JOURNAL_STREAM"] = f"{st.st_dev}:{st.st_ino}"
-    d.start()
-    tid = app.logs_things.delay()
-    wait_for(lambda: any(line.startswith("<3>") for line in d.log_lines()), 30,
-             lambda: d.dump(30))
-    wait_status(tid, daemons=daemons)
-    d.stop()
-    lines = d.log_lines()
-    assert lines and all(line[:1] == "<" and line[2:4] == ">{" for line in lines), lines[:3]
-    for line in lines:
-        prio, record = int(line[1]), json.loads(line[3:])
-        assert prio == {"debug": 7, "info": 6, "warning": 4, "error": 3,
-                        "critical": 2}[record["level"]], line
-    assert {json.loads(line[3:])["message"] for line in lines if line.startswith("<4>")
-            and "message" in line} >= {"careful: warned"}
+def test_task_failed_and_retrying_carry_the_traceback(daemons):
+    app = load_app_module(OUTPUT_APP)
+    d = start_piped(daemons)
+    task_id = app.broken.delay("purpose")
+    wait_statuses(daemons.db, [task_id], ("failed",), dump=d.dump)
+    failed = d.wait_event("task.failed", task_id=task_id)
+    retrying = d.wait_event("task.retrying", task_id=task_id)
+    for e in (failed, retrying):
+        assert e["error"] == "RuntimeError: broken on purpose", e
+        assert e["traceback"].startswith("Traceback (most recent call last)"), e
+        assert "in _deep" in e["traceback"] and "in broken" in e["traceback"], e
+        assert e["traceback"].rstrip().endswith("RuntimeError: broken on purpose"), e
+    all_json(d)
+
+
+def test_each_line_reaches_the_log_once_attributed_to_its_task(daemons):
+    app = load_app_module(OUTPUT_APP)
+    d = start_piped(daemons, "--concurrency", 1)
+    ids = [app.chatty.delay(3) for _ in range(5)]
+    wait_statuses(daemons.db, ids, ("done",), dump=d.dump)
+    wait_succeeded(d, ids)
+    texts = defaultdict(list)
+    for e in all_json(d):
+        if e["event"] == "task.output":
+            texts[e["task_id"]].append((e["stream"], e["text"]))
+    for i in ids:
+        assert sorted(texts[i]) == sorted(
+            [("stdout", f"chatty {i} line {n}") for n in range(3)] +
+            [("stderr", f"chatty {i} on stderr"), ("stdout", f"chatty {i} from a subprocess"),
+             ("stdout", f"chatty {i} last")]), texts[i]
+
+
+JOURNALD = "/lib/systemd/systemd-journald"
+
+# Runs in a private mount namespace: a journald of its own on tmpfs (the host's journal is
+# never touched), liteqd with its stdout and stderr connected to it as systemd connects a
+# service's (systemd-cat, plus the JOURNAL_STREAM variable systemd sets), until the file
+# $STOP exists; then the journal is exported to $OUT.json and $OUT.cat.
+JOURNAL_SCRIPT = r"""
+set -e
+mount -t tmpfs tmpfs /run/systemd
+mount -t tmpfs tmpfs /run/log
+if [ -d /var/log/journal ]; then mount -t tmpfs tmpfs /var/log/journal; fi
+mkdir -p /run/systemd/journal
+"$JOURNALD" &
+jpid=$!
+trap 'kill $jpid 2>/dev/null || true' EXIT
+n=0; until [ -S /run/systemd/journal/stdout ]; do n=$((n+1)); [ $n -lt 200 ]; sleep 0.05; done
+systemd-cat -t liteqd-test \
+    sh -c 'export JOURNAL_STREAM=$(stat -L -c %d:%i /proc/$$/fd/1); exec "$@"' \
+    sh "$@" &
+dpid=$!
+until [ -e "$STOP" ]; do sleep 0.05; done
+kill -TERM $dpid   # systemd-cat and sh exec: this is liteqd
+wait $dpid || true
+n=0
+until journalctl -D /run/log/journal -t liteqd-test -o cat --no-pager | grep -q daemon.stopped; do
+    n=$((n+1)); [ $n -lt 200 ]; sleep 0.05
+done
+journalctl -D /run/log/journal -t liteqd-test -o json --no-pager > "$OUT.json"
+journalctl -D /run/log/journal -t liteqd-test -o cat --no-pager > "$OUT.cat"
+"""
+
+
+@pytest.mark.skipif(os.geteuid() != 0 or not os.path.exists(JOURNALD)
+                    or not shutil.which("systemd-cat") or not shutil.which("unshare"),
+                    reason="needs root, systemd-journald, systemd-cat and unshare")
+def test_journald_files_each_event_at_its_level_and_keeps_the_json(daemons):
+    app = load_app_module(OUTPUT_APP)
+    ids = [app.logs_records.delay(), app.broken.delay("purpose"), app.chatty.delay(2)]
+    out, stop = daemons.path("journal"), daemons.path("journal.stop")
+    script = daemons.path("journal.sh")
+    with open(script, "w") as f:
+        f.write(JOURNAL_SCRIPT)
+    proc = daemons.popen(["unshare", "--mount", "--propagation", "private", "sh", script,
+                          PYTHON, "-m", "liteqd.cli", "--app", OUTPUT_APP, *FAST_ARGS],
+                         env={"JOURNALD": JOURNALD, "STOP": stop, "OUT": out})
+    wait_statuses(daemons.db, ids, ("done", "failed"), timeout=60)
+    open(stop, "w").close()
+    assert proc.wait(timeout=60) == 0
+    with open(out + ".cat") as f:
+        cat = [json.loads(line) for line in f.read().splitlines()]  # `-o cat | jq .` works
+    with open(out + ".json") as f:
+        entries = [json.loads(line) for line in f.read().splitlines()]
+    priority = {"debug": "7", "info": "6", "warning": "4", "error": "3", "critical": "2"}
+    seen = Counter()
+    for entry in entries:
+        event = json.loads(entry["MESSAGE"])
+        assert entry["PRIORITY"] == priority[event["level"]], entry
+        seen[event["event"], event["level"]] += 1
+    assert len(cat) == len(entries)
+    for wanted in [("task.log", "info"), ("task.log", "warning"), ("task.log", "error"),
+                   ("task.failed", "error"), ("task.retrying", "warning"),
+                   ("task.output", "info"), ("task.output", "warning"),
+                   ("daemon.stopped", "info")]:
+        assert seen[wanted], (wanted, seen)

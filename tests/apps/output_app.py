@@ -1,72 +1,77 @@
-"""Tasks that write to stdout and stderr and log, for tests/test_task_output.py."""
+"""Tasks that write to stdout and stderr and log with `logging` (tests/test_task_output.py).
+
+Every line a task writes names its own task id, so a test can check that the daemon
+attributes each line to the task that wrote it.
+"""
 
 import logging
 import os
 import subprocess
 import sys
 
-from liteq import task
+from liteq import current_task, task
 
-log = logging.getLogger("output_app")
+log = logging.getLogger("output_app.tasks")
 
 
 @task
-def chatty(n, width=60):
-    """Print n numbered lines (print, stderr and raw fd writes in turn)."""
-    pad = "x" * width
-    for i in range(n):
-        if i % 3 == 0:
-            print(f"chatty line {i} {pad}")
-        elif i % 3 == 1:
-            sys.stderr.write(f"chatty err {i} {pad}\n")
-        else:
-            os.write(1, f"chatty raw {i} {pad}\n".encode())
+def chatty(lines):
+    """Print `lines` lines naming this task, a line on stderr, one from a subprocess, and a
+    last line without its newline."""
+    me = current_task.id
+    for i in range(lines):
+        print(f"chatty {me} line {i}")
+    sys.stderr.write(f"chatty {me} on stderr\n")
+    subprocess.run(["echo", f"chatty {me} from a subprocess"], check=True)
+    print(f"chatty {me} last", end="")
+    return lines
+
+
+@task
+def quick(n):
     return n
 
 
 @task
-def quick(i):
-    return i
-
-
-@task
-def say(text):
-    """One print, no newline at the end."""
-    sys.stdout.write(text)
-    return "said"
-
-
-@task
-def shell_echo(text):
-    """A subprocess that inherits the task's stdout."""
-    subprocess.run(["echo", text], check=True)
-
-
-@task
-def logs_things():
-    log.info("info from a task")
-    log.warning("careful: %s", "warned")
+def logs_records():
+    """Log at three levels, one with an exception, and raise a Python warning."""
+    me = current_task.id
+    log.info("info from %s", me)
+    log.warning("warning from %s", me)
     try:
-        1 / 0
-    except ZeroDivisionError:
-        log.exception("it broke")
+        {}["missing"]
+    except KeyError:
+        log.exception("error from %s", me)
+    import warnings
+    warnings.warn(f"deprecated in {me}", UserWarning)
+    return me
 
 
 @task
 def long_line(size):
-    print("L" * size)
+    """Print one line of `size` bytes (then one short line)."""
+    sys.stdout.write("L" * size + "\n")
     print("after the long line")
+    return size
 
 
-@task
-def flood(megabytes):
-    """Write megabytes of short lines to stdout as fast as possible."""
-    chunk = ("flood " + "y" * 57 + "\n").encode() * 16384  # 1 MiB
-    for _ in range(megabytes):
-        os.write(1, chunk)
-    return megabytes
+@task(queue="flood", timeout=600)
+def flood(megabytes, flag):
+    """Write one 8 MB line with no newline to stderr, then 1000-byte lines to stdout
+    until the file `flag` exists and at least `megabytes` MB are written."""
+    os.write(2, b"g" * (8 << 20))
+    block = ("f" * 999 + "\n").encode() * 64
+    written = 0
+    while written < megabytes * 1_000_000 or not os.path.exists(flag):
+        written += os.write(1, block)
+    return written
 
 
-@task(max_retries=0)
-def fails():
-    raise ValueError("bad value in a task")
+@task(max_retries=1, retry_delay=0.05, retry_backoff=1.0)
+def broken(word):
+    """Raise with a traceback that names this function."""
+    return _deep(word)
+
+
+def _deep(word):
+    raise RuntimeError(f"broken on {word}")
