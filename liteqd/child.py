@@ -14,7 +14,7 @@ import traceback
 import psutil
 from setproctitle import setproctitle
 
-from . import logs, protocol
+from . import logs, protocol, task_output
 from .executor import Executor, install_alarm_handler
 from .proc import become_subreaper, descendants, die_with_parent
 
@@ -319,6 +319,7 @@ def _serve(sock, index, report_rss, max_tasks=0, max_rss=0):
             # are reparented and can no longer be found under us.
             _kill_descendants()
         rss = _own_rss() if report_rss else 0
+        task_output.settle()  # the supervisor reads the task's last lines before its result
         channel.busy = True
         try:
             channel.send(protocol.result(msg.id, outcome.ok, outcome.text, started, finished, rss,

@@ -72,7 +72,10 @@ class Dispatcher:
             self.outcomes["done"].append((run.id, text, started, finished))
             self.reports.append(("task.succeeded", fields))
             return
-        fields.update(error=text.split("\n", 1)[0], timed_out=timed_out)
+        error, _, details = text.partition("\n")
+        fields.update(error=error, timed_out=timed_out)
+        if details.strip():
+            fields["traceback"] = details.strip("\n")
         if retry is not False and retry_policy.should_retry(run.attempts, run.max_retries):
             delay = retry if isinstance(retry, (int, float)) and retry is not True else \
                 retry_policy.retry_delay(run.attempts, run.retry_delay, run.retry_backoff,

@@ -13,7 +13,7 @@ import socket
 import sys
 import time
 
-from . import logs, proc, protocol
+from . import logs, proc, protocol, task_output
 from .child import BOOT_ERROR_EXIT, child_main
 from .pool import ChildHandle
 
@@ -73,11 +73,13 @@ class Lifecycle:
         parent_sock, child_sock = socket.socketpair()
         slot = self._free_slot()
         close_fds = self.sup.supervisor_fds() + [parent_sock.fileno()]
+        pipes = task_output.Pipes()  # the child's stdout, stderr and logging records
         logs.flush()
         sys.stdout.flush()
         sys.stderr.flush()
         pid = os.fork()
         if pid == 0:
+            pipes.in_child(self.config.log_level)
             child_main(child_sock, slot, self.sup.pid, close_fds=close_fds,
                        report_rss=bool(self.config.max_memory_per_child),
                        max_tasks=self.config.max_tasks_per_child,
@@ -91,6 +93,7 @@ class Lifecycle:
         child = ChildHandle(pid=pid, slot=slot, pool=pool, sock=parent_sock,
                             reader=protocol.LineReader())
         pool.children[pid] = child
+        child.output = pipes.in_parent(self.sup, child)
         self.sup.selector.register(parent_sock, selectors.EVENT_READ, ("child", child))
         self.log.info("child.spawned", pid=pid, pool=pool.name, slot=slot)
         return child
@@ -180,6 +183,7 @@ class Lifecycle:
             self.sup.dispatch.claim_soon()
 
     def _on_result(self, child, msg):
+        child.output.task_done()  # its last lines are the task's, not the next one's
         run = child.inflight.popleft() if child.inflight else None
         if run is None or run.id != msg.id:
             self.log.error("child.protocol_error", pid=child.pid, task_id=msg.id)
@@ -292,6 +296,7 @@ class Lifecycle:
         # Results it wrote before dying are still in the socket: take them first.
         while self.read(child):
             pass
+        child.output.close()
         self.sup.unregister_fd(child.sock)
         child.sock.close()
         how = describe_exit(status)

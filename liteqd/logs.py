@@ -68,6 +68,30 @@ class _FastTimestamp:
 
 _sink = BufferedLineLogger(sys.stdout)
 
+# sd-daemon(3) priority prefixes. journald strips them from the message (SyslogLevelPrefix=,
+# on by default) and files the line at that priority, so `journalctl -o cat` still shows
+# plain JSON. Written only when stdout is the journal itself (JOURNAL_STREAM names it):
+# into a pipe or a file the JSON stays bare.
+_PRIORITY = {"debug": "<7>", "info": "<6>", "warning": "<4>", "error": "<3>",
+             "critical": "<2>"}
+
+
+def _is_journal(stream) -> bool:
+    """True when `stream` is the journal's own socket (systemd sets JOURNAL_STREAM)."""
+    try:
+        dev, ino = (int(x) for x in os.environ["JOURNAL_STREAM"].split(":"))
+        st = os.fstat(stream.fileno())
+    except (KeyError, ValueError, OSError, AttributeError):
+        return False
+    return (st.st_dev, st.st_ino) == (dev, ino)
+
+
+def _json_renderer(prefixed):
+    def render(logger, method_name, event_dict):
+        line = _encode(event_dict)
+        return _PRIORITY.get(event_dict.get("level"), "<6>") + line if prefixed else line
+    return render
+
 
 def configure(log_format="auto", level="info", stream=None):
     """Set up structlog: JSON when not on a terminal (or when asked), console otherwise."""
@@ -77,8 +101,7 @@ def configure(log_format="auto", level="info", stream=None):
         log_format = "console" if stream.isatty() else "json"
     processors = [structlog.processors.add_log_level, _FastTimestamp()]
     if log_format == "json":
-        processors += [structlog.processors.format_exc_info,
-                       structlog.processors.JSONRenderer(serializer=lambda o, **_: _encode(o))]
+        processors += [structlog.processors.format_exc_info, _json_renderer(_is_journal(stream))]
     else:
         processors += [structlog.dev.ConsoleRenderer(colors=stream.isatty())]
     structlog.configure(
@@ -87,6 +110,11 @@ def configure(log_format="auto", level="info", stream=None):
         logger_factory=lambda *args: _sink,
         cache_logger_on_first_use=True,
     )
+
+
+def set_stream(stream):
+    """Write the log to `stream` from now on (a worker child's copy of the daemon's stdout)."""
+    _sink.stream = stream
 
 
 def flush():

@@ -48,6 +48,7 @@ class ChildHandle:
     cancel_deadline: float = None # when a cancelled task that did not stop gets killed
     kill_reason: str = None       # set when the supervisor killed it ("timeout", "stop", ...)
     timed_out_task: TaskRun = None
+    output: object = None         # a task_output.Pump of its stdout, stderr and logging
 
     @property
     def running(self):

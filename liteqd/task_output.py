@@ -1,0 +1,362 @@
+"""What tasks write, as log events: a child's stdout, stderr and `logging` records.
+
+Each worker child gets three pipes: its fds 1 and 2 (inherited by the subprocesses
+its tasks start) and a third one that carries its `logging` records as JSON lines.
+The supervisor reads them in its select loop, never blocking, and turns each line
+into one event attributed to the task the child is running: `task.output` (stream
+stdout or stderr) and `task.log` (at the record's own level). Raw task text never
+reaches the daemon's stdout, so its JSON log stays parseable.
+
+Bounds, so that one chatty task can neither grow the supervisor nor starve the rest:
+- a line longer than MAX_LINE bytes is logged cut (its first MAX_LINE bytes, a
+  marker, `cut: true`); the rest of it is discarded as it arrives, never held;
+- each child has a budget of lines and bytes (a token bucket: a burst, then a
+  steady rate); what is over it is read and discarded, and counted in a
+  `task.output_dropped` event when the task ends (and every REPORT_EVERY_S while
+  it goes on);
+- per readiness of a pipe the supervisor reads at most READS_PER_TURN chunks, so
+  its loop turns and the other children are served in between.
+
+A child's writes wait while its pipe is full (64 KiB), as with any pipe; the
+supervisor empties the pipes every loop turn and discards the excess, so a flooding
+task is slowed to the supervisor's reading pace, never blocked for good. Before a
+child sends a task's result it waits, at most SETTLE_S, until the supervisor has
+read its pipes, so every line is attributed to the task that wrote it.
+"""
+
+import fcntl
+import json
+import logging
+import os
+import struct
+import sys
+import termios
+import time
+
+from . import logs
+
+MAX_LINE = 16 * 1024            # bytes of one line that are logged; the rest is cut
+MAX_RECORD = 256 * 1024         # bytes of one encoded logging record (message + traceback)
+READ_CHUNK = 64 * 1024
+READS_PER_TURN = 4
+BURST_LINES, RATE_LINES = 10_000, 1_000          # per child: lines, then lines/s
+BURST_BYTES, RATE_BYTES = 4 << 20, 1 << 20       # per child: bytes, then bytes/s
+REPORT_EVERY_S = 10.0
+SETTLE_S = 1.0
+CUT_MARKER = f" [... line cut at {MAX_LINE} bytes]"
+
+STREAMS = ("stdout", "stderr", "log")
+
+
+def _level_of(levelno):
+    """The structlog level (a standard logging number) for a record's level."""
+    for std in (logging.CRITICAL, logging.ERROR, logging.WARNING, logging.INFO):
+        if levelno >= std:
+            return std
+    return logging.DEBUG
+
+
+# ---- the child's side ------------------------------------------------------------------
+
+_write_fds = ()
+
+
+class RecordHandler(logging.Handler):
+    """Ships each logging record to the supervisor as one JSON line on the records pipe."""
+
+    def __init__(self, fd):
+        super().__init__()
+        self.fd = fd
+        self.fmt = logging.Formatter()
+
+    def emit(self, record):
+        """Write the record (level, logger, message, exception text) in one line."""
+        try:
+            exc = self.fmt.formatException(record.exc_info) if record.exc_info else None
+            if record.stack_info:
+                exc = (exc + "\n" if exc else "") + record.stack_info
+            fields = {"level": record.levelno, "logger": record.name,
+                      "message": record.getMessage()[:MAX_LINE]}
+            if exc:
+                fields["exception"] = exc[-MAX_LINE:]  # the end names the error
+            data = json.dumps(fields, ensure_ascii=False).encode("utf-8", "replace") + b"\n"
+            while data:
+                data = data[os.write(self.fd, data):]
+        except Exception:  # noqa: BLE001 - logging must never break the task
+            self.handleError(record)
+
+
+def _reroute_logging(fd, level):
+    root = logging.getLogger()
+    configured = bool(root.handlers)
+    for handler in list(root.handlers):
+        # The app's console handlers would only repeat each record as stderr text.
+        if isinstance(handler, logging.StreamHandler) and \
+                getattr(handler, "stream", None) in (sys.stdout, sys.stderr,
+                                                     sys.__stdout__, sys.__stderr__):
+            root.removeHandler(handler)
+    root.addHandler(RecordHandler(fd))
+    if not configured:
+        root.setLevel(level.upper())  # an app that set up no logging gets liteqd's level
+    logging.captureWarnings(True)
+
+
+class Pipes:
+    """The three pipes of one child, made before the fork."""
+
+    def __init__(self):
+        self.read_fds, self.write_fds = [], []
+        for _ in STREAMS:
+            r, w = os.pipe()
+            self.read_fds.append(r)
+            self.write_fds.append(w)
+
+    def in_child(self, level="info"):
+        """In the forked child: fds 1 and 2 become the pipes, logging goes to the third;
+        the child's own log events keep going to the daemon's stdout."""
+        global _write_fds
+        for fd in self.read_fds:
+            os.close(fd)
+        logs.set_stream(os.fdopen(os.dup(1), "w", closefd=True))
+        out, err, rec = self.write_fds
+        os.dup2(out, 1)
+        os.dup2(err, 2)
+        os.close(out)
+        os.close(err)
+        _write_fds = (1, 2, rec)
+        for stream in (sys.stdout, sys.stderr):
+            try:
+                stream.reconfigure(line_buffering=True)  # lines leave as they are printed
+            except (AttributeError, ValueError):
+                pass
+        _reroute_logging(rec, level)
+
+    def in_parent(self, sup, child):
+        """In the supervisor: keep the read ends and watch them; returns the Pump."""
+        for fd in self.write_fds:
+            os.close(fd)
+        return Pump(sup, child, self.read_fds)
+
+
+def _unread(fd):
+    try:
+        return struct.unpack("i", fcntl.ioctl(fd, termios.FIONREAD, b"\0\0\0\0"))[0]
+    except OSError:
+        return 0
+
+
+def settle(timeout=SETTLE_S):
+    """Flush this child's output and wait (bounded) until the supervisor has read it,
+    so that the result it sends next does not overtake the task's last lines."""
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (AttributeError, OSError, ValueError):
+            pass
+    deadline = time.monotonic() + timeout
+    delay = 0.0002
+    while any(_unread(fd) for fd in _write_fds):
+        if time.monotonic() >= deadline:
+            return  # a busy supervisor or a chatty subprocess: attribution is best effort
+        time.sleep(delay)
+        delay = min(delay * 2, 0.01)
+
+
+# ---- the supervisor's side ----------------------------------------------------------------
+
+class _Budget:
+    """A token bucket of lines and bytes."""
+
+    def __init__(self):
+        self.lines, self.bytes = float(BURST_LINES), float(BURST_BYTES)
+        self.at = time.monotonic()
+
+    def take(self, nbytes) -> bool:
+        """Spend one line of nbytes; False (nothing spent) when over the budget."""
+        if self.lines < 1 or self.bytes < nbytes:
+            now = time.monotonic()
+            elapsed, self.at = now - self.at, now
+            self.lines = min(BURST_LINES, self.lines + elapsed * RATE_LINES)
+            self.bytes = min(BURST_BYTES, self.bytes + elapsed * RATE_BYTES)
+            if self.lines < 1 or self.bytes < nbytes:
+                return False
+        self.lines -= 1
+        self.bytes -= nbytes
+        return True
+
+
+class _Stream:
+    __slots__ = ("name", "fd", "limit", "held", "skipping")
+
+    def __init__(self, name, fd):
+        self.name, self.fd = name, fd
+        self.limit = MAX_RECORD if name == "log" else MAX_LINE
+        self.held = bytearray()   # the start of a line not yet ended (at most `limit`)
+        self.skipping = False     # discarding the rest of a line that was cut or dropped
+
+
+class Pump:
+    """Reads one child's output pipes and logs each line, within the child's budget."""
+
+    def __init__(self, sup, child, read_fds):
+        self.sup, self.child, self.log = sup, child, sup.log
+        self.streams = {}
+        for name, fd in zip(STREAMS, read_fds):
+            os.set_blocking(fd, False)
+            self.streams[fd] = _Stream(name, fd)
+            sup.register_fd(fd, self.on_readable)
+        self.budget = _Budget()
+        self.counted = None       # (task_id, name) the drop counts below belong to
+        self.dropped_lines = self.dropped_bytes = self.cut_lines = 0
+        self.reported_at = time.monotonic()
+
+    # -- reading --
+
+    def on_readable(self, fd, mask):
+        """A pipe has data (from the select loop). The child's messages are handled
+        first: a result it sent before writing this belongs before it."""
+        for _ in range(READS_PER_TURN):
+            if not self.sup.lifecycle.read(self.child):
+                break
+        stream = self.streams.get(fd)
+        if stream is not None:
+            self._read(stream, READS_PER_TURN)
+
+    def _read(self, stream, reads):
+        for _ in range(reads):
+            try:
+                data = os.read(stream.fd, READ_CHUNK)
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError:
+                data = b""
+            if not data:
+                self._close_stream(stream)
+                return
+            self._feed(stream, data)
+
+    def _feed(self, stream, data):
+        pos, end = 0, len(data)
+        while pos < end:
+            nl = data.find(b"\n", pos)
+            if nl < 0:
+                self._hold(stream, data, pos)
+                return
+            self._line_end(stream, data, pos, nl)
+            pos = nl + 1
+
+    def _hold(self, stream, data, pos):
+        if stream.skipping:
+            return
+        room = stream.limit - len(stream.held)
+        stream.held += data[pos:pos + room]
+        if len(data) - pos > room:
+            # Logged now, cut: a line without end is never held beyond MAX_LINE.
+            self._emit(stream, bytes(stream.held), cut=True)
+            stream.held.clear()
+            stream.skipping = True
+
+    def _line_end(self, stream, data, pos, nl):
+        if stream.skipping:
+            stream.skipping = False
+            return
+        length = len(stream.held) + nl - pos
+        line = bytes(stream.held) + data[pos:min(nl, pos + stream.limit - len(stream.held))]
+        stream.held.clear()
+        self._emit(stream, line, cut=length > stream.limit)
+
+    def drain(self):
+        """Read whatever the pipes hold now (bounded), for the task the child runs."""
+        for stream in list(self.streams.values()):
+            self._read(stream, READS_PER_TURN)
+
+    def _flush_held(self):
+        for stream in self.streams.values():
+            if stream.held:
+                self._emit(stream, bytes(stream.held), cut=False)
+                stream.held.clear()
+            stream.skipping = False
+
+    # -- logging --
+
+    def _owner(self):
+        run = self.child.running
+        return (run.id, run.name) if run is not None else None
+
+    def _emit(self, stream, raw, cut):
+        owner = self._owner()
+        if owner != self.counted:
+            self.report_dropped()
+            self.counted = owner
+        if not self.budget.take(len(raw)):
+            self.dropped_lines += 1
+            self.dropped_bytes += len(raw)
+            if time.monotonic() - self.reported_at >= REPORT_EVERY_S:
+                self.report_dropped()
+            return
+        if cut:
+            self.cut_lines += 1
+        text = raw.decode("utf-8", "replace").rstrip("\r")
+        who = {"task_id": owner[0], "name": owner[1]} if owner else {}
+        if stream.name == "log":
+            self._emit_record(text, who)
+            return
+        event = "task.output" if owner else "child.output"
+        extra = {"cut": True} if cut else {}
+        if cut:
+            text += CUT_MARKER
+        level = logging.INFO if stream.name == "stdout" else logging.WARNING
+        self.log.log(level, event, stream=stream.name, text=text, pid=self.child.pid,
+                     **who, **extra)
+
+    def _emit_record(self, text, who):
+        try:
+            rec = json.loads(text)
+            level, logger, message = int(rec["level"]), str(rec["logger"]), rec["message"]
+        except (ValueError, KeyError, TypeError):
+            self.log.warning("task.log", logger=None, message=text, pid=self.child.pid, **who)
+            return
+        extra = {"exception": rec["exception"]} if rec.get("exception") else {}
+        self.log.log(_level_of(level), "task.log", logger=logger, message=message,
+                     pid=self.child.pid, record_level=logging.getLevelName(level),
+                     **who, **extra)
+
+    def report_dropped(self):
+        """Log what was over the budget or cut since the last report (if anything)."""
+        self.reported_at = time.monotonic()
+        if not (self.dropped_lines or self.cut_lines):
+            return
+        who = {"task_id": self.counted[0], "name": self.counted[1]} if self.counted else {}
+        self.log.warning("task.output_dropped", pid=self.child.pid,
+                         dropped_lines=self.dropped_lines, dropped_bytes=self.dropped_bytes,
+                         cut_lines=self.cut_lines, **who)
+        self.dropped_lines = self.dropped_bytes = self.cut_lines = 0
+
+    # -- task ends, child ends --
+
+    def task_done(self):
+        """The running task's result came: its unfinished last line (and drop count) is
+        logged now. The rest was read already: the child sends its result only once its
+        pipes are empty (settle()), and what they hold now is the next task's."""
+        self._flush_held()
+        self.report_dropped()
+        self.counted = None
+
+    def close(self):
+        """The child exited: log what is left and stop watching its pipes."""
+        self.drain()
+        self._flush_held()
+        self.report_dropped()
+        for stream in list(self.streams.values()):
+            self._close_stream(stream)
+
+    def _close_stream(self, stream):
+        if self.streams.pop(stream.fd, None) is None:
+            return
+        if stream.held:
+            self._emit(stream, bytes(stream.held), cut=False)
+        self.sup.unregister_fd(stream.fd)
+        try:
+            os.close(stream.fd)
+        except OSError:
+            pass
