@@ -171,7 +171,13 @@ class _Budget:
         self.lines, self.bytes = float(BURST_LINES), float(BURST_BYTES)
         self.at = time.monotonic()
 
-    def take(self, nbytes) -> bool:
+    def exhausted(self) -> bool:
+        """True when not even one more line fits now."""
+        if self.lines >= 1 and self.bytes >= 1:
+            return False
+        return not self.take(1, spend=False)
+
+    def take(self, nbytes, spend=True) -> bool:
         """Spend one line of nbytes; False (nothing spent) when over the budget."""
         if self.lines < 1 or self.bytes < nbytes:
             now = time.monotonic()
@@ -180,8 +186,9 @@ class _Budget:
             self.bytes = min(BURST_BYTES, self.bytes + elapsed * RATE_BYTES)
             if self.lines < 1 or self.bytes < nbytes:
                 return False
-        self.lines -= 1
-        self.bytes -= nbytes
+        if spend:
+            self.lines -= 1
+            self.bytes -= nbytes
         return True
 
 
@@ -238,12 +245,30 @@ class Pump:
     def _feed(self, stream, data):
         pos, end = 0, len(data)
         while pos < end:
+            if self.budget.exhausted():
+                self._drop_rest(stream, data, pos)
+                return
             nl = data.find(b"\n", pos)
             if nl < 0:
                 self._hold(stream, data, pos)
                 return
             self._line_end(stream, data, pos, nl)
             pos = nl + 1
+
+    def _drop_rest(self, stream, data, pos):
+        """Discard data[pos:] without looking at its lines one by one (over the budget: a
+        flood must cost the supervisor little). Each line is counted once: those that
+        end here, and the one left open (whose end is then skipped)."""
+        ends = data.count(b"\n", pos)
+        lines = ends
+        if stream.skipping and ends:
+            lines -= 1             # that line was logged cut, or counted, already
+        tail_open = not data.endswith(b"\n")
+        if tail_open and not (stream.skipping and not ends):
+            lines += 1
+        self._count_dropped(lines, len(data) - pos + len(stream.held))
+        stream.held.clear()
+        stream.skipping = tail_open
 
     def _hold(self, stream, data, pos):
         if stream.skipping:
@@ -283,16 +308,25 @@ class Pump:
         run = self.child.running
         return (run.id, run.name) if run is not None else None
 
-    def _emit(self, stream, raw, cut):
+    def _attribute(self):
+        """The task the child runs now, with the drop counts of another one reported."""
         owner = self._owner()
         if owner != self.counted:
             self.report_dropped()
             self.counted = owner
+        return owner
+
+    def _count_dropped(self, lines, nbytes):
+        self._attribute()
+        self.dropped_lines += lines
+        self.dropped_bytes += nbytes
+        if time.monotonic() - self.reported_at >= REPORT_EVERY_S:
+            self.report_dropped()
+
+    def _emit(self, stream, raw, cut):
+        owner = self._attribute()
         if not self.budget.take(len(raw)):
-            self.dropped_lines += 1
-            self.dropped_bytes += len(raw)
-            if time.monotonic() - self.reported_at >= REPORT_EVERY_S:
-                self.report_dropped()
+            self._count_dropped(1, len(raw))
             return
         if cut:
             self.cut_lines += 1
