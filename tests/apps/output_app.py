@@ -8,7 +8,6 @@ import logging
 import os
 import subprocess
 import sys
-import time
 
 from liteq import current_task, task
 
@@ -44,7 +43,7 @@ def logs_records():
     except KeyError:
         log.exception("error from %s", me)
     import warnings
-    warnings.warn(f"deprecated in {me}", DeprecationWarning)
+    warnings.warn(f"deprecated in {me}", UserWarning)
     return me
 
 
@@ -56,18 +55,16 @@ def long_line(size):
     return size
 
 
-@task(timeout=600)
+@task(queue="flood", timeout=600)
 def flood(megabytes, flag):
-    """Write `megabytes` MB to stdout in 1000-byte lines, then one 8 MB line with no
-    newline to stderr, then wait until the file `flag` exists."""
-    line = ("f" * 999 + "\n").encode()
-    block = line * 64
-    for _ in range(megabytes * 1_000_000 // len(block)):
-        os.write(1, block)
+    """Write one 8 MB line with no newline to stderr, then 1000-byte lines to stdout
+    until the file `flag` exists and at least `megabytes` MB are written."""
     os.write(2, b"g" * (8 << 20))
-    while not os.path.exists(flag):
-        time.sleep(0.05)
-    return megabytes
+    block = ("f" * 999 + "\n").encode() * 64
+    written = 0
+    while written < megabytes * 1_000_000 or not os.path.exists(flag):
+        written += os.write(1, block)
+    return written
 
 
 @task(max_retries=1, retry_delay=0.05, retry_backoff=1.0)
