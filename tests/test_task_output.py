@@ -5,9 +5,11 @@ traceback. Real daemons on both backends, their stdout piped as under `liteqd | 
 
 import json
 import os
+import shutil
 from collections import Counter, defaultdict
 
 import psutil
+import pytest
 
 from daemon_helpers import FAST_ARGS, PYTHON, APPS, daemons, load_app_module, \
     status_counts, wait_for, wait_statuses  # noqa: F401
@@ -179,3 +181,69 @@ def test_each_line_reaches_the_log_once_attributed_to_its_task(daemons):
             [("stdout", f"chatty {i} line {n}") for n in range(3)] +
             [("stderr", f"chatty {i} on stderr"), ("stdout", f"chatty {i} from a subprocess"),
              ("stdout", f"chatty {i} last")]), texts[i]
+
+
+JOURNALD = "/lib/systemd/systemd-journald"
+
+# Runs in a private mount namespace: a journald of its own on tmpfs (the host's journal is
+# never touched), liteqd with its stdout and stderr connected to it as systemd connects a
+# service's (systemd-cat, plus the JOURNAL_STREAM variable systemd sets), until the file
+# $STOP exists; then the journal is exported to $OUT.json and $OUT.cat.
+JOURNAL_SCRIPT = r"""
+set -e
+mount -t tmpfs tmpfs /run/systemd
+mount -t tmpfs tmpfs /run/log
+if [ -d /var/log/journal ]; then mount -t tmpfs tmpfs /var/log/journal; fi
+mkdir -p /run/systemd/journal
+"$JOURNALD" &
+jpid=$!
+trap 'kill $jpid 2>/dev/null || true' EXIT
+n=0; until [ -S /run/systemd/journal/stdout ]; do n=$((n+1)); [ $n -lt 200 ]; sleep 0.05; done
+systemd-cat -t liteqd-test \
+    sh -c 'export JOURNAL_STREAM=$(stat -L -c %d:%i /proc/$$/fd/1); exec "$@"' \
+    sh "$@" &
+dpid=$!
+until [ -e "$STOP" ]; do sleep 0.05; done
+kill -TERM $dpid   # systemd-cat and sh exec: this is liteqd
+wait $dpid || true
+n=0
+until journalctl -D /run/log/journal -t liteqd-test -o cat --no-pager | grep -q daemon.stopped; do
+    n=$((n+1)); [ $n -lt 200 ]; sleep 0.05
+done
+journalctl -D /run/log/journal -t liteqd-test -o json --no-pager > "$OUT.json"
+journalctl -D /run/log/journal -t liteqd-test -o cat --no-pager > "$OUT.cat"
+"""
+
+
+@pytest.mark.skipif(os.geteuid() != 0 or not os.path.exists(JOURNALD)
+                    or not shutil.which("systemd-cat") or not shutil.which("unshare"),
+                    reason="needs root, systemd-journald, systemd-cat and unshare")
+def test_journald_files_each_event_at_its_level_and_keeps_the_json(daemons):
+    app = load_app_module(OUTPUT_APP)
+    ids = [app.logs_records.delay(), app.broken.delay("purpose"), app.chatty.delay(2)]
+    out, stop = daemons.path("journal"), daemons.path("journal.stop")
+    script = daemons.path("journal.sh")
+    with open(script, "w") as f:
+        f.write(JOURNAL_SCRIPT)
+    proc = daemons.popen(["unshare", "--mount", "--propagation", "private", "sh", script,
+                          PYTHON, "-m", "liteqd.cli", "--app", OUTPUT_APP, *FAST_ARGS],
+                         env={"JOURNALD": JOURNALD, "STOP": stop, "OUT": out})
+    wait_statuses(daemons.db, ids, ("done", "failed"), timeout=60)
+    open(stop, "w").close()
+    assert proc.wait(timeout=60) == 0
+    with open(out + ".cat") as f:
+        cat = [json.loads(line) for line in f.read().splitlines()]  # `-o cat | jq .` works
+    with open(out + ".json") as f:
+        entries = [json.loads(line) for line in f.read().splitlines()]
+    priority = {"debug": "7", "info": "6", "warning": "4", "error": "3", "critical": "2"}
+    seen = Counter()
+    for entry in entries:
+        event = json.loads(entry["MESSAGE"])
+        assert entry["PRIORITY"] == priority[event["level"]], entry
+        seen[event["event"], event["level"]] += 1
+    assert len(cat) == len(entries)
+    for wanted in [("task.log", "info"), ("task.log", "warning"), ("task.log", "error"),
+                   ("task.failed", "error"), ("task.retrying", "warning"),
+                   ("task.output", "info"), ("task.output", "warning"),
+                   ("daemon.stopped", "info")]:
+        assert seen[wanted], (wanted, seen)
