@@ -42,7 +42,7 @@ READS_PER_TURN = 4
 BURST_LINES, RATE_LINES = 10_000, 1_000          # per child: lines, then lines/s
 BURST_BYTES, RATE_BYTES = 4 << 20, 1 << 20       # per child: bytes, then bytes/s
 REPORT_EVERY_S = 10.0
-SETTLE_S = 1.0
+SETTLE_S = 5.0
 CUT_MARKER = f" [... line cut at {MAX_LINE} bytes]"
 
 STREAMS = ("stdout", "stderr", "log")
