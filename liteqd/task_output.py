@@ -117,7 +117,10 @@ class Pipes:
         global _write_fds
         for fd in self.read_fds:
             os.close(fd)
-        logs.set_stream(os.fdopen(os.dup(1), "w", closefd=True))
+        try:
+            logs.set_stream(os.fdopen(os.dup(1), "w", closefd=True))
+        except OSError:
+            pass  # no stdout at all: the child's few events go nowhere, as before
         out, err, rec = self.write_fds
         os.dup2(out, 1)
         os.dup2(err, 2)

@@ -47,6 +47,7 @@ def wait_succeeded(d, ids, timeout=60):
              lambda: f"not all of {sorted(wanted)[:10]}... succeeded\n{d.dump()}")
 
 
+@pytest.mark.timeout(400)
 def test_print_storm_leaves_every_stdout_line_json(daemons):
     app = load_app_module(OUTPUT_APP)
     d = start_piped(daemons, "--concurrency", 2)
