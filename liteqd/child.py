@@ -301,6 +301,7 @@ def _serve(sock, index, report_rss, max_tasks=0, max_rss=0):
         if msg.id in channel.cancelled:
             # Cancelled before it started: say so, never run it.
             now = time.time()
+            task_output.mark_end()  # one mark per result, as for the tasks that ran
             channel.busy = True
             try:
                 channel.send(protocol.result(msg.id, False, "TaskCancelled: cancelled before "
@@ -319,7 +320,7 @@ def _serve(sock, index, report_rss, max_tasks=0, max_rss=0):
             # are reparented and can no longer be found under us.
             _kill_descendants()
         rss = _own_rss() if report_rss else 0
-        task_output.settle()  # the supervisor reads the task's last lines before its result
+        task_output.mark_end()  # what follows in the pipes is the next task's
         channel.busy = True
         try:
             channel.send(protocol.result(msg.id, outcome.ok, outcome.text, started, finished, rss,

@@ -183,7 +183,7 @@ class Lifecycle:
             self.sup.dispatch.claim_soon()
 
     def _on_result(self, child, msg):
-        child.output.task_done()  # its last lines are the task's, not the next one's
+        child.output.task_done()  # output read later up to the task's end mark is still its
         run = child.inflight.popleft() if child.inflight else None
         if run is None or run.id != msg.id:
             self.log.error("child.protocol_error", pid=child.pid, task_id=msg.id)

@@ -19,30 +19,32 @@ Bounds, so that one chatty task can neither grow the supervisor nor starve the r
 
 A child's writes wait while its pipe is full (64 KiB), as with any pipe; the
 supervisor empties the pipes every loop turn and discards the excess, so a flooding
-task is slowed to the supervisor's reading pace, never blocked for good. Before a
-child sends a task's result it waits, at most SETTLE_S, until the supervisor has
-read its pipes, so every line is attributed to the task that wrote it.
+task is slowed to the supervisor's reading pace, never blocked for good.
+
+Attribution: when a task ends, before its result is sent, the child writes END_MARK
+into each of its pipes. The n-th mark in a pipe ends the output of the task of the
+child's n-th result, so every line goes to the task that wrote it, however the
+supervisor's reads of the pipes and of the socket interleave. A mark is written in
+one write of fewer than PIPE_BUF bytes and each read takes the whole pipe, so a mark
+is never split between two reads.
 """
 
-import fcntl
 import json
 import logging
 import os
-import struct
 import sys
-import termios
 import time
 
 from . import logs
 
 MAX_LINE = 16 * 1024            # bytes of one line that are logged; the rest is cut
 MAX_RECORD = 256 * 1024         # bytes of one encoded logging record (message + traceback)
-READ_CHUNK = 64 * 1024
+READ_CHUNK = 1 << 20            # more than a pipe holds: a read takes all of it
 READS_PER_TURN = 4
 BURST_LINES, RATE_LINES = 10_000, 1_000          # per child: lines, then lines/s
 BURST_BYTES, RATE_BYTES = 4 << 20, 1 << 20       # per child: bytes, then bytes/s
 REPORT_EVERY_S = 10.0
-SETTLE_S = 5.0
+END_MARK = b"\0\x1bliteq:task-end\0"
 CUT_MARKER = f" [... line cut at {MAX_LINE} bytes]"
 
 STREAMS = ("stdout", "stderr", "log")
@@ -141,28 +143,18 @@ class Pipes:
         return Pump(sup, child, self.read_fds)
 
 
-def _unread(fd):
-    try:
-        return struct.unpack("i", fcntl.ioctl(fd, termios.FIONREAD, b"\0\0\0\0"))[0]
-    except OSError:
-        return 0
-
-
-def settle(timeout=SETTLE_S):
-    """Flush this child's output and wait (bounded) until the supervisor has read it,
-    so that the result it sends next does not overtake the task's last lines."""
+def mark_end():
+    """Mark the end of a task's output in each pipe (before its result is sent)."""
     for stream in (sys.stdout, sys.stderr):
         try:
             stream.flush()
         except (AttributeError, OSError, ValueError):
             pass
-    deadline = time.monotonic() + timeout
-    delay = 0.0002
-    while any(_unread(fd) for fd in _write_fds):
-        if time.monotonic() >= deadline:
-            return  # a busy supervisor or a chatty subprocess: attribution is best effort
-        time.sleep(delay)
-        delay = min(delay * 2, 0.01)
+    for fd in _write_fds:
+        try:
+            os.write(fd, END_MARK)
+        except OSError:
+            pass  # the supervisor is gone; the child finds out on its socket
 
 
 # ---- the supervisor's side ----------------------------------------------------------------
@@ -196,13 +188,14 @@ class _Budget:
 
 
 class _Stream:
-    __slots__ = ("name", "fd", "limit", "held", "skipping")
+    __slots__ = ("name", "fd", "limit", "held", "skipping", "marks")
 
     def __init__(self, name, fd):
         self.name, self.fd = name, fd
         self.limit = MAX_RECORD if name == "log" else MAX_LINE
         self.held = bytearray()   # the start of a line not yet ended (at most `limit`)
         self.skipping = False     # discarding the rest of a line that was cut or dropped
+        self.marks = 0            # END_MARKs read: the output of that many tasks is over
 
 
 class Pump:
@@ -216,6 +209,8 @@ class Pump:
             self.streams[fd] = _Stream(name, fd)
             sup.register_fd(fd, self.on_readable)
         self.budget = _Budget()
+        self.results = 0          # results of the child's tasks handled so far
+        self.finished = {}        # result number -> (task_id, name), the last few
         self.counted = None       # (task_id, name) the drop counts below belong to
         self.dropped_lines = self.dropped_bytes = self.cut_lines = 0
         self.reported_at = time.monotonic()
@@ -223,11 +218,7 @@ class Pump:
     # -- reading --
 
     def on_readable(self, fd, mask):
-        """A pipe has data (from the select loop). The child's messages are handled
-        first: a result it sent before writing this belongs before it."""
-        for _ in range(READS_PER_TURN):
-            if not self.sup.lifecycle.read(self.child):
-                break
+        """A pipe has data (from the select loop)."""
         stream = self.streams.get(fd)
         if stream is not None:
             self._read(stream, READS_PER_TURN)
@@ -246,6 +237,31 @@ class Pump:
             self._feed(stream, data)
 
     def _feed(self, stream, data):
+        start = 0
+        while True:
+            mark = data.find(END_MARK, start)
+            if mark < 0:
+                self._feed_lines(stream, data[start:] if start else data)
+                return
+            if mark > start:
+                self._feed_lines(stream, data[start:mark])
+            self._end_of_task(stream)
+            start = mark + len(END_MARK)
+
+    def _end_of_task(self, stream):
+        """An END_MARK: what this pipe held of the task is over (a last line without
+        its newline is logged now); what follows is the next task's."""
+        if stream.held:
+            self._emit(stream, bytes(stream.held), cut=False)
+            stream.held.clear()
+        stream.skipping = False
+        owner = self._owner(stream)
+        stream.marks += 1
+        if self.counted == owner and owner is not None:
+            self.report_dropped()
+            self.counted = None
+
+    def _feed_lines(self, stream, data):
         pos, end = 0, len(data)
         while pos < end:
             if self.budget.exhausted():
@@ -269,7 +285,7 @@ class Pump:
         tail_open = not data.endswith(b"\n")
         if tail_open and not (stream.skipping and not ends):
             lines += 1
-        self._count_dropped(lines, len(data) - pos + len(stream.held))
+        self._count_dropped(stream, lines, len(data) - pos + len(stream.held))
         stream.held.clear()
         stream.skipping = tail_open
 
@@ -303,33 +319,39 @@ class Pump:
             if stream.held:
                 self._emit(stream, bytes(stream.held), cut=False)
                 stream.held.clear()
-            stream.skipping = False
 
     # -- logging --
 
-    def _owner(self):
-        run = self.child.running
-        return (run.id, run.name) if run is not None else None
+    def _owner(self, stream):
+        """(task_id, name) of the task whose output the stream carries now, or None."""
+        ahead = stream.marks - self.results
+        if ahead < 0:   # its result was handled before this pipe was read to the mark
+            return self.finished.get(stream.marks)
+        inflight = self.child.inflight
+        if ahead < len(inflight):
+            run = inflight[ahead]
+            return run.id, run.name
+        return None
 
-    def _attribute(self):
-        """The task the child runs now, with the drop counts of another one reported."""
-        owner = self._owner()
+    def _attribute(self, stream):
+        """The owner of the stream's output, with the drop counts of another reported."""
+        owner = self._owner(stream)
         if owner != self.counted:
             self.report_dropped()
             self.counted = owner
         return owner
 
-    def _count_dropped(self, lines, nbytes):
-        self._attribute()
+    def _count_dropped(self, stream, lines, nbytes):
+        self._attribute(stream)
         self.dropped_lines += lines
         self.dropped_bytes += nbytes
         if time.monotonic() - self.reported_at >= REPORT_EVERY_S:
             self.report_dropped()
 
     def _emit(self, stream, raw, cut):
-        owner = self._attribute()
+        owner = self._attribute(stream)
         if not self.budget.take(len(raw)):
-            self._count_dropped(1, len(raw))
+            self._count_dropped(stream, 1, len(raw))
             return
         if cut:
             self.cut_lines += 1
@@ -372,12 +394,12 @@ class Pump:
     # -- task ends, child ends --
 
     def task_done(self):
-        """The running task's result came: its unfinished last line (and drop count) is
-        logged now. The rest was read already: the child sends its result only once its
-        pipes are empty (settle()), and what they hold now is the next task's."""
-        self._flush_held()
-        self.report_dropped()
-        self.counted = None
+        """The child's running task sent its result (called before it leaves inflight):
+        output still unread up to its END_MARK stays attributed to it."""
+        run = self.child.running
+        self.finished[self.results] = (run.id, run.name) if run is not None else None
+        self.finished.pop(self.results - 16, None)
+        self.results += 1
 
     def close(self):
         """The child exited: log what is left and stop watching its pipes."""
