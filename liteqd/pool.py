@@ -9,6 +9,13 @@ from dataclasses import dataclass, field
 # estimated work waiting behind the running one, nor more than the ceiling.
 PREFETCH_BUDGET_S = 0.005
 PREFETCH_CEILING = 32
+# Automatic prefetch (--prefetch 0): a busy child gets tasks ahead only while the pool's
+# moving average run time is below this; otherwise a task goes to an idle child or
+# stays in the database, where an idle child (of any daemon) takes it.
+SHORT_TASK_S = PREFETCH_BUDGET_S / 2
+# A child whose task has run this long gets nothing more ahead, and what it holds
+# unstarted is recalled: the task is not as short as the average said.
+RECALL_AFTER_S = 0.05
 
 
 @dataclass
@@ -48,6 +55,7 @@ class ChildHandle:
     cancel_deadline: float = None # when a cancelled task that did not stop gets killed
     kill_reason: str = None       # set when the supervisor killed it ("timeout", "stop", ...)
     timed_out_task: TaskRun = None
+    recalling: bool = False       # asked to hand back its queued tasks (see Pool.capacity)
 
     @property
     def running(self):
@@ -95,14 +103,41 @@ class Pool:
         else:
             self.avg_duration += 0.1 * (seconds - self.avg_duration)
 
+    @property
+    def short(self):
+        """True while the pool's recent tasks are so short that waiting behind one
+        cannot matter (automatic prefetch sends tasks ahead only then)."""
+        return self.avg_duration is not None and self.avg_duration < SHORT_TASK_S
+
     def depth(self, prefetch, budget=PREFETCH_BUDGET_S, ceiling=PREFETCH_CEILING):
-        """Tasks to keep queued per child: `prefetch`, or more while tasks are so short
-        that `budget` seconds of queued work hold more (hides the round trip)."""
+        """Tasks to keep per child, the running one included: `prefetch`, or more while
+        tasks are so short that `budget` seconds of queued work hold more (hides the
+        round trip). prefetch 0 is automatic: 1 (nothing ahead) unless tasks are short."""
+        if not prefetch:
+            if not self.short:
+                return 1
+            prefetch = 2
         if not self.avg_duration or self.avg_duration >= budget / prefetch:
             return prefetch
         return max(prefetch, min(ceiling, int(budget / max(self.avg_duration, 1e-6))))
 
-    def capacity(self, prefetch):
-        """How many more tasks the ready children can take now."""
+    def capacity(self, prefetch, now):
+        """How many more tasks the ready children can start soon: one per idle child,
+        plus what may wait ahead in busy ones (automatic prefetch: not in a child
+        whose task has run past RECALL_AFTER_S)."""
         depth = self.depth(prefetch)
-        return sum(max(depth - len(c.inflight), 0) for c in self.active if c.ready)
+        room = 0
+        for c in self.active:
+            if not c.ready:
+                continue
+            if c.inflight and not prefetch and (c.recalling or self.overdue(c, now)):
+                continue
+            room += max(depth - len(c.inflight), 0)
+        return room
+
+    @staticmethod
+    def overdue(child, now):
+        """True when the child's running task has run past RECALL_AFTER_S."""
+        run = child.running
+        return run is not None and run.started_mono is not None \
+            and now - run.started_mono >= RECALL_AFTER_S
