@@ -144,8 +144,8 @@ class Dispatcher:
         RECALL_AFTER_S, so that they start on the first free child instead."""
         now = time.monotonic()
         for child in self.sup.lifecycle.all_children():
-            if len(child.inflight) > 1 and not child.recalling and not child.kill_reason \
-                    and Pool.overdue(child, now):
+            if len(child.inflight) > 1 and not child.recalling and not child.retiring \
+                    and not child.kill_reason and Pool.overdue(child, now):
                 self.sup.lifecycle.recall(child)
 
     def _recall_deadlines(self):
@@ -153,7 +153,8 @@ class Dispatcher:
             return []
         return [c.running.started_mono + RECALL_AFTER_S
                 for c in self.sup.lifecycle.all_children()
-                if len(c.inflight) > 1 and not c.recalling and c.running.started_mono]
+                if len(c.inflight) > 1 and not c.recalling and not c.retiring
+                and not c.kill_reason and c.running.started_mono]
 
     def _after_outage(self):
         # Only the next successful sync can tell which claims were lost.
@@ -325,8 +326,7 @@ class Dispatcher:
 
     def _hand_out(self, pool, rows):
         now = time.monotonic()
-        children = [c for c in pool.active if c.ready and not (
-            c.inflight and not self.config.prefetch and (c.recalling or pool.overdue(c, now)))]
+        children = pool.takers(self.config.prefetch, now)
         if not children:
             # Their tasks turned out long between the claim and now: let others take these.
             self.release([row["id"] for row in rows])

@@ -126,14 +126,13 @@ class Pool:
         plus what may wait ahead in busy ones (automatic prefetch: not in a child
         whose task has run past RECALL_AFTER_S)."""
         depth = self.depth(prefetch)
-        room = 0
-        for c in self.active:
-            if not c.ready:
-                continue
-            if c.inflight and not prefetch and (c.recalling or self.overdue(c, now)):
-                continue
-            room += max(depth - len(c.inflight), 0)
-        return room
+        return sum(max(depth - len(c.inflight), 0) for c in self.takers(prefetch, now))
+
+    def takers(self, prefetch, now):
+        """The ready children that may be given tasks now: with automatic prefetch, not
+        one whose running task has run past RECALL_AFTER_S or that is being recalled."""
+        return [c for c in self.active if c.ready and not (
+            c.inflight and not prefetch and (c.recalling or self.overdue(c, now)))]
 
     @staticmethod
     def overdue(child, now):
