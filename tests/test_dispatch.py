@@ -163,3 +163,21 @@ def test_a_frozen_daemon_never_starts_a_task_it_held_past_stale_after(daemons, a
     runs = [line for line in read_lines(log) if line.startswith("q ")]
     assert len(runs) == 1, runs
     assert a.events("task.started", task_id=queued) == [] or a.alive()
+
+
+def test_two_daemons_share_a_backlog(daemons, app):
+    """A daemon claims what its idle children can start, not more: the second daemon on
+    the queue gets the task the first cannot start yet."""
+    log, gate = daemons.path("log.txt"), daemons.path("gate")
+    ids = [app.held.delay(gate, log, tag) for tag in ("a", "b")]
+    a = daemons.start("--concurrency", "1", "--socket", daemons.path("a.sock"))
+    try:
+        first = _wait_started(log, ["a"], daemons)
+        b = daemons.start("--concurrency", "1", "--socket", daemons.path("b.sock"))
+        pids = _wait_started(log, ["a", "b"], daemons)
+        assert pids["a"] in a.worker_pids() and pids["b"] in b.worker_pids()
+        assert first["a"] == pids["a"]
+    finally:
+        _open(gate)
+    rows = wait_all(ids, daemons=daemons)
+    assert [rows[t]["status"] for t in ids] == ["done", "done"]

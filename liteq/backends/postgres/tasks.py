@@ -9,7 +9,7 @@ advances a task. Times go out as epoch seconds (date_part('epoch', ...)).
 import contextlib
 
 from ...errors import DatabaseError
-from ..limits import pick, rooms
+from ..limits import pick, rooms, used_up
 from . import deps
 from .connection import operation
 from .wake import NOTIFY_PAYLOAD
@@ -91,10 +91,13 @@ CLAIM = (
     "date_part('epoch', t.created_at) AS created_at")
 
 # The claim of chosen ids (under concurrency limits), returning what CLAIM returns.
+# The ids are candidates this transaction has locked (CANDIDATES), so they are
+# still pending and due. No status in the WHERE: it would let the planner walk
+# every pending row of tasks_claim (whose statistics may say it is empty)
+# instead of finding each id by its primary key.
 CLAIM_IDS = (
     "UPDATE tasks t SET status = 'running', worker_id = %s, attempts = t.attempts + 1, "
-    "started_at = now() WHERE t.id = ANY(%s::bigint[]) AND t.status = 'pending' "
-    "AND t.waiting_on = 0 "
+    "started_at = now() FROM unnest(%s::bigint[]) AS u(id) WHERE t.id = u.id "
     "RETURNING " + CLAIM.split("RETURNING ", 1)[1])
 
 # The candidates of a claim under concurrency limits: each queue's due pending rows
@@ -102,7 +105,8 @@ CLAIM_IDS = (
 # order), leaving out the names given (those at their limit). Parameters: queues,
 # names left out, rows per queue.
 CANDIDATES = (
-    "SELECT c.id, c.name, c.queue FROM unnest(%s::text[]) AS q(name) CROSS JOIN LATERAL ("
+    "SELECT c.id, c.name, c.queue, c.priority, c.run_at "
+    "FROM unnest(%s::text[]) AS q(name) CROSS JOIN LATERAL ("
     " SELECT id, name, queue, priority, run_at FROM tasks"
     " WHERE status = 'pending' AND waiting_on = 0 AND queue = q.name AND run_at <= now()"
     " AND NOT (name = ANY(%s::text[]))"
@@ -342,8 +346,8 @@ class TaskOps:
         # make the count and the claim one step across daemons; they end with the
         # transaction. The candidates' row locks never make anyone wait (SKIP LOCKED).
         run = self._session.run
-        per_queue = limit * 4 + 16
-        candidates = run(CANDIDATES, (queues, [], per_queue), prepare=True).fetchall()
+        # As many rows per queue as the normal claim locks: a row lock is a write.
+        candidates = run(CANDIDATES, (queues, [], limit), prepare=True).fetchall()
         if not candidates:
             return []
         names, limited_queues = limits.relevant(queues)
@@ -351,15 +355,18 @@ class TaskOps:
         counts.take(candidates, wait=True)
         name_room, queue_room = counts.rooms(limits)
         ids = pick(candidates, limit, name_room, queue_room)
-        full = sorted(n for n in counts.names if name_room[n] <= 0)
-        open_queues = [q for q in queues if q not in counts.queues or queue_room[q] > 0]
-        if len(ids) < limit and len(candidates) >= per_queue and open_queues \
-                and (full or len(open_queues) < len(queues)):
+        full, closed = used_up(candidates, ids, name_room, queue_room)
+        open_queues = [q for q in queues if q not in closed]
+        if len(ids) < limit and len(candidates) >= limit and open_queues \
+                and (full or closed):
             # The rows read were mostly of names or queues at their limit: read past them.
-            candidates = run(CANDIDATES, (open_queues, full, per_queue),
-                             prepare=True).fetchall()
-            counts.take(candidates, wait=False)
+            more = run(CANDIDATES, (open_queues, full, limit * 4 + 16),
+                       prepare=True).fetchall()
+            counts.take(more, wait=False)
             name_room, queue_room = counts.rooms(limits)
+            seen = {r["id"] for r in candidates}
+            candidates += [r for r in more if r["id"] not in seen]
+            candidates.sort(key=lambda r: (-r["priority"], r["run_at"], r["id"]))
             ids = pick([r for r in candidates if counts.allowed(r)], limit,
                        name_room, queue_room)
         if not ids:
