@@ -141,20 +141,28 @@ class Dispatcher:
 
     def _recall_overdue(self):
         """Automatic prefetch: take back the tasks queued behind a task that has run past
-        RECALL_AFTER_S, so that they start on the first free child instead."""
+        RECALL_AFTER_S while a child of the pool is idle, so that they start there."""
         now = time.monotonic()
-        for child in self.sup.lifecycle.all_children():
-            if len(child.inflight) > 1 and not child.recalling and not child.retiring \
-                    and not child.kill_reason and Pool.overdue(child, now):
+        for child in self._recallable():
+            if Pool.overdue(child, now):
                 self.sup.lifecycle.recall(child)
+
+    def _recallable(self):
+        # Only while a child is idle: with every child busy a recall would only move
+        # the tasks to another queue (and a busy machine, where a child waits for the
+        # CPU past RECALL_AFTER_S, would churn them).
+        out = []
+        for pool in self.sup.pools:
+            active = pool.active
+            if any(c.ready and not c.inflight for c in active):
+                out.extend(c for c in active if len(c.inflight) > 1 and not c.recalling
+                           and c.running.started_mono is not None)
+        return out
 
     def _recall_deadlines(self):
         if self.config.prefetch:
             return []
-        return [c.running.started_mono + RECALL_AFTER_S
-                for c in self.sup.lifecycle.all_children()
-                if len(c.inflight) > 1 and not c.recalling and not c.retiring
-                and not c.kill_reason and c.running.started_mono]
+        return [c.running.started_mono + RECALL_AFTER_S for c in self._recallable()]
 
     def _after_outage(self):
         # Only the next successful sync can tell which claims were lost.
