@@ -129,10 +129,16 @@ class Pool:
         return sum(max(depth - len(c.inflight), 0) for c in self.takers(prefetch, now))
 
     def takers(self, prefetch, now):
-        """The ready children that may be given tasks now: with automatic prefetch, not
-        one whose running task has run past RECALL_AFTER_S or that is being recalled."""
-        return [c for c in self.active if c.ready and not (
-            c.inflight and not prefetch and (c.recalling or self.overdue(c, now)))]
+        """The ready children that may be given tasks now: with automatic prefetch and a
+        child idle, not one whose running task has run past RECALL_AFTER_S or that is
+        being recalled (with none idle such a child may get tasks ahead; they are
+        recalled once one is: on a busy machine a child that waits for the CPU looks
+        long, and starving it would only slow a drain)."""
+        ready = [c for c in self.active if c.ready]
+        if prefetch or all(c.inflight for c in ready):
+            return ready
+        return [c for c in ready if not (
+            c.inflight and (c.recalling or self.overdue(c, now)))]
 
     @staticmethod
     def overdue(child, now):
