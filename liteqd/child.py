@@ -62,6 +62,7 @@ class _Channel:
         self.reader = protocol.LineReader()
         self.pending = []      # parsed task messages, next one last
         self.cancelled = set() # ids of tasks the supervisor cancelled
+        self.recalled = set()  # ids of queued tasks the supervisor wants back (GiveBack)
         self.busy = False
 
     def send(self, msg):
@@ -74,8 +75,12 @@ class _Channel:
     def _parse(self, data):
         new = self.reader.feed(data)
         if new:
-            self.cancelled.update(m.id for m in new if m.kind == "x")
-            new = [m for m in new if m.kind != "x"]
+            if any(m.kind != "t" for m in new):
+                self.cancelled.update(m.id for m in new if m.kind == "x")
+                for m in new:
+                    if m.kind == "b":
+                        self.recalled.update(m.ids)
+                new = [m for m in new if m.kind == "t"]
             new.reverse()
             self.pending = new + self.pending
 
@@ -122,13 +127,22 @@ class _Channel:
             if _Stop.requested:
                 self.hand_back()
 
-    def hand_back(self):
-        """Return every queued task to the supervisor, unstarted ("s" messages)."""
+    def hand_back(self, only=None):
+        """Return every queued task (or those whose ids are in `only`) to the supervisor,
+        unstarted ("s" messages)."""
         if self.busy:
             return
         self.busy = True
         try:
             self._read_waiting()
+            if only is not None:
+                keep = [m for m in self.pending if m.id not in only]
+                back = [m for m in self.pending if m.id in only]
+                self.pending = keep
+                for m in reversed(back):
+                    self.send(protocol.skipped(m.id))
+                only.difference_update(m.id for m in back)
+                return
             while self.pending:
                 self.send(protocol.skipped(self.pending.pop().id))
         except OSError:
@@ -148,11 +162,14 @@ def _on_stop(signum, frame):
 
 
 def _on_cancel(signum, frame):
-    # The supervisor sent Cancel messages: if the running task is one, stop it.
+    # The supervisor sent Cancel or GiveBack messages: if the running task is
+    # cancelled, stop it; hand back the recalled tasks now, not after the task.
     channel = _channel
     if channel is None:
         return
     channel.poll()
+    if channel.recalled:
+        channel.hand_back(only=channel.recalled)
     if _Orphan.task_id is not None and _Orphan.task_id in channel.cancelled \
             and _executor is not None:
         _executor.cancel_running()
@@ -298,6 +315,17 @@ def _serve(sock, index, report_rss, max_tasks=0, max_rss=0):
                 pass
             continue
         msg = channel.pending.pop()
+        if msg.id in channel.recalled or (msg.start_by is not None
+                                          and time.monotonic() > msg.start_by):
+            # Recalled, or held so long that this daemon may have been frozen past
+            # stale-after and the task reclaimed and run elsewhere: never start it here.
+            channel.recalled.discard(msg.id)
+            channel.busy = True
+            try:
+                channel.send(protocol.skipped(msg.id))
+            finally:
+                channel.busy = False
+            continue
         if msg.id in channel.cancelled:
             # Cancelled before it started: say so, never run it.
             now = time.time()

@@ -36,7 +36,7 @@ class DaemonConfig:
     graceful_timeout: float = 30.0
     max_tasks_per_child: int = 0   # 0 = never recycle by count
     max_memory_per_child: float = 0.0  # MB; 0 = never recycle by memory
-    prefetch: int = 2
+    prefetch: int = 0               # 0: automatic (see Pool.depth)
     heartbeat_interval: float = 5.0
     stale_after: float = 30.0
     poll_interval: float = 1.0
@@ -82,9 +82,10 @@ OPTIONS = [
      "replace a child after this many tasks (0: never)"),
     ("--max-memory-per-child", "LITEQ_MAX_MEMORY_PER_CHILD", float, 0.0,
      "replace a child whose RSS exceeds this many MB after a task (0: never)"),
-    ("--prefetch", "LITEQ_PREFETCH", int, 2,
-     "tasks queued per child ahead of time; sub-millisecond tasks get more, up to 32 "
-     "(about 5 ms of queued work)"),
+    ("--prefetch", "LITEQ_PREFETCH", int, 0,
+     "tasks a child holds, the running one included: 0 (automatic) sends tasks ahead "
+     "to a busy child only while tasks take under 2.5 ms; N holds N even behind a long "
+     "task; either way short tasks get more, up to 32 (about 5 ms of queued work)"),
     ("--heartbeat-interval", "LITEQ_HEARTBEAT_INTERVAL", float, 5.0,
      "seconds between heartbeats"),
     ("--stale-after", "LITEQ_STALE_AFTER", float, 30.0,
@@ -241,8 +242,8 @@ def resolve(args: argparse.Namespace, environ=None) -> DaemonConfig:
             op = ">" if strict else ">="
             raise ConfigError(f"{values[key + '__source']} must be {op} {minimum}; got {v:g}")
         _within_limits(values[key + "__source"], v)
-    if values["prefetch"] < 1:
-        raise ConfigError(f"{values['prefetch__source']} must be at least 1; "
+    if values["prefetch"] < 0:
+        raise ConfigError(f"{values['prefetch__source']} must be 0 (automatic) or more; "
                           f"got {values['prefetch']}")
     if values["stale_after"] <= values["heartbeat_interval"]:
         raise ConfigError("--stale-after must be longer than --heartbeat-interval")

@@ -25,7 +25,7 @@ from liteq.wakeup import THROTTLE_S
 
 from . import protocol
 from .outage import Outage
-from .pool import TaskRun
+from .pool import RECALL_AFTER_S, Pool, TaskRun
 
 
 class Dispatcher:
@@ -101,6 +101,8 @@ class Dispatcher:
             return
         out = self.outcomes
         backend = self.sup.backend
+        if not self.config.prefetch and not self.sup.stopping:
+            self._recall_overdue()
         wanted = [] if self.sup.stopping else self._claims_wanted()
         checking = self.check_claims
         if not wanted and not self.has_outcomes() and not checking:
@@ -139,6 +141,31 @@ class Dispatcher:
         self.outcomes = {"done": [], "failed": [], "retry": [], "release": []}
         for pool, rows in claims:
             self._hand_out(pool, rows)
+
+    def _recall_overdue(self):
+        """Automatic prefetch: take back the tasks queued behind a task that has run past
+        RECALL_AFTER_S while a child of the pool is idle, so that they start there."""
+        now = time.monotonic()
+        for child in self._recallable():
+            if Pool.overdue(child, now):
+                self.sup.lifecycle.recall(child)
+
+    def _recallable(self):
+        # Only while a child is idle: with every child busy a recall would only move
+        # the tasks to another queue (and a busy machine, where a child waits for the
+        # CPU past RECALL_AFTER_S, would churn them).
+        out = []
+        for pool in self.sup.pools:
+            active = pool.active
+            if any(c.ready and not c.inflight for c in active):
+                out.extend(c for c in active if len(c.inflight) > 1 and not c.recalling
+                           and c.running.started_mono is not None)
+        return out
+
+    def _recall_deadlines(self):
+        if self.config.prefetch:
+            return []
+        return [c.running.started_mono + RECALL_AFTER_S for c in self._recallable()]
 
     def _after_outage(self):
         # Only the next successful sync can tell which claims were lost.
@@ -225,7 +252,7 @@ class Dispatcher:
             out.append(max(now + self.due_hint - time.time(), retry_at))
         if self.follow_up is not None:
             out.append(self.follow_up)
-        return out
+        return out + self._recall_deadlines()
 
     def _claims_wanted(self):
         """The pools worth a claim now: [(pool, queues, room)].
@@ -252,7 +279,7 @@ class Dispatcher:
         for pool in self.sup.pools:
             if not pool.maybe_work:
                 continue
-            room = pool.capacity(self.config.prefetch)
+            room = pool.capacity(self.config.prefetch, now)
             queues = [q for q in pool.queues if q not in self.sup.paused]
             if room > 0 and queues:
                 wanted.append((pool, queues, room))
@@ -309,8 +336,15 @@ class Dispatcher:
     # ---- handing out -------------------------------------------------------------
 
     def _hand_out(self, pool, rows):
-        children = [c for c in pool.active if c.ready]
+        now = time.monotonic()
+        children = pool.takers(self.config.prefetch, now)
+        if not children:
+            # Their tasks turned out long between the claim and now: let others take these.
+            self.release([row["id"] for row in rows])
+            return
         batches = {c.pid: [] for c in children}
+        # A frozen host: a child must not start a task after this (see TaskMessage).
+        start_by = now + self.config.stale_after - self.config.heartbeat_interval
         for row in rows:
             # Least-loaded child first, so the best task goes to an idle child.
             child = min(children, key=lambda c: len(c.inflight) + len(batches[c.pid]))
@@ -320,7 +354,8 @@ class Dispatcher:
                           row["retry_backoff"], row["retry_max_delay"])
             batches[child.pid].append(
                 (run, protocol.task(run.id, run.name, row["payload"], limit, run.queue,
-                                    run.attempts, run.max_retries, row["created_at"])))
+                                    run.attempts, run.max_retries, row["created_at"],
+                                    start_by)))
         lifecycle = self.sup.lifecycle
         for child in children:
             batch = batches[child.pid]

@@ -172,12 +172,17 @@ class Lifecycle:
         if msg.kind == "r":
             self._on_result(child, msg)
         elif msg.kind == "s":
-            # Handed back unstarted; it may sit behind the task still running.
-            for run in child.inflight:
+            # Handed back unstarted; it may sit behind the task still running, or be the
+            # one we took for started (the child starts the next in its place).
+            for i, run in enumerate(child.inflight):
                 if run.id == msg.id:
-                    child.inflight.remove(run)
+                    del child.inflight[i]
                     self.sup.dispatch.release([run.id])
+                    if i == 0:
+                        self._start_next(child, time.time())
                     break
+            if len(child.inflight) <= 1:
+                child.recalling = False
         elif msg.kind == "ready":
             child.ready = True
             self.sup.dispatch.claim_soon()
@@ -196,13 +201,7 @@ class Lifecycle:
         child.tasks_done += 1
         child.rss = msg.rss or child.rss
         child.pool.observe(msg.finished - msg.started)
-        if child.inflight:
-            nxt = child.inflight[0]
-            nxt.started_mono = time.monotonic()
-            nxt.started_wall = msg.finished
-            self.sup.dispatch.log_started(child, nxt)
-            if nxt.cancelled:
-                self._signal_cancel(child)
+        self._start_next(child, msg.finished)
         if not run.cancelled:   # a cancelled task's row is final already
             self.sup.dispatch.record(run, msg.ok, msg.text, msg.started, msg.finished,
                                      msg.timed_out, msg.retry)
@@ -214,6 +213,31 @@ class Lifecycle:
             self.retire(child, time.monotonic() + self.config.kill_grace)
         else:
             self._maybe_recycle(child)
+
+    def _start_next(self, child, when):
+        """The child goes on with the next task it holds, if any: its clock starts."""
+        child.recalling = False
+        if not child.inflight:
+            return
+        nxt = child.inflight[0]
+        nxt.started_mono = time.monotonic()
+        nxt.started_wall = when
+        self.sup.dispatch.log_started(child, nxt)
+        if nxt.cancelled:
+            self._signal_cancel(child)
+
+    def recall(self, child):
+        """Ask a busy child to hand back the tasks it holds unstarted, now (its running
+        task turned out long: they would wait behind it while other children idle)."""
+        child.recalling = True
+        queued = [run.id for run in list(child.inflight)[1:]]
+        if not self.send(child, [protocol.give_back(queued)]):
+            self.kill(child, "crash")
+            return
+        try:
+            os.kill(child.pid, protocol.CANCEL_SIGNAL)
+        except ProcessLookupError:
+            pass
 
     def cancel(self, task_ids):
         """Stop the cancelled tasks among those the children hold: a queued one is never

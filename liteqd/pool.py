@@ -9,6 +9,13 @@ from dataclasses import dataclass, field
 # estimated work waiting behind the running one, nor more than the ceiling.
 PREFETCH_BUDGET_S = 0.005
 PREFETCH_CEILING = 32
+# Automatic prefetch (--prefetch 0): a busy child gets tasks ahead only while the pool's
+# moving average run time is below this; otherwise a task goes to an idle child or
+# stays in the database, where an idle child (of any daemon) takes it.
+SHORT_TASK_S = PREFETCH_BUDGET_S / 2
+# A child whose task has run this long gets nothing more ahead, and what it holds
+# unstarted is recalled: the task is not as short as the average said.
+RECALL_AFTER_S = 0.05
 
 
 @dataclass
@@ -49,6 +56,7 @@ class ChildHandle:
     kill_reason: str = None       # set when the supervisor killed it ("timeout", "stop", ...)
     timed_out_task: TaskRun = None
     output: object = None         # a task_output.Pump of its stdout, stderr and logging
+    recalling: bool = False       # asked to hand back its queued tasks (see Pool.capacity)
 
     @property
     def running(self):
@@ -96,14 +104,46 @@ class Pool:
         else:
             self.avg_duration += 0.1 * (seconds - self.avg_duration)
 
+    @property
+    def short(self):
+        """True while the pool's recent tasks are so short that waiting behind one
+        cannot matter (automatic prefetch sends tasks ahead only then)."""
+        return self.avg_duration is not None and self.avg_duration < SHORT_TASK_S
+
     def depth(self, prefetch, budget=PREFETCH_BUDGET_S, ceiling=PREFETCH_CEILING):
-        """Tasks to keep queued per child: `prefetch`, or more while tasks are so short
-        that `budget` seconds of queued work hold more (hides the round trip)."""
+        """Tasks to keep per child, the running one included: `prefetch`, or more while
+        tasks are so short that `budget` seconds of queued work hold more (hides the
+        round trip). prefetch 0 is automatic: 1 (nothing ahead) unless tasks are short."""
+        if not prefetch:
+            if not self.short:
+                return 1
+            prefetch = 2
         if not self.avg_duration or self.avg_duration >= budget / prefetch:
             return prefetch
         return max(prefetch, min(ceiling, int(budget / max(self.avg_duration, 1e-6))))
 
-    def capacity(self, prefetch):
-        """How many more tasks the ready children can take now."""
+    def capacity(self, prefetch, now):
+        """How many more tasks the ready children can start soon: one per idle child,
+        plus what may wait ahead in busy ones (automatic prefetch: not in a child
+        whose task has run past RECALL_AFTER_S)."""
         depth = self.depth(prefetch)
-        return sum(max(depth - len(c.inflight), 0) for c in self.active if c.ready)
+        return sum(max(depth - len(c.inflight), 0) for c in self.takers(prefetch, now))
+
+    def takers(self, prefetch, now):
+        """The ready children that may be given tasks now: with automatic prefetch and a
+        child idle, not one whose running task has run past RECALL_AFTER_S or that is
+        being recalled (with none idle such a child may get tasks ahead; they are
+        recalled once one is: on a busy machine a child that waits for the CPU looks
+        long, and starving it would only slow a drain)."""
+        ready = [c for c in self.active if c.ready]
+        if prefetch or all(c.inflight for c in ready):
+            return ready
+        return [c for c in ready if not (
+            c.inflight and (c.recalling or self.overdue(c, now)))]
+
+    @staticmethod
+    def overdue(child, now):
+        """True when the child's running task has run past RECALL_AFTER_S."""
+        run = child.running
+        return run is not None and run.started_mono is not None \
+            and now - run.started_mono >= RECALL_AFTER_S

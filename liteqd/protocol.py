@@ -5,8 +5,9 @@ The shapes are declared once, here, as named tuples, so both sides read fields
 by name while the wire stays compact (a drain moves tens of thousands a second):
 
     supervisor -> child   TaskMessage  ["t", id, name, payload_json, timeout_s | null, queue,
-                                        attempt, max_retries, enqueued_at]
+                                        attempt, max_retries, enqueued_at, start_by]
     supervisor -> child   Cancel       ["x", id]   (stop that task: it was cancelled)
+    supervisor -> child   GiveBack     ["b", [id, ...]]  (hand those back if not started)
     child -> supervisor   Ready        ["ready", pid]
                           Result       ["r", id, ok, result_json | error_text, started,
                                         finished, rss_bytes, timed_out, retry]
@@ -31,12 +32,22 @@ class TaskMessage(NamedTuple):
     attempt: int = 1
     max_retries: int = 0
     enqueued_at: Optional[float] = None
+    # time.monotonic() (one clock for every process of the host) after which the child
+    # must not start the task but hand it back: by then the daemon may have been
+    # frozen long enough for another daemon to reclaim it.
+    start_by: Optional[float] = None
 
 
 class Cancel(NamedTuple):
     """That task was cancelled: do not start it, or stop it (with a signal)."""
     kind: str
     id: int
+
+
+class GiveBack(NamedTuple):
+    """Hand back those of these queued tasks that have not started (Skipped each)."""
+    kind: str
+    ids: list
 
 
 class Ready(NamedTuple):
@@ -69,17 +80,24 @@ class Skipped(NamedTuple):
     id: int
 
 
-_SHAPES = {"t": TaskMessage, "x": Cancel, "ready": Ready, "r": Result, "s": Skipped}
+_SHAPES = {"t": TaskMessage, "x": Cancel, "b": GiveBack, "ready": Ready, "r": Result,
+           "s": Skipped}
 
-# The signal that tells a child to look for Cancel messages now (its task may be one).
+# The signal that tells a child to read its messages now, while a task runs: a Cancel
+# (the running task may be the one) or a GiveBack.
 CANCEL_SIGNAL = signal.SIGRTMIN + 2
 
 
 def task(task_id, name, payload, timeout, queue="default", attempt=1, max_retries=0,
-         enqueued_at=None) -> TaskMessage:
+         enqueued_at=None, start_by=None) -> TaskMessage:
     """A TaskMessage."""
     return TaskMessage("t", task_id, name, payload, timeout, queue, attempt, max_retries,
-                       enqueued_at)
+                       enqueued_at, start_by)
+
+
+def give_back(task_ids) -> GiveBack:
+    """A GiveBack message."""
+    return GiveBack("b", list(task_ids))
 
 
 def cancel(task_id) -> Cancel:

@@ -91,7 +91,7 @@ def test_child_parser_joins_lines_split_anywhere():
     a, b = socket.socketpair()
     try:
         channel = _Channel(b)
-        messages = [["t", n, "task", "x" * (n * 7), None, "default", 1, 0, None]
+        messages = [["t", n, "task", "x" * (n * 7), None, "default", 1, 0, None, None]
                     for n in range(40)]
         stream = b"".join(json.dumps(m).encode() + b"\n" for m in messages)
         pieces, cut = [], 0

@@ -47,3 +47,25 @@ def pick(candidates, limit, name_room, queue_room) -> list:
             queue_room[queue] -= 1
         chosen.append(row["id"])
     return chosen
+
+
+
+def rooms_left(rows, chosen, name_room, queue_room):
+    """({name: room}, {queue: room}) once the chosen ids (from pick over rows) start."""
+    chosen = set(chosen)
+    name_left, queue_left = dict(name_room), dict(queue_room)
+    for row in rows:
+        if row["id"] in chosen:
+            if row["name"] in name_left:
+                name_left[row["name"]] -= 1
+            if row["queue"] in queue_left:
+                queue_left[row["queue"]] -= 1
+    return name_left, queue_left
+
+
+def used_up(rows, chosen, name_room, queue_room):
+    """(names, queues) with no room left once the chosen ids start: a claim that came
+    back short reads past their other rows with a second query."""
+    name_left, queue_left = rooms_left(rows, chosen, name_room, queue_room)
+    return (sorted(n for n, room in name_left.items() if room <= 0),
+            sorted(q for q, room in queue_left.items() if room <= 0))

@@ -9,7 +9,7 @@ advances a task. Times go out as epoch seconds (date_part('epoch', ...)).
 import contextlib
 
 from ...errors import DatabaseError
-from ..limits import pick, rooms
+from ..limits import pick, rooms, used_up
 from . import deps
 from .connection import operation
 from .wake import NOTIFY_PAYLOAD
@@ -90,12 +90,45 @@ CLAIM = (
     "t.retry_delay, t.retry_backoff, t.retry_max_delay, "
     "date_part('epoch', t.created_at) AS created_at")
 
+# A claim under concurrency limits while none of the rows it would take is of a
+# limited name or queue (the common case: an app defines a limit whose tasks are
+# rarely queued): CLAIM itself, one statement, which takes nothing as soon as one
+# of them is; the claim then goes the slow way (see TaskOps._claim_limited).
+# Parameters: queues, limit, limit, worker_id, limited names, limited queues.
+CLAIM_UNLESS_LIMITED = (
+    "WITH picked AS MATERIALIZED ("
+    " SELECT c.id, c.name, c.queue FROM unnest(%s::text[]) AS q(name) CROSS JOIN LATERAL ("
+    "  SELECT id, name, queue, priority, run_at FROM tasks"
+    "  WHERE status = 'pending' AND waiting_on = 0 AND queue = q.name AND run_at <= now()"
+    "  ORDER BY priority DESC, run_at, id LIMIT %s FOR UPDATE SKIP LOCKED) c"
+    " ORDER BY c.priority DESC, c.run_at, c.id LIMIT %s) "
+    "UPDATE tasks t SET status = 'running', worker_id = %s, attempts = t.attempts + 1, "
+    "started_at = now() FROM picked WHERE t.id = picked.id AND NOT EXISTS ("
+    " SELECT 1 FROM picked p WHERE p.name = ANY(%s::text[]) OR p.queue = ANY(%s::text[])) "
+    "RETURNING " + CLAIM.split("RETURNING ", 1)[1])
+
 # The claim of chosen ids (under concurrency limits), returning what CLAIM returns.
+# The ids are candidates this transaction has locked (CANDIDATES), so they are
+# still pending and due. No status in the WHERE: it would let the planner walk
+# every pending row of tasks_claim (whose statistics may say it is empty)
+# instead of finding each id by its primary key.
 CLAIM_IDS = (
     "UPDATE tasks t SET status = 'running', worker_id = %s, attempts = t.attempts + 1, "
-    "started_at = now() WHERE t.id = ANY(%s::bigint[]) AND t.status = 'pending' "
-    "AND t.waiting_on = 0 "
+    "started_at = now() FROM unnest(%s::bigint[]) AS u(id) WHERE t.id = u.id "
     "RETURNING " + CLAIM.split("RETURNING ", 1)[1])
+
+# The candidates of a claim under concurrency limits: each queue's due pending rows
+# in claim order, read and locked as CLAIM reads them (a LATERAL per queue, in index
+# order), leaving out the names given (those at their limit). Parameters: queues,
+# names left out, rows per queue.
+CANDIDATES = (
+    "SELECT c.id, c.name, c.queue, c.priority, c.run_at "
+    "FROM unnest(%s::text[]) AS q(name) CROSS JOIN LATERAL ("
+    " SELECT id, name, queue, priority, run_at FROM tasks"
+    " WHERE status = 'pending' AND waiting_on = 0 AND queue = q.name AND run_at <= now()"
+    " AND NOT (name = ANY(%s::text[]))"
+    " ORDER BY priority DESC, run_at, id LIMIT %s FOR UPDATE SKIP LOCKED) c"
+    " ORDER BY c.priority DESC, c.run_at, c.id")
 
 # Outcomes: one statement per kind over unnest arrays; each row changes only while
 # it is still running for this worker.
@@ -171,6 +204,61 @@ def enqueue_params(task, channel) -> tuple:
     o = task.options
     return (task.name, task.payload, o.queue, *_options(o), task.run_at, task.delay or 0.0,
             *_tail(o), channel)
+
+
+class _LimitCounts:
+    """The running counts of the limited names and queues a claim met, each counted
+    under its advisory lock (held to the end of the claim's transaction)."""
+
+    def __init__(self, ops, names, queues):
+        self.ops = ops
+        self.limited_names, self.limited_queues = set(names), set(queues)
+        self.names, self.queues = {}, {}        # locked: running count
+        self.skipped = set()                    # keys another claimer held (try-lock)
+
+    def take(self, rows, wait):
+        """Lock and count the limited names and queues of `rows` not locked yet.
+
+        wait=True waits for each lock, in sorted order (the first pass of a claim);
+        wait=False only tries (a second pass may meet a key that sorts before one
+        held, and waiting then could deadlock): a key it cannot get is skipped."""
+        new_names = sorted({r["name"] for r in rows} & self.limited_names - set(self.names))
+        new_queues = sorted({r["queue"] for r in rows} & self.limited_queues
+                            - set(self.queues))
+        run, schema = self.ops._session.run, self.ops._schema
+        got_names, got_queues = [], []
+        for key, got in [(f"n:{n}", (got_names, n)) for n in new_names] + \
+                        [(f"q:{q}", (got_queues, q)) for q in new_queues]:
+            if key in self.skipped:
+                continue
+            lock = "pg_advisory_xact_lock" if wait else "pg_try_advisory_xact_lock"
+            row = run(f"SELECT {lock}(hashtextextended(%s, 0)) AS ok",
+                      (f"liteq-limit:{schema}:{key}",), prepare=True).fetchone()
+            if row["ok"] is False:
+                self.skipped.add(key)
+                continue
+            got[0].append(got[1])
+        if got_names:
+            by_name = {r["name"]: r["n"] for r in run(
+                "SELECT name, COUNT(*) AS n FROM tasks WHERE status = 'running' "
+                "AND name = ANY(%s) GROUP BY name", (got_names,), prepare=True).fetchall()}
+            self.names.update({n: by_name.get(n, 0) for n in got_names})
+        if got_queues:
+            by_queue = {r["queue"]: r["n"] for r in run(
+                "SELECT queue, COUNT(*) AS n FROM tasks WHERE status = 'running' "
+                "AND queue = ANY(%s) GROUP BY queue", (got_queues,), prepare=True).fetchall()}
+            self.queues.update({q: by_queue.get(q, 0) for q in got_queues})
+
+    def rooms(self, limits):
+        """({name: room}, {queue: room}) of the locked limits."""
+        name_room, queue_room = rooms(limits, self.names, self.queues)
+        return ({n: name_room[n] for n in self.names},
+                {q: queue_room[q] for q in self.queues})
+
+    def allowed(self, row):
+        """False for a row of a limited name or queue whose lock this claim lacks."""
+        return (row["name"] not in self.limited_names or row["name"] in self.names) and \
+            (row["queue"] not in self.limited_queues or row["queue"] in self.queues)
 
 
 def _by_claim_order(rows):
@@ -262,6 +350,11 @@ class TaskOps:
         if limit <= 0 or not queues:
             return []
         if limits:
+            names, limited_queues = limits.relevant(queues)
+            rows = self._session.run(CLAIM_UNLESS_LIMITED, (
+                queues, limit, limit, worker_id, names, limited_queues), prepare=True).fetchall()
+            if rows:
+                return _by_claim_order(rows)
             with self._session.transaction():
                 return self._claim_limited(worker_id, queues, limit, limits)
         rows = self._session.run(CLAIM, (queues, limit, limit, worker_id),
@@ -269,35 +362,38 @@ class TaskOps:
         return _by_claim_order(rows)
 
     def _claim_limited(self, worker_id, queues, limit, limits):
-        # Advisory locks on the limited names and queues (in one order, so claimers
-        # never deadlock) make the count and the claim one step across daemons; they
-        # end with the transaction. Unlimited claims take none and never wait.
-        names, limited_queues = limits.relevant(queues)
+        # The due candidates come first, in index order; only the limited names and
+        # queues among them are locked and counted, so a limit whose tasks are not
+        # due costs nothing. Advisory locks (one order, so claimers never deadlock)
+        # make the count and the claim one step across daemons; they end with the
+        # transaction. The candidates' row locks never make anyone wait (SKIP LOCKED).
         run = self._session.run
-        for key in [f"n:{n}" for n in names] + [f"q:{q}" for q in limited_queues]:
-            run("SELECT pg_advisory_xact_lock(hashtextextended(%s, 0))",
-                (f"liteq-limit:{self._schema}:{key}",), prepare=True)
-        by_name = {r["name"]: r["n"] for r in run(
-            "SELECT name, COUNT(*) AS n FROM tasks WHERE status = 'running' "
-            "AND name = ANY(%s) GROUP BY name", (names,)).fetchall()} if names else {}
-        by_queue = {r["queue"]: r["n"] for r in run(
-            "SELECT queue, COUNT(*) AS n FROM tasks WHERE status = 'running' "
-            "AND queue = ANY(%s) GROUP BY queue", (limited_queues,)).fetchall()} \
-            if limited_queues else {}
-        name_room, queue_room = rooms(limits, by_name, by_queue)
-        open_queues = [q for q in queues if queue_room.get(q, 1) > 0]
-        if not open_queues:
+        # As many rows per queue as the normal claim locks: a row lock is a write.
+        candidates = run(CANDIDATES, (queues, [], limit), prepare=True).fetchall()
+        if not candidates:
             return []
-        full = [n for n, room in name_room.items() if room <= 0]
-        candidates = run(
-            "SELECT id, name, queue FROM tasks WHERE status = 'pending' AND waiting_on = 0 "
-            "AND queue = ANY(%s) AND run_at <= now() AND NOT (name = ANY(%s)) "
-            "ORDER BY priority DESC, run_at, id LIMIT %s FOR UPDATE SKIP LOCKED",
-            (open_queues, full, limit * 4 + 16)).fetchall()
+        names, limited_queues = limits.relevant(queues)
+        counts = _LimitCounts(self, names, limited_queues)
+        counts.take(candidates, wait=True)
+        name_room, queue_room = counts.rooms(limits)
         ids = pick(candidates, limit, name_room, queue_room)
+        full, closed = used_up(candidates, ids, name_room, queue_room)
+        open_queues = [q for q in queues if q not in closed]
+        if len(ids) < limit and len(candidates) >= limit and open_queues \
+                and (full or closed):
+            # The rows read were mostly of names or queues at their limit: read past them.
+            more = run(CANDIDATES, (open_queues, full, limit * 4 + 16),
+                       prepare=True).fetchall()
+            counts.take(more, wait=False)
+            name_room, queue_room = counts.rooms(limits)
+            seen = {r["id"] for r in candidates}
+            candidates += [r for r in more if r["id"] not in seen]
+            candidates.sort(key=lambda r: (-r["priority"], r["run_at"], r["id"]))
+            ids = pick([r for r in candidates if counts.allowed(r)], limit,
+                       name_room, queue_room)
         if not ids:
             return []
-        return _by_claim_order(run(CLAIM_IDS, (worker_id, ids)).fetchall())
+        return _by_claim_order(run(CLAIM_IDS, (worker_id, ids), prepare=True).fetchall())
 
     @operation
     def record_outcomes(self, worker_id, done=(), failed=(), retry=()) -> list:

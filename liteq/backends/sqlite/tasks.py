@@ -2,7 +2,7 @@
 daemon's side of the tasks table)."""
 
 from ...timeutil import now
-from ..limits import pick, rooms
+from ..limits import pick, rooms, rooms_left, used_up
 from . import deps
 from .connection import guarded
 from .schema import NEXT_ID
@@ -74,6 +74,18 @@ def _running_counts(conn, column, values) -> dict:
     return dict(conn.execute(
         f"SELECT {column}, COUNT(*) FROM tasks WHERE status = 'running' "
         f"AND {column} IN ({marks}) GROUP BY {column}", values).fetchall())
+
+
+def _candidates(conn, queues, skip_names, t, limit):
+    """Due pending rows (id, name, queue) of `queues` in claim order, but those of
+    `skip_names`, `limit` at most."""
+    marks = ",".join("?" * len(queues))
+    skip = f"AND name NOT IN ({','.join('?' * len(skip_names))}) " if skip_names else ""
+    return conn.execute(
+        f"SELECT id, name, queue FROM tasks WHERE {CLAIMABLE} "
+        f"AND queue IN ({marks}) AND run_at <= ? {skip}"
+        f"ORDER BY priority DESC, run_at, id LIMIT ?",
+        (*queues, t, *skip_names, limit)).fetchall()
 
 
 def _by_claim_order(rows):
@@ -241,16 +253,20 @@ class TaskOps:
             full = [n for n, room in name_room.items() if room <= 0]
             if not open_queues:
                 return []
-            marks = ",".join("?" * len(open_queues))
-            skip = f"AND name NOT IN ({','.join('?' * len(full))}) " if full else ""
             # Extra candidates, so that rows of a name with little room left do not
             # leave the batch short.
-            rows = conn.execute(
-                f"SELECT id, name, queue FROM tasks WHERE {CLAIMABLE} "
-                f"AND queue IN ({marks}) AND run_at <= ? {skip}"
-                f"ORDER BY priority DESC, run_at, id LIMIT ?",
-                (*open_queues, t, *full, limit * 4 + 16)).fetchall()
+            many = limit * 4 + 16
+            rows = _candidates(conn, open_queues, full, t, many)
             ids = pick(rows, limit, name_room, queue_room)
+            used_names, used_queues = used_up(rows, ids, name_room, queue_room)
+            if len(ids) < limit and len(rows) >= many and (used_names or used_queues):
+                # Those were mostly rows of names or queues now at their limit: the
+                # rows behind them are read too, not left to the next poll.
+                rest = [q for q in open_queues if q not in used_queues]
+                seen = {r["id"] for r in rows}
+                more = [r for r in _candidates(conn, rest, used_names, t, many)
+                        if r["id"] not in seen] if rest else []
+                ids += pick(more, limit - len(ids), *rooms_left(rows, ids, name_room, queue_room))
             if not ids:
                 return []
             rows = conn.execute(

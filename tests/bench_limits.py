@@ -1,0 +1,80 @@
+"""What an unused concurrency limit costs a drain: a no-op drain (as in `liteq bench`)
+with the bench's app, and with the same app plus one `@task(concurrency=1)` that is never enqueued,
+alternated run by run (a shared machine drifts). Prints the median drain rates and
+their ratio. Not collected by pytest; run it by hand:
+
+    python tests/bench_limits.py [--db postgresql://...] [--tasks 20000] [--rounds 5]
+"""
+
+import argparse
+import os
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+
+from liteq import bench, core
+from liteq.launcher import start_daemon
+
+LIMITED = '''
+@task(concurrency=1)
+def limited():
+    return None
+'''
+
+
+def drain(app_text, args, run):
+    """The drain rate of `args.tasks` queued no-op tasks, the daemon running `app_text`."""
+    workdir = tempfile.mkdtemp(prefix="liteq-bench-limits-")
+    scratch = bench.Scratch(workdir, args.db)
+    os.environ["LITEQ_SOCKET"] = os.path.join(workdir, "ctl.sock")
+    app_path = os.path.join(workdir, f"limits_app_{run}.py")
+    with open(app_path, "w") as f:
+        f.write(app_text)
+    sys.path.insert(0, workdir)
+    try:
+        app = __import__(f"limits_app_{run}")
+        from liteq.backends import get_backend
+        queue = scratch.queue(f"drain{run}")
+        app.noop.starmap([()] * args.tasks)
+        with start_daemon(app_path, db=queue, concurrency=args.concurrency,
+                          log_path=os.path.join(workdir, "d.log")):
+            store = get_backend()
+            deadline = time.monotonic() + 600
+            while store.count_tasks(status="pending") + store.count_tasks(status="running"):
+                if time.monotonic() > deadline:
+                    raise SystemExit("the drain did not end within 600 s")
+                time.sleep(0.1)
+            first, last = store.finish_window()
+        return args.tasks / max(last - first, 1e-9)
+    finally:
+        sys.path.remove(workdir)
+        for name in [n for n, t in core.TASK_REGISTRY.items()
+                     if t.fn.__module__ == f"limits_app_{run}"]:
+            core.TASK_REGISTRY.pop(name)
+        scratch.close()
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+def main():
+    """Alternate plain and limited drains; print the medians and the ratio."""
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--db", help="a PostgreSQL URL (default: SQLite temp files)")
+    p.add_argument("--tasks", type=int, default=20000)
+    p.add_argument("--concurrency", type=int, default=2)
+    p.add_argument("--rounds", type=int, default=5)
+    args = p.parse_args()
+    plain, limited = [], []
+    for n in range(args.rounds):
+        plain.append(drain(bench.BENCH_APP, args, f"p{n}"))
+        limited.append(drain(bench.BENCH_APP + LIMITED, args, f"l{n}"))
+        print(f"round {n + 1}: plain {plain[-1]:.0f}/s, with an unused limit "
+              f"{limited[-1]:.0f}/s", flush=True)
+    a, b = statistics.median(plain), statistics.median(limited)
+    print(f"median drain: plain {a:.0f}/s, with an unused limit {b:.0f}/s, "
+          f"ratio {b / a:.2f}")
+
+
+if __name__ == "__main__":
+    main()
