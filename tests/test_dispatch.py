@@ -8,8 +8,11 @@ time" is shown by both having started before any gate opened, never by timing.
 
 import os
 import signal
+import time
 
 import pytest
+
+from liteq import backends
 
 from daemon_helpers import (daemons, load_app_module, read_lines, request,  # noqa: F401
                             wait_all, wait_for, wait_status)
@@ -145,9 +148,19 @@ def test_a_frozen_daemon_never_starts_a_task_it_held_past_stale_after(daemons, a
     group = [a.ps] + a.children()
     for p in group:
         p.send_signal(signal.SIGSTOP)
+    frozen_at = time.monotonic()
     try:
+        # A daemon of this host is judged by its pid, so it is never reclaimed while it
+        # is only frozen: reclaim as a daemon on another host would once A's heartbeat
+        # stopped, and keep A frozen past its stale-after (2 s) as such a host would.
+        store = backends.get_backend()
+        owner = store.get_task(queued)["worker_id"]
+        assert sorted(store.reclaim(dead_worker_ids=[owner])) == \
+            sorted([(first, "pending"), (queued, "pending")])
         daemons.start("--concurrency", "2", "--socket", daemons.path("b.sock"))
         assert wait_status(queued, "done", timeout=30, daemons=daemons)["status"] == "done"
+        while time.monotonic() - frozen_at < 3.0:
+            time.sleep(0.1)
         _open(gate)
         assert wait_status(first, "done", timeout=30, daemons=daemons)["status"] == "done"
     finally:
