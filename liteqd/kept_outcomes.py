@@ -24,7 +24,7 @@ import json
 import os
 from urllib.parse import quote, unquote
 
-from liteq.backends import identity_of
+from liteq.backends import identity_of, local_dir
 from liteq.errors import DatabaseError
 from liteq.paths import socket_path
 
@@ -38,8 +38,9 @@ def kept_paths(config) -> list:
     identity = identity_of(config.db)
     name = f".liteqd-outcomes-{hashlib.sha1(identity.encode()).hexdigest()[:16]}.jsonl"
     dirs = [os.path.dirname(os.path.abspath(config.socket or socket_path(identity)))]
-    if os.path.isabs(identity):  # SQLite: the database's directory too
-        dirs.append(os.path.dirname(identity))
+    beside_db = local_dir(config.db)  # SQLite: the database's directory too
+    if beside_db is not None:
+        dirs.append(beside_db)
     return [os.path.join(d, name) for d in dict.fromkeys(dirs)]
 
 

@@ -91,6 +91,16 @@ def may_exist(target=None) -> bool:
     return os.path.exists(sqlite_path(target))
 
 
+def local_dir(target=None) -> str | None:
+    """The directory of the database file, where files that belong with it may be kept
+    (SQLite); None for a database on a server (PostgreSQL)."""
+    target = target or settings.db_path()
+    _check_target(target)
+    if is_postgres(target):
+        return None
+    return os.path.dirname(os.path.abspath(sqlite_path(target)))
+
+
 def open_backend(target=None, *, daemon=False) -> Backend:
     """Open the queue database `target` (default LITEQ_DB): a path or a URL.
 
