@@ -9,7 +9,10 @@
 Inside the block, .delay(), apply_async(), map() and chain() of this thread (or asyncio
 task) write their tasks, dependencies and wake-up through `conn`, in its open
 transaction: the task exists if and only if that transaction commits. `conn` is a
-psycopg 3 Connection (PostgreSQL) or an sqlite3 Connection to LITEQ_DB's file.
+psycopg 3 Connection (PostgreSQL) or an sqlite3 Connection to LITEQ_DB's file, or
+what holds one (liteq/unwrap.py): a SQLAlchemy Connection or Session (drivers
+postgresql+psycopg:// and sqlite:///) or Django's connection inside
+transaction.atomic().
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ from typing import Any, TypeVar
 
 from . import backends
 from .errors import ConfigError
+from .unwrap import unwrap
 
 
 C = TypeVar("C")
@@ -33,7 +37,7 @@ def _borrow(conn: Any) -> tuple[Any, Any]:
         from .backends.sqlite.borrowed import borrow
     else:
         raise ConfigError(f"liteq.using() does not support the {own.kind} backend")
-    return own, borrow(own, conn)
+    return own, borrow(own, unwrap(conn))
 
 
 @contextlib.contextmanager

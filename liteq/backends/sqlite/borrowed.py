@@ -129,12 +129,15 @@ def borrow(backend, conn):
     """A backend writing through the app's sqlite3 connection `conn`, in its transaction.
 
     ConfigError for anything else than an sqlite3 Connection, one in autocommit mode
-    (isolation_level None), or one to another file than `backend`'s.
+    (isolation_level None) outside a transaction, or one to another file than
+    `backend`'s.
     """
     if not isinstance(conn, sqlite3.Connection):
         raise ConfigError(f"liteq.using() on SQLite takes an sqlite3 Connection; got "
                           f"{type(conn).__module__}.{type(conn).__name__}")
-    if conn.isolation_level is None:
+    # Django keeps sqlite3 in autocommit mode and opens its transactions with BEGIN:
+    # a transaction that is open is used whatever the mode.
+    if conn.isolation_level is None and not conn.in_transaction:
         raise ConfigError(
             "liteq.using() needs a connection that writes in transactions, and this one is "
             "in autocommit mode (isolation_level=None): each task would commit on its own. "
