@@ -56,6 +56,12 @@ EXPECTED = {
     "bulk.py": ["enqueued 100,000 tasks", "tasks/s", "drained 100,000 tasks",
                 "returned 199998", "daemon stopped; done."],
     "fastapi_app.py": ["HTTP 200", "done."],
+    "django_app/run_demo.py": ["python manage.py liteqd: ready",
+                               "POST /orders: HTTP 200", "POST /orders (payment refused): "
+                               "HTTP 402", "None (rolled back with the order)",
+                               "POST /orders/later: HTTP 200",
+                               "send_receipt: done -> 'receipt for order 1 sent to ann@",
+                               "receipt_sent=True", "server and daemon stopped; done."],
     "workflows.py": ["report: done -> 'the page has 32 characters'", ": the same task",
                      "long_export: cancelled (TaskCancelled", "ran one after another: yes",
                      "daemon stopped; done."],
@@ -131,7 +137,16 @@ def test_example_runs_as_is(name, record_property):
     _run_example(name, record_property)
 
 
-@pytest.mark.parametrize("name", ["basic.py", "cron.py"])
+# Examples in a directory of their own (a project), run by their demo script.
+PROJECTS = ["django_app/run_demo.py"]
+
+
+@pytest.mark.parametrize("name", PROJECTS)
+def test_project_example_runs_as_is(name, record_property):
+    _run_example(name, record_property)
+
+
+@pytest.mark.parametrize("name", ["basic.py", "cron.py", *PROJECTS])
 def test_example_runs_on_postgresql(name, record_property):
     """The same scripts, with LITEQ_DB naming a PostgreSQL queue (a schema of its own)."""
     import pg_helpers
