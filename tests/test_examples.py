@@ -62,6 +62,11 @@ EXPECTED = {
                                "POST /orders/later: HTTP 200",
                                "send_receipt: done -> 'receipt for order 1 sent to ann@",
                                "receipt_sent=True", "server and daemon stopped; done."],
+    "flask_app.py": ["flask liteq worker: ready", "POST /orders: HTTP 200",
+                     "POST /orders (payment refused): HTTP 402",
+                     "None (rolled back with the order)",
+                     "send_receipt: done -> 'receipt for order 1 sent to ann@",
+                     "receipt_sent=True", "server and worker stopped; done."],
     "workflows.py": ["report: done -> 'the page has 32 characters'", ": the same task",
                      "long_export: cancelled (TaskCancelled", "ran one after another: yes",
                      "daemon stopped; done."],
@@ -146,7 +151,7 @@ def test_project_example_runs_as_is(name, record_property):
     _run_example(name, record_property)
 
 
-@pytest.mark.parametrize("name", ["basic.py", "cron.py", *PROJECTS])
+@pytest.mark.parametrize("name", ["basic.py", "cron.py", "flask_app.py", *PROJECTS])
 def test_example_runs_on_postgresql(name, record_property):
     """The same scripts, with LITEQ_DB naming a PostgreSQL queue (a schema of its own)."""
     import pg_helpers
