@@ -79,8 +79,11 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
     """The app (Flask's CLI finds this factory): its tables and the queue in LITEQ_DB."""
     app = Flask(__name__)
     target = os.environ.get("LITEQ_DB") or "liteq.db"
-    app.config.update(LITEQ_DB=target, SQLALCHEMY_DATABASE_URI=sqlalchemy_url(target))
-    app.config.update(config or {})
+    settings: dict[str, Any] = {"LITEQ_DB": target,
+                                "SQLALCHEMY_DATABASE_URI": sqlalchemy_url(target)}
+    settings.update(config or {})
+    for key, value in settings.items():
+        app.config[key] = value
     db.init_app(app)
     queue.init_app(app)
     app.add_url_rule("/orders", view_func=create_order, methods=["POST"])
@@ -90,7 +93,8 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
 
 def create_order() -> tuple[dict[str, Any], int]:
     """POST email, total: the order and its send_receipt task, in one transaction."""
-    order = Order(email=request.form["email"], total=int(request.form["total"]))
+    order = Order()
+    order.email, order.total = request.form["email"], int(request.form["total"])
     with liteq.using(db.session):
         db.session.add(order)
         db.session.flush()                      # the order's id

@@ -14,7 +14,7 @@ framework is already imported.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, cast
 
 from .errors import ConfigError
 
@@ -24,7 +24,7 @@ SQLALCHEMY_DRIVERS = {("postgresql", "psycopg"), ("sqlite", "pysqlite")}
 DJANGO_VENDORS = ("postgresql", "sqlite")
 
 
-def _qualname(obj: Any) -> str:
+def _qualname(obj: object) -> str:
     kind = type(obj)
     return f"{kind.__module__}.{kind.__qualname__}"
 
@@ -54,7 +54,7 @@ def _sqlalchemy(obj: Any) -> Any:
     from sqlalchemy import orm
 
     if isinstance(obj, orm.scoped_session):
-        obj = obj()   # this thread's (or this request's) Session
+        obj = cast("orm.Session", obj())   # this thread's (or this request's) Session
     if isinstance(obj, orm.Session):
         # connection() begins the session's transaction when none is open, so the
         # session's commit() (or rollback()) decides about LiteQ's rows too.

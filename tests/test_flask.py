@@ -71,7 +71,8 @@ def test_the_daemon_never_sees_the_task_before_the_commit(db, shop):
     daemon = shop.start_worker()   # polls every 0.5 s besides its wake-ups
     module = shop.module
     with shop.app.app_context():
-        order = module.Order(email="cy@example.com", total=5)
+        order = module.Order()
+        order.email, order.total = "cy@example.com", 5
         with liteq.using(module.db.session):
             module.db.session.add(order)
             module.db.session.flush()
@@ -87,7 +88,9 @@ def test_a_rollback_leaves_no_task(db, backend, shop):
     module = shop.module
     with shop.app.app_context():
         with liteq.using(module.db.session):
-            module.db.session.add(module.Order(email="dee@example.com", total=1))
+            order = module.Order()
+            order.email, order.total = "dee@example.com", 1
+            module.db.session.add(order)
             module.db.session.flush()
             task_id = module.send_receipt.delay(1)
             assert liteq.get_task_status(task_id)["status"] == "pending"   # its own view

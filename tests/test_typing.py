@@ -21,11 +21,12 @@ PUBLIC = ["liteq/__init__.py", "liteq/core.py", "liteq/handle.py", "liteq/status
           "liteq/workflow.py", "liteq/errors.py", "liteq/context.py", "liteq/hooks.py",
           "liteq/fastapi.py", "liteq/monitoring.py", "liteq/taskspec.py",
           "liteq/serialization.py", "liteq/codec.py", "liteq/timeutil.py", "liteq/launcher.py",
-          "liteq/py.typed"]
+          "liteq/unwrap.py", "liteq/contrib/flask.py", "liteq/py.typed"]
 #: The examples annotated so far (each must pass both checkers, strict).
 EXAMPLES = sorted(os.path.relpath(p, REPO) for p in glob.glob(os.path.join(REPO, "examples",
                                                                              "*.py"))
                   if os.path.basename(p) in {"basic.py", "bulk.py", "fastapi_app.py",
+                                            "flask_app.py",
                                             "monitoring.py", "multiple_queues.py",
                                             "workflows.py"})
 CLEAN = [p for p in PUBLIC if p.endswith(".py")] + EXAMPLES + [

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 
 def has_flag(argv: Sequence[str], flag: str) -> bool:
@@ -18,10 +19,12 @@ def run_liteqd(argv: Sequence[str], *, app: str, prog: str, loaded: bool) -> int
     `app` (it names it in its logs) and SIGHUP restarts the workers without a
     re-import; otherwise liteqd imports `app` as `liteqd --app` does.
     """
+    import importlib
     import sys
 
-    from liteqd import cli
-    from liteqd import config as config_mod
+    # liteqd is not annotated yet (pyproject's lists): its functions are used as Any.
+    cli: Any = importlib.import_module("liteqd.cli")
+    config_mod: Any = importlib.import_module("liteqd.config")
 
     from ..errors import ConfigError
 
@@ -31,7 +34,7 @@ def run_liteqd(argv: Sequence[str], *, app: str, prog: str, loaded: bool) -> int
     else:
         flags = ["--app", app, *flags]
     if not loaded:
-        return cli.main(flags, prog=prog)
+        return int(cli.main(flags, prog=prog))
     cli.catch_stop_signals()
     try:
         args = config_mod.build_parser(prog=prog).parse_args(flags)
@@ -41,4 +44,4 @@ def run_liteqd(argv: Sequence[str], *, app: str, prog: str, loaded: bool) -> int
     except ConfigError as exc:   # one clear line, as liteqd prints it
         print(f"{prog}: error: {exc}", file=sys.stderr)
         return 2
-    return cli.run(cfg, load=False)
+    return int(cli.run(cfg, load=False))

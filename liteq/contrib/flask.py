@@ -45,7 +45,7 @@ import importlib
 import inspect
 import os
 from collections.abc import Callable
-from typing import Any
+from typing import Any, ParamSpec, TypeVar, cast, overload
 
 import click
 from flask import Flask, current_app
@@ -53,6 +53,9 @@ from flask.cli import with_appcontext
 
 from ..core import Task, task
 from ._daemon import run_liteqd
+
+P = ParamSpec("P")
+R = TypeVar("R")
 
 
 class LiteQ:
@@ -66,17 +69,25 @@ class LiteQ:
     def init_app(self, app: Flask) -> None:
         """Export app.config's LITEQ_DB (and LITEQ_SOCKET) to the environment LiteQ reads,
         import the LITEQ_IMPORTS modules, and add the `flask liteq` commands."""
-        target = app.config.get("LITEQ_DB")
+        config = cast("dict[str, Any]", app.config)   # Flask's Config: a plain dict
+        target: Any = config.get("LITEQ_DB")
         if target:
             os.environ["LITEQ_DB"] = os.fspath(target)
-        sock = app.config.get("LITEQ_SOCKET")
+        sock: Any = config.get("LITEQ_SOCKET")
         if sock:
             os.environ["LITEQ_SOCKET"] = os.fspath(sock)
         self.app = app
         app.extensions["liteq"] = self
-        for name in app.config.get("LITEQ_IMPORTS", ()):
+        imports: list[str] = list(config.get("LITEQ_IMPORTS") or [])
+        for name in imports:
             importlib.import_module(name)
         app.cli.add_command(liteq_group)
+
+    @overload
+    def task(self, fn: Callable[P, R], /) -> Task[P, R]: ...
+    @overload
+    def task(self, fn: None = None, /,
+             **options: Any) -> Callable[[Callable[P, R]], Task[P, R]]: ...
 
     def task(self, fn: Callable[..., Any] | None = None, /, **options: Any) -> Any:
         """liteq.task, whose function runs inside the app's application context (so
@@ -88,13 +99,13 @@ class LiteQ:
                 async def run_async(*args: Any, **kwargs: Any) -> Any:
                     with self._app().app_context():
                         return await func(*args, **kwargs)
-                return task(**options)(run_async)
+                return cast("Task[..., Any]", task(**options)(run_async))
 
             @functools.wraps(func)
             def run(*args: Any, **kwargs: Any) -> Any:
                 with self._app().app_context():
                     return func(*args, **kwargs)
-            return task(**options)(run)
+            return cast("Task[..., Any]", task(**options)(run))
         return decorate if fn is None else decorate(fn)
 
     def _app(self) -> Flask:
@@ -125,7 +136,7 @@ def liteq_group() -> None:
 @with_appcontext
 def worker(flags: tuple[str, ...]) -> None:
     """Run liteqd for this app's tasks; every flag is liteqd's own (--help lists them)."""
-    app: Flask = current_app._get_current_object()  # type: ignore[attr-defined]
+    app: Flask = current_app
     _dispose_engines(app)
     code = run_liteqd(flags, app=app.import_name, prog="flask liteq worker", loaded=True)
     raise SystemExit(code)
