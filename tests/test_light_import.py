@@ -73,3 +73,15 @@ def test_the_check_detects_a_heavy_import(db_path):
     # would notice liteq pulling one in.
     out = _run(db_path, extra="import psutil")
     assert "psutil" in out["heavy"]
+
+
+def test_import_liteq_loads_no_web_framework(db_path):
+    # liteq.using() recognises SQLAlchemy and Django objects by their class's module:
+    # `import liteq` (and liteq.using) imports neither, nor Flask.
+    code = ("import sys, json, liteq; liteq.using; "
+            "print(json.dumps(sorted(m for m in sys.modules "
+            "if m.split('.')[0] in ('django', 'flask', 'sqlalchemy', 'flask_sqlalchemy'))))")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=60, cwd=os.path.dirname(db_path))
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout) == []
