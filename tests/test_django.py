@@ -222,3 +222,17 @@ def test_the_postgres_url_of_a_django_database():
     assert url == "postgresql://app:s%40cret@db:5433/shop?sslmode=require"
     assert postgres_url({"NAME": "shop", "HOST": "/run/postgresql"}) == \
         "postgresql:///shop?host=%2Frun%2Fpostgresql"
+
+
+def test_manage_py_liteqd_reimports_the_tasks_on_sighup(db, shop):
+    import signal
+    daemon = shop.start_daemon()
+    daemon.send(signal.SIGHUP)
+    daemon.wait_event("daemon.reloading")
+    driver = shop.driver
+    for command in ("begin", "order ann@example.com"):
+        driver.ask(command)
+    task_id = driver.ask("using")
+    driver.ask("commit")
+    assert shop.wait_done(task_id)["status"] == "done"
+    assert not daemon.events("daemon.reload_failed"), daemon.dump()

@@ -36,13 +36,19 @@ def _postgres(url: str) -> dict[str, object]:
             "OPTIONS": dict(parse_qsl(parts.query))}
 
 
+# Each request in a transaction: a view's rows and the tasks it enqueues with
+# liteq.using(connection) commit together when it returns, and roll back if it raises.
+ATOMIC_REQUESTS = True
+
 if os.environ.get("SHOP_DATABASE_URL", "").startswith("postgresql://"):
     # LiteQ's tables go in the same database (LITEQ_DB unset: Django's database).
-    DATABASES = {"default": _postgres(os.environ["SHOP_DATABASE_URL"])}
+    DATABASES = {"default": dict(_postgres(os.environ["SHOP_DATABASE_URL"]),
+                                 ATOMIC_REQUESTS=ATOMIC_REQUESTS)}
 else:
     DATABASES = {"default": {"ENGINE": "django.db.backends.sqlite3",
                              "NAME": str(DATA_DIR / "shop.sqlite3"),
-                             "OPTIONS": {"timeout": 20}}}
+                             "OPTIONS": {"timeout": 20},
+                             "ATOMIC_REQUESTS": ATOMIC_REQUESTS}}
     if django.VERSION >= (5, 1):
         # Take the write lock at BEGIN: no deadlock between two upgrading readers.
         DATABASES["default"]["OPTIONS"]["transaction_mode"] = "IMMEDIATE"

@@ -20,10 +20,10 @@ def _rejected(request: HttpRequest) -> bool:
 
 @csrf_exempt
 @require_POST
-@transaction.atomic
 def create_order(request: HttpRequest) -> JsonResponse:
-    """POST email, total: the order row and its send_receipt task commit together
-    (LiteQ's queue is in the project's database: liteq.using(connection))."""
+    """POST email, total: the order row and its send_receipt task commit together, in
+    the request's transaction (ATOMIC_REQUESTS; LiteQ's queue is in the project's
+    database: liteq.using(connection))."""
     order = Order.objects.create(email=request.POST["email"], total=int(request.POST["total"]))
     with liteq.using(connection):
         task_id = send_receipt.delay(order.id)
@@ -37,9 +37,10 @@ def create_order(request: HttpRequest) -> JsonResponse:
 @require_POST
 @transaction.atomic
 def create_order_later(request: HttpRequest) -> JsonResponse:
-    """The same with delay_on_commit(), which works wherever the queue is: in the
-    transaction when it shares the database (the task id is returned), else on
-    Django's on-commit hook (None)."""
+    """The same with delay_on_commit() in a transaction.atomic() block (here nested in
+    the request's), which works wherever the queue is: in the transaction when it
+    shares the database (the task id is returned), else on Django's on-commit hook
+    (None)."""
     order = Order.objects.create(email=request.POST["email"], total=int(request.POST["total"]))
     task_id = delay_on_commit(send_receipt, order.id)
     if _rejected(request):
