@@ -10,12 +10,22 @@ import importlib
 import os
 import sys
 
+from typing import Any
+
 import django
 from django.apps import apps
-from django.db import connections
+from django.db import close_old_connections, connections
 
+from ... import hooks
 from ...errors import ConfigError
 from . import discovered_modules
+
+
+def _close_old_connections(*args: Any) -> None:
+    """Around each task, as Django does around each request: drop the connections that
+    are broken or older than CONN_MAX_AGE (0 by default: after every task), so that a
+    long-lived worker never keeps a dead one."""
+    close_old_connections()
 
 if "_imported" in globals():
     # importlib.reload() by liteqd's SIGHUP: the task registry was emptied; import the
@@ -29,6 +39,10 @@ elif not apps.ready:
                           "the daemon with `python manage.py liteqd`")
     django.setup()
 _imported = True
+
+for _register in (hooks.on_task_start, hooks.on_task_success, hooks.on_task_retry,
+                  hooks.on_task_failure):
+    _register(_close_old_connections)
 
 # The daemon forks its workers from this process: a database connection opened here
 # (by a tasks module at import) must not be shared with them; each opens its own.
