@@ -30,6 +30,10 @@ C = TypeVar("C")
 
 
 def _borrow(conn: Any) -> tuple[Any, Any]:
+    raw = unwrap(conn)
+    if type(raw).__module__ == "sqlite3":
+        from .backends.sqlite.borrowed import check_tables
+        check_tables(raw)   # before LiteQ's own connection would wait for raw's lock
     own = backends.get_backend()
     if own.kind == "postgresql":
         from .backends.postgres.borrowed import borrow
@@ -37,7 +41,7 @@ def _borrow(conn: Any) -> tuple[Any, Any]:
         from .backends.sqlite.borrowed import borrow
     else:
         raise ConfigError(f"liteq.using() does not support the {own.kind} backend")
-    return own, borrow(own, unwrap(conn))
+    return own, borrow(own, raw)
 
 
 @contextlib.contextmanager

@@ -234,3 +234,17 @@ def test_a_connection_already_on_liteqs_schema_is_used_as_it_is(db, clean_regist
             task_id = app.add.delay(1, 2)
         conn.commit()
     assert task_row(db, task_id)["status"] == "pending"
+
+
+@pytest.mark.sqlite_only
+def test_a_transaction_on_a_file_without_liteqs_tables_is_refused_at_once(db_path):
+    # LiteQ's own connection would create the tables and wait for the app's write lock.
+    with app_connection(db_path) as conn:
+        conn.execute("CREATE TABLE orders (id INTEGER PRIMARY KEY)")
+        conn.execute("INSERT INTO orders VALUES (1)")
+        with pytest.raises(ConfigError, match="tables are not in"):
+            with liteq.using(conn):
+                pytest.fail("the block ran")
+        conn.rollback()
+        with liteq.using(conn):   # outside a transaction: LiteQ creates them first
+            pass

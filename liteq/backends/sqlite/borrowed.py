@@ -118,6 +118,26 @@ class BorrowedSQLiteBackend(SQLiteBackend):
         """Nothing: the connection is the app's."""
 
 
+def check_tables(conn):
+    """ConfigError when `conn` is inside a transaction and LiteQ's tables are not in
+    its database yet: LiteQ's own connection would create them, and wait for the
+    write lock this very transaction may hold (a hang of the busy timeout, then
+    DatabaseLocked). A connection to another database is refused later, by borrow()."""
+    if not conn.in_transaction:
+        return
+    try:
+        found = conn.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' "
+                             "AND name = 'tasks'").fetchone()
+    except sqlite3.Error:
+        return   # borrow() says what is wrong with the connection
+    if found is None:
+        raise ConfigError(
+            f"liteq.using(): LiteQ's tables are not in {_main_file(conn) or 'this database'} "
+            f"yet, and creating them inside this transaction would wait for its own write "
+            f"lock: create them first (start the daemon, call liteq.db.init_db(), or run "
+            f"Django's migrate)")
+
+
 def _main_file(conn):
     for row in conn.execute("PRAGMA database_list").fetchall():
         if row[1] == "main":
