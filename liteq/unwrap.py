@@ -69,6 +69,12 @@ def _sqlalchemy(obj: Any) -> Any:
             f"liteq.using() takes a SQLAlchemy Connection or Session (synchronous); got "
             f"{_qualname(obj)}")
     dialect = obj.dialect
+    if dialect.is_async:
+        raise ConfigError(
+            f"liteq.using() was given a connection of an async SQLAlchemy engine "
+            f"({dialect.name}+{dialect.driver}, async): it takes a synchronous Connection "
+            f"or Session, with the psycopg 3 driver (postgresql+psycopg://) or sqlite "
+            f"(sqlite:///)")
     if (dialect.name, dialect.driver) not in SQLALCHEMY_DRIVERS:
         raise ConfigError(
             f"liteq.using() was given a SQLAlchemy connection through "

@@ -158,3 +158,28 @@ def test_an_async_connection_is_refused(db, backend):
         with pytest.raises(ConfigError, match="synchronous"):
             with liteq.using(AsyncSession()):
                 pytest.fail("the block ran")
+
+
+@pytest.mark.parametrize("db", ["postgresql"], indirect=True)
+def test_an_async_engines_connection_is_refused_by_name(db, backend):
+    """An async engine's connection (psycopg's async driver) and the sync view of it
+    are refused, naming what to use."""
+    import asyncio
+
+    from sqlalchemy.ext.asyncio import create_async_engine
+
+    async def check():
+        engine = create_async_engine(_url(db))
+        try:
+            async with engine.connect() as aconn:
+                with pytest.raises(ConfigError, match="synchronous"):
+                    with liteq.using(aconn):
+                        pytest.fail("the block ran")
+                with pytest.raises(ConfigError, match=r"async SQLAlchemy engine.*"
+                                                      r"postgresql\+psycopg://"):
+                    with liteq.using(aconn.sync_connection):
+                        pytest.fail("the block ran")
+        finally:
+            await engine.dispose()
+
+    asyncio.run(check())
