@@ -236,3 +236,23 @@ def test_manage_py_liteqd_reimports_the_tasks_on_sighup(db, shop):
     driver.ask("commit")
     assert shop.wait_done(task_id)["status"] == "done"
     assert not daemon.events("daemon.reload_failed"), daemon.dump()
+
+
+@pytest.mark.parametrize("db", ["postgresql"], indirect=True)
+def test_manage_py_test_writes_the_tasks_in_the_test_database(db, daemons):
+    """Django's test runner creates its own database: the queue follows it there."""
+    import uuid
+
+    import pg_helpers
+    name = f"lqt_django_{uuid.uuid4().hex[:8]}"
+    env = {"LITEQ_DB": None, "SHOP_DATABASE_URL": pg_helpers.server_url(),
+           "SHOP_TEST_DB_NAME": name, "DJANGO_SETTINGS_MODULE": "mysite.settings"}
+    try:
+        done = daemons.run([PYTHON, MANAGE, "test", "shop", "--noinput", "-v", "2"],
+                           env=env, cwd=EXAMPLE, timeout=120)
+        assert done.returncode == 0, done.stderr
+        assert "Ran 1 test" in done.stderr and "skipped" not in done.stderr, done.stderr
+    finally:
+        import psycopg
+        with psycopg.connect(pg_helpers.server_url(), autocommit=True) as conn:
+            conn.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")

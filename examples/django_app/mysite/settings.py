@@ -44,6 +44,8 @@ if os.environ.get("SHOP_DATABASE_URL", "").startswith("postgresql://"):
     # LiteQ's tables go in the same database (LITEQ_DB unset: Django's database).
     DATABASES = {"default": dict(_postgres(os.environ["SHOP_DATABASE_URL"]),
                                  ATOMIC_REQUESTS=ATOMIC_REQUESTS)}
+    if os.environ.get("SHOP_TEST_DB_NAME"):   # `manage.py test`'s database
+        DATABASES["default"]["TEST"] = {"NAME": os.environ["SHOP_TEST_DB_NAME"]}
 else:
     DATABASES = {"default": {"ENGINE": "django.db.backends.sqlite3",
                              "NAME": str(DATA_DIR / "shop.sqlite3"),

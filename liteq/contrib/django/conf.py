@@ -102,10 +102,21 @@ def liteq_db() -> str:
     return os.environ.get("LITEQ_DB") or database_target()
 
 
+_follow = False
+
+
+def follows_database() -> bool:
+    """True when configure() took the queue from Django's database (neither
+    settings.LITEQ_DB nor the environment named it)."""
+    return _follow
+
+
 def configure() -> str:
     """Export the project's queue as LITEQ_DB (and settings.LITEQ_SOCKET, if set, as
     LITEQ_SOCKET), which LiteQ reads at each call, in this process and the daemon's
     workers. Returns the queue database."""
+    global _follow
+    _follow = not getattr(_settings(), "LITEQ_DB", None) and not os.environ.get("LITEQ_DB")
     target = liteq_db()
     os.environ["LITEQ_DB"] = target
     sock = getattr(_settings(), "LITEQ_SOCKET", None)
