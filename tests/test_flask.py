@@ -5,6 +5,7 @@
 """
 
 import os
+import sys
 import time
 
 import pytest
@@ -101,17 +102,22 @@ def test_a_rollback_leaves_no_task(db, backend, shop):
 @pytest.mark.sqlite_only
 def test_the_extension_reads_app_config(db, daemons, workdir, monkeypatch):
     other = os.path.join(workdir, "other.db")
+    with open(os.path.join(workdir, "lq_flask_extra_tasks.py"), "w") as f:
+        f.write("from liteq import task\n\n@task\ndef lq_flask_extra(x):\n    return x\n")
+    monkeypatch.syspath_prepend(workdir)
+    assert "lq_flask_extra" not in liteq.TASK_REGISTRY
     shop = Shop(db, daemons, config={"LITEQ_DB": other,
                                      "LITEQ_SOCKET": os.path.join(workdir, "o.sock"),
-                                     "LITEQ_IMPORTS": ["json"]})
+                                     "LITEQ_IMPORTS": ["lq_flask_extra_tasks"]})
     try:
-        shop.module.queue.init_app(shop.app)   # init_app reads the config given
+        assert "lq_flask_extra" in liteq.TASK_REGISTRY   # LITEQ_IMPORTS registered it
         assert os.environ["LITEQ_DB"] == other
         assert os.environ["LITEQ_SOCKET"] == os.path.join(workdir, "o.sock")
         assert shop.app.extensions["liteq"] is shop.module.queue
         assert "worker" in shop.app.cli.get_command(None, "liteq").commands
     finally:
         shop.close()
+        sys.modules.pop("lq_flask_extra_tasks", None)
 
 
 def test_flask_liteq_worker_passes_its_flags_to_liteqd(db, shop):
