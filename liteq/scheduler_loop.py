@@ -226,8 +226,8 @@ def main(argv=None) -> int:
         print(f"liteq scheduler: error: {exc}", file=sys.stderr, flush=True)
         return 1
 
-    def event(name, **fields):
-        getattr(log, "warning" if name.endswith("error") else "info")(name, **fields)
+    def event(event, /, **fields):
+        getattr(log, "warning" if event.endswith("error") else "info")(event, **fields)
         flush()
 
     def db_error(exc, retry_in_s):

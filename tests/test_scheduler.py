@@ -4,6 +4,7 @@ Every test that touches the queue runs on each backend (conftest's `db`); multi-
 tests fork real processes and kill whatever is left in `finally`.
 """
 
+import json
 import multiprocessing
 import os
 import signal
@@ -527,7 +528,14 @@ def test_cli_fires_and_exits_cleanly_on_sigterm(sched_db, tmp_path):
         proc.send_signal(signal.SIGTERM)
         out, err = proc.communicate(timeout=10)
         assert proc.returncode == 0, err
-        assert "fired 'ping'" in out and "stopped" in out
+        # One JSON object per line (stdout is a pipe), with the fields of liteqd's events.
+        events = [json.loads(line) for line in out.splitlines()]
+        assert events[0]["event"] == "scheduler.started" and events[-1]["event"] == \
+            "scheduler.stopped"
+        fired = [e for e in events if e["event"] == "schedule.fired"]
+        assert fired and fired[0]["name"] == "ping" and "task" not in fired[0]
+        assert datetime.fromisoformat(fired[0]["next_run"]).tzinfo is not None
+        assert all("timestamp" in e and e["level"] == "info" for e in events)
     finally:
         if proc.poll() is None:
             proc.kill()
