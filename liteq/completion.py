@@ -156,11 +156,13 @@ _liteq_value_of() {
 }
 
 _liteq_complete() {
-    local cur prev path word i skip=""
+    # zsh (through bashcompinit): 0-based arrays and split words, as in bash.
+    [ -n "${ZSH_VERSION:-}" ] && setopt localoptions ksharrays shwordsplit
+    local cur prev lq_path word i skip=""
     cur="${COMP_WORDS[COMP_CWORD]}"
     prev=""
     [ "$COMP_CWORD" -gt 0 ] && prev="${COMP_WORDS[COMP_CWORD-1]}"
-    path="${COMP_WORDS[0]##*/}"
+    lq_path="${COMP_WORDS[0]##*/}"
     COMPREPLY=()
     # Walk the words before the cursor: flags that take a value skip it, and a
     # subcommand of the current level descends into it.
@@ -172,17 +174,17 @@ _liteq_complete() {
         fi
         case "$word" in
             -*=*) ;;
-            -*) _liteq_value_of "$path" "$word" && skip=1 ;;
+            -*) _liteq_value_of "$lq_path" "$word" && skip=1 ;;
             *)
-                _liteq_data "$path"
+                _liteq_data "$lq_path"
                 case " $_lq_subs " in
-                    *" $word "*) path="$path $word" ;;
+                    *" $word "*) lq_path="$lq_path $word" ;;
                 esac ;;
         esac
     done
     case "$prev" in
         -*)
-            if _liteq_value_of "$path" "$prev"; then
+            if _liteq_value_of "$lq_path" "$prev"; then
                 case "$_lq_spec" in
                     @file) COMPREPLY=($(compgen -f -- "$cur")) ;;
                     "") ;;
@@ -191,7 +193,7 @@ _liteq_complete() {
                 return 0
             fi ;;
     esac
-    _liteq_data "$path"
+    _liteq_data "$lq_path"
     case "$cur" in
         -*) COMPREPLY=($(compgen -W "$_lq_flags" -- "$cur")) ;;
         *) COMPREPLY=($(compgen -W "$_lq_subs $_lq_pos" -- "$cur")) ;;

@@ -102,7 +102,27 @@ def test_zsh_script_wraps_the_bash_one(script):
     assert "bashcompinit" in out.stdout and script.read_text().strip() in out.stdout
     if shutil.which("zsh") is None:
         pytest.skip("zsh is not installed: its loading is not checked here")
-    check = subprocess.run(["zsh", "-f", "-c", "autoload -U compinit && compinit -u && "
-                            "source /dev/stdin && print ok"], input=out.stdout,
+    # What zsh's bashcompinit does for each completion: COMP_WORDS is a zsh array
+    # (1-based) of the words, COMP_CWORD the 0-based index of the current one; its
+    # compgen does not filter by the word (zsh's compadd then does: done here).
+    zsh_driver = r'''
+        autoload -U compinit && compinit -u
+        source "$1"; shift
+        for line in "$@"; do
+            words=(${=line}); [[ $line == *" " ]] && words+=("")
+            COMP_WORDS=("${words[@]}"); COMP_CWORD=$(( ${#words} - 1 )); COMPREPLY=()
+            _liteq_complete
+            matches=()
+            for m in "${COMPREPLY[@]}"; do [[ $m == ${words[-1]}* ]] && matches+=($m); done
+            print -r -- "${matches[*]}"
+        done
+    '''
+    zsh_script = script.parent / "liteq.zsh"
+    zsh_script.write_text(out.stdout)
+    check = subprocess.run(["zsh", "-f", "-c", zsh_driver, "driver", str(zsh_script),
+                            "liteqctl pu", "liteqctl --db q.db st", "liteq db ",
+                            "liteqd --log-format c", "liteqctl purge --dry"],
                            capture_output=True, text=True, timeout=30)
-    assert check.returncode == 0 and check.stdout.strip() == "ok", check.stderr
+    assert check.returncode == 0, check.stderr
+    assert check.stdout.splitlines() == ["purge", "status", "status upgrade", "console",
+                                         "--dry-run"], check.stdout + check.stderr

@@ -542,6 +542,42 @@ def test_cli_fires_and_exits_cleanly_on_sigterm(sched_db, tmp_path):
             proc.communicate(timeout=5)
 
 
+def test_cli_takes_the_app_from_liteq_app(sched_db, tmp_path):
+    app = tmp_path / "env_app.py"
+    app.write_text(textwrap.dedent("""
+        from liteq import task, register_schedule
+
+        @task()
+        def tick():
+            return 1
+
+        register_schedule(tick, "* * * * * *")
+    """))
+    env = dict(_env(), LITEQ_APP=str(app), LITEQ_LOG_FORMAT="console")
+    proc = subprocess.Popen([sys.executable, "-c", _CLI, "--interval", "1"], env=env,
+                            cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)
+    try:
+        deadline = time.monotonic() + 15
+        while time.monotonic() < deadline and not _tasks("tick"):
+            assert proc.poll() is None, proc.communicate()
+            time.sleep(0.1)
+        assert _tasks("tick")
+        proc.send_signal(signal.SIGTERM)
+        out, err = proc.communicate(timeout=10)
+        assert proc.returncode == 0, err
+        # LITEQ_LOG_FORMAT=console: readable lines, not JSON.
+        assert "schedule.fired" in out and not out.lstrip().startswith("{")
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate(timeout=5)
+    env.pop("LITEQ_APP")
+    out = subprocess.run([sys.executable, "-c", _CLI], env=env, capture_output=True,
+                         text=True, timeout=30)
+    assert out.returncode == 2 and "no app given" in out.stderr and "LITEQ_APP" in out.stderr
+
+
 def test_cli_reports_missing_or_broken_app(sched_db, tmp_path):
     missing = tmp_path / "nope" / "tasks.py"
     out = subprocess.run([sys.executable, "-c", _CLI, "--app", str(missing)], env=_env(),
