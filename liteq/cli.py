@@ -36,6 +36,10 @@ def main(argv=None) -> int:
         return bench_main(rest)
     if command == "monitor":
         from .web.cli import main as monitor_main
+        if not {"-h", "--help"} & set(rest):
+            # Its server's logs as the daemon's structured events (LITEQ_LOG_FORMAT).
+            from liteqd.stdlib_logs import route_uvicorn_logs
+            route_uvicorn_logs()
         return monitor_main(rest)
     if command == "grants":
         from .grants import main as grants_main
