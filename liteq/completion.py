@@ -16,7 +16,7 @@ import argparse
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 PROGRAMS = ("liteq", "liteqd", "liteqctl")
 SHELLS = ("bash", "zsh")
@@ -34,18 +34,21 @@ _KNOWN_VALUES = {"--log-format": ["json", "console", "auto"],
 class Node:
     """One command level: its flags (flag -> None: takes no value; "@file": a path;
     a list: its choices; "": any value), its subcommands, its positional choices."""
-    flags: dict[str, Any] = field(default_factory=dict)
-    hidden: set[str] = field(default_factory=set)
-    subs: dict[str, Node] = field(default_factory=dict)
-    positional: list[str] = field(default_factory=list)
+    flags: dict[str, Any] = field(default_factory=dict[str, Any])
+    hidden: set[str] = field(default_factory=set[str])
+    subs: dict[str, Node] = field(default_factory=dict[str, "Node"])
+    positional: list[str] = field(default_factory=list[str])
 
 
 def node_of(parser: argparse.ArgumentParser) -> Node:
     """The completion data of an argparse parser, its subparsers included."""
     node = Node()
     for action in parser._actions:  # argparse keeps no public list of its actions
-        if isinstance(action, argparse._SubParsersAction):
-            for name, sub in action.choices.items():
+        choices: Any = action.choices
+        if not action.option_strings and isinstance(choices, dict):
+            # The subparsers: their choices map each command to its parser.
+            commands = cast(dict[str, argparse.ArgumentParser], choices)
+            for name, sub in commands.items():
                 node.subs[name] = node_of(sub)
         elif action.option_strings:
             if action.nargs == 0:
@@ -81,7 +84,7 @@ def captured_parser(main: Callable[[list[str]], Any]) -> argparse.ArgumentParser
     def catch(self: argparse.ArgumentParser, *args: Any, **kwargs: Any) -> Any:
         raise _Captured(self)
 
-    argparse.ArgumentParser.parse_args = catch  # type: ignore[method-assign,assignment]
+    argparse.ArgumentParser.parse_args = catch  # type: ignore[method-assign]
     try:
         main([])
     except _Captured as got:
@@ -105,9 +108,9 @@ def trees() -> dict[str, Node]:
     liteq.subs = {
         "worker": daemon,
         "scheduler": node_of(scheduler_loop.build_parser()),
-        "monitor": node_of(monitor_cli.build_parser()),
-        "bench": node_of(captured_parser(bench.main)),
-        "grants": node_of(captured_parser(grants.main)),
+        "monitor": node_of(monitor_cli.build_parser()),  # type: ignore[no-untyped-call]
+        "bench": node_of(captured_parser(bench.main)),  # pyright: ignore[reportUnknownMemberType, reportUnknownArgumentType]
+        "grants": node_of(captured_parser(grants.main)),  # pyright: ignore[reportUnknownMemberType, reportUnknownArgumentType]
         "db": node_of(dbcli.build_parser()),
         "completion": Node(flags={"--help": None, "-h": None}, positional=list(SHELLS)),
     }
@@ -119,10 +122,16 @@ def _q(text: str) -> str:
     return "'" + text.replace("'", "'\\''") + "'"
 
 
+def _spec(value: Any) -> str:
+    """A flag's value in the script: its choices joined by |, or @file, or empty."""
+    if isinstance(value, list):
+        return "|".join(str(v) for v in cast(list[Any], value))  # type: ignore[redundant-cast]
+    return str(value)
+
+
 def _cases(path: str, node: Node, out: list[str]) -> None:
     shown = [f for f in node.flags if f not in node.hidden]
-    values = " ".join(f"{f}:{'|'.join(v) if isinstance(v, list) else v}"
-                      for f, v in node.flags.items() if v is not None)
+    values = " ".join(f"{f}:{_spec(v)}" for f, v in node.flags.items() if v is not None)
     out.append(f"        {_q(path)})")
     out.append(f"            _lq_subs={_q(' '.join(node.subs))}")
     out.append(f"            _lq_flags={_q(' '.join(shown))}")

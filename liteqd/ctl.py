@@ -183,7 +183,7 @@ def _wait_scaled(pool_name, size, timeout, kw):
         time.sleep(0.05)
 
 
-def build_parser():
+def build_parser() -> argparse.ArgumentParser:
     """liteqctl's argument parser."""
     p = argparse.ArgumentParser(prog="liteqctl", description="Control a running liteqd.")
     p.add_argument("--version", action="version", version=f"liteqctl {__version__}")
@@ -228,7 +228,7 @@ def build_parser():
     return p
 
 
-def reply_timeout(args) -> float:
+def reply_timeout(args: argparse.Namespace) -> float:
     """--reply-timeout, or the deprecated --timeout (with a warning on stderr)."""
     if args.old_timeout is not None:
         print("liteqctl: warning: --timeout is deprecated here (liteqd's --timeout is the "
