@@ -2,7 +2,8 @@
 
 Exit codes: 0 success, 1 an error reply (or a bad request, or no database), 3 no
 daemon running (`schedules` then reads the database itself, and exits 0 when it
-can). A reader that goes away (`liteqctl status --json | head -c 100`) ends it
+can). `cancel`, `failed`, `retry` and `purge` need no daemon: they work on the
+database (liteqd/ctl_tasks.py). A reader that goes away (`liteqctl status --json | head -c 100`) ends it
 quietly by SIGPIPE, as it ends other Unix tools. liteqctl never creates a database.
 """
 
