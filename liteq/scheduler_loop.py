@@ -205,6 +205,11 @@ def main(argv=None) -> int:
     """
     parser = build_parser()
     args = parser.parse_args(argv)
+    # argparse checks the choices of a flag given, not of a default from the variables.
+    for value, allowed, var in ((args.log_format, LOG_FORMATS, "LITEQ_LOG_FORMAT"),
+                                (args.log_level, LOG_LEVELS, "LITEQ_LOG_LEVEL")):
+        if value not in allowed:
+            parser.error(f"{var} must be one of {', '.join(allowed)}; got {value!r}")
     if not args.app:
         parser.error("no app given: pass --app tasks.py (a file) or --app myapp.tasks "
                      "(a module), or set LITEQ_APP")

@@ -125,7 +125,12 @@ def confirm(question: str, yes: bool, stdin: TextIO | None = None,
                          f"terminal to ask on); --dry-run only counts")
     stderr.write(f"{question} [y/N] ")
     stderr.flush()
-    return stdin.readline().strip().lower() in ("y", "yes")
+    try:
+        answer = stdin.readline()
+    except KeyboardInterrupt:  # Ctrl-C at the prompt: a no, without a traceback
+        stderr.write("\n")
+        return False
+    return answer.strip().lower() in ("y", "yes")
 
 
 def _error_line(error: str | None, width: int = 70) -> str:
@@ -164,6 +169,11 @@ def run_failed(args: argparse.Namespace, out: Callable[[str], None]) -> int:
     return 0
 
 
+def _either(words: Sequence[str]) -> str:
+    """`a`, `a or b`, `a, b or c`."""
+    return words[0] if len(words) == 1 else f"{', '.join(words[:-1])} or {words[-1]}"
+
+
 def _rows(store: Backend, ids: Sequence[int]) -> dict[int, dict[str, Any]]:
     return {r["id"]: r for r in store.get_tasks(sorted(set(ids)))} if ids else {}
 
@@ -178,7 +188,7 @@ def _named_misses(ids: Sequence[int], before: dict[int, dict[str, Any]],
         if row is None:
             misses.append(f"task {i} is not there")
         elif row["status"] not in wanted:
-            misses.append(f"task {i} is {row['status']}: only {' or '.join(wanted)} tasks "
+            misses.append(f"task {i} is {row['status']}: only {_either(wanted)} tasks "
                           f"can be {verb}")
         elif now_row is not None and now_row["status"] == row["status"]:
             misses.append(f"task {i} was not {verb}: another filter left it out, or "
