@@ -10,6 +10,8 @@ commands:
   monitor     the web panel and /metrics (needs liteq[web]); see `liteq monitor -h`
   bench       measure enqueue, drain and latency on this machine; see `liteq bench -h`
   grants      print the PostgreSQL grants an app role needs; see `liteq grants -h`
+  db          the schema: `liteq db status`, `liteq db upgrade [--sql]`; see `liteq db -h`
+  completion  print a shell completion script: `liteq completion bash|zsh`
 
 The daemon for production is `liteqd`; talk to it with `liteqctl`.
 """
@@ -34,10 +36,20 @@ def main(argv=None) -> int:
         return bench_main(rest)
     if command == "monitor":
         from .web.cli import main as monitor_main
+        if not {"-h", "--help"} & set(rest):
+            # Its server's logs as the daemon's structured events (LITEQ_LOG_FORMAT).
+            from liteqd.stdlib_logs import route_uvicorn_logs
+            route_uvicorn_logs()
         return monitor_main(rest)
     if command == "grants":
         from .grants import main as grants_main
         return grants_main(rest)
+    if command == "db":
+        from .dbcli import main as db_main
+        return db_main(rest)
+    if command == "completion":
+        from .completion import main as completion_main
+        return completion_main(rest, prog="liteq completion")
     if command == "scheduler":
         from .scheduler_loop import main as scheduler_main
         return scheduler_main(rest)

@@ -98,3 +98,9 @@ class TaskWasCancelled(LiteQError):
     def __init__(self, message: str, status: object = None):
         super().__init__(message)
         self.status = status
+
+
+class SchemaNotReady(DatabaseError):
+    """The queue's tables are missing or older than this LiteQ needs, and LITEQ_NO_DDL
+    (liteqd --no-ddl) forbids this process to create or migrate them: run
+    `liteq db upgrade` (or give a DBA the SQL of `liteq db upgrade --sql`)."""

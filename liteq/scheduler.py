@@ -194,8 +194,9 @@ def fire_due(backend=None, at=None, log=None) -> list:
     no next run, and reported; registering or enabling it again revives it.
 
     log, when given, is called as log(event, **fields) with event
-    "schedule.fired" (schedule, schedule_id, task, task_ids, occurrences,
-    next_run) or "schedule.error" (schedule, schedule_id, error). Without it
+    "schedule.fired" (schedule, schedule_id, name: the task's name, as task events
+    say it, task_ids, occurrences: epoch seconds, next_run: an ISO-8601 time) or
+    "schedule.error" (schedule, schedule_id, error). Without it
     fires are silent and errors go to stderr.
     """
     backend = backend or get_backend()
@@ -225,7 +226,8 @@ def fire_due(backend=None, at=None, log=None) -> list:
         fired.extend(ids)
         if log is not None:
             log("schedule.fired", schedule=row["name"], schedule_id=row["id"],
-                task=row["task_name"], task_ids=ids, occurrences=runs, next_run=new_next)
+                name=row["task_name"], task_ids=ids, occurrences=runs,
+                next_run=to_iso(new_next))
     if fired:
         backend.notify()
     return fired

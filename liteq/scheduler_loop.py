@@ -27,10 +27,14 @@ def _print_event(event, **fields):
         when = to_iso(fields["occurrences"][-1])
         extra = f" ({len(fields['occurrences'])} occurrences)" if len(fields["occurrences"]) > 1 else ""
         print(f"liteq scheduler: fired {fields['schedule']!r} for {when}{extra}: "
-              f"task {fields['task']} {ids}; next run {to_iso(fields['next_run'])}", flush=True)
+              f"task {fields['name']} {ids}; next run {fields['next_run']}", flush=True)
     else:
         print(f"liteq scheduler: schedule {fields.get('schedule')!r}: {fields.get('error')}",
               file=sys.stderr, flush=True)
+
+
+def _print_db_error(exc, retry_in_s):
+    print(f"liteq scheduler: {exc}; retrying", file=sys.stderr, flush=True)
 
 
 class Scheduler:
@@ -43,7 +47,7 @@ class Scheduler:
     the monotonic clock; fire times are wall-clock times.
     """
 
-    def __init__(self, check_interval: float = 60, db_path=None, log=None):
+    def __init__(self, check_interval: float = 60, db_path=None, log=None, on_db_error=None):
         if isinstance(check_interval, bool) or not isinstance(check_interval, (int, float)):
             raise TypeError(f"check_interval must be a number of seconds, "
                             f"not {type(check_interval).__name__}")
@@ -52,6 +56,9 @@ class Scheduler:
         self.check_interval = float(check_interval)
         self.db_path = db_path
         self.log = log or _print_event
+        # on_db_error(exc, retry_in_s): a database error the loop rides out (default:
+        # a line on stderr).
+        self.on_db_error = on_db_error or _print_db_error
         self._stopping = False
         self._lock = threading.Lock()
         self._pipe = None
@@ -123,8 +130,8 @@ class Scheduler:
                     fire_due(backend, log=self.log)
                     wait = self._sleep_for(backend)
                 except DatabaseError as exc:
-                    print(f"liteq scheduler: {exc}; retrying", file=sys.stderr, flush=True)
                     wait = min(self.check_interval, 5.0)
+                    self.on_db_error(exc, wait)
                 if self._stopping:
                     break
                 # select() measures its timeout on the monotonic clock; a signal or
@@ -160,39 +167,82 @@ def _positive_float(text):
     return value
 
 
+LOG_FORMATS = ("auto", "json", "console")
+LOG_LEVELS = ("debug", "info", "warning", "error")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of `liteq scheduler`."""
+    parser = argparse.ArgumentParser(
+        prog="liteq scheduler",
+        description="Fire the cron schedules of a LiteQ app (standalone; liteqd does "
+                    "this itself, so run this only without the daemon or beside it).",
+        epilog="Logs one JSON object per line (console lines on a terminal), as liteqd.")
+    parser.add_argument("--app", default=os.environ.get("LITEQ_APP") or None,
+                        help="the app that defines tasks and schedules: a file "
+                             "(tasks.py) or a module (myapp.tasks) [LITEQ_APP]")
+    parser.add_argument("--interval", type=_positive_float, default=60.0,
+                        help="longest sleep between checks, in seconds (default 60)")
+    parser.add_argument("--db", help="queue database (default: LITEQ_DB, else ./liteq.db)")
+    parser.add_argument("--log-format", type=str.lower, choices=LOG_FORMATS,
+                        default=(os.environ.get("LITEQ_LOG_FORMAT") or "auto").lower(),
+                        help="json, console, or auto (json unless stdout is a terminal) "
+                             "[LITEQ_LOG_FORMAT]")
+    parser.add_argument("--log-level", type=str.lower, choices=LOG_LEVELS,
+                        default=(os.environ.get("LITEQ_LOG_LEVEL") or "info").lower(),
+                        help="debug, info, warning, error [LITEQ_LOG_LEVEL]")
+    return parser
+
+
 def main(argv=None) -> int:
     """`liteq scheduler --app tasks.py [--interval 60] [--db PATH]`; returns the exit code.
 
     Imports the app (which registers its tasks and schedules), then fires
-    schedules until SIGTERM or Ctrl-C (exit 0). A missing or broken app, or a
-    database that cannot be opened, is reported on stderr with exit code 1.
+    schedules until SIGTERM or Ctrl-C (exit 0), logging structured events
+    (scheduler.started, schedule.fired, schedule.error, db.unavailable,
+    scheduler.stopped) as liteqd does. A missing or broken app, or a database that
+    cannot be opened, is reported on stderr with exit code 1 (no app at all: 2).
     """
-    parser = argparse.ArgumentParser(
-        prog="liteq scheduler",
-        description="Fire the cron schedules of a LiteQ app (standalone; liteqd does "
-                    "this itself, so run this only without the daemon or beside it).")
-    parser.add_argument("--app", required=True,
-                        help="the app that defines tasks and schedules: a file "
-                             "(tasks.py) or a module (myapp.tasks)")
-    parser.add_argument("--interval", type=_positive_float, default=60.0,
-                        help="longest sleep between checks, in seconds (default 60)")
-    parser.add_argument("--db", help="queue database (default: LITEQ_DB, else ./liteq.db)")
+    parser = build_parser()
     args = parser.parse_args(argv)
+    # argparse checks the choices of a flag given, not of a default from the variables.
+    for value, allowed, var in ((args.log_format, LOG_FORMATS, "LITEQ_LOG_FORMAT"),
+                                (args.log_level, LOG_LEVELS, "LITEQ_LOG_LEVEL")):
+        if value not in allowed:
+            parser.error(f"{var} must be one of {', '.join(allowed)}; got {value!r}")
+    if not args.app:
+        parser.error("no app given: pass --app tasks.py (a file) or --app myapp.tasks "
+                     "(a module), or set LITEQ_APP")
     if args.db:
         # The app's own calls (register_schedule, .delay) must use the same file.
         os.environ["LITEQ_DB"] = args.db
         forget_backends()
+    # The daemon's structured logging (structlog), loaded by this command only: an
+    # app that uses the Scheduler class itself keeps its plain lines.
+    from liteqd.logs import configure, flush, get_logger
+    configure(args.log_format, args.log_level)
+    log = get_logger()
     try:
         load_app(args.app)
         backend = get_backend()
         count = len(backend.list_schedules())
     except (ConfigError, DatabaseError, ValueError, TypeError) as exc:
+        flush()
         print(f"liteq scheduler: error: {exc}", file=sys.stderr, flush=True)
         return 1
-    print(f"liteq scheduler: {count} schedule(s) in {backend.identity}; checking at least every "
-          f"{args.interval:g} s", flush=True)
-    Scheduler(check_interval=args.interval).run()
-    print("liteq scheduler: stopped", flush=True)
+
+    def event(event, /, **fields):
+        getattr(log, "warning" if event.endswith("error") else "info")(event, **fields)
+        flush()
+
+    def db_error(exc, retry_in_s):
+        log.warning("db.unavailable", op="schedules", error=str(exc), retry_in_s=retry_in_s)
+        flush()
+
+    event("scheduler.started", app=args.app, db=backend.identity, schedules=count,
+          interval_s=args.interval, pid=os.getpid())
+    Scheduler(check_interval=args.interval, log=event, on_db_error=db_error).run()
+    event("scheduler.stopped", pid=os.getpid())
     return 0
 
 

@@ -68,3 +68,20 @@ def connect_timeout() -> int:
     libpq counts whole seconds (and at least 2); a URL's own connect_timeout wins.
     """
     return max(1, round(env_float("LITEQ_CONNECT_TIMEOUT", 5.0, minimum=1.0)))
+
+
+NO_DDL_ENV = "LITEQ_NO_DDL"
+
+
+def no_ddl() -> bool:
+    """True when LITEQ_NO_DDL forbids this process to create or migrate the tables
+    (a DBA applies `liteq db upgrade` instead); `liteq db upgrade` itself ignores it."""
+    raw = os.environ.get(NO_DDL_ENV)
+    if raw is None:
+        return False
+    low = raw.strip().lower()
+    if low in ("1", "true", "yes", "on"):
+        return True
+    if low in ("", "0", "false", "no", "off"):
+        return False
+    raise ConfigError(f"{NO_DDL_ENV} must be 1 or 0 (true or false); got {raw!r}")

@@ -88,6 +88,9 @@ def build_supervisor(cfg, *, load=True):
     os.environ["LITEQ_DB"] = cfg.db  # tasks that enqueue follow-ups use the same queue
     if cfg.socket:
         os.environ["LITEQ_SOCKET"] = cfg.socket
+    if cfg.no_ddl:
+        # The supervisor, the app's own calls and the children all open the database.
+        os.environ["LITEQ_NO_DDL"] = "1"
     configure(cfg.log_format, cfg.log_level)
     if load:
         load_app(cfg.app)

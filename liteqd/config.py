@@ -46,6 +46,7 @@ class DaemonConfig:
     socket_group: str = None
     scheduler: bool = True
     poll_only: bool = False
+    no_ddl: bool = False            # leave schema changes to `liteq db upgrade`
     queue_limits: dict = field(default_factory=dict)   # queue -> most running at once
     # Retention: seconds a finished task is kept, per status (0: forever).
     keep_done: float = 7 * 86400.0
@@ -108,6 +109,9 @@ OPTIONS = [
     ("--queue-limit", "LITEQ_QUEUE_LIMITS", str, None,
      "QUEUE=N: at most N tasks of QUEUE run at once over every daemon on the database; "
      "repeat the flag, or separate with ';' in LITEQ_QUEUE_LIMITS"),
+    ("--no-ddl", "LITEQ_NO_DDL", bool, False,
+     "never create or migrate the queue's tables: missing or older ones are an error "
+     "saying to run `liteq db upgrade` (for a database role without DDL rights)"),
     ("--poll-only", "LITEQ_POLL_ONLY", bool, False,
      "no wake-up channel (no LISTEN on PostgreSQL, as PgBouncer in transaction mode "
      "needs): find tasks by polling every --poll-interval"),
@@ -116,7 +120,7 @@ OPTIONS = [
 LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
 
 
-def build_parser(prog="liteqd", description=None):
+def build_parser(prog: str = "liteqd", description: str | None = None) -> argparse.ArgumentParser:
     """The argument parser of liteqd (and `liteq worker`)."""
     parser = argparse.ArgumentParser(
         prog=prog, description=description or "LiteQ supervisor daemon: runs the tasks "
@@ -285,6 +289,7 @@ def resolve(args: argparse.Namespace, environ=None) -> DaemonConfig:
         poll_interval=values["poll_interval"], log_format=fmt, log_level=level,
         socket=values["socket"], socket_group=values["socket_group"],
         scheduler=not values["no_scheduler"], poll_only=values["poll_only"],
+        no_ddl=values["no_ddl"],
         queue_limits=values["queue_limit"] or {},
         keep_done=values["keep_done"], keep_failed=values["keep_failed"],
         keep_cancelled=(values["keep_done"] if values["keep_cancelled"] is None

@@ -2,7 +2,8 @@
 
 Exit codes: 0 success, 1 an error reply (or a bad request, or no database), 3 no
 daemon running (`schedules` then reads the database itself, and exits 0 when it
-can). A reader that goes away (`liteqctl status --json | head -c 100`) ends it
+can). `cancel`, `failed`, `retry` and `purge` need no daemon: they work on the
+database (liteqd/ctl_tasks.py). A reader that goes away (`liteqctl status --json | head -c 100`) ends it
 quietly by SIGPIPE, as it ends other Unix tools. liteqctl never creates a database.
 """
 
@@ -16,6 +17,8 @@ import time
 from liteq import __version__, control
 from liteq.backends import get_backend, identity_of, may_exist
 from liteq.errors import LiteQError
+
+from . import ctl_tasks
 
 EXIT_OK, EXIT_ERROR, EXIT_NO_DAEMON = 0, 1, 3
 
@@ -181,14 +184,18 @@ def _wait_scaled(pool_name, size, timeout, kw):
         time.sleep(0.05)
 
 
-def build_parser():
+def build_parser() -> argparse.ArgumentParser:
     """liteqctl's argument parser."""
     p = argparse.ArgumentParser(prog="liteqctl", description="Control a running liteqd.")
     p.add_argument("--version", action="version", version=f"liteqctl {__version__}")
     p.add_argument("--db", help="the database the daemon serves [LITEQ_DB]")
     p.add_argument("--socket", help="the control socket (default: derived from the database) "
                                     "[LITEQ_SOCKET]")
-    p.add_argument("--timeout", type=float, default=5.0, help="seconds to wait for an answer")
+    p.add_argument("--reply-timeout", type=float, default=None, metavar="S",
+                   help="seconds to wait for the daemon's answer (default 5)")
+    # liteqctl once named it --timeout, which liteqd uses for the tasks' time limit.
+    p.add_argument("--timeout", type=float, default=None, dest="old_timeout",
+                   help=argparse.SUPPRESS)
     sub = p.add_subparsers(dest="command", required=True)
     s = sub.add_parser("status", help="pools, children and queue counts")
     s.add_argument("--json", action="store_true", help="print JSON")
@@ -215,18 +222,36 @@ def build_parser():
     s.add_argument("task_id", type=int)
     s = sub.add_parser("schedules", help="cron schedules: next run, last run, enabled")
     s.add_argument("--json", action="store_true", help="print JSON")
+    ctl_tasks.add_commands(sub)
+    s = sub.add_parser("completion", help="print a shell completion script for liteq, "
+                                          "liteqd and liteqctl: completion bash|zsh")
+    s.add_argument("shell", choices=("bash", "zsh"))
     return p
+
+
+def reply_timeout(args: argparse.Namespace) -> float:
+    """--reply-timeout, or the deprecated --timeout (with a warning on stderr)."""
+    if args.old_timeout is not None:
+        print("liteqctl: warning: --timeout is deprecated here (liteqd's --timeout is the "
+              "tasks' time limit); use --reply-timeout", file=sys.stderr)
+        if args.reply_timeout is None:
+            return args.old_timeout
+    return 5.0 if args.reply_timeout is None else args.reply_timeout
 
 
 def run(args) -> int:
     """Carry out one liteqctl command; returns the exit code."""
-    kw = {"timeout": args.timeout}
+    cmd = args.command
+    if cmd == "completion":
+        from liteq.completion import script
+        _out(script(args.shell))
+        return EXIT_OK
+    kw = {"timeout": reply_timeout(args)}
     if args.socket:
         kw["path"] = args.socket
     if args.db:
         kw["db"] = args.db
-    cmd = args.command
-    if (cmd == "status" and args.all) or cmd == "cancel":
+    if (cmd == "status" and args.all) or cmd in ("cancel", "failed", "retry", "purge"):
         _require_database(args.db)
     if cmd == "status" and args.all:
         rows = daemons_on_database(args.db, args.window)
@@ -264,6 +289,8 @@ def run(args) -> int:
                 "not there" if row is None else f"{row['status']}: only pending or running "
                                                  f"tasks can be cancelled"))
         _out(f"cancelled task {args.task_id}")
+    elif cmd in ("failed", "retry", "purge"):
+        return getattr(ctl_tasks, f"run_{cmd}")(args, _out)
     elif cmd == "ping":
         reply = control.ping(**kw)
         _out(f"pong from liteqd pid {reply['pid']}")

@@ -52,4 +52,8 @@ def test_daemon_fires_schedule_every_second(db, workdir):
     assert all(abs(g - 1.0) < 0.01 for g in gaps), gaps
     events = [json.loads(line)["event"] for line in open(log)]
     assert events.count("schedule.fired") >= 4
+    # As in task events, the task is `name`; next_run is an ISO time, not epoch seconds.
+    fired = [e for e in map(json.loads, open(log)) if e["event"] == "schedule.fired"]
+    assert all(e["name"] == "tick" and "task" not in e and "T" in e["next_run"]
+               for e in fired), fired[0]
     backends.forget_backends()

@@ -4,6 +4,7 @@ Every test that touches the queue runs on each backend (conftest's `db`); multi-
 tests fork real processes and kill whatever is left in `finally`.
 """
 
+import json
 import multiprocessing
 import os
 import signal
@@ -527,11 +528,54 @@ def test_cli_fires_and_exits_cleanly_on_sigterm(sched_db, tmp_path):
         proc.send_signal(signal.SIGTERM)
         out, err = proc.communicate(timeout=10)
         assert proc.returncode == 0, err
-        assert "fired 'ping'" in out and "stopped" in out
+        # One JSON object per line (stdout is a pipe), with the fields of liteqd's events.
+        events = [json.loads(line) for line in out.splitlines()]
+        assert events[0]["event"] == "scheduler.started" and events[-1]["event"] == \
+            "scheduler.stopped"
+        fired = [e for e in events if e["event"] == "schedule.fired"]
+        assert fired and fired[0]["name"] == "ping" and "task" not in fired[0]
+        assert datetime.fromisoformat(fired[0]["next_run"]).tzinfo is not None
+        assert all("timestamp" in e and e["level"] == "info" for e in events)
     finally:
         if proc.poll() is None:
             proc.kill()
             proc.communicate(timeout=5)
+
+
+def test_cli_takes_the_app_from_liteq_app(sched_db, tmp_path):
+    app = tmp_path / "env_app.py"
+    app.write_text(textwrap.dedent("""
+        from liteq import task, register_schedule
+
+        @task()
+        def tick():
+            return 1
+
+        register_schedule(tick, "* * * * * *")
+    """))
+    env = dict(_env(), LITEQ_APP=str(app), LITEQ_LOG_FORMAT="console")
+    proc = subprocess.Popen([sys.executable, "-c", _CLI, "--interval", "1"], env=env,
+                            cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)
+    try:
+        deadline = time.monotonic() + 15
+        while time.monotonic() < deadline and not _tasks("tick"):
+            assert proc.poll() is None, proc.communicate()
+            time.sleep(0.1)
+        assert _tasks("tick")
+        proc.send_signal(signal.SIGTERM)
+        out, err = proc.communicate(timeout=10)
+        assert proc.returncode == 0, err
+        # LITEQ_LOG_FORMAT=console: readable lines, not JSON.
+        assert "schedule.fired" in out and not out.lstrip().startswith("{")
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate(timeout=5)
+    env.pop("LITEQ_APP")
+    out = subprocess.run([sys.executable, "-c", _CLI], env=env, capture_output=True,
+                         text=True, timeout=30)
+    assert out.returncode == 2 and "no app given" in out.stderr and "LITEQ_APP" in out.stderr
 
 
 def test_cli_reports_missing_or_broken_app(sched_db, tmp_path):

@@ -305,16 +305,40 @@ class Backend(abc.ABC):
 
     @abc.abstractmethod
     def retry_failed(self, task_id: int | None = None, queue: str | None = None,
-                     name: str | None = None) -> int:
+                     name: str | None = None, ids: Iterable[int] | None = None,
+                     older_than: float | None = None) -> int:
         """Put failed tasks (or one failed or cancelled task, by id) back to pending
         with their attempts reset; returns how many. A unique task whose key a
         pending or running task holds is left as it is (and of several failed ones
-        with one key, a bulk retry takes the newest)."""
+        with one key, a bulk retry takes the newest).
+
+        Without task_id the filters combine: queue, task name, older_than (finished
+        over that many seconds ago) and ids (then failed or cancelled tasks among
+        those ids)."""
 
     @abc.abstractmethod
-    def purge(self, older_than: float,
-              statuses: Iterable[str] = ("done", "failed", "cancelled")) -> int:
-        """Delete finished tasks that finished over `older_than` seconds ago."""
+    def purge(self, older_than: float | None,
+              statuses: Iterable[str] = ("done", "failed", "cancelled"),
+              queue: str | None = None, name: str | None = None,
+              ids: Iterable[int] | None = None) -> int:
+        """Delete finished tasks of `statuses` that finished over `older_than` seconds ago
+        (None: any age) and match the optional queue, name and ids; returns how many.
+        A task that a pending or running task depends on is kept."""
+
+    @abc.abstractmethod
+    def find_finished(self, statuses: Iterable[str], queue: str | None = None,
+                      name: str | None = None, ids: Iterable[int] | None = None,
+                      older_than: float | None = None,
+                      limit: int = 50) -> list[dict[str, Any]]:
+        """Finished tasks (statuses among done, failed, cancelled) matching the optional
+        filters, latest finish first: what `liteqctl failed` lists, and what retry and
+        purge would touch."""
+
+    @abc.abstractmethod
+    def count_finished(self, statuses: Iterable[str], queue: str | None = None,
+                       name: str | None = None, ids: Iterable[int] | None = None,
+                       older_than: float | None = None) -> int:
+        """How many tasks find_finished() would find with no limit."""
 
     @abc.abstractmethod
     def prune(self, status, older_than, limit) -> int:

@@ -36,3 +36,33 @@ KEY_IS_FREE_FOR_NEWEST = (
     "(unique_key IS NULL OR NOT EXISTS (SELECT 1 FROM tasks AS k "
     "WHERE k.unique_key = tasks.unique_key AND (k.status IN ('pending', 'running') "
     "OR (k.status = 'failed' AND k.id > tasks.id))))")
+
+
+FINISHED = ("done", "failed", "cancelled")
+
+
+def finished_statuses(statuses) -> str:
+    """The finished statuses (done, failed, cancelled) as SQL literals: "'done', 'failed'"
+    (ValueError for any other). Literals, as in prune, so the partial index of finished
+    tasks applies."""
+    chosen = (statuses,) if isinstance(statuses, str) else tuple(statuses)
+    bad = [s for s in chosen if s not in FINISHED]
+    if bad or not chosen:
+        raise ValueError(f"finished statuses are done, failed and cancelled; got "
+                         f"{', '.join(map(repr, bad)) or 'none'}")
+    return ", ".join(f"'{s}'" for s in dict.fromkeys(chosen))
+
+
+def task_filters(placeholder, queue=None, name=None, ids=None):
+    """Conditions (a list of SQL texts, to AND) and their parameters for the optional
+    filters of the operators' commands: queue, task name, and a set of ids."""
+    conds, params = [], []
+    for col, val in (("queue", queue), ("name", name)):
+        if val is not None:
+            conds.append(f"{col} = {placeholder}")
+            params.append(val)
+    if ids is not None:
+        chosen = sorted({int(i) for i in ids})
+        conds.append(f"id IN ({', '.join([placeholder] * len(chosen))})" if chosen else "0 = 1")
+        params.extend(chosen)
+    return conds, params

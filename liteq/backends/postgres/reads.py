@@ -6,7 +6,7 @@ Rows come back with the SQLite backend's keys, times as epoch seconds.
 from ...taskspec import check_purge
 from ..base import CANCEL_TEXT, TASK_STATUSES
 from ..filters import (KEY_IS_FREE, KEY_IS_FREE_FOR_NEWEST, PRUNABLE, equal_filters,
-                       finished_status)
+                       finished_status, finished_statuses, task_filters)
 from . import counts, deps
 from .connection import operation
 from .vacuum import vacuum_now
@@ -155,18 +155,60 @@ class ReadOps:
                 deps.cancel_dependents(session, [task_id], "cancelled")
         return row is not None
 
+    @staticmethod
+    def _finished_where(statuses, queue, name, ids, older_than):
+        conds, params = task_filters("%s", queue=queue, name=name, ids=ids)
+        conds.insert(0, f"status IN ({finished_statuses(statuses)})")
+        if older_than is not None:
+            conds.append("finished_at < now() - %s::float8 * interval '1 second'")
+            params.append(float(older_than))
+        return " AND ".join(conds), params
+
     @operation
-    def retry_failed(self, task_id=None, queue=None, name=None) -> int:
+    def find_finished(self, statuses, queue=None, name=None, ids=None, older_than=None,
+                      limit=50) -> list:
+        """Finished tasks of `statuses` matching the optional filters (older_than: finished
+        over that many seconds ago, by the server's clock), latest finish first."""
+        where, params = self._finished_where(statuses, queue, name, ids, older_than)
+        return self._session.run(
+            f"SELECT {TASK_SELECT} FROM tasks WHERE {where} "
+            f"ORDER BY finished_at DESC NULLS LAST, id DESC LIMIT %s",
+            (*params, int(limit))).fetchall()
+
+    @operation
+    def count_finished(self, statuses, queue=None, name=None, ids=None,
+                       older_than=None) -> int:
+        """How many tasks find_finished() would find with no limit."""
+        where, params = self._finished_where(statuses, queue, name, ids, older_than)
+        return self._session.run(f"SELECT COUNT(*) AS n FROM tasks WHERE {where}",
+                                 params).fetchone()["n"]
+
+    @operation
+    def retry_failed(self, task_id=None, queue=None, name=None, ids=None,
+                     older_than=None) -> int:
         """Put failed tasks (or one failed or cancelled task, by id) back to pending,
-        due now, with their attempts reset; returns how many."""
+        due now, with their attempts reset; returns how many. With ids: the failed or
+        cancelled tasks among them that match the other filters."""
         reset = ("UPDATE tasks SET status = 'pending', attempts = 0, run_at = now(), "
                  "worker_id = NULL, finished_at = NULL ")
         if task_id is not None:
             return self._session.run(
                 reset + f"WHERE id = %s AND status IN ('failed', 'cancelled') AND {KEY_IS_FREE}",
                 (int(task_id),)).rowcount
-        clause, params = equal_filters("%s", status="failed", queue=queue, name=name)
-        return self._session.run(f"{reset}{clause} AND {KEY_IS_FREE_FOR_NEWEST}",
+        if ids is not None:
+            # One id at a time: of two chosen tasks with one unique key, the first takes
+            # the key and the second, seeing it held, stays as it is.
+            where, params = self._finished_where(("failed", "cancelled"), queue, name,
+                                                 None, older_than)
+            done = 0
+            with self._session.transaction():
+                for one in sorted({int(i) for i in ids}):
+                    done += self._session.run(
+                        f"{reset} WHERE {where} AND id = %s AND {KEY_IS_FREE}",
+                        (*params, one)).rowcount
+            return done
+        where, params = self._finished_where("failed", queue, name, None, older_than)
+        return self._session.run(f"{reset} WHERE {where} AND {KEY_IS_FREE_FOR_NEWEST}",
                                  params).rowcount
 
     @operation
@@ -188,26 +230,33 @@ class ReadOps:
         self._vacuums.after_prune(self._session, deleted)
         return deleted
 
-    def purge(self, older_than, statuses=FINISHED_STATUSES) -> int:
+    def purge(self, older_than, statuses=FINISHED_STATUSES, queue=None, name=None,
+              ids=None) -> int:
         """Delete finished tasks that finished over `older_than` seconds ago (server's
-        clock); on a server whose autovacuum is off, then VACUUM the table when
-        autovacuum would have (on a connection of its own; see vacuum.py)."""
-        deleted, vacuum = self._delete_finished(older_than, statuses)
+        clock), of `statuses`, matching the optional queue, name and ids; a task that a
+        pending or running task depends on is kept. On a server whose autovacuum is off,
+        then VACUUM the table when autovacuum would have (on a connection of its own;
+        see vacuum.py)."""
+        deleted, vacuum = self._delete_finished(older_than, statuses, queue, name, ids)
         if vacuum:
             vacuum_now(self._connector)
         return deleted
 
     @operation
-    def _delete_finished(self, older_than, statuses):
+    def _delete_finished(self, older_than, statuses, queue=None, name=None, ids=None):
         """(rows deleted, whether the table needs a VACUUM from LiteQ now)."""
-        statuses = check_purge(older_than, statuses, TASK_STATUSES)
+        # older_than None: any age (an operator's purge by ids).
+        statuses = check_purge(0.0 if older_than is None else older_than, statuses,
+                               TASK_STATUSES)
+        statuses = tuple(s for s in statuses if s in FINISHED_STATUSES)
         if not statuses:
-            return 0, False
-        # Literal statuses, so the planner can prove the partial index tasks_finished
-        # applies (a parameter array would mean a sequential scan).
-        listed = ", ".join(f"'{s}'" for s in statuses)
+            return 0, False  # only finished tasks have a finish time to be older than
+        # Literal statuses (finished_statuses), so the planner can prove the partial
+        # index tasks_finished applies (a parameter array would mean a sequential scan).
+        where, params = self._finished_where(statuses, queue, name, ids, older_than)
+        # A deleted task's own edges go with it (nothing waits for a finished task).
         deleted = self._session.run(
-            f"DELETE FROM tasks WHERE status IN ({listed}) "
-            f"AND finished_at < now() - %s::float8 * interval '1 second'",
-            (older_than,)).rowcount
+            f"WITH gone AS (DELETE FROM tasks WHERE {where} AND {PRUNABLE} RETURNING id), "
+            f"edges AS (DELETE FROM task_deps WHERE child_id IN (SELECT id FROM gone)) "
+            f"SELECT COUNT(*) AS n FROM gone", params).fetchone()["n"]
         return deleted, self._vacuums.needed(self._session, deleted)

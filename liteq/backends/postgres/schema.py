@@ -11,6 +11,7 @@ schemas (or databases: advisory locks are per database) never wait for it.
 from psycopg import sql
 
 from ...errors import DatabaseError
+from ..ddl import ddl_allowed, not_ready
 
 SCHEMA_VERSION = 4
 
@@ -181,28 +182,76 @@ def _check_newer(version, schema):
             f"this LiteQ understands ({SCHEMA_VERSION}); upgrade LiteQ")
 
 
-def ensure_schema(conn) -> str:
-    """Create or migrate the tables to SCHEMA_VERSION in the connection's current schema;
-    returns that schema's name. Safe to call from any number of processes at once."""
+def current_schema(conn) -> str:
+    """The schema the connection's tables live in (the first existing one of its
+    search_path); DatabaseError when none of them exists."""
     schema = conn.execute("SELECT current_schema() AS s").fetchone()["s"]
     if schema is None:
         path = conn.execute("SHOW search_path").fetchone()["search_path"]
         raise DatabaseError(f"no schema to create the LiteQ tables in: none of the "
                             f"search_path ({path}) exists; create it first")
-    version = _applied(conn, schema)
+    return schema
+
+
+def schema_version(conn) -> tuple[str, int]:
+    """(the schema, the version of its LiteQ tables; 0: none yet)."""
+    schema = current_schema(conn)
+    return schema, _applied(conn, schema)
+
+
+def ensure_schema(conn, allow_ddl: bool | None = None) -> str:
+    """Create or migrate the tables to SCHEMA_VERSION in the connection's current schema;
+    returns that schema's name. Safe to call from any number of processes at once.
+
+    allow_ddl None follows LITEQ_NO_DDL: when it is set, tables that are missing or
+    older are a SchemaNotReady error naming `liteq db upgrade` instead.
+    """
+    schema, version = schema_version(conn)
     _check_newer(version, schema)
     if version == SCHEMA_VERSION:
         return schema
+    if not ddl_allowed(allow_ddl):
+        raise not_ready(f"schema {schema!r} of the PostgreSQL database", version,
+                        SCHEMA_VERSION)
+    migrate(conn)
+    return schema
+
+
+def migrate(conn) -> tuple[int, int]:
+    """Bring the tables to SCHEMA_VERSION under the advisory lock, whatever LITEQ_NO_DDL
+    says (`liteq db upgrade`); returns (version before, version after)."""
+    schema = current_schema(conn)
     with conn.transaction():
-        conn.execute("SELECT pg_advisory_xact_lock(%s, hashtext(current_schema()))",
-                     (LOCK_CLASS,))
+        conn.execute(_LOCK, (LOCK_CLASS,))
         # Another process may have migrated while this one waited for the lock.
         conn.execute(_MIGRATIONS_DDL)
-        version = _applied(conn, schema)
+        version = before = _applied(conn, schema)
         _check_newer(version, schema)
         while version < SCHEMA_VERSION:
             version += 1
             for ddl in _MIGRATIONS[version]:
                 conn.execute(ddl)
             conn.execute("INSERT INTO liteq_migrations (version) VALUES (%s)", (version,))
-    return schema
+    return before, max(version, before)
+
+
+_LOCK = "SELECT pg_advisory_xact_lock(%s, hashtext(current_schema()))"
+
+
+def migration_sql(conn) -> list[str]:
+    """The statements migrate() would run, for a DBA to apply (empty when up to date).
+
+    The script pins search_path to the queue's schema, so it creates the tables
+    where LiteQ will look for them whoever runs it, and takes the same advisory lock.
+    """
+    schema, version = schema_version(conn)
+    _check_newer(version, schema)
+    if version == SCHEMA_VERSION:
+        return []
+    out = ["BEGIN", f"SET LOCAL search_path TO {sql.Identifier(schema).as_string(conn)}",
+           _LOCK.replace("%s", str(LOCK_CLASS)), _MIGRATIONS_DDL.strip()]
+    for v in range(version + 1, SCHEMA_VERSION + 1):
+        out += [ddl.strip() for ddl in _MIGRATIONS[v]]
+        out.append(f"INSERT INTO liteq_migrations (version) VALUES ({v})")
+    out.append("COMMIT")
+    return out

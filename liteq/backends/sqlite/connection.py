@@ -120,8 +120,15 @@ def open_connection(path: str, *, isolation_level=None, busy_timeout=None) -> sq
 
 
 def open_with_schema(path, **options) -> sqlite3.Connection:
-    """open_connection(), then the schema brought up to date (closed again on failure)."""
-    from .schema import ensure_schema
+    """open_connection(), then the schema brought up to date (closed again on failure).
+
+    Under LITEQ_NO_DDL a file that does not exist is not created: SchemaNotReady.
+    """
+    from ..ddl import ddl_allowed, not_ready
+    from .schema import SCHEMA_VERSION, ensure_schema
+    if path not in ("", ":memory:") and not path.startswith("file:") \
+            and not os.path.exists(path) and not ddl_allowed():
+        raise not_ready(f"database {path} does not exist, so it", 0, SCHEMA_VERSION)
     conn = open_connection(path, **options)
     try:
         ensure_schema(conn)

@@ -2,7 +2,7 @@
 
 from ...timeutil import now
 from ..filters import (KEY_IS_FREE, KEY_IS_FREE_FOR_NEWEST, PRUNABLE, equal_filters,
-                       finished_status)
+                       finished_status, finished_statuses, task_filters)
 from ...taskspec import check_purge
 from ..base import CANCEL_TEXT, TASK_STATUSES
 from . import deps
@@ -132,26 +132,62 @@ class ReadOps:
             self.notify_cancel(task_id)
         return row is not None
 
+    def _finished_where(self, statuses, queue, name, ids, older_than):
+        conds, params = task_filters("?", queue=queue, name=name, ids=ids)
+        conds.insert(0, f"status IN ({finished_statuses(statuses)})")
+        if older_than is not None:
+            conds.append("finished_at < ?")
+            params.append(now() - float(older_than))
+        return " AND ".join(conds), params
+
     @guarded
-    def retry_failed(self, task_id=None, queue=None, name=None) -> int:
+    def find_finished(self, statuses, queue=None, name=None, ids=None, older_than=None,
+                      limit=50) -> list:
+        """Finished tasks of `statuses` matching the optional filters (older_than: finished
+        over that many seconds ago), latest finish first."""
+        where, params = self._finished_where(statuses, queue, name, ids, older_than)
+        return [dict(r) for r in self._conn.execute(
+            f"SELECT {_TASK_SELECT} FROM tasks WHERE {where} "
+            f"ORDER BY finished_at DESC, id DESC LIMIT ?", (*params, int(limit)))]
+
+    @guarded
+    def count_finished(self, statuses, queue=None, name=None, ids=None,
+                       older_than=None) -> int:
+        """How many tasks find_finished() would find with no limit."""
+        where, params = self._finished_where(statuses, queue, name, ids, older_than)
+        return self._conn.execute(f"SELECT COUNT(*) FROM tasks WHERE {where}",
+                                  params).fetchone()[0]
+
+    @guarded
+    def retry_failed(self, task_id=None, queue=None, name=None, ids=None,
+                     older_than=None) -> int:
         """Put failed (or cancelled, when named by id) tasks back to pending, attempts reset.
 
-        With task_id, that one task; else every failed task matching queue/name.
+        With task_id, that one task; else every failed task matching queue, name and
+        older_than, and with ids, the failed or cancelled tasks among those ids.
         """
         t = now()
+        reset = ("UPDATE tasks SET status = 'pending', attempts = 0, run_at = ?, "
+                 "worker_id = NULL, finished_at = NULL ")
         with self._write() as conn:
             if task_id is not None:
                 cur = conn.execute(
-                    "UPDATE tasks SET status = 'pending', attempts = 0, run_at = ?, "
-                    "worker_id = NULL, finished_at = NULL "
-                    f"WHERE id = ? AND status IN ('failed', 'cancelled') AND {KEY_IS_FREE}",
+                    reset + f"WHERE id = ? AND status IN ('failed', 'cancelled') AND {KEY_IS_FREE}",
                     (t, task_id))
                 return cur.rowcount
-            clause, params = equal_filters("?", status="failed", queue=queue, name=name)
-            cur = conn.execute(
-                "UPDATE tasks SET status = 'pending', attempts = 0, run_at = ?, "
-                f"worker_id = NULL, finished_at = NULL {clause} AND {KEY_IS_FREE_FOR_NEWEST}",
-                (t, *params))
+            if ids is not None:
+                # One id at a time: of two chosen tasks with one unique key, the first
+                # takes the key and the second, seeing it held, stays as it is.
+                where, params = self._finished_where(("failed", "cancelled"), queue, name,
+                                                     None, older_than)
+                done = 0
+                for one in sorted({int(i) for i in ids}):
+                    done += conn.execute(f"{reset} WHERE {where} AND id = ? AND {KEY_IS_FREE}",
+                                         (t, *params, one)).rowcount
+                return done
+            where, params = self._finished_where("failed", queue, name, None, older_than)
+            cur = conn.execute(f"{reset} WHERE {where} AND {KEY_IS_FREE_FOR_NEWEST}",
+                               (t, *params))
             return cur.rowcount
 
     @guarded
@@ -169,14 +205,21 @@ class ReadOps:
             return len(gone)
 
     @guarded
-    def purge(self, older_than, statuses=("done", "failed", "cancelled")) -> int:
-        """Delete finished tasks that finished more than `older_than` seconds ago."""
-        statuses = check_purge(older_than, statuses, TASK_STATUSES)
+    def purge(self, older_than, statuses=("done", "failed", "cancelled"), queue=None,
+              name=None, ids=None) -> int:
+        """Delete finished tasks that finished more than `older_than` seconds ago, of
+        `statuses`, matching the optional queue, name and ids. A task that a pending or
+        running task depends on is kept (the child waits for it, or reads its result)."""
+        # older_than None: any age (an operator's purge by ids).
+        statuses = check_purge(0.0 if older_than is None else older_than, statuses,
+                               TASK_STATUSES)
+        statuses = tuple(s for s in statuses if s in ("done", "failed", "cancelled"))
         if not statuses:
-            return 0
-        marks = ",".join("?" * len(statuses))
+            return 0  # only finished tasks have a finish time to be older than
+        where, params = self._finished_where(statuses, queue, name, ids, older_than)
         with self._write() as conn:
-            cur = conn.execute(
-                f"DELETE FROM tasks WHERE status IN ({marks}) AND finished_at < ?",
-                (*statuses, now() - older_than))
+            # A deleted task's own edges go with it (nothing waits for a finished task).
+            conn.execute(f"DELETE FROM task_deps WHERE child_id IN "
+                         f"(SELECT id FROM tasks WHERE {where} AND {PRUNABLE})", params)
+            cur = conn.execute(f"DELETE FROM tasks WHERE {where} AND {PRUNABLE}", params)
             return cur.rowcount

@@ -7,6 +7,7 @@ SCHEMA_VERSION under the write lock, so processes that start together migrate on
 import sqlite3
 
 from ...errors import DatabaseError
+from ..ddl import ddl_allowed, not_ready
 from ...timeutil import now
 from . import seed_times
 
@@ -221,19 +222,49 @@ _MIGRATIONS = {0: _migrate_v0_to_v1, 1: _migrate_v1_to_v2, 2: _migrate_v2_to_v3,
                3: _migrate_v3_to_v4}
 
 
-def ensure_schema(conn: sqlite3.Connection) -> None:
-    """Create or migrate the schema to SCHEMA_VERSION; safe to call any number of times."""
-    version = conn.execute("PRAGMA user_version").fetchone()[0]
-    if version == SCHEMA_VERSION:
-        return
+def schema_version(conn: sqlite3.Connection) -> int:
+    """The file's schema version (PRAGMA user_version; 0: no LiteQ tables yet)."""
+    return int(conn.execute("PRAGMA user_version").fetchone()[0])
+
+
+def _check_newer(version: int) -> None:
     if version > SCHEMA_VERSION:
         raise DatabaseError(
             f"database schema version {version} is newer than this LiteQ understands "
             f"({SCHEMA_VERSION}); upgrade LiteQ")
+
+
+def ensure_schema(conn: sqlite3.Connection, allow_ddl: bool | None = None) -> None:
+    """Create or migrate the schema to SCHEMA_VERSION; safe to call any number of times.
+
+    allow_ddl None follows LITEQ_NO_DDL: when it is set, a file that needs creating or
+    migrating is a SchemaNotReady error naming `liteq db upgrade` instead.
+    """
+    version = schema_version(conn)
+    if version == SCHEMA_VERSION:
+        return
+    _check_newer(version)
+    if not ddl_allowed(allow_ddl):
+        raise not_ready(f"database {_file_of(conn)}", version, SCHEMA_VERSION)
+    migrate(conn)
+
+
+def _file_of(conn: sqlite3.Connection) -> str:
+    row = conn.execute("PRAGMA database_list").fetchone()
+    return (row[2] if row is not None else "") or ":memory:"
+
+
+def migrate(conn: sqlite3.Connection) -> tuple[int, int]:
+    """Bring the file to SCHEMA_VERSION under the write lock, whatever LITEQ_NO_DDL says
+    (`liteq db upgrade`); returns (version before, version after)."""
     conn.execute("BEGIN IMMEDIATE")
     try:
         # Re-read under the write lock: another process may have migrated meanwhile.
-        version = conn.execute("PRAGMA user_version").fetchone()[0]
+        version = before = schema_version(conn)
+        _check_newer(version)
+        if version == SCHEMA_VERSION:
+            conn.execute("COMMIT")
+            return before, version
         while version < SCHEMA_VERSION:
             _MIGRATIONS[version](conn)
             version += 1
@@ -244,4 +275,49 @@ def ensure_schema(conn: sqlite3.Connection) -> None:
     except BaseException:
         conn.execute("ROLLBACK")
         raise
+    return before, SCHEMA_VERSION
 
+
+# Statements the recording of migration_sql() leaves out: reads, and the transaction
+# it wraps around the whole script itself.
+_NOT_RECORDED = ("SELECT", "BEGIN", "COMMIT", "ROLLBACK", "PRAGMA TABLE_INFO",
+                 "PRAGMA USER_VERSION", "PRAGMA DATABASE_LIST", "--")
+
+
+def migration_sql(conn: sqlite3.Connection) -> list[str]:
+    """The statements that migrate() would run on this file, without running them.
+
+    The migrations are Python functions (the first reads which tables a file from the
+    seed project has), so they run on a scratch copy of the file's schema in memory,
+    its rows left out, and every statement that changes something is recorded.
+    Empty when the file is up to date.
+    """
+    version = schema_version(conn)
+    _check_newer(version)
+    if version == SCHEMA_VERSION:
+        return []
+    scratch = sqlite3.connect(":memory:", isolation_level=None)
+    try:
+        # Tables first, then what refers to them (indexes, triggers, views).
+        for _, sql in conn.execute(
+                "SELECT type, sql FROM sqlite_master WHERE sql IS NOT NULL "
+                "AND name NOT LIKE 'sqlite_%' "
+                "ORDER BY CASE type WHEN 'table' THEN 0 ELSE 1 END, rowid").fetchall():
+            scratch.execute(sql)
+        scratch.execute(f"PRAGMA user_version = {version}")
+        recorded: list[str] = []
+        scratch.set_trace_callback(recorded.append)
+        migrate(scratch)
+        scratch.set_trace_callback(None)
+    finally:
+        scratch.close()
+    return ["BEGIN IMMEDIATE", *(s.strip() for s in recorded if _changes(s)), "COMMIT"]
+
+
+def _changes(statement: str) -> bool:
+    """True for a recorded statement that changes the file (PRAGMA user_version = N
+    does; reading it does not)."""
+    up = statement.strip().upper()
+    if up.startswith("PRAGMA USER_VERSION"):
+        return "=" in up
+    return not up.startswith(_NOT_RECORDED)
