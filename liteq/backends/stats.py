@@ -119,15 +119,16 @@ class Tally:
         seconds = max(0.0, float(seconds))
         self.add(queue, name, metric, bucket_of(seconds), 1, seconds)
 
-    def attempt(self, row: dict[str, object], outcome: str, error: str | None,
+    def attempt(self, row: Any, outcome: str, error: str | None,
                 started: float | None, finished: float | None) -> None:
-        """Count one recorded attempt: its outcome, run time and wait time. row holds
-        the task's queue, name and run_at (the due time this attempt started after)."""
+        """Count one recorded attempt: its outcome, run time and wait time. row (a
+        mapping) holds the task's queue, name and run_at (the due time this attempt
+        started after)."""
         queue, name = str(row["queue"]), str(row["name"])
         self.outcome(queue, name, outcome, error)
         if started is not None and finished is not None:
             self.observe(queue, name, "run", float(finished) - float(started))
-        run_at = row.get("run_at")
+        run_at = row["run_at"]
         if started is not None and isinstance(run_at, (int, float)):
             self.observe(queue, name, "wait", float(started) - float(run_at))
 
