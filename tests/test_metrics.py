@@ -128,7 +128,8 @@ def test_counters_never_drop_with_retention_and_retries(db, daemons, app, workdi
     for r in range(rounds):
         with fresh_backend(db) as backend:
             put_tasks(backend, "add", json.dumps([[r, n] for n in range(adds)]), adds)
-            put_tasks(backend, "always_fail", json.dumps([[f"boom {r}"]] * fails), fails)
+            put_tasks(backend, "always_fail", json.dumps([[f"boom {r}"]] * fails), fails,
+                      max_retries=0)
         for n in range(flakies):
             # Fails once, then succeeds: one retry each.
             app.flaky.delay(os.path.join(workdir, f"flaky-{r}-{n}"), 1)
@@ -163,7 +164,8 @@ def test_counters_never_drop_with_retention_and_retries(db, daemons, app, workdi
 
     # A retried task counts again when it runs again; nothing is taken back.
     with fresh_backend(db) as backend:
-        (again,) = put_tasks(backend, "always_fail", json.dumps([["once more"]]), 1)
+        (again,) = put_tasks(backend, "always_fail", json.dumps([["once more"]]), 1,
+                               max_retries=0)
     scrapes.until(lambda s: outcome(s, "always_fail", "failed") == rounds * fails + 1, 30,
                   lambda: d.dump())
     assert backends.get_backend(db).retry_failed(task_id=again) == 1
@@ -180,7 +182,7 @@ def test_counters_never_drop_with_retention_and_retries(db, daemons, app, workdi
 
 def test_cancels_and_time_outs_are_counted(db, daemons, app):
     with fresh_backend(db) as backend:
-        later = put_tasks(backend, "add", json.dumps([[1, 1]] * 3), 3, delay=3600)
+        later = put_tasks(backend, "add", json.dumps([[1, 1]] * 3), 3)   # no daemon yet
         (slow,) = put_tasks(backend, "slow", json.dumps([[30]]), 1, timeout=0.5,
                             max_retries=1, retry_delay=0.05)
     scrapes = Scrapes(db)
