@@ -351,6 +351,28 @@ def test_a_version_4_postgres_schema_is_upgraded():
         pg_helpers.drop_schema(server, name)
 
 
+def test_the_grafana_dashboard_asks_for_metrics_that_exist(backend):
+    import re
+    from pathlib import Path
+    path = Path(__file__).resolve().parent.parent / "examples" / "grafana" / "liteq-dashboard.json"
+    dashboard = json.loads(path.read_text())
+    exprs = [t["expr"] for p in dashboard["panels"] for t in p.get("targets", [])]
+    exprs += [v["query"]["query"] for v in dashboard["templating"]["list"]
+              if isinstance(v.get("query"), dict)]
+    used = {m for e in exprs for m in re.findall(r"\bliteq_\w+", e)}
+    # Every family, as /metrics names its samples, with a daemon up and outcomes recorded.
+    (tid,) = put_tasks(backend, "job", json.dumps([[]]), 1)
+    backend.claim("w1", ["default"], 1)
+    t = time.time()
+    backend.record_outcomes("w1", done=[(tid, "null", t, t)])
+    backend.heartbeat("w1", "h1", "default", 1, os.getpid(), t)
+    text = render(LiteQCollector(backend.target, store_factory=lambda: backend,
+                                 status_fn=lambda: {"hostname": "h1", "pools": [
+                                     {"name": "default", "size": 1, "children": [{}]}]}))
+    exported = {s.name for f in text_string_to_metric_families(text.decode()) for s in f.samples}
+    assert used and used <= exported, sorted(used - exported)
+
+
 @pytest.mark.parametrize("seconds, index", [(0.0, 0), (0.005, 0), (0.006, 1), (3600.0, 17),
                                             (1e9, 18)])
 def test_bucket_bounds(seconds, index):
