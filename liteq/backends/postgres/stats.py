@@ -56,18 +56,20 @@ def add_errors(session: Any, rows: Sequence[ErrorRow]) -> None:
 
 def read(session: Any) -> list[dict[str, Any]]:
     """Every cell of task_stats: [{queue, name, metric, bucket, count, total}]."""
-    return session.run(
+    rows: list[dict[str, Any]] = session.run(
         "SELECT queue, name, metric, bucket, SUM(count)::bigint AS count, "
         "SUM(total) AS total FROM task_stats GROUP BY queue, name, metric, bucket "
         "ORDER BY queue, name, metric, bucket").fetchall()
+    return rows
 
 
 def errors_of(session: Any, task_id: int) -> list[dict[str, Any]]:
     """A task's attempts' errors, oldest first: [{attempt, error, finished_at}]."""
-    return session.run(
+    rows: list[dict[str, Any]] = session.run(
         "SELECT attempt, error, date_part('epoch', finished_at) AS finished_at "
         "FROM task_errors WHERE task_id = %s ORDER BY id",
         (int(task_id),), prepare=True).fetchall()
+    return rows
 
 
 def running_rows(session: Any, ids: Iterable[int], worker_id: str) -> dict[int, dict[str, Any]]:
