@@ -269,7 +269,8 @@ def test_errors_of_a_reclaimed_task_and_of_the_async_reader(backend):
     assert backend.reclaim(["w-dead"], reason="its worker died") == [(tid, "failed")]
     errors = asyncio.run(liteq.aget_task_status(tid))["errors"]
     assert [e["attempt"] for e in errors] == [1]
-    assert errors[0]["error"] == "its worker died"
+    assert errors[0]["error"] == "its worker died, and the task has no retries left"
+    assert errors[0]["error"] == liteq.get_task_status(tid)["error"]
     s = scrape(backend.target)
     assert outcome(s, "job", "failed") == 1
 

@@ -123,14 +123,33 @@ class Tally:
                 started: float | None, finished: float | None) -> None:
         """Count one recorded attempt: its outcome, run time and wait time. row (a
         mapping) holds the task's queue, name and run_at (the due time this attempt
-        started after)."""
-        queue, name = str(row["queue"]), str(row["name"])
-        self.outcome(queue, name, outcome, error)
-        if started is not None and finished is not None:
-            self.observe(queue, name, "run", float(finished) - float(started))
+        started after). On the daemon's hot path, once per outcome: kept inline."""
+        queue, name = row["queue"], row["name"]
+        cells = self.cells
+        key = (queue, name, outcome, 0)
+        cell = cells.get(key)
+        if cell is None:
+            cells[key] = [1, 0.0]
+        else:
+            cell[0] += 1
+        if error is not None and outcome != "succeeded" and error.startswith(_TIMEOUT_PREFIX):
+            self.add(queue, name, "timed_out")
+        if started is None:
+            return
         run_at = row["run_at"]
-        if started is not None and isinstance(run_at, (int, float)):
-            self.observe(queue, name, "wait", float(started) - float(run_at))
+        for metric, seconds in (("run", None if finished is None else finished - started),
+                                ("wait", None if run_at is None else started - run_at)):
+            if seconds is None:
+                continue
+            if seconds < 0:
+                seconds = 0.0   # clock skew between the daemon and the database
+            key = (queue, name, metric, bisect.bisect_left(BUCKETS, seconds))
+            cell = cells.get(key)
+            if cell is None:
+                cells[key] = [1, seconds]
+            else:
+                cell[0] += 1
+                cell[1] += seconds
 
     def capped(self, cache: NameCache, cap: int) -> list[tuple[Key, int, float]]:
         """The cells as (key, count, total), sorted by key (every writer locks rows in

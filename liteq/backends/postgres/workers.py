@@ -82,17 +82,20 @@ class WorkerOps:
         """
         session = self._session
         beats = dict(stale_heartbeats or {})
+        final = reason + ", and the task has no retries left"
         with session.transaction():
             rows = session.run(RECLAIM, {
                 "dead": list(dead_worker_ids), "stale": stale_after,
                 "beat_ids": list(beats), "beats": list(beats.values()),
-                "error": reason + ", and the task has no retries left"},
-                prepare=True).fetchall()
+                "error": final}, prepare=True).fetchall()
             failed = [r["id"] for r in rows if r["status"] == "failed"]
             tally = reclaimed_tally(rows)
             if failed:
                 deps.cancel_dependents(session, failed, "failed", tally)
-            stats.add_errors(session, [(r["id"], r["attempts"], reason, None) for r in rows])
+            # The attempt each was on ended with its daemon.
+            stats.add_errors(session, [(r["id"], r["attempts"],
+                                        final if r["status"] == "failed" else reason, None)
+                                       for r in rows])
             stats.write(session, tally, self._stat_names, self._stat_shard)
         return [(r["id"], r["status"]) for r in rows]
 

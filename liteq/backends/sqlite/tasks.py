@@ -44,9 +44,9 @@ _OUTCOME_SET = {
     "retry": "status = 'pending', error = v.column2, started_at = v.column3, "
              "worker_id = NULL, run_at = v.column4",
 }
-_OUTCOME_CHUNK = 500
+_OUTCOME_CHUNK = 500   # rows per statement (4 parameters each)
 # The statistics' outcome of each kind of outcome row.
-_STAT_OF = {"done": "succeeded", "failed": "failed", "retry": "retried"}   # rows per statement (4 parameters each)
+_STAT_OF = {"done": "succeeded", "failed": "failed", "retry": "retried"}
 
 # Back to pending, the attempt uncounted: a claimed task that never started.
 RELEASE = ("UPDATE tasks SET status = 'pending', worker_id = NULL, "
@@ -430,6 +430,7 @@ class TaskOps:
         dead_clause = (f"worker_id IN (SELECT worker_id FROM workers WHERE {gone}) "
                        f"OR worker_id IN ({marks}) OR worker_id IS NULL OR worker_id NOT IN "
                        f"(SELECT worker_id FROM workers)")
+        final = reason + ", and the task has no retries left"
         with self._write() as conn:
             rows = conn.execute(
                 "UPDATE tasks SET "
@@ -439,12 +440,15 @@ class TaskOps:
                 "worker_id = NULL "
                 f"WHERE status = 'running' AND ({dead_clause}) "
                 "RETURNING id, status, queue, name, attempts",
-                (reason + ", and the task has no retries left", t, *args, *dead)).fetchall()
+                (final, t, *args, *dead)).fetchall()
             failed = [r["id"] for r in rows if r["status"] == "failed"]
             tally = reclaimed_tally(rows)
             if failed:
                 deps.cancel_dependents(conn, failed, "failed", t, tally)
-            stats.add_errors(conn, [(r["id"], r["attempts"], reason, t) for r in rows])
+            # The attempt each was on ended with its daemon.
+            stats.add_errors(conn, [(r["id"], r["attempts"],
+                                     final if r["status"] == "failed" else reason, t)
+                                    for r in rows])
             stats.write(conn, tally, self._stat_names)
             conn.execute(f"DELETE FROM workers WHERE {gone}", args)
         return [(r["id"], r["status"]) for r in rows]
