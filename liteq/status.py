@@ -94,6 +94,11 @@ class TaskStatus(dict[str, Any]):
         return cast("str | None", self["finished_at"])
 
     @property
+    def errors(self) -> list[dict[str, Any]]:
+        """Every failed attempt's error, oldest first: {attempt, error, finished_at}."""
+        return cast("list[dict[str, Any]]", self.get("errors", []))
+
+    @property
     def result(self) -> Any:
         """The decoded result (done only)."""
         return self["result"]
@@ -140,17 +145,36 @@ def get_task_status(task_id: int) -> TaskStatus | None:
 
     Keys: id, name, queue, status, priority, attempts, max_retries, worker_id,
     run_at, created_at, started_at, finished_at, result, error, args, kwargs,
-    timeout and payload (the arguments' JSON text, as the seed project gave it).
-    Times are ISO-8601 strings; result is the decoded value.
+    timeout and payload (the arguments' JSON text, as the seed project gave it),
+    and errors: every failed attempt's error, oldest first, as {attempt, error,
+    finished_at} (error is the last one). Times are ISO-8601 strings; result is
+    the decoded value.
     """
-    row = get_backend().get_task(int(task_id))
-    return task_row_to_dict(row) if row is not None else None
+    backend = get_backend()
+    row = backend.get_task(int(task_id))
+    if row is None:
+        return None
+    out = task_row_to_dict(row)
+    out["errors"] = attempt_errors(backend.task_errors(int(task_id)))
+    return out
 
 
 async def aget_task_status(task_id: int) -> TaskStatus | None:
     """`await aget_task_status(id)`: get_task_status() for asyncio code."""
-    row = await get_backend().aget_task(int(task_id))
-    return task_row_to_dict(row) if row is not None else None
+    backend = get_backend()
+    row = await backend.aget_task(int(task_id))
+    if row is None:
+        return None
+    out = task_row_to_dict(row)
+    out["errors"] = attempt_errors(await backend.atask_errors(int(task_id)))
+    return out
+
+
+def attempt_errors(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The public view of a task's attempts' errors: [{attempt, error, finished_at}]
+    with ISO-8601 times."""
+    return [{"attempt": r["attempt"], "error": r["error"],
+             "finished_at": to_iso(r["finished_at"])} for r in rows]
 
 
 async def await_task(task_id: int, timeout: float = 30.0, poll: float = 0.02) -> TaskStatus:

@@ -85,7 +85,8 @@ def test_five_processes_on_an_empty_schema_create_it_once(db, workdir):
     tables = pg_helpers.rows(db, "SELECT tablename FROM pg_tables WHERE schemaname = %s "
                                  "ORDER BY 1", (schema,))
     assert [t["tablename"] for t in tables] == ["liteq_migrations", "schedules", "task_deps",
-                                                 "tasks", "workers"]
+                                                 "task_errors", "task_stats", "tasks",
+                                                 "workers"]
 
 
 @ON_PG

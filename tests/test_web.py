@@ -404,7 +404,7 @@ def test_metrics_parse_and_match_the_database(tasks):
     assert 0 <= _value(age, queue="reports") < 60
     assert _value(fams["liteq_daemon_up"]) == 0
     assert "liteq_pool_children" not in fams  # absent while the daemon is down
-    assert 0 <= _value(fams["liteq_worker_heartbeat_age_seconds"], worker_id="w1") < 60
+    assert 0 <= _value(fams["liteq_worker_heartbeat_age_seconds"], host="testhost") < 60
 
 
 def test_metrics_of_an_empty_database(db):

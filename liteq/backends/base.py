@@ -178,7 +178,9 @@ class Backend(abc.ABC):
 
         In the same transaction, a done task's children wait for one parent fewer
         (the daemons are woken when one became claimable), and a failed task's
-        pending dependents are cancelled, transitively, with an error naming it.
+        pending dependents are cancelled, transitively, with an error naming it;
+        the outcomes are added to the statistics (task_stats()), and each failed
+        or retried attempt's error is kept (task_errors()).
         """
 
     @abc.abstractmethod
@@ -241,6 +243,23 @@ class Backend(abc.ABC):
     @abc.abstractmethod
     def get_task(self, task_id: int) -> dict[str, Any] | None:
         """One task row, or None."""
+
+    def task_errors(self, task_id: int) -> list[dict[str, Any]]:
+        """Every recorded attempt's error of a task, oldest first: [{attempt, error,
+        finished_at}] (the failures, timeouts, reclaims and a cancel while it ran;
+        the task row's `error` is the last one)."""
+        return []
+
+    async def atask_errors(self, task_id: int) -> list[dict[str, Any]]:
+        """task_errors() for asyncio code (default: in a worker thread)."""
+        import asyncio
+        return await asyncio.to_thread(lambda: self.backend_in_thread().task_errors(task_id))
+
+    def task_stats(self) -> list[dict[str, Any]]:
+        """The outcome statistics, counted as outcomes are recorded and never lowered
+        by retention or retries: [{queue, name, metric, bucket, count, total}]
+        (liteq.backends.stats describes the metrics)."""
+        return []
 
     @abc.abstractmethod
     def get_tasks(self, task_ids: Iterable[int]) -> list[dict[str, Any]]:

@@ -16,14 +16,17 @@ current schema; `?options=-csearch_path%3Dname` picks another one.
 PostgreSQL 13 or later (MATERIALIZED CTEs, insert-driven autovacuum settings).
 """
 
+import random
+
 import psycopg
 
 from ..base import Backend
+from ..stats import NameCache
 from .async_session import AsyncSession
 from .connection import Batch, Connector, Session
 from .reads import ReadOps
 from .schedules import ScheduleOps
-from .schema import ensure_schema
+from .schema import STAT_SHARDS, ensure_schema
 from .tasks import TaskOps
 from .url import identity as identity_of_url
 from .vacuum import Vacuums
@@ -52,6 +55,9 @@ class PostgresBackend(TaskOps, WorkerOps, ReadOps, ScheduleOps, Backend):
         self.daemon = daemon
         self._schema = None
         self._channel = None
+        self._stat_names = NameCache()   # task names task_stats holds (stats.py)
+        # The task_stats rows this backend adds to (schema.STAT_SHARDS).
+        self._stat_shard = random.randrange(STAT_SHARDS)
         self._session = Session(self._connector, self._on_connect)
         with self._session.locked():
             self._session.conn  # connect now: an unusable URL or server fails here

@@ -60,7 +60,7 @@ _CANCEL_DEPENDENTS = (
     "UPDATE tasks t SET status = 'cancelled', waiting_on = 0, finished_at = now(), "
     "error = 'cancelled: it depends on task ' || x.root || ', which ' || %s "
     "FROM (SELECT id, MIN(root) AS root FROM doomed GROUP BY id) AS x "
-    "WHERE t.id = x.id AND t.status = 'pending' RETURNING t.id")
+    "WHERE t.id = x.id AND t.status = 'pending' RETURNING t.id, t.queue, t.name")
 
 PARENT_RESULTS = ("SELECT t.result FROM task_deps d JOIN tasks t ON t.id = d.parent_id "
                   "WHERE d.child_id = %s ORDER BY d.position")
@@ -112,8 +112,13 @@ def release_children(session, done_ids, channel) -> None:
     session.run(_RELEASE_CHILDREN, ([int(i) for i in done_ids], channel), prepare=True)
 
 
-def cancel_dependents(session, parent_ids, status) -> list:
+def cancel_dependents(session, parent_ids, status, tally=None) -> list:
     """Cancel every pending task that depends on `parent_ids` (which ended `status`,
-    failed or cancelled), transitively; returns their ids."""
-    return [r["id"] for r in session.run(
-        _CANCEL_DEPENDENTS, ([int(i) for i in parent_ids], ENDED_WORDS[status])).fetchall()]
+    failed or cancelled), transitively; returns their ids. Each is counted as
+    cancelled in `tally` (a stats.Tally) when one is given."""
+    rows = session.run(
+        _CANCEL_DEPENDENTS, ([int(i) for i in parent_ids], ENDED_WORDS[status])).fetchall()
+    if tally is not None:
+        for r in rows:
+            tally.outcome(r["queue"], r["name"], "cancelled")
+    return [r["id"] for r in rows]

@@ -12,6 +12,8 @@ APP_PRIVILEGES = (
     ("task_deps", "SELECT, INSERT"),          # enqueue with depends_on
     ("schedules", "SELECT"),                  # list_schedules()
     ("workers", "SELECT"),                    # liteqctl status --all, the panel
+    ("task_stats", "SELECT, INSERT, UPDATE"),  # a cancel counts itself; /metrics
+    ("task_errors", "SELECT, INSERT"),        # get_task_status()'s errors; cancel
 )
 
 

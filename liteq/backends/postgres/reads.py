@@ -7,7 +7,8 @@ from ...taskspec import check_purge
 from ..base import CANCEL_TEXT, TASK_STATUSES
 from ..filters import (KEY_IS_FREE, KEY_IS_FREE_FOR_NEWEST, PRUNABLE, equal_filters,
                        finished_status, finished_statuses, task_filters)
-from . import counts, deps
+from ..stats import Tally
+from . import counts, deps, stats
 from .connection import operation
 from .vacuum import vacuum_now
 
@@ -33,6 +34,17 @@ class ReadOps:
         """One task row as a dict, or None."""
         return self._session.run(f"SELECT {TASK_SELECT} FROM tasks WHERE id = %s",
                                  (int(task_id),), prepare=True).fetchone()
+
+    @operation
+    def task_errors(self, task_id) -> list:
+        """Every recorded attempt's error of a task, oldest first:
+        [{attempt, error, finished_at}]."""
+        return stats.errors_of(self._session, task_id)
+
+    @operation
+    def task_stats(self) -> list:
+        """The outcome statistics: [{queue, name, metric, bucket, count, total}]."""
+        return stats.read(self._session)
 
     @operation
     def get_tasks(self, task_ids) -> list:
@@ -143,16 +155,24 @@ class ReadOps:
         depend on it; False when it is neither. For a running one, the same statement
         NOTIFYs the daemons (the one running it stops it)."""
         session = self._session
+        tally = Tally()
         with session.transaction():
             row = session.run(
                 "WITH c AS (UPDATE tasks SET finished_at = now(), error = CASE WHEN status = "
                 "'running' THEN %s ELSE error END, status = 'cancelled' "
-                "WHERE id = %s AND status IN ('pending', 'running') RETURNING id, error) "
-                "SELECT c.id, CASE WHEN c.error = %s THEN pg_notify(%s, json_build_object("
-                "'k', 'cancel', 'id', c.id)::text) END FROM c",
+                "WHERE id = %s AND status IN ('pending', 'running') "
+                "RETURNING id, error, queue, name, attempts) "
+                "SELECT c.id, c.error, c.queue, c.name, c.attempts, CASE WHEN c.error = %s "
+                "THEN pg_notify(%s, json_build_object('k', 'cancel', 'id', c.id)::text) END "
+                "FROM c",
                 (CANCEL_TEXT, int(task_id), CANCEL_TEXT, self._channel)).fetchone()
             if row is not None:
-                deps.cancel_dependents(session, [task_id], "cancelled")
+                tally.outcome(row["queue"], row["name"], "cancelled")
+                if row["error"] == CANCEL_TEXT:
+                    # A running attempt ends here: its error is the cancel.
+                    stats.add_errors(session, [(row["id"], row["attempts"], CANCEL_TEXT, None)])
+                deps.cancel_dependents(session, [task_id], "cancelled", tally)
+                stats.write(session, tally, self._stat_names, self._stat_shard)
         return row is not None
 
     @staticmethod
@@ -225,6 +245,7 @@ class ReadOps:
             f"status = '{status}' AND finished_at < now() - %s::float8 * interval '1 second' "
             f"AND {PRUNABLE} ORDER BY finished_at LIMIT %s FOR UPDATE SKIP LOCKED) "
             f"RETURNING id), edges AS (DELETE FROM task_deps WHERE child_id IN "
+            f"(SELECT id FROM gone)), errs AS (DELETE FROM task_errors WHERE task_id IN "
             f"(SELECT id FROM gone)) SELECT COUNT(*) AS n FROM gone",
             (float(older_than), int(limit)), prepare=True).fetchone()["n"]
         self._vacuums.after_prune(self._session, deleted)
@@ -250,6 +271,7 @@ class ReadOps:
                                TASK_STATUSES)
         statuses = tuple(s for s in statuses if s in FINISHED_STATUSES)
         if not statuses:
+<<<<<<< HEAD
             return 0, False  # only finished tasks have a finish time to be older than
         # Literal statuses (finished_statuses), so the planner can prove the partial
         # index tasks_finished applies (a parameter array would mean a sequential scan).
@@ -259,4 +281,16 @@ class ReadOps:
             f"WITH gone AS (DELETE FROM tasks WHERE {where} AND {PRUNABLE} RETURNING id), "
             f"edges AS (DELETE FROM task_deps WHERE child_id IN (SELECT id FROM gone)) "
             f"SELECT COUNT(*) AS n FROM gone", params).fetchone()["n"]
+=======
+            return 0, False
+        # Literal statuses, so the planner can prove the partial index tasks_finished
+        # applies (a parameter array would mean a sequential scan).
+        listed = ", ".join(f"'{s}'" for s in statuses)
+        # A deleted task's attempts' errors go with it.
+        deleted = self._session.run(
+            f"WITH gone AS (DELETE FROM tasks WHERE status IN ({listed}) "
+            f"AND finished_at < now() - %s::float8 * interval '1 second' RETURNING id), "
+            f"errs AS (DELETE FROM task_errors WHERE task_id IN (SELECT id FROM gone)) "
+            f"SELECT COUNT(*) AS n FROM gone", (older_than,)).fetchone()["n"]
+>>>>>>> metrics
         return deleted, self._vacuums.needed(self._session, deleted)

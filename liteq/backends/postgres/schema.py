@@ -13,7 +13,7 @@ from psycopg import sql
 from ...errors import DatabaseError
 from ..ddl import ddl_allowed, not_ready
 
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 
 # pg_advisory_xact_lock(LOCK_CLASS, hashtext(schema)): LiteQ's own key space.
 LOCK_CLASS = 0x4C6951  # "LiQ"
@@ -160,9 +160,36 @@ _COUNTS = (
     "CREATE INDEX tasks_waiting ON tasks (queue) WHERE status = 'pending' AND waiting_on > 0",
 )
 
+# Version 5, metrics and attempts (liteq/backends/stats.py says what each task_stats
+# row means). task_stats is counted in the transaction that records the outcomes,
+# so its counters only go up, whatever retention deletes; it is small, and its
+# updates change no indexed column, so with room on each page they are HOT. Each
+# cell is split into STAT_SHARDS rows (a writer picks one at random when it
+# opens the backend; readers add them up), so daemons on several hosts seldom
+# wait for each other's row locks on the same hot counter.
+# task_errors keeps every failed attempt's error (tasks.error only the last); the
+# deletes of tasks (prune, purge) delete their rows in the same statement. An
+# upgraded queue keeps the last error each task holds; its counters start at zero.
+_STATS = (
+    "CREATE TABLE task_stats (queue text NOT NULL, name text NOT NULL, "
+    "metric text NOT NULL, bucket integer NOT NULL, shard integer NOT NULL DEFAULT 0, "
+    "count bigint NOT NULL DEFAULT 0, total double precision NOT NULL DEFAULT 0, "
+    "PRIMARY KEY (queue, name, metric, bucket, shard)) "
+    "WITH (fillfactor = 50)",
+    "CREATE TABLE task_errors (id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY, "
+    "task_id bigint NOT NULL, attempt integer NOT NULL, "
+    "error text, finished_at timestamptz NOT NULL DEFAULT now())",
+    "CREATE INDEX task_errors_task ON task_errors (task_id)",
+    "INSERT INTO task_errors (task_id, attempt, error, finished_at) "
+    "SELECT id, attempts, error, COALESCE(finished_at, started_at, created_at) "
+    "FROM tasks WHERE error IS NOT NULL ORDER BY id",
+)
+
+STAT_SHARDS = 8
+
 # version -> the statements that bring the schema from version - 1 to it.
 _MIGRATIONS = {1: (_TASKS_DDL, _WORKERS_DDL, _SCHEDULES_DDL) + _INDEXES, 2: _UNIQUE_KEY,
-               3: _DEPENDENCIES, 4: _COUNTS}
+               3: _DEPENDENCIES, 4: _COUNTS, 5: _STATS}
 
 
 def _applied(conn, schema):

@@ -6,11 +6,12 @@ are judged by it, so a producer or daemon whose clock is off neither delays nor
 advances a task. Times go out as epoch seconds (date_part('epoch', ...)).
 """
 
-import contextlib
+import time
 
 from ...errors import DatabaseError
 from ..limits import pick, rooms, used_up
-from . import deps
+from ..stats import Tally
+from . import deps, stats
 from .connection import operation
 from .wake import NOTIFY_PAYLOAD
 
@@ -133,17 +134,22 @@ CANDIDATES = (
 # Outcomes: one statement per kind over unnest arrays; each row changes only while
 # it is still running for this worker.
 _GUARD = "WHERE t.id = u.id AND t.status = 'running' AND t.worker_id = %s"
+# What the statistics need of each recorded row (a retry's run_at is the new one).
+_RECORDED = "t.id, t.queue, t.name, date_part('epoch', t.run_at) AS run_at, t.attempts"
 _OUTCOME_ROWS = "unnest(%s::bigint[], %s::text[], %s::float8[], %s::float8[]) AS u(id, text, s, x)"
 RECORD_DONE = (f"UPDATE tasks t SET status = 'done', result = u.text, error = NULL, "
                f"started_at = to_timestamp(u.s), finished_at = to_timestamp(u.x) "
-               f"FROM {_OUTCOME_ROWS} {_GUARD} RETURNING t.id")
+               f"FROM {_OUTCOME_ROWS} {_GUARD} RETURNING {_RECORDED}")
 RECORD_FAILED = (f"UPDATE tasks t SET status = 'failed', error = u.text, "
                  f"started_at = to_timestamp(u.s), finished_at = to_timestamp(u.x) "
-                 f"FROM {_OUTCOME_ROWS} {_GUARD} RETURNING t.id")
+                 f"FROM {_OUTCOME_ROWS} {_GUARD} RETURNING {_RECORDED}")
 RECORD_RETRY = (f"UPDATE tasks t SET status = 'pending', error = u.text, "
                 f"started_at = to_timestamp(u.s), worker_id = NULL, "
                 f"run_at = now() + u.x * interval '1 second' FROM {_OUTCOME_ROWS} {_GUARD} "
-                f"RETURNING t.id")
+                f"RETURNING {_RECORDED}")
+
+# The statistics' outcome of each kind of outcome row.
+_STAT_OF = {RECORD_DONE: "succeeded", RECORD_FAILED: "failed", RECORD_RETRY: "retried"}
 
 # Back to pending, the attempt uncounted: claimed tasks that never started.
 _GIVE_BACK = ("UPDATE tasks SET status = 'pending', worker_id = NULL, "
@@ -405,20 +411,36 @@ class TaskOps:
                 ((RECORD_DONE, done), (RECORD_FAILED, failed), (RECORD_RETRY, retry)) if rows]
         session = self._session
         recorded = []
-        # Done and failed outcomes are followed by their dependents' updates: one
-        # transaction with them.
-        alone = len(work) == 1 and not done and not failed
-        with contextlib.nullcontext() if alone else session.transaction():
+        tally, errors = Tally(), []
+        t = time.time()   # a retried attempt's end, on the daemon's clock as its start
+        # One transaction with the statistics, and with the dependents' updates.
+        with session.transaction():
+            before = stats.running_rows(session, [r[0] for r in retry], worker_id) \
+                if retry else {}
             for sql, rows in work:
                 ids, texts, starts, last = zip(*rows)
-                of_kind = [r["id"] for r in session.run(
+                given = {row[0]: row for row in rows}
+                returned = session.run(
                     sql, ([int(i) for i in ids], list(texts), floats(starts), floats(last),
-                          worker_id), prepare=True).fetchall()]
+                          worker_id), prepare=True).fetchall()
+                of_kind = [r["id"] for r in returned]
+                outcome = _STAT_OF[sql]
+                for r in returned:
+                    _, text, started, end = given[r["id"]]
+                    retrying = sql is RECORD_RETRY
+                    tally.attempt(before.get(r["id"], r) if retrying else r, outcome,
+                                  None if sql is RECORD_DONE else text, started,
+                                  t if retrying else end)
+                    if sql is not RECORD_DONE:
+                        errors.append((r["id"], r["attempts"], text,
+                                       None if retrying else end))
                 if of_kind and sql is RECORD_DONE:
                     deps.release_children(session, of_kind, self._channel)
                 elif of_kind and sql is RECORD_FAILED:
-                    deps.cancel_dependents(session, of_kind, "failed")
+                    deps.cancel_dependents(session, of_kind, "failed", tally)
                 recorded.extend(of_kind)
+            stats.add_errors(session, errors)
+            stats.write(session, tally, self._stat_names, self._stat_shard)
         # Churn leaves dead rows whether or not retention ever deletes anything.
         self._vacuums.after_outcomes(session, len(recorded))
         return recorded

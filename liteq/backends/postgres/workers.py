@@ -6,7 +6,8 @@ they found stale: a worker whose row no longer holds it beat meanwhile and keeps
 its tasks. `stale_after` still judges by the server's clock for callers that ask.
 """
 
-from . import deps
+from ..stats import reclaimed_tally
+from . import deps, stats
 from .connection import operation
 
 WORKER_COLUMNS = ("worker_id, hostname, queues, concurrency, "
@@ -43,7 +44,7 @@ RECLAIM = (
     "WHERE t.status = 'running' AND (t.worker_id IS NULL "
     " OR t.worker_id = ANY(%(dead)s::text[]) OR t.worker_id IN (SELECT worker_id FROM gone) "
     " OR NOT EXISTS (SELECT 1 FROM workers w WHERE w.worker_id = t.worker_id)) "
-    "RETURNING t.id, t.status")
+    "RETURNING t.id, t.status, t.queue, t.name, t.attempts")
 
 
 class WorkerOps:
@@ -81,15 +82,21 @@ class WorkerOps:
         """
         session = self._session
         beats = dict(stale_heartbeats or {})
+        final = reason + ", and the task has no retries left"
         with session.transaction():
             rows = session.run(RECLAIM, {
                 "dead": list(dead_worker_ids), "stale": stale_after,
                 "beat_ids": list(beats), "beats": list(beats.values()),
-                "error": reason + ", and the task has no retries left"},
-                prepare=True).fetchall()
+                "error": final}, prepare=True).fetchall()
             failed = [r["id"] for r in rows if r["status"] == "failed"]
+            tally = reclaimed_tally(rows)
             if failed:
-                deps.cancel_dependents(session, failed, "failed")
+                deps.cancel_dependents(session, failed, "failed", tally)
+            # The attempt each was on ended with its daemon.
+            stats.add_errors(session, [(r["id"], r["attempts"],
+                                        final if r["status"] == "failed" else reason, None)
+                                       for r in rows])
+            stats.write(session, tally, self._stat_names, self._stat_shard)
         return [(r["id"], r["status"]) for r in rows]
 
     @operation

@@ -10,6 +10,7 @@ import os
 
 from ... import wakeup
 from ..base import Backend
+from ..stats import NameCache
 from .connection import GuardedBatch, Transaction, guarded, open_connection, open_with_schema
 from .reads import ReadOps
 from .schedules import ScheduleOps
@@ -31,6 +32,7 @@ class SQLiteBackend(TaskOps, ReadOps, ScheduleOps, Backend):
         self.identity = os.path.abspath(path)
         self.busy_timeout = DAEMON_BUSY_TIMEOUT if daemon else None
         self._backlog = {}   # queues -> the last claim came back full
+        self._stat_names = NameCache()   # task names task_stats holds (stats.py)
         self._conn = None
         self._conn = self._open()
 

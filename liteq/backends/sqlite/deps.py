@@ -28,7 +28,8 @@ _CANCEL_DEPENDENTS = (
     "UPDATE tasks SET status = 'cancelled', waiting_on = 0, finished_at = ?, "
     "error = 'cancelled: it depends on task ' || x.root || ', which ' || ? "
     "FROM (SELECT id, MIN(root) AS root FROM doomed GROUP BY id) AS x "
-    "WHERE tasks.id = x.id AND tasks.status = 'pending' RETURNING tasks.id")
+    "WHERE tasks.id = x.id AND tasks.status = 'pending' "
+    "RETURNING tasks.id, tasks.queue, tasks.name")
 
 # One parent done: each of its pending children waits for one parent fewer.
 _RELEASE_CHILDREN = (
@@ -75,15 +76,18 @@ def release_children(conn, done_ids) -> bool:
     return ready
 
 
-def cancel_dependents(conn, parent_ids, status, t) -> list:
+def cancel_dependents(conn, parent_ids, status, t, tally=None) -> list:
     """Cancel every pending task that depends on `parent_ids` (which ended `status`,
-    failed or cancelled), transitively; returns their ids."""
+    failed or cancelled), transitively; returns their ids. Each is counted as
+    cancelled in `tally` (a stats.Tally) when one is given."""
     ended = ENDED_WORDS[status]
     cancelled = []
     for chunk in _chunks(parent_ids):
         marks = ",".join("?" * len(chunk))
-        cancelled.extend(r[0] for r in conn.execute(
-            _CANCEL_DEPENDENTS.format(marks=marks), (*chunk, t, ended)))
+        for r in conn.execute(_CANCEL_DEPENDENTS.format(marks=marks), (*chunk, t, ended)):
+            cancelled.append(r[0])
+            if tally is not None:
+                tally.outcome(r[1], r[2], "cancelled")
     return cancelled
 
 

@@ -5,7 +5,8 @@ from ..filters import (KEY_IS_FREE, KEY_IS_FREE_FOR_NEWEST, PRUNABLE, equal_filt
                        finished_status, finished_statuses, task_filters)
 from ...taskspec import check_purge
 from ..base import CANCEL_TEXT, TASK_STATUSES
-from . import deps
+from ..stats import Tally
+from . import deps, stats
 from .connection import guarded, row_dict
 
 TASK_COLUMNS = ("id", "name", "queue", "status", "priority", "attempts", "max_retries",
@@ -24,6 +25,17 @@ class ReadOps:
         """One task row as a dict (raw columns), or None."""
         return row_dict(self._conn.execute(
             f"SELECT {_TASK_SELECT} FROM tasks WHERE id = ?", (task_id,)).fetchone())
+
+    @guarded
+    def task_errors(self, task_id) -> list:
+        """Every recorded attempt's error of a task, oldest first:
+        [{attempt, error, finished_at}]."""
+        return stats.errors_of(self._conn, task_id)
+
+    @guarded
+    def task_stats(self) -> list:
+        """The outcome statistics: [{queue, name, metric, bucket, count, total}]."""
+        return stats.read(self._conn)
 
     @guarded
     def get_tasks(self, task_ids) -> list:
@@ -120,14 +132,21 @@ class ReadOps:
         depend on it; False when it is neither. The daemon running it is told at once
         (a wake-up datagram)."""
         t = now()
+        tally = Tally()
         with self._write() as conn:
             row = conn.execute(
                 "UPDATE tasks SET finished_at = ?, error = CASE WHEN status = 'running' "
                 "THEN ? ELSE error END, status = 'cancelled' "
-                "WHERE id = ? AND status IN ('pending', 'running') RETURNING error",
+                "WHERE id = ? AND status IN ('pending', 'running') "
+                "RETURNING error, queue, name, attempts",
                 (t, CANCEL_TEXT, task_id)).fetchone()
             if row is not None:
-                deps.cancel_dependents(conn, [task_id], "cancelled", t)
+                tally.outcome(row["queue"], row["name"], "cancelled")
+                if row[0] == CANCEL_TEXT:
+                    # A running attempt ends here: its error is the cancel.
+                    stats.add_errors(conn, [(int(task_id), row["attempts"], CANCEL_TEXT, t)])
+                deps.cancel_dependents(conn, [task_id], "cancelled", t, tally)
+                stats.write(conn, tally, self._stat_names)
         if row is not None and row[0] == CANCEL_TEXT:
             self.notify_cancel(task_id)
         return row is not None

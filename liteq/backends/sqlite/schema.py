@@ -11,7 +11,7 @@ from ..ddl import ddl_allowed, not_ready
 from ...timeutil import now
 from . import seed_times
 
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 
 # The tasks table as version 1 made it; later versions ALTER it (see _MIGRATIONS).
 _TASKS_DDL = """
@@ -218,8 +218,52 @@ def _migrate_v3_to_v4(conn):
     conn.execute(_ID_FLOOR_TRIGGER)
 
 
+# Outcome statistics (liteq/backends/stats.py says what each row means): counted
+# in the transaction that records the outcomes, so they only go up, whatever
+# retention deletes. Small: one row per (queue, name, metric, bucket).
+_TASK_STATS_DDL = """
+CREATE TABLE IF NOT EXISTS task_stats (
+    queue TEXT NOT NULL,
+    name TEXT NOT NULL,
+    metric TEXT NOT NULL,
+    bucket INTEGER NOT NULL,
+    shard INTEGER NOT NULL DEFAULT 0,
+    count INTEGER NOT NULL DEFAULT 0,
+    total REAL NOT NULL DEFAULT 0,
+    PRIMARY KEY (queue, name, metric, bucket, shard)
+) WITHOUT ROWID"""
+
+# Every failed attempt's error (tasks.error keeps only the last one); rows go with
+# their task (the trigger), whoever deletes it.
+_TASK_ERRORS_DDL = """
+CREATE TABLE IF NOT EXISTS task_errors (
+    task_id INTEGER NOT NULL,
+    attempt INTEGER NOT NULL,
+    error TEXT,
+    finished_at REAL NOT NULL
+)"""
+_TASK_ERRORS_INDEX = ("CREATE INDEX IF NOT EXISTS idx_task_errors_task "
+                      "ON task_errors(task_id)")
+_TASK_ERRORS_TRIGGER = (
+    "CREATE TRIGGER IF NOT EXISTS tasks_drop_errors AFTER DELETE ON tasks "
+    "BEGIN DELETE FROM task_errors WHERE task_id = OLD.id; END")
+
+
+def _migrate_v4_to_v5(conn):
+    """Version 5: task_stats (counters and histograms that survive retention) and
+    task_errors (each attempt's error). An upgraded file keeps the last error each
+    task holds as its attempts' only one known; its counters start at zero."""
+    conn.execute(_TASK_STATS_DDL)
+    conn.execute(_TASK_ERRORS_DDL)
+    conn.execute(_TASK_ERRORS_INDEX)
+    conn.execute(_TASK_ERRORS_TRIGGER)
+    conn.execute("INSERT INTO task_errors (task_id, attempt, error, finished_at) "
+                 "SELECT id, attempts, error, COALESCE(finished_at, started_at, created_at) "
+                 "FROM tasks WHERE error IS NOT NULL")
+
+
 _MIGRATIONS = {0: _migrate_v0_to_v1, 1: _migrate_v1_to_v2, 2: _migrate_v2_to_v3,
-               3: _migrate_v3_to_v4}
+               3: _migrate_v3_to_v4, 4: _migrate_v4_to_v5}
 
 
 def schema_version(conn: sqlite3.Connection) -> int:

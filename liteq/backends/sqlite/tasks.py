@@ -3,7 +3,8 @@ daemon's side of the tasks table)."""
 
 from ...timeutil import now
 from ..limits import pick, rooms, rooms_left, used_up
-from . import deps
+from ..stats import Tally, reclaimed_tally
+from . import deps, stats
 from .connection import guarded
 from .schema import NEXT_ID
 
@@ -44,6 +45,8 @@ _OUTCOME_SET = {
              "worker_id = NULL, run_at = v.column4",
 }
 _OUTCOME_CHUNK = 500   # rows per statement (4 parameters each)
+# The statistics' outcome of each kind of outcome row.
+_STAT_OF = {"done": "succeeded", "failed": "failed", "retry": "retried"}
 
 # Back to pending, the attempt uncounted: a claimed task that never started.
 RELEASE = ("UPDATE tasks SET status = 'pending', worker_id = NULL, "
@@ -297,26 +300,42 @@ class TaskOps:
         t = now()
         recorded = []
         ready = False
+        tally, errors = Tally(), []
         with self._write() as conn:
+            before = {}
             if retry:
+                # The retry's UPDATE moves run_at: read this attempt's due time first.
+                before = stats.running_rows(conn, [r[0] for r in retry], worker_id)
                 retry = [(tid, text, s, t + delay) for tid, text, s, delay in retry]
             for kind, rows in (("done", done), ("failed", failed), ("retry", retry)):
                 of_kind = []
+                given = {row[0]: row for row in rows}
                 for start in range(0, len(rows), _OUTCOME_CHUNK):
                     chunk = rows[start:start + _OUTCOME_CHUNK]
                     values = ",".join(["(?,?,?,?)"] * len(chunk))
                     params = [x for row in chunk for x in row]
-                    of_kind.extend(r[0] for r in conn.execute(
-                        f"UPDATE tasks SET {_OUTCOME_SET[kind]} FROM (VALUES {values}) AS v "
-                        f"WHERE tasks.id = v.column1 AND tasks.status = 'running' "
-                        f"AND tasks.worker_id = ? RETURNING tasks.id",
-                        (*params, worker_id)))
+                    for r in conn.execute(
+                            f"UPDATE tasks SET {_OUTCOME_SET[kind]} FROM (VALUES {values}) AS v "
+                            f"WHERE tasks.id = v.column1 AND tasks.status = 'running' "
+                            f"AND tasks.worker_id = ? RETURNING tasks.id, tasks.queue, "
+                            f"tasks.name, tasks.run_at, tasks.attempts",
+                            (*params, worker_id)):
+                        of_kind.append(r[0])
+                        _, text, started, end = given[r[0]]
+                        finished = t if kind == "retry" else end
+                        tally.attempt(before.get(r[0], r) if kind == "retry" else r,
+                                      _STAT_OF[kind], text if kind != "done" else None,
+                                      started, finished)
+                        if kind != "done":
+                            errors.append((r[0], r["attempts"], text, finished))
                 # Dependents learn of their parents' ends in the same transaction.
                 if kind == "done" and of_kind:
                     ready = deps.release_children(conn, of_kind)
                 elif kind == "failed" and of_kind:
-                    deps.cancel_dependents(conn, of_kind, "failed", t)
+                    deps.cancel_dependents(conn, of_kind, "failed", t, tally)
                 recorded.extend(of_kind)
+            stats.add_errors(conn, errors)
+            stats.write(conn, tally, self._stat_names)
         if ready:
             self.notify()
         return recorded
@@ -411,6 +430,7 @@ class TaskOps:
         dead_clause = (f"worker_id IN (SELECT worker_id FROM workers WHERE {gone}) "
                        f"OR worker_id IN ({marks}) OR worker_id IS NULL OR worker_id NOT IN "
                        f"(SELECT worker_id FROM workers)")
+        final = reason + ", and the task has no retries left"
         with self._write() as conn:
             rows = conn.execute(
                 "UPDATE tasks SET "
@@ -419,10 +439,16 @@ class TaskOps:
                 "finished_at = CASE WHEN attempts > max_retries THEN ? ELSE NULL END, "
                 "worker_id = NULL "
                 f"WHERE status = 'running' AND ({dead_clause}) "
-                "RETURNING id, status",
-                (reason + ", and the task has no retries left", t, *args, *dead)).fetchall()
+                "RETURNING id, status, queue, name, attempts",
+                (final, t, *args, *dead)).fetchall()
             failed = [r["id"] for r in rows if r["status"] == "failed"]
+            tally = reclaimed_tally(rows)
             if failed:
-                deps.cancel_dependents(conn, failed, "failed", t)
+                deps.cancel_dependents(conn, failed, "failed", t, tally)
+            # The attempt each was on ended with its daemon.
+            stats.add_errors(conn, [(r["id"], r["attempts"],
+                                     final if r["status"] == "failed" else reason, t)
+                                    for r in rows])
+            stats.write(conn, tally, self._stat_names)
             conn.execute(f"DELETE FROM workers WHERE {gone}", args)
         return [(r["id"], r["status"]) for r in rows]
