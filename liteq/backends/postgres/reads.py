@@ -271,26 +271,15 @@ class ReadOps:
                                TASK_STATUSES)
         statuses = tuple(s for s in statuses if s in FINISHED_STATUSES)
         if not statuses:
-<<<<<<< HEAD
             return 0, False  # only finished tasks have a finish time to be older than
         # Literal statuses (finished_statuses), so the planner can prove the partial
         # index tasks_finished applies (a parameter array would mean a sequential scan).
         where, params = self._finished_where(statuses, queue, name, ids, older_than)
-        # A deleted task's own edges go with it (nothing waits for a finished task).
+        # A deleted task's own edges and its attempts' errors go with it (nothing waits
+        # for a finished task).
         deleted = self._session.run(
             f"WITH gone AS (DELETE FROM tasks WHERE {where} AND {PRUNABLE} RETURNING id), "
-            f"edges AS (DELETE FROM task_deps WHERE child_id IN (SELECT id FROM gone)) "
-            f"SELECT COUNT(*) AS n FROM gone", params).fetchone()["n"]
-=======
-            return 0, False
-        # Literal statuses, so the planner can prove the partial index tasks_finished
-        # applies (a parameter array would mean a sequential scan).
-        listed = ", ".join(f"'{s}'" for s in statuses)
-        # A deleted task's attempts' errors go with it.
-        deleted = self._session.run(
-            f"WITH gone AS (DELETE FROM tasks WHERE status IN ({listed}) "
-            f"AND finished_at < now() - %s::float8 * interval '1 second' RETURNING id), "
+            f"edges AS (DELETE FROM task_deps WHERE child_id IN (SELECT id FROM gone)), "
             f"errs AS (DELETE FROM task_errors WHERE task_id IN (SELECT id FROM gone)) "
-            f"SELECT COUNT(*) AS n FROM gone", (older_than,)).fetchone()["n"]
->>>>>>> metrics
+            f"SELECT COUNT(*) AS n FROM gone", params).fetchone()["n"]
         return deleted, self._vacuums.needed(self._session, deleted)
