@@ -319,6 +319,19 @@ def disable_schedule(name_or_id, backend=None) -> bool:
     return backend.set_schedule_enabled(row["id"], False)
 
 
+def run_schedule_now(name_or_id, backend=None) -> int | None:
+    """Enqueue a schedule's task once, now, as a fire would (the schedule's arguments,
+    queue, priority and retries), leaving its next run as it is; returns the new
+    task's id, or None when there is no such schedule. Works on a disabled one too."""
+    backend = backend or get_backend()
+    row = _find(backend, name_or_id)
+    if row is None:
+        return None
+    task_id = backend.enqueue(_new_task(row, now()))
+    backend.notify()
+    return task_id
+
+
 def remove_schedule(name_or_id, backend=None) -> bool:
     """Delete a schedule by name or id; False when there is none. Tasks it already
     enqueued are untouched. An app that registers it at import brings it back:
