@@ -28,8 +28,8 @@ def _matches(row: dict[str, Any], filters: dict[str, Any]) -> bool:
                for k in ("status", "queue", "name"))
 
 
-def search(store: Any, filters: dict[str, Any], limit: int, *, slice_ids: int = SLICE,
-           budget: float = BUDGET) -> dict[str, Any]:
+def search(store: Any, filters: dict[str, Any], limit: int, *, slice_ids: int | None = None,
+           budget: float | None = None) -> dict[str, Any]:
     """One page of tasks matching filters["q"] (and status/queue/name), newest first,
     below filters["before"] when set.
 
@@ -37,6 +37,8 @@ def search(store: Any, filters: dict[str, Any], limit: int, *, slice_ids: int = 
     "next_before" (the id to go on below, None when every task was read),
     "scanned_from" (the lowest id read)}.
     """
+    slice_ids = slice_ids or SLICE
+    budget = BUDGET if budget is None else budget
     text, before = filters["q"], filters.get("before")
     pinned = None
     task_id = wanted_id(text)
