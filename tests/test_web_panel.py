@@ -17,7 +17,7 @@ from starlette.responses import PlainTextResponse
 from starlette.routing import Mount, Route
 from starlette.testclient import TestClient
 
-from liteq import backends, register_schedule, task
+from liteq import backends, register_schedule, scheduler, task
 from liteq.web import create_app, search
 from liteq.web.security import CSRF_COOKIE
 
@@ -346,11 +346,20 @@ def test_schedule_disable_enable_and_run_now(db, clean_registry):
         r = c.post(f"/schedules/{sid}/run", data={"csrf_token": token},
                    headers={"accept": "application/json"})
         assert r.status_code == 200 and r.json()["ok"], r.text
-        new_id = int(re.search(r"task #(\d+)", r.json()["message"]).group(1))
-        made = store.get_task(new_id)
-        assert made["name"].endswith("cleanup") and made["queue"] == "nightly"
-        assert made["status"] == "pending" and '"full"' in made["payload"]
-        assert store.get_schedule("cleanup-3am")["next_run"] == before  # unchanged
+        assert "due now" in r.json()["message"]
+        # The scheduler (liteqd's; here this process's, which knows the task) fires it
+        # with the task's own queue, and its next run is the one it had.
+        made = [store.get_task(i) for i in scheduler.fire_due(store)]
+        assert len(made) == 1 and made[0]["name"].endswith("cleanup")
+        assert made[0]["queue"] == "nightly" and made[0]["status"] == "pending"
+        assert '"full"' in made[0]["payload"]
+        assert abs(store.get_schedule("cleanup-3am")["next_run"] - before) < 1e-3
+        assert scheduler.fire_due(store) == []
+        # A disabled schedule is not run.
+        c.post(f"/schedules/{sid}/disable", data={"csrf_token": token})
+        r = c.post(f"/schedules/{sid}/run", data={"csrf_token": token},
+                   headers={"accept": "application/json"})
+        assert r.status_code == 409 and "is disabled" in r.json()["message"]
         assert c.post(f"/schedules/{sid}/run", data={}).status_code == 403
         assert c.post("/schedules/999999/run", data={"csrf_token": token}).status_code == 404
         assert c.post(f"/schedules/{sid}/explode", data={"csrf_token": token}).status_code == 404

@@ -309,8 +309,8 @@ class Panel:
                                               f"(paused queues: {still}).", "/")
 
     async def schedule_action(self, request):
-        """POST /schedules/{id}/enable, /disable or /run (enqueue its task now, once,
-        leaving its next run as it is)."""
+        """POST /schedules/{id}/enable, /disable or /run (make it due now, so the
+        daemon's scheduler fires it at once; its next run stays as it was)."""
         form = await self.checked_form(request)
         sid = request.path_params["schedule_id"]
         what = request.path_params["what"]
@@ -326,13 +326,19 @@ class Panel:
                 return name, scheduler.enable_schedule(sid, backend=store)
             if what == "disable":
                 return name, scheduler.disable_schedule(sid, backend=store)
-            return name, scheduler.run_schedule_now(sid, backend=store)
+            try:
+                return name, scheduler.run_schedule_now(sid, backend=store)
+            except ValueError as exc:
+                return name, str(exc)
         name, result = await self.data(act)
         if name is None:
             return self.error(request, 404, f"There is no schedule #{sid}.")
         if what == "run":
-            return self.done(request, form, True, f"Schedule {name} ran now: task "
-                                                  f"#{result} is pending.", "/schedules")
+            if isinstance(result, str):
+                return self.done(request, form, False, f"Not run: {result}.", "/schedules")
+            return self.done(request, form, True, f"Schedule {name} is due now: the daemon's "
+                                                  f"scheduler enqueues its task at once; its "
+                                                  f"next run stays as it was.", "/schedules")
         return self.done(request, form, bool(result), f"Schedule {name} is "
                                                       f"{what}d.", "/schedules")
 
