@@ -426,10 +426,13 @@ def test_pause_and_resume_a_queue_from_the_panel(panel, browser, tmp_path):
 # ---- 390 px wide -----------------------------------------------------------------------
 
 def shoot(page, tmp_path, name):
+    """A full-page screenshot, and one of the first screenful (-top)."""
     path = tmp_path / f"{name}.png"
     page.screenshot(path=str(path), full_page=True)
+    page.screenshot(path=str(tmp_path / f"{name}-top.png"))
     os.makedirs(SHOTS, exist_ok=True)
-    shutil.copyfile(path, os.path.join(SHOTS, f"{name}.png"))
+    for shot in (f"{name}.png", f"{name}-top.png"):
+        shutil.copyfile(tmp_path / shot, os.path.join(SHOTS, shot))
     return path
 
 
@@ -442,8 +445,15 @@ def in_view(page, selector, width):
         assert left >= 0 and right <= width + 0.5, (selector, left, right)
 
 
-def test_the_layout_at_390_px_and_on_a_desktop(panel, browser, tmp_path, db):
+def test_the_layout_at_390_px_and_on_a_desktop(panel, browser, tmp_path, db, clean_registry):
     ids = seed()
+
+    @task(queue="reports")
+    def morning_report(kind):
+        return kind
+
+    register_schedule(morning_report, "0 9 * * 1-5", "sales", name="weekday-report",
+                      tz="Europe/Berlin")
     kind = "pg" if backends.is_postgres(db) else "sqlite"
     phone = browser.new_page(viewport=PHONE, device_scale_factor=2, is_mobile=True,
                              has_touch=True)
@@ -466,6 +476,17 @@ def test_the_layout_at_390_px_and_on_a_desktop(panel, browser, tmp_path, db):
         shoot(phone, tmp_path, f"{kind}-phone-{name}")
         desk.goto(panel.base + path, wait_until="load")
         shoot(desk, tmp_path, f"{kind}-desktop-{name}")
+    # The confirmation page of a bulk action.
+    for view, shot in ((phone, "phone"), (desk, "desktop")):
+        view.goto(panel.base + "/tasks?queue=payments", wait_until="load")
+        view.click("#bulk summary")
+        with view.expect_navigation():
+            view.click("button[data-bulk=purge]")
+        assert view.inner_text("#confirm-count") == "1"
+        if view is phone:
+            in_view(phone, "#confirm-bulk", PHONE["width"])
+            assert phone.evaluate("() => document.documentElement.scrollWidth") <= PHONE["width"]
+        shoot(view, tmp_path, f"{kind}-{shot}-confirm")
     # The nav links and Log out work by tapping at 390 px.
     phone.goto(panel.base + "/", wait_until="load")
     for label in ("Schedules", "Pools"):

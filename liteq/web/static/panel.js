@@ -140,7 +140,7 @@
       })
       .then(function (html) {
         apply(new DOMParser().parseFromString(html, "text/html"));
-        setStatus("live", "live · " + new Date().toLocaleTimeString());
+        setStatus("live", "live · " + new Date().toLocaleTimeString([], { timeZoneName: "short" }));
       })
       .catch(function () { setStatus("offline", "offline"); })
       .then(function () { busy = false; });
