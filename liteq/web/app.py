@@ -118,7 +118,7 @@ class Panel:
         shown = self.security.authenticated(request)
         ctx = {"nav_items": NAV, "nav": None, "csrf_field": CSRF_FIELD,
                "csrf_token": request.state.csrf_token, "flash": flash,
-               "logged_in": self.security.session_ok(request),
+               "logged_in": self.security.session_ok(request), "no_refresh": False,
                "db": self.identity if shown else None,
                "refresh_ms": self.refresh_ms, "failed_total": None, "now": now(),
                "root": root_of(request.scope),
@@ -182,7 +182,9 @@ class Panel:
         data = await self.page_data(lambda s: views.task_list(s, filters))
         return self.render(request, "tasks.html", {**data, "nav": "tasks", "f": filters,
                                                    "statuses": views.TASK_STATUSES,
-                                                   "actions": bulk.ACTIONS})
+                                                   "actions": bulk.ACTIONS,
+                                                   # a search is not re-run every few s
+                                                   "no_refresh": bool(filters["q"])})
 
     async def task_page(self, request):
         """One task: arguments, result, error with traceback, attempts and timings."""

@@ -12,11 +12,11 @@ BATCH = 500
 
 ACTIONS: dict[str, dict[str, Any]] = {
     "cancel": {"statuses": ("pending", "running"), "method": "cancel_many",
-               "verb": "Cancel", "done": "cancelled"},
+               "verb": "Cancel", "will": "cancel", "done": "cancelled"},
     "retry": {"statuses": ("failed", "cancelled"), "method": "retry_many",
-              "verb": "Retry", "done": "put back to pending"},
+              "verb": "Retry", "will": "put back to pending", "done": "put back to pending"},
     "purge": {"statuses": ("done", "failed", "cancelled"), "method": "delete_many",
-              "verb": "Purge (delete)", "done": "deleted"},
+              "verb": "Purge", "will": "delete", "done": "deleted"},
 }
 
 

@@ -177,13 +177,15 @@
       });
     }
     updateToggle();
-    if (!document.querySelector("main [data-live]")) {
-      // Nothing on this page (login, errors) changes by itself.
+    var every = parseInt(document.body.getAttribute("data-refresh-ms"), 10);
+    if (isNaN(every)) every = 3000;
+    if (!document.querySelector("main [data-live]") || every <= 0) {
+      // Nothing on this page (login, errors) changes by itself, or refreshing it would
+      // cost too much (a search reads up to a time budget each time).
       if (status) status.hidden = true;
       if (toggle) toggle.hidden = true;
       return;
     }
-    var every = parseInt(document.body.getAttribute("data-refresh-ms"), 10) || 3000;
     timer = window.setInterval(refresh, every);
     window.addEventListener("resize", function () { drawCharts(document); });
     document.addEventListener("visibilitychange", function () { if (!document.hidden) refresh(); });
