@@ -14,7 +14,8 @@ plain SQL (setup only: the fastest way to a million rows).
 Then it times, as the panel's /tasks?q= page reads them (liteq.web.search.search,
 one page of 50), the median of --repeat runs of:
 
-  id            "#123456": the task by id (a primary-key lookup) plus the text slices
+  id            "#333333": the task by id alone (a primary-key lookup)
+  number        "333333": that task by id, then the tasks whose text has the number
   common        a name part that most tasks match: the first slice fills the page
   argument      one old task's e-mail address: slices until the time budget
   error         one failed task's order number in its traceback: likewise
@@ -115,6 +116,7 @@ def measure(target, n, repeat, label):
     old = n // 20 * 10 + 3          # a done task half way down the table
     failed = n // 10 * 2            # a failed task near the bottom
     cases = [("id", page(store, f"#{n // 3}")),
+             ("number", page(store, f"{n // 3}")),
              ("common", page(store, "job_1")),
              ("argument", page(store, f"customer{old}@example.com")),
              ("error", page(store, f"order {failed} declined")),

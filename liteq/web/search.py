@@ -5,7 +5,9 @@ reads the newest tasks first, one slice of SLICE ids at a time (a range of the
 primary key, so each slice costs the same whatever the table's size), and stops
 as soon as it has a page of matches, or when it has spent BUDGET seconds. The
 page then offers "Search older", which goes on below the last id it reached.
-A whole number (or #number) also finds that task by id at once.
+A whole number also finds that task by id at once (a primary-key lookup), shown
+first, above the tasks whose text has the number; "#number" finds only the task
+with that id.
 """
 
 import re
@@ -52,6 +54,9 @@ def search(store: Any, filters: dict[str, Any], limit: int, *, slice_ids: int | 
     else:
         top = before
     rows: list[dict[str, Any]] = []
+    if text.strip().startswith("#") and task_id is not None:
+        # "#123": the id alone, no text to search.
+        return {"rows": [], "pinned": pinned, "next_before": None, "scanned_from": 1}
     hi = top
     started = time.monotonic()
     while hi > 1:

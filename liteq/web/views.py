@@ -8,6 +8,7 @@ parse_filters(), which raises BadRequest with a message for the user.
 import json
 import math
 import threading
+import time
 from datetime import datetime
 
 from ..scheduler import list_schedules
@@ -190,6 +191,22 @@ def pool_summary(daemon) -> list:
 
 # ---- tasks ---------------------------------------------------------------------
 
+QUEUES_TTL = 30.0
+_queues_seen: dict = {}   # backend identity -> (monotonic time read, queue names)
+
+
+def known_queues(store) -> list:
+    """The queue names for the filters' menu, read at most every QUEUES_TTL seconds:
+    list_queues() reads every task (1.5 s on PostgreSQL at a million tasks), and a
+    queue new since then is still reachable by typing its name in the URL."""
+    t = time.monotonic()
+    seen = _queues_seen.get(store.identity)
+    if seen is None or t - seen[0] > QUEUES_TTL:
+        seen = (t, store.list_queues())
+        _queues_seen[store.identity] = seen
+    return list(seen[1])
+
+
 def task_list(store, filters, order="id") -> dict:
     """One page of tasks matching the filters, with paging numbers (a search: see
     liteq.web.search; it has no total, and pages by `before`)."""
@@ -198,7 +215,7 @@ def task_list(store, filters, order="id") -> dict:
         for r in found["rows"] + ([found["pinned"]] if found["pinned"] else []):
             r["error_line"] = _first_line(r.get("error"))
         return {**found, "total": None, "page": 1, "pages": 1, "limit": filters["limit"],
-                "queues": store.list_queues()}
+                "queues": known_queues(store)}
     total = store.count_tasks(status=filters["status"], queue=filters["queue"],
                               name=filters["name"])
     limit, page = filters["limit"], filters["page"]
@@ -209,7 +226,7 @@ def task_list(store, filters, order="id") -> dict:
     for r in rows:
         r["error_line"] = _first_line(r.get("error"))
     return {"rows": rows, "total": total, "page": page, "pages": pages, "limit": limit,
-            "queues": store.list_queues(), "pinned": None, "next_before": None}
+            "queues": known_queues(store), "pinned": None, "next_before": None}
 
 
 def task_detail(store, task_id):
