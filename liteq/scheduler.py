@@ -321,6 +321,24 @@ def disable_schedule(name_or_id, backend=None) -> bool:
     return backend.set_schedule_enabled(row["id"], False)
 
 
+def run_schedule_now(name_or_id, backend=None) -> bool:
+    """Make an enabled schedule due now, by name or id: the scheduler (liteqd's, or
+    liteq.scheduler_loop) fires it at once as at any occurrence, with the schedule's
+    arguments and the task's own queue, priority and retries (known where the app
+    is loaded, which the caller, a web panel say, need not be). Its next run after
+    that is the one it had. The daemon is woken. False when there is no such
+    schedule; ValueError when it is disabled (enable it first)."""
+    backend = backend or get_backend()
+    row = _find(backend, name_or_id)
+    if row is None:
+        return False
+    if not row["enabled"]:
+        raise ValueError(f"schedule {row['name']!r} is disabled; enable it to run it")
+    changed = backend.set_schedule_enabled(row["id"], True, now())
+    backend.notify()
+    return changed
+
+
 def remove_schedule(name_or_id, backend=None) -> bool:
     """Delete a schedule by name or id; False when there is none. Tasks it already
     enqueued are untouched. An app that registers it at import brings it back:

@@ -119,7 +119,9 @@ def test_every_page_renders(tasks, clean_registry):
         assert sched.status_code == 200
         assert "nightly-full" in sched.text and "*/5 * * * *" in sched.text
         assert "nightly(&#34;full&#34;)" in sched.text
-        assert re.search(r"\d\d:\d\d:\d\d <span class=\"muted\">in ", sched.text)  # next run
+        # The next run, with its zone.
+        assert re.search(r"\d\d:\d\d:\d\d [A-Za-z0-9+:-]+</time> <span class=\"muted\">in ",
+                         sched.text)
 
         assert c.get("/pools").status_code == 200
         assert c.get("/static/panel.css").status_code == 200

@@ -268,12 +268,44 @@ class Backend(abc.ABC):
     @abc.abstractmethod
     def find_tasks(self, status: str | None = None, queue: str | None = None,
                    name: str | None = None, limit: int = 50, offset: int = 0,
-                   order: str = "id") -> list[dict[str, Any]]:
-        """Tasks matching the optional filters, newest first (order 'id' or 'finished')."""
+                   order: str = "id", *, search: str | None = None,
+                   statuses: tuple[str, ...] | None = None, below: int | None = None,
+                   at_least: int | None = None) -> list[dict[str, Any]]:
+        """Tasks matching the optional filters, newest first (order 'id' or 'finished').
+
+        search: the name, the arguments' JSON text or the error contains it, ignoring
+        case; statuses: the status is one of these; below / at_least: an id range
+        (the panel's search scans the newest tasks one slice of ids at a time)."""
 
     @abc.abstractmethod
-    def count_tasks(self, status=None, queue=None, name=None) -> int:
-        """How many tasks match the optional filters."""
+    def count_tasks(self, status=None, queue=None, name=None, *, search=None,
+                    statuses=None) -> int:
+        """How many tasks match the optional filters (as find_tasks)."""
+
+    def match_task_ids(self, statuses, status=None, queue=None, name=None, search=None,
+                       below=None, limit=500) -> list[int]:
+        """Ids of tasks whose status is in `statuses` and that match the filters, with
+        ids below `below`, newest first, at most `limit` (a bulk action's batch)."""
+        raise NotImplementedError
+
+    def cancel_many(self, task_ids: Iterable[int]) -> int:
+        """cancel() for several tasks at once; returns how many were cancelled."""
+        raise NotImplementedError
+
+    def retry_many(self, task_ids: Iterable[int]) -> int:
+        """Put these failed or cancelled tasks back to pending; returns how many."""
+        raise NotImplementedError
+
+    def delete_many(self, task_ids: Iterable[int]) -> int:
+        """Delete these tasks if finished and nothing pending or running depends on
+        them; returns how many."""
+        raise NotImplementedError
+
+    def queue_buckets(self, since: float, bucket: float) -> list[dict[str, Any]]:
+        """[{queue, slot, done, failed, run_sum, run_max, timed}]: per queue and
+        `bucket` seconds since `since`, the tasks finished done or failed, and the sum
+        and maximum run time of the `timed` ones (those with a start time)."""
+        raise NotImplementedError
 
     @abc.abstractmethod
     def queue_stats(self, estimate: bool = False) -> list[dict[str, Any]]:

@@ -66,3 +66,56 @@ def task_filters(placeholder, queue=None, name=None, ids=None):
         conds.append(f"id IN ({', '.join([placeholder] * len(chosen))})" if chosen else "0 = 1")
         params.extend(chosen)
     return conds, params
+
+
+# ---- the panel's search and bulk actions ------------------------------------------
+
+def like_pattern(text: str) -> str:
+    """`%text%` for LIKE with ESCAPE '\\': the user's % and _ match themselves."""
+    escaped = text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+    return f"%{escaped}%"
+
+
+def task_where(placeholder: str, like: str, *, status: str | None = None,
+               statuses: tuple[str, ...] | None = None, queue: str | None = None,
+               name: str | None = None, search: str | None = None,
+               below: int | None = None, at_least: int | None = None) -> tuple[str, list]:
+    """The WHERE clause (and its parameters) of a filtered task list.
+
+    status, queue, name: equal to (None = any); statuses: a set the status must be
+    in (literals from FINISHED and 'pending'/'running' only, so the planner sees them);
+    search: the name, the arguments' JSON text or the error contains it (`like` is the
+    case-insensitive LIKE of the driver: LIKE on SQLite, ILIKE on PostgreSQL);
+    below / at_least: an id range, so that a search scans a bounded slice of the
+    primary key (see liteq.web.search).
+    """
+    where, params = [], []
+    for col, val in (("status", status), ("queue", queue), ("name", name)):
+        if val is not None:
+            where.append(f"{col} = {placeholder}")
+            params.append(val)
+    if statuses is not None:
+        known = ("pending", "running") + FINISHED
+        if not statuses or any(s not in known for s in statuses):
+            raise ValueError(f"statuses must be among {known}, got {statuses!r}")
+        where.append("status IN (" + ", ".join(f"'{s}'" for s in statuses) + ")")
+    if below is not None:
+        where.append(f"id < {placeholder}")
+        params.append(int(below))
+    if at_least is not None:
+        where.append(f"id >= {placeholder}")
+        params.append(int(at_least))
+    if search is not None:
+        pattern = like_pattern(search)
+        where.append("(" + " OR ".join(f"{col} {like} {placeholder} ESCAPE '\\'"
+                                       for col in ("name", "payload", "error")) + ")")
+        params += [pattern] * 3
+    return ("WHERE " + " AND ".join(where)) if where else "", params
+
+
+# A retried unique task must not take a key that a pending or running task holds;
+# of several finished tasks with one key, the newest is retried (as KEY_IS_FREE_FOR_NEWEST).
+KEY_IS_FREE_FOR_NEWEST_FINISHED = (
+    "(unique_key IS NULL OR NOT EXISTS (SELECT 1 FROM tasks AS k "
+    "WHERE k.unique_key = tasks.unique_key AND (k.status IN ('pending', 'running') "
+    "OR (k.status IN ('failed', 'cancelled') AND k.id > tasks.id))))")

@@ -3,13 +3,22 @@
     from liteq.web import create_app
     app = create_app(db="liteq.db", token=None)     # serve with any ASGI server
 
-Pages: / (overview), /tasks, /tasks/{id}, /failed, /schedules, /pools, /login.
+Pages: / (overview), /tasks (filters and search), /tasks/{id}, /failed, /schedules,
+/pools, /login.
 Actions (POST, CSRF-protected): /tasks/{id}/retry, /tasks/{id}/cancel,
-/failed/retry (all matching a filter), /pools/scale, /logout.
+/tasks/bulk (cancel, retry or purge all a filter matches, after a confirmation
+page), /failed/retry (all matching a filter), /queues/pause, /queues/resume,
+/schedules/{id}/enable, /disable and /run, /pools/scale, /logout.
 Machine-readable: /metrics (Prometheus), /api/overview, /api/tasks/{id}, and the
-seed project's /api/tasks, /api/failed-tasks, /api/queues, /api/workers, with
-POST /api/tasks/{id}/retry and /cancel (CSRF-protected like every action).
+seed project's /api/tasks, /api/failed-tasks, /api/queues, /api/workers (with the
+filters of the pages: status, queue, name, q, page, limit), with
+POST /api/tasks/{id}/retry and /cancel (CSRF-protected like every action). Every
+time in the API is ISO 8601 with its offset.
 Every asset is served from /static by the app itself.
+
+Mounted under a prefix (app.mount("/admin/queue", create_app(...)) in a Starlette or
+FastAPI app, or `liteq monitor --root-path /queue` behind a proxy that strips it),
+every link, form, redirect and cookie carries the prefix (the `root` of a page).
 
 An action answers with a redirect back (and a one-time flash message) for a
 browser, or with JSON when the request sends `Accept: application/json`.
@@ -29,16 +38,16 @@ from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 from starlette.templating import Jinja2Templates
 
-from .. import control, monitoring, settings
+from .. import control, monitoring, scheduler, settings
 from ..backends import identity_of
 from ..errors import DatabaseError
 from ..metrics import LiteQCollector, render as render_metrics
 from ..status import task_row_to_dict
 from ..timeutil import now
-from . import views
-from .formatting import FILTERS
+from . import api, bulk, charts, views
+from .formatting import duration, filters_for, in_zone, zone_named
 from .security import CSRF_FIELD, SESSION_COOKIE, CSRFError, Security, SecurityMiddleware, \
-    safe_next, wants_html
+    cookie_path, root_of, route_path, safe_next, wants_html
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 FLASH_COOKIE = "liteq_flash"
@@ -62,14 +71,25 @@ def daemon_status(db):
 class Panel:
     """The panel's state (database, policy, templates) and its request handlers."""
 
-    def __init__(self, db, security, refresh):
+    def __init__(self, db, security, refresh, zone=None):
         self.db = db
         self.identity = identity_of(db)  # shown on pages: never a password
         self.security = security
         self.refresh_ms = int(refresh * 1000)
+        self.zone = zone
         self.store = views.PanelStore(db)
         self.templates = Jinja2Templates(directory=os.path.join(HERE, "templates"))
-        self.templates.env.filters.update(FILTERS)
+        self.templates.env.filters.update(filters_for(zone))
+
+    def hhmm(self, ts) -> str:
+        """A bucket's start as HH:MM in the display zone."""
+        moment = in_zone(ts, self.zone)
+        return moment.strftime("%H:%M") if moment else ""
+
+    @staticmethod
+    def url(request, path) -> str:
+        """`path` of the panel as a link: below the prefix it is mounted under."""
+        return root_of(request.scope) + path
 
     # ---- helpers ---------------------------------------------------------------
 
@@ -98,14 +118,16 @@ class Panel:
         shown = self.security.authenticated(request)
         ctx = {"nav_items": NAV, "nav": None, "csrf_field": CSRF_FIELD,
                "csrf_token": request.state.csrf_token, "flash": flash,
-               "logged_in": self.security.session_ok(request),
+               "logged_in": self.security.session_ok(request), "no_refresh": False,
                "db": self.identity if shown else None,
                "refresh_ms": self.refresh_ms, "failed_total": None, "now": now(),
+               "root": root_of(request.scope),
+               "zone_name": in_zone(now(), self.zone).strftime("%Z"),
                "here": request.url.path + (f"?{request.url.query}" if request.url.query else "")}
         ctx.update(context)
         resp = self.templates.TemplateResponse(request, name, ctx, status_code=status_code)
         if raw:
-            resp.delete_cookie(FLASH_COOKIE, path="/")
+            resp.delete_cookie(FLASH_COOKIE, path=cookie_path(request.scope))
         return resp
 
     def error(self, request, status_code, message, title=None):
@@ -122,12 +144,14 @@ class Panel:
         """Answer an action: JSON for API clients (and /api/ paths), else redirect back
         with a flash. The JSON's status is the seed's "success" (or "error")."""
         if "application/json" in request.headers.get("accept", "") or \
-                request.url.path.startswith("/api/"):
+                route_path(request.scope).startswith("/api/"):
             return JSONResponse({"ok": ok, "status": "success" if ok else "error",
                                  "message": message}, status_code=200 if ok else 409)
-        resp = RedirectResponse(safe_next(form.get("next"), default), status_code=303)
+        resp = RedirectResponse(safe_next(form.get("next"), self.url(request, default)),
+                                status_code=303)
         resp.set_cookie(FLASH_COOKIE, quote(("ok:" if ok else "error:") + message),
-                        max_age=60, httponly=True, samesite="strict", path="/")
+                        max_age=60, httponly=True, samesite="strict",
+                        path=cookie_path(request.scope))
         return resp
 
     async def checked_form(self, request):
@@ -140,11 +164,14 @@ class Panel:
 
     async def overview_page(self, request):
         """Counts by queue and status, the 30-minute chart, pools and workers."""
-        data = await self.page_data(views.overview)
+        data = await self.page_data(lambda s: {
+            **views.overview(s),
+            "queue_charts": charts.queue_charts(s, now(), self.hhmm, duration)})
         daemon, daemon_error = await self.daemon()
         return self.render(request, "overview.html", {
             **data, "nav": "overview", "daemon": daemon, "daemon_error": daemon_error,
-            "pools": views.pool_summary(daemon)})
+            "pools": views.pool_summary(daemon),
+            "paused": set((daemon or {}).get("paused") or ())})
 
     async def tasks_page(self, request):
         """The task list with status/queue/name filters and paging."""
@@ -154,7 +181,10 @@ class Panel:
             return self.error(request, 400, str(exc))
         data = await self.page_data(lambda s: views.task_list(s, filters))
         return self.render(request, "tasks.html", {**data, "nav": "tasks", "f": filters,
-                                                   "statuses": views.TASK_STATUSES})
+                                                   "statuses": views.TASK_STATUSES,
+                                                   "actions": bulk.ACTIONS,
+                                                   # a search is not re-run every few s
+                                                   "no_refresh": bool(filters["q"])})
 
     async def task_page(self, request):
         """One task: arguments, result, error with traceback, attempts and timings."""
@@ -234,6 +264,86 @@ class Panel:
                                               f"{'is' if n == 1 else 'are'} pending again.",
                          "/failed")
 
+    async def bulk_action(self, request):
+        """POST: cancel, retry or purge every task a filter matches. Without
+        confirm=yes it only shows what it would do, with a form to confirm."""
+        form = await self.checked_form(request)
+        action = form.get("action")
+        if action not in bulk.ACTIONS:
+            return self.error(request, 400, f"action must be one of "
+                                            f"{', '.join(bulk.ACTIONS)}, got {action!r}")
+        try:
+            filters = views.parse_filters(form)
+        except views.BadRequest as exc:
+            return self.error(request, 400, str(exc))
+        back = safe_next(form.get("next"), self.url(request, "/tasks"))
+        spec = bulk.ACTIONS[action]
+        if form.get("confirm") != "yes":
+            n = await self.data(lambda s: bulk.count(s, action, filters))
+            return self.render(request, "confirm.html", {
+                "nav": "tasks", "action": action, "spec": spec, "f": filters, "count": n,
+                "statuses": bulk.statuses(action, filters["status"]), "back": back})
+        n = await run_in_threadpool(bulk.run, self.store.run, action, filters)
+        if action == "retry" and n:
+            await self.data(lambda s: s.notify())
+        return self.done(request, form, True,
+                         f"{n} task{'s' if n != 1 else ''} {spec['done']}.", "/tasks")
+
+    async def queue_switch(self, request):
+        """POST /queues/pause or /queues/resume: the daemon stops (or starts again)
+        claiming from a queue, through the control channel as `liteqctl pause` does."""
+        form = await self.checked_form(request)
+        queue = (form.get("queue") or "").strip()
+        pause = route_path(request.scope).endswith("/pause")
+        if not queue:
+            return self.error(request, 400, "queue is missing")
+        fn = control.pause if pause else control.resume
+        try:
+            reply = await run_in_threadpool(fn, queue, db=self.db, timeout=CONTROL_TIMEOUT)
+        except control.DaemonNotRunning:
+            return self.done(request, form, False, "The daemon is not running: a queue is "
+                                                   "paused in a running daemon.", "/")
+        except (control.ControlError, TimeoutError, OSError) as exc:
+            return self.done(request, form, False, f"The daemon refused: {exc}", "/")
+        still = ", ".join(reply.get("paused") or []) or "none"
+        return self.done(request, form, True, f"Queue {queue} is "
+                                              f"{'paused' if pause else 'resumed'} "
+                                              f"(paused queues: {still}).", "/")
+
+    async def schedule_action(self, request):
+        """POST /schedules/{id}/enable, /disable or /run (make it due now, so the
+        daemon's scheduler fires it at once; its next run stays as it was)."""
+        form = await self.checked_form(request)
+        sid = request.path_params["schedule_id"]
+        what = request.path_params["what"]
+        if what not in ("enable", "disable", "run"):
+            return self.error(request, 404, "There is nothing at this address.")
+
+        def act(store):
+            rows = [r for r in store.list_schedules() if r["id"] == sid]
+            if not rows:
+                return None, None
+            name = rows[0]["name"]
+            if what == "enable":
+                return name, scheduler.enable_schedule(sid, backend=store)
+            if what == "disable":
+                return name, scheduler.disable_schedule(sid, backend=store)
+            try:
+                return name, scheduler.run_schedule_now(sid, backend=store)
+            except ValueError as exc:
+                return name, str(exc)
+        name, result = await self.data(act)
+        if name is None:
+            return self.error(request, 404, f"There is no schedule #{sid}.")
+        if what == "run":
+            if isinstance(result, str):
+                return self.done(request, form, False, f"Not run: {result}.", "/schedules")
+            return self.done(request, form, True, f"Schedule {name} is due now: the daemon's "
+                                                  f"scheduler enqueues its task at once; its "
+                                                  f"next run stays as it was.", "/schedules")
+        return self.done(request, form, bool(result), f"Schedule {name} is "
+                                                      f"{what}d.", "/schedules")
+
     async def scale_pool(self, request):
         """POST: set a pool's number of children through the control channel."""
         form = await self.checked_form(request)
@@ -261,7 +371,8 @@ class Panel:
 
     async def login(self, request):
         """GET: the login form; POST: check the token and set the session cookie."""
-        nxt = safe_next(request.query_params.get("next"))
+        home = self.url(request, "/")
+        nxt = safe_next(request.query_params.get("next"), home)
         if self.security.token is None:
             return RedirectResponse(nxt, status_code=303)
         if request.method == "GET":
@@ -272,18 +383,19 @@ class Panel:
                          "printed last.")
             return self.render(request, "login.html", {"next": nxt, "login_error": error})
         form = await self.checked_form(request)
-        nxt = safe_next(form.get("next"))
+        nxt = safe_next(form.get("next"), home)
         if not self.security.check_token(form.get("token")):
             await asyncio.sleep(0.3)  # slows guessing down a little
             return self.render(request, "login.html",
                                {"next": nxt, "login_error": "That token is not right."}, 401)
-        return self.security.login_redirect(nxt, secure=request.url.scheme == "https")
+        return self.security.login_redirect(nxt, secure=request.url.scheme == "https",
+                                            path=cookie_path(request.scope))
 
     async def logout(self, request):
         """POST: forget the session cookie."""
         await self.checked_form(request)
-        resp = RedirectResponse("/login", status_code=303)
-        resp.delete_cookie(SESSION_COOKIE, path="/")
+        resp = RedirectResponse(self.url(request, "/login"), status_code=303)
+        resp.delete_cookie(SESSION_COOKIE, path=cookie_path(request.scope))
         return resp
 
     # ---- machine-readable ----------------------------------------------------------
@@ -305,8 +417,10 @@ class Panel:
         totals = data["counts"]["totals"]
         live = [w for w in data["workers"] if w["heartbeat_age"] is not None
                 and w["heartbeat_age"] <= monitoring.ACTIVE_WORKER_WINDOW]
-        return JSONResponse({"counts": data["counts"], "series": data["series"],
-                             "workers": data["workers"], "daemon_up": daemon is not None,
+        return JSONResponse({"counts": data["counts"],
+                             "series": [api.iso_times(p) for p in data["series"]],
+                             "workers": api.workers(data["workers"]),
+                             "daemon_up": daemon is not None,
                              "daemon_error": daemon_error, "daemon": daemon,
                              **{f"total_{s}": totals[s]
                                 for s in ("pending", "running", "failed", "done")},
@@ -314,17 +428,20 @@ class Panel:
                              "active_workers": len(live)})
 
     async def api_list(self, request):
-        """JSON, the seed's read API: /api/tasks and /api/failed-tasks (?limit=, default
-        50), /api/queues and /api/workers, as liteq.monitoring gives them."""
-        path = request.url.path
+        """JSON, the seed's read API: /api/tasks and /api/failed-tasks (filtered by
+        status, queue, name and q, paged by page and limit, default 50), /api/queues
+        and /api/workers, as liteq.monitoring gives them, times in ISO 8601."""
+        path = route_path(request.scope)
         try:
-            limit = views.parse_filters(request.query_params)["limit"]
+            filters = views.parse_filters(request.query_params,
+                                          allow_status=path == "/api/tasks")
         except views.BadRequest as exc:
             return self.error(request, 400, str(exc))
-        read = {"/api/tasks": lambda s: monitoring.get_recent_tasks(limit, store=s),
-                "/api/failed-tasks": lambda s: monitoring.get_failed_tasks(limit, store=s),
+        read = {"/api/tasks": lambda s: api.task_list(s, filters),
+                "/api/failed-tasks": lambda s: api.task_list(s, filters, failed=True),
                 "/api/queues": lambda s: monitoring.get_queue_stats(store=s),
-                "/api/workers": lambda s: monitoring.get_active_workers(store=s)}[path]
+                "/api/workers": lambda s: api.workers(
+                    monitoring.get_active_workers(store=s))}[path]
         return JSONResponse(await self.data(read))
 
     async def api_task(self, request):
@@ -360,6 +477,11 @@ class Panel:
             Route("/tasks/{task_id:int}", self.task_page),
             Route("/tasks/{task_id:int}/retry", self.retry_task, methods=["POST"]),
             Route("/tasks/{task_id:int}/cancel", self.cancel_task, methods=["POST"]),
+            Route("/tasks/bulk", self.bulk_action, methods=["POST"]),
+            Route("/queues/pause", self.queue_switch, methods=["POST"]),
+            Route("/queues/resume", self.queue_switch, methods=["POST"]),
+            Route("/schedules/{schedule_id:int}/{what}", self.schedule_action,
+                  methods=["POST"]),
             Route("/failed", self.failed_page),
             Route("/failed/retry", self.retry_all, methods=["POST"]),
             Route("/schedules", self.schedules_page),
@@ -374,14 +496,15 @@ class Panel:
                                                       "/api/queues", "/api/workers")],
             Route("/api/tasks/{task_id:int}/retry", self.retry_task, methods=["POST"]),
             Route("/api/tasks/{task_id:int}/cancel", self.cancel_task, methods=["POST"]),
-            Route("/favicon.ico", lambda request: RedirectResponse("/static/favicon.svg", 301)),
+            Route("/favicon.ico", lambda request: RedirectResponse(
+                self.url(request, "/static/favicon.svg"), 301)),
             Mount("/static", StaticFiles(directory=os.path.join(HERE, "static")),
                   name="static"),
         ]
 
 
 def create_app(db=None, *, token=None, allowed_hosts=None, public_metrics=False,
-               refresh=3.0) -> Starlette:
+               refresh=3.0, timezone=None) -> Starlette:
     """Build the panel for the database `db` (default: LITEQ_DB).
 
     token: when set, every page, action and /metrics needs it (see
@@ -390,11 +513,14 @@ def create_app(db=None, *, token=None, allowed_hosts=None, public_metrics=False,
     allowed_hosts: Host header names to answer to (None: any); `liteq monitor`
     passes the loopback names when it listens on a loopback address.
     refresh: seconds between the pages' background refreshes.
+    timezone: the zone the pages show times in (an IANA name such as Europe/Berlin,
+    or UTC; None: the machine's); every time shown names its zone.
+    Mount it under a prefix as it is: every link follows the mount's root_path.
     """
     db = db or settings.db_path()
     security = Security(token=token, allowed_hosts=allowed_hosts,
                         public_metrics=public_metrics)
-    panel = Panel(db, security, refresh)
+    panel = Panel(db, security, refresh, zone_named(timezone))
 
     @contextlib.asynccontextmanager
     async def lifespan(app):

@@ -45,6 +45,13 @@ def build_parser():
     p.add_argument("--allow-host", action="append", default=[], metavar="NAME",
                    help="also answer to this Host name when listening on a loopback address "
                         "(e.g. behind a reverse proxy); repeatable")
+    p.add_argument("--root-path", default="", metavar="PREFIX",
+                   help="the path prefix a reverse proxy serves the panel under and strips "
+                        "before passing requests on (e.g. /queue): links, forms and "
+                        "cookies carry it")
+    p.add_argument("--timezone", default=None, metavar="ZONE",
+                   help="show times in this zone (an IANA name such as Europe/Berlin, or "
+                        "UTC; default: this machine's); every time shown names its zone")
     p.add_argument("--refresh", type=float, default=3.0,
                    help="seconds between the pages' background refreshes (default 3)")
     p.add_argument("--log-level", default="warning",
@@ -67,6 +74,17 @@ def main(argv=None) -> int:
     if args.refresh < 0.5:
         print("liteq monitor: --refresh must be at least 0.5 s", file=sys.stderr)
         return 2
+    root_path = args.root_path.rstrip("/")
+    if root_path and (not root_path.startswith("/") or "//" in root_path):
+        print(f"liteq monitor: --root-path must be a path such as /queue, not "
+              f"{args.root_path!r}", file=sys.stderr)
+        return 2
+    try:
+        from .formatting import zone_named
+        zone_named(args.timezone)
+    except ValueError as exc:
+        print(f"liteq monitor: --timezone: {exc}", file=sys.stderr)
+        return 2
     db = args.db or settings.db_path()
     try:
         shown_db = identity_of(db)
@@ -75,7 +93,7 @@ def main(argv=None) -> int:
         return 2
     loopback = is_loopback(args.host)
     shown = f"[{args.host}]" if ":" in args.host else args.host
-    base = f"http://{shown}:{args.port}/"
+    base = f"http://{shown}:{args.port}{root_path}/"
     token = None if args.no_token else args.token
     if args.no_token:
         if not loopback:
@@ -92,7 +110,8 @@ def main(argv=None) -> int:
         token = secrets.token_hex(24)
     allowed = [*LOOPBACK_NAMES, *args.allow_host] if loopback else None
     app = create_app(db, token=token, allowed_hosts=allowed,
-                     public_metrics=args.public_metrics, refresh=args.refresh)
+                     public_metrics=args.public_metrics, refresh=args.refresh,
+                     timezone=args.timezone)
     print(f"LiteQ monitor on {base} (database {shown_db}"
           f"{', token required' if token else ', no token'}"
           f"{', /metrics public' if args.public_metrics else ''}); Ctrl+C stops it",
@@ -103,7 +122,8 @@ def main(argv=None) -> int:
     sys.stderr.flush()
     try:
         with _stop_signals_end_cleanly():
-            uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level)
+            uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level,
+                        root_path=root_path)
     except _Stopped:
         pass
     return 0

@@ -1,21 +1,60 @@
-"""Jinja filters of the panel: times, durations and sizes for people to read."""
+"""Jinja filters of the panel: times, durations and sizes for people to read.
 
-from datetime import datetime
+Every time the panel shows names its zone ("2026-12-08 09:00:00 CET"): the panel's
+display zone (`liteq monitor --timezone`, default the machine's), or for a
+schedule's runs the schedule's own zone as well. The JSON API gives ISO 8601 with
+the offset (api_time()).
+"""
+
+from datetime import datetime, timezone, tzinfo
+from typing import Any, Callable
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from ..timeutil import now
 
+CLOCK_FORMAT = "%Y-%m-%d %H:%M:%S %Z"
 
-def clock(ts) -> str:
-    """Epoch seconds as local 'YYYY-MM-DD HH:MM:SS' ('' for None)."""
-    if ts is None:
-        return ""
+
+def zone_named(name: str | None) -> tzinfo | None:
+    """The zone called `name` (an IANA name such as Europe/Berlin, or UTC); None for
+    the machine's local zone. ValueError names an unknown zone."""
+    if name is None or name == "" or name == "local":
+        return None
+    if name.upper() == "UTC":
+        return timezone.utc
     try:
-        return datetime.fromtimestamp(float(ts)).strftime("%Y-%m-%d %H:%M:%S")
+        return ZoneInfo(name)
+    except (ZoneInfoNotFoundError, ValueError):
+        raise ValueError(f"unknown time zone {name!r}; use an IANA name such as "
+                         f"Europe/Berlin, or UTC") from None
+
+
+def in_zone(ts: Any, zone: tzinfo | None) -> datetime | None:
+    """Epoch seconds as an aware datetime in `zone` (None: local), or None."""
+    if ts is None:
+        return None
+    try:
+        moment = datetime.fromtimestamp(float(ts), timezone.utc)
     except (TypeError, ValueError, OverflowError, OSError):
-        return str(ts)
+        return None
+    return moment.astimezone(zone) if zone is not None else moment.astimezone()
 
 
-def duration(seconds) -> str:
+def clock(ts: Any, zone: tzinfo | None = None) -> str:
+    """Epoch seconds as 'YYYY-MM-DD HH:MM:SS ZONE' in `zone` ('' for None)."""
+    moment = in_zone(ts, zone)
+    if moment is None:
+        return "" if ts is None else str(ts)
+    return moment.strftime(CLOCK_FORMAT)
+
+
+def iso(ts: Any, zone: tzinfo | None = None) -> str | None:
+    """Epoch seconds as ISO 8601 with its offset (None for None)."""
+    moment = in_zone(ts, zone)
+    return None if moment is None else moment.isoformat()
+
+
+def duration(seconds: Any) -> str:
     """A length of time: '850 ms', '12.3 s', '4m 05s', '2h 10m', '3d 4h'."""
     if seconds is None:
         return ""
@@ -31,7 +70,7 @@ def duration(seconds) -> str:
     return f"{int(s // 86400)}d {int(s % 86400 // 3600)}h"
 
 
-def ago(ts, at=None) -> str:
+def ago(ts: Any, at: float | None = None) -> str:
     """'5 s ago' for past times, 'in 3m 10s' for future ones ('' for None)."""
     if ts is None:
         return ""
@@ -41,7 +80,7 @@ def ago(ts, at=None) -> str:
     return f"{duration(delta)} ago" if delta > 0 else f"in {duration(-delta)}"
 
 
-def size(nbytes) -> str:
+def size(nbytes: Any) -> str:
     """Bytes as '512 B', '3.4 MB' ('' for None)."""
     if nbytes is None:
         return ""
@@ -53,4 +92,19 @@ def size(nbytes) -> str:
     return f"{n:.1f} GB"
 
 
-FILTERS = {"clock": clock, "duration": duration, "ago": ago, "size": size}
+def filters_for(zone: tzinfo | None) -> dict[str, Callable[..., Any]]:
+    """The Jinja filters, with times shown in `zone` (None: the machine's zone).
+
+    clock(ts) and iso(ts) use that zone; clock_in(ts, "Europe/Berlin") another one.
+    """
+    def clock_in(ts: Any, name: str | None) -> str:
+        try:
+            return clock(ts, zone_named(name))
+        except ValueError:
+            return clock(ts, zone)
+
+    return {"clock": lambda ts: clock(ts, zone), "iso": lambda ts: iso(ts, zone) or "",
+            "clock_in": clock_in, "duration": duration, "ago": ago, "size": size}
+
+
+FILTERS = filters_for(None)

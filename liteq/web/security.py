@@ -23,6 +23,10 @@ The rules, in the order a request meets them:
 4. Every response carries a strict Content-Security-Policy (scripts, styles and
    images only from the panel itself, no framing) and no-store caching for pages.
 
+Mounted under a prefix (Starlette's Mount, FastAPI's app.mount, or uvicorn's
+--root-path behind a proxy that strips it), the rules see the path below the
+prefix (scope["root_path"]), and every link, redirect and cookie carries the prefix.
+
 Behind a reverse proxy, pass the browser's Host through (nginx:
 `proxy_set_header Host $host;`) so the Origin check can compare them, and name
 that host with --allow-host when the panel itself listens on 127.0.0.1.
@@ -87,6 +91,25 @@ def safe_next(value, default="/") -> str:
     return value
 
 
+def root_of(scope) -> str:
+    """The prefix the panel is mounted under ('' at the top), without a trailing /."""
+    return (scope.get("root_path") or "").rstrip("/")
+
+
+def route_path(scope) -> str:
+    """The request's path below the panel's prefix ('/tasks' for '/admin/q/tasks')."""
+    path, root = scope["path"], root_of(scope)
+    if root and (path == root or path.startswith(root + "/")):
+        return path[len(root):] or "/"
+    return path
+
+
+def cookie_path(scope) -> str:
+    """The Path of the panel's cookies: its prefix, so that two panels mounted in one
+    site under different prefixes keep their sessions apart."""
+    return root_of(scope) or "/"
+
+
 def set_cookie_header(key, value, **options) -> tuple:
     """A raw (b"set-cookie", ...) header, formatted the way Starlette formats it."""
     resp = Response()
@@ -115,11 +138,12 @@ class Security:
         return bool(self.token and candidate) and hmac.compare_digest(
             str(candidate).encode(), self.token.encode())
 
-    def login_redirect(self, target, secure=False) -> RedirectResponse:
-        """A redirect to `target` that logs the browser in (sets the session cookie)."""
+    def login_redirect(self, target, secure=False, path="/") -> RedirectResponse:
+        """A redirect to `target` that logs the browser in (sets the session cookie,
+        for the cookie `path`: the panel's prefix)."""
         resp = RedirectResponse(target, status_code=303)
         resp.set_cookie(SESSION_COOKIE, self.session_value(), max_age=SESSION_MAX_AGE,
-                        httponly=True, samesite="strict", path="/", secure=secure)
+                        httponly=True, samesite="strict", path=path, secure=secure)
         return resp
 
     def bearer_ok(self, request) -> bool:
@@ -176,7 +200,8 @@ class Security:
 
 def wants_html(request) -> bool:
     """True for a browser page view (as opposed to an API, metrics or script call)."""
-    if request.url.path.startswith("/api/") or request.url.path == "/metrics":
+    path = route_path(request.scope)
+    if path.startswith("/api/") or path == "/metrics":
         return False
     return "text/html" in request.headers.get("accept", "")
 
@@ -197,7 +222,8 @@ class SecurityMiddleware:
             return await self.app(scope, receive, send)
         request = Request(scope)
         sec = self.security
-        path = scope["path"]
+        path = route_path(scope)
+        root = root_of(scope)
         if not sec.allowed_host(request):
             resp = PlainTextResponse("Host not allowed: this panel listens on a loopback "
                                      "address; use http://127.0.0.1 or pass --allow-host",
@@ -208,7 +234,8 @@ class SecurityMiddleware:
         if not csrf or len(csrf) < 20:
             csrf = secrets.token_urlsafe(32)
             new_cookie = set_cookie_header(CSRF_COOKIE, csrf, httponly=True, samesite="strict",
-                                           secure=scope.get("scheme") == "https")
+                                           secure=scope.get("scheme") == "https",
+                                           path=cookie_path(scope))
         scope.setdefault("state", {})["csrf_token"] = csrf
         if (sec.token is not None and request.method in ("GET", "HEAD")
                 and TOKEN_PARAM in request.query_params):
@@ -216,9 +243,9 @@ class SecurityMiddleware:
             return await resp(scope, receive, self._decorate(send, new_cookie, path))
         if sec.needs_auth(path) and not sec.authenticated(request):
             if request.method in ("GET", "HEAD") and wants_html(request):
-                target = path + (("?" + scope["query_string"].decode("latin-1"))
-                                 if scope.get("query_string") else "")
-                resp = RedirectResponse("/login?next=" + quote(target, safe=""), 303)
+                target = scope["path"] + (("?" + scope["query_string"].decode("latin-1"))
+                                          if scope.get("query_string") else "")
+                resp = RedirectResponse(root + "/login?next=" + quote(target, safe=""), 303)
             elif wants_html(request):
                 resp = PlainTextResponse("401 Unauthorized: log in first", status_code=401)
             else:
@@ -231,18 +258,20 @@ class SecurityMiddleware:
     async def _login_by_url(self, request):
         """A GET carrying ?token=: log in and go to the same address without the token
         (for /login, to its `next`), or, with a wrong token, to the login form."""
-        path = request.url.path
+        root = root_of(request.scope)
         rest = [(k, v) for k, v in request.query_params.multi_items() if k != TOKEN_PARAM]
-        if path.startswith("/login"):
-            target = safe_next(dict(rest).get("next"))
+        if route_path(request.scope).startswith("/login"):
+            target = safe_next(dict(rest).get("next"), root + "/")
         else:
-            target = safe_next(path + ("?" + urlencode(rest) if rest else ""))
+            target = safe_next(request.url.path + ("?" + urlencode(rest) if rest else ""),
+                               root + "/")
         if self.security.check_token(request.query_params[TOKEN_PARAM]):
-            return self.security.login_redirect(target, secure=request.url.scheme == "https")
+            return self.security.login_redirect(target, secure=request.url.scheme == "https",
+                                                path=cookie_path(request.scope))
         await asyncio.sleep(0.3)  # slows guessing down a little, as the login form does
         if wants_html(request):
-            return RedirectResponse("/login?next=" + quote(target, safe="") + "&bad_token=1",
-                                    303)
+            return RedirectResponse(root + "/login?next=" + quote(target, safe="")
+                                    + "&bad_token=1", 303)
         return JSONResponse({"error": "unauthorized: the token in the URL is wrong"},
                             status_code=401, headers={"WWW-Authenticate": 'Bearer realm="liteq"'})
 

@@ -8,11 +8,15 @@ parse_filters(), which raises BadRequest with a message for the user.
 import json
 import math
 import threading
+import time
+from datetime import datetime
 
 from ..scheduler import list_schedules
 from ..serialization import decode_payload, decode_result
 from ..backends import TASK_STATUSES, open_backend
+from ..status import task_row_to_dict
 from ..timeutil import now
+from . import search
 
 CHART_MINUTES = 30
 CHART_BUCKET = 60.0
@@ -78,11 +82,14 @@ def _text(params, key):
 
 
 def parse_filters(params, allow_status=True) -> dict:
-    """Validate status, queue, name, page and limit from a query string."""
+    """Validate status, queue, name, q (search text), before (a search's next slice),
+    page and limit from a query string or form."""
     status = _text(params, "status") if allow_status else None
     if status is not None and status not in TASK_STATUSES:
         raise BadRequest(f"unknown status {status!r}; use one of {', '.join(TASK_STATUSES)}")
+    q = _text(params, "q")
     return {"status": status, "queue": _text(params, "queue"), "name": _text(params, "name"),
+            "q": q, "before": _positive_int(params, "before", None) if q else None,
             "page": _positive_int(params, "page", 1),
             "limit": _positive_int(params, "limit", DEFAULT_LIMIT, MAX_LIMIT)}
 
@@ -184,8 +191,31 @@ def pool_summary(daemon) -> list:
 
 # ---- tasks ---------------------------------------------------------------------
 
+QUEUES_TTL = 30.0
+_queues_seen: dict = {}   # backend identity -> (monotonic time read, queue names)
+
+
+def known_queues(store) -> list:
+    """The queue names for the filters' menu, read at most every QUEUES_TTL seconds:
+    list_queues() reads every task (1.5 s on PostgreSQL at a million tasks), and a
+    queue new since then is still reachable by typing its name in the URL."""
+    t = time.monotonic()
+    seen = _queues_seen.get(store.identity)
+    if seen is None or t - seen[0] > QUEUES_TTL:
+        seen = (t, store.list_queues())
+        _queues_seen[store.identity] = seen
+    return list(seen[1])
+
+
 def task_list(store, filters, order="id") -> dict:
-    """One page of tasks matching the filters, with paging numbers."""
+    """One page of tasks matching the filters, with paging numbers (a search: see
+    liteq.web.search; it has no total, and pages by `before`)."""
+    if filters.get("q"):
+        found = search.search(store, filters, filters["limit"])
+        for r in found["rows"] + ([found["pinned"]] if found["pinned"] else []):
+            r["error_line"] = _first_line(r.get("error"))
+        return {**found, "total": None, "page": 1, "pages": 1, "limit": filters["limit"],
+                "queues": known_queues(store)}
     total = store.count_tasks(status=filters["status"], queue=filters["queue"],
                               name=filters["name"])
     limit, page = filters["limit"], filters["page"]
@@ -196,7 +226,7 @@ def task_list(store, filters, order="id") -> dict:
     for r in rows:
         r["error_line"] = _first_line(r.get("error"))
     return {"rows": rows, "total": total, "page": page, "pages": pages, "limit": limit,
-            "queues": store.list_queues()}
+            "queues": known_queues(store), "pinned": None, "next_before": None}
 
 
 def task_detail(store, task_id):
@@ -222,7 +252,26 @@ def task_detail(store, task_id):
             ran = max(0.0, end - row["started_at"])
     return {**row, "args_text": args_text, "kwargs_text": kwargs_text,
             "result_text": None if row["result"] is None else _pretty(result),
-            "waited": waited, "ran": ran, "now": t}
+            "waited": waited, "ran": ran, "now": t, "errors": attempt_errors(row)}
+
+
+def attempt_errors(row) -> list:
+    """The error of every attempt, [{attempt, error, finished_at}] oldest first, when
+    the task's status (get_task_status()'s `errors`) has them; else []."""
+    errors = row.get("errors")
+    if errors is None:
+        errors = task_row_to_dict(row).get("errors")
+    out = []
+    for e in errors or []:
+        finished = e.get("finished_at")
+        if isinstance(finished, str):  # get_task_status() gives ISO 8601
+            try:
+                finished = datetime.fromisoformat(finished).timestamp()
+            except ValueError:
+                pass
+        out.append({"attempt": e.get("attempt"), "error": e.get("error") or "",
+                    "finished_at": finished})
+    return out
 
 
 # ---- schedules -----------------------------------------------------------------

@@ -5,8 +5,9 @@ Rows come back with the SQLite backend's keys, times as epoch seconds.
 
 from ...taskspec import check_purge
 from ..base import CANCEL_TEXT, TASK_STATUSES
-from ..filters import (KEY_IS_FREE, KEY_IS_FREE_FOR_NEWEST, PRUNABLE, equal_filters,
-                       finished_status, finished_statuses, task_filters)
+from ..filters import (KEY_IS_FREE, KEY_IS_FREE_FOR_NEWEST, KEY_IS_FREE_FOR_NEWEST_FINISHED,
+                       PRUNABLE, equal_filters, finished_status, finished_statuses,
+                       task_filters, task_where)
 from ..stats import Tally
 from . import counts, deps, stats
 from .connection import operation
@@ -57,9 +58,13 @@ class ReadOps:
 
     @operation
     def find_tasks(self, status=None, queue=None, name=None, limit=50, offset=0,
-                   order="id") -> list:
-        """Tasks matching the optional filters, newest first (order 'id' or 'finished')."""
-        clause, params = equal_filters("%s", status=status, queue=queue, name=name)
+                   order="id", *, search=None, statuses=None, below=None,
+                   at_least=None) -> list:
+        """Tasks matching the optional filters, newest first (order 'id' or 'finished');
+        search, statuses, below and at_least as in filters.task_where."""
+        clause, params = task_where("%s", "ILIKE", status=status, queue=queue, name=name,
+                                    search=search, statuses=statuses, below=below,
+                                    at_least=at_least)
         # NULLS LAST as on SQLite; the order of tasks_finished, so a status's list is
         # an index scan.
         sort = "finished_at DESC NULLS LAST, id DESC" if order == "finished" else "id DESC"
@@ -68,11 +73,86 @@ class ReadOps:
             (*params, int(limit), int(offset))).fetchall()
 
     @operation
-    def count_tasks(self, status=None, queue=None, name=None) -> int:
+    def count_tasks(self, status=None, queue=None, name=None, *, search=None,
+                    statuses=None) -> int:
         """How many tasks match the optional filters."""
-        clause, params = equal_filters("%s", status=status, queue=queue, name=name)
+        clause, params = task_where("%s", "ILIKE", status=status, queue=queue, name=name,
+                                    search=search, statuses=statuses)
         return self._session.run(f"SELECT COUNT(*) AS n FROM tasks {clause}",
                                  params).fetchone()["n"]
+
+    @operation
+    def match_task_ids(self, statuses, status=None, queue=None, name=None, search=None,
+                       below=None, limit=500) -> list:
+        """Ids of tasks in `statuses` matching the filters, below id `below`, newest
+        first, at most `limit`: one batch of a bulk action."""
+        clause, params = task_where("%s", "ILIKE", status=status, queue=queue, name=name,
+                                    search=search, statuses=tuple(statuses), below=below)
+        return [r["id"] for r in self._session.run(
+            f"SELECT id FROM tasks {clause} ORDER BY id DESC LIMIT %s",
+            (*params, int(limit))).fetchall()]
+
+    @operation
+    def cancel_many(self, task_ids) -> int:
+        """cancel() for several tasks in one transaction; returns how many it cancelled
+        (running ones are NOTIFYed to the daemons, as cancel() does)."""
+        ids = [int(i) for i in task_ids]
+        if not ids:
+            return 0
+        session = self._session
+        with session.transaction():
+            rows = session.run(
+                "WITH c AS (UPDATE tasks SET finished_at = now(), error = CASE WHEN status = "
+                "'running' THEN %s ELSE error END, status = 'cancelled' "
+                "WHERE id = ANY(%s::bigint[]) AND status IN ('pending', 'running') "
+                "RETURNING id, error) "
+                "SELECT c.id, CASE WHEN c.error = %s THEN pg_notify(%s, json_build_object("
+                "'k', 'cancel', 'id', c.id)::text) END FROM c",
+                (CANCEL_TEXT, ids, CANCEL_TEXT, self._channel)).fetchall()
+            if rows:
+                deps.cancel_dependents(session, [r["id"] for r in rows], "cancelled")
+        return len(rows)
+
+    @operation
+    def retry_many(self, task_ids) -> int:
+        """Put these failed or cancelled tasks back to pending, due now, attempts reset
+        (unique keys guarded as retry_failed does); returns how many."""
+        ids = [int(i) for i in task_ids]
+        if not ids:
+            return 0
+        return self._session.run(
+            "UPDATE tasks SET status = 'pending', attempts = 0, run_at = now(), "
+            "worker_id = NULL, finished_at = NULL WHERE id = ANY(%s::bigint[]) "
+            f"AND status IN ('failed', 'cancelled') AND {KEY_IS_FREE_FOR_NEWEST_FINISHED}",
+            (ids,)).rowcount
+
+    @operation
+    def delete_many(self, task_ids) -> int:
+        """Delete these tasks when finished (done, failed, cancelled) and no pending or
+        running task depends on them; returns how many."""
+        ids = [int(i) for i in task_ids]
+        if not ids:
+            return 0
+        return self._session.run(
+            f"WITH gone AS (DELETE FROM tasks WHERE id = ANY(%s::bigint[]) AND status IN "
+            f"('done', 'failed', 'cancelled') AND {PRUNABLE} RETURNING id), "
+            f"edges AS (DELETE FROM task_deps WHERE child_id IN (SELECT id FROM gone)) "
+            f"SELECT COUNT(*) AS n FROM gone", (ids,)).fetchone()["n"]
+
+    @operation
+    def queue_buckets(self, since, bucket) -> list:
+        """[{queue, slot, done, failed, run_sum, run_max, timed}]: per queue, tasks that
+        finished done or failed since `since` (epoch s), per `bucket` seconds, with the
+        sum and maximum of their run times over the `timed` ones that have a start time."""
+        return self._session.run(
+            "SELECT queue, floor((date_part('epoch', finished_at) - %(since)s) / %(bucket)s)"
+            "::int AS slot, COUNT(*) FILTER (WHERE status = 'done') AS done, "
+            "COUNT(*) FILTER (WHERE status = 'failed') AS failed, "
+            "SUM(date_part('epoch', finished_at - started_at)) AS run_sum, "
+            "MAX(date_part('epoch', finished_at - started_at)) AS run_max, "
+            "COUNT(started_at) AS timed FROM tasks WHERE status IN ('done', 'failed') "
+            "AND finished_at >= to_timestamp(%(since)s) GROUP BY queue, slot "
+            "ORDER BY queue, slot", {"since": float(since), "bucket": float(bucket)}).fetchall()
 
     #: queue_stats(estimate=True) estimates a (queue, status) group of more tasks than
     #: this (see counts.py).

@@ -1,8 +1,9 @@
 """SQLite: what the monitor reads, and what operators do (cancel, retry, purge)."""
 
 from ...timeutil import now
-from ..filters import (KEY_IS_FREE, KEY_IS_FREE_FOR_NEWEST, PRUNABLE, equal_filters,
-                       finished_status, finished_statuses, task_filters)
+from ..filters import (KEY_IS_FREE, KEY_IS_FREE_FOR_NEWEST, KEY_IS_FREE_FOR_NEWEST_FINISHED,
+                       PRUNABLE, equal_filters, finished_status, finished_statuses,
+                       task_filters, task_where)
 from ...taskspec import check_purge
 from ..base import CANCEL_TEXT, TASK_STATUSES
 from ..stats import Tally
@@ -51,19 +52,100 @@ class ReadOps:
 
     @guarded
     def find_tasks(self, status=None, queue=None, name=None, limit=50, offset=0,
-                   order="id") -> list:
-        """Tasks matching optional filters, newest first (order 'id' or 'finished')."""
-        clause, params = equal_filters("?", status=status, queue=queue, name=name)
+                   order="id", *, search=None, statuses=None, below=None,
+                   at_least=None) -> list:
+        """Tasks matching optional filters, newest first (order 'id' or 'finished');
+        search, statuses, below and at_least as in filters.task_where."""
+        clause, params = task_where("?", "LIKE", status=status, queue=queue, name=name,
+                                    search=search, statuses=statuses, below=below,
+                                    at_least=at_least)
         sort = "finished_at DESC, id DESC" if order == "finished" else "id DESC"
         return [dict(r) for r in self._conn.execute(
             f"SELECT {_TASK_SELECT} FROM tasks {clause} ORDER BY {sort} LIMIT ? OFFSET ?",
             (*params, int(limit), int(offset)))]
 
     @guarded
-    def count_tasks(self, status=None, queue=None, name=None) -> int:
+    def count_tasks(self, status=None, queue=None, name=None, *, search=None,
+                    statuses=None) -> int:
         """How many tasks match the optional filters."""
-        clause, params = equal_filters("?", status=status, queue=queue, name=name)
+        clause, params = task_where("?", "LIKE", status=status, queue=queue, name=name,
+                                    search=search, statuses=statuses)
         return self._conn.execute(f"SELECT COUNT(*) FROM tasks {clause}", params).fetchone()[0]
+
+    @guarded
+    def match_task_ids(self, statuses, status=None, queue=None, name=None, search=None,
+                       below=None, limit=500) -> list:
+        """Ids of tasks in `statuses` matching the filters, below id `below`, newest
+        first, at most `limit`: one batch of a bulk action."""
+        clause, params = task_where("?", "LIKE", status=status, queue=queue, name=name,
+                                    search=search, statuses=tuple(statuses), below=below)
+        return [r[0] for r in self._conn.execute(
+            f"SELECT id FROM tasks {clause} ORDER BY id DESC LIMIT ?", (*params, int(limit)))]
+
+    @guarded
+    def cancel_many(self, task_ids) -> int:
+        """cancel() for several tasks in one transaction; returns how many it cancelled."""
+        ids = [int(i) for i in task_ids]
+        if not ids:
+            return 0
+        t = now()
+        marks = ",".join("?" * len(ids))
+        with self._write() as conn:
+            rows = conn.execute(
+                "UPDATE tasks SET finished_at = ?, error = CASE WHEN status = 'running' "
+                "THEN ? ELSE error END, status = 'cancelled' "
+                f"WHERE id IN ({marks}) AND status IN ('pending', 'running') "
+                "RETURNING id, error", (t, CANCEL_TEXT, *ids)).fetchall()
+            if rows:
+                deps.cancel_dependents(conn, [r[0] for r in rows], "cancelled", t)
+        for task_id, error in rows:
+            if error == CANCEL_TEXT:
+                self.notify_cancel(task_id)
+        return len(rows)
+
+    @guarded
+    def retry_many(self, task_ids) -> int:
+        """Put these failed or cancelled tasks back to pending, attempts reset (unique
+        keys guarded as retry_failed does); returns how many."""
+        ids = [int(i) for i in task_ids]
+        if not ids:
+            return 0
+        marks = ",".join("?" * len(ids))
+        with self._write() as conn:
+            return conn.execute(
+                "UPDATE tasks SET status = 'pending', attempts = 0, run_at = ?, "
+                "worker_id = NULL, finished_at = NULL "
+                f"WHERE id IN ({marks}) AND status IN ('failed', 'cancelled') "
+                f"AND {KEY_IS_FREE_FOR_NEWEST_FINISHED}", (now(), *ids)).rowcount
+
+    @guarded
+    def delete_many(self, task_ids) -> int:
+        """Delete these tasks when finished (done, failed, cancelled) and no pending or
+        running task depends on them; returns how many."""
+        ids = [int(i) for i in task_ids]
+        if not ids:
+            return 0
+        marks = ",".join("?" * len(ids))
+        with self._write() as conn:
+            gone = [r[0] for r in conn.execute(
+                f"DELETE FROM tasks WHERE id IN ({marks}) AND status IN "
+                f"('done', 'failed', 'cancelled') AND {PRUNABLE} RETURNING id", ids)]
+            deps.forget_children(conn, gone)
+            return len(gone)
+
+    @guarded
+    def queue_buckets(self, since, bucket) -> list:
+        """[{queue, slot, done, failed, run_sum, run_max, timed}]: per queue, tasks that
+        finished done or failed since `since`, per `bucket` seconds, with the sum and
+        maximum of their run times (finished_at - started_at) over the `timed` ones
+        that have a start time. A range scan of idx_tasks_finished."""
+        return [dict(r) for r in self._conn.execute(
+            "SELECT queue, CAST((finished_at - ?) / ? AS INTEGER) AS slot, "
+            "SUM(status = 'done') AS done, SUM(status = 'failed') AS failed, "
+            "SUM(finished_at - started_at) AS run_sum, MAX(finished_at - started_at) "
+            "AS run_max, COUNT(started_at) AS timed "
+            "FROM tasks WHERE status IN ('done', 'failed') AND finished_at >= ? "
+            "GROUP BY queue, slot ORDER BY queue, slot", (since, float(bucket), since))]
 
     @guarded
     def queue_stats(self, estimate=False) -> list:

@@ -22,6 +22,14 @@
     return String(d.getHours()).padStart(2, "0") + ":" + String(d.getMinutes()).padStart(2, "0");
   }
 
+  function zoneName() {
+    try {
+      var parts = new Intl.DateTimeFormat([], { timeZoneName: "short" }).formatToParts(new Date());
+      var zone = parts.filter(function (p) { return p.type === "timeZoneName"; })[0];
+      return zone ? zone.value : "";
+    } catch (e) { return ""; }
+  }
+
   function niceMax(v) {
     if (v <= 4) return 4;
     var mag = Math.pow(10, Math.floor(Math.log10(v)));
@@ -72,8 +80,10 @@
         svg.appendChild(bf);
       }
       if (i % 5 === 0 || i === series.length - 1) {
-        var xl = svgEl("text", { x: left + i * slot + slot / 2, y: height - 6, "text-anchor": "middle", "class": "axis-label" });
-        xl.textContent = i === series.length - 1 ? "now" : hhmm(p.t);
+        var xl = svgEl("text", { x: i === 0 ? left : left + i * slot + slot / 2, y: height - 6,
+                                  "text-anchor": i === 0 ? "start" : "middle", "class": "axis-label" });
+        // The first label names the zone of them all (the browser's).
+        xl.textContent = i === series.length - 1 ? "now" : hhmm(p.t) + (i === 0 ? " " + zoneName() : "");
         svg.appendChild(xl);
       }
     });
@@ -140,7 +150,7 @@
       })
       .then(function (html) {
         apply(new DOMParser().parseFromString(html, "text/html"));
-        setStatus("live", "live · " + new Date().toLocaleTimeString());
+        setStatus("live", "live · " + new Date().toLocaleTimeString([], { timeZoneName: "short" }));
       })
       .catch(function () { setStatus("offline", "offline"); })
       .then(function () { busy = false; });
@@ -177,13 +187,15 @@
       });
     }
     updateToggle();
-    if (!document.querySelector("main [data-live]")) {
-      // Nothing on this page (login, errors) changes by itself.
+    var every = parseInt(document.body.getAttribute("data-refresh-ms"), 10);
+    if (isNaN(every)) every = 3000;
+    if (!document.querySelector("main [data-live]") || every <= 0) {
+      // Nothing on this page (login, errors) changes by itself, or refreshing it would
+      // cost too much (a search reads up to a time budget each time).
       if (status) status.hidden = true;
       if (toggle) toggle.hidden = true;
       return;
     }
-    var every = parseInt(document.body.getAttribute("data-refresh-ms"), 10) || 3000;
     timer = window.setInterval(refresh, every);
     window.addEventListener("resize", function () { drawCharts(document); });
     document.addEventListener("visibilitychange", function () { if (!document.hidden) refresh(); });
