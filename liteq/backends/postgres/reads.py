@@ -100,17 +100,25 @@ class ReadOps:
         if not ids:
             return 0
         session = self._session
+        tally = Tally()
         with session.transaction():
             rows = session.run(
                 "WITH c AS (UPDATE tasks SET finished_at = now(), error = CASE WHEN status = "
                 "'running' THEN %s ELSE error END, status = 'cancelled' "
                 "WHERE id = ANY(%s::bigint[]) AND status IN ('pending', 'running') "
-                "RETURNING id, error) "
-                "SELECT c.id, CASE WHEN c.error = %s THEN pg_notify(%s, json_build_object("
-                "'k', 'cancel', 'id', c.id)::text) END FROM c",
+                "RETURNING id, error, queue, name, attempts) "
+                "SELECT c.id, c.error, c.queue, c.name, c.attempts, CASE WHEN c.error = %s "
+                "THEN pg_notify(%s, json_build_object('k', 'cancel', 'id', c.id)::text) END "
+                "FROM c",
                 (CANCEL_TEXT, ids, CANCEL_TEXT, self._channel)).fetchall()
             if rows:
-                deps.cancel_dependents(session, [r["id"] for r in rows], "cancelled")
+                # Counted and kept as cancel() does, one at a time.
+                for r in rows:
+                    tally.outcome(r["queue"], r["name"], "cancelled")
+                stats.add_errors(session, [(r["id"], r["attempts"], CANCEL_TEXT, None)
+                                           for r in rows if r["error"] == CANCEL_TEXT])
+                deps.cancel_dependents(session, [r["id"] for r in rows], "cancelled", tally)
+                stats.write(session, tally, self._stat_names, self._stat_shard)
         return len(rows)
 
     @operation
@@ -136,7 +144,8 @@ class ReadOps:
         return self._session.run(
             f"WITH gone AS (DELETE FROM tasks WHERE id = ANY(%s::bigint[]) AND status IN "
             f"('done', 'failed', 'cancelled') AND {PRUNABLE} RETURNING id), "
-            f"edges AS (DELETE FROM task_deps WHERE child_id IN (SELECT id FROM gone)) "
+            f"edges AS (DELETE FROM task_deps WHERE child_id IN (SELECT id FROM gone)), "
+            f"errs AS (DELETE FROM task_errors WHERE task_id IN (SELECT id FROM gone)) "
             f"SELECT COUNT(*) AS n FROM gone", (ids,)).fetchone()["n"]
 
     @operation

@@ -89,18 +89,26 @@ class ReadOps:
         if not ids:
             return 0
         t = now()
+        tally = Tally()
         marks = ",".join("?" * len(ids))
         with self._write() as conn:
             rows = conn.execute(
                 "UPDATE tasks SET finished_at = ?, error = CASE WHEN status = 'running' "
                 "THEN ? ELSE error END, status = 'cancelled' "
                 f"WHERE id IN ({marks}) AND status IN ('pending', 'running') "
-                "RETURNING id, error", (t, CANCEL_TEXT, *ids)).fetchall()
+                "RETURNING id, error, queue, name, attempts",
+                (t, CANCEL_TEXT, *ids)).fetchall()
             if rows:
-                deps.cancel_dependents(conn, [r[0] for r in rows], "cancelled", t)
-        for task_id, error in rows:
-            if error == CANCEL_TEXT:
-                self.notify_cancel(task_id)
+                # Counted and kept as cancel() does, one at a time.
+                for r in rows:
+                    tally.outcome(r["queue"], r["name"], "cancelled")
+                stats.add_errors(conn, [(r["id"], r["attempts"], CANCEL_TEXT, t)
+                                        for r in rows if r["error"] == CANCEL_TEXT])
+                deps.cancel_dependents(conn, [r[0] for r in rows], "cancelled", t, tally)
+                stats.write(conn, tally, self._stat_names)
+        for r in rows:
+            if r["error"] == CANCEL_TEXT:
+                self.notify_cancel(r["id"])
         return len(rows)
 
     @guarded
