@@ -84,8 +84,8 @@ def test_five_processes_on_an_empty_schema_create_it_once(db, workdir):
     schema = pg_helpers.rows(db, "SELECT current_schema() AS s")[0]["s"]
     tables = pg_helpers.rows(db, "SELECT tablename FROM pg_tables WHERE schemaname = %s "
                                  "ORDER BY 1", (schema,))
-    assert [t["tablename"] for t in tables] == ["liteq_migrations", "schedules", "task_deps",
-                                                 "tasks", "workers"]
+    assert [t["tablename"] for t in tables] == ["liteq_migrations", "rate_limits", "schedules",
+                                                 "task_deps", "tasks", "workers"]
 
 
 @ON_PG

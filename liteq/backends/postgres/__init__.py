@@ -52,6 +52,7 @@ class PostgresBackend(TaskOps, WorkerOps, ReadOps, ScheduleOps, Backend):
         self.daemon = daemon
         self._schema = None
         self._channel = None
+        self._rate_wait = None   # see rate_wait()
         self._session = Session(self._connector, self._on_connect)
         with self._session.locked():
             self._session.conn  # connect now: an unusable URL or server fails here

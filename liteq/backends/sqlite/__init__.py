@@ -31,6 +31,7 @@ class SQLiteBackend(TaskOps, ReadOps, ScheduleOps, Backend):
         self.identity = os.path.abspath(path)
         self.busy_timeout = DAEMON_BUSY_TIMEOUT if daemon else None
         self._backlog = {}   # queues -> the last claim came back full
+        self._rate_wait = None   # see rate_wait()
         self._conn = None
         self._conn = self._open()
 

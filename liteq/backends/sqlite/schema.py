@@ -10,7 +10,7 @@ from ...errors import DatabaseError
 from ...timeutil import now
 from . import seed_times
 
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 6
 
 # The tasks table as version 1 made it; later versions ALTER it (see _MIGRATIONS).
 _TASKS_DDL = """
@@ -217,8 +217,28 @@ def _migrate_v3_to_v4(conn):
     conn.execute(_ID_FLOOR_TRIGGER)
 
 
+def _migrate_v4_to_v5(conn):
+    """Version 5."""
+    # reserved for branch metrics
+
+
+# One GCRA bucket per rate-limited task name ("n:NAME") or queue ("q:QUEUE"): the
+# theoretical time of its next start (liteq/backends/limits.py). Read and written
+# only by claims of limited names and queues that have due tasks.
+_RATE_LIMITS_DDL = """
+CREATE TABLE IF NOT EXISTS rate_limits (
+    key TEXT PRIMARY KEY,
+    tat REAL NOT NULL
+) WITHOUT ROWID"""
+
+
+def _migrate_v5_to_v6(conn):
+    """Version 6: rate limits' buckets (rate_limits)."""
+    conn.execute(_RATE_LIMITS_DDL)
+
+
 _MIGRATIONS = {0: _migrate_v0_to_v1, 1: _migrate_v1_to_v2, 2: _migrate_v2_to_v3,
-               3: _migrate_v3_to_v4}
+               3: _migrate_v3_to_v4, 4: _migrate_v4_to_v5, 5: _migrate_v5_to_v6}
 
 
 def ensure_schema(conn: sqlite3.Connection) -> None:

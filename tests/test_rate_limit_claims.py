@@ -1,0 +1,118 @@
+"""Claims under rate limits (issue 25 item 3), on each backend: a rate-limited name or
+queue starts at most a small burst at once, then one per interval; the claim says
+when the next start is allowed; other tasks are not held back by limited ones ahead
+of them; and a limit nobody uses leaves the claim as it was."""
+
+import time
+
+import pytest
+
+from liteq import backends
+from liteq.backends.limits import Limits
+from liteq.serialization import encode_payload
+
+from daemon_helpers import put_task
+
+
+def _put(store, name, n, priority=0, queue="default"):
+    return [put_task(store, name, encode_payload(name, [], {}), priority=priority, queue=queue)
+            for _ in range(n)]
+
+
+def _ids(rows):
+    return [r["id"] for r in rows]
+
+
+def test_a_rate_limited_name_starts_a_small_burst_then_waits(db):
+    store = backends.get_backend()
+    limited = _put(store, "limited", 20)
+    limits = Limits(rate_by_name={"limited": 2.0})   # one start every 0.5 s
+    first = store.claim("w1", ["default"], 10, limits=limits)
+    # Never a second's worth at once: one start, early by at most EARLY_S.
+    assert _ids(first) == limited[:1]
+    wait = store.rate_wait()
+    assert wait is not None and 0.0 < wait <= 0.5
+    assert store.claim("w1", ["default"], 10, limits=limits) == []
+    assert store.rate_wait() is not None
+    time.sleep(store.rate_wait() + 0.01)
+    assert _ids(store.claim("w1", ["default"], 10, limits=limits)) == limited[1:2]
+
+
+def test_a_fast_rate_bursts_two_at_most(db):
+    store = backends.get_backend()
+    limited = _put(store, "limited", 20)
+    limits = Limits(rate_by_name={"limited": 20.0})
+    assert _ids(store.claim("w1", ["default"], 10, limits=limits)) == limited[:2]
+    assert store.claim("w1", ["default"], 10, limits=limits) == []
+    assert 0.0 < store.rate_wait() <= 0.1
+
+
+def test_tasks_without_a_limit_are_not_held_back_by_limited_ones_ahead(db):
+    store = backends.get_backend()
+    limited = _put(store, "limited", 40, priority=5)
+    free = _put(store, "free", 4, priority=0)
+    limits = Limits(rate_by_name={"limited": 1.0})
+    rows = store.claim("w1", ["default"], 3, limits=limits)
+    assert _ids(rows) == [limited[0], free[0], free[1]]
+    rows = store.claim("w1", ["default"], 3, limits=limits)
+    assert _ids(rows) == free[2:4]
+    assert store.rate_wait() is not None   # limited tasks are still due
+
+
+def test_a_queue_rate_holds_over_every_name_of_the_queue(db):
+    store = backends.get_backend()
+    mails = _put(store, "a", 5, queue="emails") + _put(store, "b", 5, queue="emails")
+    other = _put(store, "c", 3, queue="default")
+    limits = Limits(rate_by_queue={"emails": 1.0})
+    rows = store.claim("w1", ["emails", "default"], 10, limits=limits)
+    assert sorted(_ids(rows)) == sorted([mails[0]] + other)
+    assert store.claim("w1", ["emails", "default"], 10, limits=limits) == []
+    assert store.rate_wait() is not None
+
+
+def test_daemons_share_one_bucket(db):
+    store = backends.get_backend()
+    _put(store, "limited", 10)
+    limits = Limits(rate_by_name={"limited": 1.0})
+    assert len(store.claim("w1", ["default"], 5, limits=limits)) == 1
+    # Another daemon (its own connection) finds the bucket empty.
+    other = backends.open_backend(db, daemon=True)
+    try:
+        assert other.claim("w2", ["default"], 5, limits=limits) == []
+        assert other.rate_wait() is not None
+    finally:
+        other.close()
+
+
+def test_an_unused_rate_limit_changes_no_claim(db):
+    store = backends.get_backend()
+    free = _put(store, "free", 5)
+    limits = Limits(rate_by_name={"never_queued": 1.0})
+    assert _ids(store.claim("w1", ["default"], 10, limits=limits)) == free
+    assert store.rate_wait() is None
+
+
+def test_rate_and_concurrency_limits_together(db):
+    store = backends.get_backend()
+    limited = _put(store, "limited", 10)
+    limits = Limits(by_name={"limited": 1}, rate_by_name={"limited": 100.0})
+    assert _ids(store.claim("w1", ["default"], 5, limits=limits)) == limited[:1]
+    assert store.claim("w1", ["default"], 5, limits=limits) == []
+
+
+@pytest.mark.parametrize("value, message", [
+    ("abc", "must be N/s"), ("0/s", "more than 0"), ("-1/s", "more than 0"),
+    ("5/week", "unknown unit 'week'"), ("/s", "must be N/s"), ("nan/s", "more than 0"),
+    ("1e300/s", "at most"), (0, "more than 0")])
+def test_bad_rates_are_refused_naming_the_problem(value, message):
+    from liteq.rates import parse_rate
+    with pytest.raises(ValueError, match=message):
+        parse_rate(value)
+
+
+@pytest.mark.parametrize("value, per_second", [
+    ("100/s", 100.0), ("60/m", 1.0), ("30/min", 0.5), ("3600/h", 1.0), (" 2.5 / S ", 2.5),
+    (4, 4.0), ("10", 10.0), (None, None)])
+def test_rates_as_celery_writes_them(value, per_second):
+    from liteq.rates import parse_rate
+    assert parse_rate(value) == per_second
