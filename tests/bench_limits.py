@@ -1,9 +1,11 @@
-"""What an unused concurrency limit costs a drain: a no-op drain (as in `liteq bench`)
-with the bench's app, and with the same app plus one `@task(concurrency=1)` that is never enqueued,
-alternated run by run (a shared machine drifts). Prints the median drain rates and
-their ratio. Not collected by pytest; run it by hand:
+"""What an unused limit costs a drain: a no-op drain (as in `liteq bench`) with the
+bench's app, and with the same app plus one `@task(concurrency=1)` (or, with
+`--limit rate`, one `@task(rate_limit="100/s")`) that is never enqueued, alternated
+run by run (a shared machine drifts). Prints the median drain rates and their
+ratio. Not collected by pytest; run it by hand:
 
     python tests/bench_limits.py [--db postgresql://...] [--tasks 20000] [--rounds 5]
+                                 [--limit concurrency|rate]
 """
 
 import argparse
@@ -17,11 +19,15 @@ import time
 from liteq import bench, core
 from liteq.launcher import start_daemon
 
-LIMITED = '''
+LIMITED = {"concurrency": '''
 @task(concurrency=1)
 def limited():
     return None
-'''
+''', "rate": '''
+@task(rate_limit="100/s")
+def limited():
+    return None
+'''}
 
 
 def drain(app_text, args, run):
@@ -64,15 +70,17 @@ def main():
     p.add_argument("--tasks", type=int, default=20000)
     p.add_argument("--concurrency", type=int, default=2)
     p.add_argument("--rounds", type=int, default=5)
+    p.add_argument("--limit", choices=sorted(LIMITED), default="concurrency",
+                   help="the kind of limit the unused task has")
     args = p.parse_args()
     plain, limited = [], []
     for n in range(args.rounds):
         plain.append(drain(bench.BENCH_APP, args, f"p{n}"))
-        limited.append(drain(bench.BENCH_APP + LIMITED, args, f"l{n}"))
-        print(f"round {n + 1}: plain {plain[-1]:.0f}/s, with an unused limit "
+        limited.append(drain(bench.BENCH_APP + LIMITED[args.limit], args, f"l{n}"))
+        print(f"round {n + 1}: plain {plain[-1]:.0f}/s, with an unused {args.limit} limit "
               f"{limited[-1]:.0f}/s", flush=True)
     a, b = statistics.median(plain), statistics.median(limited)
-    print(f"median drain: plain {a:.0f}/s, with an unused limit {b:.0f}/s, "
+    print(f"median drain: plain {a:.0f}/s, with an unused {args.limit} limit {b:.0f}/s, "
           f"ratio {b / a:.2f}")
 
 

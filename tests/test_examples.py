@@ -56,6 +56,8 @@ EXPECTED = {
     "bulk.py": ["enqueued 100,000 tasks", "tasks/s", "drained 100,000 tasks",
                 "returned 199998", "daemon stopped; done."],
     "fastapi_app.py": ["HTTP 200", "done."],
+    "rate_limits.py": ["enqueued 15 API calls", "in any one second: within the limits",
+                       "did not wait for the limited tasks: yes", "daemon stopped; done."],
     "workflows.py": ["report: done -> 'the page has 32 characters'", ": the same task",
                      "long_export: cancelled (TaskCancelled", "ran one after another: yes",
                      "daemon stopped; done."],
