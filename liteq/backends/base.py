@@ -165,7 +165,7 @@ class Backend(abc.ABC):
         max_retries, timeout, retry_delay, retry_backoff, retry_max_delay, created_at.
         """
 
-    def rate_wait(self):
+    def rate_wait(self) -> float | None:
         """Seconds from now until a rate limit that held back due tasks in the last
         claim allows a start again (the daemon claims then instead of waiting for its
         poll), or None when no rate limit held one back. Read from the claim's own

@@ -20,7 +20,9 @@ is longer than EARLY_S): starts are spread evenly in time, never a second's wort
 at once.
 """
 
+from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 # How early a start may come (and how late a daemon may wake without the rate
 # losing the start), seconds, at most: see the module's docstring.
@@ -34,32 +36,32 @@ _SLACK = 1e-6
 class Limits:
     """by_name: {task name: N running}; by_queue: {queue: N running};
     rate_by_name: {task name: starts a second}; rate_by_queue: {queue: starts a second}."""
-    by_name: dict = field(default_factory=dict)
-    by_queue: dict = field(default_factory=dict)
-    rate_by_name: dict = field(default_factory=dict)
-    rate_by_queue: dict = field(default_factory=dict)
+    by_name: dict[str, int] = field(default_factory=dict)
+    by_queue: dict[str, int] = field(default_factory=dict)
+    rate_by_name: dict[str, float] = field(default_factory=dict)
+    rate_by_queue: dict[str, float] = field(default_factory=dict)
 
-    def __bool__(self):
+    def __bool__(self) -> bool:
         return bool(self.by_name or self.by_queue or self.rate_by_name or self.rate_by_queue)
 
-    def relevant(self, queues):
+    def relevant(self, queues: Collection[str]) -> tuple[list[str], list[str]]:
         """These limits as they bear on a claim from `queues`: (names, queues) limited,
         by concurrency or by rate."""
         return (sorted(set(self.by_name) | set(self.rate_by_name)),
                 sorted(q for q in set(self.by_queue) | set(self.rate_by_queue) if q in queues))
 
 
-def rate_key(kind, value) -> str:
+def rate_key(kind: str, value: str) -> str:
     """The key of a rate bucket: "n:NAME" for a task name, "q:QUEUE" for a queue."""
     return f"{kind}:{value}"
 
 
-def early(interval) -> float:
+def early(interval: float) -> float:
     """How long before its theoretical time a start may come (see the docstring)."""
     return min(interval, EARLY_S)
 
 
-def tokens(tat, now, interval) -> int:
+def tokens(tat: float | None, now: float, interval: float) -> int:
     """How many may start at `now` from a bucket at `tat` (None: never used)."""
     base = now if tat is None else max(tat, now)
     window = now + early(interval) - base
@@ -68,13 +70,13 @@ def tokens(tat, now, interval) -> int:
     return int((window + _SLACK) / interval) + 1
 
 
-def spend(tat, now, interval, n) -> float:
+def spend(tat: float | None, now: float, interval: float, n: int) -> float:
     """The bucket's tat once `n` more start at `now`."""
     base = now if tat is None else max(tat, now)
     return base + n * interval
 
 
-def next_start(tat, interval) -> float:
+def next_start(tat: float, interval: float) -> float:
     """When the bucket at `tat` allows a start again (epoch seconds)."""
     return tat - early(interval)
 
@@ -87,26 +89,27 @@ class Buckets:
     `spent(rows)` the new tats once `rows` start, `wait(...)` when to claim again."""
     limits: Limits
     now: float
-    tats: dict = field(default_factory=dict)   # "n:NAME" / "q:QUEUE" -> tat or None
+    tats: dict[str, float | None] = field(default_factory=dict)   # key -> tat or None
 
-    def interval(self, key) -> float:
+    def interval(self, key: str) -> float:
         """Seconds between starts under the bucket `key`."""
         kind, _, value = key.partition(":")
         rate = (self.limits.rate_by_name if kind == "n" else self.limits.rate_by_queue)[value]
-        return 1.0 / rate
+        return 1.0 / float(rate)
 
-    def rooms(self):
+    def rooms(self) -> tuple[dict[str, int], dict[str, int]]:
         """({name: starts allowed}, {queue: starts allowed}) of the buckets read."""
-        names, queues = {}, {}
+        names: dict[str, int] = {}
+        queues: dict[str, int] = {}
         for key, tat in self.tats.items():
             kind, _, value = key.partition(":")
             (names if kind == "n" else queues)[value] = tokens(tat, self.now,
                                                                self.interval(key))
         return names, queues
 
-    def spent(self, rows):
+    def spent(self, rows: Iterable[Mapping[str, Any]]) -> dict[str, float]:
         """{key: new tat} of the buckets that `rows` (dicts with name, queue) start under."""
-        used = {}
+        used: dict[str, int] = {}
         for row in rows:
             for key in (rate_key("n", row["name"]), rate_key("q", row["queue"])):
                 if key in self.tats:
@@ -114,24 +117,25 @@ class Buckets:
         return {key: spend(self.tats[key], self.now, self.interval(key), n)
                 for key, n in used.items()}
 
-    def wait(self, candidates, chosen, new_tats):
+    def wait(self, candidates: Iterable[Mapping[str, Any]], chosen: Iterable[int],
+             new_tats: Mapping[str, float]) -> float | None:
         """Seconds until a bucket that held back a due candidate allows a start again
         (the daemon claims then, not at its next poll), or None when none held one back."""
-        chosen = set(chosen)
-        held = set()
+        picked = set(chosen)
+        held: set[str] = set()
         for row in candidates:
-            if row["id"] not in chosen:
+            if row["id"] not in picked:
                 held.update(k for k in (rate_key("n", row["name"]), rate_key("q", row["queue"]))
                             if k in self.tats)
-        waits = []
+        waits: list[float] = []
         for key in held:
             tat = new_tats.get(key, self.tats[key])
-            if tokens(tat, self.now, self.interval(key)) <= 0:
+            if tat is not None and tokens(tat, self.now, self.interval(key)) <= 0:
                 waits.append(next_start(tat, self.interval(key)) - self.now)
         return max(min(waits), 0.0) if waits else None
 
 
-def merge_rooms(a, b):
+def merge_rooms(a: Mapping[str, int], b: Mapping[str, int]) -> dict[str, int]:
     """Two {key: room} dicts as one: the smaller room where both limit a key."""
     out = dict(a)
     for key, room in b.items():

@@ -7,6 +7,7 @@ advances a task. Times go out as epoch seconds (date_part('epoch', ...)).
 """
 
 import contextlib
+from typing import Any
 
 from ...errors import DatabaseError
 from ..limits import Buckets, merge_rooms, pick, rate_key, rooms, used_up
@@ -266,7 +267,7 @@ class _LimitCounts:
         self.queues.update({q: 0 for q in got_queues if q not in self.queues})
         self._read_buckets(got_names, got_queues)
 
-    def _read_buckets(self, names, queues):
+    def _read_buckets(self, names: list[str], queues: list[str]) -> None:
         keys = [rate_key("n", n) for n in names if n in self.limits.rate_by_name] + \
             [rate_key("q", q) for q in queues if q in self.limits.rate_by_queue]
         if not keys:
@@ -289,7 +290,7 @@ class _LimitCounts:
             queue_room = merge_rooms(queue_room, rate_queues)
         return name_room, queue_room
 
-    def spend(self, candidates, ids):
+    def spend(self, candidates: list[Any], ids: list[int]) -> float | None:
         """Write the buckets once `ids` (of `candidates`) start; returns the seconds until
         a bucket that held back a candidate allows a start again, or None."""
         if self.buckets is None:
@@ -444,7 +445,7 @@ class TaskOps:
             return []
         return _by_claim_order(run(CLAIM_IDS, (worker_id, ids), prepare=True).fetchall())
 
-    def rate_wait(self):
+    def rate_wait(self) -> float | None:
         """Seconds until a rate limit that held back due tasks in the last claim allows a
         start again, or None (see base.Backend.rate_wait)."""
         return self._rate_wait

@@ -1,8 +1,10 @@
 """SQLite: enqueue, claim, outcomes, heartbeats and reclaim (the producers' and the
 daemon's side of the tasks table)."""
 
+from typing import Any
+
 from ...timeutil import now
-from ..limits import Buckets, merge_rooms, pick, rate_key, rooms, rooms_left, used_up
+from ..limits import Buckets, Limits, merge_rooms, pick, rate_key, rooms, rooms_left, used_up
 from . import deps
 from .connection import guarded
 from .schema import NEXT_ID
@@ -76,7 +78,8 @@ def _running_counts(conn, column, values) -> dict:
         f"AND {column} IN ({marks}) GROUP BY {column}", values).fetchall())
 
 
-def _read_buckets(conn, limits, names, queues, t):
+def _read_buckets(conn: Any, limits: Limits, names: list[str], queues: list[str],
+                  t: float) -> Buckets | None:
     """The rate buckets of the rate-limited names and queues among these (a Buckets at
     time t), or None when none is."""
     keys = [rate_key("n", n) for n in names if n in limits.rate_by_name] + \
@@ -309,7 +312,7 @@ class TaskOps:
                 (worker_id, t, *ids)).fetchall()
         return _by_claim_order(rows)
 
-    def rate_wait(self):
+    def rate_wait(self) -> float | None:
         """Seconds until a rate limit that held back due tasks in the last claim allows a
         start again, or None (see base.Backend.rate_wait)."""
         return self._rate_wait
