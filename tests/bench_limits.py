@@ -5,7 +5,11 @@ run by run (a shared machine drifts). Prints the median drain rates and their
 ratio. Not collected by pytest; run it by hand:
 
     python tests/bench_limits.py [--db postgresql://...] [--tasks 20000] [--rounds 5]
-                                 [--limit concurrency|rate]
+                                 [--limit concurrency|rate] [--claims-only]
+
+--claims-only measures the claims alone, without a daemon (one process claiming
+batches of 16 until the queue is empty, no outcomes recorded): the part a limit
+could cost, with less of a busy machine's noise.
 """
 
 import argparse
@@ -63,6 +67,34 @@ def drain(app_text, args, run):
         shutil.rmtree(workdir, ignore_errors=True)
 
 
+def claim_rate(args, run, limits):
+    """Claims a second of `args.tasks` queued tasks, 16 at a time, with `limits`."""
+    from liteq.backends import open_backend
+    from liteq.backends.limits import Limits
+    workdir = tempfile.mkdtemp(prefix="liteq-bench-claims-")
+    scratch = bench.Scratch(workdir, args.db)
+    try:
+        target = scratch.queue(f"claims{run}")
+        store = open_backend(target, daemon=True)
+        chosen = {"concurrency": Limits(by_name={"limited": 1}),
+               "rate": Limits(rate_by_name={"limited": 100.0})}[args.limit] if limits else None
+        from liteq.taskspec import NewTasks, TaskOptions
+        store.enqueue_many(NewTasks("noop", "[" + ",".join(["[]"] * args.tasks) + "]",
+                                    args.tasks, TaskOptions.build()))
+        start, claimed = time.perf_counter(), 0
+        while True:
+            rows = store.claim("bench", ["default"], 16, limits=chosen)
+            if not rows:
+                break
+            claimed += len(rows)
+        rate = claimed / (time.perf_counter() - start)
+        store.close()
+        return rate
+    finally:
+        scratch.close()
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
 def main():
     """Alternate plain and limited drains; print the medians and the ratio."""
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -72,15 +104,24 @@ def main():
     p.add_argument("--rounds", type=int, default=5)
     p.add_argument("--limit", choices=sorted(LIMITED), default="concurrency",
                    help="the kind of limit the unused task has")
+    p.add_argument("--claims-only", action="store_true",
+                   help="measure the claims alone, without a daemon")
     args = p.parse_args()
     plain, limited = [], []
     for n in range(args.rounds):
+        if args.claims_only:
+            plain.append(claim_rate(args, f"p{n}", False))
+            limited.append(claim_rate(args, f"l{n}", True))
+            print(f"round {n + 1}: claims plain {plain[-1]:.0f}/s, with an unused "
+                  f"{args.limit} limit {limited[-1]:.0f}/s", flush=True)
+            continue
         plain.append(drain(bench.BENCH_APP, args, f"p{n}"))
         limited.append(drain(bench.BENCH_APP + LIMITED[args.limit], args, f"l{n}"))
         print(f"round {n + 1}: plain {plain[-1]:.0f}/s, with an unused {args.limit} limit "
               f"{limited[-1]:.0f}/s", flush=True)
     a, b = statistics.median(plain), statistics.median(limited)
-    print(f"median drain: plain {a:.0f}/s, with an unused {args.limit} limit {b:.0f}/s, "
+    what = "claims" if args.claims_only else "drain"
+    print(f"median {what}: plain {a:.0f}/s, with an unused {args.limit} limit {b:.0f}/s, "
           f"ratio {b / a:.2f}")
 
 
