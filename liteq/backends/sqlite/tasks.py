@@ -104,6 +104,19 @@ def _candidates(conn, queues, skip_names, t, limit):
         (*queues, t, *skip_names, limit)).fetchall()
 
 
+def _claim_ids(conn, worker_id: str, t: float, ids: list[int]) -> list[dict[str, Any]]:
+    """Mark these pending tasks running for worker_id (in the caller's transaction);
+    returns them in claim order."""
+    if not ids:
+        return []
+    rows = conn.execute(
+        f"UPDATE tasks SET status = 'running', worker_id = ?, attempts = attempts + 1, "
+        f"started_at = ? WHERE id IN ({','.join('?' * len(ids))}) "
+        f"AND +status = 'pending' RETURNING {CLAIM_RETURNING}",
+        (worker_id, t, *ids)).fetchall()
+    return _by_claim_order(rows)
+
+
 def _by_claim_order(rows):
     # RETURNING gives no order guarantee; restore the claim order.
     rows = [dict(r) for r in rows]
@@ -263,6 +276,16 @@ class TaskOps:
         # claim one step for every daemon on the file.
         names, limited_queues = limits.relevant(queues)
         with self._write() as conn:
+            # First the rows a plain claim would take: while none is of a limited name
+            # or queue (a limit whose tasks are not due), they are claimed as they
+            # are, and the limits cost one small read.
+            head = _candidates(conn, queues, [], t, limit)
+            if not head:
+                return []
+            limited_names, limited_here = set(names), set(limited_queues)
+            if not any(r["name"] in limited_names or r["queue"] in limited_here
+                       for r in head):
+                return _claim_ids(conn, worker_id, t, [r["id"] for r in head])
             by_name = _running_counts(conn, "name", [n for n in names if n in limits.by_name])
             by_queue = _running_counts(conn, "queue",
                                        [q for q in limited_queues if q in limits.by_queue])
@@ -303,14 +326,7 @@ class TaskOps:
                         "ON CONFLICT (key) DO UPDATE SET tat = excluded.tat",
                         list(new_tats.items()))
                 self._rate_wait = buckets.wait(rows, ids, new_tats)
-            if not ids:
-                return []
-            rows = conn.execute(
-                f"UPDATE tasks SET status = 'running', worker_id = ?, attempts = attempts + 1, "
-                f"started_at = ? WHERE id IN ({','.join('?' * len(ids))}) "
-                f"AND +status = 'pending' RETURNING {CLAIM_RETURNING}",
-                (worker_id, t, *ids)).fetchall()
-        return _by_claim_order(rows)
+            return _claim_ids(conn, worker_id, t, ids)
 
     def rate_wait(self) -> float | None:
         """Seconds until a rate limit that held back due tasks in the last claim allows a
