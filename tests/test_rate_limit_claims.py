@@ -1,7 +1,11 @@
 """Claims under rate limits (issue 25 item 3), on each backend: a rate-limited name or
 queue starts at most a small burst at once, then one per interval; the claim says
 when the next start is allowed; other tasks are not held back by limited ones ahead
-of them; and a limit nobody uses leaves the claim as it was."""
+of them; and a limit nobody uses leaves the claim as it was.
+
+A claim that finds a bucket empty must come within the bucket's interval of the one
+that emptied it; the rates are slow enough for that on a busy machine, and where a
+stall makes it late the test says so instead of failing on the clock."""
 
 import time
 
@@ -23,38 +27,54 @@ def _ids(rows):
     return [r["id"] for r in rows]
 
 
+def _within(started, seconds):
+    """Skip the rest of the test when a stall made it later than `seconds` after
+    `started` (the bucket would rightly have refilled)."""
+    if time.monotonic() - started >= seconds:
+        pytest.skip(f"the machine stalled the test past {seconds} s")
+
+
 def test_a_rate_limited_name_starts_a_small_burst_then_waits(db):
     store = backends.get_backend()
     limited = _put(store, "limited", 20)
-    limits = Limits(rate_by_name={"limited": 2.0})   # one start every 0.5 s
+    limits = Limits(rate_by_name={"limited": 0.5})   # one start every 2 s
+    started = time.monotonic()
     first = store.claim("w1", ["default"], 10, limits=limits)
     # Never a second's worth at once: one start, early by at most EARLY_S.
     assert _ids(first) == limited[:1]
     wait = store.rate_wait()
-    assert wait is not None and 0.0 < wait <= 0.5
-    assert store.claim("w1", ["default"], 10, limits=limits) == []
-    assert store.rate_wait() is not None
+    assert wait is not None and 1.5 < wait <= 2.0
+    rows = store.claim("w1", ["default"], 10, limits=limits)
+    _within(started, 1.7)
+    assert rows == []
+    assert 0.0 < store.rate_wait() <= 2.0
     time.sleep(store.rate_wait() + 0.01)
-    assert _ids(store.claim("w1", ["default"], 10, limits=limits)) == limited[1:2]
+    rows = store.claim("w1", ["default"], 10, limits=limits)
+    assert len(rows) >= 1 and _ids(rows) == limited[1:1 + len(rows)]
 
 
 def test_a_fast_rate_bursts_two_at_most(db):
     store = backends.get_backend()
     limited = _put(store, "limited", 20)
-    limits = Limits(rate_by_name={"limited": 20.0})
+    limits = Limits(rate_by_name={"limited": 4.0})   # every 0.25 s: bursts of two
+    started = time.monotonic()
     assert _ids(store.claim("w1", ["default"], 10, limits=limits)) == limited[:2]
-    assert store.claim("w1", ["default"], 10, limits=limits) == []
-    assert 0.0 < store.rate_wait() <= 0.1
+    rows = store.claim("w1", ["default"], 10, limits=limits)
+    _within(started, 0.25)
+    assert rows == []
+    assert 0.0 < store.rate_wait() <= 0.25
 
 
 def test_tasks_without_a_limit_are_not_held_back_by_limited_ones_ahead(db):
     store = backends.get_backend()
     limited = _put(store, "limited", 40, priority=5)
     free = _put(store, "free", 4, priority=0)
-    limits = Limits(rate_by_name={"limited": 1.0})
+    limits = Limits(rate_by_name={"limited": 0.25})
+    started = time.monotonic()
     rows = store.claim("w1", ["default"], 3, limits=limits)
     assert _ids(rows) == [limited[0], free[0], free[1]]
     rows = store.claim("w1", ["default"], 3, limits=limits)
+    _within(started, 3.7)
     assert _ids(rows) == free[2:4]
     assert store.rate_wait() is not None   # limited tasks are still due
 
@@ -63,22 +83,28 @@ def test_a_queue_rate_holds_over_every_name_of_the_queue(db):
     store = backends.get_backend()
     mails = _put(store, "a", 5, queue="emails") + _put(store, "b", 5, queue="emails")
     other = _put(store, "c", 3, queue="default")
-    limits = Limits(rate_by_queue={"emails": 1.0})
+    limits = Limits(rate_by_queue={"emails": 0.25})
+    started = time.monotonic()
     rows = store.claim("w1", ["emails", "default"], 10, limits=limits)
     assert sorted(_ids(rows)) == sorted([mails[0]] + other)
-    assert store.claim("w1", ["emails", "default"], 10, limits=limits) == []
+    rows = store.claim("w1", ["emails", "default"], 10, limits=limits)
+    _within(started, 3.7)
+    assert rows == []
     assert store.rate_wait() is not None
 
 
 def test_daemons_share_one_bucket(db):
     store = backends.get_backend()
     _put(store, "limited", 10)
-    limits = Limits(rate_by_name={"limited": 1.0})
+    limits = Limits(rate_by_name={"limited": 0.25})
+    started = time.monotonic()
     assert len(store.claim("w1", ["default"], 5, limits=limits)) == 1
     # Another daemon (its own connection) finds the bucket empty.
     other = backends.open_backend(db, daemon=True)
     try:
-        assert other.claim("w2", ["default"], 5, limits=limits) == []
+        rows = other.claim("w2", ["default"], 5, limits=limits)
+        _within(started, 3.7)
+        assert rows == []
         assert other.rate_wait() is not None
     finally:
         other.close()
