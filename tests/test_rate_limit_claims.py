@@ -142,3 +142,34 @@ def test_bad_rates_are_refused_naming_the_problem(value, message):
 def test_rates_as_celery_writes_them(value, per_second):
     from liteq.rates import parse_rate
     assert parse_rate(value) == per_second
+
+
+@pytest.mark.parametrize("rate", [0.5, 3.0, 20.0, 500.0])
+def test_the_bucket_keeps_the_rate_and_its_bound_whenever_claimers_come(rate):
+    # The bucket arithmetic alone, with claimers arriving at random moments (some late,
+    # some early, some at once): never more than rate * W + 2 in any W seconds, and
+    # nothing lost while someone comes at least once per interval.
+    import random
+
+    from liteq.backends.limits import early, next_start, spend, tokens
+    rng = random.Random(int(rate * 1000))
+    interval = 1 / rate
+    tat, now, starts = None, 1.7e9, []
+    end = now + 200 * interval
+    while now < end:
+        n = min(tokens(tat, now, interval), rng.choice([1, 2, 5]))
+        if n:
+            tat = spend(tat, now, interval, n)
+            starts += [now] * n
+        # Come back when told (as the daemon does), or late by up to what the bucket
+        # forgives, or too early (and find nothing).
+        told = max(now, next_start(tat, interval))
+        late = rng.choice([0.0, 0.5, 0.99]) * early(interval) * rng.random()
+        now = max(now, told - interval / 3) if rng.random() < 0.2 else told + late
+    for width in (interval, 1.0, 10 * interval):
+        j = 0
+        for i, t in enumerate(starts):
+            while starts[j] <= t - width:
+                j += 1
+            assert i - j + 1 <= rate * width + 2 + 1e-9, (width, i - j + 1)
+    assert len(starts) >= 200 - 2   # the rate is kept: such lateness is forgiven
