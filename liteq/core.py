@@ -17,6 +17,7 @@ from .backends import get_backend
 from .serialization import encode_payload, encode_args_array
 from .taskspec import (NewTask, NewTasks, TaskOptions, check_depends_on, check_name,
                        check_number, check_unique_key, derive_unique_key)
+from .rates import parse_rate
 from .timeutil import due_from
 from .status import get_task_status as get_task_status  # the seed's liteq.core.get_task_status
 from .handle import TaskHandle, handle_of, handles
@@ -48,7 +49,7 @@ class Task(Generic[P, R]):
     def __init__(self, fn: Callable[P, Any], name: str | None = None,
                  retry_on: ExceptionClasses = None, no_retry_on: ExceptionClasses = None,
                  concurrency: int | None = None, unique: bool = False,
-                 **options: Any) -> None:
+                 rate_limit: str | float | None = None, **options: Any) -> None:
         if not callable(fn):
             raise TypeError(f"@task needs a function, got {fn!r}")
         self.fn = fn
@@ -62,6 +63,10 @@ class Task(Generic[P, R]):
         self.no_retry_on = _exception_classes("no_retry_on", no_retry_on)
         # At most this many running at once over every daemon (enforced at claim).
         self.concurrency = _concurrency(concurrency)
+        # At most this many starts a second over every daemon (enforced at claim),
+        # as written ("100/s", "10/m", "5/h" or a number a second); see liteq.rates.
+        self.rate_limit = rate_limit
+        self.rate_per_second = parse_rate(rate_limit)
         self.is_async = inspect.iscoroutinefunction(fn)
         functools.update_wrapper(self, fn)
 
@@ -340,7 +345,8 @@ def task(fn: None = None, /, *, name: str | None = None, queue: str = ...,
          priority: int = ..., max_retries: int = ..., timeout: float | None = ...,
          retry_delay: float = ..., retry_backoff: float = ..., retry_max_delay: float = ...,
          retry_on: ExceptionClasses = ..., no_retry_on: ExceptionClasses = ...,
-         concurrency: int | None = ..., unique: bool = ...) -> TaskDecorator: ...
+         concurrency: int | None = ..., unique: bool = ...,
+         rate_limit: str | float | None = ...) -> TaskDecorator: ...
 @overload
 def task(fn: str, /, *positional: Any, name: str | None = None,
          **options: Any) -> TaskDecorator: ...
@@ -357,6 +363,9 @@ def task(fn: Any = None, /, *positional: Any, name: str | None = None,
     retry_delay * retry_backoff**(attempt-1) seconds, at most retry_max_delay.
     unique=True: while a call with the same arguments is pending or running,
     enqueueing it again returns that task's id and writes nothing.
+    concurrency=N: at most N run at once, over every daemon on the database.
+    rate_limit="100/s" (or "/m", "/min", "/h", or a number a second): at most that
+    many start, evenly spread, over every daemon on the database.
 
     The seed project's positional form `@task(queue, max_retries, name, timeout)`
     works too.
@@ -386,10 +395,12 @@ def task(fn: Any = None, /, *positional: Any, name: str | None = None,
         return decorate(fn)
     # An unknown or bad option fails at the decorator line, not at the first call.
     TaskOptions.build(**{k: v for k, v in options.items()
-                         if k not in ("retry_on", "no_retry_on", "concurrency", "unique")})
+                         if k not in ("retry_on", "no_retry_on", "concurrency", "unique",
+                                      "rate_limit")})
     for key in ("retry_on", "no_retry_on"):
         _exception_classes(key, options.get(key))
     _concurrency(options.get("concurrency"))
+    parse_rate(options.get("rate_limit"))
     _check_unique_flag(options.get("unique", False))
     return decorate
 

@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 
 from liteq import __version__
 from liteq.errors import ConfigError
+from liteq.rates import parse_rate
 from liteq.taskspec import MAX_SECONDS, check_name, check_number
 
 
@@ -48,6 +49,7 @@ class DaemonConfig:
     poll_only: bool = False
     no_ddl: bool = False            # leave schema changes to `liteq db upgrade`
     queue_limits: dict = field(default_factory=dict)   # queue -> most running at once
+    queue_rates: dict = field(default_factory=dict)    # queue -> most starts a second
     # Retention: seconds a finished task is kept, per status (0: forever).
     keep_done: float = 7 * 86400.0
     keep_failed: float = 30 * 86400.0
@@ -112,6 +114,10 @@ OPTIONS = [
     ("--no-ddl", "LITEQ_NO_DDL", bool, False,
      "never create or migrate the queue's tables: missing or older ones are an error "
      "saying to run `liteq db upgrade` (for a database role without DDL rights)"),
+    ("--queue-rate", "LITEQ_QUEUE_RATES", str, None,
+     "QUEUE=N/s (or N/m, N/min, N/h): at most that many tasks of QUEUE start, evenly "
+     "spread, over every daemon on the database; repeat the flag, or separate with ';' "
+     "in LITEQ_QUEUE_RATES"),
     ("--poll-only", "LITEQ_POLL_ONLY", bool, False,
      "no wake-up channel (no LISTEN on PostgreSQL, as PgBouncer in transaction mode "
      "needs): find tasks by polling every --poll-interval"),
@@ -132,7 +138,7 @@ def build_parser(prog: str = "liteqd", description: str | None = None) -> argpar
         helptext = f"{text} [{env}]"
         if typ is bool:
             parser.add_argument(flag, dest=dest, action="store_true", default=None, help=helptext)
-        elif flag in ("--pool", "--queue-limit"):
+        elif flag in ("--pool", "--queue-limit", "--queue-rate"):
             parser.add_argument(flag, dest=dest, action="append", default=None, help=helptext)
         else:
             # Kept as text here; converted with the env value so both get one error style.
@@ -209,6 +215,18 @@ def _parse_queue_limit(text, source):
     return _queue_name(source, queue.strip()), n
 
 
+def _parse_queue_rate(text, source):
+    queue, sep, rate = text.strip().partition("=")
+    if not sep or not queue.strip():
+        raise ConfigError(f"{source}: a queue rate is QUEUE=N/s (or N/m, N/h), e.g. "
+                          f"emails=20/s; got {text!r}")
+    try:
+        per_second = parse_rate(rate.strip(), f"the rate of queue {queue.strip()!r}")
+    except ValueError as exc:
+        raise ConfigError(f"{source}: {exc}") from None
+    return _queue_name(source, queue.strip()), per_second
+
+
 def resolve(args: argparse.Namespace, environ=None) -> DaemonConfig:
     """Merge parsed flags with LITEQ_* variables and validate everything."""
     env = os.environ if environ is None else environ
@@ -227,6 +245,9 @@ def resolve(args: argparse.Namespace, environ=None) -> DaemonConfig:
         elif dest == "queue_limit":
             items = raw if isinstance(raw, list) else str(raw).split(";")
             values[dest] = dict(_parse_queue_limit(i, source) for i in items if i.strip())
+        elif dest == "queue_rate":
+            items = raw if isinstance(raw, list) else str(raw).split(";")
+            values[dest] = dict(_parse_queue_rate(i, source) for i in items if i.strip())
         else:
             values[dest] = _convert(typ, raw, source)
         values[dest + "__source"] = source
@@ -291,6 +312,7 @@ def resolve(args: argparse.Namespace, environ=None) -> DaemonConfig:
         scheduler=not values["no_scheduler"], poll_only=values["poll_only"],
         no_ddl=values["no_ddl"],
         queue_limits=values["queue_limit"] or {},
+        queue_rates=values["queue_rate"] or {},
         keep_done=values["keep_done"], keep_failed=values["keep_failed"],
         keep_cancelled=(values["keep_done"] if values["keep_cancelled"] is None
                         else values["keep_cancelled"]))

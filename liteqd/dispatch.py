@@ -44,6 +44,7 @@ class Dispatcher:
         self.outage = Outage(sup.log, on_recovered=self._after_outage)
         self.check_claims = False       # give back claims this daemon never heard of
         self.limits = None              # global concurrency limits (see refresh_limits)
+        self.rate_due = None            # monotonic time a rate limit allows a start again
         self.next_cancel_check = 0.0
         self.reports = []               # (event, fields) of outcomes not yet recorded
         self.tasks_done = 0             # outcomes the database recorded ...
@@ -252,6 +253,8 @@ class Dispatcher:
             out.append(max(now + self.due_hint - time.time(), retry_at))
         if self.follow_up is not None:
             out.append(self.follow_up)
+        if self.rate_due is not None:
+            out.append(max(self.rate_due, retry_at))
         return out + self._recall_deadlines()
 
     def _claims_wanted(self):
@@ -269,6 +272,9 @@ class Dispatcher:
             self.claim_soon()
         if self.follow_up is not None and now >= self.follow_up:
             self.follow_up = None
+            self.claim_soon()
+        if self.rate_due is not None and now >= self.rate_due:
+            self.rate_due = None
             self.claim_soon()
         self.polling = now >= self.next_poll
         if self.polling:
@@ -294,6 +300,12 @@ class Dispatcher:
             if len(rows) < room:
                 pool.maybe_work = False  # nothing more is due now
                 idle_queues.extend(queues)
+            rate_wait = backend.rate_wait() if self.limits else None
+            if rate_wait is not None:
+                # A rate limit held back due tasks: claim again when it allows the next
+                # start, not at the next poll.
+                at = time.monotonic() + rate_wait
+                self.rate_due = at if self.rate_due is None else min(self.rate_due, at)
             if rows:
                 claims.append((pool, rows))
         if (self.polling or self.rescan_due) and idle_queues:
@@ -326,12 +338,15 @@ class Dispatcher:
             self.sup.lifecycle.cancel(cancelled)
 
     def refresh_limits(self):
-        """Read the global concurrency limits from the app's tasks and --queue-limit
-        (at start and after a reload)."""
+        """Read the global concurrency and rate limits from the app's tasks,
+        --queue-limit and --queue-rate (at start and after a reload)."""
         by_name = {name: t.concurrency for name, t in TASK_REGISTRY.items()
                    if getattr(t, "concurrency", None)}
-        self.limits = Limits(by_name, dict(self.config.queue_limits)) \
-            if by_name or self.config.queue_limits else None
+        rate_by_name = {name: t.rate_per_second for name, t in TASK_REGISTRY.items()
+                        if getattr(t, "rate_per_second", None)}
+        limits = Limits(by_name, dict(self.config.queue_limits), rate_by_name,
+                        dict(self.config.queue_rates))
+        self.limits = limits if limits else None
 
     # ---- handing out -------------------------------------------------------------
 

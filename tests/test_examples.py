@@ -67,6 +67,8 @@ EXPECTED = {
                      "None (rolled back with the order)",
                      "send_receipt: done -> 'receipt for order 1 sent to ann@",
                      "receipt_sent=True", "server and worker stopped; done."],
+    "rate_limits.py": ["enqueued 15 API calls", "in any one second: within the limits",
+                       "did not wait for the limited tasks: yes", "daemon stopped; done."],
     "workflows.py": ["report: done -> 'the page has 32 characters'", ": the same task",
                      "long_export: cancelled (TaskCancelled", "ran one after another: yes",
                      "daemon stopped; done."],

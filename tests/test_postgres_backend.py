@@ -84,9 +84,9 @@ def test_five_processes_on_an_empty_schema_create_it_once(db, workdir):
     schema = pg_helpers.rows(db, "SELECT current_schema() AS s")[0]["s"]
     tables = pg_helpers.rows(db, "SELECT tablename FROM pg_tables WHERE schemaname = %s "
                                  "ORDER BY 1", (schema,))
-    assert [t["tablename"] for t in tables] == ["liteq_migrations", "schedules", "task_deps",
-                                                 "task_errors", "task_stats", "tasks",
-                                                 "workers"]
+    assert [t["tablename"] for t in tables] == ["liteq_migrations", "rate_limits", "schedules",
+                                                 "task_deps", "task_errors", "task_stats",
+                                                 "tasks", "workers"]
 
 
 @ON_PG

@@ -156,14 +156,21 @@ class Backend(abc.ABC):
     def claim(self, worker_id, queues, limit, limits=None) -> list:
         """Mark up to `limit` due pending tasks of `queues` running for `worker_id`.
 
-        limits (liteq.backends.limits.Limits): global concurrency limits by task
-        name and by queue, counted over every daemon, enforced in the claim's own
-        transaction.
+        limits (liteq.backends.limits.Limits): global concurrency and rate limits
+        by task name and by queue, counted over every daemon, enforced in the
+        claim's own transaction.
 
         Order: priority desc, due time, id. Each returned dict has id, name,
         payload, queue, priority, run_at, attempts (counting this one),
         max_retries, timeout, retry_delay, retry_backoff, retry_max_delay, created_at.
         """
+
+    def rate_wait(self) -> float | None:
+        """Seconds from now until a rate limit that held back due tasks in the last
+        claim allows a start again (the daemon claims then instead of waiting for its
+        poll), or None when no rate limit held one back. Read from the claim's own
+        work: no query."""
+        return None
 
     @abc.abstractmethod
     def record_outcomes(self, worker_id, done=(), failed=(), retry=()) -> list:

@@ -58,6 +58,7 @@ class PostgresBackend(TaskOps, WorkerOps, ReadOps, ScheduleOps, Backend):
         self._stat_names = NameCache()   # task names task_stats holds (stats.py)
         # The task_stats rows this backend adds to (schema.STAT_SHARDS).
         self._stat_shard = random.randrange(STAT_SHARDS)
+        self._rate_wait = None   # see rate_wait()
         self._session = Session(self._connector, self._on_connect)
         with self._session.locked():
             self._session.conn  # connect now: an unusable URL or server fails here

@@ -13,7 +13,7 @@ from psycopg import sql
 from ...errors import DatabaseError
 from ..ddl import ddl_allowed, not_ready
 
-SCHEMA_VERSION = 5
+SCHEMA_VERSION = 6
 
 # pg_advisory_xact_lock(LOCK_CLASS, hashtext(schema)): LiteQ's own key space.
 LOCK_CLASS = 0x4C6951  # "LiQ"
@@ -188,8 +188,19 @@ _STATS = (
 STAT_SHARDS = 8
 
 # version -> the statements that bring the schema from version - 1 to it.
+# Version 6, rate limits: one GCRA bucket per rate-limited task name ("n:NAME") or
+# queue ("q:QUEUE"), the theoretical time of its next start (backends/limits.py).
+# Only claims of limited names and queues with due tasks touch it, under the
+# key's advisory lock; its updates change no indexed column, so they are HOT with
+# the room fillfactor leaves.
+_RATE_LIMITS = (
+    "CREATE TABLE rate_limits (key text PRIMARY KEY, tat double precision NOT NULL) "
+    "WITH (fillfactor = 50)",
+)
+
+# version -> the statements that bring the schema from version - 1 to it.
 _MIGRATIONS = {1: (_TASKS_DDL, _WORKERS_DDL, _SCHEDULES_DDL) + _INDEXES, 2: _UNIQUE_KEY,
-               3: _DEPENDENCIES, 4: _COUNTS, 5: _STATS}
+               3: _DEPENDENCIES, 4: _COUNTS, 5: _STATS, 6: _RATE_LIMITS}
 
 
 def _applied(conn, schema):

@@ -6,10 +6,12 @@ are judged by it, so a producer or daemon whose clock is off neither delays nor
 advances a task. Times go out as epoch seconds (date_part('epoch', ...)).
 """
 
+import contextlib
 import time
+from typing import Any
 
 from ...errors import DatabaseError
-from ..limits import pick, rooms, used_up
+from ..limits import Buckets, merge_rooms, pick, rate_key, rooms, used_up
 from ..stats import Tally
 from . import deps, stats
 from .connection import operation
@@ -212,15 +214,26 @@ def enqueue_params(task, channel) -> tuple:
             *_tail(o), channel)
 
 
-class _LimitCounts:
-    """The running counts of the limited names and queues a claim met, each counted
-    under its advisory lock (held to the end of the claim's transaction)."""
+# The rate buckets of locked keys, and the server's clock once their locks are held.
+READ_BUCKETS = (
+    "SELECT k.key, r.tat, date_part('epoch', clock_timestamp()) AS now "
+    "FROM unnest(%s::text[]) AS k(key) LEFT JOIN rate_limits r ON r.key = k.key")
+WRITE_BUCKETS = (
+    "INSERT INTO rate_limits (key, tat) SELECT * FROM unnest(%s::text[], %s::float8[]) "
+    "ON CONFLICT (key) DO UPDATE SET tat = excluded.tat")
 
-    def __init__(self, ops, names, queues):
+
+class _LimitCounts:
+    """The running counts and rate buckets of the limited names and queues a claim met,
+    each read under its advisory lock (held to the end of the claim's transaction)."""
+
+    def __init__(self, ops, limits, names, queues):
         self.ops = ops
+        self.limits = limits
         self.limited_names, self.limited_queues = set(names), set(queues)
         self.names, self.queues = {}, {}        # locked: running count
         self.skipped = set()                    # keys another claimer held (try-lock)
+        self.buckets = None                     # limits.Buckets of the locked rate keys
 
     def take(self, rows, wait):
         """Lock and count the limited names and queues of `rows` not locked yet.
@@ -244,22 +257,58 @@ class _LimitCounts:
                 self.skipped.add(key)
                 continue
             got[0].append(got[1])
-        if got_names:
+        counted = [n for n in got_names if n in self.limits.by_name]
+        if counted:
             by_name = {r["name"]: r["n"] for r in run(
                 "SELECT name, COUNT(*) AS n FROM tasks WHERE status = 'running' "
-                "AND name = ANY(%s) GROUP BY name", (got_names,), prepare=True).fetchall()}
-            self.names.update({n: by_name.get(n, 0) for n in got_names})
-        if got_queues:
+                "AND name = ANY(%s) GROUP BY name", (counted,), prepare=True).fetchall()}
+            self.names.update({n: by_name.get(n, 0) for n in counted})
+        counted = [q for q in got_queues if q in self.limits.by_queue]
+        if counted:
             by_queue = {r["queue"]: r["n"] for r in run(
                 "SELECT queue, COUNT(*) AS n FROM tasks WHERE status = 'running' "
-                "AND queue = ANY(%s) GROUP BY queue", (got_queues,), prepare=True).fetchall()}
-            self.queues.update({q: by_queue.get(q, 0) for q in got_queues})
+                "AND queue = ANY(%s) GROUP BY queue", (counted,), prepare=True).fetchall()}
+            self.queues.update({q: by_queue.get(q, 0) for q in counted})
+        # Rate-only keys are locked too (above), with no count to keep.
+        self.names.update({n: 0 for n in got_names if n not in self.names})
+        self.queues.update({q: 0 for q in got_queues if q not in self.queues})
+        self._read_buckets(got_names, got_queues)
+
+    def _read_buckets(self, names: list[str], queues: list[str]) -> None:
+        keys = [rate_key("n", n) for n in names if n in self.limits.rate_by_name] + \
+            [rate_key("q", q) for q in queues if q in self.limits.rate_by_queue]
+        if not keys:
+            return
+        rows = self.ops._session.run(READ_BUCKETS, (keys,), prepare=True).fetchall()
+        if self.buckets is None:
+            # One clock for the claim: read once its first rate keys are locked (a
+            # later pass's keys are judged by it too, which can only allow fewer).
+            self.buckets = Buckets(self.limits, rows[0]["now"])
+        self.buckets.tats.update({r["key"]: r["tat"] for r in rows})
 
     def rooms(self, limits):
-        """({name: room}, {queue: room}) of the locked limits."""
+        """({name: room}, {queue: room}) of the locked limits, concurrency and rate."""
         name_room, queue_room = rooms(limits, self.names, self.queues)
-        return ({n: name_room[n] for n in self.names},
-                {q: queue_room[q] for q in self.queues})
+        name_room = {n: name_room[n] for n in self.names if n in name_room}
+        queue_room = {q: queue_room[q] for q in self.queues if q in queue_room}
+        if self.buckets is not None:
+            rate_names, rate_queues = self.buckets.rooms()
+            name_room = merge_rooms(name_room, rate_names)
+            queue_room = merge_rooms(queue_room, rate_queues)
+        return name_room, queue_room
+
+    def spend(self, candidates: list[Any], ids: list[int]) -> float | None:
+        """Write the buckets once `ids` (of `candidates`) start; returns the seconds until
+        a bucket that held back a candidate allows a start again, or None."""
+        if self.buckets is None:
+            return None
+        chosen = set(ids)
+        new_tats = self.buckets.spent([r for r in candidates if r["id"] in chosen])
+        if new_tats:
+            keys = sorted(new_tats)
+            self.ops._session.run(WRITE_BUCKETS, (keys, [float(new_tats[k]) for k in keys]),
+                                  prepare=True)
+        return self.buckets.wait(candidates, ids, new_tats)
 
     def allowed(self, row):
         """False for a row of a limited name or queue whose lock this claim lacks."""
@@ -353,6 +402,7 @@ class TaskOps:
         one statement; returns them in claim order (priority desc, due time, id).
         Under global concurrency limits, one transaction (see _claim_limited)."""
         queues = list(dict.fromkeys(queues))
+        self._rate_wait = None
         if limit <= 0 or not queues:
             return []
         if limits:
@@ -379,7 +429,7 @@ class TaskOps:
         if not candidates:
             return []
         names, limited_queues = limits.relevant(queues)
-        counts = _LimitCounts(self, names, limited_queues)
+        counts = _LimitCounts(self, limits, names, limited_queues)
         counts.take(candidates, wait=True)
         name_room, queue_room = counts.rooms(limits)
         ids = pick(candidates, limit, name_room, queue_room)
@@ -397,9 +447,15 @@ class TaskOps:
             candidates.sort(key=lambda r: (-r["priority"], r["run_at"], r["id"]))
             ids = pick([r for r in candidates if counts.allowed(r)], limit,
                        name_room, queue_room)
+        self._rate_wait = counts.spend(candidates, ids)
         if not ids:
             return []
         return _by_claim_order(run(CLAIM_IDS, (worker_id, ids), prepare=True).fetchall())
+
+    def rate_wait(self) -> float | None:
+        """Seconds until a rate limit that held back due tasks in the last claim allows a
+        start again, or None (see base.Backend.rate_wait)."""
+        return self._rate_wait
 
     @operation
     def record_outcomes(self, worker_id, done=(), failed=(), retry=()) -> list:

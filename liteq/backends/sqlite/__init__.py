@@ -33,6 +33,7 @@ class SQLiteBackend(TaskOps, ReadOps, ScheduleOps, Backend):
         self.busy_timeout = DAEMON_BUSY_TIMEOUT if daemon else None
         self._backlog = {}   # queues -> the last claim came back full
         self._stat_names = NameCache()   # task names task_stats holds (stats.py)
+        self._rate_wait = None   # see rate_wait()
         self._conn = None
         self._conn = self._open()
 

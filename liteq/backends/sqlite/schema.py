@@ -11,7 +11,7 @@ from ..ddl import ddl_allowed, not_ready
 from ...timeutil import now
 from . import seed_times
 
-SCHEMA_VERSION = 5
+SCHEMA_VERSION = 6
 
 # The tasks table as version 1 made it; later versions ALTER it (see _MIGRATIONS).
 _TASKS_DDL = """
@@ -262,8 +262,23 @@ def _migrate_v4_to_v5(conn):
                  "FROM tasks WHERE error IS NOT NULL")
 
 
+# One GCRA bucket per rate-limited task name ("n:NAME") or queue ("q:QUEUE"): the
+# theoretical time of its next start (liteq/backends/limits.py). Read and written
+# only by claims of limited names and queues that have due tasks.
+_RATE_LIMITS_DDL = """
+CREATE TABLE IF NOT EXISTS rate_limits (
+    key TEXT PRIMARY KEY,
+    tat REAL NOT NULL
+) WITHOUT ROWID"""
+
+
+def _migrate_v5_to_v6(conn):
+    """Version 6: rate limits' buckets (rate_limits)."""
+    conn.execute(_RATE_LIMITS_DDL)
+
+
 _MIGRATIONS = {0: _migrate_v0_to_v1, 1: _migrate_v1_to_v2, 2: _migrate_v2_to_v3,
-               3: _migrate_v3_to_v4, 4: _migrate_v4_to_v5}
+               3: _migrate_v3_to_v4, 4: _migrate_v4_to_v5, 5: _migrate_v5_to_v6}
 
 
 def schema_version(conn: sqlite3.Connection) -> int:

@@ -1,8 +1,10 @@
 """SQLite: enqueue, claim, outcomes, heartbeats and reclaim (the producers' and the
 daemon's side of the tasks table)."""
 
+from typing import Any
+
 from ...timeutil import now
-from ..limits import pick, rooms, rooms_left, used_up
+from ..limits import Buckets, Limits, merge_rooms, pick, rate_key, rooms, rooms_left, used_up
 from ..stats import Tally, reclaimed_tally
 from . import deps, stats
 from .connection import guarded
@@ -79,6 +81,20 @@ def _running_counts(conn, column, values) -> dict:
         f"AND {column} IN ({marks}) GROUP BY {column}", values).fetchall())
 
 
+def _read_buckets(conn: Any, limits: Limits, names: list[str], queues: list[str],
+                  t: float) -> Buckets | None:
+    """The rate buckets of the rate-limited names and queues among these (a Buckets at
+    time t), or None when none is."""
+    keys = [rate_key("n", n) for n in names if n in limits.rate_by_name] + \
+        [rate_key("q", q) for q in queues if q in limits.rate_by_queue]
+    if not keys:
+        return None
+    found = dict(conn.execute(
+        f"SELECT key, tat FROM rate_limits WHERE key IN ({','.join('?' * len(keys))})",
+        keys).fetchall())
+    return Buckets(limits, t, {k: found.get(k) for k in keys})
+
+
 def _candidates(conn, queues, skip_names, t, limit):
     """Due pending rows (id, name, queue) of `queues` in claim order, but those of
     `skip_names`, `limit` at most."""
@@ -89,6 +105,19 @@ def _candidates(conn, queues, skip_names, t, limit):
         f"AND queue IN ({marks}) AND run_at <= ? {skip}"
         f"ORDER BY priority DESC, run_at, id LIMIT ?",
         (*queues, t, *skip_names, limit)).fetchall()
+
+
+def _claim_ids(conn, worker_id: str, t: float, ids: list[int]) -> list[dict[str, Any]]:
+    """Mark these pending tasks running for worker_id (in the caller's transaction);
+    returns them in claim order."""
+    if not ids:
+        return []
+    rows = conn.execute(
+        f"UPDATE tasks SET status = 'running', worker_id = ?, attempts = attempts + 1, "
+        f"started_at = ? WHERE id IN ({','.join('?' * len(ids))}) "
+        f"AND +status = 'pending' RETURNING {CLAIM_RETURNING}",
+        (worker_id, t, *ids)).fetchall()
+    return _by_claim_order(rows)
 
 
 def _by_claim_order(rows):
@@ -206,6 +235,7 @@ class TaskOps:
         queues came back full (a backlog is due) a single UPDATE ... LIMIT is used
         instead: with plenty due it stops after `limit` rows and saves the lookups.
         """
+        self._rate_wait = None
         if limit <= 0 or not queues:
             return []
         if limits:
@@ -245,15 +275,34 @@ class TaskOps:
         return _by_claim_order(rows)
 
     def _claim_limited(self, worker_id, queues, limit, t, limits):
-        # The write lock (BEGIN IMMEDIATE) makes the count and the claim one step for
-        # every daemon on the file.
+        # The write lock (BEGIN IMMEDIATE) makes the count, the rate buckets and the
+        # claim one step for every daemon on the file.
         names, limited_queues = limits.relevant(queues)
         with self._write() as conn:
-            by_name = _running_counts(conn, "name", names)
-            by_queue = _running_counts(conn, "queue", limited_queues)
+            # First the rows a plain claim would take: while none is of a limited name
+            # or queue (a limit whose tasks are not due), they are claimed as they
+            # are, and the limits cost one small read.
+            head = _candidates(conn, queues, [], t, limit)
+            if not head:
+                return []
+            limited_names, limited_here = set(names), set(limited_queues)
+            if not any(r["name"] in limited_names or r["queue"] in limited_here
+                       for r in head):
+                return _claim_ids(conn, worker_id, t, [r["id"] for r in head])
+            by_name = _running_counts(conn, "name", [n for n in names if n in limits.by_name])
+            by_queue = _running_counts(conn, "queue",
+                                       [q for q in limited_queues if q in limits.by_queue])
             name_room, queue_room = rooms(limits, by_name, by_queue)
-            open_queues = [q for q in queues if queue_room.get(q, 1) > 0]
+            # Only names and queues at their concurrency limit are left out of the
+            # candidates: those of an empty rate bucket are read (and passed over),
+            # so that the claim knows whether to come back when it refills.
             full = [n for n, room in name_room.items() if room <= 0]
+            open_queues = [q for q in queues if queue_room.get(q, 1) > 0]
+            buckets = _read_buckets(conn, limits, names, limited_queues, t)
+            if buckets is not None:
+                rate_names, rate_queues = buckets.rooms()
+                name_room = merge_rooms(name_room, rate_names)
+                queue_room = merge_rooms(queue_room, rate_queues)
             if not open_queues:
                 return []
             # Extra candidates, so that rows of a name with little room left do not
@@ -270,14 +319,22 @@ class TaskOps:
                 more = [r for r in _candidates(conn, rest, used_names, t, many)
                         if r["id"] not in seen] if rest else []
                 ids += pick(more, limit - len(ids), *rooms_left(rows, ids, name_room, queue_room))
-            if not ids:
-                return []
-            rows = conn.execute(
-                f"UPDATE tasks SET status = 'running', worker_id = ?, attempts = attempts + 1, "
-                f"started_at = ? WHERE id IN ({','.join('?' * len(ids))}) "
-                f"AND +status = 'pending' RETURNING {CLAIM_RETURNING}",
-                (worker_id, t, *ids)).fetchall()
-        return _by_claim_order(rows)
+                rows = list(rows) + more
+            if buckets is not None:
+                chosen = set(ids)
+                new_tats = buckets.spent([r for r in rows if r["id"] in chosen])
+                if new_tats:
+                    conn.executemany(
+                        "INSERT INTO rate_limits (key, tat) VALUES (?, ?) "
+                        "ON CONFLICT (key) DO UPDATE SET tat = excluded.tat",
+                        list(new_tats.items()))
+                self._rate_wait = buckets.wait(rows, ids, new_tats)
+            return _claim_ids(conn, worker_id, t, ids)
+
+    def rate_wait(self) -> float | None:
+        """Seconds until a rate limit that held back due tasks in the last claim allows a
+        start again, or None (see base.Backend.rate_wait)."""
+        return self._rate_wait
 
     def _claim_backlog(self, worker_id, queues, limit, t):
         marks = ",".join("?" * len(queues))
