@@ -145,10 +145,11 @@ def render_failed(rows: list[dict[str, Any]], total: int) -> str:
     from .ctl import table
     if not rows:
         return "no failed tasks match"
-    out = table(["ID", "NAME", "QUEUE", "ATTEMPTS", "FINISHED", "ERROR"],
-                [(r["id"], r["name"], r["queue"], f"{r['attempts']}/{r['max_retries'] + 1}",
-                  (to_iso(r["finished_at"]) or "-")[:19], _error_line(r["error"]))
-                 for r in rows])
+    out: str = table(["ID", "NAME", "QUEUE", "ATTEMPTS", "FINISHED", "ERROR"],
+                     [(r["id"], r["name"], r["queue"],
+                       f"{r['attempts']}/{r['max_retries'] + 1}",
+                       (to_iso(r["finished_at"]) or "-")[:19], _error_line(r["error"]))
+                      for r in rows])
     if total > len(rows):
         out += f"\n{len(rows)} of {total} shown (latest first; --limit shows more)"
     return out

@@ -57,7 +57,7 @@ def _version(schema_mod: Any, conn: Any) -> int:
     if conn is None:
         return 0
     got = schema_mod.schema_version(conn)
-    return got[1] if isinstance(got, tuple) else got
+    return int(got[1] if isinstance(got, tuple) else got)
 
 
 def status(target: str | None = None) -> dict[str, Any]:
