@@ -43,7 +43,7 @@ class Dispatcher:
         self.rescan_due = False         # the known due time passed: look up the next one
         self.outage = Outage(sup.log, on_recovered=self._after_outage)
         self.check_claims = False       # give back claims this daemon never heard of
-        self.limits = None              # global concurrency limits (see refresh_limits)
+        self.limits = None              # global concurrency and rate limits (refresh_limits)
         self.rate_due = None            # monotonic time a rate limit allows a start again
         self.next_cancel_check = 0.0
         self.reports = []               # (event, fields) of outcomes not yet recorded
