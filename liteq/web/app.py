@@ -82,9 +82,9 @@ class Panel:
         self.templates.env.filters.update(filters_for(zone))
 
     def hhmm(self, ts) -> str:
-        """A bucket's start as HH:MM in the display zone."""
+        """A bucket's start as 'HH:MM ZONE' in the display zone (the charts' tips)."""
         moment = in_zone(ts, self.zone)
-        return moment.strftime("%H:%M") if moment else ""
+        return moment.strftime("%H:%M %Z") if moment else ""
 
     @staticmethod
     def url(request, path) -> str:
