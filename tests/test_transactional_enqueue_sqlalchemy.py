@@ -183,3 +183,38 @@ def test_an_async_engines_connection_is_refused_by_name(db, backend):
             await engine.dispose()
 
     asyncio.run(check())
+
+
+@pytest.mark.parametrize("where", ["same database", "another database"])
+def test_delay_on_commit_enqueues_with_the_sessions_commit_only(db, daemons, app, workdir,
+                                                                where):
+    from liteq.contrib.sqlalchemy import delay_on_commit
+    daemons.start()
+    if where == "same database":
+        engine = sa.create_engine(_url(db))
+    else:   # the app's own SQLite file, not LiteQ's: enqueued after the commit
+        engine = sa.create_engine(_url(db, path=os.path.join(workdir, "app.db")))
+    try:
+        with orders_table(engine), orm.Session(engine) as session:
+            session.add(Order(id=1, total=1))
+            dropped = delay_on_commit(session, app.add, 1, 1)
+            session.rollback()
+            session.add(Order(id=2, total=2))
+            kept = delay_on_commit(session, app.add, 2, 2)
+            if where == "same database":
+                assert isinstance(kept, int) and isinstance(dropped, int)
+            else:
+                assert kept is None and dropped is None
+            time.sleep(1.0)
+            assert count_tasks(db) == 0        # nothing before the commit
+            session.commit()
+            assert count_tasks(db) == 1
+    finally:
+        engine.dispose()
+    rows = [r for r in _all(db)]
+    assert wait_status(rows[0]["id"], daemons=daemons)["result"] == 4
+
+
+def _all(db):
+    from daemon_helpers import all_tasks
+    return all_tasks(db)

@@ -21,7 +21,8 @@ PUBLIC = ["liteq/__init__.py", "liteq/core.py", "liteq/handle.py", "liteq/status
           "liteq/workflow.py", "liteq/errors.py", "liteq/context.py", "liteq/hooks.py",
           "liteq/fastapi.py", "liteq/monitoring.py", "liteq/taskspec.py",
           "liteq/serialization.py", "liteq/codec.py", "liteq/timeutil.py", "liteq/launcher.py",
-          "liteq/unwrap.py", "liteq/contrib/flask.py", "liteq/py.typed"]
+          "liteq/unwrap.py", "liteq/contrib/flask.py", "liteq/contrib/sqlalchemy.py",
+          "liteq/py.typed"]
 #: The examples annotated so far (each must pass both checkers, strict).
 EXAMPLES = sorted(os.path.relpath(p, REPO) for p in glob.glob(os.path.join(REPO, "examples",
                                                                              "*.py"))
