@@ -346,7 +346,7 @@ def test_a_version_4_postgres_schema_is_upgraded():
         finally:
             backend.close()
         versions = pg_helpers.rows(url, "SELECT version FROM liteq_migrations ORDER BY 1")
-        assert [v["version"] for v in versions] == [1, 2, 3, 4, 5] and schema.SCHEMA_VERSION == 5
+        assert [v["version"] for v in versions] == list(range(1, schema.SCHEMA_VERSION + 1))
     finally:
         backends.forget_backends()
         pg_helpers.drop_schema(server, name)
