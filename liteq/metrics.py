@@ -10,7 +10,10 @@ kept in memory between scrapes, so several panels or scrapers agree.
 
 Families (all gauges unless noted):
 
-    liteq_tasks{queue,status}                   tasks by queue and status
+    liteq_tasks{queue,status}                   tasks by queue and status (running:
+                                                started by a child)
+    liteq_tasks_claimed{queue}                  tasks a daemon claimed that no child
+                                                has started yet (status running)
     liteq_tasks_processed_total{queue}          counter: tasks that finished done
     liteq_tasks_failed_total{queue}             counter: tasks that finished failed
     liteq_oldest_pending_age_seconds{queue}     age of the oldest due pending task (0: none)
@@ -24,6 +27,8 @@ tasks or retrying failed ones lowers them; Prometheus' rate() and increase()
 treat a drop as a counter reset, so graphs stay correct apart from that one
 sample.
 """
+
+from typing import Any
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
@@ -72,6 +77,7 @@ class LiteQCollector(Collector):
         for row in store.queue_stats():
             counts[(row["queue"], row["status"])] = row["count"]
         queues = sorted(set(store.list_queues()) | {q for q, _ in counts})
+        claimed = claimed_family(store, counts, queues)
 
         tasks = GaugeMetricFamily("liteq_tasks", "Tasks in the database by queue and status.",
                                   labels=["queue", "status"])
@@ -94,7 +100,7 @@ class LiteQCollector(Collector):
         for queue in queues:
             run_at = oldest.get(queue)
             age.add_metric([queue], max(0.0, t - run_at) if run_at is not None else 0.0)
-        return [tasks, processed, failed, age]
+        return [tasks, claimed, processed, failed, age]
 
     def _daemon_families(self, store, t):
         st = self._status_fn()
@@ -119,6 +125,23 @@ class LiteQCollector(Collector):
                 beat.add_metric([str(w["worker_id"])], max(0.0, t - w["last_heartbeat"]))
         out.append(beat)
         return out
+
+
+def claimed_family(store: Any, counts: dict[tuple[str, str], int],
+                   queues: list[str]) -> GaugeMetricFamily:
+    """liteq_tasks_claimed{queue}, taking those tasks out of counts' running ones:
+    "running" means a child started the task; a claimed one waits for a child."""
+    family = GaugeMetricFamily("liteq_tasks_claimed",
+                               "Tasks a daemon claimed that no child has started yet.",
+                               labels=["queue"])
+    by_queue = store.claimed_counts()
+    for queue in queues:
+        running = counts.get((queue, "running"), 0)
+        n = min(by_queue.get(queue, 0), running)
+        if running:
+            counts[(queue, "running")] = running - n
+        family.add_metric([queue], n)
+    return family
 
 
 def render(collector) -> bytes:

@@ -186,6 +186,18 @@ class Backend(abc.ABC):
         """Return claimed tasks that never started to pending, uncounting the attempt."""
 
     @abc.abstractmethod
+    def mark_started(self, worker_id, started) -> int:
+        """Record when a child really started claimed tasks: started is
+        [(task_id, epoch_s)]. A claim leaves started_at NULL (claimed, waiting for a
+        child); this sets it, only while the row is still running for this worker
+        and not marked yet. Returns how many rows changed."""
+
+    @abc.abstractmethod
+    def claimed_counts(self) -> dict[str, int]:
+        """{queue: n} of tasks claimed by a daemon but not started by a child yet
+        (status running, started_at NULL); queues without any are left out."""
+
+    @abc.abstractmethod
     def release_unheld(self, worker_id, held_ids) -> list:
         """Return to pending, uncounting the attempt, every task running for worker_id
         except `held_ids`; returns the ids given back.

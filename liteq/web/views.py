@@ -103,8 +103,11 @@ def _pretty(value) -> str:
 # ---- overview ------------------------------------------------------------------
 
 def count_matrix(store) -> dict:
-    """Counts by queue and status: {"queues": [{queue, counts, total, estimated}],
-    "totals": {...}, "total": n, "estimated": [...]}.
+    """Counts by queue and status: {"queues": [{queue, counts, claimed, total,
+    estimated}], "totals": {...}, "total": n, "estimated": [...]}.
+
+    counts["running"] is the tasks a child has started; `claimed` (and
+    totals["claimed"]) the tasks a daemon claimed that no child has started yet.
 
     The counts of big groups may be estimates (Backend.queue_stats(estimate=True)):
     each queue's `estimated` lists its statuses whose counts are, the top-level one
@@ -121,14 +124,21 @@ def count_matrix(store) -> dict:
         if schedule.get("queue"):
             by_queue.setdefault(schedule["queue"], {})
     totals = {s: 0 for s in TASK_STATUSES}
+    totals["claimed"] = 0
+    claimed_by_queue = store.claimed_counts()
     rows = []
     for queue in sorted(by_queue):
         counts = {s: by_queue[queue].get(s, 0) for s in TASK_STATUSES}
+        # "running" means started by a child; claimed tasks wait for one (both are
+        # status running in the rows).
+        claimed = min(claimed_by_queue.get(queue, 0), counts["running"])
+        counts["running"] -= claimed
         for s, n in counts.items():
             totals[s] += n
+        totals["claimed"] += claimed
         estimated = [s for s in TASK_STATUSES if s in marks.get(queue, ())]
-        rows.append({"queue": queue, "counts": counts, "total": sum(counts.values()),
-                     "estimated": estimated})
+        rows.append({"queue": queue, "counts": counts, "claimed": claimed,
+                     "total": sum(counts.values()) + claimed, "estimated": estimated})
     return {"queues": rows, "totals": totals, "total": sum(totals.values()),
             "estimated": [s for s in TASK_STATUSES if any(s in r["estimated"] for r in rows)]}
 

@@ -84,7 +84,7 @@ CLAIM = (
     "  ORDER BY priority DESC, run_at, id LIMIT %s FOR UPDATE SKIP LOCKED) c"
     " ORDER BY c.priority DESC, c.run_at, c.id LIMIT %s) "
     "UPDATE tasks t SET status = 'running', worker_id = %s, attempts = t.attempts + 1, "
-    "started_at = now() FROM picked WHERE t.id = picked.id "
+    "started_at = NULL FROM picked WHERE t.id = picked.id "
     "RETURNING t.id, t.name, t.payload, t.queue, t.priority, "
     "date_part('epoch', t.run_at) AS run_at, t.attempts, t.max_retries, t.timeout, "
     "t.retry_delay, t.retry_backoff, t.retry_max_delay, "
@@ -103,7 +103,7 @@ CLAIM_UNLESS_LIMITED = (
     "  ORDER BY priority DESC, run_at, id LIMIT %s FOR UPDATE SKIP LOCKED) c"
     " ORDER BY c.priority DESC, c.run_at, c.id LIMIT %s) "
     "UPDATE tasks t SET status = 'running', worker_id = %s, attempts = t.attempts + 1, "
-    "started_at = now() FROM picked WHERE t.id = picked.id AND NOT EXISTS ("
+    "started_at = NULL FROM picked WHERE t.id = picked.id AND NOT EXISTS ("
     " SELECT 1 FROM picked p WHERE p.name = ANY(%s::text[]) OR p.queue = ANY(%s::text[])) "
     "RETURNING " + CLAIM.split("RETURNING ", 1)[1])
 
@@ -114,7 +114,7 @@ CLAIM_UNLESS_LIMITED = (
 # instead of finding each id by its primary key.
 CLAIM_IDS = (
     "UPDATE tasks t SET status = 'running', worker_id = %s, attempts = t.attempts + 1, "
-    "started_at = now() FROM unnest(%s::bigint[]) AS u(id) WHERE t.id = u.id "
+    "started_at = NULL FROM unnest(%s::bigint[]) AS u(id) WHERE t.id = u.id "
     "RETURNING " + CLAIM.split("RETURNING ", 1)[1])
 
 # The candidates of a claim under concurrency limits: each queue's due pending rows
@@ -149,6 +149,12 @@ RECORD_RETRY = (f"UPDATE tasks t SET status = 'pending', error = u.text, "
 _GIVE_BACK = ("UPDATE tasks SET status = 'pending', worker_id = NULL, "
               "attempts = GREATEST(attempts - 1, 0), started_at = NULL ")
 RELEASE = _GIVE_BACK + "WHERE id = ANY(%s::bigint[]) AND status = 'running' AND worker_id = %s"
+# A claim leaves started_at NULL; the daemon sets it once a child really starts the
+# task ("running" means started; see Dispatcher.sync).
+MARK_STARTED = ("UPDATE tasks t SET started_at = to_timestamp(u.s) "
+                "FROM unnest(%s::bigint[], %s::float8[]) AS u(id, s) "
+                "WHERE t.id = u.id AND t.status = 'running' AND t.worker_id = %s "
+                "AND t.started_at IS NULL")
 # Every task running for the worker except the ids it holds.
 RELEASE_UNHELD = (_GIVE_BACK + "WHERE status = 'running' AND worker_id = %s "
                   "AND NOT (id = ANY(%s::bigint[])) RETURNING id")
@@ -430,6 +436,22 @@ class TaskOps:
             return 0
         return self._session.run(RELEASE, ([int(i) for i in task_ids], worker_id),
                                  prepare=True).rowcount
+
+    @operation
+    def mark_started(self, worker_id, started) -> int:
+        """Set started_at of claimed tasks a child started: [(task_id, epoch_s)]."""
+        if not started:
+            return 0
+        ids, starts = zip(*started)
+        return self._session.run(MARK_STARTED, ([int(i) for i in ids], floats(starts),
+                                                worker_id), prepare=True).rowcount
+
+    @operation
+    def claimed_counts(self) -> dict:
+        """{queue: n} of claimed tasks no child has started yet."""
+        return {r["queue"]: r["n"] for r in self._session.run(
+            "SELECT queue, COUNT(*) AS n FROM tasks WHERE status = 'running' "
+            "AND started_at IS NULL GROUP BY queue").fetchall()}
 
     @operation
     def release_unheld(self, worker_id, held_ids) -> list:

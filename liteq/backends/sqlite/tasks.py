@@ -50,6 +50,11 @@ RELEASE = ("UPDATE tasks SET status = 'pending', worker_id = NULL, "
            "attempts = MAX(attempts - 1, 0), started_at = NULL "
            "WHERE id = ? AND status = 'running' AND worker_id = ?")
 
+# A claim leaves started_at NULL; the daemon sets it once a child really starts the
+# task ("running" means started; see Dispatcher.sync).
+MARK_STARTED = ("UPDATE tasks SET started_at = ? WHERE id = ? AND status = 'running' "
+                "AND worker_id = ? AND started_at IS NULL")
+
 
 def due_time(run_at, delay, t):
     """The epoch time a task is due: run_at, else t + delay, else t."""
@@ -237,8 +242,8 @@ class TaskOps:
             # rows the status index would be a full scan.
             rows = conn.execute(
                 f"UPDATE tasks SET status = 'running', worker_id = ?, attempts = attempts + 1, "
-                f"started_at = ? WHERE id IN ({marks}) AND +status = 'pending' "
-                f"RETURNING {CLAIM_RETURNING}", (worker_id, t, *ids)).fetchall()
+                f"started_at = NULL WHERE id IN ({marks}) AND +status = 'pending' "
+                f"RETURNING {CLAIM_RETURNING}", (worker_id, *ids)).fetchall()
         return _by_claim_order(rows)
 
     def _claim_limited(self, worker_id, queues, limit, t, limits):
@@ -271,9 +276,9 @@ class TaskOps:
                 return []
             rows = conn.execute(
                 f"UPDATE tasks SET status = 'running', worker_id = ?, attempts = attempts + 1, "
-                f"started_at = ? WHERE id IN ({','.join('?' * len(ids))}) "
+                f"started_at = NULL WHERE id IN ({','.join('?' * len(ids))}) "
                 f"AND +status = 'pending' RETURNING {CLAIM_RETURNING}",
-                (worker_id, t, *ids)).fetchall()
+                (worker_id, *ids)).fetchall()
         return _by_claim_order(rows)
 
     def _claim_backlog(self, worker_id, queues, limit, t):
@@ -281,10 +286,10 @@ class TaskOps:
         with self._write() as conn:
             rows = conn.execute(
                 f"UPDATE tasks SET status = 'running', worker_id = ?, attempts = attempts + 1, "
-                f"started_at = ? WHERE id IN (SELECT id FROM tasks WHERE {CLAIMABLE} "
+                f"started_at = NULL WHERE id IN (SELECT id FROM tasks WHERE {CLAIMABLE} "
                 f"AND queue IN ({marks}) AND run_at <= ? "
                 f"ORDER BY priority DESC, run_at, id LIMIT ?) RETURNING {CLAIM_RETURNING}",
-                (worker_id, t, *queues, t, limit)).fetchall()
+                (worker_id, *queues, t, limit)).fetchall()
         return _by_claim_order(rows)
 
     @guarded
@@ -329,6 +334,23 @@ class TaskOps:
         with self._write() as conn:
             cur = conn.executemany(RELEASE, [(tid, worker_id) for tid in task_ids])
             return cur.rowcount
+
+    @guarded
+    def mark_started(self, worker_id, started) -> int:
+        """Set started_at of claimed tasks a child started: [(task_id, epoch_s)]."""
+        if not started:
+            return 0
+        with self._write() as conn:
+            cur = conn.executemany(MARK_STARTED, [(float(s), int(i), worker_id)
+                                                  for i, s in started])
+            return cur.rowcount
+
+    @guarded
+    def claimed_counts(self) -> dict:
+        """{queue: n} of claimed tasks no child has started yet."""
+        return dict(self._conn.execute(
+            "SELECT queue, COUNT(*) FROM tasks WHERE status = 'running' "
+            "AND started_at IS NULL GROUP BY queue").fetchall())
 
     @guarded
     def release_unheld(self, worker_id, held_ids) -> list:
