@@ -21,7 +21,6 @@ from liteq import retry as retry_policy
 from liteq.backends.limits import Limits
 from liteq.core import TASK_REGISTRY
 from liteq.errors import DatabaseError
-from liteq.wakeup import THROTTLE_S
 
 from . import protocol
 from .outage import Outage
@@ -45,7 +44,7 @@ class Dispatcher:
         self.next_poll = 0.0
         self.due_hint = None            # epoch time of the next delayed task we know of
         self.polling = False            # this loop turn is a fallback poll
-        self.follow_up = None           # a claim owed shortly after a wake-up
+        self.follow_ups = []            # claims owed shortly after a wake-up (monotonic)
         self.rescan_due = False         # the known due time passed: look up the next one
         self.outage = Outage(sup.log, on_recovered=self._after_outage)
         self.check_claims = False       # give back claims this daemon never heard of
@@ -266,10 +265,15 @@ class Dispatcher:
         """A producer enqueued something: look for work now, or at `due` (epoch s)."""
         if due is None:
             self.claim_soon()
-            # Producers skip wake-ups that follow another within a millisecond
-            # (liteq.wakeup.THROTTLE_S); one more claim shortly after the latest
-            # wake-up picks up whatever they enqueued meanwhile.
-            self.follow_up = time.monotonic() + 2 * THROTTLE_S
+            # Producers skip wake-ups that follow another closely (socket wake-ups
+            # within THROTTLE_S, PostgreSQL's NOTIFY within NOTIFY_INTERVAL_S of
+            # liteq.backends.postgres.tasks); a claim or a few after the latest
+            # wake-up (the backend's wake_follow_ups_s) pick up what they enqueued
+            # meanwhile, the later ones what committed late on a busy server. A
+            # claim that finds nothing is one index probe; the fallback poll
+            # bounds whatever comes later still.
+            now = time.monotonic()
+            self.follow_ups = [now + s for s in self.sup.backend.wake_follow_ups_s]
         elif due <= time.time():
             self.claim_soon()
         elif self.due_hint is None or due < self.due_hint:
@@ -282,8 +286,8 @@ class Dispatcher:
         out = [max(self.next_poll, retry_at)]
         if self.due_hint is not None:
             out.append(max(now + self.due_hint - time.time(), retry_at))
-        if self.follow_up is not None:
-            out.append(self.follow_up)
+        if self.follow_ups:
+            out.append(self.follow_ups[0])
         if self.started:
             mark = self._mark_deadline()
             if mark is not None:
@@ -303,8 +307,8 @@ class Dispatcher:
             self.due_hint = None
             self.rescan_due = True
             self.claim_soon()
-        if self.follow_up is not None and now >= self.follow_up:
-            self.follow_up = None
+        if self.follow_ups and now >= self.follow_ups[0]:
+            self.follow_ups = [t for t in self.follow_ups if t > now]
             self.claim_soon()
         self.polling = now >= self.next_poll
         if self.polling:

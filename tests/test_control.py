@@ -425,10 +425,10 @@ def test_liteqctl_status_prints_aligned_text(lq, app):
     assert all(len(r) == len(header) for r in rows), (header, rows)
 
     header, rows = table_after("QUEUE")
-    assert header.split() == ["QUEUE", "PENDING", "RUNNING", "FAILED", "DONE"]
-    assert [r.split() for r in rows] == [["default", "0", "0", "1", "4"]]
+    assert header.split() == ["QUEUE", "PENDING", "CLAIMED", "RUNNING", "FAILED", "DONE"]
+    assert [r.split() for r in rows] == [["default", "0", "0", "0", "1", "4"]]
     assert all(len(r) == len(header) for r in rows), (header, rows)
-    for word in ("PENDING", "RUNNING", "FAILED", "DONE"):   # numbers right-aligned
+    for word in ("PENDING", "CLAIMED", "RUNNING", "FAILED", "DONE"):   # numbers right-aligned
         end = header.index(word) + len(word)
         assert rows[0][end - 1].isdigit() and (end == len(rows[0]) or rows[0][end] == " ")
 

@@ -15,7 +15,7 @@ from psycopg.rows import dict_row
 
 from .connection import is_gone
 from .reads import TASK_SELECT
-from .tasks import ENQUEUE, enqueue_params
+from .tasks import ENQUEUE, ENQUEUE_QUIET, enqueue_params, quiet_params, should_notify
 
 
 class AsyncSession:
@@ -38,6 +38,9 @@ class AsyncSession:
 
     async def enqueue(self, task, channel) -> int:
         """Insert one task and its wake-up (one statement); returns its id."""
+        if not should_notify(task):   # a wake-up went out just now (see tasks.py)
+            row = await self._run(ENQUEUE_QUIET, quiet_params(task))
+            return row["id"]
         row = await self._run(ENQUEUE, enqueue_params(task, channel))
         return row["id"]
 
