@@ -24,7 +24,7 @@ from .connection import Batch, Connector, Session
 from .reads import ReadOps
 from .schedules import ScheduleOps
 from .schema import ensure_schema
-from .tasks import NOTIFY_INTERVAL_S, TaskOps
+from .tasks import TaskOps
 from .url import identity as identity_of_url
 from .vacuum import Vacuums
 from .wake import ListenChannel, channel_name, nudge_payload
@@ -42,10 +42,10 @@ class PostgresBackend(TaskOps, WorkerOps, ReadOps, ScheduleOps, Backend):
     kind = "postgresql"
     #: get_backend() keeps one per process for all threads (not one per thread).
     shared_across_threads = True
-    #: Producers skip NOTIFYs within NOTIFY_INTERVAL_S of their previous one
-    #: (tasks.py); claims after each wake-up pick those tasks up, the later ones
-    #: those that committed late.
-    wake_follow_ups_s = (0.002, 2 * NOTIFY_INTERVAL_S, 10 * NOTIFY_INTERVAL_S)
+    #: Producers in a burst skip NOTIFYs that closely follow their previous one
+    #: (tasks.py: at most NOTIFY_INTERVAL_MAX_S apart); claims after each wake-up
+    #: pick those tasks up, the later ones those that committed late.
+    wake_follow_ups_s = (0.002, 0.01, 0.03, 0.1, 0.3)
 
     def __init__(self, url, daemon=False):
         self._connector = Connector(url)

@@ -40,31 +40,48 @@ ENQUEUE_QUIET = (f"INSERT INTO tasks ({_INSERT_COLUMNS}) "
 # sent a NOTIFY commit under one server-wide lock, held across the commit's WAL
 # flush, so with a NOTIFY in each .delay() parallel producers enqueue one at a
 # time (8 producers: ~2,900 tasks/s against ~7,000 for plain INSERTs). So a
-# process sends at most one "due now" wake-up per NOTIFY_INTERVAL_S: the first
-# .delay() after a quiet spell notifies at once (the latency of a lone task is
-# unchanged), those that follow it within the interval insert without one. The
-# daemon claims again a few times after each wake-up it gets (liteqd.dispatch
-# FOLLOW_UPS_S, the last of them 10 intervals on), which picks up the skipped
-# ones; its fallback poll is the bound for anything later still. Tasks due later,
-# unique tasks and bulk enqueues always notify (a due time the daemon must learn).
+# process in a burst (a .delay() within BURST_GAP_S of its previous one's return)
+# sends a "due now" wake-up only once per interval: NOTIFY_INTERVAL_S, or
+# NOTIFY_COST_FACTOR times what its last notifying enqueue took when that is more
+# (a slow disk, or waiting for the lock: the busier the server, the fewer
+# notifies), at most NOTIFY_INTERVAL_MAX_S. An enqueue after a pause always
+# notifies, so a lone task (or one per request) is woken for as before. The
+# daemon claims again several times after each wake-up it gets (the backend's
+# wake_follow_ups_s, up to 0.3 s on), which picks up the skipped ones; its
+# fallback poll bounds anything later still. Tasks due later, unique tasks and
+# bulk enqueues always notify.
+BURST_GAP_S = 0.001
 NOTIFY_INTERVAL_S = 0.01
+NOTIFY_COST_FACTOR = 20
+NOTIFY_INTERVAL_MAX_S = 0.2
 
 
 class _Notified:
-    """When this process last sent a "due now" wake-up (monotonic)."""
-    last = float("-inf")
+    """This process's wake-up bookkeeping (monotonic times)."""
+    last = float("-inf")        # the last "due now" wake-up went out
+    done = float("-inf")        # the last .delay() returned
+    interval = NOTIFY_INTERVAL_S
 
 
 def should_notify(task) -> bool:
-    """True when this enqueue must carry a wake-up: the task is due later, or this
-    process sent none within NOTIFY_INTERVAL_S (then the time is taken as sent)."""
+    """True when this enqueue must carry a wake-up (then it counts as sent): the
+    task is due later, or this process is not in a burst, or its interval passed."""
     if task.run_at is not None or task.delay:
         return True
     t = time.monotonic()
-    if t - _Notified.last < NOTIFY_INTERVAL_S:
+    if t - _Notified.done < BURST_GAP_S and t - _Notified.last < _Notified.interval:
         return False
     _Notified.last = t
     return True
+
+
+def enqueued(notify_took=None) -> None:
+    """Note that a .delay() returned; notify_took: the seconds its NOTIFY statement
+    took (it sets the interval), None when it sent none."""
+    _Notified.done = time.monotonic()
+    if notify_took is not None:
+        _Notified.interval = min(max(NOTIFY_INTERVAL_S, NOTIFY_COST_FACTOR * notify_took),
+                                 NOTIFY_INTERVAL_MAX_S)
 
 
 def quiet_params(task) -> tuple:
@@ -328,14 +345,19 @@ class TaskOps:
         if task.unique_key is not None:
             return self._enqueue_unique(task)
         if not should_notify(task):
-            return self._session.run(ENQUEUE_QUIET, quiet_params(task),
-                                     prepare=True).fetchone()["id"]
+            task_id = self._session.run(ENQUEUE_QUIET, quiet_params(task),
+                                        prepare=True).fetchone()["id"]
+            enqueued()
+            return task_id
+        began = time.perf_counter()
         try:
-            return self._session.run(ENQUEUE, enqueue_params(task, self._channel),
-                                     prepare=True).fetchone()["id"]
+            task_id = self._session.run(ENQUEUE, enqueue_params(task, self._channel),
+                                        prepare=True).fetchone()["id"]
         except BaseException:
             _Notified.last = float("-inf")  # no wake-up went out: the next one sends it
             raise
+        enqueued(time.perf_counter() - began)
+        return task_id
 
     def _enqueue_unique(self, task):
         o = task.options
