@@ -2,7 +2,8 @@
 with test_).
 
     .venv/bin/python tests/bench_pg_producers.py [--producers 1,2,4,8] [--seconds S]
-                                                 [--repeat R] [--url URL] [--json]
+                                                 [--repeat R] [--latency N] [--url URL]
+                                                 [--json]
 
 Each producer is a process calling task.delay() in a loop for S seconds, all
 starting together; the figure is the tasks all of them enqueued per second. Three
@@ -20,14 +21,22 @@ PostgreSQL commits transactions that sent a NOTIFY one at a time, under one lock
 held through the commit's WAL flush; that is what notify-each runs into. It
 prints the median of R runs per (way, producers) and the ratios to raw. No daemon
 listens (the lock is taken whether or not anyone listens).
+
+--latency N also measures the wake-up latency of one producer with a real liteqd
+(concurrency 2) idle on the schema: N samples of .delay() of a task whose first
+line is `return time.time()`, waiting for it to finish before the next (the loop
+of tests/bench_latency.py), notify-each and coalesced alternated in blocks of 25;
+it prints the p50 and p95 of each (ms from .delay()'s return to the task's start).
 """
 
 import argparse
 import json
 import multiprocessing
 import os
+import shutil
 import statistics
 import sys
+import tempfile
 import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -57,9 +66,7 @@ def _producer(way, url, seconds, barrier, out):
     """One producer process: enqueue for `seconds` after the barrier; put its count."""
     os.environ["LITEQ_DB"] = url
     backends.forget_backends()
-    if way == "notify-each":   # every .delay() notifies, as before coalescing
-        pg_tasks.NOTIFY_INTERVAL_S = pg_tasks.NOTIFY_INTERVAL_MAX_S = 0.0
-        pg_tasks._Notified.interval = 0.0
+    _set_way(way)
     if way == "raw":
         conn = psycopg.connect(url, autocommit=True)
 
@@ -100,6 +107,49 @@ def run_once(way, url, producers, seconds):
 
 
 DEFAULT_INTERVAL = pg_tasks.NOTIFY_INTERVAL_S
+DEFAULT_MAX = pg_tasks.NOTIFY_INTERVAL_MAX_S
+
+
+def _set_way(way):
+    """Make this process's .delay() notify the `way` way."""
+    each = way == "notify-each"
+    pg_tasks.NOTIFY_INTERVAL_S = 0.0 if each else DEFAULT_INTERVAL
+    pg_tasks.NOTIFY_INTERVAL_MAX_S = 0.0 if each else DEFAULT_MAX
+    pg_tasks._Notified.interval = pg_tasks.NOTIFY_INTERVAL_S
+
+
+def latency(url, samples):
+    """{way: [ms]}: .delay() -> the task's first line, one producer, an idle daemon."""
+    from bench_latency import APP, Daemon, wait_done
+    workdir = tempfile.mkdtemp(prefix="lqpglat-", dir="/tmp")
+    app_path = os.path.join(workdir, "bench_latency_app.py")
+    with open(app_path, "w") as f:
+        f.write(APP)
+    sys.path.insert(0, workdir)
+    import bench_latency_app as app
+    os.environ["LITEQ_DB"] = url
+    backends.forget_backends()
+    store = backends.get_backend()
+    daemon = Daemon(workdir, app_path, url, os.path.join(workdir, "d.sock"), 2)
+    out = {"notify-each": [], "coalesced": []}
+    try:
+        time.sleep(0.5)
+        block = 0
+        while min(len(v) for v in out.values()) < samples:
+            way = ("notify-each", "coalesced")[block % 2]
+            _set_way(way)
+            for _ in range(25):
+                task_id = app.stamp.delay()
+                t0 = time.time()
+                row = wait_done(store, task_id)
+                out[way].append((json.loads(row["result"]) - t0) * 1000)
+            block += 1
+    finally:
+        daemon.kill()
+        _set_way("coalesced")
+        sys.path.remove(workdir)
+        shutil.rmtree(workdir, ignore_errors=True)
+    return out
 
 
 def main(argv=None):
@@ -109,6 +159,7 @@ def main(argv=None):
     parser.add_argument("--seconds", type=float, default=2.0)
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--url", default=os.environ.get(pg_helpers.ENV, pg_helpers.DEFAULT_URL))
+    parser.add_argument("--latency", type=int, default=0, help="latency samples per way")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args(argv)
     counts = [int(x) for x in args.producers.split(",")]
@@ -128,12 +179,15 @@ def main(argv=None):
                         conn.execute("TRUNCATE tasks, raw_tasks")
                         conn.execute("CHECKPOINT")
                     runs[way, p].append(run_once(way, url, p, args.seconds))
+        lat = latency(url, args.latency) if args.latency else {}
     finally:
         pg_helpers.drop_schema(args.url, schema)
     med = {k: statistics.median(v) for k, v in runs.items()}
+    lat_fig = {w: {"p50": statistics.median(v),
+                   "p95": sorted(v)[int(len(v) * 0.95) - 1]} for w, v in lat.items()}
     if args.json:
-        print(json.dumps({f"{w}/{p}": {"median": med[w, p], "runs": runs[w, p]}
-                          for w, p in runs}, indent=2))
+        print(json.dumps({**{f"{w}/{p}": {"median": med[w, p], "runs": runs[w, p]}
+                             for w, p in runs}, "latency_ms": lat_fig}, indent=2))
         return
     print(f"tasks/s, median of {args.repeat} runs of {args.seconds:g} s "
           f"(coalesced: NOTIFY_INTERVAL_S = {DEFAULT_INTERVAL:g} to {pg_tasks.NOTIFY_INTERVAL_MAX_S:g})")
@@ -143,6 +197,9 @@ def main(argv=None):
         each, coal, raw = med["notify-each", p], med["coalesced", p], med["raw", p]
         print(f"{p:>9}  {each:>11,.0f}  {coal:>9,.0f}  {raw:>7,.0f}  "
               f"{each / raw:>8.2f}  {coal / raw:>8.2f}")
+    for way, fig in lat_fig.items():
+        print(f"latency {way:<11}  p50 {fig['p50']:.2f} ms  p95 {fig['p95']:.2f} ms "
+              f"({len(lat[way])} samples)")
     print("runs: " + "; ".join(f"{w}/{p}: " + ",".join(f"{x:.0f}" for x in runs[w, p])
                                for w, p in runs))
 
