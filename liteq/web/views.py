@@ -11,6 +11,7 @@ import threading
 
 from ..scheduler import list_schedules
 from ..serialization import decode_payload, decode_result
+from ..status import task_state
 from ..backends import TASK_STATUSES, open_backend
 from ..timeutil import now
 
@@ -205,6 +206,7 @@ def task_list(store, filters, order="id") -> dict:
                             order=order)
     for r in rows:
         r["error_line"] = _first_line(r.get("error"))
+        r["state"] = task_state(r["status"], r["started_at"])   # "claimed": not started
     return {"rows": rows, "total": total, "page": page, "pages": pages, "limit": limit,
             "queues": store.list_queues()}
 
@@ -230,7 +232,9 @@ def task_detail(store, task_id):
             t if row["status"] == "running" else None)
         if end is not None:
             ran = max(0.0, end - row["started_at"])
-    return {**row, "args_text": args_text, "kwargs_text": kwargs_text,
+    # state "claimed": a daemon (worker_id) holds it, no child has started it yet.
+    return {**row, "state": task_state(row["status"], row["started_at"]),
+            "args_text": args_text, "kwargs_text": kwargs_text,
             "result_text": None if row["result"] is None else _pretty(result),
             "waited": waited, "ran": ran, "now": t}
 
