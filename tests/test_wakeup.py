@@ -142,7 +142,8 @@ def test_delayed_tasks_start_on_time_in_any_order(stamp_app):
 
 def test_wake_ups_reach_a_restarted_daemon(db, tmp_path, monkeypatch):
     app_file = tmp_path / "wake_app2.py"
-    app_file.write_text(APP.replace("def stamp", "def stamp2"))
+    app_file.write_text(APP.replace("def stamp", "def stamp2").replace("def gated",
+                                                                        "def gated2"))
     monkeypatch.syspath_prepend(str(tmp_path))
     import importlib
     app = importlib.import_module("wake_app2")
