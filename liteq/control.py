@@ -84,19 +84,29 @@ def request(op, *, path=None, db=None, timeout=5.0, **args) -> dict:
 
 
 def queue_counts(db=None, estimate=False) -> list:
-    """[{queue, pending, running, done, failed, cancelled}] read from the database.
+    """[{queue, pending, claimed, running, done, failed, cancelled}] read from the database.
+
+    running counts the tasks a child has started; claimed the tasks a daemon has
+    claimed that no child has started yet (both have status "running" in the rows).
 
     estimate=True lets the backend estimate the counts of big groups (see
     Backend.queue_stats); each queue then has `estimated`, the statuses whose
     counts are estimates (empty when all are exact).
     """
     counts, marks = {}, {}
-    for row in get_backend(db).queue_stats(estimate=estimate):
-        q = counts.setdefault(row["queue"], {"queue": row["queue"], "pending": 0, "running": 0,
-                                             "done": 0, "failed": 0, "cancelled": 0})
+    backend = get_backend(db)
+    for row in backend.queue_stats(estimate=estimate):
+        q = counts.setdefault(row["queue"], {"queue": row["queue"], "pending": 0, "claimed": 0,
+                                             "running": 0, "done": 0, "failed": 0,
+                                             "cancelled": 0})
         q[row["status"]] = q.get(row["status"], 0) + row["count"]
         if row.get("estimated"):
             marks.setdefault(row["queue"], set()).add(row["status"])
+    for name, n in backend.claimed_counts().items():
+        q = counts.get(name)
+        if q is not None:   # (a claim committed between the two reads: not counted)
+            q["claimed"] = min(n, q["running"])
+            q["running"] -= q["claimed"]
     if estimate:
         for name, q in counts.items():
             q["estimated"] = [s for s in TASK_STATUSES if s in marks.get(name, ())]

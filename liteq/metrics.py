@@ -11,7 +11,10 @@ kept in memory between scrapes, so several panels or scrapers agree.
 Families (gauges unless noted):
 
     liteq_build_info{version}                   1, naming this LiteQ's version
-    liteq_tasks{queue,status}                   tasks by queue and status (rows now)
+    liteq_tasks{queue,status}                   tasks by queue and status (rows now;
+                                                running: started by a child)
+    liteq_tasks_claimed{queue}                  tasks a daemon claimed that no child
+                                                has started yet (status running)
     liteq_tasks_processed_total{queue}          counter: tasks that succeeded
     liteq_tasks_failed_total{queue}             counter: tasks that failed for good
     liteq_task_outcomes_total{queue,task,outcome}   counter, outcome one of
@@ -106,6 +109,7 @@ class LiteQCollector(Collector):
         cells = store.task_stats()
         queues = sorted(set(store.list_queues()) | {q for q, _ in counts}
                         | {c["queue"] for c in cells})
+        claimed = claimed_family(store, counts, queues)
 
         tasks = GaugeMetricFamily("liteq_tasks", "Tasks in the database by queue and status.",
                                   labels=["queue", "status"])
@@ -122,6 +126,7 @@ class LiteQCollector(Collector):
         for queue in queues:
             run_at = oldest.get(queue)
             age.add_metric([queue], max(0.0, t - run_at) if run_at is not None else 0.0)
+        out.insert(1, claimed)
         out.append(age)
         return out
 
@@ -225,6 +230,25 @@ def _histogram_families(cells: list[dict[str, Any]]) -> list[Metric]:
 def _le(bound: float) -> str:
     """A bucket bound as Prometheus clients write it (1.0, 0.005, 3600.0)."""
     return repr(float(bound))
+
+
+
+
+def claimed_family(store: Any, counts: dict[tuple[str, str], int],
+                   queues: list[str]) -> GaugeMetricFamily:
+    """liteq_tasks_claimed{queue}, taking those tasks out of counts' running ones:
+    "running" means a child started the task; a claimed one waits for a child."""
+    family = GaugeMetricFamily("liteq_tasks_claimed",
+                               "Tasks a daemon claimed that no child has started yet.",
+                               labels=["queue"])
+    by_queue = store.claimed_counts()
+    for queue in queues:
+        running = counts.get((queue, "running"), 0)
+        n = min(by_queue.get(queue, 0), running)
+        if running:
+            counts[(queue, "running")] = running - n
+        family.add_metric([queue], n)
+    return family
 
 
 def render(collector: Collector) -> bytes:

@@ -11,6 +11,9 @@ from .serialization import decode_payload, decode_result
 from .timeutil import to_iso
 
 StatusName = Literal["pending", "running", "done", "failed", "cancelled"]
+# status plus the one distinction it does not make: "claimed" is a running row that a
+# daemon took but none of its children has started yet (started_at is None).
+StateName = Literal["pending", "claimed", "running", "done", "failed", "cancelled"]
 
 FINISHED = frozenset({"done", "failed", "cancelled"})
 _TIME_KEYS = ("run_at", "created_at", "started_at", "finished_at")
@@ -42,6 +45,17 @@ class TaskStatus(dict[str, Any]):
     def status(self) -> StatusName:
         """pending, running, done, failed or cancelled."""
         return cast(StatusName, self["status"])
+
+    @property
+    def state(self) -> StateName:
+        """status, except "claimed" for a task a daemon claimed that no child has
+        started yet (status "running", started_at None)."""
+        return cast(StateName, self["state"])
+
+    @property
+    def waiting_for_child(self) -> bool:
+        """True while the task is claimed by a daemon (worker_id) but not started."""
+        return cast(bool, self["waiting_for_child"])
 
     @property
     def priority(self) -> int:
@@ -124,6 +138,13 @@ class TaskStatus(dict[str, Any]):
         return self["status"] in FINISHED
 
 
+def task_state(status: str, started_at: object) -> StateName:
+    """A row's state: its status, or "claimed" for a running row not started yet."""
+    if status == "running" and started_at is None:
+        return "claimed"
+    return cast(StateName, status)
+
+
 def task_row_to_dict(row: dict[str, Any]) -> TaskStatus:
     """The public view of a task row: decoded result, args and kwargs, ISO times."""
     out = TaskStatus((k, row[k]) for k in ("id", "name", "queue", "status", "priority",
@@ -131,6 +152,8 @@ def task_row_to_dict(row: dict[str, Any]) -> TaskStatus:
                                            "timeout"))
     for key in _TIME_KEYS:
         out[key] = to_iso(row[key])
+    out["state"] = task_state(row["status"], row["started_at"])
+    out["waiting_for_child"] = out["state"] == "claimed"
     out["result"] = decode_result(row["result"])
     out["payload"] = row["payload"]  # the call's JSON text, as the seed returned it
     try:
@@ -146,8 +169,12 @@ def get_task_status(task_id: int) -> TaskStatus | None:
     Keys: id, name, queue, status, priority, attempts, max_retries, worker_id,
     run_at, created_at, started_at, finished_at, result, error, args, kwargs,
     timeout and payload (the arguments' JSON text, as the seed project gave it),
-    and errors: every failed attempt's error, oldest first, as {attempt, error,
-    finished_at} (error is the last one). Times are ISO-8601 strings; result is
+    plus state and waiting_for_child: a task a daemon claimed (status "running",
+    worker_id set) that none of its children has started yet has state "claimed",
+    waiting_for_child True and started_at None; once a child starts it, state is
+    "running" and started_at the real start. errors: every failed attempt's error,
+    oldest first, as {attempt, error, finished_at} (error is the last one). Times are
+    ISO-8601 strings; result is
     the decoded value.
     """
     backend = get_backend()

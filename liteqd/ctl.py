@@ -62,14 +62,15 @@ def table(headers, rows):
     return "\n".join(lines)
 
 
-SHOWN_STATUSES = ("pending", "running", "failed", "done")
+# CLAIMED: claimed by a daemon, waiting for a child; RUNNING: started by a child.
+SHOWN_STATUSES = ("pending", "claimed", "running", "failed", "done")
 ESTIMATE_NOTE = ("~ estimated from the database's statistics (too many tasks to count "
                  "quickly; smaller counts are exact)")
 
 
 def _count(queue_row, status):
     """A queue's count of `status`, marked ~ when it is an estimate."""
-    n = queue_row[status]
+    n = queue_row.get(status, 0)
     return f"~{n}" if status in queue_row.get("estimated", ()) else n
 
 
@@ -94,7 +95,7 @@ def render_status(st):
     queues = st.get("queues") or []
     out.append("")
     if queues:
-        out.append(table(["QUEUE", "PENDING", "RUNNING", "FAILED", "DONE"],
+        out.append(table(["QUEUE", "PENDING", "CLAIMED", "RUNNING", "FAILED", "DONE"],
                          [(q["queue"], *(_count(q, s) for s in SHOWN_STATUSES))
                           for q in queues]))
         if any(q.get("estimated") for q in queues):

@@ -21,11 +21,16 @@ from liteq import retry as retry_policy
 from liteq.backends.limits import Limits
 from liteq.core import TASK_REGISTRY
 from liteq.errors import DatabaseError
-from liteq.wakeup import THROTTLE_S
 
 from . import protocol
 from .outage import Outage
 from .pool import RECALL_AFTER_S, Pool, TaskRun
+
+# A claim leaves a task's started_at empty ("claimed, waiting for a child"); once a
+# child starts it, the start is written with the next sync, but only for a task that
+# has run this long by then: a shorter one's outcome records its real start anyway,
+# so a drain of short tasks pays no extra write for it.
+MARK_STARTED_AFTER_S = 0.05
 
 
 class Dispatcher:
@@ -39,7 +44,7 @@ class Dispatcher:
         self.next_poll = 0.0
         self.due_hint = None            # epoch time of the next delayed task we know of
         self.polling = False            # this loop turn is a fallback poll
-        self.follow_up = None           # a claim owed shortly after a wake-up
+        self.follow_ups = []            # claims owed shortly after a wake-up (monotonic)
         self.rescan_due = False         # the known due time passed: look up the next one
         self.outage = Outage(sup.log, on_recovered=self._after_outage)
         self.check_claims = False       # give back claims this daemon never heard of
@@ -47,6 +52,7 @@ class Dispatcher:
         self.rate_due = None            # monotonic time a rate limit allows a start again
         self.next_cancel_check = 0.0
         self.reports = []               # (event, fields) of outcomes not yet recorded
+        self.started = {}               # task id -> TaskRun started, start not yet written
         self.tasks_done = 0             # outcomes the database recorded ...
         self.tasks_failed = 0
         self.tasks_refused = 0          # ... and those it refused
@@ -54,7 +60,9 @@ class Dispatcher:
     # ---- outcomes ------------------------------------------------------------
 
     def log_started(self, child, run):
-        """Log that a child started a task."""
+        """Log that a child started a task (its start is written to the database with
+        a later sync, see MARK_STARTED_AFTER_S)."""
+        self.started[run.id] = run
         self.log.info("task.started", task_id=run.id, name=run.name, queue=run.queue,
                       attempt=run.attempts, pid=child.pid)
 
@@ -66,6 +74,7 @@ class Dispatcher:
         retries remain; otherwise the retry policy decides. The outcome is logged
         and counted once the database has recorded it (see sync()).
         """
+        self.started.pop(run.id, None)  # the outcome records the start itself
         duration_ms = round((finished - started) * 1000, 3) if started and finished else None
         fields = dict(task_id=run.id, name=run.name, queue=run.queue, attempt=run.attempts,
                       duration_ms=duration_ms)
@@ -89,6 +98,8 @@ class Dispatcher:
 
     def release(self, task_ids):
         """Queue claimed tasks that never started, to go back to pending."""
+        for task_id in task_ids:
+            self.started.pop(task_id, None)
         self.outcomes["release"].extend(task_ids)
 
     def has_outcomes(self) -> bool:
@@ -106,11 +117,15 @@ class Dispatcher:
             self._recall_overdue()
         wanted = [] if self.sup.stopping else self._claims_wanted()
         checking = self.check_claims
-        if not wanted and not self.has_outcomes() and not checking:
+        marks = self._starts_to_mark()
+        if not wanted and not self.has_outcomes() and not checking and not marks:
             return
         claims, recorded, unheld = [], (), ()
         try:
             with backend.batch():
+                if marks:
+                    backend.mark_started(self.sup.worker_id,
+                                         [(run.id, run.started_wall) for run in marks])
                 if out["done"] or out["failed"] or out["retry"]:
                     recorded = backend.record_outcomes(
                         self.sup.worker_id, done=out["done"], failed=out["failed"],
@@ -134,6 +149,8 @@ class Dispatcher:
             if unheld:
                 self.claim_soon()
         self.outage.succeeded()  # when this ends an outage, the next sync checks
+        for run in marks:
+            self.started.pop(run.id, None)
         self._report(recorded)
         if out["release"]:
             self.claim_soon()
@@ -142,6 +159,20 @@ class Dispatcher:
         self.outcomes = {"done": [], "failed": [], "retry": [], "release": []}
         for pool, rows in claims:
             self._hand_out(pool, rows)
+
+    def _starts_to_mark(self):
+        """The started tasks whose start is due to be written (see MARK_STARTED_AFTER_S)."""
+        if not self.started:
+            return []
+        ripe = time.monotonic() - MARK_STARTED_AFTER_S
+        return [run for run in self.started.values()
+                if run.started_mono is not None and run.started_mono <= ripe]
+
+    def _mark_deadline(self):
+        """When the earliest start not yet written is due to be (monotonic), or None."""
+        starts = [run.started_mono for run in self.started.values()
+                  if run.started_mono is not None]
+        return min(starts) + MARK_STARTED_AFTER_S if starts else None
 
     def _recall_overdue(self):
         """Automatic prefetch: take back the tasks queued behind a task that has run past
@@ -235,10 +266,15 @@ class Dispatcher:
         """A producer enqueued something: look for work now, or at `due` (epoch s)."""
         if due is None:
             self.claim_soon()
-            # Producers skip wake-ups that follow another within a millisecond
-            # (liteq.wakeup.THROTTLE_S); one more claim shortly after the latest
-            # wake-up picks up whatever they enqueued meanwhile.
-            self.follow_up = time.monotonic() + 2 * THROTTLE_S
+            # Producers skip wake-ups that follow another closely (socket wake-ups
+            # within THROTTLE_S, PostgreSQL's NOTIFY within NOTIFY_INTERVAL_S of
+            # liteq.backends.postgres.tasks); a claim or a few after the latest
+            # wake-up (the backend's wake_follow_ups_s) pick up what they enqueued
+            # meanwhile, the later ones what committed late on a busy server. A
+            # claim that finds nothing is one index probe; the fallback poll
+            # bounds whatever comes later still.
+            now = time.monotonic()
+            self.follow_ups = [now + s for s in self.sup.backend.wake_follow_ups_s]
         elif due <= time.time():
             self.claim_soon()
         elif self.due_hint is None or due < self.due_hint:
@@ -251,10 +287,14 @@ class Dispatcher:
         out = [max(self.next_poll, retry_at)]
         if self.due_hint is not None:
             out.append(max(now + self.due_hint - time.time(), retry_at))
-        if self.follow_up is not None:
-            out.append(self.follow_up)
+        if self.follow_ups:
+            out.append(self.follow_ups[0])
         if self.rate_due is not None:
             out.append(max(self.rate_due, retry_at))
+        if self.started:
+            mark = self._mark_deadline()
+            if mark is not None:
+                out.append(max(mark, retry_at))
         return out + self._recall_deadlines()
 
     def _claims_wanted(self):
@@ -270,8 +310,8 @@ class Dispatcher:
             self.due_hint = None
             self.rescan_due = True
             self.claim_soon()
-        if self.follow_up is not None and now >= self.follow_up:
-            self.follow_up = None
+        if self.follow_ups and now >= self.follow_ups[0]:
+            self.follow_ups = [t for t in self.follow_ups if t > now]
             self.claim_soon()
         if self.rate_due is not None and now >= self.rate_due:
             self.rate_due = None

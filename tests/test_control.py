@@ -27,7 +27,7 @@ import uuid
 
 import pytest
 
-from liteq import control, backends
+from liteq import backends, control, get_task_status
 from liteq.paths import SUN_PATH_MAX, socket_path, wake_path
 
 from daemon_helpers import (LITEQCTL, PYTHON as PY, Client, TempDaemons, connect, fd_count,
@@ -332,6 +332,9 @@ def test_control_status_includes_queue_counts(lq, app):
     trace = os.path.join(lq.tmp, "hold.txt")
     running = app.hold.delay(trace, 5.0)
     wait_for(lambda: os.path.exists(trace), 10, "hold never started")
+    # The daemon writes a start shortly after the child's (liteqd.dispatch
+    # MARK_STARTED_AFTER_S); until then the task counts as claimed.
+    wait_for(lambda: get_task_status(running)["state"] == "running", 10, "never marked")
 
     st = control.status()
     assert set(st) >= {"pid", "uptime_s", "db", "pools", "queues"}
@@ -422,10 +425,10 @@ def test_liteqctl_status_prints_aligned_text(lq, app):
     assert all(len(r) == len(header) for r in rows), (header, rows)
 
     header, rows = table_after("QUEUE")
-    assert header.split() == ["QUEUE", "PENDING", "RUNNING", "FAILED", "DONE"]
-    assert [r.split() for r in rows] == [["default", "0", "0", "1", "4"]]
+    assert header.split() == ["QUEUE", "PENDING", "CLAIMED", "RUNNING", "FAILED", "DONE"]
+    assert [r.split() for r in rows] == [["default", "0", "0", "0", "1", "4"]]
     assert all(len(r) == len(header) for r in rows), (header, rows)
-    for word in ("PENDING", "RUNNING", "FAILED", "DONE"):   # numbers right-aligned
+    for word in ("PENDING", "CLAIMED", "RUNNING", "FAILED", "DONE"):   # numbers right-aligned
         end = header.index(word) + len(word)
         assert rows[0][end - 1].isdigit() and (end == len(rows[0]) or rows[0][end] == " ")
 

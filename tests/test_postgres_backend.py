@@ -26,6 +26,7 @@ from daemon_helpers import wait_for
 from liteq import backends
 from liteq.backends.postgres import PostgresBackend, tasks as pg_tasks
 from liteq.backends.postgres.schema import SCHEMA_VERSION
+from liteq.backends.postgres.tasks import NOTIFY_INTERVAL_S
 from liteq.errors import ConfigError, DatabaseError
 from liteq.taskspec import NewTasks, TaskOptions
 
@@ -201,6 +202,8 @@ def test_delay_is_one_prepared_statement_and_its_notify_reaches_a_listener(
         return x
 
     ping.delay(0)  # the statement is prepared at its first use
+    # (A due-now .delay() within NOTIFY_INTERVAL_S of the last one sends no NOTIFY.)
+    time.sleep(2 * NOTIFY_INTERVAL_S)
     listener = psycopg.connect(db, autocommit=True)
     try:
         listener.execute(f'LISTEN "{backend.channel}"')
@@ -223,6 +226,34 @@ def test_delay_is_one_prepared_statement_and_its_notify_reaches_a_listener(
     payload = json.loads(notes[0].payload)
     assert payload["q"] == "default" and payload["d"] <= 0
     assert backend.get_task(task_id)["status"] == "pending"
+
+
+@ON_PG
+def test_a_burst_of_delays_sends_few_notifies_and_later_ones_still_notify(
+        db, backend, clean_registry):
+    # PostgreSQL commits notifying transactions one at a time (a server-wide lock):
+    # a producer notifies at most once per NOTIFY_INTERVAL_S for tasks due now.
+    @liteq.task
+    def ping(x):
+        return x
+
+    listener = psycopg.connect(db, autocommit=True)
+    try:
+        listener.execute(f'LISTEN "{backend.channel}"')
+        time.sleep(2 * NOTIFY_INTERVAL_S)
+        t0 = time.monotonic()
+        ids = [ping.delay(i) for i in range(200)]
+        spent = time.monotonic() - t0
+        later = ping.apply_async(args=(1,), countdown=60)   # a due time: always sent
+        notes = [json.loads(n.payload) for n in listener.notifies(timeout=1.0)]
+    finally:
+        listener.close()
+    assert len(ids) == 200 and all(backend.get_task(i)["status"] == "pending" for i in ids)
+    now_notes = [n for n in notes if n["d"] <= 0]
+    # One per interval begun (the first at once), never one per task.
+    assert 1 <= len(now_notes) <= spent / NOTIFY_INTERVAL_S + 2, (len(now_notes), spent)
+    assert len(now_notes) < 200
+    assert [n for n in notes if n["d"] > 0] and backend.get_task(int(later))["status"] == "pending"
 
 
 @ON_PG

@@ -142,8 +142,8 @@ def test_liteqctl_and_queue_counts_mark_the_estimates(db):
                            "pools": [], "queues": list(queues.values())})
     big = next(line for line in shown.splitlines() if line.startswith("big"))
     small = next(line for line in shown.splitlines() if line.startswith("small"))
-    assert big.split()[1].startswith("~") and big.split()[4].startswith("~"), shown
-    assert small.split()[1:] == ["7", "0", "2", "0"], shown
+    assert big.split()[1].startswith("~") and big.split()[5].startswith("~"), shown
+    assert small.split()[1:] == ["7", "0", "0", "2", "0"], shown
     assert ESTIMATE_NOTE in shown
 
 

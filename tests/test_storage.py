@@ -83,8 +83,15 @@ def test_claim_marks_rows_running_for_the_worker(store):
     got = store.get_task(tid)
     assert row["id"] == tid
     assert got["status"] == "running" and got["worker_id"] == "worker-1"
-    assert got["attempts"] == 1 and got["started_at"] >= before - 0.01
+    # Claimed, not started: a child's start is marked separately (mark_started).
+    assert got["attempts"] == 1 and got["started_at"] is None
+    assert store.claimed_counts() == {"default": 1}
     assert store.claim("worker-2", ["default"], 5) == []  # never claimed twice
+    assert store.mark_started("worker-2", [(tid, before)]) == 0   # not its task
+    assert store.mark_started("worker-1", [(tid, before)]) == 1
+    assert store.mark_started("worker-1", [(tid, before + 5)]) == 0  # marked once
+    assert abs(store.get_task(tid)["started_at"] - before) < 0.01
+    assert store.claimed_counts() == {}
 
 
 def test_claim_ignores_future_other_queue_and_non_pending_tasks(store):

@@ -51,6 +51,7 @@ def tasks(db):
                                      queue="emails")
     ids["r_running"] = put_task(store, "make_report", '{"args":[1],"kwargs":{}}', queue="reports")
     assert [r["id"] for r in store.claim("w1", ["reports"], 1)] == [ids["r_running"]]
+    store.mark_started("w1", [(ids["r_running"], time.time())])  # a child started it
     ids["r_pending"] = put_task(store, "make_report", '{"args":[2],"kwargs":{}}', queue="reports",
                                      priority=5)
     ids["r_cancelled"] = put_task(store, "make_report", '{"args":[3],"kwargs":{}}',

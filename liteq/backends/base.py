@@ -82,6 +82,11 @@ class Backend(abc.ABC):
     #: "sqlite" or "postgresql"
     kind = None
 
+    #: When a daemon claims again after each wake-up (seconds after it), to pick up
+    #: the enqueues whose producers skipped their wake-up because one had just gone
+    #: out (liteq.wakeup.THROTTLE_S for the socket wake-ups).
+    wake_follow_ups_s: tuple[float, ...] = (0.002,)
+
     #: True when one instance serves every thread of a process (get_backend() then
     #: keeps one per process instead of one per thread).
     shared_across_threads = False
@@ -193,6 +198,18 @@ class Backend(abc.ABC):
     @abc.abstractmethod
     def release(self, worker_id, task_ids) -> int:
         """Return claimed tasks that never started to pending, uncounting the attempt."""
+
+    @abc.abstractmethod
+    def mark_started(self, worker_id, started) -> int:
+        """Record when a child really started claimed tasks: started is
+        [(task_id, epoch_s)]. A claim leaves started_at NULL (claimed, waiting for a
+        child); this sets it, only while the row is still running for this worker
+        and not marked yet. Returns how many rows changed."""
+
+    @abc.abstractmethod
+    def claimed_counts(self) -> dict[str, int]:
+        """{queue: n} of tasks claimed by a daemon but not started by a child yet
+        (status running, started_at NULL); queues without any are left out."""
 
     @abc.abstractmethod
     def release_unheld(self, worker_id, held_ids) -> list:

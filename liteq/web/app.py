@@ -423,7 +423,7 @@ class Panel:
                              "daemon_up": daemon is not None,
                              "daemon_error": daemon_error, "daemon": daemon,
                              **{f"total_{s}": totals[s]
-                                for s in ("pending", "running", "failed", "done")},
+                                for s in ("pending", "claimed", "running", "failed", "done")},
                              "total_queues": len(data["counts"]["queues"]),
                              "active_workers": len(live)})
 

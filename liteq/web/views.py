@@ -13,6 +13,7 @@ from datetime import datetime
 
 from ..scheduler import list_schedules
 from ..serialization import decode_payload, decode_result
+from ..status import task_state
 from ..backends import TASK_STATUSES, open_backend
 from ..status import task_row_to_dict
 from ..timeutil import now
@@ -110,8 +111,11 @@ def _pretty(value) -> str:
 # ---- overview ------------------------------------------------------------------
 
 def count_matrix(store) -> dict:
-    """Counts by queue and status: {"queues": [{queue, counts, total, estimated}],
-    "totals": {...}, "total": n, "estimated": [...]}.
+    """Counts by queue and status: {"queues": [{queue, counts, claimed, total,
+    estimated}], "totals": {...}, "total": n, "estimated": [...]}.
+
+    counts["running"] is the tasks a child has started; `claimed` (and
+    totals["claimed"]) the tasks a daemon claimed that no child has started yet.
 
     The counts of big groups may be estimates (Backend.queue_stats(estimate=True)):
     each queue's `estimated` lists its statuses whose counts are, the top-level one
@@ -128,14 +132,21 @@ def count_matrix(store) -> dict:
         if schedule.get("queue"):
             by_queue.setdefault(schedule["queue"], {})
     totals = {s: 0 for s in TASK_STATUSES}
+    totals["claimed"] = 0
+    claimed_by_queue = store.claimed_counts()
     rows = []
     for queue in sorted(by_queue):
         counts = {s: by_queue[queue].get(s, 0) for s in TASK_STATUSES}
+        # "running" means started by a child; claimed tasks wait for one (both are
+        # status running in the rows).
+        claimed = min(claimed_by_queue.get(queue, 0), counts["running"])
+        counts["running"] -= claimed
         for s, n in counts.items():
             totals[s] += n
+        totals["claimed"] += claimed
         estimated = [s for s in TASK_STATUSES if s in marks.get(queue, ())]
-        rows.append({"queue": queue, "counts": counts, "total": sum(counts.values()),
-                     "estimated": estimated})
+        rows.append({"queue": queue, "counts": counts, "claimed": claimed,
+                     "total": sum(counts.values()) + claimed, "estimated": estimated})
     return {"queues": rows, "totals": totals, "total": sum(totals.values()),
             "estimated": [s for s in TASK_STATUSES if any(s in r["estimated"] for r in rows)]}
 
@@ -225,6 +236,7 @@ def task_list(store, filters, order="id") -> dict:
                             order=order)
     for r in rows:
         r["error_line"] = _first_line(r.get("error"))
+        r["state"] = task_state(r["status"], r["started_at"])   # "claimed": not started
     return {"rows": rows, "total": total, "page": page, "pages": pages, "limit": limit,
             "queues": known_queues(store), "pinned": None, "next_before": None}
 
@@ -250,7 +262,9 @@ def task_detail(store, task_id):
             t if row["status"] == "running" else None)
         if end is not None:
             ran = max(0.0, end - row["started_at"])
-    return {**row, "args_text": args_text, "kwargs_text": kwargs_text,
+    # state "claimed": a daemon (worker_id) holds it, no child has started it yet.
+    return {**row, "state": task_state(row["status"], row["started_at"]),
+            "args_text": args_text, "kwargs_text": kwargs_text,
             "result_text": None if row["result"] is None else _pretty(result),
             "waited": waited, "ran": ran, "now": t, "errors": attempt_errors(row)}
 

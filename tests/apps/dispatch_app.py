@@ -57,3 +57,11 @@ def overrun(log, tag):
     """Run past the one-second limit: the child is killed and replaced."""
     _append(log, f"{tag} start {os.getpid()}")
     time.sleep(60)
+
+
+@task(timeout=1, max_retries=0)
+def brief(log, tag, seconds):
+    """Run `seconds` (under its one-second limit), however long it waited for its child."""
+    _append(log, f"{tag} start {os.getpid()}")
+    time.sleep(seconds)
+    return tag

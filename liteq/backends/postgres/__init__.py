@@ -45,6 +45,10 @@ class PostgresBackend(TaskOps, WorkerOps, ReadOps, ScheduleOps, Backend):
     kind = "postgresql"
     #: get_backend() keeps one per process for all threads (not one per thread).
     shared_across_threads = True
+    #: Producers in a burst skip NOTIFYs that closely follow their previous one
+    #: (tasks.py: at most NOTIFY_INTERVAL_MAX_S apart); claims after each wake-up
+    #: pick those tasks up, the later ones those that committed late.
+    wake_follow_ups_s = (0.002, 0.01, 0.03, 0.1, 0.3)
 
     def __init__(self, url, daemon=False):
         self._connector = Connector(url)

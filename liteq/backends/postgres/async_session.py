@@ -9,13 +9,15 @@ backend's own connection when it opens.
 
 import asyncio
 import os
+import time
 
 import psycopg
 from psycopg.rows import dict_row
 
 from .connection import is_gone
 from .reads import TASK_SELECT
-from .tasks import ENQUEUE, enqueue_params
+from .tasks import (ENQUEUE, ENQUEUE_QUIET, enqueue_params, enqueued, quiet_params,
+                    should_notify)
 
 
 class AsyncSession:
@@ -38,7 +40,13 @@ class AsyncSession:
 
     async def enqueue(self, task, channel) -> int:
         """Insert one task and its wake-up (one statement); returns its id."""
+        if not should_notify(task):   # a wake-up went out just now (see tasks.py)
+            row = await self._run(ENQUEUE_QUIET, quiet_params(task))
+            enqueued()
+            return row["id"]
+        began = time.perf_counter()
         row = await self._run(ENQUEUE, enqueue_params(task, channel))
+        enqueued(time.perf_counter() - began)
         return row["id"]
 
     async def get_task(self, task_id):

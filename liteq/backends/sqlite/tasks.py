@@ -55,6 +55,11 @@ RELEASE = ("UPDATE tasks SET status = 'pending', worker_id = NULL, "
            "attempts = MAX(attempts - 1, 0), started_at = NULL "
            "WHERE id = ? AND status = 'running' AND worker_id = ?")
 
+# A claim leaves started_at NULL; the daemon sets it once a child really starts the
+# task ("running" means started; see Dispatcher.sync).
+MARK_STARTED = ("UPDATE tasks SET started_at = ? WHERE id = ? AND status = 'running' "
+                "AND worker_id = ? AND started_at IS NULL")
+
 
 def due_time(run_at, delay, t):
     """The epoch time a task is due: run_at, else t + delay, else t."""
@@ -107,16 +112,16 @@ def _candidates(conn, queues, skip_names, t, limit):
         (*queues, t, *skip_names, limit)).fetchall()
 
 
-def _claim_ids(conn, worker_id: str, t: float, ids: list[int]) -> list[dict[str, Any]]:
-    """Mark these pending tasks running for worker_id (in the caller's transaction);
-    returns them in claim order."""
+def _claim_ids(conn, worker_id: str, ids: list[int]) -> list[dict[str, Any]]:
+    """Mark these pending tasks running for worker_id (in the caller's transaction),
+    not yet started (see MARK_STARTED); returns them in claim order."""
     if not ids:
         return []
     rows = conn.execute(
         f"UPDATE tasks SET status = 'running', worker_id = ?, attempts = attempts + 1, "
-        f"started_at = ? WHERE id IN ({','.join('?' * len(ids))}) "
+        f"started_at = NULL WHERE id IN ({','.join('?' * len(ids))}) "
         f"AND +status = 'pending' RETURNING {CLAIM_RETURNING}",
-        (worker_id, t, *ids)).fetchall()
+        (worker_id, *ids)).fetchall()
     return _by_claim_order(rows)
 
 
@@ -270,8 +275,8 @@ class TaskOps:
             # rows the status index would be a full scan.
             rows = conn.execute(
                 f"UPDATE tasks SET status = 'running', worker_id = ?, attempts = attempts + 1, "
-                f"started_at = ? WHERE id IN ({marks}) AND +status = 'pending' "
-                f"RETURNING {CLAIM_RETURNING}", (worker_id, t, *ids)).fetchall()
+                f"started_at = NULL WHERE id IN ({marks}) AND +status = 'pending' "
+                f"RETURNING {CLAIM_RETURNING}", (worker_id, *ids)).fetchall()
         return _by_claim_order(rows)
 
     def _claim_limited(self, worker_id, queues, limit, t, limits):
@@ -288,7 +293,7 @@ class TaskOps:
             limited_names, limited_here = set(names), set(limited_queues)
             if not any(r["name"] in limited_names or r["queue"] in limited_here
                        for r in head):
-                return _claim_ids(conn, worker_id, t, [r["id"] for r in head])
+                return _claim_ids(conn, worker_id, [r["id"] for r in head])
             by_name = _running_counts(conn, "name", [n for n in names if n in limits.by_name])
             by_queue = _running_counts(conn, "queue",
                                        [q for q in limited_queues if q in limits.by_queue])
@@ -329,7 +334,7 @@ class TaskOps:
                         "ON CONFLICT (key) DO UPDATE SET tat = excluded.tat",
                         list(new_tats.items()))
                 self._rate_wait = buckets.wait(rows, ids, new_tats)
-            return _claim_ids(conn, worker_id, t, ids)
+            return _claim_ids(conn, worker_id, ids)
 
     def rate_wait(self) -> float | None:
         """Seconds until a rate limit that held back due tasks in the last claim allows a
@@ -341,10 +346,10 @@ class TaskOps:
         with self._write() as conn:
             rows = conn.execute(
                 f"UPDATE tasks SET status = 'running', worker_id = ?, attempts = attempts + 1, "
-                f"started_at = ? WHERE id IN (SELECT id FROM tasks WHERE {CLAIMABLE} "
+                f"started_at = NULL WHERE id IN (SELECT id FROM tasks WHERE {CLAIMABLE} "
                 f"AND queue IN ({marks}) AND run_at <= ? "
                 f"ORDER BY priority DESC, run_at, id LIMIT ?) RETURNING {CLAIM_RETURNING}",
-                (worker_id, t, *queues, t, limit)).fetchall()
+                (worker_id, *queues, t, limit)).fetchall()
         return _by_claim_order(rows)
 
     @guarded
@@ -405,6 +410,23 @@ class TaskOps:
         with self._write() as conn:
             cur = conn.executemany(RELEASE, [(tid, worker_id) for tid in task_ids])
             return cur.rowcount
+
+    @guarded
+    def mark_started(self, worker_id, started) -> int:
+        """Set started_at of claimed tasks a child started: [(task_id, epoch_s)]."""
+        if not started:
+            return 0
+        with self._write() as conn:
+            cur = conn.executemany(MARK_STARTED, [(float(s), int(i), worker_id)
+                                                  for i, s in started])
+            return cur.rowcount
+
+    @guarded
+    def claimed_counts(self) -> dict:
+        """{queue: n} of claimed tasks no child has started yet."""
+        return dict(self._conn.execute(
+            "SELECT queue, COUNT(*) FROM tasks WHERE status = 'running' "
+            "AND started_at IS NULL GROUP BY queue").fetchall())
 
     @guarded
     def release_unheld(self, worker_id, held_ids) -> list:
