@@ -418,12 +418,34 @@ def test_pause_and_resume_a_queue_from_the_panel(panel, browser, tmp_path):
             page.click(resume)
         assert "Queue payments is resumed" in page.inner_text(".flash")
         assert "payments" not in control.status(include_queues=False)["paused"]
+        # With a daemon, the overview's queue table and the pools' children at 390 px.
+        phone = browser.new_page(viewport=PHONE, device_scale_factor=2, is_mobile=True)
+        problems += track(phone)
+        login(phone, panel.login_url())
+        kind = "pg" if backends.is_postgres(os.environ["LITEQ_DB"]) else "sqlite"
+        for name, path in (("overview-daemon", "/"), ("pools-daemon", "/pools")):
+            phone.goto(panel.base + path, wait_until="load")
+            shoot(phone, tmp_path, f"{kind}-phone-{name}")
+            wide = phone.evaluate(WIDE_ELEMENTS, PHONE["width"])
+            assert not wide, (name, wide)
+            in_view(phone, "#logout", PHONE["width"])
+            if name == "overview-daemon":
+                in_view(phone, "button[data-action=pause]", PHONE["width"])
+            else:
+                in_view(phone, ".scale-form button", PHONE["width"])
         assert problems == [], "\n".join(problems)
     finally:
         assert daemon.stop() == 0
 
 
 # ---- 390 px wide -----------------------------------------------------------------------
+
+# The elements that reach past the right edge of a viewport `width` wide (what makes
+# a page scroll sideways), each as "tag.class text...".
+WIDE_ELEMENTS = """width => Array.from(document.querySelectorAll('body *'))
+    .filter(e => e.getBoundingClientRect().right > width + 0.5)
+    .map(e => e.tagName + '.' + e.className + ' ' + (e.textContent || '').trim().slice(0, 40))"""
+
 
 def shoot(page, tmp_path, name):
     """A full-page screenshot, and one of the first screenful (-top)."""

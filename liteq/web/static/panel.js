@@ -63,6 +63,7 @@
     }
 
     var slot = plotW / series.length;
+    var labelEvery = plotW < 500 ? 10 : 5;  // room for "HH:MM ZONE" on a phone
     var barW = Math.max(2, slot * 0.72);
     series.forEach(function (p, i) {
       var x = left + i * slot + (slot - barW) / 2;
@@ -79,7 +80,7 @@
         var t2 = svgEl("title"); t2.textContent = tip; bf.appendChild(t2);
         svg.appendChild(bf);
       }
-      if (i % 5 === 0 || i === series.length - 1) {
+      if (i % labelEvery === 0 || i === series.length - 1) {
         var xl = svgEl("text", { x: i === 0 ? left : left + i * slot + slot / 2, y: height - 6,
                                   "text-anchor": i === 0 ? "start" : "middle", "class": "axis-label" });
         // The first label names the zone of them all (the browser's).
