@@ -215,44 +215,20 @@ def test_a_bad_timezone_is_refused(db):
         create_app(timezone="Mars/Base")
 
 
-def _unstart(db, task_id):
-    """Make a claimed task look as the daemon leaves a prefetched one: running, no
-    started_at (test setup; the daemon side sets it so)."""
-    if backends.is_postgres(db):
-        pg_helpers.rows(db, "UPDATE tasks SET started_at = NULL WHERE id = %s", (task_id,))
-    else:
-        with sqlite3.connect(db) as conn:
-            conn.execute("UPDATE tasks SET started_at = NULL WHERE id = ?", (task_id,))
-
-
 def test_claimed_but_not_started_is_not_shown_as_running(seeded, db):
-    with client() as c:
-        assert 'badge-running">running' in c.get("/tasks?queue=reports").text
-        _unstart(db, seeded["running"])
-        page = c.get("/tasks?queue=reports").text
+    """A claim leaves started_at unset: the task shows as claimed until the daemon
+    writes its child's start (mark_started), then as running."""
+    def row_of(page):
         row = page[page.index(f'id="task-{seeded["running"]}"'):]
-        row = row[:row.index("</tr>")]
+        return row[:row.index("</tr>")]
+    with client() as c:
+        row = row_of(c.get("/tasks?queue=reports").text)
         assert ">claimed<" in row and ">running<" not in row
         detail = c.get(f"/tasks/{seeded['running']}").text
         assert ">claimed<" in detail and "claimed, not started yet" in detail
-
-
-def test_the_error_of_every_attempt_when_the_status_has_them(seeded, monkeypatch):
-    from liteq.web import views
-    t = time.time()
-    errors = [{"attempt": 1, "error": "TimeoutError: first try", "finished_at": t - 50},
-              {"attempt": 2, "error": "KeyError: second try",
-               "finished_at": datetime.fromtimestamp(t - 10).astimezone().isoformat()}]
-    with client() as c:
-        single = c.get(f"/tasks/{seeded['failed']}").text
-        assert "Errors of every attempt" not in single and "card 4242 declined" in single
-        monkeypatch.setattr(views, "task_row_to_dict",
-                            lambda row: {"errors": errors} if row["id"] == seeded["failed"]
-                            else {})
-        page = c.get(f"/tasks/{seeded['failed']}").text
-        assert "Errors of every attempt" in page
-        assert page.index("TimeoutError: first try") < page.index("KeyError: second try")
-        assert "Attempt 1" in page and "Attempt 2" in page
+        backends.get_backend().mark_started("w1", [(seeded["running"], time.time())])
+        row = row_of(c.get("/tasks?queue=reports").text)
+        assert 'badge-running">running' in row and ">claimed<" not in row
 
 
 # ---- bulk actions --------------------------------------------------------------------
@@ -433,3 +409,20 @@ def test_a_prefixed_panel_with_a_token_logs_in_under_its_prefix(seeded):
         token = c.cookies.get(CSRF_COOKIE)
         out = c.post("/admin/queue/logout", data={"csrf_token": token}, follow_redirects=False)
         assert out.headers["location"] == "/admin/queue/login"
+
+
+def test_the_task_page_lists_every_attempts_error_from_the_database(db):
+    """A task that failed, was retried, and failed again shows both errors, oldest
+    first, read from the queue's own record of attempts (no stand-in)."""
+    store = backends.get_backend()
+    task_id = put_task(store, "app.flaky", '{"args":[],"kwargs":{}}', max_retries=1)
+    t = time.time()
+    assert [r["id"] for r in store.claim("w1", ["default"], 1)] == [task_id]
+    store.record_outcomes("w1", retry=[(task_id, "ValueError: first try", t - 5, 0.0)])
+    assert [r["id"] for r in store.claim("w1", ["default"], 1)] == [task_id]
+    store.record_outcomes("w1", failed=[(task_id, "KeyError: second try", t - 2, t - 1)])
+    with client() as c:
+        page = c.get(f"/tasks/{task_id}").text
+    assert "Errors of every attempt" in page
+    assert page.index("ValueError: first try") < page.index("KeyError: second try")
+    assert "Attempt 1" in page and "Attempt 2" in page

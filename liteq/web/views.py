@@ -266,7 +266,8 @@ def task_detail(store, task_id):
     return {**row, "state": task_state(row["status"], row["started_at"]),
             "args_text": args_text, "kwargs_text": kwargs_text,
             "result_text": None if row["result"] is None else _pretty(result),
-            "waited": waited, "ran": ran, "now": t, "errors": attempt_errors(row)}
+            "waited": waited, "ran": ran, "now": t,
+            "errors": attempt_errors({**row, "errors": store.task_errors(int(task_id)) or None})}
 
 
 def attempt_errors(row) -> list:
