@@ -65,7 +65,7 @@ def when(ts):
     return datetime.fromtimestamp(ts).strftime("%Y-%m-%d %H:%M:%S") if ts else "never"
 
 
-def print_schedules():
+def print_schedules() -> None:
     from liteq.scheduler import list_schedules
 
     for s in list_schedules():

@@ -77,10 +77,10 @@ class SMTPHandler(socketserver.StreamRequestHandler):
 
     timeout = 10
 
-    def reply(self, line):
+    def reply(self, line) -> None:
         self.wfile.write(line.encode() + b"\r\n")
 
-    def handle(self):
+    def handle(self) -> None:
         server = self.server
         self.reply("220 fake-smtp.localhost ESMTP ready")
         recipients = []
@@ -136,7 +136,7 @@ class FakeSMTPServer(socketserver.ThreadingTCPServer):
     daemon_threads = True
     allow_reuse_address = True
 
-    def __init__(self):
+    def __init__(self) -> None:
         super().__init__(("127.0.0.1", 0), SMTPHandler)
         self.lock = threading.Lock()
         self.mailbox = []      # (recipient, subject) of every accepted message
@@ -173,7 +173,7 @@ class FakeSMTPServer(socketserver.ThreadingTCPServer):
         threading.Thread(target=self.serve_forever, name="fake-smtp", daemon=True).start()
         return self
 
-    def __exit__(self, *exc):
+    def __exit__(self, *exc) -> bool:
         self.shutdown()
         self.server_close()
         return False

@@ -29,7 +29,7 @@ import time
 from liteq import TaskTimeout, task, wait_for_task
 
 
-def _record_processes(pid_file, extra):
+def _record_processes(pid_file, extra) -> None:
     """Write this worker's pid and the subprocess's, with their start times."""
     import psutil
 
@@ -41,7 +41,7 @@ def _record_processes(pid_file, extra):
 
 
 @task(timeout=1, max_retries=0)
-def stuck_task(pid_file: str):
+def stuck_task(pid_file: str) -> str:
     """Hangs for 30 s; its time limit is 1 s."""
     child = subprocess.Popen(["sleep", "30"])
     _record_processes(pid_file, child)
@@ -50,7 +50,7 @@ def stuck_task(pid_file: str):
 
 
 @task(timeout=1, max_retries=0)
-def stubborn_task(pid_file: str):
+def stubborn_task(pid_file: str) -> str:
     """Ignores the soft time limit, so only the supervisor's SIGKILL stops it."""
     child = subprocess.Popen(["sleep", "30"])
     _record_processes(pid_file, child)
@@ -64,7 +64,7 @@ def stubborn_task(pid_file: str):
 
 
 @task(max_retries=3, retry_delay=0.2, retry_backoff=1.0)
-def flaky_task(counter_file: str):
+def flaky_task(counter_file: str) -> str:
     """Fails on its first two attempts, succeeds on the third."""
     with open(counter_file, "a+") as f:
         f.seek(0)

@@ -43,13 +43,13 @@ def stamp():
 class Progress:
     """A one-line progress display on a terminal; plain lines otherwise."""
 
-    def __init__(self, stream=sys.stderr, quiet=False):
+    def __init__(self, stream=sys.stderr, quiet: bool=False) -> None:
         self.stream = stream
         self.tty = stream.isatty()
         self.quiet = quiet
         self.last = ""
 
-    def show(self, text):
+    def show(self, text) -> None:
         """Replace the progress line with `text`."""
         if self.quiet:
             return
@@ -61,7 +61,7 @@ class Progress:
             self.stream.flush()
         self.last = text
 
-    def done(self):
+    def done(self) -> None:
         """End the progress line."""
         if self.tty and not self.quiet:
             self.stream.write("\r\033[K")
@@ -127,7 +127,7 @@ class Scratch:
     """Temporary queues for the runs: SQLite files in a temp dir, or fresh schemas of
     the PostgreSQL database `--db` names (each dropped at the end)."""
 
-    def __init__(self, workdir, db=None):
+    def __init__(self, workdir, db=None) -> None:
         from .backends import is_postgres
         self.workdir = workdir
         self.server = db if db and is_postgres(db) else None
@@ -158,7 +158,7 @@ class Scratch:
             return _raw_postgres_rates(self.queue("raw"), n_single, n_bulk)
         return _raw_insert_rates(os.path.join(self.workdir, "raw.db"), n_single, n_bulk)
 
-    def close(self):
+    def close(self) -> None:
         """Drop the schemas made for the runs."""
         from .backends import forget_backends
         forget_backends()
@@ -167,7 +167,7 @@ class Scratch:
                 self._sql(f"DROP SCHEMA IF EXISTS {schema} CASCADE")
         self.schemas = []
 
-    def _sql(self, statement):
+    def _sql(self, statement) -> None:
         import psycopg
         with psycopg.connect(self.server, autocommit=True) as conn:
             conn.execute(statement)
@@ -224,8 +224,8 @@ def _drained_by_host(daemons) -> list:
     return out
 
 
-def run_bench(tasks=20000, concurrency=2, repeat=3, samples=500, progress=None, db=None,
-              hosts=1):
+def run_bench(tasks: int=20000, concurrency: int=2, repeat: int=3, samples: int=500, progress=None, db=None,
+              hosts: int=1):
     """Run every measurement and return the figures as a dict. db: a PostgreSQL URL to
     measure on (default: SQLite files in a temp dir); hosts: daemons that drain together,
     each in namespaces of its own (PostgreSQL; 1 when namespaces are unavailable, with
@@ -257,7 +257,7 @@ def run_bench(tasks=20000, concurrency=2, repeat=3, samples=500, progress=None, 
             figures["hosts_note"] = note
         runs = figures["runs"]
 
-        def record(key, value):
+        def record(key, value) -> None:
             runs.setdefault(key, []).append(value)
 
         for r in range(repeat):
@@ -363,7 +363,7 @@ def _rss(pid):
         return 0
 
 
-def _wait_result(store, task_id, timeout=10.0):
+def _wait_result(store, task_id, timeout: float=10.0):
     deadline = time.monotonic() + timeout
     delay = 0.0002
     while True:

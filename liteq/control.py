@@ -27,7 +27,7 @@ class ControlError(LiteQError):
     """The daemon answered with an error."""
 
 
-def request(op, *, path=None, db=None, timeout=5.0, **args) -> dict:
+def request(op, *, path=None, db=None, timeout: float=5.0, **args) -> dict:
     """Send one request and return the daemon's reply (a dict with "ok": True).
 
     Raises DaemonNotRunning when nothing listens, ControlError on an error reply,
@@ -83,7 +83,7 @@ def request(op, *, path=None, db=None, timeout=5.0, **args) -> dict:
     return reply
 
 
-def queue_counts(db=None, estimate=False) -> list:
+def queue_counts(db=None, estimate: bool=False) -> list:
     """[{queue, pending, running, done, failed, cancelled}] read from the database.
 
     estimate=True lets the backend estimate the counts of big groups (see
@@ -108,7 +108,7 @@ def ping(**kw) -> dict:
     return request("ping", **kw)
 
 
-def status(include_queues=True, estimate=True, **kw) -> dict:
+def status(include_queues: bool=True, estimate: bool=True, **kw) -> dict:
     """The daemon's state: pid, uptime_s, db, pools (with children) and, by default,
     per-queue counts read from the database (so the daemon's loop never scans it).
 
@@ -145,7 +145,7 @@ def reload(**kw) -> dict:
     return request("reload", **kw)
 
 
-def shutdown(fast=False, **kw) -> dict:
+def shutdown(fast: bool=False, **kw) -> dict:
     """Stop the daemon: graceful by default, fast (kill and requeue) with fast=True."""
     return request("shutdown", fast=fast, **kw)
 

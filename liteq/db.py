@@ -25,7 +25,7 @@ class _DbModule(types.ModuleType):
         return settings.db_path()
 
     @DB_PATH.setter
-    def DB_PATH(self, path):  # noqa: N802
+    def DB_PATH(self, path) -> None:  # noqa: N802
         os.environ["LITEQ_DB"] = os.fspath(path)
 
 

@@ -51,7 +51,7 @@ class LiteQCollector(Collector):
     calling thread's cached backend for db); the web panel passes its own.
     """
 
-    def __init__(self, db=None, store_factory=None, status_fn=None):
+    def __init__(self, db=None, store_factory=None, status_fn=None) -> None:
         self.db = db
         self._store_factory = store_factory or (lambda: get_backend(self.db))
         self._status_fn = status_fn or (lambda: daemon_status(self.db))

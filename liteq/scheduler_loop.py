@@ -19,7 +19,7 @@ from .timeutil import now, to_iso
 
 
 
-def _print_event(event, **fields):
+def _print_event(event, **fields) -> None:
     if event == "schedule.fired":
         ids = fields["task_ids"]
         ids = (", ".join(f"#{i}" for i in ids) if len(ids) <= 5
@@ -43,7 +43,7 @@ class Scheduler:
     the monotonic clock; fire times are wall-clock times.
     """
 
-    def __init__(self, check_interval: float = 60, db_path=None, log=None):
+    def __init__(self, check_interval: float = 60, db_path=None, log=None) -> None:
         if isinstance(check_interval, bool) or not isinstance(check_interval, (int, float)):
             raise TypeError(f"check_interval must be a number of seconds, "
                             f"not {type(check_interval).__name__}")
@@ -63,7 +63,7 @@ class Scheduler:
         return self._pipe is not None and not self._stopping
 
     @running.setter
-    def running(self, value):
+    def running(self, value) -> None:
         if not value:
             self.stop()
 
@@ -79,13 +79,13 @@ class Scheduler:
                 self._nudge(self._pipe[1])
 
     @staticmethod
-    def _nudge(fd):
+    def _nudge(fd) -> None:
         try:
             os.write(fd, b"x")
         except OSError:
             pass  # the pipe is full: a wake-up is pending anyway
 
-    def _on_signal(self, signum, frame):
+    def _on_signal(self, signum, frame) -> None:
         # Only record and nudge: the loop acts, outside the handler (no lock taken
         # here, since the handler may interrupt the thread that holds it).
         self._stopping = True

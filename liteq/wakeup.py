@@ -29,14 +29,14 @@ MAX_HINTS = 1024   # distinct cancel hints kept from one drain
 class _Waker:
     __slots__ = ("sock", "next_try", "target", "last_now", "announced")
 
-    def __init__(self, target):
+    def __init__(self, target) -> None:
         self.sock = None
         self.next_try = 0.0
         self.target = target
         self.last_now = -1.0     # monotonic time of the last "due now" wake-up sent
         self.announced = 0.0     # the earliest future due time already sent
 
-    def nudge(self, due):
+    def nudge(self, due) -> None:
         """Send what the daemon does not know yet; skip what it cannot miss.
 
         A "due now" wake-up within THROTTLE_S of the previous one is skipped: the
@@ -56,7 +56,7 @@ class _Waker:
             self.announced = due
             self.send(b"d%.6f" % due)
 
-    def send(self, message, again=True):
+    def send(self, message, again: bool=True) -> None:
         """Send one datagram, connecting first if needed; never raises."""
         if self.sock is None:
             t = time.monotonic()
@@ -89,7 +89,7 @@ _wakers = {}
 
 
 @atexit.register
-def _close_all():
+def _close_all() -> None:
     # Close the cached sockets before interpreter shutdown collects them.
     for waker in _wakers.values():
         if waker.sock is not None:
@@ -151,7 +151,7 @@ class DatagramChannel(WakeChannel):
     says the task is cancelled (liteqd.wake_listener).
     """
 
-    def __init__(self, control_socket, like=None):
+    def __init__(self, control_socket, like=None) -> None:
         self.path = wake_path(control_socket)
         claim_socket_path(self.path, socket.SOCK_DGRAM)
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
@@ -210,7 +210,7 @@ class DatagramChannel(WakeChannel):
             pass
         return now_due, later
 
-    def close(self):
+    def close(self) -> None:
         """Close and remove the socket file."""
         if self.sock is not None:
             self.sock.close()

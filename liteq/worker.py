@@ -22,16 +22,16 @@ class _StopRequest:
     the write wakes the supervisor's select() at once.
     """
 
-    def __init__(self):
+    def __init__(self) -> None:
         self.receiver, self.sender = socket.socketpair()
         self.receiver.setblocking(False)
         self.sender.setblocking(False)
 
-    def register(self, sup):
+    def register(self, sup) -> None:
         """Watch the socket from the supervisor's loop."""
         sup.register_fd(self.receiver, lambda _f, _mask: self._stop(sup))
 
-    def _stop(self, sup):
+    def _stop(self, sup) -> None:
         try:
             while self.receiver.recv(64):
                 pass
@@ -39,17 +39,17 @@ class _StopRequest:
             pass
         sup.request_stop(reason="Worker.shutdown")
 
-    def request(self):
+    def request(self) -> None:
         """Ask for the stop; safe from any thread, at any time."""
         try:
             self.sender.send(b"x")
         except OSError:
             pass  # closed (the loop has ended) or full (a request is pending)
 
-    def on_tick(self, sup):
+    def on_tick(self, sup) -> None:
         """Nothing to do per loop iteration."""
 
-    def close(self):
+    def close(self) -> None:
         """Close both ends."""
         self.receiver.close()
         self.sender.close()
@@ -64,7 +64,7 @@ class Worker:
     """
 
     def __init__(self, queues=("default",), concurrency=None, timeout=None, db=None,
-                 app=None, *, task_timeout=None, **options):
+                 app=None, *, task_timeout=None, **options) -> None:
         if task_timeout is not None:
             if timeout is not None and timeout != task_timeout:
                 raise TypeError(f"give timeout or task_timeout (the same setting), not both: "
@@ -95,7 +95,7 @@ class Worker:
         return self._shutdown
 
     @shutdown.setter
-    def shutdown(self, value):
+    def shutdown(self, value) -> None:
         self._shutdown = bool(value)
         stop = self._stop_request
         if self._shutdown and stop is not None:

@@ -19,7 +19,7 @@ class StopDuringStartup(KeyboardInterrupt):
     the database): a stop request, handled like Ctrl-C, before anything runs. A
     KeyboardInterrupt, so the app loader lets it through as it lets Ctrl-C."""
 
-    def __init__(self, signum):
+    def __init__(self, signum) -> None:
         super().__init__(signum)
         self.signum = signum
 
@@ -31,14 +31,14 @@ def _stop_during_startup(signum, frame):
     raise StopDuringStartup(signum)
 
 
-def catch_stop_signals():
+def catch_stop_signals() -> None:
     """Until the supervisor installs its own handlers, a stop signal ends the start-up
     cleanly (exit 0, a log line) instead of killing the process with no word."""
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, _stop_during_startup)
 
 
-def _log_stopped_during_startup(cfg, signum):
+def _log_stopped_during_startup(cfg, signum) -> None:
     from .logs import configure, flush, get_logger
     if cfg is not None:
         configure(cfg.log_format, cfg.log_level)
@@ -47,7 +47,7 @@ def _log_stopped_during_startup(cfg, signum):
     flush()
 
 
-def warn_unserved_queues(cfg, log):
+def warn_unserved_queues(cfg, log) -> None:
     """One warning naming the app's tasks whose queue no pool serves: they would wait
     for ever with no hint (the quick start's `reports` task under plain `--app`)."""
     served = set(cfg.queues)
@@ -77,7 +77,7 @@ def _app_reloader(spec):
     return reload_app
 
 
-def build_supervisor(cfg, *, load=True):
+def build_supervisor(cfg, *, load: bool=True):
     """Load the app (unless already loaded), check the database, and make the Supervisor."""
     from .control_server import ControlServer
     from .logs import configure, get_logger
@@ -110,7 +110,7 @@ def build_supervisor(cfg, *, load=True):
                       plugins=plugins)
 
 
-def run(cfg, *, load=True) -> int:
+def run(cfg, *, load: bool=True) -> int:
     """Run the daemon with this configuration; returns the exit code."""
     try:
         sup = build_supervisor(cfg, load=load)
@@ -125,7 +125,7 @@ def run(cfg, *, load=True) -> int:
         return 2 if isinstance(exc, ConfigError) else 1
 
 
-def main(argv=None, prog="liteqd") -> int:
+def main(argv=None, prog: str="liteqd") -> int:
     """Entry point of the `liteqd` command."""
     catch_stop_signals()
     try:

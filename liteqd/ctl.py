@@ -20,7 +20,7 @@ from liteq.errors import LiteQError
 EXIT_OK, EXIT_ERROR, EXIT_NO_DAEMON = 0, 1, 3
 
 
-def _fmt_duration(seconds):
+def _fmt_duration(seconds) -> str:
     if seconds is None:
         return "-"
     seconds = float(seconds)

@@ -24,7 +24,7 @@ class HeartbeatWatch:
     """Remembers, for each daemon judged by its heartbeat, the value last read and the
     monotonic time it was first read with that value."""
 
-    def __init__(self, stale_after):
+    def __init__(self, stale_after) -> None:
         self.stale_after = stale_after
         self.seen = {}   # worker_id -> (last_heartbeat, monotonic time first seen)
 

@@ -26,17 +26,17 @@ _encode = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, default=re
 class BufferedLineLogger:
     """A structlog logger that queues rendered lines until flush()."""
 
-    def __init__(self, stream):
+    def __init__(self, stream) -> None:
         self.stream = stream
         self.lines = []
 
-    def msg(self, message):
+    def msg(self, message) -> None:
         """Queue one rendered line."""
         self.lines.append(message)
 
     debug = info = warning = warn = error = critical = exception = fatal = log = msg
 
-    def flush(self):
+    def flush(self) -> None:
         """Write the queued lines in one go."""
         if not self.lines:
             return
@@ -52,7 +52,7 @@ class BufferedLineLogger:
 class _FastTimestamp:
     """ISO-8601 UTC timestamps, formatting the date part once per second."""
 
-    def __init__(self):
+    def __init__(self) -> None:
         self.second = None
         self.prefix = ""
 
@@ -93,7 +93,7 @@ def _json_renderer(prefixed):
     return render
 
 
-def configure(log_format="auto", level="info", stream=None):
+def configure(log_format: str="auto", level: str="info", stream=None) -> None:
     """Set up structlog: JSON when not on a terminal (or when asked), console otherwise."""
     stream = stream or sys.stdout
     _sink.stream = stream
@@ -112,17 +112,17 @@ def configure(log_format="auto", level="info", stream=None):
     )
 
 
-def set_stream(stream):
+def set_stream(stream) -> None:
     """Write the log to `stream` from now on (a worker child's copy of the daemon's stdout)."""
     _sink.stream = stream
 
 
-def flush():
+def flush() -> None:
     """Write out the queued log lines (the supervisor calls this every loop turn)."""
     _sink.flush()
 
 
-def write_now():
+def write_now() -> None:
     """Write the queued lines straight to the log's file descriptor, past Python's own
     buffering: for a forked child about to os._exit, perhaps from a signal handler that
     interrupted a write to the same stream."""

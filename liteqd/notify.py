@@ -14,7 +14,7 @@ import time
 class SystemdNotifier:
     """A supervisor plugin; does nothing when not started by systemd with NOTIFY_SOCKET."""
 
-    def __init__(self, environ=None):
+    def __init__(self, environ=None) -> None:
         env = os.environ if environ is None else environ
         self.address = env.pop("NOTIFY_SOCKET", None)
         self.watchdog_s = None
@@ -44,11 +44,11 @@ class SystemdNotifier:
         except OSError:
             return False
 
-    def register(self, sup):
+    def register(self, sup) -> None:
         """Hook READY=1 to the moment the children are up."""
         sup.on_ready.append(self._ready)
 
-    def _ready(self, sup):
+    def _ready(self, sup) -> None:
         self.send("READY=1", f"STATUS={self.summary(sup)}", f"MAINPID={os.getpid()}")
 
     @staticmethod
@@ -65,7 +65,7 @@ class SystemdNotifier:
         """When the next watchdog ping is due (None without a watchdog)."""
         return self.next_watchdog if self.watchdog_s else None
 
-    def on_tick(self, sup):
+    def on_tick(self, sup) -> None:
         """Ping the watchdog and refresh STATUS, from the main loop (so a stuck loop
         stops the pings and systemd restarts us). STATUS is refreshed every 5 s, and at
         once when the database goes away or comes back."""
@@ -81,20 +81,20 @@ class SystemdNotifier:
             self.next_status = now + 5.0
             self.db_down = down
 
-    def on_waiting(self, sup):
+    def on_waiting(self, sup) -> None:
         """Refresh STATUS while the daemon waits for its database at start-up."""
         self.send(f"STATUS={self.summary(sup)}")
 
-    def on_reloading(self, sup):
+    def on_reloading(self, sup) -> None:
         """Tell systemd a reload started (Type=notify-reload wants MONOTONIC_USEC)."""
         usec = time.clock_gettime_ns(time.CLOCK_MONOTONIC) // 1000
         self.send("RELOADING=1", f"MONOTONIC_USEC={usec}", "STATUS=reloading")
 
-    def on_stopping(self, sup):
+    def on_stopping(self, sup) -> None:
         """Tell systemd we are stopping."""
         self.send("STOPPING=1", f"STATUS=stopping ({sup.stopping})")
 
-    def close(self):
+    def close(self) -> None:
         """Close the datagram socket."""
         if self.sock is not None:
             self.sock.close()

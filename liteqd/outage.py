@@ -22,7 +22,7 @@ MAX_BACKOFF_S = 30.0
 class Outage:
     """Whether the database answers, and when to try it again (monotonic time)."""
 
-    def __init__(self, log, on_recovered=None):
+    def __init__(self, log, on_recovered=None) -> None:
         self.log = log
         self.on_recovered = on_recovered   # called once each time an outage ends
         self.since = None          # monotonic time the outage began, or None
@@ -32,7 +32,7 @@ class Outage:
         self.max_backoff = MAX_BACKOFF_S
         self.up_since = None       # monotonic time since which every call worked, or None
 
-    def limit_backoff(self, seconds):
+    def limit_backoff(self, seconds) -> None:
         """Never wait longer than `seconds` between tries (at least DB_RETRY_S)."""
         self.max_backoff = max(DB_RETRY_S, min(MAX_BACKOFF_S, seconds))
 
@@ -41,7 +41,7 @@ class Outage:
         """True while the database is unavailable."""
         return self.since is not None
 
-    def failed(self, op, exc):
+    def failed(self, op, exc) -> None:
         """A database call failed: schedule the next try and log (an outage once)."""
         now = time.monotonic()
         if isinstance(exc, DatabaseUnavailable):
@@ -59,7 +59,7 @@ class Outage:
             self.log.warning("db.retrying", op=op, error=str(exc))
             self.retry_at = now + DB_RETRY_S
 
-    def succeeded(self):
+    def succeeded(self) -> None:
         """A database call worked: end an outage if there was one."""
         if self.up_since is None:
             self.up_since = time.monotonic()

@@ -97,7 +97,7 @@ class Pool:
         """True while children keep dying abnormally (respawns are backing off)."""
         return self.failures >= 3
 
-    def observe(self, seconds):
+    def observe(self, seconds) -> None:
         """Feed a finished task's run time into the moving average."""
         if self.avg_duration is None:
             self.avg_duration = seconds

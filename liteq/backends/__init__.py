@@ -101,7 +101,7 @@ def local_dir(target=None) -> str | None:
     return os.path.dirname(os.path.abspath(sqlite_path(target)))
 
 
-def open_backend(target=None, *, daemon=False) -> Backend:
+def open_backend(target=None, *, daemon: bool=False) -> Backend:
     """Open the queue database `target` (default LITEQ_DB): a path or a URL.
 
     daemon=True opens it for liteqd's supervisor, whose writes must never stall its
@@ -129,7 +129,7 @@ _shared_pid = None
 _shared_lock = threading.Lock()
 
 
-def _after_fork_in_child():
+def _after_fork_in_child() -> None:
     global _shared, _shared_pid, _shared_lock
     _shared, _shared_pid, _shared_lock = {}, os.getpid(), threading.Lock()
 

@@ -65,7 +65,7 @@ class WakeChannel(abc.ABC):
         ids, self._cancelled = list(getattr(self, "_cancelled", ())), []
         return ids
 
-    def _note_cancel(self, task_id):
+    def _note_cancel(self, task_id) -> None:
         if not hasattr(self, "_cancelled"):
             self._cancelled = []
         self._cancelled.append(int(task_id))
@@ -214,7 +214,7 @@ class Backend(abc.ABC):
         last_heartbeat, pid, process_started, started_at), newest heartbeat first."""
 
     @abc.abstractmethod
-    def reclaim(self, dead_worker_ids=(), stale_after=None, reason="worker died",
+    def reclaim(self, dead_worker_ids=(), stale_after=None, reason: str="worker died",
                 stale_heartbeats=None) -> list:
         """Give back the running tasks of dead workers in one guarded statement.
 
@@ -374,5 +374,5 @@ class Backend(abc.ABC):
     def close(self) -> None:
         """Release the connections; the backend must not be used afterwards."""
 
-    def __repr__(self):
+    def __repr__(self) -> str:
         return f"<{type(self).__name__} {self.identity}>"

@@ -16,7 +16,7 @@ class Limits:
     by_name: dict = field(default_factory=dict)
     by_queue: dict = field(default_factory=dict)
 
-    def __bool__(self):
+    def __bool__(self) -> bool:
         return bool(self.by_name or self.by_queue)
 
     def relevant(self, queues):

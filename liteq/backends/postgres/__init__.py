@@ -43,7 +43,7 @@ class PostgresBackend(TaskOps, WorkerOps, ReadOps, ScheduleOps, Backend):
     #: get_backend() keeps one per process for all threads (not one per thread).
     shared_across_threads = True
 
-    def __init__(self, url, daemon=False):
+    def __init__(self, url, daemon: bool=False) -> None:
         self._connector = Connector(url)
         self.target = url
         self.identity = self._connector.identity
@@ -56,7 +56,7 @@ class PostgresBackend(TaskOps, WorkerOps, ReadOps, ScheduleOps, Backend):
         with self._session.locked():
             self._session.conn  # connect now: an unusable URL or server fails here
 
-    def _on_connect(self, conn):
+    def _on_connect(self, conn) -> None:
         if self._schema is None:
             self._schema = ensure_schema(conn)
             self._channel = channel_name(self._schema)
@@ -86,7 +86,7 @@ class PostgresBackend(TaskOps, WorkerOps, ReadOps, ScheduleOps, Backend):
         """
         return Batch(self._session)
 
-    def notify(self, due=None):
+    def notify(self, due=None) -> None:
         """NOTIFY the daemons that a task is due at `due` (epoch s; None: now).
 
         A hint only: skipped when the connection is down or another thread holds
@@ -126,7 +126,7 @@ class PostgresBackend(TaskOps, WorkerOps, ReadOps, ScheduleOps, Backend):
             self._async = AsyncSession(self._connector)
         return self._async
 
-    def close(self):
+    def close(self) -> None:
         """Close the connection (in a forked child: forget the parent's, untouched)."""
         self._session.close()
         self._vacuums.close()

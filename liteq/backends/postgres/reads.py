@@ -12,7 +12,7 @@ from .connection import operation
 from .vacuum import vacuum_now
 
 
-def _epoch(col):
+def _epoch(col) -> str:
     return f"date_part('epoch', {col}) AS {col}"
 
 
@@ -44,8 +44,8 @@ class ReadOps:
                                  (ids,)).fetchall()
 
     @operation
-    def find_tasks(self, status=None, queue=None, name=None, limit=50, offset=0,
-                   order="id") -> list:
+    def find_tasks(self, status=None, queue=None, name=None, limit: int=50, offset: int=0,
+                   order: str="id") -> list:
         """Tasks matching the optional filters, newest first (order 'id' or 'finished')."""
         clause, params = equal_filters("%s", status=status, queue=queue, name=name)
         # NULLS LAST as on SQLite; the order of tasks_finished, so a status's list is
@@ -67,7 +67,7 @@ class ReadOps:
     exact_count_limit = counts.EXACT_LIMIT
 
     @operation
-    def queue_stats(self, estimate=False) -> list:
+    def queue_stats(self, estimate: bool=False) -> list:
         """[{queue, status, count}] over all tasks, exact.
 
         estimate=True: groups of more than exact_count_limit tasks are estimated from

@@ -210,13 +210,13 @@ class _LimitCounts:
     """The running counts of the limited names and queues a claim met, each counted
     under its advisory lock (held to the end of the claim's transaction)."""
 
-    def __init__(self, ops, names, queues):
+    def __init__(self, ops, names, queues) -> None:
         self.ops = ops
         self.limited_names, self.limited_queues = set(names), set(queues)
         self.names, self.queues = {}, {}        # locked: running count
         self.skipped = set()                    # keys another claimer held (try-lock)
 
-    def take(self, rows, wait):
+    def take(self, rows, wait) -> None:
         """Lock and count the limited names and queues of `rows` not locked yet.
 
         wait=True waits for each lock, in sorted order (the first pass of a claim);
@@ -255,7 +255,7 @@ class _LimitCounts:
         return ({n: name_room[n] for n in self.names},
                 {q: queue_room[q] for q in self.queues})
 
-    def allowed(self, row):
+    def allowed(self, row) -> bool:
         """False for a row of a limited name or queue whose lock this claim lacks."""
         return (row["name"] not in self.limited_names or row["name"] in self.names) and \
             (row["queue"] not in self.limited_queues or row["queue"] in self.queues)

@@ -68,7 +68,7 @@ class WorkerOps:
             f"SELECT {WORKER_COLUMNS} FROM workers ORDER BY last_heartbeat DESC").fetchall()
 
     @operation
-    def reclaim(self, dead_worker_ids=(), stale_after=None, reason="worker died",
+    def reclaim(self, dead_worker_ids=(), stale_after=None, reason: str="worker died",
                 stale_heartbeats=None) -> list:
         """Give back the running tasks of dead workers in one guarded statement.
 

@@ -26,7 +26,7 @@ class SQLiteBackend(TaskOps, ReadOps, ScheduleOps, Backend):
 
     kind = "sqlite"
 
-    def __init__(self, path, daemon=False):
+    def __init__(self, path, daemon: bool=False) -> None:
         self.path = self.target = path
         self.identity = os.path.abspath(path)
         self.busy_timeout = DAEMON_BUSY_TIMEOUT if daemon else None
@@ -38,7 +38,7 @@ class SQLiteBackend(TaskOps, ReadOps, ScheduleOps, Backend):
     def _open(self):
         return open_with_schema(self.path, busy_timeout=self.busy_timeout)
 
-    def close(self):
+    def close(self) -> None:
         """Close the connection; the backend must not be used afterwards."""
         if self._conn is not None:
             self._conn.close()
@@ -54,11 +54,11 @@ class SQLiteBackend(TaskOps, ReadOps, ScheduleOps, Backend):
         """
         return GuardedBatch(self)
 
-    def notify(self, due=None):
+    def notify(self, due=None) -> None:
         """Send the daemon a wake-up datagram (skipped when none listens)."""
         wakeup.wake(self.identity, due)
 
-    def notify_cancel(self, task_id):
+    def notify_cancel(self, task_id) -> None:
         """Tell the daemon to stop a running task that was cancelled (a datagram)."""
         wakeup.send_cancel(self.identity, task_id)
 

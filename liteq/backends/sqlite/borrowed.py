@@ -16,6 +16,7 @@ from ... import wakeup
 from ...errors import ConfigError, DatabaseError
 from . import SQLiteBackend
 from .connection import explain
+from types import TracebackType
 
 
 class _RowConnection:
@@ -25,7 +26,7 @@ class _RowConnection:
 
     __slots__ = ("conn",)
 
-    def __init__(self, conn):
+    def __init__(self, conn) -> None:
         self.conn = conn
 
     def execute(self, sql, params=()):
@@ -42,7 +43,7 @@ class _RowConnection:
     def in_transaction(self):
         return self.conn.in_transaction
 
-    def rollback(self):
+    def rollback(self) -> None:
         pass
 
 
@@ -52,7 +53,7 @@ class _Savepoint:
 
     __slots__ = ("conn",)
 
-    def __init__(self, conn):
+    def __init__(self, conn) -> None:
         self.conn = conn
 
     def __enter__(self):
@@ -61,7 +62,7 @@ class _Savepoint:
         self.conn.execute("SAVEPOINT liteq_write")
         return self.conn
 
-    def __exit__(self, exc_type, exc, tb):
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> bool:
         if exc_type is not None:
             self.conn.execute("ROLLBACK TO liteq_write")
         self.conn.execute("RELEASE liteq_write")
@@ -76,7 +77,7 @@ class BorrowedSQLiteBackend(SQLiteBackend):
     def _write(self):
         return _Savepoint(self._conn)
 
-    def notify(self, due=None):
+    def notify(self, due=None) -> None:
         """Note the due time; the wake-up waits for the commit (see finish)."""
         self._due = due if self._due is None or due is None else min(due, self._due)
         self._pending = True
@@ -102,7 +103,7 @@ class BorrowedSQLiteBackend(SQLiteBackend):
         """enqueue() on the app's connection, in its transaction."""
         return self.enqueue(task)
 
-    def finish(self, own):
+    def finish(self, own) -> None:
         """At the end of the block: wake the daemon if the app committed the tasks in it.
         `own` is LiteQ's own backend, whose connection sees only committed rows."""
         if not self._pending or self._last is None or self._conn.in_transaction:
@@ -114,7 +115,7 @@ class BorrowedSQLiteBackend(SQLiteBackend):
         if committed:
             wakeup.wake(self.identity, self._due)
 
-    def close(self):
+    def close(self) -> None:
         """Nothing: the connection is the app's."""
 
 

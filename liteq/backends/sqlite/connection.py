@@ -8,6 +8,7 @@ import time
 from ... import settings
 from ...errors import DatabaseError, DatabaseLocked
 from .files import create_database_file, share_with_group
+from types import TracebackType
 
 
 def explain(exc: sqlite3.Error, path: str, busy_timeout=None) -> DatabaseError:
@@ -146,7 +147,7 @@ class Transaction:
 
     __slots__ = ("conn", "outer")
 
-    def __init__(self, conn):
+    def __init__(self, conn) -> None:
         self.conn = conn
         self.outer = False
 
@@ -156,7 +157,7 @@ class Transaction:
             self.conn.execute("BEGIN IMMEDIATE")
         return self.conn
 
-    def __exit__(self, exc_type, exc, tb):
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> bool:
         if self.outer:
             return False
         if exc_type is None:
@@ -171,7 +172,7 @@ class GuardedBatch(Transaction):
 
     __slots__ = ("store",)
 
-    def __init__(self, store):
+    def __init__(self, store) -> None:
         super().__init__(store._conn)
         self.store = store
 
@@ -181,7 +182,7 @@ class GuardedBatch(Transaction):
         except sqlite3.Error as exc:
             raise explain(exc, self.store.path, self.store.busy_timeout) from exc
 
-    def __exit__(self, exc_type, exc, tb):
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None):
         try:
             return super().__exit__(exc_type, exc, tb)
         except sqlite3.Error as err:

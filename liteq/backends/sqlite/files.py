@@ -32,7 +32,7 @@ def create_database_file(path) -> None:
         os.close(fd)
 
 
-def _join_directory_group(fd, directory):
+def _join_directory_group(fd, directory) -> None:
     try:
         dir_gid = os.stat(directory).st_gid
     except OSError:
@@ -79,7 +79,7 @@ def _member_of(gid) -> bool:
     return gid == os.getegid() or gid in os.getgroups() or os.geteuid() == 0
 
 
-def _chmod(path, mode):
+def _chmod(path, mode) -> None:
     try:
         os.chmod(path, mode)
     except OSError:

@@ -38,8 +38,8 @@ class ReadOps:
         return out
 
     @guarded
-    def find_tasks(self, status=None, queue=None, name=None, limit=50, offset=0,
-                   order="id") -> list:
+    def find_tasks(self, status=None, queue=None, name=None, limit: int=50, offset: int=0,
+                   order: str="id") -> list:
         """Tasks matching optional filters, newest first (order 'id' or 'finished')."""
         clause, params = equal_filters("?", status=status, queue=queue, name=name)
         sort = "finished_at DESC, id DESC" if order == "finished" else "id DESC"
@@ -54,7 +54,7 @@ class ReadOps:
         return self._conn.execute(f"SELECT COUNT(*) FROM tasks {clause}", params).fetchone()[0]
 
     @guarded
-    def queue_stats(self, estimate=False) -> list:
+    def queue_stats(self, estimate: bool=False) -> list:
         """[{queue, status, count}] over all tasks, always exact: SQLite counts from
         the claim index (status, queue, ...) without reading the rows, and keeps no
         statistics to estimate from. estimate=True adds estimated=False to each row."""

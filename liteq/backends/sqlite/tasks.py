@@ -388,7 +388,7 @@ class TaskOps:
             "SELECT * FROM workers ORDER BY last_heartbeat DESC")]
 
     @guarded
-    def reclaim(self, dead_worker_ids=(), stale_after=None, reason="worker died",
+    def reclaim(self, dead_worker_ids=(), stale_after=None, reason: str="worker died",
                 stale_heartbeats=None) -> list:
         """Give back the running tasks of dead workers, in one atomic statement.
 
