@@ -43,7 +43,7 @@ def stamp():
 class Progress:
     """A one-line progress display on a terminal; plain lines otherwise."""
 
-    def __init__(self, stream=sys.stderr, quiet: bool=False) -> None:
+    def __init__(self, stream=sys.stderr, quiet: bool = False) -> None:
         self.stream = stream
         self.tty = stream.isatty()
         self.quiet = quiet
@@ -224,8 +224,8 @@ def _drained_by_host(daemons) -> list:
     return out
 
 
-def run_bench(tasks: int=20000, concurrency: int=2, repeat: int=3, samples: int=500, progress=None, db=None,
-              hosts: int=1):
+def run_bench(tasks: int = 20000, concurrency: int = 2, repeat: int = 3, samples: int = 500, progress=None, db=None,
+              hosts: int = 1):
     """Run every measurement and return the figures as a dict. db: a PostgreSQL URL to
     measure on (default: SQLite files in a temp dir); hosts: daemons that drain together,
     each in namespaces of its own (PostgreSQL; 1 when namespaces are unavailable, with
@@ -363,7 +363,7 @@ def _rss(pid):
         return 0
 
 
-def _wait_result(store, task_id, timeout: float=10.0):
+def _wait_result(store, task_id, timeout: float = 10.0):
     deadline = time.monotonic() + timeout
     delay = 0.0002
     while True:

@@ -132,7 +132,7 @@ def namespaces_unavailable():
     return None
 
 
-def _only_child(pid, timeout: float=5.0):
+def _only_child(pid, timeout: float = 5.0):
     """The pid of the one child of process `pid` (unshare's forked child), or None."""
     deadline = time.monotonic() + timeout
     path = f"/proc/{pid}/task/{pid}/children"

@@ -56,7 +56,7 @@ class _Waker:
             self.announced = due
             self.send(b"d%.6f" % due)
 
-    def send(self, message, again: bool=True) -> None:
+    def send(self, message, again: bool = True) -> None:
         """Send one datagram, connecting first if needed; never raises."""
         if self.sock is None:
             t = time.monotonic()
@@ -174,7 +174,7 @@ class DatagramChannel(WakeChannel):
         """The socket's descriptor."""
         return self.sock.fileno()
 
-    def drain(self):
+    def drain(self) -> tuple[bool, float | None]:
         """Read every datagram: (due_now, earliest later due time or None).
 
         A flood of cancel hints for one task counts once (cancelled() holds each id

@@ -236,7 +236,7 @@ def _kill_descendants() -> None:
 
 
 def child_main(sock: socket.socket, index: int, parent_pid: int, close_fds=(),
-               report_rss: bool=False, max_tasks: int=0, max_rss: int=0) -> None:
+               report_rss: bool = False, max_tasks: int = 0, max_rss: int = 0) -> None:
     """Entry point of a forked child; never returns (always os._exit)."""
     code = 0
     try:
@@ -292,7 +292,7 @@ def _reap_adopted() -> None:
             return
 
 
-def _serve(sock, index, report_rss, max_tasks: int=0, max_rss: int=0) -> None:
+def _serve(sock, index, report_rss, max_tasks: int = 0, max_rss: int = 0) -> None:
     global _channel, _executor
     title_idle = f"liteqd: worker {index} idle"
     setproctitle(title_idle)

@@ -77,7 +77,7 @@ def _app_reloader(spec):
     return reload_app
 
 
-def build_supervisor(cfg, *, load: bool=True):
+def build_supervisor(cfg, *, load: bool = True):
     """Load the app (unless already loaded), check the database, and make the Supervisor."""
     from .control_server import ControlServer
     from .logs import configure, get_logger
@@ -110,7 +110,7 @@ def build_supervisor(cfg, *, load: bool=True):
                       plugins=plugins)
 
 
-def run(cfg, *, load: bool=True) -> int:
+def run(cfg, *, load: bool = True) -> int:
     """Run the daemon with this configuration; returns the exit code."""
     try:
         sup = build_supervisor(cfg, load=load)
@@ -125,7 +125,7 @@ def run(cfg, *, load: bool=True) -> int:
         return 2 if isinstance(exc, ConfigError) else 1
 
 
-def main(argv=None, prog: str="liteqd") -> int:
+def main(argv=None, prog: str = "liteqd") -> int:
     """Entry point of the `liteqd` command."""
     catch_stop_signals()
     try:

@@ -116,7 +116,7 @@ OPTIONS = [
 LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
 
 
-def build_parser(prog: str="liteqd", description=None):
+def build_parser(prog: str = "liteqd", description=None):
     """The argument parser of liteqd (and `liteq worker`)."""
     parser = argparse.ArgumentParser(
         prog=prog, description=description or "LiteQ supervisor daemon: runs the tasks "

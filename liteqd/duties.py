@@ -63,7 +63,7 @@ class Duties:
 
     # ---- heartbeat and reclaim ---------------------------------------------------
 
-    def heartbeat(self, startup: bool=False):
+    def heartbeat(self, startup: bool = False):
         """Refresh this daemon's worker row, then reclaim dead daemons' tasks.
 
         At start-up a database error is raised (the daemon cannot start), unless the

@@ -461,7 +461,7 @@ class Lifecycle:
                              reason="a task left it running; the daemon is stopping")
 
     @staticmethod
-    def reap_remaining(timeout: float=2.0) -> None:
+    def reap_remaining(timeout: float = 2.0) -> None:
         """Wait (bounded) for the last children to be collected."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:

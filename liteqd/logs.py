@@ -93,7 +93,7 @@ def _json_renderer(prefixed):
     return render
 
 
-def configure(log_format: str="auto", level: str="info", stream=None) -> None:
+def configure(log_format: str = "auto", level: str = "info", stream=None) -> None:
     """Set up structlog: JSON when not on a terminal (or when asked), console otherwise."""
     stream = stream or sys.stdout
     _sink.stream = stream

@@ -88,7 +88,7 @@ _SHAPES = {"t": TaskMessage, "x": Cancel, "b": GiveBack, "ready": Ready, "r": Re
 CANCEL_SIGNAL = signal.SIGRTMIN + 2
 
 
-def task(task_id, name, payload, timeout, queue: str="default", attempt: int=1, max_retries: int=0,
+def task(task_id, name, payload, timeout, queue: str = "default", attempt: int = 1, max_retries: int = 0,
          enqueued_at=None, start_by=None) -> TaskMessage:
     """A TaskMessage."""
     return TaskMessage("t", task_id, name, payload, timeout, queue, attempt, max_retries,

@@ -261,7 +261,7 @@ class Supervisor:
         """A producer enqueued something: look for work now, or at `due` (epoch s)."""
         self.dispatch.wake(due)
 
-    def request_stop(self, fast: bool=False, reason: str="request") -> None:
+    def request_stop(self, fast: bool = False, reason: str = "request") -> None:
         """Graceful stop (finish running tasks within the graceful timeout), or fast stop."""
         if fast:
             if self.stopping == "fast":

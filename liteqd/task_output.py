@@ -113,7 +113,7 @@ class Pipes:
             self.read_fds.append(r)
             self.write_fds.append(w)
 
-    def in_child(self, level: str="info") -> None:
+    def in_child(self, level: str = "info") -> None:
         """In the forked child: fds 1 and 2 become the pipes, logging goes to the third;
         the child's own log events keep going to the daemon's stdout."""
         global _write_fds
@@ -172,7 +172,7 @@ class _Budget:
             return False
         return not self.take(1, spend=False)
 
-    def take(self, nbytes, spend: bool=True) -> bool:
+    def take(self, nbytes, spend: bool = True) -> bool:
         """Spend one line of nbytes; False (nothing spent) when over the budget."""
         if self.lines < 1 or self.bytes < nbytes:
             now = time.monotonic()

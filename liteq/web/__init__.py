@@ -15,7 +15,7 @@ See liteq.web.app for the pages and liteq.web.security for the access rules.
 __all__ = ["create_app", "run_monitor"]
 
 
-def run_monitor(host: str="127.0.0.1", port: int=5151) -> int:
+def run_monitor(host: str = "127.0.0.1", port: int = 5151) -> int:
     """Serve the panel until stopped, as `liteq monitor --host HOST --port PORT` does
     (the seed project's entry point); returns the exit code."""
     from .cli import main

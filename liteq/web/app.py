@@ -86,7 +86,7 @@ class Panel:
         """The daemon's status, read in the thread pool (a socket round trip)."""
         return await run_in_threadpool(daemon_status, self.db)
 
-    def render(self, request, name, context, status_code: int=200):
+    def render(self, request, name, context, status_code: int = 200):
         """Render a page with the shared context (nav, CSRF token, one-time flash)."""
         flash = None
         raw = request.cookies.get(FLASH_COOKIE)
@@ -118,7 +118,7 @@ class Panel:
         return self.render(request, "error.html", {"code": status_code, "title": title,
                                                    "message": message}, status_code)
 
-    def done(self, request, form, ok, message, default: str="/"):
+    def done(self, request, form, ok, message, default: str = "/"):
         """Answer an action: JSON for API clients (and /api/ paths), else redirect back
         with a flash. The JSON's status is the seed's "success" (or "error")."""
         if "application/json" in request.headers.get("accept", "") or \
@@ -380,8 +380,8 @@ class Panel:
         ]
 
 
-def create_app(db=None, *, token=None, allowed_hosts=None, public_metrics: bool=False,
-               refresh: float=3.0) -> Starlette:
+def create_app(db=None, *, token=None, allowed_hosts=None, public_metrics: bool = False,
+               refresh: float = 3.0) -> Starlette:
     """Build the panel for the database `db` (default: LITEQ_DB).
 
     token: when set, every page, action and /metrics needs it (see

@@ -80,7 +80,7 @@ def host_name(host_header: str) -> str:
     return host.rsplit(":", 1)[0] if host.count(":") == 1 else host
 
 
-def safe_next(value, default: str="/") -> str:
+def safe_next(value, default: str = "/") -> str:
     """A local path to redirect to: refuse absolute and protocol-relative URLs."""
     if not value or not value.startswith("/") or value.startswith("//") or "\\" in value:
         return default
@@ -97,7 +97,7 @@ def set_cookie_header(key, value, **options) -> tuple:
 class Security:
     """The panel's access policy; see the module docstring."""
 
-    def __init__(self, token=None, allowed_hosts=None, public_metrics: bool=False) -> None:
+    def __init__(self, token=None, allowed_hosts=None, public_metrics: bool = False) -> None:
         self.token = token or None
         self.allowed_hosts = ({h.lower().strip("[]") for h in allowed_hosts}
                               if allowed_hosts is not None else None)
@@ -115,7 +115,7 @@ class Security:
         return bool(self.token and candidate) and hmac.compare_digest(
             str(candidate).encode(), self.token.encode())
 
-    def login_redirect(self, target, secure: bool=False) -> RedirectResponse:
+    def login_redirect(self, target, secure: bool = False) -> RedirectResponse:
         """A redirect to `target` that logs the browser in (sets the session cookie)."""
         resp = RedirectResponse(target, status_code=303)
         resp.set_cookie(SESSION_COOKIE, self.session_value(), max_age=SESSION_MAX_AGE,

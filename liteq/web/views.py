@@ -77,7 +77,7 @@ def _text(params, key):
     return raw.strip()
 
 
-def parse_filters(params, allow_status: bool=True) -> dict:
+def parse_filters(params, allow_status: bool = True) -> dict:
     """Validate status, queue, name, page and limit from a query string."""
     status = _text(params, "status") if allow_status else None
     if status is not None and status not in TASK_STATUSES:
@@ -87,7 +87,7 @@ def parse_filters(params, allow_status: bool=True) -> dict:
             "limit": _positive_int(params, "limit", DEFAULT_LIMIT, MAX_LIMIT)}
 
 
-def _first_line(text, width: int=160):
+def _first_line(text, width: int = 160):
     if not text:
         return ""
     for line in str(text).splitlines():
@@ -184,7 +184,7 @@ def pool_summary(daemon) -> list:
 
 # ---- tasks ---------------------------------------------------------------------
 
-def task_list(store, filters, order: str="id") -> dict:
+def task_list(store, filters, order: str = "id") -> dict:
     """One page of tasks matching the filters, with paging numbers."""
     total = store.count_tasks(status=filters["status"], queue=filters["queue"],
                               name=filters["name"])

@@ -16,6 +16,11 @@ current schema; `?options=-csearch_path%3Dname` picks another one.
 PostgreSQL 13 or later (MATERIALIZED CTEs, insert-driven autovacuum settings).
 """
 
+from __future__ import annotations
+
+from contextlib import AbstractContextManager
+from typing import TYPE_CHECKING, Any
+
 import psycopg
 
 from ..base import Backend
@@ -30,6 +35,9 @@ from .vacuum import Vacuums
 from .wake import ListenChannel, channel_name, nudge_payload
 from .workers import WorkerOps
 
+if TYPE_CHECKING:
+    from ..base import WakeChannel
+
 # The daemon's statements give up on a row or table lock held longer than this
 # (an operator's forgotten transaction, say): its loop retries them later and
 # keeps supervising meanwhile, as with SQLite's short busy timeout.
@@ -43,7 +51,7 @@ class PostgresBackend(TaskOps, WorkerOps, ReadOps, ScheduleOps, Backend):
     #: get_backend() keeps one per process for all threads (not one per thread).
     shared_across_threads = True
 
-    def __init__(self, url, daemon: bool=False) -> None:
+    def __init__(self, url, daemon: bool = False) -> None:
         self._connector = Connector(url)
         self.target = url
         self.identity = self._connector.identity
@@ -79,14 +87,14 @@ class PostgresBackend(TaskOps, WorkerOps, ReadOps, ScheduleOps, Backend):
         with self._session.locked():
             return self._session.pid_on_server()
 
-    def batch(self):
+    def batch(self) -> AbstractContextManager[Any]:
         """Run several operations in one transaction: `with backend.batch(): ...`.
 
         Other threads wait until it ends; on an error everything is rolled back.
         """
         return Batch(self._session)
 
-    def notify(self, due=None) -> None:
+    def notify(self, due: float | None = None) -> None:
         """NOTIFY the daemons that a task is due at `due` (epoch s; None: now).
 
         A hint only: skipped when the connection is down or another thread holds
@@ -104,7 +112,7 @@ class PostgresBackend(TaskOps, WorkerOps, ReadOps, ScheduleOps, Backend):
         finally:
             lock.release()
 
-    def open_wake_channel(self, control_socket):
+    def open_wake_channel(self, control_socket: str) -> WakeChannel:
         """A LISTEN connection on this queue's channel (see ListenChannel's contract);
         control_socket is not needed."""
         return ListenChannel(self._connector, self._channel)

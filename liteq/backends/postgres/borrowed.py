@@ -39,7 +39,7 @@ class _SchemaScope:
         self.depth = 0
         self.prev = None
 
-    def acquire(self, blocking: bool=True) -> bool:
+    def acquire(self, blocking: bool = True) -> bool:
         if self.depth == 0 and self.needed:
             cur = self.conn.cursor(row_factory=dict_row)
             try:
@@ -73,7 +73,7 @@ class BorrowedSession:
     depth = 0
     closed = False
 
-    def __init__(self, conn, connector, schema, switch: bool=True) -> None:
+    def __init__(self, conn, connector, schema, switch: bool = True) -> None:
         self._conn = conn
         self.connector = connector
         self.lock = _SchemaScope(conn, connector, schema, switch)

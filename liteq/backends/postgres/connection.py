@@ -88,7 +88,7 @@ class Connector:
             raise DatabaseRefused(f"PostgreSQL database {self.identity} refused the "
                                   f"connection ({code}): {self.scrub(_reason(exc))}") from exc
 
-    def error(self, exc, gone: bool=False) -> DatabaseError:
+    def error(self, exc, gone: bool = False) -> DatabaseError:
         """The LiteQ error for a psycopg error: DatabaseUnavailable when the connection is
         gone, DatabaseLocked for a lock wait that timed out, else DatabaseError.
 

@@ -6,6 +6,10 @@ are judged by it, so a producer or daemon whose clock is off neither delays nor
 advances a task. Times go out as epoch seconds (date_part('epoch', ...)).
 """
 
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from typing import TYPE_CHECKING, Any
 import contextlib
 
 from ...errors import DatabaseError
@@ -13,6 +17,9 @@ from ..limits import pick, rooms, used_up
 from . import deps
 from .connection import operation
 from .wake import NOTIFY_PAYLOAD
+
+if TYPE_CHECKING:
+    from ..limits import Limits
 
 # When a task is due: to_timestamp(run_at) when given (absolute epoch seconds),
 # else the server's now() plus the delay (0 when none). Parameters: run_at, delay.
@@ -342,7 +349,8 @@ class TaskOps:
         return row["ids"]
 
     @operation
-    def claim(self, worker_id, queues, limit, limits=None) -> list:
+    def claim(self, worker_id: str, queues: Sequence[str], limit: int,
+              limits: Limits | None = None) -> list[dict[str, Any]]:
         """Mark up to `limit` due pending tasks of `queues` running for `worker_id`, in
         one statement; returns them in claim order (priority desc, due time, id).
         Under global concurrency limits, one transaction (see _claim_limited)."""
@@ -396,7 +404,9 @@ class TaskOps:
         return _by_claim_order(run(CLAIM_IDS, (worker_id, ids), prepare=True).fetchall())
 
     @operation
-    def record_outcomes(self, worker_id, done=(), failed=(), retry=()) -> list:
+    def record_outcomes(self, worker_id: str, done: Iterable[tuple[Any, ...]] = (),
+                        failed: Iterable[tuple[Any, ...]] = (),
+                        retry: Iterable[tuple[Any, ...]] = ()) -> list[int]:
         """Record finished attempts, one statement per kind, in one transaction; returns
         the ids recorded. Each applies only while the row is still running for this
         worker (a missing id was refused). Retries come due `delay` seconds after the
@@ -424,7 +434,7 @@ class TaskOps:
         return recorded
 
     @operation
-    def release(self, worker_id, task_ids) -> int:
+    def release(self, worker_id: str, task_ids: Iterable[int]) -> int:
         """Return claimed tasks that never started to pending, uncounting the attempt."""
         if not task_ids:
             return 0
@@ -432,14 +442,14 @@ class TaskOps:
                                  prepare=True).rowcount
 
     @operation
-    def release_unheld(self, worker_id, held_ids) -> list:
+    def release_unheld(self, worker_id: str, held_ids: Iterable[int]) -> list[int]:
         """Return to pending every task running for worker_id but `held_ids` (claims
         whose answer was lost); returns their ids."""
         rows = self._session.run(RELEASE_UNHELD, (worker_id, [int(i) for i in held_ids]))
         return sorted(r["id"] for r in rows.fetchall())
 
     @operation
-    def next_due(self, queues):
+    def next_due(self, queues: Sequence[str]) -> float | None:
         """Seconds from the server's now until the earliest pending task of `queues` is
         due (<= 0: due now), or None when none is pending."""
         queues = list(dict.fromkeys(queues))

@@ -116,7 +116,7 @@ class Vacuums:
         self.outcomes = 0            # outcomes recorded since the dead rows were looked at
         self.started = 0             # VACUUMs started in the background so far
 
-    def needed(self, session, deleted: int=0) -> bool:
+    def needed(self, session, deleted: int = 0) -> bool:
         """True when the server's autovacuum is off (read at most every RECHECK_S) and
         the dead rows, with the `deleted` ones just now, pass the table's threshold
         (whether or not anything was deleted)."""

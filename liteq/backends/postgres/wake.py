@@ -127,7 +127,7 @@ class ListenChannel(WakeChannel):
         """The LISTEN connection's socket (-1 once closed)."""
         return self._fd
 
-    def drain(self):
+    def drain(self) -> tuple[bool, float | None]:
         """Read every notification that arrived: (due_now, earliest later due time)."""
         if not self.connected:
             raise DatabaseUnavailable(f"the wake-up channel of {self._connector.identity} is "

@@ -77,7 +77,7 @@ class BorrowedSQLiteBackend(SQLiteBackend):
     def _write(self):
         return _Savepoint(self._conn)
 
-    def notify(self, due=None) -> None:
+    def notify(self, due: float | None = None) -> None:
         """Note the due time; the wake-up waits for the commit (see finish)."""
         self._due = due if self._due is None or due is None else min(due, self._due)
         self._pending = True

@@ -1,11 +1,19 @@
 """SQLite: enqueue, claim, outcomes, heartbeats and reclaim (the producers' and the
 daemon's side of the tasks table)."""
 
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from typing import TYPE_CHECKING, Any
+
 from ...timeutil import now
 from ..limits import pick, rooms, rooms_left, used_up
 from . import deps
 from .connection import guarded
 from .schema import NEXT_ID
+
+if TYPE_CHECKING:
+    from ..limits import Limits
 
 # A task the claim may take: pending, and waiting for no parent (idx_tasks_claim's
 # leading columns).
@@ -194,7 +202,8 @@ class TaskOps:
                                  "AND queue = ? AND priority < ?", (queue, level)).fetchone()[0]
 
     @guarded
-    def claim(self, worker_id, queues, limit, limits=None) -> list:
+    def claim(self, worker_id: str, queues: Sequence[str], limit: int,
+              limits: Limits | None = None) -> list[dict[str, Any]]:
         """Mark up to `limit` due pending tasks of `queues` as running for this worker.
 
         Claimed by one UPDATE ... RETURNING in one transaction. Candidates are found
@@ -288,7 +297,9 @@ class TaskOps:
         return _by_claim_order(rows)
 
     @guarded
-    def record_outcomes(self, worker_id, done=(), failed=(), retry=()) -> list:
+    def record_outcomes(self, worker_id: str, done: Iterable[tuple[Any, ...]] = (),
+                        failed: Iterable[tuple[Any, ...]] = (),
+                        retry: Iterable[tuple[Any, ...]] = ()) -> list[int]:
         """Record finished attempts in one transaction; returns the ids recorded.
 
         Each update only applies while the row is still running for this worker;
@@ -322,7 +333,7 @@ class TaskOps:
         return recorded
 
     @guarded
-    def release(self, worker_id, task_ids) -> int:
+    def release(self, worker_id: str, task_ids: Iterable[int]) -> int:
         """Return claimed tasks that never started to pending, uncounting the attempt."""
         if not task_ids:
             return 0
@@ -331,7 +342,7 @@ class TaskOps:
             return cur.rowcount
 
     @guarded
-    def release_unheld(self, worker_id, held_ids) -> list:
+    def release_unheld(self, worker_id: str, held_ids: Iterable[int]) -> list[int]:
         """Return to pending every task running for worker_id but `held_ids` (claims
         whose answer was lost); returns their ids."""
         held = {int(i) for i in held_ids}
@@ -344,7 +355,7 @@ class TaskOps:
             return unheld
 
     @guarded
-    def next_due(self, queues):
+    def next_due(self, queues: Sequence[str]) -> float | None:
         """Seconds until the earliest pending task of these queues is due, or None."""
         conn = self._conn
         earliest = None
@@ -360,8 +371,8 @@ class TaskOps:
     # ---- workers and reclaim ---------------------------------------------------
 
     @guarded
-    def heartbeat(self, worker_id, hostname, queues, concurrency, pid, process_started,
-                  started_at=None) -> None:
+    def heartbeat(self, worker_id: str, hostname: str, queues: Sequence[str], concurrency: int,
+                  pid: int, process_started: float, started_at: float | None = None) -> None:
         """Insert or refresh this daemon's row in `workers`."""
         t = now()
         with self._write() as conn:
@@ -376,20 +387,20 @@ class TaskOps:
                  started_at or t))
 
     @guarded
-    def remove_worker(self, worker_id) -> None:
+    def remove_worker(self, worker_id: str) -> None:
         """Delete a worker's row (on clean shutdown)."""
         with self._write() as conn:
             conn.execute("DELETE FROM workers WHERE worker_id = ?", (worker_id,))
 
     @guarded
-    def list_workers(self) -> list:
+    def list_workers(self) -> list[dict[str, Any]]:
         """Every row of `workers`, newest heartbeat first."""
         return [dict(r) for r in self._conn.execute(
             "SELECT * FROM workers ORDER BY last_heartbeat DESC")]
 
     @guarded
-    def reclaim(self, dead_worker_ids=(), stale_after=None, reason: str="worker died",
-                stale_heartbeats=None) -> list:
+    def reclaim(self, dead_worker_ids: Iterable[str] = (), stale_after: float | None = None,
+                reason: str = "worker died", stale_heartbeats: dict[str, Any] | None = None) -> list[tuple[int, str]]:
         """Give back the running tasks of dead workers, in one atomic statement.
 
         A worker is dead when it is named in `dead_worker_ids`, its row still holds the
