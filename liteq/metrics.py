@@ -25,17 +25,20 @@ treat a drop as a counter reset, so graphs stay correct apart from that one
 sample.
 """
 
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from collections.abc import Callable, Iterator
+from typing import Any
+
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from . import control
-from .backends import TASK_STATUSES, get_backend
+from .backends import TASK_STATUSES, Backend, get_backend
 from .timeutil import now
 
 CONTROL_TIMEOUT = 2.0  # seconds a scrape waits for the daemon's status reply
 
 
-def daemon_status(db=None, timeout=CONTROL_TIMEOUT):
+def daemon_status(db: str | None = None, timeout: float = CONTROL_TIMEOUT) -> dict[str, Any] | None:
     """The daemon's status reply (pools without queue counts), or None when it is down."""
     try:
         return control.status(include_queues=False, db=db, timeout=timeout)
@@ -51,24 +54,25 @@ class LiteQCollector(Collector):
     calling thread's cached backend for db); the web panel passes its own.
     """
 
-    def __init__(self, db=None, store_factory=None, status_fn=None) -> None:
+    def __init__(self, db: str | None = None, store_factory: Callable[[], Backend] | None = None,
+                 status_fn: Callable[[], dict[str, Any] | None] | None = None) -> None:
         self.db = db
         self._store_factory = store_factory or (lambda: get_backend(self.db))
         self._status_fn = status_fn or (lambda: daemon_status(self.db))
 
-    def describe(self):
+    def describe(self) -> list[Metric]:
         """No up-front description: the families depend on what is in the database."""
         return []
 
-    def collect(self):
+    def collect(self) -> Iterator[Metric]:
         """Yield the metric families described in the module docstring."""
         store = self._store_factory()
         t = now()
         yield from self._task_families(store, t)
         yield from self._daemon_families(store, t)
 
-    def _task_families(self, store, t):
-        counts = {}
+    def _task_families(self, store: Backend, t: float) -> list[Metric]:
+        counts: dict[tuple[str, str], int] = {}
         for row in store.queue_stats():
             counts[(row["queue"], row["status"])] = row["count"]
         queues = sorted(set(store.list_queues()) | {q for q, _ in counts})
@@ -96,19 +100,19 @@ class LiteQCollector(Collector):
             age.add_metric([queue], max(0.0, t - run_at) if run_at is not None else 0.0)
         return [tasks, processed, failed, age]
 
-    def _daemon_families(self, store, t):
+    def _daemon_families(self, store: Backend, t: float) -> list[Metric]:
         st = self._status_fn()
         up = GaugeMetricFamily("liteq_daemon_up",
                                "1 when liteqd answers on its control socket, else 0.")
         up.add_metric([], 1 if st is not None else 0)
-        out = [up]
+        out: list[Metric] = [up]
         if st is not None:
             children = GaugeMetricFamily("liteq_pool_children",
                                          "Live worker children per pool.", labels=["pool"])
             size = GaugeMetricFamily("liteq_pool_size", "Target number of children per pool.",
                                      labels=["pool"])
-            for pool in st.get("pools", []):
-                children.add_metric([pool["name"]], len(pool.get("children", [])))
+            for pool in st.get("pools", ()):
+                children.add_metric([pool["name"]], len(pool.get("children", ())))
                 size.add_metric([pool["name"]], pool.get("size", 0))
             out += [children, size]
         beat = GaugeMetricFamily("liteq_worker_heartbeat_age_seconds",
@@ -121,7 +125,7 @@ class LiteQCollector(Collector):
         return out
 
 
-def render(collector) -> bytes:
+def render(collector: Collector) -> bytes:
     """The Prometheus text exposition of one collector (a private registry)."""
     from prometheus_client import CollectorRegistry, generate_latest
     registry = CollectorRegistry(auto_describe=False)

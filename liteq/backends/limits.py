@@ -7,34 +7,38 @@ transaction (SQLite: under its write lock; PostgreSQL: under advisory locks of t
 limited names and queues); pick() is the part they share.
 """
 
+from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 
 @dataclass(frozen=True)
 class Limits:
     """by_name: {task name: N}; by_queue: {queue: N}."""
-    by_name: dict = field(default_factory=dict)
-    by_queue: dict = field(default_factory=dict)
+    by_name: dict[str, int] = field(default_factory=dict[str, int])
+    by_queue: dict[str, int] = field(default_factory=dict[str, int])
 
     def __bool__(self) -> bool:
         return bool(self.by_name or self.by_queue)
 
-    def relevant(self, queues):
+    def relevant(self, queues: Collection[str]) -> tuple[list[str], list[str]]:
         """These limits as they bear on a claim from `queues`: (names, queues) limited."""
         return sorted(self.by_name), sorted(q for q in self.by_queue if q in queues)
 
 
-def rooms(limits, running_by_name, running_by_queue):
+def rooms(limits: Limits, running_by_name: Mapping[str, int],
+          running_by_queue: Mapping[str, int]) -> tuple[dict[str, int], dict[str, int]]:
     """({name: room}, {queue: room}): how many more may start under each limit."""
     return ({n: cap - running_by_name.get(n, 0) for n, cap in limits.by_name.items()},
             {q: cap - running_by_queue.get(q, 0) for q, cap in limits.by_queue.items()})
 
 
-def pick(candidates, limit, name_room, queue_room) -> list:
+def pick(candidates: Iterable[Mapping[str, Any]], limit: int, name_room: Mapping[str, int],
+         queue_room: Mapping[str, int]) -> list[int]:
     """The ids to claim: candidates (dicts with id, name, queue, in claim order) taken
     while their name and queue have room, up to `limit`."""
     name_room, queue_room = dict(name_room), dict(queue_room)
-    chosen = []
+    chosen: list[int] = []
     for row in candidates:
         if len(chosen) >= limit:
             break
@@ -50,7 +54,8 @@ def pick(candidates, limit, name_room, queue_room) -> list:
 
 
 
-def rooms_left(rows, chosen, name_room, queue_room):
+def rooms_left(rows: Iterable[Mapping[str, Any]], chosen: Iterable[int], name_room: Mapping[str, int],
+               queue_room: Mapping[str, int]) -> tuple[dict[str, int], dict[str, int]]:
     """({name: room}, {queue: room}) once the chosen ids (from pick over rows) start."""
     chosen = set(chosen)
     name_left, queue_left = dict(name_room), dict(queue_room)
@@ -63,7 +68,8 @@ def rooms_left(rows, chosen, name_room, queue_room):
     return name_left, queue_left
 
 
-def used_up(rows, chosen, name_room, queue_room):
+def used_up(rows: Iterable[Mapping[str, Any]], chosen: Iterable[int], name_room: Mapping[str, int],
+            queue_room: Mapping[str, int]) -> tuple[list[str], list[str]]:
     """(names, queues) with no room left once the chosen ids start: a claim that came
     back short reads past their other rows with a second query."""
     name_left, queue_left = rooms_left(rows, chosen, name_room, queue_room)

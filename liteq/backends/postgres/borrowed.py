@@ -15,6 +15,7 @@ import psycopg
 from psycopg.rows import dict_row
 
 from ...errors import ConfigError
+from ..base import Backend
 from . import PostgresBackend
 from .connection import is_gone
 
@@ -141,7 +142,7 @@ def _server_of(conn):
         return cur.execute(_SERVER + _APP_SCHEMA).fetchone()
 
 
-def borrow(backend, conn):
+def borrow(backend: Backend, conn: object) -> Backend:
     """A backend writing through the app's psycopg connection `conn`, in its transaction.
 
     ConfigError for anything else than a psycopg Connection, a connection in autocommit

@@ -12,6 +12,7 @@ import functools
 import os
 import re
 import threading
+from types import TracebackType
 
 import psycopg
 from psycopg.conninfo import conninfo_to_dict
@@ -20,7 +21,6 @@ from psycopg.rows import dict_row
 from ...errors import (ConfigError, DatabaseError, DatabaseLocked, DatabaseRefused,
                        DatabaseUnavailable)
 from . import url as urls
-from types import TracebackType
 
 # SQLSTATEs that mean the server or the session went away, not that a statement
 # failed: class 08 (connection exception), admin and crash shutdown, a server

@@ -11,12 +11,13 @@ daemon's fallback poll (--poll-interval, 1 s by default) instead.
 import copy
 import os
 import sqlite3
+from types import TracebackType
 
 from ... import wakeup
 from ...errors import ConfigError, DatabaseError
+from ..base import Backend
 from . import SQLiteBackend
 from .connection import explain
-from types import TracebackType
 
 
 class _RowConnection:
@@ -126,7 +127,7 @@ def _main_file(conn):
     return ""
 
 
-def borrow(backend, conn):
+def borrow(backend: Backend, conn: object) -> Backend:
     """A backend writing through the app's sqlite3 connection `conn`, in its transaction.
 
     ConfigError for anything else than an sqlite3 Connection, one in autocommit mode

@@ -4,11 +4,11 @@ import functools
 import os
 import sqlite3
 import time
+from types import TracebackType
 
 from ... import settings
 from ...errors import DatabaseError, DatabaseLocked
 from .files import create_database_file, share_with_group
-from types import TracebackType
 
 
 def explain(exc: sqlite3.Error, path: str, busy_timeout=None) -> DatabaseError:
