@@ -419,7 +419,7 @@ def render(figures):
     return "\n".join(lines)
 
 
-def main(argv=None) -> int:
+def main(argv: list[str] | None = None) -> int:
     """Entry point of `liteq bench`."""
     p = argparse.ArgumentParser(prog="liteq bench", description=__doc__.split("\n\n")[0])
     p.add_argument("--tasks", type=int, default=20000, help="tasks per drain/bulk run")

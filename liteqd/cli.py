@@ -3,6 +3,7 @@
 import os
 import signal
 import sys
+from typing import TYPE_CHECKING
 
 from liteq.backends import identity_of, open_backend
 from liteq import hooks
@@ -12,6 +13,9 @@ from liteq.errors import ConfigError, DatabaseError, DatabaseRefused, DatabaseUn
 from liteq.paths import socket_path
 
 from . import config as config_mod
+
+if TYPE_CHECKING:
+    from .supervisor import Supervisor
 
 
 class StopDuringStartup(KeyboardInterrupt):
@@ -77,7 +81,7 @@ def _app_reloader(spec):
     return reload_app
 
 
-def build_supervisor(cfg, *, load: bool = True):
+def build_supervisor(cfg: config_mod.DaemonConfig, *, load: bool = True) -> "Supervisor":
     """Load the app (unless already loaded), check the database, and make the Supervisor."""
     from .control_server import ControlServer
     from .logs import configure, get_logger
@@ -125,7 +129,7 @@ def run(cfg, *, load: bool = True) -> int:
         return 2 if isinstance(exc, ConfigError) else 1
 
 
-def main(argv=None, prog: str = "liteqd") -> int:
+def main(argv: list[str] | None = None, prog: str = "liteqd") -> int:
     """Entry point of the `liteqd` command."""
     catch_stop_signals()
     try:

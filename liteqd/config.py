@@ -6,6 +6,7 @@ EnvironmentFile can hold the whole configuration.
 
 import argparse
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from liteq import __version__
@@ -116,7 +117,7 @@ OPTIONS = [
 LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
 
 
-def build_parser(prog: str = "liteqd", description=None):
+def build_parser(prog: str = "liteqd", description: str | None = None) -> argparse.ArgumentParser:
     """The argument parser of liteqd (and `liteq worker`)."""
     parser = argparse.ArgumentParser(
         prog=prog, description=description or "LiteQ supervisor daemon: runs the tasks "
@@ -205,7 +206,7 @@ def _parse_queue_limit(text, source):
     return _queue_name(source, queue.strip()), n
 
 
-def resolve(args: argparse.Namespace, environ=None) -> DaemonConfig:
+def resolve(args: argparse.Namespace, environ: Mapping[str, str] | None = None) -> DaemonConfig:
     """Merge parsed flags with LITEQ_* variables and validate everything."""
     env = os.environ if environ is None else environ
     values = {}

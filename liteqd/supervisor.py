@@ -21,6 +21,8 @@ import selectors
 import signal
 import socket
 import time
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 
 from setproctitle import setproctitle
 
@@ -35,6 +37,9 @@ from .lifecycle import Lifecycle, signal_name
 from .logs import get_logger
 from .pool import Pool
 
+if TYPE_CHECKING:
+    from _typeshed import FileDescriptorLike
+
 # A stop tries to record its last outcomes until the stop deadline, and for at least
 # this long (the deadline may have passed while the tasks ran).
 LAST_OUTCOMES_MIN_S = 5.0
@@ -48,7 +53,7 @@ class Supervisor:
     def __init__(self, config, reload_app=None, plugins=()) -> None:
         self.config = config
         self.reload_app = reload_app
-        self.plugins = list(plugins)   # objects with register(sup), on_tick(sup), close()
+        self.plugins: list[Any] = list(plugins)   # objects with register(sup), on_tick(sup), close()
         self.log = get_logger()
         self.pools = [Pool(p.name, list(p.queues), p.size) for p in config.pools]
         self.hostname = socket.gethostname()
@@ -203,7 +208,8 @@ class Supervisor:
 
     # ---- file descriptors ------------------------------------------------------
 
-    def register_fd(self, fileobj, handler, events=selectors.EVENT_READ) -> None:
+    def register_fd(self, fileobj: "FileDescriptorLike", handler: Callable[[Any, int], object],
+                    events: int = selectors.EVENT_READ) -> None:
         """Let a plugin (control server, wake-up channel) be called as
         handler(fileobj, mask) when fileobj is ready."""
         self.selector.register(fileobj, events, ("plugin", handler))

@@ -193,8 +193,8 @@ def forget_backends() -> None:
     inherited without closing it: the connections are its parent's."""
     global _shared, _shared_pid
     pid = os.getpid()
-    owned: list[Backend] = list((getattr(_local, "backends", None) or {}).values()) \
-        if getattr(_local, "pid", None) == pid else []
+    cached: dict[str, Backend] = getattr(_local, "backends", None) or {}
+    owned = list(cached.values()) if getattr(_local, "pid", None) == pid else []
     with _shared_lock:
         if _shared_pid == pid:
             owned += list(_shared.values())

@@ -333,8 +333,8 @@ class Backend(abc.ABC):
 
     @abc.abstractmethod
     def upsert_schedule(self, name: str, task_name: str, cron_expr: str, payload: str,
-                        queue: str, priority: int, max_retries: int | None, tz: str | None,
-                        catchup: bool, enabled: bool, next_run: float | None) -> int:
+                        queue: str | None, priority: int | None, max_retries: int | None,
+                        tz: str | None, catchup: str, enabled: bool | None, next_run: float) -> int:
         """Create a schedule or update the one of that name; returns its id.
 
         next_run is reset only when cron or tz change; enabled=None keeps an

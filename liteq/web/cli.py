@@ -53,7 +53,7 @@ def build_parser():
     return p
 
 
-def main(argv=None) -> int:
+def main(argv: list[str] | None = None) -> int:
     """Entry point of `liteq monitor`."""
     args = build_parser().parse_args(argv)
     try:

@@ -44,8 +44,8 @@ class ScheduleOps:
 
     @operation
     def upsert_schedule(self, name: str, task_name: str, cron_expr: str, payload: str,
-                        queue: str, priority: int, max_retries: int | None, tz: str | None,
-                        catchup: bool, enabled: bool, next_run: float | None) -> int:
+                        queue: str | None, priority: int | None, max_retries: int | None,
+                        tz: str | None, catchup: str, enabled: bool | None, next_run: float) -> int:
         """Create a schedule, or update the one of that name; returns its id.
 
         next_run is only reset when the timing (cron or tz) changes; enabled=None

@@ -5,6 +5,7 @@ import os
 import sqlite3
 import time
 from types import TracebackType
+from typing import Any
 
 from ... import settings
 from ...errors import DatabaseError, DatabaseLocked
@@ -85,7 +86,8 @@ def _switch_to_wal(conn, busy):
         pause = min(pause * 2, 0.05)
 
 
-def open_connection(path: str, *, isolation_level=None, busy_timeout=None) -> sqlite3.Connection:
+def open_connection(path: str, *, isolation_level: str | None = None,
+                    busy_timeout: float | None = None) -> sqlite3.Connection:
     """Open a connection with LiteQ's pragmas (WAL, busy timeout, durability).
 
     busy_timeout defaults to LITEQ_BUSY_TIMEOUT; the daemon passes a short one so
@@ -120,7 +122,7 @@ def open_connection(path: str, *, isolation_level=None, busy_timeout=None) -> sq
         raise
 
 
-def open_with_schema(path, **options) -> sqlite3.Connection:
+def open_with_schema(path: str, **options: Any) -> sqlite3.Connection:
     """open_connection(), then the schema brought up to date (closed again on failure)."""
     from .schema import ensure_schema
     conn = open_connection(path, **options)
