@@ -12,6 +12,11 @@ the same way. Or mount it in your own ASGI server:
 See liteq.web.app for the pages and liteq.web.security for the access rules.
 """
 
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from .app import create_app as create_app
+
 __all__ = ["create_app", "run_monitor"]
 
 
@@ -22,7 +27,7 @@ def run_monitor(host: str = "127.0.0.1", port: int = 5151) -> int:
     return main(["--host", str(host), "--port", str(port)])
 
 
-def __getattr__(name):
+def __getattr__(name: str) -> Any:
     # Lazy, so that `liteq monitor` can explain a missing extra instead of failing
     # on import.
     if name == "create_app":

@@ -18,6 +18,7 @@ browser, or with JSON when the request sends `Accept: application/json`.
 import asyncio
 import contextlib
 import os
+from collections.abc import Iterable
 from urllib.parse import quote, unquote
 
 from starlette.applications import Starlette
@@ -380,7 +381,8 @@ class Panel:
         ]
 
 
-def create_app(db=None, *, token=None, allowed_hosts=None, public_metrics: bool = False,
+def create_app(db: str | None = None, *, token: str | None = None,
+               allowed_hosts: Iterable[str] | None = None, public_metrics: bool = False,
                refresh: float = 3.0) -> Starlette:
     """Build the panel for the database `db` (default: LITEQ_DB).
 

@@ -1,11 +1,12 @@
 """Jinja filters of the panel: times, durations and sizes for people to read."""
 
+from collections.abc import Callable
 from datetime import datetime
 
 from ..timeutil import now
 
 
-def clock(ts) -> str:
+def clock(ts: float | str | None) -> str:
     """Epoch seconds as local 'YYYY-MM-DD HH:MM:SS' ('' for None)."""
     if ts is None:
         return ""
@@ -15,7 +16,7 @@ def clock(ts) -> str:
         return str(ts)
 
 
-def duration(seconds) -> str:
+def duration(seconds: float | str | None) -> str:
     """A length of time: '850 ms', '12.3 s', '4m 05s', '2h 10m', '3d 4h'."""
     if seconds is None:
         return ""
@@ -31,7 +32,7 @@ def duration(seconds) -> str:
     return f"{int(s // 86400)}d {int(s % 86400 // 3600)}h"
 
 
-def ago(ts, at=None) -> str:
+def ago(ts: float | str | None, at: float | None = None) -> str:
     """'5 s ago' for past times, 'in 3m 10s' for future ones ('' for None)."""
     if ts is None:
         return ""
@@ -41,7 +42,7 @@ def ago(ts, at=None) -> str:
     return f"{duration(delta)} ago" if delta > 0 else f"in {duration(-delta)}"
 
 
-def size(nbytes) -> str:
+def size(nbytes: float | str | None) -> str:
     """Bytes as '512 B', '3.4 MB' ('' for None)."""
     if nbytes is None:
         return ""
@@ -53,4 +54,4 @@ def size(nbytes) -> str:
     return f"{n:.1f} GB"
 
 
-FILTERS = {"clock": clock, "duration": duration, "ago": ago, "size": size}
+FILTERS: dict[str, Callable[..., str]] = {"clock": clock, "duration": duration, "ago": ago, "size": size}
