@@ -72,7 +72,7 @@ class Supervisor:
         self.stop_deadline = None
         self.exit_code = 0
         self.ready_sent = False
-        self.on_ready = []              # callbacks once all first children are up
+        self.on_ready: list[Callable[[Supervisor], object]] = []  # callbacks once all first children are up
         self.lifecycle = Lifecycle(self)
         self.dispatch = Dispatcher(self)
         self.duties = Duties(self)
