@@ -3,7 +3,9 @@
 import os
 import signal
 import sys
-from typing import TYPE_CHECKING
+from collections.abc import Callable
+from types import FrameType
+from typing import TYPE_CHECKING, Any, NoReturn
 
 from liteq.backends import identity_of, open_backend
 from liteq import hooks
@@ -15,6 +17,8 @@ from liteq.paths import socket_path
 from . import config as config_mod
 
 if TYPE_CHECKING:
+    from structlog.typing import FilteringBoundLogger
+
     from .supervisor import Supervisor
 
 
@@ -23,12 +27,12 @@ class StopDuringStartup(KeyboardInterrupt):
     the database): a stop request, handled like Ctrl-C, before anything runs. A
     KeyboardInterrupt, so the app loader lets it through as it lets Ctrl-C."""
 
-    def __init__(self, signum) -> None:
+    def __init__(self, signum: int) -> None:
         super().__init__(signum)
         self.signum = signum
 
 
-def _stop_during_startup(signum, frame):
+def _stop_during_startup(signum: int, frame: FrameType | None) -> NoReturn:
     # A second signal must not interrupt the clean exit this one starts.
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, signal.SIG_IGN)
@@ -42,7 +46,7 @@ def catch_stop_signals() -> None:
         signal.signal(sig, _stop_during_startup)
 
 
-def _log_stopped_during_startup(cfg, signum) -> None:
+def _log_stopped_during_startup(cfg: config_mod.DaemonConfig | None, signum: int) -> None:
     from .logs import configure, flush, get_logger
     if cfg is not None:
         configure(cfg.log_format, cfg.log_level)
@@ -51,11 +55,11 @@ def _log_stopped_during_startup(cfg, signum) -> None:
     flush()
 
 
-def warn_unserved_queues(cfg, log) -> None:
+def warn_unserved_queues(cfg: config_mod.DaemonConfig, log: "FilteringBoundLogger") -> None:
     """One warning naming the app's tasks whose queue no pool serves: they would wait
     for ever with no hint (the quick start's `reports` task under plain `--app`)."""
     served = set(cfg.queues)
-    unserved = {}
+    unserved: dict[str, list[str]] = {}
     for name, task in sorted(TASK_REGISTRY.items()):
         if task.queue not in served:
             unserved.setdefault(task.queue, []).append(name)
@@ -66,8 +70,8 @@ def warn_unserved_queues(cfg, log) -> None:
                          + " or a --pool; until then their tasks stay pending")
 
 
-def _app_reloader(spec):
-    def reload_app():
+def _app_reloader(spec: str) -> Callable[[], None]:
+    def reload_app() -> None:
         saved, saved_hooks = dict(TASK_REGISTRY), hooks.snapshot()
         TASK_REGISTRY.clear()
         hooks.restore({})  # the fresh import registers its hooks again
@@ -106,7 +110,7 @@ def build_supervisor(cfg: config_mod.DaemonConfig, *, load: bool = True) -> "Sup
         pass  # a server that is down: the supervisor waits for it, saying so
     sock = cfg.socket or socket_path(identity_of(cfg.db))
     # The control socket is claimed first: it is the one that refuses a second daemon.
-    plugins = [ControlServer(sock, group=cfg.socket_group)]
+    plugins: list[Any] = [ControlServer(sock, group=cfg.socket_group)]
     if not cfg.poll_only:
         plugins.append(WakeListener(sock))
     plugins.append(SystemdNotifier())
@@ -114,7 +118,7 @@ def build_supervisor(cfg: config_mod.DaemonConfig, *, load: bool = True) -> "Sup
                       plugins=plugins)
 
 
-def run(cfg, *, load: bool = True) -> int:
+def run(cfg: config_mod.DaemonConfig, *, load: bool = True) -> int:
     """Run the daemon with this configuration; returns the exit code."""
     try:
         sup = build_supervisor(cfg, load=load)

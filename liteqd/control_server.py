@@ -67,7 +67,7 @@ def _peer_groups(pid):
 class ControlServer:
     """Serves liteqctl, liteq.control and the web panel from inside the supervisor."""
 
-    def __init__(self, path, group=None) -> None:
+    def __init__(self, path: str, group: str | None = None) -> None:
         self.path = path
         self.group = group
         self.gid = None

@@ -18,7 +18,7 @@ from collections.abc import Callable, MutableMapping
 from typing import Any, TextIO
 
 import structlog
-from structlog.typing import Processor
+from structlog.typing import FilteringBoundLogger, Processor
 
 _LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING,
            "error": logging.ERROR, "critical": logging.CRITICAL}
@@ -143,6 +143,7 @@ def write_now() -> None:
         pass  # nowhere to write: the process is leaving anyway
 
 
-def get_logger(**context: Any) -> Any:
+def get_logger(**context: Any) -> FilteringBoundLogger:
     """A bound logger carrying `context` in every event."""
-    return structlog.get_logger().bind(**context) if context else structlog.get_logger()
+    logger: FilteringBoundLogger = structlog.get_logger()
+    return logger.bind(**context) if context else logger

@@ -13,7 +13,8 @@ because while the database was away nobody could write one.
 
 import time
 from collections.abc import Callable
-from typing import Any
+
+from structlog.typing import FilteringBoundLogger
 
 from liteq.errors import DatabaseUnavailable
 
@@ -24,7 +25,7 @@ MAX_BACKOFF_S = 30.0
 class Outage:
     """Whether the database answers, and when to try it again (monotonic time)."""
 
-    def __init__(self, log: Any, on_recovered: Callable[[], object] | None = None) -> None:
+    def __init__(self, log: FilteringBoundLogger, on_recovered: Callable[[], object] | None = None) -> None:
         self.log = log
         self.on_recovered = on_recovered   # called once each time an outage ends
         self.since: float | None = None          # monotonic time the outage began, or None

@@ -21,7 +21,7 @@ import selectors
 import signal
 import socket
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any
 
 from setproctitle import setproctitle
@@ -30,7 +30,7 @@ from liteq.backends import identity_of, open_backend
 from liteq.errors import DatabaseError, DatabaseRefused, DatabaseUnavailable
 
 from . import kept_outcomes, logs, proc
-from .config import MAX_CHILDREN
+from .config import MAX_CHILDREN, DaemonConfig
 from .dispatch import Dispatcher
 from .duties import Duties
 from .lifecycle import Lifecycle, signal_name
@@ -50,7 +50,8 @@ EXIT_OUTCOMES_UNRECORDED = 1
 class Supervisor:
     """Runs the pools of one daemon until it is told to stop."""
 
-    def __init__(self, config, reload_app=None, plugins=()) -> None:
+    def __init__(self, config: DaemonConfig, reload_app: Callable[[], None] | None = None,
+                 plugins: Iterable[Any] = ()) -> None:
         self.config = config
         self.reload_app = reload_app
         self.plugins: list[Any] = list(plugins)   # objects with register(sup), on_tick(sup), close()

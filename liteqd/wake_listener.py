@@ -29,7 +29,7 @@ HINT_RECHECK_S = 1.0
 class WakeListener:
     """Wakes the supervisor's claim loop when a producer says a task is due."""
 
-    def __init__(self, control_socket_path) -> None:
+    def __init__(self, control_socket_path: str) -> None:
         self.control_socket = control_socket_path
         self.channel = None
         self.next_open = 0.0
