@@ -33,10 +33,13 @@ import hashlib
 import hmac
 import ipaddress
 import secrets
+from collections.abc import Awaitable, Callable, Iterable, Mapping
+from typing import Any
 from urllib.parse import quote, urlencode, urlsplit
 
 from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, RedirectResponse, Response
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 CSRF_COOKIE = "liteq_csrf"
 CSRF_FIELD = "csrf_token"
@@ -80,14 +83,14 @@ def host_name(host_header: str) -> str:
     return host.rsplit(":", 1)[0] if host.count(":") == 1 else host
 
 
-def safe_next(value, default: str = "/") -> str:
+def safe_next(value: str | None, default: str = "/") -> str:
     """A local path to redirect to: refuse absolute and protocol-relative URLs."""
     if not value or not value.startswith("/") or value.startswith("//") or "\\" in value:
         return default
     return value
 
 
-def set_cookie_header(key, value, **options) -> tuple:
+def set_cookie_header(key: str, value: str, **options: Any) -> tuple[bytes, bytes]:
     """A raw (b"set-cookie", ...) header, formatted the way Starlette formats it."""
     resp = Response()
     resp.set_cookie(key, value, **options)
@@ -97,7 +100,8 @@ def set_cookie_header(key, value, **options) -> tuple:
 class Security:
     """The panel's access policy; see the module docstring."""
 
-    def __init__(self, token=None, allowed_hosts=None, public_metrics: bool = False) -> None:
+    def __init__(self, token: str | None = None, allowed_hosts: Iterable[str] | None = None,
+                 public_metrics: bool = False) -> None:
         self.token = token or None
         self.allowed_hosts = ({h.lower().strip("[]") for h in allowed_hosts}
                               if allowed_hosts is not None else None)
@@ -107,39 +111,41 @@ class Security:
 
     def session_value(self) -> str:
         """The session cookie value: HMAC-SHA256 of a fixed label keyed by the token."""
+        assert self.token is not None  # (only asked for when a token is set)
         return hmac.new(self.token.encode(), b"liteq-monitor-session",
                         hashlib.sha256).hexdigest()
 
-    def check_token(self, candidate) -> bool:
+    def check_token(self, candidate: object) -> bool:
         """True when `candidate` is the configured token (constant-time compare)."""
-        return bool(self.token and candidate) and hmac.compare_digest(
-            str(candidate).encode(), self.token.encode())
+        if not self.token or not candidate:
+            return False
+        return hmac.compare_digest(str(candidate).encode(), self.token.encode())
 
-    def login_redirect(self, target, secure: bool = False) -> RedirectResponse:
+    def login_redirect(self, target: str, secure: bool = False) -> RedirectResponse:
         """A redirect to `target` that logs the browser in (sets the session cookie)."""
         resp = RedirectResponse(target, status_code=303)
         resp.set_cookie(SESSION_COOKIE, self.session_value(), max_age=SESSION_MAX_AGE,
                         httponly=True, samesite="strict", path="/", secure=secure)
         return resp
 
-    def bearer_ok(self, request) -> bool:
+    def bearer_ok(self, request: Request) -> bool:
         """True when the request carries `Authorization: Bearer <the token>`."""
         scheme, _, value = request.headers.get("authorization", "").partition(" ")
         return scheme.lower() == "bearer" and self.check_token(value.strip())
 
-    def authenticated(self, request) -> bool:
+    def authenticated(self, request: Request) -> bool:
         """True when no token is set, or the request proves it knows the token."""
         if self.token is None:
             return True
         return self.bearer_ok(request) or self.session_ok(request)
 
-    def session_ok(self, request) -> bool:
+    def session_ok(self, request: Request) -> bool:
         """True when a token is set and the request carries its session cookie."""
         cookie = request.cookies.get(SESSION_COOKIE, "")
         return (self.token is not None and bool(cookie)
                 and hmac.compare_digest(cookie.encode(), self.session_value().encode()))
 
-    def needs_auth(self, path) -> bool:
+    def needs_auth(self, path: str) -> bool:
         """Whether `path` is behind the token."""
         if self.token is None or path.startswith(OPEN_PREFIXES):
             return False
@@ -147,7 +153,7 @@ class Security:
 
     # ---- CSRF ------------------------------------------------------------------
 
-    def check_csrf(self, request, form) -> None:
+    def check_csrf(self, request: Request, form: Mapping[str, Any]) -> None:
         """Raise CSRFError unless this POST came from one of the panel's own forms."""
         if self.token is not None and self.bearer_ok(request):
             return
@@ -167,14 +173,14 @@ class Security:
         if not hmac.compare_digest(str(field).encode(), cookie.encode()):
             raise CSRFError("CSRF token mismatch: reload the page and try again")
 
-    def allowed_host(self, request) -> bool:
+    def allowed_host(self, request: Request) -> bool:
         """The DNS-rebinding guard: is the Host header one this panel answers to?"""
         if self.allowed_hosts is None:
             return True
         return host_name(request.headers.get("host", "")) in self.allowed_hosts
 
 
-def wants_html(request) -> bool:
+def wants_html(request: Request) -> bool:
     """True for a browser page view (as opposed to an API, metrics or script call)."""
     if request.url.path.startswith("/api/") or request.url.path == "/metrics":
         return False
@@ -188,23 +194,24 @@ class SecurityMiddleware:
     the templates as request.state.csrf_token.
     """
 
-    def __init__(self, app, security: Security) -> None:
+    def __init__(self, app: ASGIApp, security: Security) -> None:
         self.app = app
         self.security = security
 
-    async def __call__(self, scope, receive, send):
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
         request = Request(scope)
         sec = self.security
         path = scope["path"]
+        resp: Response
         if not sec.allowed_host(request):
             resp = PlainTextResponse("Host not allowed: this panel listens on a loopback "
                                      "address; use http://127.0.0.1 or pass --allow-host",
                                      status_code=400)
             return await resp(scope, receive, self._decorate(send, None, path))
         csrf = request.cookies.get(CSRF_COOKIE)
-        new_cookie = None
+        new_cookie: tuple[bytes, bytes] | None = None
         if not csrf or len(csrf) < 20:
             csrf = secrets.token_urlsafe(32)
             new_cookie = set_cookie_header(CSRF_COOKIE, csrf, httponly=True, samesite="strict",
@@ -228,7 +235,7 @@ class SecurityMiddleware:
             return await resp(scope, receive, self._decorate(send, new_cookie, path))
         return await self.app(scope, receive, self._decorate(send, new_cookie, path))
 
-    async def _login_by_url(self, request):
+    async def _login_by_url(self, request: Request) -> Response:
         """A GET carrying ?token=: log in and go to the same address without the token
         (for /login, to its `next`), or, with a wrong token, to the login form."""
         path = request.url.path
@@ -247,8 +254,9 @@ class SecurityMiddleware:
                             status_code=401, headers={"WWW-Authenticate": 'Bearer realm="liteq"'})
 
     @staticmethod
-    def _decorate(send, cookie, path):
-        async def wrapped(message) -> None:
+    def _decorate(send: Send, cookie: tuple[bytes, bytes] | None,
+                  path: str) -> Callable[[Message], Awaitable[None]]:
+        async def wrapped(message: Message) -> None:
             if message["type"] == "http.response.start":
                 headers = list(message.get("headers", []))
                 names = {k.lower() for k, _ in headers}
