@@ -8,10 +8,12 @@ parse_filters(), which raises BadRequest with a message for the user.
 import json
 import math
 import threading
+from collections.abc import Callable, Mapping
+from typing import Any, TypeVar
 
 from ..scheduler import list_schedules
 from ..serialization import decode_payload, decode_result
-from ..backends import TASK_STATUSES, open_backend
+from ..backends import TASK_STATUSES, Backend, open_backend
 from ..timeutil import now
 
 CHART_MINUTES = 30
@@ -19,6 +21,7 @@ CHART_BUCKET = 60.0
 DEFAULT_LIMIT = 50
 MAX_LIMIT = 500
 MAX_TEXT = 200
+T = TypeVar("T")
 
 
 class BadRequest(ValueError):
@@ -33,12 +36,12 @@ class PanelStore:
     queries. The backend is opened on first use and closed with close().
     """
 
-    def __init__(self, db) -> None:
+    def __init__(self, db: str | None) -> None:
         self.db = db
-        self._store = None
+        self._store: Backend | None = None
         self._lock = threading.Lock()
 
-    def run(self, fn, *args, **kwargs):
+    def run(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         """Call fn(store, *args, **kwargs) while holding the lock."""
         with self._lock:
             if self._store is None:
@@ -53,7 +56,8 @@ class PanelStore:
                 self._store = None
 
 
-def _positive_int(params, key, default, maximum=None):
+def _positive_int(params: Mapping[str, str], key: str, default: int,
+                  maximum: int | None = None) -> int:
     raw = params.get(key)
     if raw is None or raw == "":
         return default
@@ -68,7 +72,7 @@ def _positive_int(params, key, default, maximum=None):
     return value
 
 
-def _text(params, key):
+def _text(params: Mapping[str, str], key: str) -> str | None:
     raw = params.get(key)
     if raw is None or raw.strip() == "":
         return None
@@ -77,7 +81,7 @@ def _text(params, key):
     return raw.strip()
 
 
-def parse_filters(params, allow_status: bool = True) -> dict:
+def parse_filters(params: Mapping[str, str], allow_status: bool = True) -> dict[str, Any]:
     """Validate status, queue, name, page and limit from a query string."""
     status = _text(params, "status") if allow_status else None
     if status is not None and status not in TASK_STATUSES:
@@ -87,7 +91,7 @@ def parse_filters(params, allow_status: bool = True) -> dict:
             "limit": _positive_int(params, "limit", DEFAULT_LIMIT, MAX_LIMIT)}
 
 
-def _first_line(text, width: int = 160):
+def _first_line(text: object, width: int = 160) -> str:
     if not text:
         return ""
     for line in str(text).splitlines():
@@ -96,13 +100,13 @@ def _first_line(text, width: int = 160):
     return ""
 
 
-def _pretty(value) -> str:
+def _pretty(value: object) -> str:
     return json.dumps(value, indent=2, ensure_ascii=False, sort_keys=False, default=str)
 
 
 # ---- overview ------------------------------------------------------------------
 
-def count_matrix(store) -> dict:
+def count_matrix(store: Backend) -> dict[str, Any]:
     """Counts by queue and status: {"queues": [{queue, counts, total, estimated}],
     "totals": {...}, "total": n, "estimated": [...]}.
 
@@ -110,7 +114,8 @@ def count_matrix(store) -> dict:
     each queue's `estimated` lists its statuses whose counts are, the top-level one
     the statuses whose totals include one, and the page marks them.
     """
-    by_queue, marks = {}, {}
+    by_queue: dict[str, dict[str, int]] = {}
+    marks: dict[str, set[str]] = {}
     for row in store.queue_stats(estimate=True):
         by_queue.setdefault(row["queue"], {})[row["status"]] = row["count"]
         if row.get("estimated"):
@@ -121,7 +126,7 @@ def count_matrix(store) -> dict:
         if schedule.get("queue"):
             by_queue.setdefault(schedule["queue"], {})
     totals = {s: 0 for s in TASK_STATUSES}
-    rows = []
+    rows: list[dict[str, Any]] = []
     for queue in sorted(by_queue):
         counts = {s: by_queue[queue].get(s, 0) for s in TASK_STATUSES}
         for s, n in counts.items():
@@ -133,14 +138,15 @@ def count_matrix(store) -> dict:
             "estimated": [s for s in TASK_STATUSES if any(s in r["estimated"] for r in rows)]}
 
 
-def throughput(store, t=None, minutes=CHART_MINUTES, bucket=CHART_BUCKET) -> list:
+def throughput(store: Backend, t: float | None = None, minutes: int = CHART_MINUTES,
+               bucket: float = CHART_BUCKET) -> list[dict[str, Any]]:
     """Finished tasks per minute over the last `minutes`: [{t, done, failed}], oldest first.
 
     The last slot is the current, partial minute.
     """
     t = now() if t is None else t
     since = math.floor(t / bucket) * bucket - (minutes - 1) * bucket
-    series = [{"t": since + i * bucket, "done": 0, "failed": 0} for i in range(minutes)]
+    series: list[dict[str, Any]] = [{"t": since + i * bucket, "done": 0, "failed": 0} for i in range(minutes)]
     for row in store.finished_buckets(since, bucket):
         slot = int(row["slot"])
         if 0 <= slot < minutes and row["status"] in ("done", "failed"):
@@ -148,17 +154,17 @@ def throughput(store, t=None, minutes=CHART_MINUTES, bucket=CHART_BUCKET) -> lis
     return series
 
 
-def workers(store, t=None) -> list:
+def workers(store: Backend, t: float | None = None) -> list[dict[str, Any]]:
     """Daemons with a row in `workers`, with the age of their last heartbeat."""
     t = now() if t is None else t
-    out = []
+    out: list[dict[str, Any]] = []
     for w in store.list_workers():
         beat = w.get("last_heartbeat")
         out.append({**w, "heartbeat_age": None if beat is None else max(0.0, t - beat)})
     return out
 
 
-def overview(store) -> dict:
+def overview(store: Backend) -> dict[str, Any]:
     """Everything the overview page shows that comes from the database."""
     t = now()
     series = throughput(store, t)
@@ -168,13 +174,13 @@ def overview(store) -> dict:
             "workers": workers(store, t), "now": t}
 
 
-def pool_summary(daemon) -> list:
+def pool_summary(daemon: dict[str, Any] | None) -> list[dict[str, Any]]:
     """Per pool: name, queues, size, children, busy (running a task), failing."""
     if not daemon:
         return []
-    out = []
-    for pool in daemon.get("pools", []):
-        children = pool.get("children", [])
+    out: list[dict[str, Any]] = []
+    for pool in daemon.get("pools", ()):
+        children = pool.get("children", ())
         out.append({"name": pool["name"], "queues": pool.get("queues", []),
                     "size": pool.get("size", 0), "children": len(children),
                     "busy": sum(1 for c in children if c.get("task_id") is not None),
@@ -184,7 +190,7 @@ def pool_summary(daemon) -> list:
 
 # ---- tasks ---------------------------------------------------------------------
 
-def task_list(store, filters, order: str = "id") -> dict:
+def task_list(store: Backend, filters: dict[str, Any], order: str = "id") -> dict[str, Any]:
     """One page of tasks matching the filters, with paging numbers."""
     total = store.count_tasks(status=filters["status"], queue=filters["queue"],
                               name=filters["name"])
@@ -199,7 +205,7 @@ def task_list(store, filters, order: str = "id") -> dict:
             "queues": store.list_queues()}
 
 
-def task_detail(store, task_id):
+def task_detail(store: Backend, task_id: int) -> dict[str, Any] | None:
     """One task with decoded args, kwargs and result (pretty JSON), or None."""
     row = store.get_task(task_id)
     if row is None:
@@ -227,13 +233,15 @@ def task_detail(store, task_id):
 
 # ---- schedules -----------------------------------------------------------------
 
-def schedules(store) -> list:
+def schedules(store: Backend) -> list[dict[str, Any]]:
     """Every schedule (see liteq.scheduler.list_schedules) with its payload as text."""
-    out = []
+    out: list[dict[str, Any]] = []
     for s in list_schedules(store):
+        args: list[Any] = s["args"] or []
+        kwargs: dict[str, Any] = s["kwargs"] or {}
         call = ", ".join([json.dumps(a, ensure_ascii=False, default=repr)
-                          for a in (s["args"] or [])] +
+                          for a in args] +
                          [f"{k}={json.dumps(v, ensure_ascii=False, default=repr)}"
-                          for k, v in (s["kwargs"] or {}).items()])
+                          for k, v in kwargs.items()])
         out.append({**s, "call": call})
     return out
