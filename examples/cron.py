@@ -24,6 +24,7 @@ import shutil
 import tempfile
 import time
 from datetime import datetime
+from typing import Any
 
 from liteq import register_schedule, task
 
@@ -39,13 +40,13 @@ MAX_SECONDS = 8.0   # ... or after this long, whichever comes first
 
 
 @task()
-def heartbeat(service: str):
+def heartbeat(service: str) -> dict[str, Any]:
     """Runs every 2 seconds; returns when it ran."""
     return {"service": service, "ran_at": time.time()}
 
 
 @task()
-def nightly_backup():
+def nightly_backup() -> dict[str, str]:
     """Runs at 02:00 every day (it will not fire during the demo)."""
     return {"backup": "done"}
 
@@ -55,17 +56,17 @@ register_schedule(heartbeat, "* * * * * */2", "api", name="heartbeat-every-2s")
 register_schedule(nightly_backup, "0 2 * * *")
 
 
-def hms(ts):
+def hms(ts: float) -> str:
     """Local time of day with milliseconds."""
     return datetime.fromtimestamp(ts).strftime("%H:%M:%S.%f")[:-3]
 
 
-def when(ts):
+def when(ts: float | None) -> str:
     """Local date and time, or 'never'."""
     return datetime.fromtimestamp(ts).strftime("%Y-%m-%d %H:%M:%S") if ts else "never"
 
 
-def print_schedules():
+def print_schedules() -> None:
     from liteq.scheduler import list_schedules
 
     for s in list_schedules():
@@ -75,7 +76,7 @@ def print_schedules():
               f"  {'enabled' if s['enabled'] else 'disabled'}")
 
 
-def main():
+def main() -> int:
     """Run the daemon for WANTED_FIRES fires and print each one."""
     from liteq.launcher import start_daemon
     from liteq.monitoring import get_recent_tasks
@@ -83,8 +84,8 @@ def main():
     print(f"database: {os.environ['LITEQ_DB']}")
     print("schedules registered (list_schedules()):")
     print_schedules()
-    seen = set()
-    fires = []
+    seen: set[int] = set()
+    fires: list[float] = []
     try:
         print(f"starting liteqd with 1 worker process until {WANTED_FIRES} fires ...")
         with start_daemon(__file__, concurrency=1,

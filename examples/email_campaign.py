@@ -32,6 +32,7 @@ import tempfile
 import threading
 import time
 from email.message import EmailMessage
+from typing import Any
 
 from liteq import task, wait_for_task
 
@@ -51,7 +52,7 @@ class TemporaryFailure(Exception):
 
 
 @task(queue="emails", max_retries=3, retry_delay=0.2, retry_backoff=2.0)
-def send_campaign_email(smtp_port: int, to: str, first_name: str):
+def send_campaign_email(smtp_port: int, to: str, first_name: str) -> dict[str, Any]:
     """Send one campaign email through the SMTP server on 127.0.0.1:smtp_port."""
     msg = EmailMessage()
     msg["From"] = SENDER
@@ -77,13 +78,14 @@ class SMTPHandler(socketserver.StreamRequestHandler):
 
     timeout = 10
 
-    def reply(self, line):
+    def reply(self, line: str) -> None:
         self.wfile.write(line.encode() + b"\r\n")
 
-    def handle(self):
+    def handle(self) -> None:
         server = self.server
+        assert isinstance(server, FakeSMTPServer)
         self.reply("220 fake-smtp.localhost ESMTP ready")
-        recipients = []
+        recipients: list[str] = []
         while True:
             raw = self.rfile.readline(1024)
             if not raw:
@@ -106,7 +108,7 @@ class SMTPHandler(socketserver.StreamRequestHandler):
                     self.reply("503 5.5.1 no valid recipients")
                     continue
                 self.reply("354 end data with <CR><LF>.<CR><LF>")
-                lines = []
+                lines: list[bytes] = []
                 while True:
                     raw = self.rfile.readline()
                     if not raw:
@@ -136,18 +138,18 @@ class FakeSMTPServer(socketserver.ThreadingTCPServer):
     daemon_threads = True
     allow_reuse_address = True
 
-    def __init__(self):
+    def __init__(self) -> None:
         super().__init__(("127.0.0.1", 0), SMTPHandler)
         self.lock = threading.Lock()
-        self.mailbox = []      # (recipient, subject) of every accepted message
-        self.refused = []      # (recipient, code) of every refused RCPT
-        self.tried = set()     # greylisted recipients that already tried once
+        self.mailbox: list[tuple[str, str]] = []      # (recipient, subject) of every accepted message
+        self.refused: list[tuple[str, int]] = []      # (recipient, code) of every refused RCPT
+        self.tried: set[str] = set()     # greylisted recipients that already tried once
 
     @property
-    def port(self):
+    def port(self) -> int:
         return self.server_address[1]
 
-    def verdict(self, address):
+    def verdict(self, address: str) -> tuple[int, str]:
         """The reply code and text for RCPT TO:<address>."""
         user = address.split("@", 1)[0]
         with self.lock:
@@ -163,25 +165,24 @@ class FakeSMTPServer(socketserver.ThreadingTCPServer):
             self.refused.append((address, code))
         return code, text
 
-    def deliver(self, recipients, subject):
+    def deliver(self, recipients: list[str], subject: str) -> int:
         with self.lock:
             for r in recipients:
                 self.mailbox.append((r, subject))
             return len(self.mailbox)
 
-    def __enter__(self):
+    def __enter__(self) -> "FakeSMTPServer":
         threading.Thread(target=self.serve_forever, name="fake-smtp", daemon=True).start()
         return self
 
-    def __exit__(self, *exc):
+    def __exit__(self, *exc: object) -> None:
         self.shutdown()
         self.server_close()
-        return False
 
 
 # ---- the demo ------------------------------------------------------------------
 
-def main():
+def main() -> int:
     """Start the fake SMTP server and a daemon, send the campaign, report."""
     from liteq.launcher import start_daemon
 

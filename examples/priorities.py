@@ -21,12 +21,13 @@ import os
 import shutil
 import tempfile
 import time
+from typing import Any
 
 from liteq import get_task_status, task, wait_for_task
 
 
 @task()
-def job(label: str):
+def job(label: str) -> dict[str, Any]:
     """An ordinary task (priority 0 unless the call says otherwise)."""
     started = time.time()
     time.sleep(0.05)
@@ -34,16 +35,16 @@ def job(label: str):
 
 
 @task(priority=20)
-def alert(message: str):
+def alert(message: str) -> dict[str, Any]:
     """A task whose every call has priority 20."""
     started = time.time()
     time.sleep(0.05)
     return {"label": f"alert: {message}", "started": started}
 
 
-def enqueue_mix():
+def enqueue_mix() -> list[int]:
     """Enqueue ten tasks in a mixed-up order; returns their ids in enqueue order."""
-    ids = []
+    ids: list[int] = []
     ids += job.starmap([("newsletter-1",), ("newsletter-2",)])          # priority 0
     ids.append(job.apply_async(["password-reset-1"], priority=10))
     ids.append(job.apply_async(["invoice-17"], priority=5))
@@ -55,10 +56,17 @@ def enqueue_mix():
     return ids
 
 
-def show_order(ids):
+def status_of(task_id: int) -> str:
+    """The status of a task this example enqueued (so it exists)."""
+    status = get_task_status(task_id)
+    assert status is not None
+    return str(status["status"])
+
+
+def show_order(ids: list[int]) -> bool:
     """Wait for the tasks, print them in the order they started, and check that
     the order follows priority; returns True when it does."""
-    rows = []
+    rows: list[tuple[float, int, int, str]] = []
     for position, task_id in enumerate(ids, 1):
         status = wait_for_task(task_id, timeout=30)
         rows.append((status["result"]["started"], status["priority"], position,
@@ -77,7 +85,7 @@ def show_order(ids):
     return ok
 
 
-def main():
+def main() -> int:
     """Enqueue with the daemon stopped, then with the queue paused; show both orders."""
     from liteq import control
     from liteq.launcher import start_daemon
@@ -91,7 +99,7 @@ def main():
         print("\n== part 1: enqueue while no daemon runs ==")
         ids = enqueue_mix()
         print(f"enqueued {len(ids)} tasks; all are "
-              f"{', '.join(sorted({get_task_status(i)['status'] for i in ids}))}")
+              f"{', '.join(sorted({status_of(i) for i in ids}))}")
         print("starting liteqd with 1 worker process ...")
         with start_daemon(__file__, concurrency=1, log_path=log_path):
             ok1 = show_order(ids)
@@ -102,7 +110,7 @@ def main():
             ids = enqueue_mix()
             time.sleep(0.3)
             print(f"enqueued {len(ids)} tasks; 0.3 s later they are still "
-                  f"{', '.join(sorted({get_task_status(i)['status'] for i in ids}))}")
+                  f"{', '.join(sorted({status_of(i) for i in ids}))}")
             reply = control.resume("default")
             print(f"resumed; paused queues now: {reply['paused']}")
             ok2 = show_order(ids)

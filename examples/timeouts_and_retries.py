@@ -29,7 +29,7 @@ import time
 from liteq import TaskTimeout, task, wait_for_task
 
 
-def _record_processes(pid_file, extra):
+def _record_processes(pid_file: str, extra: "subprocess.Popen[bytes]") -> None:
     """Write this worker's pid and the subprocess's, with their start times."""
     import psutil
 
@@ -41,7 +41,7 @@ def _record_processes(pid_file, extra):
 
 
 @task(timeout=1, max_retries=0)
-def stuck_task(pid_file: str):
+def stuck_task(pid_file: str) -> str:
     """Hangs for 30 s; its time limit is 1 s."""
     child = subprocess.Popen(["sleep", "30"])
     _record_processes(pid_file, child)
@@ -50,7 +50,7 @@ def stuck_task(pid_file: str):
 
 
 @task(timeout=1, max_retries=0)
-def stubborn_task(pid_file: str):
+def stubborn_task(pid_file: str) -> str:
     """Ignores the soft time limit, so only the supervisor's SIGKILL stops it."""
     child = subprocess.Popen(["sleep", "30"])
     _record_processes(pid_file, child)
@@ -64,7 +64,7 @@ def stubborn_task(pid_file: str):
 
 
 @task(max_retries=3, retry_delay=0.2, retry_backoff=1.0)
-def flaky_task(counter_file: str):
+def flaky_task(counter_file: str) -> str:
     """Fails on its first two attempts, succeeds on the third."""
     with open(counter_file, "a+") as f:
         f.seek(0)
@@ -75,7 +75,7 @@ def flaky_task(counter_file: str):
     return f"succeeded on attempt {attempt}"
 
 
-def gone(pid, started):
+def gone(pid: int, started: float) -> bool:
     """True when the process has exited (a zombie, or a new process reusing the pid,
     counts as gone)."""
     import psutil
@@ -87,10 +87,10 @@ def gone(pid, started):
         return True
 
 
-def report_processes(pid_file):
+def report_processes(pid_file: str) -> bool:
     """Print whether the worker and its subprocess are gone (waiting up to 3 s)."""
     with open(pid_file) as f:
-        procs = json.load(f)
+        procs: dict[str, tuple[int, float]] = json.load(f)
     deadline = time.time() + 3
     while time.time() < deadline and not all(gone(*p) for p in procs.values()):
         time.sleep(0.05)
@@ -99,7 +99,7 @@ def report_processes(pid_file):
     return all(gone(*p) for p in procs.values())
 
 
-def main():
+def main() -> int:
     """Run the three tasks under a daemon and report what happened to each."""
     from liteq.launcher import start_daemon
 

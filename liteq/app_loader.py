@@ -6,6 +6,8 @@ import importlib.util
 import os
 import sys
 import threading
+import types
+from collections.abc import Generator
 
 from .errors import ConfigError
 
@@ -18,7 +20,7 @@ class AppStartsLoop(ConfigError):
 
 
 @contextlib.contextmanager
-def _importing_app(kind, spec):
+def _importing_app(kind: str, spec: str) -> Generator[None, None, None]:
     previous = getattr(_importing, "app", None)
     _importing.app = (kind, spec)
     try:
@@ -38,7 +40,7 @@ def refuse_loop_at_import(call: str) -> None:
     if app is None:
         return
     kind, spec = app
-    caller = sys._getframe(2)  # the app's line that called run()
+    caller = sys._getframe(2)  # pyright: ignore[reportPrivateUsage]  # the app's line that called run()
     where = f"{os.path.basename(caller.f_code.co_filename)} line {caller.f_lineno}"
     raise AppStartsLoop(
         f"{kind} {spec!r} starts its own loop at import ({call} at {where}); wrap that "
@@ -46,11 +48,11 @@ def refuse_loop_at_import(call: str) -> None:
         f"and importing it (as liteqd and liteq do) does not")
 
 
-def _module_name_for(path):
+def _module_name_for(path: str) -> str:
     return os.path.splitext(os.path.basename(path))[0]
 
 
-def load_app(spec: str, reload: bool = False):
+def load_app(spec: str, reload: bool = False) -> types.ModuleType:
     """Import the app named by `spec` and return the module.
 
     `spec` is a file path (`tasks.py`, `examples/basic.py`) or a dotted module
@@ -79,6 +81,8 @@ def load_app(spec: str, reload: bool = False):
                 os.path.abspath(getattr(existing, "__file__", "") or "") == path:
             return existing
         module_spec = importlib.util.spec_from_file_location(name, path)
+        if module_spec is None or module_spec.loader is None:
+            raise ConfigError(f"app file {spec!r} cannot be imported: not a Python file")
         module = importlib.util.module_from_spec(module_spec)
         sys.modules[name] = module
         try:

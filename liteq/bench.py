@@ -15,6 +15,7 @@ its own, as on N machines), and the drain rate is theirs together.
 
 import argparse
 import contextlib
+import importlib
 import json
 import os
 import shutil
@@ -24,7 +25,13 @@ import sys
 import tempfile
 import time
 import uuid
+from collections.abc import Generator, Iterable
+from typing import TYPE_CHECKING, Any, TextIO
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+
+if TYPE_CHECKING:
+    from .backends import Backend
+    from .launcher import DaemonHandle
 
 BENCH_APP = '''
 import time
@@ -43,13 +50,13 @@ def stamp():
 class Progress:
     """A one-line progress display on a terminal; plain lines otherwise."""
 
-    def __init__(self, stream=sys.stderr, quiet=False):
+    def __init__(self, stream: TextIO = sys.stderr, quiet: bool = False) -> None:
         self.stream = stream
         self.tty = stream.isatty()
         self.quiet = quiet
         self.last = ""
 
-    def show(self, text):
+    def show(self, text: str) -> None:
         """Replace the progress line with `text`."""
         if self.quiet:
             return
@@ -61,14 +68,14 @@ class Progress:
             self.stream.flush()
         self.last = text
 
-    def done(self):
+    def done(self) -> None:
         """End the progress line."""
         if self.tty and not self.quiet:
             self.stream.write("\r\033[K")
             self.stream.flush()
 
 
-def _raw_insert_rates(path, n_single, n_bulk):
+def _raw_insert_rates(path: str, n_single: int, n_bulk: int) -> tuple[float, float]:
     """Baseline: plain sqlite3 inserts into a table shaped like tasks, same pragmas."""
     conn = sqlite3.connect(path, isolation_level=None)
     conn.execute("PRAGMA journal_mode=WAL")
@@ -97,7 +104,7 @@ def _raw_insert_rates(path, n_single, n_bulk):
     return single, bulk
 
 
-def _raw_postgres_rates(url, n_single, n_bulk):
+def _raw_postgres_rates(url: str, n_single: int, n_bulk: int) -> tuple[float, float]:
     """Baseline: plain psycopg into a table shaped like tasks (one prepared INSERT and
     its commit per row, then one executemany in a transaction)."""
     import psycopg
@@ -127,18 +134,18 @@ class Scratch:
     """Temporary queues for the runs: SQLite files in a temp dir, or fresh schemas of
     the PostgreSQL database `--db` names (each dropped at the end)."""
 
-    def __init__(self, workdir, db=None):
+    def __init__(self, workdir: str, db: str | None = None) -> None:
         from .backends import is_postgres
         self.workdir = workdir
         self.server = db if db and is_postgres(db) else None
-        self.schemas = []
+        self.schemas: list[str] = []
 
     @property
-    def kind(self):
+    def kind(self) -> str:
         """'PostgreSQL' or 'SQLite', for the baseline's label."""
         return "PostgreSQL" if self.server else "SQLite"
 
-    def queue(self, name):
+    def queue(self, name: str) -> str:
         """A fresh, empty queue's target, exported as LITEQ_DB."""
         from .backends import forget_backends
         if self.server:
@@ -152,13 +159,13 @@ class Scratch:
         forget_backends()
         return target
 
-    def raw_rates(self, n_single, n_bulk):
+    def raw_rates(self, n_single: int, n_bulk: int) -> tuple[float, float]:
         """The baseline insert rates of this kind of database: (single, bulk) rows/s."""
         if self.server:
             return _raw_postgres_rates(self.queue("raw"), n_single, n_bulk)
         return _raw_insert_rates(os.path.join(self.workdir, "raw.db"), n_single, n_bulk)
 
-    def close(self):
+    def close(self) -> None:
         """Drop the schemas made for the runs."""
         from .backends import forget_backends
         forget_backends()
@@ -167,20 +174,22 @@ class Scratch:
                 self._sql(f"DROP SCHEMA IF EXISTS {schema} CASCADE")
         self.schemas = []
 
-    def _sql(self, statement):
+    def _sql(self, statement: str) -> None:
         import psycopg
+        assert self.server is not None  # (only used on PostgreSQL)
         with psycopg.connect(self.server, autocommit=True) as conn:
-            conn.execute(statement)
+            # A str, not a LiteralString: the schema names in it are made by this module.
+            conn.execute(statement)  # pyright: ignore[reportCallIssue, reportArgumentType]
 
 
-def _with_query(url, **params):
+def _with_query(url: str, **params: str) -> str:
     parts = urlsplit(url)
     query = dict(parse_qsl(parts.query))
     query.update(params)
     return urlunsplit(parts._replace(query=urlencode(query)))
 
 
-def _percentile(values, p):
+def _percentile(values: Iterable[float], p: float) -> float | None:
     values = sorted(values)
     if not values:
         return None
@@ -190,7 +199,8 @@ def _percentile(values, p):
 
 
 @contextlib.contextmanager
-def _daemons(app_path, queue, concurrency, workdir, run, hosts):
+def _daemons(app_path: str, queue: str, concurrency: int, workdir: str, run: int,
+             hosts: int) -> "Generator[list[tuple[DaemonHandle, str]], None, None]":
     """The daemons of one run, stopped at the end: one as usual, or `hosts` daemons
     each in namespaces of its own (named liteq-bench-1, -2, ...) with its own control
     socket. Yields [(handle, control socket path)]."""
@@ -202,7 +212,7 @@ def _daemons(app_path, queue, concurrency, workdir, run, hosts):
             stack.enter_context(handle)
             yield [(handle, os.environ["LITEQ_SOCKET"])]
             return
-        started = []
+        started: list[tuple[DaemonHandle, str]] = []
         for n in range(1, hosts + 1):
             sock = os.path.join(workdir, f"host{n}.sock")
             handle = start_daemon(app_path, db=queue, concurrency=concurrency, socket=sock,
@@ -213,10 +223,10 @@ def _daemons(app_path, queue, concurrency, workdir, run, hosts):
         yield started
 
 
-def _drained_by_host(daemons) -> list:
+def _drained_by_host(daemons: "list[tuple[DaemonHandle, str]]") -> list[dict[str, Any]]:
     """[{hostname, pid_in_namespace, tasks}]: what each daemon says it ran."""
     from . import control
-    out = []
+    out: list[dict[str, Any]] = []
     for _, sock in daemons:
         st = control.status(include_queues=False, path=sock)
         out.append({"hostname": st["hostname"], "pid_in_namespace": st["pid"],
@@ -224,8 +234,9 @@ def _drained_by_host(daemons) -> list:
     return out
 
 
-def run_bench(tasks=20000, concurrency=2, repeat=3, samples=500, progress=None, db=None,
-              hosts=1):
+def run_bench(tasks: int = 20000, concurrency: int = 2, repeat: int = 3, samples: int = 500,
+              progress: Progress | None = None, db: str | None = None,
+              hosts: int = 1) -> dict[str, Any]:
     """Run every measurement and return the figures as a dict. db: a PostgreSQL URL to
     measure on (default: SQLite files in a temp dir); hosts: daemons that drain together,
     each in namespaces of its own (PostgreSQL; 1 when namespaces are unavailable, with
@@ -246,18 +257,18 @@ def run_bench(tasks=20000, concurrency=2, repeat=3, samples=500, progress=None, 
         f.write(BENCH_APP)
     sys.path.insert(0, workdir)
     try:
-        import liteq_bench_app as app
+        app = importlib.import_module("liteq_bench_app")  # written above
         from .backends import get_backend
 
         n_single = min(tasks, 10000)
-        figures = {"tasks": tasks, "concurrency": concurrency, "repeat": repeat,
+        figures: dict[str, Any] = {"tasks": tasks, "concurrency": concurrency, "repeat": repeat,
                    "samples": samples, "backend": scratch.kind.lower(), "hosts": hosts,
                    "runs": {}}
         if note:
             figures["hosts_note"] = note
-        runs = figures["runs"]
+        runs: dict[str, list[Any]] = figures["runs"]  # numbers (None: no latency sample)
 
-        def record(key, value):
+        def record(key: str, value: float | None) -> None:
             runs.setdefault(key, []).append(value)
 
         for r in range(repeat):
@@ -311,6 +322,7 @@ def run_bench(tasks=20000, concurrency=2, repeat=3, samples=500, progress=None, 
                     time.sleep(0.1)
                 rss = _rss(daemon.pid)
                 first, last = store.finish_window()
+                assert first is not None and last is not None, "no task was done"
                 record("drain_per_s", tasks / max(last - first, 1e-9))
                 record("supervisor_rss_mb", rss / 1e6)
                 if hosts > 1:
@@ -323,7 +335,7 @@ def run_bench(tasks=20000, concurrency=2, repeat=3, samples=500, progress=None, 
                     app.noop.apply_async(countdown=3600)
                 record("delay_daemon_per_s", n_single / (time.perf_counter() - t0))
 
-                latencies = []
+                latencies: list[float] = []
                 for i in range(samples):
                     if i % 25 == 0:
                         progress.show(f"[{r + 1}/{repeat}] latency: {i}/{samples}")
@@ -355,7 +367,7 @@ def run_bench(tasks=20000, concurrency=2, repeat=3, samples=500, progress=None, 
         shutil.rmtree(workdir, ignore_errors=True)
 
 
-def _rss(pid):
+def _rss(pid: int) -> int:
     try:
         with open(f"/proc/{pid}/statm") as f:
             return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
@@ -363,12 +375,12 @@ def _rss(pid):
         return 0
 
 
-def _wait_result(store, task_id, timeout=10.0):
+def _wait_result(store: "Backend", task_id: int, timeout: float = 10.0) -> Any:
     deadline = time.monotonic() + timeout
     delay = 0.0002
     while True:
         row = store.get_task(task_id)
-        if row["status"] == "done":
+        if row is not None and row["status"] == "done":
             return json.loads(row["result"])
         if time.monotonic() > deadline:
             raise TimeoutError(f"benchmark task {task_id} did not finish in {timeout:g} s")
@@ -394,7 +406,7 @@ ROWS = [
 ]
 
 
-def render(figures):
+def render(figures: dict[str, Any]) -> str:
     """The results as an aligned text table."""
     med = figures["median"]
     kind = "PostgreSQL" if figures.get("backend") == "postgresql" else "SQLite"
@@ -419,9 +431,9 @@ def render(figures):
     return "\n".join(lines)
 
 
-def main(argv=None) -> int:
+def main(argv: list[str] | None = None) -> int:
     """Entry point of `liteq bench`."""
-    p = argparse.ArgumentParser(prog="liteq bench", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog="liteq bench", description=(__doc__ or "").split("\n\n")[0])
     p.add_argument("--tasks", type=int, default=20000, help="tasks per drain/bulk run")
     p.add_argument("--concurrency", type=int, default=2, help="daemon children")
     p.add_argument("--repeat", type=int, default=3, help="runs per figure (medians)")

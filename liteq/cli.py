@@ -17,7 +17,7 @@ The daemon for production is `liteqd`; talk to it with `liteqctl`.
 """
 
 
-def main(argv=None) -> int:
+def main(argv: list[str] | None = None) -> int:
     """Entry point of the `liteq` command."""
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] in ("-h", "--help", "help"):

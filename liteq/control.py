@@ -13,6 +13,7 @@ listening it raises DaemonNotRunning; wake() instead does nothing.
 import json
 import socket
 import time
+from typing import Any
 
 from .backends import TASK_STATUSES, get_backend, identity_of
 from .errors import LiteQError
@@ -27,7 +28,8 @@ class ControlError(LiteQError):
     """The daemon answered with an error."""
 
 
-def request(op, *, path=None, db=None, timeout=5.0, **args) -> dict:
+def request(op: str, *, path: str | None = None, db: str | None = None, timeout: float = 5.0,
+            **args: Any) -> dict[str, Any]:
     """Send one request and return the daemon's reply (a dict with "ok": True).
 
     Raises DaemonNotRunning when nothing listens, ControlError on an error reply,
@@ -77,7 +79,7 @@ def request(op, *, path=None, db=None, timeout=5.0, **args) -> dict:
             buf += data
     finally:
         sock.close()
-    reply = json.loads(buf.split(b"\n", 1)[0])
+    reply: dict[str, Any] = json.loads(buf.split(b"\n", 1)[0])
     if not reply.get("ok"):
         raise ControlError(reply.get("error") or f"liteqd refused {op!r}")
     return reply
@@ -113,12 +115,12 @@ def queue_counts(db=None, estimate=False) -> list:
     return [counts[k] for k in sorted(counts)]
 
 
-def ping(**kw) -> dict:
+def ping(**kw: Any) -> dict[str, Any]:
     """Check that the daemon answers; returns {"pong": True, "pid": ...}."""
     return request("ping", **kw)
 
 
-def status(include_queues=True, estimate=True, **kw) -> dict:
+def status(include_queues: bool = True, estimate: bool = True, **kw: Any) -> dict[str, Any]:
     """The daemon's state: pid, uptime_s, db, pools (with children) and, by default,
     per-queue counts read from the database (so the daemon's loop never scans it).
 
@@ -132,39 +134,40 @@ def status(include_queues=True, estimate=True, **kw) -> dict:
     return reply
 
 
-def scale(size, pool=None, **kw) -> dict:
+def scale(size: int, pool: str | None = None, **kw: Any) -> dict[str, Any]:
     """Set a pool's number of children (the first pool when pool is None)."""
-    args = {"size": size}
+    args: dict[str, Any] = {"size": size}
     if pool is not None:
         args["pool"] = pool
     return request("scale", **args, **kw)
 
 
-def pause(queue, **kw) -> dict:
+def pause(queue: str, **kw: Any) -> dict[str, Any]:
     """Stop claiming tasks from `queue` (running ones finish)."""
     return request("pause", queue=queue, **kw)
 
 
-def resume(queue, **kw) -> dict:
+def resume(queue: str, **kw: Any) -> dict[str, Any]:
     """Claim from `queue` again."""
     return request("resume", queue=queue, **kw)
 
 
-def reload(**kw) -> dict:
+def reload(**kw: Any) -> dict[str, Any]:
     """Re-import the app and replace every child, losing no task (like SIGHUP)."""
     return request("reload", **kw)
 
 
-def shutdown(fast=False, **kw) -> dict:
+def shutdown(fast: bool = False, **kw: Any) -> dict[str, Any]:
     """Stop the daemon: graceful by default, fast (kill and requeue) with fast=True."""
     return request("shutdown", fast=fast, **kw)
 
 
-def schedules(**kw) -> list:
+def schedules(**kw: Any) -> list[dict[str, Any]]:
     """The cron schedules, as the daemon sees them."""
-    return request("schedules", **kw)["schedules"]
+    found: list[dict[str, Any]] = request("schedules", **kw)["schedules"]
+    return found
 
 
-def wake(db=None) -> None:
+def wake(db: str | None = None) -> None:
     """Nudge the daemon to look for due tasks now; silently does nothing without one."""
     get_backend(db).notify()

@@ -14,6 +14,7 @@ when clocks go forward fires at the first valid time after the gap.
 """
 
 import os
+from collections.abc import Iterator
 from datetime import datetime, tzinfo
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
@@ -33,7 +34,7 @@ _MAX_SKIP = 20000
 
 # ---- time zones -------------------------------------------------------------
 
-_local_cache = {}
+_local_cache: dict[str | None, tzinfo] = {}
 
 
 def local_zone() -> tzinfo:
@@ -52,7 +53,14 @@ def local_zone() -> tzinfo:
     return zone
 
 
-def _find_local_zone(tz_env):
+def _current_offset_zone() -> tzinfo:
+    """The current fixed UTC offset (astimezone() always sets one)."""
+    zone = datetime.now().astimezone().tzinfo
+    assert zone is not None
+    return zone
+
+
+def _find_local_zone(tz_env: str | None) -> tzinfo:
     if tz_env:
         name = tz_env[1:] if tz_env.startswith(":") else tz_env
         try:
@@ -61,7 +69,7 @@ def _find_local_zone(tz_env):
                     return ZoneInfo.from_file(f, key=name)
             return ZoneInfo(name)
         except (OSError, ValueError, KeyError):
-            return datetime.now().astimezone().tzinfo
+            return _current_offset_zone()
     try:
         real = os.path.realpath("/etc/localtime")
         marker = "/zoneinfo/"
@@ -73,10 +81,10 @@ def _find_local_zone(tz_env):
         with open("/etc/localtime", "rb") as f:
             return ZoneInfo.from_file(f, key="localtime")
     except (OSError, ValueError):
-        return datetime.now().astimezone().tzinfo
+        return _current_offset_zone()
 
 
-def zone_of(tz) -> tzinfo:
+def zone_of(tz: str | None) -> tzinfo:
     """The tzinfo for a stored or given zone name (None: the local zone)."""
     if tz is None:
         return local_zone()
@@ -88,7 +96,7 @@ def zone_of(tz) -> tzinfo:
             f"'America/New_York' or 'UTC'") from None
 
 
-def check_tz(tz):
+def check_tz(tz: object) -> str | None:
     if tz is None:
         return None
     if isinstance(tz, ZoneInfo) and tz.key:
@@ -103,7 +111,7 @@ def check_tz(tz):
 
 # ---- cron computation -------------------------------------------------------
 
-def normalize_cron(cron) -> str:
+def normalize_cron(cron: object) -> str:
     if not isinstance(cron, str):
         raise TypeError(f"cron must be a string such as '0 2 * * *', "
                         f"not {type(cron).__name__}")
@@ -113,7 +121,7 @@ def normalize_cron(cron) -> str:
     return expr
 
 
-def _hash_id(expr, name):
+def _hash_id(expr: str, name: str | None) -> bytes | None:
     # `H` fields are hashed on the schedule name so they are stable across
     # processes. The @ aliases mean their fixed Vixie-cron times only without a
     # hash id (with one croniter turns @daily into a hashed time).
@@ -122,7 +130,7 @@ def _hash_id(expr, name):
     return name.encode("utf-8")
 
 
-def _croniter(expr, start, name):
+def _croniter(expr: str, start: datetime | float, name: str | None) -> "croniter[float]":
     try:
         return croniter(expr, start, hash_id=_hash_id(expr, name))
     except CroniterBadDateError as exc:
@@ -134,13 +142,13 @@ def _croniter(expr, start, name):
         raise ValueError(f"invalid cron expression {expr!r}: {msg}") from None
 
 
-def _is_repeated_wall_time(ts, zone) -> bool:
+def _is_repeated_wall_time(ts: float, zone: tzinfo) -> bool:
     """True when `ts` is the second time its local wall-clock time occurs (clocks went back)."""
     local = datetime.fromtimestamp(ts, zone)
     return local.fold == 1 and local.replace(fold=0).utcoffset() != local.utcoffset()
 
 
-def occurrences(expr, zone, after, name):
+def occurrences(expr: str, zone: tzinfo, after: float, name: str | None) -> Iterator[float]:
     """Yield the schedule's fire times (epoch seconds) strictly after `after`, increasing."""
     it = _croniter(expr, datetime.fromtimestamp(after, zone), name)
     every_hour = it.expanded[1] == ["*"]
@@ -148,7 +156,7 @@ def occurrences(expr, zone, after, name):
     skipped = 0
     while True:
         try:
-            t = it.get_next(float)
+            t = it.get_next(float)  # pyright: ignore[reportUnknownMemberType]  (stub: FloatInt)
         except CroniterBadDateError as exc:
             raise ValueError(
                 f"cron expression {expr!r} never matches a date after "
@@ -167,19 +175,20 @@ def occurrences(expr, zone, after, name):
         yield t
 
 
-def next_after(expr, tz, after, name=None) -> float:
+def next_after(expr: str, tz: str | None, after: float, name: str | None = None) -> float:
     return next(occurrences(expr, zone_of(tz), after, name))
 
 
-def latest_before(expr, tz, before, floor, limit, name=None) -> list:
+def latest_before(expr: str, tz: str | None, before: float, floor: float, limit: int,
+                  name: str | None = None) -> list[float]:
     """Up to `limit` fire times in [floor, before), the latest ones, oldest first."""
     zone = zone_of(tz)
     it = _croniter(expr, datetime.fromtimestamp(before, zone), name)
     every_hour = it.expanded[1] == ["*"]
-    out = []
+    out: list[float] = []
     last = before
     for _ in range(limit + _MAX_SKIP):
-        t = it.get_prev(float)
+        t = it.get_prev(float)  # pyright: ignore[reportUnknownMemberType]  (stub: FloatInt)
         if t < floor or len(out) >= limit:
             break
         if t >= last or (not every_hour and _is_repeated_wall_time(t, zone)):
@@ -190,7 +199,8 @@ def latest_before(expr, tz, before, floor, limit, name=None) -> list:
     return out
 
 
-def next_run_after(cron: str, after=None, tz=None, name=None) -> float:
+def next_run_after(cron: str, after: datetime | float | None = None, tz: str | None = None,
+                   name: str | None = None) -> float:
     """The first fire time of `cron` strictly after `after`, as epoch seconds.
 
     `after` is a datetime (naive = local time) or epoch seconds, default now;
@@ -213,7 +223,7 @@ _ALIASES = {"@hourly": "0 * * * *", "@daily": "0 0 * * *", "@midnight": "0 0 * *
             "@annually": "0 0 1 1 *"}
 
 
-def parse_cron(cron_expr: str) -> dict:
+def parse_cron(cron_expr: str) -> dict[str, str]:
     """The fields of a cron expression by name, after checking it (the seed's function):
     {minute, hour, day, month, weekday}, plus second and year when the expression
     has croniter's 6th and 7th fields. Raises ValueError for an invalid expression."""
@@ -222,7 +232,7 @@ def parse_cron(cron_expr: str) -> dict:
     return dict(zip(_FIELD_NAMES, _ALIASES.get(expr.lower(), expr).split()))
 
 
-def calculate_next_run(cron_expr: str, from_time=None) -> datetime:
+def calculate_next_run(cron_expr: str, from_time: datetime | None = None) -> datetime:
     """The first fire time of `cron_expr` after `from_time` (a naive local datetime,
     default now), as a naive local datetime: the seed's function, with full cron
     syntax. next_run_after() gives epoch seconds and takes a zone."""

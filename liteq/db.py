@@ -17,22 +17,23 @@ from . import settings
 from .backends import is_postgres, sqlite_path
 from .backends.sqlite import open_with_schema
 from .errors import ConfigError
+import sqlite3
 
 
 class _DbModule(types.ModuleType):
     @property
-    def DB_PATH(self):  # noqa: N802 (the seed's name)
+    def DB_PATH(self) -> str:  # noqa: N802 (the seed's name)
         return settings.db_path()
 
     @DB_PATH.setter
-    def DB_PATH(self, path):  # noqa: N802
+    def DB_PATH(self, path: "str | os.PathLike[str]") -> None:  # noqa: N802
         os.environ["LITEQ_DB"] = os.fspath(path)
 
 
 sys.modules[__name__].__class__ = _DbModule
 
 
-def get_conn(path=None):
+def get_conn(path: str | None = None) -> sqlite3.Connection:
     """Open a new connection to the queue database, with the schema in place.
 
     The path is LITEQ_DB read at each call (default: liteq.db in the working
@@ -46,7 +47,7 @@ def get_conn(path=None):
     return open_with_schema(sqlite_path(target), isolation_level="")
 
 
-def init_db(path=None) -> None:
+def init_db(path: str | None = None) -> None:
     """Create (or migrate) the schema. Idempotent; first use does it anyway.
 
     Works on any backend (a PostgreSQL URL too); the schema is created on open.

@@ -72,7 +72,7 @@ class Retry(LiteQError):
     task's retry back-off decides).
     """
 
-    def __init__(self, reason: str = "retry requested", delay: float | None = None):
+    def __init__(self, reason: str = "retry requested", delay: float | None = None) -> None:
         if delay is not None and (isinstance(delay, bool) or not isinstance(delay, (int, float))
                                   or delay < 0):
             raise ValueError(f"Retry delay must be a number of seconds >= 0, got {delay!r}")
@@ -85,7 +85,7 @@ class TaskFailed(LiteQError):
     """handle.result(): the task ended `failed`; .error holds its error text (with the
     traceback) and .status its TaskStatus."""
 
-    def __init__(self, message: str, status: object = None, error: str | None = None):
+    def __init__(self, message: str, status: object = None, error: str | None = None) -> None:
         super().__init__(message)
         self.status = status
         self.error = error
@@ -95,7 +95,7 @@ class TaskWasCancelled(LiteQError):
     """handle.result(): the task ended `cancelled` (cancel_task(), or a task it
     depends on failed); .status holds its TaskStatus."""
 
-    def __init__(self, message: str, status: object = None):
+    def __init__(self, message: str, status: object = None) -> None:
         super().__init__(message)
         self.status = status
 

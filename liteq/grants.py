@@ -7,7 +7,7 @@ import sys
 from .errors import LiteQError
 
 
-def main(argv=None) -> int:
+def main(argv: list[str] | None = None) -> int:
     """Entry point of `liteq grants`."""
     parser = argparse.ArgumentParser(
         prog="liteq grants",
@@ -27,7 +27,9 @@ def main(argv=None) -> int:
     try:
         backend = open_backend(target)
         try:
+            from .backends.postgres import PostgresBackend
             from .backends.postgres.grants import app_grants
+            assert isinstance(backend, PostgresBackend)  # is_postgres(target)
             print("\n".join(app_grants(args.role, backend.schema)))
         finally:
             backend.close()

@@ -25,7 +25,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from typing import Any
+from typing import Any, cast
 
 from . import settings
 from .errors import LiteQError
@@ -92,7 +92,7 @@ class DaemonHandle:
         self.stop()
 
 
-def _stderr_text(log_path, start):
+def _stderr_text(log_path: str, start: int) -> str:
     """The non-JSON lines (stderr) the daemon wrote to its log from offset `start`."""
     try:
         with open(log_path, "rb") as f:
@@ -103,7 +103,7 @@ def _stderr_text(log_path, start):
     return "\n".join(line for line in lines if not line.startswith("{")).strip()
 
 
-def _children_ready(sock) -> bool:
+def _children_ready(sock: str) -> bool:
     """True once the daemon answers and every pool has a child ready (or size 0).
 
     Asked over the control socket rather than read from the log, so any
@@ -119,7 +119,7 @@ def _children_ready(sock) -> bool:
                for pool in status["pools"])
 
 
-def namespaces_unavailable():
+def namespaces_unavailable() -> str | None:
     """None when daemons can run in namespaces of their own here (start_daemon's
     hostname=); else why not, in a line."""
     try:
@@ -132,7 +132,7 @@ def namespaces_unavailable():
     return None
 
 
-def _only_child(pid, timeout=5.0):
+def _only_child(pid: int, timeout: float = 5.0) -> int | None:
     """The pid of the one child of process `pid` (unshare's forked child), or None."""
     deadline = time.monotonic() + timeout
     path = f"/proc/{pid}/task/{pid}/children"
@@ -167,7 +167,8 @@ def start_daemon(app: str, db: str | None = None, *, ready_timeout: float = 30.0
             "--log-format", "json"]
     for key, value in options.items():
         flag = "--" + key.replace("_", "-")
-        for item in value if isinstance(value, (list, tuple)) else [value]:
+        # (Any narrowed by isinstance is list[Unknown] to pyright: its items are Any too.)
+        for item in cast("list[Any]", value) if isinstance(value, (list, tuple)) else [value]:
             argv += [flag] if item is True else [flag, str(item)]
     if hostname is not None:
         argv = NAMESPACES + ["--", sys.executable, "-c", _AS_HOST, hostname] + argv[1:]
@@ -180,7 +181,7 @@ def start_daemon(app: str, db: str | None = None, *, ready_timeout: float = 30.0
                                    start_new_session=True)
     supervisor = _only_child(process.pid) if hostname is not None else None
     handle = DaemonHandle(process, log_path, supervisor)
-    sock = options.get("socket") or env.get("LITEQ_SOCKET") or socket_path(identity_of(db))
+    sock: str = options.get("socket") or env.get("LITEQ_SOCKET") or socket_path(identity_of(db))
     deadline = time.monotonic() + ready_timeout
     while time.monotonic() < deadline:
         if process.poll() is not None:

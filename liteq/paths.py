@@ -22,7 +22,7 @@ RUNTIME_DIR = "/run/liteq"
 _UCRED = struct.Struct("3i")
 
 
-def socket_path(identity=None) -> str:
+def socket_path(identity: str | None = None) -> str:
     """The control socket path of the queue `identity` (default: the queue LITEQ_DB
     names; see liteq.backends.identity_of). The first that applies:
 
@@ -73,7 +73,7 @@ def private_dir() -> str:
     return "/run" if uid == 0 else f"/tmp/liteq-{uid}"
 
 
-def _writable_by_others(directory) -> bool:
+def _writable_by_others(directory: str) -> bool:
     """Whether any user may create files in `directory` (world-writable, like /tmp)."""
     try:
         return bool(os.stat(directory).st_mode & stat.S_IWOTH)
@@ -87,7 +87,7 @@ def wake_path(control_socket: str) -> str:
     return root + ".wake"
 
 
-def _prepare_private_dir(directory):
+def _prepare_private_dir(directory: str) -> None:
     """Create our /tmp/liteq-UID fallback (0700), and refuse it when someone else made
     it first or it is open to others: a socket there could be replaced or read."""
     uid = os.getuid()
@@ -105,7 +105,7 @@ def _prepare_private_dir(directory):
             f"created it. Set XDG_RUNTIME_DIR or LITEQ_SOCKET to a directory of your own")
 
 
-def listener_of(path, kind):
+def listener_of(path: str, kind: int) -> tuple[int | None, int] | None:
     """(pid, uid) of the process listening on the Unix socket `path`; None when
     nothing listens there (no file, a dead daemon's socket, or not a socket).
 
@@ -119,6 +119,8 @@ def listener_of(path, kind):
         probe.connect(path)
         if kind != socket.SOCK_STREAM:
             return None, os.lstat(path).st_uid
+        pid: int
+        uid: int
         pid, uid, _gid = _UCRED.unpack(
             probe.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, _UCRED.size))
         return pid, uid
@@ -128,14 +130,14 @@ def listener_of(path, kind):
         probe.close()
 
 
-def _user_name(uid):
+def _user_name(uid: int) -> str:
     try:
         return pwd.getpwuid(uid).pw_name
     except KeyError:
         return f"uid {uid}"
 
 
-def claim_socket_path(path: str, kind: int):
+def claim_socket_path(path: str, kind: int) -> tuple[int | None, int] | None:
     """Make `path` free to bind: remove a dead daemon's socket, refuse a live daemon's.
 
     A listener is taken for another liteqd only when it runs as root or as our own
@@ -149,7 +151,7 @@ def claim_socket_path(path: str, kind: int):
     if not os.path.isdir(directory):
         raise ConfigError(f"socket directory {directory} does not exist")
     if not os.path.lexists(path):
-        return
+        return None
     try:
         holder = listener_of(path, kind)
     except OSError as exc:

@@ -25,7 +25,8 @@ from __future__ import annotations
 import sys
 import warnings
 from datetime import datetime
-from typing import Any
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 
 from .backends import get_backend
 from .core import TASK_REGISTRY, Task
@@ -38,6 +39,9 @@ from .taskspec import (MAX_RETRIES, NewTask, TaskOptions, check_name, check_numb
                        check_priority)
 from .timeutil import now, to_iso
 
+if TYPE_CHECKING:
+    from .backends.base import Backend
+
 CATCHUP_MODES = ("coalesce", "all")
 
 # catchup="all" enqueues at most this many missed occurrences per fire (the most
@@ -46,12 +50,12 @@ MAX_CATCHUP = 100
 
 
 # (identity, schedule name) -> what this process registered under that name.
-_registered = {}
+_registered: dict[tuple[str | None, str], tuple[Any, ...]] = {}
 
 
 # ---- registration -------------------------------------------------------------
 
-def _task_name(task) -> str:
+def _task_name(task: object) -> str:
     if isinstance(task, Task):
         return task.name
     if isinstance(task, str):
@@ -62,7 +66,7 @@ def _task_name(task) -> str:
                         f"or a registered task name")
 
 
-def _check_int(label, value, minimum=None):
+def _check_int(label: str, value: object, minimum: int | None = None) -> int | None:
     if value is None:
         return None
     if isinstance(value, bool) or not isinstance(value, int):
@@ -150,7 +154,7 @@ def register_schedule(task: Any, cron: str, *args: Any, name: str | None = None,
 
 # ---- firing -----------------------------------------------------------------
 
-def _new_task(row, run_at):
+def _new_task(row: dict[str, Any], run_at: float) -> NewTask:
     """The task a fire inserts: the task's own options unless the schedule overrides."""
     registered = TASK_REGISTRY.get(row["task_name"])
     options = registered.options if registered is not None else TaskOptions()
@@ -159,13 +163,13 @@ def _new_task(row, run_at):
     return NewTask(row["task_name"], row["payload"], options, run_at=run_at)
 
 
-def _plan(row, at):
+def _plan(row: dict[str, Any], at: float) -> tuple[list[float], float]:
     """(run times to enqueue, new next_run) for a due schedule row."""
     expr, tz, name, due = row["cron_expr"], row["tz"], row["name"], row["next_run"]
     zone = zone_of(tz)
     new_next = next(occurrences(expr, zone, at, name))
     if row["catchup"] == "all":
-        runs = [due]
+        runs: list[float] = [due]
         for t in occurrences(expr, zone, due, name):
             if t > at:
                 break
@@ -183,7 +187,8 @@ def _plan(row, at):
     return [latest], new_next
 
 
-def fire_due(backend=None, at=None, log=None) -> list:
+def fire_due(backend: Backend | None = None, at: datetime | float | None = None,
+             log: Callable[..., object] | None = None) -> list[int]:
     """Fire every enabled schedule whose next run has come; returns the new task ids.
 
     For each due schedule the next run moves to the first occurrence after `at`
@@ -204,7 +209,7 @@ def fire_due(backend=None, at=None, log=None) -> list:
         at = now()
     elif isinstance(at, datetime):
         at = at.timestamp()
-    fired = []
+    fired: list[int] = []
     for row in backend.due_schedules(at):
         try:
             runs, new_next = _plan(row, at)
@@ -233,7 +238,7 @@ def fire_due(backend=None, at=None, log=None) -> list:
     return fired
 
 
-def next_fire_time(backend=None):
+def next_fire_time(backend: Backend | None = None) -> float | None:
     """The earliest next run of any enabled schedule (epoch seconds), or None."""
     backend = backend or get_backend()
     return backend.next_schedule_time()
@@ -241,7 +246,7 @@ def next_fire_time(backend=None):
 
 # ---- listing and switching ----------------------------------------------------
 
-def _schedule_dict(row) -> dict:
+def _schedule_dict(row: dict[str, Any]) -> dict[str, Any]:
     try:
         args, kwargs = decode_payload(row["payload"])
     except ValueError:
@@ -269,7 +274,7 @@ def _schedule_dict(row) -> dict:
     }
 
 
-def list_schedules(backend=None) -> list:
+def list_schedules(backend: Backend | None = None) -> list[dict[str, Any]]:
     """Every schedule as a dict, by name.
 
     Keys: id, name, task_name, cron_expr, args, kwargs, payload (their JSON
@@ -282,7 +287,7 @@ def list_schedules(backend=None) -> list:
     return [_schedule_dict(r) for r in backend.list_schedules()]
 
 
-def _find(backend, name_or_id):
+def _find(backend: Backend, name_or_id: object) -> dict[str, Any] | None:
     if isinstance(name_or_id, bool) or not isinstance(name_or_id, (int, str)):
         raise TypeError(f"give a schedule name or id, not {name_or_id!r}")
     if isinstance(name_or_id, str):
@@ -296,7 +301,7 @@ def _find(backend, name_or_id):
     return None
 
 
-def enable_schedule(name_or_id, backend=None) -> bool:
+def enable_schedule(name_or_id: str | int, backend: Backend | None = None) -> bool:
     """Enable a schedule by name or id; False when there is no such schedule.
 
     A schedule that was disabled starts again from now: its next run is the first
@@ -312,7 +317,7 @@ def enable_schedule(name_or_id, backend=None) -> bool:
     return backend.set_schedule_enabled(row["id"], True, next_run)
 
 
-def disable_schedule(name_or_id, backend=None) -> bool:
+def disable_schedule(name_or_id: str | int, backend: Backend | None = None) -> bool:
     """Disable a schedule by name or id (it stays listed); False when there is none."""
     backend = backend or get_backend()
     row = _find(backend, name_or_id)
@@ -351,7 +356,7 @@ def remove_schedule(name_or_id, backend=None) -> bool:
     return backend.delete_schedule(row["id"])
 
 
-def __getattr__(name):
+def __getattr__(name: str) -> Any:
     # The standalone loop lives in liteq.scheduler_loop, loaded on first use.
     if name in ("Scheduler", "main"):
         from . import scheduler_loop

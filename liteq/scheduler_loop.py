@@ -10,8 +10,11 @@ import select
 import signal
 import sys
 import threading
+from collections.abc import Callable
+from types import FrameType
+from typing import Any
 
-from .backends import forget_backends, get_backend
+from .backends import Backend, forget_backends, get_backend
 from .app_loader import load_app, refuse_loop_at_import
 from .errors import ConfigError, DatabaseError
 from .scheduler import fire_due
@@ -19,7 +22,7 @@ from .timeutil import now, to_iso
 
 
 
-def _print_event(event, **fields):
+def _print_event(event: str, **fields: Any) -> None:
     if event == "schedule.fired":
         ids = fields["task_ids"]
         ids = (", ".join(f"#{i}" for i in ids) if len(ids) <= 5
@@ -61,7 +64,7 @@ class Scheduler:
         self.on_db_error = on_db_error or _print_db_error
         self._stopping = False
         self._lock = threading.Lock()
-        self._pipe = None
+        self._pipe: tuple[int, int] | None = None
 
     @property
     def running(self) -> bool:
@@ -70,11 +73,11 @@ class Scheduler:
         return self._pipe is not None and not self._stopping
 
     @running.setter
-    def running(self, value):
+    def running(self, value: bool) -> None:
         if not value:
             self.stop()
 
-    def run_once(self) -> list:
+    def run_once(self) -> list[int]:
         """Fire what is due now; returns the new task ids."""
         return fire_due(get_backend(self.db_path), log=self.log)
 
@@ -86,13 +89,13 @@ class Scheduler:
                 self._nudge(self._pipe[1])
 
     @staticmethod
-    def _nudge(fd):
+    def _nudge(fd: int) -> None:
         try:
             os.write(fd, b"x")
         except OSError:
             pass  # the pipe is full: a wake-up is pending anyway
 
-    def _on_signal(self, signum, frame):
+    def _on_signal(self, signum: int, frame: FrameType | None) -> None:
         # Only record and nudge: the loop acts, outside the handler (no lock taken
         # here, since the handler may interrupt the thread that holds it).
         self._stopping = True
@@ -100,7 +103,7 @@ class Scheduler:
         if pipe is not None:
             self._nudge(pipe[1])
 
-    def _sleep_for(self, backend) -> float:
+    def _sleep_for(self, backend: Backend) -> float:
         nxt = backend.next_schedule_time()
         if nxt is None:
             return self.check_interval
@@ -119,7 +122,7 @@ class Scheduler:
         os.set_blocking(w, False)
         with self._lock:
             self._pipe = (r, w)
-        saved = {}
+        saved: dict[signal.Signals, Callable[[int, FrameType | None], Any] | int | None] = {}
         if threading.current_thread() is threading.main_thread():
             for sig in (signal.SIGTERM, signal.SIGINT):
                 saved[sig] = signal.signal(sig, self._on_signal)
@@ -157,7 +160,7 @@ class Scheduler:
 
 # ---- CLI ------------------------------------------------------------------------
 
-def _positive_float(text):
+def _positive_float(text: str) -> float:
     try:
         value = float(text)
     except ValueError:

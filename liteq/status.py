@@ -219,7 +219,7 @@ async def await_task(task_id: int, timeout: float = 30.0, poll: float = 0.02) ->
 class _Waiting:
     """The bookkeeping of waiting for a task to finish (sync or async alike)."""
 
-    def __init__(self, task_id: int, timeout: float, poll: float):
+    def __init__(self, task_id: int, timeout: float, poll: float) -> None:
         self.task_id, self.timeout, self.poll = task_id, timeout, poll
         self.deadline = time.monotonic() + timeout
         self.delay = min(poll, 0.005)

@@ -18,7 +18,7 @@ transaction.atomic().
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+from collections.abc import Generator
 from typing import Any, TypeVar
 
 from . import backends
@@ -45,7 +45,7 @@ def _borrow(conn: Any) -> tuple[Any, Any]:
 
 
 @contextlib.contextmanager
-def using(conn: C) -> Iterator[C]:
+def using(conn: C) -> Generator[C, None, None]:
     """Make LiteQ write through the app's connection `conn`, in its open transaction,
     for the duration of the block (see the module's docstring).
 

@@ -29,14 +29,14 @@ MAX_HINTS = 1024   # distinct cancel hints kept from one drain
 class _Waker:
     __slots__ = ("sock", "next_try", "target", "last_now", "announced")
 
-    def __init__(self, target):
-        self.sock = None
+    def __init__(self, target: str) -> None:
+        self.sock: socket.socket | None = None
         self.next_try = 0.0
         self.target = target
         self.last_now = -1.0     # monotonic time of the last "due now" wake-up sent
         self.announced = 0.0     # the earliest future due time already sent
 
-    def nudge(self, due):
+    def nudge(self, due: float | None) -> None:
         """Send what the daemon does not know yet; skip what it cannot miss.
 
         A "due now" wake-up within THROTTLE_S of the previous one is skipped: the
@@ -56,7 +56,7 @@ class _Waker:
             self.announced = due
             self.send(b"d%.6f" % due)
 
-    def send(self, message, again=True):
+    def send(self, message: bytes, again: bool = True) -> None:
         """Send one datagram, connecting first if needed; never raises."""
         if self.sock is None:
             t = time.monotonic()
@@ -84,12 +84,12 @@ class _Waker:
                 self.send(message, again=False)
 
 
-_pid = None
-_wakers = {}
+_pid: int | None = None
+_wakers: dict[tuple[str | None, str | None], _Waker] = {}
 
 
 @atexit.register
-def _close_all():
+def _close_all() -> None:
     # Close the cached sockets before interpreter shutdown collects them.
     for waker in _wakers.values():
         if waker.sock is not None:
@@ -97,7 +97,7 @@ def _close_all():
             waker.sock = None
 
 
-def wake(identity, due=None) -> None:
+def wake(identity: str | None, due: float | None = None) -> None:
     """Nudge the daemon serving the queue `identity` about a task due at `due`
     (epoch seconds; None = now). Silently does nothing when no daemon listens."""
     global _pid, _wakers
@@ -111,7 +111,7 @@ def wake(identity, due=None) -> None:
     waker.nudge(due)
 
 
-def send_cancel(identity, task_id) -> None:
+def send_cancel(identity: str | None, task_id: int) -> None:
     """Tell the daemon serving `identity` that running task `task_id` was cancelled
     (b"c<id>"); skipped when no daemon listens (its poll finds it)."""
     wake(identity)  # make sure a waker (and its socket) exists for this queue
@@ -120,7 +120,7 @@ def send_cancel(identity, task_id) -> None:
         waker.send(b"c%d" % int(task_id))
 
 
-def share_like(path, like) -> None:
+def share_like(path: str, like: str | None) -> None:
     """Give the socket file `path` the write access the file `like` grants: rw for
     its owner, and for its group or others only when they may write `like`, with
     `like`'s group. Owner-only when `like` is None or cannot be read."""
@@ -151,7 +151,7 @@ class DatagramChannel(WakeChannel):
     says the task is cancelled (liteqd.wake_listener).
     """
 
-    def __init__(self, control_socket, like=None):
+    def __init__(self, control_socket: str, like: str | None = None) -> None:
         self.path = wake_path(control_socket)
         claim_socket_path(self.path, socket.SOCK_DGRAM)
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
@@ -167,14 +167,15 @@ class DatagramChannel(WakeChannel):
             os.unlink(self.path)
             raise
         sock.setblocking(False)
-        self.sock = sock
+        self.sock: socket.socket | None = sock
         self.last_count = 0   # datagrams the last drain read (a backlog means a flood)
 
-    def fileno(self):
+    def fileno(self) -> int:
         """The socket's descriptor."""
+        assert self.sock is not None, "the channel is closed"
         return self.sock.fileno()
 
-    def drain(self):
+    def drain(self) -> tuple[bool, float | None]:
         """Read every datagram: (due_now, earliest later due time or None).
 
         A flood of cancel hints for one task counts once (cancelled() holds each id
@@ -182,8 +183,9 @@ class DatagramChannel(WakeChannel):
         the daemon's poll of the database.
         """
         now_due, later = False, None
-        hints = set()
+        hints: set[int] = set()
         self.last_count = 0
+        assert self.sock is not None, "the channel is closed"
         try:
             while True:
                 msg = self.sock.recv(64)
@@ -210,7 +212,7 @@ class DatagramChannel(WakeChannel):
             pass
         return now_due, later
 
-    def close(self):
+    def close(self) -> None:
         """Close and remove the socket file."""
         if self.sock is not None:
             self.sock.close()

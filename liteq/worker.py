@@ -11,8 +11,13 @@ time limits, crash recovery; it returns when stopped (SIGTERM or Ctrl-C, or
 
 import os
 import socket
+from collections.abc import Iterable
+from typing import TYPE_CHECKING, Any
 
 from .app_loader import refuse_loop_at_import
+
+if TYPE_CHECKING:
+    from liteqd.supervisor import Supervisor
 
 
 class _StopRequest:
@@ -22,16 +27,16 @@ class _StopRequest:
     the write wakes the supervisor's select() at once.
     """
 
-    def __init__(self):
+    def __init__(self) -> None:
         self.receiver, self.sender = socket.socketpair()
         self.receiver.setblocking(False)
         self.sender.setblocking(False)
 
-    def register(self, sup):
+    def register(self, sup: "Supervisor") -> None:
         """Watch the socket from the supervisor's loop."""
         sup.register_fd(self.receiver, lambda _f, _mask: self._stop(sup))
 
-    def _stop(self, sup):
+    def _stop(self, sup: "Supervisor") -> None:
         try:
             while self.receiver.recv(64):
                 pass
@@ -39,17 +44,17 @@ class _StopRequest:
             pass
         sup.request_stop(reason="Worker.shutdown")
 
-    def request(self):
+    def request(self) -> None:
         """Ask for the stop; safe from any thread, at any time."""
         try:
             self.sender.send(b"x")
         except OSError:
             pass  # closed (the loop has ended) or full (a request is pending)
 
-    def on_tick(self, sup):
+    def on_tick(self, sup: "Supervisor") -> None:
         """Nothing to do per loop iteration."""
 
-    def close(self):
+    def close(self) -> None:
         """Close both ends."""
         self.receiver.close()
         self.sender.close()
@@ -63,8 +68,9 @@ class Worker:
     tasks that set none).
     """
 
-    def __init__(self, queues=("default",), concurrency=None, timeout=None, db=None,
-                 app=None, *, task_timeout=None, **options):
+    def __init__(self, queues: str | Iterable[str] = ("default",), concurrency: int | None = None,
+                 timeout: float | None = None, db: str | None = None, app: str | None = None,
+                 *, task_timeout: float | None = None, **options: Any) -> None:
         if task_timeout is not None:
             if timeout is not None and timeout != task_timeout:
                 raise TypeError(f"give timeout or task_timeout (the same setting), not both: "
@@ -78,12 +84,12 @@ class Worker:
         self.db = db
         self.app = app
         self.options = options
-        self.worker_id = None  # the daemon's id in the workers table, while run() runs
+        self.worker_id: str | None = None  # the daemon's id in the workers table, while run() runs
         self._shutdown = False
-        self._stop_request = None
+        self._stop_request: _StopRequest | None = None
 
     @property
-    def task_timeout(self):
+    def task_timeout(self) -> float | None:
         """The seed's name for `timeout`."""
         return self.timeout
 
@@ -95,13 +101,13 @@ class Worker:
         return self._shutdown
 
     @shutdown.setter
-    def shutdown(self, value):
+    def shutdown(self, value: bool) -> None:
         self._shutdown = bool(value)
         stop = self._stop_request
         if self._shutdown and stop is not None:
             stop.request()
 
-    def _argv(self):
+    def _argv(self) -> list[str]:
         argv = ["--app", self.app or "(this process)", "--queues", ",".join(self.queues)]
         if self.concurrency is not None:
             argv += ["--concurrency", str(self.concurrency)]

@@ -57,7 +57,7 @@ class _Channel:
     code, which does it as soon as it is done (a line is never interleaved).
     """
 
-    def __init__(self, sock):
+    def __init__(self, sock) -> None:
         self.sock = sock
         self.reader = protocol.LineReader()
         self.pending = []      # parsed task messages, next one last
@@ -72,7 +72,7 @@ class _Channel:
         except (BrokenPipeError, ConnectionResetError) as exc:
             raise SupervisorGone(str(exc)) from None
 
-    def _parse(self, data):
+    def _parse(self, data) -> None:
         new = self.reader.feed(data)
         if new:
             if any(m.kind != "t" for m in new):
@@ -84,7 +84,7 @@ class _Channel:
             new.reverse()
             self.pending = new + self.pending
 
-    def _read_waiting(self):
+    def _read_waiting(self) -> None:
         """Parse whatever has arrived, without blocking (the caller holds `busy`)."""
         try:
             while True:
@@ -95,7 +95,7 @@ class _Channel:
         except (BlockingIOError, InterruptedError):
             pass
 
-    def poll(self):
+    def poll(self) -> None:
         """Read what has arrived without blocking (from the cancel signal's handler);
         nothing when the main code is reading or sending itself."""
         if self.busy:
@@ -127,7 +127,7 @@ class _Channel:
             if _Stop.requested:
                 self.hand_back()
 
-    def hand_back(self, only=None):
+    def hand_back(self, only=None) -> None:
         """Return every queued task (or those whose ids are in `only`) to the supervisor,
         unstarted ("s" messages)."""
         if self.busy:
@@ -154,14 +154,14 @@ class _Channel:
 _channel = None
 
 
-def _on_stop(signum, frame):
+def _on_stop(signum, frame) -> None:
     # The current task finishes; the queued ones go back now.
     _Stop.requested = True
     if _channel is not None:
         _channel.hand_back()
 
 
-def _on_cancel(signum, frame):
+def _on_cancel(signum, frame) -> None:
     # The supervisor sent Cancel or GiveBack messages: if the running task is
     # cancelled, stop it; hand back the recalled tasks now, not after the task.
     channel = _channel
@@ -178,13 +178,13 @@ def _on_cancel(signum, frame):
 _executor = None
 
 
-def _on_parent_death(signum, frame):
+def _on_parent_death(signum, frame) -> None:
     if os.getppid() == _Orphan.parent_pid:
         return  # sent by someone else: the supervisor lives
     _exit_orphaned()
 
 
-def _exit_orphaned():
+def _exit_orphaned() -> None:
     """Log that the supervisor is gone, once, and exit at once.
 
     The task of a dead supervisor is reclaimed by the next daemon on the database,
@@ -204,7 +204,7 @@ def _exit_orphaned():
         os._exit(0)
 
 
-def _on_socket_closed():
+def _on_socket_closed() -> None:
     """Our socket to the supervisor ended. After a stop request that is the normal way
     out (return). Otherwise only a dying supervisor closes it: the kernel closes its
     sockets a moment before it signals us, so wait briefly for the verdict (a stop
@@ -227,7 +227,7 @@ def _own_rss():
         return 0
 
 
-def _kill_descendants():
+def _kill_descendants() -> None:
     for proc in descendants(os.getpid()):
         try:
             proc.kill()
@@ -236,7 +236,7 @@ def _kill_descendants():
 
 
 def child_main(sock: socket.socket, index: int, parent_pid: int, close_fds=(),
-               report_rss=False, max_tasks=0, max_rss=0):
+               report_rss: bool = False, max_tasks: int = 0, max_rss: int = 0) -> None:
     """Entry point of a forked child; never returns (always os._exit)."""
     code = 0
     try:
@@ -280,7 +280,7 @@ def child_main(sock: socket.socket, index: int, parent_pid: int, close_fds=(),
         os._exit(code)
 
 
-def _reap_adopted():
+def _reap_adopted() -> None:
     """Collect exited processes this child adopted as subreaper (a task's double-forked
     orphans), so they do not stay zombies while the child lives on."""
     while True:
@@ -292,7 +292,7 @@ def _reap_adopted():
             return
 
 
-def _serve(sock, index, report_rss, max_tasks=0, max_rss=0):
+def _serve(sock, index, report_rss, max_tasks: int = 0, max_rss: int = 0) -> None:
     global _channel, _executor
     title_idle = f"liteqd: worker {index} idle"
     setproctitle(title_idle)

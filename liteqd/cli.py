@@ -3,6 +3,9 @@
 import os
 import signal
 import sys
+from collections.abc import Callable
+from types import FrameType
+from typing import TYPE_CHECKING, Any, NoReturn
 
 from liteq.backends import identity_of, open_backend
 from liteq import hooks
@@ -13,32 +16,37 @@ from liteq.paths import socket_path
 
 from . import config as config_mod
 
+if TYPE_CHECKING:
+    from structlog.typing import FilteringBoundLogger
+
+    from .supervisor import Supervisor
+
 
 class StopDuringStartup(KeyboardInterrupt):
     """SIGTERM or SIGINT arrived while liteqd was starting (importing the app, opening
     the database): a stop request, handled like Ctrl-C, before anything runs. A
     KeyboardInterrupt, so the app loader lets it through as it lets Ctrl-C."""
 
-    def __init__(self, signum):
+    def __init__(self, signum: int) -> None:
         super().__init__(signum)
         self.signum = signum
 
 
-def _stop_during_startup(signum, frame):
+def _stop_during_startup(signum: int, frame: FrameType | None) -> NoReturn:
     # A second signal must not interrupt the clean exit this one starts.
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, signal.SIG_IGN)
     raise StopDuringStartup(signum)
 
 
-def catch_stop_signals():
+def catch_stop_signals() -> None:
     """Until the supervisor installs its own handlers, a stop signal ends the start-up
     cleanly (exit 0, a log line) instead of killing the process with no word."""
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, _stop_during_startup)
 
 
-def _log_stopped_during_startup(cfg, signum):
+def _log_stopped_during_startup(cfg: config_mod.DaemonConfig | None, signum: int) -> None:
     from .logs import configure, flush, get_logger
     if cfg is not None:
         configure(cfg.log_format, cfg.log_level)
@@ -47,11 +55,11 @@ def _log_stopped_during_startup(cfg, signum):
     flush()
 
 
-def warn_unserved_queues(cfg, log):
+def warn_unserved_queues(cfg: config_mod.DaemonConfig, log: "FilteringBoundLogger") -> None:
     """One warning naming the app's tasks whose queue no pool serves: they would wait
     for ever with no hint (the quick start's `reports` task under plain `--app`)."""
     served = set(cfg.queues)
-    unserved = {}
+    unserved: dict[str, list[str]] = {}
     for name, task in sorted(TASK_REGISTRY.items()):
         if task.queue not in served:
             unserved.setdefault(task.queue, []).append(name)
@@ -62,8 +70,8 @@ def warn_unserved_queues(cfg, log):
                          + " or a --pool; until then their tasks stay pending")
 
 
-def _app_reloader(spec):
-    def reload_app():
+def _app_reloader(spec: str) -> Callable[[], None]:
+    def reload_app() -> None:
         saved, saved_hooks = dict(TASK_REGISTRY), hooks.snapshot()
         TASK_REGISTRY.clear()
         hooks.restore({})  # the fresh import registers its hooks again
@@ -77,7 +85,7 @@ def _app_reloader(spec):
     return reload_app
 
 
-def build_supervisor(cfg, *, load=True):
+def build_supervisor(cfg: config_mod.DaemonConfig, *, load: bool = True) -> "Supervisor":
     """Load the app (unless already loaded), check the database, and make the Supervisor."""
     from .control_server import ControlServer
     from .logs import configure, get_logger
@@ -105,7 +113,7 @@ def build_supervisor(cfg, *, load=True):
         pass  # a server that is down: the supervisor waits for it, saying so
     sock = cfg.socket or socket_path(identity_of(cfg.db))
     # The control socket is claimed first: it is the one that refuses a second daemon.
-    plugins = [ControlServer(sock, group=cfg.socket_group)]
+    plugins: list[Any] = [ControlServer(sock, group=cfg.socket_group)]
     if not cfg.poll_only:
         plugins.append(WakeListener(sock))
     plugins.append(SystemdNotifier())
@@ -113,7 +121,7 @@ def build_supervisor(cfg, *, load=True):
                       plugins=plugins)
 
 
-def run(cfg, *, load=True) -> int:
+def run(cfg: config_mod.DaemonConfig, *, load: bool = True) -> int:
     """Run the daemon with this configuration; returns the exit code."""
     try:
         sup = build_supervisor(cfg, load=load)
@@ -128,7 +136,7 @@ def run(cfg, *, load=True) -> int:
         return 2 if isinstance(exc, ConfigError) else 1
 
 
-def main(argv=None, prog="liteqd") -> int:
+def main(argv: list[str] | None = None, prog: str = "liteqd") -> int:
     """Entry point of the `liteqd` command."""
     catch_stop_signals()
     try:

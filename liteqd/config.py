@@ -6,7 +6,9 @@ EnvironmentFile can hold the whole configuration.
 
 import argparse
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import Any, cast
 
 from liteq import __version__
 from liteq.errors import ConfigError
@@ -22,7 +24,7 @@ MAX_CHILDREN = 512
 class PoolSpec:
     """A group of children that serve the same queues."""
     name: str
-    queues: list
+    queues: list[str]
     size: int
 
 
@@ -31,8 +33,8 @@ class DaemonConfig:
     """Everything the supervisor needs to run."""
     app: str
     db: str
-    pools: list
-    timeout: float = None          # default task time limit, seconds; None = no limit
+    pools: list[PoolSpec]
+    timeout: float | None = None          # default task time limit, seconds; None = no limit
     kill_grace: float = 2.0        # seconds between the soft timeout and SIGKILL
     graceful_timeout: float = 30.0
     max_tasks_per_child: int = 0   # 0 = never recycle by count
@@ -43,8 +45,8 @@ class DaemonConfig:
     poll_interval: float = 1.0
     log_format: str = "auto"
     log_level: str = "info"
-    socket: str = None
-    socket_group: str = None
+    socket: str | None = None
+    socket_group: str | None = None
     scheduler: bool = True
     poll_only: bool = False
     no_ddl: bool = False            # leave schema changes to `liteq db upgrade`
@@ -54,19 +56,19 @@ class DaemonConfig:
     keep_done: float = 7 * 86400.0
     keep_failed: float = 30 * 86400.0
     keep_cancelled: float = 7 * 86400.0
-    extra: dict = field(default_factory=dict)
+    extra: dict[str, Any] = field(default_factory=dict[str, Any])
 
     @property
-    def queues(self):
+    def queues(self) -> list[str]:
         """Every queue any pool serves, in order."""
-        out = []
+        out: list[str] = []
         for p in self.pools:
             out.extend(q for q in p.queues if q not in out)
         return out
 
 
 # (flag, env var, type, default, help)
-OPTIONS = [
+OPTIONS: list[tuple[str, str, type[Any], Any, str]] = [
     ("--app", "LITEQ_APP", str, None, "the tasks: a file (tasks.py) or a module (myapp.tasks)"),
     ("--db", "LITEQ_DB", str, "liteq.db", "the queue database: a file path, or a URL"),
     ("--queues", "LITEQ_QUEUES", str, "default", "comma-separated queues of the default pool"),
@@ -133,7 +135,7 @@ def build_parser(prog: str = "liteqd", description: str | None = None) -> argpar
         "of an app with a pool of forked worker processes.",
         epilog="Every option can also be set by the LITEQ_* variable shown with it.")
     parser.add_argument("--version", action="version", version=f"{prog} {__version__}")
-    for flag, env, typ, default, text in OPTIONS:
+    for flag, env, typ, _default, text in OPTIONS:
         dest = flag[2:].replace("-", "_")
         helptext = f"{text} [{env}]"
         if typ is bool:
@@ -146,7 +148,7 @@ def build_parser(prog: str = "liteqd", description: str | None = None) -> argpar
     return parser
 
 
-def _convert(typ, raw, source):
+def _convert(typ: type[Any], raw: Any, source: str) -> Any:
     if typ is bool:
         if isinstance(raw, bool):
             return raw
@@ -165,7 +167,7 @@ def _convert(typ, raw, source):
     return raw
 
 
-def _within_limits(source, value):
+def _within_limits(source: str, value: float | None) -> None:
     """ConfigError unless a number flag is finite and within liteq's shared limit on
     seconds (a NaN passes every comparison; 1e300 overflows the daemon's timers)."""
     try:
@@ -174,7 +176,7 @@ def _within_limits(source, value):
         raise ConfigError(str(exc)) from None
 
 
-def _queue_name(source, name):
+def _queue_name(source: str, name: str) -> str:
     """ConfigError unless `name` follows liteq's rule for queue names."""
     try:
         return check_name(f"{source}: queue", name, queue=True)
@@ -182,7 +184,7 @@ def _queue_name(source, name):
         raise ConfigError(str(exc)) from None
 
 
-def _parse_pool(text, source):
+def _parse_pool(text: str, source: str) -> PoolSpec:
     parts = text.strip().split(":")
     if len(parts) != 3 or not parts[0] or not parts[1]:
         raise ConfigError(f"{source}: a pool is NAME:QUEUE[,QUEUE...]:SIZE, e.g. "
@@ -200,7 +202,7 @@ def _parse_pool(text, source):
     return PoolSpec(name, qs, n)
 
 
-def _parse_queue_limit(text, source):
+def _parse_queue_limit(text: str, source: str) -> tuple[str, int]:
     queue, sep, number = text.strip().partition("=")
     if not sep or not queue.strip():
         raise ConfigError(f"{source}: a queue limit is QUEUE=N, e.g. emails=5; got {text!r}")
@@ -230,7 +232,7 @@ def _parse_queue_rate(text, source):
 def resolve(args: argparse.Namespace, environ=None) -> DaemonConfig:
     """Merge parsed flags with LITEQ_* variables and validate everything."""
     env = os.environ if environ is None else environ
-    values = {}
+    values: dict[str, Any] = {}
     for flag, var, typ, default, _ in OPTIONS:
         dest = flag[2:].replace("-", "_")
         raw = getattr(args, dest, None)
@@ -240,10 +242,10 @@ def resolve(args: argparse.Namespace, environ=None) -> DaemonConfig:
         if raw is None:
             values[dest] = default
         elif dest == "pool":
-            items = raw if isinstance(raw, list) else str(raw).split(";")
+            items = cast("list[str]", raw) if isinstance(raw, list) else str(raw).split(";")
             values[dest] = [_parse_pool(i, source) for i in items if i.strip()]
         elif dest == "queue_limit":
-            items = raw if isinstance(raw, list) else str(raw).split(";")
+            items = cast("list[str]", raw) if isinstance(raw, list) else str(raw).split(";")
             values[dest] = dict(_parse_queue_limit(i, source) for i in items if i.strip())
         elif dest == "queue_rate":
             items = raw if isinstance(raw, list) else str(raw).split(";")
@@ -281,7 +283,7 @@ def resolve(args: argparse.Namespace, environ=None) -> DaemonConfig:
         raise ConfigError(f"{values['log_format__source']} must be json, console or auto; "
                           f"got {values['log_format']!r}")
 
-    pools = values["pool"] or []
+    pools: list[PoolSpec] = values["pool"] or []
     # With --pool, the default pool exists only when --queues/--concurrency ask for it.
     if not pools or getattr(args, "queues", None) is not None or \
             getattr(args, "concurrency", None) is not None or \

@@ -39,7 +39,7 @@ class ControlError(Exception):
 class _Conn:
     __slots__ = ("sock", "rbuf", "wbuf", "deadline", "uid", "gid", "pid", "closing")
 
-    def __init__(self, sock):
+    def __init__(self, sock) -> None:
         self.sock = sock
         self.rbuf = b""
         self.wbuf = b""
@@ -67,7 +67,7 @@ def _peer_groups(pid):
 class ControlServer:
     """Serves liteqctl, liteq.control and the web panel from inside the supervisor."""
 
-    def __init__(self, path, group=None):
+    def __init__(self, path: str, group: str | None = None) -> None:
         self.path = path
         self.group = group
         self.gid = None
@@ -109,7 +109,7 @@ class ControlServer:
         self.listener = sock
         sup.register_fd(sock, self._on_accept)
 
-    def on_tick(self, sup):
+    def on_tick(self, sup) -> None:
         """Serve requests left over by the per-read cap; close connections that did not
         send a complete request in time."""
         now = time.monotonic()
@@ -129,13 +129,13 @@ class ControlServer:
         return min(c.deadline for c in self.conns.values())
 
     @staticmethod
-    def _backlog(conn):
+    def _backlog(conn) -> bool:
         """Complete request lines not served yet (a client pipelined more than
         MAX_REQUESTS_PER_READ), once the earlier replies are sent. Without this they
         would wait for the client's next write, which never comes if it awaits them."""
         return not conn.closing and not conn.wbuf and b"\n" in conn.rbuf
 
-    def close(self):
+    def close(self) -> None:
         """Close every connection and remove the socket file."""
         for conn in list(self.conns.values()):
             self._close(conn)
@@ -150,7 +150,7 @@ class ControlServer:
 
     # ---- connections -----------------------------------------------------------
 
-    def _on_accept(self, _sock, _mask):
+    def _on_accept(self, _sock, _mask) -> None:
         for _ in range(64):
             try:
                 sock, _ = self.listener.accept()
@@ -177,13 +177,13 @@ class ControlServer:
             return True
         return len(self.conns) < MAX_CONNECTIONS and conn.uid in (self.uid, 0)
 
-    def _on_ready(self, conn, mask):
+    def _on_ready(self, conn, mask) -> None:
         if mask & selectors.EVENT_WRITE:
             self._flush(conn)
         if mask & selectors.EVENT_READ and not conn.closing:
             self._on_read(conn)
 
-    def _on_read(self, conn):
+    def _on_read(self, conn) -> None:
         try:
             data = conn.sock.recv(MAX_LINE)
         except (BlockingIOError, InterruptedError):
@@ -199,7 +199,7 @@ class ControlServer:
         if not conn.closing and len(conn.rbuf) - conn.rbuf.rfind(b"\n") - 1 > MAX_LINE:
             self._refuse_long_line(conn)
 
-    def _serve_lines(self, conn):
+    def _serve_lines(self, conn) -> None:
         served = 0
         while b"\n" in conn.rbuf and served < MAX_REQUESTS_PER_READ and not conn.closing:
             line, conn.rbuf = conn.rbuf.split(b"\n", 1)
@@ -213,14 +213,14 @@ class ControlServer:
                 self._reply(conn, self.handle_line(line, conn))
                 conn.deadline = time.monotonic() + REQUEST_TIMEOUT
 
-    def _refuse_long_line(self, conn):
+    def _refuse_long_line(self, conn) -> None:
         self._reply(conn, {"ok": False, "error": f"request line longer than {MAX_LINE} "
                                                  f"bytes; closing the connection"})
         conn.closing = True
         conn.rbuf = b""
         self._flush(conn)
 
-    def _time_out(self, conn):
+    def _time_out(self, conn) -> None:
         """Close a connection that sent no complete request in time, saying why when
         nothing else is waiting to be sent to it."""
         if not conn.wbuf:
@@ -233,14 +233,14 @@ class ControlServer:
                 pass
         self._close(conn)
 
-    def _reply(self, conn, reply):
+    def _reply(self, conn, reply) -> None:
         conn.wbuf += json.dumps(reply, separators=(",", ":"), default=str).encode() + b"\n"
         if len(conn.wbuf) > MAX_PENDING_REPLY:
             self._close(conn)  # it does not read its replies
             return
         self._flush(conn)
 
-    def _flush(self, conn):
+    def _flush(self, conn) -> None:
         try:
             while conn.wbuf:
                 sent = conn.sock.send(conn.wbuf)
@@ -262,7 +262,7 @@ class ControlServer:
             except (KeyError, ValueError):
                 pass
 
-    def _close(self, conn):
+    def _close(self, conn) -> None:
         conn.closing = True  # nothing more is read from or served to it
         self.conns.pop(conn.sock.fileno(), None)
         self.sup.unregister_fd(conn.sock)

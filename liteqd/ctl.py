@@ -13,6 +13,8 @@ import os
 import signal
 import sys
 import time
+from collections.abc import Iterable, Sequence
+from typing import Any
 
 from liteq import __version__, control
 from liteq.backends import get_backend, identity_of, may_exist
@@ -23,7 +25,7 @@ from . import ctl_tasks
 EXIT_OK, EXIT_ERROR, EXIT_NO_DAEMON = 0, 1, 3
 
 
-def _fmt_duration(seconds):
+def _fmt_duration(seconds: float | str | None) -> str:
     if seconds is None:
         return "-"
     seconds = float(seconds)
@@ -39,23 +41,24 @@ def _fmt_duration(seconds):
     return f"{days}d{hours:02d}h"
 
 
-def _fmt_bytes(n):
+def _fmt_bytes(n: float | None) -> str:
     if not n:
         return "-"
     for unit in ("B", "KiB", "MiB", "GiB"):
         if n < 1024 or unit == "GiB":
             return f"{n:.0f}{unit}" if unit == "B" else f"{n:.1f}{unit}"
         n /= 1024
+    raise AssertionError("unreachable: the GiB step returns")
 
 
-def table(headers, rows):
+def table(headers: Sequence[object], rows: Iterable[Sequence[object]]) -> str:
     """Plain text, columns aligned; numbers right-aligned."""
     cells = [[str(h) for h in headers]] + [["-" if v is None else str(v) for v in r]
                                           for r in rows]
     widths = [max(len(r[i]) for r in cells) for i in range(len(headers))]
     numeric = [all(r[i].lstrip("~").replace(".", "", 1).isdigit() or r[i] == "-"
                    for r in cells[1:]) and cells[1:] for i in range(len(headers))]
-    lines = []
+    lines: list[str] = []
     for r in cells:
         lines.append("  ".join(c.rjust(w) if numeric[i] else c.ljust(w)
                                for i, (c, w) in enumerate(zip(r, widths))).rstrip())
@@ -68,13 +71,13 @@ ESTIMATE_NOTE = ("~ estimated from the database's statistics (too many tasks to 
                  "quickly; smaller counts are exact)")
 
 
-def _count(queue_row, status):
+def _count(queue_row: dict[str, Any], status: str) -> object:
     """A queue's count of `status`, marked ~ when it is an estimate."""
     n = queue_row.get(status, 0)
     return f"~{n}" if status in queue_row.get("estimated", ()) else n
 
 
-def render_status(st):
+def render_status(st: dict[str, Any]) -> str:
     """The human-readable `liteqctl status`."""
     out = [f"liteqd pid {st['pid']}  up {_fmt_duration(st['uptime_s'])}  state {st['state']}",
            f"database  {st['db']}",
@@ -92,7 +95,7 @@ def render_status(st):
         if rows:
             out.append(table(["PID", "SLOT", "STATE", "TASK", "NAME", "RUNNING", "RSS", "DONE"],
                              rows))
-    queues = st.get("queues") or []
+    queues: list[dict[str, Any]] = st.get("queues") or []
     out.append("")
     if queues:
         out.append(table(["QUEUE", "PENDING", "CLAIMED", "RUNNING", "FAILED", "DONE"],
@@ -105,7 +108,7 @@ def render_status(st):
     return "\n".join(out)
 
 
-def daemons_on_database(db, window) -> list:
+def daemons_on_database(db: str | None, window: float) -> list[dict[str, Any]]:
     """Every daemon whose heartbeat is within `window` s, on any host: [{worker_id,
     hostname, pid, queues, concurrency, busy, heartbeat_age_s, started_at}]."""
     rows = get_backend(db).active_workers(window)
@@ -116,7 +119,7 @@ def daemons_on_database(db, window) -> list:
              "started_at": r["started_at"]} for r in rows]
 
 
-def render_daemons(rows):
+def render_daemons(rows: list[dict[str, Any]]) -> str:
     """The human-readable `liteqctl status --all`."""
     if not rows:
         return "no live daemon on this database"
@@ -125,7 +128,7 @@ def render_daemons(rows):
                    _fmt_duration(r["heartbeat_age_s"]) + " ago") for r in rows])
 
 
-def render_schedules(rows):
+def render_schedules(rows: list[dict[str, Any]]) -> str:
     """The human-readable `liteqctl schedules`."""
     if not rows:
         return "no schedules"
@@ -138,7 +141,7 @@ class StdoutClosed(Exception):
     """Whoever read liteqctl's output has gone (a closed pipe)."""
 
 
-def _out(text):
+def _out(text: str) -> None:
     """Print one result to stdout now, so that a reader that has gone is noticed here
     (and not by the flush at exit, which would print a traceback)."""
     try:
@@ -161,7 +164,7 @@ def _end_by_sigpipe() -> int:
     return 128 + signal.SIGPIPE
 
 
-def _require_database(db):
+def _require_database(db: str | None) -> None:
     """Refuse a command that reads the database when there is none (an SQLite file that
     does not exist): opening it would create it."""
     if not may_exist(db):
@@ -169,11 +172,11 @@ def _require_database(db):
                          f"to the database the daemon serves)")
 
 
-def _wait_scaled(pool_name, size, timeout, kw):
+def _wait_scaled(pool_name: str, size: int, timeout: float, kw: dict[str, Any]) -> dict[str, Any]:
     deadline = time.monotonic() + timeout
     while True:
         st = control.status(include_queues=False, **kw)
-        pool = next((p for p in st["pools"] if p["name"] == pool_name), None)
+        pool: dict[str, Any] | None = next((p for p in st["pools"] if p["name"] == pool_name), None)
         if pool is None:
             raise control.ControlError(f"no pool named {pool_name!r}")
         live = [c for c in pool["children"] if c["state"] in ("idle", "running")]
@@ -304,7 +307,7 @@ def run(args) -> int:
     return EXIT_OK
 
 
-def _schedules_from_database(db, not_running):
+def _schedules_from_database(db: str | None, not_running: object) -> list[dict[str, Any]]:
     """The schedules read from the database itself, when no daemon answers: they are
     rows there, and the daemon only passes them on. Says so on stderr (stdout stays
     the table or the JSON). A database that does not exist is not created."""
@@ -317,7 +320,7 @@ def _schedules_from_database(db, not_running):
     return rows
 
 
-def main(argv=None) -> int:
+def main(argv: list[str] | None = None) -> int:
     """Entry point of the `liteqctl` command."""
     args = build_parser().parse_args(argv)
     try:

@@ -36,7 +36,7 @@ MARK_STARTED_AFTER_S = 0.05
 class Dispatcher:
     """Claims, hands out and records the tasks of one supervisor."""
 
-    def __init__(self, sup):
+    def __init__(self, sup) -> None:
         self.sup = sup
         self.log = sup.log
         self.config = sup.config
@@ -66,7 +66,7 @@ class Dispatcher:
         self.log.info("task.started", task_id=run.id, name=run.name, queue=run.queue,
                       attempt=run.attempts, pid=child.pid)
 
-    def record(self, run, ok, text, started, finished, timed_out, retry=None):
+    def record(self, run, ok, text, started, finished, timed_out, retry=None) -> None:
         """Queue the outcome of one attempt: done, a retry after its back-off, or failed.
 
         retry=False fails the task at once (an error no retry can fix); a number
@@ -96,7 +96,7 @@ class Dispatcher:
             self.outcomes["failed"].append((run.id, text, started, finished))
             self.reports.append(("task.failed", fields))
 
-    def release(self, task_ids):
+    def release(self, task_ids) -> None:
         """Queue claimed tasks that never started, to go back to pending."""
         for task_id in task_ids:
             self.started.pop(task_id, None)
@@ -106,7 +106,7 @@ class Dispatcher:
         """True while outcomes wait to be recorded."""
         return any(self.outcomes.values())
 
-    def sync(self):
+    def sync(self) -> None:
         """Record this round's outcomes and claim the next tasks, in one commit; then
         hand the claimed tasks to the children."""
         if time.monotonic() < self.outage.retry_at:
@@ -199,7 +199,7 @@ class Dispatcher:
             return []
         return [c.running.started_mono + RECALL_AFTER_S for c in self._recallable()]
 
-    def _after_outage(self):
+    def _after_outage(self) -> None:
         # Only the next successful sync can tell which claims were lost.
         self.check_claims = True
 
@@ -213,7 +213,7 @@ class Dispatcher:
         held.update(self.outcomes["release"])
         return held
 
-    def _report(self, recorded):
+    def _report(self, recorded) -> None:
         """Log and count the outcomes the database recorded; the others were refused."""
         if not self.reports:
             return
@@ -235,7 +235,7 @@ class Dispatcher:
         if refused:
             self._report_refused(refused)
 
-    def _report_refused(self, refused):
+    def _report_refused(self, refused) -> None:
         # Rare (this daemon was frozen or cut off past stale-after): say what the task
         # became, so an operator sees why the outcome was not kept.
         try:
@@ -257,12 +257,12 @@ class Dispatcher:
 
     # ---- when to claim ---------------------------------------------------------
 
-    def claim_soon(self):
+    def claim_soon(self) -> None:
         """Let every pool claim at the next sync."""
         for pool in self.sup.pools:
             pool.maybe_work = True
 
-    def wake(self, due=None):
+    def wake(self, due=None) -> None:
         """A producer enqueued something: look for work now, or at `due` (epoch s)."""
         if due is None:
             self.claim_soon()
@@ -357,7 +357,7 @@ class Dispatcher:
                 self.wake(due=time.time() + wait)
         return claims
 
-    def check_cancelled(self):
+    def check_cancelled(self) -> None:
         """Every poll interval, look up whether a task the children hold was cancelled:
         the fallback when the wake-up channel's message was lost."""
         now = time.monotonic()
@@ -390,7 +390,7 @@ class Dispatcher:
 
     # ---- handing out -------------------------------------------------------------
 
-    def _hand_out(self, pool, rows):
+    def _hand_out(self, pool, rows) -> None:
         now = time.monotonic()
         children = pool.takers(self.config.prefetch, now)
         if not children:

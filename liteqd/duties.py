@@ -16,7 +16,7 @@ class Duties:
     """Heartbeat, reclaim and pruning every heartbeat interval (pruning again each loop
     turn while a batch comes back full); cron fires when it is due."""
 
-    def __init__(self, sup):
+    def __init__(self, sup) -> None:
         self.sup = sup
         self.log = sup.log
         self.config = sup.config
@@ -43,7 +43,7 @@ class Duties:
             out.append(time.monotonic())   # more old tasks than one batch: go on now
         return out
 
-    def run_due(self):
+    def run_due(self) -> None:
         """Do whichever duties are due now (none while the database is away and its next
         try is not due: a heartbeat or cron every interval would reconnect far more often
         than the back-off allows)."""
@@ -63,7 +63,7 @@ class Duties:
 
     # ---- heartbeat and reclaim ---------------------------------------------------
 
-    def heartbeat(self, startup=False):
+    def heartbeat(self, startup: bool = False):
         """Refresh this daemon's worker row, then reclaim dead daemons' tasks.
 
         At start-up a database error is raised (the daemon cannot start), unless the
@@ -88,7 +88,7 @@ class Duties:
         sup.dispatch.outage.succeeded()
         self.prune_due = bool(self.retention)
 
-    def _reclaim(self):
+    def _reclaim(self) -> None:
         sup = self.sup
         outage = sup.dispatch.outage
         # The heartbeat just worked; an outage it ended is only marked over afterwards.
@@ -106,7 +106,7 @@ class Duties:
 
     # ---- retention -----------------------------------------------------------------
 
-    def _prune(self):
+    def _prune(self) -> None:
         """Delete one batch (PRUNE_BATCH rows at most) of finished tasks past their
         status's age; the next loop turn does another while a batch comes back full."""
         budget = PRUNE_BATCH
@@ -130,7 +130,7 @@ class Duties:
 
     # ---- cron ----------------------------------------------------------------------
 
-    def _fire_schedules(self):
+    def _fire_schedules(self) -> None:
         # croniter is the daemon's dependency, loaded only when the daemon runs.
         from liteq import scheduler
 
@@ -149,6 +149,6 @@ class Duties:
             min(max(upcoming - time.time(), 0.0), self.config.heartbeat_interval)
         self.next_schedule = now + wait
 
-    def _schedule_event(self, event, **fields):
+    def _schedule_event(self, event, **fields) -> None:
         level = "warning" if event.endswith("error") else "info"
         getattr(self.log, level)(event, **fields)

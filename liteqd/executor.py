@@ -40,12 +40,12 @@ def _on_alarm(signum, frame):
 _on_alarm.limit = 0
 
 
-def install_alarm_handler():
+def install_alarm_handler() -> None:
     """Route SIGALRM (the sync tasks' time limit) to TaskTimeout in this process."""
     signal.signal(signal.SIGALRM, _on_alarm)
 
 
-def _format_error(exc):
+def _format_error(exc) -> str:
     tb = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
     return f"{type(exc).__name__}: {exc}\n\n{tb}"
 
@@ -53,7 +53,7 @@ def _format_error(exc):
 class Executor:
     """Runs one task at a time, with a soft time limit and a persistent event loop."""
 
-    def __init__(self):
+    def __init__(self) -> None:
         self.loop = None
         self.in_task = False        # the task's own code is running (signals may raise)
         self.async_task = None      # the asyncio task of a coroutine task, while it runs
@@ -194,7 +194,7 @@ def _names(classes):
     return ", ".join(c.__name__ for c in classes)
 
 
-def _call_hooks(kind, ctx, *extra):
+def _call_hooks(kind, ctx, *extra) -> None:
     """Run the app's hooks of this kind; one that raises is logged, never fatal."""
     for hook in hooks.hooks(kind):
         try:

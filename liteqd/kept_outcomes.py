@@ -19,21 +19,35 @@ reason "outcome lost at daemon stop" (pending while they have retries left, else
 failed with that error, not with one of their own).
 """
 
+from __future__ import annotations
+
 import hashlib
 import json
 import os
+from collections.abc import Iterable, Mapping
+from typing import TYPE_CHECKING, Any, TypeAlias, cast
 from urllib.parse import quote, unquote
 
 from liteq.backends import identity_of, local_dir
 from liteq.errors import DatabaseError
 from liteq.paths import socket_path
 
+if TYPE_CHECKING:
+    from structlog.typing import FilteringBoundLogger
+
+    from liteq.backends import Backend
+
+    from .config import DaemonConfig
+
+
 KINDS = ("done", "failed", "retry", "release")
 LOST_REASON = "outcome lost at daemon stop"
 LOST_INFIX = ".lost-"
+#: One parsed line of a kept file.
+Entry: TypeAlias = "dict[str, Any]"
 
 
-def kept_paths(config) -> list:
+def kept_paths(config: DaemonConfig) -> list[str]:
     """Where the outcomes of the daemon with this configuration are kept, in order."""
     identity = identity_of(config.db)
     name = f".liteqd-outcomes-{hashlib.sha1(identity.encode()).hexdigest()[:16]}.jsonl"
@@ -44,9 +58,9 @@ def kept_paths(config) -> list:
     return [os.path.join(d, name) for d in dict.fromkeys(dirs)]
 
 
-def lines_of(worker_id, outcomes) -> bytes:
+def lines_of(worker_id: str, outcomes: Mapping[str, Iterable[Any]]) -> bytes:
     """The file's lines for a daemon's unrecorded outcomes ({kind: rows})."""
-    out = []
+    out: list[str] = []
     for kind in KINDS:
         for row in outcomes.get(kind, ()):
             row = [row] if kind == "release" else list(row)
@@ -55,7 +69,7 @@ def lines_of(worker_id, outcomes) -> bytes:
     return ("\n".join(out) + "\n").encode() if out else b""
 
 
-def keep(paths, worker_id, outcomes):
+def keep(paths: Iterable[str], worker_id: str, outcomes: Mapping[str, Iterable[Any]]) -> str | None:
     """Append the outcomes to the first of `paths` that takes them all (written and
     synced); returns that path, or None when none did."""
     data = lines_of(worker_id, outcomes)
@@ -80,7 +94,7 @@ def keep(paths, worker_id, outcomes):
     return None
 
 
-def mark_lost(paths, worker_id):
+def mark_lost(paths: Iterable[str], worker_id: str) -> str | None:
     """Create an empty file named for `worker_id` beside the first of `paths` that
     takes it; returns its path, or None."""
     for path in paths:
@@ -93,7 +107,7 @@ def mark_lost(paths, worker_id):
     return None
 
 
-def _lost_markers(path):
+def _lost_markers(path: str) -> list[tuple[str, str]]:
     """The loss markers beside kept-outcomes path `path`: [(marker path, worker id)]."""
     folder, name = os.path.split(path)
     try:
@@ -105,10 +119,11 @@ def _lost_markers(path):
             for n in names if n.startswith(prefix)]
 
 
-def give_back_lost(backend, paths, log) -> list:
+def give_back_lost(backend: Backend, paths: Iterable[str],
+                   log: FilteringBoundLogger) -> list[tuple[int, str]]:
     """Give back the running tasks of every daemon marked as having lost outcomes at
     its stop (reason LOST_REASON); returns [(task id, status)]."""
-    out = []
+    out: list[tuple[int, str]] = []
     for path in paths:
         for marker, worker_id in _lost_markers(path):
             try:
@@ -129,21 +144,21 @@ def give_back_lost(backend, paths, log) -> list:
     return out
 
 
-def _read(path):
+def _read(path: str) -> list[dict[str, Any]]:
     """The entries of a kept file (lines that are not whole JSON objects skipped)."""
-    entries = []
+    entries: list[dict[str, Any]] = []
     with open(path, "rb") as f:
         for line in f:
             try:
                 entry = json.loads(line)
             except ValueError:
                 continue
-            if isinstance(entry, dict) and entry.get("kind") in KINDS:
-                entries.append(entry)
+            if isinstance(entry, dict) and cast(Entry, entry).get("kind") in KINDS:
+                entries.append(cast(Entry, entry))
     return entries
 
 
-def _claim(path):
+def _claim(path: str) -> str | None:
     """Take the file for this process (another daemon starting now cannot take it
     too); the name it now has, or None."""
     try:
@@ -160,7 +175,7 @@ def _claim(path):
     return taken
 
 
-def replay(backend, paths, log) -> int:
+def replay(backend: Backend, paths: Iterable[str], log: FilteringBoundLogger) -> int:
     """Record the outcomes kept in any of `paths` (guarded: only while each task
     still runs for the daemon that kept it); returns how many were recorded. A file
     is removed once replayed; on a database error it is put back for the next start
@@ -180,8 +195,9 @@ def replay(backend, paths, log) -> int:
     return total
 
 
-def _replay_entries(backend, entries, log, path) -> int:
-    by_worker = {}
+def _replay_entries(backend: Backend, entries: Iterable[dict[str, Any]], log: FilteringBoundLogger,
+                    path: str) -> int:
+    by_worker: dict[str, dict[str, list[Any]]] = {}
     for entry in entries:
         kinds = by_worker.setdefault(entry["worker_id"], {k: [] for k in KINDS})
         kinds[entry["kind"]].append(entry["row"])

@@ -22,7 +22,7 @@ MAX_BOOT_ERRORS = 5
 _SIGNAMES = {s.value: s.name for s in signal.Signals}
 
 
-def describe_exit(status):
+def describe_exit(status) -> str:
     """'exited with code N' or 'killed by signal NAME (N)' for a waitpid status."""
     if os.WIFSIGNALED(status):
         sig = os.WTERMSIG(status)
@@ -38,7 +38,7 @@ def signal_name(sig):
 class Lifecycle:
     """Spawns, feeds, reaps and kills the children of one supervisor's pools."""
 
-    def __init__(self, sup):
+    def __init__(self, sup) -> None:
         self.sup = sup
         self.log = sup.log
         self.config = sup.config
@@ -56,7 +56,7 @@ class Lifecycle:
             slot += 1
         return slot
 
-    def spawn_missing(self):
+    def spawn_missing(self) -> None:
         """Fork children until every pool has its size (with back-off after crashes)."""
         if self.sup.stopping:
             return
@@ -130,7 +130,7 @@ class Lifecycle:
         self._watch_writes(child, bool(outbox))
         return True
 
-    def _watch_writes(self, child, on):
+    def _watch_writes(self, child, on) -> None:
         if child.watching_writes == on or child.sock.fileno() < 0:
             return
         events = selectors.EVENT_READ | (selectors.EVENT_WRITE if on else 0)
@@ -140,7 +140,7 @@ class Lifecycle:
             return  # no longer watched (its end of the socket was closed)
         child.watching_writes = on
 
-    def on_ready(self, child, mask):
+    def on_ready(self, child, mask) -> None:
         """The child's socket is readable or writable (from the select loop)."""
         if mask & selectors.EVENT_WRITE and not self.flush(child):
             self.kill(child, "crash")
@@ -168,7 +168,7 @@ class Lifecycle:
             self._on_message(child, msg)
         return True
 
-    def _on_message(self, child, msg):
+    def _on_message(self, child, msg) -> None:
         if msg.kind == "r":
             self._on_result(child, msg)
         elif msg.kind == "s":
@@ -187,7 +187,7 @@ class Lifecycle:
             child.ready = True
             self.sup.dispatch.claim_soon()
 
-    def _on_result(self, child, msg):
+    def _on_result(self, child, msg) -> None:
         child.output.task_done()  # output read later up to the task's end mark is still its
         run = child.inflight.popleft() if child.inflight else None
         if run is None or run.id != msg.id:
@@ -214,7 +214,7 @@ class Lifecycle:
         else:
             self._maybe_recycle(child)
 
-    def _start_next(self, child, when):
+    def _start_next(self, child, when) -> None:
         """The child goes on with the next task it holds, if any: its clock starts."""
         child.recalling = False
         if not child.inflight:
@@ -226,7 +226,7 @@ class Lifecycle:
         if nxt.cancelled:
             self._signal_cancel(child)
 
-    def recall(self, child):
+    def recall(self, child) -> None:
         """Ask a busy child to hand back the tasks it holds unstarted, now (its running
         task turned out long: they would wait behind it while other children idle)."""
         child.recalling = True
@@ -239,7 +239,7 @@ class Lifecycle:
         except ProcessLookupError:
             pass
 
-    def cancel(self, task_ids):
+    def cancel(self, task_ids) -> None:
         """Stop the cancelled tasks among those the children hold: a queued one is never
         started; a running one gets TaskCancelled, and its child's process tree is
         killed if it has not stopped after the kill grace."""
@@ -257,14 +257,14 @@ class Lifecycle:
             if child.inflight[0].cancelled:
                 self._signal_cancel(child)
 
-    def _signal_cancel(self, child):
+    def _signal_cancel(self, child) -> None:
         try:
             os.kill(child.pid, protocol.CANCEL_SIGNAL)
         except ProcessLookupError:
             return
         child.cancel_deadline = time.monotonic() + self.config.kill_grace
 
-    def _maybe_recycle(self, child):
+    def _maybe_recycle(self, child) -> None:
         cfg = self.config
         reason = None
         if cfg.max_tasks_per_child and child.tasks_done >= cfg.max_tasks_per_child:
@@ -278,7 +278,7 @@ class Lifecycle:
 
     # ---- ending ----------------------------------------------------------------
 
-    def retire(self, child, deadline):
+    def retire(self, child, deadline) -> None:
         """Ask a child to finish its current task and exit; queued tasks come back."""
         if child.retiring or child.kill_reason:
             return
@@ -293,14 +293,14 @@ class Lifecycle:
         except OSError:
             pass
 
-    def kill(self, child, reason, task=None):
+    def kill(self, child, reason, task=None) -> None:
         """SIGKILL a child's whole tree; the reason decides what happens to its tasks."""
         if child.kill_reason is None:
             child.kill_reason = reason
             child.timed_out_task = task
         proc.kill_tree(child.pid)
 
-    def reap(self):
+    def reap(self) -> None:
         """Collect every exited child (and adopted orphan) without blocking."""
         while True:
             try:
@@ -316,7 +316,7 @@ class Lifecycle:
                     break
             # else: an orphaned grandchild we adopted as subreaper; nothing to do.
 
-    def _on_exit(self, child, status):
+    def _on_exit(self, child, status) -> None:
         # Results it wrote before dying are still in the socket: take them first.
         while self.read(child):
             pass
@@ -362,7 +362,7 @@ class Lifecycle:
         dispatch.claim_soon()
         self.sup.show_title()
 
-    def _check_boot_error(self, child, status):
+    def _check_boot_error(self, child, status) -> None:
         """Stop the daemon when children keep failing to even start (gunicorn's
         WORKER_BOOT_ERROR): respawning them would only loop."""
         pool = child.pool
@@ -402,7 +402,7 @@ class Lifecycle:
                 out.append(child.cancel_deadline)
         return out
 
-    def enforce_deadlines(self):
+    def enforce_deadlines(self) -> None:
         """Kill children past their task's hard limit, their retire deadline, or the
         stop deadline."""
         now = time.monotonic()
@@ -434,7 +434,7 @@ class Lifecycle:
                 for child in self.all_children():
                     self.abandon(child)
 
-    def abandon(self, child):
+    def abandon(self, child) -> None:
         """Forget a child (its tasks go back to pending) without waiting for its exit."""
         child.pool.children.pop(child.pid, None)
         self.sup.dispatch.release([r.id for r in child.inflight])
@@ -442,14 +442,14 @@ class Lifecycle:
         self.sup.unregister_fd(child.sock)
         child.sock.close()
 
-    def kill_all_for_exit(self):
+    def kill_all_for_exit(self) -> None:
         """At exit: kill every child's tree and hand its tasks back."""
         for child in self.all_children():
             proc.kill_tree(child.pid)
             self.sup.dispatch.release([r.id for r in child.inflight])
             child.inflight.clear()
 
-    def end_leftovers(self):
+    def end_leftovers(self) -> None:
         """End the processes tasks left behind that outlived their child (a double
         fork, a daemonized helper): TERM, then KILL after the kill grace. Under
         systemd the unit's cgroup does this; without it, we do."""
@@ -461,7 +461,7 @@ class Lifecycle:
                              reason="a task left it running; the daemon is stopping")
 
     @staticmethod
-    def reap_remaining(timeout=2.0):
+    def reap_remaining(timeout: float = 2.0) -> None:
         """Wait (bounded) for the last children to be collected."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:

@@ -15,26 +15,34 @@ a database outage can make a live one look dead.
   under stale-after).
 """
 
+from __future__ import annotations
+
 import time
+from collections.abc import Iterable
+from typing import TYPE_CHECKING, Any
 
 from . import proc
+
+if TYPE_CHECKING:
+    from .supervisor import Supervisor
 
 
 class HeartbeatWatch:
     """Remembers, for each daemon judged by its heartbeat, the value last read and the
     monotonic time it was first read with that value."""
 
-    def __init__(self, stale_after):
+    def __init__(self, stale_after: float) -> None:
         self.stale_after = stale_after
-        self.seen = {}   # worker_id -> (last_heartbeat, monotonic time first seen)
+        self.seen: dict[str, tuple[Any, float]] = {}   # worker_id -> (last_heartbeat, monotonic time first seen)
 
-    def stale(self, workers, up_since, now=None) -> dict:
+    def stale(self, workers: Iterable[dict[str, Any]], up_since: float,
+              now: float | None = None) -> dict[str, Any]:
         """{worker_id: last_heartbeat} of the `workers` (rows of list_workers) whose
         heartbeat has not changed for stale_after seconds of connected time since
         `up_since` (monotonic). Rows no longer listed are forgotten."""
         now = time.monotonic() if now is None else now
-        seen = {}
-        out = {}
+        seen: dict[str, tuple[Any, float]] = {}
+        out: dict[str, Any] = {}
         for w in workers:
             wid, beat = w["worker_id"], w["last_heartbeat"]
             before = self.seen.get(wid)
@@ -46,12 +54,13 @@ class HeartbeatWatch:
         return out
 
 
-def judge(sup, workers, watch, up_since):
+def judge(sup: Supervisor, workers: Iterable[dict[str, Any]], watch: HeartbeatWatch,
+          up_since: float) -> tuple[list[str], dict[str, Any]]:
     """Split the other daemons' rows into (dead, stale): `dead` lists the worker ids of
     daemons of this host and pid space that no longer run; `stale` maps the worker ids
     of the rest whose heartbeat stopped (see HeartbeatWatch) to that heartbeat."""
-    dead = []
-    remote = []
+    dead: list[str] = []
+    remote: list[dict[str, Any]] = []
     for w in workers:
         if w["worker_id"] == sup.worker_id:
             continue
@@ -63,7 +72,7 @@ def judge(sup, workers, watch, up_since):
     return dead, watch.stale(remote, up_since)
 
 
-def _judged_by_pid(sup, w) -> bool:
+def _judged_by_pid(sup: Supervisor, w: dict[str, Any]) -> bool:
     # A pid names a process only in the pid space it came from. A daemon with this
     # hostname in another PID namespace (a container with the host's name) or from an
     # earlier boot is judged by its heartbeat alone: read here, its pid would be some

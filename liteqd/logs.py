@@ -14,8 +14,11 @@ import logging
 import os
 import sys
 import time
+from collections.abc import Callable, MutableMapping
+from typing import Any, TextIO
 
 import structlog
+from structlog.typing import FilteringBoundLogger, Processor
 
 _LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING,
            "error": logging.ERROR, "critical": logging.CRITICAL}
@@ -26,17 +29,17 @@ _encode = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, default=re
 class BufferedLineLogger:
     """A structlog logger that queues rendered lines until flush()."""
 
-    def __init__(self, stream):
+    def __init__(self, stream: TextIO) -> None:
         self.stream = stream
-        self.lines = []
+        self.lines: list[str] = []
 
-    def msg(self, message):
+    def msg(self, message: str) -> None:
         """Queue one rendered line."""
         self.lines.append(message)
 
     debug = info = warning = warn = error = critical = exception = fatal = log = msg
 
-    def flush(self):
+    def flush(self) -> None:
         """Write the queued lines in one go."""
         if not self.lines:
             return
@@ -52,11 +55,12 @@ class BufferedLineLogger:
 class _FastTimestamp:
     """ISO-8601 UTC timestamps, formatting the date part once per second."""
 
-    def __init__(self):
-        self.second = None
+    def __init__(self) -> None:
+        self.second: int | None = None
         self.prefix = ""
 
-    def __call__(self, logger, method_name, event_dict):
+    def __call__(self, logger: object, method_name: str,
+                 event_dict: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
         now = time.time()
         sec = int(now)
         if sec != self.second:
@@ -72,11 +76,11 @@ _sink = BufferedLineLogger(sys.stdout)
 # on by default) and files the line at that priority, so `journalctl -o cat` still shows
 # plain JSON. Written only when stdout is the journal itself (JOURNAL_STREAM names it):
 # into a pipe or a file the JSON stays bare.
-_PRIORITY = {"debug": "<7>", "info": "<6>", "warning": "<4>", "error": "<3>",
+_PRIORITY: dict[str | None, str] = {"debug": "<7>", "info": "<6>", "warning": "<4>", "error": "<3>",
              "critical": "<2>"}
 
 
-def _is_journal(stream) -> bool:
+def _is_journal(stream: TextIO) -> bool:
     """True when `stream` is the journal's own socket (systemd sets JOURNAL_STREAM)."""
     try:
         dev, ino = (int(x) for x in os.environ["JOURNAL_STREAM"].split(":"))
@@ -86,20 +90,21 @@ def _is_journal(stream) -> bool:
     return (st.st_dev, st.st_ino) == (dev, ino)
 
 
-def _json_renderer(prefixed):
-    def render(logger, method_name, event_dict):
+def _json_renderer(prefixed: bool) -> Callable[[object, str, MutableMapping[str, Any]], str]:
+    def render(logger: object, method_name: str, event_dict: MutableMapping[str, Any]) -> str:
         line = _encode(event_dict)
         return _PRIORITY.get(event_dict.get("level"), "<6>") + line if prefixed else line
     return render
 
 
-def configure(log_format="auto", level="info", stream=None):
+def configure(log_format: str = "auto", level: str = "info", stream: TextIO | None = None) -> None:
     """Set up structlog: JSON when not on a terminal (or when asked), console otherwise."""
     stream = stream or sys.stdout
+    assert stream is not None  # (sys.stdout is None only in a process without one)
     _sink.stream = stream
     if log_format == "auto":
         log_format = "console" if stream.isatty() else "json"
-    processors = [structlog.processors.add_log_level, _FastTimestamp()]
+    processors: list[Processor] = [structlog.processors.add_log_level, _FastTimestamp()]
     if log_format == "json":
         processors += [structlog.processors.format_exc_info, _json_renderer(_is_journal(stream))]
     else:
@@ -112,17 +117,17 @@ def configure(log_format="auto", level="info", stream=None):
     )
 
 
-def set_stream(stream):
+def set_stream(stream: TextIO) -> None:
     """Write the log to `stream` from now on (a worker child's copy of the daemon's stdout)."""
     _sink.stream = stream
 
 
-def flush():
+def flush() -> None:
     """Write out the queued log lines (the supervisor calls this every loop turn)."""
     _sink.flush()
 
 
-def write_now():
+def write_now() -> None:
     """Write the queued lines straight to the log's file descriptor, past Python's own
     buffering: for a forked child about to os._exit, perhaps from a signal handler that
     interrupted a write to the same stream."""
@@ -138,6 +143,7 @@ def write_now():
         pass  # nowhere to write: the process is leaving anyway
 
 
-def get_logger(**context):
+def get_logger(**context: Any) -> FilteringBoundLogger:
     """A bound logger carrying `context` in every event."""
-    return structlog.get_logger().bind(**context) if context else structlog.get_logger()
+    logger: FilteringBoundLogger = structlog.get_logger()
+    return logger.bind(**context) if context else logger

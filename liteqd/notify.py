@@ -9,15 +9,20 @@ so the children (and whatever tasks start) never talk to systemd as us.
 import os
 import socket
 import time
+from collections.abc import MutableMapping
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from .supervisor import Supervisor
 
 
 class SystemdNotifier:
     """A supervisor plugin; does nothing when not started by systemd with NOTIFY_SOCKET."""
 
-    def __init__(self, environ=None):
+    def __init__(self, environ: MutableMapping[str, str] | None = None) -> None:
         env = os.environ if environ is None else environ
         self.address = env.pop("NOTIFY_SOCKET", None)
-        self.watchdog_s = None
+        self.watchdog_s: float | None = None
         usec = env.pop("WATCHDOG_USEC", None)
         wd_pid = env.pop("WATCHDOG_PID", None)
         if usec and (not wd_pid or wd_pid == str(os.getpid())):
@@ -28,15 +33,15 @@ class SystemdNotifier:
         self.next_watchdog = 0.0
         self.next_status = 0.0
         self.db_down = False       # the database's state in the last STATUS sent
-        self.sock = None
+        self.sock: socket.socket | None = None
         if self.address:
             if self.address.startswith("@"):
                 self.address = "\0" + self.address[1:]  # abstract namespace
             self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
 
-    def send(self, *fields) -> bool:
+    def send(self, *fields: str) -> bool:
         """Send `KEY=value` lines in one datagram; False when there is no systemd."""
-        if self.sock is None:
+        if self.sock is None or self.address is None:
             return False
         try:
             self.sock.sendto("\n".join(fields).encode(), self.address)
@@ -44,15 +49,15 @@ class SystemdNotifier:
         except OSError:
             return False
 
-    def register(self, sup):
+    def register(self, sup: "Supervisor") -> None:
         """Hook READY=1 to the moment the children are up."""
         sup.on_ready.append(self._ready)
 
-    def _ready(self, sup):
+    def _ready(self, sup: "Supervisor") -> None:
         self.send("READY=1", f"STATUS={self.summary(sup)}", f"MAINPID={os.getpid()}")
 
     @staticmethod
-    def summary(sup):
+    def summary(sup: "Supervisor") -> str:
         """One line for `systemctl status`."""
         outage = sup.dispatch.outage.describe()
         if outage and sup.backend is None:
@@ -61,11 +66,11 @@ class SystemdNotifier:
         line = f"{sup.tasks_done} done, {sup.tasks_failed} failed; pools: {pools}"
         return f"{outage}; {line}" if outage else line
 
-    def next_deadline(self):
+    def next_deadline(self) -> float | None:
         """When the next watchdog ping is due (None without a watchdog)."""
         return self.next_watchdog if self.watchdog_s else None
 
-    def on_tick(self, sup):
+    def on_tick(self, sup: "Supervisor") -> None:
         """Ping the watchdog and refresh STATUS, from the main loop (so a stuck loop
         stops the pings and systemd restarts us). STATUS is refreshed every 5 s, and at
         once when the database goes away or comes back."""
@@ -81,20 +86,20 @@ class SystemdNotifier:
             self.next_status = now + 5.0
             self.db_down = down
 
-    def on_waiting(self, sup):
+    def on_waiting(self, sup: "Supervisor") -> None:
         """Refresh STATUS while the daemon waits for its database at start-up."""
         self.send(f"STATUS={self.summary(sup)}")
 
-    def on_reloading(self, sup):
+    def on_reloading(self, sup: "Supervisor") -> None:
         """Tell systemd a reload started (Type=notify-reload wants MONOTONIC_USEC)."""
         usec = time.clock_gettime_ns(time.CLOCK_MONOTONIC) // 1000
         self.send("RELOADING=1", f"MONOTONIC_USEC={usec}", "STATUS=reloading")
 
-    def on_stopping(self, sup):
+    def on_stopping(self, sup: "Supervisor") -> None:
         """Tell systemd we are stopping."""
         self.send("STOPPING=1", f"STATUS=stopping ({sup.stopping})")
 
-    def close(self):
+    def close(self) -> None:
         """Close the datagram socket."""
         if self.sock is not None:
             self.sock.close()

@@ -12,6 +12,9 @@ because while the database was away nobody could write one.
 """
 
 import time
+from collections.abc import Callable
+
+from structlog.typing import FilteringBoundLogger
 
 from liteq.errors import DatabaseUnavailable
 
@@ -22,17 +25,17 @@ MAX_BACKOFF_S = 30.0
 class Outage:
     """Whether the database answers, and when to try it again (monotonic time)."""
 
-    def __init__(self, log, on_recovered=None):
+    def __init__(self, log: FilteringBoundLogger, on_recovered: Callable[[], object] | None = None) -> None:
         self.log = log
         self.on_recovered = on_recovered   # called once each time an outage ends
-        self.since = None          # monotonic time the outage began, or None
+        self.since: float | None = None          # monotonic time the outage began, or None
         self.backoff = 0.0
         self.retry_at = 0.0
-        self.last_error = None
+        self.last_error: str | None = None
         self.max_backoff = MAX_BACKOFF_S
-        self.up_since = None       # monotonic time since which every call worked, or None
+        self.up_since: float | None = None       # monotonic time since which every call worked, or None
 
-    def limit_backoff(self, seconds):
+    def limit_backoff(self, seconds: float) -> None:
         """Never wait longer than `seconds` between tries (at least DB_RETRY_S)."""
         self.max_backoff = max(DB_RETRY_S, min(MAX_BACKOFF_S, seconds))
 
@@ -41,7 +44,7 @@ class Outage:
         """True while the database is unavailable."""
         return self.since is not None
 
-    def failed(self, op, exc):
+    def failed(self, op: str, exc: BaseException) -> None:
         """A database call failed: schedule the next try and log (an outage once)."""
         now = time.monotonic()
         if isinstance(exc, DatabaseUnavailable):
@@ -59,7 +62,7 @@ class Outage:
             self.log.warning("db.retrying", op=op, error=str(exc))
             self.retry_at = now + DB_RETRY_S
 
-    def succeeded(self):
+    def succeeded(self) -> None:
         """A database call worked: end an outage if there was one."""
         if self.up_since is None:
             self.up_since = time.monotonic()

@@ -1,8 +1,15 @@
 """The supervisor's view of its children and pools (no I/O of its own)."""
 
 import collections
+import socket
 import time
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+from .protocol import LineReader
+
+if TYPE_CHECKING:
+    from .task_output import Pump
 
 
 # Short tasks get a deeper queue per child, but never more than this much
@@ -26,12 +33,12 @@ class TaskRun:
     queue: str
     attempts: int
     max_retries: int
-    limit: float            # time limit in seconds, or None
+    limit: float | None     # time limit in seconds, or None
     retry_delay: float
     retry_backoff: float
     retry_max_delay: float
-    started_mono: float = None   # set when the child really starts it
-    started_wall: float = None
+    started_mono: float | None = None   # set when the child really starts it
+    started_wall: float | None = None
     cancelled: bool = False      # cancelled by an operator: stop it, record nothing
 
 
@@ -41,30 +48,30 @@ class ChildHandle:
     pid: int
     slot: int
     pool: "Pool"
-    sock: object
+    sock: socket.socket
     spawned_mono: float = field(default_factory=time.monotonic)
-    reader: object = None         # a protocol.LineReader of what the child sends
-    outbox: collections.deque = field(default_factory=collections.deque)  # unsent bytes
+    reader: LineReader | None = None  # a protocol.LineReader of what the child sends
+    outbox: collections.deque[bytes] = field(default_factory=collections.deque[bytes])  # unsent bytes
     watching_writes: bool = False
     ready: bool = False
-    inflight: collections.deque = field(default_factory=collections.deque)
+    inflight: collections.deque[TaskRun] = field(default_factory=collections.deque[TaskRun])
     tasks_done: int = 0
     rss: int = 0
     retiring: bool = False        # asked to finish its current task and exit
-    retire_deadline: float = None
-    cancel_deadline: float = None # when a cancelled task that did not stop gets killed
-    kill_reason: str = None       # set when the supervisor killed it ("timeout", "stop", ...)
-    timed_out_task: TaskRun = None
-    output: object = None         # a task_output.Pump of its stdout, stderr and logging
+    retire_deadline: float | None = None
+    cancel_deadline: float | None = None  # when a cancelled task that did not stop gets killed
+    kill_reason: str | None = None  # set when the supervisor killed it ("timeout", "stop", ...)
+    timed_out_task: TaskRun | None = None
+    output: "Pump | None" = None  # a task_output.Pump of its stdout, stderr and logging
     recalling: bool = False       # asked to hand back its queued tasks (see Pool.capacity)
 
     @property
-    def running(self):
+    def running(self) -> TaskRun | None:
         """The task the child is executing now, if any."""
         return self.inflight[0] if self.inflight else None
 
     @property
-    def state(self):
+    def state(self) -> str:
         """'running', 'idle', 'starting' or 'stopping', for status and titles."""
         if self.retiring or self.kill_reason:
             return "stopping"
@@ -77,27 +84,27 @@ class ChildHandle:
 class Pool:
     """Children that serve the same queues; `size` is the target number of children."""
     name: str
-    queues: list
+    queues: list[str]
     size: int
-    children: dict = field(default_factory=dict)   # pid -> ChildHandle
+    children: dict[int, ChildHandle] = field(default_factory=dict[int, ChildHandle])  # by pid
     failures: int = 0          # consecutive abnormal child exits
     boot_errors: int = 0       # consecutive children that failed before becoming ready
     next_spawn: float = 0.0    # monotonic time before which no child is spawned
     maybe_work: bool = True    # a claim might find something
     backlog: bool = False      # the last claim came back full
-    avg_duration: float = None # moving average of task run time, seconds
+    avg_duration: float | None = None  # moving average of task run time, seconds
 
     @property
-    def active(self):
+    def active(self) -> list[ChildHandle]:
         """Children that count towards the size (not retiring or being killed)."""
         return [c for c in self.children.values() if not c.retiring and not c.kill_reason]
 
     @property
-    def failing(self):
+    def failing(self) -> bool:
         """True while children keep dying abnormally (respawns are backing off)."""
         return self.failures >= 3
 
-    def observe(self, seconds):
+    def observe(self, seconds: float) -> None:
         """Feed a finished task's run time into the moving average."""
         if self.avg_duration is None:
             self.avg_duration = seconds
@@ -105,12 +112,13 @@ class Pool:
             self.avg_duration += 0.1 * (seconds - self.avg_duration)
 
     @property
-    def short(self):
+    def short(self) -> bool:
         """True while the pool's recent tasks are so short that waiting behind one
         cannot matter (automatic prefetch sends tasks ahead only then)."""
         return self.avg_duration is not None and self.avg_duration < SHORT_TASK_S
 
-    def depth(self, prefetch, budget=PREFETCH_BUDGET_S, ceiling=PREFETCH_CEILING):
+    def depth(self, prefetch: int, budget: float = PREFETCH_BUDGET_S,
+              ceiling: int = PREFETCH_CEILING) -> int:
         """Tasks to keep per child, the running one included: `prefetch`, or more while
         tasks are so short that `budget` seconds of queued work hold more (hides the
         round trip). prefetch 0 is automatic: 1 (nothing ahead) unless tasks are short."""
@@ -122,14 +130,14 @@ class Pool:
             return prefetch
         return max(prefetch, min(ceiling, int(budget / max(self.avg_duration, 1e-6))))
 
-    def capacity(self, prefetch, now):
+    def capacity(self, prefetch: int, now: float) -> int:
         """How many more tasks the ready children can start soon: one per idle child,
         plus what may wait ahead in busy ones (automatic prefetch: not in a child
         whose task has run past RECALL_AFTER_S)."""
         depth = self.depth(prefetch)
         return sum(max(depth - len(c.inflight), 0) for c in self.takers(prefetch, now))
 
-    def takers(self, prefetch, now):
+    def takers(self, prefetch: int, now: float) -> list[ChildHandle]:
         """The ready children that may be given tasks now: with automatic prefetch and a
         child idle, not one whose running task has run past RECALL_AFTER_S or that is
         being recalled (with none idle such a child may get tasks ahead; they are
@@ -142,7 +150,7 @@ class Pool:
             c.inflight and (c.recalling or self.overdue(c, now)))]
 
     @staticmethod
-    def overdue(child, now):
+    def overdue(child: ChildHandle, now: float) -> bool:
         """True when the child's running task has run past RECALL_AFTER_S."""
         run = child.running
         return run is not None and run.started_mono is not None \

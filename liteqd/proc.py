@@ -4,6 +4,7 @@ import ctypes
 import os
 import signal
 import uuid
+from collections.abc import Iterable
 
 import psutil
 
@@ -14,15 +15,15 @@ _PR_SET_PDEATHSIG = 1
 _PR_SET_CHILD_SUBREAPER = 36
 
 
-def _prctl(option, arg):
+def _prctl(option: int, arg: int) -> bool:
     try:
         libc = ctypes.CDLL(None, use_errno=True)
-        return libc.prctl(option, ctypes.c_ulong(arg), 0, 0, 0) == 0
+        return bool(libc.prctl(option, ctypes.c_ulong(arg), 0, 0, 0) == 0)
     except (OSError, AttributeError):
         return False
 
 
-def die_with_parent(sig=signal.SIGKILL) -> bool:
+def die_with_parent(sig: int = signal.SIGKILL) -> bool:
     """Ask the kernel to send `sig` to this process when its parent dies (Linux)."""
     return _prctl(_PR_SET_PDEATHSIG, int(sig))
 
@@ -32,7 +33,7 @@ def become_subreaper() -> bool:
     return _prctl(_PR_SET_CHILD_SUBREAPER, 1)
 
 
-def process_start_time(pid: int):
+def process_start_time(pid: int) -> float | None:
     """The process's start time (epoch seconds, as psutil reports it), or None if gone.
 
     A zombie is gone: it has exited and only waits for its parent to reap it (a
@@ -48,7 +49,7 @@ def process_start_time(pid: int):
         return None
 
 
-def is_same_process_alive(pid, started) -> bool:
+def is_same_process_alive(pid: int | str | None, started: float | str | None) -> bool:
     """True when `pid` runs and started at `started`: a reused pid is not the same process,
     and a zombie is not running."""
     if not pid:
@@ -59,7 +60,7 @@ def is_same_process_alive(pid, started) -> bool:
     return abs(actual - float(started)) < 1.0
 
 
-def pid_space():
+def pid_space() -> str | None:
     """Where this process's pids mean something: "BOOT.NS", the first 8 hex digits of the
     kernel's boot id and the inode of this process's PID namespace (None off Linux).
 
@@ -76,7 +77,7 @@ def pid_space():
     return f"{boot}.{namespace}" if boot else None
 
 
-def worker_id(hostname, pid, space) -> str:
+def worker_id(hostname: str, pid: int, space: str | None) -> str:
     """A daemon's id in the workers table: "HOST:PID:RANDOM", then ":SPACE" (its
     pid_space()) when known, so that other daemons can tell whether its pid is theirs
     to check."""
@@ -84,14 +85,14 @@ def worker_id(hostname, pid, space) -> str:
     return f"{base}:{space}" if space else base
 
 
-def pid_space_of(worker_id):
+def pid_space_of(worker_id: object) -> str | None:
     """The pid space a worker id names (see worker_id), or None when it names none (a
     daemon of an older LiteQ, or a row written by hand)."""
     parts = str(worker_id).split(":")
     return parts[3] if len(parts) == 4 and parts[3] else None
 
 
-def descendants(pid: int) -> list:
+def descendants(pid: int) -> list[psutil.Process]:
     """Every live descendant of `pid` (children, grandchildren, ...)."""
     try:
         return psutil.Process(pid).children(recursive=True)
@@ -99,7 +100,7 @@ def descendants(pid: int) -> list:
         return []
 
 
-def kill_tree(pid: int, sig=signal.SIGKILL) -> int:
+def kill_tree(pid: int, sig: int = signal.SIGKILL) -> int:
     """Signal a child, its process group and all its descendants; returns how many were hit.
 
     Descendants are collected before the child dies, because once it is gone
@@ -137,7 +138,7 @@ def rss_bytes(pid: int) -> int:
             return 0
 
 
-def tagged_processes(worker_ids) -> list:
+def tagged_processes(worker_ids: Iterable[str]) -> list[psutil.Process]:
     """Live processes (other than this one) that carry one of these daemons' worker ids.
 
     A daemon's children die with it (PR_SET_PDEATHSIG), but subprocesses its
@@ -146,7 +147,7 @@ def tagged_processes(worker_ids) -> list:
     """
     wanted = set(worker_ids)
     me = os.getpid()
-    found = []
+    found: list[psutil.Process] = []
     for p in psutil.process_iter():
         if p.pid == me:
             continue
@@ -158,9 +159,9 @@ def tagged_processes(worker_ids) -> list:
     return found
 
 
-def kill_tagged(worker_ids) -> list:
+def kill_tagged(worker_ids: Iterable[str]) -> list[int]:
     """SIGKILL processes left behind by dead daemons of this host; returns their pids."""
-    killed = []
+    killed: list[int] = []
     for p in tagged_processes(worker_ids):
         try:
             p.kill()
@@ -170,17 +171,17 @@ def kill_tagged(worker_ids) -> list:
     return killed
 
 
-def end_processes(procs, grace) -> list:
+def end_processes(procs: list[psutil.Process], grace: float) -> list[tuple[int, str, str]]:
     """SIGTERM `procs` (psutil.Process), then SIGKILL those alive after `grace` seconds.
     Returns [(pid, name, "SIGTERM" or "SIGKILL")] for each process ended."""
-    ended = {}
+    ended: dict[int, list[str]] = {}
     for p in procs:
         try:
             ended[p.pid] = [p.name(), "SIGTERM"]
             p.terminate()
         except (psutil.NoSuchProcess, psutil.AccessDenied):
             ended.pop(p.pid, None)
-    _, alive = psutil.wait_procs([p for p in procs if p.pid in ended], timeout=grace)
+    _, alive = psutil.wait_procs([p for p in procs if p.pid in ended], timeout=grace)  # pyright: ignore[reportUnknownMemberType]  (stub: FloatInt)
     for p in alive:
         try:
             p.kill()

@@ -16,7 +16,8 @@ by name while the wire stays compact (a drain moves tens of thousands a second):
 
 import json
 import signal
-from typing import NamedTuple, Optional
+from collections.abc import Iterable
+from typing import Any, NamedTuple, Optional, Union
 
 _dumps = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
 
@@ -47,7 +48,7 @@ class Cancel(NamedTuple):
 class GiveBack(NamedTuple):
     """Hand back those of these queued tasks that have not started (Skipped each)."""
     kind: str
-    ids: list
+    ids: list[int]
 
 
 class Ready(NamedTuple):
@@ -80,7 +81,10 @@ class Skipped(NamedTuple):
     id: int
 
 
-_SHAPES = {"t": TaskMessage, "x": Cancel, "b": GiveBack, "ready": Ready, "r": Result,
+#: Any message.
+Message = Union[TaskMessage, Cancel, GiveBack, Ready, Result, Skipped]
+
+_SHAPES: dict[str, type[Message]] = {"t": TaskMessage, "x": Cancel, "b": GiveBack, "ready": Ready, "r": Result,
            "s": Skipped}
 
 # The signal that tells a child to read its messages now, while a task runs: a Cancel
@@ -88,39 +92,41 @@ _SHAPES = {"t": TaskMessage, "x": Cancel, "b": GiveBack, "ready": Ready, "r": Re
 CANCEL_SIGNAL = signal.SIGRTMIN + 2
 
 
-def task(task_id, name, payload, timeout, queue="default", attempt=1, max_retries=0,
-         enqueued_at=None, start_by=None) -> TaskMessage:
+def task(task_id: int, name: str, payload: str, timeout: float | None, queue: str = "default",
+         attempt: int = 1, max_retries: int = 0, enqueued_at: float | None = None,
+         start_by: float | None = None) -> TaskMessage:
     """A TaskMessage."""
     return TaskMessage("t", task_id, name, payload, timeout, queue, attempt, max_retries,
                        enqueued_at, start_by)
 
 
-def give_back(task_ids) -> GiveBack:
+def give_back(task_ids: Iterable[int]) -> GiveBack:
     """A GiveBack message."""
     return GiveBack("b", list(task_ids))
 
 
-def cancel(task_id) -> Cancel:
+def cancel(task_id: int) -> Cancel:
     """A Cancel message."""
     return Cancel("x", task_id)
 
 
-def ready(pid) -> Ready:
+def ready(pid: int) -> Ready:
     """A Ready message."""
     return Ready("ready", pid)
 
 
-def result(task_id, ok, text, started, finished, rss, timed_out, retry=None) -> Result:
+def result(task_id: int, ok: bool, text: str, started: float, finished: float, rss: int,
+           timed_out: bool, retry: object = None) -> Result:
     """A Result message."""
     return Result("r", task_id, ok, text, started, finished, rss, timed_out, retry)
 
 
-def skipped(task_id) -> Skipped:
+def skipped(task_id: int) -> Skipped:
     """A Skipped message."""
     return Skipped("s", task_id)
 
 
-def encode(messages) -> bytes:
+def encode(messages: Iterable[Message]) -> bytes:
     """Lines for a sequence of messages, ready to send."""
     return b"".join(_dumps(m).encode() + b"\n" for m in messages)
 
@@ -129,7 +135,7 @@ class ProtocolError(ValueError):
     """A line that is not a known message."""
 
 
-def _shape(raw):
+def _shape(raw: list[Any]) -> Message:
     try:
         return _SHAPES[raw[0]](*raw)
     except (KeyError, IndexError, TypeError):
@@ -146,10 +152,10 @@ class LineReader:
 
     __slots__ = ("_parts",)
 
-    def __init__(self):
-        self._parts = []
+    def __init__(self) -> None:
+        self._parts: list[bytes] = []
 
-    def feed(self, data: bytes) -> list:
+    def feed(self, data: bytes) -> list[Message]:
         """Add received bytes; returns the messages completed by them, in order."""
         end = data.rfind(b"\n")
         if end < 0:

@@ -21,6 +21,8 @@ import selectors
 import signal
 import socket
 import time
+from collections.abc import Callable, Iterable
+from typing import TYPE_CHECKING, Any
 
 from setproctitle import setproctitle
 
@@ -28,12 +30,15 @@ from liteq.backends import identity_of, open_backend
 from liteq.errors import DatabaseError, DatabaseRefused, DatabaseUnavailable
 
 from . import kept_outcomes, logs, proc
-from .config import MAX_CHILDREN
+from .config import MAX_CHILDREN, DaemonConfig
 from .dispatch import Dispatcher
 from .duties import Duties
 from .lifecycle import Lifecycle, signal_name
 from .logs import get_logger
 from .pool import Pool
+
+if TYPE_CHECKING:
+    from _typeshed import FileDescriptorLike
 
 # A stop tries to record its last outcomes until the stop deadline, and for at least
 # this long (the deadline may have passed while the tasks ran).
@@ -45,10 +50,11 @@ EXIT_OUTCOMES_UNRECORDED = 1
 class Supervisor:
     """Runs the pools of one daemon until it is told to stop."""
 
-    def __init__(self, config, reload_app=None, plugins=()):
+    def __init__(self, config: DaemonConfig, reload_app: Callable[[], None] | None = None,
+                 plugins: Iterable[Any] = ()) -> None:
         self.config = config
         self.reload_app = reload_app
-        self.plugins = list(plugins)   # objects with register(sup), on_tick(sup), close()
+        self.plugins: list[Any] = list(plugins)   # objects with register(sup), on_tick(sup), close()
         self.log = get_logger()
         self.pools = [Pool(p.name, list(p.queues), p.size) for p in config.pools]
         self.hostname = socket.gethostname()
@@ -67,7 +73,7 @@ class Supervisor:
         self.stop_deadline = None
         self.exit_code = 0
         self.ready_sent = False
-        self.on_ready = []              # callbacks once all first children are up
+        self.on_ready: list[Callable[[Supervisor], object]] = []  # callbacks once all first children are up
         self.lifecycle = Lifecycle(self)
         self.dispatch = Dispatcher(self)
         self.duties = Duties(self)
@@ -187,7 +193,7 @@ class Supervisor:
                 deadlines.append(hook())
         return max(0.0, min(d for d in deadlines if d is not None) - now)
 
-    def _wait(self, timeout):
+    def _wait(self, timeout) -> None:
         for key, mask in self.selector.select(timeout):
             kind, obj = key.data
             if kind == "child":
@@ -203,16 +209,17 @@ class Supervisor:
 
     # ---- file descriptors ------------------------------------------------------
 
-    def register_fd(self, fileobj, handler, events=selectors.EVENT_READ):
+    def register_fd(self, fileobj: "FileDescriptorLike", handler: Callable[[Any, int], object],
+                    events: int = selectors.EVENT_READ) -> None:
         """Let a plugin (control server, wake-up channel) be called as
         handler(fileobj, mask) when fileobj is ready."""
         self.selector.register(fileobj, events, ("plugin", handler))
 
-    def modify_fd(self, fileobj, handler, events):
+    def modify_fd(self, fileobj, handler, events) -> None:
         """Change what a plugin's file object is watched for."""
         self.selector.modify(fileobj, events, ("plugin", handler))
 
-    def unregister_fd(self, fileobj):
+    def unregister_fd(self, fileobj) -> None:
         """Stop watching a plugin's file object."""
         try:
             self.selector.unregister(fileobj)
@@ -228,7 +235,7 @@ class Supervisor:
 
     # ---- signals ---------------------------------------------------------------
 
-    def _install_signals(self):
+    def _install_signals(self) -> None:
         self._sig_r, self._sig_w = socket.socketpair()
         self._sig_r.setblocking(False)
         self._sig_w.setblocking(False)
@@ -238,10 +245,10 @@ class Supervisor:
             signal.signal(sig, self._record_signal)
         self.selector.register(self._sig_r, selectors.EVENT_READ, ("signal", None))
 
-    def _record_signal(self, signum, frame):
+    def _record_signal(self, signum, frame) -> None:
         self.signals.append(signum)
 
-    def _handle_signals(self):
+    def _handle_signals(self) -> None:
         while self.signals:
             sig = self.signals.pop(0)
             if sig == signal.SIGCHLD:
@@ -257,11 +264,11 @@ class Supervisor:
 
     # ---- operator commands -----------------------------------------------------
 
-    def wake(self, due=None):
+    def wake(self, due=None) -> None:
         """A producer enqueued something: look for work now, or at `due` (epoch s)."""
         self.dispatch.wake(due)
 
-    def request_stop(self, fast=False, reason="request"):
+    def request_stop(self, fast: bool = False, reason: str = "request") -> None:
         """Graceful stop (finish running tasks within the graceful timeout), or fast stop."""
         if fast:
             if self.stopping == "fast":
@@ -283,7 +290,7 @@ class Supervisor:
         self._call_plugins("on_stopping")
         self.show_title()
 
-    def reload(self):
+    def reload(self) -> str:
         """Replace every child with a fresh one running freshly imported code.
 
         Returns None when the reload went ahead, else why not (the app failed to
@@ -337,7 +344,7 @@ class Supervisor:
                 return pool
         raise KeyError(f"no pool named {name!r} (pools: {', '.join(p.name for p in self.pools)})")
 
-    def _call_plugins(self, hook_name):
+    def _call_plugins(self, hook_name) -> None:
         for plugin in self.plugins:
             hook = getattr(plugin, hook_name, None)
             if hook:
@@ -345,7 +352,7 @@ class Supervisor:
 
     # ---- readiness, title, status ------------------------------------------------
 
-    def _check_ready(self):
+    def _check_ready(self) -> None:
         if self.ready_sent or self.stopping:
             return
         if all(len([c for c in p.active if c.ready]) >= min(p.size, 1) for p in self.pools):
@@ -355,7 +362,7 @@ class Supervisor:
             for callback in self.on_ready:
                 callback(self)
 
-    def title(self):
+    def title(self) -> str:
         """The supervisor's process title: per pool, the children busy with a task
         out of the pool's size (`default busy 1/4`)."""
         pools = ", ".join(f"{p.name} busy {sum(1 for c in p.children.values() if c.inflight)}"
@@ -365,7 +372,7 @@ class Supervisor:
             state += " (database unavailable)"
         return f"liteqd: supervisor [{pools}] db={self.identity}{state}"
 
-    def show_title(self):
+    def show_title(self) -> None:
         """Set the process title when what it shows has changed (once per loop turn)."""
         title = self.title()
         if title != self._title:
@@ -405,7 +412,7 @@ class Supervisor:
 
     # ---- shutdown --------------------------------------------------------------
 
-    def _shutdown(self):
+    def _shutdown(self) -> None:
         # Whatever is still held goes back to pending before we let go of the rows.
         self.stopping = self.stopping or "fast"  # (also after an error): claim nothing more
         self.lifecycle.kill_all_for_exit()

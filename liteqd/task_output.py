@@ -66,12 +66,12 @@ _write_fds = ()
 class RecordHandler(logging.Handler):
     """Ships each logging record to the supervisor as one JSON line on the records pipe."""
 
-    def __init__(self, fd):
+    def __init__(self, fd) -> None:
         super().__init__()
         self.fd = fd
         self.fmt = logging.Formatter()
 
-    def emit(self, record):
+    def emit(self, record) -> None:
         """Write the record (level, logger, message, exception text) in one line."""
         try:
             exc = self.fmt.formatException(record.exc_info) if record.exc_info else None
@@ -88,7 +88,7 @@ class RecordHandler(logging.Handler):
             self.handleError(record)
 
 
-def _reroute_logging(fd, level):
+def _reroute_logging(fd, level) -> None:
     root = logging.getLogger()
     configured = bool(root.handlers)
     for handler in list(root.handlers):
@@ -106,14 +106,14 @@ def _reroute_logging(fd, level):
 class Pipes:
     """The three pipes of one child, made before the fork."""
 
-    def __init__(self):
+    def __init__(self) -> None:
         self.read_fds, self.write_fds = [], []
         for _ in STREAMS:
             r, w = os.pipe()
             self.read_fds.append(r)
             self.write_fds.append(w)
 
-    def in_child(self, level="info"):
+    def in_child(self, level: str = "info") -> None:
         """In the forked child: fds 1 and 2 become the pipes, logging goes to the third;
         the child's own log events keep going to the daemon's stdout."""
         global _write_fds
@@ -143,7 +143,7 @@ class Pipes:
         return Pump(sup, child, self.read_fds)
 
 
-def mark_end():
+def mark_end() -> None:
     """Mark the end of a task's output in each pipe (before its result is sent)."""
     for stream in (sys.stdout, sys.stderr):
         try:
@@ -162,7 +162,7 @@ def mark_end():
 class _Budget:
     """A token bucket of lines and bytes."""
 
-    def __init__(self):
+    def __init__(self) -> None:
         self.lines, self.bytes = float(BURST_LINES), float(BURST_BYTES)
         self.at = time.monotonic()
 
@@ -172,7 +172,7 @@ class _Budget:
             return False
         return not self.take(1, spend=False)
 
-    def take(self, nbytes, spend=True) -> bool:
+    def take(self, nbytes, spend: bool = True) -> bool:
         """Spend one line of nbytes; False (nothing spent) when over the budget."""
         if self.lines < 1 or self.bytes < nbytes:
             now = time.monotonic()
@@ -190,7 +190,7 @@ class _Budget:
 class _Stream:
     __slots__ = ("name", "fd", "limit", "held", "skipping", "marks")
 
-    def __init__(self, name, fd):
+    def __init__(self, name, fd) -> None:
         self.name, self.fd = name, fd
         self.limit = MAX_RECORD if name == "log" else MAX_LINE
         self.held = bytearray()   # the start of a line not yet ended (at most `limit`)
@@ -201,7 +201,7 @@ class _Stream:
 class Pump:
     """Reads one child's output pipes and logs each line, within the child's budget."""
 
-    def __init__(self, sup, child, read_fds):
+    def __init__(self, sup, child, read_fds) -> None:
         self.sup, self.child, self.log = sup, child, sup.log
         self.streams = {}
         for name, fd in zip(STREAMS, read_fds):
@@ -217,13 +217,13 @@ class Pump:
 
     # -- reading --
 
-    def on_readable(self, fd, mask):
+    def on_readable(self, fd, mask) -> None:
         """A pipe has data (from the select loop)."""
         stream = self.streams.get(fd)
         if stream is not None:
             self._read(stream, READS_PER_TURN)
 
-    def _read(self, stream, reads):
+    def _read(self, stream, reads) -> None:
         for _ in range(reads):
             try:
                 data = os.read(stream.fd, READ_CHUNK)
@@ -236,7 +236,7 @@ class Pump:
                 return
             self._feed(stream, data)
 
-    def _feed(self, stream, data):
+    def _feed(self, stream, data) -> None:
         start = 0
         while True:
             mark = data.find(END_MARK, start)
@@ -248,7 +248,7 @@ class Pump:
             self._end_of_task(stream)
             start = mark + len(END_MARK)
 
-    def _end_of_task(self, stream):
+    def _end_of_task(self, stream) -> None:
         """An END_MARK: what this pipe held of the task is over (a last line without
         its newline is logged now); what follows is the next task's."""
         if stream.held:
@@ -261,7 +261,7 @@ class Pump:
             self.report_dropped()
             self.counted = None
 
-    def _feed_lines(self, stream, data):
+    def _feed_lines(self, stream, data) -> None:
         pos, end = 0, len(data)
         while pos < end:
             if self.budget.exhausted():
@@ -274,7 +274,7 @@ class Pump:
             self._line_end(stream, data, pos, nl)
             pos = nl + 1
 
-    def _drop_rest(self, stream, data, pos):
+    def _drop_rest(self, stream, data, pos) -> None:
         """Discard data[pos:] without looking at its lines one by one (over the budget: a
         flood must cost the supervisor little). Each line is counted once: those that
         end here, and the one left open (whose end is then skipped)."""
@@ -289,7 +289,7 @@ class Pump:
         stream.held.clear()
         stream.skipping = tail_open
 
-    def _hold(self, stream, data, pos):
+    def _hold(self, stream, data, pos) -> None:
         if stream.skipping:
             return
         room = stream.limit - len(stream.held)
@@ -300,7 +300,7 @@ class Pump:
             stream.held.clear()
             stream.skipping = True
 
-    def _line_end(self, stream, data, pos, nl):
+    def _line_end(self, stream, data, pos, nl) -> None:
         if stream.skipping:
             stream.skipping = False
             return
@@ -309,12 +309,12 @@ class Pump:
         stream.held.clear()
         self._emit(stream, line, cut=length > stream.limit)
 
-    def drain(self):
+    def drain(self) -> None:
         """Read whatever the pipes hold now (bounded), for the task the child runs."""
         for stream in list(self.streams.values()):
             self._read(stream, READS_PER_TURN)
 
-    def _flush_held(self):
+    def _flush_held(self) -> None:
         for stream in self.streams.values():
             if stream.held:
                 self._emit(stream, bytes(stream.held), cut=False)
@@ -341,14 +341,14 @@ class Pump:
             self.counted = owner
         return owner
 
-    def _count_dropped(self, stream, lines, nbytes):
+    def _count_dropped(self, stream, lines, nbytes) -> None:
         self._attribute(stream)
         self.dropped_lines += lines
         self.dropped_bytes += nbytes
         if time.monotonic() - self.reported_at >= REPORT_EVERY_S:
             self.report_dropped()
 
-    def _emit(self, stream, raw, cut):
+    def _emit(self, stream, raw, cut) -> None:
         owner = self._attribute(stream)
         if not self.budget.take(len(raw)):
             self._count_dropped(stream, 1, len(raw))
@@ -368,7 +368,7 @@ class Pump:
         self.log.log(level, event, stream=stream.name, text=text, pid=self.child.pid,
                      **who, **extra)
 
-    def _emit_record(self, text, who):
+    def _emit_record(self, text, who) -> None:
         try:
             rec = json.loads(text)
             level, logger, message = int(rec["level"]), str(rec["logger"]), rec["message"]
@@ -380,7 +380,7 @@ class Pump:
                      pid=self.child.pid, record_level=logging.getLevelName(level),
                      **who, **extra)
 
-    def report_dropped(self):
+    def report_dropped(self) -> None:
         """Log what was over the budget or cut since the last report (if anything)."""
         self.reported_at = time.monotonic()
         if not (self.dropped_lines or self.cut_lines):
@@ -393,7 +393,7 @@ class Pump:
 
     # -- task ends, child ends --
 
-    def task_done(self):
+    def task_done(self) -> None:
         """The child's running task sent its result (called before it leaves inflight):
         output still unread up to its END_MARK stays attributed to it."""
         run = self.child.running
@@ -401,7 +401,7 @@ class Pump:
         self.finished.pop(self.results - 16, None)
         self.results += 1
 
-    def close(self):
+    def close(self) -> None:
         """The child exited: log what is left and stop watching its pipes."""
         self.drain()
         self._flush_held()
@@ -409,7 +409,7 @@ class Pump:
         for stream in list(self.streams.values()):
             self._close_stream(stream)
 
-    def _close_stream(self, stream):
+    def _close_stream(self, stream) -> None:
         if self.streams.pop(stream.fd, None) is None:
             return
         if stream.held:

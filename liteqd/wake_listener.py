@@ -29,7 +29,7 @@ HINT_RECHECK_S = 1.0
 class WakeListener:
     """Wakes the supervisor's claim loop when a producer says a task is due."""
 
-    def __init__(self, control_socket_path):
+    def __init__(self, control_socket_path: str) -> None:
         self.control_socket = control_socket_path
         self.channel = None
         self.next_open = 0.0
@@ -37,11 +37,11 @@ class WakeListener:
         self.rest_until = None     # monotonic time to watch the channel again (resting)
         self.refuted = {}          # task id -> when the database said "not cancelled"
 
-    def register(self, sup):
+    def register(self, sup) -> None:
         """Open the backend's wake-up channel and watch it from the supervisor's loop."""
         self._open(sup)
 
-    def _open(self, sup):
+    def _open(self, sup) -> None:
         try:
             self.channel = sup.backend.open_wake_channel(self.control_socket)
         except DatabaseError as exc:
@@ -58,10 +58,10 @@ class WakeListener:
         self._watch(sup)
         sup.dispatch.claim_soon()  # anything announced while it was closed
 
-    def _watch(self, sup):
+    def _watch(self, sup) -> None:
         sup.register_fd(self.channel, lambda _f, _mask: self._drain(sup))
 
-    def _drain(self, sup):
+    def _drain(self, sup) -> None:
         try:
             now_due, later = self.channel.drain()
         except DatabaseError as exc:
@@ -85,7 +85,7 @@ class WakeListener:
             sup.unregister_fd(self.channel)
             self.rest_until = time.monotonic() + COALESCE_S
 
-    def _cancel_confirmed(self, sup, hints):
+    def _cancel_confirmed(self, sup, hints) -> None:
         """Stop the hinted tasks that a child holds and the database says are cancelled."""
         now = time.monotonic()
         if len(self.refuted) > 1024:
@@ -108,7 +108,7 @@ class WakeListener:
         """When a resting channel is watched again (keeps the loop's sleep bounded)."""
         return self.rest_until
 
-    def on_tick(self, sup):
+    def on_tick(self, sup) -> None:
         """Watch a rested channel again; open it again after it broke, once the
         database answers."""
         if self.rest_until is not None and time.monotonic() >= self.rest_until:
@@ -119,7 +119,7 @@ class WakeListener:
                 and time.monotonic() >= self.next_open:
             self._open(sup)
 
-    def _close(self, sup):
+    def _close(self, sup) -> None:
         if self.channel is not None:
             if self.rest_until is None:
                 sup.unregister_fd(self.channel)
@@ -130,7 +130,7 @@ class WakeListener:
                 pass
             self.channel = None
 
-    def close(self):
+    def close(self) -> None:
         """Stop listening."""
         if self.channel is not None:
             try:

@@ -11,6 +11,7 @@ an app on SQLite never loads a PostgreSQL driver.
 import contextvars
 import os
 import threading
+from types import ModuleType
 
 from .. import settings
 from ..errors import ConfigError
@@ -36,7 +37,7 @@ def sqlite_path(target: str) -> str:
     return target
 
 
-def _check_target(target):
+def _check_target(target: object) -> None:
     if not isinstance(target, str) or not target.strip():
         raise ConfigError(f"the database must be a file path or a URL; got {target!r}")
     if "://" in target and not is_postgres(target) \
@@ -46,7 +47,7 @@ def _check_target(target):
                           f"path, sqlite:///PATH or postgresql://...")
 
 
-def _postgres():
+def _postgres() -> ModuleType:
     """The PostgreSQL backend package, imported on first use; a ConfigError of one line
     when psycopg (the liteq[postgres] extra) cannot be imported."""
     try:
@@ -60,14 +61,15 @@ def _postgres():
     return postgres
 
 
-def _backend_class(target):
+def _backend_class(target: str) -> type[Backend]:
     if is_postgres(target):
-        return _postgres().PostgresBackend
+        cls: type[Backend] = _postgres().PostgresBackend
+        return cls
     from .sqlite import SQLiteBackend
     return SQLiteBackend
 
 
-def identity_of(target=None) -> str:
+def identity_of(target: str | None = None) -> str:
     """The identity of the queue `target` names (default LITEQ_DB), without opening it.
 
     SQLite: the database file's absolute path. PostgreSQL: the URL without its
@@ -77,11 +79,12 @@ def identity_of(target=None) -> str:
     target = target or settings.db_path()
     _check_target(target)
     if is_postgres(target):
-        return _postgres().identity_of_url(target)
+        identity: str = _postgres().identity_of_url(target)
+        return identity
     return os.path.abspath(sqlite_path(target))
 
 
-def may_exist(target=None) -> bool:
+def may_exist(target: str | None = None) -> bool:
     """False when `target` certainly holds no queue yet (an SQLite file that does not
     exist), so a read-only command need not create one; True otherwise."""
     target = target or settings.db_path()
@@ -91,7 +94,7 @@ def may_exist(target=None) -> bool:
     return os.path.exists(sqlite_path(target))
 
 
-def local_dir(target=None) -> str | None:
+def local_dir(target: str | None = None) -> str | None:
     """The directory of the database file, where files that belong with it may be kept
     (SQLite); None for a database on a server (PostgreSQL)."""
     target = target or settings.db_path()
@@ -101,7 +104,7 @@ def local_dir(target=None) -> str | None:
     return os.path.dirname(os.path.abspath(sqlite_path(target)))
 
 
-def open_backend(target=None, *, daemon=False) -> Backend:
+def open_backend(target: str | None = None, *, daemon: bool = False) -> Backend:
     """Open the queue database `target` (default LITEQ_DB): a path or a URL.
 
     daemon=True opens it for liteqd's supervisor, whose writes must never stall its
@@ -112,7 +115,8 @@ def open_backend(target=None, *, daemon=False) -> Backend:
     target = target or settings.db_path()
     _check_target(target)
     if is_postgres(target):
-        return _postgres().PostgresBackend(target, daemon=daemon)
+        backend: Backend = _postgres().PostgresBackend(target, daemon=daemon)
+        return backend
     from .sqlite import SQLiteBackend
     return SQLiteBackend(sqlite_path(target), daemon=daemon)
 
@@ -123,13 +127,14 @@ def open_backend(target=None, *, daemon=False) -> Backend:
 # forked child opens its own and never closes its parent's.
 _local = threading.local()
 # The backend of liteq.using(conn): writes go into the app's transaction on `conn`.
-borrowed_backend = contextvars.ContextVar("liteq_borrowed_backend", default=None)
-_shared = {}
-_shared_pid = None
+borrowed_backend: contextvars.ContextVar[Backend | None] = contextvars.ContextVar(
+    "liteq_borrowed_backend", default=None)
+_shared: dict[str, Backend] = {}
+_shared_pid: int | None = None
 _shared_lock = threading.Lock()
 
 
-def _after_fork_in_child():
+def _after_fork_in_child() -> None:
     global _shared, _shared_pid, _shared_lock
     _shared, _shared_pid, _shared_lock = {}, os.getpid(), threading.Lock()
 
@@ -137,15 +142,15 @@ def _after_fork_in_child():
 os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
-def _thread_cache(pid):
-    cache = getattr(_local, "backends", None)
+def _thread_cache(pid: int) -> dict[str, Backend]:
+    cache: dict[str, Backend] | None = getattr(_local, "backends", None)
     if cache is None or _local.pid != pid:
         cache = _local.backends = {}
         _local.pid = pid
     return cache
 
 
-def _shared_backend(target, pid):
+def _shared_backend(target: str, pid: int) -> Backend | None:
     """The process's shared backend for `target`, opened if its class is shared; or None."""
     global _shared, _shared_pid
     with _shared_lock:
@@ -188,8 +193,8 @@ def forget_backends() -> None:
     inherited without closing it: the connections are its parent's."""
     global _shared, _shared_pid
     pid = os.getpid()
-    owned = list((getattr(_local, "backends", None) or {}).values()) \
-        if getattr(_local, "pid", None) == pid else []
+    cached: dict[str, Backend] = getattr(_local, "backends", None) or {}
+    owned = list(cached.values()) if getattr(_local, "pid", None) == pid else []
     with _shared_lock:
         if _shared_pid == pid:
             owned += list(_shared.values())

@@ -25,11 +25,13 @@ error, payload, timeout, retry_delay, retry_backoff, retry_max_delay, unique_key
 from __future__ import annotations
 
 import abc
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
+from contextlib import AbstractContextManager
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from ..taskspec import NewTask, NewTasks
+    from .limits import Limits
 
 TASK_STATUSES = ("pending", "running", "done", "failed", "cancelled")
 
@@ -52,20 +54,21 @@ class WakeChannel(abc.ABC):
         life, even after its connection broke (the daemon unregisters it by it)."""
 
     @abc.abstractmethod
-    def drain(self):
+    def drain(self) -> tuple[bool, float | None]:
         """Read everything pending; returns (due_now: bool, due_later: epoch s or None).
 
         due_later is on this host's clock (time.time()), converted where the
         producer's clock is another machine's.
         """
 
-    def cancelled(self) -> list:
+    def cancelled(self) -> list[int]:
         """The ids of running tasks whose cancellation arrived in the drains since the
         last call (cleared by the call)."""
-        ids, self._cancelled = list(getattr(self, "_cancelled", ())), []
+        ids: list[int] = list(getattr(self, "_cancelled", ()))
+        self._cancelled: list[int] = []
         return ids
 
-    def _note_cancel(self, task_id):
+    def _note_cancel(self, task_id: int) -> None:
         if not hasattr(self, "_cancelled"):
             self._cancelled = []
         self._cancelled.append(int(task_id))
@@ -80,7 +83,7 @@ class Backend(abc.ABC):
     threads unless shared_across_threads says so; use liteq.backends.get_backend()."""
 
     #: "sqlite" or "postgresql"
-    kind = None
+    kind: str | None = None
 
     #: When a daemon claims again after each wake-up (seconds after it), to pick up
     #: the enqueues whose producers skipped their wake-up because one had just gone
@@ -93,10 +96,10 @@ class Backend(abc.ABC):
 
     #: A string that names the queue (an absolute file path, or a URL without its
     #: password). Control sockets and caches are keyed on it.
-    identity = None
+    identity: str | None = None
 
     #: What open_backend() was given (a path or URL; may hold a password: never shown).
-    target = None
+    target: str | None = None
 
     # ---- producers ---------------------------------------------------------
 
@@ -139,26 +142,27 @@ class Backend(abc.ABC):
         import asyncio
         return await asyncio.to_thread(lambda: self.backend_in_thread().get_task(task_id))
 
-    def backend_in_thread(self):
+    def backend_in_thread(self) -> Backend:
         """The calling thread's backend of this queue (one not shared between threads
         must not be used from a worker thread)."""
         from . import get_backend
         return get_backend(self.target)
 
     @abc.abstractmethod
-    def notify(self, due=None) -> None:
+    def notify(self, due: float | None = None) -> None:
         """Tell the daemons a task is due at `due` (epoch s; None: now). Never raises,
         never blocks; a hint only (daemons also poll)."""
 
     # ---- the daemon ----------------------------------------------------------
 
     @abc.abstractmethod
-    def batch(self):
+    def batch(self) -> AbstractContextManager[Any]:
         """A context manager that runs the calls inside it in one transaction
         (the daemon records a round of outcomes and claims in one commit)."""
 
     @abc.abstractmethod
-    def claim(self, worker_id, queues, limit, limits=None) -> list:
+    def claim(self, worker_id: str, queues: Sequence[str], limit: int,
+              limits: Limits | None = None) -> list[dict[str, Any]]:
         """Mark up to `limit` due pending tasks of `queues` running for `worker_id`.
 
         limits (liteq.backends.limits.Limits): global concurrency and rate limits
@@ -178,7 +182,9 @@ class Backend(abc.ABC):
         return None
 
     @abc.abstractmethod
-    def record_outcomes(self, worker_id, done=(), failed=(), retry=()) -> list:
+    def record_outcomes(self, worker_id: str, done: Iterable[tuple[Any, ...]] = (),
+                        failed: Iterable[tuple[Any, ...]] = (),
+                        retry: Iterable[tuple[Any, ...]] = ()) -> list[int]:
         """Record finished attempts in one transaction; returns the ids recorded.
 
         done:   (task_id, result_json, started_at, finished_at)
@@ -196,7 +202,7 @@ class Backend(abc.ABC):
         """
 
     @abc.abstractmethod
-    def release(self, worker_id, task_ids) -> int:
+    def release(self, worker_id: str, task_ids: Iterable[int]) -> int:
         """Return claimed tasks that never started to pending, uncounting the attempt."""
 
     @abc.abstractmethod
@@ -221,27 +227,27 @@ class Backend(abc.ABC):
         """
 
     @abc.abstractmethod
-    def next_due(self, queues):
+    def next_due(self, queues: Sequence[str]) -> float | None:
         """Seconds until the earliest pending task of `queues` is due (<= 0: due now),
         or None when none is pending."""
 
     @abc.abstractmethod
-    def heartbeat(self, worker_id, hostname, queues, concurrency, pid, process_started,
-                  started_at=None) -> None:
+    def heartbeat(self, worker_id: str, hostname: str, queues: Sequence[str], concurrency: int,
+                  pid: int, process_started: float, started_at: float | None = None) -> None:
         """Insert or refresh this daemon's row in the workers table."""
 
     @abc.abstractmethod
-    def remove_worker(self, worker_id) -> None:
+    def remove_worker(self, worker_id: str) -> None:
         """Delete a daemon's worker row (on a clean stop)."""
 
     @abc.abstractmethod
-    def list_workers(self) -> list:
+    def list_workers(self) -> list[dict[str, Any]]:
         """Every worker row (worker_id, hostname, queues, concurrency,
         last_heartbeat, pid, process_started, started_at), newest heartbeat first."""
 
     @abc.abstractmethod
-    def reclaim(self, dead_worker_ids=(), stale_after=None, reason="worker died",
-                stale_heartbeats=None) -> list:
+    def reclaim(self, dead_worker_ids: Iterable[str] = (), stale_after: float | None = None,
+                reason: str = "worker died", stale_heartbeats: dict[str, Any] | None = None) -> list[tuple[int, str]]:
         """Give back the running tasks of dead workers in one guarded statement.
 
         Dead: named in dead_worker_ids, a row that still holds the heartbeat that
@@ -255,7 +261,7 @@ class Backend(abc.ABC):
         """
 
     @abc.abstractmethod
-    def open_wake_channel(self, control_socket) -> WakeChannel:
+    def open_wake_channel(self, control_socket: str) -> WakeChannel:
         """Start listening for producers' wake-ups (the daemon calls this once).
 
         control_socket is the daemon's control socket path; a backend whose
@@ -349,15 +355,15 @@ class Backend(abc.ABC):
         """Every queue name that has tasks or schedules, sorted."""
 
     @abc.abstractmethod
-    def finish_window(self):
+    def finish_window(self) -> tuple[float | None, float | None]:
         """(earliest started_at, latest finished_at) over done tasks: a drain's span."""
 
     @abc.abstractmethod
-    def oldest_pending(self) -> list:
+    def oldest_pending(self) -> list[dict[str, Any]]:
         """[{queue, oldest_run_at}]: the earliest due time of pending tasks per queue."""
 
     @abc.abstractmethod
-    def finished_buckets(self, since, bucket) -> list:
+    def finished_buckets(self, since: float, bucket: float) -> list[dict[str, Any]]:
         """[{slot, status, count}]: tasks finished since `since`, per `bucket` seconds."""
 
     @abc.abstractmethod
@@ -416,7 +422,7 @@ class Backend(abc.ABC):
         """How many tasks find_finished() would find with no limit."""
 
     @abc.abstractmethod
-    def prune(self, status, older_than, limit) -> int:
+    def prune(self, status: str, older_than: float, limit: int) -> int:
         """Delete at most `limit` tasks of one finished `status` ('done', 'failed' or
         'cancelled') that finished over `older_than` seconds ago, oldest first;
         returns how many (the daemon's retention, one short batch at a time)."""
@@ -424,8 +430,9 @@ class Backend(abc.ABC):
     # ---- schedules ---------------------------------------------------------------
 
     @abc.abstractmethod
-    def upsert_schedule(self, name, task_name, cron_expr, payload, queue, priority,
-                        max_retries, tz, catchup, enabled, next_run) -> int:
+    def upsert_schedule(self, name: str, task_name: str, cron_expr: str, payload: str,
+                        queue: str | None, priority: int | None, max_retries: int | None,
+                        tz: str | None, catchup: str, enabled: bool | None, next_run: float) -> int:
         """Create a schedule or update the one of that name; returns its id.
 
         next_run is reset only when cron or tz change; enabled=None keeps an
@@ -433,36 +440,38 @@ class Backend(abc.ABC):
         """
 
     @abc.abstractmethod
-    def list_schedules(self) -> list:
+    def list_schedules(self) -> list[dict[str, Any]]:
         """Every schedule row, by name."""
 
     @abc.abstractmethod
-    def get_schedule(self, name):
+    def get_schedule(self, name: str) -> dict[str, Any] | None:
         """One schedule row by name, or None."""
 
     @abc.abstractmethod
-    def set_schedule_enabled(self, name_or_id, enabled, next_run=None) -> bool:
+    def set_schedule_enabled(self, name_or_id: str | int, enabled: bool,
+                             next_run: float | None = None) -> bool:
         """Enable or disable a schedule by name or id; enabling may set a next_run."""
 
     @abc.abstractmethod
-    def delete_schedule(self, schedule_id) -> bool:
+    def delete_schedule(self, schedule_id: int) -> bool:
         """Delete a schedule by id; False when there was none."""
 
     @abc.abstractmethod
-    def due_schedules(self, at) -> list:
+    def due_schedules(self, at: float) -> list[dict[str, Any]]:
         """Enabled schedules whose next_run is at or before `at`."""
 
     @abc.abstractmethod
-    def next_schedule_time(self):
+    def next_schedule_time(self) -> float | None:
         """The earliest next_run of any enabled schedule, or None."""
 
     @abc.abstractmethod
-    def park_schedule(self, schedule_id, expected_next_run) -> bool:
+    def park_schedule(self, schedule_id: int, expected_next_run: float) -> bool:
         """Clear the next_run of a schedule whose next time cannot be computed,
         guarded by compare-and-set on next_run."""
 
     @abc.abstractmethod
-    def fire_schedule(self, schedule_id, expected_next_run, new_next_run, tasks):
+    def fire_schedule(self, schedule_id: int, expected_next_run: float,
+                      new_next_run: float | None, tasks: list[NewTask]) -> list[int] | None:
         """Move next_run from expected to new (compare-and-set) and insert `tasks`
         (NewTask list), atomically. Returns the new ids, or None when another
         scheduler fired this occurrence first."""
@@ -473,5 +482,5 @@ class Backend(abc.ABC):
     def close(self) -> None:
         """Release the connections; the backend must not be used afterwards."""
 
-    def __repr__(self):
+    def __repr__(self) -> str:
         return f"<{type(self).__name__} {self.identity}>"

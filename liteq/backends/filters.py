@@ -1,7 +1,7 @@
 """SQL pieces both backends build the same way (only the driver's placeholder differs)."""
 
 
-def equal_filters(placeholder, **columns):
+def equal_filters(placeholder: str, **columns: object) -> tuple[str, list[object]]:
     """A WHERE clause and its parameters for the columns given a value (None = any);
     placeholder is the driver's parameter mark ('?' or '%s')."""
     where = [f"{col} = {placeholder}" for col, val in columns.items() if val is not None]
@@ -9,7 +9,7 @@ def equal_filters(placeholder, **columns):
     return ("WHERE " + " AND ".join(where)) if where else "", params
 
 
-def finished_status(status) -> str:
+def finished_status(status: str) -> str:
     """`status` when it is a finished one (done, failed, cancelled), else ValueError.
 
     Prune puts it in its SQL as a literal, so the planner can prove the partial index

@@ -150,11 +150,12 @@ def rooms(limits, running_by_name, running_by_queue):
             {q: cap - running_by_queue.get(q, 0) for q, cap in limits.by_queue.items()})
 
 
-def pick(candidates, limit, name_room, queue_room) -> list:
+def pick(candidates: Iterable[Mapping[str, Any]], limit: int, name_room: Mapping[str, int],
+         queue_room: Mapping[str, int]) -> list[int]:
     """The ids to claim: candidates (dicts with id, name, queue, in claim order) taken
     while their name and queue have room, up to `limit`."""
     name_room, queue_room = dict(name_room), dict(queue_room)
-    chosen = []
+    chosen: list[int] = []
     for row in candidates:
         if len(chosen) >= limit:
             break
@@ -170,7 +171,8 @@ def pick(candidates, limit, name_room, queue_room) -> list:
 
 
 
-def rooms_left(rows, chosen, name_room, queue_room):
+def rooms_left(rows: Iterable[Mapping[str, Any]], chosen: Iterable[int], name_room: Mapping[str, int],
+               queue_room: Mapping[str, int]) -> tuple[dict[str, int], dict[str, int]]:
     """({name: room}, {queue: room}) once the chosen ids (from pick over rows) start."""
     chosen = set(chosen)
     name_left, queue_left = dict(name_room), dict(queue_room)
@@ -183,7 +185,8 @@ def rooms_left(rows, chosen, name_room, queue_room):
     return name_left, queue_left
 
 
-def used_up(rows, chosen, name_room, queue_room):
+def used_up(rows: Iterable[Mapping[str, Any]], chosen: Iterable[int], name_room: Mapping[str, int],
+            queue_room: Mapping[str, int]) -> tuple[list[str], list[str]]:
     """(names, queues) with no room left once the chosen ids start: a claim that came
     back short reads past their other rows with a second query."""
     name_left, queue_left = rooms_left(rows, chosen, name_room, queue_room)

@@ -12,17 +12,22 @@ the same way. Or mount it in your own ASGI server:
 See liteq.web.app for the pages and liteq.web.security for the access rules.
 """
 
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from .app import create_app as create_app
+
 __all__ = ["create_app", "run_monitor"]
 
 
-def run_monitor(host="127.0.0.1", port=5151) -> int:
+def run_monitor(host: str = "127.0.0.1", port: int = 5151) -> int:
     """Serve the panel until stopped, as `liteq monitor --host HOST --port PORT` does
     (the seed project's entry point); returns the exit code."""
     from .cli import main
     return main(["--host", str(host), "--port", str(port)])
 
 
-def __getattr__(name):
+def __getattr__(name: str) -> Any:
     # Lazy, so that `liteq monitor` can explain a missing extra instead of failing
     # on import.
     if name == "create_app":

@@ -27,6 +27,7 @@ browser, or with JSON when the request sends `Accept: application/json`.
 import asyncio
 import contextlib
 import os
+from collections.abc import Iterable
 from urllib.parse import quote, unquote
 
 from starlette.applications import Starlette
@@ -106,7 +107,7 @@ class Panel:
         """The daemon's status, read in the thread pool (a socket round trip)."""
         return await run_in_threadpool(daemon_status, self.db)
 
-    def render(self, request, name, context, status_code=200):
+    def render(self, request, name, context, status_code: int = 200):
         """Render a page with the shared context (nav, CSRF token, one-time flash)."""
         flash = None
         raw = request.cookies.get(FLASH_COOKIE)
@@ -140,7 +141,7 @@ class Panel:
         return self.render(request, "error.html", {"code": status_code, "title": title,
                                                    "message": message}, status_code)
 
-    def done(self, request, form, ok, message, default="/"):
+    def done(self, request, form, ok, message, default: str = "/"):
         """Answer an action: JSON for API clients (and /api/ paths), else redirect back
         with a flash. The JSON's status is the seed's "success" (or "error")."""
         if "application/json" in request.headers.get("accept", "") or \

@@ -12,6 +12,9 @@ import secrets
 import signal
 import sys
 import threading
+from collections.abc import Generator
+from types import FrameType
+from typing import NoReturn
 
 from .. import settings
 from ..backends import identity_of
@@ -20,7 +23,7 @@ from ..errors import ConfigError
 TOKEN_ENV = "LITEQ_MONITOR_TOKEN"
 
 
-def build_parser():
+def build_parser() -> argparse.ArgumentParser:
     """The argument parser of `liteq monitor`."""
     p = argparse.ArgumentParser(
         prog="liteq monitor",
@@ -60,7 +63,7 @@ def build_parser():
     return p
 
 
-def main(argv=None) -> int:
+def main(argv: list[str] | None = None) -> int:
     """Entry point of `liteq monitor`."""
     args = build_parser().parse_args(argv)
     try:
@@ -135,7 +138,7 @@ class _Stopped(BaseException):
 
 
 @contextlib.contextmanager
-def _stop_signals_end_cleanly():
+def _stop_signals_end_cleanly() -> Generator[None, None, None]:
     """Make SIGTERM and SIGINT end `liteq monitor` with exit code 0.
 
     uvicorn shuts down gracefully on them, then raises the signal again under the
@@ -148,7 +151,7 @@ def _stop_signals_end_cleanly():
         yield
         return
 
-    def stopped(signum, frame):
+    def stopped(signum: int, frame: FrameType | None) -> NoReturn:
         raise _Stopped(signum)
 
     saved = {sig: signal.signal(sig, stopped) for sig in (signal.SIGTERM, signal.SIGINT)}

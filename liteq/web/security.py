@@ -37,10 +37,13 @@ import hashlib
 import hmac
 import ipaddress
 import secrets
+from collections.abc import Awaitable, Callable, Iterable, Mapping
+from typing import Any
 from urllib.parse import quote, urlencode, urlsplit
 
 from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, RedirectResponse, Response
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 CSRF_COOKIE = "liteq_csrf"
 CSRF_FIELD = "csrf_token"
@@ -84,7 +87,7 @@ def host_name(host_header: str) -> str:
     return host.rsplit(":", 1)[0] if host.count(":") == 1 else host
 
 
-def safe_next(value, default="/") -> str:
+def safe_next(value: str | None, default: str = "/") -> str:
     """A local path to redirect to: refuse absolute and protocol-relative URLs."""
     if not value or not value.startswith("/") or value.startswith("//") or "\\" in value:
         return default
@@ -120,7 +123,8 @@ def set_cookie_header(key, value, **options) -> tuple:
 class Security:
     """The panel's access policy; see the module docstring."""
 
-    def __init__(self, token=None, allowed_hosts=None, public_metrics=False):
+    def __init__(self, token: str | None = None, allowed_hosts: Iterable[str] | None = None,
+                 public_metrics: bool = False) -> None:
         self.token = token or None
         self.allowed_hosts = ({h.lower().strip("[]") for h in allowed_hosts}
                               if allowed_hosts is not None else None)
@@ -130,13 +134,15 @@ class Security:
 
     def session_value(self) -> str:
         """The session cookie value: HMAC-SHA256 of a fixed label keyed by the token."""
+        assert self.token is not None  # (only asked for when a token is set)
         return hmac.new(self.token.encode(), b"liteq-monitor-session",
                         hashlib.sha256).hexdigest()
 
-    def check_token(self, candidate) -> bool:
+    def check_token(self, candidate: object) -> bool:
         """True when `candidate` is the configured token (constant-time compare)."""
-        return bool(self.token and candidate) and hmac.compare_digest(
-            str(candidate).encode(), self.token.encode())
+        if not self.token or not candidate:
+            return False
+        return hmac.compare_digest(str(candidate).encode(), self.token.encode())
 
     def login_redirect(self, target, secure=False, path="/") -> RedirectResponse:
         """A redirect to `target` that logs the browser in (sets the session cookie,
@@ -146,24 +152,24 @@ class Security:
                         httponly=True, samesite="strict", path=path, secure=secure)
         return resp
 
-    def bearer_ok(self, request) -> bool:
+    def bearer_ok(self, request: Request) -> bool:
         """True when the request carries `Authorization: Bearer <the token>`."""
         scheme, _, value = request.headers.get("authorization", "").partition(" ")
         return scheme.lower() == "bearer" and self.check_token(value.strip())
 
-    def authenticated(self, request) -> bool:
+    def authenticated(self, request: Request) -> bool:
         """True when no token is set, or the request proves it knows the token."""
         if self.token is None:
             return True
         return self.bearer_ok(request) or self.session_ok(request)
 
-    def session_ok(self, request) -> bool:
+    def session_ok(self, request: Request) -> bool:
         """True when a token is set and the request carries its session cookie."""
         cookie = request.cookies.get(SESSION_COOKIE, "")
         return (self.token is not None and bool(cookie)
                 and hmac.compare_digest(cookie.encode(), self.session_value().encode()))
 
-    def needs_auth(self, path) -> bool:
+    def needs_auth(self, path: str) -> bool:
         """Whether `path` is behind the token."""
         if self.token is None or path.startswith(OPEN_PREFIXES):
             return False
@@ -171,7 +177,7 @@ class Security:
 
     # ---- CSRF ------------------------------------------------------------------
 
-    def check_csrf(self, request, form) -> None:
+    def check_csrf(self, request: Request, form: Mapping[str, Any]) -> None:
         """Raise CSRFError unless this POST came from one of the panel's own forms."""
         if self.token is not None and self.bearer_ok(request):
             return
@@ -191,14 +197,14 @@ class Security:
         if not hmac.compare_digest(str(field).encode(), cookie.encode()):
             raise CSRFError("CSRF token mismatch: reload the page and try again")
 
-    def allowed_host(self, request) -> bool:
+    def allowed_host(self, request: Request) -> bool:
         """The DNS-rebinding guard: is the Host header one this panel answers to?"""
         if self.allowed_hosts is None:
             return True
         return host_name(request.headers.get("host", "")) in self.allowed_hosts
 
 
-def wants_html(request) -> bool:
+def wants_html(request: Request) -> bool:
     """True for a browser page view (as opposed to an API, metrics or script call)."""
     path = route_path(request.scope)
     if path.startswith("/api/") or path == "/metrics":
@@ -213,11 +219,11 @@ class SecurityMiddleware:
     the templates as request.state.csrf_token.
     """
 
-    def __init__(self, app, security: Security):
+    def __init__(self, app: ASGIApp, security: Security) -> None:
         self.app = app
         self.security = security
 
-    async def __call__(self, scope, receive, send):
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
         request = Request(scope)
@@ -230,7 +236,7 @@ class SecurityMiddleware:
                                      status_code=400)
             return await resp(scope, receive, self._decorate(send, None, path))
         csrf = request.cookies.get(CSRF_COOKIE)
-        new_cookie = None
+        new_cookie: tuple[bytes, bytes] | None = None
         if not csrf or len(csrf) < 20:
             csrf = secrets.token_urlsafe(32)
             new_cookie = set_cookie_header(CSRF_COOKIE, csrf, httponly=True, samesite="strict",
@@ -255,7 +261,7 @@ class SecurityMiddleware:
             return await resp(scope, receive, self._decorate(send, new_cookie, path))
         return await self.app(scope, receive, self._decorate(send, new_cookie, path))
 
-    async def _login_by_url(self, request):
+    async def _login_by_url(self, request: Request) -> Response:
         """A GET carrying ?token=: log in and go to the same address without the token
         (for /login, to its `next`), or, with a wrong token, to the login form."""
         root = root_of(request.scope)
@@ -276,8 +282,9 @@ class SecurityMiddleware:
                             status_code=401, headers={"WWW-Authenticate": 'Bearer realm="liteq"'})
 
     @staticmethod
-    def _decorate(send, cookie, path):
-        async def wrapped(message):
+    def _decorate(send: Send, cookie: tuple[bytes, bytes] | None,
+                  path: str) -> Callable[[Message], Awaitable[None]]:
+        async def wrapped(message: Message) -> None:
             if message["type"] == "http.response.start":
                 headers = list(message.get("headers", []))
                 names = {k.lower() for k, _ in headers}

@@ -24,6 +24,7 @@ CHART_BUCKET = 60.0
 DEFAULT_LIMIT = 50
 MAX_LIMIT = 500
 MAX_TEXT = 200
+T = TypeVar("T")
 
 
 class BadRequest(ValueError):
@@ -38,19 +39,19 @@ class PanelStore:
     queries. The backend is opened on first use and closed with close().
     """
 
-    def __init__(self, db):
+    def __init__(self, db: str | None) -> None:
         self.db = db
-        self._store = None
+        self._store: Backend | None = None
         self._lock = threading.Lock()
 
-    def run(self, fn, *args, **kwargs):
+    def run(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         """Call fn(store, *args, **kwargs) while holding the lock."""
         with self._lock:
             if self._store is None:
                 self._store = open_backend(self.db)
             return fn(self._store, *args, **kwargs)
 
-    def close(self):
+    def close(self) -> None:
         """Close the connection (the next run() opens a new one)."""
         with self._lock:
             if self._store is not None:
@@ -58,7 +59,8 @@ class PanelStore:
                 self._store = None
 
 
-def _positive_int(params, key, default, maximum=None):
+def _positive_int(params: Mapping[str, str], key: str, default: int,
+                  maximum: int | None = None) -> int:
     raw = params.get(key)
     if raw is None or raw == "":
         return default
@@ -73,7 +75,7 @@ def _positive_int(params, key, default, maximum=None):
     return value
 
 
-def _text(params, key):
+def _text(params: Mapping[str, str], key: str) -> str | None:
     raw = params.get(key)
     if raw is None or raw.strip() == "":
         return None
@@ -95,7 +97,7 @@ def parse_filters(params, allow_status=True) -> dict:
             "limit": _positive_int(params, "limit", DEFAULT_LIMIT, MAX_LIMIT)}
 
 
-def _first_line(text, width=160):
+def _first_line(text: object, width: int = 160) -> str:
     if not text:
         return ""
     for line in str(text).splitlines():
@@ -104,7 +106,7 @@ def _first_line(text, width=160):
     return ""
 
 
-def _pretty(value) -> str:
+def _pretty(value: object) -> str:
     return json.dumps(value, indent=2, ensure_ascii=False, sort_keys=False, default=str)
 
 
@@ -121,7 +123,8 @@ def count_matrix(store) -> dict:
     each queue's `estimated` lists its statuses whose counts are, the top-level one
     the statuses whose totals include one, and the page marks them.
     """
-    by_queue, marks = {}, {}
+    by_queue: dict[str, dict[str, int]] = {}
+    marks: dict[str, set[str]] = {}
     for row in store.queue_stats(estimate=True):
         by_queue.setdefault(row["queue"], {})[row["status"]] = row["count"]
         if row.get("estimated"):
@@ -151,14 +154,15 @@ def count_matrix(store) -> dict:
             "estimated": [s for s in TASK_STATUSES if any(s in r["estimated"] for r in rows)]}
 
 
-def throughput(store, t=None, minutes=CHART_MINUTES, bucket=CHART_BUCKET) -> list:
+def throughput(store: Backend, t: float | None = None, minutes: int = CHART_MINUTES,
+               bucket: float = CHART_BUCKET) -> list[dict[str, Any]]:
     """Finished tasks per minute over the last `minutes`: [{t, done, failed}], oldest first.
 
     The last slot is the current, partial minute.
     """
     t = now() if t is None else t
     since = math.floor(t / bucket) * bucket - (minutes - 1) * bucket
-    series = [{"t": since + i * bucket, "done": 0, "failed": 0} for i in range(minutes)]
+    series: list[dict[str, Any]] = [{"t": since + i * bucket, "done": 0, "failed": 0} for i in range(minutes)]
     for row in store.finished_buckets(since, bucket):
         slot = int(row["slot"])
         if 0 <= slot < minutes and row["status"] in ("done", "failed"):
@@ -166,17 +170,17 @@ def throughput(store, t=None, minutes=CHART_MINUTES, bucket=CHART_BUCKET) -> lis
     return series
 
 
-def workers(store, t=None) -> list:
+def workers(store: Backend, t: float | None = None) -> list[dict[str, Any]]:
     """Daemons with a row in `workers`, with the age of their last heartbeat."""
     t = now() if t is None else t
-    out = []
+    out: list[dict[str, Any]] = []
     for w in store.list_workers():
         beat = w.get("last_heartbeat")
         out.append({**w, "heartbeat_age": None if beat is None else max(0.0, t - beat)})
     return out
 
 
-def overview(store) -> dict:
+def overview(store: Backend) -> dict[str, Any]:
     """Everything the overview page shows that comes from the database."""
     t = now()
     series = throughput(store, t)
@@ -186,13 +190,13 @@ def overview(store) -> dict:
             "workers": workers(store, t), "now": t}
 
 
-def pool_summary(daemon) -> list:
+def pool_summary(daemon: dict[str, Any] | None) -> list[dict[str, Any]]:
     """Per pool: name, queues, size, children, busy (running a task), failing."""
     if not daemon:
         return []
-    out = []
-    for pool in daemon.get("pools", []):
-        children = pool.get("children", [])
+    out: list[dict[str, Any]] = []
+    for pool in daemon.get("pools", ()):
+        children = pool.get("children", ())
         out.append({"name": pool["name"], "queues": pool.get("queues", []),
                     "size": pool.get("size", 0), "children": len(children),
                     "busy": sum(1 for c in children if c.get("task_id") is not None),
@@ -241,7 +245,7 @@ def task_list(store, filters, order="id") -> dict:
             "queues": known_queues(store), "pinned": None, "next_before": None}
 
 
-def task_detail(store, task_id):
+def task_detail(store: Backend, task_id: int) -> dict[str, Any] | None:
     """One task with decoded args, kwargs and result (pretty JSON), or None."""
     row = store.get_task(task_id)
     if row is None:
@@ -291,13 +295,15 @@ def attempt_errors(row) -> list:
 
 # ---- schedules -----------------------------------------------------------------
 
-def schedules(store) -> list:
+def schedules(store: Backend) -> list[dict[str, Any]]:
     """Every schedule (see liteq.scheduler.list_schedules) with its payload as text."""
-    out = []
+    out: list[dict[str, Any]] = []
     for s in list_schedules(store):
+        args: list[Any] = s["args"] or []
+        kwargs: dict[str, Any] = s["kwargs"] or {}
         call = ", ".join([json.dumps(a, ensure_ascii=False, default=repr)
-                          for a in (s["args"] or [])] +
+                          for a in args] +
                          [f"{k}={json.dumps(v, ensure_ascii=False, default=repr)}"
-                          for k, v in (s["kwargs"] or {}).items()])
+                          for k, v in kwargs.items()])
         out.append({**s, "call": call})
     return out

@@ -33,6 +33,9 @@ from .vacuum import Vacuums
 from .wake import ListenChannel, channel_name, nudge_payload
 from .workers import WorkerOps
 
+if TYPE_CHECKING:
+    from ..base import WakeChannel
+
 # The daemon's statements give up on a row or table lock held longer than this
 # (an operator's forgotten transaction, say): its loop retries them later and
 # keeps supervising meanwhile, as with SQLite's short busy timeout.
@@ -50,7 +53,7 @@ class PostgresBackend(TaskOps, WorkerOps, ReadOps, ScheduleOps, Backend):
     #: pick those tasks up, the later ones those that committed late.
     wake_follow_ups_s = (0.002, 0.01, 0.03, 0.1, 0.3)
 
-    def __init__(self, url, daemon=False):
+    def __init__(self, url, daemon: bool = False) -> None:
         self._connector = Connector(url)
         self.target = url
         self.identity = self._connector.identity
@@ -67,7 +70,7 @@ class PostgresBackend(TaskOps, WorkerOps, ReadOps, ScheduleOps, Backend):
         with self._session.locked():
             self._session.conn  # connect now: an unusable URL or server fails here
 
-    def _on_connect(self, conn):
+    def _on_connect(self, conn) -> None:
         if self._schema is None:
             self._schema = ensure_schema(conn)
             self._channel = channel_name(self._schema)
@@ -90,14 +93,14 @@ class PostgresBackend(TaskOps, WorkerOps, ReadOps, ScheduleOps, Backend):
         with self._session.locked():
             return self._session.pid_on_server()
 
-    def batch(self):
+    def batch(self) -> AbstractContextManager[Any]:
         """Run several operations in one transaction: `with backend.batch(): ...`.
 
         Other threads wait until it ends; on an error everything is rolled back.
         """
         return Batch(self._session)
 
-    def notify(self, due=None):
+    def notify(self, due: float | None = None) -> None:
         """NOTIFY the daemons that a task is due at `due` (epoch s; None: now).
 
         A hint only: skipped when the connection is down or another thread holds
@@ -115,7 +118,7 @@ class PostgresBackend(TaskOps, WorkerOps, ReadOps, ScheduleOps, Backend):
         finally:
             lock.release()
 
-    def open_wake_channel(self, control_socket):
+    def open_wake_channel(self, control_socket: str) -> WakeChannel:
         """A LISTEN connection on this queue's channel (see ListenChannel's contract);
         control_socket is not needed."""
         return ListenChannel(self._connector, self._channel)
@@ -137,7 +140,7 @@ class PostgresBackend(TaskOps, WorkerOps, ReadOps, ScheduleOps, Backend):
             self._async = AsyncSession(self._connector)
         return self._async
 
-    def close(self):
+    def close(self) -> None:
         """Close the connection (in a forked child: forget the parent's, untouched)."""
         self._session.close()
         self._vacuums.close()

@@ -23,7 +23,7 @@ from .tasks import (ENQUEUE, ENQUEUE_QUIET, enqueue_params, enqueued, quiet_para
 class AsyncSession:
     """The async connection of one backend, for one event loop."""
 
-    def __init__(self, connector):
+    def __init__(self, connector) -> None:
         self.connector = connector
         self.pid = os.getpid()
         self.loop = asyncio.get_running_loop()
@@ -72,7 +72,7 @@ class AsyncSession:
                     await self._drop()
                 raise self.connector.error(exc, gone=gone) from exc
 
-    async def _drop(self):
+    async def _drop(self) -> None:
         conn, self.conn = self.conn, None
         if conn is not None:
             try:
@@ -80,7 +80,7 @@ class AsyncSession:
             except Exception:  # a broken socket may fail to close: it is gone anyway
                 pass
 
-    def forget(self):
+    def forget(self) -> None:
         """Let go of the connection without awaiting (closing the backend from sync
         code); its socket closes when it is collected."""
         self.conn = None

@@ -15,6 +15,7 @@ import psycopg
 from psycopg.rows import dict_row
 
 from ...errors import ConfigError
+from ..base import Backend
 from . import PostgresBackend
 from .connection import is_gone
 
@@ -31,7 +32,7 @@ class _SchemaScope:
     held (nested holds keep the outermost's). No lock: the app's connection is the
     app's to share between its threads, as with any psycopg connection."""
 
-    def __init__(self, conn, connector, schema, needed):
+    def __init__(self, conn, connector, schema, needed) -> None:
         self.conn = conn
         self.connector = connector
         self.schema = schema
@@ -39,7 +40,7 @@ class _SchemaScope:
         self.depth = 0
         self.prev = None
 
-    def acquire(self, blocking=True):
+    def acquire(self, blocking: bool = True) -> bool:
         if self.depth == 0 and self.needed:
             cur = self.conn.cursor(row_factory=dict_row)
             try:
@@ -49,7 +50,7 @@ class _SchemaScope:
         self.depth += 1
         return True
 
-    def release(self):
+    def release(self) -> None:
         self.depth -= 1
         if self.depth == 0 and self.needed:
             try:
@@ -60,7 +61,7 @@ class _SchemaScope:
     def __enter__(self):
         return self.acquire()
 
-    def __exit__(self, *exc):
+    def __exit__(self, *exc) -> bool:
         self.release()
         return False
 
@@ -73,7 +74,7 @@ class BorrowedSession:
     depth = 0
     closed = False
 
-    def __init__(self, conn, connector, schema, switch=True):
+    def __init__(self, conn, connector, schema, switch: bool = True) -> None:
         self._conn = conn
         self.connector = connector
         self.lock = _SchemaScope(conn, connector, schema, switch)
@@ -109,10 +110,10 @@ class BorrowedSession:
         """The LiteQ error for `exc`; the app's connection is left as it is."""
         return self.connector.error(exc, gone=is_gone(exc, self._conn))
 
-    def drop(self):
+    def drop(self) -> None:
         """Nothing: the connection is the app's."""
 
-    def close(self):
+    def close(self) -> None:
         """Nothing: the connection is the app's."""
 
 
@@ -129,10 +130,10 @@ class BorrowedPostgresBackend(PostgresBackend):
         """get_task() on the app's connection (it sees the transaction's own tasks)."""
         return self.get_task(task_id)
 
-    def finish(self):
+    def finish(self) -> None:
         """Nothing to do at the end of the block: the NOTIFY is sent at the commit."""
 
-    def close(self):
+    def close(self) -> None:
         """Nothing: the connection is the app's, the process's backend stays open."""
 
 
@@ -141,7 +142,7 @@ def _server_of(conn):
         return cur.execute(_SERVER + _APP_SCHEMA).fetchone()
 
 
-def borrow(backend, conn):
+def borrow(backend: Backend, conn: object) -> Backend:
     """A backend writing through the app's psycopg connection `conn`, in its transaction.
 
     ConfigError for anything else than a psycopg Connection, a connection in autocommit

@@ -12,6 +12,7 @@ import functools
 import os
 import re
 import threading
+from types import TracebackType
 
 import psycopg
 from psycopg.conninfo import conninfo_to_dict
@@ -59,7 +60,7 @@ class Connector:
     Shared by a backend's session and its LISTEN channel.
     """
 
-    def __init__(self, url):
+    def __init__(self, url) -> None:
         self.url = url
         self.identity = urls.identity(url)
         self.secrets = urls.secrets_of(url)
@@ -87,7 +88,7 @@ class Connector:
             raise DatabaseRefused(f"PostgreSQL database {self.identity} refused the "
                                   f"connection ({code}): {self.scrub(_reason(exc))}") from exc
 
-    def error(self, exc, gone=False) -> DatabaseError:
+    def error(self, exc, gone: bool = False) -> DatabaseError:
         """The LiteQ error for a psycopg error: DatabaseUnavailable when the connection is
         gone, DatabaseLocked for a lock wait that timed out, else DatabaseError.
 
@@ -138,12 +139,12 @@ class Session:
     a fork the child never touches the parent's connection: it starts afresh.
     """
 
-    def __init__(self, connector, on_connect):
+    def __init__(self, connector, on_connect) -> None:
         self.connector = connector
         self.on_connect = on_connect
         self._fresh()
 
-    def _fresh(self):
+    def _fresh(self) -> None:
         self.lock = threading.RLock()
         self.pid = os.getpid()
         self._conn = None
@@ -209,12 +210,12 @@ class Session:
             self.drop()
         return self.connector.error(exc, gone=gone)
 
-    def drop(self):
+    def drop(self) -> None:
         """Forget the connection (closing it if it is this process's)."""
         conn, self._conn = self._conn, None
         close_if_own(conn, self.pid)
 
-    def close(self):
+    def close(self) -> None:
         """Close for good (a forked child only forgets the parent's connection)."""
         with self.locked():
             self.drop()
@@ -227,7 +228,7 @@ class Batch:
 
     __slots__ = ("session", "tx")
 
-    def __init__(self, session):
+    def __init__(self, session) -> None:
         self.session = session
         self.tx = None
 
@@ -247,7 +248,7 @@ class Batch:
             raise
         return self
 
-    def __exit__(self, exc_type, exc, tb):
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> bool:
         s = self.session
         try:
             s.depth -= 1

@@ -17,10 +17,10 @@ APP_PRIVILEGES = (
 )
 
 
-def app_grants(role: str, schema: str) -> list:
+def app_grants(role: str, schema: str) -> list[str]:
     """The GRANT statements (SQL text, identifiers quoted) for `role` on the LiteQ
     tables of `schema`."""
-    def ident(*names):
+    def ident(*names: str) -> str:
         return ".".join('"' + n.replace('"', '""') + '"' for n in names)
     lines = [f"GRANT USAGE ON SCHEMA {ident(schema)} TO {ident(role)};"]
     for table, privileges in APP_PRIVILEGES:

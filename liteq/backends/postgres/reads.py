@@ -3,6 +3,10 @@
 Rows come back with the SQLite backend's keys, times as epoch seconds.
 """
 
+from __future__ import annotations
+
+from typing import Any
+
 from ...taskspec import check_purge
 from ..base import CANCEL_TEXT, TASK_STATUSES
 from ..filters import (KEY_IS_FREE, KEY_IS_FREE_FOR_NEWEST, KEY_IS_FREE_FOR_NEWEST_FINISHED,
@@ -14,7 +18,7 @@ from .connection import operation
 from .vacuum import vacuum_now
 
 
-def _epoch(col):
+def _epoch(col) -> str:
     return f"date_part('epoch', {col}) AS {col}"
 
 
@@ -168,7 +172,7 @@ class ReadOps:
     exact_count_limit = counts.EXACT_LIMIT
 
     @operation
-    def queue_stats(self, estimate=False) -> list:
+    def queue_stats(self, estimate: bool = False) -> list:
         """[{queue, status, count}] over all tasks, exact.
 
         estimate=True: groups of more than exact_count_limit tasks are estimated from
@@ -210,7 +214,7 @@ class ReadOps:
             "WHERE queue IS NOT NULL ORDER BY 1")]
 
     @operation
-    def finish_window(self):
+    def finish_window(self) -> tuple[float | None, float | None]:
         """(earliest started_at, latest finished_at) over done tasks: a drain's span."""
         row = self._session.run(
             "SELECT date_part('epoch', MIN(started_at)) AS a, "
@@ -219,14 +223,14 @@ class ReadOps:
         return row["a"], row["b"]
 
     @operation
-    def oldest_pending(self) -> list:
+    def oldest_pending(self) -> list[dict[str, Any]]:
         """[{queue, oldest_run_at}]: the earliest due time of pending tasks per queue."""
         return self._session.run(
             "SELECT queue, date_part('epoch', MIN(run_at)) AS oldest_run_at FROM tasks "
             "WHERE status = 'pending' GROUP BY queue ORDER BY queue").fetchall()
 
     @operation
-    def finished_buckets(self, since, bucket) -> list:
+    def finished_buckets(self, since: float, bucket: float) -> list[dict[str, Any]]:
         """[{slot, status, count}]: tasks finished since `since` (epoch s), per `bucket`
         seconds; slot n covers [since + n*bucket, since + (n+1)*bucket)."""
         return self._session.run(
@@ -321,7 +325,7 @@ class ReadOps:
                                  params).rowcount
 
     @operation
-    def prune(self, status, older_than, limit) -> int:
+    def prune(self, status: str, older_than: float, limit: int) -> int:
         """Delete at most `limit` tasks of finished `status` that finished over
         `older_than` seconds ago (server's clock), oldest first; returns how many.
         Rows another daemon is pruning at the same moment are skipped, not waited on.

@@ -5,9 +5,16 @@ a value read back and passed as expected_next_run converts to the very same
 timestamp, so the compare-and-set matches exactly.
 """
 
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
 from .connection import operation
 from .tasks import insert_rows
 from .wake import NOTIFY_PAYLOAD
+
+if TYPE_CHECKING:
+    from ...taskspec import NewTask
 
 SCHEDULE_SELECT = (
     "id, name, task_name, cron_expr, payload, queue, priority, max_retries, tz, catchup, "
@@ -36,8 +43,9 @@ class ScheduleOps:
     """Mixin of PostgresBackend: the schedules table."""
 
     @operation
-    def upsert_schedule(self, name, task_name, cron_expr, payload, queue, priority,
-                        max_retries, tz, catchup, enabled, next_run) -> int:
+    def upsert_schedule(self, name: str, task_name: str, cron_expr: str, payload: str,
+                        queue: str | None, priority: int | None, max_retries: int | None,
+                        tz: str | None, catchup: str, enabled: bool | None, next_run: float) -> int:
         """Create a schedule, or update the one of that name; returns its id.
 
         next_run is only reset when the timing (cron or tz) changes; enabled=None
@@ -50,19 +58,20 @@ class ScheduleOps:
             "next_run": next_run}).fetchone()["id"]
 
     @operation
-    def list_schedules(self) -> list:
+    def list_schedules(self) -> list[dict[str, Any]]:
         """Every schedule row, by name."""
         return self._session.run(
             f"SELECT {SCHEDULE_SELECT} FROM schedules ORDER BY name").fetchall()
 
     @operation
-    def get_schedule(self, name):
+    def get_schedule(self, name: str) -> dict[str, Any] | None:
         """One schedule row by name, or None."""
         return self._session.run(
             f"SELECT {SCHEDULE_SELECT} FROM schedules WHERE name = %s", (name,)).fetchone()
 
     @operation
-    def set_schedule_enabled(self, name_or_id, enabled, next_run=None) -> bool:
+    def set_schedule_enabled(self, name_or_id: str | int, enabled: bool,
+                             next_run: float | None = None) -> bool:
         """Enable or disable a schedule by name or id; enabling may set a fresh next_run."""
         col = "id" if isinstance(name_or_id, int) else "name"
         return self._session.run(
@@ -71,27 +80,27 @@ class ScheduleOps:
             f"WHERE {col} = %s", (bool(enabled), next_run, name_or_id)).rowcount == 1
 
     @operation
-    def delete_schedule(self, schedule_id) -> bool:
+    def delete_schedule(self, schedule_id: int) -> bool:
         """Delete a schedule by id; False when there was none."""
         return self._session.run("DELETE FROM schedules WHERE id = %s",
                                  (int(schedule_id),)).rowcount == 1
 
     @operation
-    def due_schedules(self, at) -> list:
+    def due_schedules(self, at: float) -> list[dict[str, Any]]:
         """Enabled schedules whose next_run is at or before `at` (epoch s)."""
         return self._session.run(
             f"SELECT {SCHEDULE_SELECT} FROM schedules WHERE enabled "
             f"AND next_run <= to_timestamp(%s::float8) ORDER BY next_run", (at,)).fetchall()
 
     @operation
-    def next_schedule_time(self):
+    def next_schedule_time(self) -> float | None:
         """The earliest next_run of any enabled schedule, or None."""
         return self._session.run(
             "SELECT date_part('epoch', MIN(next_run)) AS t FROM schedules WHERE enabled"
         ).fetchone()["t"]
 
     @operation
-    def park_schedule(self, schedule_id, expected_next_run) -> bool:
+    def park_schedule(self, schedule_id: int, expected_next_run: float) -> bool:
         """Clear the next_run of a schedule whose next time cannot be computed, guarded
         by compare-and-set on next_run; False when another scheduler changed it first."""
         return self._session.run(
@@ -100,7 +109,8 @@ class ScheduleOps:
             (schedule_id, expected_next_run)).rowcount == 1
 
     @operation
-    def fire_schedule(self, schedule_id, expected_next_run, new_next_run, tasks):
+    def fire_schedule(self, schedule_id: int, expected_next_run: float,
+                      new_next_run: float | None, tasks: list[NewTask]) -> list[int] | None:
         """Move next_run from expected to new (compare-and-set) and insert `tasks` with
         one wake-up, in one transaction. Returns the new ids, or None when another
         scheduler fired this occurrence first."""

@@ -6,6 +6,10 @@ are judged by it, so a producer or daemon whose clock is off neither delays nor
 advances a task. Times go out as epoch seconds (date_part('epoch', ...)).
 """
 
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from typing import TYPE_CHECKING, Any
 import contextlib
 import time
 from typing import Any
@@ -16,6 +20,9 @@ from ..stats import Tally
 from . import deps, stats
 from .connection import operation
 from .wake import NOTIFY_PAYLOAD
+
+if TYPE_CHECKING:
+    from ..limits import Limits
 
 # When a task is due: to_timestamp(run_at) when given (absolute epoch seconds),
 # else the server's now() plus the delay (0 when none). Parameters: run_at, delay.
@@ -299,7 +306,7 @@ class _LimitCounts:
         self.skipped = set()                    # keys another claimer held (try-lock)
         self.buckets = None                     # limits.Buckets of the locked rate keys
 
-    def take(self, rows, wait):
+    def take(self, rows, wait) -> None:
         """Lock and count the limited names and queues of `rows` not locked yet.
 
         wait=True waits for each lock, in sorted order (the first pass of a claim);
@@ -374,7 +381,7 @@ class _LimitCounts:
                                   prepare=True)
         return self.buckets.wait(candidates, ids, new_tats)
 
-    def allowed(self, row):
+    def allowed(self, row) -> bool:
         """False for a row of a limited name or queue whose lock this claim lacks."""
         return (row["name"] not in self.limited_names or row["name"] in self.names) and \
             (row["queue"] not in self.limited_queues or row["queue"] in self.queues)
@@ -473,7 +480,8 @@ class TaskOps:
         return row["ids"]
 
     @operation
-    def claim(self, worker_id, queues, limit, limits=None) -> list:
+    def claim(self, worker_id: str, queues: Sequence[str], limit: int,
+              limits: Limits | None = None) -> list[dict[str, Any]]:
         """Mark up to `limit` due pending tasks of `queues` running for `worker_id`, in
         one statement; returns them in claim order (priority desc, due time, id).
         Under global concurrency limits, one transaction (see _claim_limited)."""
@@ -534,7 +542,9 @@ class TaskOps:
         return self._rate_wait
 
     @operation
-    def record_outcomes(self, worker_id, done=(), failed=(), retry=()) -> list:
+    def record_outcomes(self, worker_id: str, done: Iterable[tuple[Any, ...]] = (),
+                        failed: Iterable[tuple[Any, ...]] = (),
+                        retry: Iterable[tuple[Any, ...]] = ()) -> list[int]:
         """Record finished attempts, one statement per kind, in one transaction; returns
         the ids recorded. Each applies only while the row is still running for this
         worker (a missing id was refused). Retries come due `delay` seconds after the
@@ -578,7 +588,7 @@ class TaskOps:
         return recorded
 
     @operation
-    def release(self, worker_id, task_ids) -> int:
+    def release(self, worker_id: str, task_ids: Iterable[int]) -> int:
         """Return claimed tasks that never started to pending, uncounting the attempt."""
         if not task_ids:
             return 0
@@ -609,7 +619,7 @@ class TaskOps:
         return sorted(r["id"] for r in rows.fetchall())
 
     @operation
-    def next_due(self, queues):
+    def next_due(self, queues: Sequence[str]) -> float | None:
         """Seconds from the server's now until the earliest pending task of `queues` is
         due (<= 0: due now), or None when none is pending."""
         queues = list(dict.fromkeys(queues))

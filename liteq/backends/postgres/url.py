@@ -8,6 +8,8 @@ shown. This module does not import psycopg.
 """
 
 import os
+from collections.abc import Iterable, Mapping
+from typing import Any
 from urllib.parse import unquote
 
 from ... import settings
@@ -22,7 +24,7 @@ KEEPALIVES = {"keepalives": "1", "keepalives_idle": "10", "keepalives_interval":
               "keepalives_count": "3"}
 
 
-def _split(url):
+def _split(url: str) -> tuple[str | None, str, str]:
     """(userinfo or None, the rest of the authority and path, query or '') of a URL.
 
     Like libpq, the user info ends at the first '@' before any '/'.
@@ -38,7 +40,7 @@ def _split(url):
     return None, rest, query
 
 
-def _query_pairs(query):
+def _query_pairs(query: str) -> list[tuple[str, str]]:
     """[(raw key=value text, decoded key)] of a query string."""
     return [(part, unquote(part.split("=", 1)[0]))
             for part in query.split("&") if part]
@@ -54,9 +56,9 @@ def identity(url: str) -> str:
     return out + ("?" + "&".join(pairs) if pairs else "")
 
 
-def secrets_of(url: str) -> list:
+def secrets_of(url: str) -> list[str]:
     """Every form of the password the URL (or PGPASSWORD) holds, longest first."""
-    found = set()
+    found: set[str] = set()
     userinfo, _, query = _split(url)
     if userinfo is not None and ":" in userinfo:
         found.add(userinfo.split(":", 1)[1])
@@ -69,21 +71,21 @@ def secrets_of(url: str) -> list:
     return sorted((s for s in found if s), key=len, reverse=True)
 
 
-def scrub(text: str, secrets) -> str:
+def scrub(text: str, secrets: Iterable[str]) -> str:
     """`text` with every secret replaced by ***."""
     for secret in secrets:
         text = text.replace(secret, "***")
     return text
 
 
-def connect_options(params: dict) -> dict:
+def connect_options(params: Mapping[str, Any]) -> dict[str, Any]:
     """What LiteQ adds to the libpq parameters `params` (parsed from the URL).
 
     connect_timeout: the URL's, else LITEQ_CONNECT_TIMEOUT, else PGCONNECT_TIMEOUT,
     else 5 s, so a call against an unreachable server fails instead of hanging.
     TCP keepalives (KEEPALIVES) unless the URL sets them.
     """
-    extra = {}
+    extra: dict[str, Any] = {}
     if "connect_timeout" not in params and (
             os.environ.get("LITEQ_CONNECT_TIMEOUT") or not os.environ.get("PGCONNECT_TIMEOUT")):
         extra["connect_timeout"] = settings.connect_timeout()

@@ -65,7 +65,7 @@ class BackgroundVacuum:
     """One VACUUM sent on a connection of its own; finished() collects it without
     waiting."""
 
-    def __init__(self, connector):
+    def __init__(self, connector) -> None:
         self.conn = connector.connect()
         self.pid = os.getpid()
         self.error = None
@@ -97,7 +97,7 @@ class BackgroundVacuum:
         self.close()
         return True
 
-    def close(self):
+    def close(self) -> None:
         """Close the connection (a VACUUM still running on the server is left to end;
         a forked child only forgets its parent's)."""
         conn, self.conn = self.conn, None
@@ -107,7 +107,7 @@ class BackgroundVacuum:
 class Vacuums:
     """A backend's VACUUMs of tasks, run only while the server's autovacuum is off."""
 
-    def __init__(self, connector):
+    def __init__(self, connector) -> None:
         self.connector = connector
         self.running = None          # the BackgroundVacuum in flight
         self.last_error = None       # what the last one that failed said
@@ -116,7 +116,7 @@ class Vacuums:
         self.outcomes = 0            # outcomes recorded since the dead rows were looked at
         self.started = 0             # VACUUMs started in the background so far
 
-    def needed(self, session, deleted=0) -> bool:
+    def needed(self, session, deleted: int = 0) -> bool:
         """True when the server's autovacuum is off (read at most every RECHECK_S) and
         the dead rows, with the `deleted` ones just now, pass the table's threshold
         (whether or not anything was deleted)."""
@@ -135,7 +135,7 @@ class Vacuums:
             self.running = None
         return self.running is None
 
-    def after_outcomes(self, session, recorded):
+    def after_outcomes(self, session, recorded) -> None:
         """Count `recorded` outcomes; every CHECK_EVERY of them, look at the dead rows
         as after_prune() does. A failure here is left for the next look: the
         outcomes are already committed."""
@@ -148,7 +148,7 @@ class Vacuums:
         except psycopg.Error as exc:
             self.last_error = str(exc)
 
-    def after_prune(self, session, deleted):
+    def after_prune(self, session, deleted) -> None:
         """Collect a VACUUM that ended; start one when none runs and needed() says so.
         Never waits for a VACUUM."""
         if self.idle() and self.needed(session, deleted):
@@ -158,7 +158,7 @@ class Vacuums:
             except DatabaseError as exc:   # the next prune tries again
                 self.last_error = str(exc)
 
-    def close(self):
+    def close(self) -> None:
         """Let go of a VACUUM in flight (the server finishes it on its own)."""
         if self.running is not None:
             self.running.close()

@@ -97,7 +97,7 @@ class ListenChannel(WakeChannel):
     Notifications are only hints: the daemon also polls.
     """
 
-    def __init__(self, connector, channel):
+    def __init__(self, connector, channel) -> None:
         self._connector = connector
         self.channel = channel
         self._conn = None
@@ -127,7 +127,7 @@ class ListenChannel(WakeChannel):
         """The LISTEN connection's socket (-1 once closed)."""
         return self._fd
 
-    def drain(self):
+    def drain(self) -> tuple[bool, float | None]:
         """Read every notification that arrived: (due_now, earliest later due time)."""
         if not self.connected:
             raise DatabaseUnavailable(f"the wake-up channel of {self._connector.identity} is "
@@ -156,7 +156,7 @@ class ListenChannel(WakeChannel):
                 later = due
         return due_now, later
 
-    def _close_conn(self):
+    def _close_conn(self) -> None:
         conn, self._conn = self._conn, None
         self.connected = False
         self._fd = -1
@@ -166,6 +166,6 @@ class ListenChannel(WakeChannel):
             except Exception:  # a dead socket may fail to close cleanly: it is gone anyway
                 pass
 
-    def close(self):
+    def close(self) -> None:
         """Stop listening and close the connection."""
         self._close_conn()

@@ -51,26 +51,26 @@ class WorkerOps:
     """Mixin of PostgresBackend: heartbeats, worker rows and reclaim."""
 
     @operation
-    def heartbeat(self, worker_id, hostname, queues, concurrency, pid, process_started,
-                  started_at=None) -> None:
+    def heartbeat(self, worker_id: str, hostname: str, queues: Sequence[str], concurrency: int,
+                  pid: int, process_started: float, started_at: float | None = None) -> None:
         """Insert or refresh this daemon's row, stamped with the server's now()."""
         self._session.run(HEARTBEAT, (worker_id, hostname, queues, concurrency, pid,
                                       process_started, started_at), prepare=True)
 
     @operation
-    def remove_worker(self, worker_id) -> None:
+    def remove_worker(self, worker_id: str) -> None:
         """Delete a daemon's worker row (on a clean stop)."""
         self._session.run("DELETE FROM workers WHERE worker_id = %s", (worker_id,))
 
     @operation
-    def list_workers(self) -> list:
+    def list_workers(self) -> list[dict[str, Any]]:
         """Every worker row, newest heartbeat first."""
         return self._session.run(
             f"SELECT {WORKER_COLUMNS} FROM workers ORDER BY last_heartbeat DESC").fetchall()
 
     @operation
-    def reclaim(self, dead_worker_ids=(), stale_after=None, reason="worker died",
-                stale_heartbeats=None) -> list:
+    def reclaim(self, dead_worker_ids: Iterable[str] = (), stale_after: float | None = None,
+                reason: str = "worker died", stale_heartbeats: dict[str, Any] | None = None) -> list[tuple[int, str]]:
         """Give back the running tasks of dead workers in one guarded statement.
 
         Dead: named in dead_worker_ids, a row still holding the heartbeat

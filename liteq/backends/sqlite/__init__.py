@@ -6,6 +6,10 @@ the connection set-up and the SQL of each group of operations live in the
 modules of this package.
 """
 
+from __future__ import annotations
+
+from contextlib import AbstractContextManager
+from typing import TYPE_CHECKING, Any
 import os
 
 from ... import wakeup
@@ -17,6 +21,9 @@ from .schedules import ScheduleOps
 from .schema import ensure_schema
 from .tasks import TaskOps
 
+if TYPE_CHECKING:
+    from ..base import WakeChannel
+
 # The daemon's writes share the lock with producers; a short wait, retried by its
 # loop, never stalls supervision.
 DAEMON_BUSY_TIMEOUT = 0.25
@@ -27,7 +34,7 @@ class SQLiteBackend(TaskOps, ReadOps, ScheduleOps, Backend):
 
     kind = "sqlite"
 
-    def __init__(self, path, daemon=False):
+    def __init__(self, path, daemon: bool = False) -> None:
         self.path = self.target = path
         self.identity = os.path.abspath(path)
         self.busy_timeout = DAEMON_BUSY_TIMEOUT if daemon else None
@@ -41,7 +48,7 @@ class SQLiteBackend(TaskOps, ReadOps, ScheduleOps, Backend):
     def _open(self):
         return open_with_schema(self.path, busy_timeout=self.busy_timeout)
 
-    def close(self):
+    def close(self) -> None:
         """Close the connection; the backend must not be used afterwards."""
         if self._conn is not None:
             self._conn.close()
@@ -50,22 +57,22 @@ class SQLiteBackend(TaskOps, ReadOps, ScheduleOps, Backend):
     def _write(self):
         return Transaction(self._conn)
 
-    def batch(self):
+    def batch(self) -> AbstractContextManager[Any]:
         """Run several operations in one transaction: `with backend.batch(): ...`.
 
         On an error everything in the batch is rolled back.
         """
         return GuardedBatch(self)
 
-    def notify(self, due=None):
+    def notify(self, due: float | None = None) -> None:
         """Send the daemon a wake-up datagram (skipped when none listens)."""
         wakeup.wake(self.identity, due)
 
-    def notify_cancel(self, task_id):
+    def notify_cancel(self, task_id) -> None:
         """Tell the daemon to stop a running task that was cancelled (a datagram)."""
         wakeup.send_cancel(self.identity, task_id)
 
-    def open_wake_channel(self, control_socket):
+    def open_wake_channel(self, control_socket: str) -> WakeChannel:
         """Bind the wake-up datagram socket beside the control socket, writable by
         whoever may write the database file."""
         return wakeup.DatagramChannel(control_socket, like=self.path)

@@ -11,9 +11,11 @@ daemon's fallback poll (--poll-interval, 1 s by default) instead.
 import copy
 import os
 import sqlite3
+from types import TracebackType
 
 from ... import wakeup
 from ...errors import ConfigError, DatabaseError
+from ..base import Backend
 from . import SQLiteBackend
 from .connection import explain
 
@@ -25,7 +27,7 @@ class _RowConnection:
 
     __slots__ = ("conn",)
 
-    def __init__(self, conn):
+    def __init__(self, conn) -> None:
         self.conn = conn
 
     def execute(self, sql, params=()):
@@ -42,7 +44,7 @@ class _RowConnection:
     def in_transaction(self):
         return self.conn.in_transaction
 
-    def rollback(self):
+    def rollback(self) -> None:
         pass
 
 
@@ -52,7 +54,7 @@ class _Savepoint:
 
     __slots__ = ("conn",)
 
-    def __init__(self, conn):
+    def __init__(self, conn) -> None:
         self.conn = conn
 
     def __enter__(self):
@@ -61,7 +63,7 @@ class _Savepoint:
         self.conn.execute("SAVEPOINT liteq_write")
         return self.conn
 
-    def __exit__(self, exc_type, exc, tb):
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> bool:
         if exc_type is not None:
             self.conn.execute("ROLLBACK TO liteq_write")
         self.conn.execute("RELEASE liteq_write")
@@ -76,7 +78,7 @@ class BorrowedSQLiteBackend(SQLiteBackend):
     def _write(self):
         return _Savepoint(self._conn)
 
-    def notify(self, due=None):
+    def notify(self, due: float | None = None) -> None:
         """Note the due time; the wake-up waits for the commit (see finish)."""
         self._due = due if self._due is None or due is None else min(due, self._due)
         self._pending = True
@@ -102,7 +104,7 @@ class BorrowedSQLiteBackend(SQLiteBackend):
         """enqueue() on the app's connection, in its transaction."""
         return self.enqueue(task)
 
-    def finish(self, own):
+    def finish(self, own) -> None:
         """At the end of the block: wake the daemon if the app committed the tasks in it.
         `own` is LiteQ's own backend, whose connection sees only committed rows."""
         if not self._pending or self._last is None or self._conn.in_transaction:
@@ -114,7 +116,7 @@ class BorrowedSQLiteBackend(SQLiteBackend):
         if committed:
             wakeup.wake(self.identity, self._due)
 
-    def close(self):
+    def close(self) -> None:
         """Nothing: the connection is the app's."""
 
 
@@ -145,7 +147,7 @@ def _main_file(conn):
     return ""
 
 
-def borrow(backend, conn):
+def borrow(backend: Backend, conn: object) -> Backend:
     """A backend writing through the app's sqlite3 connection `conn`, in its transaction.
 
     ConfigError for anything else than an sqlite3 Connection, one in autocommit mode

@@ -4,6 +4,8 @@ import functools
 import os
 import sqlite3
 import time
+from types import TracebackType
+from typing import Any
 
 from ... import settings
 from ...errors import DatabaseError, DatabaseLocked
@@ -84,7 +86,8 @@ def _switch_to_wal(conn, busy):
         pause = min(pause * 2, 0.05)
 
 
-def open_connection(path: str, *, isolation_level=None, busy_timeout=None) -> sqlite3.Connection:
+def open_connection(path: str, *, isolation_level: str | None = None,
+                    busy_timeout: float | None = None) -> sqlite3.Connection:
     """Open a connection with LiteQ's pragmas (WAL, busy timeout, durability).
 
     busy_timeout defaults to LITEQ_BUSY_TIMEOUT; the daemon passes a short one so
@@ -153,7 +156,7 @@ class Transaction:
 
     __slots__ = ("conn", "outer")
 
-    def __init__(self, conn):
+    def __init__(self, conn) -> None:
         self.conn = conn
         self.outer = False
 
@@ -163,7 +166,7 @@ class Transaction:
             self.conn.execute("BEGIN IMMEDIATE")
         return self.conn
 
-    def __exit__(self, exc_type, exc, tb):
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> bool:
         if self.outer:
             return False
         if exc_type is None:
@@ -178,7 +181,7 @@ class GuardedBatch(Transaction):
 
     __slots__ = ("store",)
 
-    def __init__(self, store):
+    def __init__(self, store) -> None:
         super().__init__(store._conn)
         self.store = store
 
@@ -188,7 +191,7 @@ class GuardedBatch(Transaction):
         except sqlite3.Error as exc:
             raise explain(exc, self.store.path, self.store.busy_timeout) from exc
 
-    def __exit__(self, exc_type, exc, tb):
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None):
         try:
             return super().__exit__(exc_type, exc, tb)
         except sqlite3.Error as err:

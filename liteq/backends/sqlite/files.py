@@ -15,7 +15,7 @@ DB_MODE = 0o660
 SIDE_FILES = ("-wal", "-shm")
 
 
-def create_database_file(path) -> None:
+def create_database_file(path: str) -> None:
     """Create an empty database file (SQLite reads an empty file as an empty
     database) with mode 0660 whatever the umask, in the directory's group when the
     directory asks for it (setgid) or this user belongs to that group. Does nothing
@@ -32,7 +32,7 @@ def create_database_file(path) -> None:
         os.close(fd)
 
 
-def _join_directory_group(fd, directory):
+def _join_directory_group(fd: int, directory: str) -> None:
     try:
         dir_gid = os.stat(directory).st_gid
     except OSError:
@@ -44,7 +44,7 @@ def _join_directory_group(fd, directory):
             pass  # a syscall filter or a file system without groups: keep ours
 
 
-def share_with_group(path) -> None:
+def share_with_group(path: str) -> None:
     """Make the database's -wal and -shm files that this user created match the
     database: its group, and group read/write when the database has them; and a
     database this user owns group-writable when it is group-readable (created
@@ -75,11 +75,11 @@ def share_with_group(path) -> None:
             _chmod(side, want)
 
 
-def _member_of(gid) -> bool:
+def _member_of(gid: int) -> bool:
     return gid == os.getegid() or gid in os.getgroups() or os.geteuid() == 0
 
 
-def _chmod(path, mode):
+def _chmod(path: str, mode: int) -> None:
     try:
         os.chmod(path, mode)
     except OSError:

@@ -1,5 +1,9 @@
 """SQLite: what the monitor reads, and what operators do (cancel, retry, purge)."""
 
+from __future__ import annotations
+
+from typing import Any
+
 from ...timeutil import now
 from ..filters import (KEY_IS_FREE, KEY_IS_FREE_FOR_NEWEST, KEY_IS_FREE_FOR_NEWEST_FINISHED,
                        PRUNABLE, equal_filters, finished_status, finished_statuses,
@@ -176,21 +180,21 @@ class ReadOps:
             "WHERE queue IS NOT NULL ORDER BY 1")]
 
     @guarded
-    def finish_window(self):
+    def finish_window(self) -> tuple[float | None, float | None]:
         """(earliest started_at, latest finished_at) over done tasks: a drain's span."""
         row = self._conn.execute("SELECT MIN(started_at), MAX(finished_at) FROM tasks "
                                  "WHERE status = 'done'").fetchone()
         return row[0], row[1]
 
     @guarded
-    def oldest_pending(self) -> list:
+    def oldest_pending(self) -> list[dict[str, Any]]:
         """[{queue, oldest_run_at}]: the earliest due time of pending tasks per queue."""
         return [dict(r) for r in self._conn.execute(
             "SELECT queue, MIN(run_at) AS oldest_run_at FROM tasks WHERE status = 'pending' "
             "GROUP BY queue ORDER BY queue")]
 
     @guarded
-    def finished_buckets(self, since, bucket) -> list:
+    def finished_buckets(self, since: float, bucket: float) -> list[dict[str, Any]]:
         """[{slot, status, count}]: tasks that finished since `since`, per `bucket` seconds.
 
         slot n covers [since + n*bucket, since + (n+1)*bucket). Statuses are done,
@@ -300,7 +304,7 @@ class ReadOps:
             return cur.rowcount
 
     @guarded
-    def prune(self, status, older_than, limit) -> int:
+    def prune(self, status: str, older_than: float, limit: int) -> int:
         """Delete at most `limit` tasks of finished `status` that finished over
         `older_than` seconds ago, oldest first; returns how many."""
         status = finished_status(status)

@@ -1,8 +1,15 @@
 """SQLite: cron schedules (registration, listing, and the compare-and-set fire)."""
 
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
 from ...timeutil import now
 from .connection import guarded, row_dict
 from .tasks import INSERT_TASK, insert_values
+
+if TYPE_CHECKING:
+    from ...taskspec import NewTask
 
 
 class ScheduleOps:
@@ -10,8 +17,9 @@ class ScheduleOps:
 
 
     @guarded
-    def upsert_schedule(self, name, task_name, cron_expr, payload, queue, priority,
-                        max_retries, tz, catchup, enabled, next_run) -> int:
+    def upsert_schedule(self, name: str, task_name: str, cron_expr: str, payload: str,
+                        queue: str | None, priority: int | None, max_retries: int | None,
+                        tz: str | None, catchup: str, enabled: bool | None, next_run: float) -> int:
         """Create a schedule, or update the one of that name; returns its id.
 
         next_run is only reset when the timing (cron or tz) changes, so re-registering
@@ -40,18 +48,19 @@ class ScheduleOps:
             return row[0]
 
     @guarded
-    def list_schedules(self) -> list:
+    def list_schedules(self) -> list[dict[str, Any]]:
         """Every schedule row, by name."""
         return [dict(r) for r in self._conn.execute("SELECT * FROM schedules ORDER BY name")]
 
     @guarded
-    def get_schedule(self, name):
+    def get_schedule(self, name: str) -> dict[str, Any] | None:
         """One schedule row by name, or None."""
         return row_dict(self._conn.execute(
             "SELECT * FROM schedules WHERE name = ?", (name,)).fetchone())
 
     @guarded
-    def set_schedule_enabled(self, name_or_id, enabled, next_run=None) -> bool:
+    def set_schedule_enabled(self, name_or_id: str | int, enabled: bool,
+                             next_run: float | None = None) -> bool:
         """Enable or disable a schedule by name or id; enabling may set a fresh next_run."""
         col = "id" if isinstance(name_or_id, int) else "name"
         with self._write() as conn:
@@ -62,27 +71,27 @@ class ScheduleOps:
             return cur.rowcount == 1
 
     @guarded
-    def delete_schedule(self, schedule_id) -> bool:
+    def delete_schedule(self, schedule_id: int) -> bool:
         """Delete a schedule row by id; False when there was none."""
         with self._write() as conn:
             return conn.execute("DELETE FROM schedules WHERE id = ?",
                                 (schedule_id,)).rowcount == 1
 
     @guarded
-    def due_schedules(self, at) -> list:
+    def due_schedules(self, at: float) -> list[dict[str, Any]]:
         """Enabled schedules whose next_run has come."""
         return [dict(r) for r in self._conn.execute(
             "SELECT * FROM schedules WHERE enabled = 1 AND next_run <= ? ORDER BY next_run",
             (at,))]
 
     @guarded
-    def next_schedule_time(self):
+    def next_schedule_time(self) -> float | None:
         """The earliest next_run of any enabled schedule, or None."""
         return self._conn.execute(
             "SELECT MIN(next_run) FROM schedules WHERE enabled = 1").fetchone()[0]
 
     @guarded
-    def park_schedule(self, schedule_id, expected_next_run) -> bool:
+    def park_schedule(self, schedule_id: int, expected_next_run: float) -> bool:
         """Clear the next_run of a schedule whose next time cannot be computed (a bad
         cron or zone in the row), so it stops coming due instead of being retried in
         a loop. Registering or enabling it again sets a fresh next_run. Guarded like
@@ -94,7 +103,8 @@ class ScheduleOps:
             return cur.rowcount == 1
 
     @guarded
-    def fire_schedule(self, schedule_id, expected_next_run, new_next_run, tasks):
+    def fire_schedule(self, schedule_id: int, expected_next_run: float,
+                      new_next_run: float | None, tasks: list[NewTask]) -> list[int] | None:
         """Advance a schedule from expected_next_run to new_next_run and insert its
         tasks (NewTask list), atomically. The compare-and-set makes any number of
         schedulers fire each occurrence once. Returns the new task ids, or None when

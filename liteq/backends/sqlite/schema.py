@@ -108,13 +108,13 @@ def _table_columns(conn, table):
     return [r[1] for r in conn.execute(f"PRAGMA table_info({table})")]
 
 
-def _epoch_expr(col):
+def _epoch_expr(col) -> str:
     # Text times from the seed project, read exactly by seed_times
     # (registered on the migrating connection by _migrate_v0_to_v1).
     return f"{seed_times.SQL_FUNCTION}({col})"
 
 
-def _rebuild_table(conn, table, ddl, defaults):
+def _rebuild_table(conn, table, ddl, defaults) -> None:
     """Copy an old table into the current schema, keeping rows and ids."""
     old_cols = set(_table_columns(conn, table))
     conn.execute(f"ALTER TABLE {table} RENAME TO {table}_v0")
@@ -134,7 +134,7 @@ def _rebuild_table(conn, table, ddl, defaults):
     conn.execute(f"DROP TABLE {table}_v0")
 
 
-def _migrate_v0_to_v1(conn):
+def _migrate_v0_to_v1(conn) -> None:
     """Bring a fresh file, or one made by the seed project (user_version 0), to v1."""
     tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")}
     t = repr(now())
@@ -177,12 +177,12 @@ def _migrate_v0_to_v1(conn):
         conn.execute(_SCHEDULES_DDL)
 
 
-def _migrate_v1_to_v2(conn):
+def _migrate_v1_to_v2(conn) -> None:
     """Version 2: tasks.unique_key (its partial unique index is in _INDEXES)."""
     conn.execute("ALTER TABLE tasks ADD COLUMN unique_key TEXT")
 
 
-def _migrate_v2_to_v3(conn):
+def _migrate_v2_to_v3(conn) -> None:
     """Version 3, dependencies: tasks.waiting_on (how many parents are not done yet; a
     task is claimed only at 0) and task_deps, one row per (child, parent) edge."""
     conn.execute("ALTER TABLE tasks ADD COLUMN waiting_on INTEGER NOT NULL DEFAULT 0")
@@ -209,7 +209,7 @@ NEXT_ID = ("(SELECT MAX(COALESCE((SELECT MAX(id) FROM tasks), 0), "
            "COALESCE((SELECT id FROM task_id_floor), 0)))")
 
 
-def _migrate_v3_to_v4(conn):
+def _migrate_v3_to_v4(conn) -> None:
     """Version 4: ids are never reused (task_id_floor and its trigger); an upgraded
     file counts on from the highest id it holds."""
     conn.execute(_ID_FLOOR_DDL)

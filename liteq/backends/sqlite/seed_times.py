@@ -21,6 +21,7 @@ noise: `06:24:49` came back as `06:24:49.000010`.)
 
 import calendar
 import re
+import sqlite3
 from datetime import datetime
 
 SQL_FUNCTION = "liteq_seed_epoch"
@@ -33,7 +34,7 @@ _ISO = re.compile(
     r"\s*(Z|[+-]\d{2}(?::?\d{2})?)?", re.IGNORECASE)
 
 
-def _offset_seconds(text):
+def _offset_seconds(text: str) -> int:
     """Seconds east of UTC for `Z`, `+09`, `+0900` or `+09:00`."""
     if text.upper() == "Z":
         return 0
@@ -42,7 +43,7 @@ def _offset_seconds(text):
     return sign * (int(digits[:2]) * 3600 + int(digits[2:4] or 0) * 60)
 
 
-def seed_text_to_epoch(value):
+def seed_text_to_epoch(value: object) -> float | None:
     """Epoch seconds (float) of a time the seed project stored, or None.
 
     Numbers are returned as they are (already epoch seconds); text is read as
@@ -73,7 +74,7 @@ def seed_text_to_epoch(value):
     return (seconds * _US + micro) / _US
 
 
-def register(conn) -> None:
+def register(conn: sqlite3.Connection) -> None:
     """Make seed_text_to_epoch() callable in SQL on `conn` as liteq_seed_epoch(x)."""
     conn.create_function(SQL_FUNCTION, 1, seed_text_to_epoch)
 

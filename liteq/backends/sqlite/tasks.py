@@ -10,6 +10,9 @@ from . import deps, stats
 from .connection import guarded
 from .schema import NEXT_ID
 
+if TYPE_CHECKING:
+    from ..limits import Limits
+
 # A task the claim may take: pending, and waiting for no parent (idx_tasks_claim's
 # leading columns).
 CLAIMABLE = "status = 'pending' AND waiting_on = 0"
@@ -231,7 +234,8 @@ class TaskOps:
                                  "AND queue = ? AND priority < ?", (queue, level)).fetchone()[0]
 
     @guarded
-    def claim(self, worker_id, queues, limit, limits=None) -> list:
+    def claim(self, worker_id: str, queues: Sequence[str], limit: int,
+              limits: Limits | None = None) -> list[dict[str, Any]]:
         """Mark up to `limit` due pending tasks of `queues` as running for this worker.
 
         Claimed by one UPDATE ... RETURNING in one transaction. Candidates are found
@@ -353,7 +357,9 @@ class TaskOps:
         return _by_claim_order(rows)
 
     @guarded
-    def record_outcomes(self, worker_id, done=(), failed=(), retry=()) -> list:
+    def record_outcomes(self, worker_id: str, done: Iterable[tuple[Any, ...]] = (),
+                        failed: Iterable[tuple[Any, ...]] = (),
+                        retry: Iterable[tuple[Any, ...]] = ()) -> list[int]:
         """Record finished attempts in one transaction; returns the ids recorded.
 
         Each update only applies while the row is still running for this worker;
@@ -403,7 +409,7 @@ class TaskOps:
         return recorded
 
     @guarded
-    def release(self, worker_id, task_ids) -> int:
+    def release(self, worker_id: str, task_ids: Iterable[int]) -> int:
         """Return claimed tasks that never started to pending, uncounting the attempt."""
         if not task_ids:
             return 0
@@ -442,7 +448,7 @@ class TaskOps:
             return unheld
 
     @guarded
-    def next_due(self, queues):
+    def next_due(self, queues: Sequence[str]) -> float | None:
         """Seconds until the earliest pending task of these queues is due, or None."""
         conn = self._conn
         earliest = None
@@ -458,8 +464,8 @@ class TaskOps:
     # ---- workers and reclaim ---------------------------------------------------
 
     @guarded
-    def heartbeat(self, worker_id, hostname, queues, concurrency, pid, process_started,
-                  started_at=None) -> None:
+    def heartbeat(self, worker_id: str, hostname: str, queues: Sequence[str], concurrency: int,
+                  pid: int, process_started: float, started_at: float | None = None) -> None:
         """Insert or refresh this daemon's row in `workers`."""
         t = now()
         with self._write() as conn:
@@ -474,20 +480,20 @@ class TaskOps:
                  started_at or t))
 
     @guarded
-    def remove_worker(self, worker_id) -> None:
+    def remove_worker(self, worker_id: str) -> None:
         """Delete a worker's row (on clean shutdown)."""
         with self._write() as conn:
             conn.execute("DELETE FROM workers WHERE worker_id = ?", (worker_id,))
 
     @guarded
-    def list_workers(self) -> list:
+    def list_workers(self) -> list[dict[str, Any]]:
         """Every row of `workers`, newest heartbeat first."""
         return [dict(r) for r in self._conn.execute(
             "SELECT * FROM workers ORDER BY last_heartbeat DESC")]
 
     @guarded
-    def reclaim(self, dead_worker_ids=(), stale_after=None, reason="worker died",
-                stale_heartbeats=None) -> list:
+    def reclaim(self, dead_worker_ids: Iterable[str] = (), stale_after: float | None = None,
+                reason: str = "worker died", stale_heartbeats: dict[str, Any] | None = None) -> list[tuple[int, str]]:
         """Give back the running tasks of dead workers, in one atomic statement.
 
         A worker is dead when it is named in `dead_worker_ids`, its row still holds the
