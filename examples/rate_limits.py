@@ -45,7 +45,7 @@ def most_in_a_second(starts: list[float]) -> int:
 
 def started(ids: list[int]) -> list[float]:
     """When each task started (its result), in order."""
-    out = []
+    out: list[float] = []
     for task_id in ids:
         status = wait_for_task(task_id, timeout=30)
         out.append(float(status["result"]))
