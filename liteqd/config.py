@@ -229,7 +229,7 @@ def _parse_queue_rate(text, source):
     return _queue_name(source, queue.strip()), per_second
 
 
-def resolve(args: argparse.Namespace, environ=None) -> DaemonConfig:
+def resolve(args: argparse.Namespace, environ: Mapping[str, str] | None = None) -> DaemonConfig:
     """Merge parsed flags with LITEQ_* variables and validate everything."""
     env = os.environ if environ is None else environ
     values: dict[str, Any] = {}

@@ -504,8 +504,9 @@ class Panel:
         ]
 
 
-def create_app(db=None, *, token=None, allowed_hosts=None, public_metrics=False,
-               refresh=3.0, timezone=None) -> Starlette:
+def create_app(db: str | None = None, *, token: str | None = None,
+               allowed_hosts: Iterable[str] | None = None, public_metrics: bool = False,
+               refresh: float = 3.0, timezone: str | None = None) -> Starlette:
     """Build the panel for the database `db` (default: LITEQ_DB).
 
     token: when set, every page, action and /metrics needs it (see

@@ -16,7 +16,7 @@ from types import TracebackType
 
 import psycopg
 from psycopg.conninfo import conninfo_to_dict
-from psycopg.rows import dict_row
+from psycopg.rows import DictRow, dict_row
 
 from ...errors import (ConfigError, DatabaseError, DatabaseLocked, DatabaseRefused,
                        DatabaseUnavailable)
@@ -75,7 +75,7 @@ class Connector:
         """`text` without the password."""
         return urls.scrub(text, self.secrets)
 
-    def connect(self):
+    def connect(self) -> "psycopg.Connection[DictRow]":
         """A new autocommit connection whose rows are dicts; DatabaseUnavailable when the
         server cannot be reached (within connect_timeout)."""
         try:
@@ -88,7 +88,7 @@ class Connector:
             raise DatabaseRefused(f"PostgreSQL database {self.identity} refused the "
                                   f"connection ({code}): {self.scrub(_reason(exc))}") from exc
 
-    def error(self, exc, gone: bool = False) -> DatabaseError:
+    def error(self, exc: psycopg.Error, gone: bool = False) -> DatabaseError:
         """The LiteQ error for a psycopg error: DatabaseUnavailable when the connection is
         gone, DatabaseLocked for a lock wait that timed out, else DatabaseError.
 

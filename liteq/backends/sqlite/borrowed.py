@@ -120,7 +120,7 @@ class BorrowedSQLiteBackend(SQLiteBackend):
         """Nothing: the connection is the app's."""
 
 
-def check_tables(conn):
+def check_tables(conn: sqlite3.Connection) -> None:
     """ConfigError when `conn` is inside a transaction and LiteQ's tables are not in
     its database yet: LiteQ's own connection would create them, and wait for the
     write lock this very transaction may hold (a hang of the busy timeout, then

@@ -12,7 +12,7 @@ from ...errors import DatabaseError, DatabaseLocked
 from .files import create_database_file, share_with_group
 
 
-def explain(exc: sqlite3.Error, path: str, busy_timeout=None) -> DatabaseError:
+def explain(exc: sqlite3.Error, path: str, busy_timeout: float | None = None) -> DatabaseError:
     """Turn a raw sqlite3 error into one that names the database and the problem.
 
     busy_timeout is the one the connection really had (the daemon's is short);
@@ -122,7 +122,7 @@ def open_connection(path: str, *, isolation_level: str | None = None,
         raise
 
 
-def open_with_schema(path, **options) -> sqlite3.Connection:
+def open_with_schema(path: str, **options: Any) -> sqlite3.Connection:
     """open_connection(), then the schema brought up to date (closed again on failure).
 
     Under LITEQ_NO_DDL a file that does not exist is not created: SchemaNotReady.
