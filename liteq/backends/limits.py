@@ -36,10 +36,10 @@ _SLACK = 1e-6
 class Limits:
     """by_name: {task name: N running}; by_queue: {queue: N running};
     rate_by_name: {task name: starts a second}; rate_by_queue: {queue: starts a second}."""
-    by_name: dict[str, int] = field(default_factory=dict)
-    by_queue: dict[str, int] = field(default_factory=dict)
-    rate_by_name: dict[str, float] = field(default_factory=dict)
-    rate_by_queue: dict[str, float] = field(default_factory=dict)
+    by_name: dict[str, int] = field(default_factory=dict[str, int])
+    by_queue: dict[str, int] = field(default_factory=dict[str, int])
+    rate_by_name: dict[str, float] = field(default_factory=dict[str, float])
+    rate_by_queue: dict[str, float] = field(default_factory=dict[str, float])
 
     def __bool__(self) -> bool:
         return bool(self.by_name or self.by_queue or self.rate_by_name or self.rate_by_queue)
@@ -89,7 +89,7 @@ class Buckets:
     `spent(rows)` the new tats once `rows` start, `wait(...)` when to claim again."""
     limits: Limits
     now: float
-    tats: dict[str, float | None] = field(default_factory=dict)   # key -> tat or None
+    tats: dict[str, float | None] = field(default_factory=dict[str, float | None])   # key -> tat or None
 
     def interval(self, key: str) -> float:
         """Seconds between starts under the bucket `key`."""
@@ -143,7 +143,8 @@ def merge_rooms(a: Mapping[str, int], b: Mapping[str, int]) -> dict[str, int]:
     return out
 
 
-def rooms(limits, running_by_name, running_by_queue):
+def rooms(limits: Limits, running_by_name: Mapping[str, int],
+          running_by_queue: Mapping[str, int]) -> tuple[dict[str, int], dict[str, int]]:
     """({name: room}, {queue: room}): how many more may start under each concurrency
     limit."""
     return ({n: cap - running_by_name.get(n, 0) for n, cap in limits.by_name.items()},
