@@ -1,5 +1,7 @@
 """SQL pieces both backends build the same way (only the driver's placeholder differs)."""
 
+from collections.abc import Iterable
+
 
 def equal_filters(placeholder: str, **columns: object) -> tuple[str, list[object]]:
     """A WHERE clause and its parameters for the columns given a value (None = any);
@@ -41,7 +43,7 @@ KEY_IS_FREE_FOR_NEWEST = (
 FINISHED = ("done", "failed", "cancelled")
 
 
-def finished_statuses(statuses) -> str:
+def finished_statuses(statuses: str | Iterable[str]) -> str:
     """The finished statuses (done, failed, cancelled) as SQL literals: "'done', 'failed'"
     (ValueError for any other). Literals, as in prune, so the partial index of finished
     tasks applies."""
@@ -53,10 +55,12 @@ def finished_statuses(statuses) -> str:
     return ", ".join(f"'{s}'" for s in dict.fromkeys(chosen))
 
 
-def task_filters(placeholder, queue=None, name=None, ids=None):
+def task_filters(placeholder: str, queue: str | None = None, name: str | None = None,
+                 ids: Iterable[int | str] | None = None) -> tuple[list[str], list[object]]:
     """Conditions (a list of SQL texts, to AND) and their parameters for the optional
     filters of the operators' commands: queue, task name, and a set of ids."""
-    conds, params = [], []
+    conds: list[str] = []
+    params: list[object] = []
     for col, val in (("queue", queue), ("name", name)):
         if val is not None:
             conds.append(f"{col} = {placeholder}")
@@ -79,7 +83,7 @@ def like_pattern(text: str) -> str:
 def task_where(placeholder: str, like: str, *, status: str | None = None,
                statuses: tuple[str, ...] | None = None, queue: str | None = None,
                name: str | None = None, search: str | None = None,
-               below: int | None = None, at_least: int | None = None) -> tuple[str, list]:
+               below: int | None = None, at_least: int | None = None) -> tuple[str, list[object]]:
     """The WHERE clause (and its parameters) of a filtered task list.
 
     status, queue, name: equal to (None = any); statuses: a set the status must be
@@ -89,7 +93,8 @@ def task_where(placeholder: str, like: str, *, status: str | None = None,
     below / at_least: an id range, so that a search scans a bounded slice of the
     primary key (see liteq.web.search).
     """
-    where, params = [], []
+    where: list[str] = []
+    params: list[object] = []
     for col, val in (("status", status), ("queue", queue), ("name", name)):
         if val is not None:
             where.append(f"{col} = {placeholder}")
