@@ -206,7 +206,7 @@ class Backend(abc.ABC):
         """Return claimed tasks that never started to pending, uncounting the attempt."""
 
     @abc.abstractmethod
-    def mark_started(self, worker_id, started) -> int:
+    def mark_started(self, worker_id: str, started: Sequence[tuple[int, float]]) -> int:
         """Record when a child really started claimed tasks: started is
         [(task_id, epoch_s)]. A claim leaves started_at NULL (claimed, waiting for a
         child); this sets it, only while the row is still running for this worker
@@ -218,7 +218,7 @@ class Backend(abc.ABC):
         (status running, started_at NULL); queues without any are left out."""
 
     @abc.abstractmethod
-    def release_unheld(self, worker_id, held_ids) -> list:
+    def release_unheld(self, worker_id: str, held_ids: Iterable[int]) -> list[int]:
         """Return to pending, uncounting the attempt, every task running for worker_id
         except `held_ids`; returns the ids given back.
 
@@ -308,12 +308,15 @@ class Backend(abc.ABC):
         (the panel's search scans the newest tasks one slice of ids at a time)."""
 
     @abc.abstractmethod
-    def count_tasks(self, status=None, queue=None, name=None, *, search=None,
-                    statuses=None) -> int:
+    def count_tasks(self, status: str | None = None, queue: str | None = None,
+                    name: str | None = None, *, search: str | None = None,
+                    statuses: tuple[str, ...] | None = None) -> int:
         """How many tasks match the optional filters (as find_tasks)."""
 
-    def match_task_ids(self, statuses, status=None, queue=None, name=None, search=None,
-                       below=None, limit=500) -> list[int]:
+    def match_task_ids(self, statuses: tuple[str, ...], status: str | None = None,
+                       queue: str | None = None, name: str | None = None,
+                       search: str | None = None, below: int | None = None,
+                       limit: int = 500) -> list[int]:
         """Ids of tasks whose status is in `statuses` and that match the filters, with
         ids below `below`, newest first, at most `limit` (a bulk action's batch)."""
         raise NotImplementedError
