@@ -155,7 +155,7 @@ class Tally:
         """The cells as (key, count, total), sorted by key (every writer locks rows in
         one order, so concurrent batches cannot deadlock), names past the cap merged
         into OTHER_NAME. The cache (names the table holds) is extended in place."""
-        known = cache.names if cache.names is not None else set()
+        known: set[str] = cache.names if cache.names is not None else set()
         merged: dict[Key, list[float]] = {}
         for (queue, name, metric, bucket), (count, total) in self.cells.items():
             if name not in known:
