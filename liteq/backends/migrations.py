@@ -10,16 +10,16 @@ from __future__ import annotations
 import contextlib
 import os
 import sqlite3
-from collections.abc import Iterator
+from collections.abc import Generator
 from typing import Any
 
 from .. import settings
 from ..errors import DatabaseError
-from . import _check_target, _postgres, identity_of, is_postgres, sqlite_path
+from . import _check_target, _postgres, identity_of, is_postgres, sqlite_path  # pyright: ignore[reportPrivateUsage]
 
 
 @contextlib.contextmanager
-def _bare(target: str, create: bool) -> Iterator[tuple[Any, Any]]:
+def _bare(target: str, create: bool) -> Generator[tuple[Any, Any], None, None]:
     """(schema module, connection) for `target`, without touching its schema. An SQLite
     file that does not exist is created only when `create`; otherwise the connection
     is None."""
@@ -30,7 +30,7 @@ def _bare(target: str, create: bool) -> Iterator[tuple[Any, Any]]:
         from .postgres import schema as pg_schema
         from .postgres.connection import Connector
         connector = Connector(target)
-        conn = connector.connect()
+        conn: psycopg.Connection[Any] | sqlite3.Connection = connector.connect()
         try:
             yield pg_schema, conn
         except psycopg.Error as exc:
@@ -56,7 +56,7 @@ def _bare(target: str, create: bool) -> Iterator[tuple[Any, Any]]:
 def _version(schema_mod: Any, conn: Any) -> int:
     if conn is None:
         return 0
-    got = schema_mod.schema_version(conn)
+    got: int | tuple[Any, int] = schema_mod.schema_version(conn)
     return int(got[1] if isinstance(got, tuple) else got)
 
 
