@@ -326,7 +326,7 @@ def disable_schedule(name_or_id: str | int, backend: Backend | None = None) -> b
     return backend.set_schedule_enabled(row["id"], False)
 
 
-def run_schedule_now(name_or_id, backend=None) -> bool:
+def run_schedule_now(name_or_id: str | int, backend: Backend | None = None) -> bool:
     """Make an enabled schedule due now, by name or id: the scheduler (liteqd's, or
     liteq.scheduler_loop) fires it at once as at any occurrence, with the schedule's
     arguments and the task's own queue, priority and retries (known where the app
@@ -344,7 +344,7 @@ def run_schedule_now(name_or_id, backend=None) -> bool:
     return changed
 
 
-def remove_schedule(name_or_id, backend=None) -> bool:
+def remove_schedule(name_or_id: str | int, backend: Backend | None = None) -> bool:
     """Delete a schedule by name or id; False when there is none. Tasks it already
     enqueued are untouched. An app that registers it at import brings it back:
     remove the register_schedule call too (or disable it instead)."""
