@@ -36,7 +36,7 @@ def _print_event(event: str, **fields: Any) -> None:
               file=sys.stderr, flush=True)
 
 
-def _print_db_error(exc, retry_in_s):
+def _print_db_error(exc: DatabaseError, retry_in_s: float) -> None:
     print(f"liteq scheduler: {exc}; retrying", file=sys.stderr, flush=True)
 
 
@@ -50,7 +50,9 @@ class Scheduler:
     the monotonic clock; fire times are wall-clock times.
     """
 
-    def __init__(self, check_interval: float = 60, db_path=None, log=None, on_db_error=None):
+    def __init__(self, check_interval: float = 60, db_path: str | None = None,
+                 log: Callable[..., object] | None = None,
+                 on_db_error: Callable[[DatabaseError, float], object] | None = None) -> None:
         if isinstance(check_interval, bool) or not isinstance(check_interval, (int, float)):
             raise TypeError(f"check_interval must be a number of seconds, "
                             f"not {type(check_interval).__name__}")
@@ -197,7 +199,7 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv=None) -> int:
+def main(argv: list[str] | None = None) -> int:
     """`liteq scheduler --app tasks.py [--interval 60] [--db PATH]`; returns the exit code.
 
     Imports the app (which registers its tasks and schedules), then fires
@@ -234,11 +236,11 @@ def main(argv=None) -> int:
         print(f"liteq scheduler: error: {exc}", file=sys.stderr, flush=True)
         return 1
 
-    def event(event, /, **fields):
+    def event(event: str, /, **fields: Any) -> None:
         getattr(log, "warning" if event.endswith("error") else "info")(event, **fields)
         flush()
 
-    def db_error(exc, retry_in_s):
+    def db_error(exc: DatabaseError, retry_in_s: float) -> None:
         log.warning("db.unavailable", op="schedules", error=str(exc), retry_in_s=retry_in_s)
         flush()
 
