@@ -39,7 +39,7 @@ def _bars(values: list[float], peak: float, classes: list[str],
           tips: list[str], base: list[float] | None = None) -> list[dict[str, Any]]:
     slot = WIDTH / max(1, len(values))
     plot = HEIGHT - TOP - BOTTOM
-    out = []
+    out: list[dict[str, Any]] = []
     for i, v in enumerate(values):
         if v <= 0:
             continue
