@@ -103,7 +103,13 @@ def filters_for(zone: tzinfo | None) -> dict[str, Callable[..., Any]]:
         except ValueError:
             return clock(ts, zone)
 
-    return {"clock": lambda ts: clock(ts, zone), "iso": lambda ts: iso(ts, zone) or "",
+    def clock_here(ts: Any) -> str:
+        return clock(ts, zone)
+
+    def iso_here(ts: Any) -> str:
+        return iso(ts, zone) or ""
+
+    return {"clock": clock_here, "iso": iso_here,
             "clock_in": clock_in, "duration": duration, "ago": ago, "size": size}
 
 
