@@ -37,7 +37,7 @@ def count(store: Any, action: str, f: dict[str, Any]) -> int:
                                  statuses=which))
 
 
-def run(call: Callable[..., Any], action: str, f: dict[str, Any],
+def run(call: Callable[[Callable[[Any], Any]], Any], action: str, f: dict[str, Any],
         batch: int = BATCH) -> int:
     """Do the action on everything the filter matches; returns how many changed.
 
