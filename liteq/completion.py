@@ -108,7 +108,7 @@ def trees() -> dict[str, Node]:
     liteq.subs = {
         "worker": daemon,
         "scheduler": node_of(scheduler_loop.build_parser()),
-        "monitor": node_of(monitor_cli.build_parser()),  # type: ignore[no-untyped-call]
+        "monitor": node_of(monitor_cli.build_parser()),
         "bench": node_of(captured_parser(bench.main)),  # pyright: ignore[reportUnknownMemberType, reportUnknownArgumentType]
         "grants": node_of(captured_parser(grants.main)),  # pyright: ignore[reportUnknownMemberType, reportUnknownArgumentType]
         "db": node_of(dbcli.build_parser()),
