@@ -85,7 +85,7 @@ def request(op: str, *, path: str | None = None, db: str | None = None, timeout:
     return reply
 
 
-def queue_counts(db=None, estimate=False) -> list:
+def queue_counts(db: str | None = None, estimate: bool = False) -> list[dict[str, Any]]:
     """[{queue, pending, claimed, running, done, failed, cancelled}] read from the database.
 
     running counts the tasks a child has started; claimed the tasks a daemon has
@@ -95,7 +95,9 @@ def queue_counts(db=None, estimate=False) -> list:
     Backend.queue_stats); each queue then has `estimated`, the statuses whose
     counts are estimates (empty when all are exact).
     """
-    counts, marks = {}, {}
+    counts: dict[str, dict[str, Any]] = {}
+    marks: dict[str, set[str]] = {}
+    q: dict[str, Any] | None
     backend = get_backend(db)
     for row in backend.queue_stats(estimate=estimate):
         q = counts.setdefault(row["queue"], {"queue": row["queue"], "pending": 0, "claimed": 0,
