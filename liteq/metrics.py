@@ -103,7 +103,7 @@ class LiteQCollector(Collector):
         yield from self._daemon_families(store, t)
 
     def _task_families(self, store: Any, t: float) -> list[Metric]:
-        counts = {}
+        counts: dict[tuple[str, str], int] = {}
         for row in store.queue_stats():
             counts[(row["queue"], row["status"])] = row["count"]
         cells = store.task_stats()
