@@ -94,26 +94,27 @@ def safe_next(value: str | None, default: str = "/") -> str:
     return value
 
 
-def root_of(scope) -> str:
+def root_of(scope: Scope) -> str:
     """The prefix the panel is mounted under ('' at the top), without a trailing /."""
     return (scope.get("root_path") or "").rstrip("/")
 
 
-def route_path(scope) -> str:
+def route_path(scope: Scope) -> str:
     """The request's path below the panel's prefix ('/tasks' for '/admin/q/tasks')."""
+    path: str
     path, root = scope["path"], root_of(scope)
     if root and (path == root or path.startswith(root + "/")):
         return path[len(root):] or "/"
     return path
 
 
-def cookie_path(scope) -> str:
+def cookie_path(scope: Scope) -> str:
     """The Path of the panel's cookies: its prefix, so that two panels mounted in one
     site under different prefixes keep their sessions apart."""
     return root_of(scope) or "/"
 
 
-def set_cookie_header(key, value, **options) -> tuple:
+def set_cookie_header(key: str, value: str, **options: Any) -> tuple[bytes, bytes]:
     """A raw (b"set-cookie", ...) header, formatted the way Starlette formats it."""
     resp = Response()
     resp.set_cookie(key, value, **options)
@@ -144,7 +145,8 @@ class Security:
             return False
         return hmac.compare_digest(str(candidate).encode(), self.token.encode())
 
-    def login_redirect(self, target, secure=False, path="/") -> RedirectResponse:
+    def login_redirect(self, target: str, secure: bool = False,
+                       path: str = "/") -> RedirectResponse:
         """A redirect to `target` that logs the browser in (sets the session cookie,
         for the cookie `path`: the panel's prefix)."""
         resp = RedirectResponse(target, status_code=303)
@@ -230,6 +232,7 @@ class SecurityMiddleware:
         sec = self.security
         path = route_path(scope)
         root = root_of(scope)
+        resp: Response
         if not sec.allowed_host(request):
             resp = PlainTextResponse("Host not allowed: this panel listens on a loopback "
                                      "address; use http://127.0.0.1 or pass --allow-host",
