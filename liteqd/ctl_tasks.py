@@ -120,6 +120,7 @@ def confirm(question: str, yes: bool, stdin: TextIO | None = None,
         return True
     stdin = stdin or sys.stdin
     stderr = stderr or sys.stderr
+    assert stdin is not None and stderr is not None  # (None only in a process without them)
     if not stdin.isatty():
         raise ValueError(f"{question.rstrip('?')}: not without --yes (stdin is not a "
                          f"terminal to ask on); --dry-run only counts")
@@ -183,7 +184,7 @@ def _named_misses(ids: Sequence[int], before: dict[int, dict[str, Any]],
                   after: dict[int, dict[str, Any]], wanted: Sequence[str], verb: str,
                   kept_because: str) -> list[str]:
     """Why each named id was not acted on (rows before and after the action)."""
-    misses = []
+    misses: list[str] = []
     for i in sorted(set(ids)):
         row, now_row = before.get(i), after.get(i)
         if row is None:
