@@ -50,8 +50,8 @@ class DaemonConfig:
     scheduler: bool = True
     poll_only: bool = False
     no_ddl: bool = False            # leave schema changes to `liteq db upgrade`
-    queue_limits: dict = field(default_factory=dict)   # queue -> most running at once
-    queue_rates: dict = field(default_factory=dict)    # queue -> most starts a second
+    queue_limits: dict[str, int] = field(default_factory=dict[str, int])   # queue -> most running at once
+    queue_rates: dict[str, float] = field(default_factory=dict[str, float])    # queue -> most starts a second
     # Retention: seconds a finished task is kept, per status (0: forever).
     keep_done: float = 7 * 86400.0
     keep_failed: float = 30 * 86400.0
@@ -217,7 +217,7 @@ def _parse_queue_limit(text: str, source: str) -> tuple[str, int]:
     return _queue_name(source, queue.strip()), n
 
 
-def _parse_queue_rate(text, source):
+def _parse_queue_rate(text: str, source: str) -> tuple[str, float | None]:
     queue, sep, rate = text.strip().partition("=")
     if not sep or not queue.strip():
         raise ConfigError(f"{source}: a queue rate is QUEUE=N/s (or N/m, N/h), e.g. "
@@ -248,7 +248,7 @@ def resolve(args: argparse.Namespace, environ: Mapping[str, str] | None = None) 
             items = cast("list[str]", raw) if isinstance(raw, list) else str(raw).split(";")
             values[dest] = dict(_parse_queue_limit(i, source) for i in items if i.strip())
         elif dest == "queue_rate":
-            items = raw if isinstance(raw, list) else str(raw).split(";")
+            items = cast("list[str]", raw) if isinstance(raw, list) else str(raw).split(";")
             values[dest] = dict(_parse_queue_rate(i, source) for i in items if i.strip())
         else:
             values[dest] = _convert(typ, raw, source)
