@@ -239,18 +239,19 @@ def reply_timeout(args: argparse.Namespace) -> float:
         print("liteqctl: warning: --timeout is deprecated here (liteqd's --timeout is the "
               "tasks' time limit); use --reply-timeout", file=sys.stderr)
         if args.reply_timeout is None:
-            return args.old_timeout
+            old_timeout: float = args.old_timeout
+            return old_timeout
     return 5.0 if args.reply_timeout is None else args.reply_timeout
 
 
-def run(args) -> int:
+def run(args: argparse.Namespace) -> int:
     """Carry out one liteqctl command; returns the exit code."""
     cmd = args.command
     if cmd == "completion":
         from liteq.completion import script
         _out(script(args.shell))
         return EXIT_OK
-    kw = {"timeout": reply_timeout(args)}
+    kw: dict[str, Any] = {"timeout": reply_timeout(args)}
     if args.socket:
         kw["path"] = args.socket
     if args.db:
@@ -294,7 +295,8 @@ def run(args) -> int:
                                                  f"tasks can be cancelled"))
         _out(f"cancelled task {args.task_id}")
     elif cmd in ("failed", "retry", "purge"):
-        return getattr(ctl_tasks, f"run_{cmd}")(args, _out)
+        code: int = getattr(ctl_tasks, f"run_{cmd}")(args, _out)
+        return code
     elif cmd == "ping":
         reply = control.ping(**kw)
         _out(f"pong from liteqd pid {reply['pid']}")
