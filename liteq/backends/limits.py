@@ -89,7 +89,8 @@ class Buckets:
     `spent(rows)` the new tats once `rows` start, `wait(...)` when to claim again."""
     limits: Limits
     now: float
-    tats: dict[str, float | None] = field(default_factory=dict[str, float | None])   # key -> tat or None
+    # key -> tat or None
+    tats: dict[str, float | None] = field(default_factory=dict[str, float | None])
 
     def interval(self, key: str) -> float:
         """Seconds between starts under the bucket `key`."""

@@ -15,7 +15,8 @@ from typing import Any
 
 from .. import settings
 from ..errors import DatabaseError
-from . import _check_target, _postgres, identity_of, is_postgres, sqlite_path  # pyright: ignore[reportPrivateUsage]
+from . import (_check_target, _postgres,  # pyright: ignore[reportPrivateUsage]
+               identity_of, is_postgres, sqlite_path)
 
 
 @contextlib.contextmanager

@@ -61,8 +61,8 @@ class PanelStore:
                 self._store = None
 
 
-def _positive_int(params: Mapping[str, str], key: str, default: int,
-                  maximum: int | None = None) -> int:
+def _positive_int(params: Mapping[str, str], key: str, default: int | None,
+                  maximum: int | None = None) -> int | None:
     raw = params.get(key)
     if raw is None or raw == "":
         return default
@@ -86,7 +86,7 @@ def _text(params: Mapping[str, str], key: str) -> str | None:
     return raw.strip()
 
 
-def parse_filters(params, allow_status=True) -> dict:
+def parse_filters(params: Mapping[str, str], allow_status: bool = True) -> dict[str, Any]:
     """Validate status, queue, name, q (search text), before (a search's next slice),
     page and limit from a query string or form."""
     status = _text(params, "status") if allow_status else None
@@ -114,7 +114,7 @@ def _pretty(value: object) -> str:
 
 # ---- overview ------------------------------------------------------------------
 
-def count_matrix(store) -> dict:
+def count_matrix(store: Backend) -> dict[str, Any]:
     """Counts by queue and status: {"queues": [{queue, counts, claimed, total,
     estimated}], "totals": {...}, "total": n, "estimated": [...]}.
 
@@ -139,7 +139,7 @@ def count_matrix(store) -> dict:
     totals = {s: 0 for s in TASK_STATUSES}
     totals["claimed"] = 0
     claimed_by_queue = store.claimed_counts()
-    rows = []
+    rows: list[dict[str, Any]] = []
     for queue in sorted(by_queue):
         counts = {s: by_queue[queue].get(s, 0) for s in TASK_STATUSES}
         # "running" means started by a child; claimed tasks wait for one (both are
@@ -209,10 +209,11 @@ def pool_summary(daemon: dict[str, Any] | None) -> list[dict[str, Any]]:
 # ---- tasks ---------------------------------------------------------------------
 
 QUEUES_TTL = 30.0
-_queues_seen: dict = {}   # backend identity -> (monotonic time read, queue names)
+# backend identity -> (monotonic time read, queue names)
+_queues_seen: dict[str | None, tuple[float, list[str]]] = {}
 
 
-def known_queues(store) -> list:
+def known_queues(store: Backend) -> list[str]:
     """The queue names for the filters' menu, read at most every QUEUES_TTL seconds:
     list_queues() reads every task (1.5 s on PostgreSQL at a million tasks), and a
     queue new since then is still reachable by typing its name in the URL."""
@@ -276,13 +277,13 @@ def task_detail(store: Backend, task_id: int) -> dict[str, Any] | None:
             "errors": attempt_errors({**row, "errors": store.task_errors(int(task_id)) or None})}
 
 
-def attempt_errors(row) -> list:
+def attempt_errors(row: dict[str, Any]) -> list[dict[str, Any]]:
     """The error of every attempt, [{attempt, error, finished_at}] oldest first, when
     the task's status (get_task_status()'s `errors`) has them; else []."""
-    errors = row.get("errors")
+    errors: list[dict[str, Any]] | None = row.get("errors")
     if errors is None:
         errors = task_row_to_dict(row).get("errors")
-    out = []
+    out: list[dict[str, Any]] = []
     for e in errors or []:
         finished = e.get("finished_at")
         if isinstance(finished, str):  # get_task_status() gives ISO 8601
