@@ -12,6 +12,9 @@ by name while the wire stays compact (a drain moves tens of thousands a second):
                           Result       ["r", id, ok, result_json | error_text, started,
                                         finished, rss_bytes, timed_out, retry]
                           Skipped      ["s", id]   (handed back unstarted: a stop came first)
+                          Started      ["g", [id, ...], started]  (only from a child that
+                                        runs several coroutines at once: it decides when
+                                        each task starts, so it says so)
 """
 
 import json
@@ -80,8 +83,15 @@ class Skipped(NamedTuple):
     id: int
 
 
+class Started(NamedTuple):
+    """These tasks started at `started` (epoch s): their time limits run from now."""
+    kind: str
+    ids: list
+    started: float
+
+
 _SHAPES = {"t": TaskMessage, "x": Cancel, "b": GiveBack, "ready": Ready, "r": Result,
-           "s": Skipped}
+           "s": Skipped, "g": Started}
 
 # The signal that tells a child to read its messages now, while a task runs: a Cancel
 # (the running task may be the one) or a GiveBack.
@@ -118,6 +128,11 @@ def result(task_id, ok, text, started, finished, rss, timed_out, retry=None) -> 
 def skipped(task_id) -> Skipped:
     """A Skipped message."""
     return Skipped("s", task_id)
+
+
+def started(task_ids, when) -> Started:
+    """A Started message."""
+    return Started("g", list(task_ids), when)
 
 
 def encode(messages) -> bytes:
