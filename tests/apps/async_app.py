@@ -91,3 +91,13 @@ def sync_step(seconds, path):
     append(path, event="sync_end", id=current_task.id, pid=os.getpid(), start=start,
            at=time.time())
     return current_task.id
+
+
+@task(max_retries=2, **FAST)
+async def hold(path):
+    """Its first attempt holds on (until the test kills the child); later ones return."""
+    append(path, event="start", id=current_task.id, attempt=current_task.attempt,
+           pid=os.getpid())
+    if current_task.attempt == 1:
+        await asyncio.sleep(120)
+    return current_task.attempt
