@@ -206,3 +206,46 @@ def test_the_status_counts_a_child_as_n_slots(daemons, app):
     assert sorted(per_pid.values()) == [8, 8], per_pid
     wait_all(ids, timeout=30, daemons=daemons)
     assert d.events("daemon.ready")
+
+
+def test_a_pool_of_its_own_sets_its_async_concurrency(daemons, app):
+    """`--pool NAME:QUEUES:SIZE:ASYNC` wins over LITEQ_ASYNC_CONCURRENCY for its pool."""
+    trace = daemons.path("trace")
+    ids = [app.nap.delay(0.5, trace) for _ in range(6)]
+    d = daemons.start("--pool", "fetch:default:1:6", env={"LITEQ_ASYNC_CONCURRENCY": "2"})
+    rows = wait_all(ids, timeout=30, daemons=daemons)
+    assert all(r["status"] == "done" for r in rows.values()), rows
+    ends = _events(trace, "end")
+    assert max(e["start"] for e in ends) < min(e["at"] for e in ends)   # all 6 at once
+    from liteq import control
+    (pool,) = control.status(include_queues=False)["pools"]
+    assert pool["name"] == "fetch" and pool["async_concurrency"] == 6
+    assert d.events("daemon.ready")
+
+
+@pytest.mark.parametrize("argv, env, expected", [
+    ([], {}, (1, None)),
+    ([], {"LITEQ_ASYNC_CONCURRENCY": "50"}, (50, None)),
+    (["--async-concurrency", "20"], {"LITEQ_ASYNC_CONCURRENCY": "50"}, (20, None)),
+    (["--pool", "io:io:2:100"], {}, (1, 100)),
+    (["--pool", "io:io:2"], {"LITEQ_ASYNC_CONCURRENCY": "8"}, (8, None)),
+])
+def test_the_settings(argv, env, expected):
+    from liteqd.config import build_parser, resolve
+    cfg = resolve(build_parser().parse_args(["--app", "x.py", *argv]), env)
+    assert (cfg.async_concurrency, cfg.pools[-1].async_concurrency) == expected
+    assert cfg.async_block_threshold == 0.5
+
+
+@pytest.mark.parametrize("argv, env, words", [
+    (["--async-concurrency", "0"], {}, "--async-concurrency must be from 1 to"),
+    ([], {"LITEQ_ASYNC_CONCURRENCY": "many"}, "LITEQ_ASYNC_CONCURRENCY must be a whole"),
+    (["--pool", "io:io:2:lots"], {}, "pool 'io' async concurrency must be a whole number"),
+    (["--pool", "io:io:2:0"], {}, "pool 'io' async concurrency must be from 1 to"),
+    (["--async-block-threshold", "-1"], {}, "--async-block-threshold must be >= 0"),
+])
+def test_bad_settings_are_named(argv, env, words):
+    from liteq.errors import ConfigError
+    from liteqd.config import build_parser, resolve
+    with pytest.raises(ConfigError, match=words.replace("(", r"\(")):
+        resolve(build_parser().parse_args(["--app", "x.py", *argv]), env)
