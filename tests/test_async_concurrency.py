@@ -194,7 +194,7 @@ def test_output_is_credited_to_the_coroutine_that_wrote_it(daemons, app):
         assert e["message"].endswith(f"of task {e['task_id']}") and e["name"] == "chatty", e
 
 
-def test_the_status_counts_a_child_as_n_slots(daemons, app):
+def test_claims_fill_each_child_to_n(daemons, app):
     trace = daemons.path("trace")
     d = daemons.start("--concurrency", "2", "--async-concurrency", "8")
     ids = [app.nap.delay(1.5, trace) for _ in range(16)]
@@ -204,8 +204,9 @@ def test_the_status_counts_a_child_as_n_slots(daemons, app):
     for s in starts:
         per_pid[s["pid"]] = per_pid.get(s["pid"], 0) + 1
     assert sorted(per_pid.values()) == [8, 8], per_pid
-    wait_all(ids, timeout=30, daemons=daemons)
-    assert d.events("daemon.ready")
+    rows = wait_all(ids, timeout=30, daemons=daemons)
+    assert all(r["status"] == "done" for r in rows.values())
+    assert len(d.worker_pids()) == 2
 
 
 def test_a_pool_of_its_own_sets_its_async_concurrency(daemons, app):
@@ -218,9 +219,12 @@ def test_a_pool_of_its_own_sets_its_async_concurrency(daemons, app):
     ends = _events(trace, "end")
     assert max(e["start"] for e in ends) < min(e["at"] for e in ends)   # all 6 at once
     from liteq import control
-    (pool,) = control.status(include_queues=False)["pools"]
+    from liteqd.ctl import render_status
+    st = control.status(include_queues=False)
+    (pool,) = st["pools"]
     assert pool["name"] == "fetch" and pool["async_concurrency"] == 6
-    assert d.events("daemon.ready")
+    assert "pool fetch: 1/1 children, up to 6 coroutines each" in render_status(st)
+    assert len(d.events("task.succeeded")) == 6
 
 
 @pytest.mark.parametrize("argv, env, expected", [
