@@ -126,6 +126,30 @@ def test_retry_and_failure_of_one_leave_the_siblings_alone(daemons, app):
     assert all(rows[i]["status"] == "done" for i in naps)
 
 
+def test_hooks_run_for_each_coroutine_with_its_own_context(daemons, app):
+    trace, hooks = daemons.path("trace"), daemons.path("hooks")
+    naps = [app.nap.delay(0.3, trace) for _ in range(5)]
+    flaky = app.flaky.delay(trace)
+    boom = app.boom.apply_async((trace,), max_retries=0)
+    daemons.start("--concurrency", "1", "--async-concurrency", "10",
+                  env={"ASYNC_APP_HOOK_TRACE": hooks})
+    wait_all(naps + [flaky, boom], timeout=30, daemons=daemons)
+    seen = [json.loads(line) for line in read_lines(hooks)]
+    by_id = {}
+    for h in seen:
+        by_id.setdefault(h["id"], []).append(h["hook"])
+        if "current" in h:
+            assert h["current"] == h["id"], h     # current_task is the hook's own task
+    for tid in naps:
+        assert by_id[tid] == ["start", "success"], (tid, by_id)
+    assert by_id[flaky] == ["start", "retry", "start", "success"], by_id[flaky]
+    assert by_id[boom] == ["start", "failure"], by_id[boom]
+    # The starts overlapped: every nap's start hook ran before any nap succeeded.
+    order = [(h["hook"], h["id"]) for h in seen if h["id"] in naps]
+    assert max(order.index(("start", t)) for t in naps) < min(
+        order.index(("success", t)) for t in naps)
+
+
 def test_a_blocking_coroutine_is_logged_with_its_task_id(daemons, app):
     trace = daemons.path("trace")
     d = daemons.start("--concurrency", "1", "--async-concurrency", "5",

@@ -7,6 +7,7 @@ import logging
 import os
 import time
 
+import liteq
 from liteq import current_task, task
 
 FAST = dict(retry_delay=0.05, retry_backoff=1.0)
@@ -101,3 +102,23 @@ async def hold(path):
     if current_task.attempt == 1:
         await asyncio.sleep(120)
     return current_task.attempt
+
+
+HOOK_TRACE = os.environ.get("ASYNC_APP_HOOK_TRACE")
+if HOOK_TRACE:
+    # Each hook records the task it was called for, and what current_task says then.
+    @liteq.on_task_start
+    def _started(ctx):
+        append(HOOK_TRACE, hook="start", id=ctx.id, current=current_task.id)
+
+    @liteq.on_task_success
+    def _succeeded(ctx, result):
+        append(HOOK_TRACE, hook="success", id=ctx.id, current=current_task.id)
+
+    @liteq.on_task_retry
+    def _retried(ctx, exc):
+        append(HOOK_TRACE, hook="retry", id=ctx.id, error=str(exc))
+
+    @liteq.on_task_failure
+    def _failed(ctx, exc):
+        append(HOOK_TRACE, hook="failure", id=ctx.id, error=str(exc))
