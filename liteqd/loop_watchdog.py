@@ -77,24 +77,30 @@ class LoopWatchdog:
             lag = time.monotonic() - beat
             if self.paused or lag < self.threshold or beat == reported_beat or not self.busy():
                 continue
-            reported_beat = beat  # once per stall
-            self._report(lag)
+            if self._report(lag):
+                reported_beat = beat  # once per stall
 
-    def _report(self, lag: float) -> None:
+    def _report(self, lag: float) -> bool:
+        """Log the stall, naming the task whose code holds the loop; False (nothing
+        logged) when no task's code does."""
         try:
             current = asyncio.current_task(self.loop)
         except RuntimeError:
             current = None
         owner = self.who(current)
+        if owner is None:
+            # No task's code holds the loop: the child was starved of CPU, or is busy
+            # with its own work; nothing to blame on a task.
+            return False
         fields: dict[str, object] = {"pid": os.getpid(), "blocked_s": round(lag, 3),
                                      "threshold_s": self.threshold}
-        if owner is not None:
-            fields["task_id"], fields["name"] = owner
+        fields["task_id"], fields["name"] = owner
         where = self._where()
         if where:
             fields["where"] = where
         logs.get_logger().warning("task.loop_blocked", **fields)
         logs.write_now()  # the child has no loop turn that flushes the log (it is stuck)
+        return True
 
     def _where(self) -> str | None:
         """file:line (function) the loop's thread is executing now."""
