@@ -9,12 +9,14 @@ import json
 import math
 import threading
 import time
+from collections.abc import Callable, Mapping
 from datetime import datetime
+from typing import Any, TypeVar
 
 from ..scheduler import list_schedules
 from ..serialization import decode_payload, decode_result
 from ..status import task_state
-from ..backends import TASK_STATUSES, open_backend
+from ..backends import TASK_STATUSES, Backend, open_backend
 from ..status import task_row_to_dict
 from ..timeutil import now
 from . import search

@@ -16,6 +16,10 @@ current schema; `?options=-csearch_path%3Dname` picks another one.
 PostgreSQL 13 or later (MATERIALIZED CTEs, insert-driven autovacuum settings).
 """
 
+from __future__ import annotations
+
+from contextlib import AbstractContextManager
+from typing import TYPE_CHECKING, Any
 import random
 
 import psycopg

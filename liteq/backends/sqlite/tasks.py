@@ -1,7 +1,10 @@
 """SQLite: enqueue, claim, outcomes, heartbeats and reclaim (the producers' and the
 daemon's side of the tasks table)."""
 
-from typing import Any
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from typing import TYPE_CHECKING, Any
 
 from ...timeutil import now
 from ..limits import Buckets, Limits, merge_rooms, pick, rate_key, rooms, rooms_left, used_up
