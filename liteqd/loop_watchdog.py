@@ -104,7 +104,7 @@ class LoopWatchdog:
 
     def _where(self) -> str | None:
         """file:line (function) the loop's thread is executing now."""
-        frame = sys._current_frames().get(self.main_ident)
+        frame = sys._current_frames().get(self.main_ident)  # pyright: ignore[reportPrivateUsage]
         if frame is None:
             return None
         return f"{frame.f_code.co_filename}:{frame.f_lineno} ({frame.f_code.co_name})"

@@ -67,7 +67,7 @@ class ChildHandle:
     recalling: bool = False       # asked to hand back its queued tasks (see Pool.capacity)
 
     @property
-    def running(self):
+    def running(self) -> TaskRun | None:
         """The task the child is executing now, if any (with --async-concurrency above 1,
         the first of those it runs)."""
         if self.pool.async_slots > 1:
@@ -77,7 +77,7 @@ class ChildHandle:
             return None
         return self.inflight[0] if self.inflight else None
 
-    def started_runs(self):
+    def started_runs(self) -> list[TaskRun]:
         """The tasks the child has started and not finished (one, or several coroutines
         with --async-concurrency above 1)."""
         if self.pool.async_slots > 1:
@@ -115,7 +115,7 @@ class Pool:
     next_spawn: float = 0.0    # monotonic time before which no child is spawned
     maybe_work: bool = True    # a claim might find something
     backlog: bool = False      # the last claim came back full
-    avg_duration: float = None # moving average of task run time, seconds
+    avg_duration: float | None = None  # moving average of task run time, seconds
     async_slots: int = 1       # coroutine tasks a child runs at once (--async-concurrency)
 
     @property

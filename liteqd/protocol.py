@@ -87,7 +87,7 @@ class Skipped(NamedTuple):
 class Started(NamedTuple):
     """These tasks started at `started` (epoch s): their time limits run from now."""
     kind: str
-    ids: list
+    ids: list[int]
     started: float
 
 
@@ -136,7 +136,7 @@ def skipped(task_id: int) -> Skipped:
     return Skipped("s", task_id)
 
 
-def started(task_ids, when) -> Started:
+def started(task_ids: Iterable[int], when: float) -> Started:
     """A Started message."""
     return Started("g", list(task_ids), when)
 
