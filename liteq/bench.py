@@ -34,8 +34,13 @@ if TYPE_CHECKING:
     from .launcher import DaemonHandle
 
 BENCH_APP = '''
+import asyncio
 import time
 from liteq import task
+
+@task
+async def nap():
+    await asyncio.sleep(0.01)
 
 @task
 def noop():
@@ -221,6 +226,96 @@ def _daemons(app_path: str, queue: str, concurrency: int, workdir: str, run: int
             stack.enter_context(handle)
             started.append((handle, sock))
         yield started
+
+
+def _drain_once(app_path, queue, concurrency, workdir, label, options, timeout):
+    """Start one daemon on a queue already filled, wait until nothing is pending or
+    running, stop it; returns tasks/s over the finish window (first to last finish)."""
+    from .backends import get_backend
+    from .launcher import start_daemon
+    store = get_backend()
+    total = store.count_tasks()
+    with start_daemon(app_path, db=queue, concurrency=concurrency,
+                      log_path=os.path.join(workdir, f"{label}.log"), **options):
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if store.count_tasks(status="pending") + store.count_tasks(status="running") == 0:
+                break
+            time.sleep(0.1)
+        first, last = store.finish_window()
+    done = store.count_tasks(status="done")
+    if done != total:
+        raise RuntimeError(f"benchmark drain {label}: {done} of {total} tasks done "
+                           f"within {timeout:g} s")
+    return total / max(last - first, 1e-9)
+
+
+def run_async_bench(tasks=10000, concurrency=2, async_concurrency=100, repeat=3,
+                    progress=None, db=None):
+    """The async-sleep workload: `tasks` coroutine tasks that each `await
+    asyncio.sleep(0.01)`, drained by `concurrency` children, once with
+    --async-concurrency 1 (one coroutine per child at a time, the baseline) and once
+    with `async_concurrency`, `repeat` times each; returns the figures (medians)."""
+    progress = progress or Progress(quiet=True)
+    workdir = tempfile.mkdtemp(prefix="liteq-bench-")
+    scratch = Scratch(workdir, db)
+    saved_env = {k: os.environ.get(k) for k in ("LITEQ_DB", "LITEQ_SOCKET")}
+    os.environ["LITEQ_SOCKET"] = os.path.join(workdir, "ctl.sock")
+    app_path = os.path.join(workdir, "liteq_bench_app.py")
+    with open(app_path, "w") as f:
+        f.write(BENCH_APP)
+    sys.path.insert(0, workdir)
+    try:
+        import liteq_bench_app as app
+        figures = {"workload": "async-sleep", "tasks": tasks, "concurrency": concurrency,
+                   "async_concurrency": async_concurrency, "repeat": repeat,
+                   "backend": scratch.kind.lower(), "runs": {}}
+        runs = figures["runs"]
+        settings = [("baseline_per_s", 1), ("async_drain_per_s", async_concurrency)]
+        for r in range(repeat):
+            for key, n in settings:
+                progress.show(f"[{r + 1}/{repeat}] drain: {tasks} x await asyncio.sleep(0.01), "
+                              f"{concurrency} children, --async-concurrency {n}")
+                queue = scratch.queue(f"async{r}n{n}")
+                app.nap.starmap([()] * tasks)
+                # A hang guard: a busy machine (or a PostgreSQL commit per task at N=1)
+                # may take many times the ideal tasks * 10 ms / slots.
+                timeout = max(120.0, 20 * tasks * 0.01 / (concurrency * n))
+                runs.setdefault(key, []).append(_drain_once(
+                    app_path, queue, concurrency, workdir, f"async{r}n{n}",
+                    {"async_concurrency": n}, timeout))
+        progress.done()
+        med = {k: statistics.median(v) for k, v in runs.items()}
+        med["speedup"] = med["async_drain_per_s"] / med["baseline_per_s"]
+        figures["median"] = med
+        return figures
+    finally:
+        sys.path.remove(workdir)
+        sys.modules.pop("liteq_bench_app", None)
+        for key, value in saved_env.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+        scratch.close()
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+def render_async(figures):
+    """The async-sleep workload's results as an aligned text table."""
+    med = figures["median"]
+    kind = "PostgreSQL" if figures.get("backend") == "postgresql" else "SQLite"
+    n = figures["async_concurrency"]
+    rows = [(f"drain, --async-concurrency {n}", f"{med['async_drain_per_s']:,.0f}", "tasks/s"),
+            ("baseline: drain, --async-concurrency 1", f"{med['baseline_per_s']:,.0f}",
+             "tasks/s"),
+            (f"ratio {n} / 1", f"{med['speedup']:.1f}", "x")]
+    width = max(len(label) for label, _, _ in rows)
+    lines = [f"liteq bench ({kind}): async-sleep, {figures['tasks']} tasks that await "
+             f"asyncio.sleep(0.01), {figures['concurrency']} children, median of "
+             f"{figures['repeat']} runs", ""]
+    lines += [f"  {label:<{width}}  {value:>10}  {unit}" for label, value, unit in rows]
+    return "\n".join(lines)
 
 
 def _drained_by_host(daemons: "list[tuple[DaemonHandle, str]]") -> list[dict[str, Any]]:
@@ -434,11 +529,18 @@ def render(figures: dict[str, Any]) -> str:
 def main(argv: list[str] | None = None) -> int:
     """Entry point of `liteq bench`."""
     p = argparse.ArgumentParser(prog="liteq bench", description=(__doc__ or "").split("\n\n")[0])
-    p.add_argument("--tasks", type=int, default=20000, help="tasks per drain/bulk run")
+    p.add_argument("--tasks", type=int, default=None,
+                   help="tasks per drain/bulk run (default 20000; async-sleep: 10000)")
     p.add_argument("--concurrency", type=int, default=2, help="daemon children")
     p.add_argument("--repeat", type=int, default=3, help="runs per figure (medians)")
     p.add_argument("--samples", type=int, default=500, help="latency samples per run")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    p.add_argument("--workload", choices=("noop", "async-sleep"), default="noop",
+                   help="noop: the enqueue, drain and latency figures (default); "
+                        "async-sleep: coroutine tasks that await asyncio.sleep(0.01), "
+                        "drained with --async-concurrency 1 and N (default --tasks 10000)")
+    p.add_argument("--async-concurrency", type=int, default=100,
+                   help="N for the async-sleep workload (default 100)")
     p.add_argument("--db", help="measure on this PostgreSQL database (a URL; each run gets a "
                                 "schema of its own, dropped afterwards); default: SQLite "
                                 "files in a temp dir")
@@ -447,9 +549,11 @@ def main(argv: list[str] | None = None) -> int:
                         "own as on a host of its own (needs --db postgresql://... and root; "
                         "default 1)")
     args = p.parse_args(argv)
-    for name in ("tasks", "concurrency", "repeat", "samples", "hosts"):
+    if args.tasks is None:
+        args.tasks = 10000 if args.workload == "async-sleep" else 20000
+    for name in ("tasks", "concurrency", "repeat", "samples", "hosts", "async_concurrency"):
         if getattr(args, name) < 1:
-            p.error(f"--{name} must be at least 1")
+            p.error(f"--{name.replace('_', '-')} must be at least 1")
     if args.hosts > 1 and not args.db:
         p.error("--hosts needs --db postgresql://...: an SQLite queue serves one host")
     if args.db:
@@ -461,6 +565,14 @@ def main(argv: list[str] | None = None) -> int:
             identity_of(args.db)
         except ConfigError as exc:
             p.error(str(exc))
+    if args.workload == "async-sleep":
+        if args.hosts > 1:
+            p.error("--hosts is for the noop workload")
+        figures = run_async_bench(args.tasks, args.concurrency, args.async_concurrency,
+                                  args.repeat, db=args.db, progress=Progress(
+                                      quiet=args.json and not sys.stderr.isatty()))
+        print(json.dumps(figures, indent=2) if args.json else render_async(figures))
+        return 0
     figures = run_bench(args.tasks, args.concurrency, args.repeat, args.samples,
                         progress=Progress(quiet=args.json and not sys.stderr.isatty()),
                         db=args.db, hosts=args.hosts)

@@ -154,11 +154,23 @@ class _Channel:
 _channel = None
 
 
-def _on_stop(signum, frame) -> None:
+_waker = None  # a child running many coroutines: makes its loop look at the channel
+
+
+def set_waker(waker):
+    """Let the signal handlers wake an event loop that reads the channel itself
+    (liteqd.async_child), or stop doing so (None)."""
+    global _waker
+    _waker = waker
+
+
+def _on_stop(signum, frame):
     # The current task finishes; the queued ones go back now.
     _Stop.requested = True
     if _channel is not None:
         _channel.hand_back()
+    if _waker is not None:
+        _waker()
 
 
 def _on_cancel(signum, frame) -> None:
@@ -170,6 +182,8 @@ def _on_cancel(signum, frame) -> None:
     channel.poll()
     if channel.recalled:
         channel.hand_back(only=channel.recalled)
+    if _waker is not None:
+        _waker()  # the loop cancels the coroutines (it may not be reading right now)
     if _Orphan.task_id is not None and _Orphan.task_id in channel.cancelled \
             and _executor is not None:
         _executor.cancel_running()
@@ -236,7 +250,8 @@ def _kill_descendants() -> None:
 
 
 def child_main(sock: socket.socket, index: int, parent_pid: int, close_fds=(),
-               report_rss: bool = False, max_tasks: int = 0, max_rss: int = 0) -> None:
+               report_rss=False, max_tasks=0, max_rss=0, async_slots: int = 1,
+               block_threshold: float = 0.5):
     """Entry point of a forked child; never returns (always os._exit)."""
     code = 0
     try:
@@ -270,7 +285,7 @@ def child_main(sock: socket.socket, index: int, parent_pid: int, close_fds=(),
         if os.getppid() != parent_pid:
             os._exit(1)  # the supervisor died before the handler was in place
         os.environ.pop("NOTIFY_SOCKET", None)
-        _serve(sock, index, report_rss, max_tasks, max_rss)
+        _serve(sock, index, report_rss, max_tasks, max_rss, async_slots, block_threshold)
     except SupervisorGone:
         _on_socket_closed()
     except BaseException:  # noqa: B902 - never unwind into the supervisor's code
@@ -292,7 +307,8 @@ def _reap_adopted() -> None:
             return
 
 
-def _serve(sock, index, report_rss, max_tasks: int = 0, max_rss: int = 0) -> None:
+def _serve(sock, index, report_rss, max_tasks=0, max_rss=0, async_slots=1,
+           block_threshold=0.5):
     global _channel, _executor
     title_idle = f"liteqd: worker {index} idle"
     setproctitle(title_idle)
@@ -301,6 +317,11 @@ def _serve(sock, index, report_rss, max_tasks: int = 0, max_rss: int = 0) -> Non
     sock.setblocking(True)
     channel = _channel = _Channel(sock)
     channel.send(protocol.ready(os.getpid()))
+    if async_slots > 1:
+        from .async_child import serve_async
+        serve_async(channel, executor, index, async_slots, block_threshold, report_rss,
+                    max_tasks, max_rss)
+        return
     done = 0
     while True:
         if _Stop.requested:

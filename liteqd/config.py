@@ -18,6 +18,8 @@ from liteq.taskspec import MAX_SECONDS, check_name, check_number
 
 # Children per pool, at most: a typo must not fork-bomb the machine.
 MAX_CHILDREN = 512
+# Coroutine tasks one child runs at once, at most (--async-concurrency).
+MAX_ASYNC_CONCURRENCY = 10_000
 
 
 @dataclass
@@ -26,6 +28,8 @@ class PoolSpec:
     name: str
     queues: list[str]
     size: int
+    # Coroutine tasks each child runs at once; None: the daemon's --async-concurrency.
+    async_concurrency: int | None = None
 
 
 @dataclass
@@ -52,6 +56,8 @@ class DaemonConfig:
     no_ddl: bool = False            # leave schema changes to `liteq db upgrade`
     queue_limits: dict[str, int] = field(default_factory=dict[str, int])   # queue -> most running at once
     queue_rates: dict[str, float] = field(default_factory=dict[str, float])    # queue -> most starts a second
+    async_concurrency: int = 1      # coroutine tasks a child runs at once (pool default)
+    async_block_threshold: float = 0.5  # seconds a coroutine may hold the loop unwarned
     # Retention: seconds a finished task is kept, per status (0: forever).
     keep_done: float = 7 * 86400.0
     keep_failed: float = 30 * 86400.0
@@ -75,8 +81,14 @@ OPTIONS: list[tuple[str, str, type[Any], Any, str]] = [
     ("--concurrency", "LITEQ_CONCURRENCY", int, None,
      "children of the default pool (default: number of CPUs)"),
     ("--pool", "LITEQ_POOLS", str, None,
-     "a pool of its own: NAME:QUEUE[,QUEUE...]:SIZE; repeat the flag, or separate with ';' "
-     "in LITEQ_POOLS"),
+     "a pool of its own: NAME:QUEUE[,QUEUE...]:SIZE[:ASYNC] (ASYNC: its children's "
+     "--async-concurrency); repeat the flag, or separate with ';' in LITEQ_POOLS"),
+    ("--async-concurrency", "LITEQ_ASYNC_CONCURRENCY", int, 1,
+     "coroutine (async def) tasks each child runs at once on its event loop; sync tasks "
+     "still run one at a time, alone in their child (default 1)"),
+    ("--async-block-threshold", "LITEQ_ASYNC_BLOCK_THRESHOLD", float, 0.5,
+     "with --async-concurrency above 1: log task.loop_blocked when one coroutine holds "
+     "its child's event loop this many seconds without awaiting (0: never)"),
     ("--timeout", "LITEQ_TIMEOUT", float, None,
      "time limit in seconds for tasks that set none (default: no limit)"),
     ("--kill-grace", "LITEQ_KILL_GRACE", float, 2.0,
@@ -184,12 +196,28 @@ def _queue_name(source: str, name: str) -> str:
         raise ConfigError(str(exc)) from None
 
 
+def _async_concurrency(source: str, n: int) -> int:
+    """ConfigError unless n is a sensible number of coroutines per child."""
+    if not 1 <= n <= MAX_ASYNC_CONCURRENCY:
+        raise ConfigError(f"{source} must be from 1 to {MAX_ASYNC_CONCURRENCY} coroutine "
+                          f"tasks per child; got {n}")
+    return n
+
+
 def _parse_pool(text: str, source: str) -> PoolSpec:
     parts = text.strip().split(":")
-    if len(parts) != 3 or not parts[0] or not parts[1]:
-        raise ConfigError(f"{source}: a pool is NAME:QUEUE[,QUEUE...]:SIZE, e.g. "
-                          f"emails:emails:2; got {text!r}")
-    name, queues, size = parts
+    if len(parts) not in (3, 4) or not parts[0] or not parts[1]:
+        raise ConfigError(f"{source}: a pool is NAME:QUEUE[,QUEUE...]:SIZE[:ASYNC], e.g. "
+                          f"emails:emails:2 or fetch:fetch:2:100; got {text!r}")
+    name, queues, size = parts[:3]
+    async_n = None
+    if len(parts) == 4:
+        try:
+            async_n = int(parts[3])
+        except ValueError:
+            raise ConfigError(f"{source}: pool {name!r} async concurrency must be a whole "
+                              f"number; got {parts[3]!r}") from None
+        _async_concurrency(f"{source}: pool {name!r} async concurrency", async_n)
     try:
         n = int(size)
     except ValueError:
@@ -199,7 +227,7 @@ def _parse_pool(text: str, source: str) -> PoolSpec:
         raise ConfigError(f"{source}: pool {name!r} needs from 1 to {MAX_CHILDREN} children; "
                           f"got {n}")
     qs = [_queue_name(source, q.strip()) for q in queues.split(",") if q.strip()]
-    return PoolSpec(name, qs, n)
+    return PoolSpec(name, qs, n, async_n)
 
 
 def _parse_queue_limit(text: str, source: str) -> tuple[str, int]:
@@ -263,7 +291,8 @@ def resolve(args: argparse.Namespace, environ: Mapping[str, str] | None = None) 
                                  ("poll_interval", 0, True), ("max_tasks_per_child", 0, False),
                                  ("max_memory_per_child", 0, False),
                                  ("keep_done", 0, False), ("keep_failed", 0, False),
-                                 ("keep_cancelled", 0, False)):
+                                 ("keep_cancelled", 0, False),
+                                 ("async_block_threshold", 0, False)):
         v = values[key]
         if v is not None and (v < minimum or (strict and v <= minimum)):
             op = ">" if strict else ">="
@@ -272,6 +301,7 @@ def resolve(args: argparse.Namespace, environ: Mapping[str, str] | None = None) 
     if values["prefetch"] < 0:
         raise ConfigError(f"{values['prefetch__source']} must be 0 (automatic) or more; "
                           f"got {values['prefetch']}")
+    _async_concurrency(values["async_concurrency__source"], values["async_concurrency"])
     if values["stale_after"] <= values["heartbeat_interval"]:
         raise ConfigError("--stale-after must be longer than --heartbeat-interval")
     level = values["log_level"].lower()
@@ -315,6 +345,8 @@ def resolve(args: argparse.Namespace, environ: Mapping[str, str] | None = None) 
         no_ddl=values["no_ddl"],
         queue_limits=values["queue_limit"] or {},
         queue_rates=values["queue_rate"] or {},
+        async_concurrency=values["async_concurrency"],
+        async_block_threshold=values["async_block_threshold"],
         keep_done=values["keep_done"], keep_failed=values["keep_failed"],
         keep_cancelled=(values["keep_done"] if values["keep_cancelled"] is None
                         else values["keep_cancelled"]))

@@ -87,9 +87,13 @@ def render_status(st: dict[str, Any]) -> str:
     for pool in st["pools"]:
         flag = "  FAILING (children keep dying; respawns back off)" if pool.get("failing") else ""
         out.append("")
-        out.append(f"pool {pool['name']}: {len(pool['children'])}/{pool['size']} children, "
-                   f"queues {', '.join(pool['queues'])}{flag}")
-        rows = [(c["pid"], c["slot"], c["state"], c["task_id"], c["task_name"],
+        per_child = pool.get("async_concurrency", 1)
+        coroutines = f", up to {per_child} coroutines each" if per_child > 1 else ""
+        out.append(f"pool {pool['name']}: {len(pool['children'])}/{pool['size']} children"
+                   f"{coroutines}, queues {', '.join(pool['queues'])}{flag}")
+        rows = [(c["pid"], c["slot"], c["state"], c["task_id"],
+                 c["task_name"] if c.get("tasks_running", 0) <= 1 or not c["task_name"]
+                 else f"{c['task_name']} (+{c['tasks_running'] - 1} more)",
                  _fmt_duration(c["running_s"]) if c["running_s"] is not None else None,
                  _fmt_bytes(c["rss_bytes"]), c["tasks_done"]) for c in pool["children"]]
         if rows:

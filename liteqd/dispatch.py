@@ -188,6 +188,8 @@ class Dispatcher:
         # CPU past RECALL_AFTER_S, would churn them).
         out = []
         for pool in self.sup.pools:
+            if pool.async_slots > 1:
+                continue  # nothing waits behind a coroutine: a child starts what it gets
             active = pool.active
             if any(c.ready and not c.inflight for c in active):
                 out.extend(c for c in active if len(c.inflight) > 1 and not c.recalling
@@ -390,7 +392,10 @@ class Dispatcher:
 
     # ---- handing out -------------------------------------------------------------
 
-    def _hand_out(self, pool, rows) -> None:
+    def _hand_out(self, pool, rows):
+        if pool.async_slots > 1:
+            self._hand_out_slots(pool, rows)
+            return
         now = time.monotonic()
         children = pool.takers(self.config.prefetch, now)
         if not children:
@@ -425,4 +430,54 @@ class Dispatcher:
                 self.log_started(child, head)
             if not lifecycle.send(child, [m for _, m in batch]):
                 # The child is gone; its exit requeues what it held.
+                lifecycle.kill(child, "crash")
+
+    def _hand_out_slots(self, pool, rows):
+        """Hand claimed tasks to the children of a pool with --async-concurrency N > 1.
+
+        A coroutine task takes one of a child's N slots and goes to the child with the
+        most free; a sync task takes all N (it runs alone in its child) and goes to a
+        child with nothing in hand when there is one, else behind the coroutines of
+        the child with the most free slots (which then starts nothing more until it has
+        run it). A task that fits nowhere goes back to pending. The children say when
+        they start each task (Started), and its clock runs from then.
+        """
+        n = pool.async_slots
+        room = {c.pid: c.room() for c in pool.takers(self.config.prefetch, time.monotonic())}
+        children = {c.pid: c for c in pool.active if c.pid in room}
+        batches = {pid: [] for pid in room}
+        unplaced = []
+        now = time.monotonic()
+        start_by = now + self.config.stale_after - self.config.heartbeat_interval
+        for row in rows:
+            task = TASK_REGISTRY.get(row["name"])
+            coroutine = bool(task is not None and task.is_async)
+            pid = None
+            if not coroutine:
+                pid = next((p for p, r in room.items() if r == n), None)
+            if pid is None and room:
+                pid = max(room, key=room.__getitem__)
+                if room[pid] <= 0:
+                    pid = None
+            if pid is None:
+                unplaced.append(row["id"])
+                continue
+            room[pid] = room[pid] - 1 if coroutine else 0
+            limit = row["timeout"] if row["timeout"] is not None else self.config.timeout
+            run = TaskRun(row["id"], row["name"], row["queue"], row["attempts"],
+                          row["max_retries"], limit, row["retry_delay"],
+                          row["retry_backoff"], row["retry_max_delay"], coroutine=coroutine)
+            batches[pid].append(
+                (run, protocol.task(run.id, run.name, row["payload"], limit, run.queue,
+                                    run.attempts, run.max_retries, row["created_at"],
+                                    start_by)))
+        if unplaced:
+            self.release(unplaced)
+        lifecycle = self.sup.lifecycle
+        for pid, batch in batches.items():
+            if not batch:
+                continue
+            child = children[pid]
+            child.inflight.extend(run for run, _ in batch)
+            if not lifecycle.send(child, [m for _, m in batch]):
                 lifecycle.kill(child, "crash")

@@ -112,31 +112,17 @@ class Executor:
         and their text says so. The task runs with liteq.current_task set, between
         the app's hooks (liteq.hooks).
         """
-        task = TASK_REGISTRY.get(msg.name)
-        if task is None:
-            known = ", ".join(sorted(TASK_REGISTRY)) or "none"
-            return _not_retried(f"UnknownTask: no task named {msg.name!r} is registered in "
-                                f"this app (registered: {known})",
-                                "the app does not know this task")
-        try:
-            args, kwargs = decode_payload(msg.payload)
-        except ValueError as exc:
-            return _not_retried(f"BadPayload: {exc}", "the stored arguments cannot be decoded")
-        ctx = context.TaskContext(
-            msg.id, msg.name, msg.queue, msg.attempt, msg.max_retries, msg.enqueued_at,
-            time.time() + msg.timeout if msg.timeout else None, worker)
+        prepared = prepare(msg, worker)
+        if isinstance(prepared, Outcome):
+            return prepared
+        task, args, kwargs, ctx = prepared
         token = context.enter(ctx)
         try:
             if not hooks.any_registered():
                 return self._attempt(task, args, kwargs, msg.timeout)[0]
             _call_hooks("start", ctx)
             outcome, exc, result = self._attempt(task, args, kwargs, msg.timeout)
-            if outcome.ok:
-                _call_hooks("success", ctx, result)
-            elif exc is not None:
-                retried = outcome.retry is not False and retry_policy.should_retry(
-                    msg.attempt, msg.max_retries)
-                _call_hooks("retry" if retried else "failure", ctx, exc)
+            after_hooks(ctx, msg, outcome, exc, result)
             return outcome
         finally:
             context.leave(token)
@@ -153,28 +139,65 @@ class Executor:
                     result = self._run_sync(task.fn, args, kwargs, timeout)
             finally:
                 self.in_task = False
-        except TaskCancelled as exc:
-            return _not_retried(f"TaskCancelled: {exc}", "it was cancelled"), exc, None
-        except TaskTimeout as exc:
-            return Outcome(False, _format_error(exc), timed_out=True), exc, None
-        except Retry as exc:
-            text = f"Retry: {exc.reason}"
-            return Outcome(False, text, retry=exc.delay if exc.delay is not None else None), \
-                exc, None
-        except TypeError as exc:
-            mismatch = _signature_mismatch(task.fn, args, kwargs)
-            if mismatch:
-                return _not_retried(mismatch, "the arguments do not fit the function"), exc, None
-            return _filtered(task, exc), exc, None
         except BaseException as exc:  # noqa: B902 - a task's SystemExit is its failure too
             if isinstance(exc, KeyboardInterrupt):
                 raise
-            return _filtered(task, exc), exc, None
-        try:
-            return Outcome(True, encode_result(result)), None, result
-        except TypeError as exc:
-            return _not_retried(f"BadResult: {exc}", "the function's result cannot be "
-                                                     "stored as JSON"), exc, None
+            return classify(task, exc, args, kwargs), exc, None
+        return succeeded(result)
+
+
+def prepare(msg, worker):
+    """(task, args, kwargs, TaskContext) for a task message, or the Outcome of an error
+    found before the call (an unknown task, arguments that cannot be decoded)."""
+    task = TASK_REGISTRY.get(msg.name)
+    if task is None:
+        known = ", ".join(sorted(TASK_REGISTRY)) or "none"
+        return _not_retried(f"UnknownTask: no task named {msg.name!r} is registered in "
+                            f"this app (registered: {known})",
+                            "the app does not know this task")
+    try:
+        args, kwargs = decode_payload(msg.payload)
+    except ValueError as exc:
+        return _not_retried(f"BadPayload: {exc}", "the stored arguments cannot be decoded")
+    ctx = context.TaskContext(
+        msg.id, msg.name, msg.queue, msg.attempt, msg.max_retries, msg.enqueued_at,
+        time.time() + msg.timeout if msg.timeout else None, worker)
+    return task, args, kwargs, ctx
+
+
+def succeeded(result):
+    """(Outcome, None, result) of a call that returned `result`."""
+    try:
+        return Outcome(True, encode_result(result)), None, result
+    except TypeError as exc:
+        return _not_retried(f"BadResult: {exc}", "the function's result cannot be "
+                                                 "stored as JSON"), exc, None
+
+
+def classify(task, exc, args, kwargs) -> Outcome:
+    """The Outcome of an attempt that raised `exc`."""
+    if isinstance(exc, TaskCancelled):
+        return _not_retried(f"TaskCancelled: {exc}", "it was cancelled")
+    if isinstance(exc, TaskTimeout):
+        return Outcome(False, _format_error(exc), timed_out=True)
+    if isinstance(exc, Retry):
+        return Outcome(False, f"Retry: {exc.reason}",
+                       retry=exc.delay if exc.delay is not None else None)
+    if isinstance(exc, TypeError):
+        mismatch = _signature_mismatch(task.fn, args, kwargs)
+        if mismatch:
+            return _not_retried(mismatch, "the arguments do not fit the function")
+    return _filtered(task, exc)
+
+
+def after_hooks(ctx, msg, outcome, exc, result):
+    """Run the success, retry or failure hooks for an attempt's outcome."""
+    if outcome.ok:
+        _call_hooks("success", ctx, result)
+    elif exc is not None:
+        retried = outcome.retry is not False and retry_policy.should_retry(
+            msg.attempt, msg.max_retries)
+        _call_hooks("retry" if retried else "failure", ctx, exc)
 
 
 def _filtered(task, exc) -> Outcome:
@@ -220,3 +243,54 @@ def _signature_mismatch(fn, args, kwargs):
                 f"{getattr(fn, '__name__', fn)}{sig}: {exc}")
     return None
 
+
+
+class CoroutineStop:
+    """Why the child cancelled one coroutine task ("timeout" or "cancel"), so that its
+    CancelledError becomes the right outcome (run_coroutine)."""
+
+    __slots__ = ("reason", "limit")
+
+    def __init__(self, limit: float | None) -> None:
+        self.reason: str | None = None
+        self.limit = limit
+
+    def error(self) -> BaseException | None:
+        """TaskTimeout or TaskCancelled for a cancel the child made; None for any other."""
+        if self.reason == "timeout":
+            return TaskTimeout(f"timed out after {self.limit:g} s")
+        if self.reason == "cancel":
+            return TaskCancelled("the task was cancelled while it was running")
+        return None
+
+
+async def run_coroutine(msg, worker: str, stop: CoroutineStop) -> Outcome:
+    """Run one coroutine task as an asyncio task among others on the child's loop (with
+    --async-concurrency above 1): its own liteq.current_task (each asyncio task has its
+    own copy of the context), its own hooks, its own outcome. The child cancels it on
+    its time limit or on a cancel, setting `stop.reason` first."""
+    prepared = prepare(msg, worker)
+    if isinstance(prepared, Outcome):
+        return prepared
+    task, args, kwargs, ctx = prepared
+    context.enter(ctx)  # this asyncio task's context only: no leave() needed
+    hooked = hooks.any_registered()
+    if hooked:
+        _call_hooks("start", ctx)
+    exc: BaseException | None
+    try:
+        result = await task.fn(*args, **kwargs)
+    except asyncio.CancelledError:
+        exc = stop.error()
+        if exc is None:
+            raise  # not ours (the loop is being torn down)
+        outcome, result = classify(task, exc, args, kwargs), None
+    except BaseException as error:  # noqa: B902 - a task's SystemExit is its failure too
+        if isinstance(error, KeyboardInterrupt):
+            raise
+        exc, outcome, result = error, classify(task, error, args, kwargs), None
+    else:
+        outcome, exc, result = succeeded(result)
+    if hooked:
+        after_hooks(ctx, msg, outcome, exc, result)
+    return outcome

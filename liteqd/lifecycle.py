@@ -83,7 +83,9 @@ class Lifecycle:
             child_main(child_sock, slot, self.sup.pid, close_fds=close_fds,
                        report_rss=bool(self.config.max_memory_per_child),
                        max_tasks=self.config.max_tasks_per_child,
-                       max_rss=int(self.config.max_memory_per_child * 1024 * 1024))
+                       max_rss=int(self.config.max_memory_per_child * 1024 * 1024),
+                       async_slots=pool.async_slots,
+                       block_threshold=getattr(self.config, "async_block_threshold", 0.5))
         child_sock.close()
         try:
             os.setpgid(pid, pid)  # also done in the child: whichever runs first wins
@@ -171,6 +173,14 @@ class Lifecycle:
     def _on_message(self, child, msg) -> None:
         if msg.kind == "r":
             self._on_result(child, msg)
+        elif msg.kind == "g":
+            self._on_started(child, msg)
+        elif msg.kind == "s" and child.pool.async_slots > 1:
+            for run in child.inflight:
+                if run.id == msg.id:
+                    child.inflight.remove(run)
+                    self.sup.dispatch.release([run.id])
+                    break
         elif msg.kind == "s":
             # Handed back unstarted; it may sit behind the task still running, or be the
             # one we took for started (the child starts the next in its place).
@@ -187,10 +197,35 @@ class Lifecycle:
             child.ready = True
             self.sup.dispatch.claim_soon()
 
-    def _on_result(self, child, msg) -> None:
+    def _on_started(self, child, msg):
+        """A child of many coroutines started these tasks: their clocks run from now."""
+        wanted = set(msg.ids)
+        now = time.monotonic()
+        dispatch = self.sup.dispatch
+        for run in child.inflight:
+            if run.id in wanted and run.started_mono is None:
+                run.started_mono = now
+                run.started_wall = msg.started
+                dispatch.log_started(child, run)
+
+    def _take_result(self, child, msg):
+        """The run a Result is about, out of the child's inflight; None when unknown."""
+        if child.pool.async_slots > 1:
+            for run in child.inflight:
+                if run.id == msg.id:
+                    child.inflight.remove(run)
+                    child.output.task_done(run)
+                    if run.started_mono is None:  # (its Started was lost: never mind)
+                        run.started_mono, run.started_wall = time.monotonic(), msg.started
+                    return run
+            return None
         child.output.task_done()  # output read later up to the task's end mark is still its
         run = child.inflight.popleft() if child.inflight else None
-        if run is None or run.id != msg.id:
+        return run if run is not None and run.id == msg.id else None
+
+    def _on_result(self, child, msg):
+        run = self._take_result(child, msg)
+        if run is None:
             self.log.error("child.protocol_error", pid=child.pid, task_id=msg.id)
             return
         if run.cancelled:
@@ -201,15 +236,20 @@ class Lifecycle:
         child.tasks_done += 1
         child.rss = msg.rss or child.rss
         child.pool.observe(msg.finished - msg.started)
-        self._start_next(child, msg.finished)
+        if child.pool.async_slots == 1:
+            self._start_next(child, msg.finished)
+        elif child.cancel_deadline is not None and not any(
+                r.cancelled for r in child.started_runs()):
+            child.cancel_deadline = None
         if not run.cancelled:   # a cancelled task's row is final already
             self.sup.dispatch.record(run, msg.ok, msg.text, msg.started, msg.finished,
                                      msg.timed_out, msg.retry)
         if msg.ok:
             child.pool.failures = 0
-        if msg.timed_out:
+        if msg.timed_out and not (run.coroutine and child.pool.async_slots > 1):
             # The child exits after a timeout (it may have left subprocesses
-            # behind); its process group is killed when it is reaped.
+            # behind); its process group is killed when it is reaped. (A child of
+            # many coroutines cancels just the one that timed out and goes on.)
             self.retire(child, time.monotonic() + self.config.kill_grace)
         else:
             self._maybe_recycle(child)
@@ -254,7 +294,7 @@ class Lifecycle:
             if not self.send(child, [protocol.cancel(run.id) for run in hit]):
                 self.kill(child, "crash")
                 continue
-            if child.inflight[0].cancelled:
+            if any(run.cancelled for run in child.started_runs()):
                 self._signal_cancel(child)
 
     def _signal_cancel(self, child) -> None:
@@ -330,7 +370,9 @@ class Lifecycle:
         # Kill anything the child left behind in its process group.
         proc.kill_tree(child.pid)
         dispatch = self.sup.dispatch
-        if child.kill_reason == "timeout" and head is not None:
+        if child.pool.async_slots > 1:
+            runs = self._exit_many(child, runs, how, clean)
+        elif child.kill_reason == "timeout" and head is not None:
             dispatch.record(head, False, f"TaskTimeout: timed out after {head.limit:g} s (the "
                             f"child was killed {self.config.kill_grace:g} s after the limit)",
                             head.started_wall, time.time(), True)
@@ -362,7 +404,48 @@ class Lifecycle:
         dispatch.claim_soon()
         self.sup.show_title()
 
-    def _check_boot_error(self, child, status) -> None:
+    def _exit_many(self, child, runs, how, clean):
+        """What becomes of the tasks of a child of many coroutines that exited; returns
+        those to release unstarted.
+
+        Killed for one task's time limit (its coroutine ignored the cancellation):
+        that task times out; killed for an ignored cancel: the cancelled ones are
+        cancelled; either way the other tasks go back to pending untouched, as on a
+        stop (they did nothing wrong). A crash: every started task failed its attempt
+        (ChildDied, retried per its policy), as the one task of a one-task child.
+        """
+        dispatch = self.sup.dispatch
+        started = [r for r in runs if r.started_mono is not None]
+        rest = [r for r in runs if r.started_mono is None]
+        if child.kill_reason == "timeout":
+            victim = child.timed_out_task
+            for run in started:
+                if run is victim:
+                    dispatch.record(run, False, f"TaskTimeout: timed out after {run.limit:g} "
+                                    f"s (the child was killed {self.config.kill_grace:g} s "
+                                    f"after the limit)", run.started_wall, time.time(), True)
+                else:
+                    rest.append(run)
+        elif child.kill_reason == "cancel":
+            for run in started:
+                if run.cancelled:
+                    self.log.warning("task.cancelled", task_id=run.id, name=run.name,
+                                     queue=run.queue, attempt=run.attempts, pid=child.pid,
+                                     how="killed: it did not stop within the kill grace")
+                else:
+                    rest.append(run)
+        elif child.kill_reason == "stop" or (child.retiring and child.kill_reason) or \
+                (child.retiring and clean):
+            rest.extend(started)
+        else:
+            for run in started:
+                if run.cancelled:
+                    continue  # its row is final already
+                dispatch.record(run, False, f"ChildDied: the worker process {how} while "
+                                f"running this task", run.started_wall, time.time(), False)
+        return rest
+
+    def _check_boot_error(self, child, status):
         """Stop the daemon when children keep failing to even start (gunicorn's
         WORKER_BOOT_ERROR): respawning them would only loop."""
         pool = child.pool
@@ -384,10 +467,27 @@ class Lifecycle:
 
     def hard_deadline(self, child):
         """When the task the child runs must be killed (monotonic), or None."""
-        run = child.running
-        if run is None or run.limit is None or run.started_mono is None or child.kill_reason:
+        found = self._first_deadline(child)
+        return found[0] if found else None
+
+    def _first_deadline(self, child):
+        """(hard deadline, run) of the child's started task that must be killed first."""
+        if child.kill_reason:
             return None
-        return run.started_mono + run.limit + self.config.kill_grace
+        if child.pool.async_slots > 1:
+            best = None
+            grace = self.config.kill_grace
+            for run in child.inflight:
+                if run.limit is None or run.started_mono is None:
+                    continue
+                deadline = run.started_mono + run.limit + grace
+                if best is None or deadline < best[0]:
+                    best = (deadline, run)
+            return best
+        run = child.running
+        if run is None or run.limit is None or run.started_mono is None:
+            return None
+        return run.started_mono + run.limit + self.config.kill_grace, run
 
     def deadlines(self):
         """Every time limit and retire deadline of the children (monotonic)."""
@@ -407,9 +507,9 @@ class Lifecycle:
         stop deadline."""
         now = time.monotonic()
         for child in self.all_children():
-            deadline = self.hard_deadline(child)
-            if deadline is not None and now >= deadline:
-                run = child.running
+            found = self._first_deadline(child)
+            if found is not None and now >= found[0]:
+                run = found[1]
                 self.log.warning("task.timed_out", task_id=run.id, name=run.name,
                                  queue=run.queue, attempt=run.attempts, pid=child.pid,
                                  limit_s=run.limit)

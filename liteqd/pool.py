@@ -40,6 +40,7 @@ class TaskRun:
     started_mono: float | None = None   # set when the child really starts it
     started_wall: float | None = None
     cancelled: bool = False      # cancelled by an operator: stop it, record nothing
+    coroutine: bool = False      # an `async def` task (shares its child's event loop)
 
 
 @dataclass
@@ -67,8 +68,30 @@ class ChildHandle:
 
     @property
     def running(self) -> TaskRun | None:
-        """The task the child is executing now, if any."""
+        """The task the child is executing now, if any (with --async-concurrency above 1,
+        the first of those it runs)."""
+        if self.pool.async_slots > 1:
+            for run in self.inflight:
+                if run.started_mono is not None:
+                    return run
+            return None
         return self.inflight[0] if self.inflight else None
+
+    def started_runs(self) -> list[TaskRun]:
+        """The tasks the child has started and not finished (one, or several coroutines
+        with --async-concurrency above 1)."""
+        if self.pool.async_slots > 1:
+            return [run for run in self.inflight if run.started_mono is not None]
+        return [self.inflight[0]] if self.inflight else []
+
+    def room(self) -> int:
+        """Async pools: how many more tasks this child may be given now. A coroutine
+        takes one of the pool's async_slots; a sync task takes them all (it runs alone)."""
+        slots = self.pool.async_slots
+        used = 0
+        for run in self.inflight:
+            used += 1 if run.coroutine else slots
+        return max(slots - used, 0)
 
     @property
     def state(self) -> str:
@@ -93,6 +116,7 @@ class Pool:
     maybe_work: bool = True    # a claim might find something
     backlog: bool = False      # the last claim came back full
     avg_duration: float | None = None  # moving average of task run time, seconds
+    async_slots: int = 1       # coroutine tasks a child runs at once (--async-concurrency)
 
     @property
     def active(self) -> list[ChildHandle]:
@@ -133,7 +157,10 @@ class Pool:
     def capacity(self, prefetch: int, now: float) -> int:
         """How many more tasks the ready children can start soon: one per idle child,
         plus what may wait ahead in busy ones (automatic prefetch: not in a child
-        whose task has run past RECALL_AFTER_S)."""
+        whose task has run past RECALL_AFTER_S). Async pools: the free coroutine slots
+        of the ready children (no prefetch beyond them)."""
+        if self.async_slots > 1:
+            return sum(c.room() for c in self.active if c.ready)
         depth = self.depth(prefetch)
         return sum(max(depth - len(c.inflight), 0) for c in self.takers(prefetch, now))
 
@@ -144,6 +171,8 @@ class Pool:
         recalled once one is: on a busy machine a child that waits for the CPU looks
         long, and starving it would only slow a drain)."""
         ready = [c for c in self.active if c.ready]
+        if self.async_slots > 1:
+            return [c for c in ready if c.room() > 0]
         if prefetch or all(c.inflight for c in ready):
             return ready
         return [c for c in ready if not (

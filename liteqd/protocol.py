@@ -12,6 +12,9 @@ by name while the wire stays compact (a drain moves tens of thousands a second):
                           Result       ["r", id, ok, result_json | error_text, started,
                                         finished, rss_bytes, timed_out, retry]
                           Skipped      ["s", id]   (handed back unstarted: a stop came first)
+                          Started      ["g", [id, ...], started]  (only from a child that
+                                        runs several coroutines at once: it decides when
+                                        each task starts, so it says so)
 """
 
 import json
@@ -81,11 +84,18 @@ class Skipped(NamedTuple):
     id: int
 
 
-#: Any message.
-Message = Union[TaskMessage, Cancel, GiveBack, Ready, Result, Skipped]
+class Started(NamedTuple):
+    """These tasks started at `started` (epoch s): their time limits run from now."""
+    kind: str
+    ids: list[int]
+    started: float
 
-_SHAPES: dict[str, type[Message]] = {"t": TaskMessage, "x": Cancel, "b": GiveBack, "ready": Ready, "r": Result,
-           "s": Skipped}
+
+#: Any message.
+Message = Union[TaskMessage, Cancel, GiveBack, Ready, Result, Skipped, Started]
+
+_SHAPES: dict[str, type[Message]] = {"t": TaskMessage, "x": Cancel, "b": GiveBack,
+                                     "ready": Ready, "r": Result, "s": Skipped, "g": Started}
 
 # The signal that tells a child to read its messages now, while a task runs: a Cancel
 # (the running task may be the one) or a GiveBack.
@@ -124,6 +134,11 @@ def result(task_id: int, ok: bool, text: str, started: float, finished: float, r
 def skipped(task_id: int) -> Skipped:
     """A Skipped message."""
     return Skipped("s", task_id)
+
+
+def started(task_ids: Iterable[int], when: float) -> Started:
+    """A Started message."""
+    return Started("g", list(task_ids), when)
 
 
 def encode(messages: Iterable[Message]) -> bytes:

@@ -56,7 +56,10 @@ class Supervisor:
         self.reload_app = reload_app
         self.plugins: list[Any] = list(plugins)   # objects with register(sup), on_tick(sup), close()
         self.log = get_logger()
-        self.pools = [Pool(p.name, list(p.queues), p.size) for p in config.pools]
+        self.pools = [Pool(p.name, list(p.queues), p.size,
+                           async_slots=getattr(p, "async_concurrency", None)
+                           or getattr(config, "async_concurrency", 1))
+                      for p in config.pools]
         self.hostname = socket.gethostname()
         self.pid = os.getpid()
         self.process_started = proc.process_start_time(self.pid)
@@ -393,11 +396,13 @@ class Supervisor:
                     "task_name": run.name if run else None,
                     "running_s": round(now - run.started_mono, 3)
                     if run and run.started_mono else None,
-                    "queued": max(len(c.inflight) - 1, 0),
+                    "queued": max(len(c.inflight) - len(c.started_runs()), 0),
+                    "tasks_running": len(c.started_runs()),
                     "rss_bytes": proc.rss_bytes(c.pid),
                     "tasks_done": c.tasks_done,
                 })
             pools.append({"name": pool.name, "queues": pool.queues, "size": pool.size,
+                          "async_concurrency": pool.async_slots,
                           "children": children, "failing": pool.failing,
                           "consecutive_failures": pool.failures})
         return {

@@ -21,6 +21,14 @@ A child's writes wait while its pipe is full (64 KiB), as with any pipe; the
 supervisor empties the pipes every loop turn and discards the excess, so a flooding
 task is slowed to the supervisor's reading pace, never blocked for good.
 
+Attribution in a child that runs many coroutines at once (--async-concurrency above
+1): their lines interleave, so order cannot tell whose a line is. There the child
+tags each line a task prints with TASK_TAG, its id and a NUL (sys.stdout and
+sys.stderr are wrapped: a line is written whole when it ends, per task), and each
+logging record carries the task's id; the supervisor strips the tag and credits the
+line to that task. Output that bypasses Python's streams (a subprocess writing to
+fd 1) is credited to the child's task only while it runs one, else to no task.
+
 Attribution: when a task ends, before its result is sent, the child writes END_MARK
 into each of its pipes. The n-th mark in a pipe ends the output of the task of the
 child's n-th result, so every line goes to the task that wrote it, however the
@@ -45,6 +53,8 @@ BURST_LINES, RATE_LINES = 10_000, 1_000          # per child: lines, then lines/
 BURST_BYTES, RATE_BYTES = 4 << 20, 1 << 20       # per child: bytes, then bytes/s
 REPORT_EVERY_S = 10.0
 END_MARK = b"\0\x1bliteq:task-end\0"
+TASK_TAG = "\x1bliteq:task="      # then the task id and a NUL, at the start of a line
+_TASK_TAG = TASK_TAG.encode()
 CUT_MARKER = f" [... line cut at {MAX_LINE} bytes]"
 
 STREAMS = ("stdout", "stderr", "log")
@@ -79,6 +89,10 @@ class RecordHandler(logging.Handler):
                 exc = (exc + "\n" if exc else "") + record.stack_info
             fields = {"level": record.levelno, "logger": record.name,
                       "message": record.getMessage()[:MAX_LINE]}
+            if _tagging:
+                ctx = _current_task()
+                if ctx is not None:
+                    fields["task_id"], fields["task_name"] = ctx.id, ctx.name
             if exc:
                 fields["exception"] = exc[-MAX_LINE:]  # the end names the error
             data = json.dumps(fields, ensure_ascii=False).encode("utf-8", "replace") + b"\n"
@@ -143,7 +157,71 @@ class Pipes:
         return Pump(sup, child, self.read_fds)
 
 
-def mark_end() -> None:
+_tagging = False
+_tagged_streams: list["_TaggedStream"] = []
+
+
+def _current_task():
+    from liteq import context
+    return context._current.get()
+
+
+class _TaggedStream:
+    """sys.stdout or sys.stderr of a child that runs many coroutines: each line a task
+    writes goes out whole, when it ends, tagged with the task's id (TASK_TAG)."""
+
+    def __init__(self, inner):
+        self._inner = inner
+        self._partial: dict = {}   # task id -> the start of a line not yet ended
+
+    def write(self, text):
+        """Write text; a task's lines go out tagged, each in one piece."""
+        ctx = _current_task()
+        if ctx is None:
+            return self._inner.write(text)
+        tid = ctx.id
+        buf = self._partial.pop(tid, "") + text
+        if "\n" not in buf:
+            self._partial[tid] = buf
+            return len(text)
+        *lines, rest = buf.split("\n")
+        if rest:
+            self._partial[tid] = rest
+        self._inner.write("".join(f"{TASK_TAG}{tid}\0{line}\n" for line in lines))
+        return len(text)
+
+    def end_task(self, tid):
+        """The task is over: its last line, if it did not end it, goes out now."""
+        rest = self._partial.pop(tid, None)
+        if rest:
+            self._inner.write(f"{TASK_TAG}{tid}\0{rest}\n")
+        try:
+            self._inner.flush()
+        except (OSError, ValueError):
+            pass
+
+    def __getattr__(self, name):
+        return getattr(self._inner, name)
+
+
+def tag_by_task():
+    """In a child that runs many coroutines at once: tag what each task prints and
+    logs with its id (see the module's docstring)."""
+    global _tagging
+    _tagging = True
+    for name in ("stdout", "stderr"):
+        stream = _TaggedStream(getattr(sys, name))
+        _tagged_streams.append(stream)
+        setattr(sys, name, stream)
+
+
+def end_task(tid):
+    """The task `tid` is over (a child that tags by task): flush its last line."""
+    for stream in _tagged_streams:
+        stream.end_task(tid)
+
+
+def mark_end():
     """Mark the end of a task's output in each pipe (before its result is sent)."""
     for stream in (sys.stdout, sys.stderr):
         try:
@@ -212,6 +290,7 @@ class Pump:
         self.results = 0          # results of the child's tasks handled so far
         self.finished = {}        # result number -> (task_id, name), the last few
         self.counted = None       # (task_id, name) the drop counts below belong to
+        self.names = {}           # task id -> name, of the recent tasks (a tagging child)
         self.dropped_lines = self.dropped_bytes = self.cut_lines = 0
         self.reported_at = time.monotonic()
 
@@ -324,6 +403,11 @@ class Pump:
 
     def _owner(self, stream):
         """(task_id, name) of the task whose output the stream carries now, or None."""
+        if self.child.pool.async_slots > 1:
+            # A tagging child (many coroutines): untagged output is its task's only
+            # while it runs just one.
+            started = self.child.started_runs()
+            return (started[0].id, started[0].name) if len(started) == 1 else None
         ahead = stream.marks - self.results
         if ahead < 0:   # its result was handled before this pipe was read to the mark
             return self.finished.get(stream.marks)
@@ -348,8 +432,28 @@ class Pump:
         if time.monotonic() - self.reported_at >= REPORT_EVERY_S:
             self.report_dropped()
 
-    def _emit(self, stream, raw, cut) -> None:
-        owner = self._attribute(stream)
+    def _untag(self, raw):
+        """(raw without its task tag, (task_id, name)) of a tagged line, else (raw, None)."""
+        if not raw.startswith(_TASK_TAG):
+            return raw, None
+        end = raw.find(b"\0", len(_TASK_TAG))
+        try:
+            tid = int(raw[len(_TASK_TAG):end])
+        except ValueError:
+            return raw, None
+        name = self.names.get(tid)
+        if name is None:
+            for run in self.child.inflight:
+                if run.id == tid:
+                    name = run.name
+                    break
+        return raw[end + 1:], (tid, name)
+
+    def _emit(self, stream, raw, cut):
+        tagged = None
+        if self.child.pool.async_slots > 1:
+            raw, tagged = self._untag(raw)
+        owner = tagged or self._attribute(stream)
         if not self.budget.take(len(raw)):
             self._count_dropped(stream, 1, len(raw))
             return
@@ -376,6 +480,8 @@ class Pump:
             self.log.warning("task.log", logger=None, message=text, pid=self.child.pid, **who)
             return
         extra = {"exception": rec["exception"]} if rec.get("exception") else {}
+        if rec.get("task_id") is not None:
+            who = {"task_id": rec["task_id"], "name": rec.get("task_name")}
         self.log.log(_level_of(level), "task.log", logger=logger, message=message,
                      pid=self.child.pid, record_level=logging.getLevelName(level),
                      **who, **extra)
@@ -393,9 +499,16 @@ class Pump:
 
     # -- task ends, child ends --
 
-    def task_done(self) -> None:
-        """The child's running task sent its result (called before it leaves inflight):
-        output still unread up to its END_MARK stays attributed to it."""
+    def task_done(self, run=None):
+        """The child's running task (or `run`, in a child of many coroutines) sent its
+        result (called before it leaves inflight): output still unread up to its
+        END_MARK, or tagged with its id, stays attributed to it."""
+        if run is not None:
+            self.names[run.id] = run.name
+            if len(self.names) > 4096:
+                for old in list(self.names)[:2048]:
+                    del self.names[old]
+            return
         run = self.child.running
         self.finished[self.results] = (run.id, run.name) if run is not None else None
         self.finished.pop(self.results - 16, None)

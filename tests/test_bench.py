@@ -103,3 +103,20 @@ def test_bench_hosts_drains_with_a_daemon_per_namespace_and_leaves_nothing_runni
 def test_bench_hosts_needs_postgresql_and_a_positive_number():
     assert "--hosts needs --db postgresql" in _run("--hosts", "2").stderr
     assert _run("--hosts", "0", "--db", "postgresql://x@127.0.0.1/y").returncode == 2
+
+
+def test_bench_async_sleep_workload_reports_both_drains():
+    proc = _run("--workload", "async-sleep", "--tasks", "200", "--repeat", "1",
+                "--async-concurrency", "20", "--json")
+    assert proc.returncode == 0, proc.stderr
+    figures = json.loads(proc.stdout)
+    assert figures["workload"] == "async-sleep" and figures["async_concurrency"] == 20
+    med = figures["median"]
+    for key in ("async_drain_per_s", "baseline_per_s", "speedup"):
+        assert med[key] > 0, (key, med)
+    table = _run("--workload", "async-sleep", "--tasks", "100", "--repeat", "1",
+                 "--async-concurrency", "10")
+    assert table.returncode == 0, table.stderr
+    assert "--async-concurrency 10" in table.stdout and "ratio 10 / 1" in table.stdout
+    bad = _run("--workload", "async-sleep", "--async-concurrency", "0")
+    assert bad.returncode == 2 and "--async-concurrency must be at least 1" in bad.stderr

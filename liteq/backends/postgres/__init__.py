@@ -18,9 +18,9 @@ PostgreSQL 13 or later (MATERIALIZED CTEs, insert-driven autovacuum settings).
 
 from __future__ import annotations
 
-import random
 from contextlib import AbstractContextManager
 from typing import TYPE_CHECKING, Any
+import random
 
 import psycopg
 

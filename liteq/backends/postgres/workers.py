@@ -6,6 +6,8 @@ they found stale: a worker whose row no longer holds it beat meanwhile and keeps
 its tasks. `stale_after` still judges by the server's clock for callers that ask.
 """
 
+from __future__ import annotations
+
 from collections.abc import Iterable, Sequence
 from typing import Any
 

@@ -1,6 +1,8 @@
 """SQLite: enqueue, claim, outcomes, heartbeats and reclaim (the producers' and the
 daemon's side of the tasks table)."""
 
+from __future__ import annotations
+
 from collections.abc import Iterable, Sequence
 from typing import TYPE_CHECKING, Any
 
