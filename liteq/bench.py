@@ -228,7 +228,8 @@ def _daemons(app_path: str, queue: str, concurrency: int, workdir: str, run: int
         yield started
 
 
-def _drain_once(app_path, queue, concurrency, workdir, label, options, timeout):
+def _drain_once(app_path: str, queue: str, concurrency: int, workdir: str, label: str,
+                options: dict[str, Any], timeout: float) -> float:
     """Start one daemon on a queue already filled, wait until nothing is pending or
     running, stop it; returns tasks/s over the finish window (first to last finish)."""
     from .backends import get_backend
@@ -247,11 +248,13 @@ def _drain_once(app_path, queue, concurrency, workdir, label, options, timeout):
     if done != total:
         raise RuntimeError(f"benchmark drain {label}: {done} of {total} tasks done "
                            f"within {timeout:g} s")
+    assert first is not None and last is not None, "no task was done"
     return total / max(last - first, 1e-9)
 
 
-def run_async_bench(tasks=10000, concurrency=2, async_concurrency=100, repeat=3,
-                    progress=None, db=None):
+def run_async_bench(tasks: int = 10000, concurrency: int = 2, async_concurrency: int = 100,
+                    repeat: int = 3, progress: Progress | None = None,
+                    db: str | None = None) -> dict[str, Any]:
     """The async-sleep workload: `tasks` coroutine tasks that each `await
     asyncio.sleep(0.01)`, drained by `concurrency` children, once with
     --async-concurrency 1 (one coroutine per child at a time, the baseline) and once
@@ -266,7 +269,8 @@ def run_async_bench(tasks=10000, concurrency=2, async_concurrency=100, repeat=3,
         f.write(BENCH_APP)
     sys.path.insert(0, workdir)
     try:
-        import liteq_bench_app as app
+        app = importlib.import_module("liteq_bench_app")  # written above
+        figures: dict[str, Any]
         figures = {"workload": "async-sleep", "tasks": tasks, "concurrency": concurrency,
                    "async_concurrency": async_concurrency, "repeat": repeat,
                    "backend": scratch.kind.lower(), "runs": {}}
@@ -301,7 +305,7 @@ def run_async_bench(tasks=10000, concurrency=2, async_concurrency=100, repeat=3,
         shutil.rmtree(workdir, ignore_errors=True)
 
 
-def render_async(figures):
+def render_async(figures: dict[str, Any]) -> str:
     """The async-sleep workload's results as an aligned text table."""
     med = figures["median"]
     kind = "PostgreSQL" if figures.get("backend") == "postgresql" else "SQLite"
