@@ -185,8 +185,24 @@ def _run_example(name, record_property, **env):
         try:
             out, err = proc.communicate(timeout=RUN_TIMEOUT)
         except subprocess.TimeoutExpired:
+            # Its daemon (a session of its own) holds the output pipes open: stop it
+            # too, or reading the rest of the output would wait for it forever. Found
+            # as a descendant while the example lives: the daemon's process title
+            # overwrites the environment that carries MARKER.
+            try:
+                started = psutil.Process(proc.pid).children(recursive=True)
+            except psutil.Error:
+                started = []
             os.killpg(proc.pid, signal.SIGKILL)
-            out, err = proc.communicate()
+            for p in started + _leftovers(token, path, since):
+                try:
+                    p.kill()
+                except psutil.Error:
+                    pass
+            try:
+                out, err = proc.communicate(timeout=10)
+            except subprocess.TimeoutExpired:
+                out, err = "(not read: the pipes stayed open)", ""
             pytest.fail(f"examples/{name} did not finish within {RUN_TIMEOUT:g} s\n"
                         f"--- stdout ---\n{out}\n--- stderr ---\n{err}")
         seconds = time.time() - since
