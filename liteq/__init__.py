@@ -61,7 +61,7 @@ def purge_tasks(older_than: float) -> int:
 
 
 def __getattr__(name: str) -> Any:
-    # liteq.Scheduler (the seed exported it here) loads croniter only when asked for.
+    # liteq.Scheduler (liteq 0.2 exported it here) loads croniter only when asked for.
     if name == "Scheduler":
         from .scheduler import Scheduler
         return Scheduler

@@ -33,7 +33,7 @@ def refuse_loop_at_import(call: str) -> None:
     """Raise AppStartsLoop when LiteQ is importing an app in this thread.
 
     Scheduler.run() and Worker.run() call it first: reached at the app's import
-    (the seed README's snippets end with such a call), the loop would block the
+    (the snippets of liteq 0.2's README end with such a call), the loop would block the
     import forever and the CLI would never start.
     """
     app = getattr(_importing, "app", None)

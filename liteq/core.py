@@ -19,7 +19,7 @@ from .taskspec import (NewTask, NewTasks, TaskOptions, check_depends_on, check_n
                        check_number, check_unique_key, derive_unique_key)
 from .rates import parse_rate
 from .timeutil import due_from
-from .status import get_task_status as get_task_status  # the seed's liteq.core.get_task_status
+from .status import get_task_status as get_task_status  # liteq 0.2's liteq.core.get_task_status
 from .handle import TaskHandle, handle_of, handles
 
 if TYPE_CHECKING:
@@ -70,7 +70,7 @@ class Task(Generic[P, R]):
         self.is_async = inspect.iscoroutinefunction(fn)
         functools.update_wrapper(self, fn)
 
-    # The options read as attributes, as in the seed project (task.queue, ...).
+    # The options read as attributes, as in liteq 0.2 (task.queue, ...).
     queue = property(lambda self: self.options.queue)
     priority = property(lambda self: self.options.priority)
     max_retries = property(lambda self: self.options.max_retries)
@@ -105,7 +105,7 @@ class Task(Generic[P, R]):
     def schedule(self, when: Any = _UNSET, *args: Any, **kwargs: Any) -> TaskHandle[R]:
         """Enqueue a call to run at `when`: a datetime (naive = local time), an
         ISO-8601 string (read the same way), a timedelta, or a number of seconds
-        from now. Returns the task id. The seed project's keyword `run_at=` names
+        from now. Returns the task id. liteq 0.2's keyword `run_at=` names
         `when` too, when `when` is not given."""
         if when is _UNSET:
             if "run_at" not in kwargs:
@@ -230,16 +230,16 @@ class AsyncTask(Task[P, R]):
 
 
 class _TaskProxyType(type):
-    # Every Task is a TaskProxy for isinstance(), as every @task was one in the seed.
+    # Every Task is a TaskProxy for isinstance(), as every @task was one in liteq 0.2.
     def __instancecheck__(cls, obj: object) -> bool:
         return isinstance(obj, Task)
 
 
 class TaskProxy(Task[..., Any], metaclass=_TaskProxyType):
-    """The seed project's name for a task object.
+    """liteq 0.2's name for a task object.
 
     TaskProxy(fn, name, queue, max_retries, timeout) builds and registers one, as
-    in the seed; isinstance(x, TaskProxy) is true of every task.
+    in liteq 0.2; isinstance(x, TaskProxy) is true of every task.
     """
 
     def __init__(self, fn: Callable[..., Any], name: str | None = None,
@@ -314,7 +314,7 @@ def _concurrency(value: object) -> int | None:
     return value
 
 
-# The seed project's @task(queue, max_retries, name, timeout), in that order.
+# liteq 0.2's @task(queue, max_retries, name, timeout), in that order.
 _SEED_POSITIONAL = ("queue", "max_retries", "name", "timeout")
 
 
@@ -367,7 +367,7 @@ def task(fn: Any = None, /, *positional: Any, name: str | None = None,
     rate_limit="100/s" (or "/m", "/min", "/h", or a number a second): at most that
     many start, evenly spread, over every daemon on the database.
 
-    The seed project's positional form `@task(queue, max_retries, name, timeout)`
+    liteq 0.2's positional form `@task(queue, max_retries, name, timeout)`
     works too.
     """
     if isinstance(fn, str):

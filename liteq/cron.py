@@ -216,7 +216,7 @@ def next_run_after(cron: str, after: datetime | float | None = None, tz: str | N
 
 
 
-# The seed project's names for a cron expression's fields, and croniter's aliases.
+# liteq 0.2's names for a cron expression's fields, and croniter's aliases.
 _FIELD_NAMES = ("minute", "hour", "day", "month", "weekday", "second", "year")
 _ALIASES = {"@hourly": "0 * * * *", "@daily": "0 0 * * *", "@midnight": "0 0 * * *",
             "@weekly": "0 0 * * 0", "@monthly": "0 0 1 * *", "@yearly": "0 0 1 1 *",
@@ -224,7 +224,7 @@ _ALIASES = {"@hourly": "0 * * * *", "@daily": "0 0 * * *", "@midnight": "0 0 * *
 
 
 def parse_cron(cron_expr: str) -> dict[str, str]:
-    """The fields of a cron expression by name, after checking it (the seed's function):
+    """The fields of a cron expression by name, after checking it (liteq 0.2's function):
     {minute, hour, day, month, weekday}, plus second and year when the expression
     has croniter's 6th and 7th fields. Raises ValueError for an invalid expression."""
     expr = normalize_cron(cron_expr)
@@ -234,6 +234,6 @@ def parse_cron(cron_expr: str) -> dict[str, str]:
 
 def calculate_next_run(cron_expr: str, from_time: datetime | None = None) -> datetime:
     """The first fire time of `cron_expr` after `from_time` (a naive local datetime,
-    default now), as a naive local datetime: the seed's function, with full cron
+    default now), as a naive local datetime: liteq 0.2's function, with full cron
     syntax. next_run_after() gives epoch seconds and takes a zone."""
     return datetime.fromtimestamp(next_run_after(cron_expr, from_time))

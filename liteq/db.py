@@ -1,11 +1,11 @@
-"""The seed-compatible database entry points: get_conn(), init_db() and DB_PATH.
+"""liteq 0.2-compatible database entry points: get_conn(), init_db() and DB_PATH.
 
-get_conn() is SQLite-only (the seed project knew no other database): it returns
+get_conn() is SQLite-only (liteq 0.2 knew no other database): it returns
 a raw sqlite3 connection to the file. Everything else in LiteQ goes through
 liteq.backends, which works on PostgreSQL too.
 
 DB_PATH reads LITEQ_DB (default liteq.db); assigning it (`liteq.db.DB_PATH =
-"jobs.db"`, as seed users did) sets LITEQ_DB, so every LiteQ call in this
+"jobs.db"`, as liteq 0.2 users did) sets LITEQ_DB, so every LiteQ call in this
 process, and every process it starts, uses that database.
 """
 
@@ -22,7 +22,7 @@ import sqlite3
 
 class _DbModule(types.ModuleType):
     @property
-    def DB_PATH(self) -> str:  # noqa: N802 (the seed's name)
+    def DB_PATH(self) -> str:  # noqa: N802 (liteq 0.2's name)
         return settings.db_path()
 
     @DB_PATH.setter

@@ -63,7 +63,7 @@ def render_sql(st: dict[str, Any], statements: list[str]) -> str:
             f"version {st['version']} -> {st['target']}",
             "-- Review, then apply in one go (it is one transaction)."]
     if any("liteq_seed_epoch" in s for s in statements):
-        head.append("-- NOTE: converting the seed project's text times calls a function only "
+        head.append("-- NOTE: converting liteq 0.2's text times calls a function only "
                     "LiteQ defines; apply this one with `liteq db upgrade`.")
     return "\n".join(head + [s.rstrip(";") + ";" for s in statements])
 

@@ -59,7 +59,7 @@ class ConfigError(LiteQError, ValueError):
 class NotATaskError(LiteQError, TypeError, ValueError):
     """A function that is not a @task was given where a task is needed.
 
-    A TypeError, and a ValueError as the seed project raised, so either except works.
+    A TypeError, and a ValueError as liteq 0.2 raised, so either except works.
     """
 
 

@@ -23,7 +23,7 @@ Unlike FastAPI's own BackgroundTasks, add_task() does not run the function
 after the response in this process: it enqueues it (one durable INSERT, done
 before add_task returns) for liteqd to run, and returns the task id.
 
-The object also reads back what it enqueued, as the seed project's did:
+The object also reads back what it enqueued, as liteq 0.2's did:
 background.task_ids (or .tasks), background.get_task_status(task_id) and
 background.get_all_statuses().
 
@@ -119,9 +119,9 @@ async def aenqueue_task(fn: Task[..., R], *args: Any, **kwargs: Any) -> TaskHand
 class TaskEnqueuer:
     """What an endpoint receives for a LiteQBackgroundTasks parameter.
 
-    add_task() enqueues at once and returns the task id; task_ids (or tasks, the
-    seed project's name) lists the ids enqueued through this object (one object
-    per request). Built by hand, as the seed allowed, queue= and priority= are
+    add_task() enqueues at once and returns the task id; task_ids (or tasks, liteq
+    0.2's name) lists the ids enqueued through this object (one object
+    per request). Built by hand, as liteq 0.2 allowed, queue= and priority= are
     the defaults of its add_task() calls (None: the task's own).
     """
 
@@ -136,7 +136,7 @@ class TaskEnqueuer:
 
     @property
     def tasks(self) -> list[TaskHandle[Any]]:
-        """The seed's name for task_ids."""
+        """liteq 0.2's name for task_ids."""
         return self.task_ids
 
     def add_task(self, fn: Task[..., R], *args: Any, **kwargs: Any) -> TaskHandle[R]:

@@ -1,4 +1,4 @@
-"""Queue statistics for dashboards and scripts, named as in the seed project.
+"""Queue statistics for dashboards and scripts, named as in liteq 0.2.
 
 Each function reads LITEQ_DB's queue, or the backend given as `store` (the web
 panel passes its own).

@@ -278,7 +278,7 @@ def list_schedules(backend: Backend | None = None) -> list[dict[str, Any]]:
     """Every schedule as a dict, by name.
 
     Keys: id, name, task_name, cron_expr, args, kwargs, payload (their JSON
-    text, as the seed gave it), queue, priority,
+    text, as liteq 0.2 gave it), queue, priority,
     max_retries (None: the task's own), tz (None: the machine's zone), catchup,
     enabled (bool), next_run and last_run (ISO-8601 strings or None),
     next_run_ts and last_run_ts (epoch seconds or None), created_at, updated_at.

@@ -70,7 +70,7 @@ class Scheduler:
 
     @property
     def running(self) -> bool:
-        """True while run() runs (the seed's flag). Setting it to False stops run(), from
+        """True while run() runs (liteq 0.2's flag). Setting it to False stops run(), from
         any thread, as .stop() does."""
         return self._pipe is not None and not self._stopping
 

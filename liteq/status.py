@@ -155,7 +155,7 @@ def task_row_to_dict(row: dict[str, Any]) -> TaskStatus:
     out["state"] = task_state(row["status"], row["started_at"])
     out["waiting_for_child"] = out["state"] == "claimed"
     out["result"] = decode_result(row["result"])
-    out["payload"] = row["payload"]  # the call's JSON text, as the seed returned it
+    out["payload"] = row["payload"]  # the call's JSON text, as liteq 0.2 returned it
     try:
         out["args"], out["kwargs"] = decode_payload(row["payload"])
     except ValueError:
@@ -168,7 +168,7 @@ def get_task_status(task_id: int) -> TaskStatus | None:
 
     Keys: id, name, queue, status, priority, attempts, max_retries, worker_id,
     run_at, created_at, started_at, finished_at, result, error, args, kwargs,
-    timeout and payload (the arguments' JSON text, as the seed project gave it),
+    timeout and payload (the arguments' JSON text, as liteq 0.2 gave it),
     plus state and waiting_for_child: a task a daemon claimed (status "running",
     worker_id set) that none of its children has started yet has state "claimed",
     waiting_for_child True and started_at None; once a child starts it, state is

@@ -6,7 +6,7 @@
 The tasks are the ones already registered in this process (import your task
 module first). This is the same supervisor `liteqd` runs: forked children,
 time limits, crash recovery; it returns when stopped (SIGTERM or Ctrl-C, or
-`worker.shutdown = True` from another thread, as in the seed project).
+`worker.shutdown = True` from another thread, as in liteq 0.2).
 """
 
 import os
@@ -63,8 +63,8 @@ class _StopRequest:
 class Worker:
     """A foreground supervisor over this process's registered tasks.
 
-    Worker(queues, concurrency, task_timeout) is the seed project's signature;
-    task_timeout is the seed's name for timeout (the time limit, in seconds, of
+    Worker(queues, concurrency, task_timeout) is liteq 0.2's signature;
+    task_timeout is liteq 0.2's name for timeout (the time limit, in seconds, of
     tasks that set none).
     """
 
@@ -90,13 +90,13 @@ class Worker:
 
     @property
     def task_timeout(self) -> float | None:
-        """The seed's name for `timeout`."""
+        """liteq 0.2's name for `timeout`."""
         return self.timeout
 
     @property
     def shutdown(self) -> bool:
         """True once a stop was asked for. Setting it to True (from any thread) stops
-        a running run() gracefully, as the seed's flag did; set before run(), run()
+        a running run() gracefully, as liteq 0.2's flag did; set before run(), run()
         returns at once."""
         return self._shutdown
 

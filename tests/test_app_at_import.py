@@ -1,4 +1,4 @@
-"""An app file that starts its own loop at import (the seed README's snippets end with
+"""An app file that starts its own loop at import (liteq 0.2's README snippets end with
 `Scheduler(check_interval=60).run()` or `Worker(...).run()`), given to the CLIs that
 import apps: each stops at once with one clear line and a non-zero exit, instead of
 hanging in the import or starting a second loop.
@@ -23,7 +23,7 @@ LITEQD = os.path.join(BIN, "liteqd")
 REFUSE_LIMIT = 30
 
 APPS = {
-    # The seed README's cron snippet, with a per-second schedule so that a second
+    # liteq 0.2's README cron snippet, with a per-second schedule so that a second
     # scheduler would enqueue something at once.
     "scheduler_app.py": """
         from liteq import task, register_schedule
@@ -38,7 +38,7 @@ APPS = {
         scheduler = Scheduler(check_interval=60)
         scheduler.run()
         """,
-    # The seed README's "run a worker from Python" snippet.
+    # liteq 0.2's README "run a worker from Python" snippet.
     "worker_app.py": """
         from liteq import task
         from liteq.db import init_db

@@ -263,7 +263,7 @@ def test_reply_timeout_and_the_deprecated_timeout(db, workdir):
     assert "--timeout is deprecated here" in out.stderr and "--reply-timeout" in out.stderr
     out = ctl("--reply-timeout", "x", "ping")
     assert out.returncode == 2 and "--reply-timeout" in out.stderr
-    # liteqd's --timeout (the seed's `liteq worker --timeout 60`) is the task time limit.
+    # liteqd's --timeout (liteq 0.2's `liteq worker --timeout 60`) is the task time limit.
     from liteqd import config
     cfg = config.resolve(config.build_parser().parse_args(["--app", "t.py", "--timeout", "60"]),
                          environ={})

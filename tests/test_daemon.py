@@ -44,7 +44,7 @@ def test_sync_and_async_tasks_run_and_store_results(daemons, app):
 
 
 def test_liteq_worker_cli_runs_tasks_from_two_queues(daemons, app):
-    # The seed's own command line, exactly as its README shows it (log format left on auto:
+    # liteq 0.2's own command line, exactly as its README shows it (log format left on auto:
     # stdout is a file, so the log is JSON).
     d = daemons.start(cmd=[LITEQ, "worker", "--app", APP, "--queues", "default,reports",
                            "--concurrency", "2", "--timeout", "60"])
@@ -80,7 +80,7 @@ def test_worker_class_runs_a_task_and_exits_0_on_sigterm(daemons, app):
 @pytest.mark.parametrize("case", ["no_tasks", "bad_database"])
 def test_worker_class_raises_on_errors_so_the_script_fails(daemons, case):
     # It used to print the error and return 2, so a script that ends with
-    # Worker(...).run(), as the seed README's does, exited 0.
+    # Worker(...).run(), as liteq 0.2's README does, exited 0.
     script = daemons.path("run_worker.py")
     setup = ("import sys\nsys.path.insert(0, %r)\nimport daemon_app\n" % APPS
              if case == "bad_database" else "")

@@ -1,7 +1,7 @@
 """liteq.db: connections, schema, pragmas, migration of seed databases, bad database files.
 
-SQLite only, every test (pytestmark): they are about SQLite itself (the seed's
-liteq.db.get_conn, PRAGMAs, WAL, the seed migration, a missing, read-only, locked or
+SQLite only, every test (pytestmark): they are about SQLite itself (liteq 0.2's
+liteq.db.get_conn, PRAGMAs, WAL, liteq 0.2 migration, a missing, read-only, locked or
 corrupt file), so each takes conftest's `db_path` and reads the file with sqlite3.
 """
 
@@ -263,7 +263,7 @@ def _make_seed_db(path):
     raw.execute("INSERT INTO workers (worker_id, hostname, queues, concurrency) "
                 "VALUES ('w-old', 'oldhost', 'default,emails', 4)")
     every5 = ("cleanup", "*/5 * * * *", '{"args": [], "kwargs": {}}')
-    for _ in range(3):  # the seed added the schedule again at every start
+    for _ in range(3):  # liteq 0.2 added the schedule again at every start
         raw.execute("INSERT INTO schedules (task_name, cron_expr, payload) VALUES (?,?,?)", every5)
     raw.execute("INSERT INTO schedules (task_name, cron_expr, payload, next_run) VALUES (?,?,?,?)",
                 ("daily_backup", "0 2 * * *", '{"args": [], "kwargs": {}}', "2026-01-02 02:00:00"))
@@ -336,7 +336,7 @@ def test_seed_database_is_migrated_in_place(db_path):
     backup = next(s for s in schedules if s["task_name"] == "daily_backup")
     assert backup["next_run"] == pytest.approx(_utc("2026-01-02 02:00:00"), abs=0.01)
 
-    # The seed's index is gone, ours are in place.
+    # liteq 0.2's index is gone, ours are in place.
     assert "idx_fetch" not in index_names
     assert "idx_tasks_claim" in index_names
 
@@ -365,7 +365,7 @@ def test_migrated_pending_task_comes_due_and_ids_continue(db_path, clean_registr
         conn.close()
 
 
-# The seed's released schema (PyPI liteq 0.2.1, liteq/db.py init_db), verbatim.
+# liteq 0.2's released schema (PyPI liteq 0.2.1, liteq/db.py init_db), verbatim.
 SEED_021_SCHEMA = """
 CREATE TABLE tasks (id INTEGER PRIMARY KEY AUTOINCREMENT, name TEXT NOT NULL, payload TEXT NOT NULL, queue TEXT NOT NULL, status TEXT DEFAULT 'pending', priority INTEGER DEFAULT 0, attempts INTEGER DEFAULT 0, max_retries INTEGER DEFAULT 3, worker_id TEXT, run_at DATETIME DEFAULT CURRENT_TIMESTAMP, created_at DATETIME DEFAULT CURRENT_TIMESTAMP, started_at DATETIME, finished_at DATETIME, result TEXT, error TEXT, timeout INTEGER);
 CREATE TABLE workers (worker_id TEXT PRIMARY KEY, hostname TEXT, queues TEXT, concurrency INTEGER, last_heartbeat DATETIME DEFAULT CURRENT_TIMESTAMP);
@@ -377,7 +377,7 @@ _EMPTY_PAYLOAD = '{"args": [], "kwargs": {}}'
 
 
 def _migrate_in_zone(path, tz):
-    """Migrate the seed database at `path` in a fresh process whose local zone is `tz`
+    """Migrate liteq 0.2 database at `path` in a fresh process whose local zone is `tz`
     (the C library reads TZ once per process); returns get_task_status() of every task."""
     script = ("import json, liteq\nfrom liteq.db import init_db\ninit_db()\n"
               "print(json.dumps({i: liteq.get_task_status(i) for i in %s}))")
@@ -453,13 +453,13 @@ def test_seed_text_forms_with_an_offset_numbers_and_garbage():
 
 @pytest.mark.parametrize("tz", ["Asia/Tokyo", "America/New_York", "Australia/Adelaide"])
 def test_seed_times_are_read_in_the_zone_they_were_written_in(db_path, tz):
-    # The seed stored CURRENT_TIMESTAMP (UTC, ' ') and isoformat() of a naive
+    # liteq 0.2 stored CURRENT_TIMESTAMP (UTC, ' ') and isoformat() of a naive
     # datetime.now() (local time, 'T') side by side; each keeps its meaning.
     zone = ZoneInfo(tz)
     raw = sqlite3.connect(db_path)
     raw.executescript(SEED_021_SCHEMA)
     before = time.time()
-    # my_task.schedule(datetime.now() + timedelta(minutes=10)) in the seed, on this host:
+    # my_task.schedule(datetime.now() + timedelta(minutes=10)) in liteq 0.2, on this host:
     in_ten = (datetime.now(zone).replace(tzinfo=None) + timedelta(minutes=10)).isoformat()
     raw.execute("INSERT INTO tasks (id, name, payload, queue, run_at) VALUES (1, 'later', ?, "
                 "'default', ?)", (_EMPTY_PAYLOAD, in_ten))

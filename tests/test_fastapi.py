@@ -29,7 +29,7 @@ def send_email(db, clean_registry):
 
 @pytest.fixture
 def seed_app(send_email):
-    """The seed README's FastAPI example, as shown there (plus the ready router)."""
+    """liteq 0.2's README FastAPI example, as shown there (plus the ready router)."""
     app = FastAPI()
 
     @app.post("/send-email")

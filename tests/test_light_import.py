@@ -1,6 +1,6 @@
 """An app that only enqueues pays for none of the daemon's dependencies.
 
-SQLite only (pytestmark): the probe app uses the seed's liteq.db.get_conn/init_db,
+SQLite only (pytestmark): the probe app uses liteq 0.2's liteq.db.get_conn/init_db,
 which are SQLite's.
 """
 

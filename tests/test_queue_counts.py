@@ -84,7 +84,7 @@ def test_groups_over_the_limit_are_estimated_and_the_others_stay_exact(db):
     assert 0.85 * 280 <= rows["big", "pending"]["count"] <= 1.15 * 280, rows
     assert 0.85 * 120 <= rows["big", "done"]["count"] <= 1.15 * 120, rows
     assert min(rows["big", "pending"]["count"], rows["big", "done"]["count"]) > LIMIT
-    # The seed's API and the default stay exact.
+    # liteq 0.2's API and the default stay exact.
     exact = {(r["queue"], r["status"]): r["count"] for r in monitoring.get_queue_stats()}
     assert exact == {("big", "pending"): 280, ("big", "done"): 120,
                      ("small", "pending"): 7, ("small", "failed"): 2}
@@ -169,7 +169,7 @@ def test_the_panel_marks_estimated_counts(db, monkeypatch):
     assert rows["big"]["estimated"] == ["pending", "done"]
     assert rows["small"]["estimated"] == [] and rows["small"]["counts"]["pending"] == 7
     assert api["counts"]["estimated"] == ["pending", "done"]
-    # The seed's JSON list (get_queue_stats) stays exact.
+    # liteq 0.2's JSON list (get_queue_stats) stays exact.
     assert {(r["queue"], r["status"]): r["count"] for r in seed_list} == {
         ("big", "pending"): 280, ("big", "done"): 120, ("small", "pending"): 7,
         ("small", "failed"): 2}

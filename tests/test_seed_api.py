@@ -1,6 +1,6 @@
-"""The seed project's Python API (PyPI liteq 0.2.1), name by name: every public name,
+"""liteq 0.2's Python API (PyPI liteq 0.2.1), name by name: every public name,
 keyword and dict key of its released code works here, except the ones README.md lists
-under "From the seed project" with the reason.
+under "From liteq 0.2" with the reason.
 
 Real SQLite files, real daemons (tests/daemon_helpers.py kills every process a test
 started), a real FastAPI app.
@@ -17,7 +17,7 @@ from liteq import backends
 
 from daemon_helpers import put_task, APPS, PYTHON, app, daemons, wait_status  # noqa: F401
 
-# The columns of the seed's tasks table: its get_task_status() returned dict(row).
+# The columns of liteq 0.2's tasks table: its get_task_status() returned dict(row).
 SEED_TASK_KEYS = {"id", "name", "payload", "queue", "status", "priority", "attempts",
                   "max_retries", "worker_id", "run_at", "created_at", "started_at",
                   "finished_at", "result", "error", "timeout"}
@@ -25,7 +25,7 @@ SEED_TASK_KEYS = {"id", "name", "payload", "queue", "status", "priority", "attem
 
 @pytest.fixture
 def seed_tasks(db, clean_registry):
-    """Two tasks declared the seed's way."""
+    """Two tasks declared liteq 0.2's way."""
     @liteq.task(queue="emails", timeout=60)
     async def send_email(to: str, subject: str):
         return {"sent": True}
@@ -40,7 +40,7 @@ def seed_tasks(db, clean_registry):
 # ---- liteq.worker.Worker -------------------------------------------------------------------
 
 def test_worker_takes_the_seeds_task_timeout_keyword(daemons, app):
-    # The seed's Worker(queues, concurrency, task_timeout=None): a time limit for tasks
+    # liteq 0.2's Worker(queues, concurrency, task_timeout=None): a time limit for tasks
     # that set none. Here it kills the task, as liteqd's --timeout does.
     script = daemons.path("run_worker.py")
     with open(script, "w") as f:
@@ -63,7 +63,7 @@ def test_worker_takes_the_seeds_task_timeout_keyword(daemons, app):
 
 
 def test_worker_shutdown_flag_set_from_another_thread_stops_run(daemons, app):
-    # The seed's Worker.run() looped `while not self.shutdown`; a thread that sets the
+    # liteq 0.2's Worker.run() looped `while not self.shutdown`; a thread that sets the
     # flag stops it gracefully, and run() returns 0.
     script = daemons.path("run_worker.py")
     stop_file = daemons.path("stop-now")
@@ -100,11 +100,11 @@ def test_get_task_status_has_every_key_of_the_seed(seed_tasks):
     tid = send_email.delay("a@example.com", subject="Hi")
     status = liteq.get_task_status(tid)
     assert SEED_TASK_KEYS <= set(status), SEED_TASK_KEYS - set(status)
-    # payload: the JSON text of the call, as the seed stored and returned it.
+    # payload: the JSON text of the call, as liteq 0.2 stored and returned it.
     assert isinstance(status["payload"], str)
     assert json.loads(status["payload"]) == {"args": ["a@example.com"],
                                              "kwargs": {"subject": "Hi"}}
-    # The seed's liteq.core.get_task_status is the same function.
+    # liteq 0.2's liteq.core.get_task_status is the same function.
     from liteq.core import get_task_status
     assert get_task_status(tid) == status
 
@@ -162,7 +162,7 @@ def test_background_tasks_built_by_hand_as_in_the_seed(seed_tasks):
     assert (row["queue"], row["priority"]) == ("urgent", 7)
     backends.get_backend().cancel(tid)
     assert [s["status"] for s in background.get_all_statuses()] == ["cancelled"]
-    # A task that no longer exists is left out, as in the seed.
+    # A task that no longer exists is left out, as in liteq 0.2.
     backends.get_backend().purge(-10)
     assert background.get_all_statuses() == []
 
@@ -174,7 +174,7 @@ def test_a_function_that_is_not_a_task_raises_the_seeds_value_error_too(seed_tas
         return x
 
     for call in (lambda: enqueue_task(plain, 1), lambda: LiteQBackgroundTasks().add_task(plain, 1)):
-        with pytest.raises(ValueError, match="not a LiteQ task"):   # the seed's class
+        with pytest.raises(ValueError, match="not a LiteQ task"):   # liteq 0.2's class
             call()
         with pytest.raises(TypeError, match="not a LiteQ task"):    # LiteQ's
             call()
@@ -200,7 +200,7 @@ def test_task_proxy_is_the_task_class_and_registers_when_built(seed_tasks):
     def resize(path, width):
         return [path, width]
 
-    # The seed's TaskProxy(fn, name, queue, max_retries, timeout), built by hand.
+    # liteq 0.2's TaskProxy(fn, name, queue, max_retries, timeout), built by hand.
     proxy = TaskProxy(resize, "resize_image", "images", 2, 30)
     assert TASK_REGISTRY["resize_image"] is proxy
     assert (proxy.fn, proxy.name, proxy.queue, proxy.max_retries, proxy.timeout) == (
@@ -314,8 +314,8 @@ def test_register_schedule_keywords_and_list_schedules_keys_of_the_seed(db_path,
     def undecorated():
         return 1
 
-    # The seed raised ValueError for what it could not schedule; LiteQ also refuses a
-    # function without @task (README: "From the seed project").
+    # liteq 0.2 raised ValueError for what it could not schedule; LiteQ also refuses a
+    # function without @task (README: "From liteq 0.2").
     for bad in (42, undecorated):
         with pytest.raises(ValueError, match="not a LiteQ task"):
             register_schedule(bad, "*/5 * * * *")
@@ -335,7 +335,7 @@ def test_scheduler_running_flag_reads_and_stops_the_loop(db_path):
     while not sched.running:
         assert time.monotonic() < deadline, "the scheduler never started"
         time.sleep(0.01)
-    sched.running = False            # the seed's way to stop it
+    sched.running = False            # liteq 0.2's way to stop it
     thread.join(10)
     assert not thread.is_alive() and sched.running is False
 
@@ -354,7 +354,7 @@ def test_active_workers_list_their_queues_as_the_seed_did(db_path):
             "active_tasks"} <= set(worker)
 
 
-# ---- the monitor's JSON API (the seed's liteq/web.py) ------------------------------------------
+# ---- the monitor's JSON API (liteq 0.2's liteq/web.py) ------------------------------------------
 
 @pytest.fixture
 def panel_tasks(db):
@@ -402,9 +402,9 @@ def test_the_seeds_json_reads(panel_tasks):
 
 
 def test_the_seeds_json_actions_under_the_panels_rules(panel_tasks):
-    # The seed's POST /api/tasks/{id}/retry and /cancel, answered {"status": "success"}.
+    # liteq 0.2's POST /api/tasks/{id}/retry and /cancel, answered {"status": "success"}.
     # Like every action of the panel they need the Bearer token (scripts) or the CSRF
-    # token; a bare cross-site POST is refused (README: "From the seed project").
+    # token; a bare cross-site POST is refused (README: "From liteq 0.2").
     store = backends.get_backend()
     c = _panel(token="s3cret")
     bearer = {"authorization": "Bearer s3cret"}
@@ -461,7 +461,7 @@ def test_run_monitor_serves_the_panel(daemons, panel_tasks):
 # ---- the version ---------------------------------------------------------------------------
 
 def test_one_version_above_every_seed_release_everywhere():
-    # The seed's last release is 0.2.1 and its code calls itself 0.3.0: pip must see an
+    # liteq 0.2's last release is 0.2.1 and its code calls itself 0.3.0: pip must see an
     # upgrade. liteq.__version__ is the one source; the metadata and CLIs read it.
     import os
     from importlib.metadata import version

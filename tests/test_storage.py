@@ -130,7 +130,7 @@ def test_next_due(store):
 
 
 def test_task_scheduled_one_second_ahead_comes_due_one_second_later(db, clean_registry):
-    """Regression: the seed compared isoformat text with CURRENT_TIMESTAMP text, so
+    """Regression: liteq 0.2 compared isoformat text with CURRENT_TIMESTAMP text, so
     delayed and retried tasks never came due. Every form of 'one second from now'."""
     @task
     def later(tag):
@@ -471,7 +471,7 @@ def test_monitoring_functions_return_the_seed_keys(db, clean_registry):
     assert {"worker_id", "hostname", "queues", "concurrency", "last_heartbeat",
             "active_tasks"} <= set(w)
     assert (w["hostname"], w["queues"], w["concurrency"], w["active_tasks"]) == (
-        "host-w1", ["a", "b"], 4, 1)  # a list, as the seed gave it
+        "host-w1", ["a", "b"], 4, 1)  # a list, as liteq 0.2 gave it
     assert abs(datetime.fromisoformat(w["last_heartbeat"]).timestamp() - time.time()) < 10
 
 

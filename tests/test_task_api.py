@@ -117,7 +117,7 @@ def test_invalid_decorator_options_raise(clean_registry, options, exc):
 
 
 def test_positional_option_that_is_not_the_seeds_is_refused(clean_registry):
-    # task("emails", 5) is the seed's positional form (queue, max_retries, ...);
+    # task("emails", 5) is liteq 0.2's positional form (queue, max_retries, ...);
     # anything else in first place is a mistake.
     with pytest.raises(TypeError, match="keyword"):
         task(5)

@@ -3,7 +3,7 @@
     liteq monitor --port 5151                  # http://127.0.0.1:5151/
     liteq monitor --host 0.0.0.0 --token "$(openssl rand -hex 16)"
 
-From Python, `run_monitor(host="127.0.0.1", port=5151)` (the seed's name) serves it
+From Python, `run_monitor(host="127.0.0.1", port=5151)` (liteq 0.2's name) serves it
 the same way. Or mount it in your own ASGI server:
 
     from liteq.web import create_app
@@ -22,7 +22,7 @@ __all__ = ["create_app", "run_monitor"]
 
 def run_monitor(host: str = "127.0.0.1", port: int = 5151) -> int:
     """Serve the panel until stopped, as `liteq monitor --host HOST --port PORT` does
-    (the seed project's entry point); returns the exit code."""
+    (liteq 0.2's entry point); returns the exit code."""
     from .cli import main
     return main(["--host", str(host), "--port", str(port)])
 

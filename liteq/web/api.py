@@ -2,7 +2,7 @@
 
 The database keeps epoch seconds; these helpers turn every time field of what the
 API returns into ISO 8601 strings (liteq.timeutil.to_iso, as get_task_status()
-gives them), and read the seed's lists with the pages' filters.
+gives them), and read liteq 0.2's lists with the pages' filters.
 """
 
 from typing import Any

@@ -9,8 +9,8 @@ Actions (POST, CSRF-protected): /tasks/{id}/retry, /tasks/{id}/cancel,
 /tasks/bulk (cancel, retry or purge all a filter matches, after a confirmation
 page), /failed/retry (all matching a filter), /queues/pause, /queues/resume,
 /schedules/{id}/enable, /disable and /run, /pools/scale, /logout.
-Machine-readable: /metrics (Prometheus), /api/overview, /api/tasks/{id}, and the
-seed project's /api/tasks, /api/failed-tasks, /api/queues, /api/workers (with the
+Machine-readable: /metrics (Prometheus), /api/overview, /api/tasks/{id}, and liteq
+0.2's /api/tasks, /api/failed-tasks, /api/queues, /api/workers (with the
 filters of the pages: status, queue, name, q, page, limit), with
 POST /api/tasks/{id}/retry and /cancel (CSRF-protected like every action). Every
 time in the API is ISO 8601 with its offset.
@@ -143,7 +143,7 @@ class Panel:
 
     def done(self, request, form, ok, message, default: str = "/"):
         """Answer an action: JSON for API clients (and /api/ paths), else redirect back
-        with a flash. The JSON's status is the seed's "success" (or "error")."""
+        with a flash. The JSON's status is liteq 0.2's "success" (or "error")."""
         if "application/json" in request.headers.get("accept", "") or \
                 route_path(request.scope).startswith("/api/"):
             return JSONResponse({"ok": ok, "status": "success" if ok else "error",
@@ -410,7 +410,7 @@ class Panel:
         return Response(body, media_type=CONTENT_TYPE_LATEST)
 
     async def api_overview(self, request):
-        """JSON: counts, the throughput series, pools and workers; plus the seed's
+        """JSON: counts, the throughput series, pools and workers; plus liteq 0.2's
         total_pending, total_running, total_failed, total_done, total_queues and
         active_workers (a count of heartbeats within 15 s)."""
         data = await self.data(views.overview)
@@ -429,7 +429,7 @@ class Panel:
                              "active_workers": len(live)})
 
     async def api_list(self, request):
-        """JSON, the seed's read API: /api/tasks and /api/failed-tasks (filtered by
+        """JSON, liteq 0.2's read API: /api/tasks and /api/failed-tasks (filtered by
         status, queue, name and q, paged by page and limit, default 50), /api/queues
         and /api/workers, as liteq.monitoring gives them, times in ISO 8601."""
         path = route_path(request.scope)

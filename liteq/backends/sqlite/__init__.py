@@ -1,7 +1,7 @@
 """The SQLite backend: one database file, WAL mode, one writer at a time.
 
 Wake-ups travel as datagrams to a socket beside the daemon's control socket
-(liteq.wakeup). The schema, its migrations (from the seed project's files too),
+(liteq.wakeup). The schema, its migrations (from liteq 0.2's files too),
 the connection set-up and the SQL of each group of operations live in the
 modules of this package.
 """

@@ -1,4 +1,4 @@
-"""The SQLite schema: tables, indexes, and migrations (from the seed project's files too).
+"""The SQLite schema: tables, indexes, and migrations (from liteq 0.2's files too).
 
 The version lives in PRAGMA user_version; ensure_schema() brings any file up to
 SCHEMA_VERSION under the write lock, so processes that start together migrate once.
@@ -99,7 +99,7 @@ _INDEXES = (
     "CREATE INDEX IF NOT EXISTS idx_task_deps_parent ON task_deps(parent_id)",
 )
 
-# Columns of the seed project's tables that held text times (CURRENT_TIMESTAMP
+# Columns of liteq 0.2's tables that held text times (CURRENT_TIMESTAMP
 # or isoformat()); migration turns them into epoch seconds.
 _TIME_COLUMNS = {"run_at", "created_at", "started_at", "finished_at",
                  "last_heartbeat", "next_run", "last_run", "updated_at", "process_started"}
@@ -109,7 +109,7 @@ def _table_columns(conn, table):
 
 
 def _epoch_expr(col) -> str:
-    # Text times from the seed project, read exactly by seed_times
+    # Text times from liteq 0.2, read exactly by seed_times
     # (registered on the migrating connection by _migrate_v0_to_v1).
     return f"{seed_times.SQL_FUNCTION}({col})"
 
@@ -135,7 +135,7 @@ def _rebuild_table(conn, table, ddl, defaults) -> None:
 
 
 def _migrate_v0_to_v1(conn) -> None:
-    """Bring a fresh file, or one made by the seed project (user_version 0), to v1."""
+    """Bring a fresh file, or one made by liteq 0.2 (user_version 0), to v1."""
     tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")}
     t = repr(now())
     seed_times.register(conn)
@@ -161,7 +161,7 @@ def _migrate_v0_to_v1(conn) -> None:
     if "schedules" in tables:
         old = set(_table_columns(conn, "schedules"))
         if "name" not in old:
-            # The seed registered a schedule again on every start: keep one per
+            # liteq 0.2 registered a schedule again on every start: keep one per
             # (task, cron, payload), and name the survivors uniquely.
             conn.execute("DELETE FROM schedules WHERE id NOT IN (SELECT MIN(id) FROM schedules "
                          "GROUP BY task_name, cron_expr, payload)")
@@ -346,8 +346,8 @@ _NOT_RECORDED = ("SELECT", "BEGIN", "COMMIT", "ROLLBACK", "PRAGMA TABLE_INFO",
 def migration_sql(conn: sqlite3.Connection) -> list[str]:
     """The statements that migrate() would run on this file, without running them.
 
-    The migrations are Python functions (the first reads which tables a file from the
-    seed project has), so they run on a scratch copy of the file's schema in memory,
+    The migrations are Python functions (the first reads which tables a file from liteq
+    0.2 has), so they run on a scratch copy of the file's schema in memory,
     its rows left out, and every statement that changes something is recorded.
     Empty when the file is up to date.
     """

@@ -1,4 +1,4 @@
-"""The seed project's text times, read as what they are, in exact epoch seconds.
+"""liteq 0.2's text times, read as what they are, in exact epoch seconds.
 
 The project LiteQ grew from (PyPI `liteq` up to 0.2.1) stored times as text in
 two forms that look alike but mean different things:
@@ -44,7 +44,7 @@ def _offset_seconds(text: str) -> int:
 
 
 def seed_text_to_epoch(value: object) -> float | None:
-    """Epoch seconds (float) of a time the seed project stored, or None.
+    """Epoch seconds (float) of a time liteq 0.2 stored, or None.
 
     Numbers are returned as they are (already epoch seconds); text is read as
     the module docstring says; None and text that is not a date stay None.
