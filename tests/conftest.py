@@ -26,6 +26,21 @@ from daemon_helpers import registry_restored
 BACKEND_KINDS = ("sqlite", "postgresql")
 
 
+# The files from here on run in the second worker process (pyproject's addopts): the
+# two halves take about as long, and each worker runs its files in the order one
+# process would, so no file meets state (registered task names, say) that it
+# would not meet in a single run.
+SECOND_HALF_FROM = "test_hosts.py"
+
+
+def pytest_collection_modifyitems(config, items):
+    """Pin each test file to one of the two workers (pytest-xdist's loadgroup)."""
+    for item in items:
+        name = os.path.basename(str(item.fspath))
+        half = "second" if name >= SECOND_HALF_FROM else "first"
+        item.add_marker(pytest.mark.xdist_group(half))
+
+
 @pytest.hookimpl(tryfirst=True)  # before the parametrize marks and fixture params apply
 def pytest_generate_tests(metafunc):
     """Run the `db` of a test marked sqlite_only on SQLite alone.
