@@ -313,32 +313,32 @@ class Backend(abc.ABC):
                     statuses: tuple[str, ...] | None = None) -> int:
         """How many tasks match the optional filters (as find_tasks)."""
 
+    @abc.abstractmethod
     def match_task_ids(self, statuses: tuple[str, ...], status: str | None = None,
                        queue: str | None = None, name: str | None = None,
                        search: str | None = None, below: int | None = None,
                        limit: int = 500) -> list[int]:
         """Ids of tasks whose status is in `statuses` and that match the filters, with
         ids below `below`, newest first, at most `limit` (a bulk action's batch)."""
-        raise NotImplementedError
 
+    @abc.abstractmethod
     def cancel_many(self, task_ids: Iterable[int]) -> int:
         """cancel() for several tasks at once; returns how many were cancelled."""
-        raise NotImplementedError
 
+    @abc.abstractmethod
     def retry_many(self, task_ids: Iterable[int]) -> int:
         """Put these failed or cancelled tasks back to pending; returns how many."""
-        raise NotImplementedError
 
+    @abc.abstractmethod
     def delete_many(self, task_ids: Iterable[int]) -> int:
         """Delete these tasks if finished and nothing pending or running depends on
         them; returns how many."""
-        raise NotImplementedError
 
+    @abc.abstractmethod
     def queue_buckets(self, since: float, bucket: float) -> list[dict[str, Any]]:
         """[{queue, slot, done, failed, run_sum, run_max, timed}]: per queue and
         `bucket` seconds since `since`, the tasks finished done or failed, and the sum
         and maximum run time of the `timed` ones (those with a start time)."""
-        raise NotImplementedError
 
     @abc.abstractmethod
     def queue_stats(self, estimate: bool = False) -> list[dict[str, Any]]:
