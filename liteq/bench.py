@@ -292,6 +292,7 @@ def run_async_bench(tasks: int = 10000, concurrency: int = 2, async_concurrency:
         med = {k: statistics.median(v) for k, v in runs.items()}
         med["speedup"] = med["async_drain_per_s"] / med["baseline_per_s"]
         figures["median"] = med
+        figures["scratch_schemas"] = list(scratch.schemas)  # dropped on the way out
         return figures
     finally:
         sys.path.remove(workdir)
@@ -453,6 +454,7 @@ def run_bench(tasks: int = 20000, concurrency: int = 2, repeat: int = 3, samples
         medians["delay_daemon_vs_none"] = (medians["delay_daemon_per_s"]
                                            / medians["delay_later_per_s"])
         figures["median"] = medians
+        figures["scratch_schemas"] = list(scratch.schemas)  # dropped on the way out
         return figures
     finally:
         sys.path.remove(workdir)
