@@ -1,7 +1,7 @@
 """`liteqctl failed`, `liteqctl retry` and `liteqctl purge`: operators' commands on
 finished tasks. They work on the database itself (no daemon needed), through the
-backend's find_finished / count_finished / retry_failed / purge, the same calls
-as liteq.retry_task() and liteq.purge_tasks().
+backend's find_finished / count_finished and its retry_tasks / delete_tasks, the
+operations behind liteq.retry_task(), liteq.purge_tasks() and the panel's actions.
 
 Retry (in bulk) and purge ask before they act: on a terminal they prompt, and
 anywhere else they need --yes; --dry-run only counts.
@@ -18,6 +18,7 @@ from typing import Any, TextIO
 
 from liteq.backends import get_backend
 from liteq.backends.base import Backend
+from liteq.backends.filters import TaskFilter
 from liteq.status import task_row_to_dict
 from liteq.timeutil import to_iso
 
@@ -110,6 +111,12 @@ def _scope(args: argparse.Namespace, statuses: Sequence[str]) -> str:
 def _filters(args: argparse.Namespace) -> dict[str, Any]:
     return {"queue": args.queue, "name": args.name, "older_than": args.older_than,
             "ids": args.ids or None}
+
+
+def _chosen(args: argparse.Namespace, statuses: Sequence[str]) -> TaskFilter:
+    """The tasks a retry or purge acts on: its filters, among `statuses`."""
+    return TaskFilter(ids=tuple(args.ids) if args.ids else None, queue=args.queue,
+                      name=args.name, statuses=tuple(statuses), older_than=args.older_than)
 
 
 def confirm(question: str, yes: bool, stdin: TextIO | None = None,
@@ -211,9 +218,7 @@ def run_retry(args: argparse.Namespace, out: Callable[[str], None]) -> int:
     if not args.ids and not confirm(f"Retry {matched} {scope}?", args.yes):
         out("nothing retried")
         return 0
-    f = _filters(args)
-    done = store.retry_failed(queue=f["queue"], name=f["name"], ids=f["ids"],
-                              older_than=f["older_than"])
+    done = store.retry_tasks(_chosen(args, statuses))
     return _report(args, out, "retry", matched, done, scope, before,
                    _rows(store, args.ids), statuses)
 
@@ -234,9 +239,7 @@ def run_purge(args: argparse.Namespace, out: Callable[[str], None]) -> int:
     if not confirm(f"Delete {matched} {scope}?", args.yes):
         out("nothing deleted")
         return 0
-    f = _filters(args)
-    done = store.purge(f["older_than"], statuses, queue=f["queue"], name=f["name"],
-                       ids=f["ids"])
+    done = store.delete_tasks(_chosen(args, statuses))
     return _report(args, out, "purge", matched, done, scope, before,
                    _rows(store, args.ids), statuses)
 

@@ -31,6 +31,7 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from ..taskspec import NewTask, NewTasks
+    from .filters import TaskFilter
     from .limits import Limits
 
 TASK_STATUSES = ("pending", "running", "done", "failed", "cancelled")
@@ -386,6 +387,21 @@ class Backend(abc.ABC):
         the guards), and the daemon that runs it is told (wake-up channel; its
         poll is the fallback) to raise TaskCancelled in it and end its child. Its
         pending dependents are cancelled with it, transitively."""
+
+    @abc.abstractmethod
+    def cancel_tasks(self, f: TaskFilter) -> int:
+        """Cancel the pending and running tasks the filter chooses (as cancel() does
+        one); returns how many."""
+
+    @abc.abstractmethod
+    def retry_tasks(self, f: TaskFilter) -> int:
+        """Put the failed and cancelled tasks the filter chooses back to pending (as
+        retry_failed() does); returns how many."""
+
+    @abc.abstractmethod
+    def delete_tasks(self, f: TaskFilter) -> int:
+        """Delete the finished tasks the filter chooses (as purge() does); returns how
+        many."""
 
     @abc.abstractmethod
     def retry_failed(self, task_id: int | None = None, queue: str | None = None,

@@ -1,14 +1,24 @@
-"""SQL pieces both backends build the same way (only the driver's placeholder differs)."""
+"""SQL pieces both backends build the same way (only the driver's placeholder differs),
+and the filter of the operators' actions (TaskFilter) with the one check of task
+statuses every backend applies."""
 
-from collections.abc import Iterable
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+
+from .base import TASK_STATUSES as KNOWN_STATUSES
 
 
-def equal_filters(placeholder: str, **columns: object) -> tuple[str, list[object]]:
-    """A WHERE clause and its parameters for the columns given a value (None = any);
-    placeholder is the driver's parameter mark ('?' or '%s')."""
-    where = [f"{col} = {placeholder}" for col, val in columns.items() if val is not None]
-    params = [val for val in columns.values() if val is not None]
-    return ("WHERE " + " AND ".join(where)) if where else "", params
+def check_statuses(statuses: str | Iterable[str]) -> tuple[str, ...]:
+    """`statuses` as a tuple (a single string is one status), after checking that each
+    is a task status: the one ValueError every backend raises for an unknown one."""
+    chosen = (statuses,) if isinstance(statuses, str) else tuple(statuses)
+    unknown = sorted({s for s in chosen if s not in KNOWN_STATUSES}, key=repr)
+    if unknown:
+        raise ValueError(f"unknown task status(es) {unknown}; known: {KNOWN_STATUSES}")
+    return chosen
 
 
 def finished_status(status: str) -> str:
@@ -16,6 +26,7 @@ def finished_status(status: str) -> str:
 
     Prune puts it in its SQL as a literal, so the planner can prove the partial index
     of finished tasks applies (a parameter would mean a scan of the table)."""
+    check_statuses(status)
     if status not in ("done", "failed", "cancelled"):
         raise ValueError(f"prune takes a finished status (done, failed or cancelled), "
                          f"not {status!r}")
@@ -28,17 +39,6 @@ PRUNABLE = ("NOT EXISTS (SELECT 1 FROM task_deps AS d JOIN tasks AS c ON c.id = 
             "WHERE d.parent_id = tasks.id AND c.status IN ('pending', 'running'))")
 
 
-# A retried unique task must not take a key that a pending or running task holds
-# (it would be a duplicate, and the unique index would refuse the whole UPDATE);
-# such a task is left as it is. Of several failed tasks with one key, a bulk retry
-# retries the newest only.
-KEY_IS_FREE = ("(unique_key IS NULL OR NOT EXISTS (SELECT 1 FROM tasks AS k "
-               "WHERE k.unique_key = tasks.unique_key AND k.status IN ('pending', 'running')))")
-KEY_IS_FREE_FOR_NEWEST = (
-    "(unique_key IS NULL OR NOT EXISTS (SELECT 1 FROM tasks AS k "
-    "WHERE k.unique_key = tasks.unique_key AND (k.status IN ('pending', 'running') "
-    "OR (k.status = 'failed' AND k.id > tasks.id))))")
-
 
 FINISHED = ("done", "failed", "cancelled")
 
@@ -47,7 +47,7 @@ def finished_statuses(statuses: str | Iterable[str]) -> str:
     """The finished statuses (done, failed, cancelled) as SQL literals: "'done', 'failed'"
     (ValueError for any other). Literals, as in prune, so the partial index of finished
     tasks applies."""
-    chosen = (statuses,) if isinstance(statuses, str) else tuple(statuses)
+    chosen = check_statuses(statuses)
     bad = [s for s in chosen if s not in FINISHED]
     if bad or not chosen:
         raise ValueError(f"finished statuses are done, failed and cancelled; got "
@@ -100,9 +100,8 @@ def task_where(placeholder: str, like: str, *, status: str | None = None,
             where.append(f"{col} = {placeholder}")
             params.append(val)
     if statuses is not None:
-        known = ("pending", "running") + FINISHED
-        if not statuses or any(s not in known for s in statuses):
-            raise ValueError(f"statuses must be among {known}, got {statuses!r}")
+        if not check_statuses(statuses):
+            raise ValueError("statuses must name at least one task status")
         where.append("status IN (" + ", ".join(f"'{s}'" for s in statuses) + ")")
     if below is not None:
         where.append(f"id < {placeholder}")
@@ -118,9 +117,97 @@ def task_where(placeholder: str, like: str, *, status: str | None = None,
     return ("WHERE " + " AND ".join(where)) if where else "", params
 
 
-# A retried unique task must not take a key that a pending or running task holds;
-# of several finished tasks with one key, the newest is retried (as KEY_IS_FREE_FOR_NEWEST).
-KEY_IS_FREE_FOR_NEWEST_FINISHED = (
-    "(unique_key IS NULL OR NOT EXISTS (SELECT 1 FROM tasks AS k "
-    "WHERE k.unique_key = tasks.unique_key AND (k.status IN ('pending', 'running') "
-    "OR (k.status IN ('failed', 'cancelled') AND k.id > tasks.id))))")
+
+# ---- the operators' actions: cancel, retry, delete -----------------------------------
+
+CANCELLABLE = ("pending", "running")
+RETRYABLE = ("failed", "cancelled")
+
+
+@dataclass(frozen=True)
+class TaskFilter:
+    """Which tasks an operator's action (cancel, retry, delete) takes: every field
+    narrows the choice, None means any.
+
+    ids: these task ids; queue, name: equal to; statuses: among these (narrowed to
+    the ones the action can change; None: all of those); older_than: finished over
+    that many seconds ago (by the database's clock on PostgreSQL).
+    The values are checked when the filter is made, alike for every backend.
+    """
+
+    ids: tuple[int, ...] | None = None
+    queue: str | None = None
+    name: str | None = None
+    statuses: tuple[str, ...] | None = None
+    older_than: float | None = None
+
+    def __post_init__(self) -> None:
+        if self.ids is not None:
+            object.__setattr__(self, "ids", tuple(sorted({int(i) for i in self.ids})))
+        if self.statuses is not None:
+            object.__setattr__(self, "statuses", check_statuses(self.statuses))
+        if self.older_than is not None:
+            age = float(self.older_than)
+            if not math.isfinite(age):
+                raise ValueError(f"older_than must be a finite number, got {self.older_than!r}")
+            object.__setattr__(self, "older_than", age)
+
+    def chosen(self, action_statuses: tuple[str, ...]) -> tuple[str, ...]:
+        """The statuses this filter lets an action that changes `action_statuses`
+        touch, in the action's order (empty: the action touches nothing)."""
+        if self.statuses is None:
+            return action_statuses
+        return tuple(s for s in action_statuses if s in self.statuses)
+
+
+@dataclass(frozen=True)
+class Dialect:
+    """What differs between the backends in a filter's SQL: the parameter mark, and
+    how `finished over N seconds ago` is written (finished_before, with the parameter
+    age_param(N))."""
+
+    mark: str
+    finished_before: str
+    age_param: Callable[[float], object]
+
+
+def filter_where(dialect: Dialect, f: TaskFilter,
+                 statuses: tuple[str, ...]) -> tuple[str, list[object]]:
+    """The WHERE conditions (without WHERE) and parameters of the tasks `f` chooses
+    among `statuses` (a non-empty tuple of known statuses, put in as literals so the
+    planner sees them, as in prune)."""
+    conds, params = task_filters(dialect.mark, queue=f.queue, name=f.name, ids=f.ids)
+    conds.insert(0, "status IN (" + ", ".join(f"'{s}'" for s in statuses) + ")")
+    if f.older_than is not None:
+        conds.append(dialect.finished_before)
+        params.append(dialect.age_param(f.older_than))
+    return " AND ".join(conds), params
+
+
+def key_is_free(dialect: Dialect, f: TaskFilter,
+                statuses: tuple[str, ...]) -> tuple[str, list[object]]:
+    """The condition (and parameters) that keeps a retry from taking a unique key a
+    pending or running task holds (it would be a duplicate, and the unique index would
+    refuse the whole UPDATE): such a task is left as it is. Of several tasks with one
+    key that the retry takes (statuses, and ids when named), the newest is retried."""
+    rivals = "k.status IN (" + ", ".join(f"'{s}'" for s in statuses) + ") AND k.id > tasks.id"
+    params: list[object] = []
+    if f.ids is not None:
+        rivals += (f" AND k.id IN ({', '.join([dialect.mark] * len(f.ids))})"
+                   if f.ids else " AND 0 = 1")
+        params.extend(f.ids)
+    return ("(unique_key IS NULL OR NOT EXISTS (SELECT 1 FROM tasks AS k "
+            "WHERE k.unique_key = tasks.unique_key AND (k.status IN ('pending', 'running') "
+            f"OR ({rivals}))))"), params
+
+
+def finished_where(dialect: Dialect, statuses: str | Iterable[str], queue: str | None = None,
+                   name: str | None = None, ids: Iterable[int | str] | None = None,
+                   older_than: float | None = None) -> tuple[str, list[object]]:
+    """The WHERE conditions and parameters of find_finished(): finished tasks of
+    `statuses` (ValueError for any other) matching the optional filters."""
+    finished_statuses(statuses)
+    chosen = tuple(dict.fromkeys(check_statuses(statuses)))
+    f = TaskFilter(ids=None if ids is None else tuple(int(i) for i in ids), queue=queue,
+                   name=name, older_than=older_than)
+    return filter_where(dialect, f, chosen)

@@ -6,16 +6,20 @@ filter's own status. The work goes in batches of BATCH ids, newest first, each
 its own short transaction, so the daemon's writes interleave with a big purge.
 """
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
+
+from ..backends.base import Backend
+from ..backends.filters import CANCELLABLE, FINISHED, RETRYABLE, TaskFilter
 
 BATCH = 500
 
 ACTIONS: dict[str, dict[str, Any]] = {
-    "cancel": {"statuses": ("pending", "running"), "method": "cancel_many",
+    "cancel": {"statuses": CANCELLABLE, "method": "cancel_tasks",
                "verb": "Cancel", "will": "cancel", "done": "cancelled"},
-    "retry": {"statuses": ("failed", "cancelled"), "method": "retry_many",
+    "retry": {"statuses": RETRYABLE, "method": "retry_tasks",
               "verb": "Retry", "will": "put back to pending", "done": "put back to pending"},
-    "purge": {"statuses": ("done", "failed", "cancelled"), "method": "delete_many",
+    "purge": {"statuses": FINISHED, "method": "delete_tasks",
               "verb": "Purge", "will": "delete", "done": "deleted"},
 }
 
@@ -28,7 +32,7 @@ def statuses(action: str, status: str | None) -> tuple[str, ...]:
     return (status,) if status in own else ()
 
 
-def count(store: Any, action: str, f: dict[str, Any]) -> int:
+def count(store: Backend, action: str, f: dict[str, Any]) -> int:
     """How many tasks the action would change now."""
     which = statuses(action, f["status"])
     if not which:
@@ -37,7 +41,7 @@ def count(store: Any, action: str, f: dict[str, Any]) -> int:
                                  statuses=which))
 
 
-def run(call: Callable[[Callable[[Any], Any]], Any], action: str, f: dict[str, Any],
+def run(call: Callable[[Callable[[Backend], Any]], Any], action: str, f: dict[str, Any],
         batch: int = BATCH) -> int:
     """Do the action on everything the filter matches; returns how many changed.
 
@@ -47,12 +51,14 @@ def run(call: Callable[[Callable[[Any], Any]], Any], action: str, f: dict[str, A
     which = statuses(action, f["status"])
     if not which:
         return 0
-    method = ACTIONS[action]["method"]
+    method: str = ACTIONS[action]["method"]
     changed, below = 0, None
     while True:
-        ids = call(lambda s: s.match_task_ids(which, queue=f["queue"], name=f["name"],
-                                              search=f["q"], below=below, limit=batch))
+        ids: list[int] = call(lambda s: s.match_task_ids(
+            which, queue=f["queue"], name=f["name"], search=f["q"], below=below,
+            limit=batch))
         if not ids:
             return changed
-        changed += call(lambda s: getattr(s, method)(ids))
+        chosen = TaskFilter(ids=tuple(ids), statuses=which)
+        changed += int(call(lambda s: getattr(s, method)(chosen)))
         below = min(ids)

@@ -26,6 +26,7 @@ import psycopg
 
 from ..base import Backend
 from ..stats import NameCache
+from .actions import ActionOps
 from .async_session import AsyncSession
 from .connection import Batch, Connector, Session
 from .reads import ReadOps
@@ -46,7 +47,7 @@ if TYPE_CHECKING:
 DAEMON_LOCK_TIMEOUT = "2s"
 
 
-class PostgresBackend(TaskOps, WorkerOps, ReadOps, ScheduleOps, Backend):
+class PostgresBackend(TaskOps, WorkerOps, ReadOps, ActionOps, ScheduleOps, Backend):
     """All queue operations on one PostgreSQL database (and schema)."""
 
     kind = "postgresql"

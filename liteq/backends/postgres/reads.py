@@ -1,4 +1,4 @@
-"""PostgreSQL: what the monitor reads, and what operators do (cancel, retry, purge).
+"""PostgreSQL: what the monitor, the panel and the operators' commands read.
 
 Rows come back with the SQLite backend's keys, times as epoch seconds.
 """
@@ -7,15 +7,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from ...taskspec import check_purge
-from ..base import CANCEL_TEXT, TASK_STATUSES
-from ..filters import (KEY_IS_FREE, KEY_IS_FREE_FOR_NEWEST, KEY_IS_FREE_FOR_NEWEST_FINISHED,
-                       PRUNABLE, equal_filters, finished_status, finished_statuses,
-                       task_filters, task_where)
-from ..stats import Tally
-from . import counts, deps, stats
+from ..filters import finished_where, task_where
+from . import counts, stats
+from .actions import DIALECT
 from .connection import operation
-from .vacuum import vacuum_now
 
 
 def _epoch(col) -> str:
@@ -28,11 +23,8 @@ TASK_SELECT = ", ".join((
     "result", "error", "payload", "timeout", "retry_delay", "retry_backoff",
     "retry_max_delay", "unique_key"))
 
-FINISHED_STATUSES = ("done", "failed", "cancelled")
-
-
 class ReadOps:
-    """Mixin of PostgresBackend: monitor reads and operator actions."""
+    """Mixin of PostgresBackend: monitor reads."""
 
     @operation
     def get_task(self, task_id):
@@ -95,62 +87,6 @@ class ReadOps:
         return [r["id"] for r in self._session.run(
             f"SELECT id FROM tasks {clause} ORDER BY id DESC LIMIT %s",
             (*params, int(limit))).fetchall()]
-
-    @operation
-    def cancel_many(self, task_ids) -> int:
-        """cancel() for several tasks in one transaction; returns how many it cancelled
-        (running ones are NOTIFYed to the daemons, as cancel() does)."""
-        ids = [int(i) for i in task_ids]
-        if not ids:
-            return 0
-        session = self._session
-        tally = Tally()
-        with session.transaction():
-            rows = session.run(
-                "WITH c AS (UPDATE tasks SET finished_at = now(), error = CASE WHEN status = "
-                "'running' THEN %s ELSE error END, status = 'cancelled' "
-                "WHERE id = ANY(%s::bigint[]) AND status IN ('pending', 'running') "
-                "RETURNING id, error, queue, name, attempts) "
-                "SELECT c.id, c.error, c.queue, c.name, c.attempts, CASE WHEN c.error = %s "
-                "THEN pg_notify(%s, json_build_object('k', 'cancel', 'id', c.id)::text) END "
-                "FROM c",
-                (CANCEL_TEXT, ids, CANCEL_TEXT, self._channel)).fetchall()
-            if rows:
-                # Counted and kept as cancel() does, one at a time.
-                for r in rows:
-                    tally.outcome(r["queue"], r["name"], "cancelled")
-                stats.add_errors(session, [(r["id"], r["attempts"], CANCEL_TEXT, None)
-                                           for r in rows if r["error"] == CANCEL_TEXT])
-                deps.cancel_dependents(session, [r["id"] for r in rows], "cancelled", tally)
-                stats.write(session, tally, self._stat_names, self._stat_shard)
-        return len(rows)
-
-    @operation
-    def retry_many(self, task_ids) -> int:
-        """Put these failed or cancelled tasks back to pending, due now, attempts reset
-        (unique keys guarded as retry_failed does); returns how many."""
-        ids = [int(i) for i in task_ids]
-        if not ids:
-            return 0
-        return self._session.run(
-            "UPDATE tasks SET status = 'pending', attempts = 0, run_at = now(), "
-            "worker_id = NULL, finished_at = NULL WHERE id = ANY(%s::bigint[]) "
-            f"AND status IN ('failed', 'cancelled') AND {KEY_IS_FREE_FOR_NEWEST_FINISHED}",
-            (ids,)).rowcount
-
-    @operation
-    def delete_many(self, task_ids) -> int:
-        """Delete these tasks when finished (done, failed, cancelled) and no pending or
-        running task depends on them; returns how many."""
-        ids = [int(i) for i in task_ids]
-        if not ids:
-            return 0
-        return self._session.run(
-            f"WITH gone AS (DELETE FROM tasks WHERE id = ANY(%s::bigint[]) AND status IN "
-            f"('done', 'failed', 'cancelled') AND {PRUNABLE} RETURNING id), "
-            f"edges AS (DELETE FROM task_deps WHERE child_id IN (SELECT id FROM gone)), "
-            f"errs AS (DELETE FROM task_errors WHERE task_id IN (SELECT id FROM gone)) "
-            f"SELECT COUNT(*) AS n FROM gone", (ids,)).fetchone()["n"]
 
     @operation
     def queue_buckets(self, since, bucket) -> list:
@@ -240,49 +176,14 @@ class ReadOps:
             "AND finished_at >= to_timestamp(%(since)s) GROUP BY slot, status ORDER BY slot",
             {"since": float(since), "bucket": float(bucket)}).fetchall()
 
-    # ---- operator actions ------------------------------------------------
-
-    @operation
-    def cancel(self, task_id) -> bool:
-        """Cancel a pending or running task, and (transitively) the pending tasks that
-        depend on it; False when it is neither. For a running one, the same statement
-        NOTIFYs the daemons (the one running it stops it)."""
-        session = self._session
-        tally = Tally()
-        with session.transaction():
-            row = session.run(
-                "WITH c AS (UPDATE tasks SET finished_at = now(), error = CASE WHEN status = "
-                "'running' THEN %s ELSE error END, status = 'cancelled' "
-                "WHERE id = %s AND status IN ('pending', 'running') "
-                "RETURNING id, error, queue, name, attempts) "
-                "SELECT c.id, c.error, c.queue, c.name, c.attempts, CASE WHEN c.error = %s "
-                "THEN pg_notify(%s, json_build_object('k', 'cancel', 'id', c.id)::text) END "
-                "FROM c",
-                (CANCEL_TEXT, int(task_id), CANCEL_TEXT, self._channel)).fetchone()
-            if row is not None:
-                tally.outcome(row["queue"], row["name"], "cancelled")
-                if row["error"] == CANCEL_TEXT:
-                    # A running attempt ends here: its error is the cancel.
-                    stats.add_errors(session, [(row["id"], row["attempts"], CANCEL_TEXT, None)])
-                deps.cancel_dependents(session, [task_id], "cancelled", tally)
-                stats.write(session, tally, self._stat_names, self._stat_shard)
-        return row is not None
-
-    @staticmethod
-    def _finished_where(statuses, queue, name, ids, older_than):
-        conds, params = task_filters("%s", queue=queue, name=name, ids=ids)
-        conds.insert(0, f"status IN ({finished_statuses(statuses)})")
-        if older_than is not None:
-            conds.append("finished_at < now() - %s::float8 * interval '1 second'")
-            params.append(float(older_than))
-        return " AND ".join(conds), params
+    # ---- what the operators' actions would touch ------------------------------------
 
     @operation
     def find_finished(self, statuses, queue=None, name=None, ids=None, older_than=None,
                       limit=50) -> list:
         """Finished tasks of `statuses` matching the optional filters (older_than: finished
         over that many seconds ago, by the server's clock), latest finish first."""
-        where, params = self._finished_where(statuses, queue, name, ids, older_than)
+        where, params = finished_where(DIALECT, statuses, queue, name, ids, older_than)
         return self._session.run(
             f"SELECT {TASK_SELECT} FROM tasks WHERE {where} "
             f"ORDER BY finished_at DESC NULLS LAST, id DESC LIMIT %s",
@@ -292,87 +193,6 @@ class ReadOps:
     def count_finished(self, statuses, queue=None, name=None, ids=None,
                        older_than=None) -> int:
         """How many tasks find_finished() would find with no limit."""
-        where, params = self._finished_where(statuses, queue, name, ids, older_than)
+        where, params = finished_where(DIALECT, statuses, queue, name, ids, older_than)
         return self._session.run(f"SELECT COUNT(*) AS n FROM tasks WHERE {where}",
                                  params).fetchone()["n"]
-
-    @operation
-    def retry_failed(self, task_id=None, queue=None, name=None, ids=None,
-                     older_than=None) -> int:
-        """Put failed tasks (or one failed or cancelled task, by id) back to pending,
-        due now, with their attempts reset; returns how many. With ids: the failed or
-        cancelled tasks among them that match the other filters."""
-        reset = ("UPDATE tasks SET status = 'pending', attempts = 0, run_at = now(), "
-                 "worker_id = NULL, finished_at = NULL ")
-        if task_id is not None:
-            return self._session.run(
-                reset + f"WHERE id = %s AND status IN ('failed', 'cancelled') AND {KEY_IS_FREE}",
-                (int(task_id),)).rowcount
-        if ids is not None:
-            # One id at a time: of two chosen tasks with one unique key, the first takes
-            # the key and the second, seeing it held, stays as it is.
-            where, params = self._finished_where(("failed", "cancelled"), queue, name,
-                                                 None, older_than)
-            done = 0
-            with self._session.transaction():
-                for one in sorted({int(i) for i in ids}):
-                    done += self._session.run(
-                        f"{reset} WHERE {where} AND id = %s AND {KEY_IS_FREE}",
-                        (*params, one)).rowcount
-            return done
-        where, params = self._finished_where("failed", queue, name, None, older_than)
-        return self._session.run(f"{reset} WHERE {where} AND {KEY_IS_FREE_FOR_NEWEST}",
-                                 params).rowcount
-
-    @operation
-    def prune(self, status: str, older_than: float, limit: int) -> int:
-        """Delete at most `limit` tasks of finished `status` that finished over
-        `older_than` seconds ago (server's clock), oldest first; returns how many.
-        Rows another daemon is pruning at the same moment are skipped, not waited on.
-        On a server whose autovacuum is off, it starts a VACUUM of the table when
-        autovacuum would have, and never waits for it (vacuum.py)."""
-        status = finished_status(status)
-        # A pruned task's own edges go with it (nothing waits for a finished task).
-        deleted = self._session.run(
-            f"WITH gone AS (DELETE FROM tasks WHERE id IN (SELECT id FROM tasks WHERE "
-            f"status = '{status}' AND finished_at < now() - %s::float8 * interval '1 second' "
-            f"AND {PRUNABLE} ORDER BY finished_at LIMIT %s FOR UPDATE SKIP LOCKED) "
-            f"RETURNING id), edges AS (DELETE FROM task_deps WHERE child_id IN "
-            f"(SELECT id FROM gone)), errs AS (DELETE FROM task_errors WHERE task_id IN "
-            f"(SELECT id FROM gone)) SELECT COUNT(*) AS n FROM gone",
-            (float(older_than), int(limit)), prepare=True).fetchone()["n"]
-        self._vacuums.after_prune(self._session, deleted)
-        return deleted
-
-    def purge(self, older_than, statuses=FINISHED_STATUSES, queue=None, name=None,
-              ids=None) -> int:
-        """Delete finished tasks that finished over `older_than` seconds ago (server's
-        clock), of `statuses`, matching the optional queue, name and ids; a task that a
-        pending or running task depends on is kept. On a server whose autovacuum is off,
-        then VACUUM the table when autovacuum would have (on a connection of its own;
-        see vacuum.py)."""
-        deleted, vacuum = self._delete_finished(older_than, statuses, queue, name, ids)
-        if vacuum:
-            vacuum_now(self._connector)
-        return deleted
-
-    @operation
-    def _delete_finished(self, older_than, statuses, queue=None, name=None, ids=None):
-        """(rows deleted, whether the table needs a VACUUM from LiteQ now)."""
-        # older_than None: any age (an operator's purge by ids).
-        statuses = check_purge(0.0 if older_than is None else older_than, statuses,
-                               TASK_STATUSES)
-        statuses = tuple(s for s in statuses if s in FINISHED_STATUSES)
-        if not statuses:
-            return 0, False  # only finished tasks have a finish time to be older than
-        # Literal statuses (finished_statuses), so the planner can prove the partial
-        # index tasks_finished applies (a parameter array would mean a sequential scan).
-        where, params = self._finished_where(statuses, queue, name, ids, older_than)
-        # A deleted task's own edges and its attempts' errors go with it (nothing waits
-        # for a finished task).
-        deleted = self._session.run(
-            f"WITH gone AS (DELETE FROM tasks WHERE {where} AND {PRUNABLE} RETURNING id), "
-            f"edges AS (DELETE FROM task_deps WHERE child_id IN (SELECT id FROM gone)), "
-            f"errs AS (DELETE FROM task_errors WHERE task_id IN (SELECT id FROM gone)) "
-            f"SELECT COUNT(*) AS n FROM gone", params).fetchone()["n"]
-        return deleted, self._vacuums.needed(self._session, deleted)

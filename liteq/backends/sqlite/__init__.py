@@ -15,6 +15,7 @@ import os
 from ... import wakeup
 from ..base import Backend
 from ..stats import NameCache
+from .actions import ActionOps
 from .connection import GuardedBatch, Transaction, guarded, open_connection, open_with_schema
 from .reads import ReadOps
 from .schedules import ScheduleOps
@@ -29,7 +30,7 @@ if TYPE_CHECKING:
 DAEMON_BUSY_TIMEOUT = 0.25
 
 
-class SQLiteBackend(TaskOps, ReadOps, ScheduleOps, Backend):
+class SQLiteBackend(TaskOps, ReadOps, ActionOps, ScheduleOps, Backend):
     """All queue operations on one SQLite database file."""
 
     kind = "sqlite"

@@ -1,17 +1,13 @@
-"""SQLite: what the monitor reads, and what operators do (cancel, retry, purge)."""
+"""SQLite: what the monitor, the panel and the operators' commands read."""
 
 from __future__ import annotations
 
 from typing import Any
 
 from ...timeutil import now
-from ..filters import (KEY_IS_FREE, KEY_IS_FREE_FOR_NEWEST, KEY_IS_FREE_FOR_NEWEST_FINISHED,
-                       PRUNABLE, equal_filters, finished_status, finished_statuses,
-                       task_filters, task_where)
-from ...taskspec import check_purge
-from ..base import CANCEL_TEXT, TASK_STATUSES
-from ..stats import Tally
-from . import deps, stats
+from ..filters import finished_where, task_where
+from . import stats
+from .actions import DIALECT
 from .connection import guarded, row_dict
 
 TASK_COLUMNS = ("id", "name", "queue", "status", "priority", "attempts", "max_retries",
@@ -22,14 +18,13 @@ _TASK_SELECT = ", ".join(TASK_COLUMNS)
 
 
 class ReadOps:
-    """Mixin of SQLiteBackend: monitor reads and operator actions."""
-
+    """Mixin of SQLiteBackend: monitor reads."""
 
     @guarded
     def get_task(self, task_id):
         """One task row as a dict (raw columns), or None."""
         return row_dict(self._conn.execute(
-            f"SELECT {_TASK_SELECT} FROM tasks WHERE id = ?", (task_id,)).fetchone())
+            f"SELECT {_TASK_SELECT} FROM tasks WHERE id = ?", (int(task_id),)).fetchone())
 
     @guarded
     def task_errors(self, task_id) -> list:
@@ -85,65 +80,6 @@ class ReadOps:
                                     search=search, statuses=tuple(statuses), below=below)
         return [r[0] for r in self._conn.execute(
             f"SELECT id FROM tasks {clause} ORDER BY id DESC LIMIT ?", (*params, int(limit)))]
-
-    @guarded
-    def cancel_many(self, task_ids) -> int:
-        """cancel() for several tasks in one transaction; returns how many it cancelled."""
-        ids = [int(i) for i in task_ids]
-        if not ids:
-            return 0
-        t = now()
-        tally = Tally()
-        marks = ",".join("?" * len(ids))
-        with self._write() as conn:
-            rows = conn.execute(
-                "UPDATE tasks SET finished_at = ?, error = CASE WHEN status = 'running' "
-                "THEN ? ELSE error END, status = 'cancelled' "
-                f"WHERE id IN ({marks}) AND status IN ('pending', 'running') "
-                "RETURNING id, error, queue, name, attempts",
-                (t, CANCEL_TEXT, *ids)).fetchall()
-            if rows:
-                # Counted and kept as cancel() does, one at a time.
-                for r in rows:
-                    tally.outcome(r["queue"], r["name"], "cancelled")
-                stats.add_errors(conn, [(r["id"], r["attempts"], CANCEL_TEXT, t)
-                                        for r in rows if r["error"] == CANCEL_TEXT])
-                deps.cancel_dependents(conn, [r[0] for r in rows], "cancelled", t, tally)
-                stats.write(conn, tally, self._stat_names)
-        for r in rows:
-            if r["error"] == CANCEL_TEXT:
-                self.notify_cancel(r["id"])
-        return len(rows)
-
-    @guarded
-    def retry_many(self, task_ids) -> int:
-        """Put these failed or cancelled tasks back to pending, attempts reset (unique
-        keys guarded as retry_failed does); returns how many."""
-        ids = [int(i) for i in task_ids]
-        if not ids:
-            return 0
-        marks = ",".join("?" * len(ids))
-        with self._write() as conn:
-            return conn.execute(
-                "UPDATE tasks SET status = 'pending', attempts = 0, run_at = ?, "
-                "worker_id = NULL, finished_at = NULL "
-                f"WHERE id IN ({marks}) AND status IN ('failed', 'cancelled') "
-                f"AND {KEY_IS_FREE_FOR_NEWEST_FINISHED}", (now(), *ids)).rowcount
-
-    @guarded
-    def delete_many(self, task_ids) -> int:
-        """Delete these tasks when finished (done, failed, cancelled) and no pending or
-        running task depends on them; returns how many."""
-        ids = [int(i) for i in task_ids]
-        if not ids:
-            return 0
-        marks = ",".join("?" * len(ids))
-        with self._write() as conn:
-            gone = [r[0] for r in conn.execute(
-                f"DELETE FROM tasks WHERE id IN ({marks}) AND status IN "
-                f"('done', 'failed', 'cancelled') AND {PRUNABLE} RETURNING id", ids)]
-            deps.forget_children(conn, gone)
-            return len(gone)
 
     @guarded
     def queue_buckets(self, since, bucket) -> list:
@@ -218,47 +154,14 @@ class ReadOps:
             "FROM workers w WHERE w.last_heartbeat >= ? ORDER BY w.worker_id",
             (t, t - window))]
 
-    # ---- operator actions ----------------------------------------------
-
-    @guarded
-    def cancel(self, task_id) -> bool:
-        """Cancel a pending or running task, and (transitively) the pending tasks that
-        depend on it; False when it is neither. The daemon running it is told at once
-        (a wake-up datagram)."""
-        t = now()
-        tally = Tally()
-        with self._write() as conn:
-            row = conn.execute(
-                "UPDATE tasks SET finished_at = ?, error = CASE WHEN status = 'running' "
-                "THEN ? ELSE error END, status = 'cancelled' "
-                "WHERE id = ? AND status IN ('pending', 'running') "
-                "RETURNING error, queue, name, attempts",
-                (t, CANCEL_TEXT, task_id)).fetchone()
-            if row is not None:
-                tally.outcome(row["queue"], row["name"], "cancelled")
-                if row[0] == CANCEL_TEXT:
-                    # A running attempt ends here: its error is the cancel.
-                    stats.add_errors(conn, [(int(task_id), row["attempts"], CANCEL_TEXT, t)])
-                deps.cancel_dependents(conn, [task_id], "cancelled", t, tally)
-                stats.write(conn, tally, self._stat_names)
-        if row is not None and row[0] == CANCEL_TEXT:
-            self.notify_cancel(task_id)
-        return row is not None
-
-    def _finished_where(self, statuses, queue, name, ids, older_than):
-        conds, params = task_filters("?", queue=queue, name=name, ids=ids)
-        conds.insert(0, f"status IN ({finished_statuses(statuses)})")
-        if older_than is not None:
-            conds.append("finished_at < ?")
-            params.append(now() - float(older_than))
-        return " AND ".join(conds), params
+    # ---- what the operators' actions would touch ------------------------------------
 
     @guarded
     def find_finished(self, statuses, queue=None, name=None, ids=None, older_than=None,
                       limit=50) -> list:
         """Finished tasks of `statuses` matching the optional filters (older_than: finished
         over that many seconds ago), latest finish first."""
-        where, params = self._finished_where(statuses, queue, name, ids, older_than)
+        where, params = finished_where(DIALECT, statuses, queue, name, ids, older_than)
         return [dict(r) for r in self._conn.execute(
             f"SELECT {_TASK_SELECT} FROM tasks WHERE {where} "
             f"ORDER BY finished_at DESC, id DESC LIMIT ?", (*params, int(limit)))]
@@ -267,72 +170,6 @@ class ReadOps:
     def count_finished(self, statuses, queue=None, name=None, ids=None,
                        older_than=None) -> int:
         """How many tasks find_finished() would find with no limit."""
-        where, params = self._finished_where(statuses, queue, name, ids, older_than)
+        where, params = finished_where(DIALECT, statuses, queue, name, ids, older_than)
         return self._conn.execute(f"SELECT COUNT(*) FROM tasks WHERE {where}",
                                   params).fetchone()[0]
-
-    @guarded
-    def retry_failed(self, task_id=None, queue=None, name=None, ids=None,
-                     older_than=None) -> int:
-        """Put failed (or cancelled, when named by id) tasks back to pending, attempts reset.
-
-        With task_id, that one task; else every failed task matching queue, name and
-        older_than, and with ids, the failed or cancelled tasks among those ids.
-        """
-        t = now()
-        reset = ("UPDATE tasks SET status = 'pending', attempts = 0, run_at = ?, "
-                 "worker_id = NULL, finished_at = NULL ")
-        with self._write() as conn:
-            if task_id is not None:
-                cur = conn.execute(
-                    reset + f"WHERE id = ? AND status IN ('failed', 'cancelled') AND {KEY_IS_FREE}",
-                    (t, task_id))
-                return cur.rowcount
-            if ids is not None:
-                # One id at a time: of two chosen tasks with one unique key, the first
-                # takes the key and the second, seeing it held, stays as it is.
-                where, params = self._finished_where(("failed", "cancelled"), queue, name,
-                                                     None, older_than)
-                done = 0
-                for one in sorted({int(i) for i in ids}):
-                    done += conn.execute(f"{reset} WHERE {where} AND id = ? AND {KEY_IS_FREE}",
-                                         (t, *params, one)).rowcount
-                return done
-            where, params = self._finished_where("failed", queue, name, None, older_than)
-            cur = conn.execute(f"{reset} WHERE {where} AND {KEY_IS_FREE_FOR_NEWEST}",
-                               (t, *params))
-            return cur.rowcount
-
-    @guarded
-    def prune(self, status: str, older_than: float, limit: int) -> int:
-        """Delete at most `limit` tasks of finished `status` that finished over
-        `older_than` seconds ago, oldest first; returns how many."""
-        status = finished_status(status)
-        with self._write() as conn:
-            gone = [r[0] for r in conn.execute(
-                f"DELETE FROM tasks WHERE id IN (SELECT id FROM tasks WHERE "
-                f"status = '{status}' AND finished_at < ? AND {PRUNABLE} "
-                f"ORDER BY finished_at LIMIT ?) RETURNING id", (now() - older_than, int(limit)))]
-            # A pruned task's own edges go with it (nothing waits for a finished task).
-            deps.forget_children(conn, gone)
-            return len(gone)
-
-    @guarded
-    def purge(self, older_than, statuses=("done", "failed", "cancelled"), queue=None,
-              name=None, ids=None) -> int:
-        """Delete finished tasks that finished more than `older_than` seconds ago, of
-        `statuses`, matching the optional queue, name and ids. A task that a pending or
-        running task depends on is kept (the child waits for it, or reads its result)."""
-        # older_than None: any age (an operator's purge by ids).
-        statuses = check_purge(0.0 if older_than is None else older_than, statuses,
-                               TASK_STATUSES)
-        statuses = tuple(s for s in statuses if s in ("done", "failed", "cancelled"))
-        if not statuses:
-            return 0  # only finished tasks have a finish time to be older than
-        where, params = self._finished_where(statuses, queue, name, ids, older_than)
-        with self._write() as conn:
-            # A deleted task's own edges go with it (nothing waits for a finished task).
-            conn.execute(f"DELETE FROM task_deps WHERE child_id IN "
-                         f"(SELECT id FROM tasks WHERE {where} AND {PRUNABLE})", params)
-            cur = conn.execute(f"DELETE FROM tasks WHERE {where} AND {PRUNABLE}", params)
-            return cur.rowcount
