@@ -1,4 +1,5 @@
-"""Outcome statistics: what the backends count as they record outcomes (no SQL here).
+"""Outcome statistics: what the backends count as they record outcomes, and how they
+write and read them (once; each backend's stats.py holds its statements).
 
 Counters derived from task rows go down when retention deletes rows or an
 operator retries a failed task. So each backend counts outcomes where they
@@ -27,8 +28,9 @@ from __future__ import annotations
 
 import bisect
 import os
-from collections.abc import Callable, Iterable
-from typing import Any
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any, ClassVar
 
 OUTCOMES = ("succeeded", "failed", "retried", "timed_out", "cancelled")
 HISTOGRAMS = ("run", "wait")
@@ -49,6 +51,8 @@ _TIMEOUT_PREFIX = "TaskTimeout:"
 
 # (queue, name, metric, bucket)
 Key = tuple[str, str, str, int]
+# (key, count, total): a cell as written
+Cell = tuple[Key, int, float]
 
 
 def max_task_names() -> int:
@@ -151,7 +155,7 @@ class Tally:
                 cell[0] += 1
                 cell[1] += seconds
 
-    def capped(self, cache: NameCache, cap: int) -> list[tuple[Key, int, float]]:
+    def capped(self, cache: NameCache, cap: int) -> list[Cell]:
         """The cells as (key, count, total), sorted by key (every writer locks rows in
         one order, so concurrent batches cannot deadlock), names past the cap merged
         into OTHER_NAME. The cache (names the table holds) is extended in place."""
@@ -177,3 +181,46 @@ def reclaimed_tally(rows: Iterable[Any]) -> Tally:
     for r in rows:
         tally.outcome(r["queue"], r["name"], "failed" if r["status"] == "failed" else "retried")
     return tally
+
+
+# ---- writing and reading, once for every backend ------------------------------------------
+
+def write_tally(tally: Tally, cache: NameCache, names: Callable[[], Iterable[str]],
+                upsert: Callable[[list[Cell]], None]) -> None:
+    """Add a batch's tally to task_stats: names() reads the task names the table holds
+    (only when the batch brings one this process has not seen), upsert(cells) adds
+    the cells, capped and in key order, with the backend's statement."""
+    if not tally:
+        return
+    cache.refresh(tally, names)
+    upsert(tally.capped(cache, max_task_names()))
+
+
+@dataclass(frozen=True)
+class StatsSQL:
+    """A backend's statements that read the statistics and the attempts' errors:
+    read gives [{queue, name, metric, bucket, count, total}] (shards added up);
+    errors_of, with a task id, [{attempt, error, finished_at}] oldest first."""
+
+    read: str
+    errors_of: str
+
+
+class StatsReads:
+    """Mixin of the backends: what the panel, liteq.monitoring and liteq.metrics read
+    of the statistics. The backend supplies stats_sql and _stats_rows(sql, params),
+    which runs one of them (with its driver's error handling)."""
+
+    stats_sql: ClassVar[StatsSQL]
+
+    def _stats_rows(self, sql: str, params: Sequence[object]) -> list[dict[str, Any]]:
+        raise NotImplementedError
+
+    def task_errors(self, task_id: int) -> list[dict[str, Any]]:
+        """Every recorded attempt's error of a task, oldest first:
+        [{attempt, error, finished_at}]."""
+        return self._stats_rows(self.stats_sql.errors_of, (int(task_id),))
+
+    def task_stats(self) -> list[dict[str, Any]]:
+        """The outcome statistics: [{queue, name, metric, bucket, count, total}]."""
+        return self._stats_rows(self.stats_sql.read, ())

@@ -5,9 +5,11 @@ Rows come back with the SQLite backend's keys, times as epoch seconds.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 from ..filters import finished_where, task_where
+from ..stats import StatsReads
 from . import counts, stats
 from .actions import DIALECT
 from .connection import operation
@@ -23,8 +25,10 @@ TASK_SELECT = ", ".join((
     "result", "error", "payload", "timeout", "retry_delay", "retry_backoff",
     "retry_max_delay", "unique_key"))
 
-class ReadOps:
+class ReadOps(StatsReads):
     """Mixin of PostgresBackend: monitor reads."""
+
+    stats_sql = stats.SQL
 
     @operation
     def get_task(self, task_id):
@@ -33,15 +37,9 @@ class ReadOps:
                                  (int(task_id),), prepare=True).fetchone()
 
     @operation
-    def task_errors(self, task_id) -> list:
-        """Every recorded attempt's error of a task, oldest first:
-        [{attempt, error, finished_at}]."""
-        return stats.errors_of(self._session, task_id)
-
-    @operation
-    def task_stats(self) -> list:
-        """The outcome statistics: [{queue, name, metric, bucket, count, total}]."""
-        return stats.read(self._session)
+    def _stats_rows(self, sql: str, params: Sequence[object]) -> list[dict[str, Any]]:
+        rows: list[dict[str, Any]] = self._session.run(sql, params, prepare=True).fetchall()
+        return rows
 
     @operation
     def get_tasks(self, task_ids) -> list:

@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from typing import Any
 
-from ..stats import NameCache, Tally, max_task_names
+from ..stats import Cell, NameCache, StatsSQL, Tally, write_tally
 
 # One statement per batch, from column arrays, in key order (so that two writers
 # lock the rows they share in one order and cannot deadlock).
@@ -32,12 +32,13 @@ ErrorRow = tuple[int, int, "str | None", "float | None"]
 
 
 def write(session: Any, tally: Tally, cache: NameCache, shard: int) -> None:
-    """Add a batch's tally to task_stats in one UPSERT."""
-    if not tally:
-        return
-    cache.refresh(tally, lambda: (r["name"] for r in session.run(
-        "SELECT DISTINCT name FROM task_stats").fetchall()))
-    cells = tally.capped(cache, max_task_names())
+    """Add a batch's tally to task_stats in one UPSERT, to this writer's shard."""
+    write_tally(tally, cache, lambda: (r["name"] for r in session.run(
+        "SELECT DISTINCT name FROM task_stats").fetchall()),
+        lambda cells: _upsert(session, cells, shard))
+
+
+def _upsert(session: Any, cells: list[Cell], shard: int) -> None:
     cols: list[list[Any]] = [[] for _ in range(6)]
     for (queue, name, metric, bucket), count, total in cells:
         for col, value in zip(cols, (queue, name, metric, bucket, count, total)):
@@ -54,22 +55,12 @@ def add_errors(session: Any, rows: Sequence[ErrorRow]) -> None:
                     prepare=True)
 
 
-def read(session: Any) -> list[dict[str, Any]]:
-    """Every cell of task_stats: [{queue, name, metric, bucket, count, total}]."""
-    rows: list[dict[str, Any]] = session.run(
-        "SELECT queue, name, metric, bucket, SUM(count)::bigint AS count, "
-        "SUM(total) AS total FROM task_stats GROUP BY queue, name, metric, bucket "
-        "ORDER BY queue, name, metric, bucket").fetchall()
-    return rows
-
-
-def errors_of(session: Any, task_id: int) -> list[dict[str, Any]]:
-    """A task's attempts' errors, oldest first: [{attempt, error, finished_at}]."""
-    rows: list[dict[str, Any]] = session.run(
-        "SELECT attempt, error, date_part('epoch', finished_at) AS finished_at "
-        "FROM task_errors WHERE task_id = %s ORDER BY id",
-        (int(task_id),), prepare=True).fetchall()
-    return rows
+SQL = StatsSQL(
+    read="SELECT queue, name, metric, bucket, SUM(count)::bigint AS count, "
+         "SUM(total) AS total FROM task_stats GROUP BY queue, name, metric, bucket "
+         "ORDER BY queue, name, metric, bucket",
+    errors_of="SELECT attempt, error, date_part('epoch', finished_at) AS finished_at "
+              "FROM task_errors WHERE task_id = %s ORDER BY id")
 
 
 def running_rows(session: Any, ids: Iterable[int], worker_id: str) -> dict[int, dict[str, Any]]:

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 from ...timeutil import now
 from ..filters import finished_where, task_where
+from ..stats import StatsReads
 from . import stats
 from .actions import DIALECT
 from .connection import guarded, row_dict
@@ -17,8 +19,10 @@ TASK_COLUMNS = ("id", "name", "queue", "status", "priority", "attempts", "max_re
 _TASK_SELECT = ", ".join(TASK_COLUMNS)
 
 
-class ReadOps:
+class ReadOps(StatsReads):
     """Mixin of SQLiteBackend: monitor reads."""
+
+    stats_sql = stats.SQL
 
     @guarded
     def get_task(self, task_id):
@@ -27,15 +31,8 @@ class ReadOps:
             f"SELECT {_TASK_SELECT} FROM tasks WHERE id = ?", (int(task_id),)).fetchone())
 
     @guarded
-    def task_errors(self, task_id) -> list:
-        """Every recorded attempt's error of a task, oldest first:
-        [{attempt, error, finished_at}]."""
-        return stats.errors_of(self._conn, task_id)
-
-    @guarded
-    def task_stats(self) -> list:
-        """The outcome statistics: [{queue, name, metric, bucket, count, total}]."""
-        return stats.read(self._conn)
+    def _stats_rows(self, sql: str, params: Sequence[object]) -> list[dict[str, Any]]:
+        return [dict(r) for r in self._conn.execute(sql, params)]
 
     @guarded
     def get_tasks(self, task_ids) -> list:

@@ -10,7 +10,7 @@ import sqlite3
 from collections.abc import Iterable, Sequence
 from typing import Any
 
-from ..stats import NameCache, Tally, max_task_names
+from ..stats import Cell, NameCache, StatsSQL, Tally, write_tally
 
 _CHUNK = 100   # rows per statement (6 parameters each)
 
@@ -24,11 +24,11 @@ ErrorRow = tuple[int, int, "str | None", float]
 
 def write(conn: sqlite3.Connection, tally: Tally, cache: NameCache) -> None:
     """Add a batch's tally to task_stats: one UPSERT per hundred cells."""
-    if not tally:
-        return
-    cache.refresh(tally, lambda: (r[0] for r in conn.execute(
-        "SELECT DISTINCT name FROM task_stats")))
-    cells = tally.capped(cache, max_task_names())
+    write_tally(tally, cache, lambda: (r[0] for r in conn.execute(
+        "SELECT DISTINCT name FROM task_stats")), lambda cells: _upsert(conn, cells))
+
+
+def _upsert(conn: sqlite3.Connection, cells: list[Cell]) -> None:
     for start in range(0, len(cells), _CHUNK):
         chunk = cells[start:start + _CHUNK]
         params = [x for (key, count, total) in chunk for x in (*key, count, total)]
@@ -42,19 +42,12 @@ def add_errors(conn: sqlite3.Connection, rows: Sequence[ErrorRow]) -> None:
                          "VALUES (?,?,?,?)", rows)
 
 
-def read(conn: sqlite3.Connection) -> list[dict[str, Any]]:
-    """Every cell of task_stats: [{queue, name, metric, bucket, count, total}]."""
-    return [dict(r) for r in conn.execute(
-        "SELECT queue, name, metric, bucket, SUM(count) AS count, SUM(total) AS total "
-        "FROM task_stats GROUP BY queue, name, metric, bucket "
-        "ORDER BY queue, name, metric, bucket")]
-
-
-def errors_of(conn: sqlite3.Connection, task_id: int) -> list[dict[str, Any]]:
-    """A task's attempts' errors, oldest first: [{attempt, error, finished_at}]."""
-    return [dict(r) for r in conn.execute(
-        "SELECT attempt, error, finished_at FROM task_errors WHERE task_id = ? "
-        "ORDER BY rowid", (int(task_id),))]
+SQL = StatsSQL(
+    read="SELECT queue, name, metric, bucket, SUM(count) AS count, SUM(total) AS total "
+         "FROM task_stats GROUP BY queue, name, metric, bucket "
+         "ORDER BY queue, name, metric, bucket",
+    errors_of="SELECT attempt, error, finished_at FROM task_errors WHERE task_id = ? "
+              "ORDER BY rowid")
 
 
 def running_rows(conn: sqlite3.Connection, ids: Iterable[int],
