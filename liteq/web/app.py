@@ -26,7 +26,7 @@ browser, or with JSON when the request sends `Accept: application/json`.
 
 import contextlib
 import os
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncGenerator, Iterable
 
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
@@ -96,7 +96,7 @@ def create_app(db: str | None = None, *, token: str | None = None,
     panel = Panel(db, security, refresh, zone_named(timezone))
 
     @contextlib.asynccontextmanager
-    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+    async def lifespan(app: Starlette) -> AsyncGenerator[None]:
         try:
             yield
         finally:

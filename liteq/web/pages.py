@@ -7,6 +7,7 @@ from __future__ import annotations
 from starlette.requests import Request
 from starlette.responses import Response
 
+from ..backends import TASK_STATUSES
 from ..timeutil import now
 from . import bulk, charts, views
 from .formatting import duration
@@ -39,7 +40,7 @@ class Pages:
             return self.p.error(request, 400, str(exc))
         data = await self.p.page_data(lambda s: views.task_list(s, filters))
         return self.p.render(request, "tasks.html", {
-            **data, "nav": "tasks", "f": filters, "statuses": views.TASK_STATUSES,
+            **data, "nav": "tasks", "f": filters, "statuses": TASK_STATUSES,
             "actions": bulk.ACTIONS,
             # a search is not re-run every few s
             "no_refresh": bool(filters["q"])})
