@@ -5,6 +5,7 @@ pool; and logging in and out."""
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from typing import Any
 
 from starlette.concurrency import run_in_threadpool
@@ -29,33 +30,28 @@ class Actions:
 
     async def retry_task(self, request: Request) -> Response:
         """POST: put one failed or cancelled task back to pending."""
-        form = await self.p.checked_form(request)
-        task_id: int = request.path_params["task_id"]
-        row, changed = await self.p.data(
-            lambda s: (s.get_task(task_id), s.retry_tasks(TaskFilter(ids=(task_id,)))))
-        if row is None:
-            return self.p.error(request, 404, f"There is no task #{task_id}.")
-        if not changed:
-            return self.p.done(request, form, False,
-                               f"Task #{task_id} is {row['status']}; only failed or "
-                               f"cancelled tasks can be retried.", f"/tasks/{task_id}")
-        return self.p.done(request, form, True, f"Task #{task_id} ({row['name']}) is "
-                                                f"pending again.", f"/tasks/{task_id}")
+        return await self._one_task(request, lambda s, f: s.retry_tasks(f),
+                                    "failed or cancelled tasks can be retried", "pending again")
 
     async def cancel_task(self, request: Request) -> Response:
         """POST: cancel one pending or running task."""
+        return await self._one_task(request, lambda s, f: s.cancel_tasks(f),
+                                    "pending or running tasks can be cancelled", "cancelled")
+
+    async def _one_task(self, request: Request, act: Callable[[Backend, TaskFilter], int],
+                        only: str, became: str) -> Response:
+        """Do `act` on the task of the path, and say what became of it (or why not)."""
         form = await self.p.checked_form(request)
         task_id: int = request.path_params["task_id"]
-        row, changed = await self.p.data(
-            lambda s: (s.get_task(task_id), s.cancel_tasks(TaskFilter(ids=(task_id,)))))
+        chosen = TaskFilter(ids=(task_id,))
+        row, changed = await self.p.data(lambda s: (s.get_task(task_id), act(s, chosen)))
         if row is None:
             return self.p.error(request, 404, f"There is no task #{task_id}.")
         if not changed:
-            return self.p.done(request, form, False,
-                               f"Task #{task_id} is {row['status']}; only pending or "
-                               f"running tasks can be cancelled.", f"/tasks/{task_id}")
+            return self.p.done(request, form, False, f"Task #{task_id} is {row['status']}; "
+                                                     f"only {only}.", f"/tasks/{task_id}")
         return self.p.done(request, form, True, f"Task #{task_id} ({row['name']}) is "
-                                                f"cancelled.", f"/tasks/{task_id}")
+                                                f"{became}.", f"/tasks/{task_id}")
 
     async def retry_all(self, request: Request) -> Response:
         """POST: retry every failed task matching the queue/name filter."""

@@ -20,12 +20,8 @@ UNKNOWN = "unknown task status"
 
 @pytest.fixture
 def store(db):
-    """A backend of the test's own on `db`, closed afterwards."""
-    s = backends.open_backend(db)
-    try:
-        yield s
-    finally:
-        s.close()
+    """The backend of `db` (the db fixture closes it afterwards)."""
+    return backends.get_backend(db)
 
 
 def _finished(store, kind, queue="a", when=None, unique_key=None):
