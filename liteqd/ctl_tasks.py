@@ -18,11 +18,9 @@ from typing import Any, TextIO
 
 from liteq.backends import get_backend
 from liteq.backends.base import Backend
-from liteq.backends.filters import TaskFilter
+from liteq.backends.filters import FINISHED, TaskFilter
 from liteq.status import task_row_to_dict
 from liteq.timeutil import to_iso
-
-FINISHED = ("done", "failed", "cancelled")
 
 _UNITS = {"": 1.0, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, "w": 7 * 86400.0}
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhdw]?)\s*$", re.I)
