@@ -323,19 +323,6 @@ class Backend(abc.ABC):
         ids below `below`, newest first, at most `limit` (a bulk action's batch)."""
 
     @abc.abstractmethod
-    def cancel_many(self, task_ids: Iterable[int]) -> int:
-        """cancel() for several tasks at once; returns how many were cancelled."""
-
-    @abc.abstractmethod
-    def retry_many(self, task_ids: Iterable[int]) -> int:
-        """Put these failed or cancelled tasks back to pending; returns how many."""
-
-    @abc.abstractmethod
-    def delete_many(self, task_ids: Iterable[int]) -> int:
-        """Delete these tasks if finished and nothing pending or running depends on
-        them; returns how many."""
-
-    @abc.abstractmethod
     def queue_buckets(self, since: float, bucket: float) -> list[dict[str, Any]]:
         """[{queue, slot, done, failed, run_sum, run_max, timed}]: per queue and
         `bucket` seconds since `since`, the tasks finished done or failed, and the sum
