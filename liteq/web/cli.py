@@ -97,20 +97,10 @@ def main(argv: list[str] | None = None) -> int:
     loopback = is_loopback(args.host)
     shown = f"[{args.host}]" if ":" in args.host else args.host
     base = f"http://{shown}:{args.port}{root_path}/"
-    token = None if args.no_token else args.token
-    if args.no_token:
-        if not loopback:
-            print(f"liteq monitor: --no-token is only allowed on a loopback address, not "
-                  f"{args.host}: anyone who can reach port {args.port} could retry, cancel "
-                  f"and scale. Leave the token on (pass --token, set {TOKEN_ENV}, or let "
-                  f"the panel make one).", file=sys.stderr)
-            return 2
-        print(f"WARNING: --no-token: the panel is open to every user and process on this "
-              f"machine; any of them can see your tasks and retry, cancel or scale them "
-              f"through {base}", file=sys.stderr)
-    generated = token is None and not args.no_token
-    if generated:
-        token = secrets.token_hex(24)
+    chosen = _choose_token(args, loopback, base)
+    if chosen is None:
+        return 2
+    token, generated = chosen
     allowed = [*LOOPBACK_NAMES, *args.allow_host] if loopback else None
     app = create_app(db, token=token, allowed_hosts=allowed,
                      public_metrics=args.public_metrics, refresh=args.refresh,
@@ -130,6 +120,25 @@ def main(argv: list[str] | None = None) -> int:
     except _Stopped:
         pass
     return 0
+
+
+def _choose_token(args: argparse.Namespace, loopback: bool,
+                  base: str) -> tuple[str | None, bool] | None:
+    """(the panel's token, whether it was made here), or None when --no-token is
+    refused (it is allowed on a loopback address only, with a warning)."""
+    if not args.no_token:
+        token: str | None = args.token
+        return (token, False) if token is not None else (secrets.token_hex(24), True)
+    if not loopback:
+        print(f"liteq monitor: --no-token is only allowed on a loopback address, not "
+              f"{args.host}: anyone who can reach port {args.port} could retry, cancel "
+              f"and scale. Leave the token on (pass --token, set {TOKEN_ENV}, or let "
+              f"the panel make one).", file=sys.stderr)
+        return None
+    print(f"WARNING: --no-token: the panel is open to every user and process on this "
+          f"machine; any of them can see your tasks and retry, cancel or scale them "
+          f"through {base}", file=sys.stderr)
+    return None, False
 
 
 class _Stopped(BaseException):
