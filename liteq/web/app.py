@@ -22,6 +22,9 @@ every link, form, redirect and cookie carries the prefix (the `root` of a page).
 
 An action answers with a redirect back (and a one-time flash message) for a
 browser, or with JSON when the request sends `Accept: application/json`.
+
+The handlers live by job in pages.py, actions.py and api.py; panel.py holds what
+they share (the database, the daemon's status, rendering and answers).
 """
 
 import contextlib
