@@ -3,7 +3,7 @@
 - `workdir`: a short temp dir (socket paths must stay within the Unix limit).
 - `db`: the test's queue, exported as LITEQ_DB with LITEQ_SOCKET inside workdir:
   a real SQLite file in workdir, or a PostgreSQL URL naming a schema of its own
-  (tests/pg_helpers.py). Tests about the queue's behaviour take `db` (or `backend`)
+  (tests/support/pg_helpers.py). Tests about the queue's behaviour take `db` (or `backend`)
   and run on both.
 - `db_path`: an SQLite file only, for tests about SQLite itself.
 - `backend`: the calling thread's open backend for `db`.
@@ -18,27 +18,44 @@ import tempfile
 
 import pytest
 
-from liteq import backends
+# The support modules are pytest plugins (below): their asserts are rewritten too, even
+# the ones this file imports before pytest loads them as plugins.
+pytest.register_assert_rewrite("support")
 
-import pg_helpers
-from daemon_helpers import registry_restored
+from liteq import backends  # noqa: E402
+
+from support import pg_helpers  # noqa: E402
+from support.daemon_helpers import registry_restored  # noqa: E402
 
 BACKEND_KINDS = ("sqlite", "postgresql")
 
 
-# The files from here on run in the second worker process (pyproject's addopts): the
-# two halves take about as long, and each worker runs its files in the order one
-# process would, so no file meets state (registered task names, say) that it
-# would not meet in a single run.
-SECOND_HALF_FROM = "test_hosts.py"
+# Every test folder's fixtures: real daemons (`daemons`, `app`), the fault lab (`lab`,
+# `fault_app`), simulated hosts (`hosts`) and throwaway PostgreSQL clusters.
+pytest_plugins = ["support.daemon_helpers", "support.fault_helpers", "support.hosts",
+                  "support.pg_cluster"]
+
+# Benchmarks print figures, they assert nothing: run them by hand (benchmarks/README.md).
+collect_ignore = ["benchmarks"]
+
+# The two worker processes (pyproject's addopts) each take whole test folders, some
+# whole files, so that the two halves take about as long; each worker runs its files in
+# the order one process would, so no file meets state (registered task names, say)
+# that it would not meet in a single run. A file is never split between the workers.
+SECOND_HALF = {"api", "contract", "compat", "postgres", "web", "unit"}
+
+
+def _half(path):
+    """"first" or "second": the worker that runs the test file at `path`."""
+    rel = os.path.relpath(str(path), os.path.dirname(os.path.abspath(__file__)))
+    folder = rel.split(os.sep)[0]
+    return "second" if folder in SECOND_HALF else "first"
 
 
 def pytest_collection_modifyitems(config, items):
     """Pin each test file to one of the two workers (pytest-xdist's loadgroup)."""
     for item in items:
-        name = os.path.basename(str(item.fspath))
-        half = "second" if name >= SECOND_HALF_FROM else "first"
-        item.add_marker(pytest.mark.xdist_group(half))
+        item.add_marker(pytest.mark.xdist_group(_half(item.fspath)))
 
 
 @pytest.hookimpl(tryfirst=True)  # before the parametrize marks and fixture params apply
@@ -80,10 +97,6 @@ def db(request, workdir, monkeypatch):
     if request.param == "sqlite":
         target = os.path.join(workdir, "queue.db")
     else:
-        try:
-            import liteq.backends.postgres  # noqa: F401
-        except ImportError:
-            pytest.skip("the PostgreSQL backend is not built yet")
         server = pg_helpers.server_url()
         schema, target = pg_helpers.create_schema(server)
     _export(monkeypatch, target, workdir)
