@@ -42,7 +42,7 @@ collect_ignore = ["benchmarks"]
 # whole files, so that the two halves take about as long; each worker runs its files in
 # the order one process would, so no file meets state (registered task names, say)
 # that it would not meet in a single run. A file is never split between the workers.
-SECOND_HALF = {"api", "contract", "compat", "postgres", "web", "unit"}
+SECOND_HALF = {"api", "compat", "contract", "deployment", "postgres", "unit", "web"}
 
 
 def _half(path):

@@ -1,4 +1,4 @@
-"""Enqueueing from asyncio code (issue 13 item 8): adelay, aapply_async, aget_task_status
+"""Enqueueing from asyncio code: adelay, aapply_async, aget_task_status
 and await_task, on each backend; the event loop keeps running while they wait, and the
 FastAPI helpers use them."""
 

@@ -1,4 +1,4 @@
-"""What a running task knows and decides (issue 13, items 1, 2 and 9): current_task,
+"""What a running task knows and decides: current_task,
 liteq.Retry, retry_on / no_retry_on, and the task hooks. Real daemons, on each backend."""
 
 import json

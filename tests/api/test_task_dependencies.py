@@ -1,4 +1,4 @@
-"""Task dependencies (issue 13, item 4): apply_async(depends_on=...), liteq.chain(),
+"""Task dependencies: apply_async(depends_on=...), liteq.chain(),
 current_task.parent_results(), and what a parent's end does to its dependents.
 On each backend; real daemons where tasks must run.
 
@@ -198,7 +198,7 @@ def test_a_diamond_of_1000_tasks_runs_each_after_its_parents_exactly_once(deps_a
 
 def _depend_on_the_old_task(db, old, work):
     """A task of the version-2 database is claimable as it was, and a parent."""
-    from daemon_helpers import fresh_backend
+    from support.daemon_helpers import fresh_backend
     child = work.apply_async((2,), depends_on=[old])
     with fresh_backend(db) as backend:
         claimed = [r["id"] for r in backend.claim("w-test", ["default"], 10)]
@@ -236,7 +236,7 @@ def test_a_version_2_sqlite_file_gains_dependencies(db_path, clean_registry):
 
 
 def test_a_version_2_postgres_schema_gains_dependencies(clean_registry, workdir, monkeypatch):
-    import pg_helpers
+    from support import pg_helpers
     from liteq import backends
     from liteq.backends.postgres import schema
     server = pg_helpers.server_url()

@@ -215,5 +215,5 @@ def test_delay_on_commit_enqueues_with_the_sessions_commit_only(db, daemons, app
 
 
 def _all(db):
-    from daemon_helpers import all_tasks
+    from support.daemon_helpers import all_tasks
     return all_tasks(db)

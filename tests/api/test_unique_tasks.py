@@ -1,4 +1,4 @@
-"""Unique tasks (issue 13, item 3): apply_async(unique_key=...) and @task(unique=True).
+"""Unique tasks: apply_async(unique_key=...) and @task(unique=True).
 
 While a task with a key is pending or running, enqueueing the key again writes
 nothing and returns that task's id; once it is done, failed or cancelled the key
@@ -234,7 +234,7 @@ def test_a_version_1_sqlite_file_gains_unique_keys(db_path, clean_registry):
 
 
 def test_a_version_1_postgres_schema_gains_unique_keys(clean_registry, workdir, monkeypatch):
-    import pg_helpers
+    from support import pg_helpers
     from liteq import backends
     from liteq.backends.postgres import schema
     server = pg_helpers.server_url()

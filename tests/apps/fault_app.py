@@ -6,7 +6,7 @@ by the task itself: one line "TASK_ID PID" appended with O_APPEND in a single wr
 so lines from many processes never interleave and the count is exact.
 
 The task id comes from the worker's process title, which the daemon sets to
-"liteqd: worker N running NAME#ID" while a task runs (DESIGN.md, process titles).
+"liteqd: worker N running NAME#ID" while a task runs (see liteqd's process titles).
 """
 
 import ctypes

@@ -157,7 +157,7 @@ def main():
             print(f"sqlite: built in {time.perf_counter() - t0:.1f} s", flush=True)
             measure(path, args.n, args.repeat, "sqlite")
     if "postgresql" in kinds:
-        import pg_helpers
+        from support import pg_helpers
         server = args.url or pg_helpers.server_url()
         schema, url = pg_helpers.create_schema(server)
         try:

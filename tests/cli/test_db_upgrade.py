@@ -110,7 +110,7 @@ def _apply_script(db, script):
 def _twin(db, workdir):
     """A second, empty database of the same kind (a new schema on PostgreSQL)."""
     if backends.is_postgres(db):
-        import pg_helpers
+        from support import pg_helpers
         name, url = pg_helpers.create_schema(pg_helpers.server_url())
         return url, lambda: pg_helpers.drop_schema(pg_helpers.server_url(), name)
     return os.path.join(workdir, "twin.db"), lambda: None

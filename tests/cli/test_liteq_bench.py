@@ -53,7 +53,7 @@ def test_bench_rejects_malformed_numbers(argv):
 
 
 def test_bench_on_postgresql_reports_every_figure_and_drops_its_schemas():
-    import pg_helpers
+    from support import pg_helpers
     url = pg_helpers.server_url()   # skips (or fails under LITEQ_TEST_POSTGRES) without one
     import psycopg
     proc = _run("--db", url, "--tasks", "300", "--repeat", "1", "--samples", "20", "--json")
@@ -74,7 +74,7 @@ def test_bench_on_postgresql_reports_every_figure_and_drops_its_schemas():
 
 
 def test_bench_hosts_drains_with_a_daemon_per_namespace_and_leaves_nothing_running():
-    import pg_helpers
+    from support import pg_helpers
     url = pg_helpers.server_url()
     reason = namespaces_unavailable()
     if reason:

@@ -161,7 +161,7 @@ def test_project_example_runs_as_is(name, record_property):
 @pytest.mark.parametrize("name", ["basic.py", "cron.py", "flask_app.py", *PROJECTS])
 def test_example_runs_on_postgresql(name, record_property):
     """The same scripts, with LITEQ_DB naming a PostgreSQL queue (a schema of its own)."""
-    import pg_helpers
+    from support import pg_helpers
     server = pg_helpers.server_url()
     schema, url = pg_helpers.create_schema(server)
     try:

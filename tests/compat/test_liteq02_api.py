@@ -434,7 +434,7 @@ def test_run_monitor_serves_the_panel(daemons, panel_tasks):
     import socket
     import urllib.request
 
-    from daemon_helpers import wait_for
+    from support.daemon_helpers import wait_for
 
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -1,4 +1,4 @@
-"""Claims under rate limits (issue 25 item 3), on each backend: a rate-limited name or
+"""Claims under rate limits, on each backend: a rate-limited name or
 queue starts at most a small burst at once, then one per interval; the claim says
 when the next start is allowed; other tasks are not held back by limited ones ahead
 of them; and a limit nobody uses leaves the claim as it was.

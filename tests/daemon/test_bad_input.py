@@ -1,6 +1,6 @@
-"""Bad input (issue 7): each case gets a clear error, and nothing is lost.
+"""Bad input: each case gets a clear error, and nothing is lost.
 
-This file is the issue's checklist, one test (or one parametrized group) per item.
+One test (or one parametrized group) per case of the bad-input checklist.
 Some cases are also covered, in more depth, by tests/daemon/test_daemon.py, test_db.py and
 test_task_api.py; here the row-level cases share one daemon run, and the start-up
 cases are short-lived `liteqd` processes that must refuse to start.

@@ -1,4 +1,4 @@
-"""Cancelling a running task (issue 13 item 5): cancel_task(id) reaches the daemon that
+"""Cancelling a running task: cancel_task(id) reaches the daemon that
 runs it (wake-up channel, else its poll), TaskCancelled is raised inside the task, the
 child's tree is killed when it does not stop within the kill grace, and the task is
 `cancelled`, never retried. On each backend, with real daemons and signals."""

@@ -1,4 +1,4 @@
-""""running" means started (issue 24, item 3): a task a daemon claimed that no child
+""""running" means started: a task a daemon claimed that no child
 has started yet is shown as claimed, in the status API, `liteqctl status` and the
 metrics; its started_at, run time and time limit count from the real start.
 

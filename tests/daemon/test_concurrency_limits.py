@@ -1,4 +1,4 @@
-"""Global concurrency limits (issue 13 item 6): `@task(concurrency=N)` and
+"""Global concurrency limits: `@task(concurrency=N)` and
 `liteqd --queue-limit QUEUE=N` hold over every daemon on the database, checked from the
 tasks' own start and end stamps, on each backend."""
 

@@ -1,4 +1,4 @@
-"""liteqd's failure model (issue 3): killed children, timeouts, a killed supervisor,
+"""liteqd's failure model: killed children, timeouts, a killed supervisor,
 graceful and fast stops, reloads under load, poison tasks, pid reuse, crash loops.
 
 Real daemons, real forked children, real signals; see tests/support/daemon_helpers.py.
@@ -93,7 +93,7 @@ def test_timeout_kills_child_and_its_subprocess(daemons, app):
 
 def test_timeout_kills_a_subprocess_in_a_session_of_its_own(daemons, app):
     # Killing the child's process group misses a subprocess that called setsid();
-    # the issue asks for the whole tree (psutil), so it must die as well.
+    # the whole tree must end (psutil), so it must die as well.
     d = daemons.start("--concurrency", "1")  # --kill-grace 1
     pidfile = daemons.path("sub.pid")
     tid = app.sleep_with_detached_subprocess.delay(pidfile)
@@ -342,7 +342,7 @@ def version():
 
 
 def test_hup_loads_new_code(daemons):
-    from daemon_helpers import load_app_module
+    from support.daemon_helpers import load_app_module
     path = daemons.path("versioned_tasks.py")
     with open(path, "w") as f:
         f.write(APP_V1)
@@ -361,7 +361,7 @@ def test_hup_loads_new_code(daemons):
 
 
 def test_hup_with_broken_new_code_keeps_serving_the_old_code(daemons):
-    from daemon_helpers import load_app_module
+    from support.daemon_helpers import load_app_module
     path = daemons.path("versioned_tasks.py")
     with open(path, "w") as f:
         f.write(APP_V1)

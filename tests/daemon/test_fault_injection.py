@@ -1,4 +1,4 @@
-"""Fault injection (issue 7): the numbered list, one test per item, against real daemons.
+"""Fault injection against real daemons: one test per fault.
 
 Real databases (each backend: conftest's `db`), real `liteqd` processes, real signals
 and sockets;
@@ -6,8 +6,8 @@ nothing of LiteQ is mocked. Tasks record each execution themselves ("TASK_ID PID
 lines appended with O_APPEND, see tests/apps/fault_app.py), so "lost" and "doubled"
 are counted exactly. Every process a test starts is SIGKILLed in teardown (its
 process group, every descendant seen, anything still carrying the test's tag);
-every wait has a deadline. The only time bounds asserted are the ones the issue
-states, each with CI_SLACK of room for a loaded 2-core CI machine.
+every wait has a deadline. The only time bounds asserted are the documented
+ones, each with CI_SLACK of room for a loaded 2-core CI machine.
 """
 
 import contextlib
@@ -76,7 +76,7 @@ def _assert_exactly_once(log, ids):
 
 # ---- 1. SIGKILL a random child every 200 ms ----------------------------------------------
 
-def test_01_sigkill_a_random_child_every_200ms_during_3000_tasks(lab, app):
+def test_sigkill_a_random_child_every_200ms_during_3000_tasks(lab, app):
     d = lab.daemon("--concurrency", "2")
     log = lab.path("executions.txt")
     ids = app.work.starmap([(log, 0.002)] * 3000)
@@ -111,7 +111,7 @@ def test_01_sigkill_a_random_child_every_200ms_during_3000_tasks(lab, app):
 
 # ---- 2. SIGSTOP a child in the middle of a task with a time limit -------------------------
 
-def test_02_sigstopped_child_is_killed_at_timeout_plus_grace(lab, app):
+def test_sigstopped_child_is_killed_at_timeout_plus_grace(lab, app):
     d = lab.daemon("--concurrency", "1")
     marker = lab.path("started.txt")
     tid = app.stoppable.delay(marker)
@@ -142,7 +142,7 @@ def test_02_sigstopped_child_is_killed_at_timeout_plus_grace(lab, app):
 
 # ---- 3. a task blocked in C with SIGTERM blocked, with grandchildren -----------------------
 
-def test_03_blocked_task_and_all_its_grandchildren_die_by_timeout_grace_plus_1s(lab, app):
+def test_blocked_task_and_all_its_grandchildren_die_by_timeout_grace_plus_1s(lab, app):
     d = lab.daemon("--concurrency", "1")
     pidfile = lab.path("pids.txt")
     tid = app.blocked_with_grandchildren.delay(pidfile)
@@ -168,7 +168,7 @@ def test_03_blocked_task_and_all_its_grandchildren_die_by_timeout_grace_plus_1s(
 
 # ---- 4. a task swallows the soft-timeout exception -----------------------------------------
 
-def test_04_task_swallowing_the_soft_timeout_is_killed_at_the_hard_limit(lab, app):
+def test_task_swallowing_the_soft_timeout_is_killed_at_the_hard_limit(lab, app):
     d = lab.daemon("--concurrency", "1")
     marker = lab.path("swallow.txt")
     tid = app.swallow_timeout.delay(marker)
@@ -193,7 +193,7 @@ def test_04_task_swallowing_the_soft_timeout_is_killed_at_the_hard_limit(lab, ap
 
 # ---- 5. SIGKILL the supervisor during a run, then start it again ---------------------------
 
-def test_05_sigkill_supervisor_mid_run_then_restart_finishes_every_task(lab, app):
+def test_sigkill_supervisor_mid_run_then_restart_finishes_every_task(lab, app):
     d1 = lab.daemon("--concurrency", "2")
     log = lab.path("executions.txt")
     ids = app.work.starmap([(log, 0.003)] * 1000)
@@ -226,7 +226,7 @@ def test_05_sigkill_supervisor_mid_run_then_restart_finishes_every_task(lab, app
 
 # ---- 6. pid reuse -------------------------------------------------------------------------
 
-def test_06_worker_row_whose_pid_now_belongs_to_another_process_is_dead(lab, app):
+def test_worker_row_whose_pid_now_belongs_to_another_process_is_dead(lab, app):
     store = backends.get_backend()
     stranger = psutil.Process(lab.popen(["sleep", "60"]).pid)
     # A worker row with a fresh heartbeat whose pid is now this unrelated process:
@@ -249,7 +249,7 @@ def test_06_worker_row_whose_pid_now_belongs_to_another_process_is_dead(lab, app
 
 # ---- 7. every child crashes at start-up ------------------------------------------------------
 
-def test_07_children_crashing_at_start_back_off_show_failing_and_cost_little_cpu(lab):
+def test_children_crashing_at_start_back_off_show_failing_and_cost_little_cpu(lab):
     d = lab.daemon("--concurrency", "2", app=CRASH_APP, ready=False)
     wait_for(lambda: _try_ping(lab), 15, lambda: f"the daemon never answered\n{d.dump()}")
     wait_for(lambda: len(d.events("child.exited")) >= 3, 15,
@@ -294,7 +294,7 @@ def _gaps(stamps):
 
 # ---- 8. poison tasks --------------------------------------------------------------------------
 
-def test_08_poison_tasks_fail_after_their_retries_while_other_tasks_run(lab, app):
+def test_poison_tasks_fail_after_their_retries_while_other_tasks_run(lab, app):
     d = lab.daemon("--concurrency", "2")
     poison = {"segfault": app.segfault.delay(), "exit": app.exit_one.delay(),
               "memory": app.huge_allocation.delay()}
@@ -325,7 +325,7 @@ def test_08_poison_tasks_fail_after_their_retries_while_other_tasks_run(lab, app
 # ---- 9. recycling by task count and by memory under load ------------------------------------
 
 @pytest.mark.parametrize("limit", ["tasks", "memory"])
-def test_09_recycling_by_task_count_or_memory_loses_and_doubles_nothing(lab, app, limit):
+def test_recycling_by_task_count_or_memory_loses_and_doubles_nothing(lab, app, limit):
     log = lab.path("executions.txt")
     if limit == "tasks":
         d = lab.daemon("--concurrency", "2", "--max-tasks-per-child", "7")
@@ -354,7 +354,7 @@ def test_09_recycling_by_task_count_or_memory_loses_and_doubles_nothing(lab, app
 
 # ---- 10. SIGTERM, then a second SIGTERM ------------------------------------------------------
 
-def test_10_second_sigterm_stops_fast_within_2s_and_requeues_leftovers(lab, app):
+def test_second_sigterm_stops_fast_within_2s_and_requeues_leftovers(lab, app):
     d = lab.daemon("--concurrency", "2")
     marker = lab.path("holds.txt")
     holds = [app.hold.delay(marker, 60) for _ in range(2)]
@@ -396,7 +396,7 @@ for i in range(n):
 '''
 
 
-def test_11_scale_1_to_8_to_1_under_load_settles_within_2s_and_loses_nothing(lab, app):
+def test_scale_1_to_8_to_1_under_load_settles_within_2s_and_loses_nothing(lab, app):
     d = lab.daemon("--concurrency", "1")
     log = lab.path("executions.txt")
     producer = lab.popen([PY, "-c", PRODUCER, APPS, log, "800"], stdout=subprocess.PIPE,
@@ -454,7 +454,7 @@ print("enqueued")
 
 @pytest.mark.slow
 @pytest.mark.sqlite_only
-def test_12_write_lock_held_10s_daemon_supervises_retries_and_loses_nothing(lab, app, db_path):
+def test_write_lock_held_10s_daemon_supervises_retries_and_loses_nothing(lab, app, db_path):
     """SQLite only: another process holds its single write lock past the busy timeout."""
     d = lab.daemon("--concurrency", "2")
     log = lab.path("executions.txt")
@@ -541,7 +541,7 @@ def _ping_amid_flood(lab, timeout=5.0):
             time.sleep(0.05)
 
 
-def test_13_control_socket_flood_while_children_respawn(lab, app):
+def test_control_socket_flood_while_children_respawn(lab, app):
     d = lab.daemon("--concurrency", "2")
     log = lab.path("executions.txt")
     wait_statuses(lab.db, [app.work.delay(lab.path("warmup.txt"))], dump=d.dump)
@@ -589,7 +589,7 @@ def test_13_control_socket_flood_while_children_respawn(lab, app):
 
 # ---- 14. thirty SIGHUP reloads in a row --------------------------------------------------------
 
-def test_14_thirty_sighup_reloads_leak_nothing_and_lose_nothing(lab, app):
+def test_thirty_sighup_reloads_leak_nothing_and_lose_nothing(lab, app):
     d = lab.daemon("--concurrency", "2")
     log = lab.path("executions.txt")
     # Warm up: one reload and a task, so lazily opened files are open for the baseline.

@@ -1,4 +1,4 @@
-"""Load (issue 7): 8 producer processes enqueue 5,000 tasks each while one daemon with
+"""Load: 8 producer processes enqueue 5,000 tasks each while one daemon with
 two children drains them. Exactly 40,000 end done, each executed exactly once.
 
 Producers are real processes racing for the database with each other and with the

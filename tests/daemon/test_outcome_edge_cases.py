@@ -1,4 +1,4 @@
-"""Hardening found by an adversarial pass (issue 16): big arguments run, errors that no
+"""Hardening found by an adversarial pass: big arguments run, errors that no
 retry can fix fail at once, outcomes the database refuses are not reported as done, and
 processes a task leaves behind do not outlive a graceful stop."""
 

@@ -1,4 +1,4 @@
-"""Global rate limits (issue 25 item 3): `@task(rate_limit="10/s")` and
+"""Global rate limits: `@task(rate_limit="10/s")` and
 `liteqd --queue-rate QUEUE=N/s` hold over every daemon and host on the database,
 evenly spread in time, checked from the start stamps the tasks write themselves,
 on each backend. The bounds allow a busy 2-core machine some lateness (a late
@@ -115,7 +115,7 @@ def test_queue_rates_from_flags_and_the_environment():
         resolve(args, environ={"LITEQ_QUEUE_RATES": "sms=0/s"})
 
 
-# ---- the issue's test: three hosts, 20/s, 30 s ------------------------------------------
+# ---- three hosts, 20/s, 30 s -------------------------------------------------------
 
 @pytest.mark.slow
 def test_three_hosts_keep_a_rate_of_20_a_second_for_30_seconds(hosts):

@@ -1,4 +1,4 @@
-"""Retention (issue 13, item 7): the daemon deletes finished tasks past their age,
+"""Retention: the daemon deletes finished tasks past their age,
 per status, at most 1,000 rows per loop turn, and logs tasks.pruned. Real daemons,
 on each backend; old rows are made by recording outcomes with old finish times."""
 
@@ -38,7 +38,7 @@ def _age_cancelled(db, ids, age):
     database's now, which no backend operation moves back."""
     from liteq import backends
     if backends.is_postgres(db):
-        import pg_helpers
+        from support import pg_helpers
         pg_helpers.rows(db, "UPDATE tasks SET finished_at = finished_at - make_interval("
                         "secs => %s) WHERE id = ANY(%s)", (age, ids))
     else:

@@ -1,5 +1,4 @@
-"""Outages of a PostgreSQL queue under running daemons (issue 12 item 8, issue 14
-items 3-6): a server restarted in the middle of a drain, connections killed with
+"""Outages of a PostgreSQL queue under running daemons: a server restarted in the middle of a drain, connections killed with
 pg_terminate_backend, a server that is down when liteqd starts, and wake-ups
 (NOTIFY) that never arrive.
 
@@ -10,11 +9,11 @@ that daemon's sessions in pg_stat_activity. The tasks record each execution
 themselves (tests/apps/fault_app.py), so "nothing lost" is counted from their
 side effects, not from the statuses alone.
 
-The issue's rules, asserted here: the daemon never exits because of an outage,
+The rules asserted here: the daemon never exits because of an outage,
 logs db.unavailable once per outage and db.recovered when it is back, keeps the
 outcomes of tasks that finished meanwhile and records them after the reconnect,
 reconnects with back-off, and opens its LISTEN channel again; every task ends
-done. Time bounds are the issue's, with fault_helpers.CI_SLACK of extra room.
+done. Time bounds are the documented ones, with fault_helpers.CI_SLACK of extra room.
 """
 
 import os

@@ -1,11 +1,11 @@
-"""Several hosts on one PostgreSQL queue (issue 12, "Tests": several hosts on one machine,
-and item 10, no secrets shown; issue 14, items 1, 2 and 10).
+"""Several hosts on one PostgreSQL queue: a drain shared by three hosts, a host crash and
+its restart, a frozen host, status --all and scale across hosts, and no secrets shown.
 
 Each daemon runs in UTS and PID namespaces of its own, with its own hostname and
 control socket (tests/support/hosts.py); killing a namespace's every process is a host crash.
 Tasks record each execution themselves ("TASK_ID PID HOSTNAME", one O_APPEND write,
 tests/apps/fault_app.py), so runs are counted from their side effects, not from the
-database. The only time bounds asserted are the ones the issues state, with CI_SLACK.
+database. The only time bounds asserted are the documented ones, with CI_SLACK.
 The SQLite case of `db` is skipped: an SQLite queue is one file on one host.
 """
 
@@ -59,7 +59,7 @@ def _reclaimed_by(host) -> set:
     return {e["task_id"] for e in host.events("task.reclaimed")}
 
 
-# ---- issue 12: three hosts, 30,000 tasks --------------------------------------------------
+# ---- three hosts, 30,000 tasks -----------------------------------------------------------
 
 def test_three_hosts_run_30000_tasks_each_exactly_once(hosts, app):
     for name in NAMES:
@@ -77,7 +77,7 @@ def test_three_hosts_run_30000_tasks_each_exactly_once(hosts, app):
     assert set(per_host) == set(NAMES), "not every host took part"
 
 
-# ---- issue 12 and issue 14 item 1: a host crash -------------------------------------------
+# ---- a host crash ------------------------------------------------------------------------
 
 def test_host_crash_its_tasks_are_reclaimed_by_the_others_and_only_they_run_twice(hosts, app):
     started = {name: hosts.host(name, "--concurrency", "2") for name in NAMES}
@@ -115,7 +115,7 @@ def test_host_crash_its_tasks_are_reclaimed_by_the_others_and_only_they_run_twic
     assert started["host-a"].alive() and started["host-c"].alive()
 
 
-# ---- issue 14 item 1, second half: the crashed host's own restart --------------------------
+# ---- the crashed host's own restart --------------------------------------------------------
 
 def test_daemon_restarted_on_its_own_host_reclaims_at_once_by_pid_and_start_time(hosts, app):
     # The host (its namespaces) stays up; its daemon is SIGKILLed with its children, as
@@ -202,7 +202,7 @@ def test_live_daemons_with_one_hostname_in_two_pid_namespaces_leave_each_other_a
     assert {first_id, second.events("daemon.ready")[0]["worker_id"]} <= _worker_ids()
 
 
-# ---- issue 14 item 2: a frozen host ---------------------------------------------------------
+# ---- a frozen host --------------------------------------------------------------------------
 
 def test_frozen_host_its_tasks_run_elsewhere_its_late_outcomes_are_refused(hosts, app):
     a = hosts.host("host-a", "--concurrency", "2")
@@ -244,7 +244,7 @@ def test_frozen_host_its_tasks_run_elsewhere_its_late_outcomes_are_refused(hosts
     assert not a.events("daemon.fatal")
 
 
-# ---- issue 14 item 10 (in part): status --all and scale across hosts ----------------------
+# ---- status --all and scale across hosts ---------------------------------------------------
 
 def test_status_all_from_one_host_lists_every_host_and_scale_changes_only_one(hosts, app):
     started = {name: hosts.host(name, "--concurrency", "2") for name in NAMES}
@@ -281,7 +281,7 @@ def test_status_all_from_one_host_lists_every_host_and_scale_changes_only_one(ho
     assert set(runs) == set(ids) and set(runs.values()) == {1}
 
 
-# ---- issue 12 item 10: no secrets shown ------------------------------------------------------
+# ---- no secrets shown ------------------------------------------------------------------------
 
 PASSWORD = "s3cret-Pa55"
 

@@ -1,10 +1,11 @@
-"""Several hosts on one PostgreSQL queue, continued (issue 14: item 8, cron across
-hosts; item 9, the schema race; "Load"; item 10, a TTIN/TTOU storm during a drain).
+"""Several hosts on one PostgreSQL queue, under stress: cron across hosts, the schema
+race of daemons starting together, load from many producers, and a TTIN/TTOU storm
+during a drain. (The shared drain, crashes and frozen hosts: test_hosts.py.)
 
 Each daemon runs in UTS and PID namespaces of its own (tests/support/hosts.py). Tasks record
 each execution themselves in one O_APPEND write, so runs are counted from their side
-effects, not from the database. The only time bounds asserted are the ones the issue
-states, with CI_SLACK. The SQLite case of `db` is skipped (hosts.py says why).
+effects, not from the database. The only time bounds asserted are the documented
+ones, with CI_SLACK. The SQLite case of `db` is skipped (hosts.py says why).
 """
 
 import json
@@ -25,7 +26,7 @@ HEARTBEAT = 0.5  # daemon_helpers.FAST_ARGS
 NAMES = ("host-a", "host-b", "host-c")
 
 
-# ---- issue 14 item 8: cron across hosts ------------------------------------------------------
+# ---- cron across hosts -----------------------------------------------------------------------
 
 PERIOD = 2.0
 
@@ -112,7 +113,7 @@ def test_cron_across_hosts_fires_each_occurrence_once_and_survives_its_firer(hos
     assert late <= HEARTBEAT + CI_SLACK
 
 
-# ---- issue 14 item 9: the schema race --------------------------------------------------------
+# ---- the schema race -------------------------------------------------------------------------
 
 def _tables(db) -> set:
     """The tables in the test's schema (the URL's search_path)."""
@@ -138,7 +139,7 @@ def test_five_daemons_starting_together_on_an_empty_schema_migrate_once_and_all_
     assert sorted(w["hostname"] for w in worker_rows(hosts.db)) == names
 
 
-# ---- issue 14 "Load": 8 producers x 5,000 tasks against 3 hosts ------------------------------
+# ---- load: 8 producers x 5,000 tasks against 3 hosts -----------------------------------------
 
 PRODUCERS = 8
 PER_PRODUCER = 5000
@@ -201,7 +202,7 @@ def test_8_producers_5000_tasks_each_against_3_hosts_each_executed_exactly_once(
     assert all(h.alive() for h in started)
 
 
-# ---- issue 14 item 10: a TTIN/TTOU storm and scale during a drain across hosts ---------------
+# ---- a TTIN/TTOU storm and scale during a drain across hosts ----------------------------
 
 def _sizes(host) -> list:
     """The pool sizes `liteqctl status --json` reports on that host."""

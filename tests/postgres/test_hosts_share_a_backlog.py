@@ -1,4 +1,4 @@
-"""Hosts share a backlog (issue 24, item 2), scaled down for CI from "three hosts and
+"""Hosts share a backlog, scaled down for CI from "three hosts and
 600 one-second tasks": three hosts of two children each and 60 tasks of 0.5 s, all
 enqueued at once while the three daemons are idle.
 

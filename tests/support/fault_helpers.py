@@ -19,7 +19,7 @@ FAULT_APP = os.path.join(APPS, "fault_app.py")
 # The hard kill comes this long after a time limit (--kill-grace in FAST_ARGS).
 KILL_GRACE = 1.0
 
-# Time bounds the issue states are asserted with this much extra room: CI runs the
+# Documented time bounds are asserted with this much extra room: CI runs the
 # suites on a loaded 2-core machine, where a process can wait a few hundred ms for a CPU.
 CI_SLACK = 1.0
 

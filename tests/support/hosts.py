@@ -1,4 +1,4 @@
-"""Several hosts on one machine (DESIGN.md, "How we test"): each liteqd runs in UTS and PID
+"""Several hosts on one machine: each liteqd runs in UTS and PID
 namespaces of its own, with its own hostname and its own control socket in the test's
 temp dir, on the test's PostgreSQL queue:
 

@@ -191,7 +191,7 @@ def test_delay_on_commit_with_a_queue_file_of_its_own(db, daemons):
 
 
 def _all_tasks(target):
-    from daemon_helpers import all_tasks
+    from support.daemon_helpers import all_tasks
     return all_tasks(target)
 
 
@@ -242,7 +242,7 @@ def test_manage_py_test_writes_the_tasks_in_the_test_database(db, daemons):
     """Django's test runner creates its own database: the queue follows it there."""
     import uuid
 
-    import pg_helpers
+    from support import pg_helpers
     name = f"lqt_django_{uuid.uuid4().hex[:8]}"
     env = {"LITEQ_DB": None, "SHOP_DATABASE_URL": pg_helpers.server_url(),
            "SHOP_TEST_DB_NAME": name, "DJANGO_SETTINGS_MODULE": "mysite.settings"}

@@ -1,4 +1,4 @@
-"""Metrics that survive retention and retries (issue 23, items 1 and 3), and every
+"""Metrics that survive retention and retries, and every
 attempt's error: real daemons on each backend, /metrics read as Prometheus reads it.
 
 Counters are counted where outcomes are recorded (task_stats), so with retention
@@ -318,7 +318,7 @@ def test_a_version_4_sqlite_file_is_upgraded(db_path):
 
 
 def test_a_version_4_postgres_schema_is_upgraded():
-    import pg_helpers
+    from support import pg_helpers
     from liteq.backends.postgres import schema
     server = pg_helpers.server_url()
     name, url = pg_helpers.create_schema(server)

@@ -601,7 +601,7 @@ def test_liteq_monitor_exits_0_on_a_stop_signal(daemons, sig):
     import urllib.error
     import urllib.request
 
-    from daemon_helpers import LITEQCTL, wait_for
+    from support.daemon_helpers import LITEQCTL, wait_for
 
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
