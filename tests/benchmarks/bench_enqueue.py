@@ -73,7 +73,7 @@ def _raw_db(tmp, liteq_db):
     src = sqlite3.connect(liteq_db)
     ddl = [r[0] for r in src.execute(
         "SELECT sql FROM sqlite_master WHERE tbl_name = 'tasks' AND sql IS NOT NULL "
-        "ORDER BY type DESC")]  # 'table' before 'index'
+        "ORDER BY type != 'table'")]  # the table before its indexes and triggers
     src.close()
     path = os.path.join(tmp, f"raw-{time.perf_counter_ns()}.db")
     conn = sqlite3.connect(path, isolation_level=None)

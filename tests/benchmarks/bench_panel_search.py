@@ -38,6 +38,7 @@ import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.dirname(os.path.dirname(HERE)))  # run from a checkout without installing
+sys.path.insert(0, os.path.dirname(HERE))  # tests/, for its support package
 
 from liteq import backends  # noqa: E402
 from liteq.web import search  # noqa: E402
