@@ -26,6 +26,7 @@ from liteq.errors import ConfigError
 from liteq.scheduler import (Scheduler, disable_schedule, enable_schedule, fire_due,
                              list_schedules, next_fire_time, next_run_after,
                              register_schedule)
+
 from support import REPO
 
 UTC = ZoneInfo("UTC")

@@ -22,6 +22,7 @@ import psutil
 import pytest
 from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
+
 from support import REPO as ROOT
 
 EXAMPLES_DIR = os.path.join(ROOT, "examples")

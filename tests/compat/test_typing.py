@@ -11,6 +11,7 @@ import subprocess
 import sys
 
 import pytest
+
 from support import REPO
 
 # A checker reads the whole of liteq/ and liteqd/: minutes on a busy machine.

@@ -16,6 +16,8 @@ import liteq
 from liteq import wait_for_task
 from liteq.launcher import start_daemon
 
+from support import REPO as ROOT
+
 
 APP = '''
 import os
@@ -73,7 +75,6 @@ def test_a_burst_runs_without_the_poll(stamp_app):
 PRODUCER = """
 import json, sys
 import wake_app
-from support import REPO as ROOT
 print(json.dumps([int(wake_app.stamp.delay()) for _ in range(int(sys.argv[1]))]))
 """
 

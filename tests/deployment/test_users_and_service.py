@@ -37,7 +37,7 @@ from liteq.backends import identity_of
 
 from support import pg_helpers
 from support.daemon_helpers import PYTHON, REPO, TAG_VAR, kill_tree, read_lines, wait_for, wait_gone
-from test_systemd import parse_unit
+from support.systemd_helpers import parse_unit
 
 UNITS = os.path.join(REPO, "systemd")
 TOOLS = ("useradd", "userdel", "groupdel", "setpriv", "nsenter", "unshare")

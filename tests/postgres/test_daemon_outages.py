@@ -31,7 +31,7 @@ from support.daemon_helpers import (count_tasks, load_app_module, read_lines, ru
                                     status_counts, task_row, wait_for, wait_statuses)
 from support.fault_helpers import CI_SLACK, FAULT_APP, Lab, executions
 from support.pg_proxy import AnswerLoser
-from test_systemd import NotifyListener
+from support.systemd_helpers import NotifyListener
 
 OUTAGE_EVENTS = ("db.unavailable", "db.recovered")
 WAKE_EVENTS = ("wake.lost", "wake.unavailable", "wake.restored")
@@ -115,7 +115,7 @@ RESTART_TOTAL = 5000
 
 
 @pytest.mark.timeout(180)
-def test_a_server_restart_in_the_middle_of_a_drain_loses_nothing(throwaway_pg, lab, app):
+def test_server_restart_in_the_middle_of_a_drain_loses_nothing(throwaway_pg, lab, app):
     cluster = throwaway_pg
     log = lab.path("executions.txt")
     ids = app.work.starmap([(log, 0.004)] * RESTART_TOTAL)
@@ -186,7 +186,7 @@ WAVE = 150
 
 
 @pytest.mark.timeout(150)
-def test_b_connections_killed_20_times_during_a_drain_lose_nothing(throwaway_pg, lab, app):
+def test_connections_killed_20_times_during_a_drain_lose_nothing(throwaway_pg, lab, app):
     cluster = throwaway_pg
     d = start_daemon(lab, cluster, "victim", "--concurrency", "2")
     children = d.wait_children(2)
@@ -226,7 +226,7 @@ def test_b_connections_killed_20_times_during_a_drain_lose_nothing(throwaway_pg,
 # ---- the server is down when liteqd starts ------------------------------------------------------
 
 @pytest.mark.timeout(90)
-def test_c_a_daemon_started_while_the_server_is_down_waits_for_it(throwaway_pg, lab, app,
+def test_a_daemon_started_while_the_server_is_down_waits_for_it(throwaway_pg, lab, app,
                                                                     monkeypatch):
     cluster = throwaway_pg
     cluster.stop()
@@ -274,7 +274,7 @@ def test_c_a_daemon_started_while_the_server_is_down_waits_for_it(throwaway_pg, 
 # ---- lost wake-ups ---------------------------------------------------------------------------
 
 @pytest.mark.timeout(90)
-def test_d_without_notify_every_task_still_runs_within_the_poll_interval(throwaway_pg, lab,
+def test_without_notify_every_task_still_runs_within_the_poll_interval(throwaway_pg, lab,
                                                                          app):
     cluster = throwaway_pg
     poll_s = 0.5  # FAST_ARGS
@@ -375,7 +375,7 @@ def next_status(listener, after, timeout, prefix=""):
 
 
 @pytest.mark.timeout(90)
-def test_e_a_running_daemon_retries_with_back_off_and_says_so_once(throwaway_pg, lab, app):
+def test_a_running_daemon_retries_with_back_off_and_says_so_once(throwaway_pg, lab, app):
     cluster = throwaway_pg
     listener = NotifyListener(lab.path("notify.sock"))
     try:
@@ -422,7 +422,7 @@ def test_e_a_running_daemon_retries_with_back_off_and_says_so_once(throwaway_pg,
 # ---- a claim whose answer the network lost ------------------------------------------------
 
 @pytest.mark.timeout(60)
-def test_f_a_claim_whose_commit_answer_was_lost_is_given_back(throwaway_pg, lab, app):
+def test_a_claim_whose_commit_answer_was_lost_is_given_back(throwaway_pg, lab, app):
     cluster = throwaway_pg
     proxy = AnswerLoser(cluster.port)
     try:
@@ -453,7 +453,7 @@ def test_f_a_claim_whose_commit_answer_was_lost_is_given_back(throwaway_pg, lab,
 
 
 @pytest.mark.timeout(60)
-def test_g_a_connection_lost_at_the_first_heartbeat_is_an_outage_too(throwaway_pg, lab, app):
+def test_a_connection_lost_at_the_first_heartbeat_is_an_outage_too(throwaway_pg, lab, app):
     cluster = throwaway_pg
     count_tasks(cluster.url)  # the schema exists: the daemon's first INSERT is its heartbeat
     proxy = AnswerLoser(cluster.port)

@@ -14,6 +14,7 @@ from fastapi.testclient import TestClient
 from liteq import get_task_status, backends, task
 from liteq.fastapi import (LiteQBackgroundTasks, TaskEnqueuer, create_task_router,
                            enqueue_task, task_router)
+
 from support import REPO
 
 
