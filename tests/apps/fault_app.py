@@ -1,4 +1,5 @@
-"""Tasks for the fault-injection, bad-input and load tests (tests/daemon/test_fault_injection.py, ...).
+"""Tasks for the fault-injection, bad-input and load tests
+(tests/daemon/test_fault_injection.py, ...).
 
 liteqd loads this file with --app; the tests and their producer processes load it
 too, to call .delay(). Every execution of a task that matters to a test is recorded

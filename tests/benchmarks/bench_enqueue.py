@@ -1,6 +1,7 @@
 """Enqueue throughput benchmark (not collected by pytest: its name does not start with test_).
 
-    .venv/bin/python tests/benchmarks/bench_enqueue.py [--tasks N] [--bulk-tasks M] [--repeat R] [--json]
+    .venv/bin/python tests/benchmarks/bench_enqueue.py [--tasks N] [--bulk-tasks M] [--repeat R]
+                                                       [--json]
 
 Against a fresh temp database per run, from one producer process, it measures:
 

@@ -1,6 +1,7 @@
 """Wake-up latency and the cost of wake-ups on enqueue (a script; pytest does not collect it).
 
-    .venv/bin/python tests/benchmarks/bench_latency.py [--samples 500] [--calls 5000] [--repeat 5] [--json]
+    .venv/bin/python tests/benchmarks/bench_latency.py [--samples 500] [--calls 5000] [--repeat 5]
+                                                       [--json]
 
 1. Latency. A real liteqd (concurrency 2, default settings) on a temp database,
    idle, with a task whose first line is `return time.time()`. For each sample:

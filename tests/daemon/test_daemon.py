@@ -1,8 +1,9 @@
 """liteqd behaviour: running tasks, pools, titles, logs, settings, bad input, recycling, scaling.
 
 Real daemons (subprocesses in their own session), real forked children, a real
-database on each backend (conftest's `db`) and real signals; see tests/support/daemon_helpers.py. Every process is
-SIGKILLed and reaped in teardown, and every wait has a deadline.
+database on each backend (conftest's `db`) and real signals; see
+tests/support/daemon_helpers.py. Every process is SIGKILLed and reaped in teardown, and
+every wait has a deadline.
 """
 
 import json

@@ -1,6 +1,6 @@
-"""Outages of a PostgreSQL queue under running daemons: a server restarted in the middle of a drain, connections killed with
-pg_terminate_backend, a server that is down when liteqd starts, and wake-ups
-(NOTIFY) that never arrive.
+"""Outages of a PostgreSQL queue under running daemons: a server restarted in the middle
+of a drain, connections killed with pg_terminate_backend, a server that is down when
+liteqd starts, and wake-ups (NOTIFY) that never arrive.
 
 Every test runs on a throwaway cluster of its own (tests/support/pg_cluster.py), never on
 the shared server; its daemons are real liteqd processes (tests/support/daemon_helpers.py)

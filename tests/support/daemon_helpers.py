@@ -10,8 +10,9 @@ every descendant ever seen (psutil, which checks start times, so a reused pid is
 never hit), then anything still carrying the tag.
 
 `Daemons` (the `daemons` fixture) starts the processes of one test; the fault suites
-(tests/support/fault_helpers.py) build on it, tests/daemon/test_control_channel.py and tests/deployment/test_systemd.py
-on `TempDaemons`. `running()` is the set-up and teardown they all share.
+(fault_helpers.py) build on it, tests/daemon/test_control_channel.py and
+tests/deployment/test_systemd.py on `TempDaemons`. `running()` is the set-up and
+teardown they all share.
 
 Every wait here polls with a deadline; nothing sleeps unbounded.
 """
