@@ -24,7 +24,7 @@ pytest.register_assert_rewrite("support")
 
 from liteq import backends  # noqa: E402
 
-from support import pg_helpers  # noqa: E402
+from support.queues import export, own_queue  # noqa: E402
 from support.daemon_helpers import registry_restored  # noqa: E402
 
 BACKEND_KINDS = ("sqlite", "postgresql")
@@ -78,14 +78,6 @@ def workdir():
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-def _export(monkeypatch, target, workdir):
-    for name in ("LITEQ_SYNC", "LITEQ_BUSY_TIMEOUT"):
-        monkeypatch.delenv(name, raising=False)
-    monkeypatch.setenv("LITEQ_DB", target)
-    # Wake-ups and control calls never reach a daemon of another test.
-    monkeypatch.setenv("LITEQ_SOCKET", os.path.join(workdir, "liteqd.sock"))
-
-
 @pytest.fixture(params=BACKEND_KINDS)
 def db(request, workdir, monkeypatch):
     """This test's queue (an SQLite path or a PostgreSQL URL), exported as LITEQ_DB.
@@ -93,27 +85,15 @@ def db(request, workdir, monkeypatch):
     Cached backends are dropped before and after, so no test sees another's
     connection; a PostgreSQL schema is dropped afterwards.
     """
-    schema = None
-    if request.param == "sqlite":
-        target = os.path.join(workdir, "queue.db")
-    else:
-        server = pg_helpers.server_url()
-        schema, target = pg_helpers.create_schema(server)
-    _export(monkeypatch, target, workdir)
-    backends.forget_backends()
-    try:
+    with own_queue(request.param, workdir, monkeypatch) as target:
         yield target
-    finally:
-        backends.forget_backends()
-        if schema is not None:
-            pg_helpers.drop_schema(server, schema)
 
 
 @pytest.fixture
 def db_path(workdir, monkeypatch):
     """A fresh SQLite database path in workdir, exported as LITEQ_DB (SQLite-only tests)."""
     path = os.path.join(workdir, "queue.db")
-    _export(monkeypatch, path, workdir)
+    export(monkeypatch, path, workdir)
     backends.forget_backends()
     try:
         yield path

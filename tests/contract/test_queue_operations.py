@@ -14,6 +14,7 @@ import liteq
 from liteq import monitoring, backends
 from liteq.core import task
 from support.daemon_helpers import age_heartbeat, put_task
+from unit.fake_backend import FakeBackend
 
 FORK = multiprocessing.get_context("fork")
 
@@ -22,8 +23,8 @@ PAYLOAD = '{"args":[],"kwargs":{}}'
 
 @pytest.fixture
 def store(db):
-    """A backend of the test's own on `db`, closed afterwards."""
-    s = backends.open_backend(db)
+    """A backend of the test's own on `db` (or the in-memory fake), closed afterwards."""
+    s = FakeBackend() if db == FakeBackend.target else backends.open_backend(db)
     try:
         yield s
     finally:
@@ -268,6 +269,7 @@ def _heartbeat(store, worker_id, concurrency=2, queues="default"):
                     time.time() - 5)
 
 
+@pytest.mark.real_backend  # ages a heartbeat in the database itself
 def test_reclaim_stale_worker(db, store):
     _heartbeat(store, "dead")
     _heartbeat(store, "live")
@@ -483,6 +485,7 @@ def test_monitoring_on_empty_database(db):
     assert monitoring.get_active_workers() == []
 
 
+@pytest.mark.real_backend  # reads through liteq.monitoring, on LITEQ_DB
 def test_failed_tasks_are_newest_failure_first(store, db):
     ids = [put_task(store, str(i), PAYLOAD) for i in range(3)]
     store.claim("w", ["default"], 3)
