@@ -5,7 +5,7 @@ run by run (a shared machine drifts). Prints the median drain rates and their
 ratio. Not collected by pytest; run it by hand:
 
     python tests/benchmarks/bench_limits.py [--db postgresql://...] [--tasks 20000] [--rounds 5]
-                                 [--limit concurrency|rate] [--claims-only]
+                                            [--limit concurrency|rate] [--claims-only]
 
 --claims-only measures the claims alone, without a daemon (one process claiming
 batches of 16 until the queue is empty, no outcomes recorded): the part a limit

@@ -1,7 +1,7 @@
 """The panel's task search at a million tasks, on SQLite and PostgreSQL.
 
     .venv/bin/python tests/benchmarks/bench_panel_search.py [--n 1000000] [--repeat 5]
-                                                 [--backends sqlite,postgresql] [--url URL]
+        [--backends sqlite,postgresql] [--url URL]
 
 Not collected by pytest (a benchmark prints figures; tests assert behaviour).
 For each backend it fills a fresh database (an SQLite file in a temp dir; a schema

@@ -2,8 +2,8 @@
 with retention on, or grow without end?
 
     .venv/bin/python tests/benchmarks/bench_pg_bloat.py [--tasks 1000000] [--round 10000]
-                                             [--batch 32] [--age 2] [--every 100000]
-                                             [--url URL]
+                                                        [--batch 32] [--age 2] [--every 100000]
+                                                        [--url URL]
 
 Not collected by pytest (a benchmark prints figures; tests assert behaviour).
 In a fresh schema of its own (dropped at the end) on the server (--url, else

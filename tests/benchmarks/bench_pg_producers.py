@@ -2,8 +2,8 @@
 with test_).
 
     .venv/bin/python tests/benchmarks/bench_pg_producers.py [--producers 1,2,4,8] [--seconds S]
-                                                 [--repeat R] [--latency N] [--url URL]
-                                                 [--json]
+                                                            [--repeat R] [--latency N] [--url URL]
+                                                            [--json]
 
 Each producer is a process calling task.delay() in a loop for S seconds, all
 starting together; the figure is the tasks all of them enqueued per second. Three

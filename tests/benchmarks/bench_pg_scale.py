@@ -2,7 +2,7 @@
 `liteqctl status` and the panel's overview, against a thousand as the baseline.
 
     .venv/bin/python tests/benchmarks/bench_pg_scale.py [--big 1000000] [--small 1000]
-                                             [--rounds 301] [--repeat 7] [--url URL]
+                                                        [--rounds 301] [--repeat 7] [--url URL]
 
 Not collected by pytest (a benchmark prints figures; tests assert behaviour).
 For each size, in a fresh schema of its own (dropped at the end) on the server

@@ -1,7 +1,7 @@
 """PostgreSQL backend benchmark (not collected by pytest: its name does not start with test_).
 
     .venv/bin/python tests/benchmarks/bench_postgres.py [--tasks N] [--bulk-tasks M] [--pending P]
-                                             [--repeat R] [--url URL]
+                                                        [--repeat R] [--url URL]
 
 Against a fresh schema per run on the server (LITEQ_TEST_POSTGRES, else the project's
 standard one), from one producer process, it measures:

@@ -2,8 +2,8 @@
 script; pytest does not collect it).
 
     .venv/bin/python tests/benchmarks/bench_supervisor_cpu.py [--against /work/main] [--tasks N]
-                                                  [--repeat R] [--concurrency C]
-                                                  [--profile DIR]
+                                                              [--repeat R] [--concurrency C]
+                                                              [--profile DIR]
 
 For each tree (this checkout, and --against), alternated R times: a fresh SQLite
 file, a liteqd of that tree (PYTHONPATH) with C children, idle and ready; then one
