@@ -6,9 +6,11 @@ A test that takes `store` runs on the fake too, unless it is marked `real_backen
 other processes). Every other test here runs on the two real backends only.
 """
 
+import os
+
 import pytest
 
-from support.queues import own_queue
+from support.queues import export, own_queue
 from unit.fake_backend import FakeBackend
 
 
@@ -35,6 +37,9 @@ def pytest_generate_tests(metafunc):
 def db(request, workdir, monkeypatch):
     """As tests/conftest.py's `db`, plus FakeBackend.target ("fake:") for the in-memory fake (no database)."""
     if request.param == "fake":
+        # Anything that reaches for LITEQ_DB in a fake case fails loudly (no such
+        # directory) instead of writing a database somewhere.
+        export(monkeypatch, os.path.join(workdir, "no-database", "queue.db"), workdir)
         yield FakeBackend.target
         return
     with own_queue(request.param, workdir, monkeypatch) as target:
