@@ -18,7 +18,7 @@ from liteq.launcher import start_daemon
 from liteq.settings import DEFAULT_MAX_PAYLOAD
 from liteqd.child import _Channel
 
-from support.daemon_helpers import count_tasks, task_rows
+from support.task_table import count_tasks, task_rows
 
 APP = '''
 from liteq import task

@@ -1,7 +1,7 @@
 """The application API: @task, .delay/.schedule/.apply_async/.map/.starmap, status, waiting.
 
 Every test that writes a task runs on each backend (conftest's `db`) and reads rows back
-through a fresh backend (daemon_helpers.task_row), as another process would."""
+through a fresh backend (task_table.task_row), as another process would."""
 
 import asyncio
 import calendar
@@ -18,7 +18,7 @@ import liteq
 from liteq import backends
 from liteq.core import TASK_REGISTRY, Task, task
 
-from support.daemon_helpers import count_tasks, task_row
+from support.task_table import count_tasks, task_row
 
 FORK = multiprocessing.get_context("fork")
 

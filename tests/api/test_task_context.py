@@ -11,7 +11,10 @@ import pytest
 import liteq
 from liteq import LiteQError, current_task
 
-from support.daemon_helpers import APPS, load_app_module, read_lines, wait_for, wait_status
+from support import APPS
+from support.daemon_helpers import load_app_module
+from support.processes import read_lines, wait_for
+from support.task_table import wait_status
 
 APP = os.path.join(APPS, "context_app.py")
 

@@ -14,8 +14,11 @@ import pytest
 import liteq
 from liteq import cancel_task, chain
 
-from support.daemon_helpers import (APPS, all_tasks, count_tasks, load_app_module, read_lines,
-                                    task_row, task_rows, wait_status, wait_statuses)
+from support import APPS
+from support.daemon_helpers import load_app_module
+from support.processes import read_lines
+from support.task_table import (all_tasks, count_tasks, task_row, task_rows, wait_status,
+                                wait_statuses)
 from support.pg_helpers import rows as pg_rows
 
 APP = os.path.join(APPS, "deps_app.py")
@@ -198,7 +201,7 @@ def test_a_diamond_of_1000_tasks_runs_each_after_its_parents_exactly_once(deps_a
 
 def _depend_on_the_old_task(db, old, work):
     """A task of the version-2 database is claimable as it was, and a parent."""
-    from support.daemon_helpers import fresh_backend
+    from support.task_table import fresh_backend
     child = work.apply_async((2,), depends_on=[old])
     with fresh_backend(db) as backend:
         claimed = [r["id"] for r in backend.claim("w-test", ["default"], 10)]

@@ -13,7 +13,8 @@ from liteq import (TaskFailed, TaskHandle, TaskNotFound, TaskStatus, TaskWasCanc
                    WaitTimeout, cancel_task, chain)
 from liteq.fastapi import TaskEnqueuer, enqueue_task
 
-from support.daemon_helpers import APPS, load_app_module
+from support import APPS
+from support.daemon_helpers import load_app_module
 
 APP = os.path.join(APPS, "typed_app.py")
 

@@ -12,7 +12,8 @@ import liteq
 from liteq import backends
 from liteq.backends.sqlite import schema
 
-from support.daemon_helpers import count_tasks, wait_for, wait_status
+from support.processes import wait_for
+from support.task_table import count_tasks, wait_status
 
 
 def _finished(task_ids):

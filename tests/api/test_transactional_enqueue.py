@@ -20,8 +20,8 @@ import liteq
 from liteq import ConfigError, backends
 
 from support import pg_helpers
-from support.daemon_helpers import (count_tasks, load_app_module, task_row, task_rows, wait_all,
-                                    wait_status)
+from support.daemon_helpers import load_app_module
+from support.task_table import count_tasks, task_row, task_rows, wait_all, wait_status
 
 WAKE_TIMEOUT = 10.0
 

@@ -19,7 +19,8 @@ import liteq
 from liteq import ConfigError, backends
 
 from support import pg_helpers
-from support.daemon_helpers import count_tasks, load_app_module, task_row, wait_status
+from support.daemon_helpers import load_app_module
+from support.task_table import count_tasks, task_row, wait_status
 
 
 def _url(db, path=None):
@@ -215,5 +216,5 @@ def test_delay_on_commit_enqueues_with_the_sessions_commit_only(db, daemons, app
 
 
 def _all(db):
-    from support.daemon_helpers import all_tasks
+    from support.task_table import all_tasks
     return all_tasks(db)

@@ -14,7 +14,9 @@ import pytest
 import liteq
 from liteq.serialization import decode_payload, decode_result
 
-from support.daemon_helpers import APPS, count_tasks, load_app_module, task_row
+from support import APPS
+from support.daemon_helpers import load_app_module
+from support.task_table import count_tasks, task_row
 
 APP = os.path.join(APPS, "typed_app.py")
 TOKYO = dt.timezone(dt.timedelta(hours=9))

@@ -16,7 +16,9 @@ import pytest
 
 from liteq import cancel_task, retry_task, task
 
-from support.daemon_helpers import PYTHON, all_tasks, count_tasks, kill_tree, task_row
+from support.daemon_helpers import PYTHON
+from support.processes import kill_tree
+from support.task_table import all_tasks, count_tasks, task_row
 
 
 def _finish(backend, task_id, outcome):

@@ -39,7 +39,8 @@ sys.path.insert(0, os.path.dirname(HERE))  # tests/, for its support package
 
 from liteq import backends  # noqa: E402
 
-from support.daemon_helpers import Client, kill_tree  # noqa: E402
+from support.control_client import Client  # noqa: E402
+from support.processes import kill_tree  # noqa: E402
 
 APP = '''
 import time

@@ -16,7 +16,7 @@ import time
 
 # tests/, for its support package
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from support.daemon_helpers import put_tasks  # noqa: E402
+from support.task_table import put_tasks  # noqa: E402
 
 
 def build(db, n):

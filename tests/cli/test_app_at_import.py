@@ -13,7 +13,9 @@ import textwrap
 
 import pytest
 
-from support.daemon_helpers import PYTHON, count_tasks, wait_for
+from support.daemon_helpers import PYTHON
+from support.processes import wait_for
+from support.task_table import count_tasks
 
 BIN = os.path.dirname(PYTHON)
 LITEQ = os.path.join(BIN, "liteq")

@@ -18,7 +18,9 @@ from liteq import backends
 from liteq.backends.postgres import schema as pg_schema
 from liteq.backends.sqlite import schema as lite_schema
 
-from support.daemon_helpers import LITEQCTL, PYTHON, kill_group, task_row, wait_for
+from support.daemon_helpers import LITEQCTL, PYTHON
+from support.processes import kill_group, wait_for
+from support.task_table import task_row
 
 LITEQ = os.path.join(os.path.dirname(PYTHON), "liteq")
 LITEQD = os.path.join(os.path.dirname(PYTHON), "liteqd")

@@ -8,7 +8,7 @@ import uuid
 
 import pytest
 
-from support.daemon_helpers import TAG_VAR, tagged_processes
+from support.processes import TAG_VAR, tagged_processes
 from liteq.launcher import namespaces_unavailable
 
 FIGURES = ("delay_per_s", "delay_later_per_s", "delay_daemon_per_s", "bulk_per_s",

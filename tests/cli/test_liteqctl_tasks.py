@@ -18,7 +18,8 @@ import pytest
 from liteq import backends
 from liteq.taskspec import NewTask, TaskOptions
 
-from support.daemon_helpers import LITEQCTL, task_rows
+from support.daemon_helpers import LITEQCTL
+from support.task_table import task_rows
 
 DAY = 86400.0
 

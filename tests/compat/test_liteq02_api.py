@@ -15,7 +15,9 @@ import pytest
 import liteq
 from liteq import backends
 
-from support.daemon_helpers import put_task, APPS, PYTHON, wait_status
+from support import APPS
+from support.daemon_helpers import PYTHON
+from support.task_table import put_task, wait_status
 
 # The columns of liteq 0.2's tasks table: its get_task_status() returned dict(row).
 SEED_TASK_KEYS = {"id", "name", "payload", "queue", "status", "priority", "attempts",
@@ -434,7 +436,7 @@ def test_run_monitor_serves_the_panel(daemons, panel_tasks):
     import socket
     import urllib.request
 
-    from support.daemon_helpers import wait_for
+    from support.processes import wait_for
 
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

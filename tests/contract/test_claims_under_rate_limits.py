@@ -15,7 +15,7 @@ from liteq import backends
 from liteq.backends.limits import Limits
 from liteq.serialization import encode_payload
 
-from support.daemon_helpers import put_task
+from support.task_table import put_task
 
 
 def _put(store, name, n, priority=0, queue="default"):

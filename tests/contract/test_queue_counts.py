@@ -20,7 +20,8 @@ from liteq.web import create_app
 from liteqd.ctl import ESTIMATE_NOTE, render_status
 
 from support import pg_helpers
-from support.daemon_helpers import put_tasks, wait_for
+from support.processes import wait_for
+from support.task_table import put_tasks
 
 ON_PG = pytest.mark.parametrize("db", ["postgresql"], indirect=True)
 LIMIT = 50

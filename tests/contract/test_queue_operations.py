@@ -13,7 +13,7 @@ import pytest
 import liteq
 from liteq import monitoring, backends
 from liteq.core import task
-from support.daemon_helpers import age_heartbeat, put_task
+from support.task_table import age_heartbeat, put_task
 from unit.fake_backend import FakeBackend
 
 FORK = multiprocessing.get_context("fork")

@@ -14,7 +14,8 @@ import pytest
 import liteq
 from liteq import backends
 
-from support.daemon_helpers import PYTHON, count_tasks, fresh_backend
+from support.daemon_helpers import PYTHON
+from support.task_table import count_tasks, fresh_backend
 from support.fault_helpers import FAULT_APP
 
 NAN, INF = math.nan, math.inf

@@ -16,7 +16,9 @@ import pytest
 import liteq
 
 from support import APPS
-from support.daemon_helpers import load_app_module, read_lines, wait_all, wait_for, wait_status
+from support.daemon_helpers import load_app_module
+from support.processes import read_lines, wait_for
+from support.task_table import wait_all, wait_status
 
 ASYNC_APP = os.path.join(APPS, "async_app.py")
 

@@ -22,8 +22,10 @@ import liteq
 from liteq import control, backends
 from liteq.serialization import encode_payload
 
-from support.daemon_helpers import (APPS, PYTHON as PY, all_tasks, count_tasks, fresh_backend,
-                                    put_task, status_counts, task_row, wait_statuses)
+from support import APPS
+from support.daemon_helpers import PYTHON as PY
+from support.task_table import (all_tasks, count_tasks, fresh_backend, put_task, status_counts,
+                                task_row, wait_statuses)
 from support.fault_helpers import FAULT_APP, executions
 
 LIVE_DAEMON_LIMIT = 20  # seconds a refused start may take before the test calls it hung

@@ -9,7 +9,8 @@ import psutil
 
 import liteq
 
-from support.daemon_helpers import is_gone, read_lines, wait_for, wait_status
+from support.processes import is_gone, read_lines, wait_for
+from support.task_table import wait_status
 
 
 def _started(path, timeout=10):

@@ -17,7 +17,9 @@ from liteq import backends, get_task_status
 from liteq.metrics import LiteQCollector
 
 from support import APPS
-from support.daemon_helpers import load_app_module, read_lines, wait_for, wait_status
+from support.daemon_helpers import load_app_module
+from support.processes import read_lines, wait_for
+from support.task_table import wait_status
 
 DISPATCH_APP = os.path.join(APPS,
                             "dispatch_app.py")

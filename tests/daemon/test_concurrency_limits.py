@@ -6,7 +6,10 @@ import os
 
 import pytest
 
-from support.daemon_helpers import APPS, load_app_module, read_lines, wait_all
+from support import APPS
+from support.daemon_helpers import load_app_module
+from support.processes import read_lines
+from support.task_table import wait_all
 
 APP = os.path.join(APPS, "limits_app.py")
 

@@ -30,9 +30,11 @@ import pytest
 from liteq import backends, control, get_task_status
 from liteq.paths import SUN_PATH_MAX, socket_path, wake_path
 
-from support.daemon_helpers import (LITEQCTL, PYTHON as PY, Client, TempDaemons, connect, fd_count,
-                                    load_app_module, registry_restored, request, running, status,
-                                    wait_for)
+from support.control_client import Client, connect, request
+from support.daemon_helpers import (LITEQCTL, PYTHON as PY, TempDaemons, load_app_module,
+                                    registry_restored, running)
+from support.processes import fd_count, wait_for
+from support.task_table import status
 
 APP_SOURCE = '''
 """Tasks for tests/daemon/test_control_channel.py (written to a temp dir by the test module)."""

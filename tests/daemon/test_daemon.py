@@ -19,9 +19,10 @@ import pytest
 from liteq import backends
 from liteq.serialization import encode_payload
 
-from support.daemon_helpers import (put_task, APP, APPS, FAST_ARGS, PYTHON, Daemon, cpu_seconds,
-                                    is_gone, iso_seconds, read_lines, wait_all, wait_for,
-                                    wait_status)
+from support import APPS
+from support.daemon_helpers import APP, FAST_ARGS, PYTHON, Daemon
+from support.processes import cpu_seconds, is_gone, read_lines, wait_for
+from support.task_table import put_task, iso_seconds, wait_all, wait_status
 
 LITEQD = os.path.join(os.path.dirname(PYTHON), "liteqd")
 LITEQ = os.path.join(os.path.dirname(PYTHON), "liteq")

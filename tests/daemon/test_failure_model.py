@@ -16,8 +16,8 @@ import pytest
 
 from liteq import backends
 
-from support.daemon_helpers import (cpu_seconds, is_gone, read_lines, status, wait_all, wait_for,
-                                    wait_gone, wait_status)
+from support.processes import cpu_seconds, is_gone, read_lines, wait_for, wait_gone
+from support.task_table import status, wait_all, wait_status
 
 
 def _read_pidfile(path):

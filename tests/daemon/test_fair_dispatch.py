@@ -15,8 +15,10 @@ import pytest
 from liteq import backends
 
 from support import APPS
-from support.daemon_helpers import (load_app_module, read_lines, request, wait_all, wait_for,
-                                    wait_status)
+from support.control_client import request
+from support.daemon_helpers import load_app_module
+from support.processes import read_lines, wait_for
+from support.task_table import wait_all, wait_status
 
 DISPATCH_APP = os.path.join(APPS,
                             "dispatch_app.py")

@@ -24,9 +24,10 @@ import pytest
 
 from liteq import control, backends
 
-from support.daemon_helpers import (APPS, PYTHON as PY, all_tasks, cpu_seconds, is_gone,
-                                    read_lines, status_counts, wait_for, wait_gone, wait_statuses,
-                                    worker_rows)
+from support import APPS
+from support.daemon_helpers import PYTHON as PY
+from support.processes import cpu_seconds, is_gone, read_lines, wait_for, wait_gone
+from support.task_table import all_tasks, status_counts, wait_statuses, worker_rows
 from support.fault_helpers import CI_SLACK, KILL_GRACE, executions
 
 CRASH_APP = os.path.join(APPS, "fault_crash_app.py")

@@ -13,7 +13,10 @@ from collections import Counter
 
 import pytest
 
-from support.daemon_helpers import APPS, PYTHON as PY, read_lines, status_counts, wait_for
+from support import APPS
+from support.daemon_helpers import PYTHON as PY
+from support.processes import read_lines, wait_for
+from support.task_table import status_counts
 from support.fault_helpers import executions
 
 PRODUCERS = 8

@@ -11,7 +11,9 @@ import psutil
 from liteq import backends
 from liteq.serialization import encode_payload
 
-from support.daemon_helpers import APP, is_gone, put_task, wait_all, wait_for, wait_status
+from support.daemon_helpers import APP
+from support.processes import is_gone, wait_for
+from support.task_table import put_task, wait_all, wait_status
 
 MB = 1024 * 1024
 

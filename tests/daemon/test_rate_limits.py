@@ -9,8 +9,10 @@ import os
 
 import pytest
 
-from support.daemon_helpers import (APPS, all_tasks, load_app_module, read_lines, status_counts,
-                                    wait_all, wait_for)
+from support import APPS
+from support.daemon_helpers import load_app_module
+from support.processes import read_lines, wait_for
+from support.task_table import all_tasks, status_counts, wait_all
 
 APP = os.path.join(APPS, "rate_app.py")
 

@@ -10,7 +10,8 @@ import pytest
 from liteqd.config import build_parser, resolve
 from liteq.errors import ConfigError
 
-from support.daemon_helpers import all_tasks, fresh_backend, put_tasks, wait_for
+from support.processes import wait_for
+from support.task_table import all_tasks, fresh_backend, put_tasks
 
 HOUR = 3600.0
 

@@ -25,7 +25,10 @@ import liteq
 from liteq.backends import identity_of
 from liteq.paths import socket_path, wake_path
 
-from support.daemon_helpers import REPO, read_lines, request, wait_for, wait_status
+from support import REPO
+from support.control_client import request
+from support.processes import read_lines, wait_for
+from support.task_table import wait_status
 
 SYSTEM_PYTHON = shutil.which("python3", path="/usr/bin:/bin")
 OTHER_USER = ["setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups", "--"]

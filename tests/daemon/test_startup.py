@@ -18,7 +18,8 @@ from urllib.parse import urlsplit, urlunsplit
 import pytest
 
 from support import pg_helpers
-from support.daemon_helpers import LITEQCTL, PYTHON, TempDaemons, running, wait_for
+from support.daemon_helpers import LITEQCTL, PYTHON, TempDaemons, running
+from support.processes import wait_for
 
 APP_SOURCE = '''
 from liteq import task

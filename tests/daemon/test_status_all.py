@@ -4,7 +4,8 @@ it shows daemons on other hosts too (here: two daemons with sockets of their own
 import json
 import os
 
-from support.daemon_helpers import wait_for, wait_status
+from support.processes import wait_for
+from support.task_table import wait_status
 
 
 def test_status_all_lists_every_live_daemon_with_its_busy_children(daemons, app):

@@ -20,7 +20,8 @@ from liteq import backends
 from liteqd import kept_outcomes
 from liteqd.config import build_parser, resolve
 
-from support.daemon_helpers import read_lines, task_row, wait_for, wait_statuses
+from support.processes import read_lines, wait_for
+from support.task_table import task_row, wait_statuses
 
 TASKS = 4
 

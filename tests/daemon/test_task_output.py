@@ -11,8 +11,10 @@ from collections import Counter, defaultdict
 import psutil
 import pytest
 
-from support.daemon_helpers import (FAST_ARGS, PYTHON, APPS, load_app_module, status_counts,
-                                    wait_for, wait_statuses)
+from support import APPS
+from support.daemon_helpers import FAST_ARGS, PYTHON, load_app_module
+from support.processes import wait_for
+from support.task_table import status_counts, wait_statuses
 from liteqd.task_output import CUT_MARKER, MAX_LINE
 
 OUTPUT_APP = os.path.join(APPS, "output_app.py")

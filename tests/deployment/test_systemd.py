@@ -17,8 +17,10 @@ import pytest
 
 from liteq import paths
 
-from support.daemon_helpers import (PYTHON, REPO, TempDaemons, load_app_module, registry_restored,
-                                    request, running, wait_for)
+from support import REPO
+from support.control_client import request
+from support.daemon_helpers import PYTHON, TempDaemons, load_app_module, registry_restored, running
+from support.processes import wait_for
 from support.systemd_helpers import NotifyListener, parse_unit
 
 UNITS = os.path.join(REPO, "systemd")

@@ -36,7 +36,9 @@ from liteq import paths
 from liteq.backends import identity_of
 
 from support import pg_helpers
-from support.daemon_helpers import PYTHON, REPO, TAG_VAR, kill_tree, read_lines, wait_for, wait_gone
+from support import REPO
+from support.daemon_helpers import PYTHON
+from support.processes import TAG_VAR, kill_tree, read_lines, wait_for, wait_gone
 from support.systemd_helpers import parse_unit
 
 UNITS = os.path.join(REPO, "systemd")

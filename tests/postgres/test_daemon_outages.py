@@ -27,8 +27,9 @@ from support import pg_helpers
 from liteq import backends
 from liteq.errors import DatabaseError, DatabaseUnavailable
 
-from support.daemon_helpers import (count_tasks, load_app_module, read_lines, running,
-                                    status_counts, task_row, wait_for, wait_statuses)
+from support.daemon_helpers import load_app_module, running
+from support.processes import read_lines, wait_for
+from support.task_table import count_tasks, status_counts, task_row, wait_statuses
 from support.fault_helpers import CI_SLACK, FAULT_APP, Lab, executions
 from support.pg_proxy import AnswerLoser
 from support.systemd_helpers import NotifyListener

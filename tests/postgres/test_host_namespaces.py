@@ -11,7 +11,7 @@ import time
 
 import pytest
 
-from support.daemon_helpers import is_gone, wait_for
+from support.processes import is_gone, wait_for
 from support.hosts import _only_child, pid_namespace
 
 # New PID namespaces made, at most, until one gets the crashed host's number back.

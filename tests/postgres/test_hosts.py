@@ -19,8 +19,10 @@ import pytest
 from liteq import backends
 from liteq.errors import DatabaseError
 
-from support.daemon_helpers import (LITEQCTL, Monitor, all_tasks, read_lines, status_counts,
-                                    task_rows, wait_for, wait_statuses)
+from support.daemon_helpers import LITEQCTL
+from support.monitor import Monitor
+from support.processes import read_lines, wait_for
+from support.task_table import all_tasks, status_counts, task_rows, wait_statuses
 from support.fault_helpers import CI_SLACK, FAULT_APP, executions, load_app_module
 
 HEARTBEAT, STALE_AFTER = 0.5, 2.0  # daemon_helpers.FAST_ARGS

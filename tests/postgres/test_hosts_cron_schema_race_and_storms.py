@@ -18,8 +18,10 @@ import pytest
 from liteq.backends.postgres.schema import SCHEMA_VERSION
 
 from support import pg_helpers
-from support.daemon_helpers import (APPS, LITEQCTL, PYTHON, read_lines, status_counts, task_rows,
-                                    wait_for, worker_rows)
+from support import APPS
+from support.daemon_helpers import LITEQCTL, PYTHON
+from support.processes import read_lines, wait_for
+from support.task_table import status_counts, task_rows, worker_rows
 from support.fault_helpers import CI_SLACK, FAULT_APP, executions, load_app_module
 
 HEARTBEAT = 0.5  # daemon_helpers.FAST_ARGS

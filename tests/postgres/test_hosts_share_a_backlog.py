@@ -14,7 +14,8 @@ from collections import Counter
 
 import pytest
 
-from support.daemon_helpers import status_counts, task_rows, wait_for
+from support.processes import wait_for
+from support.task_table import status_counts, task_rows
 from support.fault_helpers import CI_SLACK, FAULT_APP, executions, load_app_module
 
 NAMES = ("host-a", "host-b", "host-c")

@@ -15,7 +15,9 @@ import time
 import pytest
 
 from support import hosts as hosts_module
-from support.daemon_helpers import load_app_module, running, wait_for, wait_statuses
+from support.daemon_helpers import load_app_module, running
+from support.processes import wait_for
+from support.task_table import wait_statuses
 from support.fault_helpers import FAULT_APP, Lab, executions
 
 FAKETIME_LIBS = "/usr/lib/*/faketime/libfaketime.so.1"

@@ -22,7 +22,7 @@ from psycopg import pq
 
 import liteq
 from support import pg_helpers
-from support.daemon_helpers import wait_for
+from support.processes import wait_for
 from liteq import backends
 from liteq.backends.postgres import PostgresBackend, tasks as pg_tasks
 from liteq.backends.postgres.schema import SCHEMA_VERSION

@@ -24,7 +24,7 @@ from liteq.backends.sqlite.schema import SCHEMA_VERSION
 from liteq import backends
 from liteq.db import get_conn, init_db
 
-from support.daemon_helpers import put_task, count_tasks
+from support.task_table import put_task, count_tasks
 
 pytestmark = pytest.mark.sqlite_only
 

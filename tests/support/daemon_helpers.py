@@ -1,5 +1,6 @@
-"""Helpers for the tests that run real daemons: start them, read their JSON logs, talk to
-their control socket, read the task table, and reap everything.
+"""Helpers for the tests that run real daemons: start them, load their app in the test
+process, run `liteq monitor`, and reap everything (processes.py kills; task_table.py
+reads the queue; control_client.py speaks to a daemon's socket).
 
 A `Daemon` is a real `liteqd` (or `liteq worker`, or a Worker() script) started with
 subprocess.Popen in its own session. Its stdout (the JSON log) and stderr go to
@@ -18,20 +19,14 @@ Every wait here polls with a deadline; nothing sleeps unbounded.
 """
 
 import contextlib
-import http.client
 import importlib.util
 import json
 import os
-import re
-import resource
 import signal
-import socket
-import sqlite3
 import subprocess
 import sys
 import time
 import uuid
-from collections import Counter
 
 import psutil
 import pytest
@@ -39,133 +34,18 @@ import pytest
 from liteq import core, backends
 
 from . import APPS, REPO
+from .processes import (TAG_VAR, fd_count, kill_group, kill_tree, no_core_dumps, read_lines,
+                        tagged_processes, wait_for, wait_gone)
 
 APP = os.path.join(APPS, "daemon_app.py")
 PYTHON = sys.executable
 LITEQCTL = os.path.join(os.path.dirname(PYTHON), "liteqctl")
-TAG_VAR = "LITEQ_TEST_TAG"
 APP_MODULE_PREFIX = "_liteq_test_app_"
 
 # Fast settings: heartbeats every 0.5 s, a dead worker is stale after 2 s,
 # the hard kill comes 1 s after a time limit, and the fallback poll runs every 0.5 s.
 FAST_ARGS = ["--log-format", "json", "--heartbeat-interval", "0.5", "--stale-after", "2",
              "--kill-grace", "1", "--poll-interval", "0.5"]
-
-
-# ---- waiting --------------------------------------------------------------------------------
-
-def wait_for(predicate, timeout, message=None, interval=0.02):
-    """Poll `predicate` until it returns something truthy (returned); fail the test after
-    `timeout` s with `message` (a string, or a callable that makes one)."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() >= deadline:
-            text = message() if callable(message) else message
-            pytest.fail(text or f"condition not met within {timeout} s: {predicate}")
-        time.sleep(interval)
-
-
-def is_gone(p) -> bool:
-    """True when a psutil.Process (or pid) is no longer running (a zombie counts as gone)."""
-    if isinstance(p, int):
-        try:
-            p = psutil.Process(p)
-        except psutil.NoSuchProcess:
-            return True
-    try:
-        return not p.is_running() or p.status() == psutil.STATUS_ZOMBIE
-    except psutil.NoSuchProcess:
-        return True
-
-
-def wait_gone(procs, timeout=10.0):
-    """Wait until every psutil.Process in `procs` is gone (or a zombie); bounded.
-    Returns those still running."""
-    deadline = time.monotonic() + timeout
-    pending = list(procs)
-    while pending:
-        pending = [p for p in pending if not is_gone(p)]
-        if not pending or time.monotonic() >= deadline:
-            break
-        time.sleep(0.01)
-    return pending
-
-
-# ---- files and processes ----------------------------------------------------------------------
-
-def read_lines(path) -> list:
-    """The complete non-empty lines of a file ([] when it does not exist yet); a last line
-    without its newline is still being written and is left out."""
-    try:
-        with open(path, "rb") as f:
-            data = f.read().decode("utf-8", "replace")
-    except FileNotFoundError:
-        return []
-    if not data.endswith("\n"):
-        data = data[: data.rfind("\n") + 1]
-    return [line for line in data.split("\n") if line.strip()]
-
-
-def cpu_seconds(p) -> float:
-    """User plus system CPU time of a process (psutil.Process)."""
-    t = p.cpu_times()
-    return t.user + t.system
-
-
-def fd_count(pid) -> int:
-    """Open file descriptors of a process (entries of /proc/PID/fd)."""
-    return len(os.listdir(f"/proc/{pid}/fd"))
-
-
-def _no_core_dumps():
-    # Segfault tests must not leave core files behind.
-    resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
-
-
-def kill_tree(proc, ps=None, seen=()):
-    """SIGKILL a Popen that leads its own session: its process group, every psutil.Process
-    in `seen`, and the live descendants of `ps` (its psutil.Process); then wait, bounded,
-    for all of them. Returns those still running."""
-    victims = list(seen)
-    if ps is not None:
-        with contextlib.suppress(psutil.NoSuchProcess):
-            victims += ps.children(recursive=True)
-    kill_group(proc)
-    for p in victims:
-        with contextlib.suppress(psutil.NoSuchProcess, psutil.AccessDenied):
-            p.send_signal(signal.SIGKILL)    # checks the start time: no pid reuse
-    with contextlib.suppress(subprocess.TimeoutExpired):
-        proc.wait(timeout=10)
-    return wait_gone(victims, timeout=10)
-
-
-def kill_group(proc):
-    """SIGKILL the process group a Popen leads (it was started in a session of its own),
-    but only while its leader is not reaped: until then the pid is the leader's, and
-    after it the kernel may give it to any new process (pid_max can be as low as
-    32768), which may lead a group of its own, another test's or another run's. What
-    the group had left is still found by the test's tag and by the descendants seen."""
-    if proc.returncode is None:
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(proc.pid, signal.SIGKILL)
-
-
-def tagged_processes(tag) -> list:
-    """Every live process (other than this one) whose environment carries `tag`."""
-    found = []
-    me = os.getpid()
-    for p in psutil.process_iter():
-        if p.pid == me:
-            continue
-        try:
-            if p.environ().get(TAG_VAR) == tag and p.status() != psutil.STATUS_ZOMBIE:
-                found.append(p)
-        except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess, OSError):
-            pass
-    return found
 
 
 # ---- loading an app in the test process ---------------------------------------------------
@@ -227,7 +107,7 @@ class Daemon:
             self.proc = subprocess.Popen(self.argv, stdout=out, stderr=err,
                                          stdin=subprocess.DEVNULL, env=self.env,
                                          cwd=self.workdir, start_new_session=True,
-                                         preexec_fn=_no_core_dumps)
+                                         preexec_fn=no_core_dumps)
         try:
             self.ps = psutil.Process(self.proc.pid)
         except psutil.NoSuchProcess:
@@ -459,7 +339,7 @@ class Daemons:
         kwargs.setdefault("stdin", subprocess.DEVNULL)
         kwargs.setdefault("cwd", self.workdir)
         kwargs.setdefault("start_new_session", True)
-        kwargs.setdefault("preexec_fn", _no_core_dumps)
+        kwargs.setdefault("preexec_fn", no_core_dumps)
         p = subprocess.Popen(argv, env=self.env(env), **kwargs)
         self.popens.append(p)
         return p
@@ -576,302 +456,3 @@ def daemons(db, workdir, monkeypatch):
 def app(daemons):
     """The test app (tests/apps/daemon_app.py) loaded in the test process."""
     return load_app_module(APP)
-
-
-# ---- the web panel ----------------------------------------------------------------------
-
-class Monitor:
-    """A real `liteq monitor` process on a free port, started through `daemons` (a
-    Daemons, which kills it afterwards) with extra ARGS; its stderr goes to a file."""
-
-    def __init__(self, daemons, *args, env=None):
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            self.port = s.getsockname()[1]
-        self.err_path = daemons.path(f"monitor-{self.port}.err")
-        with open(self.err_path, "wb") as err:
-            self.proc = daemons.popen([PYTHON, "-m", "liteq.cli", "monitor", "--port",
-                                       str(self.port), *args], env=env,
-                                      stdout=subprocess.DEVNULL, stderr=err)
-
-    @property
-    def base(self):
-        return f"http://127.0.0.1:{self.port}"
-
-    def stderr(self):
-        """What it printed so far (its log)."""
-        with open(self.err_path, encoding="utf-8", errors="replace") as f:
-            return f.read()
-
-    def wait_listening(self):
-        """Wait until it accepts connections (fail, showing its stderr, if it exits)."""
-        def up():
-            assert self.proc.poll() is None, f"liteq monitor exited:\n{self.stderr()}"
-            with contextlib.suppress(OSError), socket.create_connection(
-                    ("127.0.0.1", self.port), timeout=1):
-                return True
-            return False
-        wait_for(up, 20, lambda: f"liteq monitor is not listening:\n{self.stderr()}")
-        return self
-
-    def login_url(self):
-        """The login URL it printed (None when it printed none)."""
-        found = re.search(r"Open this address to log in: (http://\S+)", self.stderr())
-        return found.group(1) if found else None
-
-    def request(self, path, method="GET", headers=None, body=None):
-        """(status, headers as a list of (name, value), body text); no redirects followed."""
-        conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=10)
-        try:
-            conn.request(method, path, body=body, headers=headers or {})
-            resp = conn.getresponse()
-            return resp.status, resp.getheaders(), resp.read().decode()
-        finally:
-            conn.close()
-
-
-# ---- the control socket, raw ------------------------------------------------------------------
-
-def connect(path, timeout=10.0):
-    """Connect like a patient client: wait while the daemon's accept backlog is full
-    (a Unix socket that is not blocking fails with EAGAIN then). Non-blocking result."""
-    deadline = time.monotonic() + timeout
-    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    s.setblocking(False)
-    while True:
-        try:
-            s.connect(path)
-            return s
-        except BlockingIOError:
-            if time.monotonic() >= deadline:
-                s.close()
-                raise
-            time.sleep(0.002)
-        except OSError:
-            s.close()
-            raise
-
-
-class Client:
-    """A raw connection to the control socket: JSON lines out, JSON lines in."""
-
-    def __init__(self, path, timeout=5.0):
-        self.sock = connect(path, timeout)
-        self.sock.settimeout(timeout)
-        self.buf = b""
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        self.close()
-
-    def close(self):
-        self.sock.close()
-
-    def send_raw(self, data):
-        self.sock.sendall(data)
-
-    def send(self, obj):
-        self.sock.sendall(json.dumps(obj).encode() + b"\n")
-
-    def recv(self):
-        """The next reply line as a dict; ConnectionError on EOF before a full line."""
-        while b"\n" not in self.buf:
-            data = self.sock.recv(65536)
-            if not data:
-                raise ConnectionError(f"connection closed; unanswered bytes {self.buf[:200]!r}")
-            self.buf += data
-        line, self.buf = self.buf.split(b"\n", 1)
-        return json.loads(line)
-
-    def request(self, op, **args):
-        self.send({"op": op, **args})
-        return self.recv()
-
-    def at_eof(self):
-        """True when the server closed the connection (after any pending bytes)."""
-        while True:
-            try:
-                data = self.sock.recv(65536)
-            except (ConnectionResetError, BrokenPipeError):
-                return True
-            if not data:
-                return True
-            self.buf += data
-
-
-def request(path, op, **args):
-    """One request on a connection of its own; the reply as a dict."""
-    with Client(path) as c:
-        return c.request(op, **args)
-
-
-# ---- the task table, read from the test process --------------------------------------------
-
-def status(task_id):
-    """get_task_status with a clear failure for an unknown id."""
-    from liteq import get_task_status
-    st = get_task_status(task_id)
-    assert st is not None, f"no task {task_id}"
-    return st
-
-
-def wait_status(task_id, statuses=("done", "failed", "cancelled"), timeout=15.0, daemons=None):
-    """Wait until the task's status is one of `statuses`; returns the status dict."""
-    if isinstance(statuses, str):
-        statuses = (statuses,)
-    last = {}
-
-    def check():
-        last["st"] = status(task_id)
-        return last["st"] if last["st"]["status"] in statuses else None
-    return wait_for(check, timeout,
-                    lambda: f"task {task_id} not {statuses} within {timeout} s: "
-                            f"{last.get('st')}\n" + (daemons.dump() if daemons else ""))
-
-
-def _wait_rows(fetch, ids, statuses, timeout, dump):
-    """Wait until fetch() gives a row for each of `ids`, each with one of `statuses`."""
-    statuses = (statuses,) if isinstance(statuses, str) else tuple(statuses)
-    last = {}
-
-    def check():
-        rows = last["rows"] = fetch()
-        if len(rows) == len(ids) and all(r["status"] in statuses for r in rows.values()):
-            return rows
-        return None
-
-    def failure():
-        rows = last["rows"]
-        counts = Counter(r["status"] for r in rows.values())
-        return (f"{len(ids)} tasks not all {statuses} within {timeout} s: {dict(counts)}, "
-                f"{len(ids) - len(rows)} missing\n" + (dump() if dump else ""))
-    return wait_for(check, timeout, failure, interval=0.05)
-
-
-def wait_all(task_ids, statuses=("done", "failed", "cancelled"), timeout=30.0, daemons=None):
-    """Wait until every task has one of `statuses` (read with this thread's cached
-    backend); returns {id: row}."""
-    store = backends.get_backend()
-    ids = list(task_ids)
-    return _wait_rows(lambda: {r["id"]: r for r in store.get_tasks(ids)}, ids, statuses,
-                      timeout, daemons.dump if daemons else None)
-
-
-@contextlib.contextmanager
-def fresh_backend(db):
-    """A backend of its own on `db` (a path or URL), closed afterwards: what it reads is
-    what another process would see, never the test's cached connection."""
-    backend = backends.open_backend(db)
-    try:
-        yield backend
-    finally:
-        backend.close()
-
-
-def all_tasks(db) -> list:
-    """Every task row, oldest first (a fresh backend)."""
-    with fresh_backend(db) as backend:
-        limit = backend.count_tasks() + 1000
-        while True:  # a short page is all of them, even with producers still writing
-            rows = backend.find_tasks(limit=limit)
-            if len(rows) < limit:
-                return sorted(rows, key=lambda r: r["id"])
-            limit *= 2
-
-
-def task_rows(db, ids) -> dict:
-    """The rows of tasks `ids`, {id: row} (a fresh backend); missing ids are left out."""
-    with fresh_backend(db) as backend:
-        return {r["id"]: r for r in backend.get_tasks(list(ids))}
-
-
-def worker_rows(db) -> list:
-    """Every worker row (a fresh backend)."""
-    with fresh_backend(db) as backend:
-        return backend.list_workers()
-
-
-def task_row(db, task_id):
-    """One task's row (a fresh backend), or None."""
-    with fresh_backend(db) as backend:
-        return backend.get_task(task_id)
-
-
-def count_tasks(db) -> int:
-    """How many tasks the database holds (a fresh backend)."""
-    with fresh_backend(db) as backend:
-        return backend.count_tasks()
-
-
-def status_counts(db, ids=None) -> dict:
-    """{status: count} over all tasks, or over `ids` (a fresh backend)."""
-    if ids is None:
-        with fresh_backend(db) as backend:
-            counts = Counter()
-            for s in backend.queue_stats():
-                counts[s["status"]] += s["count"]
-            return {k: v for k, v in counts.items() if v}
-    return dict(Counter(r["status"] for r in task_rows(db, ids).values()))
-
-
-def wait_statuses(db, ids, statuses=("done", "failed", "cancelled"), timeout=30.0, dump=None):
-    """Wait until every task in `ids` has one of `statuses`, read on fresh backends
-    (never the test's cached one); returns {id: row}. `dump`: a callable whose text
-    is shown on failure."""
-    ids = list(ids)
-    return _wait_rows(lambda: task_rows(db, ids), ids, statuses, timeout, dump)
-
-
-def iso_seconds(text) -> float:
-    """Epoch seconds of an ISO-8601 time from get_task_status."""
-    from datetime import datetime
-    return datetime.fromisoformat(text).timestamp()
-
-
-# ---- writing rows directly ------------------------------------------------------------------
-
-def age_heartbeat(db, worker_id, seconds):
-    """Make worker `worker_id`'s last heartbeat `seconds` older than it is.
-
-    No backend operation can: a heartbeat is always "now" by the database's clock, and
-    a test cannot wait minutes for a worker to go stale (get_active_workers looks 15 s
-    back). This is the one place tests write SQL, once per backend: SQLite through
-    sqlite3, PostgreSQL through psycopg (its column may be epoch seconds or a timestamp).
-    """
-    if backends.is_postgres(db):
-        import psycopg
-        with psycopg.connect(db, autocommit=True) as conn:
-            kind = conn.execute(
-                "SELECT data_type FROM information_schema.columns WHERE table_schema = "
-                "current_schema() AND table_name = 'workers' AND column_name = "
-                "'last_heartbeat'").fetchone()[0]
-            shift = "make_interval(secs => %s)" if "timestamp" in kind else "%s"
-            changed = conn.execute(f"UPDATE workers SET last_heartbeat = last_heartbeat - "
-                                   f"{shift} WHERE worker_id = %s",
-                                   (seconds, worker_id)).rowcount
-    else:
-        conn = sqlite3.connect(backends.sqlite_path(db), timeout=30)
-        try:
-            with conn:
-                changed = conn.execute("UPDATE workers SET last_heartbeat = last_heartbeat - ? "
-                                       "WHERE worker_id = ?", (seconds, worker_id)).rowcount
-        finally:
-            conn.close()
-    assert changed == 1, f"no worker row {worker_id!r} to age"
-
-
-def put_task(backend, name, payload, run_at=None, delay=None, **options) -> int:
-    """Enqueue a raw task row through `backend` (a name no app may register, a payload that
-    is not JSON, ...): what .delay() would insert, with any TaskOptions field set."""
-    from liteq.taskspec import NewTask, TaskOptions
-    return backend.enqueue(NewTask(name, payload, TaskOptions.build(**options), run_at=run_at,
-                                   delay=delay))
-
-
-def put_tasks(backend, name, args_json, count, **options) -> list:
-    """Enqueue `count` calls of `name` in one transaction (args_json: a JSON array with each
-    call's positional arguments)."""
-    from liteq.taskspec import NewTasks, TaskOptions
-    return backend.enqueue_many(NewTasks(name, args_json, count, TaskOptions.build(**options)))

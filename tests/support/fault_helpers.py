@@ -12,7 +12,9 @@ from collections import Counter
 
 import pytest
 
-from .daemon_helpers import APPS, Daemons, load_app_module, read_lines, running
+from . import APPS
+from .daemon_helpers import Daemons, load_app_module, running
+from .processes import read_lines
 
 FAULT_APP = os.path.join(APPS, "fault_app.py")
 

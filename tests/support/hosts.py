@@ -34,7 +34,8 @@ import pytest
 from liteq import backends
 
 from . import pg_helpers
-from .daemon_helpers import FAST_ARGS, LITEQCTL, PYTHON, Daemon, running, wait_for, wait_gone
+from .daemon_helpers import FAST_ARGS, LITEQCTL, PYTHON, Daemon, running
+from .processes import wait_for, wait_gone
 from .fault_helpers import Lab
 
 UNSHARE = ["unshare", "--uts", "--pid", "--fork", "--kill-child", "--mount-proc"]

@@ -20,7 +20,10 @@ import urllib.request
 
 import pytest
 
-from support.daemon_helpers import FAST_ARGS, PYTHON, REPO, count_tasks, task_row, wait_for
+from support import REPO
+from support.daemon_helpers import FAST_ARGS, PYTHON
+from support.processes import wait_for
+from support.task_table import count_tasks, task_row
 
 EXAMPLE = os.path.join(REPO, "examples", "django_app")
 MANAGE = os.path.join(EXAMPLE, "manage.py")
@@ -191,7 +194,7 @@ def test_delay_on_commit_with_a_queue_file_of_its_own(db, daemons):
 
 
 def _all_tasks(target):
-    from support.daemon_helpers import all_tasks
+    from support.task_table import all_tasks
     return all_tasks(target)
 
 

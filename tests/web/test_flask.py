@@ -12,8 +12,9 @@ import pytest
 
 import liteq
 
-from support.daemon_helpers import (FAST_ARGS, PYTHON, REPO, count_tasks, load_app_module,
-                                    task_row, wait_status)
+from support import REPO
+from support.daemon_helpers import FAST_ARGS, PYTHON, load_app_module
+from support.task_table import count_tasks, task_row, wait_status
 
 FLASK_APP = os.path.join(REPO, "examples", "flask_app.py")
 

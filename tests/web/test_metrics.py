@@ -19,7 +19,8 @@ from liteq import backends
 from liteq.backends.stats import BUCKETS, OTHER_NAME
 from liteq.metrics import LiteQCollector, render
 
-from support.daemon_helpers import all_tasks, fresh_backend, put_tasks, wait_for
+from support.processes import wait_for
+from support.task_table import all_tasks, fresh_backend, put_tasks
 
 OUTCOMES = ("succeeded", "failed", "retried", "timed_out", "cancelled")
 

@@ -11,7 +11,8 @@ import urllib.request
 
 import pytest
 
-from support.daemon_helpers import PYTHON, kill_group, wait_for
+from support.daemon_helpers import PYTHON
+from support.processes import kill_group, wait_for
 
 pytest.importorskip("uvicorn")
 pytestmark = pytest.mark.sqlite_only

@@ -20,9 +20,10 @@ from liteq import control, register_schedule, backends, task
 from liteq.launcher import start_daemon
 from liteq.web import create_app
 from liteq.web.security import CSRF_COOKIE, LOOPBACK_NAMES
-from support.daemon_helpers import put_task
+from support.task_table import put_task
 
-from support.daemon_helpers import PYTHON, Monitor
+from support.daemon_helpers import PYTHON
+from support.monitor import Monitor
 
 
 ERROR_TEXT = "ValueError: boom\nTraceback (most recent call last):\n  File \"app.py\", line 3\n"
@@ -601,7 +602,8 @@ def test_liteq_monitor_exits_0_on_a_stop_signal(daemons, sig):
     import urllib.error
     import urllib.request
 
-    from support.daemon_helpers import LITEQCTL, wait_for
+    from support.daemon_helpers import LITEQCTL
+    from support.processes import wait_for
 
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -23,7 +23,10 @@ import pytest
 from liteq import backends, control, register_schedule, scheduler, task
 from liteq.launcher import start_daemon
 
-from support.daemon_helpers import PYTHON, Monitor, put_task, wait_for
+from support.daemon_helpers import PYTHON
+from support.monitor import Monitor
+from support.processes import wait_for
+from support.task_table import put_task
 
 CHROMIUM = "/usr/bin/chromium"
 ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",

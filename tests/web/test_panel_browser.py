@@ -14,7 +14,7 @@ import pytest
 
 from liteq import backends, task
 
-from support.daemon_helpers import Monitor
+from support.monitor import Monitor
 
 CHROMIUM = "/usr/bin/chromium"
 ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",

@@ -22,7 +22,7 @@ from liteq.web import create_app, search
 from liteq.web.security import CSRF_COOKIE
 
 from support import pg_helpers
-from support.daemon_helpers import put_task
+from support.task_table import put_task
 
 ERR = "ValueError: card 4242 declined\nTraceback (most recent call last):\n  File \"pay.py\"\n"
 
