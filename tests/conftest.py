@@ -3,7 +3,7 @@
 - `workdir`: a short temp dir (socket paths must stay within the Unix limit).
 - `db`: the test's queue, exported as LITEQ_DB with LITEQ_SOCKET inside workdir:
   a real SQLite file in workdir, or a PostgreSQL URL naming a schema of its own
-  (tests/pg_helpers.py). Tests about the queue's behaviour take `db` (or `backend`)
+  (tests/support/pg_helpers.py). Tests about the queue's behaviour take `db` (or `backend`)
   and run on both.
 - `db_path`: an SQLite file only, for tests about SQLite itself.
 - `backend`: the calling thread's open backend for `db`.
@@ -18,27 +18,46 @@ import tempfile
 
 import pytest
 
-from liteq import backends
+# The support modules are pytest plugins (below): their asserts are rewritten too, even
+# the ones this file imports before pytest loads them as plugins.
+pytest.register_assert_rewrite("support")
 
-import pg_helpers
-from daemon_helpers import registry_restored
+from liteq import backends  # noqa: E402
+
+from support.queues import export, own_queue  # noqa: E402
+from support.daemon_helpers import registry_restored  # noqa: E402
 
 BACKEND_KINDS = ("sqlite", "postgresql")
 
 
-# The files from here on run in the second worker process (pyproject's addopts): the
-# two halves take about as long, and each worker runs its files in the order one
-# process would, so no file meets state (registered task names, say) that it
-# would not meet in a single run.
-SECOND_HALF_FROM = "test_hosts.py"
+# Every test folder's fixtures: real daemons (`daemons`, `app`), the fault lab (`lab`,
+# `fault_app`), simulated hosts (`hosts`) and throwaway PostgreSQL clusters.
+pytest_plugins = ["support.daemon_helpers", "support.fault_helpers", "support.hosts",
+                  "support.pg_cluster"]
+
+# Benchmarks print figures, they assert nothing: run them by hand (benchmarks/README.md).
+collect_ignore = ["benchmarks"]
+
+# The two worker processes (pyproject's addopts) each take whole test folders, chosen
+# so that the two halves take about as long (cli, contract, daemon, deployment and
+# sqlite in the first; the rest in the second). Each worker runs its files in the order
+# one process would, so no file meets state (registered task names, say) that it would
+# not meet in a single run, and the tests that run `liteq bench` (cli/, daemon/) never
+# run at once. A new folder goes to the first worker unless it is named here.
+SECOND_HALF = {"api", "compat", "postgres", "unit", "web"}
+
+
+def _half(path):
+    """"first" or "second": the worker that runs the test file at `path`."""
+    rel = os.path.relpath(str(path), os.path.dirname(os.path.abspath(__file__)))
+    folder = rel.split(os.sep)[0]
+    return "second" if folder in SECOND_HALF else "first"
 
 
 def pytest_collection_modifyitems(config, items):
     """Pin each test file to one of the two workers (pytest-xdist's loadgroup)."""
     for item in items:
-        name = os.path.basename(str(item.fspath))
-        half = "second" if name >= SECOND_HALF_FROM else "first"
-        item.add_marker(pytest.mark.xdist_group(half))
+        item.add_marker(pytest.mark.xdist_group(_half(item.fspath)))
 
 
 @pytest.hookimpl(tryfirst=True)  # before the parametrize marks and fixture params apply
@@ -61,14 +80,6 @@ def workdir():
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-def _export(monkeypatch, target, workdir):
-    for name in ("LITEQ_SYNC", "LITEQ_BUSY_TIMEOUT"):
-        monkeypatch.delenv(name, raising=False)
-    monkeypatch.setenv("LITEQ_DB", target)
-    # Wake-ups and control calls never reach a daemon of another test.
-    monkeypatch.setenv("LITEQ_SOCKET", os.path.join(workdir, "liteqd.sock"))
-
-
 @pytest.fixture(params=BACKEND_KINDS)
 def db(request, workdir, monkeypatch):
     """This test's queue (an SQLite path or a PostgreSQL URL), exported as LITEQ_DB.
@@ -76,31 +87,15 @@ def db(request, workdir, monkeypatch):
     Cached backends are dropped before and after, so no test sees another's
     connection; a PostgreSQL schema is dropped afterwards.
     """
-    schema = None
-    if request.param == "sqlite":
-        target = os.path.join(workdir, "queue.db")
-    else:
-        try:
-            import liteq.backends.postgres  # noqa: F401
-        except ImportError:
-            pytest.skip("the PostgreSQL backend is not built yet")
-        server = pg_helpers.server_url()
-        schema, target = pg_helpers.create_schema(server)
-    _export(monkeypatch, target, workdir)
-    backends.forget_backends()
-    try:
+    with own_queue(request.param, workdir, monkeypatch) as target:
         yield target
-    finally:
-        backends.forget_backends()
-        if schema is not None:
-            pg_helpers.drop_schema(server, schema)
 
 
 @pytest.fixture
 def db_path(workdir, monkeypatch):
     """A fresh SQLite database path in workdir, exported as LITEQ_DB (SQLite-only tests)."""
     path = os.path.join(workdir, "queue.db")
-    _export(monkeypatch, path, workdir)
+    export(monkeypatch, path, workdir)
     backends.forget_backends()
     try:
         yield path

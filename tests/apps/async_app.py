@@ -1,4 +1,4 @@
-"""Tasks for tests/test_async_concurrency.py: coroutine tasks that leave traces
+"""Tasks for tests/daemon/test_async_concurrency.py: coroutine tasks that leave traces
 (JSON lines appended to files whose paths come in as arguments), and a sync task."""
 
 import asyncio

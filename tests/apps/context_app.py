@@ -1,4 +1,4 @@
-"""Tasks for tests/test_task_context.py: current_task, liteq.Retry, retry filters, hooks.
+"""Tasks for tests/api/test_task_context.py: current_task, liteq.Retry, retry filters, hooks.
 
 Tasks and hooks append JSON lines to the file named by LITEQ_TEST_TRACE (set by the
 test in the daemon's environment), with O_APPEND so lines never interleave.

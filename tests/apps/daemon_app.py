@@ -1,4 +1,4 @@
-"""Tasks for the liteqd tests (tests/test_daemon*.py).
+"""Tasks for the liteqd tests (tests/daemon/).
 
 The daemon loads this file with --app; the tests load it too (to call .delay()).
 Tasks that leave traces write to files whose paths come in as arguments, with

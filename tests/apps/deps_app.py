@@ -1,4 +1,4 @@
-"""Tasks for tests/test_dependencies.py: each run appends "id start end" to the file
+"""Tasks for tests/api/test_task_dependencies.py: each run appends "id start end" to the file
 named by LITEQ_TEST_TRACE (O_APPEND, so lines never interleave)."""
 
 import os

@@ -1,4 +1,4 @@
-"""Tasks for tests/test_dispatch.py: tasks that hold a child until the test opens a gate
+"""Tasks for tests/daemon/test_fair_dispatch.py: tasks that hold a child until the test opens a gate
 (a file), quick ones, and ones that end their child. Each records "TAG start PID" (and
 "TAG end PID") in a log file, with O_APPEND so lines from several processes never mix.
 """

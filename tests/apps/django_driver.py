@@ -1,4 +1,4 @@
-"""A Django process for tests/test_django.py: the example shop's project (settings
+"""A Django process for tests/web/test_django.py: the example shop's project (settings
 from the environment, as examples/django_app/mysite/settings.py reads them),
 driven line by line on stdin; each command answers one JSON line on stdout.
 

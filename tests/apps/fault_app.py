@@ -1,4 +1,5 @@
-"""Tasks for the fault-injection, bad-input and load tests (tests/test_faults.py, ...).
+"""Tasks for the fault-injection, bad-input and load tests
+(tests/daemon/test_fault_injection.py, ...).
 
 liteqd loads this file with --app; the tests and their producer processes load it
 too, to call .delay(). Every execution of a task that matters to a test is recorded
@@ -6,7 +7,7 @@ by the task itself: one line "TASK_ID PID" appended with O_APPEND in a single wr
 so lines from many processes never interleave and the count is exact.
 
 The task id comes from the worker's process title, which the daemon sets to
-"liteqd: worker N running NAME#ID" while a task runs (DESIGN.md, process titles).
+"liteqd: worker N running NAME#ID" while a task runs (see liteqd's process titles).
 """
 
 import ctypes
@@ -88,7 +89,7 @@ def stamp(path):
 @task(max_retries=10, **QUICK)
 def work_on_host(path, seconds=0.0):
     """Record the execution with the host's name ("TASK_ID PID HOSTNAME"), then sleep
-    `seconds` (tests/test_hosts.py: each daemon runs in a UTS namespace of its own)."""
+    `seconds` (tests/postgres/test_hosts.py: each daemon runs in a UTS namespace of its own)."""
     append_line(path, f"{current_task_id()} {os.getpid()} {socket.gethostname()}")
     if seconds:
         time.sleep(seconds)
@@ -192,7 +193,7 @@ def hold(marker, seconds):
 @task(max_retries=0)
 def hold_without_sleep(marker, seconds):
     """hold() that waits on select() instead: libfaketime, when it leaves the monotonic
-    clock alone, makes time.sleep() fail with EINVAL (tests/test_liveness.py)."""
+    clock alone, makes time.sleep() fail with EINVAL (tests/postgres/test_liveness.py)."""
     append_line(marker, f"{current_task_id()} {os.getpid()}")
     select.select([], [], [], seconds)
     return seconds

@@ -1,4 +1,4 @@
-"""An app whose every worker dies at start-up (tests/test_faults.py, crash loop).
+"""An app whose every worker dies at start-up (tests/daemon/test_fault_injection.py, crash loop).
 
 The supervisor imports this file; the hook then runs in each child it forks and
 kills that child before it can even report ready.

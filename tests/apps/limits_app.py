@@ -1,4 +1,4 @@
-"""Tasks for tests/test_concurrency_limits.py: each appends its start and end stamps to
+"""Tasks for tests/daemon/test_concurrency_limits.py: each appends its start and end stamps to
 the file it is given (O_APPEND, one line each)."""
 
 import os

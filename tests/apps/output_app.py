@@ -1,4 +1,4 @@
-"""Tasks that write to stdout and stderr and log with `logging` (tests/test_task_output.py).
+"""Tasks that write to stdout and stderr and log with `logging` (tests/daemon/test_task_output.py).
 
 Every line a task writes names its own task id, so a test can check that the daemon
 attributes each line to the task that wrote it.

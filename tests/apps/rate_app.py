@@ -1,4 +1,4 @@
-"""Tasks for tests/test_rate_limits.py: each appends "start TAG TIME" to the file it is
+"""Tasks for tests/daemon/test_rate_limits.py: each appends "start TAG TIME" to the file it is
 given (O_APPEND, one line), as its first act."""
 
 import os

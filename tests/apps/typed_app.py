@@ -1,4 +1,5 @@
-"""Annotated tasks for tests/test_handle.py and tests/test_typed_values.py (queue "typed")."""
+"""Annotated tasks for tests/api/test_task_handle.py and tests/api/test_typed_values.py
+(queue "typed")."""
 
 import asyncio
 import dataclasses

@@ -1,5 +1,5 @@
 """Correct uses of the typed API: mypy --strict and pyright (strict) report nothing here
-(tests/test_typing.py). Never run; only type-checked."""
+(tests/compat/test_typing.py). Never run; only type-checked."""
 
 import asyncio
 import json

@@ -1,5 +1,5 @@
 """Wrong calls that mypy --strict and pyright (strict) must both reject
-(tests/test_typing.py). Each line ending in a "wrong" comment (saying what is wrong)
+(tests/compat/test_typing.py). Each line ending in a "wrong" comment (saying what is wrong)
 must get an error from each checker, and no other line may. Never run; only checked."""
 
 from liteq import current_task, task
