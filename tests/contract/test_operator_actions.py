@@ -12,10 +12,14 @@ from liteq import backends
 from liteq.backends.base import CANCEL_TEXT
 from liteq.backends.filters import TaskFilter
 from liteq.taskspec import NewTask, TaskOptions
-from daemon_helpers import put_task
+from support.task_table import put_task
 
 PAYLOAD = '{"args":[],"kwargs":{}}'
 UNKNOWN = "unknown task status"
+
+
+# The panel's and liteqctl's reads (find_finished, count_finished...) are not modelled by the fake.
+pytestmark = pytest.mark.real_backend
 
 
 @pytest.fixture

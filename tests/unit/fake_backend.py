@@ -20,6 +20,7 @@ from collections.abc import Iterable, Sequence
 from typing import Any
 
 from liteq.backends.base import CANCEL_TEXT, Backend
+from liteq.backends.filters import TaskFilter
 from liteq.backends.limits import Limits
 from liteq.taskspec import NewTask, NewTasks
 
@@ -293,55 +294,65 @@ class FakeBackend(Backend):
                    and (queue is None or r["queue"] == queue)
                    and (name is None or r["name"] == name))
 
-    def cancel(self, task_id: int) -> bool:
-        """Cancel a pending or running task and its pending dependents."""
-        row = self.tasks.get(task_id)
-        if row is None or row["status"] not in ("pending", "running"):
-            return False
-        self._finish(row, "cancelled", error=CANCEL_TEXT if row["status"] == "running" else None)
-        return True
+    def _chosen(self, f: TaskFilter, action_statuses: tuple[str, ...]) -> list[dict[str, Any]]:
+        """The rows an operator's action with filter `f` takes, oldest first."""
+        statuses = f.chosen(action_statuses)
+        cutoff = None if f.older_than is None else time.time() - f.older_than
+        return [r for r in sorted(self.tasks.values(), key=lambda r: r["id"])
+                if r["status"] in statuses
+                and (f.ids is None or r["id"] in f.ids)
+                and (f.queue is None or r["queue"] == f.queue)
+                and (f.name is None or r["name"] == f.name)
+                and (cutoff is None or (r["finished_at"] or 0) < cutoff)]
 
-    def retry_failed(self, task_id: int | None = None, queue: str | None = None,
-                     name: str | None = None, ids: Iterable[int] | None = None,
-                     older_than: float | None = None) -> int:
-        """Put failed tasks (or one failed or cancelled task) back to pending."""
-        if task_id is not None:
-            rows = [r for r in [self.tasks.get(task_id)]
-                    if r is not None and r["status"] in ("failed", "cancelled")]
-        else:
-            if ids is not None or older_than is not None:
-                raise NotImplementedError("FakeBackend retries by id or by queue and name only")
-            rows = [r for r in self.tasks.values() if r["status"] == "failed"
-                    and (queue is None or r["queue"] == queue)
-                    and (name is None or r["name"] == name)]
+    def cancel_tasks(self, f: TaskFilter) -> int:
+        """Cancel the pending and running tasks `f` chooses, with their pending dependents."""
+        rows = self._chosen(f, ("pending", "running"))
+        for row in rows:
+            self._finish(row, "cancelled",
+                         error=CANCEL_TEXT if row["status"] == "running" else None)
+        return len(rows)
+
+    def retry_tasks(self, f: TaskFilter) -> int:
+        """Put the failed and cancelled tasks `f` chooses back to pending."""
+        rows = self._chosen(f, ("failed", "cancelled"))
         for row in rows:
             row.update(status="pending", attempts=0, worker_id=None, started_at=None,
                        finished_at=None, run_at=time.time())
         return len(rows)
+
+    def delete_tasks(self, f: TaskFilter) -> int:
+        """Delete the finished tasks `f` chooses that no unfinished task waits on."""
+        needed = {p for c, ps in self.parents.items() if c in self.tasks
+                  and self.tasks[c]["status"] in ("pending", "running") for p in ps}
+        gone = [r["id"] for r in self._chosen(f, FINISHED) if r["id"] not in needed]
+        for task_id in gone:
+            del self.tasks[task_id]
+            self.parents.pop(task_id, None)
+        return len(gone)
+
+    def cancel(self, task_id: int) -> bool:
+        """Cancel a pending or running task and its pending dependents."""
+        return self.cancel_tasks(TaskFilter(ids=(task_id,))) == 1
+
+    def retry_failed(self, task_id: int | None = None, queue: str | None = None,
+                     name: str | None = None, ids: Iterable[int] | None = None,
+                     older_than: float | None = None) -> int:
+        """Put failed tasks (or one failed or cancelled task, by id) back to pending."""
+        if task_id is not None:
+            return self.retry_tasks(TaskFilter(ids=(task_id,)))
+        return self.retry_tasks(TaskFilter(ids=None if ids is None else tuple(ids), queue=queue,
+                                           name=name, statuses=("failed",),
+                                           older_than=older_than))
 
     def purge(self, older_than: float | None,
               statuses: Iterable[str] = FINISHED,
               queue: str | None = None, name: str | None = None,
               ids: Iterable[int] | None = None) -> int:
         """Delete finished tasks of `statuses` finished over `older_than` seconds ago."""
-        wanted = tuple(statuses)
-        bad = [s for s in wanted if s not in FINISHED]
-        if bad:
-            raise ValueError(f"purge: {bad[0]!r} is not a finished status")
-        cutoff = None if older_than is None else time.time() - older_than
-        needed = {p for c, ps in self.parents.items() if c in self.tasks
-                  and self.tasks[c]["status"] in ("pending", "running") for p in ps}
-        only = None if ids is None else set(ids)
-        gone = [r["id"] for r in self.tasks.values()
-                if r["status"] in wanted and r["id"] not in needed
-                and (cutoff is None or r["finished_at"] < cutoff)
-                and (queue is None or r["queue"] == queue)
-                and (name is None or r["name"] == name)
-                and (only is None or r["id"] in only)]
-        for task_id in gone:
-            del self.tasks[task_id]
-            self.parents.pop(task_id, None)
-        return len(gone)
+        return self.delete_tasks(TaskFilter(ids=None if ids is None else tuple(ids), queue=queue,
+                                            name=name, statuses=tuple(statuses),
+                                            older_than=older_than))
 
     def close(self) -> None:
         """Nothing to release."""
