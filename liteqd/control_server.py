@@ -18,13 +18,15 @@ import selectors
 import socket
 import struct
 import time
-from collections.abc import Callable, Sequence
-from typing import Any, Protocol, cast
+from collections.abc import Callable
+from typing import cast
 
-from structlog.typing import FilteringBoundLogger
-
-from liteq.backends.base import Backend
 from liteq.paths import claim_socket_path
+
+from .control_ops import (READ_ONLY_OPS, ControlError, ControlHost, ControlOps, FdHandler, Reply,
+                          Request)
+
+__all__ = ["MAX_CONNECTIONS", "MAX_LINE", "ControlError", "ControlServer", "parse_request"]
 
 MAX_LINE = 64 * 1024            # bytes in one request line, its newline not counted
 MAX_CONNECTIONS = 128           # the last one only for root and the daemon's own uid
@@ -35,70 +37,7 @@ MAX_PENDING_REPLY = 1 << 20     # a client that stops reading is cut off past th
 REQUEST_TIMEOUT = 2.0
 MAX_REQUESTS_PER_READ = 64      # keeps one flooding client from hogging a loop turn
 
-READ_ONLY_OPS = frozenset({"ping", "status", "schedules", "wake"})
 _UCRED = struct.Struct("3i")
-
-#: A request or a reply: one JSON object.
-Request = dict[str, Any]
-Reply = dict[str, Any]
-FdHandler = Callable[[Any, int], object]
-
-
-class _Named(Protocol):
-    @property
-    def name(self) -> str: ...
-
-
-class ControlHost(Protocol):
-    """What the control server uses of the supervisor it serves."""
-
-    @property
-    def log(self) -> FilteringBoundLogger: ...
-
-    @property
-    def pools(self) -> Sequence[_Named]: ...
-
-    @property
-    def paused(self) -> set[str]: ...
-
-    @property
-    def backend(self) -> Backend | None: ...
-
-    def register_fd(self, fileobj: socket.socket, handler: FdHandler) -> None:
-        """Call handler(fileobj, mask) when fileobj is readable."""
-        ...
-
-    def modify_fd(self, fileobj: socket.socket, handler: FdHandler, events: int) -> None:
-        """Change what fileobj is watched for."""
-        ...
-
-    def unregister_fd(self, fileobj: socket.socket) -> None:
-        """Stop watching fileobj."""
-        ...
-
-    def status(self) -> Reply:
-        """The daemon's snapshot."""
-        ...
-
-    def wake(self) -> None:
-        """Look for due tasks now."""
-        ...
-
-    def scale(self, pool_name: str, size: int) -> None:
-        """Set a pool's number of children."""
-        ...
-
-    def reload(self) -> str:
-        """Re-import the app; the error text, or "" when it loaded."""
-        ...
-
-    def request_stop(self, fast: bool = False, reason: str = "request") -> None:
-        """Stop the daemon."""
-        ...
-
-
-class ControlError(Exception):
-    """A request that cannot be served; its message is the reply's error."""
 
 
 class _Conn:
@@ -146,7 +85,7 @@ def parse_request(line: bytes) -> tuple[str, Request]:
     return op, request
 
 
-class ControlServer:
+class ControlServer(ControlOps):
     """Serves liteqctl, liteq.control and the web panel from inside the supervisor."""
 
     def __init__(self, path: str, group: str | None = None) -> None:
@@ -399,76 +338,3 @@ class ControlServer:
             self.sup.log.error("control.error", op=op, error=f"{type(exc).__name__}: {exc}")
             return {"ok": False, "error": f"internal error: {type(exc).__name__}: {exc}"}
         return {"ok": True, **reply}
-
-    @classmethod
-    def ops(cls) -> list[str]:
-        """The names of the operations this server knows."""
-        return [name[3:] for name in dir(cls) if name.startswith("op_")]
-
-    # ---- operations ------------------------------------------------------------
-
-    def op_ping(self, request: Request) -> Reply:
-        """Answer {"pong": true, "pid": ...}: the daemon is alive."""
-        return {"pong": True, "pid": os.getpid()}
-
-    def op_status(self, request: Request) -> Reply:
-        """The supervisor's snapshot: pid, uptime, pools and children."""
-        return self.sup.status()
-
-    def op_wake(self, request: Request) -> Reply:
-        """Look for due tasks now."""
-        self.sup.wake()
-        return {}
-
-    def op_scale(self, request: Request) -> Reply:
-        """Set a pool's number of children: {"pool": name, "size": N}."""
-        size = request.get("size")
-        if isinstance(size, bool) or not isinstance(size, int) or size < 0:
-            raise ControlError(f"scale needs \"size\", a whole number >= 0; got {size!r}")
-        name = request.get("pool", self.sup.pools[0].name)
-        if not isinstance(name, str):
-            raise ControlError(f"\"pool\" must be a string; got {name!r}")
-        try:
-            self.sup.scale(name, size)
-        except (KeyError, ValueError) as exc:
-            raise ControlError(exc.args[0]) from None
-        return {"pool": name, "size": size}
-
-    def _queue_arg(self, request: Request) -> str:
-        queue = request.get("queue")
-        if not isinstance(queue, str) or not queue:
-            raise ControlError(f"\"queue\" must be a non-empty string; got {queue!r}")
-        return queue
-
-    def op_pause(self, request: Request) -> Reply:
-        """Stop claiming from {"queue": name}; running tasks finish."""
-        queue = self._queue_arg(request)
-        self.sup.paused.add(queue)
-        self.sup.log.info("queue.paused", queue=queue)
-        return {"paused": sorted(self.sup.paused)}
-
-    def op_resume(self, request: Request) -> Reply:
-        """Claim from {"queue": name} again."""
-        queue = self._queue_arg(request)
-        self.sup.paused.discard(queue)
-        self.sup.wake()
-        self.sup.log.info("queue.resumed", queue=queue)
-        return {"paused": sorted(self.sup.paused)}
-
-    def op_reload(self, request: Request) -> Reply:
-        """Re-import the app and replace every child (like SIGHUP); an error reply when
-        the new code does not load (the daemon keeps the code it had)."""
-        failure = self.sup.reload()
-        if failure:
-            raise ControlError(f"reload failed: {failure}")
-        return {}
-
-    def op_shutdown(self, request: Request) -> Reply:
-        """Stop gracefully, or fast with {"fast": true}."""
-        self.sup.request_stop(fast=bool(request.get("fast")), reason="control")
-        return {}
-
-    def op_schedules(self, request: Request) -> Reply:
-        """Every cron schedule with its next and last run."""
-        from liteq.scheduler import list_schedules
-        return {"schedules": list_schedules(self.sup.backend)}
