@@ -154,20 +154,10 @@ class AsyncServer:
         pending = channel.pending
         while pending and not StopRequest.requested:
             msg = pending[-1]
-            if msg.id in channel.recalled or (msg.start_by is not None
-                                              and time.monotonic() > msg.start_by):
-                # Recalled, or held so long the daemon may have been frozen past
-                # stale-after: never start it here (as in the one-task child).
+            answer = channel.refusal(msg)
+            if answer is not None:
                 pending.pop()
-                channel.recalled.discard(msg.id)
-                self.outbox.append(protocol.skipped(msg.id))
-                continue
-            if msg.id in channel.cancelled:
-                pending.pop()
-                now = time.time()
-                self.outbox.append(protocol.result(
-                    msg.id, False, "TaskCancelled: cancelled before it started", now, now,
-                    0, False, False))
+                self.outbox.append(answer)
                 continue
             task = TASK_REGISTRY.get(msg.name)
             if task is not None and task.is_async:

@@ -172,21 +172,13 @@ class _OneTaskServer:
 
     def _refused(self, msg: protocol.TaskMessage) -> bool:
         """Answer a task that must not start here (recalled, held too long, cancelled)."""
-        channel = self.channel
-        if msg.id in channel.recalled or (msg.start_by is not None
-                                          and time.monotonic() > msg.start_by):
-            # Recalled, or held so long that this daemon may have been frozen past
-            # stale-after and the task reclaimed and run elsewhere: never start it here.
-            channel.recalled.discard(msg.id)
-            channel.send_held(protocol.skipped(msg.id))
-            return True
-        if msg.id in channel.cancelled:
-            now = time.time()
+        answer = self.channel.refusal(msg)
+        if answer is None:
+            return False
+        if isinstance(answer, protocol.Result):
             task_output.mark_end()  # one mark per result, as for the tasks that ran
-            channel.send_held(protocol.result(msg.id, False, "TaskCancelled: cancelled "
-                                              "before it started", now, now, 0, False, False))
-            return True
-        return False
+        self.channel.send_held(answer)
+        return True
 
     def _run(self, msg: protocol.TaskMessage) -> None:
         OrphanWatch.task_id = msg.id

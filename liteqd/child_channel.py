@@ -7,6 +7,7 @@ queue in `pending`, Cancel ids gather in `cancelled`, GiveBack ids in `recalled`
 from __future__ import annotations
 
 import socket
+import time
 
 from . import protocol
 
@@ -71,6 +72,23 @@ class Channel:
                 self.recalled.update(msg.ids)
         tasks.reverse()
         self.pending = tasks + self.pending
+
+    def refusal(self, msg: protocol.TaskMessage) -> protocol.Skipped | protocol.Result | None:
+        """The answer to a queued task that must not start here, or None to start it.
+
+        Skipped when it was recalled, or held past its start_by: by then the daemon
+        may have been frozen long enough for another to reclaim and run it. A
+        TaskCancelled Result when it was cancelled before it started.
+        """
+        if msg.id in self.recalled or (msg.start_by is not None
+                                       and time.monotonic() > msg.start_by):
+            self.recalled.discard(msg.id)
+            return protocol.skipped(msg.id)
+        if msg.id in self.cancelled:
+            now = time.time()
+            return protocol.result(msg.id, False, "TaskCancelled: cancelled before it started",
+                                   now, now, 0, False, False)
+        return None
 
     def _read_waiting(self) -> None:
         """Parse whatever has arrived, without blocking (the caller holds `busy`)."""
