@@ -39,7 +39,7 @@ from liteq.core import TASK_REGISTRY
 
 from . import protocol, task_output
 from .child_channel import Channel, StopRequest, SupervisorGone
-from .child_state import (OrphanWatch, kill_descendants, on_socket_closed, own_rss,
+from .child_state import (OrphanWatch, Recycling, kill_descendants, on_socket_closed,
                           reap_adopted, set_waker)
 from .executor import CoroutineStop, Executor, Outcome, StopReason, run_coroutine
 from .loop_watchdog import LoopWatchdog
@@ -62,15 +62,12 @@ class AsyncServer:
     """Runs the tasks of one child, up to `slots` coroutines at once."""
 
     def __init__(self, channel: Channel, executor: Executor, index: int, slots: int,
-                 block_threshold: float, report_rss: bool, max_tasks: int,
-                 max_rss: int) -> None:
+                 block_threshold: float, recycling: Recycling) -> None:
         self.channel = channel
         self.executor = executor
         self.index = index
         self.slots = slots
-        self.report_rss = report_rss
-        self.max_tasks = max_tasks
-        self.max_rss = max_rss
+        self.recycling = recycling
         self.worker = f"{socket.gethostname()}:{os.getpid()}"
         self.loop = asyncio.new_event_loop()
         asyncio.set_event_loop(self.loop)
@@ -80,7 +77,6 @@ class AsyncServer:
         self.started_ids: list[int] = []
         self.eof = False
         self.turn_due = False
-        self.done = 0
         self.title = ""
         self.finished: asyncio.Future[None] = self.loop.create_future()
         self.watchdog = LoopWatchdog(self.loop, block_threshold, self._owner_of,
@@ -220,14 +216,10 @@ class AsyncServer:
 
     def _result(self, task_id: int, outcome: Outcome, started: float,
                 finished: float) -> None:
-        rss = own_rss() if self.report_rss else 0
+        rss = self.recycling.rss()
         self.outbox.append(protocol.result(task_id, outcome.ok, outcome.text, started,
                                            finished, rss, outcome.timed_out, outcome.retry))
-        self.done += 1
-        if (self.max_tasks and self.done >= self.max_tasks) or \
-                (self.max_rss and rss > self.max_rss):
-            # A recycling limit: hand back what is queued, finish what runs, exit.
-            StopRequest.requested = True
+        self.recycling.task_done(rss)
 
     def _owner_of(self, task: asyncio.Task[Any] | None) -> tuple[int, str] | None:
         run = self.by_task.get(task) if task is not None else None
@@ -287,10 +279,8 @@ class AsyncServer:
 
 
 def serve_async(channel: Channel, executor: Executor, index: int, slots: int,
-                block_threshold: float, report_rss: bool, max_tasks: int,
-                max_rss: int) -> None:
+                block_threshold: float, recycling: Recycling) -> None:
     """Serve a child's tasks with up to `slots` coroutines at once (see the module)."""
     task_output.tag_by_task()
-    server = AsyncServer(channel, executor, index, slots, block_threshold, report_rss,
-                         max_tasks, max_rss)
+    server = AsyncServer(channel, executor, index, slots, block_threshold, recycling)
     server.serve()

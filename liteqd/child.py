@@ -19,8 +19,8 @@ from setproctitle import setproctitle
 
 from . import protocol, task_output
 from .child_channel import Channel, StopRequest, SupervisorGone
-from .child_state import (OrphanWatch, exit_orphaned, kill_descendants, on_socket_closed,
-                          own_rss, reap_adopted, wake_loop)
+from .child_state import (OrphanWatch, Recycling, exit_orphaned, kill_descendants,
+                          on_socket_closed, reap_adopted, wake_loop)
 from .executor import Executor, install_alarm_handler
 from .proc import become_subreaper, die_with_parent
 
@@ -128,28 +128,25 @@ def _serve(sock: socket.socket, index: int, report_rss: bool, max_tasks: int = 0
     sock.setblocking(True)
     channel = _channel = Channel(sock)
     channel.send(protocol.ready(os.getpid()))
+    recycling = Recycling(report_rss, max_tasks, max_rss)
     if async_slots > 1:
         from .async_child import serve_async
-        serve_async(channel, executor, index, async_slots, block_threshold, report_rss,
-                    max_tasks, max_rss)
+        serve_async(channel, executor, index, async_slots, block_threshold, recycling)
         return
-    _OneTaskServer(channel, executor, index, report_rss, max_tasks, max_rss).serve()
+    _OneTaskServer(channel, executor, index, recycling).serve()
 
 
 class _OneTaskServer:
     """The serve loop of a child that runs one task at a time."""
 
-    def __init__(self, channel: Channel, executor: Executor, index: int, report_rss: bool,
-                 max_tasks: int, max_rss: int) -> None:
+    def __init__(self, channel: Channel, executor: Executor, index: int,
+                 recycling: Recycling) -> None:
         self.channel = channel
         self.executor = executor
         self.index = index
-        self.report_rss = report_rss
-        self.max_tasks = max_tasks
-        self.max_rss = max_rss
+        self.recycling = recycling
         self.worker = f"{socket.gethostname()}:{os.getpid()}"
         self.title_idle = f"liteqd: worker {index} idle"
-        self.done = 0
 
     def serve(self) -> None:
         """Run the tasks the supervisor sends, one at a time, until a stop or its end."""
@@ -191,7 +188,7 @@ class _OneTaskServer:
             # their own that killing our process group would miss: once we exit they
             # are reparented and can no longer be found under us.
             kill_descendants()
-        rss = own_rss() if self.report_rss else 0
+        rss = self.recycling.rss()
         task_output.mark_end()  # what follows in the pipes is the next task's
         self.channel.send_held(protocol.result(msg.id, outcome.ok, outcome.text, started,
                                                finished, rss, outcome.timed_out,
@@ -201,12 +198,6 @@ class _OneTaskServer:
             # The task may have left subprocesses or threads running: hand back what is
             # queued and exit, so the supervisor replaces this process and its group.
             StopRequest.requested = True
-        self.done += 1
-        if (self.max_tasks and self.done >= self.max_tasks) or \
-                (self.max_rss and rss > self.max_rss):
-            # A recycling limit is reached: hand back the prefetched tasks instead of
-            # running them here (the supervisor's SIGUSR1 would come too late for short
-            # tasks); the supervisor replaces this child.
-            StopRequest.requested = True
+        self.recycling.task_done(rss)
         reap_adopted()
         setproctitle(self.title_idle)

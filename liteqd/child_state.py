@@ -102,3 +102,26 @@ def reap_adopted() -> None:
             return
         if pid == 0:
             return
+
+
+class Recycling:
+    """A child's recycling limits (tasks, resident memory) and its count of tasks done."""
+
+    def __init__(self, report_rss: bool, max_tasks: int, max_rss: int) -> None:
+        self.report_rss = report_rss
+        self.max_tasks = max_tasks
+        self.max_rss = max_rss
+        self.done = 0
+
+    def rss(self) -> int:
+        """The child's resident memory to report with a result (0 when not reported)."""
+        return own_rss() if self.report_rss else 0
+
+    def task_done(self, rss: int) -> None:
+        """Count one more task. Past a limit the child stops: it hands back what is
+        queued (the supervisor's SIGUSR1 would come too late for short tasks) and
+        exits once what runs has finished; the supervisor replaces it."""
+        self.done += 1
+        if (self.max_tasks and self.done >= self.max_tasks) or \
+                (self.max_rss and rss > self.max_rss):
+            StopRequest.requested = True

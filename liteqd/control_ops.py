@@ -5,19 +5,18 @@ from __future__ import annotations
 
 import os
 import socket
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Any, Protocol
 
-from structlog.typing import FilteringBoundLogger
-
 from liteq.backends.base import Backend
+
+from .loop_host import FdHandler, FdHost
 
 READ_ONLY_OPS = frozenset({"ping", "status", "schedules", "wake"})
 
 #: A request or a reply: one JSON object.
 Request = dict[str, Any]
 Reply = dict[str, Any]
-FdHandler = Callable[[Any, int], object]
 
 
 class _Named(Protocol):
@@ -25,11 +24,8 @@ class _Named(Protocol):
     def name(self) -> str: ...
 
 
-class ControlHost(Protocol):
+class ControlHost(FdHost, Protocol):
     """What the control server uses of the supervisor it serves."""
-
-    @property
-    def log(self) -> FilteringBoundLogger: ...
 
     @property
     def pools(self) -> Sequence[_Named]: ...
@@ -40,16 +36,8 @@ class ControlHost(Protocol):
     @property
     def backend(self) -> Backend | None: ...
 
-    def register_fd(self, fileobj: socket.socket, handler: FdHandler) -> None:
-        """Call handler(fileobj, mask) when fileobj is readable."""
-        ...
-
     def modify_fd(self, fileobj: socket.socket, handler: FdHandler, events: int) -> None:
         """Change what fileobj is watched for."""
-        ...
-
-    def unregister_fd(self, fileobj: socket.socket) -> None:
-        """Stop watching fileobj."""
         ...
 
     def status(self) -> Reply:

@@ -23,8 +23,8 @@ from typing import cast
 
 from liteq.paths import claim_socket_path
 
-from .control_ops import (READ_ONLY_OPS, ControlError, ControlHost, ControlOps, FdHandler, Reply,
-                          Request)
+from .control_ops import READ_ONLY_OPS, ControlError, ControlHost, ControlOps, Reply, Request
+from .loop_host import FdHandler
 
 __all__ = ["MAX_CONNECTIONS", "MAX_LINE", "ControlError", "ControlServer", "parse_request"]
 

@@ -31,11 +31,12 @@ import json
 import logging
 import os
 import time
-from collections.abc import Callable, Iterable, Sequence
-from typing import Any, Protocol
+from collections.abc import Iterable, Sequence
+from typing import Protocol
 
 from structlog.typing import FilteringBoundLogger
 
+from .loop_host import FdHost
 from .output_wire import (CUT_MARKER, END_MARK, MAX_LINE, MAX_RECORD, STREAMS, dropped_lines,
                           level_of, untag)
 
@@ -83,21 +84,6 @@ class ChildView(Protocol):
 
     def started_runs(self) -> Sequence[TaskRunView]:
         """The tasks the child has started and not finished."""
-        ...
-
-
-class FdHost(Protocol):
-    """The select loop the pump reads in, and the log it writes to."""
-
-    @property
-    def log(self) -> FilteringBoundLogger: ...
-
-    def register_fd(self, fileobj: int, handler: Callable[[Any, int], object]) -> None:
-        """Call handler(fileobj, mask) when fileobj is readable."""
-        ...
-
-    def unregister_fd(self, fileobj: int) -> None:
-        """Stop watching fileobj."""
         ...
 
 

@@ -27,7 +27,8 @@ from typing import TextIO
 from liteq import context
 
 from . import logs
-from .output_pump import ChildView, FdHost, Pump
+from .loop_host import FdHost
+from .output_pump import ChildView, Pump
 from .output_wire import CUT_MARKER, END_MARK, MAX_LINE, STREAMS, TASK_TAG, tag_line
 
 __all__ = ["CUT_MARKER", "END_MARK", "MAX_LINE", "TASK_TAG", "Pipes", "Pump", "RecordHandler",

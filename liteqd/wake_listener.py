@@ -19,13 +19,13 @@ cancelled is not looked up again for HINT_RECHECK_S.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterable
-from typing import Any, Protocol
-
-from structlog.typing import FilteringBoundLogger
+from collections.abc import Iterable
+from typing import Protocol
 
 from liteq.backends.base import Backend, WakeChannel
 from liteq.errors import DatabaseError
+
+from .loop_host import FdHost
 
 REOPEN_S = 1.0   # between attempts to open a broken channel again
 BACKLOG = 4          # messages read by one drain that make it a flood...
@@ -70,14 +70,11 @@ class _Dispatch(Protocol):
         ...
 
 
-class WakeHost(Protocol):
+class WakeHost(FdHost, Protocol):
     """What the wake-up listener uses of the supervisor."""
 
     @property
     def backend(self) -> Backend: ...
-
-    @property
-    def log(self) -> FilteringBoundLogger: ...
 
     @property
     def stopping(self) -> str | None: ...
@@ -87,14 +84,6 @@ class WakeHost(Protocol):
 
     @property
     def lifecycle(self) -> _Lifecycle: ...
-
-    def register_fd(self, fileobj: WakeChannel, handler: Callable[[Any, int], object]) -> None:
-        """Call handler(fileobj, mask) when fileobj is readable."""
-        ...
-
-    def unregister_fd(self, fileobj: WakeChannel) -> None:
-        """Stop watching fileobj."""
-        ...
 
     def wake(self, due: float | None = None) -> None:
         """Claim now, or at `due` (epoch s)."""
