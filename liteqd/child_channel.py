@@ -62,14 +62,13 @@ class Channel:
         new = self.reader.feed(data)
         if not new:
             return
-        tasks: list[protocol.TaskMessage] = []
-        for msg in new:
-            if isinstance(msg, protocol.TaskMessage):
-                tasks.append(msg)
-            elif isinstance(msg, protocol.Cancel):
-                self.cancelled.add(msg.id)
-            elif isinstance(msg, protocol.GiveBack):
-                self.recalled.update(msg.ids)
+        tasks = [msg for msg in new if type(msg) is protocol.TaskMessage]
+        if len(tasks) < len(new):
+            for msg in new:
+                if isinstance(msg, protocol.Cancel):
+                    self.cancelled.add(msg.id)
+                elif isinstance(msg, protocol.GiveBack):
+                    self.recalled.update(msg.ids)
         tasks.reverse()
         self.pending = tasks + self.pending
 
