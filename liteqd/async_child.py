@@ -27,6 +27,7 @@ when one coroutine holds the loop past --async-block-threshold.
 from __future__ import annotations
 
 import asyncio
+import functools
 import os
 import socket
 import time
@@ -36,9 +37,11 @@ from setproctitle import setproctitle
 
 from liteq.core import TASK_REGISTRY
 
-from . import child as _child
 from . import protocol, task_output
-from .executor import CoroutineStop, Executor, Outcome, run_coroutine
+from .child_channel import Channel, StopRequest, SupervisorGone
+from .child_state import (OrphanWatch, Recycling, kill_descendants, on_socket_closed,
+                          reap_adopted, set_waker)
+from .executor import CoroutineStop, Executor, Outcome, StopReason, run_coroutine
 from .loop_watchdog import LoopWatchdog
 
 
@@ -58,26 +61,22 @@ class _Running:
 class AsyncServer:
     """Runs the tasks of one child, up to `slots` coroutines at once."""
 
-    def __init__(self, channel: Any, executor: Executor, index: int, slots: int,
-                 block_threshold: float, report_rss: bool, max_tasks: int,
-                 max_rss: int) -> None:
+    def __init__(self, channel: Channel, executor: Executor, index: int, slots: int,
+                 block_threshold: float, recycling: Recycling) -> None:
         self.channel = channel
         self.executor = executor
         self.index = index
         self.slots = slots
-        self.report_rss = report_rss
-        self.max_tasks = max_tasks
-        self.max_rss = max_rss
+        self.recycling = recycling
         self.worker = f"{socket.gethostname()}:{os.getpid()}"
         self.loop = asyncio.new_event_loop()
         asyncio.set_event_loop(self.loop)
         self.running: dict[int, _Running] = {}
         self.by_task: dict[asyncio.Task[Outcome], _Running] = {}
-        self.outbox: list[Any] = []
+        self.outbox: list[protocol.Message] = []
         self.started_ids: list[int] = []
         self.eof = False
         self.turn_due = False
-        self.done = 0
         self.title = ""
         self.finished: asyncio.Future[None] = self.loop.create_future()
         self.watchdog = LoopWatchdog(self.loop, block_threshold, self._owner_of,
@@ -90,12 +89,12 @@ class AsyncServer:
         sock = self.channel.sock
         self.loop.add_reader(sock.fileno(), self._on_readable)
         self.watchdog.start()
-        _child.set_waker(self.wake)
+        set_waker(self.wake)
         try:
             self.loop.call_soon(self.process)
             self.loop.run_until_complete(self.finished)
         finally:
-            _child.set_waker(None)
+            set_waker(None)
             self.watchdog.stop()
 
     def wake(self) -> None:
@@ -128,13 +127,13 @@ class AsyncServer:
                     self.eof = True
                     self.loop.remove_reader(channel.sock.fileno())
                     break
-                channel._parse(data)
+                channel.parse(data)
         finally:
             channel.busy = False
-        if self.eof and not _child._Stop.requested:
+        if self.eof and not StopRequest.requested:
             # Only a dying supervisor closes the socket without a stop: this waits
             # for the verdict and exits as an orphan, or returns after a stop.
-            _child._on_socket_closed()
+            on_socket_closed()
         self.process()
 
     def process(self) -> None:
@@ -147,24 +146,14 @@ class AsyncServer:
             for task_id in channel.cancelled:
                 run = self.running.get(task_id)
                 if run is not None and run.stop.reason is None:
-                    self._stop(run, "cancel")
+                    self._stop(run, StopReason.CANCEL)
         pending = channel.pending
-        while pending and not _child._Stop.requested:
+        while pending and not StopRequest.requested:
             msg = pending[-1]
-            if msg.id in channel.recalled or (msg.start_by is not None
-                                              and time.monotonic() > msg.start_by):
-                # Recalled, or held so long the daemon may have been frozen past
-                # stale-after: never start it here (as in the one-task child).
+            answer = channel.refusal(msg)
+            if answer is not None:
                 pending.pop()
-                channel.recalled.discard(msg.id)
-                self.outbox.append(protocol.skipped(msg.id))
-                continue
-            if msg.id in channel.cancelled:
-                pending.pop()
-                now = time.time()
-                self.outbox.append(protocol.result(
-                    msg.id, False, "TaskCancelled: cancelled before it started", now, now,
-                    0, False, False))
+                self.outbox.append(answer)
                 continue
             task = TASK_REGISTRY.get(msg.name)
             if task is not None and task.is_async:
@@ -177,11 +166,11 @@ class AsyncServer:
                     break  # a sync task runs alone: wait for the coroutines to finish
                 pending.pop()
                 self._run_sync(msg)
-        if _child._Stop.requested:
+        if StopRequest.requested:
             self._flush()
             channel.hand_back()
         self._flush()
-        if (_child._Stop.requested or self.eof) and not self.running \
+        if (StopRequest.requested or self.eof) and not self.running \
                 and not self.finished.done():
             self.finished.set_result(None)
 
@@ -193,12 +182,12 @@ class AsyncServer:
         run.task = task
         self.running[msg.id] = run
         self.by_task[task] = run
-        task.add_done_callback(lambda t, run=run: self._finished(run, t))
+        task.add_done_callback(functools.partial(self._finished, run))
         if msg.timeout:
-            run.timer = self.loop.call_later(msg.timeout, self._stop, run, "timeout")
+            run.timer = self.loop.call_later(msg.timeout, self._stop, run, StopReason.TIMEOUT)
         self.started_ids.append(msg.id)
 
-    def _stop(self, run: _Running, reason: str) -> None:
+    def _stop(self, run: _Running, reason: StopReason) -> None:
         """Cancel one coroutine task (its time limit passed, or it was cancelled)."""
         if run.stop.reason is not None or run.task is None or run.task.done():
             return
@@ -216,8 +205,9 @@ class AsyncServer:
             # Cancelled before its first step: it never ran a line.
             error = run.stop.error()
             text = f"{type(error).__name__}: {error}" if error else "TaskCancelled: cancelled"
-            outcome = Outcome(False, text, timed_out=run.stop.reason == "timeout",
-                              retry=False if run.stop.reason != "timeout" else None)
+            timed_out = run.stop.reason is StopReason.TIMEOUT
+            outcome = Outcome(False, text, timed_out=timed_out,
+                              retry=None if timed_out else False)
         except BaseException as exc:  # noqa: B902 - never unwind into the loop
             outcome = Outcome(False, f"{type(exc).__name__}: {exc}")
         task_output.end_task(run.msg.id)
@@ -226,17 +216,13 @@ class AsyncServer:
 
     def _result(self, task_id: int, outcome: Outcome, started: float,
                 finished: float) -> None:
-        rss = _child._own_rss() if self.report_rss else 0
+        rss = self.recycling.rss()
         self.outbox.append(protocol.result(task_id, outcome.ok, outcome.text, started,
                                            finished, rss, outcome.timed_out, outcome.retry))
-        self.done += 1
-        if (self.max_tasks and self.done >= self.max_tasks) or \
-                (self.max_rss and rss > self.max_rss):
-            # A recycling limit: hand back what is queued, finish what runs, exit.
-            _child._Stop.requested = True
+        self.recycling.task_done(rss)
 
     def _owner_of(self, task: asyncio.Task[Any] | None) -> tuple[int, str] | None:
-        run = self.by_task.get(task) if task is not None else None  # type: ignore[arg-type]
+        run = self.by_task.get(task) if task is not None else None
         return (run.msg.id, run.msg.name) if run is not None else None
 
     # ---- sync tasks ----------------------------------------------------------------
@@ -246,7 +232,7 @@ class AsyncServer:
         started = time.time()
         self.started_ids.append(msg.id)
         self._flush()  # its Started message first: the supervisor's clock runs from here
-        _child._Orphan.task_id = msg.id
+        OrphanWatch.task_id = msg.id
         setproctitle(f"liteqd: worker {self.index} running {msg.name}#{msg.id}")
         self.title = ""
         self.watchdog.paused = True
@@ -254,15 +240,15 @@ class AsyncServer:
             outcome = self.executor.run(msg, self.worker)
         finally:
             self.watchdog.resume()
-            _child._Orphan.task_id = None
+            OrphanWatch.task_id = None
         finished = time.time()
         if outcome.timed_out:
             # As in the one-task child: end what it started and leave.
-            _child._kill_descendants()
-            _child._Stop.requested = True
+            kill_descendants()
+            StopRequest.requested = True
         task_output.end_task(msg.id)
         self._result(msg.id, outcome, started, finished)
-        _child._reap_adopted()
+        reap_adopted()
 
     # ---- sending ---------------------------------------------------------------------
 
@@ -281,7 +267,7 @@ class AsyncServer:
                 # Raised out of a loop callback it would only be logged: end the loop
                 # with it, so that child_main handles it as in a one-task child.
                 if not self.finished.done():
-                    self.finished.set_exception(_child.SupervisorGone(str(exc)))
+                    self.finished.set_exception(SupervisorGone(str(exc)))
             finally:
                 channel.busy = False
         n = len(self.running)
@@ -292,11 +278,9 @@ class AsyncServer:
             self.title = title
 
 
-def serve_async(channel: Any, executor: Executor, index: int, slots: int,
-                block_threshold: float, report_rss: bool, max_tasks: int,
-                max_rss: int) -> None:
+def serve_async(channel: Channel, executor: Executor, index: int, slots: int,
+                block_threshold: float, recycling: Recycling) -> None:
     """Serve a child's tasks with up to `slots` coroutines at once (see the module)."""
     task_output.tag_by_task()
-    server = AsyncServer(channel, executor, index, slots, block_threshold, report_rss,
-                         max_tasks, max_rss)
+    server = AsyncServer(channel, executor, index, slots, block_threshold, recycling)
     server.serve()

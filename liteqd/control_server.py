@@ -9,6 +9,8 @@ request within REQUEST_TIMEOUT is closed. The last connection slot is kept for
 root and the daemon's own user, so an operator can always get in.
 """
 
+from __future__ import annotations
+
 import grp
 import json
 import os
@@ -16,8 +18,15 @@ import selectors
 import socket
 import struct
 import time
+from collections.abc import Callable
+from typing import cast
 
 from liteq.paths import claim_socket_path
+
+from .control_ops import READ_ONLY_OPS, ControlError, ControlHost, ControlOps, Reply, Request
+from .loop_host import FdHandler
+
+__all__ = ["MAX_CONNECTIONS", "MAX_LINE", "ControlError", "ControlServer", "parse_request"]
 
 MAX_LINE = 64 * 1024            # bytes in one request line, its newline not counted
 MAX_CONNECTIONS = 128           # the last one only for root and the daemon's own uid
@@ -28,18 +37,13 @@ MAX_PENDING_REPLY = 1 << 20     # a client that stops reading is cut off past th
 REQUEST_TIMEOUT = 2.0
 MAX_REQUESTS_PER_READ = 64      # keeps one flooding client from hogging a loop turn
 
-READ_ONLY_OPS = frozenset({"ping", "status", "schedules", "wake"})
 _UCRED = struct.Struct("3i")
-
-
-class ControlError(Exception):
-    """A request that cannot be served; its message is the reply's error."""
 
 
 class _Conn:
     __slots__ = ("sock", "rbuf", "wbuf", "deadline", "uid", "gid", "pid", "closing")
 
-    def __init__(self, sock) -> None:
+    def __init__(self, sock: socket.socket) -> None:
         self.sock = sock
         self.rbuf = b""
         self.wbuf = b""
@@ -52,7 +56,7 @@ class _Conn:
             self.pid, self.uid, self.gid = 0, -1, -1
 
 
-def _peer_groups(pid):
+def _peer_groups(pid: int) -> set[int]:
     """Supplementary group ids of a peer process, from /proc (empty when unreadable)."""
     try:
         with open(f"/proc/{pid}/status") as f:
@@ -64,23 +68,47 @@ def _peer_groups(pid):
     return set()
 
 
-class ControlServer:
+def parse_request(line: bytes) -> tuple[str, Request]:
+    """(op, request) of one request line; ControlError (the reply's error) when the line
+    is not a JSON object with an "op" string."""
+    try:
+        parsed: object = json.loads(line)
+    except (ValueError, UnicodeDecodeError, RecursionError) as exc:
+        # RecursionError: a line of 60,000 "[" would otherwise crash the daemon.
+        raise ControlError(f"malformed JSON: {exc}") from None
+    if not isinstance(parsed, dict):
+        raise ControlError("a request must be a JSON object like {\"op\": \"ping\"}")
+    request = cast(Request, parsed)  # JSON object keys are strings
+    op = request.get("op")
+    if not isinstance(op, str):
+        raise ControlError("missing \"op\" (a string)")
+    return op, request
+
+
+class ControlServer(ControlOps):
     """Serves liteqctl, liteq.control and the web panel from inside the supervisor."""
 
     def __init__(self, path: str, group: str | None = None) -> None:
         self.path = path
         self.group = group
-        self.gid = None
-        self.listener = None
-        self.conns = {}
-        self.sup = None
+        self.gid: int | None = None
+        self.listener: socket.socket | None = None
+        self.conns: dict[int, _Conn] = {}
+        self._sup: ControlHost | None = None
         self.uid = os.getuid()
+
+    @property
+    def sup(self) -> ControlHost:
+        """The supervisor served (set by register())."""
+        if self._sup is None:
+            raise RuntimeError("the control server is not registered with a supervisor")
+        return self._sup
 
     # ---- plugin interface ----------------------------------------------------
 
-    def register(self, sup):
+    def register(self, sup: ControlHost) -> None:
         """Bind the socket (0600, or 0660 with a group) and watch it from the loop."""
-        self.sup = sup
+        self._sup = sup
         if len(self.path.encode()) > 107:
             raise OSError(f"control socket path is too long for a Unix socket "
                           f"({len(self.path.encode())} bytes, at most 107): {self.path}; "
@@ -109,7 +137,7 @@ class ControlServer:
         self.listener = sock
         sup.register_fd(sock, self._on_accept)
 
-    def on_tick(self, sup) -> None:
+    def on_tick(self, sup: ControlHost) -> None:
         """Serve requests left over by the per-read cap; close connections that did not
         send a complete request in time."""
         now = time.monotonic()
@@ -119,7 +147,7 @@ class ControlServer:
             elif now >= conn.deadline:
                 self._time_out(conn)
 
-    def next_deadline(self):
+    def next_deadline(self) -> float | None:
         """When the first connection runs out of time (keeps the loop's sleep bounded);
         now, when a connection has requests left over by the per-read cap."""
         if not self.conns:
@@ -129,7 +157,7 @@ class ControlServer:
         return min(c.deadline for c in self.conns.values())
 
     @staticmethod
-    def _backlog(conn) -> bool:
+    def _backlog(conn: _Conn) -> bool:
         """Complete request lines not served yet (a client pipelined more than
         MAX_REQUESTS_PER_READ), once the earlier replies are sent. Without this they
         would wait for the client's next write, which never comes if it awaits them."""
@@ -150,10 +178,13 @@ class ControlServer:
 
     # ---- connections -----------------------------------------------------------
 
-    def _on_accept(self, _sock, _mask) -> None:
+    def _on_accept(self, _sock: object, _mask: int) -> None:
+        listener = self.listener
+        if listener is None:
+            return
         for _ in range(64):
             try:
-                sock, _ = self.listener.accept()
+                sock, _ = listener.accept()
             except (BlockingIOError, InterruptedError):
                 return
             except OSError:
@@ -168,22 +199,26 @@ class ControlServer:
                 sock.close()
                 continue
             self.conns[sock.fileno()] = conn
-            self.sup.register_fd(sock, lambda s, mask, c=conn: self._on_ready(c, mask))
+            self.sup.register_fd(sock, self._handler(conn))
 
-    def _room_for(self, conn) -> bool:
+    def _handler(self, conn: _Conn) -> FdHandler:
+        """The select loop's callback for one connection."""
+        return lambda _sock, mask: self._on_ready(conn, mask)
+
+    def _room_for(self, conn: _Conn) -> bool:
         """Whether a new connection may stay: the last free slot is kept for root and
         our own uid (an operator's liteqctl), whoever else crowds the socket."""
         if len(self.conns) < MAX_CONNECTIONS - 1:
             return True
         return len(self.conns) < MAX_CONNECTIONS and conn.uid in (self.uid, 0)
 
-    def _on_ready(self, conn, mask) -> None:
+    def _on_ready(self, conn: _Conn, mask: int) -> None:
         if mask & selectors.EVENT_WRITE:
             self._flush(conn)
         if mask & selectors.EVENT_READ and not conn.closing:
             self._on_read(conn)
 
-    def _on_read(self, conn) -> None:
+    def _on_read(self, conn: _Conn) -> None:
         try:
             data = conn.sock.recv(MAX_LINE)
         except (BlockingIOError, InterruptedError):
@@ -199,7 +234,7 @@ class ControlServer:
         if not conn.closing and len(conn.rbuf) - conn.rbuf.rfind(b"\n") - 1 > MAX_LINE:
             self._refuse_long_line(conn)
 
-    def _serve_lines(self, conn) -> None:
+    def _serve_lines(self, conn: _Conn) -> None:
         served = 0
         while b"\n" in conn.rbuf and served < MAX_REQUESTS_PER_READ and not conn.closing:
             line, conn.rbuf = conn.rbuf.split(b"\n", 1)
@@ -213,14 +248,14 @@ class ControlServer:
                 self._reply(conn, self.handle_line(line, conn))
                 conn.deadline = time.monotonic() + REQUEST_TIMEOUT
 
-    def _refuse_long_line(self, conn) -> None:
+    def _refuse_long_line(self, conn: _Conn) -> None:
         self._reply(conn, {"ok": False, "error": f"request line longer than {MAX_LINE} "
                                                  f"bytes; closing the connection"})
         conn.closing = True
         conn.rbuf = b""
         self._flush(conn)
 
-    def _time_out(self, conn) -> None:
+    def _time_out(self, conn: _Conn) -> None:
         """Close a connection that sent no complete request in time, saying why when
         nothing else is waiting to be sent to it."""
         if not conn.wbuf:
@@ -233,14 +268,14 @@ class ControlServer:
                 pass
         self._close(conn)
 
-    def _reply(self, conn, reply) -> None:
+    def _reply(self, conn: _Conn, reply: Reply) -> None:
         conn.wbuf += json.dumps(reply, separators=(",", ":"), default=str).encode() + b"\n"
         if len(conn.wbuf) > MAX_PENDING_REPLY:
             self._close(conn)  # it does not read its replies
             return
         self._flush(conn)
 
-    def _flush(self, conn) -> None:
+    def _flush(self, conn: _Conn) -> None:
         try:
             while conn.wbuf:
                 sent = conn.sock.send(conn.wbuf)
@@ -250,7 +285,7 @@ class ControlServer:
         except OSError:
             self._close(conn)
             return
-        handler = (lambda s, mask, c=conn: self._on_ready(c, mask))
+        handler = self._handler(conn)
         if conn.wbuf:
             self.sup.modify_fd(conn.sock, handler,
                                selectors.EVENT_READ | selectors.EVENT_WRITE)
@@ -262,7 +297,7 @@ class ControlServer:
             except (KeyError, ValueError):
                 pass
 
-    def _close(self, conn) -> None:
+    def _close(self, conn: _Conn) -> None:
         conn.closing = True  # nothing more is read from or served to it
         self.conns.pop(conn.sock.fileno(), None)
         self.sup.unregister_fd(conn.sock)
@@ -273,7 +308,7 @@ class ControlServer:
 
     # ---- requests --------------------------------------------------------------
 
-    def allowed(self, conn) -> bool:
+    def allowed(self, conn: _Conn) -> bool:
         """State-changing ops: our own uid, root, or a member of the configured group."""
         if conn.uid in (self.uid, 0):
             return True
@@ -281,19 +316,13 @@ class ControlServer:
             return True
         return False
 
-    def handle_line(self, line: bytes, conn=None) -> dict:
+    def handle_line(self, line: bytes, conn: _Conn | None = None) -> Reply:
         """Parse one request line and serve it; never raises."""
         try:
-            request = json.loads(line)
-        except (ValueError, UnicodeDecodeError, RecursionError) as exc:
-            # RecursionError: a line of 60,000 "[" would otherwise crash the daemon.
-            return {"ok": False, "error": f"malformed JSON: {exc}"}
-        if not isinstance(request, dict):
-            return {"ok": False, "error": "a request must be a JSON object like {\"op\": \"ping\"}"}
-        op = request.get("op")
-        if not isinstance(op, str):
-            return {"ok": False, "error": "missing \"op\" (a string)"}
-        handler = getattr(self, "op_" + op, None)
+            op, request = parse_request(line)
+        except ControlError as exc:
+            return {"ok": False, "error": str(exc)}
+        handler: Callable[[Request], Reply | None] | None = getattr(self, "op_" + op, None)
         if handler is None:
             return {"ok": False, "error": f"unknown op {op!r}; known: "
                                           f"{', '.join(sorted(self.ops()))}"}
@@ -309,76 +338,3 @@ class ControlServer:
             self.sup.log.error("control.error", op=op, error=f"{type(exc).__name__}: {exc}")
             return {"ok": False, "error": f"internal error: {type(exc).__name__}: {exc}"}
         return {"ok": True, **reply}
-
-    @classmethod
-    def ops(cls):
-        """The names of the operations this server knows."""
-        return [name[3:] for name in dir(cls) if name.startswith("op_")]
-
-    # ---- operations ------------------------------------------------------------
-
-    def op_ping(self, request):
-        """Answer {"pong": true, "pid": ...}: the daemon is alive."""
-        return {"pong": True, "pid": os.getpid()}
-
-    def op_status(self, request):
-        """The supervisor's snapshot: pid, uptime, pools and children."""
-        return self.sup.status()
-
-    def op_wake(self, request):
-        """Look for due tasks now."""
-        self.sup.wake()
-        return {}
-
-    def op_scale(self, request):
-        """Set a pool's number of children: {"pool": name, "size": N}."""
-        size = request.get("size")
-        if isinstance(size, bool) or not isinstance(size, int) or size < 0:
-            raise ControlError(f"scale needs \"size\", a whole number >= 0; got {size!r}")
-        name = request.get("pool", self.sup.pools[0].name)
-        if not isinstance(name, str):
-            raise ControlError(f"\"pool\" must be a string; got {name!r}")
-        try:
-            self.sup.scale(name, size)
-        except (KeyError, ValueError) as exc:
-            raise ControlError(exc.args[0]) from None
-        return {"pool": name, "size": size}
-
-    def _queue_arg(self, request):
-        queue = request.get("queue")
-        if not isinstance(queue, str) or not queue:
-            raise ControlError(f"\"queue\" must be a non-empty string; got {queue!r}")
-        return queue
-
-    def op_pause(self, request):
-        """Stop claiming from {"queue": name}; running tasks finish."""
-        queue = self._queue_arg(request)
-        self.sup.paused.add(queue)
-        self.sup.log.info("queue.paused", queue=queue)
-        return {"paused": sorted(self.sup.paused)}
-
-    def op_resume(self, request):
-        """Claim from {"queue": name} again."""
-        queue = self._queue_arg(request)
-        self.sup.paused.discard(queue)
-        self.sup.wake()
-        self.sup.log.info("queue.resumed", queue=queue)
-        return {"paused": sorted(self.sup.paused)}
-
-    def op_reload(self, request):
-        """Re-import the app and replace every child (like SIGHUP); an error reply when
-        the new code does not load (the daemon keeps the code it had)."""
-        failure = self.sup.reload()
-        if failure:
-            raise ControlError(f"reload failed: {failure}")
-        return {}
-
-    def op_shutdown(self, request):
-        """Stop gracefully, or fast with {"fast": true}."""
-        self.sup.request_stop(fast=bool(request.get("fast")), reason="control")
-        return {}
-
-    def op_schedules(self, request):
-        """Every cron schedule with its next and last run."""
-        from liteq.scheduler import list_schedules
-        return {"schedules": list_schedules(self.sup.backend)}

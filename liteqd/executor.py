@@ -3,19 +3,31 @@ timer for plain functions, a cancelled asyncio task for coroutines), and its
 outcome as result JSON or error text.
 """
 
+from __future__ import annotations
+
 import asyncio
+import enum
+import inspect
 import signal
 import time
 import traceback
-from typing import NamedTuple
+from collections.abc import Callable, Coroutine
+from types import FrameType
+from typing import Any, NamedTuple, NoReturn, cast
 
 from liteq import context, hooks
 from liteq import retry as retry_policy
-from liteq.core import TASK_REGISTRY
+from liteq.core import TASK_REGISTRY, Task
 from liteq.errors import Retry, TaskCancelled, TaskTimeout
 from liteq.serialization import decode_payload, encode_result
 
 from . import logs
+from .protocol import TaskMessage
+
+#: (task, args, kwargs, its liteq.current_task) of a task ready to be called.
+Prepared = tuple[Task[..., Any], list[Any], dict[str, Any], context.TaskContext]
+#: (outcome, the exception it raised or None, its result) of one call of a task.
+Attempt = tuple["Outcome", BaseException | None, Any]
 
 
 class Outcome(NamedTuple):
@@ -27,17 +39,17 @@ class Outcome(NamedTuple):
     retry: object = None
 
 
-def _not_retried(text, why):
+def _not_retried(text: str, why: str) -> Outcome:
     # The note goes on the first line, which logs and lists show.
     first, sep, rest = text.partition("\n")
     return Outcome(False, f"{first}; not retried: {why}{sep}{rest}", retry=False)
 
 
-def _on_alarm(signum, frame):
-    raise TaskTimeout(f"timed out after {_on_alarm.limit:g} s")
+_alarm_limit = 0.0   # the time limit of the sync task running now, for the message
 
 
-_on_alarm.limit = 0
+def _on_alarm(signum: int, frame: FrameType | None) -> NoReturn:
+    raise TaskTimeout(f"timed out after {_alarm_limit:g} s")
 
 
 def install_alarm_handler() -> None:
@@ -45,7 +57,7 @@ def install_alarm_handler() -> None:
     signal.signal(signal.SIGALRM, _on_alarm)
 
 
-def _format_error(exc) -> str:
+def _format_error(exc: BaseException) -> str:
     tb = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
     return f"{type(exc).__name__}: {exc}\n\n{tb}"
 
@@ -54,34 +66,36 @@ class Executor:
     """Runs one task at a time, with a soft time limit and a persistent event loop."""
 
     def __init__(self) -> None:
-        self.loop = None
+        self.loop: asyncio.AbstractEventLoop | None = None
         self.in_task = False        # the task's own code is running (signals may raise)
-        self.async_task = None      # the asyncio task of a coroutine task, while it runs
+        self.async_task: asyncio.Task[Any] | None = None  # a coroutine task, while it runs
         self.cancelling = False     # cancel_running() was called for the current task
 
-    def cancel_running(self):
+    def cancel_running(self) -> None:
         """Stop the task running now with TaskCancelled (from the cancel signal's
         handler): raised into a plain function, or the coroutine's task cancelled."""
         if not self.in_task or self.cancelling:
             return
         self.cancelling = True
-        if self.async_task is not None:
+        if self.async_task is not None and self.loop is not None:
             # From a signal handler while the loop may sit in select(): the thread-safe
             # call writes to the loop's self-pipe, which wakes it.
             self.loop.call_soon_threadsafe(self.async_task.cancel)
             return
         raise TaskCancelled("the task was cancelled while it was running")
 
-    def _run_async(self, fn, args, kwargs, timeout):
-        if self.loop is None:
-            self.loop = asyncio.new_event_loop()
-            asyncio.set_event_loop(self.loop)
-        task = self.async_task = self.loop.create_task(fn(*args, **kwargs))
+    def _run_async(self, fn: Callable[..., Coroutine[Any, Any, Any]], args: list[Any],
+                   kwargs: dict[str, Any], timeout: float | None) -> Any:
+        loop = self.loop
+        if loop is None:
+            loop = self.loop = asyncio.new_event_loop()
+            asyncio.set_event_loop(loop)
+        task = self.async_task = loop.create_task(fn(*args, **kwargs))
         timer = None
         if timeout:
-            timer = self.loop.call_later(timeout, task.cancel)
+            timer = loop.call_later(timeout, task.cancel)
         try:
-            return self.loop.run_until_complete(task)
+            return loop.run_until_complete(task)
         except asyncio.CancelledError:
             # Cancelled by cancel_running(), or else by our own timer.
             if self.cancelling:
@@ -92,17 +106,19 @@ class Executor:
             if timer is not None:
                 timer.cancel()
 
-    def _run_sync(self, fn, args, kwargs, timeout):
+    def _run_sync(self, fn: Callable[..., Any], args: list[Any], kwargs: dict[str, Any],
+                  timeout: float | None) -> Any:
+        global _alarm_limit
         if not timeout:
             return fn(*args, **kwargs)
-        _on_alarm.limit = timeout
+        _alarm_limit = timeout
         signal.setitimer(signal.ITIMER_REAL, timeout)
         try:
             return fn(*args, **kwargs)
         finally:
             signal.setitimer(signal.ITIMER_REAL, 0)
 
-    def run(self, msg, worker) -> Outcome:
+    def run(self, msg: TaskMessage, worker: str) -> Outcome:
         """Run one task (a protocol.TaskMessage) as `worker` ("host:pid"); the Outcome's
         text is the result JSON or the error.
 
@@ -127,7 +143,8 @@ class Executor:
         finally:
             context.leave(token)
 
-    def _attempt(self, task, args, kwargs, timeout):
+    def _attempt(self, task: Task[..., Any], args: list[Any], kwargs: dict[str, Any],
+                 timeout: float | None) -> Attempt:
         """(Outcome, the exception or None, the result) of calling the task once."""
         self.cancelling = False
         try:
@@ -146,7 +163,7 @@ class Executor:
         return succeeded(result)
 
 
-def prepare(msg, worker):
+def prepare(msg: TaskMessage, worker: str) -> Prepared | Outcome:
     """(task, args, kwargs, TaskContext) for a task message, or the Outcome of an error
     found before the call (an unknown task, arguments that cannot be decoded)."""
     task = TASK_REGISTRY.get(msg.name)
@@ -159,13 +176,16 @@ def prepare(msg, worker):
         args, kwargs = decode_payload(msg.payload)
     except ValueError as exc:
         return _not_retried(f"BadPayload: {exc}", "the stored arguments cannot be decoded")
+    # The supervisor always sends enqueued_at (the row's created_at); None only in a
+    # message made by hand, which is passed on as it is.
+    enqueued_at = cast(float, msg.enqueued_at)
     ctx = context.TaskContext(
-        msg.id, msg.name, msg.queue, msg.attempt, msg.max_retries, msg.enqueued_at,
+        msg.id, msg.name, msg.queue, msg.attempt, msg.max_retries, enqueued_at,
         time.time() + msg.timeout if msg.timeout else None, worker)
     return task, args, kwargs, ctx
 
 
-def succeeded(result):
+def succeeded(result: Any) -> Attempt:
     """(Outcome, None, result) of a call that returned `result`."""
     try:
         return Outcome(True, encode_result(result)), None, result
@@ -174,7 +194,8 @@ def succeeded(result):
                                                  "stored as JSON"), exc, None
 
 
-def classify(task, exc, args, kwargs) -> Outcome:
+def classify(task: Task[..., Any], exc: BaseException, args: list[Any],
+             kwargs: dict[str, Any]) -> Outcome:
     """The Outcome of an attempt that raised `exc`."""
     if isinstance(exc, TaskCancelled):
         return _not_retried(f"TaskCancelled: {exc}", "it was cancelled")
@@ -190,7 +211,8 @@ def classify(task, exc, args, kwargs) -> Outcome:
     return _filtered(task, exc)
 
 
-def after_hooks(ctx, msg, outcome, exc, result):
+def after_hooks(ctx: context.TaskContext, msg: TaskMessage, outcome: Outcome,
+                exc: BaseException | None, result: Any) -> None:
     """Run the success, retry or failure hooks for an attempt's outcome."""
     if outcome.ok:
         _call_hooks("success", ctx, result)
@@ -200,7 +222,7 @@ def after_hooks(ctx, msg, outcome, exc, result):
         _call_hooks("retry" if retried else "failure", ctx, exc)
 
 
-def _filtered(task, exc) -> Outcome:
+def _filtered(task: Task[..., Any], exc: BaseException) -> Outcome:
     """The Outcome of an exception under the task's retry_on / no_retry_on rules."""
     text = _format_error(exc)
     name = type(exc).__name__
@@ -213,11 +235,11 @@ def _filtered(task, exc) -> Outcome:
     return Outcome(False, text)
 
 
-def _names(classes):
+def _names(classes: tuple[type[BaseException], ...]) -> str:
     return ", ".join(c.__name__ for c in classes)
 
 
-def _call_hooks(kind, ctx, *extra) -> None:
+def _call_hooks(kind: str, ctx: context.TaskContext, *extra: object) -> None:
     """Run the app's hooks of this kind; one that raises is logged, never fatal."""
     for hook in hooks.hooks(kind):
         try:
@@ -229,9 +251,9 @@ def _call_hooks(kind, ctx, *extra) -> None:
             logs.write_now()  # a child has no loop that flushes the log
 
 
-def _signature_mismatch(fn, args, kwargs):
+def _signature_mismatch(fn: Callable[..., Any], args: list[Any],
+                        kwargs: dict[str, Any]) -> str | None:
     # Only consulted after a TypeError, so the hot path pays nothing for it.
-    import inspect
     try:
         sig = inspect.signature(fn)
     except (TypeError, ValueError):
@@ -244,27 +266,32 @@ def _signature_mismatch(fn, args, kwargs):
     return None
 
 
+class StopReason(enum.Enum):
+    """Why the child cancelled a coroutine task."""
+    TIMEOUT = "timeout"
+    CANCEL = "cancel"
+
 
 class CoroutineStop:
-    """Why the child cancelled one coroutine task ("timeout" or "cancel"), so that its
-    CancelledError becomes the right outcome (run_coroutine)."""
+    """Why the child cancelled one coroutine task, so that its CancelledError becomes
+    the right outcome (run_coroutine)."""
 
     __slots__ = ("reason", "limit")
 
     def __init__(self, limit: float | None) -> None:
-        self.reason: str | None = None
+        self.reason: StopReason | None = None
         self.limit = limit
 
     def error(self) -> BaseException | None:
         """TaskTimeout or TaskCancelled for a cancel the child made; None for any other."""
-        if self.reason == "timeout":
+        if self.reason is StopReason.TIMEOUT:
             return TaskTimeout(f"timed out after {self.limit:g} s")
-        if self.reason == "cancel":
+        if self.reason is StopReason.CANCEL:
             return TaskCancelled("the task was cancelled while it was running")
         return None
 
 
-async def run_coroutine(msg, worker: str, stop: CoroutineStop) -> Outcome:
+async def run_coroutine(msg: TaskMessage, worker: str, stop: CoroutineStop) -> Outcome:
     """Run one coroutine task as an asyncio task among others on the child's loop (with
     --async-concurrency above 1): its own liteq.current_task (each asyncio task has its
     own copy of the context), its own hooks, its own outcome. The child cancels it on

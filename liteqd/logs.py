@@ -76,8 +76,8 @@ _sink = BufferedLineLogger(sys.stdout)
 # on by default) and files the line at that priority, so `journalctl -o cat` still shows
 # plain JSON. Written only when stdout is the journal itself (JOURNAL_STREAM names it):
 # into a pipe or a file the JSON stays bare.
-_PRIORITY: dict[str | None, str] = {"debug": "<7>", "info": "<6>", "warning": "<4>", "error": "<3>",
-             "critical": "<2>"}
+_PRIORITY: dict[str | None, str] = {"debug": "<7>", "info": "<6>", "warning": "<4>",
+                                    "error": "<3>", "critical": "<2>"}
 
 
 def _is_journal(stream: TextIO) -> bool:

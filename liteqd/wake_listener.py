@@ -16,9 +16,16 @@ wake-ups are acted on at once. A cancel hint for a task the database says is not
 cancelled is not looked up again for HINT_RECHECK_S.
 """
 
-import time
+from __future__ import annotations
 
+import time
+from collections.abc import Iterable
+from typing import Protocol
+
+from liteq.backends.base import Backend, WakeChannel
 from liteq.errors import DatabaseError
+
+from .loop_host import FdHost
 
 REOPEN_S = 1.0   # between attempts to open a broken channel again
 BACKLOG = 4          # messages read by one drain that make it a flood...
@@ -26,24 +33,82 @@ COALESCE_S = 0.02    # ...after which the channel rests this long before it is w
 HINT_RECHECK_S = 1.0
 
 
+class _Run(Protocol):
+    @property
+    def id(self) -> int: ...
+
+    @property
+    def cancelled(self) -> bool: ...
+
+
+class _Child(Protocol):
+    @property
+    def inflight(self) -> Iterable[_Run]: ...
+
+
+class _Lifecycle(Protocol):
+    def all_children(self) -> Iterable[_Child]:
+        """Every child of every pool."""
+        ...
+
+    def cancel(self, task_ids: list[int]) -> None:
+        """Stop these tasks where a child holds them."""
+        ...
+
+
+class _Outage(Protocol):
+    @property
+    def down(self) -> bool: ...
+
+
+class _Dispatch(Protocol):
+    @property
+    def outage(self) -> _Outage: ...
+
+    def claim_soon(self) -> None:
+        """Claim on the next turn of the loop."""
+        ...
+
+
+class WakeHost(FdHost, Protocol):
+    """What the wake-up listener uses of the supervisor."""
+
+    @property
+    def backend(self) -> Backend: ...
+
+    @property
+    def stopping(self) -> str | None: ...
+
+    @property
+    def dispatch(self) -> _Dispatch: ...
+
+    @property
+    def lifecycle(self) -> _Lifecycle: ...
+
+    def wake(self, due: float | None = None) -> None:
+        """Claim now, or at `due` (epoch s)."""
+        ...
+
+
 class WakeListener:
     """Wakes the supervisor's claim loop when a producer says a task is due."""
 
     def __init__(self, control_socket_path: str) -> None:
         self.control_socket = control_socket_path
-        self.channel = None
+        self.channel: WakeChannel | None = None
         self.next_open = 0.0
         self.failing = False       # the last attempt to open it failed (logged once)
-        self.rest_until = None     # monotonic time to watch the channel again (resting)
-        self.refuted = {}          # task id -> when the database said "not cancelled"
+        self.rest_until: float | None = None  # monotonic time to watch a resting channel
+        # task id -> when the database said it is not cancelled
+        self.refuted: dict[int, float] = {}
 
-    def register(self, sup) -> None:
+    def register(self, sup: WakeHost) -> None:
         """Open the backend's wake-up channel and watch it from the supervisor's loop."""
         self._open(sup)
 
-    def _open(self, sup) -> None:
+    def _open(self, sup: WakeHost) -> None:
         try:
-            self.channel = sup.backend.open_wake_channel(self.control_socket)
+            channel = sup.backend.open_wake_channel(self.control_socket)
         except DatabaseError as exc:
             self.channel = None
             self.next_open = time.monotonic() + REOPEN_S
@@ -51,19 +116,20 @@ class WakeListener:
                 sup.log.warning("wake.unavailable", error=str(exc))
             self.failing = True
             return
+        self.channel = channel
         if self.failing:
             sup.log.info("wake.restored")
         self.failing = False
         self.rest_until = None
-        self._watch(sup)
+        self._watch(sup, channel)
         sup.dispatch.claim_soon()  # anything announced while it was closed
 
-    def _watch(self, sup) -> None:
-        sup.register_fd(self.channel, lambda _f, _mask: self._drain(sup))
+    def _watch(self, sup: WakeHost, channel: WakeChannel) -> None:
+        sup.register_fd(channel, lambda _f, _mask: self._drain(sup, channel))
 
-    def _drain(self, sup) -> None:
+    def _drain(self, sup: WakeHost, channel: WakeChannel) -> None:
         try:
-            now_due, later = self.channel.drain()
+            now_due, later = channel.drain()
         except DatabaseError as exc:
             sup.log.warning("wake.lost", error=str(exc))
             # Said once: reopening it logs wake.restored, a failed reopen nothing more.
@@ -72,20 +138,20 @@ class WakeListener:
             self.next_open = time.monotonic() + REOPEN_S
             sup.dispatch.claim_soon()
             return
-        backlog = getattr(self.channel, "last_count", 0) >= BACKLOG
+        backlog: bool = getattr(channel, "last_count", 0) >= BACKLOG
         if now_due or backlog:  # with a backlog, the kernel may have refused a wake-up
             sup.wake()
         if later is not None:
             sup.wake(due=later)
-        hints = self.channel.cancelled()
+        hints = channel.cancelled()
         if hints:
             self._cancel_confirmed(sup, hints)
         if backlog:
             # Rest: what arrives meanwhile queues in the socket and is read in one go.
-            sup.unregister_fd(self.channel)
+            sup.unregister_fd(channel)
             self.rest_until = time.monotonic() + COALESCE_S
 
-    def _cancel_confirmed(self, sup, hints) -> None:
+    def _cancel_confirmed(self, sup: WakeHost, hints: list[int]) -> None:
         """Stop the hinted tasks that a child holds and the database says are cancelled."""
         now = time.monotonic()
         if len(self.refuted) > 1024:
@@ -104,22 +170,22 @@ class WakeListener:
         if confirmed:
             sup.lifecycle.cancel(confirmed)
 
-    def next_deadline(self):
+    def next_deadline(self) -> float | None:
         """When a resting channel is watched again (keeps the loop's sleep bounded)."""
         return self.rest_until
 
-    def on_tick(self, sup) -> None:
+    def on_tick(self, sup: WakeHost) -> None:
         """Watch a rested channel again; open it again after it broke, once the
         database answers."""
         if self.rest_until is not None and time.monotonic() >= self.rest_until:
             self.rest_until = None
             if self.channel is not None:
-                self._watch(sup)
+                self._watch(sup, self.channel)
         if self.channel is None and not sup.stopping and not sup.dispatch.outage.down \
                 and time.monotonic() >= self.next_open:
             self._open(sup)
 
-    def _close(self, sup) -> None:
+    def _close(self, sup: WakeHost) -> None:
         if self.channel is not None:
             if self.rest_until is None:
                 sup.unregister_fd(self.channel)

@@ -16,7 +16,7 @@ from liteq import ConfigError, register_schedule, wait_for_task
 from liteq.core import task
 from liteq.launcher import start_daemon
 from liteq.settings import DEFAULT_MAX_PAYLOAD
-from liteqd.child import _Channel
+from liteqd.child_channel import Channel
 
 from support.task_table import count_tasks, task_rows
 
@@ -90,7 +90,7 @@ def test_child_parser_joins_lines_split_anywhere():
     """Messages cut at every kind of boundary come out whole, in order."""
     a, b = socket.socketpair()
     try:
-        channel = _Channel(b)
+        channel = Channel(b)
         messages = [["t", n, "task", "x" * (n * 7), None, "default", 1, 0, None, None]
                     for n in range(40)]
         stream = b"".join(json.dumps(m).encode() + b"\n" for m in messages)
