@@ -19,6 +19,8 @@ import time
 
 from liteq.paths import claim_socket_path
 
+from .plugins import Plugin
+
 MAX_LINE = 64 * 1024            # bytes in one request line, its newline not counted
 MAX_CONNECTIONS = 128           # the last one only for root and the daemon's own uid
 MAX_PENDING_REPLY = 1 << 20     # a client that stops reading is cut off past this
@@ -64,7 +66,7 @@ def _peer_groups(pid):
     return set()
 
 
-class ControlServer:
+class ControlServer(Plugin):
     """Serves liteqctl, liteq.control and the web panel from inside the supervisor."""
 
     def __init__(self, path: str, group: str | None = None) -> None:

@@ -177,14 +177,17 @@ class Lifecycle:
         child.channel.sock.close()
         proc.kill_tree(child.pid)
 
-    def ended(self, child: ChildHandle, ended: ChildExit, status: int, requeued: int) -> bool:
+    def ended(self, child: ChildHandle, ended: ChildExit, status: int, requeued: int,
+              stopping: bool) -> bool:
         """Account for an exited child: back off respawns after a crash, and log the
         exit. True when children keep failing to even start (the daemon must stop)."""
         if ended.abnormal:
             child.pool.failures += 1
             child.pool.next_spawn = time.monotonic() + min(
                 0.1 * 2 ** child.pool.failures, MAX_RESPAWN_DELAY)
-        fatal = self._check_boot_error(child, status)
+        fatal = self._check_boot_error(child, status) and not stopping
+        if fatal:
+            self.fatal_boot_errors(child)
         self.log.log(30 if ended.abnormal else 20, "child.exited", pid=child.pid,
                      pool=child.pool.name, how=ended.how, reason=ended.reason,
                      tasks_done=child.tasks_done, requeued=requeued,
@@ -201,13 +204,15 @@ class Lifecycle:
         if not (os.WIFEXITED(status) and os.WEXITSTATUS(status) == BOOT_ERROR_EXIT):
             return False  # died some other way (signal, os._exit): back off and keep trying
         pool.boot_errors += 1
-        if pool.boot_errors < MAX_BOOT_ERRORS:
-            return False
+        return pool.boot_errors >= MAX_BOOT_ERRORS
+
+    def fatal_boot_errors(self, child: ChildHandle) -> None:
+        """Say that the children of the pool keep failing to start."""
+        pool = child.pool
         message = (f"children of pool {pool.name} failed to start {pool.boot_errors} "
                    f"times in a row (see the traceback above); stopping")
         self.log.critical("daemon.fatal", pool=pool.name, reason=message)
         print(f"liteqd: error: {message}", file=sys.stderr)
-        return True
 
     # ---- time limits and stop deadlines -------------------------------------------
 
@@ -292,6 +297,11 @@ class Lifecycle:
         for child in self.all_children():
             proc.kill_tree(child.pid)
             self.abandoned.append(child)
+
+    def take_abandoned(self) -> list[ChildHandle]:
+        """The children let go of without their exit since the last call."""
+        out, self.abandoned = self.abandoned, []
+        return out
 
     def end_leftovers(self) -> None:
         """End the processes tasks left behind that outlived their child (a double

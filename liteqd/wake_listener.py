@@ -20,13 +20,15 @@ import time
 
 from liteq.errors import DatabaseError
 
+from .plugins import Plugin
+
 REOPEN_S = 1.0   # between attempts to open a broken channel again
 BACKLOG = 4          # messages read by one drain that make it a flood...
 COALESCE_S = 0.02    # ...after which the channel rests this long before it is watched again
 HINT_RECHECK_S = 1.0
 
 
-class WakeListener:
+class WakeListener(Plugin):
     """Wakes the supervisor's claim loop when a producer says a task is due."""
 
     def __init__(self, control_socket_path: str) -> None:
@@ -102,7 +104,7 @@ class WakeListener:
         confirmed = [row["id"] for row in rows if row["status"] == "cancelled"]
         self.refuted.update((row["id"], now) for row in rows if row["status"] != "cancelled")
         if confirmed:
-            sup.lifecycle.cancel(confirmed)
+            sup.dispatch.cancel(confirmed)
 
     def next_deadline(self):
         """When a resting channel is watched again (keeps the loop's sleep bounded)."""
