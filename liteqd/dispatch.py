@@ -102,7 +102,7 @@ class Dispatcher:
         """Carry out what becomes of the tasks of a child that ended (see exits.fates);
         returns how many went back to pending."""
         many = child.pool.async_slots > 1
-        released = []
+        released: list[int] = []
         grace = self.config.kill_grace
         for decision in fates(child.channel.take_all(), ended, many):
             run, fate = decision.run, decision.fate
@@ -214,8 +214,8 @@ class Dispatcher:
         unheld: Sequence[int] = ()
         with backend.batch():
             if marks:
-                backend.mark_started(self.worker_id,
-                                     [(run.id, run.started_wall) for run in marks])
+                backend.mark_started(self.worker_id, [(run.id, run.started_wall) for run in marks
+                                                      if run.started_wall is not None])
             if out["done"] or out["failed"] or out["retry"]:
                 recorded = backend.record_outcomes(
                     self.worker_id, done=out["done"], failed=out["failed"],
@@ -403,10 +403,9 @@ class Dispatcher:
     def refresh_limits(self) -> None:
         """Read the global concurrency and rate limits from the app's tasks,
         --queue-limit and --queue-rate (at start and after a reload)."""
-        by_name = {name: t.concurrency for name, t in TASK_REGISTRY.items()
-                   if getattr(t, "concurrency", None)}
-        rate_by_name = {name: t.rate_per_second for name, t in TASK_REGISTRY.items()
-                        if getattr(t, "rate_per_second", None)}
+        by_name = {name: n for name, t in TASK_REGISTRY.items() if (n := t.concurrency)}
+        rate_by_name = {name: r for name, t in TASK_REGISTRY.items()
+                        if (r := t.rate_per_second)}
         limits = Limits(by_name, dict(self.config.queue_limits), rate_by_name,
                         dict(self.config.queue_rates))
         self.limits = limits if limits else None

@@ -4,7 +4,7 @@ cron schedules."""
 
 import time
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, cast
 
 from structlog.typing import FilteringBoundLogger
 
@@ -89,7 +89,8 @@ class Duties:
         try:
             self.backend.heartbeat(me.worker_id, me.hostname, ",".join(self.config.queues),
                                    sum(p.size for p in self.pools), me.pid,
-                                   me.process_started, me.started_wall)
+                                   # (None where /proc cannot tell: stored as NULL)
+                                   cast(float, me.process_started), me.started_wall)
             self._reclaim()
         except DatabaseError as exc:
             if startup and not isinstance(exc, DatabaseUnavailable):

@@ -4,12 +4,21 @@ import collections
 import enum
 import time
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 if TYPE_CHECKING:
     from .channel import ChildChannel
     from .exits import ExitCause
-    from .task_output import Pump
+
+
+class Output(Protocol):
+    """A child's output pump (liteqd.task_output.Pump), as the supervisor uses it."""
+
+    def task_done(self, run: "TaskRun | None" = None) -> None:
+        """The child finished a task: the output read later up to its end mark is its."""
+
+    def close(self) -> None:
+        """The child is gone: read what is left and stop watching its pipes."""
 
 
 # Short tasks get a deeper queue per child, but never more than this much
@@ -68,7 +77,7 @@ class ChildHandle:
     cancel_deadline: float | None = None  # when a cancelled task that did not stop gets killed
     kill_reason: "ExitCause | None" = None  # set when the supervisor killed it
     timed_out_task: TaskRun | None = None
-    output: "Pump | None" = None  # a task_output.Pump of its stdout, stderr and logging
+    output: Output | None = None  # a task_output.Pump of its stdout, stderr and logging
     recalling: bool = False       # asked to hand back its queued tasks (see Pool.capacity)
 
     @property
