@@ -81,14 +81,14 @@ class ChildMessages:
         if child.pool.async_slots > 1:
             run = child.channel.take(msg.id)
             if run is not None:
-                self.dispatch.release([run.id])
+                self.dispatch.outcomes.release([run.id])
             return
         # Handed back unstarted; it may sit behind the task still running, or be the
         # one we took for started (the child starts the next in its place).
         was_head = bool(child.inflight) and child.inflight[0].id == msg.id
         run = child.channel.take(msg.id)
         if run is not None:
-            self.dispatch.release([run.id])
+            self.dispatch.outcomes.release([run.id])
             if was_head:
                 self.dispatch.start_next(child, time.time())
         if len(child.inflight) <= 1:
@@ -103,7 +103,7 @@ class ChildMessages:
             if run.id in wanted and run.started_mono is None:
                 run.started_mono = now
                 run.started_wall = msg.started
-                self.dispatch.log_started(child, run)
+                self.dispatch.outcomes.log_started(child, run)
 
     def _take_result(self, child: ChildHandle, msg: protocol.Result) -> TaskRun | None:
         """The run a Result is about, out of the child's inflight; None when unknown."""

@@ -77,14 +77,6 @@ class Dispatcher:
 
     # ---- tasks and their children -------------------------------------------------
 
-    def log_started(self, child: ChildHandle, run: TaskRun) -> None:
-        """Log that a child started a task (see MARK_STARTED_AFTER_S)."""
-        self.outcomes.log_started(child, run)
-
-    def release(self, task_ids: Sequence[int]) -> None:
-        """Queue claimed tasks that never started, to go back to pending."""
-        self.outcomes.release(task_ids)
-
     def start_next(self, child: ChildHandle, when: float) -> None:
         """The one-task child goes on with the next task it holds, if any: its clock
         starts (`when`, epoch s), and a task cancelled meanwhile is told to stop."""
@@ -422,12 +414,12 @@ class Dispatcher:
             room = {c.pid: c.room() for c in children}
             slotted, unplaced = handout.by_slots(rows, room, pool.async_slots, _is_coroutine)
             if unplaced:
-                self.release(unplaced)
+                self.outcomes.release(unplaced)
             batches = {pid: [(handout.task_run(row, timeout, co), row) for row, co in batch]
                        for pid, batch in slotted.items()}
         elif not children:
             # Their tasks turned out long between the claim and now: let others take these.
-            self.release([row["id"] for row in rows])
+            self.outcomes.release([row["id"] for row in rows])
             return
         else:
             batches = {pid: [(handout.task_run(row, timeout), row) for row in batch]

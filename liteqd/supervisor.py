@@ -23,10 +23,8 @@ pid and its start time.
 import os
 import selectors
 import signal
-import socket
 import time
 from collections.abc import Callable, Iterable
-from types import FrameType
 from typing import TYPE_CHECKING, Any
 
 from setproctitle import setproctitle
@@ -47,6 +45,7 @@ from .logs import get_logger
 from .outage import Outage
 from .plugins import Plugin, as_plugin
 from .pool import Pool
+from .signals import SignalPipe
 
 if TYPE_CHECKING:
     from _typeshed import FileDescriptorLike
@@ -78,7 +77,7 @@ class Supervisor:
         self.identity = identity_of(config.db)  # names the queue; never holds a password
         self.backend: Backend | None = None
         self.fds = Fds(self.log)
-        self.signals: list[int] = []
+        self.signals = SignalPipe()
         self.paused: set[str] = set()
         self.stopping: str | None = None    # None, "graceful" or "fast"
         self.stop_deadline: float | None = None
@@ -92,8 +91,6 @@ class Supervisor:
         self.duties: Duties
         self.messages: ChildMessages
         self._lost_claims = False           # an outage ended before the dispatcher was built
-        self._sig_r: socket.socket | None = None
-        self._sig_w: socket.socket | None = None   # kept open: signals write to it
         self._title: str | None = None
 
     def _build(self, backend: Backend) -> None:
@@ -161,7 +158,7 @@ class Supervisor:
 
     def _start(self) -> bool:
         """Connect and set up; False when a stop came while waiting for the database."""
-        self._install_signals()
+        self.signals.install(self.fds)
         proc.become_subreaper()
         # Inherited by every process our tasks start (through exec too), so that if
         # this daemon is SIGKILLed, the next one can find and end what it left.
@@ -247,16 +244,9 @@ class Supervisor:
             if kind == "child":
                 self.messages.on_ready(obj, mask)
             elif kind == "signal":
-                self._drain_signal_pipe()
+                self.signals.drain()
             else:
                 obj(key.fileobj, mask)
-
-    def _drain_signal_pipe(self) -> None:
-        try:
-            while self._sig_r is not None and self._sig_r.recv(4096):
-                pass
-        except BlockingIOError:
-            pass
 
     def _reap(self) -> None:
         """Hand the exits of the children that ended to the parts that care."""
@@ -288,24 +278,8 @@ class Supervisor:
 
     # ---- signals ---------------------------------------------------------------
 
-    def _install_signals(self) -> None:
-        self._sig_r, sig_w = socket.socketpair()
-        self._sig_r.setblocking(False)
-        sig_w.setblocking(False)
-        self.fds.extra.append(sig_w.fileno())
-        signal.set_wakeup_fd(sig_w.fileno(), warn_on_full_buffer=False)
-        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGTTIN,
-                    signal.SIGTTOU, signal.SIGCHLD):
-            signal.signal(sig, self._record_signal)
-        self.fds.selector.register(self._sig_r, selectors.EVENT_READ, ("signal", None))
-        self._sig_w = sig_w
-
-    def _record_signal(self, signum: int, frame: FrameType | None) -> None:
-        self.signals.append(signum)
-
     def _handle_signals(self) -> None:
-        while self.signals:
-            sig = self.signals.pop(0)
+        while (sig := self.signals.pop()) is not None:
             if sig == signal.SIGCHLD:
                 continue  # reaping runs every loop turn
             if sig in (signal.SIGTERM, signal.SIGINT):
