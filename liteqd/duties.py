@@ -42,8 +42,6 @@ class Duties:
             ("cancelled", self.config.keep_cancelled)) if keep > 0]
         self.prune_due = False
         self.watch = liveness.HeartbeatWatch(self.config.stale_after)
-        # Back in well under the others' stale-after after an outage that hit everyone.
-        outage.limit_backoff(self.config.stale_after / 4)
 
     def deadlines(self, stopping: bool) -> list[float]:
         """The monotonic times at which a duty is due (for the loop's sleep)."""

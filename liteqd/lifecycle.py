@@ -21,11 +21,9 @@ from .channel import ChildChannel, selector_watch
 # (child.py and task_output.py are not annotated yet: pyright cannot see their types.)
 from .child import BOOT_ERROR_EXIT, child_main  # pyright: ignore[reportUnknownVariableType]
 from .config import DaemonConfig
-from .exits import ChildExit, ExitCause, classify, describe_exit, signal_name
+from .exits import ChildExit, ExitCause, classify
 from .fds import Fds
 from .pool import ChildHandle, Output, Pool, TaskRun
-
-__all__ = ["Lifecycle", "describe_exit", "signal_name"]
 
 MAX_RESPAWN_DELAY = 30.0
 MAX_BOOT_ERRORS = 5

@@ -85,6 +85,8 @@ class Supervisor:
         self.ready_sent = False
         self.on_ready: list[Callable[[Supervisor], object]] = []  # callbacks once all first children are up
         self.outage = Outage(self.log, on_recovered=self._outage_over)
+        # Back in well under the others' stale-after after an outage that hit everyone.
+        self.outage.limit_backoff(config.stale_after / 4)
         self.lifecycle = Lifecycle(self.pools, config, self.log, self.fds, me)
         # Built once the database answers (they use it): see _build.
         self.dispatch: Dispatcher
@@ -344,7 +346,8 @@ class Supervisor:
         for pool in self.pools:
             pool.failures = 0
             pool.next_spawn = 0.0
-        self.dispatch.refresh_limits()
+        if self.backend is not None:    # (else the start reads them)
+            self.dispatch.refresh_limits()
         self.lifecycle.spawn_missing()
         self.ready_sent = False  # READY=1 again once the new children are up
         self.log.info("daemon.reloaded")
@@ -365,7 +368,8 @@ class Supervisor:
             for child in victims:
                 self.lifecycle.retire(child, deadline)
         pool.next_spawn = 0.0
-        self.lifecycle.spawn_missing()
+        if not self.stopping:
+            self.lifecycle.spawn_missing()
         self.log.info("pool.scaled", pool=pool.name, size=size, previous=old)
         self.show_title()
 
