@@ -7,7 +7,8 @@ import json
 
 import structlog
 
-from liteqd import handout
+from liteqd import handout, protocol
+from liteqd.accounting import ChildMessages
 from liteqd.channel import ChildChannel
 from liteqd.config import DaemonConfig, PoolSpec
 from liteqd.dispatch import Dispatcher
@@ -19,10 +20,15 @@ LOG = structlog.get_logger()
 
 
 class StubSocket:
-    """Takes everything sent; remembers it."""
+    """Takes everything sent; remembers it. `incoming` is what recv() returns, then
+    end of file."""
 
     def __init__(self):
         self.sent = b""
+        self.incoming = []
+
+    def recv(self, size):
+        return self.incoming.pop(0) if self.incoming else b""
 
     def send(self, data):
         self.sent += bytes(data)
@@ -93,6 +99,17 @@ class StubLifecycle:
     def poke(self, child):
         self.poked.append(child.pid)
         return True
+
+    def retire(self, child, deadline):
+        child.retiring = True
+
+    def maybe_recycle(self, child):
+        pass
+
+
+class StubFds:
+    def unregister_fd(self, fileobj):
+        pass
 
 
 def row(task_id, name="t", max_retries=0, timeout=None):
@@ -204,3 +221,47 @@ def test_a_failed_send_kills_the_child_as_crashed():
     d.sync(stopping=False)
     assert lifecycle.killed == [(1, ExitCause.CRASH)]
     assert [r.id for r in c.inflight] == [5]   # its exit hands it back
+
+
+def test_a_result_records_the_outcome_and_starts_the_next_task():
+    d, pool, backend, lifecycle = dispatcher()
+    c = child(pool, 1, busy_with=[row(1), row(2)])
+    messages = ChildMessages(d.config, LOG, StubFds(), lifecycle, d)
+    c.channel.sock.incoming = [protocol.encode([
+        protocol.result(1, True, "null", 1.0, 1.5, 0, False),
+        protocol.ready(1)])]
+    messages.drain(c)
+    assert [r.id for r in c.inflight] == [2] and c.inflight[0].started_mono is not None
+    assert c.tasks_done == 1 and pool.avg_duration == 0.5
+    d.sync(stopping=True)
+    assert backend.recorded[1][0] == "done"
+
+
+def test_a_task_handed_back_unstarted_goes_back_to_pending():
+    d, pool, backend, lifecycle = dispatcher()
+    c = child(pool, 1, busy_with=[row(1), row(2), row(3)])
+    c.recalling = True
+    messages = ChildMessages(d.config, LOG, StubFds(), lifecycle, d)
+    c.channel.sock.incoming = [protocol.encode([protocol.skipped(2), protocol.skipped(3)])]
+    messages.drain(c)
+    assert [r.id for r in c.inflight] == [1] and not c.recalling
+    d.sync(stopping=True)
+    assert backend.released == [2, 3]
+
+
+def test_a_timed_out_result_retires_its_child():
+    d, pool, _, lifecycle = dispatcher()
+    c = child(pool, 1, busy_with=[row(1, timeout=1.0)])
+    messages = ChildMessages(d.config, LOG, StubFds(), lifecycle, d)
+    c.channel.sock.incoming = [protocol.encode([
+        protocol.result(1, False, "TaskTimeout: x", 1.0, 2.0, 0, True)])]
+    messages.drain(c)
+    assert c.retiring
+
+
+def test_junk_from_a_child_kills_it_as_crashed():
+    d, pool, _, lifecycle = dispatcher()
+    c = child(pool, 1)
+    c.channel.sock.incoming = [b'["junk"]\n']
+    ChildMessages(d.config, LOG, StubFds(), lifecycle, d).drain(c)
+    assert lifecycle.killed == [(1, ExitCause.CRASH)]
