@@ -34,20 +34,3 @@ class Plugin:
     def close(self) -> None:
         """Called once at exit (also after a failed start)."""
 
-
-class _DuckPlugin(Plugin):
-    """A plugin object that does not derive from Plugin (written before it existed):
-    its hooks are looked up once, here; missing ones do nothing."""
-
-    def __init__(self, obj: object) -> None:
-        self.obj = obj
-        for name in ("register", "on_tick", "next_deadline", "on_waiting", "on_reloading",
-                     "on_stopping", "close"):
-            hook = getattr(obj, name, None)
-            if hook is not None:
-                setattr(self, name, hook)
-
-
-def as_plugin(obj: object) -> Plugin:
-    """`obj` as a Plugin (wrapped when it does not derive from Plugin)."""
-    return obj if isinstance(obj, Plugin) else _DuckPlugin(obj)

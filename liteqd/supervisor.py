@@ -43,7 +43,7 @@ from .fds import Fds, Handler
 from .lifecycle import Lifecycle
 from .logs import get_logger
 from .outage import Outage
-from .plugins import Plugin, as_plugin
+from .plugins import Plugin
 from .pool import Pool
 from .signals import SignalPipe
 
@@ -61,10 +61,10 @@ class Supervisor:
     """Runs the pools of one daemon until it is told to stop."""
 
     def __init__(self, config: DaemonConfig, reload_app: Callable[[], None] | None = None,
-                 plugins: Iterable[object] = ()) -> None:
+                 plugins: Iterable[Plugin] = ()) -> None:
         self.config = config
         self.reload_app = reload_app
-        self.plugins: list[Plugin] = [as_plugin(p) for p in plugins]
+        self.plugins: list[Plugin] = list(plugins)
         self.log = get_logger()
         self.pools = [Pool(p.name, list(p.queues), p.size,
                            async_slots=p.async_concurrency or config.async_concurrency)
@@ -177,8 +177,6 @@ class Supervisor:
         except BaseException:
             backend.close()
             raise
-        # (An embedded Worker appends its plugin after construction.)
-        self.plugins = [as_plugin(p) for p in self.plugins]
         registered: list[Plugin] = []
         try:
             for plugin in self.plugins:
