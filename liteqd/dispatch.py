@@ -95,20 +95,13 @@ class Dispatcher:
         returns how many went back to pending."""
         many = child.pool.async_slots > 1
         released: list[int] = []
-        grace = self.config.kill_grace
-        for decision in fates(child.channel.take_all(), ended, many):
+        for decision in fates(child.channel.take_all(), ended, many, self.config.kill_grace):
             run, fate = decision.run, decision.fate
             if fate is Fate.RELEASE:
                 released.append(run.id)
-            elif fate is Fate.TIMED_OUT:
-                self.outcomes.record(
-                    run, False, f"TaskTimeout: timed out after {run.limit:g} s (the child "
-                    f"was killed {grace:g} s after the limit)", run.started_wall,
-                    time.time(), True)
-            elif fate is Fate.DIED:
-                self.outcomes.record(
-                    run, False, f"ChildDied: the worker process {ended.how} while running "
-                    f"this task", run.started_wall, time.time(), False)
+            elif fate in (Fate.TIMED_OUT, Fate.DIED):
+                self.outcomes.record(run, False, decision.error, run.started_wall,
+                                     time.time(), fate is Fate.TIMED_OUT)
             elif fate is Fate.CANCELLED:
                 self.log.warning("task.cancelled", task_id=run.id, name=run.name,
                                  queue=run.queue, attempt=run.attempts, pid=child.pid,

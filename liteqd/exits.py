@@ -35,9 +35,11 @@ class Fate(enum.Enum):
 
 @dataclass(frozen=True)
 class Decision:
-    """The fate of one task of a child that ended."""
+    """The fate of one task of a child that ended; for a failed attempt, its error (the
+    task's retry policy then decides between a retry and a failure, as for any)."""
     run: TaskRun
     fate: Fate
+    error: str = ""
 
 
 @dataclass(frozen=True)
@@ -90,14 +92,31 @@ def classify(status: int, cause: ExitCause | None, retiring: bool,
     return ChildExit(cause, retiring, clean, describe_exit(status), timed_out_task)
 
 
-def fates(runs: Sequence[TaskRun], ended: ChildExit, many: bool) -> list[Decision]:
+def fates(runs: Sequence[TaskRun], ended: ChildExit, many: bool,
+          kill_grace: float) -> list[Decision]:
     """One decision per task a child held when it ended, in order.
 
     `many`: the child ran several coroutines at once (their own start times tell
     which started). Otherwise the first task is the one it was running.
+    `kill_grace`: how long after a time limit the child was killed (for the error).
     """
-    if many:
-        return _fates_many(runs, ended)
+    return [_with_error(d, ended, kill_grace) for d in (
+        _fates_many(runs, ended) if many else _fates_one(runs, ended))]
+
+
+def _with_error(decision: Decision, ended: ChildExit, kill_grace: float) -> Decision:
+    run = decision.run
+    if decision.fate is Fate.TIMED_OUT:
+        limit = f"{run.limit:g} s" if run.limit is not None else "its limit"
+        return Decision(run, Fate.TIMED_OUT, f"TaskTimeout: timed out after {limit} (the "
+                        f"child was killed {kill_grace:g} s after the limit)")
+    if decision.fate is Fate.DIED:
+        return Decision(run, Fate.DIED, f"ChildDied: the worker process {ended.how} while "
+                        f"running this task")
+    return decision
+
+
+def _fates_one(runs: Sequence[TaskRun], ended: ChildExit) -> list[Decision]:
     if not runs:
         return []
     head, rest = runs[0], runs[1:]
