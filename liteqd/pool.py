@@ -80,11 +80,13 @@ class ChildHandle:
     output: Output | None = None  # a task_output.Pump of its stdout, stderr and logging
     recalling: bool = False       # asked to hand back its queued tasks (see Pool.capacity)
 
-    @property
-    def inflight(self) -> collections.deque[TaskRun]:
-        """The tasks the child holds, in the order it was given them (read only: its
-        channel changes them)."""
-        return self.channel.inflight
+    # The tasks the child holds, in the order it was given them: its channel's list,
+    # read here (a plain attribute: the hand-out reads it for every task); only the
+    # channel changes it.
+    inflight: collections.deque[TaskRun] = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.inflight = self.channel.inflight
 
     @property
     def running(self) -> TaskRun | None:
