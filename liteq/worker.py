@@ -14,13 +14,15 @@ import socket
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
+from liteqd.plugins import Plugin
+
 from .app_loader import refuse_loop_at_import
 
 if TYPE_CHECKING:
     from liteqd.supervisor import Supervisor
 
 
-class _StopRequest:
+class _StopRequest(Plugin):
     """A supervisor plugin: a byte on its socket pair asks for a graceful stop.
 
     Lets another thread stop the loop (`worker.shutdown = True`) without a signal:

@@ -25,6 +25,7 @@ from liteq.paths import claim_socket_path
 
 from .control_ops import READ_ONLY_OPS, ControlError, ControlHost, ControlOps, Reply, Request
 from .loop_host import FdHandler
+from .plugins import Plugin
 
 __all__ = ["MAX_CONNECTIONS", "MAX_LINE", "ControlError", "ControlServer", "parse_request"]
 
@@ -85,7 +86,7 @@ def parse_request(line: bytes) -> tuple[str, Request]:
     return op, request
 
 
-class ControlServer(ControlOps):
+class ControlServer(ControlOps, Plugin):
     """Serves liteqctl, liteq.control and the web panel from inside the supervisor."""
 
     def __init__(self, path: str, group: str | None = None) -> None:

@@ -16,15 +16,23 @@ daemon alive and heartbeating.
 """
 
 import time
+from collections.abc import Sequence
+from typing import Any
 
-from liteq import retry as retry_policy
+from structlog.typing import FilteringBoundLogger
+
+from liteq.backends.base import Backend
 from liteq.backends.limits import Limits
 from liteq.core import TASK_REGISTRY
 from liteq.errors import DatabaseError
 
-from . import protocol
+from . import handout, protocol
+from .config import DaemonConfig
+from .exits import ChildExit, ExitCause, Fate, fates
+from .lifecycle import Lifecycle
 from .outage import Outage
-from .pool import RECALL_AFTER_S, Pool, TaskRun
+from .outcomes import Outcomes, empty
+from .pool import RECALL_AFTER_S, ChildHandle, Pool, TaskRun
 
 # A claim leaves a task's started_at empty ("claimed, waiting for a child"); once a
 # child starts it, the start is written with the next sync, but only for a task that
@@ -32,110 +40,130 @@ from .pool import RECALL_AFTER_S, Pool, TaskRun
 # so a drain of short tasks pays no extra write for it.
 MARK_STARTED_AFTER_S = 0.05
 
+# (pool, queues, room) of a pool worth a claim.
+Wanted = tuple[Pool, list[str], int]
+
 
 class Dispatcher:
-    """Claims, hands out and records the tasks of one supervisor."""
+    """Claims, hands out and records the tasks of one supervisor, and decides what
+    becomes of them when their child ends."""
 
-    def __init__(self, sup) -> None:
-        self.sup = sup
-        self.log = sup.log
-        self.config = sup.config
-        self.outcomes = {"done": [], "failed": [], "retry": [], "release": []}
+    def __init__(self, config: DaemonConfig, log: FilteringBoundLogger, backend: Backend,
+                 outage: Outage, pools: Sequence[Pool], lifecycle: Lifecycle,
+                 worker_id: str, paused: set[str]) -> None:
+        self.config = config
+        self.log = log
+        self.backend = backend
+        self.outage = outage
+        self.pools = pools
+        self.lifecycle = lifecycle
+        self.worker_id = worker_id
+        self.paused = paused            # queues an operator paused (the supervisor's set)
+        self.outcomes = Outcomes(log)
         self.next_poll = 0.0
-        self.due_hint = None            # epoch time of the next delayed task we know of
+        self.due_hint: float | None = None  # epoch time of the next delayed task we know of
         self.polling = False            # this loop turn is a fallback poll
-        self.follow_ups = []            # claims owed shortly after a wake-up (monotonic)
+        self.follow_ups: list[float] = []  # claims owed shortly after a wake-up (monotonic)
         self.rescan_due = False         # the known due time passed: look up the next one
-        self.outage = Outage(sup.log, on_recovered=self._after_outage)
         self.check_claims = False       # give back claims this daemon never heard of
-        self.limits = None              # global concurrency and rate limits (refresh_limits)
-        self.rate_due = None            # monotonic time a rate limit allows a start again
+        self.limits: Limits | None = None  # global concurrency and rate limits
+        self.rate_due: float | None = None  # monotonic time a rate limit allows a start again
         self.next_cancel_check = 0.0
-        self.reports = []               # (event, fields) of outcomes not yet recorded
-        self.started = {}               # task id -> TaskRun started, start not yet written
-        self.tasks_done = 0             # outcomes the database recorded ...
-        self.tasks_failed = 0
-        self.tasks_refused = 0          # ... and those it refused
 
-    # ---- outcomes ------------------------------------------------------------
+    def after_outage(self) -> None:
+        """The database is back: only the next successful sync can tell which claims
+        were lost."""
+        self.check_claims = True
 
-    def log_started(self, child, run):
-        """Log that a child started a task (its start is written to the database with
-        a later sync, see MARK_STARTED_AFTER_S)."""
-        self.started[run.id] = run
-        self.log.info("task.started", task_id=run.id, name=run.name, queue=run.queue,
-                      attempt=run.attempts, pid=child.pid)
+    # ---- tasks and their children -------------------------------------------------
 
-    def record(self, run, ok, text, started, finished, timed_out, retry=None) -> None:
-        """Queue the outcome of one attempt: done, a retry after its back-off, or failed.
-
-        retry=False fails the task at once (an error no retry can fix); a number
-        is a retry the task asked for (liteq.Retry) after that many seconds, while
-        retries remain; otherwise the retry policy decides. The outcome is logged
-        and counted once the database has recorded it (see sync()).
-        """
-        self.started.pop(run.id, None)  # the outcome records the start itself
-        duration_ms = round((finished - started) * 1000, 3) if started and finished else None
-        fields = dict(task_id=run.id, name=run.name, queue=run.queue, attempt=run.attempts,
-                      duration_ms=duration_ms)
-        if ok:
-            self.outcomes["done"].append((run.id, text, started, finished))
-            self.reports.append(("task.succeeded", fields))
+    def start_next(self, child: ChildHandle, when: float) -> None:
+        """The one-task child goes on with the next task it holds, if any: its clock
+        starts (`when`, epoch s), and a task cancelled meanwhile is told to stop."""
+        child.recalling = False
+        if not child.inflight:
             return
-        error, _, details = text.partition("\n")
-        fields.update(error=error, timed_out=timed_out)
-        if details.strip():
-            fields["traceback"] = details.strip("\n")
-        if retry is not False and retry_policy.should_retry(run.attempts, run.max_retries):
-            delay = retry if isinstance(retry, (int, float)) and retry is not True else \
-                retry_policy.retry_delay(run.attempts, run.retry_delay, run.retry_backoff,
-                                         run.retry_max_delay)
-            self.outcomes["retry"].append((run.id, text, started, delay))
-            self.reports.append(("task.retrying", dict(fields, retry_in_s=round(delay, 3))))
-        else:
-            self.outcomes["failed"].append((run.id, text, started, finished))
-            self.reports.append(("task.failed", fields))
+        nxt = child.inflight[0]
+        nxt.started_mono = time.monotonic()
+        nxt.started_wall = when
+        self.outcomes.log_started(child, nxt)
+        if nxt.cancelled:
+            self.lifecycle.signal_cancel(child)
 
-    def release(self, task_ids) -> None:
-        """Queue claimed tasks that never started, to go back to pending."""
-        for task_id in task_ids:
-            self.started.pop(task_id, None)
-        self.outcomes["release"].extend(task_ids)
+    def child_ended(self, child: ChildHandle, ended: ChildExit) -> int:
+        """Carry out what becomes of the tasks of a child that ended (see exits.fates);
+        returns how many went back to pending."""
+        many = child.pool.async_slots > 1
+        released: list[int] = []
+        for decision in fates(child.channel.take_all(), ended, many, self.config.kill_grace):
+            run, fate = decision.run, decision.fate
+            if fate is Fate.RELEASE:
+                released.append(run.id)
+            elif fate in (Fate.TIMED_OUT, Fate.DIED):
+                self.outcomes.record(run, False, decision.error, run.started_wall,
+                                     time.time(), fate is Fate.TIMED_OUT)
+            elif fate is Fate.CANCELLED:
+                self.log.warning("task.cancelled", task_id=run.id, name=run.name,
+                                 queue=run.queue, attempt=run.attempts, pid=child.pid,
+                                 how="killed: it did not stop within the kill grace")
+        self.outcomes.release(released)
+        self.claim_soon()
+        return len(released)
+
+    def release_held(self, children: Sequence[ChildHandle]) -> None:
+        """Hand back every task of children let go of without their exit."""
+        for child in children:
+            self.outcomes.release([run.id for run in child.channel.take_all()])
+
+    def recall(self, child: ChildHandle) -> None:
+        """Ask a busy child to hand back the tasks it holds unstarted, now (its running
+        task turned out long: they would wait behind it while other children idle)."""
+        child.recalling = True
+        queued = [run.id for run in list(child.inflight)[1:]]
+        if not child.channel.send([protocol.give_back(queued)]):
+            self.lifecycle.kill(child, ExitCause.CRASH)
+            return
+        self.lifecycle.poke(child)
+
+    def cancel(self, task_ids: Sequence[int]) -> None:
+        """Stop the cancelled tasks among those the children hold: a queued one is never
+        started; a running one gets TaskCancelled, and its child's process tree is
+        killed if it has not stopped after the kill grace."""
+        wanted = set(task_ids)
+        for child in self.lifecycle.all_children():
+            hit = [run for run in child.inflight if run.id in wanted and not run.cancelled]
+            if not hit or child.kill_reason:
+                continue
+            for run in hit:
+                run.cancelled = True
+                self.log.info("task.cancelling", task_id=run.id, name=run.name, pid=child.pid)
+            if not child.channel.send([protocol.cancel(run.id) for run in hit]):
+                self.lifecycle.kill(child, ExitCause.CRASH)
+                continue
+            if any(run.cancelled for run in child.started_runs()):
+                self.lifecycle.signal_cancel(child)
+
+    # ---- syncing with the database ---------------------------------------------------
 
     def has_outcomes(self) -> bool:
         """True while outcomes wait to be recorded."""
-        return any(self.outcomes.values())
+        return self.outcomes.pending()
 
-    def sync(self) -> None:
+    def sync(self, stopping: bool) -> None:
         """Record this round's outcomes and claim the next tasks, in one commit; then
-        hand the claimed tasks to the children."""
+        hand the claimed tasks to the children (none while `stopping`)."""
         if time.monotonic() < self.outage.retry_at:
             return
-        out = self.outcomes
-        backend = self.sup.backend
-        if not self.config.prefetch and not self.sup.stopping:
+        if not self.config.prefetch and not stopping:
             self._recall_overdue()
-        wanted = [] if self.sup.stopping else self._claims_wanted()
+        wanted = [] if stopping else self._claims_wanted()
         checking = self.check_claims
         marks = self._starts_to_mark()
-        if not wanted and not self.has_outcomes() and not checking and not marks:
+        if not wanted and not self.outcomes.pending() and not checking and not marks:
             return
-        claims, recorded, unheld = [], (), ()
+        out = self.outcomes.held
         try:
-            with backend.batch():
-                if marks:
-                    backend.mark_started(self.sup.worker_id,
-                                         [(run.id, run.started_wall) for run in marks])
-                if out["done"] or out["failed"] or out["retry"]:
-                    recorded = backend.record_outcomes(
-                        self.sup.worker_id, done=out["done"], failed=out["failed"],
-                        retry=out["retry"])
-                if out["release"]:
-                    backend.release(self.sup.worker_id, out["release"])
-                if checking:
-                    unheld = backend.release_unheld(self.sup.worker_id, self._held_ids())
-                if wanted:
-                    claims = self._claim(wanted)
+            claims, recorded, unheld = self._write(out, marks, wanted, checking)
         except DatabaseError as exc:
             # Keep the outcomes and try again shortly; supervision goes on meanwhile.
             self.outage.failed("sync", exc)
@@ -150,121 +178,98 @@ class Dispatcher:
                 self.claim_soon()
         self.outage.succeeded()  # when this ends an outage, the next sync checks
         for run in marks:
-            self.started.pop(run.id, None)
-        self._report(recorded)
+            self.outcomes.started.pop(run.id, None)
+        self.outcomes.report(recorded, self.backend.get_tasks)
         if out["release"]:
             self.claim_soon()
         for _, _, _, delay in out["retry"]:
             self.wake(due=time.time() + delay)
-        self.outcomes = {"done": [], "failed": [], "retry": [], "release": []}
+        self.outcomes.held = empty()
         for pool, rows in claims:
             self._hand_out(pool, rows)
 
-    def _starts_to_mark(self):
+    def _write(self, out: dict[str, list[Any]], marks: list[TaskRun], wanted: list[Wanted],
+               checking: bool) -> tuple[list[tuple[Pool, list[dict[str, Any]]]],
+                                        Sequence[int], Sequence[int]]:
+        """One transaction: starts, outcomes, releases, the check of lost claims and the
+        claims; returns (claims, ids recorded, ids given back as unheld)."""
+        backend = self.backend
+        claims: list[tuple[Pool, list[dict[str, Any]]]] = []
+        recorded: Sequence[int] = ()
+        unheld: Sequence[int] = ()
+        with backend.batch():
+            if marks:
+                backend.mark_started(self.worker_id, [(run.id, run.started_wall) for run in marks
+                                                      if run.started_wall is not None])
+            if out["done"] or out["failed"] or out["retry"]:
+                recorded = backend.record_outcomes(
+                    self.worker_id, done=out["done"], failed=out["failed"],
+                    retry=out["retry"])
+            if out["release"]:
+                backend.release(self.worker_id, out["release"])
+            if checking:
+                unheld = backend.release_unheld(self.worker_id, self._held_ids())
+            if wanted:
+                claims = self._claim(wanted)
+        return claims, recorded, unheld
+
+    def _starts_to_mark(self) -> list[TaskRun]:
         """The started tasks whose start is due to be written (see MARK_STARTED_AFTER_S)."""
-        if not self.started:
+        started = self.outcomes.started
+        if not started:
             return []
         ripe = time.monotonic() - MARK_STARTED_AFTER_S
-        return [run for run in self.started.values()
+        return [run for run in started.values()
                 if run.started_mono is not None and run.started_mono <= ripe]
 
-    def _mark_deadline(self):
+    def _mark_deadline(self) -> float | None:
         """When the earliest start not yet written is due to be (monotonic), or None."""
-        starts = [run.started_mono for run in self.started.values()
+        starts = [run.started_mono for run in self.outcomes.started.values()
                   if run.started_mono is not None]
         return min(starts) + MARK_STARTED_AFTER_S if starts else None
 
-    def _recall_overdue(self):
+    def _recall_overdue(self) -> None:
         """Automatic prefetch: take back the tasks queued behind a task that has run past
         RECALL_AFTER_S while a child of the pool is idle, so that they start there."""
         now = time.monotonic()
         for child in self._recallable():
             if Pool.overdue(child, now):
-                self.sup.lifecycle.recall(child)
+                self.recall(child)
 
-    def _recallable(self):
+    def _recallable(self) -> list[ChildHandle]:
         # Only while a child is idle: with every child busy a recall would only move
         # the tasks to another queue (and a busy machine, where a child waits for the
         # CPU past RECALL_AFTER_S, would churn them).
-        out = []
-        for pool in self.sup.pools:
+        out: list[ChildHandle] = []
+        for pool in self.pools:
             if pool.async_slots > 1:
                 continue  # nothing waits behind a coroutine: a child starts what it gets
             active = pool.active
             if any(c.ready and not c.inflight for c in active):
                 out.extend(c for c in active if len(c.inflight) > 1 and not c.recalling
-                           and c.running.started_mono is not None)
+                           and c.inflight[0].started_mono is not None)
         return out
 
-    def _recall_deadlines(self):
+    def _recall_deadlines(self) -> list[float]:
         if self.config.prefetch:
             return []
-        return [c.running.started_mono + RECALL_AFTER_S for c in self._recallable()]
+        return [c.inflight[0].started_mono + RECALL_AFTER_S for c in self._recallable()
+                if c.inflight[0].started_mono is not None]
 
-    def _after_outage(self) -> None:
-        # Only the next successful sync can tell which claims were lost.
-        self.check_claims = True
-
-    def _held_ids(self):
+    def _held_ids(self) -> set[int]:
         """Every task this daemon knows it has: in a child's hands, or with an outcome
         not recorded yet."""
-        held = {run.id for child in self.sup.lifecycle.all_children()
-                for run in child.inflight}
-        for kind in ("done", "failed", "retry"):
-            held.update(row[0] for row in self.outcomes[kind])
-        held.update(self.outcomes["release"])
-        return held
-
-    def _report(self, recorded) -> None:
-        """Log and count the outcomes the database recorded; the others were refused."""
-        if not self.reports:
-            return
-        recorded = set(recorded)
-        refused = []
-        for event, fields in self.reports:
-            if fields["task_id"] not in recorded:
-                refused.append((event, fields))
-                continue
-            if event == "task.succeeded":
-                self.tasks_done += 1
-                self.log.info(event, **fields)
-            elif event == "task.retrying":
-                self.log.warning(event, **fields)
-            else:
-                self.tasks_failed += 1
-                self.log.error(event, **fields)
-        self.reports = []
-        if refused:
-            self._report_refused(refused)
-
-    def _report_refused(self, refused) -> None:
-        # Rare (this daemon was frozen or cut off past stale-after): say what the task
-        # became, so an operator sees why the outcome was not kept.
-        try:
-            now_rows = {r["id"]: r for r in self.sup.backend.get_tasks(
-                [f["task_id"] for _, f in refused])}
-        except DatabaseError:
-            now_rows = {}
-        for event, fields in refused:
-            self.tasks_refused += 1
-            row = now_rows.get(fields["task_id"])
-            if row is None:
-                reason = "the task no longer exists"
-            elif row["status"] == "running":
-                reason = f"the task was reclaimed and now runs on {row['worker_id']}"
-            else:
-                reason = f"the task is no longer running for this daemon (now {row['status']})"
-            self.log.warning("task.outcome_refused", outcome=event.split(".", 1)[1],
-                             reason=reason, **fields)
+        held = {run.id for child in self.lifecycle.all_children() for run in child.inflight}
+        return held | self.outcomes.held_ids()
 
     # ---- when to claim ---------------------------------------------------------
 
     def claim_soon(self) -> None:
         """Let every pool claim at the next sync."""
-        for pool in self.sup.pools:
+        for pool in self.pools:
             pool.maybe_work = True
 
-    def wake(self, due=None) -> None:
+    def wake(self, due: float | None = None) -> None:
         """A producer enqueued something: look for work now, or at `due` (epoch s)."""
         if due is None:
             self.claim_soon()
@@ -276,13 +281,13 @@ class Dispatcher:
             # claim that finds nothing is one index probe; the fallback poll
             # bounds whatever comes later still.
             now = time.monotonic()
-            self.follow_ups = [now + s for s in self.sup.backend.wake_follow_ups_s]
+            self.follow_ups = [now + s for s in self.backend.wake_follow_ups_s]
         elif due <= time.time():
             self.claim_soon()
         elif self.due_hint is None or due < self.due_hint:
             self.due_hint = due
 
-    def deadlines(self):
+    def deadlines(self) -> list[float]:
         """The monotonic times at which a claim may be due (for the loop's sleep)."""
         now = time.monotonic()
         retry_at = self.outage.retry_at
@@ -293,13 +298,13 @@ class Dispatcher:
             out.append(self.follow_ups[0])
         if self.rate_due is not None:
             out.append(max(self.rate_due, retry_at))
-        if self.started:
+        if self.outcomes.started:
             mark = self._mark_deadline()
             if mark is not None:
                 out.append(max(mark, retry_at))
         return out + self._recall_deadlines()
 
-    def _claims_wanted(self):
+    def _claims_wanted(self) -> list[Wanted]:
         """The pools worth a claim now: [(pool, queues, room)].
 
         A pool is worth one when something may be due (a wake-up, a known due
@@ -323,22 +328,23 @@ class Dispatcher:
             # The fallback poll: finds work whose wake-up was lost or never sent.
             self.claim_soon()
             self.next_poll = now + self.config.poll_interval
-        wanted = []
-        for pool in self.sup.pools:
+        wanted: list[Wanted] = []
+        for pool in self.pools:
             if not pool.maybe_work:
                 continue
             room = pool.capacity(self.config.prefetch, now)
-            queues = [q for q in pool.queues if q not in self.sup.paused]
+            queues = [q for q in pool.queues if q not in self.paused]
             if room > 0 and queues:
                 wanted.append((pool, queues, room))
         return wanted
 
-    def _claim(self, wanted):
+    def _claim(self, wanted: list[Wanted]) -> list[tuple[Pool, list[dict[str, Any]]]]:
         """Claim due tasks for each wanted pool; returns [(pool, rows)]."""
-        backend = self.sup.backend
-        claims, idle_queues = [], []
+        backend = self.backend
+        claims: list[tuple[Pool, list[dict[str, Any]]]] = []
+        idle_queues: list[str] = []
         for pool, queues, room in wanted:
-            rows = backend.claim(self.sup.worker_id, queues, room, limits=self.limits)
+            rows = backend.claim(self.worker_id, queues, room, limits=self.limits)
             if len(rows) < room:
                 pool.maybe_work = False  # nothing more is due now
                 idle_queues.extend(queues)
@@ -366,118 +372,69 @@ class Dispatcher:
         if now < self.next_cancel_check or now < self.outage.retry_at:
             return
         self.next_cancel_check = now + self.config.poll_interval
-        held = [r.id for c in self.sup.lifecycle.all_children() for r in c.inflight
+        held = [r.id for c in self.lifecycle.all_children() for r in c.inflight
                 if not r.cancelled]
         if not held:
             return
         try:
-            rows = self.sup.backend.get_tasks(held)
+            rows = self.backend.get_tasks(held)
         except DatabaseError as exc:
             self.outage.failed("cancel_check", exc)
             return
         cancelled = [r["id"] for r in rows if r["status"] == "cancelled"]
         if cancelled:
-            self.sup.lifecycle.cancel(cancelled)
+            self.cancel(cancelled)
 
-    def refresh_limits(self):
+    def refresh_limits(self) -> None:
         """Read the global concurrency and rate limits from the app's tasks,
         --queue-limit and --queue-rate (at start and after a reload)."""
-        by_name = {name: t.concurrency for name, t in TASK_REGISTRY.items()
-                   if getattr(t, "concurrency", None)}
-        rate_by_name = {name: t.rate_per_second for name, t in TASK_REGISTRY.items()
-                        if getattr(t, "rate_per_second", None)}
+        by_name = {name: n for name, t in TASK_REGISTRY.items() if (n := t.concurrency)}
+        rate_by_name = {name: r for name, t in TASK_REGISTRY.items()
+                        if (r := t.rate_per_second)}
         limits = Limits(by_name, dict(self.config.queue_limits), rate_by_name,
                         dict(self.config.queue_rates))
         self.limits = limits if limits else None
 
     # ---- handing out -------------------------------------------------------------
 
-    def _hand_out(self, pool, rows):
-        if pool.async_slots > 1:
-            self._hand_out_slots(pool, rows)
-            return
+    def _hand_out(self, pool: Pool, rows: list[dict[str, Any]]) -> None:
         now = time.monotonic()
         children = pool.takers(self.config.prefetch, now)
-        if not children:
-            # Their tasks turned out long between the claim and now: let others take these.
-            self.release([row["id"] for row in rows])
-            return
-        batches = {c.pid: [] for c in children}
         # A frozen host: a child must not start a task after this (see TaskMessage).
         start_by = now + self.config.stale_after - self.config.heartbeat_interval
-        for row in rows:
-            # Least-loaded child first, so the best task goes to an idle child.
-            child = min(children, key=lambda c: len(c.inflight) + len(batches[c.pid]))
-            limit = row["timeout"] if row["timeout"] is not None else self.config.timeout
-            run = TaskRun(row["id"], row["name"], row["queue"], row["attempts"],
-                          row["max_retries"], limit, row["retry_delay"],
-                          row["retry_backoff"], row["retry_max_delay"])
-            batches[child.pid].append(
-                (run, protocol.task(run.id, run.name, row["payload"], limit, run.queue,
-                                    run.attempts, run.max_retries, row["created_at"],
-                                    start_by)))
-        lifecycle = self.sup.lifecycle
+        timeout = self.config.timeout
+        if pool.async_slots > 1:
+            room = {c.pid: c.room() for c in children}
+            slotted, unplaced = handout.by_slots(rows, room, pool.async_slots, _is_coroutine)
+            if unplaced:
+                self.outcomes.release(unplaced)
+            batches = {pid: [(handout.task_run(row, timeout, co), row) for row, co in batch]
+                       for pid, batch in slotted.items()}
+        elif not children:
+            # Their tasks turned out long between the claim and now: let others take these.
+            self.outcomes.release([row["id"] for row in rows])
+            return
+        else:
+            batches = {pid: [(handout.task_run(row, timeout), row) for row in batch]
+                       for pid, batch in handout.least_loaded(rows, children).items()}
         for child in children:
-            batch = batches[child.pid]
-            if not batch:
-                continue
-            was_idle = not child.inflight
-            child.inflight.extend(run for run, _ in batch)
-            if was_idle:
-                head = child.inflight[0]
-                head.started_mono = time.monotonic()
-                head.started_wall = time.time()
-                self.log_started(child, head)
-            if not lifecycle.send(child, [m for _, m in batch]):
-                # The child is gone; its exit requeues what it held.
-                lifecycle.kill(child, "crash")
+            batch = batches.get(child.pid)
+            if batch:
+                self._give(child, [run for run, _ in batch],
+                           [handout.task_message(run, row, start_by) for run, row in batch])
 
-    def _hand_out_slots(self, pool, rows):
-        """Hand claimed tasks to the children of a pool with --async-concurrency N > 1.
+    def _give(self, child: ChildHandle, runs: list[TaskRun],
+              messages: list[protocol.Message]) -> None:
+        """Send tasks to a child; a one-task child that was idle starts the first."""
+        was_idle = not child.inflight and child.pool.async_slots == 1
+        sent = child.channel.hand(runs, messages)
+        if was_idle:
+            self.start_next(child, time.time())
+        if not sent:
+            # The child is gone; its exit requeues what it held.
+            self.lifecycle.kill(child, ExitCause.CRASH)
 
-        A coroutine task takes one of a child's N slots and goes to the child with the
-        most free; a sync task takes all N (it runs alone in its child) and goes to a
-        child with nothing in hand when there is one, else behind the coroutines of
-        the child with the most free slots (which then starts nothing more until it has
-        run it). A task that fits nowhere goes back to pending. The children say when
-        they start each task (Started), and its clock runs from then.
-        """
-        n = pool.async_slots
-        room = {c.pid: c.room() for c in pool.takers(self.config.prefetch, time.monotonic())}
-        children = {c.pid: c for c in pool.active if c.pid in room}
-        batches = {pid: [] for pid in room}
-        unplaced = []
-        now = time.monotonic()
-        start_by = now + self.config.stale_after - self.config.heartbeat_interval
-        for row in rows:
-            task = TASK_REGISTRY.get(row["name"])
-            coroutine = bool(task is not None and task.is_async)
-            pid = None
-            if not coroutine:
-                pid = next((p for p, r in room.items() if r == n), None)
-            if pid is None and room:
-                pid = max(room, key=room.__getitem__)
-                if room[pid] <= 0:
-                    pid = None
-            if pid is None:
-                unplaced.append(row["id"])
-                continue
-            room[pid] = room[pid] - 1 if coroutine else 0
-            limit = row["timeout"] if row["timeout"] is not None else self.config.timeout
-            run = TaskRun(row["id"], row["name"], row["queue"], row["attempts"],
-                          row["max_retries"], limit, row["retry_delay"],
-                          row["retry_backoff"], row["retry_max_delay"], coroutine=coroutine)
-            batches[pid].append(
-                (run, protocol.task(run.id, run.name, row["payload"], limit, run.queue,
-                                    run.attempts, run.max_retries, row["created_at"],
-                                    start_by)))
-        if unplaced:
-            self.release(unplaced)
-        lifecycle = self.sup.lifecycle
-        for pid, batch in batches.items():
-            if not batch:
-                continue
-            child = children[pid]
-            child.inflight.extend(run for run, _ in batch)
-            if not lifecycle.send(child, [m for _, m in batch]):
-                lifecycle.kill(child, "crash")
+
+def _is_coroutine(name: str) -> bool:
+    task = TASK_REGISTRY.get(name)
+    return bool(task is not None and task.is_async)

@@ -3,10 +3,18 @@ is dead is liteqd.liveness's call), pruning old finished tasks (retention), and 
 cron schedules."""
 
 import time
+from collections.abc import Callable, Sequence
+from typing import Any, cast
 
+from structlog.typing import FilteringBoundLogger
+
+from liteq.backends.base import Backend
 from liteq.errors import DatabaseError, DatabaseUnavailable
 
 from . import liveness, proc
+from .config import DaemonConfig
+from .outage import Outage
+from .pool import Pool
 
 # Rows deleted per loop turn at most: a short write, so claims never wait long on it.
 PRUNE_BATCH = 1000
@@ -16,30 +24,34 @@ class Duties:
     """Heartbeat, reclaim and pruning every heartbeat interval (pruning again each loop
     turn while a batch comes back full); cron fires when it is due."""
 
-    def __init__(self, sup) -> None:
-        self.sup = sup
-        self.log = sup.log
-        self.config = sup.config
+    def __init__(self, config: DaemonConfig, log: FilteringBoundLogger, backend: Backend,
+                 outage: Outage, identity: proc.Identity, pools: Sequence[Pool],
+                 claim_soon: Callable[[], None]) -> None:
+        self.config = config
+        self.log = log
+        self.backend = backend
+        self.outage = outage
+        self.identity = identity
+        self.pools = pools
+        self.claim_soon = claim_soon    # new tasks may be due (reclaimed, or cron fired)
         self.next_heartbeat = 0.0
-        self.next_schedule = None
+        self.next_schedule: float | None = None
         # (status, seconds kept) of the statuses pruned; 0 keeps forever.
         self.retention = [(status, keep) for status, keep in (
             ("done", self.config.keep_done), ("failed", self.config.keep_failed),
             ("cancelled", self.config.keep_cancelled)) if keep > 0]
         self.prune_due = False
         self.watch = liveness.HeartbeatWatch(self.config.stale_after)
-        # Back in well under the others' stale-after after an outage that hit everyone.
-        sup.dispatch.outage.limit_backoff(self.config.stale_after / 4)
 
-    def deadlines(self):
+    def deadlines(self, stopping: bool) -> list[float]:
         """The monotonic times at which a duty is due (for the loop's sleep)."""
         out = [self.next_heartbeat]
-        if self.next_schedule is not None and not self.sup.stopping:
+        if self.next_schedule is not None and not stopping:
             out.append(self.next_schedule)
-        outage = self.sup.dispatch.outage
+        outage = self.outage
         if outage.down:
             out = [max(t, outage.retry_at) for t in out]
-        if self.prune_due and not self.sup.stopping:
+        if self.prune_due and not stopping:
             out.append(time.monotonic())   # more old tasks than one batch: go on now
         return out
 
@@ -48,7 +60,7 @@ class Duties:
         try is not due: a heartbeat or cron every interval would reconnect far more often
         than the back-off allows)."""
         now = time.monotonic()
-        outage = self.sup.dispatch.outage
+        outage = self.outage
         if outage.down and now < outage.retry_at:
             return
         if now >= self.next_heartbeat:
@@ -56,45 +68,46 @@ class Duties:
             # Schedules registered by other processes show up within a heartbeat.
             if self.config.scheduler:
                 self.next_schedule = min(self.next_schedule or now, now)
-        if self.prune_due and not self.sup.dispatch.outage.down:
+        if self.prune_due and not self.outage.down:
             self._prune()
         if self.config.scheduler and (self.next_schedule is None or now >= self.next_schedule):
             self._fire_schedules()
 
     # ---- heartbeat and reclaim ---------------------------------------------------
 
-    def heartbeat(self, startup: bool = False):
+    def heartbeat(self, startup: bool = False) -> None:
         """Refresh this daemon's worker row, then reclaim dead daemons' tasks.
 
         At start-up a database error is raised (the daemon cannot start), unless the
         database just went away: that is an outage like any other, and so is any
         error later; they are logged and retried.
         """
-        sup = self.sup
+        me = self.identity
         self.next_heartbeat = time.monotonic() + self.config.heartbeat_interval
         try:
-            sup.backend.heartbeat(sup.worker_id, sup.hostname, ",".join(self.config.queues),
-                                  sum(p.size for p in sup.pools), sup.pid,
-                                  sup.process_started, sup.started_wall)
+            self.backend.heartbeat(me.worker_id, me.hostname, ",".join(self.config.queues),
+                                   sum(p.size for p in self.pools), me.pid,
+                                   # (None where /proc cannot tell: stored as NULL)
+                                   cast(float, me.process_started), me.started_wall)
             self._reclaim()
         except DatabaseError as exc:
             if startup and not isinstance(exc, DatabaseUnavailable):
                 raise
-            sup.dispatch.outage.failed("heartbeat", exc)
+            self.outage.failed("heartbeat", exc)
             # Whatever kept this heartbeat out kept the others' out too: their silence
             # from now until the next heartbeat that works does not count against them.
-            sup.dispatch.outage.up_since = None
+            self.outage.up_since = None
             return
-        sup.dispatch.outage.succeeded()
+        self.outage.succeeded()
         self.prune_due = bool(self.retention)
 
     def _reclaim(self) -> None:
-        sup = self.sup
-        outage = sup.dispatch.outage
+        outage = self.outage
         # The heartbeat just worked; an outage it ended is only marked over afterwards.
         up_since = time.monotonic() if outage.up_since is None else outage.up_since
-        dead, stale = liveness.judge(sup, sup.backend.list_workers(), self.watch, up_since)
-        reclaimed = sup.backend.reclaim(dead, None, reason="its worker died (no heartbeat)",
+        dead, stale = liveness.judge(self.identity, self.backend.list_workers(), self.watch,
+                                     up_since)
+        reclaimed = self.backend.reclaim(dead, None, reason="its worker died (no heartbeat)",
                                         stale_heartbeats=stale)
         if dead:
             for pid in proc.kill_tagged(dead):
@@ -102,7 +115,7 @@ class Duties:
         for task_id, status in reclaimed:
             self.log.warning("task.reclaimed", task_id=task_id, status=status)
         if reclaimed:
-            sup.dispatch.claim_soon()
+            self.claim_soon()
 
     # ---- retention -----------------------------------------------------------------
 
@@ -110,18 +123,18 @@ class Duties:
         """Delete one batch (PRUNE_BATCH rows at most) of finished tasks past their
         status's age; the next loop turn does another while a batch comes back full."""
         budget = PRUNE_BATCH
-        pruned = {}
+        pruned: dict[str, int] = {}
         try:
             for status, keep in self.retention:
                 if budget <= 0:
                     break
-                n = self.sup.backend.prune(status, keep, budget)
+                n = self.backend.prune(status, keep, budget)
                 budget -= n
                 if n:
                     pruned[status] = n
         except DatabaseError as exc:
             self.prune_due = False      # the next heartbeat tries again
-            self.sup.dispatch.outage.failed("prune", exc)
+            self.outage.failed("prune", exc)
             return
         self.prune_due = budget <= 0
         if pruned:
@@ -136,19 +149,19 @@ class Duties:
 
         now = time.monotonic()
         try:
-            ids = scheduler.fire_due(self.sup.backend, log=self._schedule_event)
-            upcoming = scheduler.next_fire_time(self.sup.backend)
+            ids = scheduler.fire_due(self.backend, log=self._schedule_event)
+            upcoming = scheduler.next_fire_time(self.backend)
         except DatabaseError as exc:
-            self.sup.dispatch.outage.failed("schedules", exc)
+            self.outage.failed("schedules", exc)
             self.next_schedule = now + 1.0
             return
         if ids:
-            self.sup.dispatch.claim_soon()
+            self.claim_soon()
         # Wall clock for cron; the sleep itself is measured on the monotonic clock.
         wait = self.config.heartbeat_interval if upcoming is None else \
             min(max(upcoming - time.time(), 0.0), self.config.heartbeat_interval)
         self.next_schedule = now + wait
 
-    def _schedule_event(self, event, **fields) -> None:
+    def _schedule_event(self, event: str, **fields: Any) -> None:
         level = "warning" if event.endswith("error") else "info"
         getattr(self.log, level)(event, **fields)

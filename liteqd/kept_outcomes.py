@@ -24,6 +24,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import time
 from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING, Any, TypeAlias, cast
 from urllib.parse import quote, unquote
@@ -38,6 +39,7 @@ if TYPE_CHECKING:
     from liteq.backends import Backend
 
     from .config import DaemonConfig
+    from .dispatch import Dispatcher
 
 
 KINDS = ("done", "failed", "retry", "release")
@@ -218,3 +220,36 @@ def _replay_entries(backend: Backend, entries: Iterable[dict[str, Any]], log: Fi
                                                 "that kept its outcome"}))
         recorded_total += len(recorded) + released
     return recorded_total
+
+
+def record_last(dispatch: Dispatcher, config: DaemonConfig, worker_id: str, deadline: float,
+                log: FilteringBoundLogger) -> int:
+    """At exit: record the outcomes still held, trying until `deadline` (monotonic);
+    keep what the database still refuses for the next start, or name it in the log.
+    Returns how many were left unrecorded (then the exit is non-zero)."""
+    outcomes = dispatch.outcomes
+    while True:
+        dispatch.outage.retry_at = 0.0
+        dispatch.sync(stopping=True)
+        if not outcomes.pending() or time.monotonic() >= deadline:
+            break
+        time.sleep(0.5)
+    if not outcomes.pending():
+        return 0
+    held = {kind: list(rows) for kind, rows in outcomes.held.items()}
+    ids = sorted(row if kind == "release" else row[0]
+                 for kind, rows in held.items() for row in rows)
+    paths = kept_paths(config)
+    path = keep(paths, worker_id, held)
+    if path is not None:
+        log.error("outcomes.kept", count=len(ids), task_ids=ids, path=path,
+                  reason="the database refused them until the stop deadline; "
+                         "the next start records them")
+        return len(ids)
+    mark_lost(paths, worker_id)
+    for kind, rows in held.items():
+        for row in rows:
+            log.error("task.outcome_lost", outcome=kind,
+                      task_id=row if kind == "release" else row[0],
+                      reason=f"{LOST_REASON}: neither the database nor a file took it")
+    return len(ids)

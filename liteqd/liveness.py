@@ -19,12 +19,9 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterable
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from . import proc
-
-if TYPE_CHECKING:
-    from .supervisor import Supervisor
 
 
 class HeartbeatWatch:
@@ -54,7 +51,7 @@ class HeartbeatWatch:
         return out
 
 
-def judge(sup: Supervisor, workers: Iterable[dict[str, Any]], watch: HeartbeatWatch,
+def judge(sup: proc.Identity, workers: Iterable[dict[str, Any]], watch: HeartbeatWatch,
           up_since: float) -> tuple[list[str], dict[str, Any]]:
     """Split the other daemons' rows into (dead, stale): `dead` lists the worker ids of
     daemons of this host and pid space that no longer run; `stale` maps the worker ids
@@ -72,7 +69,7 @@ def judge(sup: Supervisor, workers: Iterable[dict[str, Any]], watch: HeartbeatWa
     return dead, watch.stale(remote, up_since)
 
 
-def _judged_by_pid(sup: Supervisor, w: dict[str, Any]) -> bool:
+def _judged_by_pid(sup: proc.Identity, w: dict[str, Any]) -> bool:
     # A pid names a process only in the pid space it came from. A daemon with this
     # hostname in another PID namespace (a container with the host's name) or from an
     # earlier boot is judged by its heartbeat alone: read here, its pid would be some

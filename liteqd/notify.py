@@ -12,11 +12,13 @@ import time
 from collections.abc import MutableMapping
 from typing import TYPE_CHECKING
 
+from .plugins import Plugin
+
 if TYPE_CHECKING:
     from .supervisor import Supervisor
 
 
-class SystemdNotifier:
+class SystemdNotifier(Plugin):
     """A supervisor plugin; does nothing when not started by systemd with NOTIFY_SOCKET."""
 
     def __init__(self, environ: MutableMapping[str, str] | None = None) -> None:
@@ -59,7 +61,7 @@ class SystemdNotifier:
     @staticmethod
     def summary(sup: "Supervisor") -> str:
         """One line for `systemctl status`."""
-        outage = sup.dispatch.outage.describe()
+        outage = sup.outage.describe()
         if outage and sup.backend is None:
             return f"waiting for the database: {outage}"
         pools = ", ".join(f"{p.name} {len(p.active)}/{p.size}" for p in sup.pools)
@@ -80,7 +82,7 @@ class SystemdNotifier:
         if self.watchdog_s and now >= self.next_watchdog:
             self.send("WATCHDOG=1")
             self.next_watchdog = now + self.watchdog_s
-        down = sup.dispatch.outage.down
+        down = sup.outage.down
         if now >= self.next_status or down != self.db_down:
             self.send(f"STATUS={self.summary(sup)}")
             self.next_status = now + 5.0

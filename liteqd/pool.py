@@ -1,15 +1,24 @@
 """The supervisor's view of its children and pools (no I/O of its own)."""
 
 import collections
-import socket
+import enum
 import time
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
-
-from .protocol import LineReader
+from typing import TYPE_CHECKING, Protocol
 
 if TYPE_CHECKING:
-    from .task_output import Pump
+    from .channel import ChildChannel
+    from .exits import ExitCause
+
+
+class Output(Protocol):
+    """A child's output pump (liteqd.task_output.Pump), as the supervisor uses it."""
+
+    def task_done(self, run: "TaskRun | None" = None) -> None:
+        """The child finished a task: the output read later up to its end mark is its."""
+
+    def close(self) -> None:
+        """The child is gone: read what is left and stop watching its pipes."""
 
 
 # Short tasks get a deeper queue per child, but never more than this much
@@ -43,28 +52,41 @@ class TaskRun:
     coroutine: bool = False      # an `async def` task (shares its child's event loop)
 
 
+class ChildState(enum.Enum):
+    """What a child is doing, for status and titles."""
+    STARTING = "starting"
+    IDLE = "idle"
+    RUNNING = "running"
+    STOPPING = "stopping"
+
+
 @dataclass
 class ChildHandle:
-    """One forked child: its socket, its queued tasks, and why it may be ending."""
+    """One forked child: its channel (socket and the tasks it holds), and why it may be
+    ending."""
     pid: int
     slot: int
     pool: "Pool"
-    sock: socket.socket
+    channel: "ChildChannel"
     spawned_mono: float = field(default_factory=time.monotonic)
-    reader: LineReader | None = None  # a protocol.LineReader of what the child sends
-    outbox: collections.deque[bytes] = field(default_factory=collections.deque[bytes])  # unsent bytes
-    watching_writes: bool = False
     ready: bool = False
-    inflight: collections.deque[TaskRun] = field(default_factory=collections.deque[TaskRun])
     tasks_done: int = 0
     rss: int = 0
     retiring: bool = False        # asked to finish its current task and exit
     retire_deadline: float | None = None
     cancel_deadline: float | None = None  # when a cancelled task that did not stop gets killed
-    kill_reason: str | None = None  # set when the supervisor killed it ("timeout", "stop", ...)
+    kill_reason: "ExitCause | None" = None  # set when the supervisor killed it
     timed_out_task: TaskRun | None = None
-    output: "Pump | None" = None  # a task_output.Pump of its stdout, stderr and logging
+    output: Output | None = None  # a task_output.Pump of its stdout, stderr and logging
     recalling: bool = False       # asked to hand back its queued tasks (see Pool.capacity)
+
+    # The tasks the child holds, in the order it was given them: its channel's list,
+    # read here (a plain attribute: the hand-out reads it for every task); only the
+    # channel changes it.
+    inflight: collections.deque[TaskRun] = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.inflight = self.channel.inflight
 
     @property
     def running(self) -> TaskRun | None:
@@ -94,13 +116,13 @@ class ChildHandle:
         return max(slots - used, 0)
 
     @property
-    def state(self) -> str:
-        """'running', 'idle', 'starting' or 'stopping', for status and titles."""
+    def state(self) -> ChildState:
+        """What the child is doing, for status and titles."""
         if self.retiring or self.kill_reason:
-            return "stopping"
+            return ChildState.STOPPING
         if not self.ready:
-            return "starting"
-        return "running" if self.inflight else "idle"
+            return ChildState.STARTING
+        return ChildState.RUNNING if self.inflight else ChildState.IDLE
 
 
 @dataclass

@@ -3,8 +3,11 @@
 import ctypes
 import os
 import signal
+import socket
+import time
 import uuid
 from collections.abc import Iterable
+from dataclasses import dataclass
 
 import psutil
 
@@ -189,3 +192,22 @@ def end_processes(procs: list[psutil.Process], grace: float) -> list[tuple[int, 
         except (psutil.NoSuchProcess, psutil.AccessDenied):
             pass
     return [(pid, name, how) for pid, (name, how) in ended.items()]
+
+
+@dataclass(frozen=True)
+class Identity:
+    """Who this daemon is: its worker id in the database, and how other daemons of the
+    host tell whether it still runs."""
+    hostname: str
+    pid: int
+    process_started: float | None
+    pid_space: str | None
+    worker_id: str
+    started_wall: float
+
+    @classmethod
+    def of_this_process(cls) -> "Identity":
+        """The identity of the running process."""
+        hostname, pid, space = socket.gethostname(), os.getpid(), pid_space()
+        return cls(hostname, pid, process_start_time(pid), space,
+                   worker_id(hostname, pid, space), time.time())

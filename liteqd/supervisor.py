@@ -1,15 +1,19 @@
 """The supervisor: the one process of the daemon that claims tasks and watches children.
 
-Shape (see DESIGN.md): it imports the app once, forks the children, claims as
+Shape: it imports the app once, forks the children, claims as
 many due tasks as its children have room for in one transaction, hands them out
 over each child's socket, records outcomes in batches, and sleeps in select()
 until a child answers, a signal arrives, a producer sends a wake-up, or the
 next deadline (a due task, a time limit, a heartbeat, a cron fire) comes.
 
-The work is split by concern: liteqd.lifecycle (spawn, reap, retire, kill,
-time limits), liteqd.dispatch (claims and outcomes against the backend) and
-liteqd.duties (heartbeat, reclaim, cron). This module holds the loop, signals,
-and the operator's commands (stop, reload, scale, status).
+The work is split by ownership, each part given the collaborators it uses:
+liteqd.lifecycle owns the processes (spawn, reap, retire, kill, time limits) and
+reports each exit with its cause; liteqd.channel owns a child's socket and the
+tasks it holds; liteqd.accounting acts on what the children say; liteqd.dispatch
+owns every decision about tasks (claims, hand-out, outcomes, what becomes of a
+dead child's tasks); liteqd.duties does the heartbeat, reclaim, pruning and cron.
+This module builds them, and holds the loop, signals, and the operator's commands
+(stop, reload, scale, status).
 
 Signal handlers only record the signal; the loop acts on it (gunicorn's arbiter).
 Every wait is bounded, kills go in two steps, and a child is identified by its
@@ -19,7 +23,6 @@ pid and its start time.
 import os
 import selectors
 import signal
-import socket
 import time
 from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any
@@ -27,15 +30,22 @@ from typing import TYPE_CHECKING, Any
 from setproctitle import setproctitle
 
 from liteq.backends import identity_of, open_backend
+from liteq.backends.base import Backend
 from liteq.errors import DatabaseError, DatabaseRefused, DatabaseUnavailable
 
-from . import kept_outcomes, logs, proc
+from . import kept_outcomes, logs, proc, snapshot
+from .accounting import ChildMessages
 from .config import MAX_CHILDREN, DaemonConfig
 from .dispatch import Dispatcher
 from .duties import Duties
-from .lifecycle import Lifecycle, signal_name
+from .exits import ExitCause, signal_name
+from .fds import Fds, Handler
+from .lifecycle import Lifecycle
 from .logs import get_logger
+from .outage import Outage
+from .plugins import Plugin
 from .pool import Pool
+from .signals import SignalPipe
 
 if TYPE_CHECKING:
     from _typeshed import FileDescriptorLike
@@ -51,41 +61,67 @@ class Supervisor:
     """Runs the pools of one daemon until it is told to stop."""
 
     def __init__(self, config: DaemonConfig, reload_app: Callable[[], None] | None = None,
-                 plugins: Iterable[Any] = ()) -> None:
+                 plugins: Iterable[Plugin] = ()) -> None:
         self.config = config
         self.reload_app = reload_app
-        self.plugins: list[Any] = list(plugins)   # objects with register(sup), on_tick(sup), close()
+        self.plugins: list[Plugin] = list(plugins)
         self.log = get_logger()
         self.pools = [Pool(p.name, list(p.queues), p.size,
-                           async_slots=getattr(p, "async_concurrency", None)
-                           or getattr(config, "async_concurrency", 1))
+                           async_slots=p.async_concurrency or config.async_concurrency)
                       for p in config.pools]
-        self.hostname = socket.gethostname()
-        self.pid = os.getpid()
-        self.process_started = proc.process_start_time(self.pid)
-        self.pid_space = proc.pid_space()
-        self.worker_id = proc.worker_id(self.hostname, self.pid, self.pid_space)
+        me = self.me = proc.Identity.of_this_process()
+        self.hostname, self.pid, self.pid_space = me.hostname, me.pid, me.pid_space
+        self.process_started, self.worker_id = me.process_started, me.worker_id
         self.started_mono = time.monotonic()
-        self.started_wall = time.time()
+        self.started_wall = me.started_wall
         self.identity = identity_of(config.db)  # names the queue; never holds a password
-        self.backend = None
-        self.selector = selectors.DefaultSelector()
-        self.signals = []
-        self.paused = set()
-        self.stopping = None            # None, "graceful" or "fast"
-        self.stop_deadline = None
+        self.backend: Backend | None = None
+        self.fds = Fds(self.log)
+        self.signals = SignalPipe()
+        self.paused: set[str] = set()
+        self.stopping: str | None = None    # None, "graceful" or "fast"
+        self.stop_deadline: float | None = None
         self.exit_code = 0
         self.ready_sent = False
         self.on_ready: list[Callable[[Supervisor], object]] = []  # callbacks once all first children are up
-        self.lifecycle = Lifecycle(self)
-        self.dispatch = Dispatcher(self)
-        self.duties = Duties(self)
-        self._sig_r = self._sig_w = None
-        self._title = None
+        self.outage = Outage(self.log, on_recovered=self._outage_over)
+        # Back in well under the others' stale-after after an outage that hit everyone.
+        self.outage.limit_backoff(config.stale_after / 4)
+        self.lifecycle = Lifecycle(self.pools, config, self.log, self.fds, me)
+        # Built once the database answers (they use it): see _build.
+        self.dispatch: Dispatcher
+        self.duties: Duties
+        self.messages: ChildMessages
+        self._lost_claims = False           # an outage ended before the dispatcher was built
+        self._title: str | None = None
 
-    # Counters read by the control channel and systemd status.
-    tasks_done = property(lambda self: self.dispatch.tasks_done)
-    tasks_failed = property(lambda self: self.dispatch.tasks_failed)
+    def _build(self, backend: Backend) -> None:
+        """Make the parts that use the database, each with its collaborators."""
+        self.backend = backend
+        self.dispatch = Dispatcher(self.config, self.log, backend, self.outage, self.pools,
+                                   self.lifecycle, self.worker_id, self.paused)
+        if self._lost_claims:
+            self.dispatch.after_outage()
+        self.duties = Duties(self.config, self.log, backend, self.outage, self.me,
+                             self.pools, self.dispatch.claim_soon)
+        self.messages = ChildMessages(self.config, self.log, self.fds, self.lifecycle,
+                                      self.dispatch)
+
+    def _outage_over(self) -> None:
+        if self.backend is None:
+            self._lost_claims = True
+        else:
+            self.dispatch.after_outage()
+
+    @property
+    def tasks_done(self) -> int:
+        """Outcomes recorded as done (for the control channel and systemd status)."""
+        return self.dispatch.outcomes.tasks_done if self.backend is not None else 0
+
+    @property
+    def tasks_failed(self) -> int:
+        """Outcomes recorded as failed."""
+        return self.dispatch.outcomes.tasks_failed if self.backend is not None else 0
 
     # ---- the main loop --------------------------------------------------------
 
@@ -98,14 +134,17 @@ class Supervisor:
             return self.exit_code
         try:
             while True:
-                self.lifecycle.spawn_missing()
-                if self.stopping and not self.lifecycle.all_children():
+                if not self.stopping:
+                    self.lifecycle.spawn_missing()
+                elif not self.lifecycle.all_children():
                     break
                 self._wait(self._next_timeout())
                 self._handle_signals()
-                self.lifecycle.reap()
-                self.lifecycle.enforce_deadlines()
-                self.dispatch.sync()
+                self._reap()
+                self.lifecycle.enforce_deadlines(
+                    self.stop_deadline if self.stopping else None, self.stopping == "fast")
+                self.dispatch.release_held(self.lifecycle.take_abandoned())
+                self.dispatch.sync(stopping=bool(self.stopping))
                 if not self.stopping:
                     self.dispatch.check_cancelled()
                     self.duties.run_due()
@@ -121,23 +160,24 @@ class Supervisor:
 
     def _start(self) -> bool:
         """Connect and set up; False when a stop came while waiting for the database."""
-        self._install_signals()
+        self.signals.install(self.fds)
         proc.become_subreaper()
         # Inherited by every process our tasks start (through exec too), so that if
         # this daemon is SIGKILLed, the next one can find and end what it left.
         os.environ[proc.WORKER_TAG] = self.worker_id
-        self.backend = self._connect()
-        if self.backend is None:
+        backend = self._connect()
+        if backend is None:
             return False
+        self._build(backend)
         # Before the first reclaim, which would take the tasks they belong to.
         try:
             kept = kept_outcomes.kept_paths(self.config)
-            kept_outcomes.replay(self.backend, kept, self.log)
-            kept_outcomes.give_back_lost(self.backend, kept, self.log)
+            kept_outcomes.replay(backend, kept, self.log)
+            kept_outcomes.give_back_lost(backend, kept, self.log)
         except BaseException:
-            self.backend.close()
+            backend.close()
             raise
-        registered = []
+        registered: list[Plugin] = []
         try:
             for plugin in self.plugins:
                 plugin.register(self)
@@ -145,7 +185,7 @@ class Supervisor:
         except BaseException:
             for plugin in registered:
                 plugin.close()
-            self.backend.close()
+            backend.close()
             raise
         self.duties.heartbeat(startup=True)
         self.dispatch.refresh_limits()
@@ -156,10 +196,10 @@ class Supervisor:
         self.show_title()
         return True
 
-    def _connect(self):
+    def _connect(self) -> Backend | None:
         """Open the backend. While the server does not answer, wait for it (saying so in
         the log and to systemd) until it does, or until a stop; None after a stop."""
-        outage = self.dispatch.outage
+        outage = self.outage
         while True:
             try:
                 backend = open_backend(self.config.db, daemon=True)
@@ -171,89 +211,75 @@ class Supervisor:
                 outage.succeeded()
                 return backend
             self.show_title()
-            self._call_plugins("on_waiting")
+            for plugin in self.plugins:
+                plugin.on_waiting(self)
             logs.flush()
             self._wait(max(0.0, outage.retry_at - time.monotonic()))
             self._handle_signals()
             if self.stopping:
                 return None
 
-    def _next_timeout(self):
+    def _next_timeout(self) -> float:
         now = time.monotonic()
-        deadlines = self.duties.deadlines() + self.lifecycle.deadlines()
+        deadlines = self.duties.deadlines(bool(self.stopping)) + self.lifecycle.deadlines()
         if self.dispatch.has_outcomes():
-            if now >= self.dispatch.outage.retry_at:
+            if now >= self.outage.retry_at:
                 return 0
-            deadlines.append(self.dispatch.outage.retry_at)
+            deadlines.append(self.outage.retry_at)
         if self.stopping:
-            deadlines.append(self.stop_deadline)
+            if self.stop_deadline is not None:
+                deadlines.append(self.stop_deadline)
         else:
             deadlines.extend(self.dispatch.deadlines())
             deadlines.extend(p.next_spawn for p in self.pools if len(p.active) < p.size)
         for plugin in self.plugins:
-            hook = getattr(plugin, "next_deadline", None)
-            if hook:
-                deadlines.append(hook())
-        return max(0.0, min(d for d in deadlines if d is not None) - now)
+            deadline = plugin.next_deadline()
+            if deadline is not None:
+                deadlines.append(deadline)
+        return max(0.0, min(deadlines) - now)
 
-    def _wait(self, timeout) -> None:
-        for key, mask in self.selector.select(timeout):
+    def _wait(self, timeout: float) -> None:
+        for key, mask in self.fds.selector.select(timeout):
             kind, obj = key.data
             if kind == "child":
-                self.lifecycle.on_ready(obj, mask)
+                self.messages.on_ready(obj, mask)
             elif kind == "signal":
-                try:
-                    while self._sig_r.recv(4096):
-                        pass
-                except BlockingIOError:
-                    pass
+                self.signals.drain()
             else:
                 obj(key.fileobj, mask)
 
+    def _reap(self) -> None:
+        """Hand the exits of the children that ended to the parts that care."""
+        for child, ended, status in self.lifecycle.reap():
+            # Results it wrote before dying are still in the socket: take them first.
+            self.messages.drain(child)
+            self.lifecycle.close(child)
+            requeued = self.dispatch.child_ended(child, ended)
+            if self.lifecycle.ended(child, ended, status, requeued, bool(self.stopping)):
+                self.exit_code = 3
+                self.request_stop(fast=True, reason="children cannot start")
+            self.show_title()
+
     # ---- file descriptors ------------------------------------------------------
 
-    def register_fd(self, fileobj: "FileDescriptorLike", handler: Callable[[Any, int], object],
+    def register_fd(self, fileobj: "FileDescriptorLike", handler: Handler,
                     events: int = selectors.EVENT_READ) -> None:
         """Let a plugin (control server, wake-up channel) be called as
         handler(fileobj, mask) when fileobj is ready."""
-        self.selector.register(fileobj, events, ("plugin", handler))
+        self.fds.register_fd(fileobj, handler, events)
 
-    def modify_fd(self, fileobj, handler, events) -> None:
+    def modify_fd(self, fileobj: "FileDescriptorLike", handler: Handler, events: int) -> None:
         """Change what a plugin's file object is watched for."""
-        self.selector.modify(fileobj, events, ("plugin", handler))
+        self.fds.modify_fd(fileobj, handler, events)
 
-    def unregister_fd(self, fileobj) -> None:
+    def unregister_fd(self, fileobj: "FileDescriptorLike") -> None:
         """Stop watching a plugin's file object."""
-        try:
-            self.selector.unregister(fileobj)
-        except (KeyError, ValueError):
-            pass
-
-    def supervisor_fds(self):
-        """File descriptors a forked child must close (they belong to the supervisor)."""
-        fds = [key.fd for key in list(self.selector.get_map().values())]
-        if self._sig_w is not None:
-            fds.append(self._sig_w.fileno())
-        return fds
+        self.fds.unregister_fd(fileobj)
 
     # ---- signals ---------------------------------------------------------------
 
-    def _install_signals(self) -> None:
-        self._sig_r, self._sig_w = socket.socketpair()
-        self._sig_r.setblocking(False)
-        self._sig_w.setblocking(False)
-        signal.set_wakeup_fd(self._sig_w.fileno(), warn_on_full_buffer=False)
-        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGTTIN,
-                    signal.SIGTTOU, signal.SIGCHLD):
-            signal.signal(sig, self._record_signal)
-        self.selector.register(self._sig_r, selectors.EVENT_READ, ("signal", None))
-
-    def _record_signal(self, signum, frame) -> None:
-        self.signals.append(signum)
-
     def _handle_signals(self) -> None:
-        while self.signals:
-            sig = self.signals.pop(0)
+        while (sig := self.signals.pop()) is not None:
             if sig == signal.SIGCHLD:
                 continue  # reaping runs every loop turn
             if sig in (signal.SIGTERM, signal.SIGINT):
@@ -267,7 +293,7 @@ class Supervisor:
 
     # ---- operator commands -----------------------------------------------------
 
-    def wake(self, due=None) -> None:
+    def wake(self, due: float | None = None) -> None:
         """A producer enqueued something: look for work now, or at `due` (epoch s)."""
         self.dispatch.wake(due)
 
@@ -279,7 +305,7 @@ class Supervisor:
             self.stopping = "fast"
             self.log.warning("daemon.stopping", mode="fast", reason=reason)
             for child in self.lifecycle.all_children():
-                self.lifecycle.kill(child, "stop")
+                self.lifecycle.kill(child, ExitCause.STOP)
             self.stop_deadline = time.monotonic() + 2.0
         else:
             if self.stopping:
@@ -290,10 +316,11 @@ class Supervisor:
                           graceful_timeout_s=self.config.graceful_timeout)
             for child in self.lifecycle.all_children():
                 self.lifecycle.retire(child, self.stop_deadline)
-        self._call_plugins("on_stopping")
+        for plugin in self.plugins:
+            plugin.on_stopping(self)
         self.show_title()
 
-    def reload(self) -> str:
+    def reload(self) -> str | None:
         """Replace every child with a fresh one running freshly imported code.
 
         Returns None when the reload went ahead, else why not (the app failed to
@@ -302,7 +329,8 @@ class Supervisor:
         if self.stopping:
             return f"the daemon is stopping ({self.stopping})"
         self.log.info("daemon.reloading")
-        self._call_plugins("on_reloading")
+        for plugin in self.plugins:
+            plugin.on_reloading(self)
         if self.reload_app is not None:
             try:
                 self.reload_app()
@@ -316,12 +344,14 @@ class Supervisor:
         for pool in self.pools:
             pool.failures = 0
             pool.next_spawn = 0.0
-        self.dispatch.refresh_limits()
+        if self.backend is not None:    # (else the start reads them)
+            self.dispatch.refresh_limits()
         self.lifecycle.spawn_missing()
         self.ready_sent = False  # READY=1 again once the new children are up
         self.log.info("daemon.reloaded")
+        return None
 
-    def scale(self, pool_name, size):
+    def scale(self, pool_name: str, size: int) -> None:
         """Set a pool's target size; shrinking retires idle children first."""
         pool = self.pool(pool_name)
         if not 0 <= size <= MAX_CHILDREN:
@@ -336,22 +366,17 @@ class Supervisor:
             for child in victims:
                 self.lifecycle.retire(child, deadline)
         pool.next_spawn = 0.0
-        self.lifecycle.spawn_missing()
+        if not self.stopping:
+            self.lifecycle.spawn_missing()
         self.log.info("pool.scaled", pool=pool.name, size=size, previous=old)
         self.show_title()
 
-    def pool(self, name):
+    def pool(self, name: str) -> Pool:
         """The pool called `name`; KeyError naming the pools that exist."""
         for pool in self.pools:
             if pool.name == name:
                 return pool
         raise KeyError(f"no pool named {name!r} (pools: {', '.join(p.name for p in self.pools)})")
-
-    def _call_plugins(self, hook_name) -> None:
-        for plugin in self.plugins:
-            hook = getattr(plugin, hook_name, None)
-            if hook:
-                hook(self)
 
     # ---- readiness, title, status ------------------------------------------------
 
@@ -368,12 +393,7 @@ class Supervisor:
     def title(self) -> str:
         """The supervisor's process title: per pool, the children busy with a task
         out of the pool's size (`default busy 1/4`)."""
-        pools = ", ".join(f"{p.name} busy {sum(1 for c in p.children.values() if c.inflight)}"
-                          f"/{p.size}" for p in self.pools)
-        state = f" {self.stopping} stop" if self.stopping else ""
-        if self.dispatch.outage.down:
-            state += " (database unavailable)"
-        return f"liteqd: supervisor [{pools}] db={self.identity}{state}"
+        return snapshot.title(self.pools, self.identity, self.stopping, self.outage.down)
 
     def show_title(self) -> None:
         """Set the process title when what it shows has changed (once per loop turn)."""
@@ -382,37 +402,17 @@ class Supervisor:
             setproctitle(title)
             self._title = title
 
-    def status(self) -> dict:
+    def status(self) -> dict[str, Any]:
         """A snapshot of the daemon for `liteqctl status`."""
         now = time.monotonic()
-        pools = []
-        for pool in self.pools:
-            children = []
-            for c in sorted(pool.children.values(), key=lambda c: c.slot):
-                run = c.running
-                children.append({
-                    "pid": c.pid, "slot": c.slot, "state": c.state,
-                    "task_id": run.id if run else None,
-                    "task_name": run.name if run else None,
-                    "running_s": round(now - run.started_mono, 3)
-                    if run and run.started_mono else None,
-                    "queued": max(len(c.inflight) - len(c.started_runs()), 0),
-                    "tasks_running": len(c.started_runs()),
-                    "rss_bytes": proc.rss_bytes(c.pid),
-                    "tasks_done": c.tasks_done,
-                })
-            pools.append({"name": pool.name, "queues": pool.queues, "size": pool.size,
-                          "async_concurrency": pool.async_slots,
-                          "children": children, "failing": pool.failing,
-                          "consecutive_failures": pool.failures})
         return {
             "pid": self.pid, "worker_id": self.worker_id, "hostname": self.hostname,
             "uptime_s": round(now - self.started_mono, 3), "db": self.identity,
             "app": self.config.app, "state": self.stopping or "running",
-            "paused": sorted(self.paused), "pools": pools,
+            "paused": sorted(self.paused), "pools": snapshot.pools(self.pools, now),
             "tasks_done": self.tasks_done, "tasks_failed": self.tasks_failed,
-            "tasks_refused": self.dispatch.tasks_refused,
-            "database": "unavailable" if self.dispatch.outage.down else "ok",
+            "tasks_refused": self.dispatch.outcomes.tasks_refused,
+            "database": "unavailable" if self.outage.down else "ok",
         }
 
     # ---- shutdown --------------------------------------------------------------
@@ -421,14 +421,20 @@ class Supervisor:
         # Whatever is still held goes back to pending before we let go of the rows.
         self.stopping = self.stopping or "fast"  # (also after an error): claim nothing more
         self.lifecycle.kill_all_for_exit()
-        unrecorded = self._record_last_outcomes()
+        self.dispatch.release_held(self.lifecycle.take_abandoned())
+        deadline = max(self.stop_deadline or 0.0, time.monotonic() + LAST_OUTCOMES_MIN_S)
+        unrecorded = kept_outcomes.record_last(self.dispatch, self.config, self.worker_id,
+                                               deadline, self.log)
+        if unrecorded:
+            self.exit_code = self.exit_code or EXIT_OUTCOMES_UNRECORDED
         for plugin in self.plugins:
             try:
                 plugin.close()
             except Exception as exc:  # closing must not hide the exit
                 self.log.error("plugin.close_failed", error=str(exc))
+        backend = self.dispatch.backend
         try:
-            self.backend.remove_worker(self.worker_id)
+            backend.remove_worker(self.worker_id)
         except DatabaseError as exc:
             self.log.error("db.error", op="remove_worker", error=str(exc))
         self.lifecycle.reap_remaining()
@@ -437,37 +443,4 @@ class Supervisor:
         (self.log.error if unrecorded else self.log.info)(
             "daemon.stopped", tasks_done=self.tasks_done, tasks_failed=self.tasks_failed,
             outcomes_unrecorded=unrecorded, exit_code=self.exit_code)
-        self.backend.close()
-
-    def _record_last_outcomes(self) -> int:
-        """Record the outcomes still held, trying until the stop deadline; keep what
-        the database still refuses for the next start (kept_outcomes.py), or name it
-        in the log. Returns how many were left unrecorded (then the exit is non-zero)."""
-        dispatch = self.dispatch
-        deadline = max(self.stop_deadline or 0.0, time.monotonic() + LAST_OUTCOMES_MIN_S)
-        while True:
-            dispatch.outage.retry_at = 0.0
-            dispatch.sync()
-            if not dispatch.has_outcomes() or time.monotonic() >= deadline:
-                break
-            time.sleep(0.5)
-        if not dispatch.has_outcomes():
-            return 0
-        held = {kind: list(rows) for kind, rows in dispatch.outcomes.items()}
-        ids = sorted(row if kind == "release" else row[0]
-                     for kind, rows in held.items() for row in rows)
-        path = kept_outcomes.keep(kept_outcomes.kept_paths(self.config), self.worker_id, held)
-        if path is not None:
-            self.log.error("outcomes.kept", count=len(ids), task_ids=ids, path=path,
-                           reason="the database refused them until the stop deadline; "
-                                  "the next start records them")
-        else:
-            kept_outcomes.mark_lost(kept_outcomes.kept_paths(self.config), self.worker_id)
-            for kind, rows in held.items():
-                for row in rows:
-                    self.log.error("task.outcome_lost", outcome=kind,
-                                   task_id=row if kind == "release" else row[0],
-                                   reason=f"{kept_outcomes.LOST_REASON}: neither the "
-                                          f"database nor a file took it")
-        self.exit_code = self.exit_code or EXIT_OUTCOMES_UNRECORDED
-        return len(ids)
+        backend.close()

@@ -19,13 +19,14 @@ cancelled is not looked up again for HINT_RECHECK_S.
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from typing import Protocol
 
 from liteq.backends.base import Backend, WakeChannel
 from liteq.errors import DatabaseError
 
 from .loop_host import FdHost
+from .plugins import Plugin
 
 REOPEN_S = 1.0   # between attempts to open a broken channel again
 BACKLOG = 4          # messages read by one drain that make it a flood...
@@ -51,10 +52,6 @@ class _Lifecycle(Protocol):
         """Every child of every pool."""
         ...
 
-    def cancel(self, task_ids: list[int]) -> None:
-        """Stop these tasks where a child holds them."""
-        ...
-
 
 class _Outage(Protocol):
     @property
@@ -67,6 +64,10 @@ class _Dispatch(Protocol):
 
     def claim_soon(self) -> None:
         """Claim on the next turn of the loop."""
+        ...
+
+    def cancel(self, task_ids: Sequence[int]) -> None:
+        """Stop these tasks where a child holds them."""
         ...
 
 
@@ -90,7 +91,7 @@ class WakeHost(FdHost, Protocol):
         ...
 
 
-class WakeListener:
+class WakeListener(Plugin):
     """Wakes the supervisor's claim loop when a producer says a task is due."""
 
     def __init__(self, control_socket_path: str) -> None:
@@ -168,7 +169,7 @@ class WakeListener:
         confirmed = [row["id"] for row in rows if row["status"] == "cancelled"]
         self.refuted.update((row["id"], now) for row in rows if row["status"] != "cancelled")
         if confirmed:
-            sup.lifecycle.cancel(confirmed)
+            sup.dispatch.cancel(confirmed)
 
     def next_deadline(self) -> float | None:
         """When a resting channel is watched again (keeps the loop's sleep bounded)."""
