@@ -24,10 +24,10 @@ import random
 
 import psycopg
 
-from ..base import Backend
 from ..stats import NameCache
 from .async_session import AsyncSession
 from .connection import Batch, Connector, Session
+from .opbase import OpBase
 from .reads import ReadOps
 from .schedules import ScheduleOps
 from .schema import STAT_SHARDS, ensure_schema
@@ -46,7 +46,7 @@ if TYPE_CHECKING:
 DAEMON_LOCK_TIMEOUT = "2s"
 
 
-class PostgresBackend(TaskOps, WorkerOps, ReadOps, ScheduleOps, Backend):
+class PostgresBackend(TaskOps, WorkerOps, ReadOps, ScheduleOps, OpBase):
     """All queue operations on one PostgreSQL database (and schema)."""
 
     kind = "postgresql"

@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from .connection import operation
+from .opbase import OpBase
 from .tasks import insert_rows
 from .wake import NOTIFY_PAYLOAD
 
@@ -39,7 +40,7 @@ UPSERT = (
     "RETURNING id")
 
 
-class ScheduleOps:
+class ScheduleOps(OpBase):
     """Mixin of PostgresBackend: the schedules table."""
 
     @operation

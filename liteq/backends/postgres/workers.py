@@ -14,6 +14,7 @@ from typing import Any
 from ..stats import reclaimed_tally
 from . import deps, stats
 from .connection import operation
+from .opbase import OpBase
 
 WORKER_COLUMNS = ("worker_id, hostname, queues, concurrency, "
                   "date_part('epoch', last_heartbeat) AS last_heartbeat, pid, "
@@ -52,7 +53,7 @@ RECLAIM = (
     "RETURNING t.id, t.status, t.queue, t.name, t.attempts")
 
 
-class WorkerOps:
+class WorkerOps(OpBase):
     """Mixin of PostgresBackend: heartbeats, worker rows and reclaim."""
 
     @operation

@@ -13,9 +13,9 @@ from typing import TYPE_CHECKING, Any
 import os
 
 from ... import wakeup
-from ..base import Backend
 from ..stats import NameCache
-from .connection import GuardedBatch, Transaction, guarded, open_connection, open_with_schema
+from .connection import GuardedBatch, guarded, open_connection, open_with_schema
+from .opbase import OpBase
 from .reads import ReadOps
 from .schedules import ScheduleOps
 from .schema import ensure_schema
@@ -29,7 +29,7 @@ if TYPE_CHECKING:
 DAEMON_BUSY_TIMEOUT = 0.25
 
 
-class SQLiteBackend(TaskOps, ReadOps, ScheduleOps, Backend):
+class SQLiteBackend(TaskOps, ReadOps, ScheduleOps, OpBase):
     """All queue operations on one SQLite database file."""
 
     kind = "sqlite"
@@ -53,9 +53,6 @@ class SQLiteBackend(TaskOps, ReadOps, ScheduleOps, Backend):
         if self._conn is not None:
             self._conn.close()
             self._conn = None
-
-    def _write(self):
-        return Transaction(self._conn)
 
     def batch(self) -> AbstractContextManager[Any]:
         """Run several operations in one transaction: `with backend.batch(): ...`.

@@ -6,13 +6,14 @@ from typing import TYPE_CHECKING, Any
 
 from ...timeutil import now
 from .connection import guarded, row_dict
+from .opbase import OpBase
 from .tasks import INSERT_TASK, insert_values
 
 if TYPE_CHECKING:
     from ...taskspec import NewTask
 
 
-class ScheduleOps:
+class ScheduleOps(OpBase):
     """Mixin of SQLiteBackend: the schedules table."""
 
 
