@@ -87,7 +87,7 @@ class Backend(abc.ABC):
 
     #: When a daemon claims again after each wake-up (seconds after it), to pick up
     #: the enqueues whose producers skipped their wake-up because one had just gone
-    #: out (liteq.wakeup.THROTTLE_S for the socket wake-ups).
+    #: out (sqlite/wake.py's THROTTLE_S for the socket wake-ups).
     wake_follow_ups_s: tuple[float, ...] = (0.002,)
 
     #: True when one instance serves every thread of a process (get_backend() then

@@ -1,7 +1,7 @@
 """The SQLite backend: one database file, WAL mode, one writer at a time.
 
 Wake-ups travel as datagrams to a socket beside the daemon's control socket
-(liteq.wakeup). The schema, its migrations (from liteq 0.2's files too),
+(wake.py). The schema, its migrations (from liteq 0.2's files too),
 the connection set-up and the SQL of each group of operations live in the
 modules of this package.
 """
@@ -12,7 +12,6 @@ from contextlib import AbstractContextManager
 from typing import TYPE_CHECKING, Any
 import os
 
-from ... import wakeup
 from ..stats import NameCache
 from .connection import GuardedBatch, guarded, open_connection, open_with_schema
 from .opbase import OpBase
@@ -20,6 +19,7 @@ from .reads import ReadOps
 from .schedules import ScheduleOps
 from .schema import ensure_schema
 from .tasks import TaskOps
+from . import wake
 
 if TYPE_CHECKING:
     from ..base import WakeChannel
@@ -63,16 +63,16 @@ class SQLiteBackend(TaskOps, ReadOps, ScheduleOps, OpBase):
 
     def notify(self, due: float | None = None) -> None:
         """Send the daemon a wake-up datagram (skipped when none listens)."""
-        wakeup.wake(self.identity, due)
+        wake.wake(self.identity, due)
 
     def notify_cancel(self, task_id) -> None:
         """Tell the daemon to stop a running task that was cancelled (a datagram)."""
-        wakeup.send_cancel(self.identity, task_id)
+        wake.send_cancel(self.identity, task_id)
 
     def open_wake_channel(self, control_socket: str) -> WakeChannel:
         """Bind the wake-up datagram socket beside the control socket, writable by
         whoever may write the database file."""
-        return wakeup.DatagramChannel(control_socket, like=self.path)
+        return wake.DatagramChannel(control_socket, like=self.path)
 
 
 __all__ = ["SQLiteBackend", "open_connection", "open_with_schema", "ensure_schema"]

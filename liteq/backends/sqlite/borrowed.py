@@ -13,10 +13,10 @@ import os
 import sqlite3
 from types import TracebackType
 
-from ... import wakeup
 from ...errors import ConfigError, DatabaseError
 from ..base import Backend
 from . import SQLiteBackend
+from . import wake
 from .connection import explain
 
 
@@ -114,7 +114,7 @@ class BorrowedSQLiteBackend(SQLiteBackend):
         except DatabaseError:
             return   # a wake-up is a hint: the daemon's poll finds the committed tasks
         if committed:
-            wakeup.wake(self.identity, self._due)
+            wake.wake(self.identity, self._due)
 
     def close(self) -> None:
         """Nothing: the connection is the app's."""
