@@ -25,7 +25,7 @@ error, payload, timeout, retry_delay, retry_backoff, retry_max_delay, unique_key
 from __future__ import annotations
 
 import abc
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from contextlib import AbstractContextManager
 from typing import TYPE_CHECKING, Any
 
@@ -37,6 +37,15 @@ TASK_STATUSES = ("pending", "running", "done", "failed", "cancelled")
 
 # The error a task cancelled while running gets.
 CANCEL_TEXT = "TaskCancelled: cancelled while it was running"
+
+# liteq.backends.get_backend(), handed over by that package (which imports this module,
+# so this one cannot import it) for backend_in_thread().
+_thread_lookup: list[Callable[[str | None], Backend]] = []
+
+
+def set_thread_lookup(lookup: Callable[[str | None], Backend]) -> None:
+    """Make backend_in_thread() find the calling thread's backend with `lookup`."""
+    _thread_lookup[:] = [lookup]
 
 
 class WakeChannel(abc.ABC):
@@ -145,13 +154,17 @@ class Backend(abc.ABC):
     def backend_in_thread(self) -> Backend:
         """The calling thread's backend of this queue (one not shared between threads
         must not be used from a worker thread)."""
-        from . import get_backend
-        return get_backend(self.target)
+        return _thread_lookup[0](self.target)
 
     @abc.abstractmethod
     def notify(self, due: float | None = None) -> None:
         """Tell the daemons a task is due at `due` (epoch s; None: now). Never raises,
         never blocks; a hint only (daemons also poll)."""
+
+    @abc.abstractmethod
+    def notify_cancel(self, task_id: int) -> None:
+        """Tell the daemons that task `task_id` was cancelled now, so the one running it
+        stops it. Never raises; a hint only."""
 
     # ---- the daemon ----------------------------------------------------------
 

@@ -24,6 +24,7 @@ import random
 
 import psycopg
 
+from ...errors import DatabaseError
 from ..stats import NameCache
 from .async_session import AsyncSession
 from .connection import Batch, Connector, Session
@@ -34,7 +35,7 @@ from .schema import STAT_SHARDS, ensure_schema
 from .tasks import TaskOps
 from .url import identity as identity_of_url
 from .vacuum import Vacuums
-from .wake import ListenChannel, channel_name, nudge_payload
+from .wake import ListenChannel, cancel_payload, channel_name, nudge_payload
 from .workers import WorkerOps
 
 if TYPE_CHECKING:
@@ -121,6 +122,21 @@ class PostgresBackend(TaskOps, WorkerOps, ReadOps, ScheduleOps, OpBase):
             session.failure(exc)  # drops a lost connection
         finally:
             lock.release()
+
+    def notify_cancel(self, task_id: int) -> None:
+        """NOTIFY the daemons that task `task_id` was cancelled (the one running it stops
+        it). Inside a batch() or liteq.using(), sent when that transaction commits.
+        A hint: never raises. (cancel() sends the same NOTIFY in its own statement.)"""
+        session = self._session
+        try:
+            with session.locked():
+                try:
+                    session.run("SELECT pg_notify(%s, %s)",
+                                (self._channel, cancel_payload(task_id)))
+                except psycopg.Error as exc:
+                    session.failure(exc)  # drops a lost connection
+        except DatabaseError:
+            pass   # no connection to be had: the daemon's own checks find the cancel
 
     def open_wake_channel(self, control_socket: str) -> WakeChannel:
         """A LISTEN connection on this queue's channel (see ListenChannel's contract);

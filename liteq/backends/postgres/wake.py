@@ -6,6 +6,7 @@ same channel later:
 
     {"q": "emails", "d": 0.0}     a task of queue "emails" is due in d seconds
     {"d": 12.5}                   something is due in d seconds (an explicit nudge)
+    {"k": "cancel", "id": 7}      task 7 was cancelled: the daemon running it stops it
 
 d counts from the server's now() at the enqueue (or from the sender's clock for
 a nudge): a relative time, which each daemon adds to its own time.time(), so
@@ -64,6 +65,12 @@ def read_payload(payload: str, wall: float):
     if wait <= 0:
         return True, None
     return False, wall + wait
+
+
+def cancel_payload(task_id: int) -> str:
+    """The payload that tells the daemons task `task_id` was cancelled (cancel_of reads
+    it; cancel() builds the same one in SQL, to send it with its own statement)."""
+    return json.dumps({"k": "cancel", "id": int(task_id)})
 
 
 def cancel_of(payload: str):
