@@ -15,6 +15,7 @@ from ..filters import (KEY_IS_FREE, KEY_IS_FREE_FOR_NEWEST, KEY_IS_FREE_FOR_NEWE
 from ..stats import Tally
 from . import counts, deps, stats
 from .connection import operation
+from .opbase import OpBase
 from .vacuum import vacuum_now
 
 
@@ -31,7 +32,7 @@ TASK_SELECT = ", ".join((
 FINISHED_STATUSES = ("done", "failed", "cancelled")
 
 
-class ReadOps:
+class ReadOps(OpBase):
     """Mixin of PostgresBackend: monitor reads and operator actions."""
 
     @operation

@@ -19,6 +19,7 @@ from ..limits import Buckets, merge_rooms, pick, rate_key, rooms, used_up
 from ..stats import Tally
 from . import deps, stats
 from .connection import operation
+from .opbase import OpBase
 from .wake import NOTIFY_PAYLOAD
 
 if TYPE_CHECKING:
@@ -393,7 +394,7 @@ def _by_claim_order(rows):
     return rows
 
 
-class TaskOps:
+class TaskOps(OpBase):
     """Mixin of PostgresBackend: the writes of producers and daemons."""
 
     @operation

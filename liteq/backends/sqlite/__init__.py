@@ -11,9 +11,10 @@ from __future__ import annotations
 from contextlib import AbstractContextManager
 from typing import TYPE_CHECKING, Any
 import os
+import sqlite3
 
 from ..stats import NameCache
-from .connection import GuardedBatch, guarded, open_connection, open_with_schema
+from .connection import GuardedBatch, explain, open_connection, open_with_schema
 from .opbase import OpBase
 from .reads import ReadOps
 from .schedules import ScheduleOps
@@ -34,25 +35,24 @@ class SQLiteBackend(TaskOps, ReadOps, ScheduleOps, OpBase):
 
     kind = "sqlite"
 
-    def __init__(self, path, daemon: bool = False) -> None:
+    def __init__(self, path: str, daemon: bool = False) -> None:
         self.path = self.target = path
         self.identity = os.path.abspath(path)
         self.busy_timeout = DAEMON_BUSY_TIMEOUT if daemon else None
-        self._backlog = {}   # queues -> the last claim came back full
-        self._stat_names = NameCache()   # task names task_stats holds (stats.py)
-        self._rate_wait = None   # see rate_wait()
-        self._conn = None
-        self._conn = self._open()
-
-    @guarded
-    def _open(self):
-        return open_with_schema(self.path, busy_timeout=self.busy_timeout)
+        self._backlog = {}
+        self._stat_names = NameCache()
+        self._rate_wait = None
+        self._closed = False
+        try:
+            self._conn = open_with_schema(path, busy_timeout=self.busy_timeout)
+        except sqlite3.Error as exc:   # (the errors of opening it are explained already)
+            raise explain(exc, path, self.busy_timeout) from exc
 
     def close(self) -> None:
         """Close the connection; the backend must not be used afterwards."""
-        if self._conn is not None:
+        if not self._closed:
+            self._closed = True
             self._conn.close()
-            self._conn = None
 
     def batch(self) -> AbstractContextManager[Any]:
         """Run several operations in one transaction: `with backend.batch(): ...`.
@@ -65,7 +65,7 @@ class SQLiteBackend(TaskOps, ReadOps, ScheduleOps, OpBase):
         """Send the daemon a wake-up datagram (skipped when none listens)."""
         wake.wake(self.identity, due)
 
-    def notify_cancel(self, task_id) -> None:
+    def notify_cancel(self, task_id: int) -> None:
         """Tell the daemon to stop a running task that was cancelled (a datagram)."""
         wake.send_cancel(self.identity, task_id)
 

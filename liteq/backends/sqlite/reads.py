@@ -13,6 +13,7 @@ from ..base import CANCEL_TEXT, TASK_STATUSES
 from ..stats import Tally
 from . import deps, stats
 from .connection import guarded, row_dict
+from .opbase import OpBase
 
 TASK_COLUMNS = ("id", "name", "queue", "status", "priority", "attempts", "max_retries",
                 "worker_id", "run_at", "created_at", "started_at", "finished_at",
@@ -21,7 +22,7 @@ TASK_COLUMNS = ("id", "name", "queue", "status", "priority", "attempts", "max_re
 _TASK_SELECT = ", ".join(TASK_COLUMNS)
 
 
-class ReadOps:
+class ReadOps(OpBase):
     """Mixin of SQLiteBackend: monitor reads and operator actions."""
 
 
