@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 import random
 
 import psycopg
+from psycopg.rows import DictRow
 
 from ...errors import DatabaseError
 from ..stats import NameCache
@@ -39,6 +40,7 @@ from .wake import ListenChannel, cancel_payload, channel_name, nudge_payload
 from .workers import WorkerOps
 
 if TYPE_CHECKING:
+    from ...taskspec import NewTask
     from ..base import WakeChannel
 
 # The daemon's statements give up on a row or table lock held longer than this
@@ -58,25 +60,25 @@ class PostgresBackend(TaskOps, WorkerOps, ReadOps, ScheduleOps, OpBase):
     #: pick those tasks up, the later ones those that committed late.
     wake_follow_ups_s = (0.002, 0.01, 0.03, 0.1, 0.3)
 
-    def __init__(self, url, daemon: bool = False) -> None:
+    def __init__(self, url: str, daemon: bool = False) -> None:
         self._connector = Connector(url)
         self.target = url
         self.identity = self._connector.identity
         self._vacuums = Vacuums(self._connector)   # only with the server's autovacuum off
-        self._async = None   # the asyncio connection (async_session.py), opened on use
+        # The asyncio connection (async_session.py), opened on use.
+        self._async: AsyncSession | None = None
         self.daemon = daemon
-        self._schema = None
-        self._channel = None
-        self._stat_names = NameCache()   # task names task_stats holds (stats.py)
-        # The task_stats rows this backend adds to (schema.STAT_SHARDS).
+        self._schema = ""    # both known once connected (_on_connect)
+        self._channel = ""
+        self._stat_names = NameCache()
         self._stat_shard = random.randrange(STAT_SHARDS)
-        self._rate_wait = None   # see rate_wait()
+        self._rate_wait = None
         self._session = Session(self._connector, self._on_connect)
         with self._session.locked():
             self._session.conn  # connect now: an unusable URL or server fails here
 
-    def _on_connect(self, conn) -> None:
-        if self._schema is None:
+    def _on_connect(self, conn: psycopg.Connection[DictRow]) -> None:
+        if not self._schema:
             self._schema = ensure_schema(conn)
             self._channel = channel_name(self._schema)
         if self.daemon:
@@ -93,7 +95,7 @@ class PostgresBackend(TaskOps, WorkerOps, ReadOps, ScheduleOps, OpBase):
         return self._channel
 
     @property
-    def server_pid(self):
+    def server_pid(self) -> int | None:
         """The server process of the open connection (None when there is none)."""
         with self._session.locked():
             return self._session.pid_on_server()
@@ -143,7 +145,7 @@ class PostgresBackend(TaskOps, WorkerOps, ReadOps, ScheduleOps, OpBase):
         control_socket is not needed."""
         return ListenChannel(self._connector, self._channel)
 
-    async def aenqueue(self, task) -> int:
+    async def aenqueue(self, task: NewTask) -> int:
         """enqueue() on psycopg's async connection: one statement, the loop never blocks.
         (A unique task's insert-or-find loop, and a dependent task's transaction, run
         in a worker thread instead.)"""
@@ -151,11 +153,11 @@ class PostgresBackend(TaskOps, WorkerOps, ReadOps, ScheduleOps, OpBase):
             return await super().aenqueue(task)
         return await self._async_session().enqueue(task, self._channel)
 
-    async def aget_task(self, task_id):
+    async def aget_task(self, task_id: int) -> dict[str, Any] | None:
         """get_task() on psycopg's async connection."""
         return await self._async_session().get_task(task_id)
 
-    def _async_session(self):
+    def _async_session(self) -> AsyncSession:
         if self._async is None or not self._async.usable():
             self._async = AsyncSession(self._connector)
         return self._async

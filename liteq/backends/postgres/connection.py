@@ -20,7 +20,8 @@ from types import TracebackType
 from typing import Any, Concatenate, Literal, ParamSpec, Protocol, TypeVar
 
 import psycopg
-from psycopg.abc import Params, QueryNoTemplate as Query
+from psycopg import sql as pgsql
+from psycopg.abc import Params, QueryNoTemplate
 from psycopg.conninfo import conninfo_to_dict
 from psycopg.rows import DictRow, dict_row
 
@@ -52,6 +53,17 @@ _REFUSALS = (
     ("42501", re.compile(r'permission denied for database ".*"')),
     ("55000", re.compile(r'database ".*" is not currently accepting connections')),
 )
+
+
+#: A statement as LiteQ passes it: built from its own constants, never from input
+#: (psycopg's annotation asks for a LiteralString, which f-strings of them are not).
+Query = str | bytes | pgsql.SQL | pgsql.Composed
+
+
+
+def as_query(statement: Query) -> QueryNoTemplate:
+    """`statement` as psycopg's execute() is annotated to take it."""
+    return statement  # pyright: ignore[reportReturnType]
 
 
 P = ParamSpec("P")
@@ -116,6 +128,13 @@ class Connector:
         return DatabaseError(f"PostgreSQL database {self.identity}: {reason}")
 
 
+def one(cursor: psycopg.Cursor[DictRow]) -> DictRow:
+    """The row of a statement that always returns one (an aggregate, say)."""
+    row = cursor.fetchone()
+    assert row is not None
+    return row
+
+
 def refusal_code(message: str) -> str | None:
     """The SQLSTATE of a server's final refusal of a connection (wrong database, role,
     password, privilege) read from libpq's message; None for anything worth waiting for."""
@@ -125,7 +144,8 @@ def refusal_code(message: str) -> str | None:
     return None
 
 
-def is_gone(exc: BaseException, conn: psycopg.Connection[Any] | None) -> bool:
+def is_gone(exc: BaseException,
+            conn: psycopg.Connection[Any] | psycopg.AsyncConnection[Any] | None) -> bool:
     """True when `exc` (raised on `conn`) means the connection is lost."""
     if conn is None or conn.closed or conn.broken:
         return True
@@ -273,7 +293,7 @@ class Session:
     def run(self, sql: Query, params: Params | None = None,
             prepare: bool | None = None) -> psycopg.Cursor[DictRow]:
         """Execute one statement; returns its cursor (rows are dicts)."""
-        return self.conn.execute(sql, params, prepare=prepare)
+        return self.conn.execute(as_query(sql), params, prepare=prepare)
 
     def transaction(self) -> AbstractContextManager[Any]:
         """BEGIN ... COMMIT around several statements; inside a batch(), nothing more

@@ -19,8 +19,8 @@ class OpBase(Backend):
     #: The connection (run each operation under its lock: connection.guarded).
     _session: DbSession
     #: The schema of the queue's tables, and its NOTIFY channel (known once connected).
-    _schema: str | None
-    _channel: str | None
+    _schema: str
+    _channel: str
     _vacuums: Vacuums
     #: The task names task_stats holds (stats.py).
     _stat_names: NameCache

@@ -23,6 +23,7 @@ from .opbase import OpBase
 from .wake import NOTIFY_PAYLOAD
 
 if TYPE_CHECKING:
+    from ...taskspec import NewTask
     from ..limits import Limits
 
 # When a task is due: to_timestamp(run_at) when given (absolute epoch seconds),
@@ -73,7 +74,7 @@ class _Notified:
     interval = NOTIFY_INTERVAL_S
 
 
-def should_notify(task) -> bool:
+def should_notify(task: NewTask) -> bool:
     """True when this enqueue must carry a wake-up (then it counts as sent): the
     task is due later, or this process is not in a burst, or its interval passed."""
     if task.run_at is not None or task.delay:
@@ -85,7 +86,7 @@ def should_notify(task) -> bool:
     return True
 
 
-def enqueued(notify_took=None) -> None:
+def enqueued(notify_took: float | None = None) -> None:
     """Note that a .delay() returned; notify_took: the seconds its NOTIFY statement
     took (it sets the interval), None when it sent none."""
     _Notified.done = time.monotonic()
@@ -94,7 +95,7 @@ def enqueued(notify_took=None) -> None:
                                  NOTIFY_INTERVAL_MAX_S)
 
 
-def quiet_params(task) -> tuple:
+def quiet_params(task: NewTask) -> tuple[Any, ...]:
     """The ENQUEUE_QUIET statement's parameters for a NewTask."""
     return enqueue_params(task, None)[:-1]
 
@@ -279,7 +280,7 @@ def insert_rows(session, tasks) -> list:
     return sorted(r["id"] for r in rows)
 
 
-def enqueue_params(task, channel) -> tuple:
+def enqueue_params(task: NewTask, channel: str | None) -> tuple[Any, ...]:
     """The ENQUEUE statement's parameters for a NewTask."""
     o = task.options
     return (task.name, task.payload, o.queue, *_options(o), task.run_at, task.delay or 0.0,
