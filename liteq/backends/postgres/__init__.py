@@ -59,6 +59,9 @@ class PostgresBackend(TaskOps, WorkerOps, ReadOps, ScheduleOps, OpBase):
     #: (tasks.py: at most NOTIFY_INTERVAL_MAX_S apart); claims after each wake-up
     #: pick those tasks up, the later ones those that committed late.
     wake_follow_ups_s = (0.002, 0.01, 0.03, 0.1, 0.3)
+    #: (database, port, server start time) of the connection, once liteq.using() asked
+    #: (borrowed.py).
+    _server_ident: DictRow | None = None
 
     def __init__(self, url: str, daemon: bool = False) -> None:
         self._connector = Connector(url)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from .connection import guarded
+from .connection import guarded, one
 from .opbase import OpBase
 from .tasks import insert_rows
 from .wake import NOTIFY_PAYLOAD
@@ -52,11 +52,12 @@ class ScheduleOps(OpBase):
         next_run is only reset when the timing (cron or tz) changes; enabled=None
         keeps an existing row's state (a new row starts enabled).
         """
-        return self._session.run(UPSERT, {
+        schedule_id: int = one(self._session.run(UPSERT, {
             "name": name, "task": task_name, "cron": cron_expr, "payload": payload,
             "queue": queue, "priority": priority, "max_retries": max_retries, "tz": tz,
             "catchup": catchup, "enabled": None if enabled is None else bool(enabled),
-            "next_run": next_run}).fetchone()["id"]
+            "next_run": next_run}))["id"]
+        return schedule_id
 
     @guarded
     def list_schedules(self) -> list[dict[str, Any]]:
@@ -96,9 +97,9 @@ class ScheduleOps(OpBase):
     @guarded
     def next_schedule_time(self) -> float | None:
         """The earliest next_run of any enabled schedule, or None."""
-        return self._session.run(
-            "SELECT date_part('epoch', MIN(next_run)) AS t FROM schedules WHERE enabled"
-        ).fetchone()["t"]
+        due: float | None = one(self._session.run(
+            "SELECT date_part('epoch', MIN(next_run)) AS t FROM schedules WHERE enabled"))["t"]
+        return due
 
     @guarded
     def park_schedule(self, schedule_id: int, expected_next_run: float) -> bool:
@@ -130,7 +131,8 @@ class ScheduleOps(OpBase):
             payload = NOTIFY_PAYLOAD.format(queue="%s::text",
                                             due="to_timestamp(%s::float8)")
             times = [t.run_at for t in tasks]
-            first = 0.0 if None in times else min(times)   # a row without run_at is due now
+            # A row without run_at is due now.
+            first = 0.0 if None in times else min(t for t in times if t is not None)
             session.run(f"SELECT pg_notify(%s, {payload})",
                         (self._channel, tasks[0].options.queue, first))
             return ids

@@ -24,6 +24,7 @@ from .wake import NOTIFY_PAYLOAD
 
 if TYPE_CHECKING:
     from ...taskspec import NewTask
+    from .connection import DbSession
     from ..limits import Limits
 
 # When a task is due: to_timestamp(run_at) when given (absolute epoch seconds),
@@ -266,7 +267,7 @@ def floats(values) -> list:
     return [None if v is None else float(v) for v in values]
 
 
-def insert_rows(session, tasks) -> list:
+def insert_rows(session: DbSession, tasks: list[NewTask]) -> list[int]:
     """Insert NewTask rows in one statement; returns their ids in order."""
     cols = [[] for _ in range(11)]
     for task in tasks:

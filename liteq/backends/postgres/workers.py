@@ -106,7 +106,7 @@ class WorkerOps(OpBase):
         return [(r["id"], r["status"]) for r in rows]
 
     @guarded
-    def active_workers(self, window) -> list:
+    def active_workers(self, window: float) -> list[dict[str, Any]]:
         """Workers with a heartbeat in the last `window` seconds (server's clock), each
         with heartbeat_age_s and active_tasks (its running tasks)."""
         return self._session.run(
