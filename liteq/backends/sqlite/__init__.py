@@ -14,7 +14,7 @@ import os
 import sqlite3
 
 from ..stats import NameCache
-from .connection import GuardedBatch, explain, open_connection, open_with_schema
+from .connection import Batch, explain, open_connection, open_with_schema
 from .opbase import OpBase
 from .reads import ReadOps
 from .schedules import ScheduleOps
@@ -59,7 +59,7 @@ class SQLiteBackend(TaskOps, ReadOps, ScheduleOps, OpBase):
 
         On an error everything in the batch is rolled back.
         """
-        return GuardedBatch(self)
+        return Batch(self)
 
     def notify(self, due: float | None = None) -> None:
         """Send the daemon a wake-up datagram (skipped when none listens)."""

@@ -233,7 +233,7 @@ class Transaction:
         return False
 
 
-class GuardedBatch(Transaction):
+class Batch(Transaction):
     """A batch() transaction whose sqlite3 errors become DatabaseErrors."""
 
     __slots__ = ("store",)
