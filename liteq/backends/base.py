@@ -38,8 +38,7 @@ TASK_STATUSES = ("pending", "running", "done", "failed", "cancelled")
 # The error a task cancelled while running gets.
 CANCEL_TEXT = "TaskCancelled: cancelled while it was running"
 
-# liteq.backends.get_backend(), handed over by that package (which imports this module,
-# so this one cannot import it) for backend_in_thread().
+# get_backend(), handed over by liteq.backends (which imports this module, not the reverse).
 _thread_lookup: list[Callable[[str | None], Backend]] = []
 
 
@@ -163,8 +162,7 @@ class Backend(abc.ABC):
 
     @abc.abstractmethod
     def notify_cancel(self, task_id: int) -> None:
-        """Tell the daemons that task `task_id` was cancelled now, so the one running it
-        stops it. Never raises; a hint only."""
+        """Tell the daemons task `task_id` was cancelled now (its runner stops it); a hint."""
 
     # ---- the daemon ----------------------------------------------------------
 

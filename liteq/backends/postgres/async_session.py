@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 import psycopg
 from psycopg.abc import Params
-from psycopg.rows import DictRow, dict_row
+from psycopg.rows import DictRow
 
 from .connection import Connector, Query, as_query, is_gone
 from .reads import TASK_SELECT
@@ -73,13 +73,7 @@ class AsyncSession:
             conn = self.conn
             if conn is None:
                 try:
-                    # (pyright cannot match the overload through **extra: libpq parameters)
-                    new: psycopg.AsyncConnection[DictRow] = \
-                        await psycopg.AsyncConnection.connect(  # pyright: ignore[reportAssignmentType]
-                            self.connector.url, autocommit=True,
-                            row_factory=dict_row,  # pyright: ignore[reportArgumentType]
-                            **self.connector.extra)
-                    conn = self.conn = new
+                    conn = self.conn = await self.connector.aconnect()
                 except psycopg.Error as exc:
                     raise self.connector.error(exc, gone=True) from exc
             try:

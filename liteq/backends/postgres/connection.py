@@ -112,6 +112,15 @@ class Connector:
             raise DatabaseRefused(f"PostgreSQL database {self.identity} refused the "
                                   f"connection ({code}): {self.scrub(_reason(exc))}") from exc
 
+    async def aconnect(self) -> psycopg.AsyncConnection[DictRow]:
+        """connect() for asyncio code; its psycopg errors are the caller's to turn into
+        LiteQ's."""
+        # (pyright cannot match the overload through **extra: libpq parameters only)
+        return await psycopg.AsyncConnection.connect(  # pyright: ignore[reportReturnType]
+            self.url, autocommit=True,
+            row_factory=dict_row,  # pyright: ignore[reportArgumentType]
+            **self.extra)
+
     def error(self, exc: psycopg.Error, gone: bool = False) -> DatabaseError:
         """The LiteQ error for a psycopg error: DatabaseUnavailable when the connection is
         gone, DatabaseLocked for a lock wait that timed out, else DatabaseError.
