@@ -24,8 +24,8 @@ from .wake import NOTIFY_PAYLOAD
 
 if TYPE_CHECKING:
     from ...taskspec import NewTask
-    from .connection import DbSession
     from ..limits import Limits
+    from .connection import DbSession
 
 # When a task is due: to_timestamp(run_at) when given (absolute epoch seconds),
 # else the server's now() plus the delay (0 when none). Parameters: run_at, delay.
