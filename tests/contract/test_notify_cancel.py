@@ -39,3 +39,9 @@ def test_notify_cancel_inside_a_batch_is_heard(db):
         assert _drain_until_cancelled(channel) == [11]
     finally:
         channel.close()
+
+
+def test_notify_cancel_never_raises_without_a_connection(db):
+    backend = backends.open_backend(db)
+    backend.close()
+    backend.notify_cancel(3)   # a hint: nothing to send it on, and no error either

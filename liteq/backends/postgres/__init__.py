@@ -131,17 +131,21 @@ class PostgresBackend(TaskOps, WorkerOps, ReadOps, ScheduleOps, OpBase):
     def notify_cancel(self, task_id: int) -> None:
         """NOTIFY the daemons that task `task_id` was cancelled (the one running it stops
         it). Inside a batch() or liteq.using(), sent when that transaction commits.
-        A hint: never raises. (cancel() sends the same NOTIFY in its own statement.)"""
+        A hint: skipped when the connection is down (the daemons also look for
+        cancellations at each poll); never raises. (cancel() sends the same NOTIFY
+        in its own statement.)"""
         session = self._session
         try:
             with session.locked():
+                if not session.connected:
+                    return
                 try:
                     session.run("SELECT pg_notify(%s, %s)",
                                 (self._channel, cancel_payload(task_id)))
                 except psycopg.Error as exc:
                     session.failure(exc)  # drops a lost connection
         except DatabaseError:
-            pass   # no connection to be had: the daemon's own checks find the cancel
+            pass   # the app's transaction (liteq.using()) is aborted or lost
 
     def open_wake_channel(self, control_socket: str) -> WakeChannel:
         """A LISTEN connection on this queue's channel (see ListenChannel's contract);
