@@ -15,7 +15,7 @@ from types import ModuleType
 
 from .. import settings
 from ..errors import ConfigError
-from .base import TASK_STATUSES, Backend, WakeChannel
+from .base import TASK_STATUSES, Backend, WakeChannel, set_thread_lookup
 
 _POSTGRES_SCHEMES = ("postgresql://", "postgres://")
 _SQLITE_SCHEME = "sqlite://"
@@ -185,6 +185,9 @@ def get_backend(target: str | None = None) -> Backend:
         if backend is None:
             backend = cache[target] = open_backend(target)
     return backend
+
+
+set_thread_lookup(get_backend)
 
 
 def forget_backends() -> None:

@@ -25,7 +25,7 @@ error, payload, timeout, retry_delay, retry_backoff, retry_max_delay, unique_key
 from __future__ import annotations
 
 import abc
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from contextlib import AbstractContextManager
 from typing import TYPE_CHECKING, Any
 
@@ -38,6 +38,14 @@ TASK_STATUSES = ("pending", "running", "done", "failed", "cancelled")
 
 # The error a task cancelled while running gets.
 CANCEL_TEXT = "TaskCancelled: cancelled while it was running"
+
+# get_backend(), handed over by liteq.backends (which imports this module, not the reverse).
+_thread_lookup: list[Callable[[str | None], Backend]] = []
+
+
+def set_thread_lookup(lookup: Callable[[str | None], Backend]) -> None:
+    """Make backend_in_thread() find the calling thread's backend with `lookup`."""
+    _thread_lookup[:] = [lookup]
 
 
 class WakeChannel(abc.ABC):
@@ -88,7 +96,7 @@ class Backend(abc.ABC):
 
     #: When a daemon claims again after each wake-up (seconds after it), to pick up
     #: the enqueues whose producers skipped their wake-up because one had just gone
-    #: out (liteq.wakeup.THROTTLE_S for the socket wake-ups).
+    #: out (sqlite/wake.py's THROTTLE_S for the socket wake-ups).
     wake_follow_ups_s: tuple[float, ...] = (0.002,)
 
     #: True when one instance serves every thread of a process (get_backend() then
@@ -146,13 +154,16 @@ class Backend(abc.ABC):
     def backend_in_thread(self) -> Backend:
         """The calling thread's backend of this queue (one not shared between threads
         must not be used from a worker thread)."""
-        from . import get_backend
-        return get_backend(self.target)
+        return _thread_lookup[0](self.target)
 
     @abc.abstractmethod
     def notify(self, due: float | None = None) -> None:
         """Tell the daemons a task is due at `due` (epoch s; None: now). Never raises,
         never blocks; a hint only (daemons also poll)."""
+
+    @abc.abstractmethod
+    def notify_cancel(self, task_id: int) -> None:
+        """Tell the daemons task `task_id` was cancelled now (its runner stops it); a hint."""
 
     # ---- the daemon ----------------------------------------------------------
 

@@ -20,11 +20,11 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Callable
-from typing import Any, cast
+from typing import Any
 
 from sqlalchemy import event, orm
 
-from .. import backends, wakeup
+from .. import backends
 from ..core import Task
 from ..errors import ConfigError
 from ..transaction import using
@@ -79,7 +79,7 @@ def delay_on_commit(session: orm.Session | orm.scoped_session[Any], task: Task[.
             task_id = task.delay(*args, **kwargs)
         own: Any = backends.get_backend()
         if own.kind == "sqlite":   # no commit hook in sqlite3: wake the daemon then
-            wake: Callable[[str], None] = cast(Any, wakeup).wake   # (not annotated yet)
+            from ..backends.sqlite.wake import wake   # only on SQLite
             _on_commit(current, functools.partial(wake, own.identity))
         return task_id
     _on_commit(current, functools.partial(task.delay, *args, **kwargs))

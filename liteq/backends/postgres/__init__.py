@@ -23,22 +23,25 @@ from typing import TYPE_CHECKING, Any
 import random
 
 import psycopg
+from psycopg.rows import DictRow
 
-from ..base import Backend
+from ...errors import DatabaseError
 from ..stats import NameCache
 from .actions import ActionOps
 from .async_session import AsyncSession
 from .connection import Batch, Connector, Session
+from .opbase import OpBase
 from .reads import ReadOps
 from .schedules import ScheduleOps
 from .schema import STAT_SHARDS, ensure_schema
 from .tasks import TaskOps
 from .url import identity as identity_of_url
 from .vacuum import Vacuums
-from .wake import ListenChannel, channel_name, nudge_payload
+from .wake import ListenChannel, cancel_payload, channel_name, nudge_payload
 from .workers import WorkerOps
 
 if TYPE_CHECKING:
+    from ...taskspec import NewTask
     from ..base import WakeChannel
 
 # The daemon's statements give up on a row or table lock held longer than this
@@ -47,7 +50,7 @@ if TYPE_CHECKING:
 DAEMON_LOCK_TIMEOUT = "2s"
 
 
-class PostgresBackend(TaskOps, WorkerOps, ReadOps, ActionOps, ScheduleOps, Backend):
+class PostgresBackend(TaskOps, WorkerOps, ReadOps, ActionOps, ScheduleOps, OpBase):
     """All queue operations on one PostgreSQL database (and schema)."""
 
     kind = "postgresql"
@@ -57,26 +60,29 @@ class PostgresBackend(TaskOps, WorkerOps, ReadOps, ActionOps, ScheduleOps, Backe
     #: (tasks.py: at most NOTIFY_INTERVAL_MAX_S apart); claims after each wake-up
     #: pick those tasks up, the later ones those that committed late.
     wake_follow_ups_s = (0.002, 0.01, 0.03, 0.1, 0.3)
+    #: (database, port, server start time) of the connection, once liteq.using() asked
+    #: (borrowed.py).
+    _server_ident: DictRow | None = None
 
-    def __init__(self, url, daemon: bool = False) -> None:
+    def __init__(self, url: str, daemon: bool = False) -> None:
         self._connector = Connector(url)
         self.target = url
         self.identity = self._connector.identity
         self._vacuums = Vacuums(self._connector)   # only with the server's autovacuum off
-        self._async = None   # the asyncio connection (async_session.py), opened on use
+        # The asyncio connection (async_session.py), opened on use.
+        self._async: AsyncSession | None = None
         self.daemon = daemon
-        self._schema = None
-        self._channel = None
-        self._stat_names = NameCache()   # task names task_stats holds (stats.py)
-        # The task_stats rows this backend adds to (schema.STAT_SHARDS).
+        self._schema = ""    # both known once connected (_on_connect)
+        self._channel = ""
+        self._stat_names = NameCache()
         self._stat_shard = random.randrange(STAT_SHARDS)
-        self._rate_wait = None   # see rate_wait()
+        self._rate_wait = None
         self._session = Session(self._connector, self._on_connect)
         with self._session.locked():
             self._session.conn  # connect now: an unusable URL or server fails here
 
-    def _on_connect(self, conn) -> None:
-        if self._schema is None:
+    def _on_connect(self, conn: psycopg.Connection[DictRow]) -> None:
+        if not self._schema:
             self._schema = ensure_schema(conn)
             self._channel = channel_name(self._schema)
         if self.daemon:
@@ -93,7 +99,7 @@ class PostgresBackend(TaskOps, WorkerOps, ReadOps, ActionOps, ScheduleOps, Backe
         return self._channel
 
     @property
-    def server_pid(self):
+    def server_pid(self) -> int | None:
         """The server process of the open connection (None when there is none)."""
         with self._session.locked():
             return self._session.pid_on_server()
@@ -123,12 +129,31 @@ class PostgresBackend(TaskOps, WorkerOps, ReadOps, ActionOps, ScheduleOps, Backe
         finally:
             lock.release()
 
+    def notify_cancel(self, task_id: int) -> None:
+        """NOTIFY the daemons that task `task_id` was cancelled (the one running it stops
+        it). Inside a batch() or liteq.using(), sent when that transaction commits.
+        A hint: skipped when the connection is down (the daemons also look for
+        cancellations at each poll); never raises. (cancel() sends the same NOTIFY
+        in its own statement.)"""
+        session = self._session
+        try:
+            with session.locked():
+                if not session.connected:
+                    return
+                try:
+                    session.run("SELECT pg_notify(%s, %s)",
+                                (self._channel, cancel_payload(task_id)))
+                except psycopg.Error as exc:
+                    session.failure(exc)  # drops a lost connection
+        except DatabaseError:
+            pass   # the app's transaction (liteq.using()) is aborted or lost
+
     def open_wake_channel(self, control_socket: str) -> WakeChannel:
         """A LISTEN connection on this queue's channel (see ListenChannel's contract);
         control_socket is not needed."""
         return ListenChannel(self._connector, self._channel)
 
-    async def aenqueue(self, task) -> int:
+    async def aenqueue(self, task: NewTask) -> int:
         """enqueue() on psycopg's async connection: one statement, the loop never blocks.
         (A unique task's insert-or-find loop, and a dependent task's transaction, run
         in a worker thread instead.)"""
@@ -136,11 +161,11 @@ class PostgresBackend(TaskOps, WorkerOps, ReadOps, ActionOps, ScheduleOps, Backe
             return await super().aenqueue(task)
         return await self._async_session().enqueue(task, self._channel)
 
-    async def aget_task(self, task_id):
+    async def aget_task(self, task_id: int) -> dict[str, Any] | None:
         """get_task() on psycopg's async connection."""
         return await self._async_session().get_task(task_id)
 
-    def _async_session(self):
+    def _async_session(self) -> AsyncSession:
         if self._async is None or not self._async.usable():
             self._async = AsyncSession(self._connector)
         return self._async

@@ -10,7 +10,7 @@ from ..actions import OperatorActions, cancel_outcomes
 from ..base import CANCEL_TEXT
 from ..filters import PRUNABLE, Dialect, finished_status
 from . import deps, stats
-from .connection import operation
+from .connection import guarded
 from .vacuum import vacuum_now
 
 DIALECT = Dialect(mark="%s",
@@ -30,7 +30,7 @@ class ActionOps(OperatorActions):
 
     dialect = DIALECT
 
-    @operation
+    @guarded
     def _cancel_where(self, where: str, params: Sequence[object]) -> int:
         # The same statement NOTIFYs the daemons of the running ones (the one running
         # it stops it).
@@ -51,7 +51,7 @@ class ActionOps(OperatorActions):
                 stats.write(session, tally, self._stat_names, self._stat_shard)
         return len(rows)
 
-    @operation
+    @guarded
     def _retry_where(self, where: str, params: Sequence[object]) -> int:
         return self._session.run(
             "UPDATE tasks SET status = 'pending', attempts = 0, run_at = now(), "
@@ -65,13 +65,13 @@ class ActionOps(OperatorActions):
             vacuum_now(self._connector)
         return deleted
 
-    @operation
+    @guarded
     def _delete_rows(self, where: str, params: Sequence[object]) -> tuple[int, bool]:
         """(rows deleted, whether the table needs a VACUUM from LiteQ now)."""
         deleted = self._session.run(_DELETE.format(where=where), params).fetchone()["n"]
         return deleted, self._vacuums.needed(self._session, deleted)
 
-    @operation
+    @guarded
     def prune(self, status: str, older_than: float, limit: int) -> int:
         """Delete at most `limit` tasks of finished `status` that finished over
         `older_than` seconds ago (server's clock), oldest first; returns how many.

@@ -7,28 +7,42 @@ the next call; a forked child opens its own. The schema is ensured by the
 backend's own connection when it opens.
 """
 
+from __future__ import annotations
+
 import asyncio
 import os
 import time
+from typing import TYPE_CHECKING, Any
 
 import psycopg
-from psycopg.rows import dict_row
+from psycopg.abc import Params
+from psycopg.rows import DictRow
 
-from .connection import is_gone
+from .connection import Connector, Query, as_query, is_gone
 from .reads import TASK_SELECT
 from .tasks import (ENQUEUE, ENQUEUE_QUIET, enqueue_params, enqueued, quiet_params,
                     should_notify)
+
+if TYPE_CHECKING:
+    from ...taskspec import NewTask
+
+
+def _id_of(row: DictRow | None) -> int:
+    """The id an INSERT ... RETURNING id gave back (it always gives one)."""
+    assert row is not None
+    task_id: int = row["id"]
+    return task_id
 
 
 class AsyncSession:
     """The async connection of one backend, for one event loop."""
 
-    def __init__(self, connector) -> None:
+    def __init__(self, connector: Connector) -> None:
         self.connector = connector
         self.pid = os.getpid()
         self.loop = asyncio.get_running_loop()
         self.lock = asyncio.Lock()
-        self.conn = None
+        self.conn: psycopg.AsyncConnection[DictRow] | None = None
 
     def usable(self) -> bool:
         """True in the process and event loop it was made for."""
@@ -38,33 +52,32 @@ class AsyncSession:
             return False
         return self.pid == os.getpid() and loop is self.loop
 
-    async def enqueue(self, task, channel) -> int:
+    async def enqueue(self, task: NewTask, channel: str) -> int:
         """Insert one task and its wake-up (one statement); returns its id."""
         if not should_notify(task):   # a wake-up went out just now (see tasks.py)
             row = await self._run(ENQUEUE_QUIET, quiet_params(task))
             enqueued()
-            return row["id"]
+            return _id_of(row)
         began = time.perf_counter()
         row = await self._run(ENQUEUE, enqueue_params(task, channel))
         enqueued(time.perf_counter() - began)
-        return row["id"]
+        return _id_of(row)
 
-    async def get_task(self, task_id):
+    async def get_task(self, task_id: int) -> dict[str, Any] | None:
         """One task row as a dict, or None."""
         return await self._run(f"SELECT {TASK_SELECT} FROM tasks WHERE id = %s",
                                (int(task_id),))
 
-    async def _run(self, sql, params):
+    async def _run(self, sql: Query, params: Params) -> DictRow | None:
         async with self.lock:
-            if self.conn is None:
+            conn = self.conn
+            if conn is None:
                 try:
-                    self.conn = await psycopg.AsyncConnection.connect(
-                        self.connector.url, autocommit=True, row_factory=dict_row,
-                        **self.connector.extra)
+                    conn = self.conn = await self.connector.aconnect()
                 except psycopg.Error as exc:
                     raise self.connector.error(exc, gone=True) from exc
             try:
-                cursor = await self.conn.execute(sql, params, prepare=True)
+                cursor = await conn.execute(as_query(sql), params, prepare=True)
                 return await cursor.fetchone()
             except psycopg.Error as exc:
                 gone = is_gone(exc, self.conn)

@@ -7,14 +7,21 @@ Connections are in autocommit mode: a single statement is its own transaction
 explicit transaction (`Session.transaction()`, or `batch()` for a caller's group).
 """
 
+from __future__ import annotations
+
 import contextlib
 import functools
 import os
 import re
 import threading
+from collections.abc import Callable
+from contextlib import AbstractContextManager
 from types import TracebackType
+from typing import Any, Concatenate, Literal, ParamSpec, Protocol, TypeVar
 
 import psycopg
+from psycopg import sql as pgsql
+from psycopg.abc import Params, QueryNoTemplate
 from psycopg.conninfo import conninfo_to_dict
 from psycopg.rows import DictRow, dict_row
 
@@ -48,7 +55,22 @@ _REFUSALS = (
 )
 
 
-def _reason(exc) -> str:
+#: A statement as LiteQ passes it: built from its own constants, never from input
+#: (psycopg's annotation asks for a LiteralString, which f-strings of them are not).
+Query = str | bytes | pgsql.SQL | pgsql.Composed
+
+
+
+def as_query(statement: Query) -> QueryNoTemplate:
+    """`statement` as psycopg's execute() is annotated to take it."""
+    return statement  # pyright: ignore[reportReturnType]
+
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+
+def _reason(exc: BaseException) -> str:
     """A psycopg error's message on one line."""
     text = " ".join(line.strip() for line in str(exc).splitlines() if line.strip())
     return (text or type(exc).__name__)[:600]
@@ -60,7 +82,7 @@ class Connector:
     Shared by a backend's session and its LISTEN channel.
     """
 
-    def __init__(self, url) -> None:
+    def __init__(self, url: str) -> None:
         self.url = url
         self.identity = urls.identity(url)
         self.secrets = urls.secrets_of(url)
@@ -71,15 +93,17 @@ class Connector:
                               f"{self.scrub(_reason(exc))}") from None
         self.extra = urls.connect_options(params)
 
-    def scrub(self, text):
+    def scrub(self, text: str) -> str:
         """`text` without the password."""
         return urls.scrub(text, self.secrets)
 
-    def connect(self) -> "psycopg.Connection[DictRow]":
+    def connect(self) -> psycopg.Connection[DictRow]:
         """A new autocommit connection whose rows are dicts; DatabaseUnavailable when the
         server cannot be reached (within connect_timeout)."""
         try:
-            return psycopg.connect(self.url, autocommit=True, row_factory=dict_row,
+            # (pyright cannot match the overload through **extra: libpq parameters only)
+            return psycopg.connect(self.url, autocommit=True,  # pyright: ignore[reportReturnType]
+                                   row_factory=dict_row,  # pyright: ignore[reportArgumentType]
                                    **self.extra)
         except psycopg.Error as exc:
             code = refusal_code(str(exc))
@@ -87,6 +111,15 @@ class Connector:
                 raise self.error(exc, gone=True) from exc
             raise DatabaseRefused(f"PostgreSQL database {self.identity} refused the "
                                   f"connection ({code}): {self.scrub(_reason(exc))}") from exc
+
+    async def aconnect(self) -> psycopg.AsyncConnection[DictRow]:
+        """connect() for asyncio code; its psycopg errors are the caller's to turn into
+        LiteQ's."""
+        # (pyright cannot match the overload through **extra: libpq parameters only)
+        return await psycopg.AsyncConnection.connect(  # pyright: ignore[reportReturnType]
+            self.url, autocommit=True,
+            row_factory=dict_row,  # pyright: ignore[reportArgumentType]
+            **self.extra)
 
     def error(self, exc: psycopg.Error, gone: bool = False) -> DatabaseError:
         """The LiteQ error for a psycopg error: DatabaseUnavailable when the connection is
@@ -104,7 +137,14 @@ class Connector:
         return DatabaseError(f"PostgreSQL database {self.identity}: {reason}")
 
 
-def refusal_code(message):
+def one(cursor: psycopg.Cursor[DictRow]) -> DictRow:
+    """The row of a statement that always returns one (an aggregate, say)."""
+    row = cursor.fetchone()
+    assert row is not None
+    return row
+
+
+def refusal_code(message: str) -> str | None:
     """The SQLSTATE of a server's final refusal of a connection (wrong database, role,
     password, privilege) read from libpq's message; None for anything worth waiting for."""
     for code, pattern in _REFUSALS:
@@ -113,15 +153,16 @@ def refusal_code(message):
     return None
 
 
-def is_gone(exc, conn) -> bool:
+def is_gone(exc: BaseException,
+            conn: psycopg.Connection[Any] | psycopg.AsyncConnection[Any] | None) -> bool:
     """True when `exc` (raised on `conn`) means the connection is lost."""
     if conn is None or conn.closed or conn.broken:
         return True
-    code = getattr(exc, "sqlstate", None) or ""
+    code: str = getattr(exc, "sqlstate", None) or ""
     return code.startswith("08") or code in _GONE_CODES
 
 
-def close_if_own(conn, owner_pid) -> None:
+def close_if_own(conn: psycopg.Connection[Any] | None, owner_pid: int) -> None:
     """Close `conn` when this process opened it (pid `owner_pid`); a forked child only
     forgets its parent's, whose session would end if it sent the close."""
     if conn is not None and owner_pid == os.getpid():
@@ -129,6 +170,72 @@ def close_if_own(conn, owner_pid) -> None:
             conn.close()
         except Exception:  # a broken socket may fail to close: it is gone anyway
             pass
+
+
+class Hold(Protocol):
+    """What Session.locked() returns: a lock, or what stands for one (borrowed.py)."""
+
+    def acquire(self, blocking: bool = ...) -> bool:
+        """Take it (without blocking: False when it is taken)."""
+        ...
+
+    def release(self) -> None:
+        """Give it back."""
+        ...
+
+    def __enter__(self) -> bool:
+        ...
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None, /) -> bool | None:
+        ...
+
+
+class DbSession(Protocol):
+    """What the backend's operations use of their connection: a Session, or one on the
+    app's own connection (borrowed.py)."""
+
+    depth: int
+    closed: bool
+
+    def locked(self) -> Hold:
+        """The lock to hold around an operation."""
+        ...
+
+    @property
+    def conn(self) -> psycopg.Connection[Any]:
+        """The connection."""
+        ...
+
+    @property
+    def connected(self) -> bool:
+        """True while a connection is open."""
+        ...
+
+    def pid_on_server(self) -> int | None:
+        """The server process serving the connection, or None."""
+        ...
+
+    def run(self, sql: Query, params: Params | None = None,
+            prepare: bool | None = None) -> psycopg.Cursor[DictRow]:
+        """Execute one statement; returns its cursor (rows are dicts)."""
+        ...
+
+    def transaction(self) -> AbstractContextManager[Any]:
+        """Several statements in one transaction."""
+        ...
+
+    def failure(self, exc: psycopg.Error) -> DatabaseError:
+        """The LiteQ error for `exc`."""
+        ...
+
+    def drop(self) -> None:
+        """Forget the connection."""
+        ...
+
+    def close(self) -> None:
+        """Close for good."""
+        ...
 
 
 class Session:
@@ -139,7 +246,8 @@ class Session:
     a fork the child never touches the parent's connection: it starts afresh.
     """
 
-    def __init__(self, connector, on_connect) -> None:
+    def __init__(self, connector: Connector,
+                 on_connect: Callable[[psycopg.Connection[DictRow]], None]) -> None:
         self.connector = connector
         self.on_connect = on_connect
         self._fresh()
@@ -147,11 +255,11 @@ class Session:
     def _fresh(self) -> None:
         self.lock = threading.RLock()
         self.pid = os.getpid()
-        self._conn = None
+        self._conn: psycopg.Connection[DictRow] | None = None
         self.depth = 0            # nesting of batch() transactions
         self.closed = False
 
-    def locked(self):
+    def locked(self) -> threading.RLock:
         """The lock to hold around an operation (a new one in a forked child, whose
         inherited connection is left alone: closing it would end the parent's session)."""
         if self.pid != os.getpid():
@@ -159,7 +267,7 @@ class Session:
         return self.lock
 
     @property
-    def conn(self):
+    def conn(self) -> psycopg.Connection[DictRow]:
         """The open connection, connecting first when there is none."""
         if self._conn is None:
             if self.closed:
@@ -187,22 +295,23 @@ class Session:
         """True while a connection is open (it may still turn out to be lost)."""
         return self._conn is not None
 
-    def pid_on_server(self):
+    def pid_on_server(self) -> int | None:
         """The server process serving the open connection, or None."""
         return None if self._conn is None else self._conn.info.backend_pid
 
-    def run(self, sql, params=None, prepare=None):
+    def run(self, sql: Query, params: Params | None = None,
+            prepare: bool | None = None) -> psycopg.Cursor[DictRow]:
         """Execute one statement; returns its cursor (rows are dicts)."""
-        return self.conn.execute(sql, params, prepare=prepare)
+        return self.conn.execute(as_query(sql), params, prepare=prepare)
 
-    def transaction(self):
+    def transaction(self) -> AbstractContextManager[Any]:
         """BEGIN ... COMMIT around several statements; inside a batch(), nothing more
         (the batch is the transaction)."""
         if self.depth:
             return contextlib.nullcontext()
         return self.conn.transaction()
 
-    def failure(self, exc) -> DatabaseError:
+    def failure(self, exc: psycopg.Error) -> DatabaseError:
         """The LiteQ error for `exc`; a lost connection is dropped so the next call
         opens a new one."""
         gone = is_gone(exc, self._conn)
@@ -226,29 +335,32 @@ class Batch:
     """batch(): several operations of one thread in one transaction, rolled back on any
     error. Other threads wait until it ends. Nested batches join the outer one."""
 
-    __slots__ = ("session", "tx")
+    __slots__ = ("session", "tx", "lock")
 
-    def __init__(self, session) -> None:
+    def __init__(self, session: DbSession) -> None:
         self.session = session
-        self.tx = None
+        self.tx: AbstractContextManager[Any] | None = None
+        self.lock: Hold | None = None
 
-    def __enter__(self):
+    def __enter__(self) -> Batch:
         s = self.session
-        s.locked().acquire()
+        lock = self.lock = s.locked()
+        lock.acquire()
         try:
             if s.depth == 0:
                 self.tx = s.conn.transaction()
                 self.tx.__enter__()
             s.depth += 1
         except psycopg.Error as exc:
-            s.lock.release()
+            lock.release()
             raise s.failure(exc) from exc
         except BaseException:
-            s.lock.release()
+            lock.release()
             raise
         return self
 
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> bool:
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> Literal[False]:
         s = self.session
         try:
             s.depth -= 1
@@ -260,19 +372,34 @@ class Batch:
                     if exc_type is None:   # else the caller's error says more
                         raise failure from err
         finally:
-            s.lock.release()
+            if self.lock is not None:
+                self.lock.release()
         return False
 
 
-def operation(method):
+class Store(Protocol):
+    """What guarded() needs of a backend."""
+
+    @property
+    def _session(self) -> DbSession:
+        ...
+
+
+S = TypeVar("S", bound=Store)
+
+
+def guarded(method: Callable[Concatenate[S, P], R]) -> Callable[Concatenate[S, P], R]:
     """Run a backend method under the session's lock; psycopg errors become LiteQ
     DatabaseErrors (DatabaseUnavailable when the connection was lost)."""
-    @functools.wraps(method)
-    def wrapper(self, *args, **kwargs):
-        session = self._session
+    def wrapper(self: S, /, *args: P.args, **kwargs: P.kwargs) -> R:
+        session = self._session  # pyright: ignore[reportPrivateUsage]
         with session.locked():
             try:
                 return method(self, *args, **kwargs)
             except psycopg.Error as exc:
                 raise session.failure(exc) from exc
+    functools.update_wrapper(wrapper, method)
     return wrapper
+
+
+operation = guarded   # alias until the lead renames the remaining uses

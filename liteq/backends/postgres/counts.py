@@ -24,6 +24,14 @@ groups above it:
    estimate is never below the rows actually seen.
 """
 
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+#: (queue, status)
+Group = tuple[str, str]
+
 # A group of more tasks than this is estimated. Counting this many through an
 # index takes a few milliseconds; the overview counts several groups each time.
 EXACT_LIMIT = 50_000
@@ -84,10 +92,10 @@ PLANNED_ROWS = "EXPLAIN (FORMAT JSON) SELECT 1 FROM tasks"
 PLANNED_PAIR = "EXPLAIN (FORMAT JSON) SELECT 1 FROM tasks WHERE queue = %s AND status = %s"
 
 
-def over_limit(rows, limit) -> set:
+def over_limit(rows: Sequence[Mapping[str, Any]], limit: int) -> set[Group]:
     """The (queue, status) groups whose counts are lower bounds, from step 1's rows
     (a group of pending tasks is one when its claimable or its waiting part is)."""
-    totals = {}
+    totals: dict[str, int] = {}
     for r in rows:
         if r["status"] != "pending":
             totals[r["status"]] = totals.get(r["status"], 0) + r["count"]
@@ -95,7 +103,8 @@ def over_limit(rows, limit) -> set:
             if (r["count"] if r["status"] == "pending" else totals[r["status"]]) > limit}
 
 
-def spread(seen, over, table_rows, weights) -> dict:
+def spread(seen: Mapping[Group, int], over: set[Group], table_rows: int,
+           weights: Mapping[Group, int]) -> dict[Group, int]:
     """Step 2: {group: estimate} for the groups in `over`.
 
     seen: {group: rows counted}; table_rows: the table's live rows; weights:
@@ -111,16 +120,18 @@ def spread(seen, over, table_rows, weights) -> dict:
             for g in over}
 
 
-def estimate_rows(rows, limit, table_rows, planned) -> list:
+def estimate_rows(rows: Sequence[Mapping[str, Any]], limit: int, table_rows: Callable[[], int],
+                  planned: Callable[[str, str], int]) -> list[dict[str, Any]]:
     """[{queue, status, count, estimated}] from step 1's rows: exact under the limit,
     spread() over it. table_rows() and planned(queue, status) are called only when
     some group is over the limit."""
     over = over_limit(rows, limit)
-    seen = {}
+    seen: dict[Group, int] = {}
     for r in rows:
-        group = (r["queue"], _COUNTED_AS.get(r["status"], r["status"]))
+        status: str = r["status"]
+        group = (r["queue"], _COUNTED_AS.get(status, status))
         seen[group] = seen.get(group, 0) + r["count"]
-    estimates = {}
+    estimates: dict[Group, int] = {}
     if over:
         weights = {g: planned(*g) for g in over} if len(over) > 1 else {}
         estimates = spread(seen, over, table_rows(), weights)

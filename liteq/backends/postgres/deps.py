@@ -8,12 +8,19 @@ follow-up on the children is a statement of its own after the UPDATE: a new
 snapshot, which sees the edges of an enqueue it waited for.
 """
 
+from __future__ import annotations
+
 import time
+from typing import TYPE_CHECKING
 
 import psycopg
 
 from ...taskspec import ENDED_WORDS, missing_parents_error, parent_ended_text
 from .wake import NOTIFY_PAYLOAD
+
+if TYPE_CHECKING:
+    from ..stats import Tally
+    from .connection import DbSession
 
 _PARENTS = ("SELECT id, status FROM tasks WHERE id = ANY(%s::bigint[]) "
             "ORDER BY id FOR SHARE")
@@ -112,7 +119,8 @@ def release_children(session, done_ids, channel) -> None:
     session.run(_RELEASE_CHILDREN, ([int(i) for i in done_ids], channel), prepare=True)
 
 
-def cancel_dependents(session, parent_ids, status, tally=None) -> list:
+def cancel_dependents(session: DbSession, parent_ids: list[int], status: str,
+                      tally: Tally | None = None) -> list[int]:
     """Cancel every pending task that depends on `parent_ids` (which ended `status`,
     failed or cancelled), transitively; returns their ids. Each is counted as
     cancelled in `tally` (a stats.Tally) when one is given."""

@@ -12,7 +12,8 @@ from ..filters import finished_where, task_where
 from ..stats import StatsReads
 from . import counts, stats
 from .actions import DIALECT
-from .connection import operation
+from .connection import guarded
+from .opbase import OpBase
 
 
 def _epoch(col) -> str:
@@ -25,23 +26,24 @@ TASK_SELECT = ", ".join((
     "result", "error", "payload", "timeout", "retry_delay", "retry_backoff",
     "retry_max_delay", "unique_key"))
 
-class ReadOps(StatsReads):
+
+class ReadOps(StatsReads, OpBase):
     """Mixin of PostgresBackend: monitor reads."""
 
     stats_sql = stats.SQL
 
-    @operation
+    @guarded
     def get_task(self, task_id):
         """One task row as a dict, or None."""
         return self._session.run(f"SELECT {TASK_SELECT} FROM tasks WHERE id = %s",
                                  (int(task_id),), prepare=True).fetchone()
 
-    @operation
+    @guarded
     def _stats_rows(self, sql: str, params: Sequence[object]) -> list[dict[str, Any]]:
         rows: list[dict[str, Any]] = self._session.run(sql, params, prepare=True).fetchall()
         return rows
 
-    @operation
+    @guarded
     def get_tasks(self, task_ids) -> list:
         """Rows for several ids (missing ids are skipped)."""
         ids = [int(i) for i in task_ids]
@@ -50,7 +52,7 @@ class ReadOps(StatsReads):
         return self._session.run(f"SELECT {TASK_SELECT} FROM tasks WHERE id = ANY(%s::bigint[])",
                                  (ids,)).fetchall()
 
-    @operation
+    @guarded
     def find_tasks(self, status=None, queue=None, name=None, limit=50, offset=0,
                    order="id", *, search=None, statuses=None, below=None,
                    at_least=None) -> list:
@@ -66,7 +68,7 @@ class ReadOps(StatsReads):
             f"SELECT {TASK_SELECT} FROM tasks {clause} ORDER BY {sort} LIMIT %s OFFSET %s",
             (*params, int(limit), int(offset))).fetchall()
 
-    @operation
+    @guarded
     def count_tasks(self, status=None, queue=None, name=None, *, search=None,
                     statuses=None) -> int:
         """How many tasks match the optional filters."""
@@ -75,7 +77,7 @@ class ReadOps(StatsReads):
         return self._session.run(f"SELECT COUNT(*) AS n FROM tasks {clause}",
                                  params).fetchone()["n"]
 
-    @operation
+    @guarded
     def match_task_ids(self, statuses, status=None, queue=None, name=None, search=None,
                        below=None, limit=500) -> list:
         """Ids of tasks in `statuses` matching the filters, below id `below`, newest
@@ -86,7 +88,7 @@ class ReadOps(StatsReads):
             f"SELECT id FROM tasks {clause} ORDER BY id DESC LIMIT %s",
             (*params, int(limit))).fetchall()]
 
-    @operation
+    @guarded
     def queue_buckets(self, since, bucket) -> list:
         """[{queue, slot, done, failed, run_sum, run_max, timed}]: per queue, tasks that
         finished done or failed since `since` (epoch s), per `bucket` seconds, with the
@@ -105,7 +107,7 @@ class ReadOps(StatsReads):
     #: this (see counts.py).
     exact_count_limit = counts.EXACT_LIMIT
 
-    @operation
+    @guarded
     def queue_stats(self, estimate: bool = False) -> list:
         """[{queue, status, count}] over all tasks, exact.
 
@@ -140,14 +142,14 @@ class ReadOps(StatsReads):
                                     prepare=False).fetchone()
         return row["QUERY PLAN"][0]["Plan"]["Plan Rows"]
 
-    @operation
+    @guarded
     def list_queues(self) -> list:
         """Every queue name that has tasks or schedules, sorted."""
         return [r["queue"] for r in self._session.run(
             "SELECT queue FROM tasks UNION SELECT queue FROM schedules "
             "WHERE queue IS NOT NULL ORDER BY 1")]
 
-    @operation
+    @guarded
     def finish_window(self) -> tuple[float | None, float | None]:
         """(earliest started_at, latest finished_at) over done tasks: a drain's span."""
         row = self._session.run(
@@ -156,14 +158,14 @@ class ReadOps(StatsReads):
         ).fetchone()
         return row["a"], row["b"]
 
-    @operation
+    @guarded
     def oldest_pending(self) -> list[dict[str, Any]]:
         """[{queue, oldest_run_at}]: the earliest due time of pending tasks per queue."""
         return self._session.run(
             "SELECT queue, date_part('epoch', MIN(run_at)) AS oldest_run_at FROM tasks "
             "WHERE status = 'pending' GROUP BY queue ORDER BY queue").fetchall()
 
-    @operation
+    @guarded
     def finished_buckets(self, since: float, bucket: float) -> list[dict[str, Any]]:
         """[{slot, status, count}]: tasks finished since `since` (epoch s), per `bucket`
         seconds; slot n covers [since + n*bucket, since + (n+1)*bucket)."""
@@ -176,7 +178,7 @@ class ReadOps(StatsReads):
 
     # ---- what the operators' actions would touch ------------------------------------
 
-    @operation
+    @guarded
     def find_finished(self, statuses, queue=None, name=None, ids=None, older_than=None,
                       limit=50) -> list:
         """Finished tasks of `statuses` matching the optional filters (older_than: finished
@@ -187,7 +189,7 @@ class ReadOps(StatsReads):
             f"ORDER BY finished_at DESC NULLS LAST, id DESC LIMIT %s",
             (*params, int(limit))).fetchall()
 
-    @operation
+    @guarded
     def count_finished(self, statuses, queue=None, name=None, ids=None,
                        older_than=None) -> int:
         """How many tasks find_finished() would find with no limit."""

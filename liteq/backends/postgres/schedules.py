@@ -9,7 +9,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from .connection import operation
+from .connection import guarded, one
+from .opbase import OpBase
 from .tasks import insert_rows
 from .wake import NOTIFY_PAYLOAD
 
@@ -39,10 +40,10 @@ UPSERT = (
     "RETURNING id")
 
 
-class ScheduleOps:
+class ScheduleOps(OpBase):
     """Mixin of PostgresBackend: the schedules table."""
 
-    @operation
+    @guarded
     def upsert_schedule(self, name: str, task_name: str, cron_expr: str, payload: str,
                         queue: str | None, priority: int | None, max_retries: int | None,
                         tz: str | None, catchup: str, enabled: bool | None, next_run: float) -> int:
@@ -51,25 +52,26 @@ class ScheduleOps:
         next_run is only reset when the timing (cron or tz) changes; enabled=None
         keeps an existing row's state (a new row starts enabled).
         """
-        return self._session.run(UPSERT, {
+        schedule_id: int = one(self._session.run(UPSERT, {
             "name": name, "task": task_name, "cron": cron_expr, "payload": payload,
             "queue": queue, "priority": priority, "max_retries": max_retries, "tz": tz,
             "catchup": catchup, "enabled": None if enabled is None else bool(enabled),
-            "next_run": next_run}).fetchone()["id"]
+            "next_run": next_run}))["id"]
+        return schedule_id
 
-    @operation
+    @guarded
     def list_schedules(self) -> list[dict[str, Any]]:
         """Every schedule row, by name."""
         return self._session.run(
             f"SELECT {SCHEDULE_SELECT} FROM schedules ORDER BY name").fetchall()
 
-    @operation
+    @guarded
     def get_schedule(self, name: str) -> dict[str, Any] | None:
         """One schedule row by name, or None."""
         return self._session.run(
             f"SELECT {SCHEDULE_SELECT} FROM schedules WHERE name = %s", (name,)).fetchone()
 
-    @operation
+    @guarded
     def set_schedule_enabled(self, name_or_id: str | int, enabled: bool,
                              next_run: float | None = None) -> bool:
         """Enable or disable a schedule by name or id; enabling may set a fresh next_run."""
@@ -79,27 +81,27 @@ class ScheduleOps:
             f"next_run = COALESCE(to_timestamp(%s::float8), next_run), updated_at = now() "
             f"WHERE {col} = %s", (bool(enabled), next_run, name_or_id)).rowcount == 1
 
-    @operation
+    @guarded
     def delete_schedule(self, schedule_id: int) -> bool:
         """Delete a schedule by id; False when there was none."""
         return self._session.run("DELETE FROM schedules WHERE id = %s",
                                  (int(schedule_id),)).rowcount == 1
 
-    @operation
+    @guarded
     def due_schedules(self, at: float) -> list[dict[str, Any]]:
         """Enabled schedules whose next_run is at or before `at` (epoch s)."""
         return self._session.run(
             f"SELECT {SCHEDULE_SELECT} FROM schedules WHERE enabled "
             f"AND next_run <= to_timestamp(%s::float8) ORDER BY next_run", (at,)).fetchall()
 
-    @operation
+    @guarded
     def next_schedule_time(self) -> float | None:
         """The earliest next_run of any enabled schedule, or None."""
-        return self._session.run(
-            "SELECT date_part('epoch', MIN(next_run)) AS t FROM schedules WHERE enabled"
-        ).fetchone()["t"]
+        due: float | None = one(self._session.run(
+            "SELECT date_part('epoch', MIN(next_run)) AS t FROM schedules WHERE enabled"))["t"]
+        return due
 
-    @operation
+    @guarded
     def park_schedule(self, schedule_id: int, expected_next_run: float) -> bool:
         """Clear the next_run of a schedule whose next time cannot be computed, guarded
         by compare-and-set on next_run; False when another scheduler changed it first."""
@@ -108,7 +110,7 @@ class ScheduleOps:
             "WHERE id = %s AND next_run = to_timestamp(%s::float8)",
             (schedule_id, expected_next_run)).rowcount == 1
 
-    @operation
+    @guarded
     def fire_schedule(self, schedule_id: int, expected_next_run: float,
                       new_next_run: float | None, tasks: list[NewTask]) -> list[int] | None:
         """Move next_run from expected to new (compare-and-set) and insert `tasks` with
@@ -129,7 +131,8 @@ class ScheduleOps:
             payload = NOTIFY_PAYLOAD.format(queue="%s::text",
                                             due="to_timestamp(%s::float8)")
             times = [t.run_at for t in tasks]
-            first = 0.0 if None in times else min(times)   # a row without run_at is due now
+            # A row without run_at is due now.
+            first = 0.0 if None in times else min(t for t in times if t is not None)
             session.run(f"SELECT pg_notify(%s, {payload})",
                         (self._channel, tasks[0].options.queue, first))
             return ids

@@ -8,10 +8,17 @@ schema, so daemons that start together migrate once, while queues in other
 schemas (or databases: advisory locks are per database) never wait for it.
 """
 
+from __future__ import annotations
+
+import psycopg
 from psycopg import sql
+from psycopg.rows import DictRow
 
 from ...errors import DatabaseError
 from ..ddl import ddl_allowed, not_ready
+from .connection import as_query, one
+
+Conn = psycopg.Connection[DictRow]
 
 SCHEMA_VERSION = 6
 
@@ -203,41 +210,42 @@ _MIGRATIONS = {1: (_TASKS_DDL, _WORKERS_DDL, _SCHEDULES_DDL) + _INDEXES, 2: _UNI
                3: _DEPENDENCIES, 4: _COUNTS, 5: _STATS, 6: _RATE_LIMITS}
 
 
-def _applied(conn, schema):
+def _applied(conn: Conn, schema: str) -> int:
     """The schema's version (0: none), reading liteq_migrations only if it exists."""
-    row = conn.execute("SELECT to_regclass(%s) IS NOT NULL AS present",
-                       (sql.Identifier(schema, "liteq_migrations").as_string(conn),)).fetchone()
+    row = one(conn.execute("SELECT to_regclass(%s) IS NOT NULL AS present",
+                           (sql.Identifier(schema, "liteq_migrations").as_string(conn),)))
     if not row["present"]:
         return 0
-    return conn.execute(sql.SQL("SELECT COALESCE(MAX(version), 0) AS v FROM {}").format(
-        sql.Identifier(schema, "liteq_migrations"))).fetchone()["v"]
+    version: int = one(conn.execute(sql.SQL("SELECT COALESCE(MAX(version), 0) AS v FROM {}")
+                                    .format(sql.Identifier(schema, "liteq_migrations"))))["v"]
+    return version
 
 
-def _check_newer(version, schema):
+def _check_newer(version: int, schema: str) -> None:
     if version > SCHEMA_VERSION:
         raise DatabaseError(
             f"the LiteQ tables in schema {schema!r} are at version {version}, newer than "
             f"this LiteQ understands ({SCHEMA_VERSION}); upgrade LiteQ")
 
 
-def current_schema(conn) -> str:
+def current_schema(conn: Conn) -> str:
     """The schema the connection's tables live in (the first existing one of its
     search_path); DatabaseError when none of them exists."""
-    schema = conn.execute("SELECT current_schema() AS s").fetchone()["s"]
+    schema: str | None = one(conn.execute("SELECT current_schema() AS s"))["s"]
     if schema is None:
-        path = conn.execute("SHOW search_path").fetchone()["search_path"]
+        path = one(conn.execute("SHOW search_path"))["search_path"]
         raise DatabaseError(f"no schema to create the LiteQ tables in: none of the "
                             f"search_path ({path}) exists; create it first")
     return schema
 
 
-def schema_version(conn) -> tuple[str, int]:
+def schema_version(conn: Conn) -> tuple[str, int]:
     """(the schema, the version of its LiteQ tables; 0: none yet)."""
     schema = current_schema(conn)
     return schema, _applied(conn, schema)
 
 
-def ensure_schema(conn, allow_ddl: bool | None = None) -> str:
+def ensure_schema(conn: Conn, allow_ddl: bool | None = None) -> str:
     """Create or migrate the tables to SCHEMA_VERSION in the connection's current schema;
     returns that schema's name. Safe to call from any number of processes at once.
 
@@ -255,20 +263,20 @@ def ensure_schema(conn, allow_ddl: bool | None = None) -> str:
     return schema
 
 
-def migrate(conn) -> tuple[int, int]:
+def migrate(conn: Conn) -> tuple[int, int]:
     """Bring the tables to SCHEMA_VERSION under the advisory lock, whatever LITEQ_NO_DDL
     says (`liteq db upgrade`); returns (version before, version after)."""
     schema = current_schema(conn)
     with conn.transaction():
         conn.execute(_LOCK, (LOCK_CLASS,))
         # Another process may have migrated while this one waited for the lock.
-        conn.execute(_MIGRATIONS_DDL)
+        conn.execute(as_query(_MIGRATIONS_DDL))
         version = before = _applied(conn, schema)
         _check_newer(version, schema)
         while version < SCHEMA_VERSION:
             version += 1
             for ddl in _MIGRATIONS[version]:
-                conn.execute(ddl)
+                conn.execute(as_query(ddl))
             conn.execute("INSERT INTO liteq_migrations (version) VALUES (%s)", (version,))
     return before, max(version, before)
 
@@ -276,7 +284,7 @@ def migrate(conn) -> tuple[int, int]:
 _LOCK = "SELECT pg_advisory_xact_lock(%s, hashtext(current_schema()))"
 
 
-def migration_sql(conn) -> list[str]:
+def migration_sql(conn: Conn) -> list[str]:
     """The statements migrate() would run, for a DBA to apply (empty when up to date).
 
     The script pins search_path to the queue's schema, so it creates the tables

@@ -19,10 +19,13 @@ from ..limits import Buckets, merge_rooms, pick, rate_key, rooms, used_up
 from ..stats import Tally
 from . import deps, stats
 from .connection import operation
+from .opbase import OpBase
 from .wake import NOTIFY_PAYLOAD
 
 if TYPE_CHECKING:
+    from ...taskspec import NewTask
     from ..limits import Limits
+    from .connection import DbSession
 
 # When a task is due: to_timestamp(run_at) when given (absolute epoch seconds),
 # else the server's now() plus the delay (0 when none). Parameters: run_at, delay.
@@ -72,7 +75,7 @@ class _Notified:
     interval = NOTIFY_INTERVAL_S
 
 
-def should_notify(task) -> bool:
+def should_notify(task: NewTask) -> bool:
     """True when this enqueue must carry a wake-up (then it counts as sent): the
     task is due later, or this process is not in a burst, or its interval passed."""
     if task.run_at is not None or task.delay:
@@ -84,7 +87,7 @@ def should_notify(task) -> bool:
     return True
 
 
-def enqueued(notify_took=None) -> None:
+def enqueued(notify_took: float | None = None) -> None:
     """Note that a .delay() returned; notify_took: the seconds its NOTIFY statement
     took (it sets the interval), None when it sent none."""
     _Notified.done = time.monotonic()
@@ -93,7 +96,7 @@ def enqueued(notify_took=None) -> None:
                                  NOTIFY_INTERVAL_MAX_S)
 
 
-def quiet_params(task) -> tuple:
+def quiet_params(task: NewTask) -> tuple[Any, ...]:
     """The ENQUEUE_QUIET statement's parameters for a NewTask."""
     return enqueue_params(task, None)[:-1]
 
@@ -264,7 +267,7 @@ def floats(values) -> list:
     return [None if v is None else float(v) for v in values]
 
 
-def insert_rows(session, tasks) -> list:
+def insert_rows(session: DbSession, tasks: list[NewTask]) -> list[int]:
     """Insert NewTask rows in one statement; returns their ids in order."""
     cols = [[] for _ in range(11)]
     for task in tasks:
@@ -278,7 +281,7 @@ def insert_rows(session, tasks) -> list:
     return sorted(r["id"] for r in rows)
 
 
-def enqueue_params(task, channel) -> tuple:
+def enqueue_params(task: NewTask, channel: str | None) -> tuple[Any, ...]:
     """The ENQUEUE statement's parameters for a NewTask."""
     o = task.options
     return (task.name, task.payload, o.queue, *_options(o), task.run_at, task.delay or 0.0,
@@ -393,7 +396,7 @@ def _by_claim_order(rows):
     return rows
 
 
-class TaskOps:
+class TaskOps(OpBase):
     """Mixin of PostgresBackend: the writes of producers and daemons."""
 
     @operation

@@ -24,14 +24,17 @@ table when another VACUUM holds it. A role that does not own the table gets a
 warning from the server instead, and nothing else changes.
 """
 
+from __future__ import annotations
+
 import os
 import time
 
 import psycopg
 from psycopg import pq
+from psycopg.rows import DictRow
 
 from ...errors import DatabaseError
-from .connection import close_if_own, is_gone
+from .connection import Connector, DbSession, close_if_own, is_gone, one
 from .schema import VACUUM_SCALE_FACTOR, VACUUM_THRESHOLD
 
 VACUUM = "VACUUM (SKIP_LOCKED) tasks"
@@ -50,7 +53,7 @@ RECHECK_S = 60.0
 CHECK_EVERY = 250
 
 
-def vacuum_now(connector):
+def vacuum_now(connector: Connector) -> None:
     """VACUUM the tasks table on a new connection and wait for it."""
     conn = connector.connect()
     try:
@@ -65,12 +68,13 @@ class BackgroundVacuum:
     """One VACUUM sent on a connection of its own; finished() collects it without
     waiting."""
 
-    def __init__(self, connector) -> None:
-        self.conn = connector.connect()
+    def __init__(self, connector: Connector) -> None:
+        conn = connector.connect()
+        self.conn: psycopg.Connection[DictRow] | None = conn
         self.pid = os.getpid()
-        self.error = None
+        self.error: str | None = None
         try:
-            pgconn = self.conn.pgconn
+            pgconn = conn.pgconn
             pgconn.nonblocking = 1
             pgconn.send_query(VACUUM.encode())
             pgconn.flush()
@@ -107,26 +111,28 @@ class BackgroundVacuum:
 class Vacuums:
     """A backend's VACUUMs of tasks, run only while the server's autovacuum is off."""
 
-    def __init__(self, connector) -> None:
+    def __init__(self, connector: Connector) -> None:
         self.connector = connector
-        self.running = None          # the BackgroundVacuum in flight
-        self.last_error = None       # what the last one that failed said
-        self._autovacuum = None
+        self.running: BackgroundVacuum | None = None   # the one in flight
+        self.last_error: str | None = None   # what the last one that failed said
+        self._autovacuum: bool | None = None
         self._checked = 0.0
         self.outcomes = 0            # outcomes recorded since the dead rows were looked at
         self.started = 0             # VACUUMs started in the background so far
 
-    def needed(self, session, deleted: int = 0) -> bool:
+    def needed(self, session: DbSession, deleted: int = 0) -> bool:
         """True when the server's autovacuum is off (read at most every RECHECK_S) and
         the dead rows, with the `deleted` ones just now, pass the table's threshold
         (whether or not anything was deleted)."""
         if self._autovacuum is None or time.monotonic() - self._checked > RECHECK_S:
-            self._autovacuum = session.run(AUTOVACUUM_ON).fetchone()["on"]
+            self._autovacuum = bool(one(session.run(AUTOVACUUM_ON))["on"])
             self._checked = time.monotonic()
         if self._autovacuum:
             return False
-        rows = session.run(ROW_COUNTS).fetchone()
-        return rows["dead"] + deleted > VACUUM_THRESHOLD + VACUUM_SCALE_FACTOR * rows["live"]
+        rows = one(session.run(ROW_COUNTS))
+        dead: int = rows["dead"]
+        live: int = rows["live"]
+        return dead + deleted > VACUUM_THRESHOLD + VACUUM_SCALE_FACTOR * live
 
     def idle(self) -> bool:
         """Collect a VACUUM that ended; True when none is in flight."""
@@ -135,7 +141,7 @@ class Vacuums:
             self.running = None
         return self.running is None
 
-    def after_outcomes(self, session, recorded) -> None:
+    def after_outcomes(self, session: DbSession, recorded: int) -> None:
         """Count `recorded` outcomes; every CHECK_EVERY of them, look at the dead rows
         as after_prune() does. A failure here is left for the next look: the
         outcomes are already committed."""
@@ -148,7 +154,7 @@ class Vacuums:
         except psycopg.Error as exc:
             self.last_error = str(exc)
 
-    def after_prune(self, session, deleted) -> None:
+    def after_prune(self, session: DbSession, deleted: int) -> None:
         """Collect a VACUUM that ended; start one when none runs and needed() says so.
         Never waits for a VACUUM."""
         if self.idle() and self.needed(session, deleted):

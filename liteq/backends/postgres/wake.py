@@ -6,6 +6,7 @@ same channel later:
 
     {"q": "emails", "d": 0.0}     a task of queue "emails" is due in d seconds
     {"d": 12.5}                   something is due in d seconds (an explicit nudge)
+    {"k": "cancel", "id": 7}      task 7 was cancelled: the daemon running it stops it
 
 d counts from the server's now() at the enqueue (or from the sender's clock for
 a nudge): a relative time, which each daemon adds to its own time.time(), so
@@ -16,15 +17,20 @@ The channel is specific to the queue: notifications are per database, and the
 tables' schema names the queue within it, so the name is derived from the schema.
 """
 
+from __future__ import annotations
+
 import hashlib
 import json
 import time
+from typing import Any, cast
 
 import psycopg
 from psycopg import sql
+from psycopg.rows import DictRow
 
 from ...errors import DatabaseUnavailable
 from ..base import WakeChannel
+from .connection import Connector
 
 # SQL for a wake-up payload; {queue} and {due} are SQL expressions.
 NOTIFY_PAYLOAD = ("json_build_object('q', {queue}, "
@@ -41,21 +47,22 @@ def channel_name(schema: str) -> str:
     return "liteq_" + hashlib.sha1(schema.encode()).hexdigest()[:24]
 
 
-def nudge_payload(due, wall=None) -> str:
+def nudge_payload(due: float | None, wall: float | None = None) -> str:
     """The payload of an explicit wake-up for a task due at `due` (epoch s; None: now)."""
     wait = 0.0 if due is None else due - (time.time() if wall is None else wall)
     return json.dumps({"d": round(max(wait, 0.0), 3)})
 
 
-def read_payload(payload: str, wall: float):
+def read_payload(payload: str, wall: float) -> tuple[bool, float | None]:
     """(due_now, due_later epoch s on this host or None) of one notification's payload.
 
     Anything unreadable counts as "due now": the daemon just looks for work.
     """
     try:
-        data = json.loads(payload)
-        if not isinstance(data, dict):
+        parsed: object = json.loads(payload)
+        if not isinstance(parsed, dict):
             return True, None
+        data = cast("dict[str, Any]", parsed)
         if data.get("k", "wake") != "wake":
             return False, None
         wait = float(data.get("d", 0.0))
@@ -66,7 +73,13 @@ def read_payload(payload: str, wall: float):
     return False, wall + wait
 
 
-def cancel_of(payload: str):
+def cancel_payload(task_id: int) -> str:
+    """The payload that tells the daemons task `task_id` was cancelled (cancel_of reads
+    it; cancel() builds the same one in SQL, to send it with its own statement)."""
+    return json.dumps({"k": "cancel", "id": int(task_id)})
+
+
+def cancel_of(payload: str) -> int | None:
     """The task id of a cancel notification ({"k": "cancel", "id": N}), else None."""
     if '"cancel"' not in payload:
         return None
@@ -97,15 +110,15 @@ class ListenChannel(WakeChannel):
     Notifications are only hints: the daemon also polls.
     """
 
-    def __init__(self, connector, channel) -> None:
+    def __init__(self, connector: Connector, channel: str) -> None:
         self._connector = connector
         self.channel = channel
-        self._conn = None
+        self._conn: psycopg.Connection[DictRow] | None = None
         self._fd = -1
         self.connected = False
         self.reconnect()
 
-    def reconnect(self):
+    def reconnect(self) -> None:
         """(Re)open the connection and LISTEN; DatabaseUnavailable when it cannot."""
         self._close_conn()
         conn = self._connector.connect()
@@ -119,7 +132,7 @@ class ListenChannel(WakeChannel):
         self.connected = True
 
     @property
-    def server_pid(self):
+    def server_pid(self) -> int | None:
         """The server process of the LISTEN connection (None while down)."""
         return None if self._conn is None else self._conn.info.backend_pid
 
@@ -129,10 +142,11 @@ class ListenChannel(WakeChannel):
 
     def drain(self) -> tuple[bool, float | None]:
         """Read every notification that arrived: (due_now, earliest later due time)."""
-        if not self.connected:
+        conn = self._conn
+        if not self.connected or conn is None:
             raise DatabaseUnavailable(f"the wake-up channel of {self._connector.identity} is "
                                       f"down; reconnect() it")
-        pgconn = self._conn.pgconn
+        pgconn = conn.pgconn
         try:
             # Twice: a terminated session sends its FATAL message and then closes; the
             # second read sees the close now rather than at the next select().
@@ -143,7 +157,7 @@ class ListenChannel(WakeChannel):
             raise self._connector.error(exc, gone=True) from exc
         due_now, later = False, None
         wall = time.time()
-        encoding = self._conn.info.encoding
+        encoding = conn.info.encoding
         while (note := pgconn.notifies()) is not None:
             text = note.extra.decode(encoding, "replace")
             cancel_id = cancel_of(text)

@@ -13,7 +13,8 @@ from typing import Any
 
 from ..stats import reclaimed_tally
 from . import deps, stats
-from .connection import operation
+from .connection import guarded
+from .opbase import OpBase
 
 WORKER_COLUMNS = ("worker_id, hostname, queues, concurrency, "
                   "date_part('epoch', last_heartbeat) AS last_heartbeat, pid, "
@@ -52,28 +53,28 @@ RECLAIM = (
     "RETURNING t.id, t.status, t.queue, t.name, t.attempts")
 
 
-class WorkerOps:
+class WorkerOps(OpBase):
     """Mixin of PostgresBackend: heartbeats, worker rows and reclaim."""
 
-    @operation
+    @guarded
     def heartbeat(self, worker_id: str, hostname: str, queues: Sequence[str], concurrency: int,
                   pid: int, process_started: float, started_at: float | None = None) -> None:
         """Insert or refresh this daemon's row, stamped with the server's now()."""
         self._session.run(HEARTBEAT, (worker_id, hostname, queues, concurrency, pid,
                                       process_started, started_at), prepare=True)
 
-    @operation
+    @guarded
     def remove_worker(self, worker_id: str) -> None:
         """Delete a daemon's worker row (on a clean stop)."""
         self._session.run("DELETE FROM workers WHERE worker_id = %s", (worker_id,))
 
-    @operation
+    @guarded
     def list_workers(self) -> list[dict[str, Any]]:
         """Every worker row, newest heartbeat first."""
         return self._session.run(
             f"SELECT {WORKER_COLUMNS} FROM workers ORDER BY last_heartbeat DESC").fetchall()
 
-    @operation
+    @guarded
     def reclaim(self, dead_worker_ids: Iterable[str] = (), stale_after: float | None = None,
                 reason: str = "worker died", stale_heartbeats: dict[str, Any] | None = None) -> list[tuple[int, str]]:
         """Give back the running tasks of dead workers in one guarded statement.
@@ -104,8 +105,8 @@ class WorkerOps:
             stats.write(session, tally, self._stat_names, self._stat_shard)
         return [(r["id"], r["status"]) for r in rows]
 
-    @operation
-    def active_workers(self, window) -> list:
+    @guarded
+    def active_workers(self, window: float) -> list[dict[str, Any]]:
         """Workers with a heartbeat in the last `window` seconds (server's clock), each
         with heartbeat_age_s and active_tasks (its running tasks)."""
         return self._session.run(

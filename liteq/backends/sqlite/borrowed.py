@@ -8,16 +8,21 @@ not rolled back), it wakes the daemon. A commit after the block is found by the
 daemon's fallback poll (--poll-interval, 1 s by default) instead.
 """
 
-import copy
+from __future__ import annotations
+
 import os
 import sqlite3
 from types import TracebackType
+from typing import TYPE_CHECKING, Any, Literal, cast
 
-from ... import wakeup
 from ...errors import ConfigError, DatabaseError
 from ..base import Backend
 from . import SQLiteBackend
-from .connection import explain
+from . import wake
+from .connection import Conn, explain
+
+if TYPE_CHECKING:
+    from ...taskspec import NewTask, NewTasks
 
 
 class _RowConnection:
@@ -27,25 +32,31 @@ class _RowConnection:
 
     __slots__ = ("conn",)
 
-    def __init__(self, conn) -> None:
+    def __init__(self, conn: sqlite3.Connection) -> None:
         self.conn = conn
 
-    def execute(self, sql, params=()):
+    def execute(self, sql: str, params: Any = (), /) -> sqlite3.Cursor:
+        """Run one statement; rows are sqlite3.Rows."""
         cur = self.conn.cursor()
         cur.row_factory = sqlite3.Row
         return cur.execute(sql, params)
 
-    def executemany(self, sql, rows):
+    def executemany(self, sql: str, rows: Any, /) -> sqlite3.Cursor:
+        """Run one statement for each row of parameters."""
         cur = self.conn.cursor()
         cur.row_factory = sqlite3.Row
         return cur.executemany(sql, rows)
 
     @property
-    def in_transaction(self):
+    def in_transaction(self) -> bool:
+        """True inside the app's open transaction."""
         return self.conn.in_transaction
 
     def rollback(self) -> None:
-        pass
+        """Nothing: the app decides about its transaction."""
+
+    def close(self) -> None:
+        """Nothing: the connection is the app's."""
 
 
 class _Savepoint:
@@ -54,16 +65,17 @@ class _Savepoint:
 
     __slots__ = ("conn",)
 
-    def __init__(self, conn) -> None:
+    def __init__(self, conn: Conn) -> None:
         self.conn = conn
 
-    def __enter__(self):
+    def __enter__(self) -> Conn:
         if not self.conn.in_transaction:
             self.conn.execute("BEGIN IMMEDIATE")
         self.conn.execute("SAVEPOINT liteq_write")
         return self.conn
 
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> bool:
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> Literal[False]:
         if exc_type is not None:
             self.conn.execute("ROLLBACK TO liteq_write")
         self.conn.execute("RELEASE liteq_write")
@@ -74,8 +86,20 @@ class BorrowedSQLiteBackend(SQLiteBackend):
     """An SQLiteBackend whose writes go into the app's transaction."""
 
     borrowed = True
+    _due: float | None
+    _pending: bool
+    _last: int | None   # the last task enqueued in the block
 
-    def _write(self):
+    @classmethod
+    def wrapping(cls, own: SQLiteBackend, conn: sqlite3.Connection) -> BorrowedSQLiteBackend:
+        """A shallow copy of `own` (LiteQ's backend) that writes through `conn`."""
+        borrowed = cls.__new__(cls)
+        vars(borrowed).update(vars(own))
+        borrowed._conn = _RowConnection(conn)
+        borrowed._due, borrowed._pending, borrowed._last = None, False, None
+        return borrowed
+
+    def _write(self) -> _Savepoint:
         return _Savepoint(self._conn)
 
     def notify(self, due: float | None = None) -> None:
@@ -83,28 +107,28 @@ class BorrowedSQLiteBackend(SQLiteBackend):
         self._due = due if self._due is None or due is None else min(due, self._due)
         self._pending = True
 
-    def enqueue(self, task) -> int:
+    def enqueue(self, task: NewTask) -> int:
         """SQLiteBackend.enqueue in the app's transaction."""
         self._last = super().enqueue(task)
         return self._last
 
-    def enqueue_chain(self, tasks) -> list:
+    def enqueue_chain(self, tasks: list[NewTask]) -> list[int]:
         """SQLiteBackend.enqueue_chain in the app's transaction."""
-        ids = super().enqueue_chain(tasks)
+        ids = cast("list[int]", super().enqueue_chain(tasks))   # (TaskOps: not annotated yet)
         self._last = ids[-1] if ids else self._last
         return ids
 
-    def enqueue_many(self, tasks) -> list:
+    def enqueue_many(self, tasks: NewTasks) -> list[int]:
         """SQLiteBackend.enqueue_many in the app's transaction."""
-        ids = super().enqueue_many(tasks)
+        ids = cast("list[int]", super().enqueue_many(tasks))   # (TaskOps: not annotated yet)
         self._last = ids[-1] if ids else self._last
         return ids
 
-    async def aenqueue(self, task) -> int:
+    async def aenqueue(self, task: NewTask) -> int:
         """enqueue() on the app's connection, in its transaction."""
         return self.enqueue(task)
 
-    def finish(self, own) -> None:
+    def finish(self, own: Backend) -> None:
         """At the end of the block: wake the daemon if the app committed the tasks in it.
         `own` is LiteQ's own backend, whose connection sees only committed rows."""
         if not self._pending or self._last is None or self._conn.in_transaction:
@@ -114,7 +138,7 @@ class BorrowedSQLiteBackend(SQLiteBackend):
         except DatabaseError:
             return   # a wake-up is a hint: the daemon's poll finds the committed tasks
         if committed:
-            wakeup.wake(self.identity, self._due)
+            wake.wake(self.identity, self._due)
 
     def close(self) -> None:
         """Nothing: the connection is the app's."""
@@ -140,10 +164,11 @@ def check_tables(conn: sqlite3.Connection) -> None:
             f"Django's migrate)")
 
 
-def _main_file(conn):
+def _main_file(conn: sqlite3.Connection) -> str:
     for row in conn.execute("PRAGMA database_list").fetchall():
         if row[1] == "main":
-            return row[2]
+            file: str = row[2]
+            return file
     return ""
 
 
@@ -154,6 +179,8 @@ def borrow(backend: Backend, conn: object) -> Backend:
     (isolation_level None) outside a transaction, or one to another file than
     `backend`'s.
     """
+    if not isinstance(backend, SQLiteBackend):
+        raise TypeError(f"not an SQLite backend: {backend!r}")
     if not isinstance(conn, sqlite3.Connection):
         raise ConfigError(f"liteq.using() on SQLite takes an sqlite3 Connection; got "
                           f"{type(conn).__module__}.{type(conn).__name__}")
@@ -174,8 +201,4 @@ def borrow(backend: Backend, conn: object) -> Backend:
             f"liteq.using() was given a connection to {theirs or 'an in-memory database'}, "
             f"not to LiteQ's database {ours} (LITEQ_DB): the task must be written in the "
             f"same database as the app's transaction")
-    borrowed = copy.copy(backend)
-    borrowed.__class__ = BorrowedSQLiteBackend
-    borrowed._conn = _RowConnection(conn)
-    borrowed._due, borrowed._pending, borrowed._last = None, False, None
-    return borrowed
+    return BorrowedSQLiteBackend.wrapping(backend, conn)

@@ -1,15 +1,70 @@
 """SQLite connections: LiteQ's pragmas, errors that name the file, transactions."""
 
+from __future__ import annotations
+
 import functools
 import os
 import sqlite3
 import time
+from collections.abc import Callable
 from types import TracebackType
-from typing import Any
+from typing import Any, Concatenate, Literal, ParamSpec, Protocol, TypeVar
 
 from ... import settings
 from ...errors import DatabaseError, DatabaseLocked
+from ..ddl import ddl_allowed, not_ready
 from .files import create_database_file, share_with_group
+from .schema import SCHEMA_VERSION, ensure_schema
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+
+class Conn(Protocol):
+    """What LiteQ's SQL needs of a connection: an sqlite3.Connection, or the app's
+    one as liteq.using() wraps it (borrowed.py)."""
+
+    def execute(self, sql: str, parameters: Any = ..., /) -> sqlite3.Cursor:
+        """Run one statement."""
+        ...
+
+    def executemany(self, sql: str, parameters: Any, /) -> sqlite3.Cursor:
+        """Run one statement for each row of parameters."""
+        ...
+
+    @property
+    def in_transaction(self) -> bool:
+        """True inside an open transaction."""
+        ...
+
+    def rollback(self) -> None:
+        """Roll back the open transaction."""
+        ...
+
+    def close(self) -> None:
+        """Close the connection."""
+        ...
+
+
+class Store(Protocol):
+    """What guarded() and batch() need of a backend."""
+
+    @property
+    def path(self) -> str:
+        """The database file."""
+        ...
+
+    @property
+    def busy_timeout(self) -> float | None:
+        """The connection's busy timeout (s); None: LITEQ_BUSY_TIMEOUT."""
+        ...
+
+    @property
+    def _conn(self) -> Conn:
+        ...
+
+
+S = TypeVar("S", bound=Store)
 
 
 def explain(exc: sqlite3.Error, path: str, busy_timeout: float | None = None) -> DatabaseError:
@@ -46,25 +101,27 @@ def explain(exc: sqlite3.Error, path: str, busy_timeout: float | None = None) ->
     return DatabaseError(f"database {path}: {msg}")
 
 
-def guarded(method):
-    """Report sqlite3 failures of a backend method as LiteQ DatabaseErrors naming the file."""
-    @functools.wraps(method)
-    def wrapper(self, *args, **kwargs):
+def guarded(method: Callable[Concatenate[S, P], R]) -> Callable[Concatenate[S, P], R]:
+    """Report sqlite3 failures of a backend method as LiteQ DatabaseErrors naming the file
+    (the open transaction, if any, rolled back)."""
+    def wrapper(self: S, /, *args: P.args, **kwargs: P.kwargs) -> R:
         try:
             return method(self, *args, **kwargs)
         except DatabaseError:
             raise
         except sqlite3.Error as exc:
-            if self._conn is not None and self._conn.in_transaction:
-                try:
-                    self._conn.rollback()
-                except sqlite3.Error:
-                    pass
+            conn = self._conn  # pyright: ignore[reportPrivateUsage]
+            try:
+                if conn.in_transaction:
+                    conn.rollback()
+            except sqlite3.Error:
+                pass   # a closed connection: nothing to roll back
             raise explain(exc, self.path, self.busy_timeout) from exc
+    functools.update_wrapper(wrapper, method)
     return wrapper
 
 
-def _switch_to_wal(conn, busy):
+def _switch_to_wal(conn: sqlite3.Connection, busy: float) -> None:
     """PRAGMA journal_mode = WAL, retried until the busy timeout.
 
     The switch needs an exclusive lock, and SQLite returns SQLITE_BUSY at once
@@ -100,10 +157,11 @@ def open_connection(path: str, *, isolation_level: str | None = None,
     on_disk = path not in ("", ":memory:") and not path.startswith("file:")
     if on_disk and not os.path.exists(path):
         create_database_file(path)  # 0660 whatever the umask, not SQLite's 0644 - umask
-    conn = None
+    conn: sqlite3.Connection | None = None
     try:
-        conn = sqlite3.connect(path, timeout=busy, isolation_level=isolation_level,
-                               check_same_thread=False)
+        # Any str (the annotation of connect() leaves out "", its own default).
+        level: dict[str, Any] = {"isolation_level": isolation_level}
+        conn = sqlite3.connect(path, timeout=busy, check_same_thread=False, **level)
         conn.row_factory = sqlite3.Row
         conn.execute(f"PRAGMA busy_timeout = {int(busy * 1000)}")
         mode = conn.execute("PRAGMA journal_mode").fetchone()[0]
@@ -127,8 +185,6 @@ def open_with_schema(path: str, **options: Any) -> sqlite3.Connection:
 
     Under LITEQ_NO_DDL a file that does not exist is not created: SchemaNotReady.
     """
-    from ..ddl import ddl_allowed, not_ready
-    from .schema import SCHEMA_VERSION, ensure_schema
     if path not in ("", ":memory:") and not path.startswith("file:") \
             and not os.path.exists(path) and not ddl_allowed():
         raise not_ready(f"database {path} does not exist, so it", 0, SCHEMA_VERSION)
@@ -141,7 +197,7 @@ def open_with_schema(path: str, **options: Any) -> sqlite3.Connection:
     return conn
 
 
-def row_dict(row):
+def row_dict(row: sqlite3.Row | None) -> dict[str, Any] | None:
     """A sqlite3.Row as a dict, or None."""
     return dict(row) if row is not None else None
 
@@ -156,17 +212,18 @@ class Transaction:
 
     __slots__ = ("conn", "outer")
 
-    def __init__(self, conn) -> None:
+    def __init__(self, conn: Conn) -> None:
         self.conn = conn
         self.outer = False
 
-    def __enter__(self):
+    def __enter__(self) -> Conn:
         self.outer = self.conn.in_transaction
         if not self.outer:
             self.conn.execute("BEGIN IMMEDIATE")
         return self.conn
 
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> bool:
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> Literal[False]:
         if self.outer:
             return False
         if exc_type is None:
@@ -176,22 +233,23 @@ class Transaction:
         return False
 
 
-class GuardedBatch(Transaction):
+class Batch(Transaction):
     """A batch() transaction whose sqlite3 errors become DatabaseErrors."""
 
     __slots__ = ("store",)
 
-    def __init__(self, store) -> None:
-        super().__init__(store._conn)
+    def __init__(self, store: Store) -> None:
+        super().__init__(store._conn)  # pyright: ignore[reportPrivateUsage]
         self.store = store
 
-    def __enter__(self):
+    def __enter__(self) -> Conn:
         try:
             return super().__enter__()
         except sqlite3.Error as exc:
             raise explain(exc, self.store.path, self.store.busy_timeout) from exc
 
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None):
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> Literal[False]:
         try:
             return super().__exit__(exc_type, exc, tb)
         except sqlite3.Error as err:

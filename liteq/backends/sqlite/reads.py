@@ -11,6 +11,7 @@ from ..stats import StatsReads
 from . import stats
 from .actions import DIALECT
 from .connection import guarded, row_dict
+from .opbase import OpBase
 
 TASK_COLUMNS = ("id", "name", "queue", "status", "priority", "attempts", "max_retries",
                 "worker_id", "run_at", "created_at", "started_at", "finished_at",
@@ -19,7 +20,7 @@ TASK_COLUMNS = ("id", "name", "queue", "status", "priority", "attempts", "max_re
 _TASK_SELECT = ", ".join(TASK_COLUMNS)
 
 
-class ReadOps(StatsReads):
+class ReadOps(StatsReads, OpBase):
     """Mixin of SQLiteBackend: monitor reads."""
 
     stats_sql = stats.SQL

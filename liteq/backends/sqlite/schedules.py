@@ -2,17 +2,18 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 from ...timeutil import now
 from .connection import guarded, row_dict
+from .opbase import OpBase
 from .tasks import INSERT_TASK, insert_values
 
 if TYPE_CHECKING:
     from ...taskspec import NewTask
 
 
-class ScheduleOps:
+class ScheduleOps(OpBase):
     """Mixin of SQLiteBackend: the schedules table."""
 
 
@@ -45,7 +46,8 @@ class ScheduleOps:
                 (name, task_name, cron_expr, payload, queue, priority, max_retries, tz,
                  catchup, 0 if enabled is False else 1, next_run, t, t,
                  None if enabled is None else int(bool(enabled)))).fetchone()
-            return row[0]
+            schedule_id: int = row[0]
+            return schedule_id
 
     @guarded
     def list_schedules(self) -> list[dict[str, Any]]:
@@ -87,8 +89,9 @@ class ScheduleOps:
     @guarded
     def next_schedule_time(self) -> float | None:
         """The earliest next_run of any enabled schedule, or None."""
-        return self._conn.execute(
+        due: float | None = self._conn.execute(
             "SELECT MIN(next_run) FROM schedules WHERE enabled = 1").fetchone()[0]
+        return due
 
     @guarded
     def park_schedule(self, schedule_id: int, expected_next_run: float) -> bool:
@@ -117,5 +120,6 @@ class ScheduleOps:
                 (new_next_run, t, schedule_id, expected_next_run))
             if cur.rowcount != 1:
                 return None
-            return [conn.execute(INSERT_TASK, insert_values(task, t)).lastrowid
+            # (lastrowid is set after each INSERT)
+            return [cast(int, conn.execute(INSERT_TASK, insert_values(task, t)).lastrowid)
                     for task in tasks]

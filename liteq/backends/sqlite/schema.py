@@ -104,23 +104,24 @@ _INDEXES = (
 _TIME_COLUMNS = {"run_at", "created_at", "started_at", "finished_at",
                  "last_heartbeat", "next_run", "last_run", "updated_at", "process_started"}
 
-def _table_columns(conn, table):
+def _table_columns(conn: sqlite3.Connection, table: str) -> list[str]:
     return [r[1] for r in conn.execute(f"PRAGMA table_info({table})")]
 
 
-def _epoch_expr(col) -> str:
+def _epoch_expr(col: str) -> str:
     # Text times from liteq 0.2, read exactly by seed_times
     # (registered on the migrating connection by _migrate_v0_to_v1).
     return f"{seed_times.SQL_FUNCTION}({col})"
 
 
-def _rebuild_table(conn, table, ddl, defaults) -> None:
+def _rebuild_table(conn: sqlite3.Connection, table: str, ddl: str,
+                   defaults: dict[str, str]) -> None:
     """Copy an old table into the current schema, keeping rows and ids."""
     old_cols = set(_table_columns(conn, table))
     conn.execute(f"ALTER TABLE {table} RENAME TO {table}_v0")
     conn.execute(ddl)
     new_cols = _table_columns(conn, table)
-    exprs = []
+    exprs: list[str] = []
     for col in new_cols:
         if col in old_cols:
             expr = _epoch_expr(col) if col in _TIME_COLUMNS else col
@@ -134,7 +135,7 @@ def _rebuild_table(conn, table, ddl, defaults) -> None:
     conn.execute(f"DROP TABLE {table}_v0")
 
 
-def _migrate_v0_to_v1(conn) -> None:
+def _migrate_v0_to_v1(conn: sqlite3.Connection) -> None:
     """Bring a fresh file, or one made by liteq 0.2 (user_version 0), to v1."""
     tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")}
     t = repr(now())
@@ -177,12 +178,12 @@ def _migrate_v0_to_v1(conn) -> None:
         conn.execute(_SCHEDULES_DDL)
 
 
-def _migrate_v1_to_v2(conn) -> None:
+def _migrate_v1_to_v2(conn: sqlite3.Connection) -> None:
     """Version 2: tasks.unique_key (its partial unique index is in _INDEXES)."""
     conn.execute("ALTER TABLE tasks ADD COLUMN unique_key TEXT")
 
 
-def _migrate_v2_to_v3(conn) -> None:
+def _migrate_v2_to_v3(conn: sqlite3.Connection) -> None:
     """Version 3, dependencies: tasks.waiting_on (how many parents are not done yet; a
     task is claimed only at 0) and task_deps, one row per (child, parent) edge."""
     conn.execute("ALTER TABLE tasks ADD COLUMN waiting_on INTEGER NOT NULL DEFAULT 0")
@@ -209,7 +210,7 @@ NEXT_ID = ("(SELECT MAX(COALESCE((SELECT MAX(id) FROM tasks), 0), "
            "COALESCE((SELECT id FROM task_id_floor), 0)))")
 
 
-def _migrate_v3_to_v4(conn) -> None:
+def _migrate_v3_to_v4(conn: sqlite3.Connection) -> None:
     """Version 4: ids are never reused (task_id_floor and its trigger); an upgraded
     file counts on from the highest id it holds."""
     conn.execute(_ID_FLOOR_DDL)
@@ -249,7 +250,7 @@ _TASK_ERRORS_TRIGGER = (
     "BEGIN DELETE FROM task_errors WHERE task_id = OLD.id; END")
 
 
-def _migrate_v4_to_v5(conn):
+def _migrate_v4_to_v5(conn: sqlite3.Connection) -> None:
     """Version 5: task_stats (counters and histograms that survive retention) and
     task_errors (each attempt's error). An upgraded file keeps the last error each
     task holds as its attempts' only one known; its counters start at zero."""
@@ -272,7 +273,7 @@ CREATE TABLE IF NOT EXISTS rate_limits (
 ) WITHOUT ROWID"""
 
 
-def _migrate_v5_to_v6(conn):
+def _migrate_v5_to_v6(conn: sqlite3.Connection) -> None:
     """Version 6: rate limits' buckets (rate_limits)."""
     conn.execute(_RATE_LIMITS_DDL)
 

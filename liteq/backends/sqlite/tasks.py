@@ -11,9 +11,11 @@ from ..limits import Buckets, Limits, merge_rooms, pick, rate_key, rooms, rooms_
 from ..stats import Tally, reclaimed_tally
 from . import deps, stats
 from .connection import guarded
+from .opbase import OpBase
 from .schema import NEXT_ID
 
 if TYPE_CHECKING:
+    from ...taskspec import NewTask
     from ..limits import Limits
 
 # A task the claim may take: pending, and waiting for no parent (idx_tasks_claim's
@@ -74,7 +76,7 @@ def due_time(run_at, delay, t):
     return t + delay if delay else t
 
 
-def insert_values(task, t):
+def insert_values(task: NewTask, t: float) -> tuple[Any, ...]:
     """The INSERT_TASK parameters of a NewTask, created at time t."""
     o = task.options
     return (task.name, task.payload, o.queue, o.priority, o.max_retries,
@@ -138,7 +140,7 @@ def _by_claim_order(rows):
     return rows
 
 
-class TaskOps:
+class TaskOps(OpBase):
     """Mixin of SQLiteBackend: the writes of producers and daemons."""
 
     # ---- enqueue -------------------------------------------------------------

@@ -118,10 +118,11 @@ def _wake_on_commit(alias: str) -> None:
     next poll anyway)."""
     from django.db import transaction
 
-    from ... import backends, wakeup
+    from ... import backends
+    from ...backends.sqlite.wake import wake
 
     identity = backends.get_backend().identity
-    transaction.on_commit(lambda: wakeup.wake(identity), using=alias)
+    transaction.on_commit(lambda: wake(identity), using=alias)
 
 
 __all__ = ["autodiscover", "delay_on_commit", "discovered_modules", "shares_database",

@@ -18,8 +18,8 @@ import os
 import socket
 import time
 
-from .backends.base import WakeChannel
-from .paths import claim_socket_path, socket_path, wake_path
+from ...paths import claim_socket_path, socket_path, wake_path
+from ..base import WakeChannel
 
 RETRY_S = 0.5
 THROTTLE_S = 0.001
