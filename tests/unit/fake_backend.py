@@ -111,6 +111,9 @@ class FakeBackend(Backend):
     def notify(self, due: float | None = None) -> None:
         """No daemon listens to a fake: nothing to wake."""
 
+    def notify_cancel(self, task_id: int) -> None:
+        """No daemon listens to a fake: nothing to tell."""
+
     # ---- the daemon ----------------------------------------------------------
 
     def batch(self) -> contextlib.AbstractContextManager[Any]:
