@@ -39,15 +39,21 @@ def gated(path):
 
 
 @pytest.fixture
-def stamp_app(db, tmp_path, monkeypatch):
+def stamp_app(db, tmp_path, monkeypatch, clean_registry):
+    # clean_registry: the app's task names must not outlive this test (other files
+    # register tasks of the same names).
     app = tmp_path / "wake_app.py"
     app.write_text(APP)
     monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.delitem(sys.modules, "wake_app", raising=False)
     import importlib
     module = importlib.import_module("wake_app")
-    with start_daemon(str(app), concurrency=2, poll_interval=30,
-                      log_path=str(tmp_path / "daemon.log")) as daemon:
-        yield module, daemon
+    try:
+        with start_daemon(str(app), concurrency=2, poll_interval=30,
+                          log_path=str(tmp_path / "daemon.log")) as daemon:
+            yield module, daemon
+    finally:
+        sys.modules.pop("wake_app", None)
 
 
 def test_back_to_back_enqueues_never_wait_for_the_poll(stamp_app):
@@ -141,12 +147,13 @@ def test_delayed_tasks_start_on_time_in_any_order(stamp_app):
         assert offset - 0.01 <= started < offset + 0.5, (offset, started)
 
 
-def test_wake_ups_reach_a_restarted_daemon(db, tmp_path, monkeypatch):
+def test_wake_ups_reach_a_restarted_daemon(db, tmp_path, monkeypatch, clean_registry):
     app_file = tmp_path / "wake_app2.py"
     app_file.write_text(APP.replace("def stamp", "def stamp2").replace("def gated",
                                                                         "def gated2"))
     monkeypatch.syspath_prepend(str(tmp_path))
     import importlib
+    monkeypatch.delitem(sys.modules, "wake_app2", raising=False)  # restored afterwards
     app = importlib.import_module("wake_app2")
     for _ in range(2):  # the second daemon gets a new socket; wake-ups must follow
         with start_daemon(str(app_file), concurrency=1, poll_interval=30,
