@@ -52,8 +52,8 @@ class ControlHost(FdHost, Protocol):
         """Set a pool's number of children."""
         ...
 
-    def reload(self) -> str:
-        """Re-import the app; the error text, or "" when it loaded."""
+    def reload(self) -> str | None:
+        """Re-import the app; the error text, or None when it loaded."""
         ...
 
     def request_stop(self, fast: bool = False, reason: str = "request") -> None:

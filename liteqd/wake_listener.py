@@ -75,7 +75,9 @@ class WakeHost(FdHost, Protocol):
     """What the wake-up listener uses of the supervisor."""
 
     @property
-    def backend(self) -> Backend: ...
+    def backend(self) -> Backend | None:
+        """The daemon's backend; set before any plugin is registered."""
+        ...
 
     @property
     def stopping(self) -> str | None: ...
@@ -89,6 +91,12 @@ class WakeHost(FdHost, Protocol):
     def wake(self, due: float | None = None) -> None:
         """Claim now, or at `due` (epoch s)."""
         ...
+
+
+def _backend(sup: WakeHost) -> Backend:
+    """The supervisor's backend: plugins run only once it is connected."""
+    assert sup.backend is not None, "a plugin ran before the daemon connected"
+    return sup.backend
 
 
 class WakeListener(Plugin):
@@ -109,7 +117,7 @@ class WakeListener(Plugin):
 
     def _open(self, sup: WakeHost) -> None:
         try:
-            channel = sup.backend.open_wake_channel(self.control_socket)
+            channel = _backend(sup).open_wake_channel(self.control_socket)
         except DatabaseError as exc:
             self.channel = None
             self.next_open = time.monotonic() + REOPEN_S
@@ -163,7 +171,7 @@ class WakeListener(Plugin):
         if not held:
             return
         try:
-            rows = sup.backend.get_tasks(held)
+            rows = _backend(sup).get_tasks(held)
         except DatabaseError:
             return  # the poll (dispatch.check_cancelled) looks again
         confirmed = [row["id"] for row in rows if row["status"] == "cancelled"]
