@@ -17,7 +17,7 @@ from typing import Any
 from .backends import Backend, forget_backends, get_backend
 from .app_loader import load_app, refuse_loop_at_import
 from .errors import ConfigError, DatabaseError
-from .scheduler import fire_due
+from .schedule_firing import fire_due
 from .timeutil import now, to_iso
 
 

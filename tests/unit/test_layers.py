@@ -23,7 +23,6 @@ KNOWN_CYCLES: frozenset[frozenset[str]] = frozenset(frozenset(c) for c in (
     ("liteq.backends.base", "liteq.backends.filters"),
     ("liteq.backends", "liteq.backends.sqlite", "liteq.backends.sqlite.wake", "liteq.paths"),
     ("liteq.core", "liteq.workflow"),
-    ("liteq.scheduler", "liteq.scheduler_loop"),
     ("liteq.completion", "liteqd.ctl"),
     ("liteqd.channel", "liteqd.pool"),
     ("liteqd.plugins", "liteqd.supervisor"),
