@@ -15,7 +15,7 @@ inserts the task(s) (a compare-and-set in the backend), so any number of
 schedulers and daemons sharing a database enqueue each occurrence once.
 
 The cron maths is in liteq.cron; the standalone loop (`Scheduler`, `liteq
-scheduler`) in liteq.scheduler_loop.
+scheduler`) in liteq.scheduler_loop and liteqd.scheduler_cmd.
 
 Cron syntax and time zones: see liteq.cron.
 """
@@ -259,10 +259,11 @@ def remove_schedule(name_or_id: str | int, backend: Backend | None = None) -> bo
 
 
 def __getattr__(name: str) -> Any:
-    # The standalone loop lives in liteq.scheduler_loop, loaded on first use.
-    if name in ("Scheduler", "main"):
-        from . import scheduler_loop
-        return getattr(scheduler_loop, name)
+    # The standalone loop lives in liteq.scheduler_loop, loaded on first use (the
+    # `liteq scheduler` command around it is the daemon's: liteqd.scheduler_cmd).
+    if name == "Scheduler":
+        from .scheduler_loop import Scheduler
+        return Scheduler
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
