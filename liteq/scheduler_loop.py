@@ -1,10 +1,10 @@
-"""The standalone scheduler: `Scheduler(check_interval=60).run()` and `liteq scheduler`.
+"""The standalone scheduler loop: `Scheduler(check_interval=60).run()`.
 
 liteqd fires schedules itself; this loop is for running without the daemon, or
-beside it (every fire is a compare-and-set, so both may run).
+beside it (every fire is a compare-and-set, so both may run). The `liteq scheduler`
+command around it is the daemon's (liteqd.scheduler_cmd), with the daemon's logs.
 """
 
-import argparse
 import os
 import select
 import signal
@@ -14,9 +14,9 @@ from collections.abc import Callable
 from types import FrameType
 from typing import Any
 
-from .backends import Backend, forget_backends, get_backend
-from .app_loader import load_app, refuse_loop_at_import
-from .errors import ConfigError, DatabaseError
+from .backends import Backend, get_backend
+from .app_loader import refuse_loop_at_import
+from .errors import DatabaseError
 from .schedule_firing import fire_due
 from .timeutil import now, to_iso
 

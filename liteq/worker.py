@@ -17,5 +17,3 @@ def __getattr__(name: str) -> Any:
         return compat.worker_class()
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
-
-__all__ = ["Worker"]
