@@ -27,8 +27,7 @@ from .workflow import Signature, chain
 if TYPE_CHECKING:
     from .scheduler import Scheduler
 
-# The one place the version is written: pyproject.toml and the CLIs read it here.
-__version__ = "0.4.0"
+from .version import __version__
 
 
 def register_schedule(task: Task[..., Any], cron: str, *args: Any, **kwargs: Any) -> int:

@@ -24,13 +24,13 @@ def main(argv: list[str] | None = None) -> int:
         print(USAGE)
         return 0 if argv else 2
     if argv[0] == "--version":
-        from . import __version__
+        from .version import __version__
         print(f"liteq {__version__}")
         return 0
     command, rest = argv[0], argv[1:]
     if command == "worker":
-        from liteqd.cli import main as daemon_main
-        return daemon_main(rest, prog="liteq worker")
+        from .compat import run_daemon
+        return run_daemon(rest, prog="liteq worker")
     if command == "bench":
         from .bench import main as bench_main
         return bench_main(rest)
@@ -38,7 +38,7 @@ def main(argv: list[str] | None = None) -> int:
         from .web.cli import main as monitor_main
         if not {"-h", "--help"} & set(rest):
             # Its server's logs as the daemon's structured events (LITEQ_LOG_FORMAT).
-            from liteqd.stdlib_logs import route_uvicorn_logs
+            from .compat import route_uvicorn_logs
             route_uvicorn_logs()
         return monitor_main(rest)
     if command == "grants":
@@ -48,10 +48,10 @@ def main(argv: list[str] | None = None) -> int:
         from .dbcli import main as db_main
         return db_main(rest)
     if command == "completion":
-        from .completion import main as completion_main
+        from .compat import completion_main
         return completion_main(rest, prog="liteq completion")
     if command == "scheduler":
-        from .scheduler_loop import main as scheduler_main
+        from .compat import scheduler_main
         return scheduler_main(rest)
     print(f"liteq: unknown command {command!r}\n\n{USAGE}", file=sys.stderr)
     return 2

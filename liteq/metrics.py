@@ -50,7 +50,8 @@ from prometheus_client.core import (CounterMetricFamily, GaugeMetricFamily,
                                     HistogramMetricFamily, Metric)
 from prometheus_client.registry import Collector
 
-from . import __version__, control
+from . import control
+from .version import __version__
 from .backends import TASK_STATUSES, get_backend
 from .backends.stats import BUCKETS, HISTOGRAMS, OUTCOMES
 from .timeutil import now

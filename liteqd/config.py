@@ -10,7 +10,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, cast
 
-from liteq import __version__
+from liteq.version import __version__
 from liteq.errors import ConfigError
 from liteq.rates import parse_rate
 from liteq.taskspec import MAX_SECONDS, check_name, check_number

@@ -13,14 +13,15 @@ import os
 import signal
 import sys
 import time
-from collections.abc import Iterable, Sequence
 from typing import Any
 
-from liteq import __version__, control
+from liteq import control
 from liteq.backends import get_backend, identity_of, may_exist
 from liteq.errors import LiteQError
 
 from . import ctl_tasks
+from .ctl_parser import build_parser
+from .tables import table
 
 EXIT_OK, EXIT_ERROR, EXIT_NO_DAEMON = 0, 1, 3
 
@@ -49,20 +50,6 @@ def _fmt_bytes(n: float | None) -> str:
             return f"{n:.0f}{unit}" if unit == "B" else f"{n:.1f}{unit}"
         n /= 1024
     raise AssertionError("unreachable: the GiB step returns")
-
-
-def table(headers: Sequence[object], rows: Iterable[Sequence[object]]) -> str:
-    """Plain text, columns aligned; numbers right-aligned."""
-    cells = [[str(h) for h in headers]] + [["-" if v is None else str(v) for v in r]
-                                          for r in rows]
-    widths = [max(len(r[i]) for r in cells) for i in range(len(headers))]
-    numeric = [all(r[i].lstrip("~").replace(".", "", 1).isdigit() or r[i] == "-"
-                   for r in cells[1:]) and cells[1:] for i in range(len(headers))]
-    lines: list[str] = []
-    for r in cells:
-        lines.append("  ".join(c.rjust(w) if numeric[i] else c.ljust(w)
-                               for i, (c, w) in enumerate(zip(r, widths))).rstrip())
-    return "\n".join(lines)
 
 
 # CLAIMED: claimed by a daemon, waiting for a child; RUNNING: started by a child.
@@ -192,51 +179,6 @@ def _wait_scaled(pool_name: str, size: int, timeout: float, kw: dict[str, Any]) 
         time.sleep(0.05)
 
 
-def build_parser() -> argparse.ArgumentParser:
-    """liteqctl's argument parser."""
-    p = argparse.ArgumentParser(prog="liteqctl", description="Control a running liteqd.")
-    p.add_argument("--version", action="version", version=f"liteqctl {__version__}")
-    p.add_argument("--db", help="the database the daemon serves [LITEQ_DB]")
-    p.add_argument("--socket", help="the control socket (default: derived from the database) "
-                                    "[LITEQ_SOCKET]")
-    p.add_argument("--reply-timeout", type=float, default=None, metavar="S",
-                   help="seconds to wait for the daemon's answer (default 5)")
-    # liteqctl once named it --timeout, which liteqd uses for the tasks' time limit.
-    p.add_argument("--timeout", type=float, default=None, dest="old_timeout",
-                   help=argparse.SUPPRESS)
-    sub = p.add_subparsers(dest="command", required=True)
-    s = sub.add_parser("status", help="pools, children and queue counts")
-    s.add_argument("--json", action="store_true", help="print JSON")
-    s.add_argument("--all", action="store_true",
-                   help="every live daemon on the database (any host), read from the "
-                        "database: host, pid, queues, busy children, heartbeat age")
-    s.add_argument("--window", type=float, default=60.0,
-                   help="with --all: a daemon is live if its heartbeat is this recent "
-                        "(seconds, default 60)")
-    s = sub.add_parser("scale", help="set a pool's number of children: scale [POOL] N")
-    s.add_argument("args", nargs="+", metavar="[POOL] N")
-    s.add_argument("--wait", type=float, default=60.0,
-                   help="seconds to wait for the pool to settle (default 60)")
-    s = sub.add_parser("pause", help="stop claiming from a queue")
-    s.add_argument("queue")
-    s = sub.add_parser("resume", help="claim from a paused queue again")
-    s.add_argument("queue")
-    sub.add_parser("reload", help="re-import the app and replace the children (like SIGHUP)")
-    s = sub.add_parser("shutdown", help="stop the daemon gracefully")
-    s.add_argument("--fast", action="store_true", help="kill children now, requeue their tasks")
-    sub.add_parser("ping", help="check that the daemon answers")
-    s = sub.add_parser("cancel", help="cancel a pending or running task (any host's): "
-                                      "cancel ID")
-    s.add_argument("task_id", type=int)
-    s = sub.add_parser("schedules", help="cron schedules: next run, last run, enabled")
-    s.add_argument("--json", action="store_true", help="print JSON")
-    ctl_tasks.add_commands(sub)
-    s = sub.add_parser("completion", help="print a shell completion script for liteq, "
-                                          "liteqd and liteqctl: completion bash|zsh")
-    s.add_argument("shell", choices=("bash", "zsh"))
-    return p
-
-
 def reply_timeout(args: argparse.Namespace) -> float:
     """--reply-timeout, or the deprecated --timeout (with a warning on stderr)."""
     if args.old_timeout is not None:
@@ -252,7 +194,7 @@ def run(args: argparse.Namespace) -> int:
     """Carry out one liteqctl command; returns the exit code."""
     cmd = args.command
     if cmd == "completion":
-        from liteq.completion import script
+        from .completion import script
         _out(script(args.shell))
         return EXIT_OK
     kw: dict[str, Any] = {"timeout": reply_timeout(args)}

@@ -148,7 +148,7 @@ def _error_line(error: str | None, width: int = 70) -> str:
 
 def render_failed(rows: list[dict[str, Any]], total: int) -> str:
     """The human-readable `liteqctl failed`."""
-    from .ctl import table
+    from .tables import table
     if not rows:
         return "no failed tasks match"
     out: str = table(["ID", "NAME", "QUEUE", "ATTEMPTS", "FINISHED", "ERROR"],

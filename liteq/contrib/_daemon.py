@@ -19,12 +19,12 @@ def run_liteqd(argv: Sequence[str], *, app: str, prog: str, loaded: bool) -> int
     `app` (it names it in its logs) and SIGHUP restarts the workers without a
     re-import; otherwise liteqd imports `app` as `liteqd --app` does.
     """
-    import importlib
     import sys
 
-    # liteqd is not annotated yet (pyproject's lists): its functions are used as Any.
-    cli: Any = importlib.import_module("liteqd.cli")
-    config_mod: Any = importlib.import_module("liteqd.config")
+    from ..compat import daemon_cli, daemon_config
+
+    cli: Any = daemon_cli()
+    config_mod: Any = daemon_config()
 
     from ..errors import ConfigError
 

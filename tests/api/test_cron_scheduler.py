@@ -501,7 +501,7 @@ def test_import_liteq_does_not_import_croniter(sched_db):
 
 # ---- CLI and app loading ----------------------------------------------------------------
 
-_CLI = "import sys; from liteq.scheduler import main; sys.exit(main(sys.argv[1:]))"
+_CLI = "import sys; from liteq.cli import main; sys.exit(main(['scheduler', *sys.argv[1:]]))"
 
 
 def test_cli_fires_and_exits_cleanly_on_sigterm(sched_db, tmp_path):

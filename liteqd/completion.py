@@ -97,17 +97,18 @@ def captured_parser(main: Callable[[list[str]], Any]) -> argparse.ArgumentParser
 def trees() -> dict[str, Node]:
     """The completion data of the three programs."""
     # The CLIs' own modules, imported only to generate the script.
-    from liteqd.config import build_parser as daemon_parser
-    from liteqd.ctl import build_parser as ctl_parser
+    from liteq import bench, dbcli, grants
+    from liteq.web import cli as monitor_cli
 
-    from . import bench, dbcli, grants, scheduler_loop
-    from .web import cli as monitor_cli
+    from .config import build_parser as daemon_parser
+    from .ctl_parser import build_parser as ctl_parser
+    from .scheduler_cmd import build_parser as scheduler_parser
 
     daemon = node_of(daemon_parser())
     liteq = Node(flags={"--help": None, "-h": None, "--version": None})
     liteq.subs = {
         "worker": daemon,
-        "scheduler": node_of(scheduler_loop.build_parser()),
+        "scheduler": node_of(scheduler_parser()),
         "monitor": node_of(monitor_cli.build_parser()),
         "bench": node_of(captured_parser(bench.main)),  # pyright: ignore[reportUnknownMemberType, reportUnknownArgumentType]
         "grants": node_of(captured_parser(grants.main)),  # pyright: ignore[reportUnknownMemberType, reportUnknownArgumentType]
