@@ -22,9 +22,9 @@ RUNTIME_DIR = "/run/liteq"
 _UCRED = struct.Struct("3i")
 
 
-def socket_path(identity: str | None = None) -> str:
-    """The control socket path of the queue `identity` (default: the queue LITEQ_DB
-    names; see liteq.backends.identity_of). The first that applies:
+def socket_path(identity: str) -> str:
+    """The control socket path of the queue `identity` (liteq.backends.identity_of
+    gives a queue's). The first that applies:
 
     1. LITEQ_SOCKET.
     2. /run/liteq/liteqd-HASH.sock, when /run/liteq exists and this process may enter it.
@@ -37,9 +37,6 @@ def socket_path(identity: str | None = None) -> str:
     explicit = os.environ.get("LITEQ_SOCKET")
     if explicit:
         return explicit
-    if identity is None:
-        from .backends import identity_of
-        identity = identity_of()
     name = f"liteqd-{hashlib.sha1(identity.encode()).hexdigest()[:16]}.sock"
     if os.path.isdir(RUNTIME_DIR) and os.access(RUNTIME_DIR, os.X_OK):
         return os.path.join(RUNTIME_DIR, name)

@@ -986,7 +986,7 @@ def test_default_socket_path_is_derived_from_the_db(monkeypatch, tmp_path):
         assert path == os.path.join(short_dir, ".app.db.liteqd.sock")
         assert wake_path(path) == os.path.join(short_dir, ".app.db.liteqd.wake")
         monkeypatch.setenv("LITEQ_DB", db)
-        assert socket_path() == path
+        assert socket_path(backends.identity_of()) == path   # the queue LITEQ_DB names
     finally:
         shutil.rmtree(short_dir, ignore_errors=True)
     long_dir = os.path.join(str(tmp_path), *["d" * 40] * 4)
