@@ -20,6 +20,7 @@ from .reads import ReadOps
 from .schedules import ScheduleOps
 from .schema import ensure_schema
 from .tasks import TaskOps
+from .workers import WorkerOps
 
 if TYPE_CHECKING:
     from ..base import WakeChannel
@@ -29,7 +30,7 @@ if TYPE_CHECKING:
 DAEMON_BUSY_TIMEOUT = 0.25
 
 
-class SQLiteBackend(TaskOps, ReadOps, ScheduleOps, Backend):
+class SQLiteBackend(TaskOps, WorkerOps, ReadOps, ScheduleOps, Backend):
     """All queue operations on one SQLite database file."""
 
     kind = "sqlite"

@@ -1,18 +1,11 @@
 """SQLite: task dependencies. A dependent task is inserted with waiting_on, the
-count of its parents not done yet, and one task_deps row per parent; the claim
-takes only rows with waiting_on = 0. Everything here runs inside the caller's
-write transaction (BEGIN IMMEDIATE), so no outcome can slip in between a count
-and the row it guards.
+count of its parents not done yet (decided by liteq.backends.enqueue.dependent_row),
+and one task_deps row per parent; the claim takes only rows with waiting_on = 0.
+Everything here runs inside the caller's write transaction (BEGIN IMMEDIATE), so
+no outcome can slip in between a count and the row it guards.
 """
 
-from ...taskspec import ENDED_WORDS, missing_parents_error, parent_ended_text
-from .schema import NEXT_ID
-
-INSERT_DEPENDENT = (
-    "INSERT INTO tasks (id, name, payload, queue, priority, max_retries, run_at, created_at, "
-    "timeout, retry_delay, retry_backoff, retry_max_delay, waiting_on, status, error, "
-    f"finished_at) VALUES ({NEXT_ID} + 1, ?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)"
-)
+from ...taskspec import ENDED_WORDS
 
 _CHUNK = 500  # ids per statement
 
@@ -44,26 +37,18 @@ def _chunks(ids):
         yield ids[start:start + _CHUNK]
 
 
-def insert_dependent(conn, values, parents) -> tuple:
-    """Insert a task (INSERT_TASK's values) that waits for `parents`, and its edges;
-    returns (id, claimable now). A parent that does not exist is a ValueError (the
-    caller's transaction rolls back: nothing is written); a parent already failed
-    or cancelled makes the task cancelled at once, with an error naming it."""
+def parent_statuses(conn, parents) -> dict:
+    """{id: status} of those of `parents` that exist (the caller's write lock keeps
+    them from changing until its commit)."""
     marks = ",".join("?" * len(parents))
-    status_of = dict(conn.execute(f"SELECT id, status FROM tasks WHERE id IN ({marks})",
-                                  parents).fetchall())
-    missing = [p for p in parents if p not in status_of]
-    if missing:
-        raise missing_parents_error(missing)
-    ended = next((p for p in parents if status_of[p] in ("failed", "cancelled")), None)
-    if ended is not None:
-        row = (0, "cancelled", parent_ended_text(ended, status_of[ended]), values[6])
-    else:
-        row = (sum(status_of[p] != "done" for p in parents), "pending", None, None)
-    task_id = conn.execute(INSERT_DEPENDENT, values + row).lastrowid
+    return dict(conn.execute(f"SELECT id, status FROM tasks WHERE id IN ({marks})",
+                             list(parents)).fetchall())
+
+
+def add_edges(conn, child_id, parents) -> None:
+    """The task_deps rows of a new task waiting for `parents` (positions in order)."""
     conn.executemany("INSERT INTO task_deps (child_id, parent_id, position) VALUES (?,?,?)",
-                     [(task_id, p, n) for n, p in enumerate(parents)])
-    return task_id, ended is None and row[0] == 0
+                     [(child_id, p, n) for n, p in enumerate(parents)])
 
 
 def release_children(conn, done_ids) -> bool:
