@@ -165,7 +165,7 @@ def claim_limited(dialect: LimitDialect, worker_id: str, queues: Sequence[str], 
     counts = LimitCounts(dialect, limits, names, limited_queues)
     if not any(r["name"] in counts.limited_names or r["queue"] in counts.limited_queues
                for r in candidates):
-        return dialect.claim_ids(worker_id, [r["id"] for r in candidates]), None
+        return dialect.claim_ids(worker_id, [r["id"] for r in candidates[:limit]]), None
     counts.take(candidates, wait=True)
     name_room, queue_room = counts.rooms()
     ids = pick(candidates, limit, name_room, queue_room)

@@ -25,6 +25,7 @@ import random
 import psycopg
 
 from ..base import Backend
+from ..enqueue import checked_task
 from ..stats import NameCache
 from .async_session import AsyncSession
 from .connection import Batch, Connector, Session
@@ -131,6 +132,7 @@ class PostgresBackend(TaskOps, WorkerOps, ReadOps, ScheduleOps, Backend):
         """enqueue() on psycopg's async connection: one statement, the loop never blocks.
         (A unique task's insert-or-find loop, and a dependent task's transaction, run
         in a worker thread instead.)"""
+        task = checked_task(task)
         if task.unique_key is not None or task.depends_on:
             return await super().aenqueue(task)
         return await self._async_session().enqueue(task, self._channel)

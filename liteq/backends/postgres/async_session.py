@@ -16,7 +16,7 @@ from psycopg.rows import dict_row
 
 from .connection import is_gone
 from .reads import TASK_SELECT
-from .tasks import (ENQUEUE, ENQUEUE_QUIET, enqueue_params, enqueued, quiet_params,
+from .inserts import (ENQUEUE, ENQUEUE_QUIET, enqueue_params, enqueued, quiet_params,
                     should_notify)
 
 

@@ -12,7 +12,8 @@ import time
 
 import psycopg
 
-from ...taskspec import ENDED_WORDS, missing_parents_error, parent_ended_text
+from ...taskspec import ENDED_WORDS
+from ..enqueue import TASK_COLUMNS
 from .wake import NOTIFY_PAYLOAD
 
 _PARENTS = ("SELECT id, status FROM tasks WHERE id = ANY(%s::bigint[]) "
@@ -24,8 +25,7 @@ LOCK_ATTEMPTS = 100
 
 # status, error and finished_at of a task cancelled at once are given; waiting_on too.
 INSERT_DEPENDENT = (
-    "INSERT INTO tasks (name, payload, queue, priority, max_retries, run_at, timeout, "
-    "retry_delay, retry_backoff, retry_max_delay, waiting_on, status, error, finished_at) "
+    f"INSERT INTO tasks ({', '.join(TASK_COLUMNS)}, waiting_on, status, error, finished_at) "
     "VALUES (%s, %s, %s, %s, %s, "
     "COALESCE(to_timestamp(%s::float8), now() + %s::float8 * interval '1 second'), "
     "%s, %s, %s, %s, %s, %s, %s, CASE WHEN %s THEN now() END) RETURNING id")
@@ -66,29 +66,19 @@ PARENT_RESULTS = ("SELECT t.result FROM task_deps d JOIN tasks t ON t.id = d.par
                   "WHERE d.child_id = %s ORDER BY d.position")
 
 
-def insert_dependent(session, params, parents, channel) -> int:
-    """Insert a task that waits for `parents`, and its edges, inside the caller's
-    transaction; returns its id. params: INSERT_DEPENDENT's first ten values. A
-    parent that does not exist is a ValueError (the transaction rolls back);
-    a parent already failed or cancelled makes the task cancelled at once, with
-    an error naming it."""
-    status_of = _lock_parents(session, list(parents))
-    missing = [p for p in parents if p not in status_of]
-    if missing:
-        raise missing_parents_error(missing)
-    ended = next((p for p in parents if status_of[p] in ("failed", "cancelled")), None)
-    if ended is not None:
-        row = (0, "cancelled", parent_ended_text(ended, status_of[ended]), True)
-    else:
-        row = (sum(status_of[p] != "done" for p in parents), "pending", None, False)
-    task_id = session.run(INSERT_DEPENDENT, params + row).fetchone()["id"]
+def insert_dependent(session, params, parents, row, channel) -> int:
+    """Insert a task as `row` (an enqueue.Dependent) says, and its edges to `parents`,
+    inside the caller's transaction; returns its id. params: INSERT_DEPENDENT's first
+    eleven values. A task claimable at once wakes the daemons at the commit."""
+    task_id = session.run(INSERT_DEPENDENT, params + (
+        row.waiting_on, row.status, row.error, row.status == "cancelled")).fetchone()["id"]
     session.run(_EDGES, (task_id, list(parents)))
-    if ended is None and row[0] == 0:
+    if row.claimable:
         session.run(_WAKE, (channel, [task_id]))
     return task_id
 
 
-def _lock_parents(session, parents) -> dict:
+def lock_parents(session, parents) -> dict:
     """{id: status} of the existing parents, locked FOR SHARE until the commit.
 
     Without waiting (NOWAIT, in a savepoint, asked again while an outcome or a

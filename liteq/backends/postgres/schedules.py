@@ -10,7 +10,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from .connection import operation
-from .tasks import insert_rows
+from .inserts import insert_rows
 from .wake import NOTIFY_PAYLOAD
 
 if TYPE_CHECKING:
