@@ -6,7 +6,7 @@ from typing import TYPE_CHECKING, Any
 
 from ...timeutil import now
 from .connection import guarded, row_dict
-from .tasks import INSERT_TASK, insert_values
+from .inserts import INSERT_TASK, insert_values
 
 if TYPE_CHECKING:
     from ...taskspec import NewTask
