@@ -24,7 +24,7 @@ def claim_key(row: Row) -> tuple[Any, Any, Any]:
 
 def by_claim_order(rows: Iterable[Any]) -> list[dict[str, Any]]:
     """Claimed rows as dicts in claim order (RETURNING gives no order guarantee)."""
-    out = [r if type(r) is dict else dict(r) for r in rows]
+    out: list[dict[str, Any]] = [r if type(r) is dict else dict(r) for r in rows]
     out.sort(key=claim_key)
     return out
 

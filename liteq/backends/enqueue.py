@@ -32,7 +32,7 @@ _OPTION_ORDER = ("queue", "retry_delay", "retry_max_delay", "retry_backoff", "ma
 
 # TaskOptions objects already found good, by identity (each kept alive here, so its id
 # is not reused): a task's options are the same object on every .delay().
-_GOOD_OPTIONS: dict[int, Any] = {}
+_GOOD_OPTIONS: dict[int, TaskOptions] = {}
 _MAX_GOOD_OPTIONS = 10_000
 
 
@@ -50,7 +50,7 @@ def checked_options(options: TaskOptions) -> TaskOptions:
         stored = check_option(key, given)
         if type(stored) is not type(given) or stored != given:
             changes[key] = stored
-    good = replace(options, **changes) if changes else options
+    good: TaskOptions = replace(options, **changes) if changes else options
     if len(_GOOD_OPTIONS) < _MAX_GOOD_OPTIONS:
         _GOOD_OPTIONS[id(good)] = good
     return good

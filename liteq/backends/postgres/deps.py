@@ -9,11 +9,13 @@ snapshot, which sees the edges of an enqueue it waited for.
 """
 
 import time
+from collections.abc import Sequence
+from typing import Any
 
 import psycopg
 
 from ...taskspec import ENDED_WORDS
-from ..enqueue import TASK_COLUMNS
+from ..enqueue import TASK_COLUMNS, Dependent
 from .wake import NOTIFY_PAYLOAD
 
 _PARENTS = ("SELECT id, status FROM tasks WHERE id = ANY(%s::bigint[]) "
@@ -66,7 +68,8 @@ PARENT_RESULTS = ("SELECT t.result FROM task_deps d JOIN tasks t ON t.id = d.par
                   "WHERE d.child_id = %s ORDER BY d.position")
 
 
-def insert_dependent(session, params, parents, row, channel) -> int:
+def insert_dependent(session: Any, params: tuple[Any, ...], parents: Sequence[int],
+                     row: Dependent, channel: str) -> int:
     """Insert a task as `row` (an enqueue.Dependent) says, and its edges to `parents`,
     inside the caller's transaction; returns its id. params: INSERT_DEPENDENT's first
     eleven values. A task claimable at once wakes the daemons at the commit."""
@@ -78,7 +81,7 @@ def insert_dependent(session, params, parents, row, channel) -> int:
     return task_id
 
 
-def lock_parents(session, parents) -> dict:
+def lock_parents(session: Any, parents: list[int]) -> dict[int, str]:
     """{id: status} of the existing parents, locked FOR SHARE until the commit.
 
     Without waiting (NOWAIT, in a savepoint, asked again while an outcome or a

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Generator, Sequence
 from typing import TYPE_CHECKING, Any
 
 from ...errors import DatabaseError
@@ -19,7 +19,7 @@ from . import deps
 from .wake import NOTIFY_PAYLOAD
 
 if TYPE_CHECKING:
-    from ...taskspec import NewTask, NewTasks
+    from ...taskspec import NewTask, NewTasks, TaskOptions
 
 # When a task is due: to_timestamp(run_at) when given (absolute epoch seconds),
 # else the server's now() plus the delay (0 when none). Parameters: run_at, delay.
@@ -68,7 +68,7 @@ class _Notified:
     interval = NOTIFY_INTERVAL_S
 
 
-def should_notify(task) -> bool:
+def should_notify(task: NewTask) -> bool:
     """True when this enqueue must carry a wake-up (then it counts as sent): the
     task is due later, or this process is not in a burst, or its interval passed."""
     if task.run_at is not None or task.delay:
@@ -80,7 +80,7 @@ def should_notify(task) -> bool:
     return True
 
 
-def enqueued(notify_took=None) -> None:
+def enqueued(notify_took: float | None = None) -> None:
     """Note that a .delay() returned; notify_took: the seconds its NOTIFY statement
     took (it sets the interval), None when it sent none."""
     _Notified.done = time.monotonic()
@@ -89,7 +89,7 @@ def enqueued(notify_took=None) -> None:
                                  NOTIFY_INTERVAL_MAX_S)
 
 
-def quiet_params(task) -> tuple:
+def quiet_params(task: NewTask) -> tuple[Any, ...]:
     """The ENQUEUE_QUIET statement's parameters for a NewTask."""
     return enqueue_params(task, None)[:-1]
 
@@ -133,22 +133,23 @@ INSERT_ROWS = (
     f"AS u(name, payload, queue, priority, max_retries, run_at, delay, timeout, retry_delay, "
     f"retry_backoff, retry_max_delay, n) ORDER BY u.n RETURNING id")
 
-def _options(o):
+
+def _options(o: TaskOptions) -> tuple[int, int]:
     return (o.priority, o.max_retries)
 
 
-def _tail(o):
+def _tail(o: TaskOptions) -> tuple[float | None, float, float, float]:
     return (o.timeout, o.retry_delay, o.retry_backoff, o.retry_max_delay)
 
 
-def floats(values) -> list:
+def floats(values: Iterable[Any]) -> list[float | None]:
     """A list for a float8[] parameter: psycopg refuses lists that mix int and float."""
     return [None if v is None else float(v) for v in values]
 
 
-def insert_rows(session, tasks) -> list:
+def insert_rows(session: Any, tasks: Iterable[NewTask]) -> list[int]:
     """Insert NewTask rows in one statement; returns their ids in order."""
-    cols = [[] for _ in range(11)]
+    cols: list[list[Any]] = [[] for _ in range(11)]
     for task in tasks:
         o = task.options
         for col, value in zip(cols, (task.name, task.payload, o.queue, o.priority,
@@ -160,7 +161,7 @@ def insert_rows(session, tasks) -> list:
     return sorted(r["id"] for r in rows)
 
 
-def enqueue_params(task, channel) -> tuple:
+def enqueue_params(task: NewTask, channel: str | None) -> tuple[Any, ...]:
     """The ENQUEUE statement's parameters for a NewTask."""
     o = task.options
     return (task.name, task.payload, o.queue, *_options(o), task.run_at, task.delay or 0.0,
@@ -244,7 +245,7 @@ class Inserts:
         return ids
 
     @contextlib.contextmanager
-    def chain_writer(self) -> Iterator[_Chain]:
+    def chain_writer(self) -> Generator[_Chain]:
         """A chain's transaction."""
         session = self.ops._session
         with session.transaction():

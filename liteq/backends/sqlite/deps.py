@@ -5,6 +5,9 @@ Everything here runs inside the caller's write transaction (BEGIN IMMEDIATE), so
 no outcome can slip in between a count and the row it guards.
 """
 
+from collections.abc import Sequence
+from typing import Any
+
 from ...taskspec import ENDED_WORDS
 
 _CHUNK = 500  # ids per statement
@@ -37,7 +40,7 @@ def _chunks(ids):
         yield ids[start:start + _CHUNK]
 
 
-def parent_statuses(conn, parents) -> dict:
+def parent_statuses(conn: Any, parents: Sequence[int]) -> dict[int, str]:
     """{id: status} of those of `parents` that exist (the caller's write lock keeps
     them from changing until its commit)."""
     marks = ",".join("?" * len(parents))
@@ -45,7 +48,7 @@ def parent_statuses(conn, parents) -> dict:
                              list(parents)).fetchall())
 
 
-def add_edges(conn, child_id, parents) -> None:
+def add_edges(conn: Any, child_id: int, parents: Sequence[int]) -> None:
     """The task_deps rows of a new task waiting for `parents` (positions in order)."""
     conn.executemany("INSERT INTO task_deps (child_id, parent_id, position) VALUES (?,?,?)",
                      [(child_id, p, n) for n, p in enumerate(parents)])

@@ -5,7 +5,7 @@ Due times are the producer's clock (time.time())."""
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator, Sequence
+from collections.abc import Generator, Sequence
 from typing import TYPE_CHECKING, Any
 
 from ...timeutil import now
@@ -134,7 +134,7 @@ class Inserts:
         return list(range(base + 1, base + tasks.count + 1))
 
     @contextlib.contextmanager
-    def chain_writer(self) -> Iterator[_Chain]:
+    def chain_writer(self) -> Generator[_Chain]:
         """A chain's write transaction; wakes the daemon after the commit."""
         with self.ops._write() as conn:
             writer = _Chain(conn, now())
