@@ -16,6 +16,12 @@ from .limits import Buckets, Limits, merge_rooms, pick, rate_key, rooms, used_up
 
 Row = Mapping[str, Any]
 
+#: The columns of a claimed task that a claim hands the daemon, on every backend (the
+#: times as epoch seconds).
+CLAIMED_COLUMNS = ("id", "name", "payload", "queue", "priority", "run_at", "attempts",
+                   "max_retries", "timeout", "retry_delay", "retry_backoff",
+                   "retry_max_delay", "created_at")
+
 
 def claim_key(row: Row) -> tuple[Any, Any, Any]:
     """The sort key of the claim order: priority (highest first), due time, id."""

@@ -14,7 +14,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from .. import enqueue as shared
-from ..claiming import by_claim_order, claim_limited
+from ..claiming import CLAIMED_COLUMNS, by_claim_order, claim_limited
 from ..stats import Tally
 from . import deps, stats
 from .connection import operation
@@ -40,10 +40,9 @@ CLAIM = (
     " ORDER BY c.priority DESC, c.run_at, c.id LIMIT %s) "
     "UPDATE tasks t SET status = 'running', worker_id = %s, attempts = t.attempts + 1, "
     "started_at = NULL FROM picked WHERE t.id = picked.id "
-    "RETURNING t.id, t.name, t.payload, t.queue, t.priority, "
-    "date_part('epoch', t.run_at) AS run_at, t.attempts, t.max_retries, t.timeout, "
-    "t.retry_delay, t.retry_backoff, t.retry_max_delay, "
-    "date_part('epoch', t.created_at) AS created_at")
+    "RETURNING " + ", ".join(
+        f"date_part('epoch', t.{c}) AS {c}" if c in ("run_at", "created_at") else f"t.{c}"
+        for c in CLAIMED_COLUMNS))
 
 # A claim under concurrency limits while none of the rows it would take is of a
 # limited name or queue (the common case: an app defines a limit whose tasks are

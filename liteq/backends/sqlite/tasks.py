@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any
 
 from ...timeutil import now
 from .. import enqueue as shared
-from ..claiming import by_claim_order, claim_limited
+from ..claiming import CLAIMED_COLUMNS, by_claim_order, claim_limited
 from ..stats import Tally
 from . import deps, stats
 from .connection import guarded
@@ -24,8 +24,7 @@ if TYPE_CHECKING:
 CLAIMABLE = "status = 'pending' AND waiting_on = 0"
 
 # The columns a claim hands the daemon.
-CLAIM_RETURNING = ("id, name, payload, queue, priority, run_at, attempts, max_retries, "
-                   "timeout, retry_delay, retry_backoff, retry_max_delay, created_at")
+CLAIM_RETURNING = ", ".join(CLAIMED_COLUMNS)
 
 # Outcome updates apply only while the row is still running for this worker; each
 # statement updates a batch from a VALUES list (column1 = id, column2 = text,
