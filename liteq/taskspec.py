@@ -28,7 +28,7 @@ from .backends.rules import check_depends_on as check_depends_on
 from .backends.rules import check_due as check_due
 from .backends.rules import check_name as check_name
 from .backends.rules import check_number as check_number
-from .backends.rules import check_option, check_queue, check_task_name
+from .backends.rules import OPTION_ORDER, check_option, check_queue, check_task_name
 from .backends.rules import check_priority as check_priority
 from .backends.rules import check_purge as check_purge
 from .backends.rules import check_unique_key as check_unique_key
@@ -101,15 +101,12 @@ class TaskOptions:
         if not changes:
             return self
         check_queue(changes.get("queue", self.queue))
-        # In this order, so that the first bad one is named whatever the call's order.
-        checked = {key: check_option(key, changes[key]) for key in _CHECK_ORDER
+        checked = {key: check_option(key, changes[key]) for key in OPTION_ORDER
                    if key in changes}
         return replace(self, **checked)
 
 
 OPTION_NAMES = frozenset(f.name for f in fields(TaskOptions))
-_CHECK_ORDER = ("queue", "retry_delay", "retry_max_delay", "retry_backoff", "max_retries",
-                "timeout", "priority")
 
 
 @dataclass(slots=True)

@@ -15,8 +15,8 @@ from dataclasses import dataclass, fields, replace
 from typing import TYPE_CHECKING, Any, Protocol
 
 from ..taskspec import missing_parents_error, parent_ended_text
-from .rules import (check_args_json, check_depends_on, check_due, check_option, check_payload,
-                    check_task_name, check_unique_key)
+from .rules import (OPTION_ORDER, check_args_json, check_depends_on, check_due, check_option,
+                    check_payload, check_task_name, check_unique_key)
 
 if TYPE_CHECKING:
     from ..taskspec import NewTask, NewTasks, TaskOptions
@@ -25,10 +25,6 @@ if TYPE_CHECKING:
 #: computes run_at its own way (see each one's due-time expression).
 TASK_COLUMNS = ("name", "payload", "queue", "priority", "max_retries", "run_at", "timeout",
                 "retry_delay", "retry_backoff", "retry_max_delay")
-
-# The options in the order they are checked, so the first bad one is named alike.
-_OPTION_ORDER = ("queue", "retry_delay", "retry_max_delay", "retry_backoff", "max_retries",
-                 "timeout", "priority")
 
 # TaskOptions objects already found good, by identity (each kept alive here, so its id
 # is not reused): a task's options are the same object on every .delay().
@@ -42,10 +38,10 @@ def checked_options(options: TaskOptions) -> TaskOptions:
     not); TypeError/ValueError naming the first bad field otherwise."""
     if _GOOD_OPTIONS.get(id(options)) is options:
         return options
-    if not {f.name for f in fields(options)} >= set(_OPTION_ORDER):
+    if not {f.name for f in fields(options)} >= set(OPTION_ORDER):
         raise TypeError(f"options must be a TaskOptions, not {type(options).__name__}")
     changes: dict[str, Any] = {}
-    for key in _OPTION_ORDER:
+    for key in OPTION_ORDER:
         given = getattr(options, key)
         stored = check_option(key, given)
         if type(stored) is not type(given) or stored != given:

@@ -108,6 +108,12 @@ def check_queue(value: object) -> str:
     return check_name("queue", value, queue=True)
 
 
+#: The task options in the order they are checked, so the first bad one is named alike
+#: whatever order a call gives them in.
+OPTION_ORDER = ("queue", "retry_delay", "retry_max_delay", "retry_backoff", "max_retries",
+                "timeout", "priority")
+
+
 def check_option(key: str, value: Any) -> Any:
     """The TaskOptions field `key` set to `value`, as stored (priority and max_retries
     ints, the retry settings floats); TypeError/ValueError when out of its range."""
