@@ -176,3 +176,26 @@ def enqueue_many(dialect: EnqueueDialect, tasks: NewTasks) -> list[int]:
     if tasks.count <= 0:
         return []
     return dialect.insert_many(tasks)
+
+
+def cancel_dependents_sql(parent_test: str, finished_at: str, param: str) -> str:
+    """The statement that cancels every pending task downstream of the given parents
+    (walking only through pending tasks), each with an error naming the parent among
+    those given it descends from, and returns their id, queue and name.
+
+    Dialect parts: parent_test, the SQL test of a parent id ("IN (?,?)" or
+    "= ANY(%s::bigint[])"); finished_at, the SQL of the end time; param, the
+    placeholder of the parent's end in words (ENDED_WORDS)."""
+    return (
+        "WITH RECURSIVE doomed(id, root) AS ("
+        " SELECT d.child_id, d.parent_id FROM task_deps d JOIN tasks c ON c.id = d.child_id "
+        f"  AND c.status = 'pending' WHERE d.parent_id {parent_test}"
+        " UNION"
+        " SELECT d.child_id, doomed.root FROM doomed JOIN task_deps d "
+        "  ON d.parent_id = doomed.id JOIN tasks c ON c.id = d.child_id "
+        "  AND c.status = 'pending') "
+        f"UPDATE tasks SET status = 'cancelled', waiting_on = 0, finished_at = {finished_at}, "
+        f"error = 'cancelled: it depends on task ' || x.root || ', which ' || {param} "
+        "FROM (SELECT id, MIN(root) AS root FROM doomed GROUP BY id) AS x "
+        "WHERE tasks.id = x.id AND tasks.status = 'pending' "
+        "RETURNING tasks.id, tasks.queue, tasks.name")

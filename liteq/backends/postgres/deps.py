@@ -15,7 +15,7 @@ from typing import Any
 import psycopg
 
 from ...taskspec import ENDED_WORDS
-from ..enqueue import TASK_COLUMNS, Dependent
+from ..enqueue import TASK_COLUMNS, Dependent, cancel_dependents_sql
 from .wake import NOTIFY_PAYLOAD
 
 _PARENTS = ("SELECT id, status FROM tasks WHERE id = ANY(%s::bigint[]) "
@@ -50,19 +50,8 @@ _RELEASE_CHILDREN = (
     "SELECT pg_notify(%s, " + NOTIFY_PAYLOAD.format(queue="u.queue", due="u.run_at") + ") "
     "FROM u WHERE u.waiting_on = 0")
 
-# Every pending task downstream of the given parents, with the parent (among those
-# given) it descends from; walks only through pending tasks.
-_CANCEL_DEPENDENTS = (
-    "WITH RECURSIVE doomed(id, root) AS ("
-    " SELECT d.child_id, d.parent_id FROM task_deps d JOIN tasks c ON c.id = d.child_id "
-    "  AND c.status = 'pending' WHERE d.parent_id = ANY(%s::bigint[])"
-    " UNION"
-    " SELECT d.child_id, doomed.root FROM doomed JOIN task_deps d ON d.parent_id = doomed.id "
-    "  JOIN tasks c ON c.id = d.child_id AND c.status = 'pending') "
-    "UPDATE tasks t SET status = 'cancelled', waiting_on = 0, finished_at = now(), "
-    "error = 'cancelled: it depends on task ' || x.root || ', which ' || %s "
-    "FROM (SELECT id, MIN(root) AS root FROM doomed GROUP BY id) AS x "
-    "WHERE t.id = x.id AND t.status = 'pending' RETURNING t.id, t.queue, t.name")
+# Cancels the pending tasks downstream of the parents (an array parameter).
+_CANCEL_DEPENDENTS = cancel_dependents_sql("= ANY(%s::bigint[])", "now()", "%s")
 
 PARENT_RESULTS = ("SELECT t.result FROM task_deps d JOIN tasks t ON t.id = d.parent_id "
                   "WHERE d.child_id = %s ORDER BY d.position")

@@ -9,23 +9,12 @@ from collections.abc import Sequence
 from typing import Any
 
 from ...taskspec import ENDED_WORDS
+from ..enqueue import cancel_dependents_sql
 
 _CHUNK = 500  # ids per statement
 
-# Every pending task downstream of the given parents, with the parent (among those
-# given) it descends from; walks only through pending tasks.
-_CANCEL_DEPENDENTS = (
-    "WITH RECURSIVE doomed(id, root) AS ("
-    " SELECT d.child_id, d.parent_id FROM task_deps d JOIN tasks c ON c.id = d.child_id "
-    "  AND c.status = 'pending' WHERE d.parent_id IN ({marks})"
-    " UNION"
-    " SELECT d.child_id, doomed.root FROM doomed JOIN task_deps d ON d.parent_id = doomed.id "
-    "  JOIN tasks c ON c.id = d.child_id AND c.status = 'pending') "
-    "UPDATE tasks SET status = 'cancelled', waiting_on = 0, finished_at = ?, "
-    "error = 'cancelled: it depends on task ' || x.root || ', which ' || ? "
-    "FROM (SELECT id, MIN(root) AS root FROM doomed GROUP BY id) AS x "
-    "WHERE tasks.id = x.id AND tasks.status = 'pending' "
-    "RETURNING tasks.id, tasks.queue, tasks.name")
+# Cancels the pending tasks downstream of the parents ({marks}: their placeholders).
+_CANCEL_DEPENDENTS = cancel_dependents_sql("IN ({marks})", "?", "?")
 
 # One parent done: each of its pending children waits for one parent fewer.
 _RELEASE_CHILDREN = (
