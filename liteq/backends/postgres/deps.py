@@ -8,15 +8,20 @@ follow-up on the children is a statement of its own after the UPDATE: a new
 snapshot, which sees the edges of an enqueue it waited for.
 """
 
+from __future__ import annotations
+
 import time
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Iterable, Sequence
+from typing import TYPE_CHECKING, Any
 
 import psycopg
 
 from ...taskspec import ENDED_WORDS
 from ..enqueue import TASK_COLUMNS, Dependent, cancel_dependents_sql
 from .wake import NOTIFY_PAYLOAD
+
+if TYPE_CHECKING:
+    from ..stats import Tally
 
 _PARENTS = ("SELECT id, status FROM tasks WHERE id = ANY(%s::bigint[]) "
             "ORDER BY id FOR SHARE")
@@ -62,7 +67,7 @@ def insert_dependent(session: Any, params: tuple[Any, ...], parents: Sequence[in
     """Insert a task as `row` (an enqueue.Dependent) says, and its edges to `parents`,
     inside the caller's transaction; returns its id. params: INSERT_DEPENDENT's first
     eleven values. A task claimable at once wakes the daemons at the commit."""
-    task_id = session.run(INSERT_DEPENDENT, params + (
+    task_id: int = session.run(INSERT_DEPENDENT, params + (
         row.waiting_on, row.status, row.error, row.status == "cancelled")).fetchone()["id"]
     session.run(_EDGES, (task_id, list(parents)))
     if row.claimable:
@@ -88,13 +93,14 @@ def lock_parents(session: Any, parents: list[int]) -> dict[int, str]:
     return {r["id"]: r["status"] for r in rows}
 
 
-def release_children(session, done_ids, channel) -> None:
+def release_children(session: Any, done_ids: Iterable[int], channel: str) -> None:
     """Count `done_ids` as done for their children (waking the daemons for those now
     claimable); inside the caller's transaction."""
     session.run(_RELEASE_CHILDREN, ([int(i) for i in done_ids], channel), prepare=True)
 
 
-def cancel_dependents(session, parent_ids, status, tally=None) -> list:
+def cancel_dependents(session: Any, parent_ids: Iterable[int], status: str,
+                      tally: Tally | None = None) -> list[int]:
     """Cancel every pending task that depends on `parent_ids` (which ended `status`,
     failed or cancelled), transitively; returns their ids. Each is counted as
     cancelled in `tally` (a stats.Tally) when one is given."""

@@ -5,11 +5,16 @@ Everything here runs inside the caller's write transaction (BEGIN IMMEDIATE), so
 no outcome can slip in between a count and the row it guards.
 """
 
-from collections.abc import Sequence
-from typing import Any
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator, Sequence
+from typing import TYPE_CHECKING, Any
 
 from ...taskspec import ENDED_WORDS
 from ..enqueue import cancel_dependents_sql
+
+if TYPE_CHECKING:
+    from ..stats import Tally
 
 _CHUNK = 500  # ids per statement
 
@@ -23,7 +28,7 @@ _RELEASE_CHILDREN = (
     "WHERE tasks.id = n.child_id AND tasks.status = 'pending' RETURNING tasks.waiting_on")
 
 
-def _chunks(ids):
+def _chunks(ids: Iterable[int]) -> Iterator[list[int]]:
     ids = list(ids)
     for start in range(0, len(ids), _CHUNK):
         yield ids[start:start + _CHUNK]
@@ -43,7 +48,7 @@ def add_edges(conn: Any, child_id: int, parents: Sequence[int]) -> None:
                      [(child_id, p, n) for n, p in enumerate(parents)])
 
 
-def release_children(conn, done_ids) -> bool:
+def release_children(conn: Any, done_ids: Iterable[int]) -> bool:
     """Count `done_ids` as done for their children; True when one became claimable."""
     ready = False
     for chunk in _chunks(done_ids):
@@ -53,12 +58,13 @@ def release_children(conn, done_ids) -> bool:
     return ready
 
 
-def cancel_dependents(conn, parent_ids, status, t, tally=None) -> list:
+def cancel_dependents(conn: Any, parent_ids: Iterable[int], status: str, t: float,
+                      tally: Tally | None = None) -> list[int]:
     """Cancel every pending task that depends on `parent_ids` (which ended `status`,
     failed or cancelled), transitively; returns their ids. Each is counted as
     cancelled in `tally` (a stats.Tally) when one is given."""
     ended = ENDED_WORDS[status]
-    cancelled = []
+    cancelled: list[int] = []
     for chunk in _chunks(parent_ids):
         marks = ",".join("?" * len(chunk))
         for r in conn.execute(_CANCEL_DEPENDENTS.format(marks=marks), (*chunk, t, ended)):
@@ -68,14 +74,14 @@ def cancel_dependents(conn, parent_ids, status, t, tally=None) -> list:
     return cancelled
 
 
-def forget_children(conn, child_ids) -> None:
+def forget_children(conn: Any, child_ids: Iterable[int]) -> None:
     """Delete the edges of these (deleted) tasks."""
     for chunk in _chunks(child_ids):
         conn.execute(f"DELETE FROM task_deps WHERE child_id IN ({','.join('?' * len(chunk))})",
                      chunk)
 
 
-def parent_results(conn, task_id) -> list:
+def parent_results(conn: Any, task_id: int) -> list[str | None]:
     """The stored results (JSON text) of a task's parents, in depends_on order."""
     return [r[0] for r in conn.execute(
         "SELECT t.result FROM task_deps d JOIN tasks t ON t.id = d.parent_id "
