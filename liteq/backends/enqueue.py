@@ -1,6 +1,7 @@
 """The enqueue logic of every backend, written once: the checks a task must pass
 before anything is written, the dispatch of enqueue / enqueue_chain / enqueue_many
-and unique tasks, and the dependent-insert decision.
+and unique tasks, the dependent-insert decision, and the statement that cancels
+the dependents of a task that ended failed or cancelled.
 
 A backend supplies a dialect (EnqueueDialect): its statements for one task, a
 unique task, a batch and a chain's transaction (ChainWriter). What it inserts is
