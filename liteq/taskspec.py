@@ -10,135 +10,28 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
-import re
 from dataclasses import dataclass, fields, replace
-from collections.abc import Sequence
-from typing import Any, cast
+from typing import Any
 
 from .codec import to_json
 
-# The limits on what a task may be given, the same on every backend (README: "Limits
-# on values"). They are checked here, before anything is written, so a value one
-# backend would store and the other refuse is refused by both.
-
-#: The longest unique_key accepted (it is stored in a unique index).
-MAX_UNIQUE_KEY = 512
-#: The longest task, queue or schedule name, in characters.
-MAX_NAME = 200
-#: priority is a 32-bit signed integer (PostgreSQL's `integer` column).
-PRIORITY_RANGE = (-(2**31), 2**31 - 1)
-#: max_retries: 0 up to this.
-MAX_RETRIES = 1_000_000
-#: timeout, countdown, retry_delay, retry_max_delay and a schedule()'s delay: at most
-#: ten years of seconds (a larger one overflows the daemon's timers).
-MAX_SECONDS = 10 * 365 * 86400
-#: retry_backoff: 0 up to this factor.
-MAX_BACKOFF = 100.0
-#: eta / an absolute run_at: epoch seconds from 1970 to the end of year 9999.
-MAX_EPOCH = 253402300799.0
-
-# Control characters (NUL included) and lone surrogates (not valid UTF-8): no
-# database stores them the same way, and no log or command line shows them.
-_BAD_CHARS = re.compile("[\x00-\x1f\x7f\ud800-\udfff]")
-# What PostgreSQL's text cannot hold at all (a unique_key may hold other characters).
-_UNSTORABLE = re.compile("[\x00\ud800-\udfff]")
-
-
-def check_number(label: str, value: object, allow_none: bool = False,
-                 allow_zero: bool = True, maximum: float = MAX_SECONDS,
-                 minimum: float = 0) -> None:
-    """Raise TypeError/ValueError unless `value` is a finite number from `minimum`
-    (excluded when it is 0 and not allow_zero) to `maximum`, or None if allowed."""
-    if value is None and allow_none:
-        return
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise TypeError(f"{label} must be a number, not {type(value).__name__}")
-    if isinstance(value, float) and not math.isfinite(value):
-        raise ValueError(f"{label} must be a finite number, got {value!r}")
-    if value < minimum or (value == 0 and not allow_zero):
-        low = f"> {minimum}" if (minimum == 0 and not allow_zero) else f">= {minimum}"
-        raise ValueError(f"{label} must be {low}, got {value!r}")
-    if value > maximum:
-        raise ValueError(f"{label} must be at most {maximum:,}, got {value!r}")
-
-
-def check_name(label: str, value: object, queue: bool = False) -> str:
-    """Raise TypeError/ValueError unless `value` is a usable name: a string of 1 to
-    MAX_NAME characters with no control characters; a queue name also has no comma
-    and no leading or trailing space (liteqd --queues could never name it)."""
-    if not isinstance(value, str):
-        raise TypeError(f"{label} must be a string, not {type(value).__name__}")
-    if not value or len(value) > MAX_NAME:
-        shown = value if len(value) <= 40 else value[:40] + "..."
-        raise ValueError(f"{label} must be 1 to {MAX_NAME} characters long, got "
-                         f"{len(value):,} ({shown!r})")
-    bad = _BAD_CHARS.search(value)
-    if bad:
-        raise ValueError(f"{label} {value[:40]!r} holds the control character or lone "
-                         f"surrogate {bad.group()!r}")
-    if queue and ("," in value or value != value.strip()):
-        raise ValueError(f"{label} {value!r} must not hold a comma or start or end with "
-                         f"a space (liteqd --queues could not name it)")
-    return value
-
-
-# Task names already found good: a task's name is the same on every call, so the
-# enqueue path checks it once (bounded, for apps that make names up as they go).
-_GOOD_TASK_NAMES: set[str] = set()
-
-
-def _check_task_name(name: object) -> None:
-    if isinstance(name, str) and name in _GOOD_TASK_NAMES:
-        return
-    good = check_name("task name", name)
-    if len(_GOOD_TASK_NAMES) < 10_000:
-        _GOOD_TASK_NAMES.add(good)
-
-
-def check_priority(value: object) -> int:
-    """priority as an int within PRIORITY_RANGE (a float is truncated); TypeError/
-    ValueError otherwise."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise TypeError(f"priority must be a number, not {type(value).__name__}")
-    low, high = PRIORITY_RANGE
-    check_number("priority", value, minimum=low, maximum=high)
-    return int(value)
-
-
-def check_due(run_at: float | None = None, delay: float | None = None) -> None:
-    """ValueError unless an absolute run_at (epoch seconds) is within 0..MAX_EPOCH and
-    a delay within -MAX_SECONDS..MAX_SECONDS (a negative one is already due)."""
-    check_number("run_at (eta)", run_at, allow_none=True, maximum=MAX_EPOCH)
-    check_number("delay", delay, allow_none=True, minimum=-MAX_SECONDS)
-
-
-def check_purge(older_than: float, statuses: str | Sequence[str],
-                known: Sequence[str]) -> tuple[str, ...]:
-    """The statuses of a purge() as a tuple, after checking that older_than is a
-    finite number of seconds and every status is in `known` (ValueError)."""
-    check_number("older_than", older_than, minimum=-math.inf, maximum=math.inf)
-    chosen = (statuses,) if isinstance(statuses, str) else tuple(statuses)
-    unknown = sorted({s for s in chosen if s not in known}, key=repr)
-    if unknown:
-        raise ValueError(f"unknown task status(es) {unknown}; known: {tuple(known)}")
-    return chosen
-
-
-def check_unique_key(key: object) -> None:
-    """Raise TypeError/ValueError unless `key` is a usable unique_key: a non-empty
-    string of at most MAX_UNIQUE_KEY characters, with no NUL and no lone surrogate."""
-    if not isinstance(key, str):
-        raise TypeError(f"unique_key must be a string, not {type(key).__name__}")
-    if not key.strip():
-        raise ValueError(f"unique_key must be a non-empty string, got {key!r}")
-    if len(key) > MAX_UNIQUE_KEY:
-        raise ValueError(f"unique_key is {len(key):,} characters long, over the limit of "
-                         f"{MAX_UNIQUE_KEY}; pass a hash of it instead")
-    bad = _UNSTORABLE.search(key)
-    if bad:
-        raise ValueError(f"unique_key {key[:40]!r} holds {bad.group()!r}, which no "
-                         f"database stores alike; pass a hash of it instead")
+# The rules and limits of every value (liteq.backends.rules), named here too for the
+# modules that build tasks.
+from .backends.rules import MAX_BACKOFF as MAX_BACKOFF
+from .backends.rules import MAX_EPOCH as MAX_EPOCH
+from .backends.rules import MAX_NAME as MAX_NAME
+from .backends.rules import MAX_RETRIES as MAX_RETRIES
+from .backends.rules import MAX_SECONDS as MAX_SECONDS
+from .backends.rules import MAX_UNIQUE_KEY as MAX_UNIQUE_KEY
+from .backends.rules import PRIORITY_RANGE as PRIORITY_RANGE
+from .backends.rules import check_depends_on as check_depends_on
+from .backends.rules import check_due as check_due
+from .backends.rules import check_name as check_name
+from .backends.rules import check_number as check_number
+from .backends.rules import OPTION_ORDER, check_option, check_queue, check_task_name
+from .backends.rules import check_priority as check_priority
+from .backends.rules import check_purge as check_purge
+from .backends.rules import check_unique_key as check_unique_key
 
 
 def derive_unique_key(task_name: str, args: Any, kwargs: Any) -> str:
@@ -154,22 +47,6 @@ def derive_unique_key(task_name: str, args: Any, kwargs: Any) -> str:
                           allow_nan=False)
     digest = hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()
     return f"{task_name}:{digest}"
-
-
-def check_depends_on(depends_on: Any) -> tuple[int, ...]:
-    """The parent ids of depends_on as a tuple of ints, duplicates dropped (order kept);
-    TypeError/ValueError for anything but a list or tuple of task ids."""
-    if isinstance(depends_on, (str, bytes)) or not isinstance(depends_on, (list, tuple)):
-        raise TypeError(f"depends_on must be a list of task ids, not "
-                        f"{type(depends_on).__name__}")
-    parents = cast("Sequence[object]", depends_on)
-    for parent in parents:
-        if isinstance(parent, bool) or not isinstance(parent, int):
-            raise TypeError(f"depends_on holds task ids (ints), not {parent!r}")
-        if parent <= 0:
-            raise ValueError(f"depends_on: {parent!r} is not a task id")
-    # Plain ints: a TaskHandle is an int subclass, and drivers dump a list by one type.
-    return tuple(dict.fromkeys(int(cast(int, parent)) for parent in parents))
 
 
 def missing_parents_error(missing: Any) -> ValueError:
@@ -223,27 +100,10 @@ class TaskOptions:
         changes = {k: v for k, v in changes.items() if v is not None}
         if not changes:
             return self
-        queue = changes.get("queue", self.queue)
-        if not isinstance(queue, str) or not queue:
-            raise ValueError(f"queue must be a non-empty string, got {queue!r}")
-        check_name("queue", queue, queue=True)
-        for key in ("retry_delay", "retry_max_delay"):
-            if key in changes:
-                check_number(key, changes[key])
-        if "retry_backoff" in changes:
-            check_number("retry_backoff", changes["retry_backoff"], maximum=MAX_BACKOFF)
-        if "max_retries" in changes:
-            check_number("max_retries", changes["max_retries"], maximum=MAX_RETRIES)
-        if "timeout" in changes:
-            check_number("timeout", changes["timeout"], allow_zero=False)
-        if "priority" in changes:
-            changes["priority"] = check_priority(changes["priority"])
-        if "max_retries" in changes:
-            changes["max_retries"] = int(changes["max_retries"])
-        for key in ("retry_delay", "retry_backoff", "retry_max_delay"):
-            if key in changes:
-                changes[key] = float(changes[key])
-        return replace(self, **changes)
+        check_queue(changes.get("queue", self.queue))
+        checked = {key: check_option(key, changes[key]) for key in OPTION_ORDER
+                   if key in changes}
+        return replace(self, **checked)
 
 
 OPTION_NAMES = frozenset(f.name for f in fields(TaskOptions))
@@ -270,7 +130,7 @@ class NewTask:
 
     def __post_init__(self) -> None:
         # Every way of enqueueing builds one, so its limits hold on every path.
-        _check_task_name(self.name)
+        check_task_name(self.name)
         if self.run_at is not None or self.delay is not None:
             check_due(self.run_at, self.delay)
 
@@ -290,6 +150,6 @@ class NewTasks:
     delay: float | None = None
 
     def __post_init__(self) -> None:
-        _check_task_name(self.name)
+        check_task_name(self.name)
         if self.run_at is not None or self.delay is not None:
             check_due(self.run_at, self.delay)

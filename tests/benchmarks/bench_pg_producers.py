@@ -48,7 +48,7 @@ import psycopg  # noqa: E402
 import liteq  # noqa: E402
 from support import pg_helpers  # noqa: E402
 from liteq import backends  # noqa: E402
-from liteq.backends.postgres import tasks as pg_tasks  # noqa: E402
+from liteq.backends.postgres import inserts as pg_tasks  # noqa: E402
 from liteq.db import init_db  # noqa: E402
 
 EMAIL = "user@example.com"

@@ -26,7 +26,7 @@ from support.processes import wait_for
 from liteq import backends
 from liteq.backends.postgres import PostgresBackend, tasks as pg_tasks
 from liteq.backends.postgres.schema import SCHEMA_VERSION
-from liteq.backends.postgres.tasks import NOTIFY_INTERVAL_S
+from liteq.backends.postgres.inserts import NOTIFY_INTERVAL_S
 from liteq.errors import ConfigError, DatabaseError
 from liteq.taskspec import NewTasks, TaskOptions
 

@@ -26,6 +26,7 @@ import psycopg
 from psycopg.rows import DictRow
 
 from ...errors import DatabaseError
+from ..enqueue import checked_task
 from ..stats import NameCache
 from .actions import ActionOps
 from .async_session import AsyncSession
@@ -157,6 +158,7 @@ class PostgresBackend(TaskOps, WorkerOps, ReadOps, ActionOps, ScheduleOps, OpBas
         """enqueue() on psycopg's async connection: one statement, the loop never blocks.
         (A unique task's insert-or-find loop, and a dependent task's transaction, run
         in a worker thread instead.)"""
+        task = checked_task(task)
         if task.unique_key is not None or task.depends_on:
             return await super().aenqueue(task)
         return await self._async_session().enqueue(task, self._channel)

@@ -20,7 +20,7 @@ from psycopg.rows import DictRow
 
 from .connection import Connector, Query, as_query, is_gone
 from .reads import TASK_SELECT
-from .tasks import (ENQUEUE, ENQUEUE_QUIET, enqueue_params, enqueued, quiet_params,
+from .inserts import (ENQUEUE, ENQUEUE_QUIET, enqueue_params, enqueued, quiet_params,
                     should_notify)
 
 if TYPE_CHECKING:

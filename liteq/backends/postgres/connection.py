@@ -402,4 +402,3 @@ def guarded(method: Callable[Concatenate[S, P], R]) -> Callable[Concatenate[S, P
     return wrapper
 
 
-operation = guarded   # alias until the lead renames the remaining uses

@@ -11,11 +11,13 @@ snapshot, which sees the edges of an enqueue it waited for.
 from __future__ import annotations
 
 import time
-from typing import TYPE_CHECKING
+from collections.abc import Iterable, Sequence
+from typing import TYPE_CHECKING, Any
 
 import psycopg
 
-from ...taskspec import ENDED_WORDS, missing_parents_error, parent_ended_text
+from ...taskspec import ENDED_WORDS
+from ..enqueue import TASK_COLUMNS, Dependent, cancel_dependents_sql
 from .wake import NOTIFY_PAYLOAD
 
 if TYPE_CHECKING:
@@ -31,8 +33,7 @@ LOCK_ATTEMPTS = 100
 
 # status, error and finished_at of a task cancelled at once are given; waiting_on too.
 INSERT_DEPENDENT = (
-    "INSERT INTO tasks (name, payload, queue, priority, max_retries, run_at, timeout, "
-    "retry_delay, retry_backoff, retry_max_delay, waiting_on, status, error, finished_at) "
+    f"INSERT INTO tasks ({', '.join(TASK_COLUMNS)}, waiting_on, status, error, finished_at) "
     "VALUES (%s, %s, %s, %s, %s, "
     "COALESCE(to_timestamp(%s::float8), now() + %s::float8 * interval '1 second'), "
     "%s, %s, %s, %s, %s, %s, %s, CASE WHEN %s THEN now() END) RETURNING id")
@@ -55,47 +56,27 @@ _RELEASE_CHILDREN = (
     "SELECT pg_notify(%s, " + NOTIFY_PAYLOAD.format(queue="u.queue", due="u.run_at") + ") "
     "FROM u WHERE u.waiting_on = 0")
 
-# Every pending task downstream of the given parents, with the parent (among those
-# given) it descends from; walks only through pending tasks.
-_CANCEL_DEPENDENTS = (
-    "WITH RECURSIVE doomed(id, root) AS ("
-    " SELECT d.child_id, d.parent_id FROM task_deps d JOIN tasks c ON c.id = d.child_id "
-    "  AND c.status = 'pending' WHERE d.parent_id = ANY(%s::bigint[])"
-    " UNION"
-    " SELECT d.child_id, doomed.root FROM doomed JOIN task_deps d ON d.parent_id = doomed.id "
-    "  JOIN tasks c ON c.id = d.child_id AND c.status = 'pending') "
-    "UPDATE tasks t SET status = 'cancelled', waiting_on = 0, finished_at = now(), "
-    "error = 'cancelled: it depends on task ' || x.root || ', which ' || %s "
-    "FROM (SELECT id, MIN(root) AS root FROM doomed GROUP BY id) AS x "
-    "WHERE t.id = x.id AND t.status = 'pending' RETURNING t.id, t.queue, t.name")
+# Cancels the pending tasks downstream of the parents (an array parameter).
+_CANCEL_DEPENDENTS = cancel_dependents_sql("= ANY(%s::bigint[])", "now()", "%s")
 
 PARENT_RESULTS = ("SELECT t.result FROM task_deps d JOIN tasks t ON t.id = d.parent_id "
                   "WHERE d.child_id = %s ORDER BY d.position")
 
 
-def insert_dependent(session, params, parents, channel) -> int:
-    """Insert a task that waits for `parents`, and its edges, inside the caller's
-    transaction; returns its id. params: INSERT_DEPENDENT's first ten values. A
-    parent that does not exist is a ValueError (the transaction rolls back);
-    a parent already failed or cancelled makes the task cancelled at once, with
-    an error naming it."""
-    status_of = _lock_parents(session, list(parents))
-    missing = [p for p in parents if p not in status_of]
-    if missing:
-        raise missing_parents_error(missing)
-    ended = next((p for p in parents if status_of[p] in ("failed", "cancelled")), None)
-    if ended is not None:
-        row = (0, "cancelled", parent_ended_text(ended, status_of[ended]), True)
-    else:
-        row = (sum(status_of[p] != "done" for p in parents), "pending", None, False)
-    task_id = session.run(INSERT_DEPENDENT, params + row).fetchone()["id"]
+def insert_dependent(session: Any, params: tuple[Any, ...], parents: Sequence[int],
+                     row: Dependent, channel: str) -> int:
+    """Insert a task as `row` (an enqueue.Dependent) says, and its edges to `parents`,
+    inside the caller's transaction; returns its id. params: INSERT_DEPENDENT's first
+    eleven values. A task claimable at once wakes the daemons at the commit."""
+    task_id: int = session.run(INSERT_DEPENDENT, params + (
+        row.waiting_on, row.status, row.error, row.status == "cancelled")).fetchone()["id"]
     session.run(_EDGES, (task_id, list(parents)))
-    if ended is None and row[0] == 0:
+    if row.claimable:
         session.run(_WAKE, (channel, [task_id]))
     return task_id
 
 
-def _lock_parents(session, parents) -> dict:
+def lock_parents(session: Any, parents: list[int]) -> dict[int, str]:
     """{id: status} of the existing parents, locked FOR SHARE until the commit.
 
     Without waiting (NOWAIT, in a savepoint, asked again while an outcome or a
@@ -113,13 +94,13 @@ def _lock_parents(session, parents) -> dict:
     return {r["id"]: r["status"] for r in rows}
 
 
-def release_children(session, done_ids, channel) -> None:
+def release_children(session: Any, done_ids: Iterable[int], channel: str) -> None:
     """Count `done_ids` as done for their children (waking the daemons for those now
     claimable); inside the caller's transaction."""
     session.run(_RELEASE_CHILDREN, ([int(i) for i in done_ids], channel), prepare=True)
 
 
-def cancel_dependents(session: DbSession, parent_ids: list[int], status: str,
+def cancel_dependents(session: DbSession, parent_ids: Iterable[int], status: str,
                       tally: Tally | None = None) -> list[int]:
     """Cancel every pending task that depends on `parent_ids` (which ended `status`,
     failed or cancelled), transitively; returns their ids. Each is counted as

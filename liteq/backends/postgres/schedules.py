@@ -10,8 +10,8 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from .connection import guarded, one
+from .inserts import insert_rows
 from .opbase import OpBase
-from .tasks import insert_rows
 from .wake import NOTIFY_PAYLOAD
 
 if TYPE_CHECKING:

@@ -22,6 +22,7 @@ from .schedules import ScheduleOps
 from .schema import ensure_schema
 from .tasks import TaskOps
 from . import wake
+from .workers import WorkerOps
 
 if TYPE_CHECKING:
     from ..base import WakeChannel
@@ -31,7 +32,7 @@ if TYPE_CHECKING:
 DAEMON_BUSY_TIMEOUT = 0.25
 
 
-class SQLiteBackend(TaskOps, ReadOps, ActionOps, ScheduleOps, OpBase):
+class SQLiteBackend(TaskOps, WorkerOps, ReadOps, ActionOps, ScheduleOps, OpBase):
     """All queue operations on one SQLite database file."""
 
     kind = "sqlite"

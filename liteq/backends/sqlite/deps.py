@@ -1,35 +1,25 @@
 """SQLite: task dependencies. A dependent task is inserted with waiting_on, the
-count of its parents not done yet, and one task_deps row per parent; the claim
-takes only rows with waiting_on = 0. Everything here runs inside the caller's
-write transaction (BEGIN IMMEDIATE), so no outcome can slip in between a count
-and the row it guards.
+count of its parents not done yet (decided by liteq.backends.enqueue.dependent_row),
+and one task_deps row per parent; the claim takes only rows with waiting_on = 0.
+Everything here runs inside the caller's write transaction (BEGIN IMMEDIATE), so
+no outcome can slip in between a count and the row it guards.
 """
 
-from ...taskspec import ENDED_WORDS, missing_parents_error, parent_ended_text
-from .schema import NEXT_ID
+from __future__ import annotations
 
-INSERT_DEPENDENT = (
-    "INSERT INTO tasks (id, name, payload, queue, priority, max_retries, run_at, created_at, "
-    "timeout, retry_delay, retry_backoff, retry_max_delay, waiting_on, status, error, "
-    f"finished_at) VALUES ({NEXT_ID} + 1, ?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)"
-)
+from collections.abc import Iterable, Iterator, Sequence
+from typing import TYPE_CHECKING, Any
+
+from ...taskspec import ENDED_WORDS
+from ..enqueue import cancel_dependents_sql
+
+if TYPE_CHECKING:
+    from ..stats import Tally
 
 _CHUNK = 500  # ids per statement
 
-# Every pending task downstream of the given parents, with the parent (among those
-# given) it descends from; walks only through pending tasks.
-_CANCEL_DEPENDENTS = (
-    "WITH RECURSIVE doomed(id, root) AS ("
-    " SELECT d.child_id, d.parent_id FROM task_deps d JOIN tasks c ON c.id = d.child_id "
-    "  AND c.status = 'pending' WHERE d.parent_id IN ({marks})"
-    " UNION"
-    " SELECT d.child_id, doomed.root FROM doomed JOIN task_deps d ON d.parent_id = doomed.id "
-    "  JOIN tasks c ON c.id = d.child_id AND c.status = 'pending') "
-    "UPDATE tasks SET status = 'cancelled', waiting_on = 0, finished_at = ?, "
-    "error = 'cancelled: it depends on task ' || x.root || ', which ' || ? "
-    "FROM (SELECT id, MIN(root) AS root FROM doomed GROUP BY id) AS x "
-    "WHERE tasks.id = x.id AND tasks.status = 'pending' "
-    "RETURNING tasks.id, tasks.queue, tasks.name")
+# Cancels the pending tasks downstream of the parents ({marks}: their placeholders).
+_CANCEL_DEPENDENTS = cancel_dependents_sql("IN ({marks})", "?", "?")
 
 # One parent done: each of its pending children waits for one parent fewer.
 _RELEASE_CHILDREN = (
@@ -38,35 +28,27 @@ _RELEASE_CHILDREN = (
     "WHERE tasks.id = n.child_id AND tasks.status = 'pending' RETURNING tasks.waiting_on")
 
 
-def _chunks(ids):
+def _chunks(ids: Iterable[int]) -> Iterator[list[int]]:
     ids = list(ids)
     for start in range(0, len(ids), _CHUNK):
         yield ids[start:start + _CHUNK]
 
 
-def insert_dependent(conn, values, parents) -> tuple:
-    """Insert a task (INSERT_TASK's values) that waits for `parents`, and its edges;
-    returns (id, claimable now). A parent that does not exist is a ValueError (the
-    caller's transaction rolls back: nothing is written); a parent already failed
-    or cancelled makes the task cancelled at once, with an error naming it."""
+def parent_statuses(conn: Any, parents: Sequence[int]) -> dict[int, str]:
+    """{id: status} of those of `parents` that exist (the caller's write lock keeps
+    them from changing until its commit)."""
     marks = ",".join("?" * len(parents))
-    status_of = dict(conn.execute(f"SELECT id, status FROM tasks WHERE id IN ({marks})",
-                                  parents).fetchall())
-    missing = [p for p in parents if p not in status_of]
-    if missing:
-        raise missing_parents_error(missing)
-    ended = next((p for p in parents if status_of[p] in ("failed", "cancelled")), None)
-    if ended is not None:
-        row = (0, "cancelled", parent_ended_text(ended, status_of[ended]), values[6])
-    else:
-        row = (sum(status_of[p] != "done" for p in parents), "pending", None, None)
-    task_id = conn.execute(INSERT_DEPENDENT, values + row).lastrowid
+    return dict(conn.execute(f"SELECT id, status FROM tasks WHERE id IN ({marks})",
+                             list(parents)).fetchall())
+
+
+def add_edges(conn: Any, child_id: int, parents: Sequence[int]) -> None:
+    """The task_deps rows of a new task waiting for `parents` (positions in order)."""
     conn.executemany("INSERT INTO task_deps (child_id, parent_id, position) VALUES (?,?,?)",
-                     [(task_id, p, n) for n, p in enumerate(parents)])
-    return task_id, ended is None and row[0] == 0
+                     [(child_id, p, n) for n, p in enumerate(parents)])
 
 
-def release_children(conn, done_ids) -> bool:
+def release_children(conn: Any, done_ids: Iterable[int]) -> bool:
     """Count `done_ids` as done for their children; True when one became claimable."""
     ready = False
     for chunk in _chunks(done_ids):
@@ -76,12 +58,13 @@ def release_children(conn, done_ids) -> bool:
     return ready
 
 
-def cancel_dependents(conn, parent_ids, status, t, tally=None) -> list:
+def cancel_dependents(conn: Any, parent_ids: Iterable[int], status: str, t: float,
+                      tally: Tally | None = None) -> list[int]:
     """Cancel every pending task that depends on `parent_ids` (which ended `status`,
     failed or cancelled), transitively; returns their ids. Each is counted as
     cancelled in `tally` (a stats.Tally) when one is given."""
     ended = ENDED_WORDS[status]
-    cancelled = []
+    cancelled: list[int] = []
     for chunk in _chunks(parent_ids):
         marks = ",".join("?" * len(chunk))
         for r in conn.execute(_CANCEL_DEPENDENTS.format(marks=marks), (*chunk, t, ended)):
@@ -91,14 +74,14 @@ def cancel_dependents(conn, parent_ids, status, t, tally=None) -> list:
     return cancelled
 
 
-def forget_children(conn, child_ids) -> None:
+def forget_children(conn: Any, child_ids: Iterable[int]) -> None:
     """Delete the edges of these (deleted) tasks."""
     for chunk in _chunks(child_ids):
         conn.execute(f"DELETE FROM task_deps WHERE child_id IN ({','.join('?' * len(chunk))})",
                      chunk)
 
 
-def parent_results(conn, task_id) -> list:
+def parent_results(conn: Any, task_id: int) -> list[str | None]:
     """The stored results (JSON text) of a task's parents, in depends_on order."""
     return [r[0] for r in conn.execute(
         "SELECT t.result FROM task_deps d JOIN tasks t ON t.id = d.parent_id "

@@ -6,8 +6,8 @@ from typing import TYPE_CHECKING, Any, cast
 
 from ...timeutil import now
 from .connection import guarded, row_dict
+from .inserts import INSERT_TASK, insert_values
 from .opbase import OpBase
-from .tasks import INSERT_TASK, insert_values
 
 if TYPE_CHECKING:
     from ...taskspec import NewTask

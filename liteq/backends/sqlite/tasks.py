@@ -1,21 +1,23 @@
-"""SQLite: enqueue, claim, outcomes, heartbeats and reclaim (the producers' and the
-daemon's side of the tasks table)."""
+"""SQLite: enqueue, claim and outcomes (the producers' and the daemon's writes to the
+tasks table). The inserts are in .inserts; the enqueue and the limited claim's logic
+are shared by every backend (liteq.backends.enqueue, liteq.backends.claiming)."""
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from ...timeutil import now
-from ..limits import Buckets, Limits, merge_rooms, pick, rate_key, rooms, rooms_left, used_up
-from ..stats import Tally, reclaimed_tally
+from .. import enqueue as shared
+from ..claiming import CLAIMED_COLUMNS, by_claim_order, claim_limited
+from ..stats import Tally
 from . import deps, stats
 from .connection import guarded
+from .inserts import Inserts
 from .opbase import OpBase
-from .schema import NEXT_ID
 
 if TYPE_CHECKING:
-    from ...taskspec import NewTask
+    from ...taskspec import NewTask, NewTasks
     from ..limits import Limits
 
 # A task the claim may take: pending, and waiting for no parent (idx_tasks_claim's
@@ -23,25 +25,7 @@ if TYPE_CHECKING:
 CLAIMABLE = "status = 'pending' AND waiting_on = 0"
 
 # The columns a claim hands the daemon.
-CLAIM_RETURNING = ("id, name, payload, queue, priority, run_at, attempts, max_retries, "
-                   "timeout, retry_delay, retry_backoff, retry_max_delay, created_at")
-
-INSERT_TASK = (
-    "INSERT INTO tasks (id, name, payload, queue, priority, max_retries, run_at, created_at, "
-    f"timeout, retry_delay, retry_backoff, retry_max_delay) VALUES ({NEXT_ID} + 1, "
-    "?,?,?,?,?,?,?,?,?,?,?)"
-)
-
-# A unique task: nothing is inserted while a pending or running task has the key
-# (the conflict target repeats idx_tasks_unique_key's predicate, so SQLite picks it).
-INSERT_UNIQUE = (
-    "INSERT INTO tasks (id, name, payload, queue, priority, max_retries, run_at, created_at, "
-    "timeout, retry_delay, retry_backoff, retry_max_delay, unique_key) "
-    f"VALUES ({NEXT_ID} + 1, ?,?,?,?,?,?,?,?,?,?,?,?) ON CONFLICT (unique_key) "
-    "WHERE unique_key IS NOT NULL AND status IN ('pending', 'running') DO NOTHING RETURNING id"
-)
-HOLDER_OF_KEY = ("SELECT id FROM tasks WHERE unique_key = ? AND unique_key IS NOT NULL "
-                 "AND status IN ('pending', 'running')")
+CLAIM_RETURNING = ", ".join(CLAIMED_COLUMNS)
 
 # Outcome updates apply only while the row is still running for this worker; each
 # statement updates a batch from a VALUES list (column1 = id, column2 = text,
@@ -69,22 +53,7 @@ MARK_STARTED = ("UPDATE tasks SET started_at = ? WHERE id = ? AND status = 'runn
                 "AND worker_id = ? AND started_at IS NULL")
 
 
-def due_time(run_at, delay, t):
-    """The epoch time a task is due: run_at, else t + delay, else t."""
-    if run_at is not None:
-        return run_at
-    return t + delay if delay else t
-
-
-def insert_values(task: NewTask, t: float) -> tuple[Any, ...]:
-    """The INSERT_TASK parameters of a NewTask, created at time t."""
-    o = task.options
-    return (task.name, task.payload, o.queue, o.priority, o.max_retries,
-            due_time(task.run_at, task.delay, t), t, o.timeout, o.retry_delay,
-            o.retry_backoff, o.retry_max_delay)
-
-
-def _running_counts(conn, column, values) -> dict:
+def _running_counts(conn: Any, column: str, values: Sequence[str]) -> dict[str, int]:
     """{value: running tasks} for these names or queues."""
     if not values:
         return {}
@@ -94,135 +63,101 @@ def _running_counts(conn, column, values) -> dict:
         f"AND {column} IN ({marks}) GROUP BY {column}", values).fetchall())
 
 
-def _read_buckets(conn: Any, limits: Limits, names: list[str], queues: list[str],
-                  t: float) -> Buckets | None:
-    """The rate buckets of the rate-limited names and queues among these (a Buckets at
-    time t), or None when none is."""
-    keys = [rate_key("n", n) for n in names if n in limits.rate_by_name] + \
-        [rate_key("q", q) for q in queues if q in limits.rate_by_queue]
-    if not keys:
-        return None
-    found = dict(conn.execute(
-        f"SELECT key, tat FROM rate_limits WHERE key IN ({','.join('?' * len(keys))})",
-        keys).fetchall())
-    return Buckets(limits, t, {k: found.get(k) for k in keys})
-
-
-def _candidates(conn, queues, skip_names, t, limit):
-    """Due pending rows (id, name, queue) of `queues` in claim order, but those of
-    `skip_names`, `limit` at most."""
+def _candidates(conn: Any, queues: Sequence[str], skip_names: Sequence[str], t: float,
+                limit: int) -> list[Any]:
+    """Due pending rows (id, name, queue, priority, run_at) of `queues` in claim order,
+    but those of `skip_names`, `limit` at most."""
     marks = ",".join("?" * len(queues))
     skip = f"AND name NOT IN ({','.join('?' * len(skip_names))}) " if skip_names else ""
-    return conn.execute(
-        f"SELECT id, name, queue FROM tasks WHERE {CLAIMABLE} "
+    rows: list[Any] = conn.execute(
+        f"SELECT id, name, queue, priority, run_at FROM tasks WHERE {CLAIMABLE} "
         f"AND queue IN ({marks}) AND run_at <= ? {skip}"
         f"ORDER BY priority DESC, run_at, id LIMIT ?",
         (*queues, t, *skip_names, limit)).fetchall()
+    return rows
 
 
-def _claim_ids(conn, worker_id: str, ids: list[int]) -> list[dict[str, Any]]:
+def _claim_ids(conn: Any, worker_id: str, ids: Sequence[int]) -> list[dict[str, Any]]:
     """Mark these pending tasks running for worker_id (in the caller's transaction),
     not yet started (see MARK_STARTED); returns them in claim order."""
     if not ids:
         return []
+    # "+status" keeps the planner on the primary key: with a million pending rows
+    # the status index would be a full scan.
     rows = conn.execute(
         f"UPDATE tasks SET status = 'running', worker_id = ?, attempts = attempts + 1, "
         f"started_at = NULL WHERE id IN ({','.join('?' * len(ids))}) "
         f"AND +status = 'pending' RETURNING {CLAIM_RETURNING}",
         (worker_id, *ids)).fetchall()
-    return _by_claim_order(rows)
+    return by_claim_order(rows)
 
 
-def _by_claim_order(rows):
-    # RETURNING gives no order guarantee; restore the claim order.
-    rows = [dict(r) for r in rows]
-    rows.sort(key=lambda r: (-r["priority"], r["run_at"], r["id"]))
-    return rows
+class _Limited:
+    """SQLite's side of the shared limited claim (liteq.backends.claiming), inside the
+    claim's write transaction at time t. The write lock (BEGIN IMMEDIATE) makes the
+    counts, the rate buckets and the claim one step for every daemon on the file."""
+
+    def __init__(self, conn: Any, t: float) -> None:
+        self.conn, self.t = conn, t
+
+    def candidates(self, queues: Sequence[str], skip_names: Sequence[str],
+                   per_queue: int) -> list[Any]:
+        """Due candidates in claim order (see LimitDialect)."""
+        return _candidates(self.conn, queues, skip_names, self.t, per_queue)
+
+    def lock_limit(self, key: str, wait: bool) -> bool:
+        """Always True: the write lock already covers every limit."""
+        return True
+
+    def running_counts(self, column: str, values: Sequence[str]) -> dict[str, int]:
+        """{value: running tasks} for these names or queues."""
+        return _running_counts(self.conn, column, values)
+
+    def read_buckets(self, keys: Sequence[str]) -> tuple[dict[str, float | None], float]:
+        """The rate buckets of these keys, and the claim's time."""
+        found = dict(self.conn.execute(
+            f"SELECT key, tat FROM rate_limits WHERE key IN ({','.join('?' * len(keys))})",
+            list(keys)).fetchall())
+        return {k: found.get(k) for k in keys}, self.t
+
+    def write_buckets(self, new_tats: Mapping[str, float]) -> None:
+        """Store the buckets' new tats."""
+        self.conn.executemany(
+            "INSERT INTO rate_limits (key, tat) VALUES (?, ?) "
+            "ON CONFLICT (key) DO UPDATE SET tat = excluded.tat", list(new_tats.items()))
+
+    def claim_ids(self, worker_id: str, ids: Sequence[int]) -> list[dict[str, Any]]:
+        """Mark the chosen candidates running."""
+        return _claim_ids(self.conn, worker_id, ids)
 
 
 class TaskOps(OpBase):
     """Mixin of SQLiteBackend: the writes of producers and daemons."""
 
-    # ---- enqueue -------------------------------------------------------------
+    # ---- enqueue (the shared logic, liteq.backends.enqueue) -------------------
 
     @guarded
-    def enqueue(self, task) -> int:
+    def enqueue(self, task: NewTask) -> int:
         """Insert one pending task and commit; then wake the daemon. A task with a
         unique_key held by a pending or running task inserts nothing: that task's
         id is returned."""
-        t = now()
-        values = insert_values(task, t)
-        if task.depends_on:
-            return self.enqueue_chain([task])[0]
-        if task.unique_key is not None:
-            return self._enqueue_unique(values + (task.unique_key,))
-        task_id = self._conn.execute(INSERT_TASK, values).lastrowid
-        self.notify(values[5])
-        return task_id
-
-    def _enqueue_unique(self, values):
-        # Under the write lock nothing can finish the holder between the two
-        # statements, so the SELECT finds the row the INSERT conflicted with.
-        with self._write() as conn:
-            row = conn.execute(INSERT_UNIQUE, values).fetchone()
-            if row is None:
-                return conn.execute(HOLDER_OF_KEY, (values[-1],)).fetchone()[0]
-        self.notify(values[5])
-        return row[0]
+        return shared.enqueue(Inserts(self), task)
 
     @guarded
-    def enqueue_chain(self, tasks) -> list:
+    def enqueue_chain(self, tasks: list[NewTask]) -> list[int]:
         """Insert NewTasks in one transaction, each depending on the one before it
         (after its own depends_on); returns their ids. See base.Backend."""
-        t = now()
-        ids, ready = [], None
-        with self._write() as conn:
-            for task in tasks:
-                parents = tuple(task.depends_on) + ((ids[-1],) if ids else ())
-                values = insert_values(task, t)
-                if parents:
-                    task_id, claimable = deps.insert_dependent(conn, values, parents)
-                else:
-                    task_id, claimable = conn.execute(INSERT_TASK, values).lastrowid, True
-                ids.append(task_id)
-                if claimable:
-                    ready = values[5] if ready is None else min(ready, values[5])
-        if ready is not None:
-            self.notify(ready)
-        return ids
+        return shared.enqueue_chain(Inserts(self), tasks)
 
     @guarded
-    def parent_results(self, task_id) -> list:
+    def enqueue_many(self, tasks: NewTasks) -> list[int]:
+        """Insert every call of a NewTasks in one transaction; ids in order."""
+        return shared.enqueue_many(Inserts(self), tasks)
+
+    @guarded
+    def parent_results(self, task_id: int) -> list[Any]:
         """The stored results (JSON text) of a task's parents, in depends_on order."""
         return deps.parent_results(self._conn, task_id)
-
-    @guarded
-    def enqueue_many(self, tasks) -> list:
-        """Insert every call of a NewTasks in one transaction; ids in order.
-
-        SQLite splits the JSON array with json_each (which walks it in order), so
-        no per-row Python work is done here.
-        """
-        if tasks.count <= 0:
-            return []
-        t = now()
-        o = tasks.options
-        due = due_time(tasks.run_at, tasks.delay, t)
-        with self._write() as conn:
-            # Under the write lock the ids after `base` are ours. Only the first row
-            # names its id: SQLite gives each next one max(id) + 1, which follows it,
-            # and appends them faster than rows that all name theirs.
-            base = conn.execute(f"SELECT {NEXT_ID}").fetchone()[0]
-            conn.execute(
-                "INSERT INTO tasks (id, name, payload, queue, priority, max_retries, run_at, "
-                "created_at, timeout, retry_delay, retry_backoff, retry_max_delay) "
-                "SELECT CASE key WHEN 0 THEN ? + 1 END, ?, "
-                "'{\"args\":' || value || ',\"kwargs\":{}}', "
-                "?, ?, ?, ?, ?, ?, ?, ?, ? FROM json_each(?)",
-                (base, tasks.name, o.queue, o.priority, o.max_retries, due, t, o.timeout,
-                 o.retry_delay, o.retry_backoff, o.retry_max_delay, tasks.args_json))
-        self.notify(due)
-        return list(range(base + 1, base + tasks.count + 1))
 
     # ---- claim and outcomes (daemon side) -----------------------------------
 
@@ -253,7 +188,10 @@ class TaskOps(OpBase):
         if limit <= 0 or not queues:
             return []
         if limits:
-            return self._claim_limited(worker_id, queues, limit, now(), limits)
+            with self._write() as conn:
+                rows, self._rate_wait = claim_limited(_Limited(conn, now()), worker_id,
+                                                      queues, limit, limits)
+            return rows
         key = tuple(queues)
         rows = (self._claim_backlog if self._backlog.get(key) else self._claim_levels)(
             worker_id, queues, limit, now())
@@ -278,72 +216,7 @@ class TaskOps(OpBase):
             if not candidates:
                 return []
             candidates.sort(key=lambda r: (-r[1], r[2], r[0]))
-            ids = [r[0] for r in candidates[:limit]]
-            marks = ",".join("?" * len(ids))
-            # "+status" keeps the planner on the primary key: with a million pending
-            # rows the status index would be a full scan.
-            rows = conn.execute(
-                f"UPDATE tasks SET status = 'running', worker_id = ?, attempts = attempts + 1, "
-                f"started_at = NULL WHERE id IN ({marks}) AND +status = 'pending' "
-                f"RETURNING {CLAIM_RETURNING}", (worker_id, *ids)).fetchall()
-        return _by_claim_order(rows)
-
-    def _claim_limited(self, worker_id, queues, limit, t, limits):
-        # The write lock (BEGIN IMMEDIATE) makes the count, the rate buckets and the
-        # claim one step for every daemon on the file.
-        names, limited_queues = limits.relevant(queues)
-        with self._write() as conn:
-            # First the rows a plain claim would take: while none is of a limited name
-            # or queue (a limit whose tasks are not due), they are claimed as they
-            # are, and the limits cost one small read.
-            head = _candidates(conn, queues, [], t, limit)
-            if not head:
-                return []
-            limited_names, limited_here = set(names), set(limited_queues)
-            if not any(r["name"] in limited_names or r["queue"] in limited_here
-                       for r in head):
-                return _claim_ids(conn, worker_id, [r["id"] for r in head])
-            by_name = _running_counts(conn, "name", [n for n in names if n in limits.by_name])
-            by_queue = _running_counts(conn, "queue",
-                                       [q for q in limited_queues if q in limits.by_queue])
-            name_room, queue_room = rooms(limits, by_name, by_queue)
-            # Only names and queues at their concurrency limit are left out of the
-            # candidates: those of an empty rate bucket are read (and passed over),
-            # so that the claim knows whether to come back when it refills.
-            full = [n for n, room in name_room.items() if room <= 0]
-            open_queues = [q for q in queues if queue_room.get(q, 1) > 0]
-            buckets = _read_buckets(conn, limits, names, limited_queues, t)
-            if buckets is not None:
-                rate_names, rate_queues = buckets.rooms()
-                name_room = merge_rooms(name_room, rate_names)
-                queue_room = merge_rooms(queue_room, rate_queues)
-            if not open_queues:
-                return []
-            # Extra candidates, so that rows of a name with little room left do not
-            # leave the batch short.
-            many = limit * 4 + 16
-            rows = _candidates(conn, open_queues, full, t, many)
-            ids = pick(rows, limit, name_room, queue_room)
-            used_names, used_queues = used_up(rows, ids, name_room, queue_room)
-            if len(ids) < limit and len(rows) >= many and (used_names or used_queues):
-                # Those were mostly rows of names or queues now at their limit: the
-                # rows behind them are read too, not left to the next poll.
-                rest = [q for q in open_queues if q not in used_queues]
-                seen = {r["id"] for r in rows}
-                more = [r for r in _candidates(conn, rest, used_names, t, many)
-                        if r["id"] not in seen] if rest else []
-                ids += pick(more, limit - len(ids), *rooms_left(rows, ids, name_room, queue_room))
-                rows = list(rows) + more
-            if buckets is not None:
-                chosen = set(ids)
-                new_tats = buckets.spent([r for r in rows if r["id"] in chosen])
-                if new_tats:
-                    conn.executemany(
-                        "INSERT INTO rate_limits (key, tat) VALUES (?, ?) "
-                        "ON CONFLICT (key) DO UPDATE SET tat = excluded.tat",
-                        list(new_tats.items()))
-                self._rate_wait = buckets.wait(rows, ids, new_tats)
-            return _claim_ids(conn, worker_id, ids)
+            return _claim_ids(conn, worker_id, [r[0] for r in candidates[:limit]])
 
     def rate_wait(self) -> float | None:
         """Seconds until a rate limit that held back due tasks in the last claim allows a
@@ -359,7 +232,7 @@ class TaskOps(OpBase):
                 f"AND queue IN ({marks}) AND run_at <= ? "
                 f"ORDER BY priority DESC, run_at, id LIMIT ?) RETURNING {CLAIM_RETURNING}",
                 (worker_id, *queues, t, limit)).fetchall()
-        return _by_claim_order(rows)
+        return by_claim_order(rows)
 
     @guarded
     def record_outcomes(self, worker_id: str, done: Iterable[tuple[Any, ...]] = (),
@@ -465,80 +338,3 @@ class TaskOps(OpBase):
                 if first is not None and (earliest is None or first < earliest):
                     earliest = first
         return None if earliest is None else earliest - now()
-
-    # ---- workers and reclaim ---------------------------------------------------
-
-    @guarded
-    def heartbeat(self, worker_id: str, hostname: str, queues: Sequence[str], concurrency: int,
-                  pid: int, process_started: float, started_at: float | None = None) -> None:
-        """Insert or refresh this daemon's row in `workers`."""
-        t = now()
-        with self._write() as conn:
-            conn.execute(
-                "INSERT INTO workers (worker_id, hostname, queues, concurrency, last_heartbeat, "
-                "pid, process_started, started_at) VALUES (?,?,?,?,?,?,?,?) "
-                "ON CONFLICT(worker_id) DO UPDATE SET hostname = excluded.hostname, "
-                "queues = excluded.queues, concurrency = excluded.concurrency, "
-                "last_heartbeat = excluded.last_heartbeat, pid = excluded.pid, "
-                "process_started = excluded.process_started",
-                (worker_id, hostname, queues, concurrency, t, pid, process_started,
-                 started_at or t))
-
-    @guarded
-    def remove_worker(self, worker_id: str) -> None:
-        """Delete a worker's row (on clean shutdown)."""
-        with self._write() as conn:
-            conn.execute("DELETE FROM workers WHERE worker_id = ?", (worker_id,))
-
-    @guarded
-    def list_workers(self) -> list[dict[str, Any]]:
-        """Every row of `workers`, newest heartbeat first."""
-        return [dict(r) for r in self._conn.execute(
-            "SELECT * FROM workers ORDER BY last_heartbeat DESC")]
-
-    @guarded
-    def reclaim(self, dead_worker_ids: Iterable[str] = (), stale_after: float | None = None,
-                reason: str = "worker died", stale_heartbeats: dict[str, Any] | None = None) -> list[tuple[int, str]]:
-        """Give back the running tasks of dead workers, in one atomic statement.
-
-        A worker is dead when it is named in `dead_worker_ids`, its row still holds the
-        heartbeat `stale_heartbeats` ({worker_id: last_heartbeat}) names for it, its
-        heartbeat is older than `stale_after` seconds, or it has no row at all. Tasks
-        with attempts left go back to pending, keeping their due time; the rest fail
-        with `reason`. Dead worker rows are deleted.
-        """
-        t = now()
-        dead = list(dead_worker_ids)
-        beats = list((stale_heartbeats or {}).items())
-        marks = ",".join("?" * len(dead)) or "NULL"
-        stale = -1.0 if stale_after is None else t - stale_after
-        # A row that still holds the heartbeat read as stale: one that beat meanwhile
-        # is alive and keeps its tasks.
-        unchanged = " OR ".join("(worker_id = ? AND last_heartbeat = ?)" for _ in beats) or "0"
-        gone = f"worker_id IN ({marks}) OR last_heartbeat < ? OR {unchanged}"
-        args = (*dead, stale, *[v for pair in beats for v in pair])
-        dead_clause = (f"worker_id IN (SELECT worker_id FROM workers WHERE {gone}) "
-                       f"OR worker_id IN ({marks}) OR worker_id IS NULL OR worker_id NOT IN "
-                       f"(SELECT worker_id FROM workers)")
-        final = reason + ", and the task has no retries left"
-        with self._write() as conn:
-            rows = conn.execute(
-                "UPDATE tasks SET "
-                "status = CASE WHEN attempts > max_retries THEN 'failed' ELSE 'pending' END, "
-                "error = CASE WHEN attempts > max_retries THEN ? ELSE error END, "
-                "finished_at = CASE WHEN attempts > max_retries THEN ? ELSE NULL END, "
-                "worker_id = NULL "
-                f"WHERE status = 'running' AND ({dead_clause}) "
-                "RETURNING id, status, queue, name, attempts",
-                (final, t, *args, *dead)).fetchall()
-            failed = [r["id"] for r in rows if r["status"] == "failed"]
-            tally = reclaimed_tally(rows)
-            if failed:
-                deps.cancel_dependents(conn, failed, "failed", t, tally)
-            # The attempt each was on ended with its daemon.
-            stats.add_errors(conn, [(r["id"], r["attempts"],
-                                     final if r["status"] == "failed" else reason, t)
-                                    for r in rows])
-            stats.write(conn, tally, self._stat_names)
-            conn.execute(f"DELETE FROM workers WHERE {gone}", args)
-        return [(r["id"], r["status"]) for r in rows]
