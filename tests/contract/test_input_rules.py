@@ -15,7 +15,7 @@ import pytest
 from liteq import backends
 from liteq.taskspec import NewTask, NewTasks, TaskOptions
 
-from daemon_helpers import count_tasks
+from support.task_table import count_tasks
 
 NAN, INF = math.nan, math.inf
 PAYLOAD = '{"args":[],"kwargs":{}}'
