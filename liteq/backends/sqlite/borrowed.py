@@ -13,7 +13,7 @@ from __future__ import annotations
 import os
 import sqlite3
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, Literal, cast
+from typing import TYPE_CHECKING, Any, Literal
 
 from ...errors import ConfigError, DatabaseError
 from ..base import Backend
@@ -114,13 +114,13 @@ class BorrowedSQLiteBackend(SQLiteBackend):
 
     def enqueue_chain(self, tasks: list[NewTask]) -> list[int]:
         """SQLiteBackend.enqueue_chain in the app's transaction."""
-        ids = cast("list[int]", super().enqueue_chain(tasks))   # (TaskOps: not annotated yet)
+        ids = super().enqueue_chain(tasks)
         self._last = ids[-1] if ids else self._last
         return ids
 
     def enqueue_many(self, tasks: NewTasks) -> list[int]:
         """SQLiteBackend.enqueue_many in the app's transaction."""
-        ids = cast("list[int]", super().enqueue_many(tasks))   # (TaskOps: not annotated yet)
+        ids = super().enqueue_many(tasks)
         self._last = ids[-1] if ids else self._last
         return ids
 

@@ -99,8 +99,11 @@ def _close_all() -> None:
 
 def wake(identity: str | None, due: float | None = None) -> None:
     """Nudge the daemon serving the queue `identity` about a task due at `due`
-    (epoch seconds; None = now). Silently does nothing when no daemon listens."""
+    (epoch seconds; None = now). Silently does nothing when no daemon listens (or no
+    queue is named: a SQLite backend always has its file's path)."""
     global _pid, _wakers
+    if identity is None:
+        return
     pid = os.getpid()
     if pid != _pid:  # a forked child must not share its parent's sockets
         _pid, _wakers = pid, {}
