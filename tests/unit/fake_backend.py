@@ -20,6 +20,7 @@ from collections.abc import Iterable, Sequence
 from typing import Any
 
 from liteq.backends.base import CANCEL_TEXT, Backend
+from liteq.backends.enqueue import checked_task, checked_tasks
 from liteq.backends.filters import TaskFilter
 from liteq.backends.limits import Limits
 from liteq.taskspec import NewTask, NewTasks
@@ -68,6 +69,7 @@ class FakeBackend(Backend):
 
     def enqueue(self, task: NewTask) -> int:
         """Insert one pending task; a unique key held by a live task returns its id."""
+        task = checked_task(task)   # the backends' one set of input rules
         if task.unique_key is not None:
             for row in self.tasks.values():
                 if row["unique_key"] == task.unique_key and row["status"] in ("pending",
@@ -77,6 +79,7 @@ class FakeBackend(Backend):
 
     def enqueue_chain(self, tasks: list[NewTask]) -> list[int]:
         """Insert tasks each depending on the one before (and on its own depends_on)."""
+        tasks = [checked_task(t) for t in tasks]
         for task in tasks:
             missing = [p for p in task.depends_on if p not in self.tasks]
             if missing:
@@ -101,6 +104,7 @@ class FakeBackend(Backend):
 
     def enqueue_many(self, tasks: NewTasks) -> list[int]:
         """One pending task per call of a NewTasks."""
+        tasks = checked_tasks(tasks)
         ids = []
         for args in json.loads(tasks.args_json):
             row = self._row(tasks.name, json.dumps({"args": args, "kwargs": {}}), tasks)
