@@ -3,6 +3,8 @@ does to the supervisor, and which of them only read."""
 
 from __future__ import annotations
 
+import abc
+
 import os
 import socket
 from collections.abc import Sequence
@@ -65,13 +67,13 @@ class ControlError(Exception):
     """A request that cannot be served; its message is the reply's error."""
 
 
-class ControlOps:
+class ControlOps(abc.ABC):
     """The op_* methods a request's "op" names; each returns the reply's fields."""
 
     @property
+    @abc.abstractmethod
     def sup(self) -> ControlHost:
         """The supervisor served."""
-        raise NotImplementedError
 
     @classmethod
     def ops(cls) -> list[str]:

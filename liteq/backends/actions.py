@@ -11,6 +11,8 @@ _delete_where), each given the WHERE conditions built here.
 
 from __future__ import annotations
 
+import abc
+
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, ClassVar
 
@@ -39,7 +41,7 @@ def cancel_outcomes(rows: Iterable[Mapping[str, Any]],
     return tally, errors
 
 
-class OperatorActions:
+class OperatorActions(abc.ABC):
     """Mixin of the backends: the operators' actions over a TaskFilter, and the older
     calls that are one case of them."""
 
@@ -48,18 +50,18 @@ class OperatorActions:
 
     # ---- what each backend supplies (its SQL) ----------------------------------------
 
+    @abc.abstractmethod
     def _cancel_where(self, where: str, params: Sequence[object]) -> int:
         """Cancel the tasks `where` chooses, count them and keep their errors, cancel
         their pending dependents, tell the daemons running them; returns how many."""
-        raise NotImplementedError
 
+    @abc.abstractmethod
     def _retry_where(self, where: str, params: Sequence[object]) -> int:
         """Put the tasks `where` chooses back to pending, due now, attempts reset."""
-        raise NotImplementedError
 
+    @abc.abstractmethod
     def _delete_where(self, where: str, params: Sequence[object]) -> int:
         """Delete the tasks `where` chooses, with their edges and their errors."""
-        raise NotImplementedError
 
     # ---- the three actions -------------------------------------------------------------
 

@@ -26,6 +26,8 @@ OTHER_NAME. Queues are the operator's own configuration and are kept as they are
 
 from __future__ import annotations
 
+import abc
+
 import bisect
 import os
 from collections.abc import Callable, Iterable, Sequence
@@ -206,15 +208,16 @@ class StatsSQL:
     errors_of: str
 
 
-class StatsReads:
+class StatsReads(abc.ABC):
     """Mixin of the backends: what the panel, liteq.monitoring and liteq.metrics read
     of the statistics. The backend supplies stats_sql and _stats_rows(sql, params),
     which runs one of them (with its driver's error handling)."""
 
     stats_sql: ClassVar[StatsSQL]
 
+    @abc.abstractmethod
     def _stats_rows(self, sql: str, params: Sequence[object]) -> list[dict[str, Any]]:
-        raise NotImplementedError
+        """Run one of stats_sql's statements; its rows as dicts."""
 
     def task_errors(self, task_id: int) -> list[dict[str, Any]]:
         """Every recorded attempt's error of a task, oldest first:
