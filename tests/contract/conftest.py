@@ -10,6 +10,8 @@ import os
 
 import pytest
 
+from liteq import backends
+
 from support.queues import export, own_queue
 from unit.fake_backend import FakeBackend
 
@@ -44,3 +46,13 @@ def db(request, workdir, monkeypatch):
         return
     with own_queue(request.param, workdir, monkeypatch) as target:
         yield target
+
+
+@pytest.fixture
+def store(db):
+    """A backend of the test's own on `db` (or the in-memory fake), closed afterwards."""
+    s = FakeBackend() if db == FakeBackend.target else backends.open_backend(db)
+    try:
+        yield s
+    finally:
+        s.close()

@@ -12,10 +12,8 @@ import math
 
 import pytest
 
-from liteq import backends
 from liteq.taskspec import NewTask, NewTasks, TaskOptions
 
-from unit.fake_backend import FakeBackend
 
 NAN, INF = math.nan, math.inf
 PAYLOAD = '{"args":[],"kwargs":{}}'
@@ -92,16 +90,6 @@ BAD_BATCHES = [
                   "be an array"),
     ("[[1], [2]]", 3, "args_json holds 2 calls, but count is 3"),
 ]
-
-
-@pytest.fixture
-def store(db):
-    """A backend of the test's own on `db` (or the in-memory fake), closed afterwards."""
-    s = FakeBackend() if db == FakeBackend.target else backends.open_backend(db)
-    try:
-        yield s
-    finally:
-        s.close()
 
 
 def _task(**fields):

@@ -14,21 +14,10 @@ import liteq
 from liteq import monitoring, backends
 from liteq.core import task
 from support.task_table import age_heartbeat, put_task
-from unit.fake_backend import FakeBackend
 
 FORK = multiprocessing.get_context("fork")
 
 PAYLOAD = '{"args":[],"kwargs":{}}'
-
-
-@pytest.fixture
-def store(db):
-    """A backend of the test's own on `db` (or the in-memory fake), closed afterwards."""
-    s = FakeBackend() if db == FakeBackend.target else backends.open_backend(db)
-    try:
-        yield s
-    finally:
-        s.close()
 
 
 def _ids(rows):
